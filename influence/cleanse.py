@@ -1,0 +1,130 @@
+"""Counterfactual data cleansing: retrain without a removal set and compare on the test split.
+
+Default: replay the traced epochs without the removed instances (same starting
+parameters, z and batch order; the rest of each batch kept). Option: retrain from
+scratch with the same seed. Each attempt is stored under cleanse/<key>/ with its
+weights, test metrics and a sample grid from the same z as the original's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from . import store
+from .context import RunContext, load_run_config
+from .errors import ConfigError
+from .estimate import cached_results
+from .progress import CancelToken, ProgressFn
+from .train import Trace, image_grid_png, replay, train_without
+
+MODES = ("replay", "scratch")
+
+
+def check_removal_ids(ids: Iterable, n_train: int) -> np.ndarray:
+    """Validated, sorted int64 ids; ConfigError naming the first problem otherwise."""
+    values = list(ids)
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise ConfigError(f"removal id '{v}' is not an integer")
+        out.append(int(v))
+    arr = np.asarray(out, dtype=np.int64)
+    bad = arr[(arr < 0) | (arr >= n_train)]
+    if bad.size:
+        raise ConfigError(f"removal id {bad[0]} is outside the training set (ids 0..{n_train - 1})")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise ConfigError(f"removal id {uniq[counts > 1][0]} is listed more than once")
+    if arr.size >= n_train:
+        raise ConfigError("the removal set would remove every training instance")
+    return uniq
+
+
+def removal_key(ids: np.ndarray, mode: str) -> str:
+    return f"{mode}-{len(ids)}-" + hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:12]
+
+
+@dataclass
+class CleanseResult:
+    key: str
+    removed: np.ndarray
+    mode: str
+    before: dict[str, float]
+    after: dict[str, float]
+    predicted: dict[str, float]  # sum of estimated influences of the removed set (valid-split metric)
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "key": self.key, "mode": self.mode, "n_removed": int(len(self.removed)),
+            "before": self.before, "after": self.after,
+            "change": {k: self.after[k] - self.before[k] for k in self.after if k in self.before},
+            "predicted_change": self.predicted, "seconds": self.seconds,
+        }
+
+
+def cleanse(
+    run: store.Run,
+    removal_ids: Iterable[int],
+    mode: str = "replay",
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+    ctx: RunContext | None = None,
+) -> CleanseResult:
+    if mode not in MODES:
+        raise ConfigError(f"cleansing mode must be one of {MODES}")
+    cfg = load_run_config(run)
+    trace = Trace.load(run)
+    ctx = ctx or RunContext.create(cfg, run.root)
+    ids = check_removal_ids(removal_ids, ctx.dataset.n_train)
+    key = removal_key(ids, mode)
+    if run.exists(f"cleanse/{key}/result.json"):
+        return _load(run, key, ids)
+    started = time.perf_counter()
+    if mode == "replay":
+        theta_d, theta_g = replay(ctx, trace, ids, progress=progress, cancel=cancel)
+    else:
+        theta_d, theta_g = train_without(ctx, ids, progress=progress, cancel=cancel)
+    before_d, before_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
+    test = ctx.evaluator("test")
+    before, after = test.evaluate(before_d, before_g), test.evaluate(theta_d, theta_g)
+    predicted = {m: float(r.scores[ids].sum()) for m, r in cached_results(run).items()}
+    result = CleanseResult(key, ids, mode, before, after, predicted, time.perf_counter() - started)
+    _save(ctx, run, result, theta_d, theta_g)
+    return result
+
+
+def _save(ctx: RunContext, run: store.Run, result: CleanseResult, theta_d, theta_g) -> None:
+    base = f"cleanse/{result.key}"
+    run.write_npy(f"{base}/removed.npy", result.removed)
+    run.write_npy(f"{base}/weights.npy", torch.cat([theta_d, theta_g]).detach().cpu().numpy())
+    with torch.no_grad():
+        samples = ctx.gan.generate(theta_g, ctx.latents["grid"]).float().cpu()
+    if ctx.cfg.is_2d:
+        run.write_npy(f"{base}/samples.npy", samples.numpy())
+    else:
+        run.write(f"{base}/grid.png", image_grid_png(samples))
+    run.write_json(f"{base}/result.json", result.as_dict())  # last: marks the attempt complete
+
+
+def _load(run: store.Run, key: str, ids: np.ndarray) -> CleanseResult:
+    d = run.read_json(f"cleanse/{key}/result.json")
+    return CleanseResult(key, ids, d["mode"], d["before"], d["after"], d["predicted_change"], d["seconds"])
+
+
+def attempts(run: store.Run) -> list[dict]:
+    """All finished cleansing attempts of a run, oldest first."""
+    base = run.path("cleanse")
+    if not base.exists():
+        return []
+    out = []
+    for d in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime):
+        if (d / "result.json").exists():
+            out.append(run.read_json(f"cleanse/{d.name}/result.json"))
+    return out

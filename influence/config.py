@@ -1,0 +1,323 @@
+"""Typed run configuration, presets and `--set key=value` overrides.
+
+A run is fully described by a `RunConfig`; its run id is a hash of the canonical
+JSON of that config (seed included), so the same config always maps to the same
+cached run on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args, get_origin
+
+from .errors import ConfigError
+
+DATA_SOURCES = ("mnist", "torchvision-mnist", "fashion-mnist", "folder", "normal2d")
+ARCHS = ("smallcnn", "dcgan", "fcgan")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+FEATURES = ("mnist-cnn", "inception")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = field(default="mnist", metadata={"help": f"one of {DATA_SOURCES}"})
+    n_train: int | None = field(
+        default=None, metadata={"help": "use a seeded random subset of this many training images"}
+    )
+    root: str | None = field(
+        default=None, metadata={"help": "torchvision root folder, or a folder/zip of your images"}
+    )
+    image_size: int = field(default=28, metadata={"help": "images are resized to this square size"})
+    color: str = field(default="gray", metadata={"help": "gray or rgb (folder source)"})
+    n_valid: int = field(default=1000, metadata={"help": "normal2d: validation points"})
+    n_test: int = field(default=1000, metadata={"help": "normal2d: test points"})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = field(default="smallcnn", metadata={"help": f"one of {ARCHS}"})
+    width: int = field(default=8, metadata={"help": "channels of the conv layers (smallcnn: 8 or 32)"})
+    z_dim: int = field(default=32, metadata={"help": "latent dimension"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=2, metadata={"help": "training epochs"})
+    batch_size: int = field(default=100, metadata={"help": "minibatch size (real and fake)"})
+    lr_d: float = field(default=0.01, metadata={"help": "SGD learning rate of the discriminator"})
+    lr_g: float = field(default=0.01, metadata={"help": "SGD learning rate of the generator"})
+    lr_schedule: tuple[tuple[int, float, float], ...] = field(
+        default=(),
+        metadata={
+            "help": "per-epoch overrides 'EPOCH:LR_D:LR_G,...' (1-based epoch from which the pair holds)"
+        },
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty wd/2*|w|^2 on weights (not biases)"})
+    trace_epochs: int = field(default=1, metadata={"help": "record the trace of the last K epochs"})
+    trace_steps: int | None = field(
+        default=None, metadata={"help": "record only the last N steps instead of whole epochs"}
+    )
+    dtype: str = field(default="float32", metadata={"help": "float32 or float64 training"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_valid_z: int = field(default=2000, metadata={"help": "fixed validation z (influence is taken on these)"})
+    n_test_z: int = field(default=2000, metadata={"help": "fixed test z (cleansing is judged on these)"})
+    n_grid: int = field(default=64, metadata={"help": "samples in the per-epoch grid (same z every epoch)"})
+    feature: str = field(default="mnist-cnn", metadata={"help": "IS/FID features: mnist-cnn or inception"})
+    inception_weights: str | None = field(
+        default=None, metadata={"help": "path to pytorch-fid's pt_inception weights file"}
+    )
+    metrics_every_epoch: bool = field(default=True, metadata={"help": "evaluate test metrics after every epoch"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    preset: str = field(default="custom", compare=False, metadata={"help": "name only; not part of the id"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the result (the preset name does not)."""
+        d = self.to_dict()
+        d.pop("preset")
+        return d
+
+    @property
+    def run_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.preset}-s{self.seed}-{digest}"
+
+    @property
+    def is_2d(self) -> bool:
+        return self.data.source == "normal2d"
+
+    def lr_at_epoch(self, epoch: int) -> tuple[float, float]:
+        """(lr_d, lr_g) in force during 1-based `epoch`."""
+        lr = (self.train.lr_d, self.train.lr_g)
+        for start, lr_d, lr_g in sorted(self.train.lr_schedule):
+            if epoch >= start:
+                lr = (lr_d, lr_g)
+        return lr
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "RunConfig":
+        return _build(RunConfig, d, "")
+
+
+def _build(cls, d: dict[str, Any], prefix: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}")
+    kwargs = {}
+    for name, value in d.items():
+        f = known[name]
+        sub = _dataclass_type(f)
+        if sub is not None:
+            kwargs[name] = _build(sub, value, prefix + name + ".")
+        elif name == "lr_schedule":
+            kwargs[name] = tuple(tuple(x) for x in value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(f: dataclasses.Field):
+    t = f.type if not isinstance(f.type, str) else _SUBCONFIGS.get(f.type)
+    return t if dataclasses.is_dataclass(t) else None
+
+
+_SUBCONFIGS = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "TrainConfig": TrainConfig, "EvalConfig": EvalConfig}
+
+
+# ---------------------------------------------------------------- presets
+def _preset(name: str, **parts: Any) -> RunConfig:
+    return RunConfig(preset=name, **parts)
+
+
+PRESETS: dict[str, RunConfig] = {
+    # For tests: seconds on a laptop core.
+    "tiny": _preset(
+        "tiny",
+        data=DataConfig(source="mnist", n_train=1000),
+        model=ModelConfig(arch="smallcnn", width=8),
+        train=TrainConfig(epochs=2, lr_d=0.01, lr_g=0.01, lr_schedule=((2, 0.001, 0.001),)),
+        eval=EvalConfig(n_valid_z=500, n_test_z=500, n_grid=36),
+    ),
+    # Recognisable digits in a few minutes; the traced last epoch runs at lr 1e-3, where the
+    # linearised backward recursion holds (at 1e-2 it explodes, see docs/architecture.md).
+    "quick": _preset(
+        "quick",
+        data=DataConfig(source="mnist", n_train=10_000),
+        model=ModelConfig(arch="smallcnn", width=8),
+        train=TrainConfig(epochs=20, lr_d=0.01, lr_g=0.01, lr_schedule=((20, 0.001, 0.001),)),
+    ),
+    "paper-valid": _preset(
+        "paper-valid",
+        data=DataConfig(source="mnist", n_train=10_000),
+        model=ModelConfig(arch="smallcnn", width=8),
+        train=TrainConfig(epochs=50, lr_d=0.001, lr_g=0.001, weight_decay=0.001),
+    ),
+    "paper-cleansing": _preset(
+        "paper-cleansing",
+        data=DataConfig(source="mnist"),
+        model=ModelConfig(arch="smallcnn", width=32),
+        train=TrainConfig(epochs=20, lr_d=0.001, lr_g=0.001, weight_decay=0.001),
+        eval=EvalConfig(n_valid_z=10_000, n_test_z=10_000),
+    ),
+    "toy2d": _preset(
+        "toy2d",
+        data=DataConfig(source="normal2d", n_valid=1000, n_test=1000),
+        model=ModelConfig(arch="fcgan", z_dim=10),
+        train=TrainConfig(epochs=50, lr_d=0.001, lr_g=0.001, dtype="float64"),
+        eval=EvalConfig(n_valid_z=1000, n_test_z=1000, n_grid=1000, feature="mnist-cnn"),
+    ),
+}
+
+
+def preset(name: str, seed: int = 0) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], seed=seed)
+
+
+# ---------------------------------------------------------------- overrides
+def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """Apply `section.key=value` strings (e.g. `train.lr_d=0.001`, `seed=3`)."""
+    d = cfg.to_dict()
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        path = key.strip().split(".")
+        target_cls, target = RunConfig, d
+        for part in path[:-1]:
+            f = {f.name: f for f in fields(target_cls)}.get(part)
+            if f is None or _dataclass_type(f) is None:
+                raise ConfigError(f"unknown config key '{key}'")
+            target_cls, target = _dataclass_type(f), target[part]
+        f = {f.name: f for f in fields(target_cls)}.get(path[-1])
+        if f is None or _dataclass_type(f) is not None:
+            valid = ", ".join(_all_keys())
+            raise ConfigError(f"unknown config key '{key}'; valid keys: {valid}")
+        target[path[-1]] = _parse_value(f, raw.strip(), key)
+    out = RunConfig.from_dict(d)
+    validate(out)
+    return out
+
+
+def _all_keys() -> list[str]:
+    keys = []
+    for f in fields(RunConfig):
+        sub = _dataclass_type(f)
+        keys += [f"{f.name}.{g.name}" for g in fields(sub)] if sub else [f.name]
+    return keys
+
+
+def _parse_value(f: dataclasses.Field, raw: str, key: str) -> Any:
+    if f.name == "lr_schedule":
+        return _parse_schedule(raw, key)
+    types = _field_types(f)
+    if raw.lower() in ("none", "null", "") and type(None) in types:
+        return None
+    for t in types:
+        try:
+            if t is bool:
+                if raw.lower() in ("true", "1", "yes"):
+                    return True
+                if raw.lower() in ("false", "0", "no"):
+                    return False
+                continue
+            if t in (int, float, str):
+                return t(raw)
+        except ValueError:
+            continue
+    names = "/".join(t.__name__ for t in types)
+    raise ConfigError(f"{key}: cannot read '{raw}' as {names}")
+
+
+def _parse_schedule(raw: str, key: str) -> list[list[float]]:
+    if raw.lower() in ("", "none"):
+        return []
+    out = []
+    for part in raw.split(","):
+        bits = part.split(":")
+        try:
+            if len(bits) != 3:
+                raise ValueError
+            out.append([int(bits[0]), float(bits[1]), float(bits[2])])
+        except ValueError:
+            raise ConfigError(f"{key}: expected EPOCH:LR_D:LR_G[,...], got '{part}'") from None
+    return out
+
+
+def _field_types(f: dataclasses.Field) -> tuple[type, ...]:
+    t = f.type
+    if isinstance(t, str):
+        mapping = {"int": (int,), "float": (float,), "str": (str,), "bool": (bool,),
+                   "int | None": (int, type(None)), "str | None": (str, type(None)),
+                   "float | None": (float, type(None))}
+        return mapping.get(t, (str,))
+    if get_origin(t) is not None:
+        return tuple(get_args(t))
+    return (t,)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject configs that cannot train, with one clear reason."""
+    d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
+    checks = [
+        (d.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got '{d.source}'"),
+        (d.n_train is None or d.n_train >= 1, "data.n_train must be positive"),
+        (d.color in ("gray", "rgb"), "data.color must be gray or rgb"),
+        (d.image_size in (28, 32), "data.image_size must be 28 or 32"),
+        (d.n_valid >= 2 and d.n_test >= 2, "data.n_valid and data.n_test must be at least 2"),
+        (m.arch in ARCHS, f"model.arch must be one of {ARCHS}, got '{m.arch}'"),
+        (m.width >= 1, "model.width must be positive"),
+        (m.z_dim >= 1, "model.z_dim must be positive"),
+        ((m.arch == "fcgan") == (d.source == "normal2d"), "fcgan goes with normal2d data and only with it"),
+        (m.arch != "smallcnn" or d.image_size == 28, "smallcnn generates 28x28 images (data.image_size=28)"),
+        (t.epochs >= 1, "train.epochs must be at least 1"),
+        (t.batch_size >= 1, "train.batch_size must be at least 1"),
+        (t.lr_d > 0 and t.lr_g > 0, "learning rates must be positive"),
+        (all(lr_d > 0 and lr_g > 0 for _, lr_d, lr_g in t.lr_schedule), "learning rates must be positive"),
+        (all(1 <= ep <= t.epochs for ep, _, _ in t.lr_schedule), "lr_schedule epochs must lie in 1..epochs"),
+        (t.weight_decay >= 0, "train.weight_decay must not be negative"),
+        (1 <= t.trace_epochs <= t.epochs, "train.trace_epochs must lie in 1..epochs"),
+        (t.trace_steps is None or t.trace_steps >= 1, "train.trace_steps must be positive"),
+        (t.dtype in DTYPES, f"train.dtype must be one of {DTYPES}"),
+        (t.device in DEVICES, f"train.device must be one of {DEVICES}"),
+        (e.n_valid_z >= 2 and e.n_test_z >= 2, "eval.n_valid_z and eval.n_test_z must be at least 2"),
+        (e.n_grid >= 1, "eval.n_grid must be positive"),
+        (e.feature in FEATURES, f"eval.feature must be one of {FEATURES}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def describe_fields() -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every config key: the CLI help and the app form use it."""
+    out = []
+    defaults = RunConfig()
+    for f in fields(RunConfig):
+        sub = _dataclass_type(f)
+        if sub is None:
+            out.append((f.name, getattr(defaults, f.name), f.metadata.get("help", "")))
+            continue
+        for g in fields(sub):
+            out.append((f"{f.name}.{g.name}", getattr(getattr(defaults, f.name), g.name), g.metadata.get("help", "")))
+    return out

@@ -1,0 +1,98 @@
+"""Everything a job needs for one run: data, device, model functions, fixed z, evaluators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from . import store
+from .classifier import load_feature_net
+from .config import RunConfig, validate
+from .data import Dataset, load_dataset
+from .errors import ConfigError
+from .gan import GanFunctions
+from .metrics import Evaluator, FeatureNet
+from .models import build_gan
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def fixed_latents(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """Validation, test and grid z: fixed by the seed, independent of training randomness."""
+    g = torch.Generator().manual_seed(10_000 + cfg.seed)
+    z_dim = cfg.model.z_dim
+    return {
+        "valid": torch.randn(cfg.eval.n_valid_z, z_dim, generator=g, dtype=torch.float64),
+        "test": torch.randn(cfg.eval.n_test_z, z_dim, generator=g, dtype=torch.float64),
+        "grid": torch.randn(cfg.eval.n_grid, z_dim, generator=g, dtype=torch.float64),
+    }
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    root: Path
+    dataset: Dataset
+    device: torch.device
+    dtype: torch.dtype
+
+    @staticmethod
+    def create(cfg: RunConfig, root: Path, dtype: str | None = None) -> "RunContext":
+        validate(cfg)
+        dataset = load_dataset(cfg.data, cfg.seed, root / "_cache")
+        if cfg.train.batch_size > dataset.n_train:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({dataset.n_train})")
+        torch_dtype = getattr(torch, dtype or cfg.train.dtype)
+        return RunContext(cfg, root, dataset, resolve_device(cfg.train.device), torch_dtype)
+
+    def with_dtype(self, dtype: torch.dtype) -> "RunContext":
+        return RunContext(self.cfg, self.root, self.dataset, self.device, dtype)
+
+    def _put(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, self.dtype)
+
+    @cached_property
+    def train_x(self) -> torch.Tensor:
+        return self._put(self.dataset.train.x)
+
+    @cached_property
+    def latents(self) -> dict[str, torch.Tensor]:
+        return {k: self._put(v) for k, v in fixed_latents(self.cfg).items()}
+
+    def new_gan(self) -> tuple[GanFunctions, torch.nn.Module, torch.nn.Module]:
+        """Fresh G and D with the seed's initial weights."""
+        torch.manual_seed(self.cfg.seed)
+        x = self.dataset.train.x
+        G, D = build_gan(self.cfg.model, channels=x.shape[1] if x.dim() == 4 else 1, size=x.shape[-1])
+        return GanFunctions(G, D, self.cfg.train.weight_decay).to(self.device, self.dtype), G, D
+
+    @cached_property
+    def gan(self) -> GanFunctions:
+        return self.new_gan()[0]
+
+    @cached_property
+    def features(self) -> FeatureNet | None:
+        if self.cfg.is_2d:
+            return None
+        net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.data.__dict__, self.root / "_cache")
+        return net.to(self.device, torch.float64) if net is not None else None
+
+    def evaluator(self, split: str) -> Evaluator:
+        """Metrics on the validation split (influence) or the test split (reporting, cleansing)."""
+        if split not in self.__dict__.setdefault("_evaluators", {}):
+            real = self._put(getattr(self.dataset, split).x)
+            self.__dict__["_evaluators"][split] = Evaluator(self.gan, real, self.latents[split], self.features, self.cfg.is_2d)
+        return self.__dict__["_evaluators"][split]
+
+
+def load_run_config(run: store.Run) -> RunConfig:
+    return RunConfig.from_dict(run.read_json("config.json"))

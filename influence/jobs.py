@@ -1,0 +1,238 @@
+"""Background jobs: one computation per job key, progress in the store, cancellable.
+
+A job is a JSON spec {"kind": ..., "params": {...}}; its key is kind + a hash of the
+spec. Files under <store>/_jobs/<key>/:
+    spec.json     what to run
+    lock          flock-ed by the process computing the job (released when it dies)
+    status.json   state (queued|running|done|failed|cancelled), stage, done/total, eta, message, result
+    cancel        present = please stop (checked between steps)
+    log.txt       the worker's stderr
+Whoever asks for a key whose lock is held follows that job instead of starting a second
+one: two browser tabs, or the CLI and the app, share one computation. A worker killed
+mid-way leaves its state "running" with the lock free: `status` reports it as
+"interrupted", and starting it again resumes from the job's own checkpoints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from . import store
+from .errors import Cancelled, InfluenceError
+from .progress import CancelToken, Progress
+
+KINDS = ("train", "estimate", "cleanse", "validate")
+STATUS_EVERY_S = 0.5
+
+
+def job_key(spec: dict[str, Any]) -> str:
+    if spec.get("kind") not in KINDS:
+        raise InfluenceError(f"unknown job kind '{spec.get('kind')}'")
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{spec['kind']}-{digest}"
+
+
+def job_dir(root: Path, key: str) -> Path:
+    return Path(root) / "_jobs" / store.check_run_id(key)
+
+
+class JobLock:
+    """An exclusive, non-blocking flock on the job's lock file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def held_elsewhere(self) -> bool:
+        if self.acquire():
+            self.release()
+            return False
+        return True
+
+
+# ---------------------------------------------------------------- status
+def read_status(root: Path, key: str) -> dict[str, Any]:
+    d = job_dir(root, key)
+    path = d / "status.json"
+    if not path.exists():
+        return {"key": key, "state": "unknown"}
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"key": key, "state": "unknown"}
+    if status.get("state") in ("queued", "running") and not JobLock(d / "lock").held_elsewhere():
+        # Nobody computes it: the worker died (kill, crash, reboot). Starting again resumes.
+        if time.time() - status.get("updated", 0) > 10 or status.get("state") == "running":
+            status["state"] = "interrupted"
+    return status
+
+
+def _write_status(d: Path, **fields: Any) -> None:
+    path = d / "status.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(fields, updated=time.time())
+    store.write_json(path, old)
+
+
+def list_jobs(root: Path) -> list[dict[str, Any]]:
+    base = Path(root) / "_jobs"
+    if not base.exists():
+        return []
+    out = []
+    for d in base.iterdir():
+        if (d / "spec.json").exists():
+            status = read_status(root, d.name)
+            status["spec"] = json.loads((d / "spec.json").read_text())
+            out.append(status)
+    return sorted(out, key=lambda s: -s.get("updated", 0))
+
+
+def cancel(root: Path, key: str) -> None:
+    CancelToken(job_dir(root, key) / "cancel").set()
+
+
+# ---------------------------------------------------------------- running
+def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], None] | None = None) -> dict[str, Any] | None:
+    """Run the job in this process if nobody else is; returns its result, or None if it runs elsewhere."""
+    root = store.store_root(root)
+    key = job_key(spec)
+    d = job_dir(root, key)
+    lock = JobLock(d / "lock")
+    if not lock.acquire():
+        return None
+    try:
+        store.write_json(d / "spec.json", spec)
+        flag = d / "cancel"
+        if flag.exists():
+            flag.unlink()
+        token = CancelToken(flag)
+        _write_status(d, key=key, state="running", pid=os.getpid(), started=time.time(), message="", result=None)
+        last = [0.0]
+
+        def report(p: Progress) -> None:
+            now = time.time()
+            if now - last[0] >= STATUS_EVERY_S or p.done == p.total:
+                last[0] = now
+                _write_status(d, stage=p.stage, done=p.done, total=p.total, seconds=p.seconds, eta=p.eta,
+                              info=_jsonable(p.info))
+            if progress is not None:
+                progress(p)
+
+        try:
+            result = execute(root, spec, report, token)
+        except Cancelled as e:
+            _write_status(d, state="cancelled", message=str(e))
+            raise
+        except InfluenceError as e:
+            _write_status(d, state="failed", message=str(e))
+            raise
+        except Exception as e:
+            _write_status(d, state="failed", message=f"internal error: {e!r}", traceback=traceback.format_exc())
+            raise
+        _write_status(d, state="done", result=result, message="")
+        return result
+    finally:
+        lock.release()
+
+
+def start_background(root: Path, spec: dict[str, Any]) -> str:
+    """Start the job in a separate process (or join the one running); returns its key."""
+    root = store.store_root(root)
+    key = job_key(spec)
+    d = job_dir(root, key)
+    if JobLock(d / "lock").held_elsewhere():
+        return key
+    d.mkdir(parents=True, exist_ok=True)
+    store.write_json(d / "spec.json", spec)
+    _write_status(d, key=key, state="queued", message="", result=None, done=0, total=0)
+    with open(d / "log.txt", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "influence.jobs", str(root), key],
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return key
+
+
+def wait(root: Path, key: str, poll_s: float = 0.5, timeout_s: float | None = None) -> dict[str, Any]:
+    start = time.time()
+    while True:
+        status = read_status(root, key)
+        if status["state"] in ("done", "failed", "cancelled", "interrupted"):
+            return status
+        if timeout_s is not None and time.time() - start > timeout_s:
+            return status
+        time.sleep(poll_s)
+
+
+def _jsonable(info: dict) -> dict:
+    return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, dict, list, type(None)))}
+
+
+# ---------------------------------------------------------------- what each kind does
+def execute(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToken) -> dict[str, Any]:
+    """Run one job spec and return a JSON summary. Imports are local: workers start fast."""
+    kind, p = spec["kind"], spec["params"]
+    if kind == "train":
+        from .config import RunConfig, validate
+        from .train import train
+
+        cfg = RunConfig.from_dict(p["config"])
+        validate(cfg)
+        run = train(cfg, root, progress, cancel_token)
+        return {"run_id": run.run_id, **run.read_json("summary.json")}
+    run = store.open_run(root, p["run_id"])
+    if kind == "estimate":
+        from .estimate import EstimateOptions, estimate
+
+        results = estimate(run, p["metrics"], EstimateOptions(**p.get("options", {})), progress, cancel_token)
+        return {m: {k: r.meta[k] for k in ("verdict", "verdict_message", "growth", "seconds")} for m, r in results.items()}
+    if kind == "cleanse":
+        from .cleanse import cleanse
+
+        return cleanse(run, p["removal_ids"], p.get("mode", "replay"), progress, cancel_token).as_dict()
+    from .estimate import EstimateOptions
+    from .validate import validate
+
+    acc = validate(run, p["metrics"], p.get("n", 200), p.get("selection", "first"), p.get("seed", 0),
+                   EstimateOptions(**p.get("options", {})), progress, cancel_token)
+    return {m: a.as_dict() for m, a in acc.items()}
+
+
+def _worker_main(argv: list[str]) -> int:
+    root, key = Path(argv[0]), argv[1]
+    spec = json.loads((job_dir(root, key) / "spec.json").read_text())
+    try:
+        run_job(root, spec)
+    except (InfluenceError, Exception):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

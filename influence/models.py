@@ -1,0 +1,153 @@
+"""Generators, discriminators and the MNIST feature classifier.
+
+No BatchNorm anywhere in G or D: BatchNorm mixes the instances of a minibatch, so
+removing one training image would change the gradient of every other image in its
+batch and per-instance influence would no longer be a sum of per-instance terms.
+LayerNorm is per-sample; we use GroupNorm(1, C), which normalises each sample over
+(C, H, W) with a per-channel affine, as TensorFlow's layer_norm in the paper's code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+# The paper's MNIST discriminator: seven valid convs 28 -> 25 -> 12 -> 10 -> 9 -> 4 -> 2 -> 1.
+SMALLCNN_KERNELS = (4, 3, 3, 2, 3, 3, 2)
+SMALLCNN_STRIDES = (1, 2, 1, 1, 2, 1, 1)
+
+
+def layer_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(1, channels)
+
+
+class SmallCnnDiscriminator(nn.Module):
+    def __init__(self, width: int, channels: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = channels
+        for k, s in zip(SMALLCNN_KERNELS, SMALLCNN_STRIDES):
+            layers += [nn.Conv2d(c_in, width, k, s), nn.Sigmoid(), layer_norm(width)]
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1)).squeeze(1)
+
+
+class SmallCnnGenerator(nn.Module):
+    """Mirror of the discriminator: transposed convs 1 -> 2 -> 4 -> 9 -> 10 -> 12 -> 25 -> 28."""
+
+    def __init__(self, width: int, z_dim: int, channels: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = z_dim
+        for k, s in zip(reversed(SMALLCNN_KERNELS), reversed(SMALLCNN_STRIDES)):
+            layers += [nn.ConvTranspose2d(c_in, width, k, s), nn.Sigmoid(), layer_norm(width)]
+            c_in = width
+        layers += [nn.Conv2d(width, channels, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class DcganGenerator(nn.Module):
+    """DCGAN generator for 28x28 or 32x32, LayerNorm where the classic one has BatchNorm."""
+
+    def __init__(self, width: int, z_dim: int, channels: int, size: int):
+        super().__init__()
+        self.base = size // 4
+        self.c0 = 2 * width
+        self.project = nn.Sequential(nn.Linear(z_dim, self.c0 * self.base**2), nn.ReLU())
+        self.net = nn.Sequential(
+            layer_norm(self.c0),
+            nn.ConvTranspose2d(self.c0, width, 4, 2, 1),
+            layer_norm(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, channels, 4, 2, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.project(z).view(-1, self.c0, self.base, self.base)
+        return self.net(h)
+
+
+class DcganDiscriminator(nn.Module):
+    def __init__(self, width: int, channels: int, size: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            layer_norm(2 * width),
+            nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Linear(2 * width * (size // 4) ** 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x).flatten(1)).squeeze(1)
+
+
+class FcGenerator(nn.Module):
+    """The paper's 2D generator: z (10) -> 32 -> 32 -> 2, ReLU."""
+
+    def __init__(self, z_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(z_dim, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class FcDiscriminator(nn.Module):
+    """The paper's 2D discriminator: 2 -> 64 -> 64 -> 1, ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def build_gan(cfg: ModelConfig, channels: int = 1, size: int = 28) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) with PyTorch's default initialisation (seed it before calling)."""
+    if cfg.arch == "smallcnn":
+        return SmallCnnGenerator(cfg.width, cfg.z_dim, channels), SmallCnnDiscriminator(cfg.width, channels)
+    if cfg.arch == "dcgan":
+        return DcganGenerator(cfg.width, cfg.z_dim, channels, size), DcganDiscriminator(cfg.width, channels, size)
+    if cfg.arch == "fcgan":
+        return FcGenerator(cfg.z_dim), FcDiscriminator()
+    raise ValueError(f"unknown arch {cfg.arch}")
+
+
+class MnistClassifier(nn.Module):
+    """The paper's IS/FID network: its 128-d sigmoid layer is the FID feature space."""
+
+    def __init__(self, channels: int = 1, n_classes: int = 10, size: int = 28):
+        super().__init__()
+        side = ((size - 4) // 2 - 4) // 2
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 8, 5),
+            nn.Sigmoid(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 5),
+            nn.Sigmoid(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * side * side, 128),
+            nn.Sigmoid(),
+        )
+        self.logits = nn.Linear(128, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.features(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        return h, self.logits(h)

@@ -1,0 +1,57 @@
+"""Progress reports and cancellation shared by every long job (CLI: tqdm; app: the job store)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import Cancelled
+
+
+@dataclass
+class Progress:
+    stage: str
+    done: int
+    total: int
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def eta(self) -> float | None:
+        return self.seconds / self.done * (self.total - self.done) if self.done else None
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class Reporter:
+    """Times a stage, forwards reports, and raises Cancelled when asked to stop."""
+
+    def __init__(self, stage: str, total: int, callback: ProgressFn | None = None, cancel: "CancelToken | None" = None):
+        self.stage, self.total, self.callback, self.cancel = stage, total, callback, cancel
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, **info) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"{self.stage} cancelled at {done}/{self.total}")
+        if self.callback is not None:
+            self.callback(Progress(self.stage, done, self.total, time.perf_counter() - self.start, info))
+
+
+class CancelToken:
+    """Set by the user; checked between steps. A file flag lets another process cancel a job."""
+
+    def __init__(self, flag_file: Path | None = None):
+        self.flag_file = flag_file
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+        if self.flag_file is not None:
+            self.flag_file.parent.mkdir(parents=True, exist_ok=True)
+            self.flag_file.touch()
+
+    def is_set(self) -> bool:
+        return self._set or (self.flag_file is not None and self.flag_file.exists())

@@ -1,0 +1,228 @@
+"""The run store: one folder per run, safe formats, atomic writes, checksummed files.
+
+Layout (see docs/architecture.md):
+    <store>/_cache/                     data set .npz, feature classifiers
+    <store>/<run_id>/config.json         the full RunConfig (its hash is the run id)
+    <store>/<run_id>/manifest.json       size + sha256 of every file written through `Run`
+    <store>/<run_id>/...                 weights, trace, history, grids, results
+
+Every write goes to a temp file in the same folder and is renamed into place, so a
+crash leaves either the old file or the new one. Files are read back only after
+their checksum matches the manifest; a damaged file raises StoreError (callers
+rebuild caches, and report anything else).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import StoreError
+
+ENV_STORE = "GAN_INFLUENCE_STORE"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_manifest_lock = threading.Lock()
+
+
+def store_root(path: str | os.PathLike | None = None) -> Path:
+    root = Path(path or os.environ.get(ENV_STORE) or "runs")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "_cache").mkdir(exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot use store folder '{root}': {e.strerror or e}") from None
+    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+        raise StoreError(f"store folder '{root}' is not readable and writable")
+    return root
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+        raise StoreError(f"invalid run id '{run_id}': letters, digits, '.', '_' and '-' only")
+    return run_id
+
+
+# ---------------------------------------------------------------- atomic primitives
+def write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _silent_unlink(tmp)
+        raise StoreError(f"cannot write '{path}': {e.strerror or e}; earlier results are unchanged") from None
+    except BaseException:
+        _silent_unlink(tmp)
+        raise
+
+
+def _silent_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=True).encode()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_state_dict(state: dict[str, torch.Tensor]) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    return buf.getvalue()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes(path, encode_json(obj))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot read '{path}': {e}") from None
+
+
+def save_state_dict(path: Path, state: dict[str, torch.Tensor]) -> None:
+    write_bytes(path, encode_state_dict(state))
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds on a damaged file
+        raise StoreError(f"cannot read weights '{path}': {e}") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- one run
+class Run:
+    """A run folder. Every file written through it is listed in manifest.json."""
+
+    def __init__(self, root: Path, run_id: str):
+        self.root = Path(root)
+        self.run_id = check_run_id(run_id)
+        self.dir = self.root / run_id
+
+    def path(self, rel: str) -> Path:
+        p = (self.dir / rel).resolve()
+        if self.dir.resolve() not in p.parents:
+            raise StoreError(f"path '{rel}' leaves the run folder")
+        return p
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).exists()
+
+    # manifest ------------------------------------------------------------
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        m = self.dir / "manifest.json"
+        return read_json(m) if m.exists() else {}
+
+    def _record(self, rel: str, data: bytes) -> None:
+        with _manifest_lock:
+            m = self.manifest()
+            m[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            write_json(self.dir / "manifest.json", m)
+
+    def forget(self, prefix: str) -> None:
+        """Drop manifest entries under `prefix` (their files are being rebuilt)."""
+        with _manifest_lock:
+            m = {k: v for k, v in self.manifest().items() if not k.startswith(prefix)}
+            write_json(self.dir / "manifest.json", m)
+
+    def verify(self, rel: str) -> Path:
+        """The file's path after checking it against the manifest; StoreError if missing or damaged."""
+        p = self.path(rel)
+        entry = self.manifest().get(rel)
+        if not p.exists():
+            raise StoreError(f"run {self.run_id}: '{rel}' is missing")
+        if entry is None:
+            raise StoreError(f"run {self.run_id}: '{rel}' is not in the manifest (written outside the store?)")
+        if p.stat().st_size != entry["size"] or sha256_file(p) != entry["sha256"]:
+            raise StoreError(f"run {self.run_id}: '{rel}' is damaged (size or checksum differs from the manifest)")
+        return p
+
+    # writers -------------------------------------------------------------
+    def write(self, rel: str, data: bytes) -> Path:
+        p = self.path(rel)
+        write_bytes(p, data)
+        self._record(rel, data)
+        return p
+
+    def write_json(self, rel: str, obj: Any) -> Path:
+        return self.write(rel, encode_json(obj))
+
+    def write_npy(self, rel: str, array: np.ndarray) -> Path:
+        return self.write(rel, encode_npy(array))
+
+    def write_state_dict(self, rel: str, state: dict[str, torch.Tensor]) -> Path:
+        return self.write(rel, encode_state_dict(state))
+
+    # readers (verified) --------------------------------------------------
+    def read_json(self, rel: str) -> Any:
+        return read_json(self.verify(rel))
+
+    def read_npy(self, rel: str, mmap: bool = False) -> np.ndarray:
+        p = self.verify(rel)
+        try:
+            return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot read '{p}': {e}") from None
+
+    def read_state_dict(self, rel: str) -> dict[str, torch.Tensor]:
+        return load_state_dict(self.verify(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.verify(rel).read_bytes()
+
+
+def open_run(root: Path, run_id: str) -> Run:
+    run = Run(root, run_id)
+    if not (run.dir / "config.json").exists():
+        raise StoreError(f"no run '{run_id}' in store '{root}' (see `gan-influence runs`)")
+    return run
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Summaries of the runs in the store, newest first; damaged runs are listed with their problem."""
+    out = []
+    for d in sorted(Path(root).iterdir()) if Path(root).exists() else []:
+        if not d.is_dir() or d.name.startswith(("_", ".")) or not (d / "config.json").exists():
+            continue
+        run = Run(root, d.name)
+        entry: dict[str, Any] = {"run_id": d.name, "modified": (d / "config.json").stat().st_mtime}
+        try:
+            entry["config"] = run.read_json("config.json")
+            entry["summary"] = run.read_json("summary.json") if run.exists("summary.json") else None
+        except StoreError as e:
+            entry["problem"] = str(e)
+        out.append(entry)
+    return sorted(out, key=lambda e: -e["modified"])

@@ -1,0 +1,227 @@
+"""The paper's two experiments: estimation accuracy (leave-one-out) and data cleansing (sweep).
+
+Estimation accuracy: for n instances, the actual influence is the validation metric
+after replaying the traced steps without that one instance (same z, same batch
+order) minus the metric of the original run; compared with the estimate by Kendall
+tau, Pearson r and the Jaccard index of the top-10% sets (n/20 most negative plus
+n/20 most positive). A replay starts at the instance's first traced step: before it
+the trajectory is the original one, stored in the trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from . import store
+from .baselines import methods_for, ranking
+from .cleanse import cleanse
+from .config import RunConfig
+from .context import RunContext, load_run_config
+from .errors import ConfigError, StoreError
+from .estimate import EstimateOptions, estimate
+from .metrics import check_metric, harmful_sign
+from .progress import CancelToken, ProgressFn, Reporter
+from .train import Trace, replay, train
+
+SELECTIONS = ("first", "random")
+PARTIAL_EVERY = 10
+
+
+@dataclass
+class Accuracy:
+    metric: str
+    ids: np.ndarray
+    estimated: np.ndarray
+    actual: np.ndarray
+    kendall_tau: float
+    pearson_r: float
+    jaccard_top10: float
+    seconds_loo: float
+    verdict: str
+
+    def as_dict(self) -> dict:
+        return {
+            "metric": self.metric, "n": int(len(self.ids)), "kendall_tau": self.kendall_tau,
+            "pearson_r": self.pearson_r, "jaccard_top10": self.jaccard_top10,
+            "seconds_loo": self.seconds_loo, "verdict": self.verdict,
+        }
+
+
+def jaccard_top(estimated: np.ndarray, actual: np.ndarray, k: int) -> float:
+    """Jaccard index of {k most negative} + {k most positive} between two score vectors."""
+    def extremes(v: np.ndarray) -> set[int]:
+        order = np.argsort(v, kind="stable")
+        return set(order[:k].tolist()) | set(order[-k:].tolist())
+
+    a, b = extremes(estimated), extremes(actual)
+    return len(a & b) / len(a | b)
+
+
+def accuracy_numbers(estimated: np.ndarray, actual: np.ndarray) -> tuple[float, float, float]:
+    tau = float(stats.kendalltau(estimated, actual).statistic)
+    r = float(stats.pearsonr(estimated, actual).statistic)
+    return tau, r, jaccard_top(estimated, actual, max(1, len(actual) // 20))
+
+
+def select_ids(n_train: int, n: int, selection: str, seed: int, traced: np.ndarray) -> np.ndarray:
+    if selection not in SELECTIONS:
+        raise ConfigError(f"selection must be one of {SELECTIONS}")
+    candidates = np.flatnonzero(traced)
+    if n < 3 or n > len(candidates):
+        raise ConfigError(f"n must lie in 3..{len(candidates)} (instances in the traced steps)")
+    if selection == "first":
+        return candidates[:n]
+    return np.sort(np.random.default_rng(seed).choice(candidates, n, replace=False))
+
+
+def leave_one_out(
+    run: store.Run,
+    metrics: list[str],
+    ids: np.ndarray,
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[np.ndarray, float]:
+    """Actual influence (k metrics x n ids) by replays; finished instances are kept on disk."""
+    cfg = load_run_config(run)
+    trace = Trace.load(run)
+    ctx = RunContext.create(cfg, run.root)
+    key = "loo-" + hashlib.sha256(json.dumps([metrics, ids.tolist()]).encode()).hexdigest()[:12]
+    done = _load_partial(run, key)
+    first = trace.step_of_instance(ctx.dataset.n_train)
+    valid = ctx.evaluator("valid")
+    final_d, final_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
+    base = valid.evaluate(final_d, final_g, tuple(metrics))
+    report = Reporter("leave-one-out", len(ids), progress, cancel)
+    started = time.perf_counter()
+    for i, j in enumerate(ids.tolist()):
+        if str(j) not in done:
+            theta_d, theta_g = replay(ctx, trace, [j], start=int(first[j]), cancel=cancel)
+            after = valid.evaluate(theta_d, theta_g, tuple(metrics))
+            done[str(j)] = [after[m] - base[m] for m in metrics]
+            if len(done) % PARTIAL_EVERY == 0:
+                run.write_json(f"validate/_partial/{key}.json", done)
+        report(i + 1)
+    run.write_json(f"validate/_partial/{key}.json", done)
+    actual = np.array([done[str(j)] for j in ids.tolist()]).T
+    return actual, time.perf_counter() - started
+
+
+def _load_partial(run: store.Run, key: str) -> dict:
+    rel = f"validate/_partial/{key}.json"
+    if not run.exists(rel):
+        return {}
+    try:
+        return run.read_json(rel)
+    except StoreError:
+        return {}
+
+
+def validate(
+    run: store.Run,
+    metrics: list[str],
+    n: int = 200,
+    selection: str = "first",
+    seed: int = 0,
+    options: EstimateOptions = EstimateOptions(),
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+) -> dict[str, Accuracy]:
+    """Estimated vs actual influence for n instances, per metric; stored under validate/."""
+    cfg = load_run_config(run)
+    for m in metrics:
+        check_metric(m, cfg.is_2d)
+    results = estimate(run, metrics, options, progress=progress, cancel=cancel)
+    trace = Trace.load(run)
+    traced = trace.step_of_instance(len(results[metrics[0]].scores)) >= 0
+    ids = select_ids(len(traced), n, selection, seed, traced)
+    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel)
+    out = {}
+    for i, m in enumerate(metrics):
+        est = results[m].scores[ids]
+        tau, r, jac = accuracy_numbers(est, actual[i])
+        acc = Accuracy(m, ids, est, actual[i], tau, r, jac, seconds, results[m].verdict)
+        key = f"{m}-n{n}-{selection}-s{seed}-{results[m].meta['options']['dtype']}"
+        run.write_npy(f"validate/{key}/pairs.npy", np.stack([ids, est, actual[i]]).T)
+        run.write_json(f"validate/{key}/result.json", acc.as_dict())
+        out[m] = acc
+    return out
+
+
+def stored_validations(run: store.Run) -> list[dict]:
+    base = run.path("validate")
+    if not base.exists():
+        return []
+    out = []
+    for d in sorted(base.iterdir()):
+        if d.name.startswith("_") or not (d / "result.json").exists():
+            continue
+        entry = run.read_json(f"validate/{d.name}/result.json")
+        pairs = run.read_npy(f"validate/{d.name}/pairs.npy")
+        entry.update(key=d.name, ids=pairs[:, 0].astype(int), estimated=pairs[:, 1], actual=pairs[:, 2])
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------- data-cleansing sweep
+def sweep(
+    configs: list[RunConfig],
+    root,
+    methods: list[str],
+    counts: list[int],
+    metric: str = "fid",
+    options: EstimateOptions = EstimateOptions(),
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+) -> pd.DataFrame:
+    """For each seed's run, method and removal count: test-metric change of cleansing vs no removal.
+
+    Returns the per-(method, count) table with mean, std, one-sample t-test p-value over seeds.
+    """
+    root = store.store_root(root)
+    rows = []
+    report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
+    done = 0
+    for cfg in configs:
+        run = train(cfg, root, cancel=cancel)
+        ctx = RunContext.create(cfg, root)
+        allowed = methods_for(cfg.is_2d)
+        for method in methods:
+            if method not in allowed:
+                raise ConfigError(f"unknown selection method '{method}'; choose from {', '.join(allowed)}")
+            order = ranking(run, ctx, method, seed=cfg.seed, options=options)
+            for count in counts:
+                if not 1 <= count < ctx.dataset.n_train:
+                    raise ConfigError(f"removal count {count} must lie in 1..{ctx.dataset.n_train - 1}")
+                res = cleanse(run, order[:count], ctx=ctx, cancel=cancel)
+                rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": method, "count": count,
+                             "before": res.before[metric], "after": res.after[metric],
+                             "change": res.after[metric] - res.before[metric]})
+                done += 1
+                report(done)
+    per_run = pd.DataFrame(rows)
+    table = summarize_sweep(per_run, metric)
+    key = hashlib.sha256(json.dumps([[c.run_id for c in configs], methods, counts, metric]).encode()).hexdigest()[:12]
+    base = root / "_sweeps" / key
+    store.write_bytes(base / "per_run.csv", per_run.to_csv(index=False).encode())
+    store.write_bytes(base / "table.csv", table.to_csv(index=False).encode())
+    return table
+
+
+def summarize_sweep(per_run: pd.DataFrame, metric: str) -> pd.DataFrame:
+    out = []
+    for (method, count), g in per_run.groupby(["method", "count"], sort=False):
+        changes = g["change"].to_numpy()
+        p = float(stats.ttest_1samp(changes, 0.0).pvalue) if len(changes) > 1 and changes.std() > 0 else float("nan")
+        improvement = changes * harmful_sign(metric)  # > 0 = metric improved
+        out.append({"method": method, "count": int(count), "seeds": len(changes),
+                    f"mean_change_{metric}": float(changes.mean()), f"std_change_{metric}": float(changes.std(ddof=1)) if len(changes) > 1 else float("nan"),
+                    "improved_in": int((improvement > 0).sum()), "p_value": p})
+    return pd.DataFrame(out)
