@@ -48,7 +48,7 @@ class RunContext:
     @staticmethod
     def create(cfg: RunConfig, root: Path, dtype: str | None = None) -> "RunContext":
         validate(cfg)
-        dataset = load_dataset(cfg.data, cfg.seed, root / "_cache")
+        dataset = load_dataset(cfg.data, cfg.seed, store.cache_dir(root))
         if cfg.train.batch_size > dataset.n_train:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({dataset.n_train})")
         torch_dtype = getattr(torch, dtype or cfg.train.dtype)
@@ -83,7 +83,7 @@ class RunContext:
     def features(self) -> FeatureNet | None:
         if self.cfg.is_2d:
             return None
-        net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.data.__dict__, self.root / "_cache")
+        net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.data.__dict__, store.cache_dir(self.root))
         return net.to(self.device, torch.float64) if net is not None else None
 
     def evaluator(self, split: str) -> Evaluator:

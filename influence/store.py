@@ -14,6 +14,8 @@ rebuild caches, and report anything else).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -30,6 +32,7 @@ import torch
 from .errors import StoreError
 
 ENV_STORE = "GAN_INFLUENCE_STORE"
+ENV_CACHE = "GAN_INFLUENCE_CACHE"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _manifest_lock = threading.Lock()
 
@@ -44,6 +47,13 @@ def store_root(path: str | os.PathLike | None = None) -> Path:
     if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
         raise StoreError(f"store folder '{root}' is not readable and writable")
     return root
+
+
+def cache_dir(root: Path) -> Path:
+    """Data sets and feature classifiers: <store>/_cache unless GAN_INFLUENCE_CACHE names a shared folder."""
+    path = Path(os.environ.get(ENV_CACHE) or Path(root) / "_cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def check_run_id(run_id: str) -> str:
@@ -87,9 +97,10 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_state_dict(state: dict[str, torch.Tensor]) -> bytes:
+def encode_state_dict(state: dict[str, Any]) -> bytes:
+    """Tensors (and plain ints/strings, which weights_only loading also admits)."""
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    torch.save({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}, buf)
     return buf.getvalue()
 
 
@@ -146,17 +157,25 @@ class Run:
         m = self.dir / "manifest.json"
         return read_json(m) if m.exists() else {}
 
-    def _record(self, rel: str, data: bytes) -> None:
-        with _manifest_lock:
+    @contextlib.contextmanager
+    def _manifest_update(self):
+        """Read-modify-write of the manifest, exclusive across threads and processes."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _manifest_lock, open(self.dir / ".manifest.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             m = self.manifest()
-            m[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            yield m
             write_json(self.dir / "manifest.json", m)
 
+    def _record(self, rel: str, data: bytes) -> None:
+        with self._manifest_update() as m:
+            m[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
     def forget(self, prefix: str) -> None:
-        """Drop manifest entries under `prefix` (their files are being rebuilt)."""
-        with _manifest_lock:
-            m = {k: v for k, v in self.manifest().items() if not k.startswith(prefix)}
-            write_json(self.dir / "manifest.json", m)
+        """Drop manifest entries under `prefix` (their files are being removed or rebuilt)."""
+        with self._manifest_update() as m:
+            for k in [k for k in m if k.startswith(prefix)]:
+                del m[k]
 
     def verify(self, rel: str) -> Path:
         """The file's path after checking it against the manifest; StoreError if missing or damaged."""

@@ -10,6 +10,7 @@ backwards. Training checkpoints after every epoch and resumes from the last one.
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -221,25 +222,23 @@ def image_grid_png(images: torch.Tensor, nrow: int | None = None) -> bytes:
 
 
 def _save_checkpoint(run, epoch, theta_d, theta_g, rng, history, rec) -> None:
-    # Trace arrays first, state last: a checkpoint counts only once its state file exists.
+    # One file, written atomically: a kill at any moment leaves the previous epoch's checkpoint whole.
+    state = {"theta_d": theta_d.cpu(), "theta_g": theta_g.cpu(), "rng": rng.get_state(), "epoch": epoch,
+             "history": json.dumps(history)}
     for name, items in rec.items():
-        run.write_npy(f"checkpoint/trace_{name}.npy", np.stack(items) if items else np.zeros((0,)))
-    run.write_state_dict("checkpoint/state.pt", {"theta_d": theta_d.cpu(), "theta_g": theta_g.cpu(), "rng": rng.get_state()})
-    run.write_json("checkpoint/meta.json", {"epoch": epoch, "history": history})
+        state[f"trace_{name}"] = torch.from_numpy(np.stack(items)) if items else torch.zeros(0)
+    run.write_state_dict("checkpoint/state.pt", state)
 
 
 def _load_checkpoint(run: store.Run):
-    if not run.exists("checkpoint/meta.json"):
+    if not run.exists("checkpoint/state.pt"):
         return None
     try:
-        meta = run.read_json("checkpoint/meta.json")
         state = run.read_state_dict("checkpoint/state.pt")
-        rec = {name: list(run.read_npy(f"checkpoint/trace_{name}.npy")) for name in TRACE_FILES}
     except StoreError:
         return None  # a damaged checkpoint is ignored: training restarts from scratch
-    if meta["epoch"] < 1 or any(len(v) != len(rec["params"]) for v in rec.values()):
-        return None
-    return state["theta_d"], state["theta_g"], state["rng"], meta["history"], rec, meta["epoch"] + 1
+    rec = {name: list(state[f"trace_{name}"].numpy()) for name in TRACE_FILES}
+    return state["theta_d"], state["theta_g"], state["rng"], json.loads(state["history"]), rec, state["epoch"] + 1
 
 
 def _finish(ctx, run, theta_d, theta_g, rec, first_traced, history, seconds, total) -> None:

@@ -1,0 +1,88 @@
+"""Shared fixtures: one tiny MNIST run and one small 2D run, trained once per test session.
+
+The data cache (MNIST .npz, feature classifier) is shared across all stores of the
+session through GAN_INFLUENCE_CACHE, so each store does not retrain the classifier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from influence import store
+from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, preset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    cache = Path(os.environ.get("GAN_INFLUENCE_TEST_CACHE", REPO / "runs" / "_test_cache"))
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ[store.ENV_CACHE] = str(cache)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def tiny_config(seed: int = 0) -> RunConfig:
+    return preset("tiny", seed)
+
+
+def toy_config(seed: int = 0, **train) -> RunConfig:
+    """normal2d with 2k points: the paper's toy, small enough for tests."""
+    return RunConfig(
+        preset="toytest",
+        data=DataConfig(source="normal2d", n_train=2000, n_valid=500, n_test=500),
+        model=ModelConfig(arch="fcgan", z_dim=10),
+        train=TrainConfig(epochs=3, batch_size=100, lr_d=0.01, lr_g=0.01, lr_schedule=((3, 0.001, 0.001),),
+                          dtype="float64", **train),
+        eval=EvalConfig(n_valid_z=500, n_test_z=500, n_grid=200),
+        seed=seed,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """A store holding the tiny preset run (seed 0) with influence on FID, IS and D-loss."""
+    from influence.estimate import EstimateOptions, estimate
+    from influence.train import train
+
+    root = tmp_path_factory.mktemp("tiny_store")
+    run = train(tiny_config(), root)
+    estimate(run, ["fid", "is", "dloss"], EstimateOptions())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_store) -> store.Run:
+    return store.open_run(tiny_store, tiny_config().run_id)
+
+
+@pytest.fixture(scope="session")
+def toy_store(tmp_path_factory) -> Path:
+    from influence.estimate import EstimateOptions, estimate
+    from influence.train import train
+
+    root = tmp_path_factory.mktemp("toy_store")
+    run = train(toy_config(), root)
+    estimate(run, ["all", "dloss"], EstimateOptions())
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_run(toy_store) -> store.Run:
+    return store.open_run(toy_store, toy_config().run_id)
+
+
+def replace(cfg: RunConfig, **sections) -> RunConfig:
+    return dataclasses.replace(cfg, **sections)
