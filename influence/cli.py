@@ -126,18 +126,33 @@ class _Bar:
 
 
 def _run(root: Path, spec: dict, quiet: bool) -> dict:
-    """Run a job here, or follow it if another process (e.g. the app) already computes it."""
+    """Run a job here, or follow it if another process (e.g. the app) already computes it.
+
+    A followed job whose process dies is taken over: run here, it resumes from its checkpoints.
+    """
+    from .progress import Progress
+
     bar = _Bar(quiet)
+
+    def show(status: dict) -> None:
+        if status.get("stage") and status.get("total"):
+            bar(Progress(status["stage"], int(status.get("done") or 0), int(status["total"]),
+                         float(status.get("seconds") or 0.0), {}))
+
     try:
-        result = jobs.run_job(root, spec, bar)
-        if result is None:
+        for _attempt in range(3):
+            result = jobs.run_job(root, spec, bar)
+            if result is not None:
+                return result
             key = jobs.job_key(spec)
             print(f"job {key} is already running elsewhere; following it", file=sys.stderr)
-            status = jobs.wait(root, key)
-            if status["state"] != "done":
+            status = jobs.wait(root, key, on_status=show)
+            if status["state"] == "done":
+                return status["result"]
+            if status["state"] != "interrupted":
                 raise InfluenceError(f"job {key} ended {status['state']}: {status.get('message', '')}")
-            result = status["result"]
-        return result
+            print(f"job {key} was interrupted; resuming it here", file=sys.stderr)
+        raise InfluenceError(f"job {jobs.job_key(spec)} keeps being interrupted; run the command again")
     finally:
         bar.close()
 
@@ -147,6 +162,9 @@ def cmd_train(args, root: Path) -> int:
     from .config import apply_overrides, preset
 
     cfg = apply_overrides(preset(args.preset, args.seed), args.set)
+    from .context import RunContext
+
+    RunContext.create(cfg, root)  # checks that need the data (batch vs data set size) before the job writes anything
     started = time.perf_counter()
     result = _run(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, args.json)
     out = {"run_id": result["run_id"], "device": result["device"], "steps": result["steps"],
@@ -213,7 +231,10 @@ def _check_metrics(run: store.Run, metrics: list[str]) -> None:
 
 def read_removal_csv(text: str, n_train: int | None = None) -> list[int]:
     """Ids from a CSV with an 'id' column, or one id per line. ConfigError on anything else."""
-    rows = [row for row in csv.reader(io.StringIO(text)) if row and any(c.strip() for c in row)]
+    try:  # newline="": csv itself splits lines, so old Mac '\r' endings are lines, not an error
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(c.strip() for c in row)]
+    except csv.Error as e:
+        raise ConfigError(f"the removal CSV cannot be parsed: {e}") from None
     rows = [row for row in rows if not row[0].lstrip().startswith("#")]
     if not rows:
         raise ConfigError("the removal CSV is empty")
@@ -233,10 +254,28 @@ def read_removal_csv(text: str, n_train: int | None = None) -> list[int]:
     if not ids:
         raise ConfigError("the removal CSV has a header but no ids")
     if n_train is not None:
+        for value in ids:  # before numpy sees them: a huge id would overflow int64
+            if not 0 <= value < n_train:
+                shown = str(value) if abs(value) < 10**12 else str(value)[:15] + "..."
+                raise ConfigError(f"removal id {shown} is outside the training set (ids 0..{n_train - 1})")
         from .cleanse import check_removal_ids
 
         check_removal_ids(ids, n_train)
     return ids
+
+
+MAX_REMOVAL_FILE_BYTES = 64 * 2**20
+
+
+def _read_removal_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_REMOVAL_FILE_BYTES + 1)
+        if len(data) > MAX_REMOVAL_FILE_BYTES:
+            raise ConfigError(f"removal file '{path}' is larger than {MAX_REMOVAL_FILE_BYTES // 2**20} MB")
+        return data.decode()
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"cannot read removal file '{path}': {e}") from None
 
 
 def cmd_cleanse(args, root: Path) -> int:
@@ -249,10 +288,7 @@ def cmd_cleanse(args, root: Path) -> int:
     cfg = load_run_config(run)
     ctx = RunContext.create(cfg, root)
     if args.remove:
-        try:
-            text = Path(args.remove).read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read removal file '{args.remove}': {e}") from None
+        text = _read_removal_file(args.remove)
         ids = read_removal_csv(text, ctx.dataset.n_train)
     else:
         if not 1 <= args.top_harmful < ctx.dataset.n_train:
@@ -327,8 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except InfluenceError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+
+
+def _one_line(message: str) -> str:
+    """The message with newlines and other unprintable characters (often echoed user input) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message.strip())
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, get_args, get_origin
 
 from .errors import ConfigError
 
+_PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 DATA_SOURCES = ("mnist", "torchvision-mnist", "fashion-mnist", "folder", "normal2d")
 ARCHS = ("smallcnn", "dcgan", "fcgan")
 DEVICES = ("auto", "cpu", "cuda")
@@ -280,14 +282,16 @@ def validate(cfg: RunConfig) -> None:
     """Reject configs that cannot train, with one clear reason."""
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     checks = [
+        (isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**32, "seed must be an integer in 0..2^32-1"),
+        (_PRESET_NAME.fullmatch(cfg.preset) is not None, "preset names use letters, digits, '-' and '_' (at most 40)"),
         (d.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got '{d.source}'"),
         (d.n_train is None or d.n_train >= 1, "data.n_train must be positive"),
         (d.color in ("gray", "rgb"), "data.color must be gray or rgb"),
         (d.image_size in (28, 32), "data.image_size must be 28 or 32"),
         (d.n_valid >= 2 and d.n_test >= 2, "data.n_valid and data.n_test must be at least 2"),
         (m.arch in ARCHS, f"model.arch must be one of {ARCHS}, got '{m.arch}'"),
-        (m.width >= 1, "model.width must be positive"),
-        (m.z_dim >= 1, "model.z_dim must be positive"),
+        (1 <= m.width <= 512, "model.width must lie in 1..512"),
+        (1 <= m.z_dim <= 1024, "model.z_dim must lie in 1..1024"),
         ((m.arch == "fcgan") == (d.source == "normal2d"), "fcgan goes with normal2d data and only with it"),
         (m.arch != "smallcnn" or d.image_size == 28, "smallcnn generates 28x28 images (data.image_size=28)"),
         (t.epochs >= 1, "train.epochs must be at least 1"),
@@ -300,8 +304,8 @@ def validate(cfg: RunConfig) -> None:
         (t.trace_steps is None or t.trace_steps >= 1, "train.trace_steps must be positive"),
         (t.dtype in DTYPES, f"train.dtype must be one of {DTYPES}"),
         (t.device in DEVICES, f"train.device must be one of {DEVICES}"),
-        (e.n_valid_z >= 2 and e.n_test_z >= 2, "eval.n_valid_z and eval.n_test_z must be at least 2"),
-        (e.n_grid >= 1, "eval.n_grid must be positive"),
+        (2 <= e.n_valid_z <= 100_000 and 2 <= e.n_test_z <= 100_000, "eval.n_valid_z and eval.n_test_z must lie in 2..100000"),
+        (1 <= e.n_grid <= 10_000, "eval.n_grid must lie in 1..10000"),
         (e.feature in FEATURES, f"eval.feature must be one of {FEATURES}"),
     ]
     for ok, message in checks:

@@ -17,6 +17,7 @@ simultaneous update, and the per-instance terms of a whole batch at once.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from .errors import Cancelled, ConfigError, DivergenceError, StoreError
 from .metrics import METRIC_LABELS, check_metric, harmful_sign, sign_sentence
 from .progress import CancelToken, ProgressFn, Reporter
 from .train import Trace
+
+log = logging.getLogger(__name__)
 
 ESTIMATOR_VERSION = 1
 # |u| may grow by this factor over the pass before estimates become doubtful / unreliable.
@@ -205,9 +208,11 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
     for i, metric in enumerate(metrics):
         out[metric] = _save_result(run, metric, options, n_params, scores[i].numpy(), norms[:, i].numpy(),
                                    step_of, values[i], seconds / len(metrics), first, trace)
-    if run.exists(f"{partial}/state.pt"):
-        run.path(f"{partial}/state.pt").unlink()
-        run.forget(partial)
+    run.forget(partial + "/")  # the finished result replaces the pass's checkpoint (and any temp file
+    folder = run.path(partial)  # of a checkpoint write that a kill interrupted)
+    for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if f.is_file():
+            f.unlink(missing_ok=True)
     return out
 
 
@@ -230,7 +235,8 @@ def _load_partial(run, partial, metrics, options, n_params):
     try:
         meta = run.read_json(f"{partial}/meta.json")
         s = run.read_state_dict(f"{partial}/state.pt")
-    except StoreError:
+    except StoreError as e:
+        log.warning("ignoring the influence pass checkpoint, the pass starts again: %s", e)
         return None  # damaged partial state: start the pass again
     if meta != {"metrics": metrics, "options": options.identity(n_params)}:
         return None
@@ -273,7 +279,8 @@ def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         return InfluenceResult(metric, run.read_npy(f"influence/{key}/scores.npy"),
                                run.read_npy(f"influence/{key}/flags.npy"),
                                run.read_npy(f"influence/{key}/u_norms.npy"), meta)
-    except StoreError:
+    except StoreError as e:
+        log.warning("recomputing a damaged influence result: %s", e)
         return None  # a damaged cache entry is recomputed
 
 

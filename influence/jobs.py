@@ -32,6 +32,9 @@ from .progress import CancelToken, Progress
 
 KINDS = ("train", "estimate", "cleanse", "validate")
 STATUS_EVERY_S = 0.5
+# Probes of a lock (status reads, start_background) hold it for a moment; whoever wants the lock
+# retries this long before concluding that another process computes the job.
+LOCK_RETRY_S = 0.25
 
 
 def job_key(spec: dict[str, Any]) -> str:
@@ -52,14 +55,22 @@ class JobLock:
         self.path = path
         self.fd: int | None = None
 
-    def acquire(self) -> bool:
+    def acquire(self, retry_s: float = 0.0, min_tries: int = 10) -> bool:
+        """Take the lock; retries for `retry_s` seconds (and at least `min_tries` times, since on a
+        busy machine one sleep can outlast retry_s), because a probe may hold it for a moment."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
+        deadline, tries = time.monotonic() + retry_s, 0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                tries += 1
+                if time.monotonic() >= deadline and (retry_s == 0 or tries >= min_tries):
+                    os.close(fd)
+                    return False
+                time.sleep(0.01)
         self.fd = fd
         return True
 
@@ -69,8 +80,8 @@ class JobLock:
             os.close(self.fd)
             self.fd = None
 
-    def held_elsewhere(self) -> bool:
-        if self.acquire():
+    def held_elsewhere(self, retry_s: float = 0.03) -> bool:
+        if self.acquire(retry_s, min_tries=3):
             self.release()
             return False
         return True
@@ -79,23 +90,34 @@ class JobLock:
 # ---------------------------------------------------------------- status
 def read_status(root: Path, key: str) -> dict[str, Any]:
     d = job_dir(root, key)
-    path = d / "status.json"
-    if not path.exists():
-        return {"key": key, "state": "unknown"}
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {"key": key, "state": "unknown"}
+    status = _read_status_file(d, key)
     if status.get("state") in ("queued", "running") and not JobLock(d / "lock").held_elsewhere():
-        # Nobody computes it: the worker died (kill, crash, reboot). Starting again resumes.
-        if time.time() - status.get("updated", 0) > 10 or status.get("state") == "running":
-            status["state"] = "interrupted"
+        # The worker writes its final state before it lets the lock go: read again, or a job that
+        # ended between the two looks interrupted.
+        status = _read_status_file(d, key)
+        if status.get("state") in ("queued", "running"):
+            # Nobody computes it: the worker died (kill, crash, reboot). Starting again resumes.
+            if time.time() - status.get("updated", 0) > 10 or status.get("state") == "running":
+                status["state"] = "interrupted"
     return status
+
+
+def _read_status_file(d: Path, key: str) -> dict[str, Any]:
+    try:
+        status = json.loads((d / "status.json").read_text())
+    except (OSError, ValueError):  # missing or damaged
+        return {"key": key, "state": "unknown"}
+    return status if isinstance(status, dict) else {"key": key, "state": "unknown"}
 
 
 def _write_status(d: Path, **fields: Any) -> None:
     path = d / "status.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        old = {}  # a damaged status is replaced
+    if not isinstance(old, dict):
+        old = {}
     old.update(fields, updated=time.time())
     store.write_json(path, old)
 
@@ -107,8 +129,14 @@ def list_jobs(root: Path) -> list[dict[str, Any]]:
     out = []
     for d in base.iterdir():
         if (d / "spec.json").exists():
-            status = read_status(root, d.name)
-            status["spec"] = json.loads((d / "spec.json").read_text())
+            try:
+                spec = json.loads((d / "spec.json").read_text())
+                status = read_status(root, d.name)
+            except (OSError, ValueError, InfluenceError):
+                continue  # a damaged or foreign job folder is not listed
+            if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+                continue
+            status["spec"] = spec
             out.append(status)
     return sorted(out, key=lambda s: -s.get("updated", 0))
 
@@ -124,7 +152,7 @@ def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], Non
     key = job_key(spec)
     d = job_dir(root, key)
     lock = JobLock(d / "lock")
-    if not lock.acquire():
+    if not lock.acquire(LOCK_RETRY_S):
         return None
     try:
         store.write_json(d / "spec.json", spec)
@@ -132,15 +160,18 @@ def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], Non
         if flag.exists():
             flag.unlink()
         token = CancelToken(flag)
-        _write_status(d, key=key, state="running", pid=os.getpid(), started=time.time(), message="", result=None)
+        # progress fields reset: a restarted job must not show the progress of the process that died
+        _write_status(d, key=key, state="running", pid=os.getpid(), started=time.time(), message="", result=None,
+                      stage="starting", done=0, total=0, eta=None)
         last = [0.0]
 
         def report(p: Progress) -> None:
             now = time.time()
             if now - last[0] >= STATUS_EVERY_S or p.done == p.total:
                 last[0] = now
-                _write_status(d, stage=p.stage, done=p.done, total=p.total, seconds=p.seconds, eta=p.eta,
-                              info=_jsonable(p.info))
+                # state too: a late start_background of the same key may have written "queued"
+                _write_status(d, state="running", stage=p.stage, done=p.done, total=p.total, seconds=p.seconds,
+                              eta=p.eta, info=_jsonable(p.info))
             if progress is not None:
                 progress(p)
 
@@ -179,14 +210,21 @@ def start_background(root: Path, spec: dict[str, Any]) -> str:
     return key
 
 
-def wait(root: Path, key: str, poll_s: float = 0.5, timeout_s: float | None = None) -> dict[str, Any]:
+def wait(root: Path, key: str, poll_s: float = 0.5, timeout_s: float | None = None,
+         on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Follow a job until it ends; `on_status` sees every status read (progress for a follower)."""
     start = time.time()
     while True:
         status = read_status(root, key)
+        if on_status is not None:
+            on_status(status)
         if status["state"] in ("done", "failed", "cancelled", "interrupted"):
             return status
         if timeout_s is not None and time.time() - start > timeout_s:
             return status
+        if status["state"] == "unknown" and time.time() - start > 10 and not JobLock(job_dir(root, key) / "lock").held_elsewhere():
+            # whoever held the lock died before writing any status
+            return {**status, "state": "interrupted"}
         time.sleep(poll_s)
 
 

@@ -35,6 +35,7 @@ ENV_STORE = "GAN_INFLUENCE_STORE"
 ENV_CACHE = "GAN_INFLUENCE_CACHE"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _manifest_lock = threading.Lock()
+_MANIFEST_SELF = "#sha256"  # the manifest's own checksum (of its entries), so a damaged manifest is named as such
 
 
 def store_root(path: str | os.PathLike | None = None) -> Path:
@@ -57,27 +58,57 @@ def cache_dir(root: Path) -> Path:
 
 
 def check_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+    # fullmatch: `$` in match() would also admit a trailing newline.
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
         raise StoreError(f"invalid run id '{run_id}': letters, digits, '.', '_' and '-' only")
     return run_id
 
 
 # ---------------------------------------------------------------- atomic primitives
 def write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace `path` by `data` atomically; StoreError (old file intact, no temp file left) on failure."""
+    _commit(_write_temp(path, data), path)
+
+
+def _write_file(fd: int, data: bytes) -> None:
+    """The low-level write of a new file's bytes (tests replace it to simulate a full disk)."""
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """A complete, synced temp file with `data` next to `path`; StoreError, nothing left behind, on failure."""
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _write_file(fd, data)
+        return tmp
+    except OSError as e:
+        if tmp is not None:
+            _silent_unlink(tmp)
+        raise StoreError(_cannot_write(path, e)) from None
+    except BaseException:
+        if tmp is not None:
+            _silent_unlink(tmp)
+        raise
+
+
+def _commit(tmp: str, path: Path) -> None:
+    try:
         os.replace(tmp, path)
     except OSError as e:
         _silent_unlink(tmp)
-        raise StoreError(f"cannot write '{path}': {e.strerror or e}; earlier results are unchanged") from None
+        raise StoreError(_cannot_write(path, e)) from None
     except BaseException:
         _silent_unlink(tmp)
         raise
+
+
+def _cannot_write(path: Path, e: OSError) -> str:
+    return f"cannot write '{path}': {e.strerror or e}; earlier results are unchanged"
 
 
 def _silent_unlink(path: str) -> None:
@@ -144,7 +175,10 @@ class Run:
         self.dir = self.root / run_id
 
     def path(self, rel: str) -> Path:
-        p = (self.dir / rel).resolve()
+        try:
+            p = (self.dir / rel).resolve()
+        except (ValueError, OSError, TypeError) as e:  # NUL bytes, symlink loops, not a string
+            raise StoreError(f"invalid path '{rel!r}' in run {self.run_id}: {e}") from None
         if self.dir.resolve() not in p.parents:
             raise StoreError(f"path '{rel}' leaves the run folder")
         return p
@@ -155,21 +189,43 @@ class Run:
     # manifest ------------------------------------------------------------
     def manifest(self) -> dict[str, dict[str, Any]]:
         m = self.dir / "manifest.json"
-        return read_json(m) if m.exists() else {}
+        if not m.exists():
+            return {}
+        try:
+            data = read_json(m)
+        except StoreError as e:
+            raise StoreError(f"run {self.run_id}: 'manifest.json' is damaged ({e})") from None
+        own = data.pop(_MANIFEST_SELF, None) if isinstance(data, dict) else None
+        if own is not None and own != hashlib.sha256(encode_json(data)).hexdigest():
+            raise StoreError(f"run {self.run_id}: 'manifest.json' is damaged (its own checksum differs)")
+        if not isinstance(data, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+            for v in data.values()
+        ):
+            raise StoreError(f"run {self.run_id}: 'manifest.json' is damaged (not a table of file sizes and checksums)")
+        return data
+
+    @contextlib.contextmanager
+    def _manifest_locked(self):
+        """The manifest, exclusive across threads and processes until the block ends."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.dir / ".manifest.lock", "a")
+        except OSError as e:
+            raise StoreError(_cannot_write(self.dir / ".manifest.lock", e)) from None
+        with _manifest_lock, lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield self.manifest()
 
     @contextlib.contextmanager
     def _manifest_update(self):
         """Read-modify-write of the manifest, exclusive across threads and processes."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with _manifest_lock, open(self.dir / ".manifest.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            m = self.manifest()
+        with self._manifest_locked() as m:
             yield m
-            write_json(self.dir / "manifest.json", m)
+            self._write_manifest(m)
 
-    def _record(self, rel: str, data: bytes) -> None:
-        with self._manifest_update() as m:
-            m[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    def _write_manifest(self, m: dict[str, dict[str, Any]]) -> None:
+        write_json(self.dir / "manifest.json", {**m, _MANIFEST_SELF: hashlib.sha256(encode_json(m)).hexdigest()})
 
     def forget(self, prefix: str) -> None:
         """Drop manifest entries under `prefix` (their files are being removed or rebuilt)."""
@@ -191,9 +247,19 @@ class Run:
 
     # writers -------------------------------------------------------------
     def write(self, rel: str, data: bytes) -> Path:
+        """Temp file, then the manifest entry, then the rename: a full disk at either write leaves
+        the old file and its manifest entry as they were (a kill between the last two steps leaves a
+        file whose checksum differs, which reads refuse as damaged)."""
         p = self.path(rel)
-        write_bytes(p, data)
-        self._record(rel, data)
+        tmp = _write_temp(p, data)
+        try:
+            with self._manifest_locked() as m:
+                m[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                self._write_manifest(m)
+                _commit(tmp, p)
+        except BaseException:
+            _silent_unlink(tmp)
+            raise
         return p
 
     def write_json(self, rel: str, obj: Any) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from typing import Iterable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from . import store
 from .config import RunConfig
@@ -28,6 +28,7 @@ from .errors import DivergenceError, StoreError, TraceError
 from .progress import CancelToken, ProgressFn, Reporter
 
 TRACE_FILES = ("params", "batches", "z", "lrs")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -213,6 +214,8 @@ def _write_grid(ctx: RunContext, run: store.Run, epoch: int, theta_g: torch.Tens
 
 
 def image_grid_png(images: torch.Tensor, nrow: int | None = None) -> bytes:
+    from torchvision.utils import make_grid  # here: importing torchvision costs job workers seconds
+
     nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
     grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -235,9 +238,10 @@ def _load_checkpoint(run: store.Run):
         return None
     try:
         state = run.read_state_dict("checkpoint/state.pt")
-    except StoreError:
-        return None  # a damaged checkpoint is ignored: training restarts from scratch
-    rec = {name: list(state[f"trace_{name}"].numpy()) for name in TRACE_FILES}
+        rec = {name: list(state[f"trace_{name}"].numpy()) for name in TRACE_FILES}
+    except (StoreError, KeyError) as e:
+        log.warning("ignoring the training checkpoint, training starts again: %s", e)
+        return None  # a damaged or foreign checkpoint is ignored: training restarts from scratch
     return state["theta_d"], state["theta_g"], state["rng"], json.loads(state["history"]), rec, state["epoch"] + 1
 
 
@@ -261,10 +265,12 @@ def _finish(ctx, run, theta_d, theta_g, rec, first_traced, history, seconds, tot
         "test": {k: v for k, v in history[-1].items() if k in ("is", "fid", "all", "dloss")},
     }
     run.write_json("summary.json", summary)
-    # The checkpoint is no longer needed once the finished run is on disk.
-    for p in sorted(run.path("checkpoint").glob("*")):
-        p.unlink()
+    # The checkpoint is no longer needed once the finished run is on disk (nor are the temp
+    # files of a checkpoint write that a kill interrupted).
     run.forget("checkpoint/")
+    for p in sorted(run.path("checkpoint").iterdir()) if run.exists("checkpoint") else []:
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- replay
@@ -299,3 +305,12 @@ def replay(
 def load_history(run: store.Run) -> list[dict]:
     return run.read_json("history.json")
 
+
+def checkpoint_history(run: store.Run) -> list[dict]:
+    """Per-epoch history of a run still training, from its last checkpoint; [] if none or unreadable."""
+    if not run.exists("checkpoint/state.pt"):
+        return []
+    try:
+        return json.loads(run.read_state_dict("checkpoint/state.pt")["history"])
+    except (StoreError, KeyError, ValueError):
+        return []  # being replaced right now, or damaged: the caller polls again

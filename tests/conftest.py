@@ -6,17 +6,17 @@ session through GAN_INFLUENCE_CACHE, so each store does not retrain the classifi
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Spinning OpenMP workers starve each other when other processes share the 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from influence import store
-from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, preset
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from influence import store  # noqa: E402
+from _helpers import REPO, tiny_config, toy_config  # noqa: E402
 
 
 def pytest_configure(config):
@@ -32,23 +32,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
-
-
-def tiny_config(seed: int = 0) -> RunConfig:
-    return preset("tiny", seed)
-
-
-def toy_config(seed: int = 0, **train) -> RunConfig:
-    """normal2d with 2k points: the paper's toy, small enough for tests."""
-    return RunConfig(
-        preset="toytest",
-        data=DataConfig(source="normal2d", n_train=2000, n_valid=500, n_test=500),
-        model=ModelConfig(arch="fcgan", z_dim=10),
-        train=TrainConfig(epochs=3, batch_size=100, lr_d=0.01, lr_g=0.01, lr_schedule=((3, 0.001, 0.001),),
-                          dtype="float64", **train),
-        eval=EvalConfig(n_valid_z=500, n_test_z=500, n_grid=200),
-        seed=seed,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +66,3 @@ def toy_store(tmp_path_factory) -> Path:
 def toy_run(toy_store) -> store.Run:
     return store.open_run(toy_store, toy_config().run_id)
 
-
-def replace(cfg: RunConfig, **sections) -> RunConfig:
-    return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,164 @@
+"""The command line: bad input is one 'error:' line, a non-zero exit, no traceback and no files written;
+good input gives the engine's own numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from influence import store
+from influence.cli import main, read_removal_csv
+from influence.cleanse import cleanse
+from influence.errors import ConfigError
+from influence.estimate import estimate, harmful_order
+
+from _helpers import REPO, copy_run, tree
+
+
+@pytest.fixture(scope="module")
+def cli_store(tmp_path_factory, tiny_run, toy_run):
+    """A store with copies of the tiny (MNIST) and toy (2D) runs, their influence results included."""
+    root = store.store_root(tmp_path_factory.mktemp("cli_store"))
+    copy_run(tiny_run, root)
+    copy_run(toy_run, root)
+    return root
+
+
+def _error(capsys, argv: list[str], root: Path, match: str) -> str:
+    before = tree(root)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    after = tree(root)
+    assert code == 2, (argv, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and out == ""
+    assert match in lines[0], lines[0]
+    assert after == before, set(after) ^ set(before)  # nothing written
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--preset", "toy2d", "--set", "train.nope=1"], "unknown config key 'train.nope'"),
+        (["train", "--preset", "toy2d", "--set", "train.lr_d=-0.001"], "learning rates must be positive"),
+        (["train", "--preset", "toy2d", "--set", "train.epochs=x"], "cannot read 'x' as int"),
+        (["train", "--preset", "toy2d", "--set", "data.n_train=50"], "train.batch_size=100 is larger than the training set (50)"),
+        (["train", "--preset", "toy2d", "--seed", "one"], "invalid int value"),
+        (["estimate", "--run", "no-such-run", "--metric", "fid"], "no run 'no-such-run'"),
+        (["estimate", "--run", "../etc", "--metric", "fid"], "invalid run id"),
+        (["frobnicate"], "invalid choice"),
+        (["estimate", "--metric", "fid"], "--run"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_writes_nothing(capsys, cli_store, args, match):
+    _error(capsys, ["--store", str(cli_store), *args], cli_store, match)
+
+
+def test_metric_that_the_data_set_lacks_is_an_error(capsys, cli_store, tiny_run, toy_run):
+    _error(capsys, ["--store", str(cli_store), "estimate", "--run", tiny_run.run_id, "--metric", "all"], cli_store,
+           "metric 'all' is not defined for image data")
+    _error(capsys, ["--store", str(cli_store), "estimate", "--run", toy_run.run_id, "--metric", "fid"], cli_store,
+           "metric 'fid' is not defined for 2D data")
+    _error(capsys, ["--store", str(cli_store), "validate", "--run", toy_run.run_id, "--metric", "is"], cli_store,
+           "metric 'is' is not defined for 2D data")
+
+
+def test_bad_cleanse_input_is_an_error(capsys, cli_store, toy_run, tmp_path):
+    base = ["--store", str(cli_store), "cleanse", "--run", toy_run.run_id]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id\n1\n2\nthree\n")
+    _error(capsys, [*base, "--remove", str(bad)], cli_store, "line 4: 'three' is not an integer id")
+    bad.write_text("id\n5\n5\n")
+    _error(capsys, [*base, "--remove", str(bad)], cli_store, "removal id 5 is listed more than once")
+    bad.write_text("id\n2000\n")
+    _error(capsys, [*base, "--remove", str(bad)], cli_store, "removal id 2000 is outside the training set (ids 0..1999)")
+    _error(capsys, [*base, "--remove", str(tmp_path / "missing.csv")], cli_store, "cannot read removal file")
+    _error(capsys, [*base, "--top-harmful", "0"], cli_store, "--top-harmful must lie in 1..1999")
+    _error(capsys, [*base, "--top-harmful", "5", "--by", "fid"], cli_store, "unknown selection method 'fid'")
+    _error(capsys, [*base, "--top-harmful", "5", "--damping", "1.5"], cli_store, "--damping must lie in [0, 1)")
+
+
+def test_unreadable_store_is_an_error(capsys, tmp_path):
+    not_a_folder = tmp_path / "store.txt"
+    not_a_folder.write_text("I am a file")
+    code = main(["--store", str(not_a_folder), "runs"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("error: cannot use store folder") and len(err.strip().splitlines()) == 1
+    assert not_a_folder.read_text() == "I am a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.txt"]
+
+
+def test_console_entry_point_reports_errors_without_a_traceback(tmp_path):
+    not_a_folder = tmp_path / "store.txt"
+    not_a_folder.write_text("x")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "influence", "--store", str(not_a_folder), "train", "--preset", "tiny"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: cannot use store folder") and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.txt"]
+
+
+def test_estimate_prints_the_engines_numbers(capsys, cli_store, toy_run):
+    code = main(["--store", str(cli_store), "estimate", "--run", toy_run.run_id, "--metric", "all", "--metric",
+                 "dloss", "--top", "3", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    run = store.open_run(cli_store, toy_run.run_id)
+    for m in ("all", "dloss"):
+        r = estimate(run, [m])[m]
+        top = harmful_order(r)[:3]
+        assert [t["id"] for t in result[m]["most_harmful"]] == top.tolist()
+        assert [t["influence"] for t in result[m]["most_harmful"]] == r.scores[top].tolist()
+        assert result[m]["verdict"] == "reliable" and result[m]["traced_steps"] == 20
+    # harmful: positive for ALL, negative for D-loss
+    assert result["all"]["most_harmful"][0]["influence"] > 0 > result["dloss"]["most_harmful"][0]["influence"]
+
+
+def test_cleanse_from_a_csv_matches_the_engine(capsys, cli_store, toy_run, tmp_path):
+    csv = tmp_path / "remove.csv"
+    csv.write_text("# ids to drop\nid,label\n3,-1\n14,-1\n159,-1\n")
+    assert read_removal_csv(csv.read_text()) == [3, 14, 159]
+    code = main(["--store", str(cli_store), "cleanse", "--run", toy_run.run_id, "--remove", str(csv), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    printed = json.loads(out)
+    direct = cleanse(store.open_run(cli_store, toy_run.run_id), [3, 14, 159])  # the stored attempt
+    assert printed["n_removed"] == 3 and printed["mode"] == "replay"
+    assert printed["after"] == direct.after and printed["before"] == direct.before
+    run = store.open_run(cli_store, toy_run.run_id)
+    scores = estimate(run, ["all"])["all"].scores
+    assert printed["predicted_change"]["all"] == pytest.approx(scores[[3, 14, 159]].sum(), rel=1e-12)
+
+
+def test_runs_lists_the_store(capsys, cli_store, tiny_run, toy_run):
+    assert main(["--store", str(cli_store), "runs", "--json"]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(listed) == {tiny_run.run_id, toy_run.run_id}
+    assert listed[toy_run.run_id]["summary"]["test"] == toy_run.read_json("summary.json")["test"]
+
+
+def test_removal_csv_forms():
+    assert read_removal_csv("7\n8\n\n9\n") == [7, 8, 9]
+    assert read_removal_csv("name,id\na,4\nb,2\n", n_train=10) == [4, 2]
+    with pytest.raises(ConfigError, match="needs an 'id' column"):
+        read_removal_csv("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_removal_csv("# nothing\n")
+    with pytest.raises(ConfigError, match="header but no ids"):
+        read_removal_csv("id\n")
+    with pytest.raises(ConfigError, match="outside the training set"):
+        read_removal_csv("id\n99999999999999999999999\n", n_train=10)

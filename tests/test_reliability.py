@@ -1,0 +1,551 @@
+"""Issue #5: kill -9 at any moment, damaged files, divergence and a full disk never cost a result.
+
+Kill tests run the real job worker (`python -m influence.jobs <store> <key>` after writing the
+spec as `jobs.start_background` does) in a subprocess that SIGKILLs itself at a chosen point
+(a progress step, right after a file is renamed into place, with a complete temp file not yet
+renamed, between a manifest update and the rename), or the CLI killed from outside once
+status.json shows enough progress. After each kill the job is started again; the finished
+results are compared byte for byte with an uninterrupted run of the same seed.
+
+Every fault counted in docs/reliability.md is printed as a `FAULTS ...` line (pytest -s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from influence import cli, jobs, store
+from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from influence.errors import Cancelled, DivergenceError, StoreError
+from influence.estimate import EstimateOptions, estimate
+from influence.progress import CancelToken
+from influence.train import train
+
+# Not imported from conftest: tests/app/conftest.py shadows that module name when the whole suite runs.
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ["all", "dloss"]
+EVERY = 3  # backward-pass checkpoint every 3 steps (12 traced steps: checkpoints after 3, 6, 9)
+PER_EPOCH = 12
+
+
+def small_config(epochs: int = 3, **train_fields) -> RunConfig:
+    """The paper's 2D toy GAN on 600 points, batch 50: 12 steps an epoch, a second or two to train."""
+    train = {"epochs": epochs, "batch_size": 50, "lr_d": 0.01, "lr_g": 0.01,
+             "lr_schedule": ((epochs, 0.001, 0.001),), "dtype": "float64", **train_fields}
+    return RunConfig(
+        preset="toytest",
+        data=DataConfig(source="normal2d", n_train=600, n_valid=200, n_test=200),
+        model=ModelConfig(arch="fcgan", z_dim=10),
+        train=TrainConfig(**train),
+        eval=EvalConfig(n_valid_z=200, n_test_z=200, n_grid=50),
+    )
+
+
+def estimate_spec(run_id: str) -> dict:
+    return {"kind": "estimate", "params": {"run_id": run_id, "metrics": METRICS,
+                                           "options": {"checkpoint_every": EVERY}}}
+
+
+# A job worker that dies by SIGKILL at a chosen point. It logs, per stage, the first progress
+# step it reports: a resumed job reports a later first step than a job started from scratch.
+WORKER = r'''
+import json, os, signal, sys, time
+plan = json.loads(os.environ.get("RELIABILITY_PLAN", "{}"))
+from influence import jobs, progress
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+kill, seen, armed, first = plan.get("kill"), [0], [None], {}
+if plan.get("log"):
+    with open(plan["log"], "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "stage": "start", "first_done": None}) + "\n")
+_call = progress.Reporter.__call__
+def call(self, done, **info):
+    if plan.get("log") and self.stage not in first:
+        first[self.stage] = done
+        with open(plan["log"], "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "stage": self.stage, "first_done": done}) + "\n")
+    if kill == "progress" and self.stage == plan["stage"] and done >= plan["n"]:
+        die()
+    return _call(self, done, **info)
+progress.Reporter.__call__ = call
+
+_replace = os.replace
+def replace(src, dst, *a, **k):
+    _replace(src, dst, *a, **k)
+    dst = str(dst)
+    if kill == "after_write" and os.path.basename(dst) == plan["name"]:
+        seen[0] += 1
+        if seen[0] == plan.get("n", 1):
+            die()  # the file is in place, nothing after it happened
+    if armed[0] and dst.endswith("manifest.json") and os.path.exists(armed[0]):
+        die()  # the manifest lists the new file, the rename has not happened
+os.replace = replace
+
+_fsync = os.fsync
+def fsync(fd):
+    _fsync(fd)
+    path = os.readlink(f"/proc/self/fd/{fd}")
+    name = os.path.basename(path)
+    if kill == "before_rename" and name.startswith("." + plan["name"] + ".") and name.endswith(".tmp"):
+        seen[0] += 1
+        if seen[0] == plan.get("n", 1):
+            if plan.get("after_manifest"):
+                armed[0] = path
+            else:
+                die()  # a complete temp file, not yet renamed
+os.fsync = fsync
+
+if plan.get("count"):  # one line per computation actually started
+    _execute = jobs.execute
+    def execute(*a, **k):
+        with open(plan["count"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return _execute(*a, **k)
+    jobs.execute = execute
+
+if plan.get("barrier"):  # wait for the go signal, so two workers start together
+    open(plan["barrier"] + f".ready.{os.getpid()}", "w").close()
+    while not os.path.exists(plan["barrier"]):
+        time.sleep(0.005)
+
+sys.exit(jobs._worker_main(sys.argv[1:]))
+'''
+
+
+def worker_env(plan: dict | None = None) -> dict:
+    # Same number of threads as this process: results are compared bit for bit.
+    return {**os.environ, "RELIABILITY_PLAN": json.dumps(plan or {}), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+def write_spec(root: Path, spec: dict) -> str:
+    """What jobs.start_background writes before it spawns the worker."""
+    key = jobs.job_key(spec)
+    store.write_json(jobs.job_dir(root, key) / "spec.json", spec)
+    return key
+
+
+def run_worker(root: Path, spec: dict, plan: dict | None = None) -> subprocess.CompletedProcess:
+    key = write_spec(root, spec)
+    return subprocess.run([sys.executable, "-c", WORKER, str(root), key], env=worker_env(plan), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def first_done(log: Path, stage: str) -> list[int | None]:
+    """Per worker process (in start order), the first progress step it reported in `stage`."""
+    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    pids = list(dict.fromkeys(e["pid"] for e in entries))
+    return [next((e["first_done"] for e in entries if e["pid"] == p and e["stage"] == stage), None) for p in pids]
+
+
+def files(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (hidden ones included) -> sha256."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def temp_files(folder: Path) -> list[str]:
+    return [p.as_posix() for p in folder.rglob("*.tmp")]
+
+
+def copy_run(src_root: Path, run_id: str, dst_root: Path) -> store.Run:
+    store.store_root(dst_root)
+    shutil.copytree(src_root / run_id, dst_root / run_id)
+    return store.open_run(dst_root, run_id)
+
+
+def assert_same_training(run: store.Run, ref: store.Run) -> None:
+    """Byte-identical run folders (as listed in the manifest), timings aside."""
+    ref_files, got_files = ref.manifest(), run.manifest()
+    assert sorted(got_files) == sorted(ref_files)
+    for rel in ref_files:
+        if rel == "summary.json":
+            a, b = run.read_json(rel), ref.read_json(rel)
+            a.pop("seconds"), b.pop("seconds")
+            assert a == b
+        else:
+            assert run.read_bytes(rel) == ref.read_bytes(rel), rel
+    assert not temp_files(run.dir)
+
+
+def assert_same_influence(run: store.Run, ref: store.Run) -> None:
+    names = [rel for rel in ref.manifest() if rel.startswith("influence/") and rel.endswith(".npy")]
+    assert len(names) == 3 * len(METRICS)  # scores, flags, u_norms per metric
+    for rel in names:
+        assert run.read_bytes(rel) == ref.read_bytes(rel), rel
+    for rel in [r for r in ref.manifest() if r.endswith("meta.json") and r.startswith("influence/")]:
+        a, b = run.read_json(rel), ref.read_json(rel)
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b
+    assert run.read_bytes("influence/table.csv") == ref.read_bytes("influence/table.csv")
+    assert not [r for r in run.manifest() if "_partial" in r]
+    assert not temp_files(run.dir)
+    assert not [p for p in run.path("influence/_partial").rglob("*") if p.is_file()]
+
+
+def faults(kind: str, n: int, what: str) -> None:
+    print(f"\nFAULTS {kind}: {n} {what}")
+
+
+# ---------------------------------------------------------------- shared runs
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A finished small run (trained in this process) and a copy with its influence computed."""
+    root = tmp_path_factory.mktemp("small")
+    run = train(small_config(), root)
+    ref_root = tmp_path_factory.mktemp("small_ref")
+    ref = copy_run(root, run.run_id, ref_root)
+    estimate(ref, METRICS, EstimateOptions(checkpoint_every=EVERY))
+    return {"root": root, "run_id": run.run_id, "trained": run, "ref": ref}
+
+
+# ---------------------------------------------------------------- kill -9: training
+def test_training_killed_at_three_points_resumes_to_identical_results(tmp_path, small):
+    cfg = small_config()
+    spec = {"kind": "train", "params": {"config": cfg.to_dict()}}
+    root, log = tmp_path / "store", tmp_path / "first.jsonl"
+    key = jobs.job_key(spec)
+    kills = [
+        {"kill": "progress", "stage": "train", "n": 5},  # mid-epoch 1, no checkpoint yet
+        {"kill": "after_write", "name": "state.pt", "n": 1},  # right after the epoch-1 checkpoint
+        {"kill": "after_write", "name": "final.npy", "n": 1},  # while writing the finished run
+    ]
+    for plan in kills:
+        done = run_worker(root, spec, {**plan, "log": str(log)})
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        assert jobs.read_status(root, key)["state"] == "interrupted"  # what the app shows
+    done = run_worker(root, spec, {"log": str(log)})
+    assert done.returncode == 0, done.stderr
+    assert jobs.read_status(root, key)["state"] == "done"
+    # scratch, scratch, resumed after epoch 1, then no training step at all: the epoch-3
+    # checkpoint held everything.
+    assert first_done(log, "train") == [1, 1, PER_EPOCH + 1, None]
+    assert_same_training(store.open_run(root, cfg.run_id), small["trained"])
+    faults("kill-train", len(kills), "SIGKILLs of the training worker")
+
+
+def test_training_cli_killed_from_outside_resumes_to_identical_results(tmp_path):
+    """kill -9 of `gan-influence train` when status.json shows progress >= k, for two k."""
+    from influence.config import apply_overrides, preset
+
+    sets = ["data.n_train=1000", "data.n_valid=200", "data.n_test=200", "train.batch_size=10",
+            "train.epochs=3", "train.lr_d=0.01", "train.lr_g=0.01", "train.lr_schedule=3:0.001:0.001",
+            "eval.n_valid_z=200", "eval.n_test_z=200", "eval.n_grid=50"]  # 300 steps, 100 an epoch
+    cfg = apply_overrides(preset("toy2d"), sets)
+    key = jobs.job_key({"kind": "train", "params": {"config": cfg.to_dict()}})
+    root = tmp_path / "store"
+    argv = [sys.executable, "-m", "influence", "--store", str(root), "train", "--preset", "toy2d", "--json"]
+    argv += [a for s in sets for a in ("--set", s)]
+    status_file = jobs.job_dir(root, key) / "status.json"
+    seen = []
+    # status.json is rewritten every 0.5 s: the kills land at whatever step the worker is at by then.
+    for k in (50, 150):  # somewhere after step 50; then after step 150 (the resumed process)
+        proc = subprocess.Popen(argv, env=worker_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                status = json.loads(status_file.read_text())
+            except (OSError, ValueError):
+                status = {}
+            if status.get("pid") == proc.pid and status.get("stage") == "train" and status.get("done", 0) >= k:
+                os.kill(proc.pid, signal.SIGKILL)
+                seen.append(status["done"])
+                break
+            time.sleep(0.01)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, f"the CLI was not killed at progress >= {k}"
+        assert jobs.read_status(root, key)["state"] == "interrupted"
+    done = subprocess.run(argv, env=worker_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["run_id"] == cfg.run_id
+    ref = train(cfg, tmp_path / "ref")
+    assert_same_training(store.open_run(root, cfg.run_id), ref)
+    faults("kill-cli", len(seen), f"SIGKILLs of the CLI from outside, at progress {seen} of 300")
+
+
+# ---------------------------------------------------------------- kill -9: influence pass
+def test_influence_pass_killed_at_four_points_resumes_to_identical_scores(tmp_path, small):
+    root, log = tmp_path / "store", tmp_path / "first.jsonl"
+    run = copy_run(small["root"], small["run_id"], root)
+    spec = estimate_spec(run.run_id)
+    key = jobs.job_key(spec)
+    kills = [
+        {"kill": "before_rename", "name": "state.pt", "n": 2},  # step-6 checkpoint complete in its temp file
+        {"kill": "after_write", "name": "state.pt", "n": 1},  # right after the checkpoint of step 6
+        {"kill": "before_rename", "name": "state.pt", "n": 1, "after_manifest": True},  # step-9 checkpoint half-committed
+        {"kill": "after_write", "name": "scores.npy", "n": 1},  # first metric's scores written, the rest not
+    ]
+    for plan in kills:
+        done = run_worker(root, spec, {**plan, "log": str(log)})
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        assert jobs.read_status(root, key)["state"] == "interrupted"
+    done = run_worker(root, spec, {"log": str(log)})
+    assert done.returncode == 0, done.stderr
+    assert jobs.read_status(root, key)["state"] == "done"
+    # scratch; resumed after step 3 (the step-6 temp file is ignored); after step 6; the
+    # half-committed step-9 checkpoint is detected
+    # as damaged and the pass starts again; finally resumed after step 9.
+    assert first_done(log, "influence") == [1, 4, 7, 1, 10]
+    assert_same_influence(run, small["ref"])
+    faults("kill-influence", len(kills), "SIGKILLs of the influence worker")
+
+
+# ---------------------------------------------------------------- damaged files
+def corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # flip all bits of one byte in the middle
+        i = len(data) // 2
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
+
+
+RUN_FILES = ["weights/final.npy", "trace/params.npy", "config.json", "manifest.json"]
+
+
+@pytest.mark.parametrize("rel", RUN_FILES)
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_run_file_is_a_clear_error_naming_it(tmp_path, small, capsys, rel, how):
+    root = tmp_path / "store"
+    run = copy_run(small["ref"].root, small["run_id"], root)
+    corrupt(run.dir / rel, how)
+    before = files(run.dir)
+    code = cli.main(["--store", str(root), "estimate", "--run", run.run_id, "--metric", "all"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err
+    assert f"'{rel}' is damaged" in err
+    assert files(run.dir) == before  # nothing rewritten, nothing added
+    # A flip anywhere in the manifest is caught by its own checksum, not mistaken for another file.
+    faults("corrupt-run-file", 1, f"{how} of {rel}")
+
+
+def test_every_flipped_byte_of_the_manifest_is_named(tmp_path, small):
+    run = copy_run(small["ref"].root, small["run_id"], tmp_path / "store")
+    data = (run.dir / "manifest.json").read_bytes()
+    positions = range(0, len(data), max(1, len(data) // 200))
+    for i in positions:
+        for mask in (0x01, 0x20, 0xFF):
+            (run.dir / "manifest.json").write_bytes(data[:i] + bytes([data[i] ^ mask]) + data[i + 1 :])
+            with pytest.raises(StoreError, match="'manifest.json' is damaged"):
+                run.read_npy("weights/final.npy")
+    faults("corrupt-manifest", 3 * len(positions), "single-byte flips of manifest.json")
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_influence_results_are_recomputed_identically(tmp_path, small, caplog, how):
+    run = copy_run(small["ref"].root, small["run_id"], tmp_path / "store")
+    n_params = run.read_npy("weights/final.npy").shape[0]
+    for metric in METRICS:
+        corrupt(run.path(f"influence/{EstimateOptions().key(metric, n_params)}/scores.npy"), how)
+    with caplog.at_level(logging.WARNING, logger="influence"):
+        estimate(run, METRICS, EstimateOptions(checkpoint_every=EVERY))
+    assert caplog.text.count("recomputing a damaged influence result") == len(METRICS)
+    assert_same_influence(run, small["ref"])
+    faults("corrupt-cache", len(METRICS), f"{how} of influence/<key>/scores.npy")
+
+
+def test_one_damaged_influence_result_is_recomputed_alone(tmp_path, small, caplog):
+    """Only the damaged metric is recomputed; alone (one u vector instead of two stacked) its
+    scores agree with the original to float64 rounding, not bit for bit."""
+    run = copy_run(small["ref"].root, small["run_id"], tmp_path / "store")
+    n_params = run.read_npy("weights/final.npy").shape[0]
+    rel = f"influence/{EstimateOptions().key('all', n_params)}/scores.npy"
+    other = f"influence/{EstimateOptions().key('dloss', n_params)}/scores.npy"
+    corrupt(run.path(rel), "flip")
+    with caplog.at_level(logging.WARNING, logger="influence"):
+        estimate(run, METRICS, EstimateOptions(checkpoint_every=EVERY))
+    assert "recomputing a damaged influence result" in caplog.text
+    assert run.read_bytes(other) == small["ref"].read_bytes(other)  # untouched
+    got, want = run.read_npy(rel), small["ref"].read_npy(rel)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    print(f"\nREBUILT-ALONE max relative difference {np.max(np.abs(got - want)) / np.abs(want).max():.2e}")
+    faults("corrupt-cache", 1, "flip of one metric's scores.npy (recomputed alone)")
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_backward_checkpoint_is_ignored_and_the_pass_equals_the_original(tmp_path, small, caplog, how):
+    run = copy_run(small["root"], small["run_id"], tmp_path / "store")
+    token = CancelToken()
+
+    def stop_after(p):
+        if p.done >= 5:
+            token.set()
+
+    with pytest.raises(Cancelled):
+        estimate(run, METRICS, EstimateOptions(checkpoint_every=EVERY), progress=stop_after, cancel=token)
+    partial = [r for r in run.manifest() if r.startswith("influence/_partial/") and r.endswith("state.pt")]
+    assert len(partial) == 1
+    corrupt(run.path(partial[0]), how)
+    with caplog.at_level(logging.WARNING, logger="influence"):
+        estimate(run, METRICS, EstimateOptions(checkpoint_every=EVERY))
+    assert "ignoring the influence pass checkpoint" in caplog.text
+    assert_same_influence(run, small["ref"])
+    faults("corrupt-cache", 1, f"{how} of the backward-pass checkpoint")
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_training_checkpoint_is_ignored_and_training_equals_the_original(tmp_path, small, caplog, how):
+    cfg, root = small_config(), tmp_path / "store"
+    token = CancelToken()
+
+    def stop_in_epoch_2(p):
+        if p.done > PER_EPOCH:
+            token.set()
+
+    with pytest.raises(Cancelled):
+        train(cfg, root, progress=stop_in_epoch_2, cancel=token)
+    run = store.open_run(root, cfg.run_id)
+    assert int(run.read_state_dict("checkpoint/state.pt")["epoch"]) == 1
+    corrupt(run.path("checkpoint/state.pt"), how)
+    with caplog.at_level(logging.WARNING, logger="influence"):
+        train(cfg, root)
+    assert "ignoring the training checkpoint" in caplog.text
+    assert_same_training(run, small["trained"])
+    faults("corrupt-cache", 1, f"{how} of checkpoint/state.pt")
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_leave_one_out_partial_is_recomputed_identically(tmp_path, small, how):
+    from influence.validate import leave_one_out
+
+    run = copy_run(small["ref"].root, small["run_id"], tmp_path / "store")
+    ids = np.array([3, 17, 101])
+    actual, _ = leave_one_out(run, ["all"], ids)
+    rel = next(r for r in run.manifest() if r.startswith("validate/_partial/"))
+    corrupt(run.path(rel), how)
+    again, _ = leave_one_out(run, ["all"], ids)
+    assert np.array_equal(actual, again)
+    assert run.read_json(rel)  # rewritten whole
+    faults("corrupt-cache", 1, f"{how} of the leave-one-out partial")
+
+
+# ---------------------------------------------------------------- divergence
+def test_training_divergence_fails_the_job_naming_the_step_and_keeps_the_epoch_checkpoint(tmp_path):
+    cfg = small_config(lr_schedule=((2, 1e200, 1e200),))  # epoch 2 blows up
+    root = tmp_path / "store"
+    spec = {"kind": "train", "params": {"config": cfg.to_dict()}}
+    with pytest.raises(DivergenceError, match=r"training diverged at step \d+"):
+        jobs.run_job(root, spec)
+    status = jobs.read_status(root, jobs.job_key(spec))
+    assert status["state"] == "failed"
+    step = int(status["message"].split("step ")[1].split(":")[0])
+    assert PER_EPOCH <= step < 2 * PER_EPOCH and "NaN or infinite" in status["message"]
+    run = store.open_run(root, cfg.run_id)
+    state = run.read_state_dict("checkpoint/state.pt")  # verified against the manifest
+    assert int(state["epoch"]) == 1 and torch.isfinite(state["theta_g"]).all()
+    assert not run.exists("summary.json") and not run.exists("weights/final.npy")
+    faults("divergence", 1, "training runs with an exploding learning rate")
+
+
+def test_influence_divergence_fails_the_job_keeps_the_last_checkpoint_and_resumes(tmp_path, small, monkeypatch):
+    from influence import estimate as est
+
+    run = copy_run(small["root"], small["run_id"], tmp_path / "store")
+    spec = estimate_spec(run.run_id)
+    real = est.backward_step
+    bad_t = 12 - 5  # the 5th step of the pass (traced steps 11..0)
+    firsts = []
+
+    def poisoned(ctx, trace, t, u_d, u_g):
+        jd, jg, jw = real(ctx, trace, t, u_d, u_g)
+        return (jd * float("nan"), jg, jw) if t == bad_t else (jd, jg, jw)
+
+    monkeypatch.setattr(est, "backward_step", poisoned)
+    with pytest.raises(DivergenceError, match=f"influence pass diverged at traced step {bad_t}"):
+        jobs.run_job(tmp_path / "store", spec)
+    status = jobs.read_status(tmp_path / "store", jobs.job_key(spec))
+    assert status["state"] == "failed" and f"traced step {bad_t}" in status["message"]
+    partial = [r for r in run.manifest() if r.startswith("influence/_partial/") and r.endswith("state.pt")]
+    assert len(partial) == 1 and int(run.read_state_dict(partial[0])["t_next"]) == 12 - EVERY - 1
+    assert all(np.isfinite(run.read_state_dict(partial[0])["u_d"].numpy()).ravel())
+    monkeypatch.setattr(est, "backward_step", real)
+    jobs.run_job(tmp_path / "store", spec, progress=lambda p: firsts.append(p.done))
+    assert firsts[0] == EVERY + 1  # resumed from the last good checkpoint
+    assert jobs.read_status(tmp_path / "store", jobs.job_key(spec))["state"] == "done"
+    assert_same_influence(run, small["ref"])
+    faults("divergence", 1, "influence passes with a NaN injected at step 5")
+
+
+# ---------------------------------------------------------------- disk full
+def disk_full(monkeypatch, when=lambda path: True) -> list[str]:
+    """store's low-level write fails with ENOSPC (after writing half) for the temp files `when` accepts."""
+    real, failed = store._write_file, []
+
+    def write(fd, data):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if not when(name):
+            return real(fd, data)
+        failed.append(name)
+        os.write(fd, data[: len(data) // 2])
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store, "_write_file", write)
+    return failed
+
+
+def test_disk_full_during_estimate_is_a_clear_error_and_changes_nothing(tmp_path, small, capsys, monkeypatch):
+    root = tmp_path / "store"
+    run = copy_run(small["ref"].root, small["run_id"], root)
+    before = files(run.dir)
+    failed = disk_full(monkeypatch, lambda path: path.startswith(str(run.dir)))  # the job's status still writes
+    argv = ["--store", str(root), "estimate", "--run", run.run_id, "--metric", "all", "--damping", "0.01", "--json"]
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and failed
+    assert err.startswith("error: cannot write") and "No space left on device" in err
+    assert "earlier results are unchanged" in err and "\n" not in err
+    assert files(run.dir) == before and not temp_files(root)
+    spec = {"kind": "estimate", "params": {"run_id": run.run_id, "metrics": ["all"],
+                                           "options": dataclasses.asdict(EstimateOptions(damping=0.01))}}
+    status = jobs.read_status(root, jobs.job_key(spec))
+    assert status["state"] == "failed" and "No space left on device" in status["message"]  # what the app shows
+    monkeypatch.undo()
+    assert run.read_npy("influence/" + EstimateOptions().key("all", run.read_npy("weights/final.npy").shape[0])
+                        + "/scores.npy").shape == (600,)
+    faults("disk-full", 1, "ENOSPC on every write of an influence job (CLI)")
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "manifest"])
+def test_disk_full_at_the_epoch_2_checkpoint_keeps_epoch_1_and_training_resumes(tmp_path, small, monkeypatch, what):
+    """The checkpoint write fails, or only the manifest update after it: either way the epoch-1
+    checkpoint and its manifest entry stay as they were, and a later run resumes from them."""
+    cfg, root = small_config(), tmp_path / "store"
+    saved = []
+
+    def when(path):
+        name = os.path.basename(path)
+        if name.startswith(".state.pt."):
+            saved.append(name)
+        return len(saved) >= 2 and name.startswith(".state.pt." if what == "checkpoint" else ".manifest.json.")
+
+    failed = disk_full(monkeypatch, when)
+    with pytest.raises(StoreError, match="No space left on device"):
+        train(cfg, root)
+    assert failed
+    run = store.open_run(root, cfg.run_id)
+    assert int(run.read_state_dict("checkpoint/state.pt")["epoch"]) == 1  # intact and verified
+    assert not temp_files(root)
+    monkeypatch.undo()
+    firsts = []
+    train(cfg, root, progress=lambda p: firsts.append(p.done))
+    assert firsts[0] == PER_EPOCH + 1
+    assert_same_training(run, small["trained"])
+    faults("disk-full", 1, f"ENOSPC at the epoch-2 {what} write during training")

@@ -1,0 +1,126 @@
+"""The run store: atomic writes, checksums, damaged files, run ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from influence import store
+from influence.errors import StoreError
+from influence.estimate import EstimateOptions, estimate, result_dir
+from influence.train import Trace
+
+from _helpers import copy_run, tree
+
+
+def _flip_byte(path, offset: int = -5) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_writes_are_atomic_checksummed_and_leave_no_temp_files(tmp_path):
+    run = store.Run(store.store_root(tmp_path), "r1")
+    run.write_json("a/config.json", {"x": 1})
+    run.write_npy("b/arr.npy", np.arange(10.0))
+    run.write_npy("b/arr.npy", np.arange(12.0))  # replaced in place
+    run.write("c.bin", b"\x00\x01")
+    store.write_bytes(tmp_path / "plain.txt", b"hello")
+    assert not [p for p in tree(tmp_path) if p.endswith(".tmp")]
+    assert run.read_json("a/config.json") == {"x": 1}
+    assert np.array_equal(run.read_npy("b/arr.npy"), np.arange(12.0))
+    assert np.array_equal(run.read_npy("b/arr.npy", mmap=True), np.arange(12.0))
+    assert run.read_bytes("c.bin") == b"\x00\x01"
+    import hashlib
+
+    entry = run.manifest()["b/arr.npy"]
+    assert entry["sha256"] == hashlib.sha256(run.path("b/arr.npy").read_bytes()).hexdigest()
+    assert entry["size"] == run.path("b/arr.npy").stat().st_size
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    run = store.Run(store.store_root(tmp_path), "r1")
+    run.write_json("x.json", {"v": 1})
+
+    def disk_full(fd, data):
+        import os
+
+        os.close(fd)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_file", disk_full)
+    with pytest.raises(StoreError, match="No space left on device"):
+        run.write_json("x.json", {"v": 2})
+    monkeypatch.undo()
+    assert run.read_json("x.json") == {"v": 1}
+    assert not [p for p in tree(tmp_path) if p.endswith(".tmp")]
+
+
+def test_damaged_and_unlisted_files_are_refused(tmp_path):
+    run = store.Run(store.store_root(tmp_path), "r1")
+    run.write_npy("w.npy", np.ones(100))
+    _flip_byte(run.path("w.npy"))
+    with pytest.raises(StoreError, match="'w.npy' is damaged"):
+        run.read_npy("w.npy")
+    run.path("stray.json").write_text("{}")
+    with pytest.raises(StoreError, match="not in the manifest"):
+        run.read_json("stray.json")
+    with pytest.raises(StoreError, match="is missing"):
+        run.read_json("nothing.json")
+
+
+def test_a_corrupted_weights_file_fails_trace_load(toy_run, tmp_path):
+    run = copy_run(toy_run, tmp_path)
+    Trace.load(run)  # intact copy loads
+    _flip_byte(run.path("weights/final.npy"))
+    with pytest.raises(StoreError, match="weights/final.npy' is damaged"):
+        Trace.load(run)
+    # the same for the trace itself
+    run2 = copy_run(toy_run, tmp_path / "second")
+    _flip_byte(run2.path("trace/params.npy"), offset=1000)
+    with pytest.raises(StoreError, match="trace/params.npy' is damaged"):
+        Trace.load(run2)
+
+
+def test_a_damaged_influence_result_is_recomputed(toy_run, tmp_path):
+    run = copy_run(toy_run, tmp_path)
+    good = estimate(toy_run, ["all"])["all"]
+    scores = result_dir(run, "all", EstimateOptions(), Trace.load(run).final.shape[0]) / "scores.npy"
+    _flip_byte(scores)
+    with pytest.raises(StoreError):
+        run.read_npy(str(scores.relative_to(run.dir)))
+    again = estimate(run, ["all"])["all"]
+    assert np.allclose(again.scores, good.scores, rtol=1e-12, atol=0)
+    assert again.meta["seconds"] != good.meta["seconds"]  # really recomputed, not the damaged cache
+    assert np.array_equal(run.read_npy(str(scores.relative_to(run.dir))), again.scores)  # and rewritten intact
+
+
+@pytest.mark.parametrize("bad", ["..", "../x", "a/b", "a/../b", "/abs", "a..b", "", ".hidden", "x\n", "a b", "é"])
+def test_bad_run_ids_are_rejected(tmp_path, bad):
+    with pytest.raises(StoreError, match="invalid run id"):
+        store.check_run_id(bad)
+    with pytest.raises(StoreError, match="invalid run id"):
+        store.Run(tmp_path, bad)
+    with pytest.raises(StoreError, match="invalid run id"):
+        store.open_run(tmp_path, bad)
+
+
+def test_good_run_ids_and_paths_that_leave_the_run(tmp_path):
+    for good in ("tiny-s0-1e0f29c33c", "a", "A.b_c-1"):
+        assert store.check_run_id(good) == good
+    run = store.Run(tmp_path, "r1")
+    for rel in ("../r2/x", "../../etc/passwd", "/etc/passwd", "a/../../x"):
+        with pytest.raises(StoreError, match="leaves the run folder"):
+            run.path(rel)
+    with pytest.raises(StoreError, match="no run 'r1'"):
+        store.open_run(tmp_path, "r1")
+
+
+def test_list_runs_reports_damaged_runs(toy_run, tmp_path):
+    root = store.store_root(tmp_path)
+    ok = copy_run(toy_run, root)
+    assert [r["run_id"] for r in store.list_runs(root)] == [ok.run_id]
+    assert store.list_runs(root)[0]["summary"]["test"] == toy_run.read_json("summary.json")["test"]
+    _flip_byte(ok.path("summary.json"), offset=3)
+    (entry,) = store.list_runs(root)
+    assert "damaged" in entry["problem"]

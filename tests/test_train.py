@@ -1,0 +1,125 @@
+"""Traced SGD: determinism, the trace's contents, exact replay, resume after an interruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from influence import store
+from influence.config import apply_overrides
+from influence.context import RunContext, load_run_config
+from influence.errors import Cancelled
+from influence.progress import CancelToken
+from influence.train import Trace, replay, sgd_step, steps_per_epoch, train
+
+from _helpers import tiny_config, toy_config
+
+
+def _small_mnist(seed: int = 0):
+    return apply_overrides(tiny_config(seed), ["data.n_train=300", "eval.metrics_every_epoch=false"])
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_train_identically_in_two_stores(tmp_path):
+    a = train(_small_mnist(0), tmp_path / "a")
+    b = train(_small_mnist(0), tmp_path / "b")
+    c = train(_small_mnist(1), tmp_path / "c")
+    wa, wb, wc = (r.read_npy("weights/final.npy") for r in (a, b, c))
+    assert np.array_equal(wa, wb)
+    for name in ("params", "batches", "z", "lrs"):
+        assert np.array_equal(a.read_npy(f"trace/{name}.npy"), b.read_npy(f"trace/{name}.npy"))
+    assert a.read_json("summary.json")["test"] == b.read_json("summary.json")["test"]
+    assert wa.shape == wc.shape and np.abs(wa - wc).max() > 1e-3
+    # Trained again in the same store: the finished run is reused, not retrained.
+    mtime = a.path("weights/final.npy").stat().st_mtime_ns
+    assert train(_small_mnist(0), tmp_path / "a").run_id == a.run_id
+    assert a.path("weights/final.npy").stat().st_mtime_ns == mtime
+
+
+def _replay_error(run: store.Run) -> float:
+    cfg = load_run_config(run)
+    ctx = RunContext.create(cfg, run.root)
+    trace = Trace.load(run)
+    d, g = replay(ctx, trace)
+    return float(np.abs(torch.cat([d, g]).cpu().numpy() - np.asarray(trace.final)).max())
+
+
+def test_replay_without_removal_reproduces_the_tiny_run(tiny_run):
+    assert _replay_error(tiny_run) <= 1e-6
+
+
+def test_replay_without_removal_reproduces_the_toy_run(toy_run):
+    assert _replay_error(toy_run) <= 1e-6
+
+
+def test_trace_layout_of_the_toy_run(toy_run):
+    cfg = load_run_config(toy_run)
+    trace = Trace.load(toy_run)
+    n, B = cfg.data.n_train, cfg.train.batch_size
+    per_epoch = steps_per_epoch(n, B)
+    assert trace.steps == per_epoch * cfg.train.trace_epochs == 20
+    assert trace.first_step == per_epoch * (cfg.train.epochs - 1)
+    assert trace.params.shape == (20, trace.final.shape[0]) and trace.params.dtype == np.float64
+    assert trace.z.shape == (20, B, cfg.model.z_dim)
+    # The traced (last) epoch runs at the schedule's lr and visits every instance exactly once.
+    assert np.all(trace.lrs == np.array(cfg.lr_at_epoch(cfg.train.epochs)))
+    ids = np.concatenate([trace.batch(t) for t in range(trace.steps)])
+    assert np.array_equal(np.sort(ids), np.arange(n))
+    where = trace.step_of_instance(n)
+    assert all(j in trace.batch(where[j]) for j in (0, 17, n - 1))
+    # params[t+1] is one simultaneous SGD step from params[t].
+    ctx = RunContext.create(cfg, toy_run.root)
+    for t in (0, 7):
+        d, g = trace.split(torch.from_numpy(np.array(trace.params[t])))
+        b = torch.as_tensor(trace.batch(t))
+        z = torch.from_numpy(np.array(trace.z[t]))
+        nd, ng, _, _ = sgd_step(ctx, d, g, ctx.train_x[b], z, torch.ones(len(b), dtype=torch.float64), *trace.lrs[t])
+        assert torch.equal(torch.cat([nd, ng]), torch.from_numpy(np.array(trace.params[t + 1])))
+
+
+def test_trace_steps_records_only_the_last_steps_and_short_batches_are_padded(tmp_path):
+    cfg = apply_overrides(toy_config(), ["data.n_train=250", "train.trace_steps=4"])  # 3 steps/epoch, last one of 50
+    run = train(cfg, tmp_path)
+    trace = Trace.load(run)
+    assert trace.steps == 4 and trace.first_step == 9 - 4
+    assert [len(trace.batch(t)) for t in range(4)] == [50, 100, 100, 50]
+    assert (trace.batches[0][50:] == -1).all() and (trace.batches[3][50:] == -1).all()
+    # lr of each step follows the epoch it belongs to: step 5 is in epoch 2 (lr 0.01), 6.. in epoch 3 (0.001)
+    assert trace.lrs.tolist() == [[0.01, 0.01]] + [[0.001, 0.001]] * 3
+    assert _replay_error(run) <= 1e-12
+
+
+def test_replay_from_an_instances_first_step_equals_replay_from_the_start(toy_run):
+    """leave_one_out starts replays at the instance's first traced step; that must change nothing."""
+    cfg = load_run_config(toy_run)
+    ctx = RunContext.create(cfg, toy_run.root)
+    trace = Trace.load(toy_run)
+    where = trace.step_of_instance(cfg.data.n_train)
+    j = int(np.flatnonzero(where == 12)[0])
+    d0, g0 = replay(ctx, trace, [j])
+    d1, g1 = replay(ctx, trace, [j], start=12)
+    assert torch.equal(d0, d1) and torch.equal(g0, g1)
+    # and removing it changes the result
+    df, gf = trace.split(torch.from_numpy(np.array(trace.final)))
+    assert (d0 - df).abs().max() > 0 and (g0 - gf).abs().max() > 0
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path):
+    cfg = toy_config(seed=4)
+    token = CancelToken()
+
+    def stop_in_epoch_2(p):
+        if p.stage == "train" and p.done == 25:  # 20 steps per epoch: stops inside epoch 2
+            token.set()
+
+    with pytest.raises(Cancelled):
+        train(cfg, tmp_path / "a", progress=stop_in_epoch_2, cancel=token)
+    run = store.Run(tmp_path / "a", cfg.run_id)
+    assert run.exists("checkpoint/state.pt") and not run.exists("summary.json")
+    assert int(run.read_state_dict("checkpoint/state.pt")["epoch"]) == 1  # epoch 2 was cut short
+    resumed = train(cfg, tmp_path / "a")
+    fresh = train(cfg, tmp_path / "b")
+    assert np.array_equal(resumed.read_npy("weights/final.npy"), fresh.read_npy("weights/final.npy"))
+    assert np.array_equal(resumed.read_npy("trace/params.npy"), fresh.read_npy("trace/params.npy"))
+    assert not list(resumed.path("checkpoint").glob("*"))  # checkpoint cleared once finished
