@@ -155,9 +155,11 @@ def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], Non
     if not lock.acquire(LOCK_RETRY_S):
         return None
     try:
+        previous = read_status(root, key).get("state")
         store.write_json(d / "spec.json", spec)
         flag = d / "cancel"
-        if flag.exists():
+        # A flag left by an earlier run is stale; one set while this job was queued is meant for it.
+        if flag.exists() and previous != "queued":
             flag.unlink()
         token = CancelToken(flag)
         # progress fields reset: a restarted job must not show the progress of the process that died
@@ -200,6 +202,7 @@ def start_background(root: Path, spec: dict[str, Any]) -> str:
     if JobLock(d / "lock").held_elsewhere():
         return key
     d.mkdir(parents=True, exist_ok=True)
+    (d / "cancel").unlink(missing_ok=True)  # a stale flag must not cancel the new worker
     store.write_json(d / "spec.json", spec)
     _write_status(d, key=key, state="queued", message="", result=None, done=0, total=0)
     with open(d / "log.txt", "ab") as log:

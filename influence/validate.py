@@ -186,6 +186,8 @@ def sweep(
     Returns the per-(method, count) table with mean, std, one-sample t-test p-value over seeds.
     """
     root = store.store_root(root)
+    key = hashlib.sha256(json.dumps([[c.run_id for c in configs], methods, counts, metric]).encode()).hexdigest()[:12]
+    base = root / "_sweeps" / key
     rows = []
     report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
     done = 0
@@ -205,12 +207,10 @@ def sweep(
                              "before": res.before[metric], "after": res.after[metric],
                              "change": res.after[metric] - res.before[metric]})
                 done += 1
+                # Written after every cleanse: an interrupted sweep still shows what it measured.
+                store.write_bytes(base / "per_run.csv", pd.DataFrame(rows).to_csv(index=False).encode())
                 report(done)
-    per_run = pd.DataFrame(rows)
-    table = summarize_sweep(per_run, metric)
-    key = hashlib.sha256(json.dumps([[c.run_id for c in configs], methods, counts, metric]).encode()).hexdigest()[:12]
-    base = root / "_sweeps" / key
-    store.write_bytes(base / "per_run.csv", per_run.to_csv(index=False).encode())
+    table = summarize_sweep(pd.DataFrame(rows), metric)
     store.write_bytes(base / "table.csv", table.to_csv(index=False).encode())
     return table
 

@@ -1,0 +1,176 @@
+"""Engine objects cached across reruns and sessions.
+
+Heavy objects (the data set inside a RunContext, influence arrays) are shared with
+`st.cache_resource`; small derived tables and images go through `st.cache_data`.
+Functions take the store root as a string and, where files can change while the app
+runs, a `stamp` (modification times) so that new results replace the cached ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from influence import baselines, estimate, store
+from influence.cleanse import attempts as cleanse_attempts
+from influence.context import RunContext, load_run_config
+from influence.errors import StoreError
+from influence.train import checkpoint_history, load_history
+from influence.validate import stored_validations
+
+THUMB_PX = 84  # 3x a 28 px digit: large enough to judge it, small enough for a table row
+GALLERY_PX = 112  # 4x in the gallery grid
+METRIC_ORDER = ("fid", "is", "dloss", "all")  # the paper's headline metric first
+GRID_SCALE = 3
+
+
+def files_stamp(root: Path, run_id: str, folder: str) -> tuple:
+    """Changes whenever a file under <run>/<folder> is added or rewritten."""
+    base = Path(root) / run_id / folder
+    if not base.exists():
+        return ()
+    return tuple(sorted((str(p.relative_to(base)), p.stat().st_mtime_ns) for p in base.rglob("*.json")))
+
+
+def runs_stamp(root: Path) -> tuple:
+    """Changes when a run folder appears or a run finishes (its summary.json is written)."""
+    root = Path(root)
+    if not root.exists():
+        return ()
+    out = []
+    for d in sorted(os.scandir(root), key=lambda e: e.name):
+        if d.is_dir() and not d.name.startswith(("_", ".")):
+            summary = Path(d.path) / "summary.json"
+            out.append((d.name, summary.stat().st_mtime_ns if summary.exists() else 0))
+    return tuple(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def runs(root: str, stamp: tuple) -> list[dict]:
+    """store.list_runs (every page asks for it, several times per rerun)."""
+    return store.list_runs(Path(root))
+
+
+@st.cache_resource(show_spinner="Loading the run's data set ...", max_entries=4)
+def context(root: str, run_id: str) -> RunContext:
+    run = store.open_run(Path(root), run_id)
+    return RunContext.create(load_run_config(run), Path(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def config(root: str, run_id: str) -> dict:
+    return store.open_run(Path(root), run_id).read_json("config.json")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def summary(root: str, run_id: str) -> dict:
+    return store.open_run(Path(root), run_id).read_json("summary.json")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def history(root: str, run_id: str) -> list[dict]:
+    return load_history(store.open_run(Path(root), run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def live_history(root: str, run_id: str, mtime_ns: int) -> list[dict]:
+    """Per-epoch history of a run that is still training (re-read when its checkpoint changes)."""
+    return checkpoint_history(store.Run(Path(root), run_id))
+
+
+@st.cache_resource(show_spinner="Reading influence results ...", max_entries=8)
+def results(root: str, run_id: str, stamp: tuple) -> dict[str, estimate.InfluenceResult]:
+    """The newest cached result per metric, FID/IS/D-loss/ALL in that order (read-only arrays shared
+    by every session)."""
+    found = estimate.cached_results(store.open_run(Path(root), run_id))
+    return {m: found[m] for m in METRIC_ORDER if m in found}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def influence_frame(root: str, run_id: str, stamp: tuple) -> pd.DataFrame:
+    """id, label, influence_<m>, harmful_rank_<m>, flag_<m> per training instance."""
+    run = store.open_run(Path(root), run_id)
+    table = estimate.influence_table(run, context(root, run_id).dataset)
+    table.attrs = {}  # the sign sentences are taken from each result's meta instead
+    return table
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def thumbnails(root: str, run_id: str, ids: tuple[int, ...], px: int = THUMB_PX) -> list[bytes]:
+    """PNG bytes of training images, upscaled with nearest neighbour so pixels stay crisp."""
+    x = context(root, run_id).dataset.train.x[list(ids)]
+    return [_png(_to_uint8(img), px) for img in x]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def thumbnail_uris(root: str, run_id: str, ids: tuple[int, ...], px: int = THUMB_PX) -> list[str]:
+    """The same thumbnails as data-URIs, for st.column_config.ImageColumn."""
+    return ["data:image/png;base64," + base64.b64encode(b).decode() for b in thumbnails(root, run_id, ids, px)]
+
+
+def _to_uint8(img) -> np.ndarray:
+    arr = ((img.numpy() + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)  # [-1, 1] -> bytes
+    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+
+
+def _png(arr: np.ndarray, px: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).resize((px, px), Image.Resampling.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_png(root: str, run_id: str, rel: str, mtime_ns: int, scale: int = GRID_SCALE) -> bytes | None:
+    """A PNG stored in the run (sample grids), enlarged; None if missing or unreadable."""
+    try:
+        data = store.open_run(Path(root), run_id).read_bytes(rel)
+    except StoreError:
+        return None
+    img = Image.open(io.BytesIO(data))
+    buf = io.BytesIO()
+    img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_npy(root: str, run_id: str, rel: str, mtime_ns: int) -> np.ndarray | None:
+    """A small array stored in the run (2D sample points); None if missing or unreadable."""
+    try:
+        return store.open_run(Path(root), run_id).read_npy(rel)
+    except StoreError:
+        return None
+
+
+def mtime_ns(root: Path, run_id: str, rel: str) -> int:
+    path = Path(root) / run_id / rel
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def epoch_grids(root: Path, run_id: str, is_2d: bool) -> list[str]:
+    """Relative paths of the per-epoch sample grids, in epoch order."""
+    folder = Path(root) / run_id / "grids"
+    pattern = "epoch_*.npy" if is_2d else "epoch_*.png"
+    return [f"grids/{p.name}" for p in sorted(folder.glob(pattern))] if folder.exists() else []
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def attempts(root: str, run_id: str, stamp: tuple) -> list[dict]:
+    return cleanse_attempts(store.open_run(Path(root), run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def validations(root: str, run_id: str, stamp: tuple) -> list[dict]:
+    return stored_validations(store.open_run(Path(root), run_id))
+
+
+@st.cache_data(show_spinner="Ranking the training set ...", max_entries=16)
+def ranking(root: str, run_id: str, method: str, seed: int) -> np.ndarray:
+    """Training ids, most harmful (or most anomalous) first, by a baseline method."""
+    return baselines.ranking(store.open_run(Path(root), run_id), context(root, run_id), method, seed)

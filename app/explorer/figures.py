@@ -1,0 +1,217 @@
+"""Plotly figures. Every influence axis names the metric and which side is harmful.
+
+Sign convention (the engine's): influence = predicted change of the metric if the
+instance is removed; harmful = removal improves the metric (positive for IS and ALL,
+negative for FID and D-loss).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS, harmful_sign
+
+HARMFUL = "#d62728"
+HELPFUL = "#1f77b4"
+GENERATED = "#2ca02c"
+CLEANSED = "#ff7f0e"
+MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+def axis_label(metric: str) -> str:
+    side = "positive" if harmful_sign(metric) > 0 else "negative"
+    return f"predicted change of {METRIC_LABELS[metric]} if removed; {side} = harmful"
+
+
+def _side_colors(metric: str) -> tuple[str, str]:
+    """(colour of negative values, colour of positive values)."""
+    return (HELPFUL, HARMFUL) if harmful_sign(metric) > 0 else (HARMFUL, HELPFUL)
+
+
+def influence_histogram(scores: np.ndarray, metric: str, log_y: bool = True, height: int = 330) -> go.Figure:
+    """Histogram with harmful bars in red and the harmful half-axis shaded; 0 is a bin edge."""
+    lo, hi = float(np.min(scores)), float(np.max(scores))
+    size = (hi - lo) / 60 or 1e-12
+    start, end = size * math.floor(lo / size), size * math.ceil(hi / size)
+    bins = dict(start=start, end=end + size, size=size)
+    neg_color, pos_color = _side_colors(metric)
+    harmful_positive = harmful_sign(metric) > 0
+    fig = go.Figure()
+    for mask, color, name in ((scores < 0, neg_color, "negative"), (scores >= 0, pos_color, "positive")):
+        harmful = (name == "positive") == harmful_positive
+        fig.add_histogram(x=scores[mask], xbins=bins, marker_color=color, autobinx=False,
+                          name=f"{name} ({'harmful' if harmful else 'helpful'})")
+    x0, x1 = (0.0, max(end, size)) if harmful_positive else (min(start, -size), 0.0)
+    fig.add_vrect(x0=x0, x1=x1, fillcolor=HARMFUL, opacity=0.07, line_width=0)
+    fig.add_vline(x=0, line_dash="dot", line_color="#555")
+    fig.add_annotation(x=x1 if harmful_positive else x0, y=1, yref="paper", showarrow=False,
+                       xanchor="right" if harmful_positive else "left", yanchor="bottom",
+                       text=("harmful side →" if harmful_positive else "← harmful side"), font_color=HARMFUL)
+    # The legend sits on the helpful side, opposite the "harmful side" note.
+    legend = dict(orientation="h", yanchor="bottom", y=1.06, x=0.0 if harmful_positive else 1.0,
+                  xanchor="left" if harmful_positive else "right")
+    fig.update_layout(barmode="stack", height=height, margin=MARGIN, dragmode="select",
+                      xaxis_title=axis_label(metric),
+                      yaxis_title="training instances" + (" (log scale)" if log_y else ""), legend=legend, title=None)
+    fig.update_xaxes(exponentformat="e")
+    if log_y:
+        fig.update_yaxes(type="log", dtick=1)  # ticks at 1, 10, 100 ... only
+    return fig
+
+
+def u_norm_figure(u_norms: np.ndarray, height: int = 260) -> go.Figure:
+    """|u_D| and |u_G| per traced step (index = traced step; NaN = not reached)."""
+    steps = np.arange(len(u_norms))
+    fig = go.Figure()
+    for col, name, color in ((0, "|u_D| (discriminator)", HELPFUL), (1, "|u_G| (generator)", CLEANSED)):
+        y = np.where(u_norms[:, col] > 0, u_norms[:, col], np.nan)  # log axis: zeros cannot be drawn
+        fig.add_scatter(x=steps, y=y, mode="lines+markers", name=name, marker_size=4, line_color=color)
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title="traced step (the backward pass runs right to left)",
+                      yaxis_title="|u| (log scale)", legend=dict(orientation="h", y=1.12, x=0))
+    fig.update_yaxes(type="log", exponentformat="e", dtick=1)
+    return fig
+
+
+def influence_scatter(frame: pd.DataFrame, x_metric: str, y_metric: str, class_names: list[str] | None,
+                      height: int = 420) -> go.Figure:
+    fig = go.Figure()
+    groups = frame.groupby("label", sort=True) if (frame["label"] >= 0).any() else [(-1, frame)]
+    for label, part in groups:
+        name = class_label(int(label), class_names)
+        fig.add_scattergl(x=part[f"influence_{x_metric}"], y=part[f"influence_{y_metric}"], mode="markers",
+                          name=name, customdata=part["id"], marker=dict(size=4, opacity=0.6),
+                          hovertemplate="#%{customdata}<br>x %{x:.3g}<br>y %{y:.3g}<extra>" + name + "</extra>")
+    fig.add_hline(y=0, line_dash="dot", line_color="#777")
+    fig.add_vline(x=0, line_dash="dot", line_color="#777")
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title=axis_label(x_metric), yaxis_title=axis_label(y_metric),
+                      legend_title="class")
+    fig.update_xaxes(exponentformat="e")
+    fig.update_yaxes(exponentformat="e")
+    return fig
+
+
+def class_box(frame: pd.DataFrame, metric: str, class_names: list[str] | None, height: int = 360) -> go.Figure:
+    fig = go.Figure()
+    for label, part in frame.groupby("label", sort=True):
+        fig.add_box(y=part[f"influence_{metric}"], name=class_label(int(label), class_names), boxpoints=False,
+                    marker_color="#555")
+    fig.add_hline(y=0, line_dash="dot", line_color=HARMFUL)
+    fig.update_layout(height=height, margin=MARGIN, showlegend=False,
+                      xaxis_title="class (label of the training instance)", yaxis_title=axis_label(metric))
+    fig.update_yaxes(exponentformat="e")
+    return fig
+
+
+def class_label(label: int, class_names: list[str] | None) -> str:
+    if label < 0:
+        return "unlabelled"
+    return class_names[label] if class_names and label < len(class_names) else str(label)
+
+
+def history_figure(history: list[dict], live_losses: list[tuple[int, float, float]] | None = None,
+                   steps_per_epoch: int | None = None, height: int = 300) -> go.Figure:
+    """Losses (per epoch, plus per-step samples while training) and test metrics per epoch."""
+    metrics = [m for m in ("is", "fid", "all") if any(m in h for h in history)]
+    fig = make_subplots(rows=1, cols=1 + len(metrics), subplot_titles=["losses"] + [
+        f"test {METRIC_LABELS[m]} ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)" for m in metrics])
+    if live_losses and steps_per_epoch:
+        steps = [s / steps_per_epoch for s, _, _ in live_losses]
+        fig.add_scatter(x=steps, y=[d for _, d, _ in live_losses], mode="lines", name="D loss (live)",
+                        line=dict(color=HELPFUL, width=1), opacity=0.5, row=1, col=1)
+        fig.add_scatter(x=steps, y=[g for _, _, g in live_losses], mode="lines", name="G loss (live)",
+                        line=dict(color=CLEANSED, width=1), opacity=0.5, row=1, col=1)
+    epochs = [h["epoch"] for h in history]
+    fig.add_scatter(x=epochs, y=[h["loss_d"] for h in history], mode="lines+markers", name="D loss (epoch mean)",
+                    line_color=HELPFUL, row=1, col=1)
+    fig.add_scatter(x=epochs, y=[h["loss_g"] for h in history], mode="lines+markers", name="G loss (epoch mean)",
+                    line_color=CLEANSED, row=1, col=1)
+    for i, m in enumerate(metrics, start=2):
+        pts = [(h["epoch"], h[m]) for h in history if m in h]
+        fig.add_scatter(x=[e for e, _ in pts], y=[v for _, v in pts], mode="lines+markers",
+                        name=f"test {METRIC_LABELS[m]}", line_color="#444", showlegend=False, row=1, col=i)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def points_figure(train_xy: np.ndarray, scores: np.ndarray | None = None, metric: str | None = None,
+                  generated: np.ndarray | None = None, cleansed: np.ndarray | None = None,
+                  removed: np.ndarray | None = None, height: int = 560) -> go.Figure:
+    """2D data: training points (trace 0, coloured by influence), generated and removed points on top."""
+    fig = go.Figure()
+    marker: dict = dict(size=5, opacity=0.75)
+    if scores is not None and metric is not None:
+        # Colour range clipped at the 99th percentile of |influence| so a few outliers do not grey out the rest.
+        limit = float(np.percentile(np.abs(scores), 99)) or 1e-12
+        side = "positive" if harmful_sign(metric) > 0 else "negative"
+        marker.update(color=scores, cmin=-limit, cmax=limit, cmid=0,
+                      colorscale="RdBu_r" if harmful_sign(metric) > 0 else "RdBu",
+                      colorbar=dict(title=dict(text=f"influence on {METRIC_LABELS[metric]}<br>{side} (red) = harmful",
+                                               side="right")))
+    else:
+        marker.update(color="#999")
+    hover = "#%{customdata}<br>(%{x:.2f}, %{y:.2f})"
+    if scores is not None:
+        hover += "<br>influence %{marker.color:.3g}"
+    fig.add_scattergl(x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points",
+                      customdata=np.arange(len(train_xy)), marker=marker, hovertemplate=hover + "<extra></extra>")
+    if generated is not None:
+        fig.add_scattergl(x=generated[:, 0], y=generated[:, 1], mode="markers", name="generated (original)",
+                          marker=dict(size=4, color=GENERATED, symbol="diamond", opacity=0.7))
+    if cleansed is not None:
+        fig.add_scattergl(x=cleansed[:, 0], y=cleansed[:, 1], mode="markers", name="generated (after cleansing)",
+                          marker=dict(size=6, color=CLEANSED, symbol="diamond-open", opacity=0.8))
+    if removed is not None and removed.any():
+        xy = train_xy[removed]
+        fig.add_scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name="in the removal set",
+                          marker=dict(size=7, symbol="x-thin-open", color="#222", opacity=0.6, line=dict(width=1)))
+    fig.update_layout(height=height, margin=MARGIN, dragmode="lasso", xaxis_title="x₁", yaxis_title="x₂",
+                      legend=dict(orientation="h", y=1.08, x=0))
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def validation_scatter(estimated: np.ndarray, actual: np.ndarray, metric: str, height: int = 420) -> go.Figure:
+    label = METRIC_LABELS[metric]
+    fig = go.Figure()
+    fig.add_scatter(x=estimated, y=actual, mode="markers", name="instances", marker=dict(size=7, opacity=0.8))
+    lo = float(min(np.min(estimated), np.min(actual)))
+    hi = float(max(np.max(estimated), np.max(actual)))
+    fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="estimate = actual",
+                    line=dict(dash="dash", color="#888"))
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title=f"estimated: {axis_label(metric)}",
+                      yaxis_title=f"actual change of {label} when removed (leave-one-out replay)",
+                      legend=dict(orientation="h", y=1.08, x=0))
+    fig.update_xaxes(exponentformat="e")
+    fig.update_yaxes(exponentformat="e")
+    return fig
+
+
+def class_bar(counts: pd.Series, height: int = 220) -> go.Figure:
+    fig = go.Figure(go.Bar(x=counts.index.astype(str), y=counts.values, marker_color=HARMFUL))
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title="class", yaxis_title="instances in the removal set",
+                      xaxis_type="category")
+    return fig
+
+
+# ---------------------------------------------------------------- reading chart selections
+def selected_x_range(event) -> tuple[float, float] | None:
+    """The x-range of a box selection (st.plotly_chart(..., on_select="rerun") state), or None."""
+    selection = (event or {}).get("selection") or {}
+    for box in selection.get("box") or []:
+        xs = [float(v) for v in box.get("x") or []]
+        if len(xs) >= 2:
+            return min(xs), max(xs)
+    return None
+
+
+def selected_point_indices(event, curve: int = 0) -> list[int]:
+    """Indices of the selected points of one trace (box, lasso or click)."""
+    selection = (event or {}).get("selection") or {}
+    return sorted({int(p["point_index"]) for p in selection.get("points") or []
+                   if p.get("curve_number", 0) == curve and p.get("point_index") is not None})

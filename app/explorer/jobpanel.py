@@ -1,0 +1,168 @@
+"""Background jobs in the UI: start, follow (progress, ETA, live extras), cancel, resume.
+
+Jobs run in their own processes (`influence.jobs.start_background`) and report through
+the store, so they outlive script reruns, page switches and browser refreshes. A panel
+finds its job on disk, not in session state: after a refresh it is still there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import streamlit as st
+
+from influence import jobs
+from influence.config import RunConfig
+from influence.errors import InfluenceError
+from influence.metrics import METRIC_LABELS
+
+from . import state
+from .tables import duration
+
+ACTIVE = ("queued", "running")
+POLL_S = 1.0
+STAGES = {
+    "train": "training", "influence": "influence (backward pass over the traced steps)",
+    "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
+    "leave-one-out": "leave-one-out replays",
+}
+
+
+def spec_run_id(spec: dict) -> str | None:
+    """The run a job works on (for training: the run it creates)."""
+    if spec["kind"] == "train":
+        try:
+            return RunConfig.from_dict(spec["params"]["config"]).run_id
+        except (InfluenceError, KeyError, TypeError):
+            return None
+    return spec["params"].get("run_id")
+
+
+def latest(root: Path, kind: str, run_id: str | None = None) -> dict | None:
+    """The newest job of `kind` (on `run_id`) that the user has not dismissed, with its 'spec'."""
+    dismissed = state.dismissed_jobs(root)
+    for status in jobs.list_jobs(root):  # newest first
+        spec = status["spec"]
+        if spec.get("kind") != kind or (run_id is not None and spec_run_id(spec) != run_id):
+            continue
+        if status["key"] in dismissed and status["state"] not in ACTIVE:
+            continue
+        return status
+    return None
+
+
+def start(root: Path, spec: dict) -> str:
+    key = jobs.start_background(root, spec)
+    state.undismiss_job(root, key)
+    return key
+
+
+def adopt_trained_run(root: Path, status: dict) -> None:
+    """The first time anyone sees a training job finished, its run becomes the current run
+    (remembered in the store, so a later refresh does not undo a switch to another run)."""
+    if status["state"] == "done" and state.first_sight(root, status["key"]):
+        state.set_current_run(root, spec_run_id(status["spec"]))
+        st.rerun()
+
+
+def describe(spec: dict) -> str:
+    p = spec["params"]
+    metrics = ", ".join(METRIC_LABELS.get(m, m) for m in p.get("metrics", []))
+    return {
+        "train": lambda: f"Training {spec_run_id(spec)}",
+        "estimate": lambda: f"Influence on {metrics}",
+        "cleanse": lambda: f"Cleansing without {len(p['removal_ids'])} instances ({p.get('mode', 'replay')})",
+        "validate": lambda: f"Validation of {metrics} on {p.get('n')} instances",
+    }[spec["kind"]]()
+
+
+def panel(root: Path, job: dict, live: Callable[[dict], None] | None = None) -> None:
+    """A job's progress box (job: a status with its 'spec', as `latest` gives it); polls while the job
+    is queued or running, then reruns the page once."""
+    key, spec = job["key"], job["spec"]
+    active = jobs.read_status(root, key)["state"] in ACTIVE
+
+    @st.fragment(run_every=POLL_S if active else None)
+    def body() -> None:
+        status = {**jobs.read_status(root, key), "spec": spec}
+        if active and status["state"] not in ACTIVE:
+            st.rerun()  # it just ended: redraw the whole page with its results
+        _render(root, key, status, describe(spec), live)
+
+    body()
+
+
+def _render(root: Path, key: str, status: dict, title: str, live) -> None:
+    s = status["state"]
+    with st.container(border=True):
+        st.markdown(f"**{title}**")
+        if s in ACTIVE:
+            _progress(status)
+            if live is not None:
+                live(status)
+            # Only once running: a worker clears stale cancel flags when it starts, so a cancel
+            # while queued would be lost.
+            if s == "running" and st.button("Cancel", key=f"cancel-{key}", icon=":material/stop_circle:"):
+                jobs.cancel(root, key)
+                st.toast("Cancelling: the job stops after its current step.")
+            return
+        if s == "done":
+            took = status["updated"] - status["started"] if "started" in status and "updated" in status else None
+            st.success(f"Finished in {duration(took)}.", icon=":material/check_circle:")
+        elif s == "failed":
+            st.error(f"Failed: {status.get('message') or 'no message'}", icon=":material/error:")
+        elif s == "cancelled":
+            st.warning("Cancelled. Starting again continues from the job's last checkpoint where it has one.",
+                       icon=":material/cancel:")
+        elif s == "interrupted":
+            st.warning("The worker stopped before finishing (killed, crashed or the machine restarted). "
+                       "Resume continues from its last checkpoint.", icon=":material/pause_circle:")
+        else:
+            st.info("No status for this job yet.")
+        buttons = st.container(horizontal=True)
+        again = {"failed": "Try again", "cancelled": "Start again", "interrupted": "Resume"}.get(s)
+        if again and buttons.button(again, key=f"again-{key}", type="primary"):
+            start(root, status["spec"])
+            st.rerun()
+        if buttons.button("Dismiss", key=f"dismiss-{key}"):
+            state.dismiss_job(root, key)
+            st.rerun()
+
+
+def _progress(status: dict) -> None:
+    done, total = int(status.get("done") or 0), int(status.get("total") or 0)
+    if status["state"] == "queued" or total == 0:
+        st.progress(0, text="Starting: loading the data set and models ...")
+        return
+    stage = STAGES.get(status.get("stage"), status.get("stage") or "working")
+    eta = status.get("eta")
+    text = (f"{stage}: step {done} of {total} · {duration(status.get('seconds'))} elapsed"
+            + (f" · about {duration(eta)} left" if eta is not None else ""))
+    st.progress(min(done / total, 1.0), text=text)
+    info = status.get("info") or {}
+    bits = [f"epoch {info['epoch']}" if "epoch" in info else None,
+            f"D loss {info['loss_d']:.3f}" if isinstance(info.get("loss_d"), float) else None,
+            f"G loss {info['loss_g']:.3f}" if isinstance(info.get("loss_g"), float) else None]
+    if any(bits):
+        st.caption(" · ".join(b for b in bits if b))
+
+
+def sidebar_list(root: Path) -> None:
+    """Every queued or running job in the store, so work started on another page stays visible."""
+    active = [s for s in jobs.list_jobs(root) if s["state"] in ACTIVE]
+    if not active:
+        return
+
+    @st.fragment(run_every=2.0)
+    def body() -> None:
+        running = [s for s in jobs.list_jobs(root) if s["state"] in ACTIVE]
+        if len(running) < len(active):
+            st.rerun()  # one ended: refresh the page that may show its results
+        st.caption("Background jobs")
+        for s in running:
+            total = int(s.get("total") or 0)
+            frac = min(int(s.get("done") or 0) / total, 1.0) if total else 0.0
+            st.progress(frac, text=f"{describe(s['spec'])} · {int(frac * 100)}%")
+
+    body()

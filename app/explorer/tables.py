@@ -1,0 +1,116 @@
+"""Small tables and summary numbers shown by the pages (formatting, not estimation)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from influence.estimate import FLAG_NEVER_TRACED, InfluenceResult
+from influence.metrics import METRIC_LABELS
+
+from .figures import class_label
+
+
+def influence_summary(result: InfluenceResult) -> dict:
+    """Mean, std, harmful count and the most harmful value over the instances that have an estimate."""
+    scores = result.scores[result.flags != FLAG_NEVER_TRACED]
+    sign = result.meta["harmful_sign"]
+    if scores.size == 0:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "harmful": 0, "most_harmful": float("nan")}
+    return {
+        "n": int(scores.size),
+        "mean": float(scores.mean()),
+        "std": float(scores.std()),
+        "harmful": int((scores * sign > 0).sum()),
+        "most_harmful": float(scores[np.argmax(scores * sign)]),
+    }
+
+
+def score_lines(results: dict[str, InfluenceResult], i: int) -> str:
+    """Markdown, one line per metric, for a gallery card; harmful values in red."""
+    lines = []
+    for metric, r in results.items():
+        value = r.scores[i]
+        text = f"{METRIC_LABELS[metric]} {value:+.1e}"
+        lines.append(f":red[{text}]" if value * r.meta["harmful_sign"] > 0 else text)
+    return "  \n".join(lines)
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per run of store.list_runs: what it is, how it scored, when it was made."""
+    rows = []
+    for r in runs:
+        cfg, summary = r.get("config") or {}, r.get("summary") or {}
+        data, model, train = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
+        test = summary.get("test", {})
+        state = "damaged" if "problem" in r else ("finished" if summary else "unfinished")
+        rows.append({
+            "run": r["run_id"], "state": state, "preset": cfg.get("preset", ""),
+            "data": data.get("source", ""), "n_train": summary.get("n_train", data.get("n_train")),
+            "model": f"{model.get('arch', '')} w{model.get('width', '')}", "epochs": train.get("epochs"),
+            "lr D/G": f"{train.get('lr_d', '')}/{train.get('lr_g', '')}",
+            **{f"test {METRIC_LABELS[m]}": test.get(m) for m in ("is", "fid", "all")},
+            "date": dt.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M"),
+        })
+    return pd.DataFrame(rows)
+
+
+def class_counts(ids: list[int], labels: np.ndarray | None, class_names: list[str] | None) -> pd.Series:
+    if labels is None or not len(ids):
+        return pd.Series(dtype=int)
+    values = pd.Series(labels[np.asarray(ids, dtype=np.int64)])
+    counts = values.value_counts().sort_index()
+    counts.index = [class_label(int(c), class_names) for c in counts.index]
+    return counts
+
+
+def removal_csv(ids: list[int], labels: np.ndarray | None) -> bytes:
+    """The removal set as CSV with an 'id' column (what `gan-influence cleanse --remove` reads)."""
+    frame = pd.DataFrame({"id": np.asarray(ids, dtype=np.int64)})
+    if labels is not None:
+        frame["label"] = labels[frame["id"].to_numpy()]
+    return frame.to_csv(index=False).encode()
+
+
+def attempts_table(attempts: list[dict]) -> pd.DataFrame:
+    rows = []
+    for a in attempts:
+        row = {"attempt": a["key"], "mode": a["mode"], "removed": a["n_removed"]}
+        for m, before in a["before"].items():
+            label = METRIC_LABELS[m]
+            row[f"{label} before"] = before
+            row[f"{label} after"] = a["after"].get(m)
+            row[f"{label} change"] = a["change"].get(m)
+            row[f"{label} predicted"] = a["predicted_change"].get(m)
+        row["seconds"] = a["seconds"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def validation_seconds(summary: dict, results: dict[str, InfluenceResult], done: list[dict], n: int) -> float:
+    """Rough duration of a leave-one-out validation of n instances.
+
+    From earlier validations of this run when there are some (the slowest measured seconds per instance);
+    otherwise n replays of about half the traced steps, a step costing the smaller of training
+    time per step (which includes one-off setup) and backward-pass time per traced step (which
+    costs more than a forward step): both overestimate, the smaller one less so."""
+    measured = [v["seconds_loo"] / max(v["n"], 1) for v in done]
+    if measured and max(measured) > 0.01:  # a rerun that found every replay cached records ~0 s
+        return n * max(measured)
+    traced = summary.get("traced_steps") or summary["steps"]
+    per_step = [summary["seconds"] / max(summary["steps"], 1)]
+    per_step += [r.meta["seconds"] / max(r.meta["traced_steps"], 1) for r in results.values()]
+    return n * (traced / 2 + 1) * min(per_step)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -1,0 +1,120 @@
+"""From the Train page's choices to a RunConfig: data set, preset, edited hyperparameters.
+
+Edited fields go through `influence.config.apply_overrides`, the same parser and
+validation as the CLI's `--set key=value`, so the form rejects exactly what the engine
+rejects, with the engine's reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import re
+import zipfile
+from pathlib import Path
+
+from influence import store
+from influence.config import (
+    ARCHS,
+    DEVICES,
+    DTYPES,
+    FEATURES,
+    PRESETS,
+    RunConfig,
+    apply_overrides,
+    describe_fields,
+    preset,
+    validate,
+)
+from influence.errors import ConfigError
+
+DATASETS = {
+    "mnist": "MNIST (embedded, no download)",
+    "torchvision-mnist": "MNIST from a torchvision folder",
+    "fashion-mnist": "Fashion-MNIST from a torchvision folder",
+    "upload": "Your images: upload a zip",
+    "folder": "Your images: a folder on this machine",
+    "normal2d": "2D normal (the paper's toy)",
+}
+PRESET_NOTES = {
+    "tiny": "1000 MNIST images, 2 epochs: seconds; for trying the app",
+    "quick": "10k MNIST images, 20 epochs: recognisable digits in a few minutes",
+    "paper-valid": "the paper's estimation-accuracy setting (10k images, 50 epochs)",
+    "paper-cleansing": "the paper's cleansing setting (all 50k images, wider model): hours on a CPU",
+    "toy2d": "10k points from a 2D normal, small fully connected GAN",
+}
+CHOICES = {"data.color": ("gray", "rgb"), "model.arch": ARCHS, "train.dtype": DTYPES, "train.device": DEVICES,
+           "eval.feature": FEATURES, "eval.metrics_every_epoch": ("True", "False")}
+SET_BY_PAGE = ("data.source", "data.root", "preset")  # chosen above the form, not in it
+MAX_UPLOAD_MB = 200
+
+
+def presets_for(data_key: str) -> list[str]:
+    if data_key == "normal2d":
+        return ["toy2d"]
+    return [name for name in PRESETS if name != "toy2d"]
+
+
+def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunConfig:
+    """The preset, pointed at the chosen data set (own images: all of them, not the preset's subset)."""
+    cfg = preset(preset_name)
+    if data_key == "normal2d":
+        return cfg
+    source = "folder" if data_key in ("upload", "folder") else data_key
+    if source != "mnist" and not (data_root or "").strip():
+        raise ConfigError(f"{DATASETS[data_key]}: enter the folder path (or upload a zip) first")
+    n_train = None if source == "folder" else cfg.data.n_train
+    data = dataclasses.replace(cfg.data, source=source, root=(data_root or "").strip() or None, n_train=n_train)
+    return dataclasses.replace(cfg, data=data)
+
+
+def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
+    """(key, current value as text, help, choices or None) for every field the form shows."""
+    values = _flat(cfg)
+    return [(key, values[key], help_text, CHOICES.get(key))
+            for key, _, help_text in describe_fields() if key not in SET_BY_PAGE]
+
+
+def apply_edits(cfg: RunConfig, edited: dict[str, str]) -> RunConfig:
+    """The config with the form's changed fields applied; ConfigError with the reason otherwise."""
+    values = _flat(cfg)
+    assignments = [f"{key}={text.strip()}" for key, text in edited.items() if text.strip() != values[key]]
+    out = apply_overrides(cfg, assignments)
+    validate(out)
+    return out
+
+
+def _flat(cfg: RunConfig) -> dict[str, str]:
+    out = {}
+    for key, _, _ in describe_fields():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = _text(value)
+    return out
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):  # lr_schedule
+        return ",".join(":".join(f"{v:g}" if isinstance(v, float) else str(v) for v in item) for item in value)
+    return str(value)
+
+
+def save_upload(root: Path, name: str, data: bytes) -> Path:
+    """Keep an uploaded zip in <store>/_uploads/, named by its content so the same upload maps to the same run."""
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        raise ConfigError(f"the upload is larger than {MAX_UPLOAD_MB} MB")
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ConfigError(f"'{name}' is not a zip file")
+    path = root / "_uploads" / f"{hashlib.sha256(data).hexdigest()[:16]}-{_safe(name)}"
+    if not path.exists():
+        store.write_bytes(path, data)
+    return path.resolve()
+
+
+def _safe(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name)[:60] or "upload"
+    return stem if stem.lower().endswith(".zip") else stem + ".zip"

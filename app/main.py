@@ -1,0 +1,40 @@
+"""GAN Influence Explorer. Start with: streamlit run app/main.py
+
+The pages only call the engine (`influence`); long work runs as background jobs, and
+the current run and removal set are kept in the store, so nothing is lost on refresh.
+"""
+
+import streamlit as st
+
+from explorer import jobpanel, state, widgets
+from influence.errors import InfluenceError, StoreError
+
+st.set_page_config(page_title="GAN Influence Explorer", page_icon="📊", layout="wide")
+
+try:
+    root = state.root()
+except StoreError as e:
+    st.error(f"{e}. Set GAN_INFLUENCE_STORE to a writable folder and restart the app.")
+    st.stop()
+
+pages = [
+    st.Page(widgets.TRAIN_PAGE, title="Train or load", icon=":material/model_training:", default=True),
+    st.Page(widgets.INFLUENCE_PAGE, title="Influence", icon=":material/bar_chart:", url_path="influence"),
+    st.Page(widgets.CURATE_PAGE, title="Inspect and curate", icon=":material/grid_view:", url_path="curate"),
+    st.Page(widgets.CLEANSE_PAGE, title="Cleanse and compare", icon=":material/cleaning_services:", url_path="cleanse"),
+    st.Page(widgets.VALIDATE_PAGE, title="Validate", icon=":material/fact_check:", url_path="validate"),
+    st.Page(widgets.PLAYGROUND_PAGE, title="2D playground", icon=":material/scatter_plot:", url_path="playground"),
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.markdown("### GAN Influence Explorer")
+    st.caption("Which training images help or hurt a GAN? (ASGD-Influence, Terashita et al., ICLR 2021)")
+    widgets.run_picker(root)
+    jobpanel.sidebar_list(root)
+    st.caption(f"Store: `{root}`")
+
+try:
+    page.run()
+except InfluenceError as e:  # a problem the user can act on (bad input, damaged file): say it, no traceback
+    st.error(str(e), icon=":material/error:")

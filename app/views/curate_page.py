@@ -1,0 +1,181 @@
+"""Inspect and curate: the most harmful / helpful training instances, and the removal set built from them."""
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from explorer import cache, curation, figures, gallery_filter, state, tables, widgets
+from influence.baselines import methods_for
+from influence.errors import ConfigError
+from influence.estimate import FLAG_NEVER_TRACED, harmful_order
+from influence.metrics import METRIC_LABELS
+
+root = state.root()
+run_id, cfg = widgets.require_run(root)
+results = widgets.require_results(root, run_id)
+dataset = cache.context(str(root), run_id).dataset
+labels = dataset.train.y.numpy() if dataset.train.y is not None else None
+class_names = dataset.class_names
+METHOD_LABELS = {**{m: f"top harmful by {METRIC_LABELS[m]}" for m in METRIC_LABELS},
+                 "iforest": "Isolation Forest (features)", "iforest-pixels": "Isolation Forest (pixels)",
+                 "random": "random (seeded)"}
+
+st.title("Inspect and curate")
+st.markdown("Look at the instances the estimate calls most harmful (or most helpful) and put the ones you want "
+            "gone into the **removal set**; the Cleanse page retrains without it. " + widgets.SIGN_NOTE)
+
+
+# ---------------------------------------------------------------- callbacks (run before the page redraws)
+def set_ids(ids) -> None:
+    state.set_removal(root, run_id, ids)
+
+
+def add_ids(ids) -> None:
+    state.add_to_removal(root, run_id, ids)
+
+
+def drop_ids(ids) -> None:
+    state.drop_from_removal(root, run_id, ids)
+
+
+def quick_fill() -> None:
+    method, k, replace = st.session_state["qf-method"], int(st.session_state["qf-k"]), st.session_state["qf-replace"]
+    order = harmful_order(results[method]) if method in results else cache.ranking(str(root), run_id, method, cfg.seed)
+    (set_ids if replace else add_ids)(order[:k].tolist())
+
+
+def import_csv() -> None:
+    upload = st.session_state.get(f"import-{run_id}")
+    if upload is None:
+        st.session_state.pop("import-msg", None)
+        return
+    try:
+        ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train)
+    except ConfigError as e:
+        st.session_state["import-msg"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
+        return
+    set_ids(ids)
+    st.session_state["import-msg"] = ("success", f"Imported {len(ids)} ids from {upload.name}; they replace the set.")
+
+
+removal = state.removal(root, run_id)
+in_set = set(removal)
+gallery_col, set_col = st.columns([3, 1], gap="large")
+
+# ---------------------------------------------------------------- gallery
+with gallery_col:
+    c1, c2, c3, c4 = st.columns([2, 2.4, 2.6, 2])
+    sort_metric = c1.selectbox("Sort by influence on", list(results), format_func=METRIC_LABELS.get,
+                               key=f"sort-{run_id}")
+    direction = c2.segmented_control("Most ... first", ["harmful", "helpful"], default="harmful",
+                                      key="direction") or "harmful"
+    classes = None
+    if labels is not None and class_names:
+        classes = c3.multiselect("Classes", list(range(len(class_names))), format_func=lambda c: class_names[c],
+                                 key=f"classes-{run_id}", placeholder="all classes")
+    views = ["Gallery", "Table"] if dataset.is_image else ["Table"]
+    view = c4.segmented_control("View", views, default=views[0], key="view") or views[0]
+
+    active = gallery_filter.get(run_id)
+    with st.expander("Filter by influence range: drag a box over the bars", expanded=active is not None,
+                     icon=":material/filter_alt:"):
+        result = results[sort_metric]
+        gallery_filter.histogram(run_id, result.scores[result.flags != FLAG_NEVER_TRACED], sort_metric, "curate",
+                                 log_y=True, height=230)
+    if active is not None:
+        lo, hi = active["range"]
+        f1, f2 = st.columns([4, 1])
+        f1.info(f"Showing only {METRIC_LABELS[active['metric']]} influence between {lo:.3g} and {hi:.3g}.",
+                icon=":material/filter_alt:")
+        f2.button("Clear filter", on_click=gallery_filter.clear, args=(run_id,))
+
+    ids = curation.ordered_ids(results, sort_metric, direction == "helpful", labels, classes, active)
+    per_page = 25
+    n_pages = max(1, math.ceil(len(ids) / per_page))
+    p1, p2, p3 = st.columns([1, 2, 3])
+    page = p1.number_input("Page", 1, n_pages, 1, key=f"page-{run_id}-{sort_metric}-{direction}")
+    page_ids = [int(i) for i in ids[(page - 1) * per_page: page * per_page]]
+    p2.caption(f"{len(ids)} instances match · page {page} of {n_pages}")
+    b1, b2 = p3.columns(2)
+    b1.button("Add page to set", on_click=add_ids, args=(page_ids,), icon=":material/add_box:",
+              help="Put every instance shown on this page into the removal set")
+    b2.button("Take page out", on_click=drop_ids, args=(page_ids,), icon=":material/indeterminate_check_box:",
+              help="Take every instance shown on this page out of the removal set")
+
+    if not page_ids:
+        st.info("No instance matches the class and range filters.")
+    elif view == "Gallery":
+        thumbs = cache.thumbnails(str(root), run_id, tuple(page_ids), cache.GALLERY_PX)
+        per_row = 5
+        for start in range(0, len(page_ids), per_row):
+            row = slice(start, start + per_row)
+            for col, i, png in zip(st.columns(per_row), page_ids[row], thumbs[row], strict=False):
+                with col.container(border=True):
+                    st.image(png)
+                    label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
+                    st.markdown(f"**#{i}**" + (f" · {label}" if label else ""))
+                    st.caption(tables.score_lines(results, i))
+                    member = i in in_set
+                    st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
+                                on_change=state.toggle_removal, args=(root, run_id, i))
+    else:
+        frame = pd.DataFrame({"remove": [i in in_set for i in page_ids], "id": page_ids})
+        if dataset.is_image:
+            frame.insert(1, "image", cache.thumbnail_uris(str(root), run_id, tuple(page_ids)))
+        else:
+            xy = dataset.train.x[page_ids].numpy()
+            frame["x₁"], frame["x₂"] = xy[:, 0], xy[:, 1]
+        if labels is not None:
+            frame["class"] = [figures.class_label(int(labels[i]), class_names) for i in page_ids]
+        for m, r in results.items():
+            frame[METRIC_LABELS[m]] = r.scores[page_ids]
+        row_px = cache.THUMB_PX + 6 if dataset.is_image else 35
+        # The key follows the page and its ticks: after an edit is applied the editor starts afresh.
+        key = f"editor-{run_id}-{hash((tuple(page_ids), tuple(frame['remove'])))}"
+        edited = st.data_editor(
+            frame, key=key, hide_index=True, disabled=[c for c in frame.columns if c != "remove"],
+            row_height=row_px, height=row_px * (len(frame) + 1) + 3,  # every row of the page, no inner scroll
+            column_config={
+                "remove": st.column_config.CheckboxColumn("remove", help="tick to put it into the removal set"),
+                "image": st.column_config.ImageColumn("image", width="small"),
+                **{METRIC_LABELS[m]: st.column_config.NumberColumn(METRIC_LABELS[m], format="%.3g",
+                                                                   help=r.meta["sign"]) for m, r in results.items()},
+            })
+        flipped = edited["remove"] != frame["remove"]
+        if flipped.any():
+            add_ids(edited.loc[flipped & edited["remove"], "id"].tolist())
+            drop_ids(edited.loc[flipped & ~edited["remove"], "id"].tolist())
+            st.rerun()
+
+# ---------------------------------------------------------------- the removal set
+with set_col:
+    st.subheader("Removal set")
+    st.metric("instances", len(removal), help="Saved with the run; a refresh keeps it.")
+    if removal:
+        counts = tables.class_counts(removal, labels, class_names)
+        if len(counts):
+            st.plotly_chart(figures.class_bar(counts), key="set-classes")
+        st.dataframe(pd.DataFrame({"id": removal}), hide_index=True, height=160)
+        st.download_button("Export CSV", tables.removal_csv(removal, labels), file_name=f"removal-{run_id}.csv",
+                           mime="text/csv", on_click="ignore", icon=":material/download:", width="stretch")
+        st.button("Clear", on_click=set_ids, args=([],), icon=":material/delete:", width="stretch")
+        st.page_link(widgets.CLEANSE_PAGE, label="Cleanse without this set", icon=":material/arrow_forward:")
+    else:
+        st.caption("Empty. Tick instances in the gallery, fill it below, or import a CSV.")
+
+    with st.expander("Quick fill", expanded=not removal, icon=":material/bolt:"):
+        methods = [m for m in methods_for(cfg.is_2d) if m in results or m not in METRIC_LABELS]
+        st.selectbox("Pick", methods, index=methods.index(sort_metric), format_func=METHOD_LABELS.get,
+                     key="qf-method")
+        st.number_input("How many", 1, dataset.n_train - 1, min(50, dataset.n_train - 1), key="qf-k")
+        st.toggle("Replace the set (off: add to it)", value=True, key="qf-replace")
+        st.button("Fill", on_click=quick_fill, type="primary", icon=":material/bolt:")
+
+    with st.expander("Import a CSV of ids", icon=":material/upload:"):
+        st.caption("A CSV with an 'id' column, or one id per line. It replaces the current set; "
+                   "a malformed file leaves the set as it is.")
+        st.file_uploader("CSV file", type=["csv", "txt"], key=f"import-{run_id}", on_change=import_csv)
+    message = st.session_state.get("import-msg")
+    if message:
+        (st.error if message[0] == "error" else st.success)(message[1])

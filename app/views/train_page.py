@@ -1,0 +1,169 @@
+"""Train or load: pick a data set and a preset (or edit hyperparameters) and train in the background,
+or load a cached run; the current run's samples per epoch and training curves."""
+
+import streamlit as st
+
+from explorer import cache, figures, jobpanel, state, tables, trainform
+from explorer.widgets import INFLUENCE_PAGE
+from influence import store
+from influence.config import RunConfig
+from influence.errors import ConfigError
+
+root = state.root()
+st.title("Train or load a GAN")
+st.markdown("Every run is cached in the store under an id made from its configuration: training the same "
+            "configuration again loads it instead. Training records the trace of the last epoch(s), which the "
+            "influence estimate walks backwards.")
+
+
+def live_training(status: dict) -> None:
+    """While training: per-step losses from the job status, per-epoch curves from the checkpoint, the newest samples."""
+    run_id = jobpanel.spec_run_id(status["spec"])
+    samples = st.session_state.setdefault(f"live:{status['key']}", [])
+    info = status.get("info") or {}
+    if isinstance(info.get("loss_d"), float) and (not samples or samples[-1][0] != status.get("done")):
+        samples.append((int(status.get("done") or 0), info["loss_d"], info["loss_g"]))
+    history = cache.live_history(str(root), run_id, cache.mtime_ns(root, run_id, "checkpoint/state.pt"))
+    cfg = RunConfig.from_dict(status["spec"]["params"]["config"])
+    per_epoch = (status.get("total") or 0) / cfg.train.epochs or None  # the job's total counts steps
+    left, right = st.columns([3, 1])
+    if samples or history:
+        left.plotly_chart(figures.history_figure(history, samples, per_epoch), key=f"live-{status['key']}")
+    grids = cache.epoch_grids(root, run_id, cfg.is_2d)
+    if grids and not cfg.is_2d:
+        png = cache.run_png(str(root), run_id, grids[-1], cache.mtime_ns(root, run_id, grids[-1]))
+        if png:
+            right.image(png, caption=f"samples after epoch {len(grids)}")
+
+
+# ---------------------------------------------------------------- a training job in progress (or just ended)
+job = jobpanel.latest(root, "train")
+if job is not None:
+    jobpanel.panel(root, job, live=live_training)
+    jobpanel.adopt_trained_run(root, job)
+
+if "train-flash" in st.session_state:
+    st.success(st.session_state.pop("train-flash"), icon=":material/check_circle:")
+
+new_tab, cached_tab = st.tabs(["Train a new run", "Load a cached run"])
+
+# ---------------------------------------------------------------- new run
+with new_tab:
+    data_key = st.radio("Data set", list(trainform.DATASETS), format_func=trainform.DATASETS.get, horizontal=True,
+                        key="data_key")
+    data_root = None
+    if data_key in ("torchvision-mnist", "fashion-mnist"):
+        data_root = st.text_input("torchvision root folder", key="tv_root",
+                                  help="The folder holding MNIST/ or FashionMNIST/ with raw/ inside (as torchvision "
+                                       "lays it out). Without internet the files must already be there.")
+    elif data_key == "folder":
+        data_root = st.text_input("Folder of PNG/JPEG images", key="img_folder",
+                                  help="One sub-folder per class (its name is the label), or images directly inside.")
+    elif data_key == "upload":
+        upload = st.file_uploader("Zip of PNG/JPEG images (one sub-folder per class)", type=["zip"], key="img_zip",
+                                  max_upload_size=trainform.MAX_UPLOAD_MB)
+        if upload is not None:
+            try:
+                data_root = str(trainform.save_upload(root, upload.name, upload.getvalue()))
+                st.caption(f"Saved as `{data_root}`. 10% of the images validate, 10% test, the rest train.")
+            except ConfigError as e:
+                st.error(str(e))
+
+    names = trainform.presets_for(data_key)
+    c1, c2 = st.columns([2, 3])
+    preset_name = c1.selectbox("Preset", names, index=names.index("quick") if "quick" in names else 0,
+                               key=f"preset-{data_key}")
+    c2.caption(trainform.PRESET_NOTES.get(preset_name, ""))
+
+    try:
+        base = trainform.base_config(preset_name, data_key, data_root)
+    except ConfigError as e:
+        st.info(str(e))
+        base = None
+
+    if base is not None:
+        with st.form(f"hyper-{data_key}-{preset_name}", border=False):
+            edited: dict[str, str] = {}
+            sections: dict[str, list] = {}
+            for field in trainform.fields(base):
+                section = field[0].split(".")[0] if "." in field[0] else "train"  # seed sits with training
+                sections.setdefault(section, []).append(field)
+            hyper = st.expander("Hyperparameters: the preset's values; change any to customise the run",
+                                icon=":material/tune:")
+            for col, (section, items) in zip(hyper.columns(len(sections)), sections.items(), strict=True):
+                col.markdown(f"*{section}*")
+                for key, text, help_text, choices in items:
+                    label, widget_key = key.split(".", 1)[-1], f"f-{data_key}-{preset_name}-{key}"
+                    if choices:
+                        edited[key] = col.selectbox(label, choices, index=choices.index(text) if text in choices else 0,
+                                                    help=help_text, key=widget_key)
+                    else:
+                        edited[key] = col.text_input(label, text, help=help_text or None, key=widget_key,
+                                                     placeholder="none")
+            submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+        if submitted:
+            try:
+                cfg = trainform.apply_edits(base, edited)
+            except ConfigError as e:
+                st.error(f"Not started: {e}", icon=":material/error:")
+            else:
+                run = store.Run(root, cfg.run_id)
+                if run.exists("summary.json"):
+                    state.set_current_run(root, cfg.run_id)
+                    st.session_state["train-flash"] = (f"This configuration is already trained: run `{cfg.run_id}` "
+                                                       "is now the current run.")
+                else:
+                    jobpanel.start(root, {"kind": "train", "params": {"config": cfg.to_dict()}})
+                st.rerun()  # the sidebar and the job panel above show the change
+
+# ---------------------------------------------------------------- cached runs
+with cached_tab:
+    runs = cache.runs(str(root), cache.runs_stamp(root))
+    if not runs:
+        st.info("The store holds no runs yet: train one in the first tab.")
+    else:
+        table = tables.runs_table(runs)
+
+        def on_pick() -> None:
+            rows = st.session_state["runs_table"]["selection"]["rows"]
+            if rows and table.iloc[rows[0]]["state"] == "finished":
+                state.set_current_run(root, table.iloc[rows[0]]["run"])
+
+        st.caption("Click a row to make that run the current one. Unfinished runs resume when trained again.")
+        st.dataframe(table, hide_index=True, on_select=on_pick, selection_mode="single-row", key="runs_table",
+                     column_config={"date": st.column_config.TextColumn("date")})
+        for r in runs:
+            if "problem" in r:
+                st.warning(f"{r['run_id']}: {r['problem']}")
+
+# ---------------------------------------------------------------- the current run
+run_id = state.current_run_id(root)
+st.divider()
+if run_id is None:
+    st.info("No trained run yet. Pick a data set and preset above and press **Start training**; "
+            "the `tiny` preset takes about a minute on a laptop.", icon=":material/school:")
+    st.stop()
+
+cfg = RunConfig.from_dict(cache.config(str(root), run_id))
+st.subheader(f"Current run: {run_id}")
+grids = cache.epoch_grids(root, run_id, cfg.is_2d)
+left, right = st.columns([2, 3])
+with left:
+    st.markdown("**Samples per epoch** (the same z every epoch)")
+    if grids:
+        epoch = st.slider("Epoch", 1, len(grids), len(grids), key=f"epoch-{run_id}") if len(grids) > 1 else 1
+        rel = grids[epoch - 1]
+        if cfg.is_2d:
+            points = cache.run_npy(str(root), run_id, rel, cache.mtime_ns(root, run_id, rel))
+            train_xy = cache.context(str(root), run_id).dataset.train.x.numpy()
+            st.plotly_chart(figures.points_figure(train_xy, generated=points, height=420), key="grid2d")
+        else:
+            st.image(cache.run_png(str(root), run_id, rel, cache.mtime_ns(root, run_id, rel)),
+                     caption=f"epoch {epoch}")
+with right:
+    st.markdown("**Training curves**")
+    st.plotly_chart(figures.history_figure(cache.history(str(root), run_id)), key="history")
+    with st.expander("Configuration"):
+        st.json(cache.config(str(root), run_id))
+st.page_link(INFLUENCE_PAGE, label="Next: estimate the influence of each training instance",
+             icon=":material/arrow_forward:")

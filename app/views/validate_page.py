@@ -1,0 +1,68 @@
+"""Validate: the paper's estimation-accuracy experiment, estimated vs actual (leave-one-out) influence."""
+
+import dataclasses
+
+import streamlit as st
+
+from explorer import cache, figures, jobpanel, state, tables, widgets
+from influence.estimate import EstimateOptions
+from influence.metrics import METRIC_LABELS, available_metrics
+
+root = state.root()
+run_id, cfg = widgets.require_run(root)
+st.title("How accurate is the estimate?")
+st.markdown("For *n* training instances, replay the traced steps without each one (a *leave-one-out* retraining) "
+            "and measure how the validation metric actually changes. Then compare with the estimated influence. "
+            "This is the paper's estimation-accuracy experiment, and a good one to run in class.")
+
+summary = cache.summary(str(root), run_id)
+metrics = available_metrics(cfg.is_2d)
+results = cache.results(str(root), run_id, cache.files_stamp(root, run_id, "influence"))
+stored = cache.validations(str(root), run_id, cache.files_stamp(root, run_id, "validate"))
+
+job = jobpanel.latest(root, "validate", run_id)
+if job is not None:
+    jobpanel.panel(root, job)
+
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns([3, 1, 2, 1])
+    first = next(m for m in cache.METRIC_ORDER if m in metrics)
+    chosen = c1.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
+                            key=f"val-metrics-{run_id}")
+    n = c2.number_input("n instances", 3, summary["n_train"], min(50, summary["n_train"]), key="val-n",
+                        help="Each instance costs one replay of the traced steps after its first appearance.")
+    selection = c3.radio("Which instances", ("first", "random"), horizontal=True, key="val-selection",
+                         format_func={"first": "lowest ids", "random": "random"}.get)
+    seed = c4.number_input("Seed", 0, None, 0, key="val-seed", help="for random selection")
+    seconds = tables.validation_seconds(summary, results, stored, int(n))
+    st.warning(f"Takes roughly {tables.duration(seconds)} on this machine (estimated from this run's measured "
+               "speed; it grows linearly with n). It runs in the background: you can switch pages meanwhile.",
+               icon=":material/timer:")
+    start = st.button("Start validation", type="primary", icon=":material/play_arrow:", disabled=not chosen)
+if start:
+    jobpanel.start(root, {"kind": "validate", "params": {
+        "run_id": run_id, "metrics": chosen, "n": int(n), "selection": selection, "seed": int(seed),
+        "options": dataclasses.asdict(EstimateOptions())}})
+    st.rerun()
+
+if not stored:
+    st.info("No validation for this run yet. Start one above; n = 50 is enough to see the idea.",
+            icon=":material/school:")
+    st.stop()
+
+labels = {v["key"]: f"{METRIC_LABELS[v['metric']]}, n = {v['n']} ({v['key']})" for v in stored}
+key = st.selectbox("Result", list(labels), index=len(labels) - 1, format_func=labels.get, key=f"val-{run_id}")
+v = next(v for v in stored if v["key"] == key)
+
+left, right = st.columns([3, 2])
+left.plotly_chart(figures.validation_scatter(v["estimated"], v["actual"], v["metric"]), key=f"val-scatter-{key}")
+with right:
+    st.metric("Kendall τ", f"{v['kendall_tau']:.3f}")
+    st.caption("Do estimate and truth **rank** the instances the same way? +1: identical order; 0: unrelated; "
+               "−1: reversed. Ranking is what curation needs.")
+    st.metric("Pearson r", f"{v['pearson_r']:.3f}")
+    st.caption("Do the **values** agree along a straight line? 1: perfectly linear.")
+    st.metric("Jaccard, top 10%", f"{v['jaccard_top10']:.3f}")
+    st.caption("Of the 10% most extreme instances (5% most negative and 5% most positive), how many do "
+               "estimate and truth share? 1: the same instances; 0: none in common.")
+    st.caption(f"Estimate verdict: {v['verdict']} · leave-one-out took {tables.duration(v['seconds_loo'])}.")

@@ -1,0 +1,68 @@
+"""Helpers for the app tests: open the app on a page, read what it says, fake a job folder."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from influence import jobs, store
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "app"
+MAIN = str(APP / "main.py")
+sys.path.insert(0, str(APP))  # the app's helper package `explorer`, as Streamlit puts it on the path
+
+PAGES = {
+    "train": "views/train_page.py",
+    "influence": "views/influence_page.py",
+    "curate": "views/curate_page.py",
+    "cleanse": "views/cleanse_page.py",
+    "validate": "views/validate_page.py",
+    "playground": "views/playground_page.py",
+}
+CLEANSED = 20  # instances removed by the rich store's cleansing attempt
+
+
+def open_app(page: str | None = None, run_id: str | None = None, timeout: float = 90):
+    """AppTest of the whole app (navigation, sidebar) showing `page`, with `run_id` as the current run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(MAIN, default_timeout=timeout)
+    if run_id is not None:
+        at.session_state["run_id"] = run_id
+    at.run()
+    if page is not None:
+        at.switch_page(PAGES[page]).run()
+    return at
+
+
+def texts(at) -> str:
+    """Everything the page says (markdown, captions, alerts, titles), for assertions."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def use_store(monkeypatch, root: Path) -> Path:
+    monkeypatch.setenv(store.ENV_STORE, str(root))
+    return root
+
+
+def tiny_run_id(root: Path) -> str:
+    return next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("tiny-"))
+
+
+def write_job(root: Path, spec: dict, **status) -> str:
+    """A job folder as a worker leaves it, without running anything."""
+    key = jobs.job_key(spec)
+    d = jobs.job_dir(root, key)
+    store.write_json(d / "spec.json", spec)
+    store.write_json(d / "status.json", {"key": key, "updated": time.time(), **status})
+    return key
+
+
+def removal_on_disk(root: Path, run_id: str) -> list[int]:
+    path = root / run_id / "app" / "removal.json"
+    return store.read_json(path)["ids"] if path.exists() else []

@@ -1,0 +1,166 @@
+"""End to end in a real browser: `streamlit run app/main.py` driven by Playwright with Debian's Chromium.
+
+Visits every page, filters the gallery by box-selecting histogram bars, ticks one image into
+the removal set, switches to the 2D run from the playground, and saves a screenshot per page
+to artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from apphelpers import REPO, removal_on_disk, tiny_run_id
+from influence import store
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "artifacts"
+TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                     "(apt-get install chromium)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                       reason="needs the playwright Python package (pip install playwright; no browser download)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(rich_store, toy_store, tmp_path_factory):
+    """The app on a free local port, over a store with the tiny run (cleansed, validated) and the 2D run."""
+    root = tmp_path_factory.mktemp("browser") / "store"
+    shutil.copytree(rich_store, root)
+    shutil.copytree(toy_store, root, ignore=shutil.ignore_patterns("_jobs", "_cache"), dirs_exist_ok=True)
+    store.write_json(root / "_app_state.json", {"run_id": tiny_run_id(root)})
+    port = _free_port()
+    env = {**os.environ, store.ENV_STORE: str(root)}
+    log = open(tmp_path_factory.mktemp("browser-log") / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"streamlit did not start; see {log.name}") from None
+                time.sleep(0.5)
+        yield url, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        tab = browser.new_page(viewport={"width": 1440, "height": 1400})
+        tab.set_default_timeout(TIMEOUT_MS)
+        yield tab
+        browser.close()
+
+
+def _settle(tab) -> None:
+    """Wait until the script run has finished and every element has been drawn."""
+    tab.wait_for_timeout(300)  # a rerun just triggered may not show its status widget yet
+    tab.wait_for_selector("h1")
+    tab.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=TIMEOUT_MS)
+    tab.wait_for_timeout(800)  # plotly draws after the elements arrive
+
+
+def _visit(tab, url: str, path: str, title: str, name: str) -> None:
+    from playwright.sync_api import expect
+
+    tab.goto(f"{url}/{path}")
+    expect(tab.locator("h1").first).to_have_text(title, timeout=TIMEOUT_MS)
+    _settle(tab)
+    assert tab.locator('[data-testid="stException"]').count() == 0, f"exception shown on {name}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / f"app-{name}.png"))
+
+
+def test_every_page_in_a_real_browser(server, page):
+    from playwright.sync_api import expect
+
+    url, root = server
+    run_id = tiny_run_id(root)
+
+    _visit(page, url, "", "Train or load a GAN", "train")
+    expect(page.get_by_role("button", name="Start training")).to_be_visible()
+    expect(page.get_by_text(f"Current run: {run_id}")).to_be_visible()
+
+    _visit(page, url, "influence", "Influence of each training instance", "influence")
+    expect(page.get_by_text("predicted change of FID if removed; negative = harmful").first).to_be_attached()
+    expect(page.get_by_text("Reliability: reliable").first).to_be_visible()
+    # Drag a box over the left (harmful) bars of the FID histogram: the gallery shows just those.
+    area = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
+    page.mouse.move(area["x"] + area["width"] * 0.03, area["y"] + area["height"] * 0.05)
+    page.mouse.down()
+    page.mouse.move(area["x"] + area["width"] * 0.3, area["y"] + area["height"] * 0.95, steps=8)
+    page.mouse.up()
+    expect(page.get_by_text("Gallery filter: FID influence between")).to_be_visible()
+    page.get_by_text("Open the filtered gallery").click()
+    expect(page.locator("h1").first).to_have_text("Inspect and curate")
+    _settle(page)
+    expect(page.get_by_text("Showing only FID influence between")).to_be_visible()
+    page.get_by_role("button", name="Clear filter").click()
+
+    expect(page.locator('[data-testid="stImage"] img')).to_have_count(25)
+    _settle(page)
+    before = len(removal_on_disk(root, run_id))
+    expect(page.locator('[data-testid="stMetricValue"]').first).to_have_text(str(before))
+    unticked = page.locator('[data-testid="stCheckbox"]').filter(has=page.locator("input:not(:checked)")).first
+    unticked.locator("label").click()  # the curation action: one more image into the removal set
+    expect(page.locator('[data-testid="stMetricValue"]').first).to_have_text(str(before + 1), timeout=TIMEOUT_MS)
+    _settle(page)
+    assert len(removal_on_disk(root, run_id)) == before + 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.locator("h1").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "app-curate.png"))
+
+    _visit(page, url, "cleanse", "Cleanse and compare", "cleanse")
+    expect(page.get_by_text("FID after cleansing")).to_be_visible()
+    expect(page.get_by_text("original run (last epoch)")).to_be_visible()
+
+    _visit(page, url, "validate", "How accurate is the estimate?", "validate")
+    expect(page.get_by_text("Kendall τ")).to_be_visible()
+
+    _visit(page, url, "playground", "2D playground", "playground")
+    page.get_by_role("button", name="Use this run").click()
+    expect(page.get_by_text("selected points")).to_be_visible(timeout=TIMEOUT_MS)
+    _settle(page)
+    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(ARTIFACTS / "app-playground.png"))

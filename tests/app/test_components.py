@@ -1,0 +1,111 @@
+"""The app's helpers without Streamlit: chart selections, the config form, gallery order, labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
+from explorer import curation, figures, tables, trainform
+from influence.config import preset
+from influence.errors import ConfigError
+from influence.estimate import FLAG_NEVER_TRACED, FLAG_RELIABLE, InfluenceResult
+
+
+def _result(metric: str, scores, flags=None) -> InfluenceResult:
+    scores = np.asarray(scores, dtype=float)
+    flags = np.full(len(scores), FLAG_RELIABLE, dtype=np.int8) if flags is None else np.asarray(flags, dtype=np.int8)
+    sign = -1 if metric in ("fid", "dloss") else 1
+    return InfluenceResult(metric, scores, flags, np.ones((3, 2)), {"harmful_sign": sign})
+
+
+def test_a_box_selection_gives_its_x_range():
+    event = {"selection": {"points": [{"x": 0.1}], "point_indices": [0],
+                           "box": [{"type": "box", "xref": "x", "yref": "y", "x": [0.5, -0.25], "y": [0, 9]}],
+                           "lasso": []}}
+    assert figures.selected_x_range(event) == (-0.25, 0.5)
+    assert figures.selected_x_range({"selection": {"points": [], "box": [], "lasso": []}}) is None
+    assert figures.selected_x_range(None) is None
+
+
+def test_selected_points_are_taken_from_the_training_trace_only():
+    event = {"selection": {"points": [
+        {"curve_number": 0, "point_index": 7}, {"curve_number": 1, "point_index": 2},
+        {"curve_number": 0, "point_index": 3}, {"curve_number": 0, "point_index": 7}]}}
+    assert figures.selected_point_indices(event) == [3, 7]
+    assert figures.selected_point_indices(event, curve=1) == [2]
+
+
+@pytest.mark.parametrize("metric, side", [("fid", "negative"), ("is", "positive"), ("all", "positive"),
+                                          ("dloss", "negative")])
+def test_every_influence_axis_names_the_harmful_side(metric, side):
+    assert figures.axis_label(metric).endswith(f"if removed; {side} = harmful")
+    fig = figures.influence_histogram(np.array([-2.0, -1.0, 0.5, 3.0]), metric)
+    assert fig.layout.xaxis.title.text == figures.axis_label(metric)
+    other = "positive" if side == "negative" else "negative"
+    assert {t.name for t in fig.data} == {f"{side} (harmful)", f"{other} (helpful)"}
+
+
+def test_gallery_order_harmful_or_helpful_first_untraced_last():
+    fid = _result("fid", [0.3, -0.2, -0.9, 0.0, 0.1], [1, 1, 1, FLAG_NEVER_TRACED, 1])
+    results = {"fid": fid}
+    assert curation.ordered_ids(results, "fid", helpful_first=False).tolist() == [2, 1, 4, 0, 3]
+    assert curation.ordered_ids(results, "fid", helpful_first=True).tolist() == [0, 4, 1, 2, 3]
+    labels = np.array([1, 0, 1, 0, 1])
+    assert curation.ordered_ids(results, "fid", False, labels, [1]).tolist() == [2, 4, 0]
+    in_range = {"metric": "fid", "range": (-0.5, 0.2)}
+    assert curation.ordered_ids(results, "fid", False, score_filter=in_range).tolist() == [1, 4]
+
+
+def test_summary_counts_harmful_on_the_right_side():
+    numbers = tables.influence_summary(_result("fid", [0.3, -0.2, -0.9, 0.1]))
+    assert numbers["harmful"] == 2 and numbers["most_harmful"] == -0.9 and numbers["n"] == 4
+    assert tables.influence_summary(_result("is", [0.3, -0.2, -0.9, 0.1]))["most_harmful"] == 0.3
+
+
+def test_the_form_applies_only_changed_fields_and_reports_engine_reasons():
+    base = preset("tiny")
+    values = {key: text for key, text, _, _ in trainform.fields(base)}
+    assert values["train.lr_schedule"] == "2:0.001:0.001" and values["data.n_train"] == "1000"
+    assert "data.source" not in values and "preset" not in values  # chosen above the form
+    assert trainform.apply_edits(base, values) == base
+    changed = trainform.apply_edits(base, {**values, "train.epochs": "3", "data.n_train": ""})
+    assert changed.train.epochs == 3 and changed.data.n_train is None
+    with pytest.raises(ConfigError, match="lr_schedule epochs must lie in 1..epochs"):
+        trainform.apply_edits(base, {**values, "train.epochs": "1"})
+
+
+def test_data_set_choices_map_to_data_configs(tmp_path):
+    assert trainform.base_config("quick", "mnist", None).data.source == "mnist"
+    tv = trainform.base_config("quick", "fashion-mnist", " /data/tv ")
+    assert (tv.data.source, tv.data.root, tv.data.n_train) == ("fashion-mnist", "/data/tv", 10_000)
+    own = trainform.base_config("quick", "folder", str(tmp_path))
+    assert (own.data.source, own.data.n_train) == ("folder", None)
+    assert trainform.base_config("toy2d", "normal2d", None).is_2d
+    assert trainform.presets_for("normal2d") == ["toy2d"] and "toy2d" not in trainform.presets_for("mnist")
+    with pytest.raises(ConfigError, match="enter the folder path"):
+        trainform.base_config("quick", "torchvision-mnist", "")
+
+
+def test_an_oversized_upload_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainform, "MAX_UPLOAD_MB", 0)
+    with pytest.raises(ConfigError, match="larger than 0 MB"):
+        trainform.save_upload(tmp_path, "big.zip", b"PK\x05\x06" + bytes(18))
+
+
+def test_durations_read_naturally():
+    assert [tables.duration(s) for s in (4.4, 75, 3725, None)] == ["4 s", "1 min 15 s", "1 h 02 min", "?"]
+
+
+def test_gallery_scores_mark_the_harmful_side_red():
+    results = {"fid": _result("fid", [-0.5, 0.5]), "is": _result("is", [-0.5, 0.5])}
+    assert tables.score_lines(results, 0) == ":red[FID -5.0e-01]  \nIS -5.0e-01"
+    assert tables.score_lines(results, 1) == "FID +5.0e-01  \n:red[IS +5.0e-01]"
+
+
+def test_uploaded_removal_csv_is_read_with_the_cli_rules():
+    assert curation.read_removal_upload(b"id\n2\n0\n", 5) == [2, 0]
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        curation.read_removal_upload(b"\xff\xfeid", 5)
+    with pytest.raises(ConfigError, match="outside the training set"):
+        curation.read_removal_upload(b"7\n", 5)

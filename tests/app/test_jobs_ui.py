@@ -1,0 +1,103 @@
+"""Job panels: every job state is shown with its actions; start buttons send the documented specs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from apphelpers import open_app, texts, tiny_run_id, write_job
+from influence import jobs
+from influence.estimate import EstimateOptions
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _estimate_spec(run_id: str, **options) -> dict:
+    return {"kind": "estimate", "params": {"run_id": run_id, "metrics": ["fid"],
+                                           "options": dataclasses.asdict(EstimateOptions(**options))}}
+
+
+def test_a_running_job_shows_steps_eta_losses_and_cancel(app_store):
+    run_id = tiny_run_id(app_store)
+    spec = _estimate_spec(run_id, last_steps=5)
+    key = write_job(app_store, spec, state="running", stage="influence", done=3, total=10, seconds=6.0, eta=14.0,
+                    info={"epoch": 2, "loss_d": 1.25, "loss_g": 0.75})
+    lock = jobs.JobLock(jobs.job_dir(app_store, key) / "lock")
+    assert lock.acquire()  # this test plays the worker
+    try:
+        at = open_app("influence", run_id)
+        assert not at.exception
+        [bar] = [p for p in at.get("progress") if "step 3 of 10" in p.proto.text]
+        assert "about 14 s left" in bar.proto.text and "6 s elapsed" in bar.proto.text
+        assert "D loss 1.250 · G loss 0.750" in texts(at)
+        sidebar = [p.proto.text for p in at.sidebar.get("progress")]
+        assert any("Influence on FID" in t for t in sidebar)  # the sidebar lists running jobs on every page
+        next(b for b in at.button if b.label == "Cancel").click().run()
+        assert (jobs.job_dir(app_store, key) / "cancel").exists()
+    finally:
+        lock.release()
+
+
+@pytest.mark.parametrize("state, extra, shown, action", [
+    ("failed", {"message": "influence pass diverged at traced step 3"}, "Failed: influence pass diverged", "Try again"),
+    ("cancelled", {}, "Cancelled", "Start again"),
+    ("running", {}, "worker stopped before finishing", "Resume"),  # no lock held: the worker died
+])
+def test_an_ended_job_offers_to_run_it_again(app_store, started_jobs, state, extra, shown, action):
+    run_id = tiny_run_id(app_store)
+    spec = _estimate_spec(run_id, last_steps=4)
+    write_job(app_store, spec, state=state, done=2, total=10, **extra)
+    at = open_app("influence", run_id)
+    assert not at.exception
+    assert shown in texts(at)
+    next(b for b in at.button if b.label == action).click().run()
+    assert started_jobs == [spec]
+
+
+def test_a_finished_job_can_be_dismissed_for_good(app_store):
+    run_id = tiny_run_id(app_store)
+    write_job(app_store, _estimate_spec(run_id, last_steps=3), state="done", started=1000.0, updated=1075.0,
+              done=3, total=3)
+    at = open_app("influence", run_id)
+    assert "Finished in 1 min 15 s" in texts(at)
+    next(b for b in at.button if b.label == "Dismiss").click().run()
+    assert "Finished in" not in texts(at)
+    assert "Finished in" not in texts(open_app("influence", run_id))  # remembered in the store
+
+
+def test_influence_compute_button_sends_an_estimate_spec(app_store, started_jobs):
+    run_id = tiny_run_id(app_store)
+    at = open_app("influence", run_id)
+    at.multiselect(key=f"est-metrics-{run_id}").set_value(["is", "fid"])
+    at.number_input(key="est-last").set_value(4)
+    next(b for b in at.button if b.label == "Compute in the background").click().run()
+    assert not at.exception
+    assert started_jobs == [{"kind": "estimate", "params": {
+        "run_id": run_id, "metrics": ["is", "fid"],
+        "options": dataclasses.asdict(EstimateOptions(last_steps=4))}}]
+
+
+def test_cleanse_button_sends_the_removal_set(app_store, started_jobs):
+    run_id = tiny_run_id(app_store)
+    at = open_app("curate", run_id)
+    at.number_input(key="qf-k").set_value(12)
+    next(b for b in at.button if b.label == "Fill").click().run()
+    at.switch_page("views/cleanse_page.py").run()
+    at.toggle(key="scratch").set_value(True)
+    next(b for b in at.button if b.label == "Cleanse in the background").click().run()
+    assert not at.exception
+    [spec] = started_jobs
+    assert spec["kind"] == "cleanse" and spec["params"]["mode"] == "scratch"
+    assert spec["params"]["run_id"] == run_id and len(spec["params"]["removal_ids"]) == 12
+
+
+def test_validate_button_sends_a_small_validation(app_store, started_jobs):
+    run_id = tiny_run_id(app_store)
+    at = open_app("validate", run_id)
+    at.number_input(key="val-n").set_value(20)
+    next(b for b in at.button if b.label == "Start validation").click().run()
+    assert not at.exception
+    assert started_jobs == [{"kind": "validate", "params": {
+        "run_id": run_id, "metrics": ["fid"], "n": 20, "selection": "first", "seed": 0,
+        "options": dataclasses.asdict(EstimateOptions())}}]

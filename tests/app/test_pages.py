@@ -1,0 +1,91 @@
+"""Every page renders against the tiny cached run and against an empty store, without exceptions."""
+
+from __future__ import annotations
+
+import pytest
+
+from apphelpers import CLEANSED, PAGES, open_app, texts, tiny_run_id
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_train_page_shows_the_form_the_runs_and_the_current_run(rich):
+    at = open_app("train", tiny_run_id(rich))
+    assert not at.exception
+    assert at.title[0].value == "Train or load a GAN"
+    assert at.radio(key="data_key").value == "mnist"  # the embedded MNIST is preselected
+    assert at.selectbox(key="preset-mnist").value == "quick"
+    assert [b.label for b in at.button if b.label == "Start training"]
+    assert at.text_input(key="f-mnist-quick-train.epochs").value == "20"
+    assert "training epochs" in at.text_input(key="f-mnist-quick-train.epochs").help  # describe_fields help
+    table = at.dataframe[0].value
+    assert tiny_run_id(rich) in set(table["run"]) and {"test IS", "test FID", "date"} <= set(table.columns)
+    assert at.slider(key=f"epoch-{tiny_run_id(rich)}").value == 2  # one grid per epoch, last shown
+    assert [img.captions for img in at.image] == [["epoch 2"]]  # that epoch's sample grid
+
+
+def test_influence_page_shows_histograms_verdicts_and_plots(rich):
+    at = open_app("influence", tiny_run_id(rich))
+    assert not at.exception
+    said = texts(at)
+    for label in ("IS", "FID", "D-loss"):
+        assert label in [s.value for s in at.subheader]
+    assert "negative = harmful (removal improves FID)" in said  # the sign convention, in one sentence
+    assert "Reliability: reliable" in said
+    assert {m.label for m in at.metric} == {"mean", "std", "harmful (of 1000)", "most harmful value"}
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3 * 2 + 2  # histogram and |u| per metric, IS-vs-FID scatter, per-class box
+    assert any("predicted change of FID if removed; negative = harmful" in c.proto.spec for c in charts)
+
+
+def test_curate_page_shows_a_gallery_with_scores_and_checkboxes(rich):
+    at = open_app("curate", tiny_run_id(rich))
+    assert not at.exception
+    boxes = [c for c in at.checkbox if c.key.startswith("pick-")]
+    assert len(boxes) == len(at.image) == 25  # one thumbnail and one checkbox per card
+    assert sum(c.value for c in boxes) >= 1  # the stored removal set holds the most harmful by FID
+    assert at.metric[0].value == str(CLEANSED)
+    assert "FID" in texts(at)
+    assert {b.label for b in at.button} >= {"Fill", "Clear", "Add page to set", "Take page out"}
+    assert len(at.get("download_button")) == 1
+
+
+def test_cleanse_page_shows_before_after_and_attempts(rich):
+    at = open_app("cleanse", tiny_run_id(rich))
+    assert not at.exception
+    said = texts(at)
+    assert f"**Removal set:** {CLEANSED} of 1000" in said
+    assert "This set was already cleansed" in said
+    labels = [m.label for m in at.metric]
+    assert {"IS after cleansing", "FID after cleansing"} <= set(labels)
+    assert "predicted change:" in said and "validation split" in said
+    assert [img.captions[0] for img in at.image] == ["original run (last epoch)",
+                                                      f"after removing {CLEANSED} instances (replay)"]
+    table = at.dataframe[-1].value
+    assert len(table) == 1 and table["removed"].iloc[0] == CLEANSED
+
+
+def test_validate_page_shows_scatter_and_numbers(rich):
+    at = open_app("validate", tiny_run_id(rich))
+    assert not at.exception
+    assert [m.label for m in at.metric] == ["Kendall τ", "Pearson r", "Jaccard, top 10%"]
+    assert "Takes roughly" in texts(at)
+    assert at.number_input(key="val-n").value == 50
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert "leave-one-out" in spec and "estimated" in spec
+
+
+def test_playground_asks_for_a_2d_run_when_the_current_one_is_not(rich):
+    at = open_app("playground", tiny_run_id(rich))
+    assert not at.exception
+    assert "No 2D run yet" in texts(at)
+    assert any(b.label == "Train in the background" for b in at.button)
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_on_an_empty_store_says_what_to_do_first(empty_store, page):
+    at = open_app(page)
+    assert not at.exception
+    assert not at.error
+    guidance = " ".join(i.value for i in at.info)
+    assert "train" in guidance.lower() or "No 2D run yet" in guidance

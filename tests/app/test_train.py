@@ -1,0 +1,119 @@
+"""Train or load: form validation, cached configurations, uploads, and a real background training job."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import pytest
+
+from apphelpers import open_app, texts, tiny_run_id
+from influence import jobs
+from influence.config import RunConfig, apply_overrides, preset
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _form(at, preset_name: str, **values: str):
+    at.selectbox(key="preset-mnist").set_value(preset_name).run()
+    for key, value in values.items():
+        at.text_input(key=f"f-mnist-{preset_name}-{key}").set_value(value)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    return at
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("train.epochs", "0", "train.epochs must be at least 1"),
+    ("train.lr_d", "fast", "cannot read 'fast' as float"),
+    ("train.lr_schedule", "2:0.1", "expected EPOCH:LR_D:LR_G"),
+    ("train.batch_size", "-5", "train.batch_size must be at least 1"),
+    ("data.image_size", "30", "data.image_size must be 28 or 32"),
+])
+def test_invalid_hyperparameters_are_rejected_with_the_reason(app_store, started_jobs, field, value, reason):
+    at = _form(open_app("train"), "tiny", **{field: value})
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "Not started" in errors and reason in errors
+    assert started_jobs == []
+
+
+def test_an_already_trained_configuration_is_loaded_not_retrained(app_store, started_jobs):
+    at = _form(open_app("train"), "tiny")
+    assert not at.exception
+    assert "already trained" in texts(at)
+    assert started_jobs == []
+    assert at.session_state["run_id"] == tiny_run_id(app_store)
+
+
+def test_the_form_builds_the_spec_from_the_preset_and_the_edits(app_store, started_jobs):
+    _form(open_app("train"), "tiny", **{"train.epochs": "3", "model.width": "4"})
+    assert len(started_jobs) == 1
+    expected = apply_overrides(preset("tiny"), ["train.epochs=3", "model.width=4"])
+    assert started_jobs[0]["kind"] == "train"
+    config = started_jobs[0]["params"]["config"]
+    assert RunConfig.from_dict(config) == expected and config["preset"] == "tiny"
+
+
+def test_a_folder_data_set_needs_a_path_first(app_store):
+    at = open_app("train")
+    at.radio(key="data_key").set_value("folder").run()
+    assert not at.exception
+    assert "enter the folder path" in texts(at)
+    assert not [b for b in at.button if b.label == "Start training"]
+
+
+def test_an_uploaded_zip_is_saved_into_the_store(app_store, started_jobs):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a/one.png", b"not really a png")
+    at = open_app("train")
+    at.radio(key="data_key").set_value("upload").run()
+    at.file_uploader(key="img_zip").set_value(("my digits.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception
+    saved = list((app_store / "_uploads").iterdir())
+    assert len(saved) == 1 and saved[0].name.endswith("-my_digits.zip")
+    next(b for b in at.button if b.label == "Start training").click().run()
+    data = started_jobs[0]["params"]["config"]["data"]
+    assert data["source"] == "folder" and data["root"] == str(saved[0]) and data["n_train"] is None
+
+    at.file_uploader(key="img_zip").set_value(("notes.zip", b"plain text", "application/zip")).run()
+    assert "is not a zip file" in " ".join(e.value for e in at.error)
+
+
+@pytest.mark.slow
+def test_training_runs_in_the_background_and_its_run_becomes_current(app_store):
+    """A real worker process: the tiny preset cut down to 200 images and one epoch."""
+    at = _form(open_app("train"), "tiny", **{"data.n_train": "200", "train.epochs": "1", "train.lr_schedule": ""})
+    assert not at.exception
+    [status] = jobs.list_jobs(app_store)
+    assert status["spec"]["kind"] == "train"
+    assert "Training tiny-s0-" in texts(at)  # the job panel
+    final = jobs.wait(app_store, status["key"], timeout_s=300)
+    assert final["state"] == "done", final.get("message")
+    at.run()  # the panel sees the finished job and makes its run the current one
+    assert not at.exception
+    new_id = final["result"]["run_id"]
+    assert at.session_state["run_id"] == new_id
+    assert f"Current run: {new_id}" in texts(at)
+    assert "Finished in" in texts(at)
+    # Switching back sticks: a refresh does not make the finished job's run current again.
+    at.sidebar.selectbox(key="run_picker").set_value(tiny_run_id(app_store)).run()
+    assert open_app("train").session_state["run_id"] == tiny_run_id(app_store)
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_training_job(app_store):
+    cfg = apply_overrides(preset("tiny"), ["train.epochs=20", "train.lr_schedule="])
+    key = jobs.start_background(app_store, {"kind": "train", "params": {"config": cfg.to_dict()}})
+    deadline = time.time() + 120
+    while jobs.read_status(app_store, key)["state"] == "queued" and time.time() < deadline:
+        time.sleep(0.2)  # the worker process is starting
+    assert jobs.read_status(app_store, key)["state"] == "running"
+    at = open_app("train")
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert not at.exception
+    assert jobs.wait(app_store, key, timeout_s=120)["state"] == "cancelled"
+    at.run()
+    assert "Cancelled" in texts(at)
+    assert any(b.label == "Start again" for b in at.button)
