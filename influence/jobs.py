@@ -152,10 +152,14 @@ def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], Non
     key = job_key(spec)
     d = job_dir(root, key)
     lock = JobLock(d / "lock")
+    asked = time.time()
     if not lock.acquire(LOCK_RETRY_S):
         return None
     try:
-        previous = read_status(root, key).get("state")
+        status = read_status(root, key)
+        if status.get("state") == "done" and status.get("updated", 0) >= asked:
+            return status["result"]  # another process finished it while we waited for the lock
+        previous = status.get("state")
         store.write_json(d / "spec.json", spec)
         flag = d / "cancel"
         # A flag left by an earlier run is stale; one set while this job was queued is meant for it.
