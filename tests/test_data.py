@@ -128,7 +128,7 @@ class _Evil:
 
 
 def test_unpickler_refuses_foreign_globals():
-    payload = pickle.dumps(_Evil(), protocol=2)  # only serialised, never loaded with pickle.loads
+    payload = pickle.dumps(_Evil(), protocol=2)  # unsafe: test fixture, only serialised, never unpickled
     with pytest.raises(pickle.UnpicklingError, match="system"):
         data._NumpyUnpickler(io.BytesIO(payload)).load()
 

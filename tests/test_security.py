@@ -89,9 +89,9 @@ def test_no_unsafe_deserialisation_anywhere_in_the_source():
 def test_the_scan_finds_what_it_must(tmp_path, monkeypatch):
     bad = (
         "import pickle, torch, numpy as np, pandas as pd\n"
-        "pickle.loads(b'')\n"
-        "torch.load('x')\n"
-        "torch.load('x', weights_only=False)\n"
+        "pickle.loads(b'')\n"  # unsafe: test fixture (scanner input, never run)
+        "torch.load('x')\n"  # unsafe: test fixture (scanner input, never run)
+        "torch.load('x', weights_only=False)\n"  # unsafe: test fixture (scanner input, never run)
         "np.load('x', allow_pickle=True)\n"
         "pd.read_pickle('x')\n"
         "class U(pickle.Unpickler):\n    pass\n"
