@@ -28,7 +28,7 @@ import torch
 
 from . import store
 from .context import RunContext, load_run_config
-from .errors import Cancelled, ConfigError, DivergenceError, StoreError
+from .errors import ConfigError, DivergenceError, StoreError
 from .metrics import METRIC_LABELS, check_metric, harmful_sign, sign_sentence
 from .progress import CancelToken, ProgressFn, Reporter
 from .train import Trace
@@ -346,5 +346,3 @@ def _parquet_bytes(table: pd.DataFrame) -> bytes:
 def result_dir(run: store.Run, metric: str, options: EstimateOptions, n_params: int) -> Path:
     return run.path(f"influence/{options.key(metric, n_params)}")
 
-
-__all__ = ["EstimateOptions", "InfluenceResult", "estimate", "harmful_order", "cached_results", "Cancelled"]
