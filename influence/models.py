@@ -9,6 +9,8 @@ LayerNorm is per-sample; we use GroupNorm(1, C), which normalises each sample ov
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -23,13 +25,25 @@ def layer_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(1, channels)
 
 
+Activation = Callable[[], nn.Module]
+
+
+def hidden_activation(name: str, default: Activation) -> Activation:
+    """The architecture's own activation, or softplus everywhere it would be.
+
+    Softplus exists for the influence check: with ReLU kinks a whole removal can flip
+    units and the metric responds non-linearly, while the estimate is first order.
+    """
+    return nn.Softplus if name == "softplus" else default
+
+
 class SmallCnnDiscriminator(nn.Module):
-    def __init__(self, width: int, channels: int = 1):
+    def __init__(self, width: int, channels: int = 1, act: Activation = nn.Sigmoid):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = channels
         for k, s in zip(SMALLCNN_KERNELS, SMALLCNN_STRIDES):
-            layers += [nn.Conv2d(c_in, width, k, s), nn.Sigmoid(), layer_norm(width)]
+            layers += [nn.Conv2d(c_in, width, k, s), act(), layer_norm(width)]
             c_in = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1)
@@ -41,12 +55,12 @@ class SmallCnnDiscriminator(nn.Module):
 class SmallCnnGenerator(nn.Module):
     """Mirror of the discriminator: transposed convs 1 -> 2 -> 4 -> 9 -> 10 -> 12 -> 25 -> 28."""
 
-    def __init__(self, width: int, z_dim: int, channels: int = 1):
+    def __init__(self, width: int, z_dim: int, channels: int = 1, act: Activation = nn.Sigmoid):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = z_dim
         for k, s in zip(reversed(SMALLCNN_KERNELS), reversed(SMALLCNN_STRIDES)):
-            layers += [nn.ConvTranspose2d(c_in, width, k, s), nn.Sigmoid(), layer_norm(width)]
+            layers += [nn.ConvTranspose2d(c_in, width, k, s), act(), layer_norm(width)]
             c_in = width
         layers += [nn.Conv2d(width, channels, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -58,16 +72,16 @@ class SmallCnnGenerator(nn.Module):
 class DcganGenerator(nn.Module):
     """DCGAN generator for 28x28 or 32x32, LayerNorm where the classic one has BatchNorm."""
 
-    def __init__(self, width: int, z_dim: int, channels: int, size: int):
+    def __init__(self, width: int, z_dim: int, channels: int, size: int, act: Activation = nn.ReLU):
         super().__init__()
         self.base = size // 4
         self.c0 = 2 * width
-        self.project = nn.Sequential(nn.Linear(z_dim, self.c0 * self.base**2), nn.ReLU())
+        self.project = nn.Sequential(nn.Linear(z_dim, self.c0 * self.base**2), act())
         self.net = nn.Sequential(
             layer_norm(self.c0),
             nn.ConvTranspose2d(self.c0, width, 4, 2, 1),
             layer_norm(width),
-            nn.ReLU(),
+            act(),
             nn.ConvTranspose2d(width, channels, 4, 2, 1),
             nn.Tanh(),
         )
@@ -78,14 +92,14 @@ class DcganGenerator(nn.Module):
 
 
 class DcganDiscriminator(nn.Module):
-    def __init__(self, width: int, channels: int, size: int):
+    def __init__(self, width: int, channels: int, size: int, act: Activation = lambda: nn.LeakyReLU(0.2)):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(channels, width, 4, 2, 1),
-            nn.LeakyReLU(0.2),
+            act(),
             nn.Conv2d(width, 2 * width, 4, 2, 1),
             layer_norm(2 * width),
-            nn.LeakyReLU(0.2),
+            act(),
         )
         self.head = nn.Linear(2 * width * (size // 4) ** 2, 1)
 
@@ -96,9 +110,9 @@ class DcganDiscriminator(nn.Module):
 class FcGenerator(nn.Module):
     """The paper's 2D generator: z (10) -> 32 -> 32 -> 2, ReLU."""
 
-    def __init__(self, z_dim: int):
+    def __init__(self, z_dim: int, act: Activation = nn.ReLU):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(z_dim, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+        self.net = nn.Sequential(nn.Linear(z_dim, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, 2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -107,9 +121,9 @@ class FcGenerator(nn.Module):
 class FcDiscriminator(nn.Module):
     """The paper's 2D discriminator: 2 -> 64 -> 64 -> 1, ReLU."""
 
-    def __init__(self):
+    def __init__(self, act: Activation = nn.ReLU):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+        self.net = nn.Sequential(nn.Linear(2, 64), act(), nn.Linear(64, 64), act(), nn.Linear(64, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
@@ -117,12 +131,17 @@ class FcDiscriminator(nn.Module):
 
 def build_gan(cfg: ModelConfig, channels: int = 1, size: int = 28) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) with PyTorch's default initialisation (seed it before calling)."""
+    def act(default: Activation) -> Activation:
+        return hidden_activation(cfg.activation, default)
+
     if cfg.arch == "smallcnn":
-        return SmallCnnGenerator(cfg.width, cfg.z_dim, channels), SmallCnnDiscriminator(cfg.width, channels)
+        return (SmallCnnGenerator(cfg.width, cfg.z_dim, channels, act(nn.Sigmoid)),
+                SmallCnnDiscriminator(cfg.width, channels, act(nn.Sigmoid)))
     if cfg.arch == "dcgan":
-        return DcganGenerator(cfg.width, cfg.z_dim, channels, size), DcganDiscriminator(cfg.width, channels, size)
+        return (DcganGenerator(cfg.width, cfg.z_dim, channels, size, act(nn.ReLU)),
+                DcganDiscriminator(cfg.width, channels, size, act(lambda: nn.LeakyReLU(0.2))))
     if cfg.arch == "fcgan":
-        return FcGenerator(cfg.z_dim), FcDiscriminator()
+        return FcGenerator(cfg.z_dim, act(nn.ReLU)), FcDiscriminator(act(nn.ReLU))
     raise ValueError(f"unknown arch {cfg.arch}")
 
 

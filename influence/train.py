@@ -281,21 +281,25 @@ def replay(
     start: int = 0,
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
+    removed_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-run traced steps start..T-1 from the stored parameters before `start`, skipping removed instances.
 
     With nothing removed this reproduces the run's final parameters exactly (same
-    function, same data order, same z). Returns (theta_D, theta_G) after the last step.
+    function, same data order, same z). `removed_weight` = 1 - eps keeps the "removed"
+    instances at weight 1 - eps instead of 0: the eps-down-weighting counterfactual whose
+    change / eps tends to the estimator's first-order prediction as eps -> 0.
+    Returns (theta_D, theta_G) after the last step.
     """
-    removed = torch.zeros(ctx.dataset.n_train, dtype=torch.bool)
-    removed[torch.as_tensor(list(removed_ids), dtype=torch.long)] = True
+    weight = torch.ones(ctx.dataset.n_train, dtype=torch.float64)
+    weight[torch.as_tensor(list(removed_ids), dtype=torch.long)] = removed_weight
     flat = torch.from_numpy(np.array(trace.params[start])).to(ctx.device, ctx.dtype)
     theta_d, theta_g = trace.split(flat)
     report = Reporter("replay", trace.steps - start, progress, cancel)
     for t in range(start, trace.steps):
         ids = torch.as_tensor(trace.batch(t))
         z = torch.from_numpy(np.array(trace.z[t, : len(ids)])).to(ctx.device, ctx.dtype)
-        w = (~removed[ids]).to(ctx.device, ctx.dtype)
+        w = weight[ids].to(ctx.device, ctx.dtype)
         lr_d, lr_g = trace.lrs[t]
         theta_d, theta_g, _, _ = sgd_step(ctx, theta_d, theta_g, ctx.train_x[ids.to(ctx.device)], z, w, float(lr_d), float(lr_g))
         report(t - start + 1)

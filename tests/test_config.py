@@ -44,12 +44,21 @@ def test_run_id_is_stable_and_a_hash_of_everything_but_the_preset_name():
     assert preset("tiny", 1).run_id.split("-")[-1] != cfg.run_id.split("-")[-1]
 
 
+def test_fields_added_later_leave_existing_run_ids_unchanged():
+    # Ids of runs made before model.activation existed (pinned: stores on disk rely on them).
+    assert preset("quick", 0).run_id == "quick-s0-01be64ccff"
+    assert preset("toy2d", 0).run_id == "toy2d-s0-6a4f93477a"
+    assert "activation" not in preset("quick").identity()["model"]
+    smooth = apply_overrides(preset("toy2d"), ["model.activation=softplus"])
+    assert smooth.identity()["model"]["activation"] == "softplus" and smooth.run_id != preset("toy2d").run_id
+
+
 def _every_field_change(cfg: RunConfig) -> list[str]:
     """One --set assignment per config key that gives a valid config with that key changed."""
     new = {
         "data.source": None, "data.n_train": "999", "data.root": "/somewhere", "data.image_size": None,
         "data.color": "rgb", "data.n_valid": "77", "data.n_test": "78",
-        "model.arch": "dcgan", "model.width": "9", "model.z_dim": "33",
+        "model.arch": "dcgan", "model.width": "9", "model.z_dim": "33", "model.activation": "softplus",
         "train.epochs": "3", "train.batch_size": "50", "train.lr_d": "0.02", "train.lr_g": "0.03",
         "train.lr_schedule": "1:0.5:0.5", "train.weight_decay": "0.001", "train.trace_epochs": "2",
         "train.trace_steps": "5", "train.dtype": "float64", "train.device": "cpu",

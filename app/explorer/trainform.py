@@ -16,6 +16,7 @@ from pathlib import Path
 
 from influence import store
 from influence.config import (
+    ACTIVATIONS,
     ARCHS,
     DEVICES,
     DTYPES,
@@ -42,18 +43,18 @@ PRESET_NOTES = {
     "quick": "10k MNIST images, 20 epochs: recognisable digits in a few minutes",
     "paper-valid": "the paper's estimation-accuracy setting (10k images, 50 epochs)",
     "paper-cleansing": "the paper's cleansing setting (all 50k images, wider model): hours on a CPU",
-    "toy2d": "10k points from a 2D normal, small fully connected GAN",
+    "toy2d": "10k points from a 2D normal, small fully connected GAN (ReLU, as the paper)",
+    "toy2d-smooth": "the 2D toy with softplus: leave-one-out agrees with the estimate (ReLU kinks do not)",
 }
-CHOICES = {"data.color": ("gray", "rgb"), "model.arch": ARCHS, "train.dtype": DTYPES, "train.device": DEVICES,
+CHOICES = {"data.color": ("gray", "rgb"), "model.arch": ARCHS, "model.activation": ACTIVATIONS, "train.dtype": DTYPES, "train.device": DEVICES,
            "eval.feature": FEATURES, "eval.metrics_every_epoch": ("True", "False")}
 SET_BY_PAGE = ("data.source", "data.root", "preset")  # chosen above the form, not in it
 MAX_UPLOAD_MB = 200
 
 
 def presets_for(data_key: str) -> list[str]:
-    if data_key == "normal2d":
-        return ["toy2d"]
-    return [name for name in PRESETS if name != "toy2d"]
+    toy = [name for name in PRESETS if PRESETS[name].is_2d]
+    return toy if data_key == "normal2d" else [name for name in PRESETS if name not in toy]
 
 
 def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunConfig:

@@ -27,13 +27,17 @@ if train_job is not None and train_job["spec"]["params"]["config"]["data"]["sour
     jobpanel.panel(root, train_job)
     jobpanel.adopt_trained_run(root, train_job)
 
-with st.expander("Train a 2D run (preset toy2d)", expanded=not runs_2d, icon=":material/model_training:"):
-    c1, c2, c3 = st.columns(3)
-    seed = c1.number_input("Seed", 0, None, 0, key="pg-seed")
-    epochs = c2.number_input("Epochs", 1, 500, preset("toy2d").train.epochs, key="pg-epochs")
-    n_points = c3.number_input("Training points", 100, 100_000, 10_000, step=1000, key="pg-n")
+TOY_PRESETS = {"toy2d": "ReLU, as the paper", "toy2d-smooth": "softplus: leave-one-out matches the estimate"}
+with st.expander("Train a 2D run", expanded=not runs_2d, icon=":material/model_training:"):
+    c1, c2, c3, c4 = st.columns(4)
+    toy = c1.selectbox("Preset", list(TOY_PRESETS), format_func=lambda p: f"{p} ({TOY_PRESETS[p]})", key="pg-preset",
+                       help="With ReLU a whole removal can flip units, so the actual change departs from the "
+                            "first-order estimate; with softplus the two agree (docs/architecture.md).")
+    seed = c2.number_input("Seed", 0, None, 0, key="pg-seed")
+    epochs = c3.number_input("Epochs", 1, 500, preset(toy).train.epochs, key="pg-epochs")
+    n_points = c4.number_input("Training points", 100, 100_000, 10_000, step=1000, key="pg-n")
     if st.button("Train in the background", type="primary", icon=":material/play_arrow:"):
-        base = preset("toy2d", int(seed))
+        base = preset(toy, int(seed))
         cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, n_train=int(n_points)),
                                   train=dataclasses.replace(base.train, epochs=int(epochs)))
         jobpanel.start(root, {"kind": "train", "params": {"config": cfg.to_dict()}})
