@@ -324,8 +324,9 @@ def cmd_validate(args, root: Path) -> int:
         print(json.dumps(result))
         return 0
     for m, a in result.items():
+        loo = "time not recorded" if a["seconds_loo"] is None else f"{a['seconds_loo']:.0f} s"
         print(f"{METRIC_LABELS[m]}: n={a['n']} Kendall tau {a['kendall_tau']:.3f}, Pearson r {a['pearson_r']:.3f}, "
-              f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}; LOO {a['seconds_loo']:.0f} s)")
+              f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}; LOO {loo})")
     return 0
 
 

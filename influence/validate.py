@@ -44,7 +44,7 @@ class Accuracy:
     kendall_tau: float
     pearson_r: float
     jaccard_top10: float
-    seconds_loo: float
+    seconds_loo: float | None  # None: replays cached by a version that did not record their time
     verdict: str
 
     def as_dict(self) -> dict:
@@ -88,40 +88,53 @@ def leave_one_out(
     ids: np.ndarray,
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
-) -> tuple[np.ndarray, float]:
-    """Actual influence (k metrics x n ids) by replays; finished instances are kept on disk."""
+) -> tuple[np.ndarray, float | None]:
+    """Actual influence (k metrics x n ids) by replays, and the seconds all of them took.
+
+    Finished replays are kept on disk with their accumulated time, so a rerun that finds
+    them reports what they cost, not ~0 s (None where an older partial file did not record it).
+    """
     cfg = load_run_config(run)
     trace = Trace.load(run)
     ctx = RunContext.create(cfg, run.root)
     key = "loo-" + hashlib.sha256(json.dumps([metrics, ids.tolist()]).encode()).hexdigest()[:12]
-    done = _load_partial(run, key)
+    done, earlier_seconds = _load_partial(run, key)
     first = trace.step_of_instance(ctx.dataset.n_train)
     valid = ctx.evaluator("valid")
     final_d, final_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
     base = valid.evaluate(final_d, final_g, tuple(metrics))
     report = Reporter("leave-one-out", len(ids), progress, cancel)
     started = time.perf_counter()
+
+    def seconds() -> float | None:
+        return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - started
+
     for i, j in enumerate(ids.tolist()):
         if str(j) not in done:
             theta_d, theta_g = replay(ctx, trace, [j], start=int(first[j]), cancel=cancel)
             after = valid.evaluate(theta_d, theta_g, tuple(metrics))
             done[str(j)] = [after[m] - base[m] for m in metrics]
             if len(done) % PARTIAL_EVERY == 0:
-                run.write_json(f"validate/_partial/{key}.json", done)
+                run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": seconds()})
         report(i + 1)
-    run.write_json(f"validate/_partial/{key}.json", done)
+    total = seconds()
+    run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": total})
     actual = np.array([done[str(j)] for j in ids.tolist()]).T
-    return actual, time.perf_counter() - started
+    return actual, total
 
 
-def _load_partial(run: store.Run, key: str) -> dict:
+def _load_partial(run: store.Run, key: str) -> tuple[dict, float | None]:
+    """(finished replays, seconds they took); files from before the time was recorded give None."""
     rel = f"validate/_partial/{key}.json"
     if not run.exists(rel):
-        return {}
+        return {}, 0.0
     try:
-        return run.read_json(rel)
+        data = run.read_json(rel)
     except StoreError:
-        return {}
+        return {}, 0.0
+    if "changes" in data:
+        return data["changes"], data["seconds"]
+    return data, (0.0 if not data else None)
 
 
 def validate(

@@ -65,8 +65,8 @@ def test_select_ids():
 def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
     run = copy_run(toy_run, tmp_path)
     ids = np.array([0, 77, 1500])
-    actual, _ = leave_one_out(run, ["all", "dloss"], ids)
-    assert actual.shape == (2, 3)
+    actual, seconds = leave_one_out(run, ["all", "dloss"], ids)
+    assert actual.shape == (2, 3) and seconds > 0
     cfg = load_run_config(run)
     ctx = RunContext.create(cfg, run.root)
     trace = Trace.load(run)
@@ -80,8 +80,25 @@ def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
     import influence.validate as v
 
     monkeypatch.setattr(v, "replay", lambda *a, **k: pytest.fail("replayed again"))
-    again, _ = leave_one_out(run, ["all", "dloss"], ids)
+    again, seconds_again = leave_one_out(run, ["all", "dloss"], ids)
     assert np.array_equal(again, actual)
+    # ... and reports what the replays cost, not the ~0 s of reading them back
+    assert seconds <= seconds_again < seconds + 5
+
+
+def test_leave_one_out_partials_without_recorded_time_report_none(toy_run, tmp_path, monkeypatch):
+    """A partial file written before the time was recorded (a flat {id: changes} dict) still counts."""
+    import hashlib, json
+
+    import influence.validate as v
+
+    run = copy_run(toy_run, tmp_path)
+    ids = np.array([3, 4])
+    key = "loo-" + hashlib.sha256(json.dumps([["all"], ids.tolist()]).encode()).hexdigest()[:12]
+    run.write_json(f"validate/_partial/{key}.json", {"3": [0.25], "4": [-0.5]})
+    monkeypatch.setattr(v, "replay", lambda *a, **k: pytest.fail("replayed again"))
+    actual, seconds = leave_one_out(run, ["all"], ids)
+    assert actual.tolist() == [[0.25, -0.5]] and seconds is None
 
 
 def test_validate_on_the_toy_run_stores_what_it_returns(toy_run, tmp_path):

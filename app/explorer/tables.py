@@ -96,8 +96,8 @@ def validation_seconds(summary: dict, results: dict[str, InfluenceResult], done:
     otherwise n replays of about half the traced steps, a step costing the smaller of training
     time per step (which includes one-off setup) and backward-pass time per traced step (which
     costs more than a forward step): both overestimate, the smaller one less so."""
-    measured = [v["seconds_loo"] / max(v["n"], 1) for v in done]
-    if measured and max(measured) > 0.01:  # a rerun that found every replay cached records ~0 s
+    measured = [v["seconds_loo"] / max(v["n"], 1) for v in done if v.get("seconds_loo")]
+    if measured:
         return n * max(measured)
     traced = summary.get("traced_steps") or summary["steps"]
     per_step = [summary["seconds"] / max(summary["steps"], 1)]
