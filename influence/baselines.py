@@ -19,6 +19,9 @@ from .estimate import EstimateOptions, estimate, harmful_order
 from .metrics import available_metrics, batched
 
 BASELINES = ("iforest", "iforest-pixels", "random")
+METHOD_LABELS = {"fid": "influence on FID", "is": "influence on IS", "all": "influence on ALL",
+                 "dloss": "influence on D-loss", "iforest": "Isolation Forest (features)",
+                 "iforest-pixels": "Isolation Forest (pixels)", "random": "random"}
 
 
 def methods_for(is_2d: bool) -> tuple[str, ...]:

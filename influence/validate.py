@@ -199,8 +199,12 @@ def sweep(
     Returns the per-(method, count) table with mean, std, one-sample t-test p-value over seeds.
     """
     root = store.store_root(root)
-    key = hashlib.sha256(json.dumps([[c.run_id for c in configs], methods, counts, metric]).encode()).hexdigest()[:12]
+    run_ids = [c.run_id for c in configs]
+    key = hashlib.sha256(json.dumps([run_ids, methods, counts, metric]).encode()).hexdigest()[:12]
     base = root / "_sweeps" / key
+    store.write_json(base / "spec.json", {"run_ids": run_ids, "seeds": [c.seed for c in configs],
+                                          "presets": sorted({c.preset for c in configs}), "methods": methods,
+                                          "counts": counts, "metric": metric})
     rows = []
     report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
     done = 0
@@ -238,3 +242,19 @@ def summarize_sweep(per_run: pd.DataFrame, metric: str) -> pd.DataFrame:
                     f"mean_change_{metric}": float(changes.mean()), f"std_change_{metric}": float(changes.std(ddof=1)) if len(changes) > 1 else float("nan"),
                     "improved_in": int((improvement > 0).sum()), "p_value": p})
     return pd.DataFrame(out)
+
+
+def stored_sweeps(root) -> list[dict]:
+    """Sweeps in the store, oldest first, finished or not: spec, per-run rows and their summary table."""
+    base = store.store_root(root) / "_sweeps"
+    out = []
+    for folder in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime) if base.is_dir() else []:
+        try:
+            spec = store.read_json(folder / "spec.json")
+            per_run = pd.read_csv(folder / "per_run.csv") if (folder / "per_run.csv").exists() else pd.DataFrame()
+        except (StoreError, OSError, ValueError):
+            continue  # a sweep from before specs were written, or one being replaced right now
+        planned = len(spec["seeds"]) * len(spec["methods"]) * len(spec["counts"])
+        out.append({"key": folder.name, "spec": spec, "per_run": per_run, "planned": planned,
+                    "table": summarize_sweep(per_run, spec["metric"]) if len(per_run) else pd.DataFrame()})
+    return out

@@ -17,6 +17,7 @@ from influence.validate import (
     jaccard_top,
     leave_one_out,
     select_ids,
+    stored_sweeps,
     stored_validations,
     summarize_sweep,
     sweep,
@@ -142,6 +143,9 @@ def test_sweep_on_two_toy_seeds(tmp_path):
     assert len(table) == 4 and set(table["seeds"]) == {2}
     per_run = pd.read_csv(next((tmp_path / "_sweeps").glob("*/per_run.csv")))
     assert len(per_run) == 8
+    [stored] = stored_sweeps(tmp_path)  # what the app shows: the spec, the rows and the same table
+    assert stored["spec"]["seeds"] == [0, 1] and stored["spec"]["metric"] == "all" and stored["planned"] == 8
+    pd.testing.assert_frame_equal(stored["table"], table)
     assert np.allclose(per_run["change"], per_run["after"] - per_run["before"])
     for (method, count), g in per_run.groupby(["method", "count"]):
         row = table[(table["method"] == method) & (table["count"] == count)].iloc[0]

@@ -23,7 +23,7 @@ from influence.cleanse import attempts as cleanse_attempts
 from influence.context import RunContext, load_run_config
 from influence.errors import StoreError
 from influence.train import checkpoint_history, load_history
-from influence.validate import stored_validations
+from influence.validate import stored_sweeps, stored_validations
 
 THUMB_PX = 84  # 3x a 28 px digit: large enough to judge it, small enough for a table row
 GALLERY_PX = 112  # 4x in the gallery grid
@@ -168,6 +168,19 @@ def attempts(root: str, run_id: str, stamp: tuple) -> list[dict]:
 @st.cache_data(show_spinner=False, max_entries=16)
 def validations(root: str, run_id: str, stamp: tuple) -> list[dict]:
     return stored_validations(store.open_run(Path(root), run_id))
+
+
+def sweeps_stamp(root: Path) -> tuple:
+    """Changes whenever a sweep writes its spec or another row."""
+    base = Path(root) / "_sweeps"
+    if not base.is_dir():
+        return ()
+    return tuple(sorted((str(p.relative_to(base)), p.stat().st_mtime_ns) for p in base.glob("*/*.*")))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def sweeps(root: str, stamp: tuple) -> list[dict]:
+    return stored_sweeps(Path(root))
 
 
 @st.cache_data(show_spinner="Ranking the training set ...", max_entries=16)

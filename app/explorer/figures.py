@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from influence.baselines import METHOD_LABELS
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS, harmful_sign
 
 HARMFUL = "#d62728"
@@ -189,6 +190,24 @@ def validation_scatter(estimated: np.ndarray, actual: np.ndarray, metric: str, h
                       legend=dict(orientation="h", y=1.08, x=0))
     fig.update_xaxes(exponentformat="e")
     fig.update_yaxes(exponentformat="e")
+    return fig
+
+
+def sweep_figure(table: pd.DataFrame, metric: str, height: int = 380) -> go.Figure:
+    """Mean change of the test metric after cleansing vs the number removed, one line per selection method."""
+    label, better = METRIC_LABELS[metric], "lower" if not HIGHER_IS_BETTER[metric] else "higher"
+    fig = go.Figure()
+    fig.add_hline(y=0, line=dict(color="#888", dash="dash"))
+    for method, g in table.groupby("method", sort=False):
+        g = g.sort_values("count")
+        fig.add_scatter(x=g["count"], y=g[f"mean_change_{metric}"], mode="lines+markers",
+                        name=METHOD_LABELS.get(method, method),
+                        error_y=dict(type="data", array=g[f"std_change_{metric}"].fillna(0), visible=True),
+                        customdata=np.stack([g["seeds"], g["p_value"]], axis=1),
+                        hovertemplate="%{x} removed: %{y:.4g} (seeds %{customdata[0]}, p %{customdata[1]:.3g})")
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title="training instances removed (most harmful first)",
+                      yaxis_title=f"change of test {label} after cleansing ({better} = better); mean ± std over seeds",
+                      legend=dict(orientation="h", y=1.1, x=0))
     return fig
 
 

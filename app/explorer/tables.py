@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
+from influence.baselines import METHOD_LABELS
 from influence.estimate import FLAG_NEVER_TRACED, InfluenceResult
 from influence.metrics import METRIC_LABELS
 
@@ -103,6 +104,20 @@ def validation_seconds(summary: dict, results: dict[str, InfluenceResult], done:
     per_step = [summary["seconds"] / max(summary["steps"], 1)]
     per_step += [r.meta["seconds"] / max(r.meta["traced_steps"], 1) for r in results.values()]
     return n * (traced / 2 + 1) * min(per_step)
+
+
+def sweep_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The sweep summary with readable column names (change > 0 is worse for FID/D-loss, better for IS/ALL)."""
+    label = METRIC_LABELS[metric]
+    return pd.DataFrame({
+        "selection": [METHOD_LABELS.get(m, m) for m in table["method"]],
+        "removed": table["count"],
+        "seeds": table["seeds"],
+        f"mean change of test {label}": table[f"mean_change_{metric}"],
+        "std over seeds": table[f"std_change_{metric}"],
+        "improved in (seeds)": table["improved_in"],
+        "p-value (t-test, change = 0)": table["p_value"],
+    })
 
 
 def duration(seconds: float | None) -> str:

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import cache, curation, figures, gallery_filter, state, tables, widgets
-from influence.baselines import methods_for
+from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimate import FLAG_NEVER_TRACED, harmful_order
 from influence.metrics import METRIC_LABELS
@@ -17,9 +17,8 @@ results = widgets.require_results(root, run_id)
 dataset = cache.context(str(root), run_id).dataset
 labels = dataset.train.y.numpy() if dataset.train.y is not None else None
 class_names = dataset.class_names
-METHOD_LABELS = {**{m: f"top harmful by {METRIC_LABELS[m]}" for m in METRIC_LABELS},
-                 "iforest": "Isolation Forest (features)", "iforest-pixels": "Isolation Forest (pixels)",
-                 "random": "random (seeded)"}
+PICK_LABELS = {**METHOD_LABELS, **{m: f"top harmful by {METRIC_LABELS[m]}" for m in METRIC_LABELS},
+               "random": "random (seeded)"}
 
 st.title("Inspect and curate")
 st.markdown("Look at the instances the estimate calls most harmful (or most helpful) and put the ones you want "
@@ -166,7 +165,7 @@ with set_col:
 
     with st.expander("Quick fill", expanded=not removal, icon=":material/bolt:"):
         methods = [m for m in methods_for(cfg.is_2d) if m in results or m not in METRIC_LABELS]
-        st.selectbox("Pick", methods, index=methods.index(sort_metric), format_func=METHOD_LABELS.get,
+        st.selectbox("Pick", methods, index=methods.index(sort_metric), format_func=PICK_LABELS.get,
                      key="qf-method")
         st.number_input("How many", 1, dataset.n_train - 1, min(50, dataset.n_train - 1), key="qf-k")
         st.toggle("Replace the set (off: add to it)", value=True, key="qf-replace")

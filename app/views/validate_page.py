@@ -45,24 +45,55 @@ if start:
         "options": dataclasses.asdict(EstimateOptions())}})
     st.rerun()
 
-if not stored:
+
+def show_validation(stored: list[dict]) -> None:
+    labels = {v["key"]: f"{METRIC_LABELS[v['metric']]}, n = {v['n']} ({v['key']})" for v in stored}
+    key = st.selectbox("Result", list(labels), index=len(labels) - 1, format_func=labels.get, key=f"val-{run_id}")
+    v = next(v for v in stored if v["key"] == key)
+
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figures.validation_scatter(v["estimated"], v["actual"], v["metric"]), key=f"val-scatter-{key}")
+    with right:
+        st.metric("Kendall τ", f"{v['kendall_tau']:.3f}")
+        st.caption("Do estimate and truth **rank** the instances the same way? +1: identical order; 0: unrelated; "
+                   "−1: reversed. Ranking is what curation needs.")
+        st.metric("Pearson r", f"{v['pearson_r']:.3f}")
+        st.caption("Do the **values** agree along a straight line? 1: perfectly linear.")
+        st.metric("Jaccard, top 10%", f"{v['jaccard_top10']:.3f}")
+        st.caption("Of the 10% most extreme instances (5% most negative and 5% most positive), how many do "
+                   "estimate and truth share? 1: the same instances; 0: none in common.")
+        st.caption(f"Estimate verdict: {v['verdict']} · leave-one-out took {tables.duration(v['seconds_loo'])}.")
+
+
+if stored:
+    show_validation(stored)
+else:
     st.info("No validation for this run yet. Start one above; n = 50 is enough to see the idea.",
             icon=":material/school:")
+
+st.divider()
+st.subheader("Data cleansing over seeds")
+st.markdown("The paper's second experiment: for several seeds, remove the *k* most harmful instances by each "
+            "selection method, replay the traced steps without them and measure the **test** metric. A method "
+            "that finds truly harmful instances improves the metric; random removal should not. The p-value is "
+            "a one-sample t-test of the change over seeds.")
+sweeps = cache.sweeps(str(root), cache.sweeps_stamp(root))
+if not sweeps:
+    st.info("No sweep in this store yet. Start one from the command line, e.g. "
+            "`gan-influence sweep --preset quick --seeds 0 1 2 3 4 --counts 1000 3000 5000` (hours on a CPU; "
+            "it resumes where it stopped).", icon=":material/terminal:")
     st.stop()
-
-labels = {v["key"]: f"{METRIC_LABELS[v['metric']]}, n = {v['n']} ({v['key']})" for v in stored}
-key = st.selectbox("Result", list(labels), index=len(labels) - 1, format_func=labels.get, key=f"val-{run_id}")
-v = next(v for v in stored if v["key"] == key)
-
-left, right = st.columns([3, 2])
-left.plotly_chart(figures.validation_scatter(v["estimated"], v["actual"], v["metric"]), key=f"val-scatter-{key}")
-with right:
-    st.metric("Kendall τ", f"{v['kendall_tau']:.3f}")
-    st.caption("Do estimate and truth **rank** the instances the same way? +1: identical order; 0: unrelated; "
-               "−1: reversed. Ranking is what curation needs.")
-    st.metric("Pearson r", f"{v['pearson_r']:.3f}")
-    st.caption("Do the **values** agree along a straight line? 1: perfectly linear.")
-    st.metric("Jaccard, top 10%", f"{v['jaccard_top10']:.3f}")
-    st.caption("Of the 10% most extreme instances (5% most negative and 5% most positive), how many do "
-               "estimate and truth share? 1: the same instances; 0: none in common.")
-    st.caption(f"Estimate verdict: {v['verdict']} · leave-one-out took {tables.duration(v['seconds_loo'])}.")
+names = {w["key"]: (f"{', '.join(w['spec']['presets'])}, seeds {', '.join(map(str, w['spec']['seeds']))}, "
+                    f"{METRIC_LABELS[w['spec']['metric']]} ({len(w['per_run'])}/{w['planned']} cleanses)")
+         for w in sweeps}
+chosen_sweep = st.selectbox("Sweep", list(names), index=len(names) - 1, format_func=names.get, key="val-sweep")
+w = next(w for w in sweeps if w["key"] == chosen_sweep)
+if w["table"].empty:
+    st.info("This sweep has not finished a cleanse yet.")
+    st.stop()
+metric = w["spec"]["metric"]
+if len(w["per_run"]) < w["planned"]:
+    st.warning(f"Unfinished: {len(w['per_run'])} of {w['planned']} cleanses; means and p-values cover the seeds "
+               "done so far (still running, or interrupted: the same command resumes it).", icon=":material/hourglass_top:")
+st.plotly_chart(figures.sweep_figure(w["table"], metric), key=f"sweep-{chosen_sweep}")
+st.dataframe(tables.sweep_table(w["table"], metric), hide_index=True)

@@ -75,6 +75,35 @@ def test_validate_page_shows_scatter_and_numbers(rich):
     assert "leave-one-out" in spec and "estimated" in spec
 
 
+def test_validate_page_shows_a_sweep_with_its_t_tests_even_unfinished(app_store):
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from influence import store
+
+    base = app_store / "_sweeps" / "0123456789ab"
+    store.write_json(base / "spec.json", {"run_ids": ["q-s0", "q-s1", "q-s2"], "seeds": [0, 1, 2], "presets": ["quick"],
+                                          "methods": ["fid", "random"], "counts": [10, 20], "metric": "fid"})
+    changes = {"fid": [-0.4, -0.6, -0.1], "random": [0.2, -0.1, 0.4]}
+    rows = [{"seed": s, "run_id": f"q-s{s}", "method": m, "count": 10, "before": 2.0, "after": 2.0 + c, "change": c}
+            for m, cs in changes.items() for s, c in enumerate(cs)]
+    store.write_bytes(base / "per_run.csv", pd.DataFrame(rows).to_csv(index=False).encode())
+    at = open_app("validate", tiny_run_id(app_store))
+    assert not at.exception
+    assert at.selectbox(key="val-sweep").format_func("0123456789ab") == "quick, seeds 0, 1, 2, FID (6/12 cleanses)"
+    assert any("Unfinished: 6 of 12 cleanses" in w.value for w in at.warning)
+    table = at.dataframe[-1].value.set_index("selection")
+    for method, label in (("fid", "influence on FID"), ("random", "random")):
+        row = table.loc[label]
+        assert row["removed"] == 10 and row["seeds"] == 3
+        assert row["mean change of test FID"] == pytest.approx(np.mean(changes[method]))
+        assert row["p-value (t-test, change = 0)"] == pytest.approx(stats.ttest_1samp(changes[method], 0).pvalue)
+    assert table.loc["influence on FID", "improved in (seeds)"] == 3
+    spec = at.get("plotly_chart")[-1].proto.spec
+    assert "training instances removed" in spec and "lower = better" in spec
+
+
 def test_playground_asks_for_a_2d_run_when_the_current_one_is_not(rich):
     at = open_app("playground", tiny_run_id(rich))
     assert not at.exception
