@@ -30,7 +30,7 @@ from . import store
 from .errors import Cancelled, InfluenceError
 from .progress import CancelToken, Progress
 
-KINDS = ("train", "estimate", "cleanse", "validate")
+KINDS = ("train", "estimate", "cleanse", "validate", "sweep")
 STATUS_EVERY_S = 0.5
 # Probes of a lock (status reads, start_background) hold it for a moment; whoever wants the lock
 # retries this long before concluding that another process computes the job.
@@ -251,6 +251,18 @@ def execute(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToke
         validate(cfg)
         run = train(cfg, root, progress, cancel_token)
         return {"run_id": run.run_id, **run.read_json("summary.json")}
+    if kind == "sweep":
+        from .config import RunConfig, validate
+        from .estimate import EstimateOptions
+        from .validate import sweep
+
+        configs = [RunConfig.from_dict(c) for c in p["configs"]]
+        for cfg in configs:
+            validate(cfg)
+        table = sweep(configs, root, p["methods"], p["counts"], p.get("metric", "fid"),
+                      EstimateOptions(**p.get("options", {})), progress, cancel_token)
+        rows = table.to_dict(orient="records")  # native Python numbers; NaN (no spread, no test) -> null
+        return {"table": [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]}
     run = store.open_run(root, p["run_id"])
     if kind == "estimate":
         from .estimate import EstimateOptions, estimate

@@ -3,6 +3,7 @@ its progress and take over when it dies."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -232,3 +233,21 @@ def test_a_job_that_just_ended_is_never_reported_interrupted(tmp_path, monkeypat
         flashed += "interrupted" in seen
     assert flashed == 0
     faults("concurrent", 100, "jobs ending under continuous status polling (never shown interrupted)")
+
+
+def test_a_sweep_job_computes_the_table_the_app_reads_back(tmp_path):
+    """The app's sweep spec, run as a job: its result is the sweep table, and the store keeps it for the page."""
+    import math
+
+    from influence.validate import stored_sweeps
+
+    cfg = apply_overrides(preset("toy2d"), SETS)
+    spec = {"kind": "sweep", "params": {"configs": [cfg.to_dict(), dataclasses.replace(cfg, seed=1).to_dict()],
+                                        "methods": ["all", "random"], "counts": [50], "metric": "all"}}
+    result = jobs.run_job(tmp_path, spec)
+    assert jobs.read_status(tmp_path, jobs.job_key(spec))["state"] == "done"
+    [stored] = stored_sweeps(tmp_path)
+    assert stored["planned"] == len(stored["per_run"]) == 4
+    for row, (_, expected) in zip(result["table"], stored["table"].iterrows()):
+        assert (row["method"], row["count"], row["seeds"]) == (expected["method"], expected["count"], 2)
+        assert math.isclose(row["mean_change_all"], expected["mean_change_all"], rel_tol=1e-12)

@@ -25,7 +25,7 @@ POLL_S = 1.0
 STAGES = {
     "train": "training", "influence": "influence (backward pass over the traced steps)",
     "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
-    "leave-one-out": "leave-one-out replays",
+    "leave-one-out": "leave-one-out replays", "sweep": "data-cleansing sweep (cleanses done)",
 }
 
 
@@ -74,6 +74,8 @@ def describe(spec: dict) -> str:
         "estimate": lambda: f"Influence on {metrics}",
         "cleanse": lambda: f"Cleansing without {len(p['removal_ids'])} instances ({p.get('mode', 'replay')})",
         "validate": lambda: f"Validation of {metrics} on {p.get('n')} instances",
+        "sweep": lambda: (f"Data-cleansing sweep over {len(p['configs'])} seeds: {len(p['methods'])} methods x "
+                          f"{len(p['counts'])} removal counts, test {METRIC_LABELS.get(p.get('metric', 'fid'))}"),
     }[spec["kind"]]()
 
 

@@ -1,10 +1,12 @@
-"""Validate: the paper's estimation-accuracy experiment, estimated vs actual (leave-one-out) influence."""
+"""Validate: estimated vs actual (leave-one-out) influence, and the data-cleansing sweep over seeds."""
 
 import dataclasses
 
 import streamlit as st
 
-from explorer import cache, figures, jobpanel, state, tables, widgets
+from explorer import cache, figures, jobpanel, state, sweepform, tables, widgets
+from influence.baselines import METHOD_LABELS, methods_for
+from influence.errors import ConfigError
 from influence.estimate import EstimateOptions
 from influence.metrics import METRIC_LABELS, available_metrics
 
@@ -77,11 +79,34 @@ st.markdown("The paper's second experiment: for several seeds, remove the *k* mo
             "selection method, replay the traced steps without them and measure the **test** metric. A method "
             "that finds truly harmful instances improves the metric; random removal should not. The p-value is "
             "a one-sample t-test of the change over seeds.")
+sweep_job = jobpanel.latest(root, "sweep")
+if sweep_job is not None:
+    jobpanel.panel(root, sweep_job)
+with st.expander("Start a sweep over seeds of this run's configuration", icon=":material/play_arrow:"):
+    c1, c2 = st.columns(2)
+    seeds_text = c1.text_input("Seeds", "0 1 2 3 4", key="sw-seeds", help="each seed trains its own run (cached)")
+    counts_text = c2.text_input("Instances removed", ", ".join(str(summary["n_train"] * k // 10) for k in (1, 3, 5)),
+                                key="sw-counts", help="removal counts, e.g. 10%, 30% and 50% of the training set")
+    c3, c4 = st.columns([3, 1])
+    sweep_methods = c3.multiselect("Selection methods", list(methods_for(cfg.is_2d)),
+                                   default=list(methods_for(cfg.is_2d)), format_func=METHOD_LABELS.get, key="sw-methods")
+    sweep_metric = c4.selectbox("Test metric", metrics, index=metrics.index(first), format_func=METRIC_LABELS.get,
+                                key="sw-metric")
+    st.caption("Each seed trains a run (cached), estimates influence, then replays the traced steps once per "
+               "method and count: hours on a CPU for the quick preset. It resumes where it stopped.")
+    if st.button("Start sweep", type="primary", key="sw-start"):
+        try:
+            spec = sweepform.sweep_spec(cfg, seeds_text, sweep_methods, counts_text, sweep_metric, summary["n_train"])
+        except ConfigError as e:
+            st.error(str(e), icon=":material/error:")
+        else:
+            jobpanel.start(root, spec)
+            st.rerun()
 sweeps = cache.sweeps(str(root), cache.sweeps_stamp(root))
 if not sweeps:
-    st.info("No sweep in this store yet. Start one from the command line, e.g. "
-            "`gan-influence sweep --preset quick --seeds 0 1 2 3 4 --counts 1000 3000 5000` (hours on a CPU; "
-            "it resumes where it stopped).", icon=":material/terminal:")
+    st.info("No sweep in this store yet. Start one above, or from the command line, e.g. "
+            "`gan-influence sweep --preset quick --seeds 0 1 2 3 4 --counts 1000 3000 5000`.",
+            icon=":material/school:")
     st.stop()
 names = {w["key"]: (f"{', '.join(w['spec']['presets'])}, seeds {', '.join(map(str, w['spec']['seeds']))}, "
                     f"{METRIC_LABELS[w['spec']['metric']]} ({len(w['per_run'])}/{w['planned']} cleanses)")

@@ -101,3 +101,39 @@ def test_validate_button_sends_a_small_validation(app_store, started_jobs):
     assert started_jobs == [{"kind": "validate", "params": {
         "run_id": run_id, "metrics": ["fid"], "n": 20, "selection": "first", "seed": 0,
         "options": dataclasses.asdict(EstimateOptions())}}]
+
+
+def test_sweep_button_sends_the_seeds_of_this_runs_config(app_store, started_jobs):
+    from influence.config import RunConfig
+    from influence.context import load_run_config
+    from influence import store
+
+    run_id = tiny_run_id(app_store)
+    at = open_app("validate", run_id)
+    assert at.text_input(key="sw-counts").value == "100, 300, 500"  # 10/30/50% of the 1000 tiny images
+    at.text_input(key="sw-seeds").set_value("3, 4")
+    at.text_input(key="sw-counts").set_value("50 200")
+    at.multiselect(key="sw-methods").set_value(["fid", "random"])
+    at.button(key="sw-start").click().run()
+    assert not at.exception and not at.error
+    [spec] = started_jobs
+    cfg = load_run_config(store.open_run(app_store, run_id))
+    assert spec["kind"] == "sweep"
+    assert [RunConfig.from_dict(c) for c in spec["params"]["configs"]] == [
+        dataclasses.replace(cfg, seed=s) for s in (3, 4)]
+    assert (spec["params"]["methods"], spec["params"]["counts"], spec["params"]["metric"]) == (["fid", "random"], [50, 200], "fid")
+
+
+@pytest.mark.parametrize("seeds, counts, message", [
+    ("3", "50", "needs 2..50 seeds"),
+    ("1 x", "50", "not a list of whole numbers"),
+    ("1 2", "1000", "removal count 1000 must lie in 1..999"),
+    ("1 2", "", "at least one number for the removal counts"),
+])
+def test_a_bad_sweep_form_says_why_and_starts_nothing(app_store, started_jobs, seeds, counts, message):
+    at = open_app("validate", tiny_run_id(app_store))
+    at.text_input(key="sw-seeds").set_value(seeds)
+    at.text_input(key="sw-counts").set_value(counts)
+    at.button(key="sw-start").click().run()
+    assert not at.exception and started_jobs == []
+    assert any(message in e.value for e in at.error)
