@@ -17,6 +17,7 @@ from .context import RunContext
 from .errors import ConfigError
 from .estimate import EstimateOptions, estimate, harmful_order
 from .metrics import available_metrics, batched
+from .progress import CancelToken, ProgressFn
 
 BASELINES = ("iforest", "iforest-pixels", "random")
 METHOD_LABELS = {"fid": "influence on FID", "is": "influence on IS", "all": "influence on ALL",
@@ -46,7 +47,8 @@ def baseline_features(ctx: RunContext, method: str) -> np.ndarray:
 
 
 def ranking(run: store.Run, ctx: RunContext, method: str, seed: int = 0,
-            options: EstimateOptions = EstimateOptions()) -> np.ndarray:
+            options: EstimateOptions = EstimateOptions(), progress: ProgressFn | None = None,
+            cancel: CancelToken | None = None) -> np.ndarray:
     """Training ids from most to least harmful according to `method`."""
     if method not in methods_for(ctx.cfg.is_2d):
         raise ConfigError(f"unknown selection method '{method}'; choose from {', '.join(methods_for(ctx.cfg.is_2d))}")
@@ -55,4 +57,4 @@ def ranking(run: store.Run, ctx: RunContext, method: str, seed: int = 0,
     if method.startswith("iforest"):
         scores = isolation_forest_scores(baseline_features(ctx, method), seed)
         return np.argsort(-scores, kind="stable")
-    return harmful_order(estimate(run, [method], options)[method])
+    return harmful_order(estimate(run, [method], options, progress, cancel)[method])

@@ -10,6 +10,7 @@ the trajectory is the original one, stored in the trace.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -28,7 +29,7 @@ from .context import RunContext, load_run_config
 from .errors import ConfigError, StoreError
 from .estimate import EstimateOptions, estimate
 from .metrics import check_metric, harmful_sign
-from .progress import CancelToken, ProgressFn, Reporter
+from .progress import CancelToken, Progress, ProgressFn, Reporter
 from .train import Trace, replay, train
 
 SELECTIONS = ("first", "random")
@@ -209,17 +210,22 @@ def sweep(
     report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
     done = 0
     for cfg in configs:
-        run = train(cfg, root, cancel=cancel)
+        # The seed's own stages (training, influence, replays) report too, labelled with the sweep's place.
+        def inner(p: Progress, seed: int = cfg.seed) -> None:
+            if progress is not None:
+                progress(dataclasses.replace(p, info={**p.info, "sweep": f"seed {seed}, {done} of {report.total} cleanses done"}))
+
+        run = train(cfg, root, inner, cancel)
         ctx = RunContext.create(cfg, root)
         allowed = methods_for(cfg.is_2d)
         for method in methods:
             if method not in allowed:
                 raise ConfigError(f"unknown selection method '{method}'; choose from {', '.join(allowed)}")
-            order = ranking(run, ctx, method, seed=cfg.seed, options=options)
+            order = ranking(run, ctx, method, seed=cfg.seed, options=options, progress=inner, cancel=cancel)
             for count in counts:
                 if not 1 <= count < ctx.dataset.n_train:
                     raise ConfigError(f"removal count {count} must lie in 1..{ctx.dataset.n_train - 1}")
-                res = cleanse(run, order[:count], ctx=ctx, cancel=cancel)
+                res = cleanse(run, order[:count], ctx=ctx, progress=inner, cancel=cancel)
                 rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": method, "count": count,
                              "before": res.before[metric], "after": res.after[metric],
                              "change": res.after[metric] - res.before[metric]})

@@ -139,7 +139,12 @@ def test_summarize_sweep_against_scipy():
 @pytest.mark.slow
 def test_sweep_on_two_toy_seeds(tmp_path):
     configs = [toy_config(seed=s) for s in (0, 1)]
-    table = sweep(configs, tmp_path, ["all", "random"], [20, 200], metric="all")
+    reports = []
+    table = sweep(configs, tmp_path, ["all", "random"], [20, 200], metric="all", progress=reports.append)
+    # every stage of every seed reports, labelled with the sweep's place; the sweep counts cleanses
+    assert {"train", "influence", "replay", "sweep"} <= {p.stage for p in reports}
+    assert all("seed " in p.info["sweep"] for p in reports if p.stage != "sweep")
+    assert [p.done for p in reports if p.stage == "sweep"] == list(range(1, 9))
     assert len(table) == 4 and set(table["seeds"]) == {2}
     per_run = pd.read_csv(next((tmp_path / "_sweeps").glob("*/per_run.csv")))
     assert len(per_run) == 8

@@ -143,7 +143,8 @@ def _progress(status: dict) -> None:
             + (f" · about {duration(eta)} left" if eta is not None else ""))
     st.progress(min(done / total, 1.0), text=text)
     info = status.get("info") or {}
-    bits = [f"epoch {info['epoch']}" if "epoch" in info else None,
+    bits = [info["sweep"] if isinstance(info.get("sweep"), str) else None,
+            f"epoch {info['epoch']}" if "epoch" in info else None,
             f"D loss {info['loss_d']:.3f}" if isinstance(info.get("loss_d"), float) else None,
             f"G loss {info['loss_g']:.3f}" if isinstance(info.get("loss_g"), float) else None]
     if any(bits):
