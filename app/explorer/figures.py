@@ -206,8 +206,9 @@ def sweep_figure(table: pd.DataFrame, metric: str, height: int = 380) -> go.Figu
                         customdata=np.stack([g["seeds"], g["p_value"]], axis=1),
                         hovertemplate="%{x} removed: %{y:.4g} (seeds %{customdata[0]}, p %{customdata[1]:.3g})")
     fig.update_layout(height=height, margin=MARGIN, xaxis_title="training instances removed (most harmful first)",
-                      yaxis_title=f"change of test {label} after cleansing ({better} = better); mean ± std over seeds",
-                      legend=dict(orientation="h", y=1.1, x=0))
+                      yaxis_title=f"change of test {label} ({better} = better)",
+                      title=dict(text="mean ± std over seeds", font=dict(size=13)),
+                      legend=dict(orientation="h", y=-0.25, x=0))
     return fig
 
 

@@ -9,6 +9,7 @@ from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimate import EstimateOptions
 from influence.metrics import METRIC_LABELS, available_metrics
+from influence.validate import summarize_sweep
 
 root = state.root()
 run_id, cfg = widgets.require_run(root)
@@ -119,6 +120,13 @@ if w["table"].empty:
 metric = w["spec"]["metric"]
 if len(w["per_run"]) < w["planned"]:
     st.warning(f"Unfinished: {len(w['per_run'])} of {w['planned']} cleanses; means and p-values cover the seeds "
-               "done so far (still running, or interrupted: the same command resumes it).", icon=":material/hourglass_top:")
-st.plotly_chart(figures.sweep_figure(w["table"], metric), key=f"sweep-{chosen_sweep}")
-st.dataframe(tables.sweep_table(w["table"], metric), hide_index=True)
+               "done so far (still running, or interrupted: the same command resumes it).",
+               icon=":material/hourglass_top:")
+done_seeds = sorted(w["per_run"]["seed"].unique().tolist())
+seeds = st.multiselect("Seeds included", done_seeds, default=done_seeds, key=f"sweep-seeds-{chosen_sweep}",
+                       help="Leave out a seed to see how much it drives the means (e.g. a run that trained badly).")
+if not seeds:
+    st.stop()
+table = summarize_sweep(w["per_run"][w["per_run"]["seed"].isin(seeds)], metric)
+st.plotly_chart(figures.sweep_figure(table, metric), key=f"sweep-{chosen_sweep}")
+st.dataframe(tables.sweep_table(table, metric), hide_index=True, height=35 * (len(table) + 1) + 3)

@@ -102,6 +102,10 @@ def test_validate_page_shows_a_sweep_with_its_t_tests_even_unfinished(app_store)
     assert table.loc["influence on FID", "improved in (seeds)"] == 3
     spec = at.get("plotly_chart")[-1].proto.spec
     assert "training instances removed" in spec and "lower = better" in spec
+    at.multiselect(key="sweep-seeds-0123456789ab").set_value([0, 1]).run()  # leave seed 2 out
+    table = at.dataframe[-1].value.set_index("selection")
+    assert table.loc["influence on FID", "mean change of test FID"] == pytest.approx(-0.5)
+    assert table.loc["random", "seeds"] == 2
 
 
 def test_playground_asks_for_a_2d_run_when_the_current_one_is_not(rich):
