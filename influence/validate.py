@@ -10,11 +10,18 @@ the trajectory is the original one, stored in the trace.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,6 +39,7 @@ from .metrics import check_metric, harmful_sign
 from .progress import CancelToken, Progress, ProgressFn, Reporter
 from .train import Trace, replay, train
 
+log = logging.getLogger(__name__)
 SELECTIONS = ("first", "random")
 PARTIAL_EVERY = 10
 
@@ -89,18 +97,22 @@ def leave_one_out(
     ids: np.ndarray,
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, float | None]:
     """Actual influence (k metrics x n ids) by replays, and the seconds all of them took.
 
-    Finished replays are kept on disk with their accumulated time, so a rerun that finds
-    them reports what they cost, not ~0 s (None where an older partial file did not record it).
+    Replays run in `workers` processes when there are enough of them (default: as many as
+    the CPU cores hold at this process's torch thread count, so 1 unless threads are
+    fewer than cores). Each worker uses this process's thread count: results are
+    bit-identical to replays here (float32 reductions depend on the thread count). Finished replays are kept on disk with their accumulated time, so a rerun
+    that finds them reports what they cost, not ~0 s (None where an older partial file did
+    not record it).
     """
     cfg = load_run_config(run)
     trace = Trace.load(run)
     ctx = RunContext.create(cfg, run.root)
     key = "loo-" + hashlib.sha256(json.dumps([metrics, ids.tolist()]).encode()).hexdigest()[:12]
     done, earlier_seconds = _load_partial(run, key)
-    first = trace.step_of_instance(ctx.dataset.n_train)
     valid = ctx.evaluator("valid")
     final_d, final_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
     base = valid.evaluate(final_d, final_g, tuple(metrics))
@@ -110,18 +122,70 @@ def leave_one_out(
     def seconds() -> float | None:
         return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - started
 
-    for i, j in enumerate(ids.tolist()):
-        if str(j) not in done:
-            theta_d, theta_g = replay(ctx, trace, [j], start=int(first[j]), cancel=cancel)
-            after = valid.evaluate(theta_d, theta_g, tuple(metrics))
+    pending = [j for j in dict.fromkeys(ids.tolist()) if str(j) not in done]
+    finished = len(ids) - len(pending)
+    report(finished)
+    workers = workers or (os.cpu_count() or 1) // torch.get_num_threads()
+    workers = max(1, min(workers, len(pending) // MIN_REPLAYS_PER_WORKER))
+    with contextlib.closing(_replays(run, ctx, trace, tuple(metrics), pending, workers, cancel)) as replays:
+        for j, after in replays:
             done[str(j)] = [after[m] - base[m] for m in metrics]
             if len(done) % PARTIAL_EVERY == 0:
                 run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": seconds()})
-        report(i + 1)
+            finished += 1
+            report(finished)
     total = seconds()
     run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": total})
     actual = np.array([done[str(j)] for j in ids.tolist()]).T
     return actual, total
+
+
+def _replays(run: store.Run, ctx: RunContext, trace: Trace, metrics: tuple[str, ...], ids: list[int], workers: int,
+             cancel: CancelToken | None):
+    """(id, validation metrics after replaying without it), in order of completion."""
+    left = list(ids)
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                                   initargs=(str(run.root), run.run_id, torch.get_num_threads()))
+        futures = {pool.submit(_worker_replay, j, metrics): j for j in ids}
+        try:
+            for f in as_completed(futures):
+                j = futures[f]
+                yield j, f.result()
+                left.remove(j)
+        except BrokenProcessPool:
+            # e.g. a script without `if __name__ == "__main__":` guard, which spawned workers re-import
+            log.warning("leave-one-out worker processes failed to start; replaying here instead")
+        finally:  # cancelled or failed: drop what has not started, wait for the replays under way
+            pool.shutdown(wait=True, cancel_futures=True)
+    replayer = _Replayer(ctx, trace) if left else None
+    for j in left:
+        yield j, replayer(j, metrics, cancel)
+
+
+class _Replayer:
+    def __init__(self, ctx: RunContext, trace: Trace):
+        self.ctx, self.trace, self.valid = ctx, trace, ctx.evaluator("valid")
+        self.first = trace.step_of_instance(ctx.dataset.n_train)
+
+    def __call__(self, j: int, metrics: tuple[str, ...], cancel: CancelToken | None = None) -> dict[str, float]:
+        theta_d, theta_g = replay(self.ctx, self.trace, [j], start=int(self.first[j]), cancel=cancel)
+        return self.valid.evaluate(theta_d, theta_g, metrics)
+
+
+MIN_REPLAYS_PER_WORKER = 4  # below this a worker's start-up (imports, data, classifier) is not worth it
+_worker_replayer: _Replayer | None = None  # in a worker process: its own copy of the run
+
+
+def _worker_start(root: str, run_id: str, threads: int) -> None:
+    global _worker_replayer
+    torch.set_num_threads(threads)
+    run = store.open_run(Path(root), run_id)
+    _worker_replayer = _Replayer(RunContext.create(load_run_config(run), run.root), Trace.load(run))
+
+
+def _worker_replay(j: int, metrics: tuple[str, ...]) -> dict[str, float]:
+    return _worker_replayer(j, metrics)
 
 
 def _load_partial(run: store.Run, key: str) -> tuple[dict, float | None]:

@@ -87,6 +87,40 @@ def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
     assert seconds <= seconds_again < seconds + 5
 
 
+def test_replays_in_worker_processes_equal_replays_here(toy_run, tmp_path):
+    ids = np.arange(0, 2000, 125)  # 16 instances spread over the traced epoch
+    here, _ = leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, workers=1)
+    reports = []
+    run = copy_run(toy_run, tmp_path / "b")
+    there, _ = leave_one_out(run, ["all", "dloss"], ids, progress=reports.append, workers=2)
+    assert np.array_equal(here, there)  # same thread count in the workers: bit for bit
+    assert [p.done for p in reports] == list(range(17)) and reports[-1].total == 16
+
+
+def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):
+    import influence.validate as v
+    from influence.errors import Cancelled
+    from influence.progress import CancelToken
+
+    run = copy_run(toy_run, tmp_path)
+    ids = np.arange(0, 2000, 50)  # 40 instances
+    token = CancelToken()
+
+    def cancel_after_a_few(p):
+        if p.done >= 12:
+            token.set()
+
+    with pytest.raises(Cancelled):
+        leave_one_out(run, ["all"], ids, progress=cancel_after_a_few, cancel=token, workers=2)
+    key = next(run.path("validate/_partial").glob("loo-*.json"))
+    kept = run.read_json(f"validate/_partial/{key.name}")["changes"]
+    assert len(kept) >= 10  # saved every PARTIAL_EVERY replays
+    # the next call computes the rest: the same as an uninterrupted run
+    again, _ = leave_one_out(run, ["all"], ids, workers=1)
+    by_hand, _ = leave_one_out(copy_run(toy_run, tmp_path / "fresh"), ["all"], ids, workers=1)
+    assert np.array_equal(again, by_hand)
+
+
 def test_leave_one_out_partials_without_recorded_time_report_none(toy_run, tmp_path, monkeypatch):
     """A partial file written before the time was recorded (a flat {id: changes} dict) still counts."""
     import hashlib, json
