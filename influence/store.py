@@ -24,6 +24,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -226,6 +227,17 @@ class Run:
 
     def _write_manifest(self, m: dict[str, dict[str, Any]]) -> None:
         write_json(self.dir / "manifest.json", {**m, _MANIFEST_SELF: hashlib.sha256(encode_json(m)).hexdigest()})
+
+    def remove_stale_temp_files(self, folders: Iterable[str]) -> None:
+        """Delete temp files that killed writers left in `folders` ("" = the run folder itself).
+
+        Only for folders no other process is writing to now; the manifest's temp files are
+        written under its lock, which this holds."""
+        with self._manifest_locked():
+            for folder in folders:
+                base = self.dir / folder
+                for p in base.glob(".*.tmp") if base.is_dir() else ():
+                    p.unlink(missing_ok=True)
 
     def forget(self, prefix: str) -> None:
         """Drop manifest entries under `prefix` (their files are being removed or rebuilt)."""

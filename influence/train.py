@@ -265,12 +265,13 @@ def _finish(ctx, run, theta_d, theta_g, rec, first_traced, history, seconds, tot
         "test": {k: v for k, v in history[-1].items() if k in ("is", "fid", "all", "dloss")},
     }
     run.write_json("summary.json", summary)
-    # The checkpoint is no longer needed once the finished run is on disk (nor are the temp
-    # files of a checkpoint write that a kill interrupted).
+    # The checkpoint is no longer needed once the finished run is on disk, nor are the temp
+    # files of writes that a kill interrupted (only training writes these folders).
     run.forget("checkpoint/")
     for p in sorted(run.path("checkpoint").iterdir()) if run.exists("checkpoint") else []:
         if p.is_file():
             p.unlink(missing_ok=True)
+    run.remove_stale_temp_files(("", "grids", "weights", "trace"))
 
 
 # ---------------------------------------------------------------- replay
