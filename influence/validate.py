@@ -104,9 +104,10 @@ def leave_one_out(
     Replays run in `workers` processes when there are enough of them (default: as many as
     the CPU cores hold at this process's torch thread count, so 1 unless threads are
     fewer than cores). Each worker uses this process's thread count: results are
-    bit-identical to replays here (float32 reductions depend on the thread count). Finished replays are kept on disk with their accumulated time, so a rerun
-    that finds them reports what they cost, not ~0 s (None where an older partial file did
-    not record it).
+    bit-identical to replays here (float32 reductions depend on the thread count).
+    Finished replays are kept on disk with their accumulated time, so a rerun that finds
+    them reports what they cost, not ~0 s (None where an older partial file did not
+    record it).
     """
     cfg = load_run_config(run)
     trace = Trace.load(run)
