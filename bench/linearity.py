@@ -45,7 +45,7 @@ def main() -> None:
     first = trace.step_of_instance(ctx.dataset.n_train)
     ids = select_ids(ctx.dataset.n_train, args.n, "first", 0, first >= 0)
     valid = ctx.evaluator("valid")
-    final_d, final_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
+    final_d, final_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
     base = valid.evaluate(final_d, final_g, (args.metric,))[args.metric]
     est = est_all[ids]
     for eps in args.eps:

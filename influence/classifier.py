@@ -1,21 +1,30 @@
-"""The IS/FID feature network: the paper's small MNIST CNN, or Inception-v3 via pytorch-fid.
+"""The IS/FID feature networks: the paper's small CNN classifier, pytorch-fid's Inception-v3, or a small
+convolutional autoencoder trained on the images themselves (for data without labels).
 
-The CNN is trained once per data set (seeded, Adam lr 1e-2, batch 128, 50 epochs on
-the validation split as in the paper) and cached as a state dict with its test accuracy.
+- mnist-cnn: trained once per data set (seeded, Adam lr 1e-2, batch 128, 50 epochs on the
+  validation split as in the paper), cached with its test accuracy.
+- inception: pytorch-fid's weights file, looked up where pytorch-fid keeps it (the torch hub
+  cache, `<torch hub dir>/checkpoints/`), downloaded there once when online.
+- autoencoder: trained once per data set on the training split (reconstruction loss, no labels),
+  cached with its test reconstruction R^2. Its features are specific to this data set, so its FID
+  is not comparable to published FIDs, and it gives no class probabilities (no IS).
+All of them live in the user-level cache (`store.cache_dir`), shared by every store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import store
 from .config import EvalConfig
-from .data import Dataset
+from .data import OFFLINE_ENV, Dataset
 from .errors import ConfigError
 from .metrics import FeatureNet
 from .models import MnistClassifier
@@ -24,11 +33,30 @@ CLASSIFIER_EPOCHS = 50
 CLASSIFIER_LR = 1e-2
 CLASSIFIER_BATCH = 128
 CLASSIFIER_SEED = 0
+AE_CODE = 64
+AE_LR = 1e-3
+AE_BATCH = 128
+AE_STEPS = 3000  # about 20 epochs of 20k images; enough for a feature space, minutes at most on a CPU
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
+FEATURE_LABELS = {
+    "mnist-cnn": "small CNN classifier trained on this data set's labels",
+    "inception": "Inception-v3 (pytorch-fid weights)",
+    "autoencoder": "convolutional autoencoder trained on this data set (FID not comparable to published FIDs)",
+}
 
 
-def _key(dataset: Dataset, data_identity: dict) -> str:
-    ident = dict(data_identity, n_train=None, epochs=CLASSIFIER_EPOCHS, lr=CLASSIFIER_LR, seed=CLASSIFIER_SEED)
+def _key(data_identity: dict, **training) -> str:
+    ident = dict(data_identity, n_train=None, **training)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _classifier_key(data_identity: dict) -> str:
+    return _key(data_identity, epochs=CLASSIFIER_EPOCHS, lr=CLASSIFIER_LR, seed=CLASSIFIER_SEED)
+
+
+def _ae_key(data_identity: dict) -> str:
+    return _key(data_identity, net="autoencoder", code=AE_CODE, steps=AE_STEPS, lr=AE_LR, seed=CLASSIFIER_SEED)
 
 
 def _training_split(dataset: Dataset):
@@ -36,10 +64,12 @@ def _training_split(dataset: Dataset):
     return dataset.valid if dataset.valid.x.shape[0] >= 5000 else dataset.train
 
 
+# ---------------------------------------------------------------- the classifier
 def train_classifier(dataset: Dataset, epochs: int = CLASSIFIER_EPOCHS, progress=None) -> tuple[MnistClassifier, float]:
     split = _training_split(dataset)
     if split.y is None:
-        raise ConfigError("the MNIST-CNN features need labels; this data set has none (use eval.feature=inception)")
+        raise ConfigError("the MNIST-CNN features need labels; this data set has none (use eval.feature=autoencoder "
+                          "or eval.feature=inception)")
     n_classes = int(split.y.max()) + 1
     generator = torch.Generator().manual_seed(CLASSIFIER_SEED)
     torch.manual_seed(CLASSIFIER_SEED)
@@ -63,15 +93,134 @@ def train_classifier(dataset: Dataset, epochs: int = CLASSIFIER_EPOCHS, progress
     return net, accuracy
 
 
+# ---------------------------------------------------------------- the autoencoder
+class ConvAutoencoder(nn.Module):
+    """28/32 px images -> 64-d code -> images. The code is the FID feature space."""
+
+    def __init__(self, channels: int, size: int, code: int = AE_CODE):
+        super().__init__()
+        self.side = size // 4
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, 32, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(64 * self.side**2, code),
+        )
+        self.project = nn.Sequential(nn.Linear(code, 64 * self.side**2), nn.LeakyReLU(0.2))
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(32, channels, 4, 2, 1), nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.project(self.encoder(x)).view(-1, 64, self.side, self.side))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, ae: ConvAutoencoder):
+        super().__init__()
+        self.encoder = ae.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+def train_autoencoder(dataset: Dataset, steps: int = AE_STEPS) -> tuple[ConvAutoencoder, float]:
+    """(autoencoder, test R^2 = 1 - reconstruction MSE / pixel variance of the test images)."""
+    x = dataset.train.x
+    generator = torch.Generator().manual_seed(CLASSIFIER_SEED)
+    torch.manual_seed(CLASSIFIER_SEED)
+    net = ConvAutoencoder(x.shape[1], x.shape[-1])
+    opt = torch.optim.Adam(net.parameters(), lr=AE_LR)
+    order, pos = torch.randperm(len(x), generator=generator), 0
+    for _ in range(steps):
+        if pos + AE_BATCH > len(order):
+            order, pos = torch.randperm(len(x), generator=generator), 0
+        batch = x[order[pos : pos + AE_BATCH]]
+        pos += AE_BATCH
+        loss = F.mse_loss(net(batch), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    test = dataset.test.x
+    with torch.no_grad():
+        mse = float(torch.cat([(net(test[i : i + 1000]) - test[i : i + 1000]).pow(2).flatten(1).mean(1)
+                               for i in range(0, len(test), 1000)]).mean())
+    variance = float(((test - test.mean(0)) ** 2).mean())
+    return net, 1.0 - mse / variance if variance > 0 else float("nan")
+
+
+# ---------------------------------------------------------------- Inception-v3
+def inception_weights_path(explicit: str | None = None) -> Path:
+    """pytorch-fid's weights file: eval.inception_weights, else the torch hub cache (downloaded there once)."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(f"eval.inception_weights={explicit} does not exist (pytorch-fid's {INCEPTION_FILE})")
+        return Path(explicit)
+    target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if target.is_file():
+        return target
+    where = (f"Inception features need pytorch-fid's weights file {INCEPTION_FILE}: download {INCEPTION_URL} "
+             f"and put it in {target.parent}/ (or pass eval.inception_weights=PATH)")
+    if os.environ.get(OFFLINE_ENV) == "1":
+        raise ConfigError(f"{where}; {OFFLINE_ENV}=1 forbids downloading it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{INCEPTION_FILE}.part")
+    try:
+        torch.hub.download_url_to_file(INCEPTION_URL, str(tmp), progress=True)  # a progress bar on stderr
+        os.replace(tmp, target)
+    except Exception as e:  # URLError, HTTPError, timeouts, a full disk: all end in the same advice
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{where}; the download failed ({type(e).__name__}: {e})") from None
+    return target
+
+
+class InceptionFeatures(nn.Module):
+    """pool3 features (2048-d, FID) and the 1008-way logits (IS) of pytorch-fid's Inception-v3."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        from unittest import mock
+
+        from pytorch_fid import inception as fid_inception
+
+        # pytorch-fid fetches its weights itself; hand it the file read here (weights_only) instead.
+        with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: state):
+            self.pool3 = fid_inception.InceptionV3([3], resize_input=True, normalize_input=False)
+        self.fc = nn.Linear(2048, 1008)
+        self.fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # images are already in [-1, 1]
+        h = self.pool3(x)[0].flatten(1)
+        return h, self.fc(h)
+
+
+def load_inception(explicit: str | None = None) -> FeatureNet:
+    path = inception_weights_path(explicit)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net = InceptionFeatures(state)
+    except (RuntimeError, KeyError, OSError, EOFError) as e:
+        raise ConfigError(f"{path} is not pytorch-fid's Inception weights file {INCEPTION_FILE} ({e}); "
+                          f"download it again from {INCEPTION_URL}") from None
+    return FeatureNet(net)
+
+
+# ---------------------------------------------------------------- the cached feature net of a run
 def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cache_dir: Path, progress=None) -> FeatureNet | None:
-    """The cached feature network for this data set (training it on first use); None if impossible."""
+    """The cached feature network for this data set (training it on first use)."""
     if cfg.feature == "inception":
-        return _inception(cfg.inception_weights)
-    if _training_split(dataset).y is None:
-        return None
-    key = _key(dataset, data_identity)
-    weights, meta = cache_dir / f"classifier-{key}.pt", cache_dir / f"classifier-{key}.json"
+        return load_inception(cfg.inception_weights)
+    if cfg.feature == "autoencoder":
+        return _autoencoder(dataset, data_identity, cache_dir)
     split = _training_split(dataset)
+    if split.y is None:
+        raise ConfigError("this data set has no labels, so the default IS/FID features (a classifier on its labels) "
+                          "cannot be trained: set eval.feature=autoencoder (trained on your images) or "
+                          "eval.feature=inception (pytorch-fid's Inception-v3)")
+    key = _classifier_key(data_identity)
+    weights, meta = cache_dir / f"classifier-{key}.pt", cache_dir / f"classifier-{key}.json"
     net = MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
     if weights.exists() and meta.exists():
         net.load_state_dict(store.load_state_dict(weights))
@@ -79,34 +228,40 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
         net, accuracy = train_classifier(dataset, progress=progress)
         store.save_state_dict(weights, net.state_dict())
         store.write_json(meta, {"test_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS, "lr": CLASSIFIER_LR,
-                                "batch": CLASSIFIER_BATCH, "seed": CLASSIFIER_SEED})
+                                "batch": CLASSIFIER_BATCH, "seed": CLASSIFIER_SEED, "n_classes": net.logits.out_features})
     return FeatureNet(net)
 
 
+def _autoencoder(dataset: Dataset, data_identity: dict, cache_dir: Path) -> FeatureNet:
+    key = _ae_key(data_identity)
+    weights, meta = cache_dir / f"autoencoder-{key}.pt", cache_dir / f"autoencoder-{key}.json"
+    net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
+    if weights.exists() and meta.exists():
+        net.load_state_dict(store.load_state_dict(weights))
+    else:
+        net, r2 = train_autoencoder(dataset)
+        store.save_state_dict(weights, net.state_dict())
+        store.write_json(meta, {"test_r2": r2, "steps": AE_STEPS, "lr": AE_LR, "batch": AE_BATCH, "code": AE_CODE,
+                                "seed": CLASSIFIER_SEED})
+    return FeatureNet(_Encoder(net), has_probs=False)
+
+
+def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path) -> dict:
+    """What the IS/FID features are and how good they are on this data set (after load_feature_net)."""
+    info: dict = {"feature": cfg.feature, "label": FEATURE_LABELS[cfg.feature],
+                  "comparable": cfg.feature == "inception"}
+    if cfg.feature == "mnist-cnn":
+        meta = cache_dir / f"classifier-{_classifier_key(data_identity)}.json"
+        if meta.exists():
+            m = store.read_json(meta)
+            info.update(test_accuracy=m["test_accuracy"], n_classes=m.get("n_classes"))
+    elif cfg.feature == "autoencoder":
+        meta = cache_dir / f"autoencoder-{_ae_key(data_identity)}.json"
+        if meta.exists():
+            info["test_r2"] = store.read_json(meta)["test_r2"]
+    return info
+
+
 def classifier_accuracy(dataset: Dataset, data_identity: dict, cache_dir: Path) -> float | None:
-    meta = cache_dir / f"classifier-{_key(dataset, data_identity)}.json"
+    meta = cache_dir / f"classifier-{_classifier_key(data_identity)}.json"
     return store.read_json(meta)["test_accuracy"] if meta.exists() else None
-
-
-def _inception(weights: str | None) -> FeatureNet:
-    """pytorch-fid's Inception-v3 (pool3, 2048-d). Needs its weights file: nothing is downloaded."""
-    if not weights or not Path(weights).is_file():
-        raise ConfigError(
-            "Inception features need pytorch-fid's weights file (pt_inception-2015-12-05-6726825d.pth); "
-            "download it on a connected machine and pass eval.inception_weights=PATH"
-        )
-    from pytorch_fid import inception as fid_inception
-
-    fid_inception.load_state_dict_from_url = lambda *a, **k: torch.load(weights, map_location="cpu", weights_only=True)
-    net = fid_inception.InceptionV3([3], resize_input=True, normalize_input=False)
-
-    class Pool3(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = net
-
-        def forward(self, x):
-            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-            return self.inner(x)[0].flatten(1)
-
-    return FeatureNet(Pool3(), has_probs=False)

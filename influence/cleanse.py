@@ -8,10 +8,12 @@ weights, test metrics and a sample grid from the same z as the original's.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +21,10 @@ import torch
 from . import store
 from .context import RunContext, load_run_config
 from .errors import ConfigError
-from .estimate import cached_results
+from .estimate import cached_results, chosen_name
+from .execution import Executor, Tasks, TaskEnv, open_executor, worker_cached
+from .execution.payload import RunPayload, run_payload, trace_segment
+from .honesty import scope_text
 from .progress import CancelToken, ProgressFn
 from .train import Trace, image_grid_png, replay, train_without
 
@@ -59,6 +64,8 @@ class CleanseResult:
     after: dict[str, float]
     predicted: dict[str, float]  # sum of estimated influences of the removed set (valid-split metric)
     seconds: float
+    predicted_from: str | None = None  # the named influence result the prediction comes from
+    predicted_scope: str = ""  # what the prediction covers (the traced steps only)
 
     def as_dict(self) -> dict:
         return {
@@ -66,6 +73,7 @@ class CleanseResult:
             "before": self.before, "after": self.after,
             "change": {k: self.after[k] - self.before[k] for k in self.after if k in self.before},
             "predicted_change": self.predicted, "seconds": self.seconds,
+            "predicted_from": self.predicted_from, "predicted_scope": self.predicted_scope,
         }
 
 
@@ -87,15 +95,72 @@ def cleanse(
     if run.exists(f"cleanse/{key}/result.json"):
         return _load(run, key, ids)
     started = time.perf_counter()
+    theta_d, theta_g, before, after = counterfactual(ctx, trace, ids, mode, progress, cancel)
+    return _store_attempt(ctx, run, key, ids, mode, theta_d, theta_g, before, after, time.perf_counter() - started)
+
+
+def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = "replay", executor: Executor | None = None,
+                 progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                 ctx: RunContext | None = None) -> Iterator[tuple[int, CleanseResult]]:
+    """Several removal sets of one run, as tasks of the execution layer: (index, result) as each one finishes.
+
+    Attempts already in the store are read back first. A worker gets the whole trace and training
+    set once, and the removal ids with each task; the results are stored here.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"cleansing mode must be one of {MODES}")
+    trace = Trace.load(run)
+    ctx = ctx or RunContext.create(load_run_config(run), run.root)
+    sets = [check_removal_ids(ids, ctx.dataset.n_train) for ids in removal_sets]
+    todo = []
+    for i, ids in enumerate(sets):
+        if run.exists(f"cleanse/{removal_key(ids, mode)}/result.json"):
+            yield i, _load(run, removal_key(ids, mode), ids)
+        else:
+            todo.append(i)
+    tasks = Tasks(todo, here=lambda i, env: _timed_counterfactual(ctx, trace, sets[i], mode, env),
+                  remote=functools.partial(_cleanse_remote, mode), ship=lambda i: sets[i],
+                  payload=lambda: run_payload(ctx, run, trace_segment(trace, 0), ("test",), all_rows=True))
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(open_executor(len(todo)))
+        for i, (theta_d, theta_g, before, after, seconds) in executor.run(tasks, progress, cancel):
+            ids = sets[i]
+            yield i, _store_attempt(ctx, run, removal_key(ids, mode), ids, mode, theta_d.to(ctx.device),
+                                    theta_g.to(ctx.device), before, after, seconds)
+
+
+def _timed_counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: str, env: TaskEnv):
+    started = time.perf_counter()
+    theta_d, theta_g, before, after = counterfactual(ctx, trace, ids, mode, env.progress, env.cancel)
+    return theta_d.cpu(), theta_g.cpu(), before, after, time.perf_counter() - started
+
+
+def _cleanse_remote(mode: str, payload: RunPayload, ids: np.ndarray, env: TaskEnv):
+    ctx = worker_cached(payload.key, payload.context)
+    return _timed_counterfactual(ctx, payload.segment, ids, mode, env)
+
+
+def counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: str, progress: ProgressFn | None = None,
+                   cancel: CancelToken | None = None):
+    """(theta_D, theta_G, test metrics before, after) of the run without `ids`; the store is not touched."""
     if mode == "replay":
         theta_d, theta_g = replay(ctx, trace, ids, progress=progress, cancel=cancel)
     else:
         theta_d, theta_g = train_without(ctx, ids, progress=progress, cancel=cancel)
-    before_d, before_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
+    before_d, before_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
     test = ctx.evaluator("test")
-    before, after = test.evaluate(before_d, before_g), test.evaluate(theta_d, theta_g)
-    predicted = {m: float(r.scores[ids].sum()) for m, r in cached_results(run).items()}
-    result = CleanseResult(key, ids, mode, before, after, predicted, time.perf_counter() - started)
+    return theta_d, theta_g, test.evaluate(before_d, before_g), test.evaluate(theta_d, theta_g)
+
+
+def _store_attempt(ctx: RunContext, run: store.Run, key: str, ids: np.ndarray, mode: str, theta_d, theta_g,
+                   before: dict, after: dict, seconds: float) -> CleanseResult:
+    cfg = ctx.cfg
+    name = chosen_name(run)
+    results = cached_results(run, name)
+    predicted = {m: float(r.scores[ids].sum()) for m, r in results.items()}
+    result = CleanseResult(key, ids, mode, before, after, predicted, seconds, name,
+                           predicted_scope(run, cfg, results, mode))
     _save(ctx, run, result, theta_d, theta_g)
     return result
 
@@ -115,7 +180,21 @@ def _save(ctx: RunContext, run: store.Run, result: CleanseResult, theta_d, theta
 
 def _load(run: store.Run, key: str, ids: np.ndarray) -> CleanseResult:
     d = run.read_json(f"cleanse/{key}/result.json")
-    return CleanseResult(key, ids, d["mode"], d["before"], d["after"], d["predicted_change"], d["seconds"])
+    return CleanseResult(key, ids, d["mode"], d["before"], d["after"], d["predicted_change"], d["seconds"],
+                         d.get("predicted_from"), d.get("predicted_scope", ""))
+
+
+def predicted_scope(run: store.Run, cfg, results: dict, mode: str) -> str:
+    """What the predicted change covers: the estimate's traced steps, never the epochs before them."""
+    if not results:
+        return ""
+    steps = run.read_json("summary.json")["steps"]
+    traced = next(iter(results.values())).meta["traced_steps"]
+    scope = scope_text(traced, steps, cfg.train.epochs)
+    if mode == "scratch":
+        return (f"the predicted change covers only the traced steps ({scope}); this retrain from scratch also "
+                "changes every earlier epoch, which the estimate does not cover")
+    return f"the predicted change covers the replayed traced steps ({scope})"
 
 
 def attempts(run: store.Run) -> list[dict]:

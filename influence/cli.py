@@ -1,4 +1,4 @@
-"""Command line: gan-influence train | runs | estimate | cleanse | validate | sweep.
+"""Command line: gan-influence train | runs | estimate | cleanse | export | validate | sweep.
 
 Bad input prints one line starting with 'error:' and exits with status 2; nothing is written.
 """
@@ -6,10 +6,9 @@ Bad input prints one line starting with 'error:' and exits with status 2; nothin
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,11 +16,17 @@ from pathlib import Path
 from . import jobs, store
 from .errors import Cancelled, ConfigError, InfluenceError
 from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, sign_sentence
+from .removal import read_removal_csv  # noqa: F401  (also the CLI's public parser of removal CSVs)
 
 SIGN_HELP = (
     "Influence = predicted change of the metric if the instance is removed. "
     "Harmful = removal improves the metric: positive for IS and ALL, negative for FID and D-loss."
 )
+
+
+STORE_HELP = "run store folder (env GAN_INFLUENCE_STORE, default ./runs)"
+CLUSTER_HELP = ("run leave-one-out replays, sweep seeds and cleanses on this Dask scheduler (env GAN_INFLUENCE_CLUSTER; "
+                "default: this machine)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = "\n".join(f"  {k} (default {v!r}): {h}" for k, v, h in describe_fields())
     p = _Parser(prog="gan-influence", description="Influence estimation for GANs (ASGD-Influence). " + SIGN_HELP,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", help="run store folder (env GAN_INFLUENCE_STORE, default ./runs)")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--cluster", metavar="tcp://HOST:8786", help=CLUSTER_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a GAN and record its trace", epilog="config keys for --set:\n" + keys,
@@ -43,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)}")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--init-g", metavar="FILE", help="start G from this state dict (.pt, loaded weights_only, or "
+                   ".safetensors) of the configured architecture; the run fine-tunes it (= --set model.init_g=FILE)")
+    t.add_argument("--init-d", metavar="FILE", help="start D from this state dict (as --init-g)")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
     r = sub.add_parser("runs", help="list cached runs")
@@ -53,7 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", action="append", required=True, help="is, fid, dloss (images) or all, dloss (2D); repeatable")
     _estimate_options(e)
     e.add_argument("--top", type=int, default=5, help="show the N most harmful instances per metric")
+    e.add_argument("--use", action="store_true", help="make this result (these options) the one the table, cleanse "
+                   "and export use; without it the result in use stays as it is (the first computed, or chosen)")
     e.add_argument("--json", action="store_true")
+
+    x = sub.add_parser("export", help="write the training set without a removal set to a new folder (original files "
+                       "for own images, PNGs + labels.csv for built-in data) with a manifest; the source is not touched")
+    x.add_argument("--run", required=True)
+    x.add_argument("--removal", required=True, help="CSV with an 'id' or 'path' column (or one id per line)")
+    x.add_argument("--to", required=True, help="new (or empty) folder to write")
+    x.add_argument("--why", default=None, help="how the removal set was chosen (kept in the manifest)")
+    x.add_argument("--json", action="store_true")
 
     c = sub.add_parser("cleanse", help="retrain without a removal set and compare test metrics")
     c.add_argument("--run", required=True)
@@ -71,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--n", type=int, default=200)
     v.add_argument("--selection", default="first", choices=["first", "random"])
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--trace-epochs", type=int, default=None, metavar="K",
+                   help="validate over the last K traced epochs only (the run must trace at least K)")
     _estimate_options(v)
     v.add_argument("--json", action="store_true")
 
@@ -83,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", default="fid", help="test metric to compare")
     _estimate_options(s)
     s.add_argument("--json", action="store_true")
+    for command in sub.choices.values():  # also after the subcommand, as users type them
+        command.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
+        command.add_argument("--cluster", default=argparse.SUPPRESS, metavar="tcp://HOST:8786", help=CLUSTER_HELP)
     return p
 
 
@@ -161,20 +185,34 @@ def _run(root: Path, spec: dict, quiet: bool) -> dict:
 def cmd_train(args, root: Path) -> int:
     from .config import apply_overrides, preset
 
-    cfg = apply_overrides(preset(args.preset, args.seed), args.set)
+    init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
+    cfg = apply_overrides(preset(args.preset, args.seed), args.set + init)
     from .context import RunContext
 
     RunContext.create(cfg, root)  # checks that need the data (batch vs data set size) before the job writes anything
     started = time.perf_counter()
     result = _run(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, args.json)
     out = {"run_id": result["run_id"], "device": result["device"], "steps": result["steps"],
-           "seconds": result["seconds"], "wall_seconds": time.perf_counter() - started, "test": result["test"]}
+           "seconds": result["seconds"], "wall_seconds": time.perf_counter() - started, "test": result["test"],
+           "metric_report": result.get("metric_report")}
     if args.json:
         print(json.dumps(out))
     else:
         metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.4f}" for k, v in result["test"].items())
         print(f"run {out['run_id']}: {out['steps']} steps on {out['device']} in {result['seconds']:.1f} s; test {metrics}")
+        _print_report(out["metric_report"])
     return 0
+
+
+def _print_report(report: dict | None) -> None:
+    from .honesty import reference_line, verdict_line
+
+    if not report:
+        return
+    if reference_line(report):
+        print(f"  {reference_line(report)}")
+    for m in report["verdicts"]:
+        print(f"  {verdict_line(report, m)}")
 
 
 def cmd_runs(args, root: Path) -> int:
@@ -201,23 +239,51 @@ def cmd_estimate(args, root: Path) -> int:
     spec = {"kind": "estimate", "params": {"run_id": args.run, "metrics": args.metric, "options": dataclasses.asdict(options)}}
     _run(root, spec, args.json)
     results = estimate(run, args.metric, options)  # a cache read: the job (here or elsewhere) computed them
+    from .context import RunContext, load_run_config
+    from .estimate import choose_results, chosen_name, result_name
+    from .honesty import if_removed, metric_report
+
+    cfg = load_run_config(run)
+    ctx = RunContext.create(cfg, root)
+    name = result_name(options, _n_params(run))
+    if args.use:
+        choose_results(run, name, ctx.dataset)
+    in_use = chosen_name(run)
+    paths = ctx.dataset.train_paths
+    report = metric_report(run, ctx)
+    steps = run.read_json("summary.json")["steps"]
     out = {}
     for m, r in results.items():
         top = harmful_order(r)[: args.top]
-        out[m] = {"sign": sign_sentence(m), "verdict": r.meta["verdict"], "verdict_message": r.meta["verdict_message"],
+        out[m] = {"sign": sign_sentence(m), "if_removed": if_removed(m, r.meta["traced_steps"], steps, cfg.train.epochs),
+                  "verdict": r.meta["verdict"], "verdict_message": r.meta["verdict_message"],
+                  "metric_verdict": report["verdicts"][m],
                   "growth": r.meta["growth"], "seconds": r.meta["seconds"], "traced_steps": r.meta["traced_steps"],
-                  "most_harmful": [{"id": int(i), "influence": float(r.scores[i])} for i in top],
+                  "result": name, "result_in_use": in_use,
+                  "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
+                                    "influence": float(r.scores[i])} for i in top],
                   "table": str(run.path("influence/table.parquet"))}
     if args.json:
         print(json.dumps(out))
         return 0
     for m, o in out.items():
-        print(f"{METRIC_LABELS[m]}: {o['sign']}")
-        print(f"  verdict: {o['verdict_message']}")
+        print(f"{METRIC_LABELS[m]}: {o['if_removed']}; {o['sign'].split('; ', 1)[-1]}")
+        print(f"  stability: {o['verdict_message']}")
+        mv = o["metric_verdict"]
+        print(f"  metric: {mv['verdict']}" + (f" - {'; '.join(mv['reasons'])}" if mv["reasons"] else ""))
         print(f"  {o['traced_steps']} traced steps in {o['seconds']:.1f} s; most harmful: " +
-              ", ".join(f"#{t['id']} ({t['influence']:+.3g})" for t in o["most_harmful"]))
+              ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']:+.3g})"
+                        for t in o["most_harmful"]))
+    print(f"result '{name}'" + ("" if name == in_use else f"; the table, cleanse and export use '{in_use}' "
+                                 "(--use switches)"))
     print(f"table: {out[args.metric[0]]['table']} (and .csv)")
     return 0
+
+
+def _n_params(run: store.Run) -> int:
+    from .train import Trace
+
+    return Trace.load(run).final.shape[0]
 
 
 def _check_metrics(run: store.Run, metrics: list[str]) -> None:
@@ -227,41 +293,6 @@ def _check_metrics(run: store.Run, metrics: list[str]) -> None:
     cfg = load_run_config(run)
     for m in metrics:
         check_metric(m, cfg.is_2d)
-
-
-def read_removal_csv(text: str, n_train: int | None = None) -> list[int]:
-    """Ids from a CSV with an 'id' column, or one id per line. ConfigError on anything else."""
-    try:  # newline="": csv itself splits lines, so old Mac '\r' endings are lines, not an error
-        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(c.strip() for c in row)]
-    except csv.Error as e:
-        raise ConfigError(f"the removal CSV cannot be parsed: {e}") from None
-    rows = [row for row in rows if not row[0].lstrip().startswith("#")]
-    if not rows:
-        raise ConfigError("the removal CSV is empty")
-    header = [c.strip().lower() for c in rows[0]]
-    column = header.index("id") if "id" in header else None
-    if column is None and len(header) > 1:
-        raise ConfigError("the removal CSV needs an 'id' column (or one id per line)")
-    body = rows[1:] if column is not None else rows
-    ids = []
-    for i, row in enumerate(body, start=2 if column is not None else 1):
-        cell = row[column or 0].strip() if len(row) > (column or 0) else ""
-        try:
-            value = int(cell)
-        except ValueError:
-            raise ConfigError(f"removal CSV line {i}: '{cell[:40]}' is not an integer id") from None
-        ids.append(value)
-    if not ids:
-        raise ConfigError("the removal CSV has a header but no ids")
-    if n_train is not None:
-        for value in ids:  # before numpy sees them: a huge id would overflow int64
-            if not 0 <= value < n_train:
-                shown = str(value) if abs(value) < 10**12 else str(value)[:15] + "..."
-                raise ConfigError(f"removal id {shown} is outside the training set (ids 0..{n_train - 1})")
-        from .cleanse import check_removal_ids
-
-        check_removal_ids(ids, n_train)
-    return ids
 
 
 MAX_REMOVAL_FILE_BYTES = 64 * 2**20
@@ -280,6 +311,8 @@ def _read_removal_file(path: str) -> str:
 
 def cmd_cleanse(args, root: Path) -> int:
     from .baselines import ranking
+    from .metrics import available_metrics
+    from .specs import estimate_spec
     from .context import RunContext, load_run_config
     from .train import Trace
 
@@ -289,10 +322,12 @@ def cmd_cleanse(args, root: Path) -> int:
     ctx = RunContext.create(cfg, root)
     if args.remove:
         text = _read_removal_file(args.remove)
-        ids = read_removal_csv(text, ctx.dataset.n_train)
+        ids = read_removal_csv(text, ctx.dataset.n_train, ctx.dataset.train_paths)
     else:
         if not 1 <= args.top_harmful < ctx.dataset.n_train:
             raise ConfigError(f"--top-harmful must lie in 1..{ctx.dataset.n_train - 1}")
+        if args.by in available_metrics(cfg.is_2d):  # the estimate under its job's lock, as the app computes it
+            _run(root, estimate_spec(args.run, [args.by], _options(args)), args.json)
         ids = ranking(run, ctx, args.by, seed=cfg.seed, options=_options(args))[: args.top_harmful].tolist()
     from .cleanse import check_removal_ids
 
@@ -309,6 +344,24 @@ def cmd_cleanse(args, root: Path) -> int:
         pred_s = f"  (predicted on validation: {pred:+.4f})" if pred is not None else ""
         print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} "
               f"{'better' if better else 'worse'}{pred_s}")
+    if result.get("predicted_scope"):
+        print(f"  note: {result['predicted_scope']} (influence result '{result.get('predicted_from')}')")
+    return 0
+
+
+def cmd_export(args, root: Path) -> int:
+    from .context import RunContext, load_run_config
+    from .export import export_cleaned
+
+    run = store.open_run(root, args.run)
+    ctx = RunContext.create(load_run_config(run), root)
+    ids = read_removal_csv(_read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths)
+    manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
+    if args.json:
+        print(json.dumps(manifest))
+        return 0
+    print(f"exported {manifest['n_exported']} of {manifest['n_train']} training images to {args.to} "
+          f"({manifest['n_removed']} removed; see manifest.json and removed.csv there)")
     return 0
 
 
@@ -319,26 +372,32 @@ def cmd_validate(args, root: Path) -> int:
     spec = {"kind": "validate", "params": {"run_id": args.run, "metrics": args.metric, "n": args.n,
                                            "selection": args.selection, "seed": args.seed,
                                            "options": dataclasses.asdict(options)}}
+    if args.trace_epochs is not None:  # only then: earlier specs keep their job keys
+        spec["params"]["trace_epochs"] = args.trace_epochs
     result = _run(root, spec, args.json)
     if args.json:
         print(json.dumps(result))
         return 0
     for m, a in result.items():
         loo = "time not recorded" if a["seconds_loo"] is None else f"{a['seconds_loo']:.0f} s"
-        print(f"{METRIC_LABELS[m]}: n={a['n']} Kendall tau {a['kendall_tau']:.3f}, Pearson r {a['pearson_r']:.3f}, "
-              f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}; LOO {loo})")
+        epochs = f", last {a['trace_epochs']} traced epoch(s)" if a.get("trace_epochs") else ""
+        print(f"{METRIC_LABELS[m]}: n={a['n']}{epochs} Kendall tau {a['kendall_tau']:.3f}, Pearson r {a['pearson_r']:.3f}, "
+              f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}, growth "
+              f"{a['growth']:.3g}; LOO {loo})")
     return 0
 
 
 def cmd_sweep(args, root: Path) -> int:
-    import dataclasses as dc
+    import pandas as pd
 
     from .config import apply_overrides, preset
-    from .validate import sweep
+    from .context import RunContext
+    from .specs import sweep_spec
 
     base = apply_overrides(preset(args.preset, 0), args.set)
-    configs = [dc.replace(base, seed=s) for s in args.seeds]
-    table = sweep(configs, root, args.methods, args.counts, args.metric, _options(args), progress=_Bar(args.json))
+    n_train = RunContext.create(base, root).dataset.n_train
+    spec = sweep_spec(base, args.seeds, args.methods, args.counts, args.metric, n_train, _options(args))
+    table = pd.DataFrame(_run(root, spec, args.json)["table"])
     if args.json:
         print(table.to_json(orient="records"))
     else:
@@ -349,13 +408,17 @@ def cmd_sweep(args, root: Path) -> int:
 
 
 COMMANDS = {"train": cmd_train, "runs": cmd_runs, "estimate": cmd_estimate, "cleanse": cmd_cleanse,
-            "validate": cmd_validate, "sweep": cmd_sweep}
+            "validate": cmd_validate, "sweep": cmd_sweep, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         root = store.store_root(args.store)
+        if args.cluster:  # read by the execution layer of the job, here or in the job's own process
+            from .execution import ENV_CLUSTER
+
+            os.environ[ENV_CLUSTER] = args.cluster
         return COMMANDS[args.command](args, root)
     except Cancelled as e:
         print(f"cancelled: {e}", file=sys.stderr)

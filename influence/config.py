@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from .errors import ConfigError
@@ -20,9 +21,14 @@ _PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 DATA_SOURCES = ("mnist", "torchvision-mnist", "fashion-mnist", "folder", "normal2d")
 ARCHS = ("smallcnn", "dcgan", "fcgan")
 ACTIVATIONS = ("default", "softplus")
+INITS = ("torch", "glorot-uniform")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
-FEATURES = ("mnist-cnn", "inception")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEMES = ("simultaneous", "alternating")
+TRACE_MODES = ("snapshots", "checkpoints")
+FEATURES = ("mnist-cnn", "inception", "autoencoder")
+LABELS = ("folders", "none")
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,24 @@ class DataConfig:
     )
     image_size: int = field(default=28, metadata={"help": "images are resized to this square size"})
     color: str = field(default="gray", metadata={"help": "gray or rgb (folder source)"})
+    labels: str = field(
+        default="folders",
+        metadata={
+            "help": f"folder source, one of {LABELS}: first-level sub-folder = class (when every image is in one), "
+            "or none (sub-folders are only storage)",
+            "id_omitted_at_default": True,
+        },
+    )
     n_valid: int = field(default=1000, metadata={"help": "normal2d: validation points"})
     n_test: int = field(default=1000, metadata={"help": "normal2d: test points"})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "normal2d: precision of the sampled points; float64 keeps them as sampled (the paper's code), "
+            "float32 rounds them (earlier versions)",
+            "id_omitted_at_default": True,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,38 @@ class ModelConfig:
             "softplus (smooth, so a whole removal stays close to the first-order estimate)",
             "id_omitted_at_default": True,
         },
+    )
+    bias: bool = field(
+        default=True,
+        metadata={"help": "fcgan: dense layers with biases (the paper's code has none)", "id_omitted_at_default": True},
+    )
+    init: str = field(
+        default="torch",
+        metadata={
+            "help": f"weight initialisation, one of {INITS}: PyTorch's default, or Glorot-uniform kernels and zero "
+            "biases (the paper's code)",
+            "id_omitted_at_default": True,
+        },
+    )
+
+
+    # Bring your own GAN: start from these state dicts (torch, loaded weights_only, or safetensors). The
+    # checksums, not the paths, enter the run id; they are filled in from the files when a config is made.
+    init_g: str | None = field(
+        default=None,
+        metadata={"help": "start G from this state dict (.pt or .safetensors) of the same architecture",
+                  "id_omitted_at_default": True, "not_in_id": True},
+    )
+    init_d: str | None = field(
+        default=None,
+        metadata={"help": "start D from this state dict (.pt or .safetensors) of the same architecture",
+                  "id_omitted_at_default": True, "not_in_id": True},
+    )
+    init_g_sha256: str | None = field(
+        default=None, metadata={"help": "sha256 of init_g (recorded automatically)", "id_omitted_at_default": True}
+    )
+    init_d_sha256: str | None = field(
+        default=None, metadata={"help": "sha256 of init_d (recorded automatically)", "id_omitted_at_default": True}
     )
 
 
@@ -74,6 +128,53 @@ class TrainConfig:
     )
     dtype: str = field(default="float32", metadata={"help": "float32 or float64 training"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
+    # Fields below were added after the first release: left out of the run id at their default.
+    optimizer: str = field(
+        default="sgd",
+        metadata={"help": f"optimizer of both players: {OPTIMIZERS} (each player has its own state and lr)",
+                  "id_omitted_at_default": True},
+    )
+    betas: tuple[float, float] = field(
+        default=(0.9, 0.999),
+        metadata={"help": "Adam's (beta1, beta2), e.g. '0.5,0.999' (GANs) or '0.0,0.99'", "id_omitted_at_default": True},
+    )
+    eps: float = field(default=1e-8, metadata={"help": "Adam's epsilon in the denominator", "id_omitted_at_default": True})
+    momentum: float = field(
+        default=0.9, metadata={"help": "heavy-ball momentum coefficient (optimizer=momentum)", "id_omitted_at_default": True}
+    )
+    nesterov: bool = field(
+        default=False, metadata={"help": "Nesterov momentum (optimizer=momentum)", "id_omitted_at_default": True}
+    )
+    decoupled_wd: bool = field(
+        default=False,
+        metadata={"help": "Adam only: decoupled weight decay (AdamW) instead of the L2 term in the loss",
+                  "id_omitted_at_default": True},
+    )
+    scheme: str = field(
+        default="simultaneous",
+        metadata={"help": "simultaneous (both players step at the same parameters, the paper) or alternating "
+                          "(D steps, then a G step at the updated D, each with its own z)",
+                  "id_omitted_at_default": True},
+    )
+    d_steps: int = field(
+        default=1, metadata={"help": "alternating: D steps per G step (each on its own minibatch)", "id_omitted_at_default": True}
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "EMA of the generator's weights, ema <- d*ema + (1-d)*theta_G after each G step (0 = off)",
+                  "id_omitted_at_default": True},
+    )
+    trace_mode: str = field(
+        default="snapshots",
+        metadata={"help": "snapshots (the full training state before every traced step) or checkpoints (every K "
+                          "steps; the estimator and replays recompute the steps between, bit for bit)",
+                  "id_omitted_at_default": True},
+    )
+    checkpoint_every: int | None = field(
+        default=None,
+        metadata={"help": "trace_mode=checkpoints: store the state every K traced steps (default: about sqrt(steps))",
+                  "id_omitted_at_default": True},
+    )
 
 
 @dataclass(frozen=True)
@@ -81,11 +182,21 @@ class EvalConfig:
     n_valid_z: int = field(default=2000, metadata={"help": "fixed validation z (influence is taken on these)"})
     n_test_z: int = field(default=2000, metadata={"help": "fixed test z (cleansing is judged on these)"})
     n_grid: int = field(default=64, metadata={"help": "samples in the per-epoch grid (same z every epoch)"})
-    feature: str = field(default="mnist-cnn", metadata={"help": "IS/FID features: mnist-cnn or inception"})
+    feature: str = field(
+        default="mnist-cnn",
+        metadata={"help": "IS/FID features: mnist-cnn (a classifier trained on the labels), inception (pytorch-fid's "
+                          "Inception-v3) or autoencoder (trained on unlabelled images; FID not comparable to "
+                          "published FIDs)"},
+    )
     inception_weights: str | None = field(
         default=None, metadata={"help": "path to pytorch-fid's pt_inception weights file"}
     )
     metrics_every_epoch: bool = field(default=True, metadata={"help": "evaluate test metrics after every epoch"})
+    ema_generator: bool = field(
+        default=True,
+        metadata={"help": "with train.ema_decay > 0: metrics (and so influence) are taken on the EMA generator",
+                  "id_omitted_at_default": True},
+    )
 
 
 @dataclass(frozen=True)
@@ -111,7 +222,9 @@ class RunConfig:
         for section in (self.data, self.model, self.train, self.eval):
             part = d[_section_name(section)]
             for f in fields(section):
-                if f.metadata.get("id_omitted_at_default") and getattr(section, f.name) == f.default:
+                if f.metadata.get("not_in_id") or (
+                    f.metadata.get("id_omitted_at_default") and getattr(section, f.name) == f.default
+                ):
                     part.pop(f.name)
         return d
 
@@ -154,6 +267,8 @@ def _build(cls, d: dict[str, Any], prefix: str):
             kwargs[name] = _build(sub, value, prefix + name + ".")
         elif name == "lr_schedule":
             kwargs[name] = tuple(tuple(x) for x in value)
+        elif name == "betas":
+            kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -202,16 +317,19 @@ PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(epochs=20, lr_d=0.001, lr_g=0.001, weight_decay=0.001),
         eval=EvalConfig(n_valid_z=10_000, n_test_z=10_000),
     ),
+    # The paper's toy as its code builds it (models/SmallMulVarGaussGAN.py): float64 data, dense
+    # layers without biases, Glorot-uniform kernels. With biases and PyTorch's init (the preset
+    # before 2026-11-30, still reachable with model.bias=true model.init=torch data.dtype=float32)
+    # a whole removal flips ReLU units and leave-one-out departs from the estimate.
     "toy2d": _preset(
         "toy2d",
-        data=DataConfig(source="normal2d", n_valid=1000, n_test=1000),
-        model=ModelConfig(arch="fcgan", z_dim=10),
+        data=DataConfig(source="normal2d", n_valid=1000, n_test=1000, dtype="float64"),
+        model=ModelConfig(arch="fcgan", z_dim=10, bias=False, init="glorot-uniform"),
         train=TrainConfig(epochs=50, lr_d=0.001, lr_g=0.001, dtype="float64"),
         eval=EvalConfig(n_valid_z=1000, n_test_z=1000, n_grid=1000, feature="mnist-cnn"),
     ),
-    # The toy with softplus instead of ReLU: the paper's ReLU nets respond non-linearly to a
-    # whole removal (units flip), so leave-one-out disagrees with the first-order estimate
-    # there; with smooth activations it agrees (bench/linearity.py, docs/architecture.md).
+    # The earlier toy (biases, PyTorch init) with softplus instead of ReLU: smooth units do not
+    # flip, so leave-one-out agrees with the first-order estimate (bench/linearity.py).
     "toy2d-smooth": _preset(
         "toy2d-smooth",
         data=DataConfig(source="normal2d", n_valid=1000, n_test=1000),
@@ -248,9 +366,27 @@ def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
             valid = ", ".join(_all_keys())
             raise ConfigError(f"unknown config key '{key}'; valid keys: {valid}")
         target[path[-1]] = _parse_value(f, raw.strip(), key)
-    out = RunConfig.from_dict(d)
+    out = with_init_checksums(RunConfig.from_dict(d))
     validate(out)
     return out
+
+
+def with_init_checksums(cfg: RunConfig) -> RunConfig:
+    """The config with the sha256 of model.init_g / init_d filled in from the files (they enter the run id)."""
+    changes = {}
+    for player in ("g", "d"):
+        path = getattr(cfg.model, f"init_{player}")
+        sha_field = f"init_{player}_sha256"
+        if path is None:
+            if getattr(cfg.model, sha_field) is not None:
+                changes[sha_field] = None
+            continue
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as e:
+            raise ConfigError(f"model.init_{player}: cannot read '{path}' ({e.strerror or e})") from None
+        changes[sha_field] = digest
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes)) if changes else cfg
 
 
 def _all_keys() -> list[str]:
@@ -264,6 +400,12 @@ def _all_keys() -> list[str]:
 def _parse_value(f: dataclasses.Field, raw: str, key: str) -> Any:
     if f.name == "lr_schedule":
         return _parse_schedule(raw, key)
+    if f.name == "betas":
+        try:
+            b1, b2 = (float(b) for b in raw.split(","))
+        except ValueError:
+            raise ConfigError(f"{key}: expected two numbers 'BETA1,BETA2' (e.g. 0.5,0.999), got '{raw}'") from None
+        return [b1, b2]
     types = _field_types(f)
     if raw.lower() in ("none", "null", "") and type(None) in types:
         return None
@@ -319,12 +461,19 @@ def validate(cfg: RunConfig) -> None:
         (d.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got '{d.source}'"),
         (d.n_train is None or d.n_train >= 1, "data.n_train must be positive"),
         (d.color in ("gray", "rgb"), "data.color must be gray or rgb"),
+        (d.labels in LABELS, f"data.labels must be one of {LABELS}"),
+        ((m.init_g is None) == (m.init_g_sha256 is None) and (m.init_d is None) == (m.init_d_sha256 is None),
+         "model.init_g/init_d need their sha256: give the files with --init-g/--init-d (or --set, which records it)"),
         (d.image_size in (28, 32), "data.image_size must be 28 or 32"),
         (d.n_valid >= 2 and d.n_test >= 2, "data.n_valid and data.n_test must be at least 2"),
         (m.arch in ARCHS, f"model.arch must be one of {ARCHS}, got '{m.arch}'"),
         (1 <= m.width <= 512, "model.width must lie in 1..512"),
         (1 <= m.z_dim <= 1024, "model.z_dim must lie in 1..1024"),
         (m.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}"),
+        (m.init in INITS, f"model.init must be one of {INITS}, got '{m.init}'"),
+        (m.bias or m.arch == "fcgan", "model.bias=false is implemented for fcgan only"),
+        (d.dtype in DTYPES, f"data.dtype must be one of {DTYPES}"),
+        (d.dtype == "float32" or d.source == "normal2d", "data.dtype=float64 applies to normal2d data only"),
         ((m.arch == "fcgan") == (d.source == "normal2d"), "fcgan goes with normal2d data and only with it"),
         (m.arch != "smallcnn" or d.image_size == 28, "smallcnn generates 28x28 images (data.image_size=28)"),
         (t.epochs >= 1, "train.epochs must be at least 1"),
@@ -337,6 +486,17 @@ def validate(cfg: RunConfig) -> None:
         (t.trace_steps is None or t.trace_steps >= 1, "train.trace_steps must be positive"),
         (t.dtype in DTYPES, f"train.dtype must be one of {DTYPES}"),
         (t.device in DEVICES, f"train.device must be one of {DEVICES}"),
+        (t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got '{t.optimizer}'"),
+        (len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas must be two numbers in [0, 1)"),
+        (t.eps > 0, "train.eps must be positive"),
+        (0 <= t.momentum < 1, "train.momentum must lie in [0, 1)"),
+        (not t.decoupled_wd or t.optimizer == "adam", "train.decoupled_wd (AdamW) needs train.optimizer=adam"),
+        (t.scheme in SCHEMES, f"train.scheme must be one of {SCHEMES}, got '{t.scheme}'"),
+        (1 <= t.d_steps <= 100, "train.d_steps must lie in 1..100"),
+        (t.d_steps == 1 or t.scheme == "alternating", "train.d_steps > 1 needs train.scheme=alternating"),
+        (0 <= t.ema_decay < 1, "train.ema_decay must lie in [0, 1) (0 = off)"),
+        (t.trace_mode in TRACE_MODES, f"train.trace_mode must be one of {TRACE_MODES}"),
+        (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be positive"),
         (2 <= e.n_valid_z <= 100_000 and 2 <= e.n_test_z <= 100_000, "eval.n_valid_z and eval.n_test_z must lie in 2..100000"),
         (1 <= e.n_grid <= 10_000, "eval.n_grid must lie in 1..10000"),
         (e.feature in FEATURES, f"eval.feature must be one of {FEATURES}"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,8 +16,11 @@ from .config import RunConfig, validate
 from .data import Dataset, load_dataset
 from .errors import ConfigError
 from .gan import GanFunctions
+from .honesty import check_split_sizes
 from .metrics import Evaluator, FeatureNet
 from .models import build_gan
+from .pretrained import load_initial_weights
+from .stepmap import TrainingRule
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,6 +42,26 @@ def fixed_latents(cfg: RunConfig) -> dict[str, torch.Tensor]:
     }
 
 
+# Data handed to a cluster worker with its task (it has no data files or cache): data key -> (data set, feature net)
+_SUPPLIED: dict[str, tuple[Dataset, FeatureNet | None]] = {}
+
+
+def _data_key(cfg: RunConfig) -> str:
+    d = cfg.to_dict()
+    return json.dumps([d["data"], d["eval"], cfg.seed], sort_keys=True)
+
+
+@contextlib.contextmanager
+def supplied_data(cfg: RunConfig, dataset: Dataset, features: FeatureNet | None):
+    """Within the block, contexts of runs with cfg's data use `dataset` and `features` instead of loading them."""
+    key = _data_key(cfg)
+    _SUPPLIED[key] = (dataset, features)
+    try:
+        yield
+    finally:
+        _SUPPLIED.pop(key, None)
+
+
 @dataclass
 class RunContext:
     cfg: RunConfig
@@ -48,7 +73,9 @@ class RunContext:
     @staticmethod
     def create(cfg: RunConfig, root: Path, dtype: str | None = None) -> "RunContext":
         validate(cfg)
-        dataset = load_dataset(cfg.data, cfg.seed, store.cache_dir(root))
+        supplied = _SUPPLIED.get(_data_key(cfg))
+        dataset = supplied[0] if supplied else load_dataset(cfg.data, cfg.seed, store.cache_dir(root))
+        check_split_sizes(len(dataset.valid.x), len(dataset.test.x))
         if cfg.train.batch_size > dataset.n_train:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({dataset.n_train})")
         torch_dtype = getattr(torch, dtype or cfg.train.dtype)
@@ -73,7 +100,14 @@ class RunContext:
         torch.manual_seed(self.cfg.seed)
         x = self.dataset.train.x
         G, D = build_gan(self.cfg.model, channels=x.shape[1] if x.dim() == 4 else 1, size=x.shape[-1])
-        return GanFunctions(G, D, self.cfg.train.weight_decay).to(self.device, self.dtype), G, D
+        load_initial_weights(self.cfg.model, G, D)  # a pretrained G/D replaces the seed's weights (model.init_g/d)
+        # AdamW applies its decay in the update (optim), not as an L2 term of the loss
+        loss_decay = 0.0 if self.cfg.train.decoupled_wd else self.cfg.train.weight_decay
+        return GanFunctions(G, D, loss_decay).to(self.device, self.dtype), G, D
+
+    @cached_property
+    def rule(self) -> TrainingRule:
+        return TrainingRule.from_config(self.cfg)
 
     @cached_property
     def gan(self) -> GanFunctions:
@@ -83,7 +117,9 @@ class RunContext:
     def features(self) -> FeatureNet | None:
         if self.cfg.is_2d:
             return None
-        net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.data.__dict__, store.cache_dir(self.root))
+        if (supplied := _SUPPLIED.get(_data_key(self.cfg))) is not None:
+            return supplied[1]
+        net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.identity()["data"], store.cache_dir(self.root))
         return net.to(self.device, torch.float64) if net is not None else None
 
     def evaluator(self, split: str) -> Evaluator:

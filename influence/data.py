@@ -43,7 +43,7 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass
 class Split:
-    x: torch.Tensor  # float32. images: (N, C, H, W) scaled to [-1, 1]; normal2d: (N, 2)
+    x: torch.Tensor  # float32 (normal2d: data.dtype). images: (N, C, H, W) scaled to [-1, 1]; normal2d: (N, 2)
     y: torch.Tensor | None  # int64 labels, or None when unknown
 
 
@@ -56,6 +56,12 @@ class Dataset:
     source_index: np.ndarray  # int64, len(train): index of each training instance in the full source training split
     class_names: list[str] | None
     skipped: list[tuple[str, str]]  # (file, reason) for unreadable files (folder source); [] otherwise
+    # Folder/zip sources: each instance's path relative to data.root (zip: the member name), per split.
+    paths: dict[str, list[str]] | None = None
+
+    @property
+    def train_paths(self) -> list[str] | None:
+        return None if self.paths is None else self.paths["train"]
 
     @property
     def n_train(self) -> int:
@@ -73,6 +79,7 @@ class _Raw:
     parts: dict[str, tuple[np.ndarray, np.ndarray | None]]
     class_names: list[str] | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    paths: dict[str, list[str]] | None = None  # per split, aligned with parts
 
 
 def load_dataset(cfg: DataConfig, seed: int, cache_dir: str | Path) -> Dataset:
@@ -96,6 +103,7 @@ def load_dataset(cfg: DataConfig, seed: int, cache_dir: str | Path) -> Dataset:
         source_index=index,
         class_names=raw.class_names,
         skipped=raw.skipped,
+        paths=None if raw.paths is None else {**raw.paths, "train": [raw.paths["train"][i] for i in index]},
     )
 
 
@@ -122,8 +130,9 @@ def _normal2d(cfg: DataConfig, seed: int) -> Dataset:
     sizes = {"train": cfg.n_train or 10_000, "valid": cfg.n_valid, "test": cfg.n_test}
     # One independent stream per split, so changing n_train leaves valid/test unchanged.
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(SPLITS))]
+    dtype = np.float64 if cfg.dtype == "float64" else np.float32  # float32: as sampled before data.dtype existed
     splits = {
-        s: Split(x=torch.from_numpy(rng.multivariate_normal(mean, cov, sizes[s]).astype(np.float32)), y=None)
+        s: Split(x=torch.from_numpy(rng.multivariate_normal(mean, cov, sizes[s]).astype(dtype)), y=None)
         for s, rng in zip(SPLITS, rngs)
     }
     return Dataset(
@@ -296,14 +305,15 @@ def _folder(cfg: DataConfig, seed: int) -> _Raw:
             f"{root}: {len(images)} readable PNG/JPEG image(s), at least 3 are needed"
             + (f" ({len(skipped)} skipped, e.g. {examples})" if skipped else "")
         )
-    labels, class_names = _labels(names)
+    labels, class_names = _labels(names) if cfg.labels == "folders" else (None, None)
     x = np.stack(images)
     n_hold = max(1, len(x) // 10)  # 10% valid, 10% test, at least one each
     order = np.random.default_rng(seed).permutation(len(x))
     index = {"valid": order[:n_hold], "test": order[n_hold : 2 * n_hold], "train": order[2 * n_hold :]}
     # Each split keeps file order, so neighbouring training ids are neighbouring files.
     parts = {s: (x[np.sort(i)], None if labels is None else labels[np.sort(i)]) for s, i in index.items()}
-    return _Raw(parts=parts, class_names=class_names, skipped=skipped)
+    paths = {s: [names[j] for j in np.sort(i)] for s, i in index.items()}
+    return _Raw(parts=parts, class_names=class_names, skipped=skipped, paths=paths)
 
 
 _Member = tuple[str, bytes | str]  # (path, file bytes) or (path, why it cannot be read)

@@ -1,18 +1,21 @@
-"""ASGD-Influence for GANs trained with simultaneous SGD (Terashita et al., ICLR 2021).
+"""ASGD-Influence for GANs (Terashita et al., ICLR 2021), exact through the optimizer's state.
 
 Sign convention: influence_j ~= metric(trained without j) - metric(trained with j).
 Harmful = removing j improves the metric: influence > 0 for IS and ALL,
 influence < 0 for FID and D-loss.
 
-Algorithm (per metric m, all metrics stacked into one pass):
-    u = d m / d theta at the final parameters (validation split, fixed validation z);
-        the D block is zero for metrics of G alone.
-    for t = T-1 .. 0 (traced steps, backwards), with g_t(theta, w) the step's gradient map:
-        score[j] += d <Lambda u, g_t> / d w_j      = lr_D / B * <u_D, grad_D loss_real(x_j)>
-        u        <- (1 - damping) u - J_t^T Lambda u,   J_t = d g_t / d theta (cross blocks included)
-Both terms come from one vector-Jacobian product of g_t w.r.t. (theta_D, theta_G, w)
-with cotangent Lambda u = (lr_D u_D, lr_G u_G): the exact transpose of the
-simultaneous update, and the per-instance terms of a whole batch at once.
+Algorithm (per metric m, all metrics stacked into one pass). The training state
+s = (theta_D, theta_G, optimizer buffers, EMA) follows s_{t+1} = step_t(s_t, w) (`stepmap`),
+w = per-instance real-loss weights (1 = kept). The adjoint lambda_t = d m / d s_t:
+    lambda_T = d m / d s_T at the final state (validation split, fixed validation z): the
+        D block for D-loss, the G block (or the EMA block when metrics use the EMA generator);
+        buffers start at 0.
+    for t = T-1 .. 0 (traced steps, backwards), one vector-Jacobian product of step_t gives
+        score[j]  -= lambda_{t+1}^T d s_{t+1} / d w_j      (removing j moves w_j from 1 to 0)
+        lambda_t   = (1 - damping) (d s_{t+1} / d s_t)^T lambda_{t+1}
+For plain SGD this is the paper's u <- u - J^T Lambda u with score += lr_D/B <u_D, grad loss_real(x_j)>.
+Adam and momentum buffers carry adjoints of their own (`optimizer_state="exact"`); the 2025
+follow-up's approximation (`"frozen"`) treats them as constants.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from .context import RunContext, load_run_config
 from .errors import ConfigError, DivergenceError, StoreError
 from .metrics import METRIC_LABELS, check_metric, harmful_sign, sign_sentence
 from .progress import CancelToken, ProgressFn, Reporter
-from .train import Trace
+from .stepmap import TrainState, state_vjp
+from .train import Trace, states_backward, trace_inputs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ GROWTH_UNRELIABLE = 100.0
 FLAG_NEVER_TRACED, FLAG_RELIABLE, FLAG_DOUBTFUL, FLAG_UNRELIABLE = 0, 1, 2, 3
 FLAG_NAMES = {0: "not in a traced batch", 1: "reliable", 2: "doubtful", 3: "unreliable"}
 AFFORDABLE_FLOAT64_PARAMS = 50_000
+OPTIMIZER_STATES = ("exact", "frozen")
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,17 @@ class EstimateOptions:
     damping: float = field(default=0.0, metadata={"help": "u <- (1-d) u - J^T u; biases estimates toward recent steps"})
     last_steps: int | None = field(default=None, metadata={"help": "use only the last N traced steps"})
     checkpoint_every: int = field(default=25, metadata={"help": "save the backward state every N steps (resumable)"})
+    optimizer_state: str = field(
+        default="exact",
+        metadata={"help": "exact (adjoints through Adam's/momentum's buffers) or frozen (buffers as constants, "
+                          "the 2025 follow-up's approximation; the same as exact for plain SGD)"},
+    )
 
     def key(self, metric: str, n_params: int) -> str:
         steps = f"-last{self.last_steps}" if self.last_steps else ""
         damp = f"-d{self.damping:g}" if self.damping else ""
-        return f"{metric}-{self.resolved_dtype(n_params)}{damp}{steps}-v{ESTIMATOR_VERSION}"
+        frozen = "-frozen" if self.optimizer_state == "frozen" else ""
+        return f"{metric}-{self.resolved_dtype(n_params)}{damp}{steps}{frozen}-v{ESTIMATOR_VERSION}"
 
     def resolved_dtype(self, n_params: int) -> str:
         if self.dtype == "auto":
@@ -65,8 +76,12 @@ class EstimateOptions:
         return self.dtype
 
     def identity(self, n_params: int) -> dict:
+        if self.optimizer_state not in OPTIMIZER_STATES:
+            raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATES}, got '{self.optimizer_state}'")
         d = asdict(self)
         d.pop("checkpoint_every")
+        if d["optimizer_state"] == "exact":
+            d.pop("optimizer_state")  # results from before the option existed stay valid
         d["dtype"] = self.resolved_dtype(n_params)
         return d
 
@@ -121,24 +136,25 @@ def metric_gradients(ctx: RunContext, metrics: list[str], theta_d: torch.Tensor,
     return torch.stack(rows_d), torch.stack(rows_g), values
 
 
-def backward_step(ctx: RunContext, trace: Trace, t: int, u_d: torch.Tensor, u_g: torch.Tensor):
-    """One step of the backward pass for k stacked u vectors.
+def initial_adjoint(ctx: RunContext, trace: Trace, metrics: list[str]) -> tuple[list[torch.Tensor], list[float]]:
+    """lambda_T per state block (k rows each) and the metrics' values at the final state."""
+    final = trace.layout.split(torch.from_numpy(np.array(trace.final_state)).to(ctx.device, ctx.dtype))
+    u_d, u_g, values = metric_gradients(ctx, metrics, final.theta_d, final.eval_generator(trace.ema_eval))
+    adjoint = [torch.zeros(len(metrics), size, device=ctx.device, dtype=ctx.dtype) for size in trace.layout.sizes]
+    adjoint[0] = u_d
+    adjoint[trace.layout.names.index("ema_g") if trace.ema_eval else 1] = u_g
+    return adjoint, values
 
-    Returns (J^T Lambda u for the D block, for the G block, per-instance terms (k, |batch|)).
+
+def backward_step(ctx: RunContext, trace: Trace, t: int, state: TrainState, adjoint: list[torch.Tensor],
+                  frozen: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One step of the backward pass for k stacked adjoints: (lambda_t per block, score terms (k, |batch|)).
+
+    The score terms are -lambda_{t+1}^T d s_{t+1} / d w_j: the first-order change of the metric when
+    instance j of the step's batch is removed.
     """
-    ids = trace.batch(t)
-    flat = torch.from_numpy(np.array(trace.params[t])).to(ctx.device, ctx.dtype)
-    td, tg = (p.detach().requires_grad_(True) for p in trace.split(flat))
-    x = ctx.train_x[torch.as_tensor(ids, device=ctx.device)]
-    z = torch.from_numpy(np.array(trace.z[t, : len(ids)])).to(ctx.device, ctx.dtype)
-    w = torch.ones(len(ids), device=ctx.device, dtype=ctx.dtype, requires_grad=True)
-    g_d, g_g, _, _ = ctx.gan.step_gradients(td, tg, x, z, w, create_graph=True)
-    lr_d, lr_g = (float(v) for v in trace.lrs[t])
-    cot_d, cot_g = lr_d * u_d, lr_g * u_g
-    if u_d.shape[0] == 1:
-        jd, jg, jw = torch.autograd.grad((g_d, g_g), (td, tg, w), (cot_d[0], cot_g[0]))
-        return jd[None], jg[None], jw[None]
-    return torch.autograd.grad((g_d, g_g), (td, tg, w), (cot_d, cot_g), is_grads_batched=True)
+    new_adjoint, jw = state_vjp(ctx.gan, trace.rule, state, trace_inputs(ctx, trace, t), adjoint, frozen)
+    return new_adjoint, -jw
 
 
 # ---------------------------------------------------------------- the pass
@@ -157,6 +173,7 @@ def estimate(
         check_metric(m, cfg.is_2d)
     trace = Trace.load(run)
     n_params = trace.final.shape[0]
+    options.identity(n_params)  # rejects bad options before anything is computed
     if options.last_steps is not None and not 1 <= options.last_steps <= trace.steps:
         raise ConfigError(f"last_steps must lie in 1..{trace.steps} (the traced steps)")
     results = {m: r for m in dict.fromkeys(metrics) if (r := load_result(run, m, options, n_params)) is not None}
@@ -164,6 +181,8 @@ def estimate(
     if todo:
         ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
         results.update(_backward_pass(ctx, run, trace, todo, options, progress, cancel))
+        if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
+            run.write_json(CHOSEN, {"name": result_name(options, n_params)})
         write_table(run, ctx.dataset)
     return {m: results[m] for m in metrics}
 
@@ -172,34 +191,37 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
     started = time.perf_counter()
     n_params = trace.final.shape[0]
     first = trace.steps - (options.last_steps or trace.steps)
+    frozen = options.optimizer_state == "frozen"
     partial = f"influence/_partial/{'+'.join(metrics)}-{options.key('', n_params)}"
     state = _load_partial(run, partial, metrics, options, n_params)
     if state is None:
-        theta_d, theta_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
-        u_d, u_g, values = metric_gradients(ctx, metrics, theta_d, theta_g)
+        adjoint, values = initial_adjoint(ctx, trace, metrics)
         scores = torch.zeros(len(metrics), ctx.dataset.n_train, dtype=torch.float64)
-        norms = torch.full((trace.steps + 1, len(metrics), 2), float("nan"), dtype=torch.float64)
-        norms[trace.steps] = _norms(u_d, u_g)
+        norms = torch.full((trace.steps + 1, len(metrics), 3), float("nan"), dtype=torch.float64)
+        norms[trace.steps] = _norms(adjoint)
         t_next, elapsed = trace.steps - 1, 0.0
     else:
-        u_d, u_g, scores, norms, values, t_next, elapsed = state
-        u_d, u_g = u_d.to(ctx.device, ctx.dtype), u_g.to(ctx.device, ctx.dtype)
+        adjoint, scores, norms, values, t_next, elapsed = state
+        adjoint = [a.to(ctx.device, ctx.dtype) for a in adjoint]
+    # States are recomputed (checkpoint mode) in the training dtype, bit for bit, then cast.
+    train_ctx = ctx if str(ctx.dtype) == f"torch.{ctx.cfg.train.dtype}" else ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
     report = Reporter("influence", trace.steps - first, progress, cancel)
-    for t in range(t_next, first - 1, -1):
-        jd, jg, jw = backward_step(ctx, trace, t, u_d, u_g)
+    for t, s in states_backward(train_ctx, trace, first, last=t_next):
+        s = trace.layout.split(s.flat().to(ctx.device, ctx.dtype))
+        adjoint, terms = backward_step(ctx, trace, t, s, adjoint, frozen)
         ids = torch.as_tensor(trace.batch(t))
-        scores[:, ids] += jw.detach().double().cpu()
-        u_d = (1 - options.damping) * u_d - jd.detach()
-        u_g = (1 - options.damping) * u_g - jg.detach()
-        norms[t] = _norms(u_d, u_g)
-        if not (torch.isfinite(u_d).all() and torch.isfinite(u_g).all() and torch.isfinite(scores).all()):
+        scores[:, ids] += terms.double().cpu()
+        if options.damping:
+            adjoint = [(1 - options.damping) * a for a in adjoint]
+        norms[t] = _norms(adjoint)
+        if not (all(torch.isfinite(a).all() for a in adjoint) and torch.isfinite(scores).all()):
             raise DivergenceError(
-                f"influence pass diverged at traced step {t}: u became NaN or infinite; lower the learning rate "
-                "of the traced epochs, trace fewer steps (--last-steps) or add damping"
+                f"influence pass diverged at traced step {t}: the adjoint became NaN or infinite; lower the learning "
+                "rate of the traced epochs, trace fewer steps (--last-steps) or add damping"
             )
         done = trace.steps - t
         if options.checkpoint_every and done % options.checkpoint_every == 0 and t > first:
-            _save_partial(run, partial, metrics, options, n_params, u_d, u_g, scores, norms, values, t - 1,
+            _save_partial(run, partial, metrics, options, n_params, adjoint, scores, norms, values, t - 1,
                           elapsed + time.perf_counter() - started)
         report(done)
     seconds = elapsed + time.perf_counter() - started
@@ -216,17 +238,19 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
     return out
 
 
-def _norms(u_d: torch.Tensor, u_g: torch.Tensor) -> torch.Tensor:
-    return torch.stack([u_d.norm(dim=1), u_g.norm(dim=1)], dim=1).double().cpu()
+def _norms(adjoint: list[torch.Tensor]) -> torch.Tensor:
+    """(k, 3): |lambda_thetaD|, |lambda_thetaG|, |lambda| over the whole state (buffers and EMA included)."""
+    whole = torch.stack([a.double().pow(2).sum(dim=1) for a in adjoint]).sum(dim=0).sqrt()
+    return torch.stack([adjoint[0].norm(dim=1).double(), adjoint[1].norm(dim=1).double(), whole], dim=1).cpu()
 
 
-def _save_partial(run, partial, metrics, options, n_params, u_d, u_g, scores, norms, values, t_next, elapsed) -> None:
+def _save_partial(run, partial, metrics, options, n_params, adjoint, scores, norms, values, t_next, elapsed) -> None:
     run.write_state_dict(f"{partial}/state.pt", {
-        "u_d": u_d.cpu(), "u_g": u_g.cpu(), "scores": scores, "norms": norms,
+        **{f"adjoint_{i}": a.cpu() for i, a in enumerate(adjoint)}, "scores": scores, "norms": norms,
         "values": torch.tensor(values, dtype=torch.float64), "t_next": torch.tensor(t_next),
         "elapsed": torch.tensor(elapsed),
     })
-    run.write_json(f"{partial}/meta.json", {"metrics": metrics, "options": options.identity(n_params)})
+    run.write_json(f"{partial}/meta.json", {"metrics": metrics, "options": options.identity(n_params), "blocks": len(adjoint)})
 
 
 def _load_partial(run, partial, metrics, options, n_params):
@@ -235,16 +259,17 @@ def _load_partial(run, partial, metrics, options, n_params):
     try:
         meta = run.read_json(f"{partial}/meta.json")
         s = run.read_state_dict(f"{partial}/state.pt")
-    except StoreError as e:
+        if meta.get("metrics") != metrics or meta.get("options") != options.identity(n_params):
+            return None
+        adjoint = [s[f"adjoint_{i}"] for i in range(meta["blocks"])]
+    except (StoreError, KeyError) as e:
         log.warning("ignoring the influence pass checkpoint, the pass starts again: %s", e)
-        return None  # damaged partial state: start the pass again
-    if meta != {"metrics": metrics, "options": options.identity(n_params)}:
-        return None
-    return (s["u_d"], s["u_g"], s["scores"], s["norms"], s["values"].tolist(), int(s["t_next"]), float(s["elapsed"]))
+        return None  # damaged or older partial state: start the pass again
+    return (adjoint, s["scores"], s["norms"], s["values"].tolist(), int(s["t_next"]), float(s["elapsed"]))
 
 
 def _save_result(run, metric, options, n_params, scores, norms, step_of, value, seconds, first, trace) -> InfluenceResult:
-    total = np.linalg.norm(norms, axis=1)  # |u| over both players, index = traced step
+    total = norms[:, 2]  # |lambda| over the whole state, index = traced step
     start_norm = total[-1]
     ratio = total / start_norm if start_norm > 0 else np.ones_like(total)
     # An instance at step t is scored with u after the steps t+1.. : its amplification is ratio[t+1].
@@ -262,9 +287,10 @@ def _save_result(run, metric, options, n_params, scores, norms, step_of, value, 
     }
     run.write_npy(f"influence/{key}/scores.npy", scores)
     run.write_npy(f"influence/{key}/flags.npy", flags)
-    run.write_npy(f"influence/{key}/u_norms.npy", norms)
+    run.write_npy(f"influence/{key}/u_norms.npy", norms[:, :2])
+    run.write_npy(f"influence/{key}/state_norms.npy", total)
     run.write_json(f"influence/{key}/meta.json", meta)
-    return InfluenceResult(metric, scores, flags, norms, meta)
+    return InfluenceResult(metric, scores, flags, norms[:, :2], meta)
 
 
 def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params: int) -> InfluenceResult | None:
@@ -284,9 +310,28 @@ def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         return None  # a damaged cache entry is recomputed
 
 
-def cached_results(run: store.Run) -> dict[str, InfluenceResult]:
-    """All influence results on disk for this run, newest option set per metric."""
-    out: dict[str, InfluenceResult] = {}
+def _read_result(run: store.Run, folder: str) -> InfluenceResult:
+    meta = run.read_json(f"influence/{folder}/meta.json")
+    return InfluenceResult(meta["metric"], run.read_npy(f"influence/{folder}/scores.npy"),
+                           run.read_npy(f"influence/{folder}/flags.npy"),
+                           run.read_npy(f"influence/{folder}/u_norms.npy"), meta)
+
+
+# ---------------------------------------------------------------- named results
+# Estimates with different options are separate results, named by those options (the key without
+# the metric, e.g. "float64-last10-v1"). One of them is in use for the table, cleansing's predicted
+# change, the app and exports: the one chosen (influence/chosen.json), else the first computed.
+# A later estimate with other options never takes its place unless chosen.
+CHOSEN = "influence/chosen.json"
+
+
+def result_name(options: EstimateOptions, n_params: int) -> str:
+    return options.key("", n_params)[1:]
+
+
+def result_sets(run: store.Run) -> dict[str, dict[str, InfluenceResult]]:
+    """Every result on disk: name -> metric -> result, the oldest name first."""
+    out: dict[str, dict[str, InfluenceResult]] = {}
     base = run.path("influence")
     if not base.exists():
         return out
@@ -294,13 +339,39 @@ def cached_results(run: store.Run) -> dict[str, InfluenceResult]:
         if d.name.startswith("_") or not (d / "meta.json").exists():
             continue
         try:
-            meta = run.read_json(f"influence/{d.name}/meta.json")
-            out[meta["metric"]] = InfluenceResult(meta["metric"], run.read_npy(f"influence/{d.name}/scores.npy"),
-                                                  run.read_npy(f"influence/{d.name}/flags.npy"),
-                                                  run.read_npy(f"influence/{d.name}/u_norms.npy"), meta)
+            r = _read_result(run, d.name)
         except StoreError:
             continue
+        out.setdefault(d.name[len(r.metric) + 1:], {})[r.metric] = r
     return out
+
+
+def chosen_name(run: store.Run, sets: dict | None = None) -> str | None:
+    sets = result_sets(run) if sets is None else sets
+    if run.exists(CHOSEN):
+        try:
+            name = run.read_json(CHOSEN)["name"]
+        except (StoreError, KeyError, TypeError):
+            name = None
+        if name in sets:
+            return name
+    return next(iter(sets), None)
+
+
+def choose_results(run: store.Run, name: str, dataset=None) -> None:
+    """Use the named result from now on (table, cleansing, app, exports); rewrites the table."""
+    sets = result_sets(run)
+    if name not in sets:
+        raise ConfigError(f"run {run.run_id} has no influence result '{name}'; it has: {', '.join(sets) or 'none'}")
+    run.write_json(CHOSEN, {"name": name})
+    if dataset is not None:
+        write_table(run, dataset)
+
+
+def cached_results(run: store.Run, name: str | None = None) -> dict[str, InfluenceResult]:
+    """metric -> result of the named result set (default: the one in use, see chosen_name)."""
+    sets = result_sets(run)
+    return sets.get(name or chosen_name(run, sets) or "", {})
 
 
 def harmful_order(result: InfluenceResult) -> np.ndarray:
@@ -310,9 +381,12 @@ def harmful_order(result: InfluenceResult) -> np.ndarray:
     return np.argsort(-key, kind="stable")
 
 
-def influence_table(run: store.Run, dataset) -> pd.DataFrame:
-    results = cached_results(run)
+def influence_table(run: store.Run, dataset, name: str | None = None) -> pd.DataFrame:
+    """id, path (own images), label, then influence, harmful rank (1 = most harmful) and flag per metric."""
+    results = cached_results(run, name)
     table = pd.DataFrame({"id": np.arange(dataset.n_train)})
+    if dataset.train_paths is not None:
+        table["path"] = dataset.train_paths
     y = dataset.train.y
     table["label"] = y.numpy() if y is not None else -1
     for metric, r in results.items():
@@ -325,13 +399,32 @@ def influence_table(run: store.Run, dataset) -> pd.DataFrame:
     return table
 
 
+def table_metadata(run: store.Run, results: dict[str, InfluenceResult], name: str | None) -> dict:
+    """What the table's numbers are: which named result, its options, and each metric's 'if removed' in full."""
+    from .honesty import if_removed
+
+    cfg = load_run_config(run)
+    total = run.read_json("summary.json")["steps"] if run.exists("summary.json") else None
+    return {
+        "run_id": run.run_id, "result": name,
+        "options": next(iter(results.values())).meta["options"] if results else None,
+        "metrics": {m: {"sign": r.meta["sign"], "verdict": r.meta["verdict"],
+                        "if_removed": if_removed(m, r.meta["traced_steps"], total, cfg.train.epochs) if total else None}
+                    for m, r in results.items()},
+        "columns": {"id": "training instance id (position in the run's training set)",
+                    "path": "file path relative to data.root (own images only)",
+                    "label": "class (-1 = unlabelled)", "influence_<m>": "estimated change of metric m if removed",
+                    "harmful_rank_<m>": "1 = most harmful", "flag_<m>": "per-instance reliability"},
+    }
+
+
 def write_table(run: store.Run, dataset) -> pd.DataFrame:
-    """influence/table.parquet and .csv: id, label, influence, harmful rank (1 = most harmful), flag per metric."""
-    table = influence_table(run, dataset)
-    buf = _parquet_bytes(table)
-    run.write("influence/table.parquet", buf)
-    header = "".join(f"# {m}: {s}\n" for m, s in table.attrs["sign"].items())
-    run.write("influence/table.csv", (header + table.to_csv(index=False)).encode())
+    """influence/table.parquet and table.csv (plain CSV) of the result in use; table.json says what they hold."""
+    name = chosen_name(run)
+    table = influence_table(run, dataset, name)
+    run.write("influence/table.parquet", _parquet_bytes(table))
+    run.write("influence/table.csv", table.to_csv(index=False).encode())
+    run.write_json("influence/table.json", table_metadata(run, cached_results(run, name), name))
     return table
 
 

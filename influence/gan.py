@@ -5,7 +5,7 @@ counterfactual replay and the influence estimator all call it, so a replay with
 nothing removed reproduces training bit for bit and the estimator differentiates
 exactly the map that training applied.
 
-Objective (non-saturating, simultaneous SGD):
+Objective (non-saturating; `stepmap.step` turns the gradients into an optimizer update):
     L_D = 1/B sum_j w_j softplus(-D(x_j)) + 1/B sum_i softplus(D(G(z_i))) + wd/2 |theta_D|^2
     L_G = 1/B sum_i softplus(-D(G(z_i)))                                     + wd/2 |theta_G|^2
 w are per-instance weights of the real images (1 = kept, 0 = removed); B stays the
@@ -95,6 +95,14 @@ class GanFunctions:
     def _decay(self, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return 0.5 * self.weight_decay * ((theta * mask) ** 2).sum()
 
+    @property
+    def decay_mask_d(self) -> torch.Tensor:
+        return self._mask_d
+
+    @property
+    def decay_mask_g(self) -> torch.Tensor:
+        return self._mask_g
+
     def step_gradients(
         self,
         theta_d: torch.Tensor,
@@ -103,20 +111,29 @@ class GanFunctions:
         z: torch.Tensor,
         w: torch.Tensor,
         create_graph: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(grad_D L_D, grad_G L_G, L_D, L_G), both gradients at the same parameters (simultaneous SGD).
+        players: str = "both",
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(grad_D L_D, grad_G L_G, L_D, L_G), both at the given parameters; None for a player not asked for.
 
-        theta_d and theta_g must require grad. With create_graph=True the gradients stay
-        differentiable w.r.t. (theta_d, theta_g, w): the estimator takes the step's
-        Jacobian-transpose product (G<->D cross blocks included) from them. Plain
-        autograd here: on these small nets nested torch.func transforms cost 3-4x more.
+        players = "both" (a simultaneous step), "d" or "g" (one half of an alternating step;
+        a G step uses no real data, so x may be empty there). theta_d and theta_g must require
+        grad. With create_graph=True the gradients stay differentiable w.r.t. (theta_d, theta_g,
+        w): the estimator takes the step's Jacobian-transpose product (G<->D cross blocks
+        included) from them. Plain autograd here: on these small nets nested torch.func
+        transforms cost 3-4x more.
         """
-        batch = x.shape[0]
+        batch = z.shape[0]
         fake = self.generate(theta_g, z)
         fake_logits = self.logits(theta_d, fake)
-        real = (w * self.real_losses(theta_d, x)).sum() / batch
-        loss_d = real + F.softplus(fake_logits).sum() / batch + self._decay(theta_d, self._mask_d)
-        loss_g = F.softplus(-fake_logits).sum() / batch + self._decay(theta_g, self._mask_g)
-        (g_d,) = torch.autograd.grad(loss_d, theta_d, retain_graph=True, create_graph=create_graph)
-        (g_g,) = torch.autograd.grad(loss_g, theta_g, create_graph=create_graph)
-        return g_d, g_g, loss_d.detach(), loss_g.detach()
+        g_d = g_g = loss_d = loss_g = None
+        if players in ("both", "d"):
+            real = (w * self.real_losses(theta_d, x)).sum() / batch
+            loss_d = real + F.softplus(fake_logits).sum() / batch + self._decay(theta_d, self._mask_d)
+            (g_d,) = torch.autograd.grad(loss_d, theta_d, retain_graph=players == "both" or create_graph,
+                                       create_graph=create_graph)
+            loss_d = loss_d.detach()
+        if players in ("both", "g"):
+            loss_g = F.softplus(-fake_logits).sum() / batch + self._decay(theta_g, self._mask_g)
+            (g_g,) = torch.autograd.grad(loss_g, theta_g, create_graph=create_graph)
+            loss_g = loss_g.detach()
+        return g_d, g_g, loss_d, loss_g

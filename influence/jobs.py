@@ -250,7 +250,9 @@ def execute(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToke
         cfg = RunConfig.from_dict(p["config"])
         validate(cfg)
         run = train(cfg, root, progress, cancel_token)
-        return {"run_id": run.run_id, **run.read_json("summary.json")}
+        from .honesty import metric_report
+
+        return {"run_id": run.run_id, **run.read_json("summary.json"), "metric_report": metric_report(run)}
     if kind == "sweep":
         from .config import RunConfig, validate
         from .estimate import EstimateOptions
@@ -277,7 +279,7 @@ def execute(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToke
     from .validate import validate
 
     acc = validate(run, p["metrics"], p.get("n", 200), p.get("selection", "first"), p.get("seed", 0),
-                   EstimateOptions(**p.get("options", {})), progress, cancel_token)
+                   EstimateOptions(**p.get("options", {})), progress, cancel_token, p.get("trace_epochs"))
     return {m: a.as_dict() for m, a in acc.items()}
 
 

@@ -1,7 +1,7 @@
 """The run store: one folder per run, safe formats, atomic writes, checksummed files.
 
 Layout (see docs/architecture.md):
-    <store>/_cache/                     data set .npz, feature classifiers
+    ~/.cache/gan-influence/             data set .npz, feature nets (env GAN_INFLUENCE_CACHE overrides)
     <store>/<run_id>/config.json         the full RunConfig (its hash is the run id)
     <store>/<run_id>/manifest.json       size + sha256 of every file written through `Run`
     <store>/<run_id>/...                 weights, trace, history, grids, results
@@ -43,7 +43,6 @@ def store_root(path: str | os.PathLike | None = None) -> Path:
     root = Path(path or os.environ.get(ENV_STORE) or "runs")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        (root / "_cache").mkdir(exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot use store folder '{root}': {e.strerror or e}") from None
     if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
@@ -51,10 +50,23 @@ def store_root(path: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def cache_dir(root: Path) -> Path:
-    """Data sets and feature classifiers: <store>/_cache unless GAN_INFLUENCE_CACHE names a shared folder."""
-    path = Path(os.environ.get(ENV_CACHE) or Path(root) / "_cache")
-    path.mkdir(parents=True, exist_ok=True)
+def user_cache_dir() -> Path:
+    """Dataset-level artefacts shared by every store: GAN_INFLUENCE_CACHE, else $XDG_CACHE_HOME/gan-influence
+    (~/.cache/gan-influence)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gan-influence"
+
+
+def cache_dir(root: Path | None = None) -> Path:
+    """The converted MNIST, feature nets and their accuracies: one user-level cache for every store (`root` is
+    accepted for callers that pass their store; it does not change the answer)."""
+    path = user_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot use the cache folder '{path}' ({e.strerror or e}); set {ENV_CACHE} to a "
+                         "writable folder") from None
     return path
 
 

@@ -1,10 +1,14 @@
-"""Plain simultaneous SGD with a recorded trace, and counterfactual replay of that trace.
+"""Training with a recorded trace, and counterfactual replay of that trace.
 
-The trace of the last K epochs (or last N steps) holds, per step: the minibatch ids,
-the z of the fake half, both learning rates and the parameters before the step. From
-it, `replay` re-runs exactly those steps, optionally with instances removed (their
-real-loss weight set to 0, the batch size B unchanged), and the estimator walks it
-backwards. Training checkpoints after every epoch and resumes from the last one.
+Every step is `stepmap.step` (SGD, momentum or Adam; simultaneous or alternating; optional
+EMA generator). The trace of the last K epochs (or last N steps) holds, per step: the
+minibatch ids, the z, both learning rates, the step's kind and the players' update counts;
+and the full training state (parameters, optimizer buffers, EMA) before every step
+(`trace_mode=snapshots`) or before every K-th step (`checkpoints`; the steps between are
+recomputed bit for bit when needed). From it, `replay` re-runs exactly those steps,
+optionally with instances removed (their real-loss weight set to 0, the batch size B
+unchanged), and the estimator walks it backwards. Training checkpoints after every epoch
+and resumes from the last one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -26,33 +30,64 @@ from .config import RunConfig
 from .context import RunContext
 from .errors import DivergenceError, StoreError, TraceError
 from .progress import CancelToken, ProgressFn, Reporter
+from .stepmap import (KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, TrainingRule, TrainState,
+                      checkpoint_spacing, initial_state, step)
 
-TRACE_FILES = ("params", "batches", "z", "lrs")
+TRACE_FILES = ("states", "batches", "z", "lrs", "kinds", "counts")
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Trace:
-    """Recorded steps. params[t] = (theta_D, theta_G) flat, before step t; batches padded with -1."""
+    """Recorded steps; batches padded with -1. states[i] = the full state before step stored_steps[i]."""
 
-    params: np.ndarray  # (T, P_D + P_G), training dtype
-    batches: np.ndarray  # (T, B) int64, -1 = no instance (short last batch)
+    states: np.ndarray  # (C, S) training dtype; S = layout.numel
+    stored_steps: np.ndarray  # (C,) int64, ascending, stored_steps[0] = 0
+    batches: np.ndarray  # (T, B) int64, -1 = no instance (short last batch, G half-steps)
     z: np.ndarray  # (T, B, z_dim)
     lrs: np.ndarray  # (T, 2) float64: lr_D, lr_G
-    n_d: int  # number of discriminator parameters (the first n_d entries of params)
-    final: np.ndarray  # (P_D + P_G,) parameters after the last step
+    kinds: np.ndarray  # (T,) int8: stepmap.KIND_*
+    counts: np.ndarray  # (T, 2) int64: updates of D and G before the step
+    layout: StateLayout
+    rule: TrainingRule
+    final_state: np.ndarray  # (S,) state after the last step
     first_step: int  # global index of the first traced step
+    ema_eval: bool  # metrics are taken on the EMA generator
 
     @property
     def steps(self) -> int:
-        return self.params.shape[0]
+        return self.batches.shape[0]
+
+    @property
+    def n_d(self) -> int:
+        return self.layout.n_d
+
+    @property
+    def final(self) -> np.ndarray:
+        """(theta_D, theta_G) after the last step, flat."""
+        return self.final_state[: self.layout.n_theta]
+
+    @property
+    def stores_every_step(self) -> bool:
+        return len(self.stored_steps) == self.steps
 
     def batch(self, t: int) -> np.ndarray:
         b = self.batches[t]
         return b[b >= 0]
 
     def split(self, flat: np.ndarray | torch.Tensor):
-        return flat[..., : self.n_d], flat[..., self.n_d :]
+        """(theta_D, theta_G) of a flat parameter vector."""
+        return flat[..., : self.n_d], flat[..., self.n_d : self.layout.n_theta]
+
+    def final_eval(self) -> tuple[np.ndarray, np.ndarray]:
+        """(theta_D, generator parameters the metrics use) after the last step."""
+        s = self.layout.split(torch.from_numpy(np.array(self.final_state)))
+        return s.theta_d.numpy(), s.eval_generator(self.ema_eval).numpy()
+
+    def stored_before(self, t: int) -> tuple[int, np.ndarray]:
+        """(t0, state) for the last stored state at a step t0 <= t."""
+        i = int(np.searchsorted(self.stored_steps, t, side="right")) - 1
+        return int(self.stored_steps[i]), self.states[i]
 
     def step_of_instance(self, n_train: int, first: int = 0) -> np.ndarray:
         """First traced step (>= first) in which each training id occurs, -1 if never."""
@@ -66,83 +101,184 @@ class Trace:
         if not run.exists("trace/meta.json"):
             raise TraceError(f"run {run.run_id} has no trace (train it first, or it was interrupted)")
         meta = run.read_json("trace/meta.json")
-        arrays = {name: run.read_npy(f"trace/{name}.npy", mmap=mmap) for name in TRACE_FILES}
         final = run.read_npy("weights/final.npy")
-        trace = Trace(**arrays, n_d=meta["n_d"], final=final, first_step=meta["first_step"])
-        if trace.params.shape[1] != final.shape[0] or trace.batches.shape[0] != trace.steps:
+        read = lambda name: run.read_npy(f"trace/{name}.npy", mmap=mmap)  # noqa: E731
+        if "layout" not in meta:  # a run from before optimizer state: SGD, simultaneous, every step stored
+            params, batches = read("params"), read("batches")
+            steps = batches.shape[0]
+            trace = Trace(params, np.arange(steps), batches, read("z"), read("lrs"), np.zeros(steps, np.int8),
+                          np.zeros((steps, 2), np.int64), StateLayout.of(meta["n_d"], final.shape[0] - meta["n_d"], TrainingRule()),
+                          TrainingRule(), final, meta["first_step"], False)
+        else:
+            trace = Trace(read("states"), read("stored_steps"), read("batches"), read("z"), read("lrs"), read("kinds"),
+                          read("counts"), StateLayout.from_dict(meta["layout"]), TrainingRule.from_dict(meta["rule"]),
+                          run.read_npy("trace/final_state.npy"), meta["first_step"], meta["ema_eval"])
+        if (trace.states.shape[1] != trace.layout.numel or trace.final_state.shape[0] != trace.layout.numel
+                or trace.layout.n_theta != final.shape[0] or trace.stored_steps.shape[0] != trace.states.shape[0]):
             raise TraceError(f"run {run.run_id}: the trace does not match the run's weights")
         return trace
 
 
 # ---------------------------------------------------------------- one step
-def sgd_step(ctx: RunContext, theta_d, theta_g, x, z, w, lr_d: float, lr_g: float):
-    """One simultaneous SGD step: both gradients at the current parameters."""
-    td = theta_d.detach().requires_grad_(True)
-    tg = theta_g.detach().requires_grad_(True)
-    g_d, g_g, l_d, l_g = ctx.gan.step_gradients(td, tg, x, z, w)
-    return theta_d - lr_d * g_d, theta_g - lr_g * g_g, float(l_d), float(l_g)
+def trace_inputs(ctx: RunContext, trace: Trace, t: int, w: torch.Tensor | None = None) -> StepInputs:
+    """The recorded inputs of traced step t (w: the batch's weights, default all 1)."""
+    ids = torch.as_tensor(trace.batch(t))
+    n_z = len(ids) if trace.kinds[t] != KIND_G else trace.batches.shape[1]
+    z = torch.from_numpy(np.array(trace.z[t, :n_z])).to(ctx.device, ctx.dtype)
+    w = torch.ones(len(ids), device=ctx.device, dtype=ctx.dtype) if w is None else w.to(ctx.device, ctx.dtype)
+    lr_d, lr_g = (float(v) for v in trace.lrs[t])
+    count_d, count_g = (int(c) for c in trace.counts[t])
+    return StepInputs(int(trace.kinds[t]), ctx.train_x[ids.to(ctx.device)], z, w, lr_d, lr_g, count_d, count_g)
 
 
-def _check_finite(step: int, **tensors) -> None:
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(torch.as_tensor(t)).all()):
-            raise DivergenceError(
-                f"training diverged at step {step}: {name} is NaN or infinite; lower the learning rate "
-                "(the last good epoch checkpoint is kept)"
-            )
+def to_state(ctx: RunContext, layout: StateLayout, flat: np.ndarray) -> TrainState:
+    return layout.split(torch.from_numpy(np.array(flat)).to(ctx.device, ctx.dtype))
+
+
+def states_backward(ctx: RunContext, trace: Trace, first: int = 0, last: int | None = None) -> Iterator[tuple[int, TrainState]]:
+    """(t, state before step t) for t = last (default T-1) .. first.
+
+    With checkpoints, each segment between stored states is recomputed forward with the
+    same step function (bit for bit) and held in memory only while it is walked back.
+    """
+    rule = trace.rule
+    ends = [int(s) for s in trace.stored_steps] + [trace.steps]
+    for i in range(len(trace.stored_steps) - 1, -1, -1):
+        t0, t1 = ends[i], ends[i + 1]
+        if t1 <= first:
+            break
+        top = t1 - 1 if last is None else min(t1 - 1, last)
+        if top < t0:
+            continue
+        segment = [to_state(ctx, trace.layout, trace.states[i])]
+        for t in range(t0, top):
+            segment.append(step(ctx.gan, rule, segment[-1], trace_inputs(ctx, trace, t))[0])
+        for t in range(top, max(t0, first) - 1, -1):
+            yield t, segment[t - t0]
+
+
+def _check_finite(step_index: int, state: TrainState, *losses) -> None:
+    bad = [name for name, t in (("loss", torch.tensor([l for l in losses if l is not None], dtype=torch.float64)),
+                                ("the parameters", torch.cat([state.theta_d, state.theta_g])))
+           if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DivergenceError(
+            f"training diverged at step {step_index}: {bad[0]} became NaN or infinite; lower the learning rate "
+            "(the last good epoch checkpoint is kept)"
+        )
 
 
 # ---------------------------------------------------------------- training
 def steps_per_epoch(n: int, batch: int) -> int:
+    """Minibatches of real data per epoch."""
     return math.ceil(n / batch)
 
 
+def epoch_kinds(cfg: RunConfig, n_train: int) -> list[int]:
+    """The step kinds of one epoch, in order: one per minibatch (simultaneous), or per minibatch a
+    D half-step plus a G half-step after every d_steps-th one and after the last."""
+    batches = steps_per_epoch(n_train, cfg.train.batch_size)
+    if cfg.train.scheme == "simultaneous":
+        return [KIND_BOTH] * batches
+    kinds = []
+    for i in range(batches):
+        kinds.append(KIND_D)
+        if (i + 1) % cfg.train.d_steps == 0 or i == batches - 1:
+            kinds.append(KIND_G)
+    return kinds
+
+
 def traced_step_range(cfg: RunConfig, n_train: int) -> tuple[int, int]:
-    per_epoch = steps_per_epoch(n_train, cfg.train.batch_size)
+    per_epoch = len(epoch_kinds(cfg, n_train))
     total = per_epoch * cfg.train.epochs
     first = total - (cfg.train.trace_steps or per_epoch * cfg.train.trace_epochs)
     return max(first, 0), total
 
 
-def run_epoch(ctx: RunContext, epoch: int, theta_d, theta_g, rng: torch.Generator, keep: torch.Tensor,
-              report: Reporter, rec: dict | None = None, first_traced: int = 0):
-    """One epoch of simultaneous SGD; instances with keep=False get real-loss weight 0.
+def _updates_before_epoch(kinds: list[int], epoch: int) -> tuple[int, int]:
+    n_d = sum(k != KIND_G for k in kinds)
+    n_g = sum(k != KIND_D for k in kinds)
+    return (epoch - 1) * n_d, (epoch - 1) * n_g
 
-    Records the trace for steps >= first_traced when `rec` is given. The batch order and
-    z depend only on `rng`, so removing instances leaves every other batch as it was.
+
+class _Recorder:
+    """Collects the trace of steps >= first; the state only every `every` steps (1 = snapshots)."""
+
+    def __init__(self, first: int, every: int, batch: int, z_dim: int, items: dict[str, list] | None = None):
+        self.first, self.every, self.batch, self.z_dim = first, every, batch, z_dim
+        self.items: dict[str, list] = items or {name: [] for name in TRACE_FILES}
+
+    def __call__(self, t: int, state: TrainState, ids: torch.Tensor, z: torch.Tensor, inp: StepInputs) -> None:
+        if t < self.first:
+            return
+        if (t - self.first) % self.every == 0:
+            self.items["states"].append(state.flat().cpu().numpy())
+        pad = self.batch - len(ids)
+        self.items["batches"].append(np.concatenate([ids.numpy(), np.full(pad, -1)]).astype(np.int64))
+        self.items["z"].append(np.concatenate([z.numpy(), np.zeros((self.batch - len(z), self.z_dim))]).astype(np.float64))
+        self.items["lrs"].append(np.array([inp.lr_d, inp.lr_g], dtype=np.float64))
+        self.items["kinds"].append(np.int8(inp.kind))
+        self.items["counts"].append(np.array([inp.count_d, inp.count_g], dtype=np.int64))
+
+
+def run_epoch(ctx: RunContext, epoch: int, state: TrainState, rng: torch.Generator, keep: torch.Tensor,
+              report: Reporter, rec: _Recorder | None = None) -> tuple[TrainState, list[tuple]]:
+    """One epoch; instances with keep=False get real-loss weight 0.
+
+    The batch order and every z depend only on `rng`, so removing instances leaves every
+    other batch as it was. Records the trace when `rec` is given.
     """
     cfg, n, batch = ctx.cfg, ctx.dataset.n_train, ctx.cfg.train.batch_size
-    per_epoch = steps_per_epoch(n, batch)
+    kinds = epoch_kinds(cfg, n)
     lr_d, lr_g = cfg.lr_at_epoch(epoch)
+    count_d, count_g = _updates_before_epoch(kinds, epoch)
     order = torch.randperm(n, generator=rng)
-    losses = []
-    for i in range(per_epoch):
-        step = (epoch - 1) * per_epoch + i
-        ids = order[i * batch : (i + 1) * batch]
-        z = torch.randn(len(ids), cfg.model.z_dim, generator=rng, dtype=torch.float64)
-        if rec is not None and step >= first_traced:
-            _record(rec, theta_d, theta_g, ids, z, lr_d, lr_g, batch)
-        w = keep[ids].to(ctx.device, ctx.dtype)
-        x = ctx.train_x[ids.to(ctx.device)]
-        theta_d, theta_g, l_d, l_g = sgd_step(ctx, theta_d, theta_g, x, z.to(ctx.device, ctx.dtype), w, lr_d, lr_g)
-        _check_finite(step, loss_d=l_d, loss_g=l_g, theta_d=theta_d, theta_g=theta_g)
+    losses, i = [], 0
+    no_ids = torch.zeros(0, dtype=torch.long)
+    for k, kind in enumerate(kinds):
+        t = (epoch - 1) * len(kinds) + k
+        if kind == KIND_G:
+            ids = no_ids
+            z = torch.randn(batch, cfg.model.z_dim, generator=rng, dtype=torch.float64)
+        else:
+            ids = order[i * batch : (i + 1) * batch]
+            i += 1
+            z = torch.randn(len(ids), cfg.model.z_dim, generator=rng, dtype=torch.float64)
+        inp = StepInputs(kind, ctx.train_x[ids.to(ctx.device)], z.to(ctx.device, ctx.dtype),
+                         keep[ids].to(ctx.device, ctx.dtype), lr_d, lr_g, count_d, count_g)
+        if rec is not None:
+            rec(t, state, ids, z, inp)
+        state, l_d, l_g = step(ctx.gan, ctx.rule, state, inp)
+        count_d, count_g = count_d + (kind != KIND_G), count_g + (kind != KIND_D)
+        _check_finite(t, state, l_d, l_g)
         losses.append((l_d, l_g))
-        report(step + 1, epoch=epoch, loss_d=l_d, loss_g=l_g)
-    return theta_d, theta_g, losses
+        report(t + 1, epoch=epoch, loss_d=l_d, loss_g=l_g)
+    return state, losses
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def initial_train_state(ctx: RunContext) -> TrainState:
+    gan, G, D = ctx.new_gan()
+    return initial_state(gan.layout_d.flatten(D), gan.layout_g.flatten(G), ctx.rule)
 
 
 def train_without(ctx: RunContext, removed_ids, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
-    """Full retraining from the seed's initial weights with `removed_ids` left out of every epoch."""
-    gan, G, D = ctx.new_gan()
-    theta_d, theta_g = gan.layout_d.flatten(D), gan.layout_g.flatten(G)
+    """Full retraining from the seed's initial weights with `removed_ids` left out of every epoch.
+
+    Returns (theta_D, generator parameters the metrics use)."""
+    state = initial_train_state(ctx)
     keep = torch.ones(ctx.dataset.n_train, dtype=torch.bool)
     keep[torch.as_tensor(list(removed_ids), dtype=torch.long)] = False
     rng = torch.Generator().manual_seed(ctx.cfg.seed)
-    per_epoch = steps_per_epoch(ctx.dataset.n_train, ctx.cfg.train.batch_size)
-    report = Reporter("retrain", per_epoch * ctx.cfg.train.epochs, progress, cancel)
+    _, total = traced_step_range(ctx.cfg, ctx.dataset.n_train)
+    report = Reporter("retrain", total, progress, cancel)
     for epoch in range(1, ctx.cfg.train.epochs + 1):
-        theta_d, theta_g, _ = run_epoch(ctx, epoch, theta_d, theta_g, rng, keep, report)
-    return theta_d, theta_g
+        state, _ = run_epoch(ctx, epoch, state, rng, keep, report)
+    return state.theta_d, state.eval_generator(ctx.cfg.eval.ema_generator)
 
 
 def train(
@@ -159,49 +295,43 @@ def train(
         return run
     ctx = RunContext.create(cfg, root)
     started = time.perf_counter()
-    gan, G, D = ctx.new_gan()
-    theta_d, theta_g = gan.layout_d.flatten(D), gan.layout_g.flatten(G)
+    state = initial_train_state(ctx)
+    layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
     n = ctx.dataset.n_train
-    per_epoch = steps_per_epoch(n, cfg.train.batch_size)
-    total = per_epoch * cfg.train.epochs
-    first_traced, _ = traced_step_range(cfg, n)
+    per_epoch = len(epoch_kinds(cfg, n))
+    first_traced, total = traced_step_range(cfg, n)
+    every = checkpoint_spacing(total - first_traced, cfg.train.trace_mode, cfg.train.checkpoint_every)
     rng = torch.Generator().manual_seed(cfg.seed)
-    rec: dict[str, list] = {name: [] for name in TRACE_FILES}
     history: list[dict] = []
     start_epoch = 1
+    items = None
 
     run.write_json("config.json", cfg.to_dict())
-    resumed = _load_checkpoint(run)
+    resumed = _load_checkpoint(run, layout)
     if resumed is not None:
-        theta_d, theta_g, rng_state, history, rec, start_epoch = resumed
-        theta_d, theta_g = theta_d.to(ctx.device, ctx.dtype), theta_g.to(ctx.device, ctx.dtype)
+        flat, rng_state, history, items, start_epoch = resumed
+        state = layout.split(flat.to(ctx.device, ctx.dtype))
         rng.set_state(rng_state)
+    rec = _Recorder(first_traced, every, cfg.train.batch_size, cfg.model.z_dim, items)
 
     report = Reporter("train", total, progress, cancel)
     ctx.evaluator("test")  # builds the feature classifier now, not inside the first epoch's timing
     keep = torch.ones(n, dtype=torch.bool)
+    use_ema = cfg.eval.ema_generator
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         lr_d, lr_g = cfg.lr_at_epoch(epoch)
-        theta_d, theta_g, losses = run_epoch(ctx, epoch, theta_d, theta_g, rng, keep, report, rec, first_traced)
+        state, losses = run_epoch(ctx, epoch, state, rng, keep, report, rec)
         entry = {"epoch": epoch, "lr_d": lr_d, "lr_g": lr_g,
-                 "loss_d": float(np.mean([l[0] for l in losses])), "loss_g": float(np.mean([l[1] for l in losses]))}
+                 "loss_d": _mean(l[0] for l in losses), "loss_g": _mean(l[1] for l in losses)}
         if cfg.eval.metrics_every_epoch or epoch == cfg.train.epochs:
-            entry.update(ctx.evaluator("test").evaluate(theta_d, theta_g))
+            entry.update(ctx.evaluator("test").evaluate(state.theta_d, state.eval_generator(use_ema)))
         history.append(entry)
-        _write_grid(ctx, run, epoch, theta_g)
-        _save_checkpoint(run, epoch, theta_d, theta_g, rng, history, rec)
+        _write_grid(ctx, run, epoch, state.eval_generator(use_ema))
+        _save_checkpoint(run, epoch, state, rng, history, rec.items)
         report(epoch * per_epoch, epoch=epoch, epoch_done=entry)
 
-    _finish(ctx, run, theta_d, theta_g, rec, first_traced, history, time.perf_counter() - started, total)
+    _finish(ctx, run, state, layout, rec, first_traced, history, time.perf_counter() - started, total)
     return run
-
-
-def _record(rec, theta_d, theta_g, ids, z, lr_d, lr_g, batch) -> None:
-    pad = batch - len(ids)
-    rec["params"].append(torch.cat([theta_d, theta_g]).detach().cpu().numpy())
-    rec["batches"].append(np.concatenate([ids.numpy(), np.full(pad, -1)]).astype(np.int64))
-    rec["z"].append(np.concatenate([z.numpy(), np.zeros((pad, z.shape[1]))]).astype(np.float64))
-    rec["lrs"].append(np.array([lr_d, lr_g], dtype=np.float64))
 
 
 def _write_grid(ctx: RunContext, run: store.Run, epoch: int, theta_g: torch.Tensor) -> None:
@@ -224,42 +354,54 @@ def image_grid_png(images: torch.Tensor, nrow: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _save_checkpoint(run, epoch, theta_d, theta_g, rng, history, rec) -> None:
+def _save_checkpoint(run, epoch, state: TrainState, rng, history, items) -> None:
     # One file, written atomically: a kill at any moment leaves the previous epoch's checkpoint whole.
-    state = {"theta_d": theta_d.cpu(), "theta_g": theta_g.cpu(), "rng": rng.get_state(), "epoch": epoch,
-             "history": json.dumps(history)}
-    for name, items in rec.items():
-        state[f"trace_{name}"] = torch.from_numpy(np.stack(items)) if items else torch.zeros(0)
-    run.write_state_dict("checkpoint/state.pt", state)
+    ckpt = {"state": state.flat().cpu(), "rng": rng.get_state(), "epoch": epoch, "history": json.dumps(history)}
+    for name, values in items.items():
+        ckpt[f"trace_{name}"] = torch.from_numpy(np.stack(values)) if values else torch.zeros(0)
+    run.write_state_dict("checkpoint/state.pt", ckpt)
 
 
-def _load_checkpoint(run: store.Run):
+def _load_checkpoint(run: store.Run, layout: StateLayout):
     if not run.exists("checkpoint/state.pt"):
         return None
     try:
-        state = run.read_state_dict("checkpoint/state.pt")
-        rec = {name: list(state[f"trace_{name}"].numpy()) for name in TRACE_FILES}
+        ckpt = run.read_state_dict("checkpoint/state.pt")
+        items = {name: list(ckpt[f"trace_{name}"].numpy()) for name in TRACE_FILES}
+        if ckpt["state"].numel() != layout.numel:
+            raise KeyError("state size")
     except (StoreError, KeyError) as e:
         log.warning("ignoring the training checkpoint, training starts again: %s", e)
         return None  # a damaged or foreign checkpoint is ignored: training restarts from scratch
-    return state["theta_d"], state["theta_g"], state["rng"], json.loads(state["history"]), rec, state["epoch"] + 1
+    return ckpt["state"], ckpt["rng"], json.loads(ckpt["history"]), items, int(ckpt["epoch"]) + 1
 
 
-def _finish(ctx, run, theta_d, theta_g, rec, first_traced, history, seconds, total) -> None:
-    run.write_npy("weights/final.npy", torch.cat([theta_d, theta_g]).detach().cpu().numpy())
+def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, first_traced, history, seconds, total) -> None:
     gan = ctx.gan
-    run.write_state_dict("weights/generator.pt", gan.layout_g.unflatten(theta_g.detach().cpu()))
-    run.write_state_dict("weights/discriminator.pt", gan.layout_d.unflatten(theta_d.detach().cpu()))
-    for name, items in rec.items():
-        run.write_npy(f"trace/{name}.npy", np.stack(items))
-    run.write_json("trace/meta.json", {"n_d": gan.layout_d.numel, "first_step": first_traced, "steps": len(rec["params"])})
+    run.write_npy("weights/final.npy", torch.cat([state.theta_d, state.theta_g]).detach().cpu().numpy())
+    run.write_state_dict("weights/generator.pt", gan.layout_g.unflatten(state.theta_g.detach().cpu()))
+    run.write_state_dict("weights/discriminator.pt", gan.layout_d.unflatten(state.theta_d.detach().cpu()))
+    if state.ema is not None:
+        run.write_state_dict("weights/generator_ema.pt", gan.layout_g.unflatten(state.ema.detach().cpu()))
+    items = rec.items
+    for name, values in items.items():
+        run.write_npy(f"trace/{name}.npy", np.stack(values))
+    stored = np.arange(first_traced, total, rec.every, dtype=np.int64) - first_traced
+    run.write_npy("trace/stored_steps.npy", stored)
+    run.write_npy("trace/final_state.npy", state.flat().cpu().numpy())
+    run.write_json("trace/meta.json", {
+        "n_d": gan.layout_d.numel, "first_step": first_traced, "steps": len(items["batches"]),
+        "layout": layout.as_dict(), "rule": ctx.rule.as_dict(), "scheme": ctx.cfg.train.scheme,
+        "ema_eval": bool(ctx.cfg.eval.ema_generator and state.ema is not None),
+        "trace_mode": ctx.cfg.train.trace_mode, "checkpoint_every": rec.every,
+    })
     run.write_json("history.json", history)
     summary = {
         "run_id": run.run_id,
         "preset": ctx.cfg.preset,
         "device": str(ctx.device),
         "steps": total,
-        "traced_steps": len(rec["params"]),
+        "traced_steps": len(items["batches"]),
         "seconds": seconds,
         "n_train": ctx.dataset.n_train,
         "test": {k: v for k, v in history[-1].items() if k in ("is", "fid", "all", "dloss")},
@@ -275,7 +417,7 @@ def _finish(ctx, run, theta_d, theta_g, rec, first_traced, history, seconds, tot
 
 
 # ---------------------------------------------------------------- replay
-def replay(
+def replay_state(
     ctx: RunContext,
     trace: Trace,
     removed_ids: Iterable[int] = (),
@@ -283,28 +425,33 @@ def replay(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     removed_weight: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-run traced steps start..T-1 from the stored parameters before `start`, skipping removed instances.
+) -> TrainState:
+    """The full state after re-running traced steps start..T-1 with `removed_ids` weighted `removed_weight`.
 
-    With nothing removed this reproduces the run's final parameters exactly (same
+    Starts from the last stored state at or before `start` (steps before `start` keep every
+    instance). With nothing removed this reproduces the run's final state exactly (same
     function, same data order, same z). `removed_weight` = 1 - eps keeps the "removed"
     instances at weight 1 - eps instead of 0: the eps-down-weighting counterfactual whose
     change / eps tends to the estimator's first-order prediction as eps -> 0.
-    Returns (theta_D, theta_G) after the last step.
     """
     weight = torch.ones(ctx.dataset.n_train, dtype=torch.float64)
     weight[torch.as_tensor(list(removed_ids), dtype=torch.long)] = removed_weight
-    flat = torch.from_numpy(np.array(trace.params[start])).to(ctx.device, ctx.dtype)
-    theta_d, theta_g = trace.split(flat)
-    report = Reporter("replay", trace.steps - start, progress, cancel)
-    for t in range(start, trace.steps):
-        ids = torch.as_tensor(trace.batch(t))
-        z = torch.from_numpy(np.array(trace.z[t, : len(ids)])).to(ctx.device, ctx.dtype)
-        w = weight[ids].to(ctx.device, ctx.dtype)
-        lr_d, lr_g = trace.lrs[t]
-        theta_d, theta_g, _, _ = sgd_step(ctx, theta_d, theta_g, ctx.train_x[ids.to(ctx.device)], z, w, float(lr_d), float(lr_g))
-        report(t - start + 1)
-    return theta_d.detach(), theta_g.detach()
+    t0, flat = trace.stored_before(start)
+    state = to_state(ctx, trace.layout, flat)
+    report = Reporter("replay", trace.steps - t0, progress, cancel)
+    for t in range(t0, trace.steps):
+        w = weight[torch.as_tensor(trace.batch(t))] if t >= start else None
+        state = step(ctx.gan, trace.rule, state, trace_inputs(ctx, trace, t, w))[0]
+        report(t - t0 + 1)
+    return state
+
+
+def replay(ctx: RunContext, trace: Trace, removed_ids: Iterable[int] = (), start: int = 0,
+           progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+           removed_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`replay_state`, returned as (theta_D, generator parameters the metrics use)."""
+    s = replay_state(ctx, trace, removed_ids, start, progress, cancel, removed_weight)
+    return s.theta_d.detach(), s.eval_generator(trace.ema_eval).detach()
 
 
 def load_history(run: store.Run) -> list[dict]:

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
-import logging
-import multiprocessing
-import os
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,17 +25,19 @@ import torch
 from scipy import stats
 
 from . import store
-from .baselines import methods_for, ranking
-from .cleanse import cleanse
+from .baselines import ranking
+from .cleanse import cleanse_many
 from .config import RunConfig
-from .context import RunContext, load_run_config
+from .context import RunContext, load_run_config, supplied_data
 from .errors import ConfigError, StoreError
-from .estimate import EstimateOptions, estimate
+from .estimate import EstimateOptions, estimate, result_name
+from .execution import Tasks, TaskEnv, open_executor, worker_cached
+from .execution.payload import RunPayload, SeedPayload, run_payload, seed_payload, segment_offset, trace_segment
 from .metrics import check_metric, harmful_sign
 from .progress import CancelToken, Progress, ProgressFn, Reporter
-from .train import Trace, replay, train
+from .specs import check_sweep
+from .train import Trace, replay, steps_per_epoch, train
 
-log = logging.getLogger(__name__)
 SELECTIONS = ("first", "random")
 PARTIAL_EVERY = 10
 
@@ -55,12 +53,15 @@ class Accuracy:
     jaccard_top10: float
     seconds_loo: float | None  # None: replays cached by a version that did not record their time
     verdict: str
+    growth: float | None = None  # the estimate's growth factor over the validated steps
+    trace_epochs: int | None = None  # validated over the last K traced epochs; None: the whole trace
 
     def as_dict(self) -> dict:
         return {
             "metric": self.metric, "n": int(len(self.ids)), "kendall_tau": self.kendall_tau,
             "pearson_r": self.pearson_r, "jaccard_top10": self.jaccard_top10,
-            "seconds_loo": self.seconds_loo, "verdict": self.verdict,
+            "seconds_loo": self.seconds_loo, "verdict": self.verdict, "growth": self.growth,
+            "trace_epochs": self.trace_epochs,
         }
 
 
@@ -98,13 +99,17 @@ def leave_one_out(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     workers: int | None = None,
+    first_step: int = 0,
 ) -> tuple[np.ndarray, float | None]:
     """Actual influence (k metrics x n ids) by replays, and the seconds all of them took.
 
-    Replays run in `workers` processes when there are enough of them (default: as many as
-    the CPU cores hold at this process's torch thread count, so 1 unless threads are
-    fewer than cores). Each worker uses this process's thread count: results are
-    bit-identical to replays here (float32 reductions depend on the thread count).
+    Each replay starts at the instance's first traced step at or after `first_step` (the
+    traced steps before `first_step` are then taken as they were recorded).
+
+    Replays are tasks of the execution layer (`influence.execution`): here, on a local Dask
+    cluster when the cores hold more than one worker at this process's torch thread count
+    (`workers` overrides how many), or on the scheduler of GAN_INFLUENCE_CLUSTER. They run
+    at this process's thread count: results are bit-identical to replays here.
     Finished replays are kept on disk with their accumulated time, so a rerun that finds
     them reports what they cost, not ~0 s (None where an older partial file did not
     record it).
@@ -112,10 +117,11 @@ def leave_one_out(
     cfg = load_run_config(run)
     trace = Trace.load(run)
     ctx = RunContext.create(cfg, run.root)
-    key = "loo-" + hashlib.sha256(json.dumps([metrics, ids.tolist()]).encode()).hexdigest()[:12]
+    ident = [metrics, ids.tolist()] + ([first_step] if first_step else [])  # earlier keys had no first step
+    key = "loo-" + hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
     done, earlier_seconds = _load_partial(run, key)
     valid = ctx.evaluator("valid")
-    final_d, final_g = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.device, ctx.dtype))
+    final_d, final_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
     base = valid.evaluate(final_d, final_g, tuple(metrics))
     report = Reporter("leave-one-out", len(ids), progress, cancel)
     started = time.perf_counter()
@@ -126,9 +132,9 @@ def leave_one_out(
     pending = [j for j in dict.fromkeys(ids.tolist()) if str(j) not in done]
     finished = len(ids) - len(pending)
     report(finished)
-    workers = workers or (os.cpu_count() or 1) // torch.get_num_threads()
-    workers = max(1, min(workers, len(pending) // MIN_REPLAYS_PER_WORKER))
-    with contextlib.closing(_replays(run, ctx, trace, tuple(metrics), pending, workers, cancel)) as replays:
+    with open_executor(len(pending), workers) as executor, \
+            contextlib.closing(executor.run(_replay_tasks(run, ctx, trace, tuple(metrics), pending, first_step),
+                                            cancel=cancel)) as replays:
         for j, after in replays:
             done[str(j)] = [after[m] - base[m] for m in metrics]
             if len(done) % PARTIAL_EVERY == 0:
@@ -141,52 +147,30 @@ def leave_one_out(
     return actual, total
 
 
-def _replays(run: store.Run, ctx: RunContext, trace: Trace, metrics: tuple[str, ...], ids: list[int], workers: int,
-             cancel: CancelToken | None):
-    """(id, validation metrics after replaying without it), in order of completion."""
-    left = list(ids)
-    if workers > 1:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
-                                   initargs=(str(run.root), run.run_id, torch.get_num_threads()))
-        futures = {pool.submit(_worker_replay, j, metrics): j for j in ids}
-        try:
-            for f in as_completed(futures):
-                j = futures[f]
-                yield j, f.result()
-                left.remove(j)
-        except BrokenProcessPool:
-            # e.g. a script without `if __name__ == "__main__":` guard, which spawned workers re-import
-            log.warning("leave-one-out worker processes failed to start; replaying here instead")
-        finally:  # cancelled or failed: drop what has not started, wait for the replays under way
-            pool.shutdown(wait=True, cancel_futures=True)
-    replayer = _Replayer(ctx, trace) if left else None
-    for j in left:
-        yield j, replayer(j, metrics, cancel)
+def _replay_tasks(run: store.Run, ctx: RunContext, trace: Trace, metrics: tuple[str, ...], ids: list[int],
+                  first_step: int) -> Tasks:
+    """One task per id: the validation metrics after replaying without it."""
+    replayer = _Replayer(ctx, trace, first_step)
+    start = int(replayer.first[ids].min()) if ids else 0
+    offset = segment_offset(trace, start)
+    return Tasks(ids, here=lambda j, env: replayer(j, metrics, env.cancel),
+                 remote=functools.partial(_replay_remote, metrics, max(first_step - offset, 0)),
+                 payload=lambda: run_payload(ctx, run, trace_segment(trace, start), ("valid",)))
+
+
+def _replay_remote(metrics: tuple[str, ...], first_step: int, payload: RunPayload, j: int, env: TaskEnv) -> dict[str, float]:
+    replayer = worker_cached(f"{payload.key}/{first_step}", lambda: _Replayer(payload.context(), payload.segment, first_step))
+    return replayer(j, metrics, env.cancel)
 
 
 class _Replayer:
-    def __init__(self, ctx: RunContext, trace: Trace):
+    def __init__(self, ctx: RunContext, trace: Trace, first_step: int = 0):
         self.ctx, self.trace, self.valid = ctx, trace, ctx.evaluator("valid")
-        self.first = trace.step_of_instance(ctx.dataset.n_train)
+        self.first = trace.step_of_instance(ctx.dataset.n_train, first_step)
 
     def __call__(self, j: int, metrics: tuple[str, ...], cancel: CancelToken | None = None) -> dict[str, float]:
         theta_d, theta_g = replay(self.ctx, self.trace, [j], start=int(self.first[j]), cancel=cancel)
         return self.valid.evaluate(theta_d, theta_g, metrics)
-
-
-MIN_REPLAYS_PER_WORKER = 4  # below this a worker's start-up (imports, data, classifier) is not worth it
-_worker_replayer: _Replayer | None = None  # in a worker process: its own copy of the run
-
-
-def _worker_start(root: str, run_id: str, threads: int) -> None:
-    global _worker_replayer
-    torch.set_num_threads(threads)
-    run = store.open_run(Path(root), run_id)
-    _worker_replayer = _Replayer(RunContext.create(load_run_config(run), run.root), Trace.load(run))
-
-
-def _worker_replay(j: int, metrics: tuple[str, ...]) -> dict[str, float]:
-    return _worker_replayer(j, metrics)
 
 
 def _load_partial(run: store.Run, key: str) -> tuple[dict, float | None]:
@@ -212,26 +196,52 @@ def validate(
     options: EstimateOptions = EstimateOptions(),
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
+    trace_epochs: int | None = None,
 ) -> dict[str, Accuracy]:
-    """Estimated vs actual influence for n instances, per metric; stored under validate/."""
+    """Estimated vs actual influence for n instances, per metric; stored under validate/.
+
+    `trace_epochs` = K validates over the last K traced epochs only (the paper's accuracy
+    against the number of traced epochs): the estimate runs over those steps, and each
+    replay starts at the instance's first step among them. The run must trace at least K.
+    """
     cfg = load_run_config(run)
     for m in metrics:
         check_metric(m, cfg.is_2d)
-    results = estimate(run, metrics, options, progress=progress, cancel=cancel)
     trace = Trace.load(run)
-    traced = trace.step_of_instance(len(results[metrics[0]].scores)) >= 0
+    first_step = 0
+    if trace_epochs is not None:
+        first_step = _first_step_of_last_epochs(trace, cfg, run.read_json("summary.json")["n_train"], trace_epochs)
+        if options.last_steps is not None:
+            raise ConfigError("give either trace_epochs or last_steps, not both")
+        options = dataclasses.replace(options, last_steps=trace.steps - first_step)
+    results = estimate(run, metrics, options, progress=progress, cancel=cancel)
+    traced = trace.step_of_instance(len(results[metrics[0]].scores), first_step) >= 0
     ids = select_ids(len(traced), n, selection, seed, traced)
-    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel)
+    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step)
     out = {}
     for i, m in enumerate(metrics):
         est = results[m].scores[ids]
         tau, r, jac = accuracy_numbers(est, actual[i])
-        acc = Accuracy(m, ids, est, actual[i], tau, r, jac, seconds, results[m].verdict)
-        key = f"{m}-n{n}-{selection}-s{seed}-{results[m].meta['options']['dtype']}"
+        acc = Accuracy(m, ids, est, actual[i], tau, r, jac, seconds, results[m].verdict, results[m].meta["growth"],
+                       trace_epochs)
+        epochs = f"-ep{trace_epochs}" if trace_epochs is not None else ""
+        # named by the estimate's options (all of them), so results with other options do not overwrite it
+        key = f"{m}-n{n}-{selection}-s{seed}-{result_name(options, trace.final.shape[0])}{epochs}"
         run.write_npy(f"validate/{key}/pairs.npy", np.stack([ids, est, actual[i]]).T)
         run.write_json(f"validate/{key}/result.json", acc.as_dict())
         out[m] = acc
     return out
+
+
+def _first_step_of_last_epochs(trace: Trace, cfg: RunConfig, n_train: int, k: int) -> int:
+    """Index within the trace of the first step of the run's last k epochs; ConfigError unless all are traced."""
+    if k < 1:
+        raise ConfigError("trace_epochs must be at least 1")
+    first = trace.steps - k * steps_per_epoch(n_train, cfg.train.batch_size)  # the trace ends with training
+    if first < 0:
+        raise ConfigError(f"the run traced {trace.steps} steps, fewer than its last {k} epochs; train it with "
+                          f"train.trace_epochs of at least {k}")
+    return first
 
 
 def stored_validations(run: store.Run) -> list[dict]:
@@ -259,48 +269,112 @@ def sweep(
     options: EstimateOptions = EstimateOptions(),
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """For each seed's run, method and removal count: test-metric change of cleansing vs no removal.
 
     Returns the per-(method, count) table with mean, std, one-sample t-test p-value over seeds.
+    Seeds not yet trained are trained and ranked as tasks of the execution layer, then every
+    cleanse is one (`workers` local workers, default as the cores hold; or the cluster of
+    GAN_INFLUENCE_CLUSTER). Finished runs, estimates and cleanses are kept: a rerun resumes.
     """
     root = store.store_root(root)
     run_ids = [c.run_id for c in configs]
-    key = hashlib.sha256(json.dumps([run_ids, methods, counts, metric]).encode()).hexdigest()[:12]
+    ident = [run_ids, methods, counts, metric]
+    if options != EstimateOptions():  # the estimator's options name the sweep too (default: earlier keys hold)
+        ident.append({k: v for k, v in dataclasses.asdict(options).items() if k != "checkpoint_every"})
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
     base = root / "_sweeps" / key
     store.write_json(base / "spec.json", {"run_ids": run_ids, "seeds": [c.seed for c in configs],
                                           "presets": sorted({c.preset for c in configs}), "methods": methods,
-                                          "counts": counts, "metric": metric})
-    rows = []
+                                          "counts": counts, "metric": metric,
+                                          "options": dataclasses.asdict(options)})
+    check_sweep(configs[0], [c.seed for c in configs], methods, counts, metric,
+                RunContext.create(configs[0], root).dataset.n_train)
+    rows: list[dict] = []
     report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
-    done = 0
-    for cfg in configs:
-        # The seed's own stages (training, influence, replays) report too, labelled with the sweep's place.
-        def inner(p: Progress, seed: int = cfg.seed) -> None:
-            if progress is not None:
-                progress(dataclasses.replace(p, info={**p.info, "sweep": f"seed {seed}, {done} of {report.total} cleanses done"}))
 
-        run = train(cfg, root, inner, cancel)
-        ctx = RunContext.create(cfg, root)
-        allowed = methods_for(cfg.is_2d)
-        for method in methods:
-            if method not in allowed:
-                raise ConfigError(f"unknown selection method '{method}'; choose from {', '.join(allowed)}")
-            order = ranking(run, ctx, method, seed=cfg.seed, options=options, progress=inner, cancel=cancel)
-            for count in counts:
-                if not 1 <= count < ctx.dataset.n_train:
-                    raise ConfigError(f"removal count {count} must lie in 1..{ctx.dataset.n_train - 1}")
-                res = cleanse(run, order[:count], ctx=ctx, progress=inner, cancel=cancel)
-                rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": method, "count": count,
-                             "before": res.before[metric], "after": res.after[metric],
-                             "change": res.after[metric] - res.before[metric]})
-                done += 1
+    def inner(seed: int) -> ProgressFn:  # a seed's own stages report too, labelled with the sweep's place
+        def forward(p: Progress) -> None:
+            if progress is not None:
+                progress(dataclasses.replace(p, info={**p.info, "sweep": f"seed {seed}, {len(rows)} of {report.total} "
+                                                                         "cleanses done"}))
+        return forward
+
+    with open_executor(report.total, workers) as executor:
+        # 1. per seed: train, rank by every method (a trained seed is ranked here, from its cached estimates)
+        orders = {}
+        trained = [i for i, c in enumerate(configs) if store.Run(root, c.run_id).exists("summary.json")]
+        for i in trained:
+            orders[i] = _prepare_seed(configs[i], root, methods, options, inner(configs[i].seed), cancel)
+        todo = [i for i in range(len(configs)) if i not in orders]
+        tasks = Tasks(todo, here=lambda i, env: _prepare_seed(configs[i], root, methods, options,
+                                                              inner(configs[i].seed), env.cancel),
+                      remote=functools.partial(_prepare_seed_remote, methods, dataclasses.asdict(options)),
+                      ship=lambda i: _seed_payload(configs[i], root))
+        # a worker's reports carry their seed (`_prepare_seed_remote`)
+        for i, result in executor.run(tasks, lambda p: inner(p.info.get("seed"))(p), cancel):
+            orders[i] = result if executor.client is None else _receive_seed(configs[i], root, *result)
+        # 2. the cleanses of every seed, method and count
+        for i, cfg in enumerate(configs):
+            run = store.open_run(root, cfg.run_id)
+            plan = [(m, c) for m in methods for c in counts]
+            for k, res in cleanse_many(run, [orders[i][m][:c] for m, c in plan], executor=executor,
+                                       progress=inner(cfg.seed), cancel=cancel):
+                m, c = plan[k]
+                rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": m, "count": c, "before": res.before[metric],
+                             "after": res.after[metric], "change": res.after[metric] - res.before[metric]})
                 # Written after every cleanse: an interrupted sweep still shows what it measured.
-                store.write_bytes(base / "per_run.csv", pd.DataFrame(rows).to_csv(index=False).encode())
-                report(done)
-    table = summarize_sweep(pd.DataFrame(rows), metric)
+                store.write_bytes(base / "per_run.csv", _sweep_rows(rows, configs, methods, counts).to_csv(index=False).encode())
+                report(len(rows))
+    table = summarize_sweep(_sweep_rows(rows, configs, methods, counts), metric)
     store.write_bytes(base / "table.csv", table.to_csv(index=False).encode())
     return table
+
+
+def _sweep_rows(rows: list[dict], configs: list[RunConfig], methods: list[str], counts: list[int]) -> pd.DataFrame:
+    """The rows in the sweep's order (seed, method, count), however the tasks finished."""
+    seeds = [c.seed for c in configs]
+    return pd.DataFrame(sorted(rows, key=lambda r: (seeds.index(r["seed"]), methods.index(r["method"]),
+                                                    counts.index(r["count"]))))
+
+
+def _prepare_seed(cfg: RunConfig, root, methods: list[str], options: EstimateOptions, progress: ProgressFn | None,
+                  cancel: CancelToken | None) -> dict[str, np.ndarray]:
+    """Train the seed's run (or resume, or reuse it) and rank its training ids by every method, most harmful first."""
+    run = train(cfg, root, progress, cancel)
+    ctx = RunContext.create(cfg, root)
+    return {m: ranking(run, ctx, m, seed=cfg.seed, options=options, progress=progress, cancel=cancel) for m in methods}
+
+
+def _seed_payload(cfg: RunConfig, root) -> SeedPayload:
+    return seed_payload(RunContext.create(cfg, root), store.Run(root, cfg.run_id))
+
+
+def _prepare_seed_remote(methods: list[str], options: dict, _shared, seed: SeedPayload, env: TaskEnv):
+    """On a worker: `_prepare_seed` in a scratch store; returns the orders and every file of the run."""
+    cfg = RunConfig.from_dict(seed.config)
+    with tempfile.TemporaryDirectory() as scratch, supplied_data(cfg, seed.dataset, seed.features):
+        root = store.store_root(scratch)
+        run = store.Run(root, cfg.run_id)
+        for rel, data in seed.files.items():
+            run.write(rel, data)
+        def progress(p: Progress) -> None:
+            env.progress(dataclasses.replace(p, info={**p.info, "seed": cfg.seed}))
+
+        orders = _prepare_seed(cfg, root, methods, EstimateOptions(**options), progress, env.cancel)
+        return orders, {rel: run.read_bytes(rel) for rel in run.manifest()}
+
+
+def _receive_seed(cfg: RunConfig, root, orders: dict[str, np.ndarray], files: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """A seed prepared on a worker: its files into the store (summary.json last: it marks the run finished)."""
+    run = store.Run(root, cfg.run_id)
+    for rel in sorted(files, key=lambda r: r == "summary.json"):
+        run.write(rel, files[rel])
+    run.forget("checkpoint/")  # the worker finished training: a checkpoint left here is stale
+    for p in run.path("checkpoint").glob("*") if run.exists("checkpoint") else []:
+        p.unlink(missing_ok=True)
+    return orders
 
 
 def summarize_sweep(per_run: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -47,7 +47,12 @@ def test_run_id_is_stable_and_a_hash_of_everything_but_the_preset_name():
 def test_fields_added_later_leave_existing_run_ids_unchanged():
     # Ids of runs made before model.activation existed (pinned: stores on disk rely on them).
     assert preset("quick", 0).run_id == "quick-s0-01be64ccff"
-    assert preset("toy2d", 0).run_id == "toy2d-s0-6a4f93477a"
+    # The toy2d preset changed on 2026-11-30 to the paper's code (issue 14), so its id changed;
+    # the earlier toy2d is the same config with the new keys at their defaults, and keeps its id.
+    assert preset("toy2d", 0).run_id == "toy2d-s0-4ac499dfe7"
+    legacy = apply_overrides(preset("toy2d"), ["model.bias=true", "model.init=torch", "data.dtype=float32"])
+    assert legacy.run_id == "toy2d-s0-6a4f93477a"
+    assert not {"bias", "init"} & set(legacy.identity()["model"]) and "dtype" not in legacy.identity()["data"]
     assert "activation" not in preset("quick").identity()["model"]
     smooth = apply_overrides(preset("toy2d"), ["model.activation=softplus"])
     assert smooth.identity()["model"]["activation"] == "softplus" and smooth.run_id != preset("toy2d").run_id
@@ -59,6 +64,7 @@ def _every_field_change(cfg: RunConfig) -> list[str]:
         "data.source": None, "data.n_train": "999", "data.root": "/somewhere", "data.image_size": None,
         "data.color": "rgb", "data.n_valid": "77", "data.n_test": "78",
         "model.arch": "dcgan", "model.width": "9", "model.z_dim": "33", "model.activation": "softplus",
+        "model.init": "glorot-uniform", "model.bias": None, "data.dtype": None,
         "train.epochs": "3", "train.batch_size": "50", "train.lr_d": "0.02", "train.lr_g": "0.03",
         "train.lr_schedule": "1:0.5:0.5", "train.weight_decay": "0.001", "train.trace_epochs": "2",
         "train.trace_steps": "5", "train.dtype": "float64", "train.device": "cpu",
@@ -74,7 +80,7 @@ def test_every_identity_field_changes_the_run_id():
     changes = _every_field_change(cfg)
     covered = {c.split("=")[0] for c in changes}
     # Fields deliberately skipped: they only have one valid value for the tiny preset alone.
-    assert keys - covered == {"data.source", "data.image_size"}
+    assert keys - covered == {"data.source", "data.image_size", "model.bias", "data.dtype"}
     seen = {cfg.run_id}
     for assignment in changes:
         changed = apply_overrides(cfg, [assignment])
@@ -87,6 +93,9 @@ def test_every_identity_field_changes_the_run_id():
     assert a.run_id != b.run_id
     c = apply_overrides(cfg, ["data.source=fashion-mnist"])
     assert c.run_id != cfg.run_id
+    toy = preset("toy2d")
+    for assignment in ("model.bias=true", "data.dtype=float32"):
+        assert apply_overrides(toy, [assignment]).run_id != toy.run_id, assignment
 
 
 def test_set_parses_ints_floats_bools_none_and_schedules():
@@ -141,6 +150,9 @@ def test_set_parses_ints_floats_bools_none_and_schedules():
         ("train.dtype=float16", "train.dtype must be one of"),
         ("train.weight_decay=-1", "weight_decay must not be negative"),
         ("data.image_size=64", "data.image_size must be 28 or 32"),
+        ("model.init=he", "model.init must be one of"),
+        ("model.bias=false", "model.bias=false is implemented for fcgan only"),
+        ("data.dtype=float64", "data.dtype=float64 applies to normal2d data only"),
     ],
 )
 def test_bad_overrides_raise_config_error_with_a_clear_message(assignment, message):

@@ -317,6 +317,19 @@ def test_normal2d_moments_and_determinism(tmp_path):
     # Validation and test points do not depend on the training size.
     small = load_dataset(DataConfig(source="normal2d", n_train=50, n_valid=300, n_test=200), 0, tmp_path)
     assert small.n_train == 50 and torch.equal(small.valid.x, ds.valid.x)
+    # Pinned from before data.dtype existed: stored toy2d runs must see the same points.
+    assert float(x.sum()) == pytest.approx(20161.408368247343, abs=1e-9)
+
+
+def test_normal2d_float64_keeps_the_sampled_points_unrounded(tmp_path):
+    cfg = DataConfig(source="normal2d", n_valid=300, n_test=200)
+    rounded = load_dataset(cfg, seed=0, cache_dir=tmp_path)
+    exact = load_dataset(DataConfig(source="normal2d", n_valid=300, n_test=200, dtype="float64"), 0, tmp_path)
+    assert exact.train.x.dtype == torch.float64
+    # The same draws: float64 rounds to the earlier float32 points, and differs from them below float32's precision.
+    assert torch.equal(exact.train.x.float(), rounded.train.x) and torch.equal(exact.valid.x.float(), rounded.valid.x)
+    diff = (exact.train.x - rounded.train.x.double()).abs()
+    assert 0 < float(diff.max()) < 1e-6
 
 
 # ---------------------------------------------------------------- torchvision sources

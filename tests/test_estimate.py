@@ -25,7 +25,7 @@ from influence.estimate import (
     influence_table,
 )
 from influence.progress import CancelToken
-from influence.train import Trace, replay, train
+from influence.train import Trace, replay, trace_inputs, train
 
 from _helpers import copy_run, tiny_config, toy_config
 
@@ -45,7 +45,7 @@ def _actual(run: store.Run, metrics: tuple[str, ...], ids, eps: float = 1.0) -> 
     ctx = RunContext.create(cfg, run.root)
     trace = Trace.load(run)
     valid = ctx.evaluator("valid")
-    fd, fg = trace.split(torch.from_numpy(np.array(trace.final)).to(ctx.dtype))
+    fd, fg = (torch.from_numpy(a).to(ctx.dtype) for a in trace.final_eval())
     base = valid.evaluate(fd, fg, metrics)
     out = {m: [] for m in metrics}
     for j in ids:
@@ -128,19 +128,19 @@ def test_fid_is_dloss_estimates_equal_replay_differences_on_mnist(exact_mnist):
 
 
 # ---------------------------------------------------------------- the backward step
-def _step_inputs(ctx, trace, t):
-    ids = trace.batch(t)
-    flat = torch.from_numpy(np.array(trace.params[t])).to(ctx.dtype)
-    td, tg = trace.split(flat)
-    x = ctx.train_x[torch.as_tensor(ids)]
-    z = torch.from_numpy(np.array(trace.z[t, : len(ids)])).to(ctx.dtype)
-    lr_d, lr_g = (float(v) for v in trace.lrs[t])
-    return td, tg, x, z, lr_d, lr_g
+# (every optimizer, scheme and state block: tests/test_stepmap.py; here the paper's SGD step in detail)
+def _state(ctx, trace, t):
+    return trace.layout.split(torch.from_numpy(np.array(trace.states[t])).to(ctx.dtype))
 
 
 def _g(ctx, td, tg, x, z, w):
     g_d, g_g, _, _ = ctx.gan.step_gradients(td.detach().requires_grad_(True), tg.detach().requires_grad_(True), x, z, w)
     return g_d.detach(), g_g.detach()
+
+
+def _inputs(ctx, trace, t):
+    inp = trace_inputs(ctx, trace, t)
+    return inp.x, inp.z, inp.lr_d, inp.lr_g
 
 
 @pytest.fixture(params=["toy", "mnist"])
@@ -155,12 +155,14 @@ def step_setup(request, toy_run, exact_mnist):
 
 def test_jacobian_transpose_products_match_central_differences(step_setup):
     ctx, trace, t = step_setup
-    td, tg, x, z, lr_d, lr_g = _step_inputs(ctx, trace, t)
+    s = _state(ctx, trace, t)
+    td, tg = s.theta_d, s.theta_g
+    x, z, lr_d, lr_g = _inputs(ctx, trace, t)
     gen = torch.Generator().manual_seed(3)
-    # three cotangents at once (the batched path): u_D alone, u_G alone, both
+    # three adjoints at once (the batched path): u_D alone, u_G alone, both
     U_d = torch.randn((3, *td.shape), generator=gen, dtype=torch.float64) * torch.tensor([1.0, 0, 1])[:, None]
     U_g = torch.randn((3, *tg.shape), generator=gen, dtype=torch.float64) * torch.tensor([0, 1.0, 1])[:, None]
-    jd, jg, _ = backward_step(ctx, trace, t, U_d, U_g)
+    (jd, jg), _ = backward_step(ctx, trace, t, s, [U_d, U_g])
     w = torch.ones(x.shape[0], dtype=torch.float64)
     eps = 1e-6
     for v_block in ("D", "G"):
@@ -168,7 +170,8 @@ def test_jacobian_transpose_products_match_central_differences(step_setup):
         v_g = torch.randn(tg.shape, generator=gen, dtype=torch.float64) * (v_block == "G")
         plus = _g(ctx, td + eps * v_d, tg + eps * v_g, x, z, w)
         minus = _g(ctx, td - eps * v_d, tg - eps * v_g, x, z, w)
-        fd = (lr_d * U_d @ (plus[0] - minus[0]) + lr_g * U_g @ (plus[1] - minus[1])) / (2 * eps)
+        # the SGD step s' = s - Lambda g(s): its transpose is u - J^T Lambda u
+        fd = U_d @ v_d + U_g @ v_g - (lr_d * U_d @ (plus[0] - minus[0]) + lr_g * U_g @ (plus[1] - minus[1])) / (2 * eps)
         vjp = jd @ v_d + jg @ v_g
         # u_D with v_G (and u_G with v_D) are the G<->D cross blocks of the step's Jacobian.
         for k, u_block in enumerate(("D", "G", "both")):
@@ -178,12 +181,14 @@ def test_jacobian_transpose_products_match_central_differences(step_setup):
 
 def test_per_instance_terms_match_differences_in_w_and_a_naive_loop(step_setup):
     ctx, trace, t = step_setup
-    td, tg, x, z, lr_d, lr_g = _step_inputs(ctx, trace, t)
+    s = _state(ctx, trace, t)
+    td, tg = s.theta_d, s.theta_g
+    x, z, lr_d, lr_g = _inputs(ctx, trace, t)
     B = x.shape[0]
     gen = torch.Generator().manual_seed(4)
     U_d = torch.randn((3, *td.shape), generator=gen, dtype=torch.float64)
     U_g = torch.randn((3, *tg.shape), generator=gen, dtype=torch.float64)
-    _, _, jw = backward_step(ctx, trace, t, U_d, U_g)  # three stacked u: the batched path
+    _, jw = backward_step(ctx, trace, t, s, [U_d, U_g])  # three stacked u: the batched path
     assert jw.shape == (3, B)
     # naive: one autograd call per instance, (lr_D / B) <u_D, grad_D loss_real(x_j)>
     tdg = td.detach().requires_grad_(True)
@@ -194,7 +199,7 @@ def test_per_instance_terms_match_differences_in_w_and_a_naive_loop(step_setup):
     assert torch.allclose(jw, naive, rtol=1e-6, atol=1e-6 * float(naive.abs().max()))
     # the batched path equals one single-u call per row
     for k in range(3):
-        jd1, jg1, jw1 = backward_step(ctx, trace, t, U_d[k : k + 1], U_g[k : k + 1])
+        _, jw1 = backward_step(ctx, trace, t, s, [U_d[k : k + 1], U_g[k : k + 1]])
         assert torch.allclose(jw1[0], jw[k], rtol=1e-10, atol=1e-15)
     # central difference in w (g is linear in w, so it is exact up to rounding)
     w0 = torch.ones(B, dtype=torch.float64)

@@ -196,7 +196,7 @@ def test_set_values_fuzzed(pairs):
                 from influence.train import train
 
                 train(cfg, tmp)
-            assert sorted(p.name for p in Path(tmp).iterdir()) == ["_cache"]
+            assert sorted(p.name for p in Path(tmp).iterdir()) == []
 
 
 @FUZZ
@@ -457,5 +457,5 @@ def test_preset_names_that_cannot_name_a_run_are_refused_before_writing(tmp_path
         return
     with pytest.raises(StoreError, match="invalid run id"):
         train(cfg, tmp_path / "s")
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["_cache"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == []
     TRIED["preset names (explicit)"] += 1

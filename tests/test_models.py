@@ -133,3 +133,28 @@ def test_mnist_classifier_feature_and_logit_shapes():
     assert h.shape == (3, 128) and logits.shape == (3, 10)
     assert ((h > 0) & (h < 1)).all()  # sigmoid features
     assert torch.equal(net(torch.zeros(2, 1, 28, 28)), net.logits(net.features(torch.zeros(2, 1, 28, 28))))
+
+
+def test_fcgan_as_the_papers_code_builds_it_has_no_biases_and_glorot_uniform_kernels():
+    torch.manual_seed(0)
+    G, D = build_gan(ModelConfig(arch="fcgan", z_dim=10, bias=False, init="glorot-uniform"))
+    linears = [m for m in (*G.modules(), *D.modules()) if isinstance(m, nn.Linear)]
+    assert len(linears) == 6 and all(m.bias is None for m in linears)
+    assert sum(p.numel() for p in (*G.parameters(), *D.parameters())) == 10 * 32 + 32 * 32 + 32 * 2 + 2 * 64 + 64 * 64 + 64
+    for m in linears:
+        fan_out, fan_in = m.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5  # TensorFlow's glorot_uniform
+        w = m.weight.detach()
+        assert w.abs().max() <= bound and w.abs().max() > 0.8 * bound
+        if w.numel() >= 1000:  # uniform on [-b, b]: variance b^2/3, within 10%
+            assert abs(float(w.var()) / (bound**2 / 3) - 1) < 0.1
+
+
+def test_fcgan_defaults_keep_the_earlier_initial_weights():
+    # Pinned from the code before model.bias / model.init existed: stored toy2d runs must train identically.
+    torch.manual_seed(0)
+    G, D = build_gan(ModelConfig(arch="fcgan", z_dim=10))
+    flat = torch.cat([p.detach().reshape(-1).double() for p in (*G.parameters(), *D.parameters())])
+    assert flat.numel() == 5891
+    assert float(flat.sum()) == pytest.approx(-7.292035744700115, abs=1e-12)
+    assert float(flat.abs().sum()) == pytest.approx(481.3169665946043, abs=1e-10)

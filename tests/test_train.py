@@ -11,7 +11,8 @@ from influence.config import apply_overrides
 from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled
 from influence.progress import CancelToken
-from influence.train import Trace, replay, sgd_step, steps_per_epoch, train
+from influence.stepmap import step
+from influence.train import Trace, replay, steps_per_epoch, trace_inputs, train
 
 from _helpers import tiny_config, toy_config
 
@@ -27,7 +28,7 @@ def test_same_config_and_seed_train_identically_in_two_stores(tmp_path):
     c = train(_small_mnist(1), tmp_path / "c")
     wa, wb, wc = (r.read_npy("weights/final.npy") for r in (a, b, c))
     assert np.array_equal(wa, wb)
-    for name in ("params", "batches", "z", "lrs"):
+    for name in ("states", "batches", "z", "lrs", "kinds", "counts"):
         assert np.array_equal(a.read_npy(f"trace/{name}.npy"), b.read_npy(f"trace/{name}.npy"))
     assert a.read_json("summary.json")["test"] == b.read_json("summary.json")["test"]
     assert wa.shape == wc.shape and np.abs(wa - wc).max() > 1e-3
@@ -60,7 +61,7 @@ def test_trace_layout_of_the_toy_run(toy_run):
     per_epoch = steps_per_epoch(n, B)
     assert trace.steps == per_epoch * cfg.train.trace_epochs == 20
     assert trace.first_step == per_epoch * (cfg.train.epochs - 1)
-    assert trace.params.shape == (20, trace.final.shape[0]) and trace.params.dtype == np.float64
+    assert trace.states.shape == (20, trace.final.shape[0]) and trace.states.dtype == np.float64  # SGD: theta only
     assert trace.z.shape == (20, B, cfg.model.z_dim)
     # The traced (last) epoch runs at the schedule's lr and visits every instance exactly once.
     assert np.all(trace.lrs == np.array(cfg.lr_at_epoch(cfg.train.epochs)))
@@ -68,14 +69,18 @@ def test_trace_layout_of_the_toy_run(toy_run):
     assert np.array_equal(np.sort(ids), np.arange(n))
     where = trace.step_of_instance(n)
     assert all(j in trace.batch(where[j]) for j in (0, 17, n - 1))
-    # params[t+1] is one simultaneous SGD step from params[t].
+    # states[t+1] is one simultaneous SGD step from states[t].
     ctx = RunContext.create(cfg, toy_run.root)
     for t in (0, 7):
-        d, g = trace.split(torch.from_numpy(np.array(trace.params[t])))
+        state = trace.layout.split(torch.from_numpy(np.array(trace.states[t])))
+        new, _, _ = step(ctx.gan, ctx.rule, state, trace_inputs(ctx, trace, t))
+        assert torch.equal(new.flat(), torch.from_numpy(np.array(trace.states[t + 1])))
+        lr_d, lr_g = trace.lrs[t]
         b = torch.as_tensor(trace.batch(t))
-        z = torch.from_numpy(np.array(trace.z[t]))
-        nd, ng, _, _ = sgd_step(ctx, d, g, ctx.train_x[b], z, torch.ones(len(b), dtype=torch.float64), *trace.lrs[t])
-        assert torch.equal(torch.cat([nd, ng]), torch.from_numpy(np.array(trace.params[t + 1])))
+        g_d, g_g, _, _ = ctx.gan.step_gradients(state.theta_d.clone().requires_grad_(True),
+                                                state.theta_g.clone().requires_grad_(True), ctx.train_x[b],
+                                                torch.from_numpy(np.array(trace.z[t])), torch.ones(len(b), dtype=torch.float64))
+        assert torch.equal(new.theta_d, state.theta_d - lr_d * g_d) and torch.equal(new.theta_g, state.theta_g - lr_g * g_g)
 
 
 def test_trace_steps_records_only_the_last_steps_and_short_batches_are_padded(tmp_path):
@@ -127,5 +132,5 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert not list(resumed.dir.rglob("*.tmp"))  # the finished run is clean
     fresh = train(cfg, tmp_path / "b")
     assert np.array_equal(resumed.read_npy("weights/final.npy"), fresh.read_npy("weights/final.npy"))
-    assert np.array_equal(resumed.read_npy("trace/params.npy"), fresh.read_npy("trace/params.npy"))
+    assert np.array_equal(resumed.read_npy("trace/states.npy"), fresh.read_npy("trace/states.npy"))
     assert not list(resumed.path("checkpoint").glob("*"))  # checkpoint cleared once finished

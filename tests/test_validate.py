@@ -190,4 +190,35 @@ def test_sweep_on_two_toy_seeds(tmp_path):
         row = table[(table["method"] == method) & (table["count"] == count)].iloc[0]
         assert row["mean_change_all"] == pytest.approx(g["change"].mean())
     with pytest.raises(ConfigError, match="removal count 2000"):
-        sweep(configs[:1], tmp_path, ["random"], [2000], metric="all")
+        sweep(configs, tmp_path, ["random"], [2000], metric="all")
+
+
+def test_validate_over_the_last_k_traced_epochs(tmp_path):
+    from influence.estimate import EstimateOptions
+    from influence.train import train
+
+    run = train(toy_config(trace_epochs=2), tmp_path)  # 3 epochs of 20 steps, the last 2 traced
+    trace = Trace.load(run)
+    assert trace.steps == 40
+    ctx = RunContext.create(load_run_config(run), run.root)
+    valid = ctx.evaluator("valid")
+    base = valid.evaluate(*trace.split(torch.from_numpy(np.array(trace.final))))["all"]
+    by_k = {k: validate(run, ["all"], n=6, selection="random", seed=3, trace_epochs=k)["all"] for k in (1, 2)}
+    for k, first in ((1, 20), (2, 0)):
+        a = by_k[k]
+        est = estimate(run, ["all"], EstimateOptions(last_steps=40 - first))["all"]
+        assert np.array_equal(a.estimated, est.scores[a.ids]) and a.growth == est.meta["growth"]
+        step_of = trace.step_of_instance(2000, first)
+        for i, j in enumerate(a.ids):  # each replay starts at the instance's first step in the window
+            after = valid.evaluate(*replay(ctx, trace, [int(j)], start=int(step_of[j])))["all"]
+            assert a.actual[i] == pytest.approx(after - base, rel=1e-9, abs=1e-15)
+        assert a.trace_epochs == k
+    # every instance is seen in each epoch: the same instances, different spans of steps
+    assert np.array_equal(by_k[1].ids, by_k[2].ids) and not np.allclose(by_k[1].estimated, by_k[2].estimated)
+    stored = {s["key"]: s for s in stored_validations(run)}
+    assert {k.split("-")[-1] for k in stored} == {"ep1", "ep2"}
+    assert sorted(s["trace_epochs"] for s in stored.values()) == [1, 2]
+    with pytest.raises(ConfigError, match="train.trace_epochs of at least 3"):
+        validate(run, ["all"], n=6, trace_epochs=3)
+    with pytest.raises(ConfigError, match="either trace_epochs or last_steps"):
+        validate(run, ["all"], n=6, trace_epochs=1, options=EstimateOptions(last_steps=5))

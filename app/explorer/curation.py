@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from influence.cli import read_removal_csv
+from influence.removal import read_removal_csv
 from influence.errors import ConfigError
 from influence.estimate import FLAG_NEVER_TRACED, InfluenceResult, harmful_order
 

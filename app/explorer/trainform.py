@@ -10,24 +10,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import re
 import zipfile
 from pathlib import Path
 
+from influence import config as config_module
 from influence import store
-from influence.config import (
-    ACTIVATIONS,
-    ARCHS,
-    DEVICES,
-    DTYPES,
-    FEATURES,
-    PRESETS,
-    RunConfig,
-    apply_overrides,
-    describe_fields,
-    preset,
-    validate,
-)
+from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
 from influence.errors import ConfigError
 
 DATASETS = {
@@ -46,9 +36,21 @@ PRESET_NOTES = {
     "toy2d": "10k points from a 2D normal, small fully connected GAN (ReLU, as the paper)",
     "toy2d-smooth": "the 2D toy with softplus: leave-one-out agrees with the estimate (ReLU kinks do not)",
 }
-CHOICES = {"data.color": ("gray", "rgb"), "model.arch": ARCHS, "model.activation": ACTIVATIONS, "train.dtype": DTYPES, "train.device": DEVICES,
-           "eval.feature": FEATURES, "eval.metrics_every_epoch": ("True", "False")}
+# Fields with a fixed set of values get a select box; the tuples come from the engine's config module
+# (getattr: a name the engine does not define yet simply gives a text field).
+_CHOICE_NAMES = {"data.color": "COLORS", "data.labels": "LABELS", "data.dtype": "DTYPES", "model.arch": "ARCHS",
+                 "model.activation": "ACTIVATIONS", "model.init": "INITS", "train.dtype": "DTYPES",
+                 "train.device": "DEVICES", "train.optimizer": "OPTIMIZERS", "train.scheme": "SCHEMES",
+                 "train.trace_mode": "TRACE_MODES", "eval.feature": "FEATURES"}
+CHOICES = {key: tuple(getattr(config_module, name)) for key, name in _CHOICE_NAMES.items()
+           if hasattr(config_module, name)} | {"data.color": ("gray", "rgb")}
+BOOL_CHOICES = ("True", "False")
 SET_BY_PAGE = ("data.source", "data.root", "preset")  # chosen above the form, not in it
+# How the optimizer updates (issue 10's options): a column of their own in the form, next to "train".
+OPTIMIZER_KEYS = ("train.optimizer", "train.betas", "train.eps", "train.momentum", "train.nesterov",
+                  "train.decoupled_wd", "train.scheme", "train.d_steps", "train.ema_decay")
+SCHEDULE_KEY = "train.lr_schedule"
+SCHEDULE_COLUMNS = ("from epoch", "lr_D", "lr_G")
 MAX_UPLOAD_MB = 200
 
 
@@ -71,10 +73,42 @@ def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunCo
 
 
 def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
-    """(key, current value as text, help, choices or None) for every field the form shows."""
+    """(key, current value as text, help, choices or None) for every field the form shows (checksums
+    of init files are recorded by the engine, not typed)."""
     values = _flat(cfg)
-    return [(key, values[key], help_text, CHOICES.get(key))
-            for key, _, help_text in describe_fields() if key not in SET_BY_PAGE]
+    return [(key, values[key], help_text, BOOL_CHOICES if isinstance(default, bool) else CHOICES.get(key))
+            for key, default, help_text in describe_fields()
+            if key not in SET_BY_PAGE and not key.endswith("_sha256")]
+
+
+def section_of(key: str) -> str:
+    """The form column a field goes in: data, model, train, optimizer or eval (seed sits with training)."""
+    if key in OPTIMIZER_KEYS:
+        return "optimizer"
+    return key.split(".")[0] if "." in key else "train"
+
+
+def schedule_rows(cfg: RunConfig) -> list[dict]:
+    """The lr_schedule as table rows for the form's editor."""
+    return [dict(zip(SCHEDULE_COLUMNS, (int(e), float(d), float(g)), strict=True)) for e, d, g in cfg.train.lr_schedule]
+
+
+def schedule_text(rows: list[dict]) -> str:
+    """Edited table rows -> the engine's 'EPOCH:LR_D:LR_G,...' text; rows left wholly empty are dropped,
+    a half-filled row is a ConfigError naming it."""
+    parts = []
+    for number, row in enumerate(rows, start=1):
+        cells = [row.get(c) for c in SCHEDULE_COLUMNS]
+        missing = [c is None or (isinstance(c, float) and math.isnan(c)) for c in cells]
+        if all(missing):
+            continue
+        if any(missing):
+            raise ConfigError(f"lr_schedule row {number}: fill in {', '.join(SCHEDULE_COLUMNS)}")
+        epoch, lr_d, lr_g = cells
+        if float(epoch) != int(epoch):
+            raise ConfigError(f"lr_schedule row {number}: the epoch must be a whole number, got {epoch}")
+        parts.append(f"{int(epoch)}:{float(lr_d):g}:{float(lr_g):g}")
+    return ",".join(parts)
 
 
 def apply_edits(cfg: RunConfig, edited: dict[str, str]) -> RunConfig:
@@ -99,8 +133,10 @@ def _flat(cfg: RunConfig) -> dict[str, str]:
 def _text(value) -> str:
     if value is None:
         return ""
-    if isinstance(value, tuple):  # lr_schedule
-        return ",".join(":".join(f"{v:g}" if isinstance(v, float) else str(v) for v in item) for item in value)
+    if isinstance(value, tuple):
+        if value and isinstance(value[0], tuple):  # lr_schedule: EPOCH:LR_D:LR_G,...
+            return ",".join(":".join(f"{v:g}" if isinstance(v, float) else str(v) for v in item) for item in value)
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)  # betas: B1,B2
     return str(value)
 
 

@@ -1,6 +1,7 @@
 """Train or load: pick a data set and a preset (or edit hyperparameters) and train in the background,
 or load a cached run; the current run's samples per epoch and training curves."""
 
+import pandas as pd
 import streamlit as st
 
 from explorer import cache, figures, jobpanel, state, tables, trainform
@@ -85,9 +86,12 @@ with new_tab:
         with st.form(f"hyper-{data_key}-{preset_name}", border=False):
             edited: dict[str, str] = {}
             sections: dict[str, list] = {}
+            schedule_help = ""
             for field in trainform.fields(base):
-                section = field[0].split(".")[0] if "." in field[0] else "train"  # seed sits with training
-                sections.setdefault(section, []).append(field)
+                if field[0] == trainform.SCHEDULE_KEY:
+                    schedule_help = field[2]
+                    continue
+                sections.setdefault(trainform.section_of(field[0]), []).append(field)
             hyper = st.expander("Hyperparameters: the preset's values; change any to customise the run",
                                 icon=":material/tune:")
             for col, (section, items) in zip(hyper.columns(len(sections)), sections.items(), strict=True):
@@ -100,9 +104,23 @@ with new_tab:
                     else:
                         edited[key] = col.text_input(label, text, help=help_text or None, key=widget_key,
                                                      placeholder="none")
+            hyper.markdown("*learning-rate schedule*: from the given epoch on, these rates replace lr_d/lr_g "
+                           "(one row per change; add rows at the bottom, delete with the row's checkbox)")
+            schedule = hyper.data_editor(
+                pd.DataFrame(trainform.schedule_rows(base), columns=list(trainform.SCHEDULE_COLUMNS)),
+                num_rows="dynamic", hide_index=True, key=f"f-{data_key}-{preset_name}-schedule",
+                column_config={
+                    "from epoch": st.column_config.NumberColumn("from epoch", min_value=1, step=1, format="%d",
+                                                                help=schedule_help or None),
+                    "lr_D": st.column_config.NumberColumn("lr_D", min_value=0.0, format="%g",
+                                                          help="discriminator learning rate from that epoch on"),
+                    "lr_G": st.column_config.NumberColumn("lr_G", min_value=0.0, format="%g",
+                                                          help="generator learning rate from that epoch on"),
+                })
             submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
         if submitted:
             try:
+                edited[trainform.SCHEDULE_KEY] = trainform.schedule_text(schedule.to_dict("records"))
                 cfg = trainform.apply_edits(base, edited)
             except ConfigError as e:
                 st.error(f"Not started: {e}", icon=":material/error:")

@@ -1,0 +1,130 @@
+"""The execution layer's figures: wall time with 1 worker and with 2 workers x 1 thread, and the Dask
+path's overhead against the former local worker processes (a spawn process pool) at equal parallelism.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/execution.py loo --run RUN_ID [--store DIR] [--n 40]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/execution.py sweep [--preset tiny] [--seeds 0 1]
+
+loo: n leave-one-out replays (the first n traced instances) of a run, on a fresh copy each time:
+  here (1 worker), Dask LocalCluster of 2 workers, process pool of 2 workers; checks bit-identity.
+sweep: the sweep of the seeds (methods fid, random; counts 50, 200) in a fresh store each time:
+  here (1 worker) and on a Dask LocalCluster of 2 workers; checks that the tables are identical.
+Each timing includes starting the workers. Prints one JSON line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from influence import store
+from influence.context import RunContext, load_run_config
+from influence.train import Trace
+from influence.validate import _Replayer, leave_one_out, select_ids
+
+
+def _copy(root: Path, run_id: str, scratch: Path) -> store.Run:
+    shutil.copytree(root / run_id, scratch / run_id, ignore=shutil.ignore_patterns("validate"))
+    run = store.open_run(store.store_root(scratch), run_id)
+    run.forget("validate/")
+    return run
+
+
+# ---------------------------------------------------------------- the former local workers, for comparison
+_pool_replayer: _Replayer | None = None
+
+
+def _pool_start(root: str, run_id: str, threads: int) -> None:
+    global _pool_replayer
+    torch.set_num_threads(threads)
+    run = store.open_run(Path(root), run_id)
+    _pool_replayer = _Replayer(RunContext.create(load_run_config(run), run.root), Trace.load(run))
+
+
+def _pool_replay(j: int, metrics: tuple[str, ...]) -> dict[str, float]:
+    return _pool_replayer(j, metrics)
+
+
+def pool_loo(run: store.Run, metrics: list[str], ids: np.ndarray, workers: int) -> np.ndarray:
+    ctx = RunContext.create(load_run_config(run), run.root)
+    trace = Trace.load(run)
+    final_d, final_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
+    base = ctx.evaluator("valid").evaluate(final_d, final_g, tuple(metrics))
+    done = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_pool_start,
+                             initargs=(str(run.root), run.run_id, torch.get_num_threads())) as pool:
+        futures = {pool.submit(_pool_replay, int(j), tuple(metrics)): int(j) for j in ids}
+        for f in as_completed(futures):
+            done[futures[f]] = [f.result()[m] - base[m] for m in metrics]
+    return np.array([done[int(j)] for j in ids]).T
+
+
+def bench_loo(args) -> None:
+    root = store.store_root(args.store)
+    run = store.open_run(root, args.run)
+    trace = Trace.load(run)
+    n_train = run.read_json("summary.json")["n_train"]
+    ids = select_ids(n_train, args.n, "first", 0, trace.step_of_instance(n_train) >= 0)
+    metrics = ["all"] if load_run_config(run).is_2d else ["fid", "is"]
+    seconds, results = {}, {}
+    for name in ("here", "dask", "pool"):
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = _copy(root, args.run, Path(scratch))
+            started = time.perf_counter()
+            if name == "pool":
+                results[name] = pool_loo(copy, metrics, ids, 2)
+            else:
+                results[name], _ = leave_one_out(copy, metrics, ids, workers=1 if name == "here" else 2)
+            seconds[name] = time.perf_counter() - started
+    print(json.dumps({"bench": "loo", "run": args.run, "n": args.n, "threads": torch.get_num_threads(),
+                      "seconds_1_worker": seconds["here"], "seconds_dask_2x1": seconds["dask"],
+                      "seconds_pool_2x1": seconds["pool"], "speedup_dask": seconds["here"] / seconds["dask"],
+                      "dask_overhead_vs_pool": seconds["dask"] / seconds["pool"] - 1,
+                      "bit_identical": bool(np.array_equal(results["here"], results["dask"])
+                                            and np.array_equal(results["here"], results["pool"]))}), flush=True)
+
+
+def bench_sweep(args) -> None:
+    import dataclasses
+
+    from influence.config import preset
+    from influence.validate import sweep
+
+    configs = [dataclasses.replace(preset(args.preset), seed=s) for s in args.seeds]
+    methods, counts = ["fid", "random"], [50, 200]
+    seconds, tables = {}, {}
+    for name in ("here", "dask"):
+        with tempfile.TemporaryDirectory() as scratch:
+            started = time.perf_counter()
+            tables[name] = sweep(configs, scratch, methods, counts, workers=1 if name == "here" else 2)
+            seconds[name] = time.perf_counter() - started
+    print(json.dumps({"bench": "sweep", "preset": args.preset, "seeds": args.seeds, "threads": torch.get_num_threads(),
+                      "seconds_1_worker": seconds["here"], "seconds_dask_2x1": seconds["dask"],
+                      "speedup_dask": seconds["here"] / seconds["dask"],
+                      "identical": bool(tables["here"].equals(tables["dask"]))}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    loo = sub.add_parser("loo")
+    loo.add_argument("--run", required=True)
+    loo.add_argument("--store", default=None)
+    loo.add_argument("--n", type=int, default=40)
+    sw = sub.add_parser("sweep")
+    sw.add_argument("--preset", default="tiny")
+    sw.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = ap.parse_args()
+    bench_loo(args) if args.what == "loo" else bench_sweep(args)
+
+
+if __name__ == "__main__":
+    main()

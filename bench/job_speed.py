@@ -1,0 +1,130 @@
+"""Wall time of one toy2d training run: in-process (as the CLI), as a background job nobody watches,
+and as a job the app follows in a real browser (the Train page polling it).
+
+    .venv/bin/python bench/job_speed.py [--epochs 10] [--watchers 1] [--store DIR]
+
+Each way trains a fresh seed (so nothing is cached) of the toy2d preset cut to --epochs.
+"app" starts `streamlit run app/main.py`, opens the Train page in `--watchers` headless
+Chromium tabs (Debian's /usr/bin/chromium through Playwright), presses Start training
+and waits for the job to finish. Reported per way: wall seconds from start to done and
+the job's own started->updated span (the worker's time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(epochs: int, seed: int):
+    from influence.config import apply_overrides, preset
+
+    return apply_overrides(preset("toy2d"), [f"train.epochs={epochs}", f"seed={seed}"])
+
+
+def in_process(root: Path, epochs: int, seed: int) -> dict:
+    from influence.train import train
+
+    started = time.perf_counter()
+    train(_config(epochs, seed), root)
+    return {"wall_s": time.perf_counter() - started}
+
+
+def background(root: Path, epochs: int, seed: int) -> dict:
+    from influence import jobs
+
+    started = time.perf_counter()
+    key = jobs.start_background(root, {"kind": "train", "params": {"config": _config(epochs, seed).to_dict()}})
+    status = jobs.wait(root, key, poll_s=0.2)
+    return {"wall_s": time.perf_counter() - started, "job_s": status["updated"] - status["started"],
+            "state": status["state"]}
+
+
+def in_app(root: Path, epochs: int, seed: int, watchers: int, server_env: dict) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from influence import jobs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GAN_INFLUENCE_STORE": str(root), **server_env}
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+                               "--server.headless", "true", "--server.address", "127.0.0.1"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"])
+            tabs = [browser.new_page(viewport={"width": 1440, "height": 1200}) for _ in range(watchers)]
+            for tab in tabs:
+                tab.set_default_timeout(120_000)
+                tab.goto(url)
+                tab.get_by_text("Start training").wait_for()
+            tab = tabs[0]
+            tab.get_by_text("2D normal (the paper's toy)").click()
+            tab.get_by_text("Hyperparameters: the preset's values").click()
+            for label, value in (("epochs", str(epochs)), ("seed", str(seed))):
+                box = tab.get_by_label(label, exact=True)
+                box.fill(value)
+            started = time.perf_counter()
+            tab.get_by_role("button", name="Start training").click()
+            key = None
+            while True:
+                found = [s for s in jobs.list_jobs(root) if s["spec"]["kind"] == "train"]
+                if found and found[0]["state"] in ("done", "failed", "cancelled", "interrupted"):
+                    key = found[0]["key"]
+                    break
+                time.sleep(0.2)
+            wall = time.perf_counter() - started
+            browser.close()
+        status = jobs.read_status(root, key)
+        return {"wall_s": wall, "job_s": status["updated"] - status["started"], "state": status["state"],
+                "watchers": watchers}
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--watchers", type=int, default=1)
+    ap.add_argument("--store", default=None)
+    ap.add_argument("--ways", nargs="+", default=["cli", "job", "app"])
+    ap.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="environment of the app server (its job workers inherit it), e.g. OMP_NUM_THREADS=1")
+    args = ap.parse_args()
+    root = Path(args.store or tempfile.mkdtemp(prefix="gie-jobspeed-")).resolve()
+    seed = int(time.time()) % 100_000
+    out = {}
+    for i, way in enumerate(args.ways):
+        if way == "cli":
+            out[way] = in_process(root, args.epochs, seed + i)
+        elif way == "job":
+            out[way] = background(root, args.epochs, seed + i)
+        else:
+            out[way] = in_app(root, args.epochs, seed + i, args.watchers,
+                              dict(item.split("=", 1) for item in args.server_env))
+        print(way, json.dumps(out[way]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The classroom lessons on a 2D run, each a few seconds on the toy.
+
+- `one_point`: one instance's estimated influence beside the actual change of a replay
+  without it, and the generated points before and after (the same z).
+- `rank_agreement`: how differently two metrics' influences rank the instances (the
+  paper's point that the discriminator's loss does not stand for the generator's quality).
+- `lr_lesson`: retrain the last traced epoch from the stored state before it at another
+  learning rate, then run the estimator over it and check it against a few leave-one-out
+  replays: a large learning rate makes the linearisation explode.
+- `coverage`: the generator's samples against the real density, so mode collapse has a name.
+
+Everything here is computed from a finished run's trace and context; nothing is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .context import RunContext
+from .errors import ConfigError
+from .estimate import InfluenceResult, backward_step, initial_adjoint, verdict_for
+from .metrics import check_metric
+from .train import Trace, replay, replay_state, states_backward, traced_step_range
+
+LESSON_METRICS = ("all", "dloss")
+
+
+def _final(ctx: RunContext, trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(theta_D, generator parameters the metrics use) at the end of the trace, on ctx's device."""
+    theta_d, theta_g = trace.final_eval()
+    return (torch.from_numpy(np.array(theta_d)).to(ctx.device, ctx.dtype),
+            torch.from_numpy(np.array(theta_g)).to(ctx.device, ctx.dtype))
+
+
+def _generate(ctx: RunContext, theta_g: torch.Tensor, z: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return ctx.gan.generate(theta_g, z).double().cpu().numpy()
+
+
+def magnification(shift: np.ndarray, target: float) -> float:
+    """A round factor (1, 2 or 5 times a power of ten) that draws the 90th-percentile shift about `target` long."""
+    length = float(np.percentile(np.linalg.norm(shift, axis=1), 90)) if len(shift) else 0.0
+    if not length > 0:
+        return 1.0
+    raw = target / length
+    power = 10.0 ** math.floor(math.log10(raw))
+    return max(f * power for f in (1, 2, 5, 10) if f * power <= raw * 1.000001)
+
+
+# ---------------------------------------------------------------- one point, predicted vs actual
+@dataclass
+class OnePoint:
+    instance: int
+    step: int  # the traced step that first saw it (the replay starts there)
+    estimated: dict[str, float]  # metric -> estimated influence (validation split)
+    actual: dict[str, float]  # metric -> change of a replay without it
+    before: np.ndarray  # (k, 2) generated points of the run
+    after: np.ndarray  # (k, 2) the same z, generator of the replay without the instance
+    magnification: float  # arrows are drawn this many times their length
+    seconds: float  # replay and evaluation
+
+
+def one_point(ctx: RunContext, trace: Trace, results: dict[str, InfluenceResult], instance: int,
+              n_arrows: int = 150, arrow_length: float = 0.4) -> OnePoint:
+    """Estimated vs actual influence of removing `instance`, and how the generated points move.
+
+    `results` are the run's influence results (metric -> result); the metrics in
+    LESSON_METRICS are compared where estimated. The replay covers the traced steps from
+    the instance's first one, as leave-one-out validation does; arrows get a round
+    magnification so that their 90th-percentile length is about `arrow_length`.
+    """
+    if not ctx.cfg.is_2d:
+        raise ConfigError("the classroom lessons are for 2D runs")
+    n = ctx.dataset.n_train
+    if not 0 <= instance < n:
+        raise ConfigError(f"instance {instance} is not in 0..{n - 1}")
+    step = int(trace.step_of_instance(n)[instance])
+    if step < 0:
+        raise ConfigError(f"instance {instance} is in no traced step, so nothing estimates its influence")
+    started = time.perf_counter()
+    valid = ctx.evaluator("valid")
+    base_d, base_g = _final(ctx, trace)
+    before = valid.evaluate(base_d, base_g, LESSON_METRICS)
+    theta_d, theta_g = replay(ctx, trace, [instance], start=step)
+    after = valid.evaluate(theta_d, theta_g, LESSON_METRICS)
+    z = ctx.latents["grid"][:n_arrows]
+    points_before, points_after = _generate(ctx, base_g, z), _generate(ctx, theta_g, z)
+    return OnePoint(
+        instance=instance, step=step,
+        estimated={m: float(results[m].scores[instance]) for m in LESSON_METRICS if m in results},
+        actual={m: after[m] - before[m] for m in LESSON_METRICS},
+        before=points_before, after=points_after,
+        magnification=magnification(points_after - points_before, arrow_length),
+        seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------- loss is not the metric
+def rank_agreement(a: InfluenceResult, b: InfluenceResult) -> dict[str, float]:
+    """Kendall tau and Spearman rho between two influence results over the instances both scored.
+
+    Both are taken on "harmful first" orders (score times the metric's harmful sign), so
+    +1 means the two metrics call the same instances harmful.
+    """
+    both = (a.flags != 0) & (b.flags != 0)  # 0 = in no traced batch
+    x = a.scores[both] * a.meta["harmful_sign"]
+    y = b.scores[both] * b.meta["harmful_sign"]
+    return {"kendall_tau": float(stats.kendalltau(x, y).statistic),
+            "spearman_rho": float(stats.spearmanr(x, y).statistic), "n": int(both.sum())}
+
+
+# ---------------------------------------------------------------- when the estimate breaks
+@dataclass
+class LrLesson:
+    lr: float  # learning rate of both players in the retrained epoch
+    steps: int  # steps retrained
+    diverged: str | None  # training or the backward pass blew up: why; the fields below are then empty
+    state_norms: np.ndarray  # (steps + 1,) |adjoint| over the whole state before each step (last = start)
+    growth: float
+    verdict: str
+    verdict_message: str
+    ids: np.ndarray  # instances checked by leave-one-out replays
+    estimated: np.ndarray
+    actual: np.ndarray
+    kendall_tau: float
+    metric_value: float  # the metric after the retrained epoch (validation split)
+    seconds: float
+
+
+def _window(trace: Trace, start: int, state0: np.ndarray, lrs: np.ndarray) -> Trace:
+    """The trace's steps start.. as a trace of their own, from `state0`, at the learning rates `lrs`."""
+    return dataclasses.replace(
+        trace, states=state0[None], stored_steps=np.zeros(1, dtype=np.int64),
+        batches=trace.batches[start:], z=trace.z[start:], lrs=lrs, kinds=trace.kinds[start:],
+        counts=trace.counts[start:], first_step=trace.first_step + start, final_state=state0,
+    )
+
+
+def last_epoch_start(ctx: RunContext, trace: Trace) -> int:
+    """Index within the trace of the first step of the run's last epoch (0 if the trace is shorter)."""
+    _, total = traced_step_range(ctx.cfg, ctx.dataset.n_train)
+    return max(0, trace.steps - total // ctx.cfg.train.epochs)
+
+
+def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_check: int = 8) -> LrLesson:
+    """Retrain the last epoch at learning rate `lr` (both players) and see whether the estimate holds.
+
+    From the stored state before the run's last epoch, the epoch's steps are re-run with the
+    same batches and z at the new rate (in memory: the run is not changed). The estimator
+    then walks those steps back: |adjoint| per step, growth factor and verdict as on the
+    Influence page, and the estimates of `n_check` instances spread over the epoch against
+    leave-one-out replays of it.
+    """
+    check_metric(metric, ctx.cfg.is_2d)
+    if not lr > 0:
+        raise ConfigError("the learning rate must be positive")
+    started = time.perf_counter()
+    start = last_epoch_start(ctx, trace)
+    state0 = next(states_backward(ctx, trace, first=start, last=start))[1].flat().cpu().numpy()
+    steps = trace.steps - start
+    lrs = np.where(trace.lrs[start:] > 0, lr, 0.0)  # a player the step does not update keeps lr 0
+    lesson = _window(trace, start, state0, lrs)
+    empty = np.zeros(0)
+
+    def failed(why: str) -> LrLesson:
+        return LrLesson(lr, steps, why, empty, math.inf, "unreliable", why, empty.astype(np.int64), empty, empty,
+                        math.nan, math.nan, time.perf_counter() - started)
+
+    final = replay_state(ctx, lesson).flat()
+    if not bool(torch.isfinite(final).all()):
+        return failed(f"training diverged at lr {lr:g}: the parameters became NaN or infinite")
+    lesson = dataclasses.replace(lesson, final_state=final.cpu().numpy())
+    n = ctx.dataset.n_train
+    adjoint, values = initial_adjoint(ctx, lesson, [metric])
+    scores = np.zeros(n)
+    norms = np.full(steps + 1, np.nan)
+    norms[steps] = _norm(adjoint)
+    for t, s in states_backward(ctx, lesson):
+        adjoint, terms = backward_step(ctx, lesson, t, s, adjoint)
+        scores[lesson.batch(t)] += terms[0].detach().double().cpu().numpy()
+        norms[t] = _norm(adjoint)
+        if not np.isfinite(norms[t]):
+            return failed(f"the backward pass diverged at step {t} of {steps}: |adjoint| became infinite")
+    growth = float(np.nanmax(norms / norms[steps])) if norms[steps] > 0 else 1.0
+    verdict, message = verdict_for(growth)
+    ids, estimated, actual = _check(ctx, lesson, scores, metric, values[0], n_check)
+    tau = float(stats.kendalltau(estimated, actual).statistic) if len(ids) >= 2 else math.nan
+    return LrLesson(lr, steps, None, norms, growth, verdict, message, ids, estimated, actual, tau, values[0],
+                    time.perf_counter() - started)
+
+
+def _norm(adjoint: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(a.double().pow(2).sum() for a in adjoint)))
+
+
+def _check(ctx: RunContext, lesson: Trace, scores: np.ndarray, metric: str, base: float, n_check: int):
+    """(ids, estimated, actual) for `n_check` instances spread evenly over the lesson's steps."""
+    first = lesson.step_of_instance(ctx.dataset.n_train)
+    steps = np.unique(np.linspace(0, lesson.steps - 1, n_check).round().astype(int))
+    ids = np.array(list(dict.fromkeys(int(lesson.batch(t)[0]) for t in steps if len(lesson.batch(t)))), dtype=np.int64)
+    valid = ctx.evaluator("valid")
+    actual = []
+    for j in ids:
+        theta_d, theta_g = replay(ctx, lesson, [int(j)], start=int(first[j]))
+        actual.append(valid.evaluate(theta_d, theta_g, (metric,))[metric] - base)
+    actual = np.array(actual)
+    ok = np.isfinite(actual)  # a replay that blew up has no metric
+    return ids[ok], scores[ids][ok], actual[ok]
+
+
+# ---------------------------------------------------------------- mode collapse
+@dataclass
+class Coverage:
+    spread: float  # sqrt(det cov(generated) / det cov(real)): area of the samples' 1-sigma ellipse vs the data's
+    offset: float  # distance of the samples' mean from the data's, in the data's standard deviations (Mahalanobis)
+    verdict: str  # "covers", "partly covers" or "collapsed"
+    message: str
+
+
+def coverage(real: np.ndarray, generated: np.ndarray) -> Coverage:
+    """Does the generator cover the data? Compares the two clouds' means and covariances.
+
+    Collapsed: the samples fill less than a quarter of the data's 1-sigma area, or their
+    centre lies more than one standard deviation off. Partly: less than 60%, or more
+    than 0.3 off, or more than twice the area.
+    """
+    real, generated = np.asarray(real, dtype=np.float64), np.asarray(generated, dtype=np.float64)
+    cov_r, cov_g = np.cov(real.T), np.cov(generated.T)
+    spread = float(np.sqrt(max(np.linalg.det(cov_g), 0.0) / np.linalg.det(cov_r)))
+    diff = generated.mean(axis=0) - real.mean(axis=0)
+    offset = float(np.sqrt(diff @ np.linalg.solve(cov_r, diff)))
+    if spread < 0.25 or offset > 1.0:
+        verdict = "collapsed"
+    elif spread < 0.6 or offset > 0.3 or spread > 2.0:
+        verdict = "partly covers"
+    else:
+        verdict = "covers"
+    message = (f"the samples fill {spread:.0%} of the data's 1-sigma area, their centre {offset:.2f} standard "
+               f"deviations from the data's")
+    return Coverage(spread, offset, verdict, message)

@@ -1,0 +1,242 @@
+"""One execution layer for the parallel parts: leave-one-out replays, a sweep's seeds, batches of cleanses.
+
+A caller describes a batch of independent tasks (`Tasks`): how to run one here, with the
+store at hand, and how to run one on a worker that has no store (a module-level function
+of a payload that carries what every task needs: config, trace segment, data rows, feature
+net; see `payload.py`). `open_executor` picks where they run:
+
+- an existing Dask scheduler: `address`, else env GAN_INFLUENCE_CLUSTER (`tcp://HOST:8786`);
+- else, when the cores hold more than one worker at this process's torch thread count and
+  the batch is large enough, a Dask LocalCluster of that many 1-thread worker processes on
+  127.0.0.1 (measured against the former process pool and in-process: bench/execution.py);
+- else this process, one task after another.
+
+Every task runs at this process's torch thread count, so results are bit-identical to
+running it here (float32 reductions depend on the thread count). Results come back to the
+caller, which alone writes the store. A worker lost mid-task is retried by the scheduler
+(`distributed.scheduler.allowed-failures`, default 3); a payload lost with it is recomputed
+from the task graph. Cancelling cancels the pending futures and sets a Dask Event that
+running tasks check between steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..errors import Cancelled, ConfigError, InfluenceError
+from ..progress import CancelToken, Progress, ProgressFn
+
+ENV_CLUSTER = "GAN_INFLUENCE_CLUSTER"
+MIN_TASKS_PER_WORKER = 4  # below this a local worker's start-up (imports, context) is not worth it
+POLL_S = 0.2  # how often the client looks at the cancel flag while tasks run
+EVENT_EVERY_S = 1.0  # a task's progress events and cancel checks, at most this often
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskEnv:
+    """What a running task may use besides its payload: progress of its own stages, a cancel flag."""
+
+    progress: ProgressFn | None = None
+    cancel: CancelToken | None = None
+
+
+@dataclass
+class Tasks:
+    """A batch of independent tasks over `items`.
+
+    here(item, env): runs one task in this process (with the store).
+    remote(payload, shipped item, env): runs one on a worker; a module-level function (workers import it).
+    payload(): what every remote task needs, built once and only when a cluster is used.
+    ship(item): what of an item travels with its task (default: the item itself).
+    """
+
+    items: list
+    here: Callable[[Any, TaskEnv], Any]
+    remote: Callable[[Any, Any, TaskEnv], Any]
+    payload: Callable[[], Any] = lambda: None
+    ship: Callable[[Any], Any] = lambda item: item
+
+
+class Executor:
+    """Runs `Tasks` here or on a Dask cluster; yields (item, result) in order of completion."""
+
+    def __init__(self, client=None, description: str = "this process"):
+        self.client = client
+        self.description = description
+        self.threads = torch.get_num_threads()
+
+    @property
+    def workers(self) -> int:
+        return 1 if self.client is None else max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+    def run(self, tasks: Tasks, progress: ProgressFn | None = None,
+            cancel: CancelToken | None = None) -> Iterator[tuple[Any, Any]]:
+        """Progress reports from inside the tasks go to `progress`; the caller counts finished tasks."""
+        if self.client is None:
+            for item in tasks.items:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled")
+                yield item, tasks.here(item, TaskEnv(progress, cancel))
+            return
+        yield from self._run_dask(tasks, progress, cancel)
+
+    def _run_dask(self, tasks: Tasks, progress, cancel) -> Iterator[tuple[Any, Any]]:
+        from distributed import Event, wait
+
+        if not tasks.items:
+            return
+        client = self.client
+        name = f"gan-influence-{uuid.uuid4().hex[:12]}"
+        events: queue.Queue = queue.Queue()
+        client.subscribe_topic(name, lambda event: events.put(event[1]))
+        stop = Event(name, client=client)
+        # Submitted as a task (not scattered): the scheduler keeps it, so it is recomputed if its worker dies.
+        with warnings.catch_warnings():  # large task arguments are meant: they make workers independent of a store
+            warnings.simplefilter("ignore", UserWarning)
+            payload = client.submit(_identity, tasks.payload(), pure=False)
+            futures = {client.submit(_remote, tasks.remote, payload, tasks.ship(item), self.threads, name, pure=False): i
+                       for i, item in enumerate(tasks.items)}
+        pending = set(futures)
+        try:
+            while pending:
+                try:
+                    finished, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
+                except TimeoutError:  # nothing finished in POLL_S
+                    finished = set()
+                _forward(events, progress)
+                if cancel is not None and cancel.is_set():
+                    stop.set()
+                    raise Cancelled("cancelled")
+                for f in finished:
+                    yield tasks.items[futures[f]], _result(f)
+        finally:
+            client.cancel(list(pending) + [payload])
+            client.unsubscribe_topic(name)
+            if pending:
+                stop.set()  # tasks already running stop at their next step
+
+
+def _result(future) -> Any:
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as e:
+        raise InfluenceError(f"a cluster worker died on every try of a task ({e}); see the workers' logs") from None
+
+
+def _forward(events: queue.Queue, progress: ProgressFn | None) -> None:
+    while True:
+        try:
+            msg = events.get_nowait()
+        except queue.Empty:
+            return
+        if progress is not None:
+            progress(Progress(msg["stage"], msg["done"], msg["total"], msg["seconds"], msg.get("info", {})))
+
+
+# ---------------------------------------------------------------- on a worker
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _EventToken(CancelToken):
+    """Set when the client's Dask Event is; looked up at most once per EVENT_EVERY_S."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name, self.checked = name, 0.0
+
+    def is_set(self) -> bool:
+        from distributed import Event
+
+        now = time.monotonic()
+        if not self._set and now - self.checked >= EVENT_EVERY_S:
+            self.checked = now
+            self._set = Event(self.name).is_set()
+        return self._set
+
+
+def _remote(fn: Callable, payload: Any, item: Any, threads: int, name: str) -> Any:
+    from distributed import get_worker
+
+    torch.set_num_threads(threads)  # the client's count: bit-identical to running the task there
+    worker, last = get_worker(), [0.0]
+
+    def progress(p: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= EVENT_EVERY_S or p.done == p.total:
+            last[0] = now
+            worker.log_event(name, {"stage": p.stage, "done": p.done, "total": p.total, "seconds": p.seconds,
+                                    "info": {k: v for k, v in p.info.items() if isinstance(v, (int, float, str))}})
+
+    return fn(payload, item, TaskEnv(progress, _EventToken(name)))
+
+
+_built: dict[str, Any] = {}
+
+
+def worker_cached(key: str, build: Callable[[], Any]) -> Any:
+    """One object per payload key in a worker process (a context, a replayer), the last two kept."""
+    if key not in _built:
+        while len(_built) >= 2:
+            _built.pop(next(iter(_built)))
+        _built[key] = build()
+    return _built[key]
+
+
+# ---------------------------------------------------------------- choosing where
+def cluster_address(address: str | None = None) -> str | None:
+    return address or os.environ.get(ENV_CLUSTER) or None
+
+
+def local_workers(tasks: int, workers: int | None = None) -> int:
+    """Local worker processes for `tasks` tasks: as many as the cores hold at this thread count."""
+    workers = workers or (os.cpu_count() or 1) // torch.get_num_threads()
+    return max(1, min(workers, tasks // MIN_TASKS_PER_WORKER))
+
+
+@contextlib.contextmanager
+def open_executor(tasks: int, workers: int | None = None, address: str | None = None) -> Iterator[Executor]:
+    """The executor for a batch of `tasks` (see the module docstring for the choice)."""
+    address = cluster_address(address)
+    if address:
+        with _connect(address) as client:
+            yield Executor(client, f"Dask scheduler {address}")
+        return
+    workers = local_workers(tasks, workers)
+    if workers <= 1:
+        yield Executor()
+        return
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield Executor(client, f"local Dask cluster of {workers} workers")
+
+
+@contextlib.contextmanager
+def _connect(address: str):
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as e:
+        raise ConfigError(f"cannot reach the Dask scheduler at '{address}' ({e}); start it with `dask scheduler` "
+                          f"or unset {ENV_CLUSTER}") from None
+    try:
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,131 @@
+"""A cleaned data set to take away: the run's training set without a removal set, written to a new folder.
+
+- folder / zip sources: the original files, byte for byte, under their relative paths;
+- built-in data (MNIST, torchvision): one PNG per image in a sub-folder per class, and labels.csv;
+- always: removed.csv (id, path, label, influence per metric of the result in use) and
+  manifest.json (what was removed and why: method, the named result and its options, verdicts).
+The folder is built next to the target under a temporary name and renamed into place when
+complete. The source is only read: a target inside it (or around it) is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import store
+from .cleanse import check_removal_ids
+from .context import RunContext, load_run_config
+from .errors import ConfigError
+from .estimate import cached_results, chosen_name
+from .removal import removal_frame
+
+MANIFEST, REMOVED, LABELS = "manifest.json", "removed.csv", "labels.csv"
+
+
+def _check_target(target: Path, source: Path | None) -> None:
+    if source is not None:
+        src = source.resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise ConfigError(f"export target {target} overlaps the source {src}; the source is never written to: "
+                              "choose a folder outside it")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigError(f"export target {target} already exists and is not empty; choose a new folder")
+
+
+def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: str = "removal set",
+                   ctx: RunContext | None = None) -> dict:
+    """Write the training set without `removal_ids` to `target`; returns the manifest."""
+    cfg = load_run_config(run)
+    if cfg.is_2d:
+        raise ConfigError("export writes image files; the 2D toy has none")
+    ctx = ctx or RunContext.create(cfg, run.root)
+    ds = ctx.dataset
+    removed = check_removal_ids(removal_ids, ds.n_train)
+    keep = np.setdiff1d(np.arange(ds.n_train), removed)
+    target = Path(target).expanduser().resolve()
+    source = Path(cfg.data.root) if cfg.data.source == "folder" else None
+    _check_target(target, source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        if source is not None:
+            files = _copy_originals(source, [ds.train_paths[i] for i in keep], tmp)
+        else:
+            files = _write_pngs(ds, keep, tmp)
+        name = chosen_name(run)
+        results = cached_results(run, name)
+        store.write_bytes(tmp / REMOVED, removal_frame(removed, ds, results).to_csv(index=False).encode())
+        manifest = {
+            "run_id": run.run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": cfg.data.source, "source_root": cfg.data.root, "n_train": ds.n_train,
+            "n_removed": int(len(removed)), "n_exported": int(len(keep)), "files": files,
+            "why": why, "influence_result": name,
+            "estimate_options": next(iter(results.values())).meta["options"] if results else None,
+            "stability_verdicts": {m: r.meta["verdict"] for m, r in results.items()},
+            "removed_list": REMOVED,
+            "note": "the training split only: the run's validation and test images are not part of the export",
+        }
+        store.write_json(tmp / MANIFEST, manifest)
+        _check_target(target, source)  # nobody created it meanwhile
+        if target.exists():
+            target.rmdir()  # an empty folder the user made for it
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _copy_originals(source: Path, paths: list[str], out: Path) -> int:
+    if source.is_dir():
+        for rel in paths:
+            src = source / rel
+            if not src.is_file():
+                raise ConfigError(f"{src} is gone from the source folder since the run read it; nothing exported")
+            dst = out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        return len(paths)
+    with zipfile.ZipFile(source) as archive:
+        for rel in paths:
+            try:
+                data = archive.read(rel)
+            except KeyError:
+                raise ConfigError(f"{rel} is gone from {source} since the run read it; nothing exported") from None
+            dst = out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+    return len(paths)
+
+
+def _write_pngs(ds, keep: np.ndarray, out: Path) -> int:
+    """One PNG per kept image in a folder per class (so the export loads back as a labelled folder)."""
+    x = ((ds.train.x[keep].numpy() + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
+    labels = ds.train.y.numpy()[keep] if ds.train.y is not None else None
+    rows = []
+    for k, i in enumerate(keep.tolist()):
+        cls = ds.class_names[labels[k]] if labels is not None and ds.class_names else None
+        rel = f"{_safe(cls)}/{i:06d}.png" if cls is not None else f"{i:06d}.png"
+        arr = x[k][0] if x.shape[1] == 1 else x[k].transpose(1, 2, 0)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(buf.getvalue())
+        rows.append({"file": rel, "id": i, "source_index": int(ds.source_index[i]),
+                     "label": int(labels[k]) if labels is not None else -1, "class": cls or ""})
+    store.write_bytes(out / LABELS, pd.DataFrame(rows).to_csv(index=False).encode())
+    return len(rows)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "class"

@@ -1,0 +1,132 @@
+"""The execution layer on a real Dask LocalCluster (2 workers x 1 thread on 127.0.0.1), reached as an
+existing scheduler through GAN_INFLUENCE_CLUSTER: results equal the local path bit for bit, a killed
+worker's tasks are retried, cancelling stops the remaining tasks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from influence import store
+from influence.errors import Cancelled
+from influence.execution import ENV_CLUSTER, open_executor
+from influence.execution.payload import trace_segment
+from influence.progress import CancelToken
+from influence.train import Trace
+from influence.validate import leave_one_out, sweep, validate
+
+from _helpers import copy_run, toy_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as c:
+        yield c
+
+
+@pytest.fixture
+def on_cluster(cluster, monkeypatch):
+    monkeypatch.setenv(ENV_CLUSTER, cluster.scheduler_address)
+    return cluster
+
+
+def _local(fn):
+    """Run fn with no cluster configured (in this process)."""
+    address = os.environ.pop(ENV_CLUSTER, None)
+    try:
+        return fn()
+    finally:
+        if address is not None:
+            os.environ[ENV_CLUSTER] = address
+
+
+def test_trace_segment_replays_like_the_whole_trace(toy_run):
+    trace = Trace.load(toy_run)
+    seg = trace_segment(trace, 7)
+    assert seg.steps == trace.steps - 7 and seg.first_step == trace.first_step + 7
+    assert np.array_equal(seg.batches, trace.batches[7:]) and np.array_equal(seg.states[0], trace.states[7])
+    assert np.array_equal(seg.final_state, trace.final_state)
+
+
+def test_leave_one_out_on_the_cluster_equals_the_local_path(toy_run, tmp_path, on_cluster):
+    ids = np.arange(0, 2000, 125)
+    here, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids))
+    reports = []
+    there, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["all", "dloss"], ids, progress=reports.append)
+    assert np.array_equal(here, there)
+    assert [p.done for p in reports] == list(range(17))  # progress counts finished tasks
+
+
+def test_a_worker_killed_during_validate_is_retried_with_the_same_result(toy_run, tmp_path, on_cluster):
+    here = _local(lambda: validate(copy_run(toy_run, tmp_path / "a"), ["all"], n=48)["all"])
+    from distributed import Client
+
+    with Client(on_cluster.scheduler_address) as client:
+        pids = list(client.run(os.getpid).values())
+    killed = threading.Event()
+
+    def kill_once(p):
+        if p.stage == "leave-one-out" and p.done >= 4 and not killed.is_set():
+            killed.set()
+            os.kill(pids[0], signal.SIGKILL)
+
+    there = validate(copy_run(toy_run, tmp_path / "b"), ["all"], n=48, progress=kill_once)["all"]
+    assert killed.is_set()
+    assert np.array_equal(here.actual, there.actual) and there.kendall_tau == here.kendall_tau
+
+
+def test_cancel_stops_the_remaining_tasks(toy_run, tmp_path, on_cluster):
+    run = copy_run(toy_run, tmp_path)
+    token = CancelToken()
+
+    def cancel_after_a_few(p):
+        if p.done >= 3:
+            token.set()
+
+    with pytest.raises(Cancelled):
+        leave_one_out(run, ["all"], np.arange(0, 2000, 25), progress=cancel_after_a_few, cancel=token)
+    from distributed import Client
+
+    with Client(on_cluster.scheduler_address) as client:
+        deadline = time.monotonic() + 30
+        while any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(client.processing().values())  # nothing left running or queued on the workers
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
+
+
+def test_a_sweep_on_the_cluster_equals_the_local_path(tmp_path, on_cluster):
+    configs = [toy_config(seed=s) for s in (0, 1)]
+    args = (["all", "random"], [20, 200])
+    local = _local(lambda: sweep(configs, tmp_path / "a", *args, metric="all"))
+    reports = []  # seeds trained and cleansed on the workers, their progress forwarded
+    remote = sweep(configs, tmp_path / "b", *args, metric="all", progress=reports.append)
+    assert {"train", "influence", "replay"} <= {p.stage for p in reports}
+    assert all("seed " in p.info["sweep"] for p in reports if p.stage != "sweep")
+    pd.testing.assert_frame_equal(local, remote)
+    rows = [pd.read_csv(next((tmp_path / s / "_sweeps").glob("*/per_run.csv"))) for s in ("a", "b")]
+    pd.testing.assert_frame_equal(rows[0], rows[1])
+    # the runs came back to the client's store, complete and verified
+    for c in configs:
+        a, b = (Trace.load(store.open_run(tmp_path / s, c.run_id)) for s in ("a", "b"))
+        assert np.array_equal(a.states, b.states) and np.array_equal(a.final_state, b.final_state)
+
+
+def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch):
+    from influence.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
+        with open_executor(10, address="tcp://127.0.0.1:9"):
+            pass
