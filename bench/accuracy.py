@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--metric", action="append", default=None)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--optimizer-state", nargs="+", default=["exact"], choices=["exact", "frozen"],
+                    help="estimate in these modes on the same runs and leave-one-out pairs (e.g. exact frozen)")
     ap.add_argument("--label", default="")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (run two reports side by side with 1)")
     ap.add_argument("--store", default=None)
@@ -47,31 +49,35 @@ def main() -> None:
         started = time.perf_counter()
         run = train(cfg, root)
         train_s = time.perf_counter() - started
-        acc = validate(run, metrics, n=args.n, options=EstimateOptions(dtype=args.dtype))
-        for m, a in acc.items():
-            infl = _influence_meta(run, m)
-            row = {"label": args.label, "preset": args.preset, "seed": seed, "run_id": run.run_id, "metric": m,
-                   "n": args.n, "kendall_tau": a.kendall_tau, "pearson_r": a.pearson_r, "jaccard_top10": a.jaccard_top10,
-                   "growth": infl["growth"], "verdict": infl["verdict"], "estimate_seconds": infl["seconds"],
-                   "loo_seconds": a.seconds_loo, "train_seconds_this_call": train_s,
-                   "test": run.read_json("summary.json")["test"]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for mode in args.optimizer_state:
+            options = EstimateOptions(dtype=args.dtype, optimizer_state=mode)
+            acc = validate(run, metrics, n=args.n, options=options)
+            for m, a in acc.items():
+                infl = _influence_meta(run, m, options)
+                row = {"label": args.label, "preset": args.preset, "seed": seed, "run_id": run.run_id, "metric": m,
+                       "optimizer_state": mode, "n": args.n, "kendall_tau": a.kendall_tau, "pearson_r": a.pearson_r,
+                       "jaccard_top10": a.jaccard_top10, "growth": infl["growth"], "verdict": infl["verdict"],
+                       "estimate_seconds": infl["seconds"], "loo_seconds": a.seconds_loo,
+                       "train_seconds_this_call": train_s, "test": run.read_json("summary.json")["test"]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print("\nmean over seeds:")
-    for m in metrics:
-        r = [x for x in rows if x["metric"] == m]
-        print(json.dumps({"label": args.label, "metric": m, "seeds": len(r),
-                          "kendall_tau_mean": float(np.mean([x["kendall_tau"] for x in r])),
-                          "kendall_tau_min": float(np.min([x["kendall_tau"] for x in r])),
-                          "jaccard_mean": float(np.mean([x["jaccard_top10"] for x in r])),
-                          "growth_max": float(np.max([x["growth"] for x in r])),
-                          "verdicts": sorted({x["verdict"] for x in r})}))
+    for mode in args.optimizer_state:
+        for m in metrics:
+            r = [x for x in rows if x["metric"] == m and x["optimizer_state"] == mode]
+            print(json.dumps({"label": args.label, "metric": m, "optimizer_state": mode, "seeds": len(r),
+                              "kendall_tau_mean": float(np.mean([x["kendall_tau"] for x in r])),
+                              "kendall_tau_min": float(np.min([x["kendall_tau"] for x in r])),
+                              "pearson_r_mean": float(np.mean([x["pearson_r"] for x in r])),
+                              "jaccard_mean": float(np.mean([x["jaccard_top10"] for x in r])),
+                              "growth_max": float(np.max([x["growth"] for x in r])),
+                              "verdicts": sorted({x["verdict"] for x in r})}))
 
 
-def _influence_meta(run: store.Run, metric: str) -> dict:
-    from influence.estimate import cached_results
+def _influence_meta(run: store.Run, metric: str, options: EstimateOptions) -> dict:
+    from influence.estimate import load_result
 
-    return cached_results(run)[metric].meta
+    return load_result(run, metric, options, run.read_npy("weights/final.npy").shape[0]).meta
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from torch.func import jvp
 from influence import store
 from influence.context import RunContext, load_run_config
 from influence.estimate import backward_step
-from influence.train import Trace, sgd_step
+from influence.stepmap import step
+from influence.train import Trace, trace_inputs
 
 
 def fastest(fn, repeat: int) -> float:
@@ -73,23 +74,20 @@ def main() -> None:
     cfg = load_run_config(run)
     trace = Trace.load(run)
     t = trace.steps - 1
-    lr_d, lr_g = (float(v) for v in trace.lrs[t])
+    lr_d = float(trace.lrs[t][0])
     out: dict = {"run": args.run, "threads": torch.get_num_threads(), "repeat": args.repeat}
     for dtype in (torch.float32, torch.float64):
         ctx = RunContext.create(cfg, root).with_dtype(dtype)
-        flat = torch.from_numpy(np.array(trace.params[t])).to(ctx.device, dtype)
-        theta_d, theta_g = trace.split(flat)
-        ids = torch.as_tensor(trace.batch(t))
-        x = ctx.train_x[ids]
-        z = torch.from_numpy(np.array(trace.z[t, : len(ids)])).to(dtype)
-        w = torch.ones(len(ids), dtype=dtype)
+        state = trace.layout.split(torch.from_numpy(np.array(trace.states[t])).to(ctx.device, dtype))
+        theta_d, theta_g = state.theta_d, state.theta_g
+        inp = trace_inputs(ctx, trace, t)
+        x, z, w = inp.x, inp.z, inp.w
         gen = torch.Generator().manual_seed(0)
-        u_d = torch.randn(3, theta_d.numel(), dtype=dtype, generator=gen)
-        u_g = torch.randn(3, theta_g.numel(), dtype=dtype, generator=gen)
-        train_s = fastest(lambda: sgd_step(ctx, theta_d, theta_g, x, z, w, lr_d, lr_g), args.repeat)
+        adjoint = [torch.randn(3, size, dtype=dtype, generator=gen) for size in trace.layout.sizes]
+        train_s = fastest(lambda: step(ctx.gan, trace.rule, state, inp), args.repeat)
         shared_s = fastest(lambda: shared_part(ctx, theta_d, theta_g, x, z, w), args.repeat)
-        back1 = fastest(lambda: backward_step(ctx, trace, t, u_d[:1], u_g[:1]), args.repeat)
-        back3 = fastest(lambda: backward_step(ctx, trace, t, u_d, u_g), args.repeat)
+        back1 = fastest(lambda: backward_step(ctx, trace, t, state, [a[:1] for a in adjoint]), args.repeat)
+        back3 = fastest(lambda: backward_step(ctx, trace, t, state, adjoint), args.repeat)
         name = str(dtype).removeprefix("torch.")
         out[name] = {
             "train_step_s": train_s, "shared_s": shared_s, "double_backward_s": back1 - shared_s,
@@ -99,8 +97,7 @@ def main() -> None:
         }
         print(name, json.dumps(out[name]), flush=True)
     ctx = RunContext.create(cfg, root).with_dtype(torch.float32)
-    flat = torch.from_numpy(np.array(trace.params[t])).to(ctx.device, torch.float32)
-    theta_d, _ = trace.split(flat)
+    theta_d = trace.layout.split(torch.from_numpy(np.array(trace.states[t])).to(ctx.device, torch.float32)).theta_d
     x = ctx.train_x[torch.as_tensor(trace.batch(t))]
     u = torch.randn(theta_d.numel(), generator=torch.Generator().manual_seed(1))
 

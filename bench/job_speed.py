@@ -76,15 +76,18 @@ def in_app(root: Path, epochs: int, seed: int, watchers: int, server_env: dict) 
             for tab in tabs:
                 tab.set_default_timeout(120_000)
                 tab.goto(url)
-                tab.get_by_text("Start training").wait_for()
+                tab.get_by_role("button", name="Start training").wait_for()
             tab = tabs[0]
-            tab.get_by_text("2D normal (the paper's toy)").click()
-            tab.get_by_text("Hyperparameters: the preset's values").click()
-            for label, value in (("epochs", str(epochs)), ("seed", str(seed))):
-                box = tab.get_by_label(label, exact=True)
-                box.fill(value)
-            started = time.perf_counter()
-            tab.get_by_role("button", name="Start training").click()
+            try:
+                tab.get_by_text("2D normal (the paper's toy)").click()
+                tab.get_by_text("Hyperparameters: the preset's values").click()
+                for label, value in (("epochs", str(epochs)), ("seed", str(seed))):
+                    tab.get_by_label(label, exact=True).fill(value)
+                started = time.perf_counter()
+                tab.get_by_role("button", name="Start training").click()
+            except Exception:
+                tab.screenshot(path=str(root / "job_speed_failure.png"), full_page=True)
+                raise
             key = None
             while True:
                 found = [s for s in jobs.list_jobs(root) if s["spec"]["kind"] == "train"]

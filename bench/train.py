@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train.py [--steps 20] [--skip-quick] [--store DIR]
 
-Per-step times come from timing `sgd_step` on each preset's model, batch and dtype
+Per-step times come from timing `stepmap.step` on each preset's model, optimizer, batch and dtype
 (after warm-up). The end-to-end figure trains the quick preset from scratch in a
 fresh store (the feature classifier is built beforehand and not counted), then
 reports its test IS/FID, the classifier's test accuracy, and IS/FID of real test
@@ -24,22 +24,30 @@ from influence.classifier import classifier_accuracy
 from influence.config import PRESETS, preset
 from influence.context import RunContext
 from influence.metrics import real_reference
-from influence.train import sgd_step, train
+from influence.stepmap import KIND_BOTH, KIND_D, KIND_G, StepInputs, step
+from influence.train import initial_train_state, train
 
 
 def seconds_per_step(name: str, root: Path, steps: int) -> float:
+    """Seconds per minibatch: one simultaneous step, or a D and a G half-step (alternating)."""
     ctx = RunContext.create(preset(name), root)
-    gan, G, D = ctx.new_gan()
-    theta_d, theta_g = gan.layout_d.flatten(D), gan.layout_g.flatten(G)
+    state = initial_train_state(ctx)
     b = ctx.cfg.train.batch_size
     x = ctx.train_x[:b]
     z = torch.randn(b, ctx.cfg.model.z_dim, dtype=ctx.dtype)
     w = torch.ones(b, dtype=ctx.dtype)
+    kinds = [KIND_BOTH] if ctx.cfg.train.scheme == "simultaneous" else [KIND_D, KIND_G]
+
+    def one(state):
+        for kind in kinds:
+            state = step(ctx.gan, ctx.rule, state, StepInputs(kind, x, z, w, 1e-4, 1e-4, 5, 5))[0]
+        return state
+
     for _ in range(3):
-        sgd_step(ctx, theta_d, theta_g, x, z, w, 1e-3, 1e-3)
+        one(state)
     start = time.perf_counter()
     for _ in range(steps):
-        sgd_step(ctx, theta_d, theta_g, x, z, w, 1e-3, 1e-3)
+        one(state)
     return (time.perf_counter() - start) / steps
 
 

@@ -122,7 +122,7 @@ class LrLesson:
     lr: float  # learning rate of both players in the retrained epoch
     steps: int  # steps retrained
     diverged: str | None  # training or the backward pass blew up: why; the fields below are then empty
-    state_norms: np.ndarray  # (steps + 1,) |adjoint| over the whole state before each step (last = start)
+    norms: np.ndarray  # (steps + 1, 3): |u_D|, |u_G|, |u| over the whole state, before each step (last = start)
     growth: float
     verdict: str
     verdict_message: str
@@ -170,7 +170,7 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
     empty = np.zeros(0)
 
     def failed(why: str) -> LrLesson:
-        return LrLesson(lr, steps, why, empty, math.inf, "unreliable", why, empty.astype(np.int64), empty, empty,
+        return LrLesson(lr, steps, why, np.zeros((0, 3)), math.inf, "unreliable", why, empty.astype(np.int64), empty, empty,
                         math.nan, math.nan, time.perf_counter() - started)
 
     final = replay_state(ctx, lesson).flat()
@@ -180,15 +180,16 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
     n = ctx.dataset.n_train
     adjoint, values = initial_adjoint(ctx, lesson, [metric])
     scores = np.zeros(n)
-    norms = np.full(steps + 1, np.nan)
-    norms[steps] = _norm(adjoint)
+    norms = np.full((steps + 1, 3), np.nan)
+    norms[steps] = _norms(adjoint)
     for t, s in states_backward(ctx, lesson):
         adjoint, terms = backward_step(ctx, lesson, t, s, adjoint)
         scores[lesson.batch(t)] += terms[0].detach().double().cpu().numpy()
-        norms[t] = _norm(adjoint)
-        if not np.isfinite(norms[t]):
-            return failed(f"the backward pass diverged at step {t} of {steps}: |adjoint| became infinite")
-    growth = float(np.nanmax(norms / norms[steps])) if norms[steps] > 0 else 1.0
+        norms[t] = _norms(adjoint)
+        if not np.isfinite(norms[t]).all():
+            return failed(f"the backward pass diverged at step {t} of {steps}: |u| became infinite")
+    whole = norms[:, 2]
+    growth = float(np.nanmax(whole / whole[steps])) if whole[steps] > 0 else 1.0
     verdict, message = verdict_for(growth)
     ids, estimated, actual = _check(ctx, lesson, scores, metric, values[0], n_check)
     tau = float(stats.kendalltau(estimated, actual).statistic) if len(ids) >= 2 else math.nan
@@ -196,8 +197,10 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
                     time.perf_counter() - started)
 
 
-def _norm(adjoint: list[torch.Tensor]) -> float:
-    return float(torch.sqrt(sum(a.double().pow(2).sum() for a in adjoint)))
+def _norms(adjoint: list[torch.Tensor]) -> np.ndarray:
+    """|u_D|, |u_G| and |u| over the whole state (optimizer buffers included), as the estimator records them."""
+    whole = torch.sqrt(sum(a.double().pow(2).sum() for a in adjoint))
+    return torch.stack([adjoint[0].double().norm(), adjoint[1].double().norm(), whole]).cpu().numpy()
 
 
 def _check(ctx: RunContext, lesson: Trace, scores: np.ndarray, metric: str, base: float, n_check: int):

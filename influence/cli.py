@@ -114,6 +114,9 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64"], help="backward-pass precision")
     p.add_argument("--damping", type=float, default=0.0, help="u <- (1-d) u - J^T u (biased; off by default)")
     p.add_argument("--last-steps", type=int, default=None, help="use only the last N traced steps")
+    p.add_argument("--optimizer-state", default="exact", choices=["exact", "frozen"],
+                   help="exact: adjoints through Adam's/momentum's buffers; frozen: buffers as constants (the 2025 "
+                        "follow-up's approximation, kept for comparison)")
 
 
 def _options(args):
@@ -121,7 +124,8 @@ def _options(args):
 
     if not 0 <= args.damping < 1:
         raise ConfigError("--damping must lie in [0, 1)")
-    return EstimateOptions(dtype=args.dtype, damping=args.damping, last_steps=args.last_steps)
+    return EstimateOptions(dtype=args.dtype, damping=args.damping, last_steps=args.last_steps,
+                           optimizer_state=args.optimizer_state)
 
 
 # ---------------------------------------------------------------- progress

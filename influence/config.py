@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 _PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 DATA_SOURCES = ("mnist", "torchvision-mnist", "fashion-mnist", "folder", "normal2d")
-ARCHS = ("smallcnn", "dcgan", "fcgan")
+ARCHS = ("smallcnn", "dcgan", "dcgan-radford", "fcgan")
 ACTIVATIONS = ("default", "softplus")
 INITS = ("torch", "glorot-uniform")
 DEVICES = ("auto", "cpu", "cuda")
@@ -64,7 +64,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = field(default="smallcnn", metadata={"help": f"one of {ARCHS}"})
+    arch: str = field(default="smallcnn", metadata={
+        "help": f"one of {ARCHS}: smallcnn (the paper's MNIST GAN), dcgan (two conv layers, 28/32 px), "
+                "dcgan-radford (Radford et al.'s DCGAN with LayerNorm, 32/64 px), fcgan (the 2D toy)"})
     width: int = field(default=8, metadata={"help": "channels of the conv layers (smallcnn: 8 or 32)"})
     z_dim: int = field(default=32, metadata={"help": "latent dimension"})
     activation: str = field(
@@ -172,7 +174,8 @@ class TrainConfig:
     )
     checkpoint_every: int | None = field(
         default=None,
-        metadata={"help": "trace_mode=checkpoints: store the state every K traced steps (default: about sqrt(steps))",
+        metadata={"help": "trace_mode=checkpoints: store the state every K traced steps (default: the longest "
+                          "segment whose states fit 4 GiB of memory, at least about sqrt(steps))",
                   "id_omitted_at_default": True},
     )
 
@@ -336,6 +339,23 @@ PRESETS: dict[str, RunConfig] = {
         model=ModelConfig(arch="fcgan", z_dim=10, activation="softplus"),
         train=TrainConfig(epochs=50, lr_d=0.001, lr_g=0.001, dtype="float64"),
         eval=EvalConfig(n_valid_z=1000, n_test_z=1000, n_grid=1000, feature="mnist-cnn"),
+    ),    # The toy as GANs are trained today: Adam (betas 0.5/0.999). Smooth units (softplus) and the
+    # official init keep a whole removal within the first-order estimate (docs/architecture.md).
+    "toy2d-adam": _preset(
+        "toy2d-adam",
+        data=DataConfig(source="normal2d", n_valid=1000, n_test=1000, dtype="float64"),
+        model=ModelConfig(arch="fcgan", z_dim=10, activation="softplus", bias=False, init="glorot-uniform"),
+        train=TrainConfig(epochs=20, lr_d=0.001, lr_g=0.001, dtype="float64", optimizer="adam", betas=(0.5, 0.999)),
+        eval=EvalConfig(n_valid_z=1000, n_test_z=1000, n_grid=1000, feature="mnist-cnn"),
+    ),
+    # MNIST as GANs are trained today: Adam, alternating D/G steps. The traced last epoch runs at a
+    # lower lr, where the backward recursion holds (docs/architecture.md).
+    "mnist-adam": _preset(
+        "mnist-adam",
+        data=DataConfig(source="mnist", n_train=10_000),
+        model=ModelConfig(arch="smallcnn", width=8),
+        train=TrainConfig(epochs=10, lr_d=0.0005, lr_g=0.0005, lr_schedule=((10, 0.0001, 0.0001),), optimizer="adam",
+                          betas=(0.5, 0.999), scheme="alternating"),
     ),
 }
 
@@ -464,7 +484,9 @@ def validate(cfg: RunConfig) -> None:
         (d.labels in LABELS, f"data.labels must be one of {LABELS}"),
         ((m.init_g is None) == (m.init_g_sha256 is None) and (m.init_d is None) == (m.init_d_sha256 is None),
          "model.init_g/init_d need their sha256: give the files with --init-g/--init-d (or --set, which records it)"),
-        (d.image_size in (28, 32), "data.image_size must be 28 or 32"),
+        (d.image_size in (28, 32, 64), "data.image_size must be 28, 32 or 64"),
+        (m.arch != "dcgan-radford" or d.image_size in (32, 64), "dcgan-radford generates 32x32 or 64x64 images"),
+        (m.arch != "dcgan" or d.image_size in (28, 32), "dcgan (two layers) generates 28x28 or 32x32 images"),
         (d.n_valid >= 2 and d.n_test >= 2, "data.n_valid and data.n_test must be at least 2"),
         (m.arch in ARCHS, f"model.arch must be one of {ARCHS}, got '{m.arch}'"),
         (1 <= m.width <= 512, "model.width must lie in 1..512"),

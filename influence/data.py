@@ -409,6 +409,20 @@ def _decode(blob: bytes, mode: str, size: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def folder_has_labels(root: str | Path) -> bool:
+    """Whether a folder/zip would give labels (every image in a class sub-folder), from file names alone."""
+    root = Path(root)
+    if root.is_dir():
+        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    elif root.is_file() and zipfile.is_zipfile(root):
+        with zipfile.ZipFile(root) as archive:
+            names = [i.filename for i in archive.infolist() if not i.is_dir()]
+    else:
+        return False
+    names = [n for n in names if not _ignored(n) and n.lower().endswith((".png", ".jpg", ".jpeg"))]
+    return bool(names) and _labels(names)[0] is not None
+
+
 def _labels(names: list[str]) -> tuple[np.ndarray | None, list[str] | None]:
     """Class = first-level sub-folder; None when some image lies outside any sub-folder."""
     parts = [PurePosixPath(n).parts for n in names]

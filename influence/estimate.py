@@ -34,7 +34,7 @@ from .context import RunContext, load_run_config
 from .errors import ConfigError, DivergenceError, StoreError
 from .metrics import METRIC_LABELS, check_metric, harmful_sign, sign_sentence
 from .progress import CancelToken, ProgressFn, Reporter
-from .stepmap import TrainState, state_vjp
+from .stepmap import KIND_BOTH, KIND_D, KIND_G, TrainState, state_vjp
 from .train import Trace, states_backward, trace_inputs
 
 log = logging.getLogger(__name__)
@@ -100,17 +100,21 @@ class InfluenceResult:
 
 
 def verdict_for(growth: float) -> tuple[str, str]:
+    """The verdict and its sentence. `growth` = the largest |u| over the backward pass divided by |u| where
+    the pass starts (u = the metric's gradient carried back through the traced steps)."""
+    size = f"growth factor {growth:.3g}: carried back through the traced steps, the metric's gradient |u|"
     if not np.isfinite(growth) or growth >= GROWTH_UNRELIABLE:
         return "unreliable", (
-            f"unreliable - the traced steps amplify perturbations by a factor {growth:.3g}; lower the learning "
-            "rate of the traced epochs or trace fewer steps"
+            f"unreliable - {size} grows to {growth:.3g}x its starting size, so the steps amplify perturbations; "
+            "lower the learning rate of the traced epochs or trace fewer steps"
         )
     if growth >= GROWTH_DOUBTFUL:
         return "doubtful", (
-            f"doubtful - the traced steps amplify perturbations by a factor {growth:.3g}; estimates for instances "
-            "early in the trace may be off"
+            f"doubtful - {size} grows to {growth:.3g}x its starting size; estimates for instances early in the "
+            "trace may be off"
         )
-    return "reliable", f"reliable - perturbations grow at most {growth:.3g}x over the traced steps"
+    return "reliable", (f"reliable - {size} stays within {growth:.3g}x its starting size (doubtful from "
+                        f"{GROWTH_DOUBTFUL:g}x, unreliable from {GROWTH_UNRELIABLE:g}x)")
 
 
 def _flags(ratio_at_step: np.ndarray, step_of: np.ndarray) -> np.ndarray:
@@ -192,19 +196,20 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
     n_params = trace.final.shape[0]
     first = trace.steps - (options.last_steps or trace.steps)
     frozen = options.optimizer_state == "frozen"
+    # States are recomputed (checkpoint mode) in the training dtype, bit for bit, then cast.
+    train_ctx = ctx if str(ctx.dtype) == f"torch.{ctx.cfg.train.dtype}" else ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
+    scales = block_scales(train_ctx, trace)
     partial = f"influence/_partial/{'+'.join(metrics)}-{options.key('', n_params)}"
     state = _load_partial(run, partial, metrics, options, n_params)
     if state is None:
         adjoint, values = initial_adjoint(ctx, trace, metrics)
         scores = torch.zeros(len(metrics), ctx.dataset.n_train, dtype=torch.float64)
         norms = torch.full((trace.steps + 1, len(metrics), 3), float("nan"), dtype=torch.float64)
-        norms[trace.steps] = _norms(adjoint)
+        norms[trace.steps] = _norms(adjoint, scales)
         t_next, elapsed = trace.steps - 1, 0.0
     else:
         adjoint, scores, norms, values, t_next, elapsed = state
         adjoint = [a.to(ctx.device, ctx.dtype) for a in adjoint]
-    # States are recomputed (checkpoint mode) in the training dtype, bit for bit, then cast.
-    train_ctx = ctx if str(ctx.dtype) == f"torch.{ctx.cfg.train.dtype}" else ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
     report = Reporter("influence", trace.steps - first, progress, cancel)
     for t, s in states_backward(train_ctx, trace, first, last=t_next):
         s = trace.layout.split(s.flat().to(ctx.device, ctx.dtype))
@@ -213,7 +218,7 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
         scores[:, ids] += terms.double().cpu()
         if options.damping:
             adjoint = [(1 - options.damping) * a for a in adjoint]
-        norms[t] = _norms(adjoint)
+        norms[t] = _norms(adjoint, scales)
         if not (all(torch.isfinite(a).all() for a in adjoint) and torch.isfinite(scores).all()):
             raise DivergenceError(
                 f"influence pass diverged at traced step {t}: the adjoint became NaN or infinite; lower the learning "
@@ -238,9 +243,43 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
     return out
 
 
-def _norms(adjoint: list[torch.Tensor]) -> torch.Tensor:
-    """(k, 3): |lambda_thetaD|, |lambda_thetaG|, |lambda| over the whole state (buffers and EMA included)."""
-    whole = torch.stack([a.double().pow(2).sum(dim=1) for a in adjoint]).sum(dim=0).sqrt()
+def block_scales(ctx: RunContext, trace: Trace) -> list[float]:
+    """Weights that put every state block's adjoint in parameter units, for the whole-state norm.
+
+    An optimizer buffer's adjoint has the units of d metric / d buffer (Adam's v is ~1e-8, so
+    its adjoint is huge without anything growing). A removal enters the state as a
+    perturbation of a player's gradient; its first step moves each buffer b by delta_b and the
+    player's parameters by delta_theta. Weighing lambda_b by RMS(delta_b) / RMS(delta_theta)
+    (measured on the player's last traced update, gradient perturbed in proportion to
+    itself) makes sum_b lambda_b delta_b comparable block by block. Parameters and the EMA
+    weigh 1, so SGD runs keep the paper's |u|.
+    """
+    if not trace.layout.n_buffers:
+        return [1.0] * len(trace.layout.sizes)
+    rule, gen = trace.rule, torch.Generator().manual_seed(0)
+    scales = {}
+    for player, kinds in (("d", (KIND_BOTH, KIND_D)), ("g", (KIND_BOTH, KIND_G))):
+        t = int(np.flatnonzero(np.isin(trace.kinds, kinds))[-1])
+        s = next(states_backward(ctx, trace, first=t, last=t))[1]
+        inp = trace_inputs(ctx, trace, t)
+        td, tg = s.theta_d.detach().requires_grad_(True), s.theta_g.detach().requires_grad_(True)
+        g_d, g_g, _, _ = ctx.gan.step_gradients(td, tg, inp.x, inp.z, inp.w, players=player)
+        theta, bufs, grad = (s.theta_d, s.buf_d, g_d) if player == "d" else (s.theta_g, s.buf_g, g_g)
+        lr, count = (inp.lr_d, inp.count_d) if player == "d" else (inp.lr_g, inp.count_g)
+        mask = ctx.gan.decay_mask_d if player == "d" else ctx.gan.decay_mask_g
+        delta = 1e-4 * grad * torch.randn(grad.shape, generator=gen, dtype=torch.float64).to(grad)
+        plus = rule.optimizer.update(theta, bufs, grad + delta, lr, count, mask)
+        minus = rule.optimizer.update(theta, bufs, grad - delta, lr, count, mask)
+        moved = float((plus[0] - minus[0]).double().pow(2).mean().sqrt())
+        scales[player] = [float((p - m).double().pow(2).mean().sqrt()) / moved if moved > 0 else 1.0
+                          for p, m in zip(plus[1], minus[1])]
+    return [1.0, 1.0] + scales["d"] + scales["g"] + ([1.0] if trace.layout.ema else [])
+
+
+def _norms(adjoint: list[torch.Tensor], scales: list[float]) -> torch.Tensor:
+    """(k, 3): |lambda_thetaD|, |lambda_thetaG|, |lambda| over the whole state (buffers and EMA included,
+    each block in parameter units: `block_scales`)."""
+    whole = torch.stack([(c * a.double()).pow(2).sum(dim=1) for a, c in zip(adjoint, scales)]).sum(dim=0).sqrt()
     return torch.stack([adjoint[0].norm(dim=1).double(), adjoint[1].norm(dim=1).double(), whole], dim=1).cpu()
 
 
@@ -280,6 +319,7 @@ def _save_result(run, metric, options, n_params, scores, norms, step_of, value, 
     meta = {
         "metric": metric, "label": METRIC_LABELS[metric], "sign": sign_sentence(metric),
         "harmful_sign": harmful_sign(metric), "options": options.identity(n_params),
+        "optimizer": trace.rule.optimizer.kind, "ema_generator": trace.ema_eval,
         "estimator_version": ESTIMATOR_VERSION, "traced_steps": trace.steps - first,
         "trace_first_step": trace.first_step, "metric_value_valid": value, "seconds": seconds,
         "growth": growth, "verdict": verdict, "verdict_message": message,

@@ -120,13 +120,26 @@ def reference_line(report: dict) -> str:
     return "; ".join(parts)
 
 
+FEATURE_NOTES = {
+    "mnist-cnn": "IS/FID on a small CNN classifier trained on this data set's labels (comparable within this tool, "
+                 "not to published FIDs)",
+    "inception": "IS/FID on pytorch-fid's Inception-v3 (the published FIDs' features; compare at equal sample sizes)",
+    "autoencoder": "FID on an autoencoder trained on this data set: NOT comparable to published FIDs; no IS",
+}
+
+
+def feature_note(cfg) -> str:
+    """Which features a run's IS/FID use, in words (for every place that shows FID)."""
+    return "" if cfg.is_2d else FEATURE_NOTES[cfg.eval.feature]
+
+
 def scope_text(traced_steps: int, total_steps: int, epochs: int) -> str:
-    """What an estimate covers: 'the last 1 of 20 epochs (100 of 2000 steps)'."""
+    """What an estimate covers: 'the last 1 of 20 epochs, 100 of 2000 steps'."""
     per_epoch = total_steps / epochs if epochs else 0
     if per_epoch and traced_steps % per_epoch == 0:
         k = int(traced_steps // per_epoch)
-        return f"the last {k} of {epochs} epochs ({traced_steps} of {total_steps} steps)"
-    return f"the last {traced_steps} of {total_steps} steps ({epochs} epochs)"
+        return f"the last {k} of {epochs} epochs, {traced_steps} of {total_steps} steps"
+    return f"the last {traced_steps} of {total_steps} steps, {epochs} epochs in all"
 
 
 def if_removed(metric: str, traced_steps: int, total_steps: int, epochs: int) -> str:

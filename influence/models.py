@@ -107,6 +107,45 @@ class DcganDiscriminator(nn.Module):
         return self.head(self.net(x).flatten(1)).squeeze(1)
 
 
+class RadfordGenerator(nn.Module):
+    """DCGAN generator in Radford et al.'s layout: z -> 4x4 x 8w -> 8x8 x 4w -> 16x16 x 2w -> 32x32 x w -> image
+    (64 px: one more stage, from 4x4 x 16w). LayerNorm where the classic has BatchNorm: BatchNorm
+    couples the instances of a batch, so one image's removal would move every other's gradient."""
+
+    def __init__(self, width: int, z_dim: int, channels: int, size: int, act: Activation = nn.ReLU):
+        super().__init__()
+        stages = {32: 4, 64: 5}[size]
+        chans = [width * 2 ** (stages - 1 - i) for i in range(stages)]  # 8w 4w 2w w (32 px)
+        self.c0 = chans[0]
+        self.project = nn.Linear(z_dim, self.c0 * 16)
+        layers: list[nn.Module] = [layer_norm(self.c0), act()]
+        for c_in, c_out in zip(chans, chans[1:]):  # each doubles the side: 4 -> 8 -> ... -> size
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), layer_norm(c_out), act()]
+        layers += [nn.Conv2d(chans[-1], channels, 3, 1, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.project(z).view(-1, self.c0, 4, 4))
+
+
+class RadfordDiscriminator(nn.Module):
+    """Mirror of RadfordGenerator: image -> size x w -> ... -> 4x4 x 8w (16w at 64 px) -> logit, strided 4x4
+    convs, LeakyReLU(0.2), LayerNorm after every conv but the first (Radford: BatchNorm there)."""
+
+    def __init__(self, width: int, channels: int, size: int, act: Activation = lambda: nn.LeakyReLU(0.2)):
+        super().__init__()
+        stages = {32: 4, 64: 5}[size]
+        chans = [width * 2**i for i in range(stages)]  # w 2w 4w 8w (32 px)
+        layers: list[nn.Module] = [nn.Conv2d(channels, chans[0], 3, 1, 1), act()]
+        for c_in, c_out in zip(chans, chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), layer_norm(c_out), act()]
+        self.net = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1] * 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x).flatten(1)).squeeze(1)
+
+
 class FcGenerator(nn.Module):
     """The paper's 2D generator: z (10) -> 32 -> 32 -> 2, ReLU (its code: no biases)."""
 
@@ -140,6 +179,9 @@ def build_gan(cfg: ModelConfig, channels: int = 1, size: int = 28) -> tuple[nn.M
     elif cfg.arch == "dcgan":
         G, D = (DcganGenerator(cfg.width, cfg.z_dim, channels, size, act(nn.ReLU)),
                 DcganDiscriminator(cfg.width, channels, size, act(lambda: nn.LeakyReLU(0.2))))
+    elif cfg.arch == "dcgan-radford":
+        G, D = (RadfordGenerator(cfg.width, cfg.z_dim, channels, size, act(nn.ReLU)),
+                RadfordDiscriminator(cfg.width, channels, size, act(lambda: nn.LeakyReLU(0.2))))
     elif cfg.arch == "fcgan":
         G, D = FcGenerator(cfg.z_dim, act(nn.ReLU), cfg.bias), FcDiscriminator(act(nn.ReLU), cfg.bias)
     else:

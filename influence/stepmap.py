@@ -202,8 +202,17 @@ def state_vjp(
     return out, jw
 
 
-def checkpoint_spacing(traced_steps: int, mode: str, every: int | None) -> int:
-    """Steps between stored states: 1 for snapshots; `every` or about sqrt(steps) for checkpoints."""
+# The backward pass holds one segment of states in memory; it recomputes every step once,
+# whatever the segment length, so the longest segment the budget allows stores the least.
+SEGMENT_BUDGET_BYTES = 4 * 1024**3
+
+
+def checkpoint_spacing(traced_steps: int, mode: str, every: int | None, state_bytes: int) -> int:
+    """Steps between stored states: 1 for snapshots; for checkpoints `every`, else the longest
+    segment whose states fit SEGMENT_BUDGET_BYTES (at least about sqrt(steps), the classic choice)."""
     if mode == "snapshots":
         return 1
-    return every or max(1, int(round(np.sqrt(traced_steps))))
+    if every:
+        return every
+    fits = max(1, SEGMENT_BUDGET_BYTES // max(1, state_bytes))
+    return max(1, int(round(np.sqrt(traced_steps))), min(traced_steps, fits))

@@ -300,7 +300,8 @@ def train(
     n = ctx.dataset.n_train
     per_epoch = len(epoch_kinds(cfg, n))
     first_traced, total = traced_step_range(cfg, n)
-    every = checkpoint_spacing(total - first_traced, cfg.train.trace_mode, cfg.train.checkpoint_every)
+    every = checkpoint_spacing(total - first_traced, cfg.train.trace_mode, cfg.train.checkpoint_every,
+                               layout.numel * state.theta_d.element_size())
     rng = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch = 1

@@ -36,7 +36,7 @@ from .execution.payload import RunPayload, SeedPayload, run_payload, seed_payloa
 from .metrics import check_metric, harmful_sign
 from .progress import CancelToken, Progress, ProgressFn, Reporter
 from .specs import check_sweep
-from .train import Trace, replay, steps_per_epoch, train
+from .train import Trace, epoch_kinds, replay, train
 
 SELECTIONS = ("first", "random")
 PARTIAL_EVERY = 10
@@ -237,7 +237,7 @@ def _first_step_of_last_epochs(trace: Trace, cfg: RunConfig, n_train: int, k: in
     """Index within the trace of the first step of the run's last k epochs; ConfigError unless all are traced."""
     if k < 1:
         raise ConfigError("trace_epochs must be at least 1")
-    first = trace.steps - k * steps_per_epoch(n_train, cfg.train.batch_size)  # the trace ends with training
+    first = trace.steps - k * len(epoch_kinds(cfg, n_train))  # the trace ends with training
     if first < 0:
         raise ConfigError(f"the run traced {trace.steps} steps, fewer than its last {k} epochs; train it with "
                           f"train.trace_epochs of at least {k}")
@@ -311,7 +311,8 @@ def sweep(
         tasks = Tasks(todo, here=lambda i, env: _prepare_seed(configs[i], root, methods, options,
                                                               inner(configs[i].seed), env.cancel),
                       remote=functools.partial(_prepare_seed_remote, methods, dataclasses.asdict(options)),
-                      ship=lambda i: _seed_payload(configs[i], root))
+                      ship=lambda i: _seed_payload(configs[i], root),
+                      receive=lambda i, files: _keep_checkpoint(store.Run(root, configs[i].run_id), files))
         # a worker's reports carry their seed (`_prepare_seed_remote`)
         for i, result in executor.run(tasks, lambda p: inner(p.info.get("seed"))(p), cancel):
             orders[i] = result if executor.client is None else _receive_seed(configs[i], root, *result)
@@ -359,18 +360,32 @@ def _prepare_seed_remote(methods: list[str], options: dict, _shared, seed: SeedP
         run = store.Run(root, cfg.run_id)
         for rel, data in seed.files.items():
             run.write(rel, data)
+
         def progress(p: Progress) -> None:
             env.progress(dataclasses.replace(p, info={**p.info, "seed": cfg.seed}))
+            if p.stage == "train" and "epoch_done" in p.info and p.info["epoch"] < cfg.train.epochs:
+                # each epoch's checkpoint to the client: a seed lost later resumes there, not from scratch
+                env.send({rel: run.read_bytes(rel) for rel in ("config.json", "checkpoint/state.pt")})
 
         orders = _prepare_seed(cfg, root, methods, EstimateOptions(**options), progress, env.cancel)
         return orders, {rel: run.read_bytes(rel) for rel in run.manifest()}
 
 
-def _receive_seed(cfg: RunConfig, root, orders: dict[str, np.ndarray], files: dict[str, bytes]) -> dict[str, np.ndarray]:
-    """A seed prepared on a worker: its files into the store (summary.json last: it marks the run finished)."""
-    run = store.Run(root, cfg.run_id)
+def _write_files(run: store.Run, files: dict[str, bytes]) -> None:
+    """Files of a run computed elsewhere, through the store (summary.json last: it marks a run finished)."""
     for rel in sorted(files, key=lambda r: r == "summary.json"):
         run.write(rel, files[rel])
+
+
+def _keep_checkpoint(run: store.Run, files: dict[str, bytes]) -> None:
+    if not run.exists("summary.json"):  # a checkpoint arriving after its finished run is stale
+        _write_files(run, files)
+
+
+def _receive_seed(cfg: RunConfig, root, orders: dict[str, np.ndarray], files: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """A seed prepared on a worker: its files into the store; its training checkpoint is no longer needed."""
+    run = store.Run(root, cfg.run_id)
+    _write_files(run, files)
     run.forget("checkpoint/")  # the worker finished training: a checkpoint left here is stale
     for p in run.path("checkpoint").glob("*") if run.exists("checkpoint") else []:
         p.unlink(missing_ok=True)

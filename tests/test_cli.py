@@ -162,3 +162,48 @@ def test_removal_csv_forms():
         read_removal_csv("id\n")
     with pytest.raises(ConfigError, match="outside the training set"):
         read_removal_csv("id\n99999999999999999999999\n", n_train=10)
+
+
+def test_store_and_cluster_are_accepted_after_the_subcommand(capsys, cli_store, tiny_run, toy_run, monkeypatch):
+    from influence.execution import ENV_CLUSTER
+
+    monkeypatch.delenv(ENV_CLUSTER, raising=False)
+    assert main(["runs", "--store", str(cli_store), "--json", "--cluster", "tcp://127.0.0.1:8786"]) == 0
+    assert {r["run_id"] for r in json.loads(capsys.readouterr().out)} == {tiny_run.run_id, toy_run.run_id}
+    assert os.environ[ENV_CLUSTER] == "tcp://127.0.0.1:8786"  # what the jobs' execution layer reads
+
+
+def test_sweep_and_cleanse_take_the_same_job_locks_as_the_app(capsys, tiny_run, tmp_path, monkeypatch):
+    """The CLI builds the app's specs (same job keys, so the same locks) and runs them through the job protocol."""
+    import dataclasses
+
+    from influence import jobs, specs
+    from influence.context import load_run_config
+    from influence.estimate import EstimateOptions
+
+    monkeypatch.syspath_prepend(str(REPO / "app"))
+    from explorer import sweepform
+
+    root = store.store_root(tmp_path)
+    copy_run(tiny_run, root)
+    ran = []
+    real = jobs.run_job
+
+    def recorded(root_, spec, progress=None):
+        ran.append(spec)
+        return {"table": []} if spec["kind"] == "sweep" else real(root_, spec, progress)
+
+    monkeypatch.setattr(jobs, "run_job", recorded)
+    cfg = load_run_config(tiny_run)
+    assert main(["sweep", "--store", str(root), "--preset", "tiny", "--seeds", "0", "1", "--methods", "fid", "random",
+                 "--counts", "10", "50", "--json"]) == 0
+    app_spec = sweepform.sweep_spec(cfg, "0, 1", ["fid", "random"], "10 50", "fid", 1000)
+    assert jobs.job_key(ran[0]) == jobs.job_key(app_spec)
+    # cleanse --top-harmful: the estimate under the app's estimate key, then the cleanse job
+    assert main(["cleanse", "--store", str(root), "--run", tiny_run.run_id, "--top-harmful", "5", "--by", "fid",
+                 "--json"]) == 0
+    assert [s["kind"] for s in ran[1:]] == ["estimate", "cleanse"]
+    assert jobs.job_key(ran[1]) == jobs.job_key({"kind": "estimate", "params": {
+        "run_id": tiny_run.run_id, "metrics": ["fid"], "options": dataclasses.asdict(EstimateOptions())}})
+    assert jobs.job_key(ran[1]) == jobs.job_key(specs.estimate_spec(tiny_run.run_id, ["fid"]))
+    capsys.readouterr()

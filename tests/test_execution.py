@@ -4,6 +4,7 @@ worker's tasks are retried, cancelling stops the remaining tasks."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ def cluster():
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as c:
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as c:
         yield c
 
 
@@ -122,6 +123,30 @@ def test_a_sweep_on_the_cluster_equals_the_local_path(tmp_path, on_cluster):
     for c in configs:
         a, b = (Trace.load(store.open_run(tmp_path / s, c.run_id)) for s in ("a", "b"))
         assert np.array_equal(a.states, b.states) and np.array_equal(a.final_state, b.final_state)
+
+
+def test_a_sweep_stopped_on_the_cluster_resumes_from_the_checkpoint_it_sent(tmp_path, on_cluster):
+    """Training checkpoints travel to the client as the workers write them: finished epochs are kept."""
+    configs = [dataclasses.replace(c, train=dataclasses.replace(c.train, epochs=8))
+               for c in (toy_config(seed=s) for s in (0, 1))]
+    args = (["random"], [20])
+    token, seen = CancelToken(), []
+
+    def stop_at_first_checkpoint(p):
+        if any(store.Run(tmp_path / "b", c.run_id).exists("checkpoint/state.pt") for c in configs):
+            seen.append(p)
+            token.set()
+
+    with pytest.raises(Cancelled):
+        sweep(configs, tmp_path / "b", *args, metric="all", progress=stop_at_first_checkpoint, cancel=token)
+    assert seen
+    kept = [c for c in configs if store.Run(tmp_path / "b", c.run_id).exists("checkpoint/state.pt")]
+    assert kept
+    for c in kept:  # verified against the manifest, resumable
+        assert store.Run(tmp_path / "b", c.run_id).read_state_dict("checkpoint/state.pt")["epoch"] >= 1
+    resumed = sweep(configs, tmp_path / "b", *args, metric="all")
+    local = _local(lambda: sweep(configs, tmp_path / "a", *args, metric="all"))
+    pd.testing.assert_frame_equal(local, resumed)
 
 
 def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch):

@@ -15,6 +15,8 @@ CASES = [
     ("smallcnn", 8, 32, 1, 28, (1, 28, 28)),
     ("dcgan", 8, 32, 1, 28, (1, 28, 28)),
     ("dcgan", 8, 32, 3, 32, (3, 32, 32)),
+    ("dcgan-radford", 4, 32, 3, 32, (3, 32, 32)),
+    ("dcgan-radford", 2, 16, 1, 64, (1, 64, 64)),
     ("fcgan", 8, 10, 1, 28, (2,)),
 ]
 
@@ -158,3 +160,21 @@ def test_fcgan_defaults_keep_the_earlier_initial_weights():
     assert flat.numel() == 5891
     assert float(flat.sum()) == pytest.approx(-7.292035744700115, abs=1e-12)
     assert float(flat.abs().sum()) == pytest.approx(481.3169665946043, abs=1e-10)
+
+
+@pytest.mark.parametrize("size, stages", [(32, 4), (64, 5)])
+def test_radford_dcgan_follows_the_papers_layout(size, stages):
+    """G: z -> 4x4 x 8w -> 8x8 x 4w -> 16x16 x 2w -> 32x32 x w -> image (64 px: from 4x4 x 16w); D mirrors it."""
+    w = 4
+    G, D = _build("dcgan-radford", w, 16, 3, size)
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+             for m in (*G.modules(), *D.modules()) if isinstance(m, nn.GroupNorm)]
+    D(G(torch.randn(2, 16)))
+    for h in hooks:
+        h.remove()
+    sides = [4 * 2**i for i in range(stages)]
+    g_shapes = [(w * 2 ** (stages - 1 - i), s, s) for i, s in enumerate(sides)]
+    d_shapes = [(w * 2**i, s, s) for i, s in enumerate(reversed(sides))][1:]  # no norm after D's first conv
+    assert shapes == g_shapes + d_shapes
+    assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2 for m in D.modules()) == stages

@@ -316,7 +316,7 @@ def corrupt(path: Path, how: str) -> None:
         path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
 
 
-RUN_FILES = ["weights/final.npy", "trace/params.npy", "config.json", "manifest.json"]
+RUN_FILES = ["weights/final.npy", "trace/states.npy", "config.json", "manifest.json"]
 
 
 @pytest.mark.parametrize("rel", RUN_FILES)
@@ -463,9 +463,9 @@ def test_influence_divergence_fails_the_job_keeps_the_last_checkpoint_and_resume
     bad_t = 12 - 5  # the 5th step of the pass (traced steps 11..0)
     firsts = []
 
-    def poisoned(ctx, trace, t, u_d, u_g):
-        jd, jg, jw = real(ctx, trace, t, u_d, u_g)
-        return (jd * float("nan"), jg, jw) if t == bad_t else (jd, jg, jw)
+    def poisoned(ctx, trace, t, state, adjoint, frozen=False):
+        adjoint, terms = real(ctx, trace, t, state, adjoint, frozen)
+        return ([adjoint[0] * float("nan")] + adjoint[1:], terms) if t == bad_t else (adjoint, terms)
 
     monkeypatch.setattr(est, "backward_step", poisoned)
     with pytest.raises(DivergenceError, match=f"influence pass diverged at traced step {bad_t}"):
@@ -474,7 +474,7 @@ def test_influence_divergence_fails_the_job_keeps_the_last_checkpoint_and_resume
     assert status["state"] == "failed" and f"traced step {bad_t}" in status["message"]
     partial = [r for r in run.manifest() if r.startswith("influence/_partial/") and r.endswith("state.pt")]
     assert len(partial) == 1 and int(run.read_state_dict(partial[0])["t_next"]) == 12 - EVERY - 1
-    assert all(np.isfinite(run.read_state_dict(partial[0])["u_d"].numpy()).ravel())
+    assert all(np.isfinite(run.read_state_dict(partial[0])["adjoint_0"].numpy()).ravel())
     monkeypatch.setattr(est, "backward_step", real)
     jobs.run_job(tmp_path / "store", spec, progress=lambda p: firsts.append(p.done))
     assert firsts[0] == EVERY + 1  # resumed from the last good checkpoint

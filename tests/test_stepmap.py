@@ -17,7 +17,7 @@ from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled, ConfigError
 from influence.estimate import EstimateOptions, estimate
 from influence.progress import CancelToken
-from influence.stepmap import KIND_BOTH, KIND_D, KIND_G, StepInputs, state_vjp, step
+from influence.stepmap import KIND_BOTH, KIND_D, KIND_G, StepInputs, checkpoint_spacing, state_vjp, step
 from influence.train import Trace, replay, replay_state, trace_inputs, train
 
 from _helpers import toy_config
@@ -170,11 +170,10 @@ def test_adam_estimate_ranks_whole_removals_like_leave_one_out(tmp_path):
 
 def test_checkpointed_trace_gives_identical_estimates_replays_and_a_smaller_trace(runs, tmp_path):
     snap = runs["adamw-alternating-ema"]
-    ckpt = train(_config("adamw-alternating-ema", "train.trace_mode=checkpoints"), tmp_path)
+    ckpt = train(_config("adamw-alternating-ema", "train.trace_mode=checkpoints", "train.checkpoint_every=2"), tmp_path)
     a, b = Trace.load(snap), Trace.load(ckpt)
-    every = int(round(np.sqrt(a.steps)))  # 6 half-steps per epoch: D D G D D G
-    assert a.steps == 6 and b.stored_steps.tolist() == list(range(0, a.steps, every)) == [0, 2, 4]
-    assert np.array_equal(a.final_state, b.final_state) and np.array_equal(a.states[::every], b.states)
+    assert a.steps == 6 and b.stored_steps.tolist() == [0, 2, 4]  # 6 half-steps per epoch: D D G D D G
+    assert np.array_equal(a.final_state, b.final_state) and np.array_equal(a.states[::2], b.states)
     ea, eb = estimate(snap, ["all", "dloss"]), estimate(ckpt, ["all", "dloss"])
     for m in ("all", "dloss"):
         assert np.array_equal(ea[m].scores, eb[m].scores), m
@@ -182,6 +181,15 @@ def test_checkpointed_trace_gives_identical_estimates_replays_and_a_smaller_trac
     ctx_a, ctx_b = RunContext.create(load_run_config(snap), snap.root), RunContext.create(load_run_config(ckpt), ckpt.root)
     j = int(a.batch(3)[0])
     assert torch.equal(replay_state(ctx_a, a, [j], start=3).flat(), replay_state(ctx_b, b, [j], start=3).flat())
+
+
+def test_default_checkpoint_spacing_is_the_longest_segment_the_memory_budget_allows():
+    state = 18_000_000 * 4  # DCGAN-32 at width 64 with Adam: ~6M parameters x (theta, m, v), float32
+    assert checkpoint_spacing(50, "checkpoints", None, state) == 50  # 4 GiB / 72 MB = 59: one stored state
+    assert checkpoint_spacing(500, "checkpoints", None, state) == 59
+    assert checkpoint_spacing(500, "checkpoints", None, 1_000) == 500  # small models: one stored state
+    assert checkpoint_spacing(500, "checkpoints", None, 2**31) == 22  # never under about sqrt(steps)
+    assert checkpoint_spacing(500, "checkpoints", 7, state) == 7 and checkpoint_spacing(500, "snapshots", None, state) == 1
 
 
 def test_adam_run_killed_mid_epoch_resumes_to_the_same_run(tmp_path):

@@ -77,8 +77,8 @@ def test_a_corrupted_weights_file_fails_trace_load(toy_run, tmp_path):
         Trace.load(run)
     # the same for the trace itself
     run2 = copy_run(toy_run, tmp_path / "second")
-    _flip_byte(run2.path("trace/params.npy"), offset=1000)
-    with pytest.raises(StoreError, match="trace/params.npy' is damaged"):
+    _flip_byte(run2.path("trace/states.npy"), offset=1000)
+    with pytest.raises(StoreError, match="trace/states.npy' is damaged"):
         Trace.load(run2)
 
 

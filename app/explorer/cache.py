@@ -18,12 +18,15 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from influence import baselines, estimate, store
+from influence import baselines, datamap, estimate, honesty, store
 from influence.cleanse import attempts as cleanse_attempts
+from influence.config import RunConfig
 from influence.context import RunContext, load_run_config
 from influence.errors import StoreError
-from influence.train import checkpoint_history, load_history
+from influence.train import Trace, checkpoint_history, load_history
 from influence.validate import stored_sweeps, stored_validations
+
+from . import tables
 
 THUMB_PX = 84  # 3x a 28 px digit: large enough to judge it, small enough for a table row
 GALLERY_PX = 112  # 4x in the gallery grid
@@ -58,6 +61,12 @@ def runs(root: str, stamp: tuple) -> list[dict]:
     return store.list_runs(Path(root))
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def seed_spread(root: str, run_id: str, stamp: tuple) -> dict[str, tuple[float, int]]:
+    """Spread of the test metrics over seeds of this run's configuration (tables.seed_spread)."""
+    return tables.seed_spread(runs(root, stamp), run_id)
+
+
 @st.cache_resource(show_spinner="Loading the run's data set ...", max_entries=4)
 def context(root: str, run_id: str) -> RunContext:
     run = store.open_run(Path(root), run_id)
@@ -87,10 +96,35 @@ def live_history(root: str, run_id: str, mtime_ns: int) -> list[dict]:
 
 @st.cache_resource(show_spinner="Reading influence results ...", max_entries=8)
 def results(root: str, run_id: str, stamp: tuple) -> dict[str, estimate.InfluenceResult]:
-    """The newest cached result per metric, FID/IS/D-loss/ALL in that order (read-only arrays shared
-    by every session)."""
+    """The named result in use (estimate.chosen_name), per metric, FID/IS/D-loss/ALL in that order
+    (read-only arrays shared by every session)."""
     found = estimate.cached_results(store.open_run(Path(root), run_id))
     return {m: found[m] for m in METRIC_ORDER if m in found}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def result_names(root: str, run_id: str, stamp: tuple) -> tuple[list[tuple[str, list[str]]], str | None]:
+    """([(name, its metrics)], the name in use): every named influence result of the run."""
+    run = store.open_run(Path(root), run_id)
+    sets = estimate.result_sets(run)
+    return [(name, [m for m in METRIC_ORDER if m in found]) for name, found in sets.items()], \
+        estimate.chosen_name(run, sets)
+
+
+@st.cache_data(show_spinner="Checking what the metrics can mean on this data ...", max_entries=16)
+def metric_report(root: str, run_id: str) -> dict:
+    """Feature net quality, real-data reference and per-metric informativeness (honesty.metric_report)."""
+    run = store.open_run(Path(root), run_id)
+    return honesty.metric_report(run, None if run.exists(honesty.REPORT) else context(root, run_id))
+
+
+@st.cache_resource(show_spinner="Computing the map of the training set (once per run) ...", max_entries=8)
+def map_data(root: str, run_id: str, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(2D coordinates, feature vectors) of every training instance (cached in the run under map/)."""
+    run = store.open_run(Path(root), run_id)
+    ctx = context(root, run_id)
+    coords = datamap.embedding(run, method, ctx)
+    return coords, datamap.training_features(run, ctx)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -158,6 +192,31 @@ def epoch_grids(root: Path, run_id: str, is_2d: bool) -> list[str]:
     folder = Path(root) / run_id / "grids"
     pattern = "epoch_*.npy" if is_2d else "epoch_*.png"
     return [f"grids/{p.name}" for p in sorted(folder.glob(pattern))] if folder.exists() else []
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def traced_steps(root: str, run_id: str) -> tuple[np.ndarray, int, int]:
+    """(first traced step of each training instance, -1 = none; global index of the first traced step;
+    steps per epoch) for the detail view."""
+    run = store.open_run(Path(root), run_id)
+    trace = Trace.load(run)
+    summary = run.read_json("summary.json")
+    per_epoch = summary["steps"] // RunConfig.from_dict(run.read_json("config.json")).train.epochs
+    return trace.step_of_instance(summary["n_train"]), int(trace.first_step), max(per_epoch, 1)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def removed_ids(root: str, run_id: str, attempt_key: str) -> np.ndarray:
+    """The training ids a cleansing attempt removed."""
+    return store.open_run(Path(root), run_id).read_npy(f"cleanse/{attempt_key}/removed.npy")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def scores_file(root: str, run_id: str, stamp: tuple, fmt: str) -> bytes:
+    """Every instance's scores (all metrics, harmful ranks, estimate flags, label, path where known) as the
+    engine writes them (influence/table.csv or .parquet), for download."""
+    run = store.open_run(Path(root), run_id)
+    return run.read_bytes(f"influence/table.{fmt}")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

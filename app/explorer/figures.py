@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from influence.baselines import METHOD_LABELS
+from influence.estimate import GROWTH_DOUBTFUL, GROWTH_UNRELIABLE
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS, harmful_sign
 
 HARMFUL = "#d62728"
@@ -22,6 +23,17 @@ HELPFUL = "#1f77b4"
 GENERATED = "#2ca02c"
 CLEANSED = "#ff7f0e"
 MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+# Influence axes: ticks as 5e-5, 1.5e-4 (d3 '~e' trims zeros; plotly's own exponent format writes
+# '0.5e-4'), zero as 0; hovers with the 3 digits of tables.sci.
+SCI_AXIS = dict(tickformat=".2~e", labelalias={"0e+0": "0"}, hoverformat=".2e")
+CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf")  # d3's category10: ten classes, none pale on white
+
+
+def class_color(label: int) -> str:
+    return "#555" if label < 0 else CLASS_COLORS[label % len(CLASS_COLORS)]
 
 
 def axis_label(metric: str) -> str:
@@ -53,29 +65,68 @@ def influence_histogram(scores: np.ndarray, metric: str, log_y: bool = True, hei
     fig.add_annotation(x=x1 if harmful_positive else x0, y=1, yref="paper", showarrow=False,
                        xanchor="right" if harmful_positive else "left", yanchor="bottom",
                        text=("harmful side →" if harmful_positive else "← harmful side"), font_color=HARMFUL)
-    # The legend sits on the helpful side, opposite the "harmful side" note.
-    legend = dict(orientation="h", yanchor="bottom", y=1.06, x=0.0 if harmful_positive else 1.0,
-                  xanchor="left" if harmful_positive else "right")
-    fig.update_layout(barmode="stack", height=height, margin=MARGIN, dragmode="select",
+    # The legend sits under the axis title: above the plot it hid under the toolbar (top right).
+    legend = dict(orientation="h", yanchor="top", y=-0.32, x=0.0, xanchor="left")
+    fig.update_layout(barmode="stack", height=height, margin=dict(MARGIN, b=10), dragmode="select",
                       xaxis_title=axis_label(metric),
                       yaxis_title="training instances" + (" (log scale)" if log_y else ""), legend=legend, title=None)
-    fig.update_xaxes(exponentformat="e")
+    fig.update_xaxes(**SCI_AXIS)
     if log_y:
         fig.update_yaxes(type="log", dtick=1)  # ticks at 1, 10, 100 ... only
     return fig
 
 
-def u_norm_figure(u_norms: np.ndarray, height: int = 260) -> go.Figure:
-    """|u_D| and |u_G| per traced step (index = traced step; NaN = not reached)."""
-    steps = np.arange(len(u_norms))
+def u_growth(u_norms: np.ndarray, whole: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """|u| per traced step relative to the whole |u| where the backward pass starts (the last index):
+    'whole' (its maximum over the pass is the verdict's growth factor), 'D' and 'G' (each block's share,
+    so both stay at or below 'whole'). `whole` = the engine's whole-state norm (optimizer buffers
+    included) when stored; otherwise the norm over both players' parameters (the same thing for SGD)."""
+    u_norms = np.asarray(u_norms, dtype=float)
+    whole = np.hypot(u_norms[:, 0], u_norms[:, 1]) if whole is None else np.asarray(whole, dtype=float)
+    start = whole[-1] if whole[-1] > 0 else 1.0
+    return {"whole": whole / start, "D": u_norms[:, 0] / start, "G": u_norms[:, 1] / start}
+
+
+def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: int = 300) -> go.Figure:
+    """The backward pass's |u| per traced step, as multiples of its starting size (log axis, decade ticks),
+    with the verdict's thresholds drawn: the black line's peak is the growth factor the verdict names."""
+    rel = u_growth(u_norms, whole)
+    steps = np.arange(len(rel["whole"]))
     fig = go.Figure()
-    for col, name, color in ((0, "|u_D| (discriminator)", HELPFUL), (1, "|u_G| (generator)", CLEANSED)):
-        y = np.where(u_norms[:, col] > 0, u_norms[:, col], np.nan)  # log axis: zeros cannot be drawn
-        fig.add_scatter(x=steps, y=y, mode="lines+markers", name=name, marker_size=4, line_color=color)
-    fig.update_layout(height=height, margin=MARGIN, xaxis_title="traced step (the backward pass runs right to left)",
-                      yaxis_title="|u| (log scale)", legend=dict(orientation="h", y=1.12, x=0))
-    fig.update_yaxes(type="log", exponentformat="e", dtick=1)
+    fig.add_hrect(y0=GROWTH_DOUBTFUL, y1=GROWTH_UNRELIABLE, fillcolor="#ffbf00", opacity=0.12, line_width=0)
+    fig.add_hrect(y0=GROWTH_UNRELIABLE, y1=1e30, fillcolor=HARMFUL, opacity=0.10, line_width=0)
+    for y, text in ((GROWTH_DOUBTFUL, "doubtful from here"), (GROWTH_UNRELIABLE, "unreliable from here")):
+        fig.add_hline(y=y, line=dict(color="#888", dash="dot", width=1), annotation_text=text,
+                      annotation_position="top left", annotation_font=dict(size=10, color="#666"))
+    lines = (("whole", "|u| whole (its peak = growth factor)", "#222", 2.5, "solid"),
+             ("G", "|u_G| generator part", CLEANSED, 1.5, "solid"),
+             ("D", "|u_D| discriminator part (accumulates from 0)", HELPFUL, 1.5, "dot"))
+    for part, name, color, width, dash in lines:
+        y = np.where(rel[part] > 0, rel[part], np.nan)  # log axis: zeros (u_D at the start) cannot be drawn
+        fig.add_scatter(x=steps, y=y, mode="lines", name=name, line=dict(color=color, width=width, dash=dash),
+                        hovertemplate="step %{x}: %{y:.3g}× the start<extra>" + name + "</extra>")
+    peak = float(np.nanmax(rel["whole"]))
+    shown = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in rel.values()])
+    # Bottom: a decade below where the whole |u| dips, at most 4 decades below the start (a tiny u_D
+    # entering from below says "negligible"); top: above the peak and the 'unreliable' line.
+    low = max(min(float(np.nanmin(rel["whole"])), float(shown.min()) if shown.size else 1.0) / 3, 1e-4)
+    high = max(peak * 3, GROWTH_UNRELIABLE * 3)
+    lo_dec, hi_dec = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    every = max(1, math.ceil((hi_dec - lo_dec + 1) / 8))  # at most about 8 labels
+    ticks = [10.0 ** k for k in range(lo_dec, hi_dec + 1) if k % every == 0]
+    fig.update_yaxes(type="log", range=[math.log10(low), math.log10(high)], tickvals=ticks,
+                     ticktext=[decade_text(t) for t in ticks], title_text="|u| ÷ |u| at the start (log)")
+    fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=-0.3, x=0),
+                      xaxis_title="traced step (the backward pass starts at the right, at the last step)")
     return fig
+
+
+def decade_text(value: float) -> str:
+    """0.001 ... 1000 written out, beyond that 1e-4, 1e5 (no '0.5e-4' style labels)."""
+    k = round(math.log10(value))
+    if -3 <= k <= 3:
+        return f"{value:g}" if k < 0 else f"{int(value)}"
+    return f"1e{k}"
 
 
 def influence_scatter(frame: pd.DataFrame, x_metric: str, y_metric: str, class_names: list[str] | None,
@@ -85,26 +136,42 @@ def influence_scatter(frame: pd.DataFrame, x_metric: str, y_metric: str, class_n
     for label, part in groups:
         name = class_label(int(label), class_names)
         fig.add_scattergl(x=part[f"influence_{x_metric}"], y=part[f"influence_{y_metric}"], mode="markers",
-                          name=name, customdata=part["id"], marker=dict(size=4, opacity=0.6),
-                          hovertemplate="#%{customdata}<br>x %{x:.3g}<br>y %{y:.3g}<extra>" + name + "</extra>")
+                          name=name, customdata=part["id"],
+                          marker=dict(size=4, opacity=0.7, color=class_color(int(label))),
+                          hovertemplate="#%{customdata}<br>x %{x:.2e}<br>y %{y:.2e}<extra>" + name + "</extra>")
     fig.add_hline(y=0, line_dash="dot", line_color="#777")
     fig.add_vline(x=0, line_dash="dot", line_color="#777")
     fig.update_layout(height=height, margin=MARGIN, xaxis_title=axis_label(x_metric), yaxis_title=axis_label(y_metric),
-                      legend_title="class")
-    fig.update_xaxes(exponentformat="e")
-    fig.update_yaxes(exponentformat="e")
+                      legend_title="class", dragmode="lasso")
+    fig.update_xaxes(**SCI_AXIS)
+    fig.update_yaxes(**SCI_AXIS)
     return fig
+
+
+def selected_ids(event) -> list[int]:
+    """Training ids of the points selected in a chart whose traces carry the ids as customdata."""
+    selection = (event or {}).get("selection") or {}
+    out = set()
+    for p in selection.get("points") or []:
+        value = p.get("customdata")
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            out.add(int(value))
+    return sorted(out)
 
 
 def class_box(frame: pd.DataFrame, metric: str, class_names: list[str] | None, height: int = 360) -> go.Figure:
     fig = go.Figure()
     for label, part in frame.groupby("label", sort=True):
         fig.add_box(y=part[f"influence_{metric}"], name=class_label(int(label), class_names), boxpoints=False,
-                    marker_color="#555")
+                    marker_color=class_color(int(label)))
     fig.add_hline(y=0, line_dash="dot", line_color=HARMFUL)
+    # Category axis: digit names would otherwise make a numeric axis that labels only every other class.
     fig.update_layout(height=height, margin=MARGIN, showlegend=False,
                       xaxis_title="class (label of the training instance)", yaxis_title=axis_label(metric))
-    fig.update_yaxes(exponentformat="e")
+    fig.update_xaxes(type="category", tickmode="linear", dtick=1)
+    fig.update_yaxes(**SCI_AXIS)
     return fig
 
 
@@ -188,8 +255,8 @@ def validation_scatter(estimated: np.ndarray, actual: np.ndarray, metric: str, h
     fig.update_layout(height=height, margin=MARGIN, xaxis_title=f"estimated: {axis_label(metric)}",
                       yaxis_title=f"actual change of {label} when removed (leave-one-out replay)",
                       legend=dict(orientation="h", y=1.08, x=0))
-    fig.update_xaxes(exponentformat="e")
-    fig.update_yaxes(exponentformat="e")
+    fig.update_xaxes(**SCI_AXIS)
+    fig.update_yaxes(**SCI_AXIS)
     return fig
 
 

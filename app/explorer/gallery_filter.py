@@ -39,3 +39,9 @@ def histogram(run_id: str, scores, metric: str, where: str, log_y: bool, height:
     key = chart_key(run_id, metric, where)
     return st.plotly_chart(figures.influence_histogram(scores, metric, log_y=log_y, height=height), key=key,
                            on_select=lambda: on_select(run_id, metric, key), selection_mode=("box",))
+
+
+def show_ids(run_id: str, ids: list[int]) -> None:
+    """Show just these instances in the gallery (the Inspect page's map selection, which it filters by)."""
+    st.session_state[f"map-sel:{run_id}"] = [int(i) for i in ids]
+    st.session_state["view"] = "Gallery"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,21 @@ from influence.estimate import FLAG_NEVER_TRACED, InfluenceResult
 from influence.metrics import METRIC_LABELS
 
 from .figures import class_label
+
+
+def sci(value: float | None) -> str:
+    """The app's one format for influence values: 3 significant digits, scientific, exponent unpadded
+    ('-7.66e-5'), as the tables (NumberColumn SCI_FORMAT) and chart hovers/ticks write them too."""
+    if value is None or not np.isfinite(value):
+        return "?"
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:.2e}")
+
+
+SCI_FORMAT = "%.2e"  # st.column_config.NumberColumn: the same digits as sci()
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def influence_summary(result: InfluenceResult) -> dict:
@@ -29,12 +45,48 @@ def influence_summary(result: InfluenceResult) -> dict:
     }
 
 
+def seed_spread(runs: list[dict], run_id: str) -> dict[str, tuple[float, int]]:
+    """{metric: (std of the final test value, number of seeds)} over the finished runs that share this
+    run's configuration except the seed (at least 2 of them); {} otherwise."""
+    def same(cfg: dict) -> dict:
+        return {k: v for k, v in cfg.items() if k != "seed"}
+
+    mine = next((r for r in runs if r["run_id"] == run_id), None)
+    if mine is None or not mine.get("config"):
+        return {}
+    values: dict[str, list[float]] = {}
+    for r in runs:
+        if r.get("summary") and r.get("config") and same(r["config"]) == same(mine["config"]):
+            for m, v in (r["summary"].get("test") or {}).items():
+                values.setdefault(m, []).append(float(v))
+    return {m: (float(np.std(v, ddof=1)), len(v)) for m, v in values.items() if len(v) >= 2}
+
+
+def scale_note(metric: str, numbers: dict, value: float | None, spread: tuple[float, int] | None) -> str:
+    """Why most instances can look harmful, and how large these numbers are."""
+    label = METRIC_LABELS[metric]
+    if not numbers["n"]:
+        return ""
+    text = (f"**Scale.** {numbers['harmful']} of {numbers['n']} estimates lie on the harmful side. Each is the change "
+            f"from leaving out one of {numbers['n']} instances, in the traced steps only, so the values are tiny "
+            f"and share a common shift (mean {sci(numbers['mean'])}) that leaving out almost any instance causes: "
+            "the sign of a value near the mean says little; the ranking and the tails say more.")
+    if value:
+        text += (f" The most harmful value is {abs(numbers['most_harmful'] / value):.2%} of {label} "
+                 f"({value:.4g} on the validation split).")
+    if spread is not None:
+        text += f" For comparison, test {label} varies by ±{spread[0]:.3g} (std) over {spread[1]} seeds of this configuration."
+    else:
+        text += f" Train this configuration with other seeds to see how much test {label} varies by seed alone."
+    return text
+
+
 def score_lines(results: dict[str, InfluenceResult], i: int) -> str:
     """Markdown, one line per metric, for a gallery card; harmful values in red."""
     lines = []
     for metric, r in results.items():
         value = r.scores[i]
-        text = f"{METRIC_LABELS[metric]} {value:+.1e}"
+        text = f"{METRIC_LABELS[metric]} {'+' if value > 0 else ''}{sci(value)}"
         lines.append(f":red[{text}]" if value * r.meta["harmful_sign"] > 0 else text)
     return "  \n".join(lines)
 
@@ -65,14 +117,6 @@ def class_counts(ids: list[int], labels: np.ndarray | None, class_names: list[st
     counts = values.value_counts().sort_index()
     counts.index = [class_label(int(c), class_names) for c in counts.index]
     return counts
-
-
-def removal_csv(ids: list[int], labels: np.ndarray | None) -> bytes:
-    """The removal set as CSV with an 'id' column (what `gan-influence cleanse --remove` reads)."""
-    frame = pd.DataFrame({"id": np.asarray(ids, dtype=np.int64)})
-    if labels is not None:
-        frame["label"] = labels[frame["id"].to_numpy()]
-    return frame.to_csv(index=False).encode()
 
 
 def attempts_table(attempts: list[dict]) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 from influence import config as config_module
 from influence import store
 from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
+from influence.data import folder_has_labels
 from influence.errors import ConfigError
 
 DATASETS = {
@@ -69,7 +70,11 @@ def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunCo
         raise ConfigError(f"{DATASETS[data_key]}: enter the folder path (or upload a zip) first")
     n_train = None if source == "folder" else cfg.data.n_train
     data = dataclasses.replace(cfg.data, source=source, root=(data_root or "").strip() or None, n_train=n_train)
-    return dataclasses.replace(cfg, data=data)
+    cfg = dataclasses.replace(cfg, data=data)
+    if source == "folder" and not folder_has_labels(data.root):
+        # No class sub-folders: IS/FID features from an autoencoder trained on the images (no labels needed).
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature="autoencoder"))
+    return cfg
 
 
 def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:

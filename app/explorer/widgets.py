@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from influence.config import RunConfig
+from influence.honesty import INFORMATIVE, feature_note, reference_line
 from influence.metrics import METRIC_LABELS
 
 from . import cache, state
@@ -42,6 +43,9 @@ def run_picker(root: Path) -> None:
     summary = next(r["summary"] for r in runs if r["run_id"] == current)
     test = " · ".join(f"{METRIC_LABELS[m]} {v:.3g}" for m, v in summary.get("test", {}).items())
     st.caption(f"{summary.get('n_train', '?')} training instances · test {test}")
+    cfg = RunConfig.from_dict(cache.config(str(root), current))
+    if feature_note(cfg):
+        st.caption(feature_note(cfg))
     st.caption(f"Removal set: {len(state.removal(root, current))} instances")
 
 
@@ -65,3 +69,17 @@ def require_results(root: Path, run_id: str) -> dict:
         st.page_link(INFLUENCE_PAGE, label="Go to Influence", icon=":material/arrow_forward:")
         st.stop()
     return results
+
+
+def metric_meaning(root: Path, run_id: str, cfg: RunConfig) -> None:
+    """What the run's metrics can mean: the features, their quality, the real-data reference and, per metric,
+    "metric uninformative" with the reason where it applies."""
+    report = cache.metric_report(str(root), run_id)
+    if feature_note(cfg):
+        st.caption(feature_note(cfg) + ".")
+    if reference_line(report):
+        st.caption("Reference: " + reference_line(report) + ".")
+    for metric, v in report["verdicts"].items():
+        if v["verdict"] != INFORMATIVE:
+            st.warning(f"{METRIC_LABELS[metric]}: metric uninformative - {'; '.join(v['reasons'])}.",
+                       icon=":material/report:")

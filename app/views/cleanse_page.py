@@ -4,7 +4,10 @@ import numpy as np
 import streamlit as st
 
 from explorer import cache, figures, jobpanel, state, tables, widgets
+from influence import store
 from influence.cleanse import removal_key
+from influence.errors import ConfigError
+from influence.export import export_cleaned
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS
 
 root = state.root()
@@ -40,6 +43,28 @@ with st.container(border=True):
                                   "params": {"run_id": run_id, "removal_ids": removal, "mode": mode}})
             st.rerun()
 
+if removal and not cfg.is_2d:
+    with st.expander("Export the cleaned data set", icon=":material/drive_file_move:"):
+        own = cfg.data.source == "folder"
+        st.caption(("Copies your original files, under their paths relative to the data folder, " if own else
+                    "Writes one PNG per image in a folder per class, with labels.csv, ") +
+                   "for the training set without the removal set, plus manifest.json (what was removed and why) and "
+                   "removed.csv (id, path, label, influence). The source is only read, never written.")
+        target = st.text_input("New folder to write", key=f"export-to-{run_id}", placeholder="/path/to/cleaned")
+        why = st.text_input("Why these were removed (kept in the manifest)", key=f"export-why-{run_id}",
+                            value="removal set built on the Inspect and curate page")
+        if st.button("Export", disabled=not target.strip(), icon=":material/download:", key=f"export-go-{run_id}"):
+            try:
+                with st.spinner("Writing the cleaned data set ..."):
+                    manifest = export_cleaned(store.open_run(root, run_id), removal, target.strip(), why,
+                                              ctx=cache.context(str(root), run_id))
+            except ConfigError as e:
+                st.error(f"Not exported: {e}", icon=":material/error:")
+            else:
+                st.success(f"Exported {manifest['n_exported']} of {manifest['n_train']} training images to "
+                           f"`{target.strip()}` ({manifest['n_removed']} removed; influence result "
+                           f"`{manifest['influence_result']}`).", icon=":material/check_circle:")
+
 if not attempts:
     st.info("No cleansing attempt for this run yet.", icon=":material/school:")
     st.stop()
@@ -69,7 +94,8 @@ for col, metric in zip(st.columns(len(shown)), shown, strict=True):
         col.caption(f"predicted change: {predicted:+.3g} · actual: {change:+.3g}")
 st.caption("Predicted change = sum of the removed instances' estimated influences. It is predicted on the "
            "validation split, while the actual change is measured on the test split, so expect the sign more "
-           "than the size to agree.")
+           "than the size to agree." + (f" Note: {attempt['predicted_scope']} (influence result "
+                                        f"`{attempt.get('predicted_from')}`)." if attempt.get("predicted_scope") else ""))
 
 st.subheader("Samples from the same z")
 grids = cache.epoch_grids(root, run_id, cfg.is_2d)

@@ -2,10 +2,13 @@
 
 import math
 
+import numpy as np
+
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, curation, figures, gallery_filter, state, tables, widgets
+from explorer import cache, curation, datamap_view, figures, gallery_filter, state, tables, widgets
+from influence.removal import removal_csv
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimate import FLAG_NEVER_TRACED, harmful_order
@@ -16,6 +19,7 @@ run_id, cfg = widgets.require_run(root)
 results = widgets.require_results(root, run_id)
 dataset = cache.context(str(root), run_id).dataset
 labels = dataset.train.y.numpy() if dataset.train.y is not None else None
+paths = dataset.train_paths  # own images: each instance's file, relative to the data folder
 class_names = dataset.class_names
 PICK_LABELS = {**METHOD_LABELS, **{m: f"top harmful by {METRIC_LABELS[m]}" for m in METRIC_LABELS},
                "random": "random (seeded)"}
@@ -50,7 +54,7 @@ def import_csv() -> None:
         st.session_state.pop("import-msg", None)
         return
     try:
-        ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train)
+        ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train, paths)
     except ConfigError as e:
         st.session_state["import-msg"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
         return
@@ -73,7 +77,7 @@ with gallery_col:
     if labels is not None and class_names:
         classes = c3.multiselect("Classes", list(range(len(class_names))), format_func=lambda c: class_names[c],
                                  key=f"classes-{run_id}", placeholder="all classes")
-    views = ["Gallery", "Table"] if dataset.is_image else ["Table"]
+    views = ["Gallery", "Table", "Map"] if dataset.is_image else ["Table"]
     view = c4.segmented_control("View", views, default=views[0], key="view") or views[0]
 
     active = gallery_filter.get(run_id)
@@ -90,6 +94,12 @@ with gallery_col:
         f2.button("Clear filter", on_click=gallery_filter.clear, args=(run_id,))
 
     ids = curation.ordered_ids(results, sort_metric, direction == "helpful", labels, classes, active)
+    picked_on_map = datamap_view.selection(run_id)
+    if picked_on_map is not None:
+        ids = ids[np.isin(ids, picked_on_map)]
+        m1, m2 = st.columns([4, 1])
+        m1.info(f"Showing only the {len(picked_on_map)} images selected on the map.", icon=":material/scatter_plot:")
+        m2.button("Clear map selection", on_click=datamap_view.clear_selection, args=(run_id,))
     per_page = 25
     n_pages = max(1, math.ceil(len(ids) / per_page))
     p1, p2, p3 = st.columns([1, 2, 3])
@@ -102,7 +112,9 @@ with gallery_col:
     b2.button("Take page out", on_click=drop_ids, args=(page_ids,), icon=":material/indeterminate_check_box:",
               help="Take every instance shown on this page out of the removal set")
 
-    if not page_ids:
+    if view == "Map":
+        datamap_view.render(root, run_id, results, sort_metric, dataset, removal)
+    elif not page_ids:
         st.info("No instance matches the class and range filters.")
     elif view == "Gallery":
         thumbs = cache.thumbnails(str(root), run_id, tuple(page_ids), cache.GALLERY_PX)
@@ -114,12 +126,16 @@ with gallery_col:
                     st.image(png)
                     label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
                     st.markdown(f"**#{i}**" + (f" · {label}" if label else ""))
+                    if paths:
+                        st.caption(f"`{paths[i]}`")
                     st.caption(tables.score_lines(results, i))
                     member = i in in_set
                     st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
                                 on_change=state.toggle_removal, args=(root, run_id, i))
     else:
         frame = pd.DataFrame({"remove": [i in in_set for i in page_ids], "id": page_ids})
+        if paths:
+            frame["path"] = [paths[i] for i in page_ids]
         if dataset.is_image:
             frame.insert(1, "image", cache.thumbnail_uris(str(root), run_id, tuple(page_ids)))
         else:
@@ -156,7 +172,7 @@ with set_col:
         if len(counts):
             st.plotly_chart(figures.class_bar(counts), key="set-classes")
         st.dataframe(pd.DataFrame({"id": removal}), hide_index=True, height=160)
-        st.download_button("Export CSV", tables.removal_csv(removal, labels), file_name=f"removal-{run_id}.csv",
+        st.download_button("Export CSV", removal_csv(removal, dataset, results), file_name=f"removal-{run_id}.csv",
                            mime="text/csv", on_click="ignore", icon=":material/download:", width="stretch")
         st.button("Clear", on_click=set_ids, args=([],), icon=":material/delete:", width="stretch")
         st.page_link(widgets.CLEANSE_PAGE, label="Cleanse without this set", icon=":material/arrow_forward:")
@@ -172,7 +188,7 @@ with set_col:
         st.button("Fill", on_click=quick_fill, type="primary", icon=":material/bolt:")
 
     with st.expander("Import a CSV of ids", icon=":material/upload:"):
-        st.caption("A CSV with an 'id' column, or one id per line. It replaces the current set; "
+        st.caption("A CSV with an 'id' or a 'path' column, or one id per line. It replaces the current set; "
                    "a malformed file leaves the set as it is.")
         st.file_uploader("CSV file", type=["csv", "txt"], key=f"import-{run_id}", on_change=import_csv)
     message = st.session_state.get("import-msg")

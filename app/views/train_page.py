@@ -4,7 +4,7 @@ or load a cached run; the current run's samples per epoch and training curves.""
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, figures, jobpanel, state, tables, trainform
+from explorer import cache, figures, jobpanel, state, tables, trainform, widgets
 from explorer.widgets import INFLUENCE_PAGE
 from influence import store
 from influence.config import RunConfig
@@ -181,6 +181,7 @@ with left:
 with right:
     st.markdown("**Training curves**")
     st.plotly_chart(figures.history_figure(cache.history(str(root), run_id)), key="history")
+    widgets.metric_meaning(root, run_id, cfg)
     with st.expander("Configuration"):
         st.json(cache.config(str(root), run_id))
 st.page_link(INFLUENCE_PAGE, label="Next: estimate the influence of each training instance",

@@ -39,6 +39,7 @@ from ..progress import CancelToken, Progress, ProgressFn
 ENV_CLUSTER = "GAN_INFLUENCE_CLUSTER"
 MIN_TASKS_PER_WORKER = 4  # below this a local worker's start-up (imports, context) is not worth it
 POLL_S = 0.2  # how often the client looks at the cancel flag while tasks run
+MIN_IN_FLIGHT = 8  # tasks submitted ahead; at least 2 per worker
 EVENT_EVERY_S = 1.0  # a task's progress events and cancel checks, at most this often
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class TaskEnv:
 
     progress: ProgressFn | None = None
     cancel: CancelToken | None = None
+    send: Callable[[dict], None] | None = None  # on a worker: a message to the client's Tasks.receive
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Tasks:
     remote(payload, shipped item, env): runs one on a worker; a module-level function (workers import it).
     payload(): what every remote task needs, built once and only when a cluster is used.
     ship(item): what of an item travels with its task (default: the item itself).
+    receive(item, message): the client's handler of what a remote task sends before it ends (a
+    training checkpoint: finished parts are kept even if the task is lost later).
     """
 
     items: list
@@ -67,19 +71,15 @@ class Tasks:
     remote: Callable[[Any, Any, TaskEnv], Any]
     payload: Callable[[], Any] = lambda: None
     ship: Callable[[Any], Any] = lambda item: item
+    receive: Callable[[Any, dict], None] | None = None
 
 
 class Executor:
     """Runs `Tasks` here or on a Dask cluster; yields (item, result) in order of completion."""
 
-    def __init__(self, client=None, description: str = "this process"):
-        self.client = client
-        self.description = description
+    def __init__(self, client=None):
+        self.client = client  # None: this process
         self.threads = torch.get_num_threads()
-
-    @property
-    def workers(self) -> int:
-        return 1 if self.client is None else max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
     def run(self, tasks: Tasks, progress: ProgressFn | None = None,
             cancel: CancelToken | None = None) -> Iterator[tuple[Any, Any]]:
@@ -103,29 +103,43 @@ class Executor:
         client.subscribe_topic(name, lambda event: events.put(event[1]))
         stop = Event(name, client=client)
         # Submitted as a task (not scattered): the scheduler keeps it, so it is recomputed if its worker dies.
-        with warnings.catch_warnings():  # large task arguments are meant: they make workers independent of a store
-            warnings.simplefilter("ignore", UserWarning)
-            payload = client.submit(_identity, tasks.payload(), pure=False)
-            futures = {client.submit(_remote, tasks.remote, payload, tasks.ship(item), self.threads, name, pure=False): i
-                       for i, item in enumerate(tasks.items)}
-        pending = set(futures)
+        payload = _submit(client, _identity, tasks.payload())
+        futures: dict = {}
+        pending: set = set()
+        unsent = list(enumerate(tasks.items))[::-1]
         try:
-            while pending:
+            while True:
+                # A few tasks per worker in flight: shipped items (a sweep seed's data set) are built as needed.
+                window = max(MIN_IN_FLIGHT, 2 * len(client.scheduler_info()["workers"])) if unsent else 0
+                while unsent and len(pending) < window:
+                    i, item = unsent.pop()
+                    f = _submit(client, _remote, tasks.remote, payload, tasks.ship(item), i, self.threads, name)
+                    futures[f] = i
+                    pending.add(f)
+                if not pending:
+                    break
                 try:
                     finished, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
                 except TimeoutError:  # nothing finished in POLL_S
                     finished = set()
-                _forward(events, progress)
+                _forward(events, tasks, progress)
                 if cancel is not None and cancel.is_set():
                     stop.set()
                     raise Cancelled("cancelled")
-                for f in finished:
-                    yield tasks.items[futures[f]], _result(f)
+                for f in finished:  # released as they are handed over: the cluster forgets their results
+                    i = futures.pop(f)
+                    yield tasks.items[i], _result(f)
         finally:
             client.cancel(list(pending) + [payload])
             client.unsubscribe_topic(name)
             if pending:
                 stop.set()  # tasks already running stop at their next step
+
+
+def _submit(client, fn: Callable, *args: Any):
+    with warnings.catch_warnings():  # large task arguments are meant: they make workers independent of a store
+        warnings.simplefilter("ignore", UserWarning)
+        return client.submit(fn, *args, pure=False)
 
 
 def _result(future) -> Any:
@@ -137,14 +151,19 @@ def _result(future) -> Any:
         raise InfluenceError(f"a cluster worker died on every try of a task ({e}); see the workers' logs") from None
 
 
-def _forward(events: queue.Queue, progress: ProgressFn | None) -> None:
+def _forward(events: queue.Queue, tasks: Tasks, progress: ProgressFn | None) -> None:
+    """Hands the tasks' events to the caller, here in the caller's thread."""
     while True:
         try:
-            msg = events.get_nowait()
+            event = events.get_nowait()
         except queue.Empty:
             return
-        if progress is not None:
-            progress(Progress(msg["stage"], msg["done"], msg["total"], msg["seconds"], msg.get("info", {})))
+        if "message" in event:
+            if tasks.receive is not None:
+                tasks.receive(tasks.items[event["item"]], event["message"])
+        elif progress is not None:
+            p = event["progress"]
+            progress(Progress(p["stage"], p["done"], p["total"], p["seconds"], p["info"]))
 
 
 # ---------------------------------------------------------------- on a worker
@@ -169,7 +188,7 @@ class _EventToken(CancelToken):
         return self._set
 
 
-def _remote(fn: Callable, payload: Any, item: Any, threads: int, name: str) -> Any:
+def _remote(fn: Callable, payload: Any, item: Any, index: int, threads: int, name: str) -> Any:
     from distributed import get_worker
 
     torch.set_num_threads(threads)  # the client's count: bit-identical to running the task there
@@ -179,10 +198,14 @@ def _remote(fn: Callable, payload: Any, item: Any, threads: int, name: str) -> A
         now = time.monotonic()
         if now - last[0] >= EVENT_EVERY_S or p.done == p.total:
             last[0] = now
-            worker.log_event(name, {"stage": p.stage, "done": p.done, "total": p.total, "seconds": p.seconds,
-                                    "info": {k: v for k, v in p.info.items() if isinstance(v, (int, float, str))}})
+            info = {k: v for k, v in p.info.items() if isinstance(v, (int, float, str))}
+            worker.log_event(name, {"progress": {"stage": p.stage, "done": p.done, "total": p.total,
+                                                 "seconds": p.seconds, "info": info}})
 
-    return fn(payload, item, TaskEnv(progress, _EventToken(name)))
+    def send(message: dict) -> None:
+        worker.log_event(name, {"item": index, "message": message})
+
+    return fn(payload, item, TaskEnv(progress, _EventToken(name), send))
 
 
 _built: dict[str, Any] = {}
@@ -214,7 +237,7 @@ def open_executor(tasks: int, workers: int | None = None, address: str | None = 
     address = cluster_address(address)
     if address:
         with _connect(address) as client:
-            yield Executor(client, f"Dask scheduler {address}")
+            yield Executor(client)
         return
     workers = local_workers(tasks, workers)
     if workers <= 1:
@@ -222,9 +245,16 @@ def open_executor(tasks: int, workers: int | None = None, address: str | None = 
         return
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        yield Executor(client, f"local Dask cluster of {workers} workers")
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+    except RuntimeError as e:
+        # e.g. a script without `if __name__ == "__main__":` guard, which spawned workers re-import
+        log.warning("local Dask workers failed to start (%s); running the tasks here instead", e)
+        yield Executor()
+        return
+    with cluster, Client(cluster) as client:
+        yield Executor(client)
 
 
 @contextlib.contextmanager

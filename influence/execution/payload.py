@@ -69,8 +69,8 @@ class RunPayload:
         x[self.train_ids] = self.train_rows  # the other rows are never read
         splits = {s: Split(self.eval_x[s] if s in self.eval_x else torch.zeros((n, *shape), dtype=dtype), None)
                   for s, n in self.split_sizes.items()}
-        dataset = Dataset(cfg.data.source, Split(x, None), splits["valid"], splits["test"],
-                          np.arange(self.n_train), None, [])
+        dataset = Dataset(name=cfg.data.source, train=Split(x, None), valid=splits["valid"], test=splits["test"],
+                          source_index=np.arange(self.n_train), class_names=None, skipped=[])
         with supplied_data(cfg, dataset, self.features):
             ctx = RunContext.create(cfg, Path(tempfile.gettempdir()))
             ctx.features  # noqa: B018  resolved now, while the supplied feature net is in place

@@ -123,10 +123,14 @@ def test_a_malformed_csv_leaves_the_set_unchanged_with_a_clear_message(app_store
 
 
 def test_export_csv_reads_back_through_the_cli_reader():
-    from explorer import tables
-    from influence.cli import read_removal_csv
+    from types import SimpleNamespace
 
-    labels = np.arange(20) % 10
-    data = tables.removal_csv([3, 9, 14], labels)
+    import torch
+
+    from influence.cli import read_removal_csv
+    from influence.removal import removal_csv
+
+    dataset = SimpleNamespace(train_paths=None, train=SimpleNamespace(y=torch.arange(20) % 10))
+    data = removal_csv([3, 9, 14], dataset)
     assert data.decode().splitlines()[0] == "id,label"
     assert read_removal_csv(data.decode(), 20) == [3, 9, 14]

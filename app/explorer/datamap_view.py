@@ -1,0 +1,97 @@
+"""The Inspect page's map of the data: a 2D embedding of the run's feature-net features, coloured by
+influence; a box or lasso selection goes to the gallery or the removal set; "similar images" lists an
+instance's nearest neighbours in feature space with their influences.
+
+Points are drawn with WebGL and carry only their id (trace order = training id), so 50k of them
+serialise quickly; the embedding itself is cached in the run (influence.datamap).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from influence import datamap
+from influence.metrics import METRIC_LABELS, harmful_sign
+
+from . import cache, figures, state, tables
+
+TSNE_SLOW_N = 10_000  # above this t-SNE takes minutes; the page says so before starting it
+
+
+def map_figure(coords: np.ndarray, scores: np.ndarray, metric: str, removed: np.ndarray | None = None,
+               height: int = 520) -> go.Figure:
+    limit = float(np.percentile(np.abs(scores), 99)) or 1e-12
+    side = "positive" if harmful_sign(metric) > 0 else "negative"
+    fig = go.Figure()
+    fig.add_scattergl(
+        x=coords[:, 0], y=coords[:, 1], mode="markers", name="training images", customdata=np.arange(len(coords)),
+        marker=dict(size=4, opacity=0.8, color=scores, cmin=-limit, cmax=limit, cmid=0,
+                    colorscale="RdBu_r" if harmful_sign(metric) > 0 else "RdBu",
+                    colorbar=dict(title=dict(text=f"influence on {METRIC_LABELS[metric]}<br>{side} (red) = harmful",
+                                             side="right"))),
+        hovertemplate="#%{customdata}<br>influence %{marker.color:.3g}<extra></extra>")
+    if removed is not None and len(removed):
+        fig.add_scattergl(x=coords[removed, 0], y=coords[removed, 1], mode="markers", name="in the removal set",
+                          marker=dict(size=7, symbol="x-thin-open", color="#222", line=dict(width=1)), hoverinfo="skip")
+    fig.update_layout(height=height, margin=figures.MARGIN, dragmode="lasso", legend=dict(orientation="h", y=1.08, x=0),
+                      xaxis_title="map axis 1", yaxis_title="map axis 2")
+    return fig
+
+
+def _show_in_gallery(run_id: str, ids: list[int]) -> None:
+    st.session_state[f"map-sel:{run_id}"] = ids
+    st.session_state["view"] = "Gallery"
+
+
+def selection(run_id: str) -> list[int] | None:
+    """Ids picked on the map for the gallery, or None."""
+    return st.session_state.get(f"map-sel:{run_id}")
+
+
+def clear_selection(run_id: str) -> None:
+    st.session_state.pop(f"map-sel:{run_id}", None)
+
+
+def render(root, run_id: str, results: dict, metric: str, dataset, removal: list[int]) -> None:
+    n = dataset.n_train
+    method = st.segmented_control("Embedding of the feature-net features", list(datamap.METHODS), default="pca",
+                                  format_func=datamap.METHOD_LABELS.get, key=f"map-method-{run_id}") or "pca"
+    run_dir = root / run_id
+    if method == "tsne" and n > TSNE_SLOW_N and not (run_dir / "map" / "tsne.npy").exists():
+        st.info(f"t-SNE of {n} instances takes minutes (once; then it is cached with the run).")
+        if not st.button("Compute t-SNE", key=f"tsne-go-{run_id}"):
+            return
+    coords, feats = cache.map_data(str(root), run_id, method)
+    scores = results[metric].scores
+    st.caption(f"Each dot is a training image placed by {datamap.METHOD_LABELS[method]} of the features the metric "
+               f"uses; colour = influence on {METRIC_LABELS[metric]} (red = harmful). Draw a box or lasso to pick images.")
+    key = f"map-{run_id}-{method}-{metric}"
+    event = st.plotly_chart(map_figure(coords, scores, metric, np.asarray(removal, dtype=np.int64)), key=key,
+                            on_select="rerun", selection_mode=("box", "lasso", "points"))
+    picked = figures.selected_point_indices(event)
+    if picked:
+        a, b, c = st.columns([2, 2, 3])
+        a.button(f"Show the {len(picked)} selected in the gallery", on_click=_show_in_gallery, args=(run_id, picked),
+                 icon=":material/grid_view:")
+        b.button(f"Add the {len(picked)} selected to the removal set", icon=":material/add_box:",
+                 on_click=state.add_to_removal, args=(root, run_id, picked))
+        c.caption(f"{len(picked)} selected; harmful on {METRIC_LABELS[metric]}: "
+                  f"{int((scores[picked] * harmful_sign(metric) > 0).sum())}")
+
+    st.subheader("Similar images")
+    default = picked[0] if picked else int(np.argmax(scores * harmful_sign(metric)))
+    i = int(st.number_input("Instance id", 0, n - 1, default, key=f"similar-{run_id}",
+                            help="Its nearest neighbours in the feature space of the map, with their influences"))
+    ids, dist = datamap.nearest(feats, i, 8)
+    row = [i, *ids.tolist()]
+    thumbs = cache.thumbnails(str(root), run_id, tuple(row), cache.THUMB_PX)
+    paths = dataset.train_paths
+    for col, j, png, d in zip(st.columns(len(row)), row, thumbs, [0.0, *dist.tolist()], strict=True):
+        with col:
+            st.image(png)
+            st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d {d:.2g}"))
+            if paths:
+                st.caption(paths[j])
+            st.caption(tables.score_lines(results, j))

@@ -1,0 +1,74 @@
+"""One training instance in detail: the image, its class and file, its score and harmful rank per metric,
+the traced step that saw it, and where it was removed or checked (cleansing attempts, leave-one-out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from influence.estimate import FLAG_NAMES, FLAG_NEVER_TRACED
+from influence.metrics import METRIC_LABELS
+
+from . import cache, figures, state, tables
+
+
+def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) -> dict:
+    """Everything the detail view says about instance i (no Streamlit calls: tested directly)."""
+    n = len(frame)
+    row = frame.iloc[i]
+    scores = []
+    for metric, r in results.items():
+        flag = int(r.flags[i])
+        sign = r.meta["harmful_sign"]
+        scores.append({
+            "metric": METRIC_LABELS[metric], "influence": tables.sci(float(r.scores[i])),
+            "side": "no estimate" if flag == FLAG_NEVER_TRACED else
+            ("harmful" if r.scores[i] * sign > 0 else "helpful"),
+            "harmful rank": f"{int(row[f'harmful_rank_{metric}'])} of {n}" if flag != FLAG_NEVER_TRACED else "-",
+            "estimate": FLAG_NAMES[flag],
+        })
+    step, first_step, per_epoch = cache.traced_steps(str(root), run_id)
+    t = int(step[i])
+    seen = ("in no traced step: the estimate has nothing to say about it" if t < 0 else
+            f"traced step {t} (training step {first_step + t + 1}, epoch {(first_step + t) // per_epoch + 1})")
+    stamp = cache.files_stamp(root, run_id, "cleanse")
+    removed_in = [f"{a['mode']}, {a['n_removed']} removed ({a['key']})" for a in cache.attempts(str(root), run_id, stamp)
+                  if i in set(cache.removed_ids(str(root), run_id, a["key"]))]
+    loo = []
+    for v in cache.validations(str(root), run_id, cache.files_stamp(root, run_id, "validate")):
+        hit = np.flatnonzero(np.asarray(v["ids"]) == i)
+        if hit.size:
+            loo.append(f"{METRIC_LABELS[v['metric']]}: estimated {tables.sci(float(v['estimated'][hit[0]]))}, "
+                       f"actual {tables.sci(float(v['actual'][hit[0]]))} (leave-one-out, {v['key']})")
+    return {"scores": scores, "seen": seen, "removed_in": removed_in, "loo": loo,
+            "label": int(row["label"]), "path": row["path"] if "path" in frame.columns else None}
+
+
+def render(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) -> None:
+    dataset = cache.context(str(root), run_id).dataset
+    info = facts(root, run_id, results, frame, i)
+    left, right = st.columns([1, 3])
+    with left:
+        if dataset.is_image:
+            st.image(cache.thumbnails(str(root), run_id, (i,), cache.GALLERY_PX * 2)[0])
+        else:
+            x = dataset.train.x[i].numpy()
+            st.markdown(f"point ({x[0]:.3g}, {x[1]:.3g})")
+    with right:
+        title = f"**#{i}**"
+        if info["label"] >= 0:
+            title += f" · class {figures.class_label(info['label'], dataset.class_names)}"
+        if info["path"]:
+            title += f" · `{info['path']}`"
+        st.markdown(title)
+        st.dataframe(pd.DataFrame(info["scores"]), hide_index=True)
+        st.caption(f"Seen first in {info['seen']}.")
+        member = i in set(state.removal(root, run_id))
+        st.caption(("In the removal set. " if member else "Not in the removal set. ")
+                   + ("Removed in cleansing attempts: " + "; ".join(info["removed_in"]) + "."
+                      if info["removed_in"] else "Removed in no cleansing attempt yet."))
+        for line in info["loo"]:
+            st.caption(line)
