@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--metric", action="append", default=None)
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--selection", default="first", choices=["first", "random"],
+                    help="first: the instances the trace sees first (the longest replays); random: a seeded sample")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--optimizer-state", nargs="+", default=["exact"], choices=["exact", "frozen"],
                     help="estimate in these modes on the same runs and leave-one-out pairs (e.g. exact frozen)")
@@ -51,11 +53,11 @@ def main() -> None:
         train_s = time.perf_counter() - started
         for mode in args.optimizer_state:
             options = EstimateOptions(dtype=args.dtype, optimizer_state=mode)
-            acc = validate(run, metrics, n=args.n, options=options)
+            acc = validate(run, metrics, n=args.n, selection=args.selection, options=options)
             for m, a in acc.items():
                 infl = _influence_meta(run, m, options)
                 row = {"label": args.label, "preset": args.preset, "seed": seed, "run_id": run.run_id, "metric": m,
-                       "optimizer_state": mode, "n": args.n, "kendall_tau": a.kendall_tau, "pearson_r": a.pearson_r,
+                       "optimizer_state": mode, "n": args.n, "selection": args.selection, "kendall_tau": a.kendall_tau, "pearson_r": a.pearson_r,
                        "jaccard_top10": a.jaccard_top10, "growth": infl["growth"], "verdict": infl["verdict"],
                        "estimate_seconds": infl["seconds"], "loo_seconds": a.seconds_loo,
                        "train_seconds_this_call": train_s, "test": run.read_json("summary.json")["test"]}

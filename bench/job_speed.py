@@ -74,7 +74,7 @@ def in_app(root: Path, epochs: int, seed: int, watchers: int, server_env: dict) 
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"])
             tabs = [browser.new_page(viewport={"width": 1440, "height": 1200}) for _ in range(watchers)]
             for tab in tabs:
-                tab.set_default_timeout(120_000)
+                tab.set_default_timeout(600_000)  # a loaded 2-core machine draws the first page slowly
                 tab.goto(url)
                 tab.get_by_role("button", name="Start training").wait_for()
             tab = tabs[0]
@@ -102,7 +102,10 @@ def in_app(root: Path, epochs: int, seed: int, watchers: int, server_env: dict) 
                 "watchers": watchers}
     finally:
         server.terminate()
-        server.wait(timeout=20)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def main() -> int:

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import tempfile
-import time
 
 import torch
 
@@ -30,15 +29,7 @@ from influence.optim import OptimizerSpec
 from influence.stepmap import KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, TrainingRule, state_vjp, step
 from influence.train import initial_train_state
 
-
-def fastest(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from estimate import fastest  # bench/estimate.py: bench/ is the script's folder, on sys.path
 
 
 def main() -> None:

@@ -377,6 +377,9 @@ def cmd_validate(args, root: Path) -> int:
                                            "selection": args.selection, "seed": args.seed,
                                            "options": dataclasses.asdict(options)}}
     if args.trace_epochs is not None:  # only then: earlier specs keep their job keys
+        from .validate import first_step_of_last_epochs
+
+        first_step_of_last_epochs(run, args.trace_epochs)  # a K the run did not trace: one error line, no job
         spec["params"]["trace_epochs"] = args.trace_epochs
     result = _run(root, spec, args.json)
     if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,10 +26,22 @@ from .stepmap import TrainingRule
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is available")
+    if name == "cuda":
+        make_cuda_deterministic()
     return torch.device(name)
+
+
+def make_cuda_deterministic() -> None:
+    """Replay, resume and leave-one-out compare runs bit for bit: on CUDA that needs deterministic
+    kernels, no cuDNN autotuning (it may pick another algorithm per call) and a fixed cuBLAS
+    workspace (read when cuBLAS first starts, so set before any CUDA work)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
 
 
 def fixed_latents(cfg: RunConfig) -> dict[str, torch.Tensor]:

@@ -251,8 +251,11 @@ def block_scales(ctx: RunContext, trace: Trace) -> list[float]:
     perturbation of a player's gradient; its first step moves each buffer b by delta_b and the
     player's parameters by delta_theta. Weighing lambda_b by RMS(delta_b) / RMS(delta_theta)
     (measured on the player's last traced update, gradient perturbed in proportion to
-    itself) makes sum_b lambda_b delta_b comparable block by block. Parameters and the EMA
-    weigh 1, so SGD runs keep the paper's |u|.
+    itself) makes sum_b lambda_b delta_b comparable block by block. A buffer with decay beta
+    sums about 1 / (1 - beta) steps of such perturbations (Adam's v: 1,000), so its adjoint
+    accumulates by that much without anything becoming unstable: the weight also carries
+    (1 - beta), so that the growth factor reads explosion, not memory. Parameters and the
+    EMA weigh 1, so SGD runs keep the paper's |u|.
     """
     if not trace.layout.n_buffers:
         return [1.0] * len(trace.layout.sizes)
@@ -271,8 +274,8 @@ def block_scales(ctx: RunContext, trace: Trace) -> list[float]:
         plus = rule.optimizer.update(theta, bufs, grad + delta, lr, count, mask)
         minus = rule.optimizer.update(theta, bufs, grad - delta, lr, count, mask)
         moved = float((plus[0] - minus[0]).double().pow(2).mean().sqrt())
-        scales[player] = [float((p - m).double().pow(2).mean().sqrt()) / moved if moved > 0 else 1.0
-                          for p, m in zip(plus[1], minus[1])]
+        scales[player] = [(1 - decay) * float((p - m).double().pow(2).mean().sqrt()) / moved if moved > 0 else 1.0
+                          for p, m, decay in zip(plus[1], minus[1], rule.optimizer.buffer_decays)]
     return [1.0, 1.0] + scales["d"] + scales["g"] + ([1.0] if trace.layout.ema else [])
 
 

@@ -4,7 +4,9 @@ A job is a JSON spec {"kind": ..., "params": {...}}; its key is kind + a hash of
 spec. Files under <store>/_jobs/<key>/:
     spec.json     what to run
     lock          flock-ed by the process computing the job (released when it dies)
-    status.json   state (queued|running|done|failed|cancelled), stage, done/total, eta, message, result
+    status.json   state (queued|running|done|failed|cancelled), stage, done/total, eta, message, result;
+                  queued_at / started (epoch seconds), stages {stage: seconds after started it began}:
+                  start-up ("loading", "feature-net") comes before the job's own stages
     cancel        present = please stop (checked between steps)
     log.txt       the worker's stderr
 Whoever asks for a key whose lock is held follows that job instead of starting a second
@@ -15,6 +17,7 @@ mid-way leaves its state "running" with the lock free: `status` reports it as
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,7 +31,7 @@ from typing import Any, Callable
 
 from . import store
 from .errors import Cancelled, InfluenceError
-from .progress import CancelToken, Progress
+from .progress import CancelToken, Progress, Reporter
 
 KINDS = ("train", "estimate", "cleanse", "validate", "sweep")
 STATUS_EVERY_S = 0.5
@@ -167,17 +170,22 @@ def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], Non
             flag.unlink()
         token = CancelToken(flag)
         # progress fields reset: a restarted job must not show the progress of the process that died
-        _write_status(d, key=key, state="running", pid=os.getpid(), started=time.time(), message="", result=None,
-                      stage="starting", done=0, total=0, eta=None)
+        started = time.time()
+        _write_status(d, key=key, state="running", pid=os.getpid(), started=started, message="", result=None,
+                      stage="starting", done=0, total=0, eta=None, stages={})
         last = [0.0]
+        stages: dict[str, float] = {}  # stage -> seconds after `started` when it first reported (what took how long)
 
         def report(p: Progress) -> None:
             now = time.time()
-            if now - last[0] >= STATUS_EVERY_S or p.done == p.total:
+            new_stage = p.stage not in stages
+            if new_stage:
+                stages[p.stage] = now - started
+            if new_stage or now - last[0] >= STATUS_EVERY_S or p.done == p.total:
                 last[0] = now
                 # state too: a late start_background of the same key may have written "queued"
                 _write_status(d, state="running", stage=p.stage, done=p.done, total=p.total, seconds=p.seconds,
-                              eta=p.eta, info=_jsonable(p.info))
+                              eta=p.eta, info=_jsonable(p.info), stages=stages)
             if progress is not None:
                 progress(p)
 
@@ -208,7 +216,7 @@ def start_background(root: Path, spec: dict[str, Any]) -> str:
     d.mkdir(parents=True, exist_ok=True)
     (d / "cancel").unlink(missing_ok=True)  # a stale flag must not cancel the new worker
     store.write_json(d / "spec.json", spec)
-    _write_status(d, key=key, state="queued", message="", result=None, done=0, total=0)
+    _write_status(d, key=key, state="queued", queued_at=time.time(), message="", result=None, done=0, total=0)
     with open(d / "log.txt", "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "influence.jobs", str(root), key],
@@ -240,8 +248,46 @@ def _jsonable(info: dict) -> dict:
 
 
 # ---------------------------------------------------------------- what each kind does
+@contextlib.contextmanager
+def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToken):
+    """Start-up, reported as stages of its own before the job's: loading the data set ("loading"), then the
+    IS/FID feature network ("feature-net": trained with per-epoch progress the first time a data set is
+    used, loaded from the cache later). Within the block the job's contexts use them instead of loading
+    them again. A sweep (several runs) loads its own."""
+    if spec["kind"] == "sweep":
+        yield
+        return
+    from .config import RunConfig
+    from .context import load_run_config, resolve_device, supplied_data
+    from .data import load_dataset
+
+    p = spec["params"]
+    cfg = RunConfig.from_dict(p["config"]) if spec["kind"] == "train" else load_run_config(store.open_run(root, p["run_id"]))
+    Reporter("loading", 0, progress, cancel_token)(0)
+    dataset = load_dataset(cfg.data, cfg.seed, store.cache_dir(root))
+    features = None
+    if not cfg.is_2d:
+        import torch
+
+        from .classifier import CLASSIFIER_EPOCHS, load_feature_net
+
+        net_report = Reporter("feature-net", CLASSIFIER_EPOCHS, progress, cancel_token)
+        net_report(0)  # loaded from the cache in a moment, or trained epoch by epoch
+        features = load_feature_net(cfg.eval, dataset, cfg.identity()["data"], store.cache_dir(root),
+                                    progress=lambda done, total: net_report(done))
+        features = features.to(resolve_device(cfg.train.device), torch.float64) if features is not None else None
+    with supplied_data(cfg, dataset, features):
+        yield
+
+
 def execute(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToken) -> dict[str, Any]:
-    """Run one job spec and return a JSON summary. Imports are local: workers start fast."""
+    """Run one job spec (after its reported start-up) and return a JSON summary."""
+    with _started_up(root, spec, progress, cancel_token):
+        return _execute_kind(root, spec, progress, cancel_token)
+
+
+def _execute_kind(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToken) -> dict[str, Any]:
+    """The job's own work. Imports are local: workers start fast."""
     kind, p = spec["kind"], spec["params"]
     if kind == "train":
         from .config import RunConfig, validate

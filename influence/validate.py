@@ -210,7 +210,7 @@ def validate(
     trace = Trace.load(run)
     first_step = 0
     if trace_epochs is not None:
-        first_step = _first_step_of_last_epochs(trace, cfg, run.read_json("summary.json")["n_train"], trace_epochs)
+        first_step = first_step_of_last_epochs(run, trace_epochs, trace)
         if options.last_steps is not None:
             raise ConfigError("give either trace_epochs or last_steps, not both")
         options = dataclasses.replace(options, last_steps=trace.steps - first_step)
@@ -233,11 +233,13 @@ def validate(
     return out
 
 
-def _first_step_of_last_epochs(trace: Trace, cfg: RunConfig, n_train: int, k: int) -> int:
+def first_step_of_last_epochs(run: store.Run, k: int, trace: Trace | None = None) -> int:
     """Index within the trace of the first step of the run's last k epochs; ConfigError unless all are traced."""
     if k < 1:
         raise ConfigError("trace_epochs must be at least 1")
-    first = trace.steps - k * len(epoch_kinds(cfg, n_train))  # the trace ends with training
+    trace = trace or Trace.load(run)
+    per_epoch = len(epoch_kinds(load_run_config(run), run.read_json("summary.json")["n_train"]))
+    first = trace.steps - k * per_epoch  # the trace ends with training
     if first < 0:
         raise ConfigError(f"the run traced {trace.steps} steps, fewer than its last {k} epochs; train it with "
                           f"train.trace_epochs of at least {k}")
@@ -279,6 +281,8 @@ def sweep(
     GAN_INFLUENCE_CLUSTER). Finished runs, estimates and cleanses are kept: a rerun resumes.
     """
     root = store.store_root(root)
+    check_sweep(configs[0], [c.seed for c in configs], methods, counts, metric,
+                RunContext.create(configs[0], root).dataset.n_train)  # before anything is written
     run_ids = [c.run_id for c in configs]
     ident = [run_ids, methods, counts, metric]
     if options != EstimateOptions():  # the estimator's options name the sweep too (default: earlier keys hold)
@@ -289,8 +293,6 @@ def sweep(
                                           "presets": sorted({c.preset for c in configs}), "methods": methods,
                                           "counts": counts, "metric": metric,
                                           "options": dataclasses.asdict(options)})
-    check_sweep(configs[0], [c.seed for c in configs], methods, counts, metric,
-                RunContext.create(configs[0], root).dataset.n_train)
     rows: list[dict] = []
     report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
 

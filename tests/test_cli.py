@@ -72,6 +72,11 @@ def test_metric_that_the_data_set_lacks_is_an_error(capsys, cli_store, tiny_run,
            "metric 'is' is not defined for 2D data")
 
 
+def test_validating_more_epochs_than_traced_is_an_error(capsys, cli_store, toy_run):
+    _error(capsys, ["--store", str(cli_store), "validate", "--run", toy_run.run_id, "--metric", "all",
+                    "--trace-epochs", "2"], cli_store, "train it with train.trace_epochs of at least 2")
+
+
 def test_bad_cleanse_input_is_an_error(capsys, cli_store, toy_run, tmp_path):
     base = ["--store", str(cli_store), "cleanse", "--run", toy_run.run_id]
     bad = tmp_path / "bad.csv"

@@ -70,6 +70,10 @@ def _every_field_change(cfg: RunConfig) -> list[str]:
         "train.trace_steps": "5", "train.dtype": "float64", "train.device": "cpu",
         "eval.n_valid_z": "123", "eval.n_test_z": "124", "eval.n_grid": "16", "eval.feature": "inception",
         "eval.inception_weights": "/w.pth", "eval.metrics_every_epoch": "false", "seed": "5",
+        "train.optimizer": "adam", "train.betas": "0.5,0.9", "train.eps": "1e-6", "train.momentum": "0.5",
+        "train.nesterov": "true", "train.decoupled_wd": None, "train.scheme": "alternating", "train.d_steps": None,
+        "train.ema_decay": "0.9", "train.trace_mode": "checkpoints", "train.checkpoint_every": "3",
+        "eval.ema_generator": "false",
     }
     return [f"{k}={v}" for k, v in new.items() if v is not None]
 
@@ -80,7 +84,8 @@ def test_every_identity_field_changes_the_run_id():
     changes = _every_field_change(cfg)
     covered = {c.split("=")[0] for c in changes}
     # Fields deliberately skipped: they only have one valid value for the tiny preset alone.
-    assert keys - covered == {"data.source", "data.image_size", "model.bias", "data.dtype"}
+    assert keys - covered == {"data.source", "data.image_size", "model.bias", "data.dtype", "train.decoupled_wd",
+                              "train.d_steps"}
     seen = {cfg.run_id}
     for assignment in changes:
         changed = apply_overrides(cfg, [assignment])
@@ -93,6 +98,9 @@ def test_every_identity_field_changes_the_run_id():
     assert a.run_id != b.run_id
     c = apply_overrides(cfg, ["data.source=fashion-mnist"])
     assert c.run_id != cfg.run_id
+    adam, alternating = apply_overrides(cfg, ["train.optimizer=adam"]), apply_overrides(cfg, ["train.scheme=alternating"])
+    assert apply_overrides(adam, ["train.decoupled_wd=true"]).run_id != adam.run_id
+    assert apply_overrides(alternating, ["train.d_steps=2"]).run_id != alternating.run_id
     toy = preset("toy2d")
     for assignment in ("model.bias=true", "data.dtype=float32"):
         assert apply_overrides(toy, [assignment]).run_id != toy.run_id, assignment
@@ -149,7 +157,16 @@ def test_set_parses_ints_floats_bools_none_and_schedules():
         ("model.arch=fcgan", "fcgan goes with normal2d data"),
         ("train.dtype=float16", "train.dtype must be one of"),
         ("train.weight_decay=-1", "weight_decay must not be negative"),
-        ("data.image_size=64", "data.image_size must be 28 or 32"),
+        ("data.image_size=48", "data.image_size must be 28, 32 or 64"),
+        ("train.optimizer=lion", "train.optimizer must be one of"),
+        ("train.betas=0.5", "expected two numbers 'BETA1,BETA2'"),
+        ("train.betas=1.0,0.9", "train.betas must be two numbers in [0, 1)"),
+        ("train.decoupled_wd=true", "train.decoupled_wd (AdamW) needs train.optimizer=adam"),
+        ("train.scheme=sequential", "train.scheme must be one of"),
+        ("train.d_steps=2", "train.d_steps > 1 needs train.scheme=alternating"),
+        ("train.ema_decay=1", "train.ema_decay must lie in [0, 1)"),
+        ("train.trace_mode=sometimes", "train.trace_mode must be one of"),
+        ("train.checkpoint_every=0", "train.checkpoint_every must be positive"),
         ("model.init=he", "model.init must be one of"),
         ("model.bias=false", "model.bias=false is implemented for fcgan only"),
         ("data.dtype=float64", "data.dtype=float64 applies to normal2d data only"),
@@ -169,8 +186,8 @@ def test_unknown_key_lists_valid_keys():
 
 def test_from_dict_rejects_unknown_keys():
     d = preset("tiny").to_dict()
-    d["train"]["momentum"] = 0.9
-    with pytest.raises(ConfigError, match="train.momentum"):
+    d["train"]["velocity"] = 0.9
+    with pytest.raises(ConfigError, match="train.velocity"):
         RunConfig.from_dict(d)
 
 

@@ -225,3 +225,14 @@ def test_a_run_stored_before_optimizer_state_loads_and_estimates_the_same(tmp_pa
     trace = Trace.load(old)
     assert trace.rule.optimizer.kind == "sgd" and trace.stores_every_step
     assert np.array_equal(estimate(old, ["all"])["all"].scores, ref.scores)
+
+
+@pytest.mark.gpu
+def test_on_cuda_training_replay_and_leave_one_out_are_bit_exact(tmp_path):
+    cfg = _config("adamw-alternating-ema", "train.device=cuda", "train.dtype=float32")
+    a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
+    assert np.array_equal(a.read_npy("trace/final_state.npy"), b.read_npy("trace/final_state.npy"))
+    ctx, trace = _ctx_trace(a)
+    assert np.array_equal(replay_state(ctx, trace).flat().cpu().numpy(), trace.final_state)
+    j = int(trace.batch(1)[0])
+    assert torch.equal(replay_state(ctx, trace, [j], start=1).flat(), replay_state(ctx, trace, [j], start=1).flat())

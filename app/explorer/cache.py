@@ -173,6 +173,15 @@ def run_png(root: str, run_id: str, rel: str, mtime_ns: int, scale: int = GRID_S
     return buf.getvalue()
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def grid_difference(root: str, run_id: str, before_rel: str, after_rel: str, mtime_ns: int) -> np.ndarray:
+    """|after - before| per pixel (0..1, channels averaged) of two sample grids drawn from the same z."""
+    run = store.open_run(Path(root), run_id)
+    a, b = (np.asarray(Image.open(io.BytesIO(run.read_bytes(rel))).convert("L"), dtype=np.float64) / 255.0
+            for rel in (before_rel, after_rel))
+    return np.abs(b - a)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def run_npy(root: str, run_id: str, rel: str, mtime_ns: int) -> np.ndarray | None:
     """A small array stored in the run (2D sample points); None if missing or unreadable."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from influence.metrics import METRIC_LABELS, harmful_sign
 
@@ -133,4 +134,40 @@ def curate_figure(train_xy: np.ndarray, scores: np.ndarray | None, metric: str, 
                           marker=dict(size=7, symbol="x-thin-open", color="#222", line=dict(width=1.5, color="#222")))
     _square(fig, height)
     fig.update_layout(dragmode="lasso")
+    return fig
+
+
+PAPER_FID_TAU = {1: 0.95, 5: 0.87, 10: 0.73, 20: 0.44}  # Terashita et al., MNIST, influence on FID
+
+
+def accuracy_by_traced_epochs(stored: list[dict], traced_epochs: int) -> dict[tuple, list[dict]]:
+    """Stored validations grouped by (metric, n, selection/seed key part), for groups validated at 2+ K.
+
+    A validation without `trace_epochs` covered the whole trace: K = the run's traced epochs."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for v in stored:
+        k = v.get("trace_epochs") or traced_epochs
+        base = v["key"].rsplit("-ep", 1)[0] if v.get("trace_epochs") else v["key"]
+        groups.setdefault((v["metric"], base), {})[int(k)] = {**v, "k": int(k)}
+    return {g: [by_k[k] for k in sorted(by_k)] for g, by_k in groups.items() if len(by_k) >= 2}
+
+
+def trace_epochs_figure(groups: dict[tuple, list[dict]], height: int = 380) -> go.Figure:
+    """Kendall tau and Pearson r (left axis) and the growth factor (right axis, log) against K."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for (metric, _), rows in groups.items():
+        ks = [r["k"] for r in rows]
+        label = f"{METRIC_LABELS[metric]}, n = {rows[0]['n']}"
+        fig.add_scatter(x=ks, y=[r["kendall_tau"] for r in rows], mode="lines+markers", name=f"Kendall τ ({label})",
+                        line=dict(color=HARMFUL), secondary_y=False)
+        fig.add_scatter(x=ks, y=[r["pearson_r"] for r in rows], mode="lines+markers", name=f"Pearson r ({label})",
+                        line=dict(color=HELPFUL, dash="dot"), secondary_y=False)
+        fig.add_scatter(x=ks, y=[r.get("growth") for r in rows], mode="lines+markers", name=f"growth ({label})",
+                        line=dict(color="#666", dash="dash"), secondary_y=True)
+    fig.add_scatter(x=list(PAPER_FID_TAU), y=list(PAPER_FID_TAU.values()), mode="lines+markers",
+                    name="paper: Kendall τ, FID on MNIST", line=dict(color="#aaa", width=3), secondary_y=False)
+    fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=-0.25, x=0),
+                      xaxis_title="traced epochs the estimate covers (the last K)")
+    fig.update_yaxes(title_text="Kendall τ, Pearson r", range=[-0.2, 1.05], secondary_y=False)
+    fig.update_yaxes(title_text="growth factor (log)", type="log", secondary_y=True)
     return fig

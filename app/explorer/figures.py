@@ -279,6 +279,17 @@ def sweep_figure(table: pd.DataFrame, metric: str, height: int = 380) -> go.Figu
     return fig
 
 
+def difference_heatmap(diff: np.ndarray, height: int = 420) -> go.Figure:
+    """|after - before| of two same-z sample grids as a heat map (dark = unchanged)."""
+    fig = go.Figure(go.Heatmap(z=diff, zmin=0, zmax=1, colorscale="Inferno",
+                               colorbar=dict(title=dict(text="|after − before|", side="right")),
+                               hovertemplate="%{z:.2f}<extra></extra>"))
+    fig.update_layout(height=height, margin=MARGIN, title=dict(text="same-z difference, after − before", font_size=13))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    return fig
+
+
 def class_bar(counts: pd.Series, height: int = 220) -> go.Figure:
     fig = go.Figure(go.Bar(x=counts.index.astype(str), y=counts.values, marker_color=HARMFUL))
     fig.update_layout(height=height, margin=MARGIN, xaxis_title="class", yaxis_title="instances in the removal set",

@@ -7,6 +7,7 @@ finds its job on disk, not in session state: after a refresh it is still there.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,11 @@ from .tables import duration
 
 ACTIVE = ("queued", "running")
 POLL_S = 1.0
+STARTUP = {"starting": "Start-up: starting the worker (Python, torch)",
+           "loading": "Start-up: loading the data set",
+           "feature-net": "Start-up: training the IS/FID feature network (once per data set)"}
 STAGES = {
+    **STARTUP,
     "train": "training", "influence": "influence (backward pass over the traced steps)",
     "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
     "leave-one-out": "leave-one-out replays", "sweep": "data-cleansing sweep (cleanses done)",
@@ -110,8 +115,7 @@ def _render(root: Path, key: str, status: dict, title: str, live) -> None:
                 st.toast("Cancelling: the job stops after its current step.")
             return
         if s == "done":
-            took = status["updated"] - status["started"] if "started" in status and "updated" in status else None
-            st.success(f"Finished in {duration(took)}.", icon=":material/check_circle:")
+            st.success(finished_text(status), icon=":material/check_circle:")
         elif s == "failed":
             st.error(f"Failed: {status.get('message') or 'no message'}", icon=":material/error:")
         elif s == "cancelled":
@@ -132,10 +136,35 @@ def _render(root: Path, key: str, status: dict, title: str, live) -> None:
             st.rerun()
 
 
+def finished_text(status: dict) -> str:
+    """'Finished in T from start to end: waiting 2 s, start-up 40 s (data set, feature net), influence 1 min.'"""
+    started, updated = status.get("started"), status.get("updated")
+    if started is None or updated is None:
+        return "Finished."
+    total = updated - status.get("queued_at", started)
+    stages = sorted((status.get("stages") or {}).items(), key=lambda kv: kv[1])
+    if not stages:  # written by a worker that did not record its stages
+        return f"Finished in {duration(total)}."
+    parts = []
+    if "queued_at" in status:
+        parts.append(f"waiting for a worker {duration(started - status['queued_at'])}")
+    work = [(name, at) for name, at in stages if name not in STARTUP]
+    startup_end = work[0][1] if work else updated - started
+    parts.append(f"start-up {duration(startup_end)} (worker, data set"
+                 + (", feature network" if "feature-net" in dict(stages) else "") + ")")
+    for (name, at), nxt in zip(work, [a for _, a in work[1:]] + [updated - started], strict=True):
+        parts.append(f"{STAGES.get(name, name).split(' (')[0]} {duration(nxt - at)}")
+    return f"Finished in {duration(total)} from start to end: " + ", ".join(parts) + "."
+
+
 def _progress(status: dict) -> None:
     done, total = int(status.get("done") or 0), int(status.get("total") or 0)
-    if status["state"] == "queued" or total == 0:
-        st.progress(0, text="Starting: loading the data set and models ...")
+    if status["state"] == "queued":
+        st.progress(0, text="Waiting for a worker process to start ...")
+        return
+    if total == 0:
+        elapsed = max(0.0, time.time() - status.get("started", time.time()))
+        st.progress(0, text=f"{STARTUP.get(status.get('stage'), 'Start-up')} ... ({duration(elapsed)} so far)")
         return
     stage = STAGES.get(status.get("stage"), status.get("stage") or "working")
     eta = status.get("eta")

@@ -4,6 +4,8 @@ Both live in `st.session_state` (this browser tab) and on disk, so a refresh, a 
 tab or a restarted server starts where the user left off:
     <store>/_app_state.json             {"run_id": ..., "dismissed_jobs": [...], "seen_jobs": [...]}
     <store>/<run_id>/app/removal.json   {"ids": [...]}
+    <store>/<run_id>/app/removal_sets.json   {"sets": {name: [ids]}}: named sets saved to switch between
+Undo/redo of removal-set changes is per browser tab (session state).
 removal.json goes through `store.Run` like every run file (atomic write, checksum in the
 run's manifest, which is locked across processes, so a job writing its results meanwhile
 is safe); an unreadable one counts as an empty set.
@@ -17,12 +19,13 @@ from pathlib import Path
 import streamlit as st
 
 from influence import store
-from influence.errors import StoreError
+from influence.errors import ConfigError, StoreError
 
 from . import cache
 
 APP_STATE = "_app_state.json"
 REMOVAL = "app/removal.json"
+SAVED_SETS = "app/removal_sets.json"
 
 
 def root() -> Path:
@@ -86,11 +89,80 @@ def removal(root: Path, run_id: str) -> list[int]:
     return st.session_state[key]
 
 
-def set_removal(root: Path, run_id: str, ids: Iterable[int]) -> list[int]:
+def set_removal(root: Path, run_id: str, ids: Iterable[int], *, undoable: bool = True) -> list[int]:
+    """Replace the run's removal set; the previous one goes onto this tab's undo stack (redo is cleared)."""
     clean = sorted({int(i) for i in ids})
-    store.Run(root, run_id).write_json(REMOVAL, {"ids": clean})
-    st.session_state[f"removal:{run_id}"] = clean
+    previous = removal(root, run_id)
+    _write_removal(root, run_id, clean)
+    if undoable and clean != previous:
+        st.session_state.setdefault(f"removal-undo:{run_id}", []).append(previous)
+        st.session_state[f"removal-redo:{run_id}"] = []
     return clean
+
+
+def _write_removal(root: Path, run_id: str, ids: list[int]) -> None:
+    store.Run(root, run_id).write_json(REMOVAL, {"ids": ids})
+    st.session_state[f"removal:{run_id}"] = ids
+
+
+def can_undo(run_id: str) -> bool:
+    return bool(st.session_state.get(f"removal-undo:{run_id}"))
+
+
+def can_redo(run_id: str) -> bool:
+    return bool(st.session_state.get(f"removal-redo:{run_id}"))
+
+
+def undo(root: Path, run_id: str) -> None:
+    """Back to the removal set before the last change (this tab's history)."""
+    _step(root, run_id, f"removal-undo:{run_id}", f"removal-redo:{run_id}")
+
+
+def redo(root: Path, run_id: str) -> None:
+    _step(root, run_id, f"removal-redo:{run_id}", f"removal-undo:{run_id}")
+
+
+def _step(root: Path, run_id: str, source: str, target: str) -> None:
+    stack = st.session_state.get(source) or []
+    if stack:
+        st.session_state.setdefault(target, []).append(removal(root, run_id))
+        _write_removal(root, run_id, stack.pop())
+
+
+# ---------------------------------------------------------------- named removal sets (saved with the run)
+def saved_sets(root: Path, run_id: str) -> dict[str, list[int]]:
+    """{name: ids} of the run's saved removal sets; an unreadable file counts as none."""
+    run = store.Run(root, run_id)
+    if not run.exists(SAVED_SETS):
+        return {}
+    try:
+        sets = run.read_json(SAVED_SETS)["sets"]
+        return {str(k): [int(i) for i in v] for k, v in sets.items()}
+    except (StoreError, KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
+def save_set(root: Path, run_id: str, name: str) -> str:
+    """Save the current removal set under `name` (replacing a set of that name); returns the clean name."""
+    name = name.strip()
+    if not name:
+        raise ConfigError("give the removal set a name")
+    if len(name) > 80:
+        raise ConfigError("a removal set name has at most 80 characters")
+    sets = saved_sets(root, run_id) | {name: removal(root, run_id)}
+    store.Run(root, run_id).write_json(SAVED_SETS, {"sets": sets})
+    return name
+
+
+def load_set(root: Path, run_id: str, name: str) -> None:
+    """Make a saved set the removal set (undoable)."""
+    set_removal(root, run_id, saved_sets(root, run_id)[name])
+
+
+def delete_set(root: Path, run_id: str, name: str) -> None:
+    sets = saved_sets(root, run_id)
+    sets.pop(name, None)
+    store.Run(root, run_id).write_json(SAVED_SETS, {"sets": sets})
 
 
 def add_to_removal(root: Path, run_id: str, ids: Iterable[int]) -> list[int]:

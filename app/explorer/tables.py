@@ -10,6 +10,7 @@ import pandas as pd
 
 from influence.baselines import METHOD_LABELS
 from influence.estimate import FLAG_NEVER_TRACED, InfluenceResult
+from influence.honesty import scope_text
 from influence.metrics import METRIC_LABELS
 
 from .figures import class_label
@@ -119,19 +120,65 @@ def class_counts(ids: list[int], labels: np.ndarray | None, class_names: list[st
     return counts
 
 
+DLOSS_NOTE = ("D-loss is the discriminator's loss: a baseline for choosing instances, not a measure of the GAN's "
+              "quality (a lower D-loss can come with a worse generator), so its change has no good/bad colour")
+
+
+def signed_sci(value: float) -> str:
+    return ("+" if value > 0 else "") + sci(value)
+
+
+def signs_disagree(predicted: float, actual: float) -> bool:
+    """Prediction and result point opposite ways (a zero on either side disagrees with nothing)."""
+    return predicted * actual < 0
+
+
+def prediction_note(attempt: dict, summary: dict, epochs: int, result: InfluenceResult | None) -> str:
+    """What predicted vs actual can be expected to show for this attempt's mode."""
+    traced = result.meta["traced_steps"] if result is not None else summary.get("traced_steps", 0)
+    scope = scope_text(traced, summary["steps"], epochs)
+    if attempt["mode"] == "scratch":
+        return (f"**From scratch vs the prediction.** The prediction covers only the traced steps ({scope}); "
+                "retraining from scratch also changes every epoch before them, which the estimate does not cover. "
+                "So here neither the size nor the sign needs to agree: to check the estimate, compare a replay of "
+                "the same set with its prediction.")
+    return ("Predicted change = sum of the removed instances' estimated influences, taken on the validation split; "
+            f"the actual change is measured on the test split. A replay changes exactly the steps the estimate "
+            f"covers ({scope}). Where the signs disagree, the set is too large for a first-order estimate "
+            "(removals interact) or the two splits disagree.")
+
+
 def attempts_table(attempts: list[dict]) -> pd.DataFrame:
+    """One row per attempt and metric (narrow enough for the page, however many metrics)."""
     rows = []
     for a in attempts:
-        row = {"attempt": a["key"], "mode": a["mode"], "removed": a["n_removed"]}
+        for m, before in a["before"].items():
+            change, predicted = a["change"].get(m), a["predicted_change"].get(m)
+            rows.append({"attempt": a["key"], "mode": a["mode"], "removed": a["n_removed"],
+                         "metric": METRIC_LABELS[m], "before": before, "after": a["after"].get(m), "change": change,
+                         "predicted": predicted,
+                         "signs agree": None if change is None or predicted is None or not change * predicted
+                         else not signs_disagree(predicted, change),
+                         "seconds": a["seconds"]})
+    return pd.DataFrame(rows)
+
+
+def compare_table(attempts: list[dict]) -> pd.DataFrame:
+    """Attempts as columns, per metric: after, actual change, predicted change (text in the app's formats)."""
+    rows = {}
+    for a in attempts:
+        col = {"mode": a["mode"], "removed": str(a["n_removed"])}
         for m, before in a["before"].items():
             label = METRIC_LABELS[m]
-            row[f"{label} before"] = before
-            row[f"{label} after"] = a["after"].get(m)
-            row[f"{label} change"] = a["change"].get(m)
-            row[f"{label} predicted"] = a["predicted_change"].get(m)
-        row["seconds"] = a["seconds"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+            change, predicted = a["change"].get(m), a["predicted_change"].get(m)
+            col[f"{label} after"] = f"{a['after'][m]:.4g} (before {before:.4g})"
+            col[f"{label} change"] = f"{change:+.3g}" if change is not None else "?"
+            col[f"{label} predicted"] = (signed_sci(predicted) + (" · signs disagree" if change is not None
+                                         and signs_disagree(predicted, change) else "")) if predicted is not None else "-"
+        rows[a["key"]] = col
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "", frame.index)
+    return frame
 
 
 def validation_seconds(summary: dict, results: dict[str, InfluenceResult], done: list[dict], n: int) -> float:

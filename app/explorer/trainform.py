@@ -99,8 +99,8 @@ def schedule_rows(cfg: RunConfig) -> list[dict]:
 
 
 def schedule_text(rows: list[dict]) -> str:
-    """Edited table rows -> the engine's 'EPOCH:LR_D:LR_G,...' text; rows left wholly empty are dropped,
-    a half-filled row is a ConfigError naming it."""
+    """Edited table rows -> the engine's 'EPOCH:LR_D:LR_G,...' text in epoch order (the editor appends rows
+    at the bottom); rows left wholly empty are dropped, a half-filled row is a ConfigError naming it."""
     parts = []
     for number, row in enumerate(rows, start=1):
         cells = [row.get(c) for c in SCHEDULE_COLUMNS]
@@ -112,8 +112,8 @@ def schedule_text(rows: list[dict]) -> str:
         epoch, lr_d, lr_g = cells
         if float(epoch) != int(epoch):
             raise ConfigError(f"lr_schedule row {number}: the epoch must be a whole number, got {epoch}")
-        parts.append(f"{int(epoch)}:{float(lr_d):g}:{float(lr_g):g}")
-    return ",".join(parts)
+        parts.append((int(epoch), f"{int(epoch)}:{float(lr_d):g}:{float(lr_g):g}"))
+    return ",".join(text for _, text in sorted(parts))
 
 
 def apply_edits(cfg: RunConfig, edited: dict[str, str]) -> RunConfig:

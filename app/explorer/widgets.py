@@ -10,7 +10,7 @@ from influence.config import RunConfig
 from influence.honesty import INFORMATIVE, feature_note, reference_line
 from influence.metrics import METRIC_LABELS
 
-from . import cache, state
+from . import cache, state, tables
 
 TRAIN_PAGE = "views/train_page.py"
 INFLUENCE_PAGE = "views/influence_page.py"
@@ -42,11 +42,13 @@ def run_picker(root: Path) -> None:
                  help="Every page works on this run. Runs are cached in the store folder.")
     summary = next(r["summary"] for r in runs if r["run_id"] == current)
     test = " · ".join(f"{METRIC_LABELS[m]} {v:.3g}" for m, v in summary.get("test", {}).items())
-    st.caption(f"{summary.get('n_train', '?')} training instances · test {test}")
+    n_train = summary.get("n_train")
+    st.caption(f"{tables.plural(n_train, 'training instance') if n_train is not None else '? training instances'}"
+               f" · test {test}")
     cfg = RunConfig.from_dict(cache.config(str(root), current))
     if feature_note(cfg):
         st.caption(feature_note(cfg))
-    st.caption(f"Removal set: {len(state.removal(root, current))} instances")
+    st.caption(f"Removal set: {tables.plural(len(state.removal(root, current)), 'instance')}")
 
 
 def require_run(root: Path) -> tuple[str, RunConfig]:

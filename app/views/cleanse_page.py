@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from explorer import cache, figures, jobpanel, state, tables, widgets
+from explorer import attempt_choice, cache, figures, jobpanel, state, tables, widgets
 from influence import store
 from influence.cleanse import removal_key
 from influence.errors import ConfigError
@@ -69,14 +69,19 @@ if not attempts:
     st.info("No cleansing attempt for this run yet.", icon=":material/school:")
     st.stop()
 
-# The attempt for the current set (replay first) if there is one, else the newest.
 keys = [a["key"] for a in attempts]
-ids = np.asarray(removal, dtype=np.int64)
-matching = [removal_key(ids, m) for m in ("replay", "scratch") if removal_key(ids, m) in keys]
-default = keys.index(matching[0]) if matching else len(keys) - 1
 by_key = {a["key"]: a for a in attempts}
-key = st.selectbox("Attempt", keys, index=default, key=f"attempt-{run_id}",
-                   format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})")
+mode_now = "scratch" if st.session_state.get("scratch") else "replay"
+compare_key = f"compare-{run_id}"
+if compare_key in st.session_state:  # an attempt just computed joins the comparison (at most 4 shown)
+    kept = [k for k in st.session_state[compare_key] if k in keys]
+    appeared = [k for k in attempt_choice.new_keys(st.session_state, run_id, keys) if k not in kept]
+    st.session_state[compare_key] = (kept + appeared)[-4:]
+wanted = attempt_choice.pick(st.session_state, run_id, keys, removal_key(np.asarray(removal, dtype=np.int64), mode_now),
+                             mode_now)
+key = st.selectbox("Attempt", keys, key=attempt_choice.widget_key(run_id),
+                   format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})",
+                   **({} if wanted is None else {"index": keys.index(wanted)}))
 attempt = by_key[key]
 
 st.subheader("Test metrics before and after")
@@ -85,17 +90,22 @@ for col, metric in zip(st.columns(len(shown)), shown, strict=True):
     after = attempt["after"][metric]
     label = METRIC_LABELS[metric]
     change = attempt["change"].get(metric)
+    if metric == "dloss":  # a baseline for choosing instances, not a quality measure: no good/bad colour
+        color, help_text = "off", tables.DLOSS_NOTE
+    else:
+        color = "normal" if HIGHER_IS_BETTER[metric] else "inverse"
+        help_text = f"{'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better"
     col.metric(f"{label} after cleansing", f"{after:.4g}", delta=f"{change:+.3g}" if change is not None else None,
-               delta_color="normal" if HIGHER_IS_BETTER[metric] else "inverse",
-               help=f"{'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better")
+               delta_color=color, help=help_text)
     col.caption(f"before: {attempt['before'][metric]:.4g}")
     predicted = attempt["predicted_change"].get(metric)
-    if predicted is not None:
-        col.caption(f"predicted change: {predicted:+.3g} · actual: {change:+.3g}")
-st.caption("Predicted change = sum of the removed instances' estimated influences. It is predicted on the "
-           "validation split, while the actual change is measured on the test split, so expect the sign more "
-           "than the size to agree." + (f" Note: {attempt['predicted_scope']} (influence result "
-                                        f"`{attempt.get('predicted_from')}`)." if attempt.get("predicted_scope") else ""))
+    if predicted is not None and change is not None:
+        col.caption(f"predicted change: {tables.signed_sci(predicted)} · actual: {change:+.3g}")
+        if tables.signs_disagree(predicted, change):
+            col.caption(":orange-badge[:material/warning: signs disagree] prediction and result point opposite ways")
+st.caption(tables.prediction_note(attempt, cache.summary(str(root), run_id), cfg.train.epochs,
+                                  next(iter(cache.results(str(root), run_id, cache.files_stamp(root, run_id, "influence"))
+                                            .values()), None)))
 
 st.subheader("Samples from the same z")
 grids = cache.epoch_grids(root, run_id, cfg.is_2d)
@@ -114,8 +124,32 @@ else:
     png = cache.run_png(str(root), run_id, rel, cache.mtime_ns(root, run_id, rel))
     if png:
         right.image(png, caption=f"after removing {attempt['n_removed']} instances ({attempt['mode']})")
+    if grids and png:
+        diff = cache.grid_difference(str(root), run_id, grids[-1], rel, cache.mtime_ns(root, run_id, rel))
+        st.plotly_chart(figures.difference_heatmap(diff), key=f"diff-{key}")
+        st.caption(f"Where the samples changed: |after − before| per pixel for the same z (0 = unchanged, "
+                   f"1 = black ↔ white); mean {diff.mean():.3f}, largest {diff.max():.3f}.")
+
+st.subheader("Compare attempts side by side")
+picked = st.multiselect("Attempts", keys, default=keys[-3:], key=compare_key, max_selections=4,
+                        format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})")
+if picked:
+    st.dataframe(tables.compare_table([by_key[k] for k in picked]), hide_index=True, width="stretch",
+                 column_config={k: st.column_config.TextColumn(k) for k in picked})
+    for col, k in zip(st.columns(len(picked)), picked, strict=True):
+        col.markdown(f"**{by_key[k]['mode']}, {by_key[k]['n_removed']} removed**")
+        if not cfg.is_2d:
+            rel = f"cleanse/{k}/grid.png"
+            png = cache.run_png(str(root), run_id, rel, cache.mtime_ns(root, run_id, rel))
+            if png:
+                col.image(png, caption=k)
 
 st.subheader("All cleansing attempts of this run")
+st.caption("One row per attempt and metric. Predicted = sum of the removed instances' influences (traced steps "
+           "only); 'signs agree' compares it with the actual change.")
 table = tables.attempts_table(attempts)
-numbers = [c for c in table.columns if c not in ("attempt", "mode", "removed")]
-st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4g") for c in numbers})
+st.dataframe(table, hide_index=True, width="stretch", column_config={
+    "before": st.column_config.NumberColumn(format="%.4g"), "after": st.column_config.NumberColumn(format="%.4g"),
+    "change": st.column_config.NumberColumn(format="%+.3g"),
+    "predicted": st.column_config.NumberColumn(format=tables.SCI_FORMAT),
+    "seconds": st.column_config.NumberColumn(format="%.0f")})

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, curation, datamap_view, figures, gallery_filter, state, tables, widgets
+from explorer import cache, curation, datamap_view, figures, gallery_filter, removal_tools, state, tables, widgets
 from influence.removal import removal_csv
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
@@ -103,7 +103,9 @@ with gallery_col:
     per_page = 25
     n_pages = max(1, math.ceil(len(ids) / per_page))
     p1, p2, p3 = st.columns([1, 2, 3])
-    page = p1.number_input("Page", 1, n_pages, 1, key=f"page-{run_id}-{sort_metric}-{direction}")
+    # A new filter (box range, classes, map selection) is a new list: it opens on its first page.
+    shown_by = hash((str(active), tuple(classes or ()), tuple(picked_on_map or ())))
+    page = p1.number_input("Page", 1, n_pages, 1, key=f"page-{run_id}-{sort_metric}-{direction}-{shown_by}")
     page_ids = [int(i) for i in ids[(page - 1) * per_page: page * per_page]]
     p2.caption(f"{len(ids)} instances match · page {page} of {n_pages}")
     b1, b2 = p3.columns(2)
@@ -167,6 +169,7 @@ with gallery_col:
 with set_col:
     st.subheader("Removal set")
     st.metric("instances", len(removal), help="Saved with the run; a refresh keeps it.")
+    removal_tools.render(root, run_id)
     if removal:
         counts = tables.class_counts(removal, labels, class_names)
         if len(counts):

@@ -204,7 +204,7 @@ with lr_tab:
                 "At a large learning rate |u| grows step by step as the backward pass walks back, and the "
                 "estimate stops ranking the points.")
     traced_lr = float(trace.lrs[-1][0])
-    choices = sorted({1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, traced_lr})
+    choices = sorted({1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, traced_lr})
     c1, c2 = st.columns([3, 1])
     lr = c1.select_slider("Learning rate of the retrained epoch (both players)", choices, value=traced_lr,
                           format_func=lambda v: f"{v:g}" + (" (the run's)" if v == traced_lr else ""), key="pg-lr")

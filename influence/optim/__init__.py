@@ -50,6 +50,11 @@ class OptimizerSpec:
     def buffer_names(self) -> tuple[str, ...]:
         return _BUFFERS[self.kind]
 
+    @property
+    def buffer_decays(self) -> tuple[float, ...]:
+        """Each buffer's decay per step: it remembers about 1 / (1 - decay) steps of gradients."""
+        return {"sgd": (), "momentum": (self.momentum,), "adam": self.betas}[self.kind]
+
     def init_buffers(self, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(torch.zeros_like(theta) for _ in self.buffer_names)
 

@@ -164,3 +164,39 @@ def test_every_page_in_a_real_browser(server, page):
     expect(page.locator(".js-plotly-plot").first).to_be_visible()
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(ARTIFACTS / "app-playground.png"))
+
+
+def test_issue15_views_read_cleanly(server, page):
+    """The histogram legend clears the plot toolbar, influence ticks read 5e-5 (not 0.5e-4), the |u| plot
+    shows the verdict's thresholds; screenshots of the fixed views go to artifacts/ (copied to assets/)."""
+    import re
+
+    from playwright.sync_api import expect
+
+    url, _ = server
+    _visit(page, url, "influence", "Influence of each training instance", "influence-verdict")
+    hist = page.locator(".js-plotly-plot").first
+    hist.hover()
+    modebar, legend = hist.locator(".modebar").bounding_box(), hist.locator(".legend").bounding_box()
+    assert modebar and legend
+    overlap_x = min(modebar["x"] + modebar["width"], legend["x"] + legend["width"]) - max(modebar["x"], legend["x"])
+    overlap_y = min(modebar["y"] + modebar["height"], legend["y"] + legend["height"]) - max(modebar["y"], legend["y"])
+    assert overlap_x <= 0 or overlap_y <= 0, "the toolbar covers the histogram legend"
+    ticks = [t.strip() for t in hist.locator(".xtick text").all_inner_texts()]
+    assert ticks and all(re.fullmatch(r"0|[−-]?[1-9](\.\d+)?e[−+-]?\d+", t) for t in ticks), ticks
+    expect(page.get_by_text("doubtful from here").first).to_be_attached()
+    page.get_by_text("One instance in detail").scroll_into_view_if_needed()
+    _settle(page)
+    page.screenshot(path=str(ARTIFACTS / "app-influence-detail.png"))
+
+    _visit(page, url, "cleanse", "Cleanse and compare", "cleanse-compare")
+    expect(page.get_by_text("Where the samples changed")).to_be_visible()
+    page.get_by_text("Compare attempts side by side").scroll_into_view_if_needed()
+    _settle(page)
+    page.screenshot(path=str(ARTIFACTS / "app-cleanse-compare.png"))
+
+    _visit(page, url, "", "Train or load a GAN", "train-form")
+    page.get_by_text("Hyperparameters: the preset's values").click()
+    expect(page.get_by_text("learning-rate schedule")).to_be_visible()
+    _settle(page)
+    page.screenshot(path=str(ARTIFACTS / "app-train-form.png"))

@@ -1,0 +1,138 @@
+"""The 2D playground's classroom lessons in a real browser (Playwright + Debian's Chromium): a click on a
+training point, the learning-rate lesson, the other lessons' tabs; seconds per click, and a screenshot of
+each view to artifacts/ (git-ignored; the ones in assets/ come from this test over a real toy2d run:
+CLASSROOM_STORE=<store with a toy2d run and its influence on ALL and D-loss>)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from apphelpers import REPO
+from influence import store
+from test_browser import ARGS, ARTIFACTS, CHROMIUM, TIMEOUT_MS, _free_port, _settle, pytestmark  # noqa: F401
+
+TABS = {"curate": "Curate and cleanse", "one-point": "One point: predicted vs actual",
+        "loss-vs-metric": "Loss is not the metric", "lr": "When the estimate breaks", "collapse": "Mode collapse"}
+
+
+@contextlib.contextmanager
+def _serve(root, log_path):
+    """`streamlit run app/main.py` over `root` on a free local port, until the block ends."""
+    port = _free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
+                                cwd=REPO, env={**os.environ, store.ENV_STORE: str(root)}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 90
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"streamlit did not start; see {log_path}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def classroom_server(toy_store, tmp_path_factory):
+    prepared = os.environ.get("CLASSROOM_STORE")
+    root = tmp_path_factory.mktemp("classroom") / "store"
+    shutil.copytree(prepared or toy_store, root, ignore=shutil.ignore_patterns("_jobs", "_app_state.json"))
+    runs = [r for r in store.list_runs(root) if r["config"]["data"]["source"] == "normal2d"
+            and (r["run_id"].startswith("toy2d-") or not prepared)]
+    run_id = sorted(runs, key=lambda r: r["run_id"])[0]["run_id"]
+    store.write_json(root / "_app_state.json", {"run_id": run_id})
+    with _serve(root, tmp_path_factory.mktemp("classroom-log") / "streamlit.log") as url:
+        yield url, root, run_id
+
+
+def _click_point(tab, chart, index: int) -> None:
+    """Click training point `index` (trace 0) of a plotly chart where it is drawn."""
+    x, y = chart.evaluate(
+        """(gd, i) => { const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+                        return [r.left + xa._offset + xa.l2p(gd.data[0].x[i]), r.top + ya._offset + ya.l2p(gd.data[0].y[i])]; }""",
+        index)
+    tab.mouse.click(x, y)
+
+
+def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, root, run_id = classroom_server
+    timings = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1500})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{url}/playground")
+        expect(page.locator("h1").first).to_have_text("2D playground", timeout=TIMEOUT_MS)
+        _settle(page)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "classroom-curate.png"))
+
+        page.get_by_role("tab", name=TABS["one-point"]).click()
+        _settle(page)
+        panel = page.get_by_role("tabpanel", name=TABS["one-point"])
+        chart = panel.locator(".js-plotly-plot").first
+        expect(chart).to_be_visible()
+        n = chart.evaluate("gd => gd.data[0].x.length")
+        target = n // 3
+        started = time.perf_counter()
+        _click_point(page, chart, target)
+        expect(panel.get_by_text(f"ALL: actual change without #{target}")).to_be_visible(timeout=TIMEOUT_MS)
+        _settle(page)
+        timings["one point (click to result)"] = time.perf_counter() - started
+        expect(panel.get_by_text("longer than the real shift")).to_be_visible()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "classroom-one-point.png"), full_page=True)
+
+        page.get_by_role("tab", name=TABS["loss-vs-metric"]).click()
+        _settle(page)
+        expect(page.get_by_text("Kendall τ between the two harmful-first rankings")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "classroom-loss-vs-metric.png"))
+
+        page.get_by_role("tab", name=TABS["lr"]).click()
+        _settle(page)
+        for lr in ("0.001", "1"):
+            slider = page.get_by_role("tabpanel", name=TABS["lr"]).get_by_role("slider")
+            slider.focus()
+            for _ in range(12):  # to the left end, then right until the label reads lr
+                slider.press("ArrowLeft")
+            while not slider.get_attribute("aria-valuetext").startswith(lr):
+                slider.press("ArrowRight")
+            _settle(page)
+            started = time.perf_counter()
+            page.get_by_role("button", name="Retrain the epoch and check").click()
+            expect(page.get_by_text("growth factor")).to_be_visible(timeout=TIMEOUT_MS)
+            _settle(page)
+            timings[f"learning-rate lesson at {lr} (click to result)"] = time.perf_counter() - started
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "classroom-lr.png"), full_page=True)
+
+        page.get_by_role("tab", name=TABS["collapse"]).click()
+        _settle(page)
+        expect(page.get_by_text("the generator", exact=True)).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "classroom-collapse.png"))
+        browser.close()
+    with capsys.disabled():
+        for what, seconds in timings.items():
+            print(f"\n[classroom, browser, {run_id}] {what}: {seconds:.1f} s")

@@ -1,0 +1,182 @@
+"""Issue 15, without Streamlit: the |u| plot tells the verdict's story, one number format, readable class
+colours and labels, the lr_schedule table, cleanse attempt choice, predicted-vs-actual wording."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
+from explorer import attempt_choice, figures, tables, trainform
+from influence.config import preset
+from influence.errors import ConfigError
+from influence.estimate import GROWTH_UNRELIABLE, verdict_for
+
+
+def _norms(u_d, u_g) -> np.ndarray:
+    """u_norms as the engine stores them: index = traced step, the last row = where the pass starts."""
+    return np.stack([np.asarray(u_d, float), np.asarray(u_g, float)], axis=1)
+
+
+def _engine_growth(u_norms: np.ndarray) -> float:
+    whole = np.hypot(u_norms[:, 0], u_norms[:, 1])
+    return float(np.nanmax(whole / whole[-1]))
+
+
+def _trace(fig, start: str):
+    return next(t for t in fig.data if t.name.startswith(start))
+
+
+def test_accumulating_u_d_reads_as_stable_in_plot_and_verdict():
+    # u_D starts at 0 and grows 70x from its first non-zero value (the issue's toy2d seed 5); u_G stays near 1.
+    steps = 50
+    u_d = np.concatenate([0.01 * np.linspace(70, 1, steps - 1), [0.0]])
+    u_g = np.linspace(1.1, 1.0, steps)
+    u = _norms(u_d, u_g)
+    growth = _engine_growth(u)
+    verdict, message = verdict_for(growth)
+    assert verdict == "reliable" and "growth factor" in message and "starting size" in message
+    fig = figures.u_norm_figure(u)
+    whole, d, g = (np.asarray(_trace(fig, p).y, float) for p in ("|u| whole", "|u_D|", "|u_G|"))
+    assert np.nanmax(whole) == pytest.approx(growth)  # the black line's peak is the verdict's number
+    assert np.nanmax(d) < 10 and np.all(d[np.isfinite(d)] <= whole[np.isfinite(d)] + 1e-12)  # under it, no alarm
+    lo, hi = fig.layout.yaxis.range
+    assert 10 ** lo <= np.nanmin(g) and np.nanmax(g) <= 10 ** hi  # |u_G| inside the axis
+    assert all("e" not in t for t in fig.layout.yaxis.ticktext if t not in ("1e-4",))  # 0.001 ... 1000 written out
+
+
+def test_an_exploding_pass_reads_as_one_in_plot_and_verdict():
+    steps = 100
+    u_g = 10.0 ** np.linspace(9, 0, steps)  # |u| grows 1e9-fold backwards, like quick at lr 1e-2
+    u = _norms(0.5 * u_g, u_g)
+    growth = _engine_growth(u)
+    assert verdict_for(growth)[0] == "unreliable"
+    fig = figures.u_norm_figure(u)
+    whole = np.asarray(_trace(fig, "|u| whole").y, float)
+    lo, hi = fig.layout.yaxis.range
+    assert np.nanmax(whole) > GROWTH_UNRELIABLE and np.nanmax(whole) <= 10 ** hi  # drawn, above the red line
+    assert len(fig.layout.yaxis.tickvals) <= 9  # readable: at most about 8 decade labels
+    assert {shape.y0 for shape in fig.layout.shapes} >= {10.0, 100.0}  # the verdict's thresholds are drawn
+
+
+def test_the_whole_state_norm_is_used_when_the_engine_stores_it():
+    u = _norms([0.0, 0.5, 0.0], [1.0, 1.0, 1.0])
+    fig = figures.u_norm_figure(u, whole=np.array([4.0, 2.0, 1.0]))  # optimizer buffers make |u| larger
+    assert list(_trace(fig, "|u| whole").y) == [4.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize("value, text", [(-7.66e-5, "-7.66e-5"), (0.00012345, "1.23e-4"), (2.5, "2.50e+0"),
+                                         (0.0, "0.00e+0"), (float("nan"), "?")])
+def test_one_number_format_for_influence_values(value, text):
+    assert tables.sci(value) == text
+    assert "%.2e" == tables.SCI_FORMAT  # the tables' NumberColumn writes the same digits (sprintf-js)
+
+
+def test_influence_axes_tick_as_5e_minus_5_and_zero_as_0():
+    fig = figures.influence_histogram(np.array([-2e-4, -5e-5, 1e-5, 1e-4]), "fid")
+    assert fig.layout.xaxis.tickformat == ".2~e" and fig.layout.xaxis.labelalias == {"0e+0": "0"}
+    assert fig.layout.xaxis.exponentformat is None  # plotly's own 'e' format wrote 0.5e-4
+    assert fig.layout.legend.y < 0  # below the plot: the toolbar sits top right
+
+
+def test_gallery_cards_use_the_same_format_as_tables():
+    from influence.estimate import InfluenceResult
+
+    r = InfluenceResult("fid", np.array([-7.66e-5]), np.ones(1, np.int8), np.ones((2, 2)), {"harmful_sign": -1})
+    assert tables.score_lines({"fid": r}, 0) == ":red[FID -7.66e-5]"
+
+
+def test_class_colours_are_visible_on_white_and_every_class_is_labelled():
+    def luminance(hex_color: str) -> float:
+        r, g, b = (int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    assert all(luminance(figures.class_color(c)) < 0.75 for c in range(10))
+    frame = pd.DataFrame({"id": np.arange(40), "label": np.arange(40) % 10,
+                          "influence_is": np.linspace(-1, 1, 40), "influence_fid": np.linspace(1, -1, 40)})
+    scatter = figures.influence_scatter(frame, "is", "fid", None)
+    assert [t.marker.color for t in scatter.data] == [figures.class_color(c) for c in range(10)]
+    box = figures.class_box(frame, "fid", None)
+    assert box.layout.xaxis.type == "category" and box.layout.xaxis.dtick == 1  # 0..9, not only even classes
+
+
+def test_scatter_selection_gives_training_ids():
+    event = {"selection": {"points": [{"curve_number": 3, "point_index": 0, "customdata": 17},
+                                      {"curve_number": 1, "point_index": 4, "customdata": [5]}]}}
+    assert figures.selected_ids(event) == [5, 17]
+    assert figures.selected_ids(None) == []
+
+
+def test_plural():
+    assert tables.plural(1, "instance") == "1 instance" and tables.plural(3, "instance") == "3 instances"
+
+
+def test_lr_schedule_table_round_trips_through_the_engine_parser():
+    base = preset("tiny")
+    rows = trainform.schedule_rows(base)
+    assert rows == [{"from epoch": 2, "lr_D": 0.001, "lr_G": 0.001}]
+    assert trainform.schedule_text(rows) == "2:0.001:0.001"
+    values = {key: text for key, text, _, _ in trainform.fields(base)}
+    edited = trainform.apply_edits(base, {**values, "train.lr_schedule": trainform.schedule_text(
+        rows + [{"from epoch": 1.0, "lr_D": 0.01, "lr_G": 0.02}, {"from epoch": None, "lr_D": None, "lr_G": None}])})
+    assert edited.train.lr_schedule == ((1, 0.01, 0.02), (2, 0.001, 0.001))
+    with pytest.raises(ConfigError, match="row 1: fill in"):
+        trainform.schedule_text([{"from epoch": 3, "lr_D": math.nan, "lr_G": 0.1}])
+    with pytest.raises(ConfigError, match="whole number"):
+        trainform.schedule_text([{"from epoch": 1.5, "lr_D": 0.1, "lr_G": 0.1}])
+
+
+def test_optimizer_options_have_their_own_column_choices_and_help():
+    fields = {key: (text, help_text, choices) for key, text, help_text, choices in trainform.fields(preset("tiny"))}
+    for key in trainform.OPTIMIZER_KEYS:
+        assert key in fields and fields[key][1], key  # shown, with the engine's help text
+        assert trainform.section_of(key) == "optimizer"
+    assert fields["train.optimizer"][2] == ("sgd", "momentum", "adam")
+    assert fields["train.scheme"][2] == ("simultaneous", "alternating")
+    assert fields["train.nesterov"][2] == fields["train.decoupled_wd"][2] == ("True", "False")
+    assert fields["train.betas"][0] == "0.9,0.999"
+    assert not [k for k in fields if k.endswith("_sha256")]  # recorded by the engine, not typed
+    adam = trainform.apply_edits(preset("tiny"), {**{k: v[0] for k, v in fields.items()}, "train.optimizer": "adam",
+                                                  "train.betas": "0.5,0.99", "train.ema_decay": "0.999"})
+    assert (adam.train.optimizer, tuple(adam.train.betas), adam.train.ema_decay) == ("adam", (0.5, 0.99), 0.999)
+
+
+def test_the_attempt_just_computed_is_the_one_shown():
+    session: dict = {}
+    keys = ["replay-20-a"]
+    assert attempt_choice.pick(session, "r", keys, "replay-20-a", "replay") == "replay-20-a"
+    assert attempt_choice.pick(session, "r", keys, "replay-20-a", "replay") is None  # the user's pick stays
+    session["attempt-r"] = "replay-20-a"
+    # the user switches to scratch and starts it: no attempt for it yet, the replay stays shown
+    assert attempt_choice.pick(session, "r", keys, "scratch-20-b", "scratch") is None
+    keys = ["replay-20-a", "scratch-20-b"]  # the scratch job finished
+    assert attempt_choice.pick(session, "r", keys, "scratch-20-b", "scratch") == "scratch-20-b"
+    assert session["attempt-r"] == "scratch-20-b"
+    # toggling back to replay shows the replay attempt the page says is "shown below"
+    assert attempt_choice.pick(session, "r", keys, "replay-20-a", "replay") == "replay-20-a"
+
+
+def test_scratch_results_are_not_judged_by_the_traced_epochs_prediction():
+    summary = {"steps": 20, "traced_steps": 10}
+    scratch = tables.prediction_note({"mode": "scratch"}, summary, 2, None)
+    assert "covers only the traced steps (the last 1 of 2 epochs" in scratch
+    assert "sign needs to agree" in scratch and "expect the sign" not in scratch
+    assert "exactly the steps the estimate covers" in tables.prediction_note({"mode": "replay"}, summary, 2, None)
+    assert tables.signs_disagree(-0.0023, 1.05) and not tables.signs_disagree(0.0004, 0.2)
+
+
+def test_attempts_table_is_narrow_and_flags_sign_disagreement():
+    a = {"key": "scratch-3-x", "mode": "scratch", "n_removed": 3, "before": {"fid": 2.0, "is": 8.0},
+         "after": {"fid": 3.05, "is": 7.56}, "change": {"fid": 1.05, "is": -0.44},
+         "predicted_change": {"fid": -0.0023, "is": 0.0004}, "seconds": 12.0}
+    table = tables.attempts_table([a])
+    assert len(table.columns) <= 10 and len(table) == 2
+    assert table["signs agree"].tolist() == [False, False]
+    compare = tables.compare_table([a, {**a, "key": "replay-3-y", "mode": "replay",
+                                        "change": {"fid": -0.1, "is": 0.2}}])
+    assert list(compare.columns) == ["", "scratch-3-x", "replay-3-y"]
+    row = compare.set_index("").loc["FID predicted"]
+    assert row["scratch-3-x"] == "-2.30e-3 · signs disagree" and row["replay-3-y"] == "-2.30e-3"
