@@ -1,13 +1,15 @@
 """Wall time of one toy2d training run: in-process (as the CLI), as a background job nobody watches,
 and as a job the app follows in a real browser (the Train page polling it).
 
-    .venv/bin/python bench/job_speed.py [--epochs 10] [--watchers 1] [--store DIR]
+    .venv/bin/python bench/job_speed.py [--epochs 10] [--watchers 1] [--store DIR] [--threads N]
+                                        [--ways cli job app] [--server-env KEY=VALUE ...]
 
 Each way trains a fresh seed (so nothing is cached) of the toy2d preset cut to --epochs.
 "app" starts `streamlit run app/main.py`, opens the Train page in `--watchers` headless
 Chromium tabs (Debian's /usr/bin/chromium through Playwright), presses Start training
 and waits for the job to finish. Reported per way: wall seconds from start to done and
-the job's own started->updated span (the worker's time).
+the job's own started->updated span (the worker's time). `--threads` sets torch's thread count of
+the in-process way (run it with OMP_WAIT_POLICY=PASSIVE in the environment to compare wait policies).
 """
 
 from __future__ import annotations
@@ -116,7 +118,12 @@ def main() -> int:
     ap.add_argument("--ways", nargs="+", default=["cli", "job", "app"])
     ap.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                     help="environment of the app server (its job workers inherit it), e.g. OMP_NUM_THREADS=1")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the in-process (cli) way")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     root = Path(args.store or tempfile.mkdtemp(prefix="gie-jobspeed-")).resolve()
     seed = int(time.time()) % 100_000
     out = {}

@@ -35,13 +35,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="the first n traced instances")
     ap.add_argument("--eps", type=float, nargs="+", default=[1.0, 0.1, 0.01])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default="auto", help="backward-pass precision (auto, float32, float64)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = store.store_root(args.store)
     run = store.open_run(root, args.run)
     ctx = RunContext.create(load_run_config(run), root)
     trace = Trace.load(run)
-    est_all = estimate(run, [args.metric], EstimateOptions())[args.metric].scores
+    est_all = estimate(run, [args.metric], EstimateOptions(dtype=args.dtype))[args.metric].scores
     first = trace.step_of_instance(ctx.dataset.n_train)
     ids = select_ids(ctx.dataset.n_train, args.n, "first", 0, first >= 0)
     valid = ctx.evaluator("valid")

@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--traced", type=int, default=None, help="epochs the run traces (default: the largest K)")
     ap.add_argument("--store", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -42,7 +43,7 @@ def main() -> None:
     root = store.store_root(args.store)
     rows = []
     for seed in args.seeds:
-        cfg = apply_overrides(preset(args.preset, seed), args.set + [f"train.trace_epochs={max(args.epochs)}"])
+        cfg = apply_overrides(preset(args.preset, seed), args.set + [f"train.trace_epochs={args.traced or max(args.epochs)}"])
         run = train(cfg, root)
         for k in sorted(args.epochs):
             started = time.perf_counter()

@@ -1,6 +1,7 @@
 """The |u| plot and the verdict side by side for stable and exploding runs (issue 15's check).
 
     .venv/bin/python bench/u_story.py --store DIR [--case NAME=PRESET:METRIC[:key=value,...]] ... [--png PATH]
+    .venv/bin/python bench/u_story.py --result NAME=RUN/influence/RESULT_DIR ... [--png PATH]   (stored results, read only)
 
 Default cases: quick and toy2d (stable: the traced epoch at lr 1e-3) and quick with lr 1e-2 in every
 epoch (the recursion explodes); `--epochs N` cuts every case to N epochs (the traced epoch keeps its lr).
@@ -52,9 +53,28 @@ def run_case(root: Path, spec: str, epochs: int | None) -> dict:
             "u_D_peak_over_start": float(np.nanmax(u_d) / start), "result": result}
 
 
+def stored_case(spec: str) -> dict:
+    """A finished result folder (u_norms.npy, meta.json, state_norms.npy when written), read only."""
+    from types import SimpleNamespace
+
+    name, folder = spec.split("=", 1)
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    u = np.load(folder / "u_norms.npy")
+    whole = np.load(folder / "state_norms.npy") if (folder / "state_norms.npy").exists() else None
+    start = whole[-1] if whole is not None else np.hypot(u[-1, 0], u[-1, 1])
+    nonzero = u[:, 0][u[:, 0] > 0]
+    return {"case": name, "run": folder.parents[1].name, "metric": meta["metric"], "growth": meta["growth"],
+            "verdict": meta["verdict"], "traced_steps": meta["traced_steps"],
+            "u_D_rise_from_first_nonzero": float(nonzero.max() / nonzero[-1]) if nonzero.size else None,
+            "u_D_peak_over_start": float(np.nanmax(u[:, 0]) / start),
+            "result": SimpleNamespace(u_norms=u, state_norms=whole)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", help="store to train and estimate the --case runs in")
+    ap.add_argument("--result", action="append", default=[], help="NAME=FOLDER of a stored result (repeatable)")
     ap.add_argument("--case", action="append", help="NAME=PRESET:METRIC[:key=value,...] (repeatable)")
     ap.add_argument("--epochs", type=int, default=None, help="cut every case to this many epochs")
     ap.add_argument("--png", default=str(REPO / "assets" / "u-verdict-cases.png"))
@@ -63,8 +83,10 @@ def main() -> int:
     from influence import store
     from influence.estimate import verdict_for
 
-    root = store.store_root(args.store)
-    cases = [run_case(root, c, args.epochs) for c in (args.case or DEFAULT_CASES)]
+    cases = [stored_case(r) for r in args.result]
+    if args.case or not args.result:
+        root = store.store_root(args.store)
+        cases += [run_case(root, c, args.epochs) for c in (args.case or DEFAULT_CASES)]
     html = []
     for i, c in enumerate(cases):
         r = c.pop("result")

@@ -3,7 +3,8 @@ Fashion-MNIST, a person's own folder or zip of images, and the paper's 2-D Gauss
 
 Everything is deterministic given the config and the seed, so training instance ids
 (positions in `Dataset.train`) are stable across runs; `source_index` maps them back to the
-full training split of the source.
+full training split of the source, and for a folder/zip `paths` names each instance's file
+(relative to data.root), so every id leads back to a file.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class InfluenceResult:
     flags: np.ndarray  # (n_train,) int8, FLAG_*
     u_norms: np.ndarray  # (T, 2): |u_D|, |u_G| before each traced step's propagation (index = step)
     meta: dict
+    state_norms: np.ndarray | None = None  # (T,): |lambda| over the whole state (the growth factor's); None: older result
 
     @property
     def verdict(self) -> str:
@@ -333,7 +334,7 @@ def _save_result(run, metric, options, n_params, scores, norms, step_of, value, 
     run.write_npy(f"influence/{key}/u_norms.npy", norms[:, :2])
     run.write_npy(f"influence/{key}/state_norms.npy", total)
     run.write_json(f"influence/{key}/meta.json", meta)
-    return InfluenceResult(metric, scores, flags, norms[:, :2], meta)
+    return InfluenceResult(metric, scores, flags, norms[:, :2], meta, total)
 
 
 def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params: int) -> InfluenceResult | None:
@@ -345,9 +346,7 @@ def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         meta = run.read_json(f"influence/{key}/meta.json")
         if meta["options"] != options.identity(n_params) or meta["estimator_version"] != ESTIMATOR_VERSION:
             return None
-        return InfluenceResult(metric, run.read_npy(f"influence/{key}/scores.npy"),
-                               run.read_npy(f"influence/{key}/flags.npy"),
-                               run.read_npy(f"influence/{key}/u_norms.npy"), meta)
+        return _read_result(run, key)
     except StoreError as e:
         log.warning("recomputing a damaged influence result: %s", e)
         return None  # a damaged cache entry is recomputed
@@ -355,9 +354,10 @@ def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
 
 def _read_result(run: store.Run, folder: str) -> InfluenceResult:
     meta = run.read_json(f"influence/{folder}/meta.json")
+    state = run.read_npy(f"influence/{folder}/state_norms.npy") if run.exists(f"influence/{folder}/state_norms.npy") else None
     return InfluenceResult(meta["metric"], run.read_npy(f"influence/{folder}/scores.npy"),
                            run.read_npy(f"influence/{folder}/flags.npy"),
-                           run.read_npy(f"influence/{folder}/u_norms.npy"), meta)
+                           run.read_npy(f"influence/{folder}/u_norms.npy"), meta, state)
 
 
 # ---------------------------------------------------------------- named results

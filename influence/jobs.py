@@ -217,10 +217,14 @@ def start_background(root: Path, spec: dict[str, Any]) -> str:
     (d / "cancel").unlink(missing_ok=True)  # a stale flag must not cancel the new worker
     store.write_json(d / "spec.json", spec)
     _write_status(d, key=key, state="queued", queued_at=time.time(), message="", result=None, done=0, total=0)
+    # OpenMP threads that spin while waiting starve each other once anything else runs on the cores
+    # (the app's server and browser do): a toy2d training took minutes at 2 threads instead of seconds
+    # (bench/job_speed.py). Passive waiting keeps the thread count, and so the run's bits.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     with open(d / "log.txt", "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "influence.jobs", str(root), key],
-            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
         )
     return key
 

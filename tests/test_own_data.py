@@ -22,8 +22,7 @@ from influence.cli import main
 from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, with_init_checksums
 from influence.context import RunContext
 from influence.errors import ConfigError
-from influence.estimate import (EstimateOptions, cached_results, choose_results, chosen_name, estimate, result_sets,
-                                write_table)
+from influence.estimate import EstimateOptions, cached_results, choose_results, chosen_name, estimate, result_sets
 from influence.export import export_cleaned
 from influence.honesty import INFORMATIVE, UNINFORMATIVE, check_split_sizes, metric_report, verdicts
 from influence.removal import read_removal_csv, removal_csv

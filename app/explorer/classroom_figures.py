@@ -141,14 +141,14 @@ PAPER_FID_TAU = {1: 0.95, 5: 0.87, 10: 0.73, 20: 0.44}  # Terashita et al., MNIS
 
 
 def accuracy_by_traced_epochs(stored: list[dict], traced_epochs: int) -> dict[tuple, list[dict]]:
-    """Stored validations grouped by (metric, n, selection/seed key part), for groups validated at 2+ K.
+    """Stored validations grouped by metric, n, selection and seed (the key's first four parts,
+    '<metric>-n<N>-<selection>-s<seed>'), for groups validated at 2+ K.
 
     A validation without `trace_epochs` covered the whole trace: K = the run's traced epochs."""
     groups: dict[tuple, dict[int, dict]] = {}
     for v in stored:
         k = v.get("trace_epochs") or traced_epochs
-        base = v["key"].rsplit("-ep", 1)[0] if v.get("trace_epochs") else v["key"]
-        groups.setdefault((v["metric"], base), {})[int(k)] = {**v, "k": int(k)}
+        groups.setdefault((v["metric"], "-".join(v["key"].split("-")[:4])), {})[int(k)] = {**v, "k": int(k)}
     return {g: [by_k[k] for k in sorted(by_k)] for g, by_k in groups.items() if len(by_k) >= 2}
 
 

@@ -15,7 +15,7 @@ import streamlit as st
 from influence import datamap
 from influence.metrics import METRIC_LABELS, harmful_sign
 
-from . import cache, figures, state, tables
+from . import cache, figures, gallery_filter, state, tables
 
 TSNE_SLOW_N = 10_000  # above this t-SNE takes minutes; the page says so before starting it
 
@@ -40,13 +40,8 @@ def map_figure(coords: np.ndarray, scores: np.ndarray, metric: str, removed: np.
     return fig
 
 
-def _show_in_gallery(run_id: str, ids: list[int]) -> None:
-    st.session_state[f"map-sel:{run_id}"] = ids
-    st.session_state["view"] = "Gallery"
-
-
 def selection(run_id: str) -> list[int] | None:
-    """Ids picked on the map for the gallery, or None."""
+    """Ids picked for the gallery (on the map, or on the Influence page's scatter: gallery_filter.show_ids), or None."""
     return st.session_state.get(f"map-sel:{run_id}")
 
 
@@ -73,7 +68,7 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
     picked = figures.selected_point_indices(event)
     if picked:
         a, b, c = st.columns([2, 2, 3])
-        a.button(f"Show the {len(picked)} selected in the gallery", on_click=_show_in_gallery, args=(run_id, picked),
+        a.button(f"Show the {len(picked)} selected in the gallery", on_click=gallery_filter.show_ids, args=(run_id, picked),
                  icon=":material/grid_view:")
         b.button(f"Add the {len(picked)} selected to the removal set", icon=":material/add_box:",
                  on_click=state.add_to_removal, args=(root, run_id, picked))

@@ -96,11 +96,14 @@ def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: 
     fig.add_hrect(y0=GROWTH_DOUBTFUL, y1=GROWTH_UNRELIABLE, fillcolor="#ffbf00", opacity=0.12, line_width=0)
     fig.add_hrect(y0=GROWTH_UNRELIABLE, y1=1e30, fillcolor=HARMFUL, opacity=0.10, line_width=0)
     for y, text in ((GROWTH_DOUBTFUL, "doubtful from here"), (GROWTH_UNRELIABLE, "unreliable from here")):
-        fig.add_hline(y=y, line=dict(color="#888", dash="dot", width=1), annotation_text=text,
-                      annotation_position="top left", annotation_font=dict(size=10, color="#666"))
-    lines = (("whole", "|u| whole (its peak = growth factor)", "#222", 2.5, "solid"),
-             ("G", "|u_G| generator part", CLEANSED, 1.5, "solid"),
-             ("D", "|u_D| discriminator part (accumulates from 0)", HELPFUL, 1.5, "dot"))
+        fig.add_hline(y=y, line=dict(color="#888", dash="dot", width=1))
+        # On a log axis an annotation's y is the exponent (add_hline's own annotation lands off the plot).
+        fig.add_annotation(x=0, xref="paper", y=math.log10(y), yref="y", text=text, showarrow=False,
+                           xanchor="left", yanchor="bottom", font=dict(size=10, color="#666"))
+    # Drawn in this order: where |u_G| makes up all of |u| (plain SGD, IS/FID) its dashes show on the black.
+    lines = (("whole", "|u| whole (its peak = growth factor)", "#222", 3.0, "solid"),
+             ("D", "|u_D| discriminator part (accumulates from 0)", HELPFUL, 1.5, "dot"),
+             ("G", "|u_G| generator part", CLEANSED, 2.0, "dash"))
     for part, name, color, width, dash in lines:
         y = np.where(rel[part] > 0, rel[part], np.nan)  # log axis: zeros (u_D at the start) cannot be drawn
         fig.add_scatter(x=steps, y=y, mode="lines", name=name, line=dict(color=color, width=width, dash=dash),

@@ -22,7 +22,11 @@ from . import state
 from .tables import duration
 
 ACTIVE = ("queued", "running")
-POLL_S = 1.0
+# Following a job costs the CPU its worker needs (2 cores: bench/app_poll_cpu.py): the progress box
+# polls every POLL_S, the heavier live view (charts, sample grid) every LIVE_S, the sidebar every SIDEBAR_S.
+POLL_S = 2.0
+LIVE_S = 10.0
+SIDEBAR_S = 5.0
 STARTUP = {"starting": "Start-up: starting the worker (Python, torch)",
            "loading": "Start-up: loading the data set",
            "feature-net": "Start-up: training the IS/FID feature network (once per data set)"}
@@ -95,19 +99,25 @@ def panel(root: Path, job: dict, live: Callable[[dict], None] | None = None) -> 
         status = {**jobs.read_status(root, key), "spec": spec}
         if active and status["state"] not in ACTIVE:
             st.rerun()  # it just ended: redraw the whole page with its results
-        _render(root, key, status, describe(spec), live)
+        _render(root, key, status, describe(spec))
 
     body()
+    if live is not None and active:
+        @st.fragment(run_every=LIVE_S)
+        def live_view() -> None:
+            status = {**jobs.read_status(root, key), "spec": spec}
+            if status["state"] in ACTIVE:
+                live(status)
+
+        live_view()
 
 
-def _render(root: Path, key: str, status: dict, title: str, live) -> None:
+def _render(root: Path, key: str, status: dict, title: str) -> None:
     s = status["state"]
     with st.container(border=True):
         st.markdown(f"**{title}**")
         if s in ACTIVE:
             _progress(status)
-            if live is not None:
-                live(status)
             # Only once running: a worker clears stale cancel flags when it starts, so a cancel
             # while queued would be lost.
             if s == "running" and st.button("Cancel", key=f"cancel-{key}", icon=":material/stop_circle:"):
@@ -186,7 +196,7 @@ def sidebar_list(root: Path) -> None:
     if not active:
         return
 
-    @st.fragment(run_every=2.0)
+    @st.fragment(run_every=SIDEBAR_S)
     def body() -> None:
         running = [s for s in jobs.list_jobs(root) if s["state"] in ACTIVE]
         if len(running) < len(active):

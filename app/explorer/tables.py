@@ -181,6 +181,16 @@ def compare_table(attempts: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def jaccard_note(n: int) -> str:
+    """What 'top 10%' means at this n (the engine takes max(1, n // 20) from each end)."""
+    k = max(1, n // 20)
+    text = f"Here: the {k} most negative and {k} most positive of {n} instances."
+    if k < 5:
+        text += (f" With {2 * k} instances in play, one instance more or less swings it a lot: read it from "
+                 "n = 100 on (the paper: n = 200).")
+    return text
+
+
 def validation_seconds(summary: dict, results: dict[str, InfluenceResult], done: list[dict], n: int) -> float:
     """Rough duration of a leave-one-out validation of n instances.
 

@@ -73,15 +73,17 @@ keys = [a["key"] for a in attempts]
 by_key = {a["key"]: a for a in attempts}
 mode_now = "scratch" if st.session_state.get("scratch") else "replay"
 compare_key = f"compare-{run_id}"
-if compare_key in st.session_state:  # an attempt just computed joins the comparison (at most 4 shown)
+if compare_key not in st.session_state:
+    st.session_state[compare_key] = keys[-3:]
+else:  # an attempt just computed joins the comparison (at most 4 shown)
     kept = [k for k in st.session_state[compare_key] if k in keys]
     appeared = [k for k in attempt_choice.new_keys(st.session_state, run_id, keys) if k not in kept]
     st.session_state[compare_key] = (kept + appeared)[-4:]
-wanted = attempt_choice.pick(st.session_state, run_id, keys, removal_key(np.asarray(removal, dtype=np.int64), mode_now),
-                             mode_now)
+# Sets the selectbox's state when the attempt just computed (or the one this mode's set has) must be shown.
+attempt_choice.pick(st.session_state, run_id, keys, removal_key(np.asarray(removal, dtype=np.int64), mode_now),
+                    mode_now)
 key = st.selectbox("Attempt", keys, key=attempt_choice.widget_key(run_id),
-                   format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})",
-                   **({} if wanted is None else {"index": keys.index(wanted)}))
+                   format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})")
 attempt = by_key[key]
 
 st.subheader("Test metrics before and after")
@@ -131,7 +133,7 @@ else:
                    f"1 = black ↔ white); mean {diff.mean():.3f}, largest {diff.max():.3f}.")
 
 st.subheader("Compare attempts side by side")
-picked = st.multiselect("Attempts", keys, default=keys[-3:], key=compare_key, max_selections=4,
+picked = st.multiselect("Attempts", keys, key=compare_key, max_selections=4,
                         format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})")
 if picked:
     st.dataframe(tables.compare_table([by_key[k] for k in picked]), hide_index=True, width="stretch",

@@ -3,16 +3,15 @@
 import math
 
 import numpy as np
-
 import pandas as pd
 import streamlit as st
 
 from explorer import cache, curation, datamap_view, figures, gallery_filter, removal_tools, state, tables, widgets
-from influence.removal import removal_csv
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimate import FLAG_NEVER_TRACED, harmful_order
 from influence.metrics import METRIC_LABELS
+from influence.removal import removal_csv
 
 root = state.root()
 run_id, cfg = widgets.require_run(root)

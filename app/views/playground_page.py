@@ -150,9 +150,11 @@ with point_tab:
     left.plotly_chart(classroom_figures.click_figure(train_xy, result.scores if result else None, "all"),
                       key=f"pg-click-{run_id}", on_select=on_click, selection_mode=("points",))
     with right:
-        instance = st.number_input("…or type a point's id", 0, len(train_xy) - 1, key="pg-point")
+        instance = st.number_input("…or type a point's id", 0, len(train_xy) - 1, value=None, key="pg-point")
         if not results:
             st.info("Compute the influence first (above): the estimate is what this lesson checks.")
+        elif instance is None:
+            st.info("Click a training point in the chart.", icon=":material/touch_app:")
         else:
             cache_key = (run_id, int(instance))
             lessons = st.session_state.setdefault("pg-one", {})
@@ -167,7 +169,7 @@ with point_tab:
                 st.caption(f"estimated: {tables.sci(est)}" + (" (not estimated yet)" if est is None else
                            f" · {'same sign' if np.sign(est) == np.sign(lesson.actual[m]) else 'opposite sign'}"))
             st.caption(f"Replay from traced step {lesson.step} and evaluation took {lesson.seconds:.1f} s.")
-    if results and "pg-one" in st.session_state and (run_id, int(instance)) in st.session_state["pg-one"]:
+    if instance is not None and (run_id, int(instance)) in st.session_state.get("pg-one", {}):
         lesson = st.session_state["pg-one"][(run_id, int(instance))]
         st.plotly_chart(classroom_figures.one_point_figure(train_xy, lesson.instance, lesson.before, lesson.after,
                                                            lesson.magnification), key=f"pg-one-fig-{run_id}")
@@ -201,8 +203,9 @@ with lr_tab:
     st.markdown("The estimate linearises each training step. Retrain only the **last epoch**, from the stored "
                 "state before it, at another learning rate (same batches, same z; the run on disk is not "
                 "changed), then run the estimator over it and check it against a few leave-one-out replays. "
-                "At a large learning rate |u| grows step by step as the backward pass walks back, and the "
-                "estimate stops ranking the points.")
+                "At a large learning rate the linearisation stops holding: the estimate no longer ranks the "
+                "points as the replays do (Kendall τ falls), and where the steps amplify perturbations, |u| "
+                "grows as the backward pass walks back (the growth factor and its verdict).")
     traced_lr = float(trace.lrs[-1][0])
     choices = sorted({1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, traced_lr})
     c1, c2 = st.columns([3, 1])

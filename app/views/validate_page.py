@@ -72,7 +72,7 @@ def show_validation(stored: list[dict]) -> None:
         st.caption("Do the **values** agree along a straight line? 1: perfectly linear.")
         st.metric("Jaccard, top 10%", f"{v['jaccard_top10']:.3f}")
         st.caption("Of the 10% most extreme instances (5% most negative and 5% most positive), how many do "
-                   "estimate and truth share? 1: the same instances; 0: none in common.")
+                   "estimate and truth share? 1: the same instances; 0: none in common. " + tables.jaccard_note(v["n"]))
         st.caption(f"Estimate verdict: {v['verdict']} · leave-one-out took {tables.duration(v['seconds_loo'])}.")
 
 

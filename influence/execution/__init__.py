@@ -21,6 +21,7 @@ running tasks check between steps.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -122,6 +123,8 @@ class Executor:
                     finished, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
                 except TimeoutError:  # nothing finished in POLL_S
                     finished = set()
+                except (concurrent.futures.CancelledError, OSError) as e:  # OSError: distributed's CommClosedError
+                    raise _lost(e) from None
                 _forward(events, tasks, progress)
                 if cancel is not None and cancel.is_set():
                     stop.set()
@@ -130,10 +133,11 @@ class Executor:
                     i = futures.pop(f)
                     yield tasks.items[i], _result(f)
         finally:
-            client.cancel(list(pending) + [payload])
-            client.unsubscribe_topic(name)
-            if pending:
-                stop.set()  # tasks already running stop at their next step
+            with contextlib.suppress(OSError):  # the scheduler is gone: nothing left to cancel
+                client.cancel(list(pending) + [payload])
+                client.unsubscribe_topic(name)
+                if pending:
+                    stop.set()  # tasks already running stop at their next step
 
 
 def _submit(client, fn: Callable, *args: Any):
@@ -149,6 +153,16 @@ def _result(future) -> Any:
         return future.result()
     except KilledWorker as e:
         raise InfluenceError(f"a cluster worker died on every try of a task ({e}); see the workers' logs") from None
+    except concurrent.futures.CancelledError as e:
+        raise _lost(e) from None
+
+
+def _lost(e: Exception) -> InfluenceError:
+    """Tasks cancelled by someone else than us: the connection to the scheduler was lost, or it restarted."""
+    lost = isinstance(e, OSError) or "connection" in str(e)
+    reason = "lost the connection to the scheduler" if lost else "the scheduler cancelled them"
+    return InfluenceError(f"the Dask cluster dropped the tasks ({reason}); finished parts are kept, run the same "
+                          "command again to resume")
 
 
 def _forward(events: queue.Queue, tasks: Tasks, progress: ProgressFn | None) -> None:
@@ -253,8 +267,14 @@ def open_executor(tasks: int, workers: int | None = None, address: str | None = 
         log.warning("local Dask workers failed to start (%s); running the tasks here instead", e)
         yield Executor()
         return
-    with cluster, Client(cluster) as client:
-        yield Executor(client)
+    try:
+        with Client(cluster) as client:
+            yield Executor(client)
+    finally:
+        # On a starved machine the workers may outlast close()'s timeout: that must not hide the real outcome
+        # (a cancel, an error); the nannies kill them anyway.
+        with contextlib.suppress(TimeoutError, OSError):
+            cluster.close()
 
 
 @contextlib.contextmanager

@@ -130,7 +130,7 @@ def test_every_page_in_a_real_browser(server, page):
     page.mouse.down()
     page.mouse.move(area["x"] + area["width"] * 0.3, area["y"] + area["height"] * 0.95, steps=8)
     page.mouse.up()
-    expect(page.get_by_text("Gallery filter: FID influence between")).to_be_visible()
+    expect(page.get_by_text("Gallery filter: FID influence between")).to_be_visible(timeout=TIMEOUT_MS)
     page.get_by_text("Open the filtered gallery").click()
     expect(page.locator("h1").first).to_have_text("Inspect and curate")
     _settle(page)
@@ -182,9 +182,11 @@ def test_issue15_views_read_cleanly(server, page):
     overlap_x = min(modebar["x"] + modebar["width"], legend["x"] + legend["width"]) - max(modebar["x"], legend["x"])
     overlap_y = min(modebar["y"] + modebar["height"], legend["y"] + legend["height"]) - max(modebar["y"], legend["y"])
     assert overlap_x <= 0 or overlap_y <= 0, "the toolbar covers the histogram legend"
-    ticks = [t.strip() for t in hist.locator(".xtick text").all_inner_texts()]
+    ticks = [t.strip() for t in hist.locator(".xtick text").all_text_contents()]
     assert ticks and all(re.fullmatch(r"0|[−-]?[1-9](\.\d+)?e[−+-]?\d+", t) for t in ticks), ticks
-    expect(page.get_by_text("doubtful from here").first).to_be_attached()
+    threshold = page.locator(".js-plotly-plot text").filter(has_text="doubtful from here").first
+    threshold.scroll_into_view_if_needed()
+    expect(threshold).to_be_attached(timeout=TIMEOUT_MS)  # the |u| plots draw the verdict's thresholds
     page.get_by_text("One instance in detail").scroll_into_view_if_needed()
     _settle(page)
     page.screenshot(path=str(ARTIFACTS / "app-influence-detail.png"))

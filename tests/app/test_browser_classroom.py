@@ -1,7 +1,8 @@
-"""The 2D playground's classroom lessons in a real browser (Playwright + Debian's Chromium): a click on a
-training point, the learning-rate lesson, the other lessons' tabs; seconds per click, and a screenshot of
-each view to artifacts/ (git-ignored; the ones in assets/ come from this test over a real toy2d run:
-CLASSROOM_STORE=<store with a toy2d run and its influence on ALL and D-loss>)."""
+"""The 2D playground's classroom lessons in a real browser (Playwright + Debian's Chromium) over a real
+toy2d run: one point (chosen by id, as a click on the chart sets it), the learning-rate lesson at two
+rates, the other lessons' tabs; seconds per click, and a screenshot of each view to artifacts/
+(git-ignored; copy them to assets/). CLASSROOM_STORE=<store with a toy2d run and its influence on ALL
+and D-loss>."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from apphelpers import REPO
 from influence import store
 from test_browser import ARGS, ARTIFACTS, CHROMIUM, TIMEOUT_MS, _free_port, _settle, pytestmark  # noqa: F401
 
+LESSON_TIMEOUT_MS = 900_000  # a lesson on a loaded 2-core machine can take minutes
+# A screenshot run for assets/ over a prepared store, not part of the default suite: on a loaded
+# 2-core machine a lesson on the real toy takes minutes.
+pytestmark = [*pytestmark, pytest.mark.skipif(not os.environ.get("CLASSROOM_STORE"),
+                                              reason="set CLASSROOM_STORE to a store with a toy2d run")]
 TABS = {"curate": "Curate and cleanse", "one-point": "One point: predicted vs actual",
         "loss-vs-metric": "Loss is not the metric", "lr": "When the estimate breaks", "collapse": "Mode collapse"}
 
@@ -53,25 +59,14 @@ def _serve(root, log_path):
 
 
 @pytest.fixture(scope="module")
-def classroom_server(toy_store, tmp_path_factory):
-    prepared = os.environ.get("CLASSROOM_STORE")
+def classroom_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("classroom") / "store"
-    shutil.copytree(prepared or toy_store, root, ignore=shutil.ignore_patterns("_jobs", "_app_state.json"))
-    runs = [r for r in store.list_runs(root) if r["config"]["data"]["source"] == "normal2d"
-            and (r["run_id"].startswith("toy2d-") or not prepared)]
+    shutil.copytree(os.environ["CLASSROOM_STORE"], root, ignore=shutil.ignore_patterns("_jobs", "_app_state.json"))
+    runs = [r for r in store.list_runs(root) if r["run_id"].startswith("toy2d-")]
     run_id = sorted(runs, key=lambda r: r["run_id"])[0]["run_id"]
     store.write_json(root / "_app_state.json", {"run_id": run_id})
     with _serve(root, tmp_path_factory.mktemp("classroom-log") / "streamlit.log") as url:
         yield url, root, run_id
-
-
-def _click_point(tab, chart, index: int) -> None:
-    """Click training point `index` (trace 0) of a plotly chart where it is drawn."""
-    x, y = chart.evaluate(
-        """(gd, i) => { const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
-                        return [r.left + xa._offset + xa.l2p(gd.data[0].x[i]), r.top + ya._offset + ya.l2p(gd.data[0].y[i])]; }""",
-        index)
-    tab.mouse.click(x, y)
 
 
 def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
@@ -94,11 +89,11 @@ def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
         panel = page.get_by_role("tabpanel", name=TABS["one-point"])
         chart = panel.locator(".js-plotly-plot").first
         expect(chart).to_be_visible()
-        n = chart.evaluate("gd => gd.data[0].x.length")
-        target = n // 3
+        target = chart.evaluate("gd => gd._fullData[0].x.length") // 3
         started = time.perf_counter()
-        _click_point(page, chart, target)
-        expect(panel.get_by_text(f"ALL: actual change without #{target}")).to_be_visible(timeout=TIMEOUT_MS)
+        panel.get_by_label("…or type a point's id").fill(str(target))  # a click on the chart sets the same
+        panel.get_by_label("…or type a point's id").press("Enter")
+        expect(panel.get_by_text(f"ALL: actual change without #{target}")).to_be_visible(timeout=LESSON_TIMEOUT_MS)
         _settle(page)
         timings["one point (click to result)"] = time.perf_counter() - started
         expect(panel.get_by_text("longer than the real shift")).to_be_visible()
@@ -122,7 +117,8 @@ def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
             _settle(page)
             started = time.perf_counter()
             page.get_by_role("button", name="Retrain the epoch and check").click()
-            expect(page.get_by_text("growth factor")).to_be_visible(timeout=TIMEOUT_MS)
+            # the results of the slider's rate appear only once its lesson has run
+            expect(page.get_by_text("growth factor")).to_be_visible(timeout=LESSON_TIMEOUT_MS)
             _settle(page)
             timings[f"learning-rate lesson at {lr} (click to result)"] = time.perf_counter() - started
         assert page.locator('[data-testid="stException"]').count() == 0

@@ -26,7 +26,7 @@ def _toy(root):
 
 def test_one_point_shows_the_estimate_beside_the_replay(two_runs, capsys):
     run_id, run = _toy(two_runs)
-    at = open_app("playground", run_id)
+    at = open_app("playground", run_id, timeout=600)
     assert not at.exception
     at.session_state["pg-point"] = 11  # what a click on point 11 sets
     started = time.perf_counter()
@@ -51,7 +51,7 @@ def test_one_point_shows_the_estimate_beside_the_replay(two_runs, capsys):
 
 def test_loss_is_not_the_metric_states_the_rank_correlation(two_runs):
     run_id, run = _toy(two_runs)
-    at = open_app("playground", run_id)
+    at = open_app("playground", run_id, timeout=600)
     results = cached_results(run)
     tau = stats.kendalltau(-results["dloss"].scores, results["all"].scores)[0]
     shown = {m.label: m.value for m in at.metric}
@@ -62,7 +62,7 @@ def test_loss_is_not_the_metric_states_the_rank_correlation(two_runs):
 
 def test_the_learning_rate_lesson_retrains_the_epoch_and_compares(two_runs, capsys):
     run_id, run = _toy(two_runs)
-    at = open_app("playground", run_id)
+    at = open_app("playground", run_id, timeout=600)
     at.select_slider(key="pg-lr").set_value(0.3)
     started = time.perf_counter()
     next(b for b in at.button if b.label == "Retrain the epoch and check").click().run()
@@ -80,7 +80,7 @@ def test_the_learning_rate_lesson_retrains_the_epoch_and_compares(two_runs, caps
 
 def test_mode_collapse_names_what_the_generator_does(two_runs):
     run_id, run = _toy(two_runs)
-    at = open_app("playground", run_id)
+    at = open_app("playground", run_id, timeout=600)
     real = run  # the page compares the training points with the last epoch's samples
     ctx = RunContext.create(load_run_config(real), real.root)
     samples = run.read_npy("grids/epoch_003.npy")
@@ -96,14 +96,14 @@ def test_no_compute_button_while_an_estimate_runs(two_runs):
             for f in d.iterdir():
                 f.unlink()
             d.rmdir()
-    at = open_app("playground", run_id)
+    at = open_app("playground", run_id, timeout=600)
     assert any(b.label.startswith("Compute influence on") for b in at.button)
     spec = {"kind": "estimate", "params": {"run_id": run_id, "metrics": ["all", "dloss"], "options": {}}}
     key = write_job(two_runs, spec, state="running", stage="influence", done=3, total=20)
     lock = jobs.JobLock(jobs.job_dir(two_runs, key) / "lock")
     assert lock.acquire()  # held: the job counts as running, not interrupted
     try:
-        at = open_app("playground", run_id)
+        at = open_app("playground", run_id, timeout=600)
         assert not at.exception
         assert not any(b.label.startswith("Compute influence on") for b in at.button)
     finally:

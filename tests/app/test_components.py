@@ -100,8 +100,8 @@ def test_durations_read_naturally():
 
 def test_gallery_scores_mark_the_harmful_side_red():
     results = {"fid": _result("fid", [-0.5, 0.5]), "is": _result("is", [-0.5, 0.5])}
-    assert tables.score_lines(results, 0) == ":red[FID -5.0e-01]  \nIS -5.0e-01"
-    assert tables.score_lines(results, 1) == "FID +5.0e-01  \n:red[IS +5.0e-01]"
+    assert tables.score_lines(results, 0) == ":red[FID -5.00e-1]  \nIS -5.00e-1"  # tables.sci, as everywhere
+    assert tables.score_lines(results, 1) == "FID +5.00e-1  \n:red[IS +5.00e-1]"
 
 
 def test_uploaded_removal_csv_is_read_with_the_cli_rules():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from apphelpers import open_app, removal_on_disk, texts, tiny_run_id
@@ -54,6 +53,30 @@ def test_table_view_edits_select_and_deselect(app_store):
     at.session_state[editor.key] = {"edited_rows": {0: {"remove": False}}, "added_rows": [], "deleted_rows": []}
     at.run()
     assert removal_on_disk(app_store, run_id) == [ids[2]]
+
+
+def test_map_view_selection_goes_to_the_gallery_and_the_removal_set(app_store):
+    from influence import datamap
+
+    run_id = tiny_run_id(app_store)
+    at = open_app("curate", run_id)
+    at.segmented_control(key="view").set_value("Map").run()
+    assert not at.exception
+    run = store.open_run(app_store, run_id)
+    assert run.exists("map/pca.npy") and run.exists("map/features.npy")  # cached in the run
+    chosen = int(at.number_input(key=f"similar-{run_id}").value)
+    ids, _ = datamap.nearest(run.read_npy("map/features.npy"), chosen, 8)
+    shown = [int(m.value.split("**#")[1].split("**")[0]) for m in at.markdown if m.value.startswith("**#")]
+    assert shown == [chosen, *ids.tolist()]  # the instance, then its 8 nearest neighbours
+    # a lasso over three points: the app receives their indices (= training ids)
+    picked = [5, 17, 40]
+    at.session_state[f"map-{run_id}-pca-{at.selectbox(key=f'sort-{run_id}').value}"] = {
+        "selection": {"points": [{"point_index": i, "curve_number": 0} for i in picked], "box": [], "lasso": []}}
+    at.run()
+    next(b for b in at.button if b.label.startswith("Add the 3 selected")).click().run()
+    assert removal_on_disk(app_store, run_id) == picked
+    next(b for b in at.button if b.label.startswith("Show the 3 selected")).click().run()
+    assert not at.exception and sorted(_picks(at)) == picked  # the gallery shows just those
 
 
 @pytest.mark.parametrize("method", ["fid", "iforest", "random"])

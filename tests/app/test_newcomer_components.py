@@ -180,3 +180,18 @@ def test_attempts_table_is_narrow_and_flags_sign_disagreement():
     assert list(compare.columns) == ["", "scratch-3-x", "replay-3-y"]
     row = compare.set_index("").loc["FID predicted"]
     assert row["scratch-3-x"] == "-2.30e-3 · signs disagree" and row["replay-3-y"] == "-2.30e-3"
+
+
+def test_job_workers_wait_passively(tmp_path, monkeypatch):
+    """Spinning OpenMP threads made a toy2d training job several times slower next to the app
+    (bench/job_speed.py): workers start with OMP_WAIT_POLICY=PASSIVE unless the user set a policy."""
+    from influence import jobs
+
+    seen = []
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: seen.append(k.get("env")))
+    jobs.start_background(tmp_path, {"kind": "train", "params": {"config": preset("toy2d").to_dict()}})
+    assert seen and seen[0]["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    jobs.start_background(tmp_path, {"kind": "train", "params": {"config": preset("tiny").to_dict()}})
+    assert seen[1]["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from apphelpers import open_app, removal_on_disk, texts, tiny_run_id
@@ -18,8 +20,11 @@ def test_the_playground_colours_points_and_builds_the_set_from_a_selection(two_r
     toy = _toy_id(two_runs)
     at = open_app("playground", toy)
     assert not at.exception
-    [chart] = at.get("plotly_chart")
+    chart = at.get("plotly_chart")[0]  # the curate tab's chart comes first; the lessons' charts follow
     assert "influence on ALL" in chart.proto.spec and "training points" in chart.proto.spec
+    # a visible neutral: near-zero influence is grey, not white on white (issue 15)
+    marker = json.loads(chart.proto.spec)["data"][0]["marker"]
+    assert marker["colorscale"][1] == [0.5, "#b8b8b8"] and marker["line"]["width"] > 0
     # A lasso selection reaches the page as point indices of trace 0 (see test_components for the parsing).
     at.session_state["pg-selected"] = [4, 8, 15]
     at.run()

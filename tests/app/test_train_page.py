@@ -34,7 +34,7 @@ def _form(at, preset_name: str, **values: str):
     ("train.lr_d", "fast", "cannot read 'fast' as float"),
     ("train.epochs", "1", "lr_schedule epochs must lie in 1..epochs"),  # the schedule's epoch 2
     ("train.batch_size", "-5", "train.batch_size must be at least 1"),
-    ("data.image_size", "30", "data.image_size must be 28 or 32"),
+    ("data.image_size", "30", "data.image_size must be 28, 32 or 64"),
 ])
 def test_invalid_hyperparameters_are_rejected_with_the_reason(app_store, started_jobs, field, value, reason):
     at = _form(open_app("train"), "tiny", **{field: value})
