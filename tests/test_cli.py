@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from influence import store
@@ -159,7 +158,7 @@ def test_runs_lists_the_store(capsys, cli_store, tiny_run, toy_run):
 def test_removal_csv_forms():
     assert read_removal_csv("7\n8\n\n9\n") == [7, 8, 9]
     assert read_removal_csv("name,id\na,4\nb,2\n", n_train=10) == [4, 2]
-    with pytest.raises(ConfigError, match="needs an 'id' column"):
+    with pytest.raises(ConfigError, match="needs an 'id' or a 'path' column"):
         read_removal_csv("a,b\n1,2\n")
     with pytest.raises(ConfigError, match="empty"):
         read_removal_csv("# nothing\n")

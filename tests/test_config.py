@@ -73,7 +73,9 @@ def _every_field_change(cfg: RunConfig) -> list[str]:
         "train.optimizer": "adam", "train.betas": "0.5,0.9", "train.eps": "1e-6", "train.momentum": "0.5",
         "train.nesterov": "true", "train.decoupled_wd": None, "train.scheme": "alternating", "train.d_steps": None,
         "train.ema_decay": "0.9", "train.trace_mode": "checkpoints", "train.checkpoint_every": "3",
-        "eval.ema_generator": "false",
+        "eval.ema_generator": "false", "data.labels": "none",
+        # the files of a pretrained G/D and their checksums: tests/test_own_data.py
+        "model.init_g": None, "model.init_d": None, "model.init_g_sha256": None, "model.init_d_sha256": None,
     }
     return [f"{k}={v}" for k, v in new.items() if v is not None]
 
@@ -85,7 +87,8 @@ def test_every_identity_field_changes_the_run_id():
     covered = {c.split("=")[0] for c in changes}
     # Fields deliberately skipped: they only have one valid value for the tiny preset alone.
     assert keys - covered == {"data.source", "data.image_size", "model.bias", "data.dtype", "train.decoupled_wd",
-                              "train.d_steps"}
+                              "train.d_steps", "model.init_g", "model.init_d", "model.init_g_sha256",
+                              "model.init_d_sha256"}
     seen = {cfg.run_id}
     for assignment in changes:
         changed = apply_overrides(cfg, [assignment])

@@ -7,8 +7,6 @@ store exactly as it was: no file added, changed or half-written, no temp file.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 import struct
 import sys

@@ -98,7 +98,6 @@ def test_replays_in_worker_processes_equal_replays_here(toy_run, tmp_path):
 
 
 def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):
-    import influence.validate as v
     from influence.errors import Cancelled
     from influence.progress import CancelToken
 

@@ -7,6 +7,8 @@ to artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import os
 import shutil
@@ -43,6 +45,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serve_app(root, log_path):
+    """`streamlit run app/main.py` over `root` on a free local port, until the block ends."""
+    port = _free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
+                                cwd=REPO, env={**os.environ, store.ENV_STORE: str(root)}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 90
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"streamlit did not start; see {log_path}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="module")
 def server(rich_store, toy_store, tmp_path_factory):
     """The app on a free local port, over a store with the tiny run (cleansed, validated) and the 2D run."""
@@ -50,32 +81,8 @@ def server(rich_store, toy_store, tmp_path_factory):
     shutil.copytree(rich_store, root)
     shutil.copytree(toy_store, root, ignore=shutil.ignore_patterns("_jobs", "_cache"), dirs_exist_ok=True)
     store.write_json(root / "_app_state.json", {"run_id": tiny_run_id(root)})
-    port = _free_port()
-    env = {**os.environ, store.ENV_STORE: str(root)}
-    log = open(tmp_path_factory.mktemp("browser-log") / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"streamlit did not start; see {log.name}") from None
-                time.sleep(0.5)
+    with serve_app(root, tmp_path_factory.mktemp("browser-log") / "streamlit.log") as url:
         yield url, root
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,14 @@ and D-loss>."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from apphelpers import REPO
 from influence import store
-from test_browser import ARGS, ARTIFACTS, CHROMIUM, TIMEOUT_MS, _free_port, _settle, pytestmark  # noqa: F401
+from test_browser import ARGS, ARTIFACTS, CHROMIUM, TIMEOUT_MS, _settle, pytestmark, serve_app  # noqa: F401
 
 LESSON_TIMEOUT_MS = 900_000  # a lesson on a loaded 2-core machine can take minutes
 # A screenshot run for assets/ over a prepared store, not part of the default suite: on a loaded
@@ -29,35 +24,6 @@ TABS = {"curate": "Curate and cleanse", "one-point": "One point: predicted vs ac
         "loss-vs-metric": "Loss is not the metric", "lr": "When the estimate breaks", "collapse": "Mode collapse"}
 
 
-@contextlib.contextmanager
-def _serve(root, log_path):
-    """`streamlit run app/main.py` over `root` on a free local port, until the block ends."""
-    port = _free_port()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
-                                cwd=REPO, env={**os.environ, store.ENV_STORE: str(root)}, stdout=log,
-                                stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 90
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise RuntimeError(f"streamlit did not start; see {log_path}") from None
-                    time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 @pytest.fixture(scope="module")
 def classroom_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("classroom") / "store"
@@ -65,7 +31,7 @@ def classroom_server(tmp_path_factory):
     runs = [r for r in store.list_runs(root) if r["run_id"].startswith("toy2d-")]
     run_id = sorted(runs, key=lambda r: r["run_id"])[0]["run_id"]
     store.write_json(root / "_app_state.json", {"run_id": run_id})
-    with _serve(root, tmp_path_factory.mktemp("classroom-log") / "streamlit.log") as url:
+    with serve_app(root, tmp_path_factory.mktemp("classroom-log") / "streamlit.log") as url:
         yield url, root, run_id
 
 

@@ -82,8 +82,8 @@ def test_data_set_choices_map_to_data_configs(tmp_path):
     own = trainform.base_config("quick", "folder", str(tmp_path))
     assert (own.data.source, own.data.n_train) == ("folder", None)
     assert trainform.base_config("toy2d", "normal2d", None).is_2d
-    assert trainform.presets_for("normal2d") == ["toy2d", "toy2d-smooth"]
-    assert not {"toy2d", "toy2d-smooth"} & set(trainform.presets_for("mnist"))
+    assert trainform.presets_for("normal2d") == ["toy2d", "toy2d-smooth", "toy2d-adam"]
+    assert not {"toy2d", "toy2d-smooth", "toy2d-adam"} & set(trainform.presets_for("mnist"))
     with pytest.raises(ConfigError, match="enter the folder path"):
         trainform.base_config("quick", "torchvision-mnist", "")
 

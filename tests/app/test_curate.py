@@ -124,7 +124,7 @@ def test_import_csv_replaces_the_set_and_export_offers_it(app_store):
 
 @pytest.mark.parametrize("content, reason", [
     (b"", "empty"),
-    (b"name,score\n1,2\n", "needs an 'id' column"),
+    (b"name,score\n1,2\n", "needs an 'id' or a 'path' column"),
     (b"id\n3\nabc\n", "'abc' is not an integer id"),
     (b"id\n", "no ids"),
     (b"id\n999999\n", "outside the training set"),
