@@ -136,7 +136,7 @@ class _Bar:
         self.bar, self.stage, self.quiet = None, None, quiet
 
     def __call__(self, p) -> None:
-        if self.quiet:
+        if self.quiet or not p.total:  # start-up stages without a count (loading data): nothing to draw
             return
         from tqdm import tqdm
 

@@ -380,10 +380,11 @@ def _load_checkpoint(run: store.Run, layout: StateLayout):
 def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, first_traced, history, seconds, total) -> None:
     gan = ctx.gan
     run.write_npy("weights/final.npy", torch.cat([state.theta_d, state.theta_g]).detach().cpu().numpy())
-    run.write_state_dict("weights/generator.pt", gan.layout_g.unflatten(state.theta_g.detach().cpu()))
-    run.write_state_dict("weights/discriminator.pt", gan.layout_d.unflatten(state.theta_d.detach().cpu()))
+    # clone: after a resume the blocks are views of one flat state, and torch.save would store all of it
+    run.write_state_dict("weights/generator.pt", gan.layout_g.unflatten(state.theta_g.detach().cpu().clone()))
+    run.write_state_dict("weights/discriminator.pt", gan.layout_d.unflatten(state.theta_d.detach().cpu().clone()))
     if state.ema is not None:
-        run.write_state_dict("weights/generator_ema.pt", gan.layout_g.unflatten(state.ema.detach().cpu()))
+        run.write_state_dict("weights/generator_ema.pt", gan.layout_g.unflatten(state.ema.detach().cpu().clone()))
     items = rec.items
     for name, values in items.items():
         run.write_npy(f"trace/{name}.npy", np.stack(values))

@@ -171,7 +171,8 @@ def test_removal_csv_forms():
 def test_store_and_cluster_are_accepted_after_the_subcommand(capsys, cli_store, tiny_run, toy_run, monkeypatch):
     from influence.execution import ENV_CLUSTER
 
-    monkeypatch.delenv(ENV_CLUSTER, raising=False)
+    # setenv, not delenv: monkeypatch then restores the variable's absence after main() has set it
+    monkeypatch.setenv(ENV_CLUSTER, "tcp://unused:1")
     assert main(["runs", "--store", str(cli_store), "--json", "--cluster", "tcp://127.0.0.1:8786"]) == 0
     assert {r["run_id"] for r in json.loads(capsys.readouterr().out)} == {tiny_run.run_id, toy_run.run_id}
     assert os.environ[ENV_CLUSTER] == "tcp://127.0.0.1:8786"  # what the jobs' execution layer reads

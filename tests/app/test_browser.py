@@ -199,13 +199,13 @@ def test_issue15_views_read_cleanly(server, page):
     page.screenshot(path=str(ARTIFACTS / "app-influence-detail.png"))
 
     _visit(page, url, "cleanse", "Cleanse and compare", "cleanse-compare")
-    expect(page.get_by_text("Where the samples changed")).to_be_visible()
+    expect(page.get_by_text("Where the samples changed")).to_be_visible(timeout=TIMEOUT_MS)
     page.get_by_text("Compare attempts side by side").scroll_into_view_if_needed()
     _settle(page)
     page.screenshot(path=str(ARTIFACTS / "app-cleanse-compare.png"))
 
     _visit(page, url, "", "Train or load a GAN", "train-form")
     page.get_by_text("Hyperparameters: the preset's values").click()
-    expect(page.get_by_text("learning-rate schedule")).to_be_visible()
+    expect(page.get_by_text("learning-rate schedule")).to_be_visible(timeout=TIMEOUT_MS)
     _settle(page)
     page.screenshot(path=str(ARTIFACTS / "app-train-form.png"))
