@@ -158,9 +158,10 @@ def states_backward(ctx: RunContext, trace: Trace, first: int = 0, last: int | N
 
 
 def _check_finite(step_index: int, state: TrainState, *losses) -> None:
-    bad = [name for name, t in (("loss", torch.tensor([l for l in losses if l is not None], dtype=torch.float64)),
-                                ("the parameters", torch.cat([state.theta_d, state.theta_g])))
-           if not bool(torch.isfinite(t).all())]
+    # per block, without concatenating: this runs after every training step
+    bad = [name for name, ok in (("loss", all(math.isfinite(l) for l in losses if l is not None)),
+                                 ("the parameters", all(bool(torch.isfinite(t).all()) for t in (state.theta_d, state.theta_g))))
+           if not ok]
     if bad:
         raise DivergenceError(
             f"training diverged at step {step_index}: {bad[0]} became NaN or infinite; lower the learning rate "
