@@ -24,8 +24,8 @@ import torch
 from scipy import stats
 
 from .context import RunContext
-from .errors import ConfigError
-from .estimate import InfluenceResult, backward_step, initial_adjoint, verdict_for
+from .errors import ConfigError, DivergenceError
+from .estimate import InfluenceResult, block_scales, growth_of, start_pass, verdict_for, walk_back
 from .metrics import check_metric
 from .train import Trace, replay, replay_state, states_backward, traced_step_range
 
@@ -177,30 +177,21 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
     if not bool(torch.isfinite(final).all()):
         return failed(f"training diverged at lr {lr:g}: the parameters became NaN or infinite")
     lesson = dataclasses.replace(lesson, final_state=final.cpu().numpy())
-    n = ctx.dataset.n_train
-    adjoint, values = initial_adjoint(ctx, lesson, [metric])
-    scores = np.zeros(n)
-    norms = np.full((steps + 1, 3), np.nan)
-    norms[steps] = _norms(adjoint)
-    for t, s in states_backward(ctx, lesson):
-        adjoint, terms = backward_step(ctx, lesson, t, s, adjoint)
-        scores[lesson.batch(t)] += terms[0].detach().double().cpu().numpy()
-        norms[t] = _norms(adjoint)
-        if not np.isfinite(norms[t]).all():
-            return failed(f"the backward pass diverged at step {t} of {steps}: |u| became infinite")
-    whole = norms[:, 2]
-    growth = float(np.nanmax(whole / whole[steps])) if whole[steps] > 0 else 1.0
+    scales = block_scales(ctx, lesson)  # the Influence page's whole-state norm (buffers in parameter units)
+    state = start_pass(ctx, lesson, [metric], scales)
+    try:
+        for _ in walk_back(ctx, lesson, state, 0, scales):
+            pass
+    except DivergenceError:
+        return failed(f"the backward pass diverged at step {state.t_next} of {steps}: |u| became infinite")
+    norms = state.norms[:, 0].numpy()
+    _, growth = growth_of(norms[:, 2])
     verdict, message = verdict_for(growth)
-    ids, estimated, actual = _check(ctx, lesson, scores, metric, values[0], n_check)
+    scores = state.scores[0].numpy()
+    ids, estimated, actual = _check(ctx, lesson, scores, metric, state.values[0], n_check)
     tau = float(stats.kendalltau(estimated, actual).statistic) if len(ids) >= 2 else math.nan
-    return LrLesson(lr, steps, None, norms, growth, verdict, message, ids, estimated, actual, tau, values[0],
+    return LrLesson(lr, steps, None, norms, growth, verdict, message, ids, estimated, actual, tau, state.values[0],
                     time.perf_counter() - started)
-
-
-def _norms(adjoint: list[torch.Tensor]) -> np.ndarray:
-    """|u_D|, |u_G| and |u| over the whole state (optimizer buffers included), as the estimator records them."""
-    whole = torch.sqrt(sum(a.double().pow(2).sum() for a in adjoint))
-    return torch.stack([adjoint[0].double().norm(), adjoint[1].double().norm(), whole]).cpu().numpy()
 
 
 def _check(ctx: RunContext, lesson: Trace, scores: np.ndarray, metric: str, base: float, n_check: int):

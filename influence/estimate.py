@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -192,50 +193,85 @@ def estimate(
     return {m: results[m] for m in metrics}
 
 
-def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[str, InfluenceResult]:
-    started = time.perf_counter()
-    n_params = trace.final.shape[0]
-    first = trace.steps - (options.last_steps or trace.steps)
-    frozen = options.optimizer_state == "frozen"
-    # States are recomputed (checkpoint mode) in the training dtype, bit for bit, then cast.
-    train_ctx = ctx if str(ctx.dtype) == f"torch.{ctx.cfg.train.dtype}" else ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
-    scales = block_scales(train_ctx, trace)
-    partial = f"influence/_partial/{'+'.join(metrics)}-{options.key('', n_params)}"
-    state = _load_partial(run, partial, metrics, options, n_params)
-    if state is None:
-        adjoint, values = initial_adjoint(ctx, trace, metrics)
-        scores = torch.zeros(len(metrics), ctx.dataset.n_train, dtype=torch.float64)
-        norms = torch.full((trace.steps + 1, len(metrics), 3), float("nan"), dtype=torch.float64)
-        norms[trace.steps] = _norms(adjoint, scales)
-        t_next, elapsed = trace.steps - 1, 0.0
-    else:
-        adjoint, scores, norms, values, t_next, elapsed = state
-        adjoint = [a.to(ctx.device, ctx.dtype) for a in adjoint]
-    report = Reporter("influence", trace.steps - first, progress, cancel)
-    for t, s in states_backward(train_ctx, trace, first, last=t_next):
+# ---------------------------------------------------------------- the backward loop (in memory)
+@dataclass
+class PassState:
+    """What the backward pass carries from one step to the next (and what its checkpoint stores)."""
+
+    adjoint: list[torch.Tensor]  # lambda per state block, (k, size) each
+    scores: torch.Tensor  # (k, n_train) float64
+    norms: torch.Tensor  # (steps + 1, k, 3): |lambda_thetaD|, |lambda_thetaG|, whole state; index = traced step
+    values: list[float]  # the metrics at the final state (validation split)
+    t_next: int  # the next traced step to walk back
+
+
+def start_pass(ctx: RunContext, trace: Trace, metrics: list[str], scales: list[float]) -> PassState:
+    """The pass before its first step: lambda_T at the final state, no scores yet."""
+    adjoint, values = initial_adjoint(ctx, trace, metrics)
+    norms = torch.full((trace.steps + 1, len(metrics), 3), float("nan"), dtype=torch.float64)
+    norms[trace.steps] = _norms(adjoint, scales)
+    scores = torch.zeros(len(metrics), ctx.dataset.n_train, dtype=torch.float64)
+    return PassState(adjoint, scores, norms, values, trace.steps - 1)
+
+
+def walk_back(ctx: RunContext, trace: Trace, state: PassState, first: int, scales: list[float],
+              frozen: bool = False, damping: float = 0.0, train_ctx: RunContext | None = None) -> Iterator[int]:
+    """Walk the pass back from `state.t_next` down to traced step `first`, updating `state` in place.
+
+    Yields each step once it is done (for progress, checkpoints and cancelling). States are
+    recomputed by `train_ctx` (the training dtype, so checkpoint segments replay bit for bit)
+    and cast to ctx's dtype. Raises DivergenceError when the adjoint or a score stops being finite.
+    """
+    for t, s in states_backward(train_ctx or ctx, trace, first, last=state.t_next):
         s = trace.layout.split(s.flat().to(ctx.device, ctx.dtype))
-        adjoint, terms = backward_step(ctx, trace, t, s, adjoint, frozen)
-        ids = torch.as_tensor(trace.batch(t))
-        scores[:, ids] += terms.double().cpu()
-        if options.damping:
-            adjoint = [(1 - options.damping) * a for a in adjoint]
-        norms[t] = _norms(adjoint, scales)
-        if not (all(torch.isfinite(a).all() for a in adjoint) and torch.isfinite(scores).all()):
+        state.adjoint, terms = backward_step(ctx, trace, t, s, state.adjoint, frozen)
+        state.scores[:, torch.as_tensor(trace.batch(t))] += terms.double().cpu()
+        if damping:
+            state.adjoint = [(1 - damping) * a for a in state.adjoint]
+        state.norms[t] = _norms(state.adjoint, scales)
+        if not (all(torch.isfinite(a).all() for a in state.adjoint) and torch.isfinite(state.scores).all()):
             raise DivergenceError(
                 f"influence pass diverged at traced step {t}: the adjoint became NaN or infinite; lower the learning "
                 "rate of the traced epochs, trace fewer steps (--last-steps) or add damping"
             )
+        state.t_next = t - 1
+        yield t
+
+
+def growth_of(total: np.ndarray, first: int = 0) -> tuple[np.ndarray, float]:
+    """(|lambda| relative to where the pass starts, per traced step; the growth factor over steps first..)."""
+    start_norm = total[-1]
+    ratio = total / start_norm if start_norm > 0 else np.ones_like(total)
+    return ratio, float(np.nanmax(ratio[first:]))
+
+
+def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[str, InfluenceResult]:
+    started = time.perf_counter()
+    n_params = trace.final.shape[0]
+    first = trace.steps - (options.last_steps or trace.steps)
+    # States are recomputed (checkpoint mode) in the training dtype, bit for bit, then cast.
+    train_ctx = ctx if str(ctx.dtype) == f"torch.{ctx.cfg.train.dtype}" else ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
+    scales = block_scales(train_ctx, trace)
+    partial = f"influence/_partial/{'+'.join(metrics)}-{options.key('', n_params)}"
+    loaded = _load_partial(run, partial, metrics, options, n_params)
+    if loaded is None:
+        state, elapsed = start_pass(ctx, trace, metrics, scales), 0.0
+    else:
+        state, elapsed = loaded
+        state.adjoint = [a.to(ctx.device, ctx.dtype) for a in state.adjoint]
+    report = Reporter("influence", trace.steps - first, progress, cancel)
+    for t in walk_back(ctx, trace, state, first, scales, options.optimizer_state == "frozen", options.damping,
+                       train_ctx):
         done = trace.steps - t
         if options.checkpoint_every and done % options.checkpoint_every == 0 and t > first:
-            _save_partial(run, partial, metrics, options, n_params, adjoint, scores, norms, values, t - 1,
-                          elapsed + time.perf_counter() - started)
+            _save_partial(run, partial, metrics, options, n_params, state, elapsed + time.perf_counter() - started)
         report(done)
     seconds = elapsed + time.perf_counter() - started
     step_of = trace.step_of_instance(ctx.dataset.n_train, first)
     out = {}
     for i, metric in enumerate(metrics):
-        out[metric] = _save_result(run, metric, options, n_params, scores[i].numpy(), norms[:, i].numpy(),
-                                   step_of, values[i], seconds / len(metrics), first, trace)
+        out[metric] = _save_result(run, metric, options, n_params, state.scores[i].numpy(), state.norms[:, i].numpy(),
+                                   step_of, state.values[i], seconds / len(metrics), first, trace)
     run.forget(partial + "/")  # the finished result replaces the pass's checkpoint (and any temp file
     folder = run.path(partial)  # of a checkpoint write that a kill interrupted)
     for f in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -287,16 +323,17 @@ def _norms(adjoint: list[torch.Tensor], scales: list[float]) -> torch.Tensor:
     return torch.stack([adjoint[0].norm(dim=1).double(), adjoint[1].norm(dim=1).double(), whole], dim=1).cpu()
 
 
-def _save_partial(run, partial, metrics, options, n_params, adjoint, scores, norms, values, t_next, elapsed) -> None:
+def _save_partial(run, partial, metrics, options, n_params, state: PassState, elapsed: float) -> None:
     run.write_state_dict(f"{partial}/state.pt", {
-        **{f"adjoint_{i}": a.cpu() for i, a in enumerate(adjoint)}, "scores": scores, "norms": norms,
-        "values": torch.tensor(values, dtype=torch.float64), "t_next": torch.tensor(t_next),
+        **{f"adjoint_{i}": a.cpu() for i, a in enumerate(state.adjoint)}, "scores": state.scores, "norms": state.norms,
+        "values": torch.tensor(state.values, dtype=torch.float64), "t_next": torch.tensor(state.t_next),
         "elapsed": torch.tensor(elapsed),
     })
-    run.write_json(f"{partial}/meta.json", {"metrics": metrics, "options": options.identity(n_params), "blocks": len(adjoint)})
+    run.write_json(f"{partial}/meta.json", {"metrics": metrics, "options": options.identity(n_params),
+                                            "blocks": len(state.adjoint)})
 
 
-def _load_partial(run, partial, metrics, options, n_params):
+def _load_partial(run, partial, metrics, options, n_params) -> tuple[PassState, float] | None:
     if not run.exists(f"{partial}/state.pt"):
         return None
     try:
@@ -308,15 +345,13 @@ def _load_partial(run, partial, metrics, options, n_params):
     except (StoreError, KeyError) as e:
         log.warning("ignoring the influence pass checkpoint, the pass starts again: %s", e)
         return None  # damaged or older partial state: start the pass again
-    return (adjoint, s["scores"], s["norms"], s["values"].tolist(), int(s["t_next"]), float(s["elapsed"]))
+    return PassState(adjoint, s["scores"], s["norms"], s["values"].tolist(), int(s["t_next"])), float(s["elapsed"])
 
 
 def _save_result(run, metric, options, n_params, scores, norms, step_of, value, seconds, first, trace) -> InfluenceResult:
     total = norms[:, 2]  # |lambda| over the whole state, index = traced step
-    start_norm = total[-1]
-    ratio = total / start_norm if start_norm > 0 else np.ones_like(total)
+    ratio, growth = growth_of(total, first)
     # An instance at step t is scored with u after the steps t+1.. : its amplification is ratio[t+1].
-    growth = float(np.nanmax(ratio[first:]))
     verdict, message = verdict_for(growth)
     flags = _flags(ratio[1:], step_of)
     key = options.key(metric, n_params)

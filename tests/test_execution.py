@@ -17,7 +17,7 @@ import pytest
 
 from influence import store
 from influence.errors import Cancelled
-from influence.execution import ENV_CLUSTER, open_executor
+from influence.execution import ENV_CLUSTER, environ_kept, open_executor
 from influence.execution.payload import trace_segment
 from influence.progress import CancelToken
 from influence.train import Trace
@@ -32,8 +32,8 @@ pytestmark = pytest.mark.slow
 def cluster():
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as c:
+    with environ_kept(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as c:
         yield c
 
 
@@ -51,6 +51,16 @@ def _local(fn):
     finally:
         if address is not None:
             os.environ[ENV_CLUSTER] = address
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+    """Dask's nannies set OMP/MKL_NUM_THREADS=1 in os.environ; left there, processes spawned later (job
+    workers, the reliability tests' workers) ran MKL on 1 thread and differed in their last bits."""
+    monkeypatch.delenv(ENV_CLUSTER, raising=False)
+    before = dict(os.environ)
+    with open_executor(tasks=100, workers=2) as executor:
+        assert executor.client is not None  # a real LocalCluster of 2 workers
+    assert dict(os.environ) == before
 
 
 def test_trace_segment_replays_like_the_whole_trace(toy_run):

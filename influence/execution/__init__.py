@@ -259,22 +259,41 @@ def open_executor(tasks: int, workers: int | None = None, address: str | None = 
         return
     from distributed import Client, LocalCluster
 
+    with environ_kept():  # the nannies' thread settings stay with the workers
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+        except RuntimeError as e:
+            # e.g. a script without `if __name__ == "__main__":` guard, which spawned workers re-import
+            log.warning("local Dask workers failed to start (%s); running the tasks here instead", e)
+            yield Executor()
+            return
+        try:
+            with Client(cluster) as client:
+                yield Executor(client)
+        finally:
+            # On a starved machine the workers may outlast close()'s timeout: that must not hide the real outcome
+            # (a cancel, an error); the nannies kill them anyway.
+            with contextlib.suppress(TimeoutError, OSError):
+                cluster.close()
+
+
+@contextlib.contextmanager
+def environ_kept() -> Iterator[None]:
+    """Undo what the block does to os.environ.
+
+    Dask's nannies set their pre-spawn environment (OMP/MKL/OPENBLAS_NUM_THREADS=1, ...) in this
+    process's os.environ before each worker start. Left there, every process spawned later (a job
+    worker, a replay pool) would run MKL on 1 thread and differ from a run without the cluster in its
+    last bits.
+    """
+    saved = dict(os.environ)
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
-    except RuntimeError as e:
-        # e.g. a script without `if __name__ == "__main__":` guard, which spawned workers re-import
-        log.warning("local Dask workers failed to start (%s); running the tasks here instead", e)
-        yield Executor()
-        return
-    try:
-        with Client(cluster) as client:
-            yield Executor(client)
+        yield
     finally:
-        # On a starved machine the workers may outlast close()'s timeout: that must not hide the real outcome
-        # (a cancel, an error); the nannies kill them anyway.
-        with contextlib.suppress(TimeoutError, OSError):
-            cluster.close()
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager

@@ -173,8 +173,6 @@ def test_every_page_in_a_real_browser(server, page):
     page.screenshot(path=str(ARTIFACTS / "app-playground.png"))
 
 
-@pytest.mark.xfail(reason="at the 2026-11-30 stop the Cleanse page's same-z difference caption was not found in the "
-                          "browser (AppTest checks it in test_newcomer_pages): open, see the closing note", strict=False)
 def test_issue15_views_read_cleanly(server, page):
     """The histogram legend clears the plot toolbar, influence ticks read 5e-5 (not 0.5e-4), the |u| plot
     shows the verdict's thresholds; screenshots of the fixed views go to artifacts/ (copied to assets/)."""
@@ -182,7 +180,9 @@ def test_issue15_views_read_cleanly(server, page):
 
     from playwright.sync_api import expect
 
-    url, _ = server
+    url, root = server
+    # The walk through every page ends on the 2D run; these views are the tiny run's (cleansed, validated).
+    store.write_json(root / "_app_state.json", {"run_id": tiny_run_id(root)})
     _visit(page, url, "influence", "Influence of each training instance", "influence-verdict")
     hist = page.locator(".js-plotly-plot").first
     hist.hover()
