@@ -13,10 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import jobs, store
-from .errors import Cancelled, ConfigError, InfluenceError
-from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, sign_sentence
-from .removal import read_removal_csv  # noqa: F401  (also the CLI's public parser of removal CSVs)
+# Before torch loads OpenMP: threads that spin while waiting starve each other once anything else
+# runs on the cores (as the app's job workers, jobs.start_background). Same thread count, same bits.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import jobs, store  # noqa: E402
+from .errors import Cancelled, ConfigError, InfluenceError  # noqa: E402
+from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, sign_sentence  # noqa: E402
+from .removal import read_removal_csv  # noqa: E402, F401  (also the CLI's public parser of removal CSVs)
 
 SIGN_HELP = (
     "Influence = predicted change of the metric if the instance is removed. "

@@ -212,3 +212,13 @@ def test_sweep_and_cleanse_take_the_same_job_locks_as_the_app(capsys, tiny_run, 
         "run_id": tiny_run.run_id, "metrics": ["fid"], "options": dataclasses.asdict(EstimateOptions())}})
     assert jobs.job_key(ran[1]) == jobs.job_key(specs.estimate_spec(tiny_run.run_id, ["fid"]))
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_cli_waits_passively_for_openmp_unless_told_otherwise(given, expected):
+    """Spinning OpenMP threads made a 71 s training take minutes once anything else ran on the cores (issue 15);
+    the CLI sets the policy before torch loads, as the app's job workers get it."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import influence.cli, os, sys; sys.stdout.write(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out == expected

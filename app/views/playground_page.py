@@ -225,7 +225,7 @@ with lr_tab:
             m1.metric("growth factor", f"{lesson.growth:.3g}x", help="max |u| over the steps / |u| at the start")
             m2.metric("verdict", lesson.verdict)
             m3.metric(f"Kendall τ, {len(lesson.ids)} replays", f"{lesson.kendall_tau:.2f}")
-            st.caption(f"{lesson.verdict_message}. Computed in {lesson.seconds:.1f} s.")
+            st.caption(f"At lr {lr:g}: {lesson.verdict_message}. Computed in {lesson.seconds:.1f} s.")
             g1, g2 = st.columns([3, 2])
             g1.plotly_chart(figures.u_norm_figure(lesson.norms[:, :2], lesson.norms[:, 2]), key=f"pg-lr-u-{run_id}")
             g2.plotly_chart(classroom_figures.check_scatter(lesson.estimated, lesson.actual, "all"),

@@ -7,6 +7,7 @@ and D-loss>."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
@@ -83,8 +84,8 @@ def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
             _settle(page)
             started = time.perf_counter()
             page.get_by_role("button", name="Retrain the epoch and check").click()
-            # the results of the slider's rate appear only once its lesson has run
-            expect(page.get_by_text("growth factor")).to_be_visible(timeout=LESSON_TIMEOUT_MS)
+            # the results of the slider's rate (a verdict or the divergence) appear only once its lesson has run
+            expect(page.get_by_text(re.compile(rf"^At lr {re.escape(lr)}:"))).to_be_visible(timeout=LESSON_TIMEOUT_MS)
             _settle(page)
             timings[f"learning-rate lesson at {lr} (click to result)"] = time.perf_counter() - started
         assert page.locator('[data-testid="stException"]').count() == 0
