@@ -67,12 +67,12 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
                             on_select="rerun", selection_mode=("box", "lasso", "points"))
     picked = figures.selected_point_indices(event)
     if picked:
-        a, b, c = st.columns([2, 2, 3])
+        a, b = st.columns(2)  # room for the whole labels
         a.button(f"Show the {len(picked)} selected in the gallery", on_click=gallery_filter.show_ids, args=(run_id, picked),
                  icon=":material/grid_view:")
         b.button(f"Add the {len(picked)} selected to the removal set", icon=":material/add_box:",
                  on_click=state.add_to_removal, args=(root, run_id, picked))
-        c.caption(f"{len(picked)} selected; harmful on {METRIC_LABELS[metric]}: "
+        st.caption(f"{len(picked)} selected; harmful on {METRIC_LABELS[metric]}: "
                   f"{int((scores[picked] * harmful_sign(metric) > 0).sum())}")
 
     st.subheader("Similar images")

@@ -67,7 +67,7 @@ gallery_col, set_col = st.columns([3, 1], gap="large")
 
 # ---------------------------------------------------------------- gallery
 with gallery_col:
-    c1, c2, c3, c4 = st.columns([2, 2.4, 2.6, 2])
+    c1, c2, c3, c4 = st.columns([2, 2.2, 2.2, 2.8])  # the view switch's three buttons need the room
     sort_metric = c1.selectbox("Sort by influence on", list(results), format_func=METRIC_LABELS.get,
                                key=f"sort-{run_id}")
     direction = c2.segmented_control("Most ... first", ["harmful", "helpful"], default="harmful",
