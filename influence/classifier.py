@@ -209,12 +209,29 @@ def load_inception(explicit: str | None = None) -> FeatureNet:
 
 
 # ---------------------------------------------------------------- the cached feature net of a run
-def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cache_dir: Path, progress=None) -> FeatureNet | None:
-    """The cached feature network for this data set (training it on first use)."""
+# A finished run keeps its own copy of the trained feature net's weights: its metrics stay the ones it
+# reported even where the cache holds another net (trained at another thread count, on another machine,
+# or after the cache was cleared). Inception's weights are one fixed file and are not copied.
+PINNED = "features/feature_net.pt"
+
+
+def feature_weights(cfg: EvalConfig, data_identity: dict, cache_dir: Path) -> Path | None:
+    """The cache file of the data set's trained feature net (classifier or autoencoder); None for Inception."""
+    if cfg.feature == "inception":
+        return None
+    if cfg.feature == "autoencoder":
+        return cache_dir / f"autoencoder-{_ae_key(data_identity)}.pt"
+    return cache_dir / f"classifier-{_classifier_key(data_identity)}.pt"
+
+
+def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cache_dir: Path, progress=None,
+                     pinned: Path | None = None) -> FeatureNet | None:
+    """The feature network for this data set: the run's own copy (`pinned`) if given, else the cached one
+    (training it on first use)."""
     if cfg.feature == "inception":
         return load_inception(cfg.inception_weights)
     if cfg.feature == "autoencoder":
-        return _autoencoder(dataset, data_identity, cache_dir)
+        return _autoencoder(dataset, data_identity, cache_dir, pinned)
     split = _training_split(dataset)
     if split.y is None:
         raise ConfigError("this data set has no labels, so the default IS/FID features (a classifier on its labels) "
@@ -223,7 +240,9 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
     key = _classifier_key(data_identity)
     weights, meta = cache_dir / f"classifier-{key}.pt", cache_dir / f"classifier-{key}.json"
     net = MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
-    if weights.exists() and meta.exists():
+    if pinned is not None:
+        net.load_state_dict(store.load_state_dict(pinned))
+    elif weights.exists() and meta.exists():
         net.load_state_dict(store.load_state_dict(weights))
     else:
         net, accuracy = train_classifier(dataset, progress=progress)
@@ -233,11 +252,13 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
     return FeatureNet(net)
 
 
-def _autoencoder(dataset: Dataset, data_identity: dict, cache_dir: Path) -> FeatureNet:
+def _autoencoder(dataset: Dataset, data_identity: dict, cache_dir: Path, pinned: Path | None) -> FeatureNet:
     key = _ae_key(data_identity)
     weights, meta = cache_dir / f"autoencoder-{key}.pt", cache_dir / f"autoencoder-{key}.json"
     net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
-    if weights.exists() and meta.exists():
+    if pinned is not None:
+        net.load_state_dict(store.load_state_dict(pinned))
+    elif weights.exists() and meta.exists():
         net.load_state_dict(store.load_state_dict(weights))
     else:
         net, r2 = train_autoencoder(dataset)

@@ -20,7 +20,7 @@ from .errors import ConfigError
 _PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 DATA_SOURCES = ("mnist", "torchvision-mnist", "fashion-mnist", "folder", "normal2d")
 ARCHS = ("smallcnn", "dcgan", "dcgan-radford", "fcgan")
-ACTIVATIONS = ("default", "softplus")
+ACTIVATIONS = ("default", "softplus", "silu", "gelu")
 INITS = ("torch", "glorot-uniform")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -77,8 +77,8 @@ class ModelConfig:
     activation: str = field(
         default="default",
         metadata={
-            "help": "hidden activations: default (the paper's: sigmoid in smallcnn, ReLU in dcgan/fcgan) or "
-            "softplus (smooth, so a whole removal stays close to the first-order estimate)",
+            "help": "hidden activations: default (the paper's: sigmoid in smallcnn, ReLU in dcgan/fcgan), or a "
+            "smooth one, softplus, silu or gelu (so a whole removal stays close to the first-order estimate)",
             "id_omitted_at_default": True,
         },
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import store
-from .classifier import load_feature_net
+from .classifier import PINNED, load_feature_net
 from .config import RunConfig, validate
 from .data import Dataset, load_dataset
 from .errors import ConfigError
@@ -132,8 +132,16 @@ class RunContext:
             return None
         if (supplied := _SUPPLIED.get(_data_key(self.cfg))) is not None:
             return supplied[1]
-        net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.identity()["data"], store.cache_dir(self.root))
+        net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.identity()["data"], store.cache_dir(self.root),
+                               pinned=self._pinned_feature_net())
         return net.to(self.device, torch.float64) if net is not None else None
+
+    def _pinned_feature_net(self) -> Path | None:
+        """The run's own copy of its feature net (checked against the run's manifest), if it has one."""
+        if not (self.root / self.cfg.run_id / "manifest.json").exists():
+            return None
+        run = store.open_run(self.root, self.cfg.run_id)
+        return run.verify(PINNED) if run.exists(PINNED) else None
 
     def evaluator(self, split: str) -> Evaluator:
         """Metrics on the validation split (influence) or the test split (reporting, cleansing)."""

@@ -28,13 +28,16 @@ def layer_norm(channels: int) -> nn.Module:
 Activation = Callable[[], nn.Module]
 
 
-def hidden_activation(name: str, default: Activation) -> Activation:
-    """The architecture's own activation, or softplus everywhere it would be.
+SMOOTH_ACTIVATIONS: dict[str, Activation] = {"softplus": nn.Softplus, "silu": nn.SiLU, "gelu": nn.GELU}
 
-    Softplus exists for the influence check: with ReLU kinks a whole removal can flip
+
+def hidden_activation(name: str, default: Activation) -> Activation:
+    """The architecture's own activation, or a smooth one everywhere it would be.
+
+    Smooth units exist for the influence check: with ReLU kinks a whole removal can flip
     units and the metric responds non-linearly, while the estimate is first order.
     """
-    return nn.Softplus if name == "softplus" else default
+    return SMOOTH_ACTIVATIONS.get(name, default)
 
 
 class SmallCnnDiscriminator(nn.Module):

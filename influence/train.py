@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from . import store
+from .classifier import PINNED, feature_weights
 from .config import RunConfig
 from .context import RunContext
 from .errors import DivergenceError, StoreError, TraceError
@@ -282,6 +283,15 @@ def train_without(ctx: RunContext, removed_ids, progress: ProgressFn | None = No
     return state.theta_d, state.eval_generator(ctx.cfg.eval.ema_generator)
 
 
+def pin_feature_net(ctx: RunContext, run: store.Run) -> None:
+    """Copy the feature net the run's metrics came from into the run (`classifier.PINNED`), once."""
+    if ctx.cfg.is_2d or run.exists(PINNED):
+        return
+    source = feature_weights(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root))
+    if source is not None and source.exists():  # absent where the caller supplied the data and its net
+        run.write(PINNED, source.read_bytes())
+
+
 def train(
     cfg: RunConfig,
     root,
@@ -409,6 +419,7 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
         "n_train": ctx.dataset.n_train,
         "test": {k: v for k, v in history[-1].items() if k in ("is", "fid", "all", "dloss")},
     }
+    pin_feature_net(ctx, run)
     run.write_json("summary.json", summary)
     # The checkpoint is no longer needed once the finished run is on disk, nor are the temp
     # files of writes that a kill interrupted (only training writes these folders).
