@@ -178,3 +178,22 @@ def test_radford_dcgan_follows_the_papers_layout(size, stages):
     d_shapes = [(w * 2**i, s, s) for i, s in enumerate(reversed(sides))][1:]  # no norm after D's first conv
     assert shapes == g_shapes + d_shapes
     assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2 for m in D.modules()) == stages
+
+
+@pytest.mark.parametrize("activation", ["softplus", "silu", "gelu"])
+@pytest.mark.parametrize("arch", ["smallcnn", "dcgan", "dcgan-radford", "fcgan"])
+def test_a_smooth_activation_takes_the_place_of_every_hidden_unit(arch, activation):
+    """mnist-adam relies on it: with any ReLU/LeakyReLU left, a whole removal stops being first order."""
+    from influence.models import SMOOTH_ACTIVATIONS
+
+    _, width, z_dim, channels, size, _ = next(c for c in CASES if c[0] == arch)
+
+    def hidden(act):
+        torch.manual_seed(0)
+        nets = build_gan(ModelConfig(arch=arch, width=width, z_dim=z_dim, activation=act), channels=channels, size=size)
+        return [type(m) for net in nets for m in net.modules() if type(m) in (nn.ReLU, nn.LeakyReLU, nn.Sigmoid,
+                                                                                *SMOOTH_ACTIVATIONS.values())]
+
+    default, smooth = hidden("default"), hidden(activation)
+    assert len(smooth) == len(default) > 0
+    assert set(smooth) == {SMOOTH_ACTIVATIONS[activation]}
