@@ -283,10 +283,15 @@ def sweep_figure(table: pd.DataFrame, metric: str, height: int = 380) -> go.Figu
 
 
 def difference_heatmap(diff: np.ndarray, height: int = 420) -> go.Figure:
-    """|after - before| of two same-z sample grids as a heat map (dark = unchanged)."""
-    fig = go.Figure(go.Heatmap(z=diff, zmin=0, zmax=1, colorscale="Inferno",
-                               colorbar=dict(title=dict(text="|after − before|", side="right")),
-                               hovertemplate="%{z:.2f}<extra></extra>"))
+    """|after - before| of two same-z sample grids as a heat map (the scale's lowest colour = unchanged).
+
+    The colour scale ends at the largest difference, not at 1: a replay moves pixels by a few
+    thousandths, which on a 0..1 scale is one flat colour. Draw it with theme=None (Streamlit's
+    theme replaces the colour scale)."""
+    top = max(float(diff.max()), 1e-6)
+    fig = go.Figure(go.Heatmap(z=diff, zmin=0, zmax=top, colorscale="Inferno",
+                               colorbar=dict(title=dict(text="|after − before|", side="right"), tickformat=".1e"),
+                               hovertemplate="%{z:.2e}<extra></extra>"))
     fig.update_layout(height=height, margin=MARGIN, title=dict(text="same-z difference, after − before", font_size=13))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")

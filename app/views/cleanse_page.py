@@ -128,9 +128,10 @@ else:
         right.image(png, caption=f"after removing {attempt['n_removed']} instances ({attempt['mode']})")
     if grids and png:
         diff = cache.grid_difference(str(root), run_id, grids[-1], rel, cache.mtime_ns(root, run_id, rel))
-        st.plotly_chart(figures.difference_heatmap(diff), key=f"diff-{key}")
+        st.plotly_chart(figures.difference_heatmap(diff), key=f"diff-{key}", theme=None)
         st.caption(f"Where the samples changed: |after − before| per pixel for the same z (0 = unchanged, "
-                   f"1 = black ↔ white); mean {diff.mean():.3f}, largest {diff.max():.3f}.")
+                   f"1 = black ↔ white); mean {tables.sci(float(diff.mean()))}, largest {tables.sci(float(diff.max()))}. "
+                   "The colour scale ends at the largest difference, so small changes show.")
 
 st.subheader("Compare attempts side by side")
 picked = st.multiselect("Attempts", keys, key=compare_key, max_selections=4,

@@ -166,8 +166,14 @@ def test_cleanse_results_are_worded_for_what_they_measure(rich):
     table = at.dataframe[-1].value
     assert {"metric", "before", "after", "change", "predicted", "signs agree"} <= set(table.columns)
     assert len(table) == len(cached_results(store.open_run(rich, tiny_run_id(rich))))  # one row per metric
-    assert any("diff-" in c.proto.id for c in at.get("plotly_chart"))  # same-z |after - before| heat map
+    heat = next(c for c in at.get("plotly_chart") if "diff-" in c.proto.id)  # same-z |after - before| heat map
     assert "Where the samples changed" in said
+    # Its colours end at the largest difference: on a 0..1 scale a replay's few thousandths were one flat colour.
+    trace = json.loads(heat.proto.spec)["data"][0]
+    z = trace["z"]  # plotly's typed-array encoding, or plain lists
+    z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]) if isinstance(z, dict) else np.asarray(z)
+    assert trace["zmin"] == 0 and trace["zmax"] == pytest.approx(float(z.max()))
+    assert trace["zmax"] < 0.5
 
 
 def test_the_scratch_attempt_just_computed_is_shown_and_its_prediction_qualified(app_store):
