@@ -230,40 +230,41 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
     (training it on first use)."""
     if cfg.feature == "inception":
         return load_inception(cfg.inception_weights)
+    weights = feature_weights(cfg, data_identity, cache_dir)
     if cfg.feature == "autoencoder":
-        return _autoencoder(dataset, data_identity, cache_dir, pinned)
+        return _autoencoder(dataset, weights, pinned)
     split = _training_split(dataset)
     if split.y is None:
         raise ConfigError("this data set has no labels, so the default IS/FID features (a classifier on its labels) "
                           "cannot be trained: set eval.feature=autoencoder (trained on your images) or "
                           "eval.feature=inception (pytorch-fid's Inception-v3)")
-    key = _classifier_key(data_identity)
-    weights, meta = cache_dir / f"classifier-{key}.pt", cache_dir / f"classifier-{key}.json"
     net = MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
-    if pinned is not None:
-        net.load_state_dict(store.load_state_dict(pinned))
-    elif weights.exists() and meta.exists():
-        net.load_state_dict(store.load_state_dict(weights))
+    if (source := _stored_weights(weights, pinned)) is not None:
+        net.load_state_dict(store.load_state_dict(source))
     else:
         net, accuracy = train_classifier(dataset, progress=progress)
         store.save_state_dict(weights, net.state_dict())
-        store.write_json(meta, {"test_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS, "lr": CLASSIFIER_LR,
+        store.write_json(weights.with_suffix(".json"), {"test_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS, "lr": CLASSIFIER_LR,
                                 "batch": CLASSIFIER_BATCH, "seed": CLASSIFIER_SEED, "n_classes": net.logits.out_features})
     return FeatureNet(net)
 
 
-def _autoencoder(dataset: Dataset, data_identity: dict, cache_dir: Path, pinned: Path | None) -> FeatureNet:
-    key = _ae_key(data_identity)
-    weights, meta = cache_dir / f"autoencoder-{key}.pt", cache_dir / f"autoencoder-{key}.json"
-    net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
+def _stored_weights(weights: Path, pinned: Path | None) -> Path | None:
+    """Where the trained net is: the run's own copy, else the cache entry once complete (weights and its
+    .json), else None (train it)."""
     if pinned is not None:
-        net.load_state_dict(store.load_state_dict(pinned))
-    elif weights.exists() and meta.exists():
-        net.load_state_dict(store.load_state_dict(weights))
+        return pinned
+    return weights if weights.exists() and weights.with_suffix(".json").exists() else None
+
+
+def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None) -> FeatureNet:
+    net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
+    if (source := _stored_weights(weights, pinned)) is not None:
+        net.load_state_dict(store.load_state_dict(source))
     else:
         net, r2 = train_autoencoder(dataset)
         store.save_state_dict(weights, net.state_dict())
-        store.write_json(meta, {"test_r2": r2, "steps": AE_STEPS, "lr": AE_LR, "batch": AE_BATCH, "code": AE_CODE,
+        store.write_json(weights.with_suffix(".json"), {"test_r2": r2, "steps": AE_STEPS, "lr": AE_LR, "batch": AE_BATCH, "code": AE_CODE,
                                 "seed": CLASSIFIER_SEED})
     return FeatureNet(_Encoder(net), has_probs=False)
 
@@ -272,15 +273,13 @@ def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path) -> dict:
     """What the IS/FID features are and how good they are on this data set (after load_feature_net)."""
     info: dict = {"feature": cfg.feature, "label": FEATURE_LABELS[cfg.feature],
                   "comparable": cfg.feature == "inception"}
-    if cfg.feature == "mnist-cnn":
-        meta = cache_dir / f"classifier-{_classifier_key(data_identity)}.json"
-        if meta.exists():
-            m = store.read_json(meta)
-            info.update(test_accuracy=m["test_accuracy"], n_classes=m.get("n_classes"))
-    elif cfg.feature == "autoencoder":
-        meta = cache_dir / f"autoencoder-{_ae_key(data_identity)}.json"
-        if meta.exists():
-            info["test_r2"] = store.read_json(meta)["test_r2"]
+    weights = feature_weights(cfg, data_identity, cache_dir)
+    meta = weights.with_suffix(".json") if weights is not None else None
+    if cfg.feature == "mnist-cnn" and meta.exists():
+        m = store.read_json(meta)
+        info.update(test_accuracy=m["test_accuracy"], n_classes=m.get("n_classes"))
+    elif cfg.feature == "autoencoder" and meta.exists():
+        info["test_r2"] = store.read_json(meta)["test_r2"]
     return info
 
 
