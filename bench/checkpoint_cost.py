@@ -24,13 +24,7 @@ import torch
 from influence.config import apply_overrides, preset
 from influence.estimate import EstimateOptions, estimate
 from influence.train import train
-
-
-def cut(cfg, epochs: int | None) -> list[str]:
-    if epochs is None or epochs >= cfg.train.epochs:
-        return []
-    schedule = [f"{epochs}:{lr_d:g}:{lr_g:g}" for e, lr_d, lr_g in cfg.train.lr_schedule if e == cfg.train.epochs]
-    return [f"train.epochs={epochs}", "train.trace_epochs=1", "train.lr_schedule=" + ",".join(schedule)]
+from shorten import cut
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from influence.config import preset
+from shorten import cut
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -47,17 +50,6 @@ print(json.dumps({"run_id": cfg.run_id, "maxrss_mb": resource.getrusage(resource
 """
 
 
-def cut(name: str, epochs: int | None) -> list[str]:
-    """Overrides that keep the preset's last (traced) epoch and its learning rate, `epochs` epochs in all."""
-    from influence.config import preset
-
-    cfg = preset(name)
-    if epochs is None or epochs >= cfg.train.epochs:
-        return []
-    schedule = [f"{epochs}:{lr_d:g}:{lr_g:g}" for e, lr_d, lr_g in cfg.train.lr_schedule if e == cfg.train.epochs]
-    return [f"train.epochs={epochs}", "train.trace_epochs=1", "train.lr_schedule=" + ",".join(schedule)]
-
-
 def phase(what: str, root: Path, name: str, sets: list[str], threads: int) -> dict:
     code = CHILD if what != "import" else ("import resource, torch, influence.train, influence.estimate; "
                                           "print('{\"maxrss_mb\": %f}' % (resource.getrusage(resource.RUSAGE_SELF)"
@@ -83,7 +75,7 @@ def main() -> None:
     print(json.dumps({"phase": "import", "maxrss_mb": round(floor)}), flush=True)
     rows = []
     for name in args.presets:
-        sets = cut(name, args.epochs) + args.set
+        sets = cut(preset(name), args.epochs) + args.set
         row = {"preset": name, "sets": sets}
         for what in ("train", "influence", "loo"):
             out = phase(what, root, name, sets, args.threads)

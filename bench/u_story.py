@@ -30,16 +30,14 @@ def run_case(root: Path, spec: str, epochs: int | None) -> dict:
     from influence.config import apply_overrides, preset
     from influence.estimate import EstimateOptions, estimate
     from influence.train import train
+    from shorten import cut
 
     name, rest = spec.split("=", 1)
     bits = rest.split(":", 2)
     preset_name, metric = bits[0], bits[1]
     sets = [s for s in (bits[2].split(",") if len(bits) > 2 else []) if s]
     cfg = preset(preset_name)
-    if epochs is not None:
-        schedule = [f"{epochs}:{lr_d:g}:{lr_g:g}" for e, lr_d, lr_g in cfg.train.lr_schedule if e == cfg.train.epochs]
-        sets = [f"train.epochs={epochs}", "train.lr_schedule=" + ",".join(schedule)] + sets
-    cfg = apply_overrides(cfg, sets)
+    cfg = apply_overrides(cfg, cut(cfg, epochs) + sets)
     run = train(cfg, root)
     result = estimate(run, [metric], EstimateOptions())[metric]
     u = result.u_norms
