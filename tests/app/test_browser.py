@@ -85,16 +85,25 @@ def server(rich_store, toy_store, tmp_path_factory):
         yield url, root
 
 
-@pytest.fixture(scope="module")
-def page(server):
+@contextlib.contextmanager
+def browser_tab(height: int = 1400):
+    """A tab of Debian's headless Chromium with the tests' viewport and timeout, until the block ends."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        tab = browser.new_page(viewport={"width": 1440, "height": 1400})
+        tab = browser.new_page(viewport={"width": 1440, "height": height})
         tab.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield tab
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with browser_tab() as tab:
         yield tab
-        browser.close()
 
 
 def _settle(tab) -> None:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from influence import store
-from test_browser import ARGS, ARTIFACTS, CHROMIUM, TIMEOUT_MS, _settle, pytestmark, serve_app  # noqa: F401
+from test_browser import ARTIFACTS, TIMEOUT_MS, _settle, browser_tab, pytestmark, serve_app  # noqa: F401
 
 LESSON_TIMEOUT_MS = 900_000  # a lesson on a loaded 2-core machine can take minutes
 # A screenshot run for assets/ over a prepared store, not part of the default suite: on a loaded
@@ -37,14 +37,11 @@ def classroom_server(tmp_path_factory):
 
 
 def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, root, run_id = classroom_server
     timings = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1500})
-        page.set_default_timeout(TIMEOUT_MS)
+    with browser_tab(height=1500) as page:
         page.goto(f"{url}/playground")
         expect(page.locator("h1").first).to_have_text("2D playground", timeout=TIMEOUT_MS)
         _settle(page)
@@ -95,7 +92,6 @@ def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
         _settle(page)
         expect(page.get_by_text("the generator", exact=True)).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "classroom-collapse.png"))
-        browser.close()
     with capsys.disabled():
         for what, seconds in timings.items():
             print(f"\n[classroom, browser, {run_id}] {what}: {seconds:.1f} s")

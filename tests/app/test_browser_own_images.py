@@ -20,7 +20,7 @@ import pytest
 
 from apphelpers import removal_on_disk
 from influence import store
-from test_browser import ARGS, ARTIFACTS, CHROMIUM, TIMEOUT_MS, _settle, pytestmark, serve_app  # noqa: F401
+from test_browser import ARTIFACTS, TIMEOUT_MS, _settle, browser_tab, pytestmark, serve_app  # noqa: F401
 
 JOB_TIMEOUT_MS = 1_800_000
 pytestmark = [*pytestmark, pytest.mark.skipif(not os.environ.get("OWN_IMAGES_STORE"),
@@ -61,15 +61,11 @@ def _map_plot(page):
 
 
 def test_own_images_in_a_real_browser(own_server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, root, run_id = own_server
     table = pd.read_csv(root / run_id / "influence" / "table.csv")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1500})
-        page.set_default_timeout(TIMEOUT_MS)
-
+    with browser_tab(height=1500) as page:
         page.goto(f"{url}/influence")
         expect(page.locator("h1").first).to_have_text("Influence of each training instance", timeout=TIMEOUT_MS)
         _settle(page)
@@ -149,7 +145,6 @@ def test_own_images_in_a_real_browser(own_server, tmp_path):
             timeout=TIMEOUT_MS)
         _settle(page)
         _shot(page, "export", full=True)
-        browser.close()
 
     kept = set(table["path"]) - set(table.loc[table["id"].isin(removal), "path"])
     written = {q.relative_to(target).as_posix() for q in Path(target).rglob("*") if q.is_file()}
