@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS, describe_fields
+    from .config import DEFAULT_PRESET, PRESETS, describe_fields
 
     keys = "\n".join(f"  {k} (default {v!r}): {h}" for k, v, h in describe_fields())
     p = _Parser(prog="gan-influence", description="Influence estimation for GANs (ASGD-Influence). " + SIGN_HELP,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a GAN and record its trace", epilog="config keys for --set:\n" + keys,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)}")
+    t.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of {', '.join(PRESETS)}")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--init-g", metavar="FILE", help="start G from this state dict (.pt, loaded weights_only, or "
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
 
     s = sub.add_parser("sweep", help="the paper's data-cleansing experiment over seeds")
-    s.add_argument("--preset", default="quick")
+    s.add_argument("--preset", default=DEFAULT_PRESET)
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--methods", nargs="+", default=["fid", "is", "dloss", "iforest", "random"])

@@ -344,6 +344,9 @@ PRESETS: dict[str, RunConfig] = {
                           betas=(0.5, 0.999), scheme="alternating", dtype="float64"),
     ),
 }
+# New MNIST runs (CLI and app): Adam gives better digits than the paper's SGD (test FID 1.4-1.9 against quick's
+# 2.2-2.4) in less time (README, issue 10), and its estimates match leave-one-out.
+DEFAULT_PRESET = "mnist-adam"
 
 
 def preset(name: str, seed: int = 0) -> RunConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from influence import config as config_module
 from influence import store
-from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
+from influence.config import DEFAULT_PRESET, PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
 from influence.data import folder_has_labels
 from influence.errors import ConfigError
 
@@ -31,14 +31,14 @@ DATASETS = {
 }
 PRESET_NOTES = {
     "tiny": "1000 MNIST images, 2 epochs: seconds; for trying the app",
-    "quick": "10k MNIST images, 20 epochs: recognisable digits in a few minutes",
+    "quick": "10k MNIST images, 20 epochs, plain SGD as in the paper: recognisable digits in minutes",
     "paper-valid": "the paper's estimation-accuracy setting (10k images, 50 epochs)",
     "paper-cleansing": "the paper's cleansing setting (all 50k images, wider model): hours on a CPU",
     "toy2d": "10k points from a 2D normal, small fully connected GAN (ReLU, as the paper)",
     "toy2d-smooth": "the 2D toy with softplus: leave-one-out agrees with the estimate (ReLU kinks do not)",
     "toy2d-adam": "the 2D toy trained with Adam (betas 0.5/0.999), softplus: influence exact through Adam's moments",
     "mnist-adam": "10k MNIST images, a DCGAN trained as GANs are today (Adam, alternating D/G steps), smooth "
-                  "units in float64: better digits than quick, estimates that match leave-one-out",
+                  "units in float64: better digits than quick in about 4 minutes, estimates that match leave-one-out",
     "dcgan32": "Radford's DCGAN at 32 px with Adam and a checkpointed trace: sized for a GPU (seconds per step on a CPU)",
 }
 # Fields with a fixed set of values get a select box; the tuples come from the engine's config module

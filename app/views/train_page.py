@@ -7,7 +7,7 @@ import streamlit as st
 from explorer import cache, figures, jobpanel, state, tables, trainform, widgets
 from explorer.widgets import INFLUENCE_PAGE
 from influence import store
-from influence.config import RunConfig
+from influence.config import DEFAULT_PRESET, RunConfig
 from influence.errors import ConfigError
 
 root = state.root()
@@ -72,7 +72,7 @@ with new_tab:
 
     names = trainform.presets_for(data_key)
     c1, c2 = st.columns([2, 3])
-    preset_name = c1.selectbox("Preset", names, index=names.index("quick") if "quick" in names else 0,
+    preset_name = c1.selectbox("Preset", names, index=names.index(DEFAULT_PRESET) if DEFAULT_PRESET in names else 0,
                                key=f"preset-{data_key}")
     c2.caption(trainform.PRESET_NOTES.get(preset_name, ""))
 

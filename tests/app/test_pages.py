@@ -14,10 +14,10 @@ def test_train_page_shows_the_form_the_runs_and_the_current_run(rich):
     assert not at.exception
     assert at.title[0].value == "Train or load a GAN"
     assert at.radio(key="data_key").value == "mnist"  # the embedded MNIST is preselected
-    assert at.selectbox(key="preset-mnist").value == "quick"
+    assert at.selectbox(key="preset-mnist").value == "mnist-adam"  # config.DEFAULT_PRESET
     assert [b.label for b in at.button if b.label == "Start training"]
-    assert at.text_input(key="f-mnist-quick-train.epochs").value == "20"
-    assert "training epochs" in at.text_input(key="f-mnist-quick-train.epochs").help  # describe_fields help
+    assert at.text_input(key="f-mnist-mnist-adam-train.epochs").value == "10"
+    assert "training epochs" in at.text_input(key="f-mnist-mnist-adam-train.epochs").help  # describe_fields help
     table = next(d.value for d in at.dataframe if "run" in d.value.columns)  # (the form's lr table comes first)
     assert tiny_run_id(rich) in set(table["run"]) and {"test IS", "test FID", "date"} <= set(table.columns)
     assert at.slider(key=f"epoch-{tiny_run_id(rich)}").value == 2  # one grid per epoch, last shown
