@@ -112,7 +112,9 @@ def _settle(tab) -> None:
     tab.wait_for_selector("h1")
     tab.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " && !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=TIMEOUT_MS)
+        " && !document.querySelector('[data-testid=\"stSkeleton\"]')"
+        # a cached computation's spinner (e.g. the metrics' honesty check): the page is not complete yet
+        " && !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=TIMEOUT_MS)
     tab.wait_for_timeout(800)  # plotly draws after the elements arrive
 
 
