@@ -297,10 +297,15 @@ def block_scales(ctx: RunContext, trace: Trace) -> list[float]:
     if not trace.layout.n_buffers:
         return [1.0] * len(trace.layout.sizes)
     rule, gen = trace.rule, torch.Generator().manual_seed(0)
+    players = (("d", (KIND_BOTH, KIND_D)), ("g", (KIND_BOTH, KIND_G)))
+    last = {p: int(np.flatnonzero(np.isin(trace.kinds, kinds))[-1]) for p, kinds in players}
+    # One walk for both players' states: with checkpoints it recomputes a segment, which can be the whole trace.
+    wanted = set(last.values())
+    states = {t: s for t, s in states_backward(ctx, trace, first=min(wanted), last=max(wanted)) if t in wanted}
     scales = {}
-    for player, kinds in (("d", (KIND_BOTH, KIND_D)), ("g", (KIND_BOTH, KIND_G))):
-        t = int(np.flatnonzero(np.isin(trace.kinds, kinds))[-1])
-        s = next(states_backward(ctx, trace, first=t, last=t))[1]
+    for player, _ in players:
+        t = last[player]
+        s = states[t]
         inp = trace_inputs(ctx, trace, t)
         td, tg = s.theta_d.detach().requires_grad_(True), s.theta_g.detach().requires_grad_(True)
         g_d, g_g, _, _ = ctx.gan.step_gradients(td, tg, inp.x, inp.z, inp.w, players=player)
