@@ -31,7 +31,7 @@ from torch.func import jvp
 from influence import store
 from influence.context import RunContext, load_run_config
 from influence.estimate import backward_step
-from influence.stepmap import step
+from influence.stepmap import KIND_G, step
 from influence.train import Trace, trace_inputs
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     run = store.open_run(root, args.run)
     cfg = load_run_config(run)
     trace = Trace.load(run)
-    t = trace.steps - 1
+    t = int(np.flatnonzero(trace.kinds != KIND_G)[-1])  # the last step with real data (alternating: not a G step)
     lr_d = float(trace.lrs[t][0])
     out: dict = {"run": args.run, "threads": torch.get_num_threads(), "repeat": args.repeat}
     for dtype in (torch.float32, torch.float64):
