@@ -273,13 +273,14 @@ def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path) -> dict:
     """What the IS/FID features are and how good they are on this data set (after load_feature_net)."""
     info: dict = {"feature": cfg.feature, "label": FEATURE_LABELS[cfg.feature],
                   "comparable": cfg.feature == "inception"}
-    weights = feature_weights(cfg, data_identity, cache_dir)
-    meta = weights.with_suffix(".json") if weights is not None else None
-    if cfg.feature == "mnist-cnn" and meta.exists():
-        m = store.read_json(meta)
+    weights = feature_weights(cfg, data_identity, cache_dir)  # None for Inception: nothing trained here
+    if weights is None or not weights.with_suffix(".json").exists():
+        return info
+    m = store.read_json(weights.with_suffix(".json"))
+    if cfg.feature == "mnist-cnn":
         info.update(test_accuracy=m["test_accuracy"], n_classes=m.get("n_classes"))
-    elif cfg.feature == "autoencoder" and meta.exists():
-        info["test_r2"] = store.read_json(meta)["test_r2"]
+    else:
+        info["test_r2"] = m["test_r2"]
     return info
 
 
