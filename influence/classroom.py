@@ -25,7 +25,7 @@ from scipy import stats
 
 from .context import RunContext
 from .errors import ConfigError, DivergenceError
-from .estimate import InfluenceResult, block_scales, growth_of, start_pass, verdict_for, walk_back
+from .estimate import InfluenceResult, growth_of, pass_norms, start_pass, verdict_for, walk_back
 from .metrics import check_metric
 from .train import Trace, replay, replay_state, states_backward, traced_step_range
 
@@ -177,14 +177,13 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
     if not bool(torch.isfinite(final).all()):
         return failed(f"training diverged at lr {lr:g}: the parameters became NaN or infinite")
     lesson = dataclasses.replace(lesson, final_state=final.cpu().numpy())
-    scales = block_scales(ctx, lesson)  # the Influence page's whole-state norm (buffers in parameter units)
-    state = start_pass(ctx, lesson, [metric], scales)
+    state = start_pass(ctx, lesson, [metric])
     try:
-        for _ in walk_back(ctx, lesson, state, 0, scales):
+        for _ in walk_back(ctx, lesson, state, 0):
             pass
     except DivergenceError:
         return failed(f"the backward pass diverged at step {state.t_next} of {steps}: |u| became infinite")
-    norms = state.norms[:, 0].numpy()
+    norms = pass_norms(ctx, lesson, state)[:, 0].numpy()  # the Influence page's whole-state norm
     _, growth = growth_of(norms[:, 2])
     verdict, message = verdict_for(growth)
     scores = state.scores[0].numpy()

@@ -47,13 +47,15 @@ GROWTH_DOUBTFUL = 10.0
 GROWTH_UNRELIABLE = 100.0
 FLAG_NEVER_TRACED, FLAG_RELIABLE, FLAG_DOUBTFUL, FLAG_UNRELIABLE = 0, 1, 2, 3
 FLAG_NAMES = {0: "not in a traced batch", 1: "reliable", 2: "doubtful", 3: "unreliable"}
-AFFORDABLE_FLOAT64_PARAMS = 50_000
+# float32 ranks as well as float64 against leave-one-out on quick (7.9k parameters) and mnist-adam (174k) at
+# a quarter of the time (README, "Precision"); float64 stays for the 2D toys (under 6k), where it costs 1.2x.
+AFFORDABLE_FLOAT64_PARAMS = 6_000
 OPTIMIZER_STATES = ("exact", "frozen")
 
 
 @dataclass(frozen=True)
 class EstimateOptions:
-    dtype: str = field(default="auto", metadata={"help": "auto (float64 for models up to 50k parameters), float32, float64"})
+    dtype: str = field(default="auto", metadata={"help": "auto (float64 for models up to 6k parameters: the 2D toys), float32, float64"})
     damping: float = field(default=0.0, metadata={"help": "u <- (1-d) u - J^T u; biases estimates toward recent steps"})
     last_steps: int | None = field(default=None, metadata={"help": "use only the last N traced steps"})
     checkpoint_every: int = field(default=25, metadata={"help": "save the backward state every N steps (resumable)"})
@@ -200,21 +202,23 @@ class PassState:
 
     adjoint: list[torch.Tensor]  # lambda per state block, (k, size) each
     scores: torch.Tensor  # (k, n_train) float64
-    norms: torch.Tensor  # (steps + 1, k, 3): |lambda_thetaD|, |lambda_thetaG|, whole state; index = traced step
+    block_norms: torch.Tensor  # (steps + 1, k, blocks): |lambda| per state block; index = traced step
     values: list[float]  # the metrics at the final state (validation split)
     t_next: int  # the next traced step to walk back
+    # `block_scales`' weights of the players whose last update the walk has passed ("d", "g")
+    scales_found: dict[str, list[float]] = field(default_factory=dict)
 
 
-def start_pass(ctx: RunContext, trace: Trace, metrics: list[str], scales: list[float]) -> PassState:
+def start_pass(ctx: RunContext, trace: Trace, metrics: list[str]) -> PassState:
     """The pass before its first step: lambda_T at the final state, no scores yet."""
     adjoint, values = initial_adjoint(ctx, trace, metrics)
-    norms = torch.full((trace.steps + 1, len(metrics), 3), float("nan"), dtype=torch.float64)
-    norms[trace.steps] = _norms(adjoint, scales)
+    block_norms = torch.full((trace.steps + 1, len(metrics), len(adjoint)), float("nan"), dtype=torch.float64)
+    block_norms[trace.steps] = _block_norms(adjoint)
     scores = torch.zeros(len(metrics), ctx.dataset.n_train, dtype=torch.float64)
-    return PassState(adjoint, scores, norms, values, trace.steps - 1)
+    return PassState(adjoint, scores, block_norms, values, trace.steps - 1)
 
 
-def walk_back(ctx: RunContext, trace: Trace, state: PassState, first: int, scales: list[float],
+def walk_back(ctx: RunContext, trace: Trace, state: PassState, first: int,
               frozen: bool = False, damping: float = 0.0, train_ctx: RunContext | None = None) -> Iterator[int]:
     """Walk the pass back from `state.t_next` down to traced step `first`, updating `state` in place.
 
@@ -222,13 +226,19 @@ def walk_back(ctx: RunContext, trace: Trace, state: PassState, first: int, scale
     recomputed by `train_ctx` (the training dtype, so checkpoint segments replay bit for bit)
     and cast to ctx's dtype. Raises DivergenceError when the adjoint or a score stops being finite.
     """
-    for t, s in states_backward(train_ctx or ctx, trace, first, last=state.t_next):
+    train_ctx = train_ctx or ctx
+    last = last_updates(trace) if trace.layout.n_buffers else {}
+    for t, s in states_backward(train_ctx, trace, first, last=state.t_next):
+        # The block scales need each player's state before its last update: take it from this walk,
+        # which recomputes that segment anyway in checkpoint mode.
+        for player in [p for p, at in last.items() if at == t and p not in state.scales_found]:
+            state.scales_found[player] = player_scales(train_ctx, trace, player, t, s)
         s = trace.layout.split(s.flat().to(ctx.device, ctx.dtype))
         state.adjoint, terms = backward_step(ctx, trace, t, s, state.adjoint, frozen)
         state.scores[:, torch.as_tensor(trace.batch(t))] += terms.double().cpu()
         if damping:
             state.adjoint = [(1 - damping) * a for a in state.adjoint]
-        state.norms[t] = _norms(state.adjoint, scales)
+        state.block_norms[t] = _block_norms(state.adjoint)
         if not (all(torch.isfinite(a).all() for a in state.adjoint) and torch.isfinite(state.scores).all()):
             raise DivergenceError(
                 f"influence pass diverged at traced step {t}: the adjoint became NaN or infinite; lower the learning "
@@ -236,6 +246,14 @@ def walk_back(ctx: RunContext, trace: Trace, state: PassState, first: int, scale
             )
         state.t_next = t - 1
         yield t
+
+
+def pass_norms(ctx: RunContext, trace: Trace, state: PassState) -> torch.Tensor:
+    """(steps + 1, k, 3): |lambda_thetaD|, |lambda_thetaG|, |lambda| over the whole state (buffers and EMA
+    included, each block in parameter units: `block_scales`); ctx recomputes states in the training dtype."""
+    scales = torch.tensor(block_scales(ctx, trace, state.scales_found), dtype=torch.float64)
+    b = state.block_norms
+    return torch.stack([b[..., 0], b[..., 1], (scales * b).pow(2).sum(dim=-1).sqrt()], dim=-1)
 
 
 def growth_of(total: np.ndarray, first: int = 0) -> tuple[np.ndarray, float]:
@@ -251,26 +269,25 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
     first = trace.steps - (options.last_steps or trace.steps)
     # States are recomputed (checkpoint mode) in the training dtype, bit for bit, then cast.
     train_ctx = ctx if str(ctx.dtype) == f"torch.{ctx.cfg.train.dtype}" else ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
-    scales = block_scales(train_ctx, trace)
     partial = f"influence/_partial/{'+'.join(metrics)}-{options.key('', n_params)}"
     loaded = _load_partial(run, partial, metrics, options, n_params)
     if loaded is None:
-        state, elapsed = start_pass(ctx, trace, metrics, scales), 0.0
+        state, elapsed = start_pass(ctx, trace, metrics), 0.0
     else:
         state, elapsed = loaded
         state.adjoint = [a.to(ctx.device, ctx.dtype) for a in state.adjoint]
     report = Reporter("influence", trace.steps - first, progress, cancel)
-    for t in walk_back(ctx, trace, state, first, scales, options.optimizer_state == "frozen", options.damping,
-                       train_ctx):
+    for t in walk_back(ctx, trace, state, first, options.optimizer_state == "frozen", options.damping, train_ctx):
         done = trace.steps - t
         if options.checkpoint_every and done % options.checkpoint_every == 0 and t > first:
             _save_partial(run, partial, metrics, options, n_params, state, elapsed + time.perf_counter() - started)
         report(done)
     seconds = elapsed + time.perf_counter() - started
     step_of = trace.step_of_instance(ctx.dataset.n_train, first)
+    norms = pass_norms(train_ctx, trace, state)
     out = {}
     for i, metric in enumerate(metrics):
-        out[metric] = _save_result(run, metric, options, n_params, state.scores[i].numpy(), state.norms[:, i].numpy(),
+        out[metric] = _save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i].numpy(),
                                    step_of, state.values[i], seconds / len(metrics), first, trace)
     run.forget(partial + "/")  # the finished result replaces the pass's checkpoint (and any temp file
     folder = run.path(partial)  # of a checkpoint write that a kill interrupted)
@@ -280,7 +297,15 @@ def _backward_pass(ctx, run, trace, metrics, options, progress, cancel) -> dict[
     return out
 
 
-def block_scales(ctx: RunContext, trace: Trace) -> list[float]:
+PLAYERS = (("d", (KIND_BOTH, KIND_D)), ("g", (KIND_BOTH, KIND_G)))
+
+
+def last_updates(trace: Trace) -> dict[str, int]:
+    """Each player's last traced update (the step whose state `block_scales` measures)."""
+    return {p: int(np.flatnonzero(np.isin(trace.kinds, kinds))[-1]) for p, kinds in PLAYERS}
+
+
+def block_scales(ctx: RunContext, trace: Trace, found: dict[str, list[float]] | None = None) -> list[float]:
     """Weights that put every state block's adjoint in parameter units, for the whole-state norm.
 
     An optimizer buffer's adjoint has the units of d metric / d buffer (Adam's v is ~1e-8, so
@@ -293,49 +318,52 @@ def block_scales(ctx: RunContext, trace: Trace) -> list[float]:
     accumulates by that much without anything becoming unstable: the weight also carries
     (1 - beta), so that the growth factor reads explosion, not memory. Parameters and the
     EMA weigh 1, so SGD runs keep the paper's |u|.
+
+    `found`: players' weights already measured (by the pass's own walk); the others are
+    measured here, with one walk for both players' states.
     """
     if not trace.layout.n_buffers:
         return [1.0] * len(trace.layout.sizes)
-    rule, gen = trace.rule, torch.Generator().manual_seed(0)
-    players = (("d", (KIND_BOTH, KIND_D)), ("g", (KIND_BOTH, KIND_G)))
-    last = {p: int(np.flatnonzero(np.isin(trace.kinds, kinds))[-1]) for p, kinds in players}
-    # One walk for both players' states: with checkpoints it recomputes a segment, which can be the whole trace.
-    wanted = set(last.values())
-    states = {t: s for t, s in states_backward(ctx, trace, first=min(wanted), last=max(wanted)) if t in wanted}
-    scales = {}
-    for player, _ in players:
-        t = last[player]
-        s = states[t]
-        inp = trace_inputs(ctx, trace, t)
-        td, tg = s.theta_d.detach().requires_grad_(True), s.theta_g.detach().requires_grad_(True)
-        g_d, g_g, _, _ = ctx.gan.step_gradients(td, tg, inp.x, inp.z, inp.w, players=player)
-        theta, bufs, grad = (s.theta_d, s.buf_d, g_d) if player == "d" else (s.theta_g, s.buf_g, g_g)
-        lr, count = (inp.lr_d, inp.count_d) if player == "d" else (inp.lr_g, inp.count_g)
-        mask = ctx.gan.decay_mask_d if player == "d" else ctx.gan.decay_mask_g
-        delta = 1e-4 * grad * torch.randn(grad.shape, generator=gen, dtype=torch.float64).to(grad)
-        plus = rule.optimizer.update(theta, bufs, grad + delta, lr, count, mask)
-        minus = rule.optimizer.update(theta, bufs, grad - delta, lr, count, mask)
-        moved = float((plus[0] - minus[0]).double().pow(2).mean().sqrt())
-        scales[player] = [(1 - decay) * float((p - m).double().pow(2).mean().sqrt()) / moved if moved > 0 else 1.0
-                          for p, m, decay in zip(plus[1], minus[1], rule.optimizer.buffer_decays)]
+    scales, last = dict(found or {}), last_updates(trace)
+    wanted = {t for p, t in last.items() if p not in scales}
+    if wanted:
+        for t, s in states_backward(ctx, trace, first=min(wanted), last=max(wanted)):
+            for player in [p for p, at in last.items() if at == t and p not in scales]:
+                scales[player] = player_scales(ctx, trace, player, t, s)
     return [1.0, 1.0] + scales["d"] + scales["g"] + ([1.0] if trace.layout.ema else [])
 
 
-def _norms(adjoint: list[torch.Tensor], scales: list[float]) -> torch.Tensor:
-    """(k, 3): |lambda_thetaD|, |lambda_thetaG|, |lambda| over the whole state (buffers and EMA included,
-    each block in parameter units: `block_scales`)."""
-    whole = torch.stack([(c * a.double()).pow(2).sum(dim=1) for a, c in zip(adjoint, scales)]).sum(dim=0).sqrt()
-    return torch.stack([adjoint[0].norm(dim=1).double(), adjoint[1].norm(dim=1).double(), whole], dim=1).cpu()
+def player_scales(ctx: RunContext, trace: Trace, player: str, t: int, s: TrainState) -> list[float]:
+    """`block_scales`' weights of one player's buffers, measured on its update at traced step t from state s."""
+    rule, gen = trace.rule, torch.Generator().manual_seed(0 if player == "d" else 1)
+    inp = trace_inputs(ctx, trace, t)
+    td, tg = s.theta_d.detach().requires_grad_(True), s.theta_g.detach().requires_grad_(True)
+    g_d, g_g, _, _ = ctx.gan.step_gradients(td, tg, inp.x, inp.z, inp.w, players=player)
+    theta, bufs, grad = (s.theta_d, s.buf_d, g_d) if player == "d" else (s.theta_g, s.buf_g, g_g)
+    lr, count = (inp.lr_d, inp.count_d) if player == "d" else (inp.lr_g, inp.count_g)
+    mask = ctx.gan.decay_mask_d if player == "d" else ctx.gan.decay_mask_g
+    delta = 1e-4 * grad * torch.randn(grad.shape, generator=gen, dtype=torch.float64).to(grad)
+    plus = rule.optimizer.update(theta, bufs, grad + delta, lr, count, mask)
+    minus = rule.optimizer.update(theta, bufs, grad - delta, lr, count, mask)
+    moved = float((plus[0] - minus[0]).double().pow(2).mean().sqrt())
+    return [(1 - decay) * float((p - m).double().pow(2).mean().sqrt()) / moved if moved > 0 else 1.0
+            for p, m, decay in zip(plus[1], minus[1], rule.optimizer.buffer_decays)]
+
+
+def _block_norms(adjoint: list[torch.Tensor]) -> torch.Tensor:
+    """(k, blocks): |lambda| of each state block."""
+    return torch.stack([a.double().norm(dim=1) for a in adjoint], dim=1).cpu()
 
 
 def _save_partial(run, partial, metrics, options, n_params, state: PassState, elapsed: float) -> None:
     run.write_state_dict(f"{partial}/state.pt", {
-        **{f"adjoint_{i}": a.cpu() for i, a in enumerate(state.adjoint)}, "scores": state.scores, "norms": state.norms,
+        **{f"adjoint_{i}": a.cpu() for i, a in enumerate(state.adjoint)}, "scores": state.scores,
+        "block_norms": state.block_norms,
         "values": torch.tensor(state.values, dtype=torch.float64), "t_next": torch.tensor(state.t_next),
         "elapsed": torch.tensor(elapsed),
     })
     run.write_json(f"{partial}/meta.json", {"metrics": metrics, "options": options.identity(n_params),
-                                            "blocks": len(state.adjoint)})
+                                            "blocks": len(state.adjoint), "scales_found": state.scales_found})
 
 
 def _load_partial(run, partial, metrics, options, n_params) -> tuple[PassState, float] | None:
@@ -347,10 +375,12 @@ def _load_partial(run, partial, metrics, options, n_params) -> tuple[PassState, 
         if meta.get("metrics") != metrics or meta.get("options") != options.identity(n_params):
             return None
         adjoint = [s[f"adjoint_{i}"] for i in range(meta["blocks"])]
+        state = PassState(adjoint, s["scores"], s["block_norms"], s["values"].tolist(), int(s["t_next"]),
+                          meta["scales_found"])
     except (StoreError, KeyError) as e:
         log.warning("ignoring the influence pass checkpoint, the pass starts again: %s", e)
         return None  # damaged or older partial state: start the pass again
-    return PassState(adjoint, s["scores"], s["norms"], s["values"].tolist(), int(s["t_next"])), float(s["elapsed"])
+    return state, float(s["elapsed"])
 
 
 def _save_result(run, metric, options, n_params, scores, norms, step_of, value, seconds, first, trace) -> InfluenceResult:

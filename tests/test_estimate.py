@@ -106,7 +106,7 @@ def exact_mnist(tmp_path_factory):
     ])
     root = tmp_path_factory.mktemp("exact_mnist")
     run = train(cfg, root)
-    return run, estimate(run, ["fid", "is", "dloss"])
+    return run, estimate(run, ["fid", "is", "dloss"], EstimateOptions(dtype="float64"))
 
 
 @pytest.mark.slow
@@ -216,7 +216,7 @@ def test_multi_metric_pass_equals_single_metric_passes(exact_mnist):
     run, joint = exact_mnist  # fid, is, dloss in one pass (the batched backward step)
     steps = Trace.load(run).steps
     # last_steps = all traced steps: the same computation under a different cache key
-    alone = EstimateOptions(last_steps=steps)
+    alone = EstimateOptions(dtype="float64", last_steps=steps)
     for m in ("fid", "is"):
         single = estimate(run, [m], alone)[m]
         assert single.meta["options"]["last_steps"] == steps  # really a separate pass
@@ -357,8 +357,8 @@ FLOAT32_REL_L2 = 1e-3
 @pytest.mark.slow
 def test_float32_and_float64_estimates_agree_on_the_tiny_run(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path)
-    r64 = estimate(run, ["fid", "dloss"])  # the session's float64 pass, from its cache
-    r32 = estimate(run, ["fid", "dloss"], EstimateOptions(dtype="float32"))
+    r32 = estimate(run, ["fid", "dloss"])  # the session's pass, from its cache: auto is float32 at 7.9k parameters
+    r64 = estimate(run, ["fid", "dloss"], EstimateOptions(dtype="float64"))
     for m in ("fid", "dloss"):
         assert r64[m].meta["options"]["dtype"] == "float64" and r32[m].meta["options"]["dtype"] == "float32"
         a, b = r64[m].scores, r32[m].scores

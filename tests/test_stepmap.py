@@ -15,7 +15,7 @@ from influence import store
 from influence.config import apply_overrides
 from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled, ConfigError
-from influence.estimate import EstimateOptions, estimate
+from influence.estimate import EstimateOptions, block_scales, estimate, start_pass, walk_back
 from influence.progress import CancelToken
 from influence.stepmap import KIND_BOTH, KIND_D, KIND_G, StepInputs, checkpoint_spacing, state_vjp, step
 from influence.train import Trace, replay, replay_state, trace_inputs, train
@@ -181,6 +181,24 @@ def test_checkpointed_trace_gives_identical_estimates_replays_and_a_smaller_trac
     ctx_a, ctx_b = RunContext.create(load_run_config(snap), snap.root), RunContext.create(load_run_config(ckpt), ckpt.root)
     j = int(a.batch(3)[0])
     assert torch.equal(replay_state(ctx_a, a, [j], start=3).flat(), replay_state(ctx_b, b, [j], start=3).flat())
+
+
+def test_block_scales_taken_from_the_pass_walk_equal_a_walk_of_their_own(runs, tmp_path):
+    """The pass measures the buffers' weights on the states it walks anyway (one recompute of the last
+    segment in checkpoint mode); a pass that does not reach a player's last update measures it apart."""
+    run = runs["adamw-alternating-ema"]
+    ctx, trace = RunContext.create(load_run_config(run), run.root), Trace.load(run)
+    state = start_pass(ctx, trace, ["all"])
+    for _ in walk_back(ctx, trace, state, trace.steps - 2):  # D D G: D's last update is step 4, G's step 5
+        pass
+    assert set(state.scales_found) == {"d", "g"}
+    assert block_scales(ctx, trace, state.scales_found) == block_scales(ctx, trace)
+    shutil.copytree(run.dir, tmp_path / "copy" / run.run_id, ignore=shutil.ignore_patterns("influence"))
+    copy = store.open_run(store.store_root(tmp_path / "copy"), run.run_id)
+    copy.forget("influence/")
+    full = estimate(run, ["all"])["all"]
+    short = estimate(copy, ["all"], EstimateOptions(last_steps=1))["all"]  # only G's last update is walked
+    assert short.state_norms[-2] == full.state_norms[-2]
 
 
 def test_default_checkpoint_spacing_is_the_longest_segment_the_memory_budget_allows():
