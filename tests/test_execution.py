@@ -14,13 +14,15 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from influence import store
+from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled
 from influence.execution import ENV_CLUSTER, environ_kept, open_executor
-from influence.execution.payload import trace_segment
+from influence.execution.payload import run_payload, segment_offset, trace_segment
 from influence.progress import CancelToken
-from influence.train import Trace
+from influence.train import Trace, replay
 from influence.validate import leave_one_out, sweep, validate
 
 from _helpers import copy_run, toy_config
@@ -165,3 +167,15 @@ def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
         with open_executor(10, address="tcp://127.0.0.1:9"):
             pass
+
+
+def test_a_payload_context_replays_an_image_run_bit_for_bit(tiny_run):
+    """Workers rebuild the training tensor from shipped rows: it must keep the client's memory layout too
+    (a 1-channel batch with channels-last strides takes another convolution path, other last bits)."""
+    ctx, trace = RunContext.create(load_run_config(tiny_run), tiny_run.root), Trace.load(tiny_run)
+    j = int(trace.batch(trace.steps // 2)[0])
+    first = int(trace.step_of_instance(ctx.dataset.n_train)[j])
+    payload = run_payload(ctx, tiny_run, trace_segment(trace, first), ("valid",))
+    here = replay(ctx, trace, [j], start=first)
+    there = replay(payload.context(), payload.segment, [j], start=first - segment_offset(trace, first))
+    assert all(torch.equal(a, b) for a, b in zip(here, there))

@@ -56,6 +56,7 @@ class RunPayload:
     segment: Trace
     train_ids: torch.Tensor  # int64: the training ids that the segment's batches use
     train_rows: torch.Tensor  # their instances, as in Dataset.train.x
+    train_stride: tuple[int, ...]  # Dataset.train.x's memory layout (see `context`)
     n_train: int
     split_sizes: dict[str, int]
     eval_x: dict[str, torch.Tensor]  # the real instances of the splits the tasks evaluate on
@@ -65,7 +66,9 @@ class RunPayload:
         """A context equal to the client's for everything the segment and `eval_x` touch."""
         cfg = RunConfig.from_dict(self.config)
         shape, dtype = self.train_rows.shape[1:], self.train_rows.dtype
-        x = torch.zeros((self.n_train, *shape), dtype=dtype)
+        # The client's layout, not a default one: batches cut from a 1-channel tensor with channels-last
+        # strides take another convolution path in torch, which rounds differently.
+        x = torch.empty_strided((self.n_train, *shape), self.train_stride, dtype=dtype).zero_()
         x[self.train_ids] = self.train_rows  # the other rows are never read
         splits = {s: Split(self.eval_x[s] if s in self.eval_x else torch.zeros((n, *shape), dtype=dtype), None)
                   for s, n in self.split_sizes.items()}
@@ -84,7 +87,7 @@ def run_payload(ctx: RunContext, run: store.Run, segment: Trace, splits: tuple[s
     h = hashlib.sha256(f"{run.run_id}/{segment.first_step}/{segment.steps}/{splits}/{all_rows}".encode())
     h.update(ids.numpy().tobytes())
     ds = ctx.dataset
-    return RunPayload(h.hexdigest()[:16], ctx.cfg.to_dict(), segment, ids, ds.train.x[ids], ds.n_train,
+    return RunPayload(h.hexdigest()[:16], ctx.cfg.to_dict(), segment, ids, ds.train.x[ids], ds.train.x.stride(), ds.n_train,
                       {s: len(getattr(ds, s).x) for s in ("valid", "test")},
                       {s: getattr(ds, s).x for s in splits}, ctx.features)
 
