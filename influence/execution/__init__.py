@@ -257,9 +257,13 @@ def open_executor(tasks: int, workers: int | None = None, address: str | None = 
     if workers <= 1:
         yield Executor()
         return
+    import dask
     from distributed import Client, LocalCluster
 
-    with environ_kept():  # the nannies' thread settings stay with the workers
+    # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand torch's large
+    # buffers back to the kernel after every use: replays ran 2.5x slower there (bench/execution.py).
+    # None unsets it; OMP_NUM_THREADS=1 and its kin stay.
+    with environ_kept(), dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         try:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                    dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
