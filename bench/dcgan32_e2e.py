@@ -7,7 +7,7 @@ The images are `bench/own_images.py`'s coloured shapes on gradients (seeded, nes
 unlabelled, so FID uses the autoencoder features). Phases, each one CLI process: train 1 epoch plus
 1 traced epoch (the preset's traced rate), influence on D-loss and FID (one pass), one cleanse
 without the 100 most harmful by FID (replay of the traced epoch). Prints the wall seconds and the
-peak RSS of every phase, and the trace size on disk.
+peak RSS of every phase (each its own process), and the trace size on disk.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,15 +30,18 @@ from own_images import shapes_folder  # noqa: E402
 def phase(name: str, store: Path, threads: int, *args: str) -> dict:
     started = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, "-m", "influence", "--store", str(store), *args, "--json"], cwd=REPO,
-                          env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed: {proc.stderr.strip()[-2000:]}")
-    # ru_maxrss of the children is the largest of any child so far: phases run in order, one at a time.
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"phase": name, "seconds": round(seconds, 1), "peak_rss_mb_so_far": round(peak)}), flush=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "influence", "--store", str(store), *args, "--json"], cwd=REPO,
+                                env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this phase's own peak RSS, not the largest of all so far
+        seconds = time.perf_counter() - started
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{name} failed: {stderr.strip()[-2000:]}")
+    print(json.dumps({"phase": name, "seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}),
+          flush=True)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -9,10 +9,10 @@ weights, test metrics and a sample grid from the same z as the original's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -55,7 +55,7 @@ def removal_key(ids: np.ndarray, mode: str) -> str:
     return f"{mode}-{len(ids)}-" + hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:12]
 
 
-@dataclass
+@dataclasses.dataclass
 class CleanseResult:
     key: str
     removed: np.ndarray
@@ -102,32 +102,52 @@ def cleanse(
 def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = "replay", executor: Executor | None = None,
                  progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                  ctx: RunContext | None = None) -> Iterator[tuple[int, CleanseResult]]:
-    """Several removal sets of one run, as tasks of the execution layer: (index, result) as each one finishes.
+    """Several removal sets of one run, as tasks of the execution layer: (index, result) as each one finishes."""
+    for _, i, result in cleanse_runs([(run, removal_sets)], mode, executor, progress, cancel, [ctx]):
+        yield i, result
 
-    Attempts already in the store are read back first. A worker gets the whole trace and training
+
+def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = "replay",
+                 executor: Executor | None = None, progress: ProgressFn | None = None,
+                 cancel: CancelToken | None = None,
+                 contexts: list[RunContext | None] | None = None) -> Iterator[tuple[int, int, CleanseResult]]:
+    """Removal sets of several runs (a sweep's seeds) as one batch of tasks: (run index, set index, result) as each
+    one finishes.
+
+    Attempts already in the store are read back first. A worker gets a run's whole trace and training
     set once, and the removal ids with each task; the results are stored here.
     """
     if mode not in MODES:
         raise ConfigError(f"cleansing mode must be one of {MODES}")
-    trace = Trace.load(run)
-    ctx = ctx or RunContext.create(load_run_config(run), run.root)
-    sets = [check_removal_ids(ids, ctx.dataset.n_train) for ids in removal_sets]
-    todo = []
-    for i, ids in enumerate(sets):
-        if run.exists(f"cleanse/{removal_key(ids, mode)}/result.json"):
-            yield i, _load(run, removal_key(ids, mode), ids)
-        else:
-            todo.append(i)
-    tasks = Tasks(todo, here=lambda i, env: _timed_counterfactual(ctx, trace, sets[i], mode, env),
-                  remote=functools.partial(_cleanse_remote, mode), ship=lambda i: sets[i],
-                  payload=lambda: run_payload(ctx, run, trace_segment(trace, 0), ("test",), all_rows=True))
+    runs, todo = [], []
+    for r, (run, removal_sets) in enumerate(jobs):
+        ctx = (contexts or [None] * len(jobs))[r] or RunContext.create(load_run_config(run), run.root)
+        sets = [check_removal_ids(ids, ctx.dataset.n_train) for ids in removal_sets]
+        runs.append((run, Trace.load(run), ctx, sets))
+        for i, ids in enumerate(sets):
+            if run.exists(f"cleanse/{removal_key(ids, mode)}/result.json"):
+                yield r, i, _load(run, removal_key(ids, mode), ids)
+            else:
+                todo.append((r, i))
+
+    def here(item, env: TaskEnv):
+        _, trace, ctx, sets = runs[item[0]]
+        return _timed_counterfactual(ctx, trace, sets[item[1]], mode, _tagged(env, item[0]))
+
+    def payload(r: int) -> RunPayload:
+        run, trace, ctx, _ = runs[r]
+        return run_payload(ctx, run, trace_segment(trace, 0), ("test",), all_rows=True)
+
+    tasks = Tasks(todo, here=here, remote=functools.partial(_cleanse_remote, mode),
+                  ship=lambda item: (item[0], runs[item[0]][3][item[1]]), payload=payload,
+                  payload_key=lambda item: item[0])
     with contextlib.ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(open_executor(len(todo)))
-        for i, (theta_d, theta_g, before, after, seconds) in executor.run(tasks, progress, cancel):
-            ids = sets[i]
-            yield i, _store_attempt(ctx, run, removal_key(ids, mode), ids, mode, theta_d.to(ctx.device),
-                                    theta_g.to(ctx.device), before, after, seconds)
+        for (r, i), (theta_d, theta_g, before, after, seconds) in executor.run(tasks, progress, cancel):
+            run, _, ctx, sets = runs[r]
+            yield r, i, _store_attempt(ctx, run, removal_key(sets[i], mode), sets[i], mode, theta_d.to(ctx.device),
+                                       theta_g.to(ctx.device), before, after, seconds)
 
 
 def _timed_counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: str, env: TaskEnv):
@@ -136,9 +156,17 @@ def _timed_counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: 
     return theta_d.cpu(), theta_g.cpu(), before, after, time.perf_counter() - started
 
 
-def _cleanse_remote(mode: str, payload: RunPayload, ids: np.ndarray, env: TaskEnv):
+def _cleanse_remote(mode: str, payload: RunPayload, shipped: tuple[int, np.ndarray], env: TaskEnv):
     ctx = worker_cached(payload.key, payload.context)
-    return _timed_counterfactual(ctx, payload.segment, ids, mode, env)
+    return _timed_counterfactual(ctx, payload.segment, shipped[1], mode, _tagged(env, shipped[0]))
+
+
+def _tagged(env: TaskEnv, run_index: int) -> TaskEnv:
+    """The task's progress reports say which of the batch's runs they come from (info "run")."""
+    if env.progress is None:
+        return env
+    forward = env.progress
+    return dataclasses.replace(env, progress=lambda p: forward(dataclasses.replace(p, info={**p.info, "run": run_index})))
 
 
 def counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: str, progress: ProgressFn | None = None,

@@ -26,7 +26,7 @@ from scipy import stats
 
 from . import store
 from .baselines import ranking
-from .cleanse import cleanse_many
+from .cleanse import cleanse_runs
 from .config import RunConfig
 from .context import RunContext, load_run_config, supplied_data
 from .errors import ConfigError, StoreError
@@ -155,7 +155,7 @@ def _replay_tasks(run: store.Run, ctx: RunContext, trace: Trace, metrics: tuple[
     offset = segment_offset(trace, start)
     return Tasks(ids, here=lambda j, env: replayer(j, metrics, env.cancel),
                  remote=functools.partial(_replay_remote, metrics, max(first_step - offset, 0)),
-                 payload=lambda: run_payload(ctx, run, trace_segment(trace, start), ("valid",)))
+                 payload=lambda _: run_payload(ctx, run, trace_segment(trace, start), ("valid",)))
 
 
 def _replay_remote(metrics: tuple[str, ...], first_step: int, payload: RunPayload, j: int, env: TaskEnv) -> dict[str, float]:
@@ -318,18 +318,18 @@ def sweep(
         # a worker's reports carry their seed (`_prepare_seed_remote`)
         for i, result in executor.run(tasks, lambda p: inner(p.info.get("seed"))(p), cancel):
             orders[i] = result if executor.client is None else _receive_seed(configs[i], root, *result)
-        # 2. the cleanses of every seed, method and count
-        for i, cfg in enumerate(configs):
-            run = store.open_run(root, cfg.run_id)
-            plan = [(m, c) for m in methods for c in counts]
-            for k, res in cleanse_many(run, [orders[i][m][:c] for m, c in plan], executor=executor,
-                                       progress=inner(cfg.seed), cancel=cancel):
-                m, c = plan[k]
-                rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": m, "count": c, "before": res.before[metric],
-                             "after": res.after[metric], "change": res.after[metric] - res.before[metric]})
-                # Written after every cleanse: an interrupted sweep still shows what it measured.
-                store.write_bytes(base / "per_run.csv", _sweep_rows(rows, configs, methods, counts).to_csv(index=False).encode())
-                report(len(rows))
+        # 2. the cleanses of every seed, method and count: one batch, so a worker done with one seed's takes the next's
+        plan = [(m, c) for m in methods for c in counts]
+        runs = [store.open_run(root, cfg.run_id) for cfg in configs]
+        for i, k, res in cleanse_runs([(run, [orders[i][m][:c] for m, c in plan]) for i, run in enumerate(runs)],
+                                      executor=executor, progress=lambda p: inner(configs[p.info["run"]].seed)(p),
+                                      cancel=cancel):  # the cleanses' reports carry their run's index
+            (m, c), cfg, run = plan[k], configs[i], runs[i]
+            rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": m, "count": c, "before": res.before[metric],
+                         "after": res.after[metric], "change": res.after[metric] - res.before[metric]})
+            # Written after every cleanse: an interrupted sweep still shows what it measured.
+            store.write_bytes(base / "per_run.csv", _sweep_rows(rows, configs, methods, counts).to_csv(index=False).encode())
+            report(len(rows))
     table = summarize_sweep(_sweep_rows(rows, configs, methods, counts), metric)
     store.write_bytes(base / "table.csv", table.to_csv(index=False).encode())
     return table

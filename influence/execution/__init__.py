@@ -61,7 +61,9 @@ class Tasks:
 
     here(item, env): runs one task in this process (with the store).
     remote(payload, shipped item, env): runs one on a worker; a module-level function (workers import it).
-    payload(): what every remote task needs, built once and only when a cluster is used.
+    payload(key): what the remote tasks of one key need, built once per key and only when a cluster is used.
+    payload_key(item): which payload an item's task takes (default: one for the whole batch; a sweep's
+    cleanses take their seed's run, so that one batch spans every seed without a barrier between them).
     ship(item): what of an item travels with its task (default: the item itself).
     receive(item, message): the client's handler of what a remote task sends before it ends (a
     training checkpoint: finished parts are kept even if the task is lost later).
@@ -70,7 +72,8 @@ class Tasks:
     items: list
     here: Callable[[Any, TaskEnv], Any]
     remote: Callable[[Any, Any, TaskEnv], Any]
-    payload: Callable[[], Any] = lambda: None
+    payload: Callable[[Any], Any] = lambda key: None
+    payload_key: Callable[[Any], Any] = lambda item: None
     ship: Callable[[Any], Any] = lambda item: item
     receive: Callable[[Any, dict], None] | None = None
 
@@ -103,8 +106,7 @@ class Executor:
         events: queue.Queue = queue.Queue()
         client.subscribe_topic(name, lambda event: events.put(event[1]))
         stop = Event(name, client=client)
-        # Submitted as a task (not scattered): the scheduler keeps it, so it is recomputed if its worker dies.
-        payload = _submit(client, _identity, tasks.payload())
+        payloads: dict = {}  # payload key -> its future, submitted with the first task that takes it
         futures: dict = {}
         pending: set = set()
         unsent = list(enumerate(tasks.items))[::-1]
@@ -114,7 +116,12 @@ class Executor:
                 window = max(MIN_IN_FLIGHT, 2 * len(client.scheduler_info()["workers"])) if unsent else 0
                 while unsent and len(pending) < window:
                     i, item = unsent.pop()
-                    f = _submit(client, _remote, tasks.remote, payload, tasks.ship(item), i, self.threads, name)
+                    key = tasks.payload_key(item)
+                    if key not in payloads:
+                        # Submitted as a task (not scattered): the scheduler keeps it, so it is recomputed if
+                        # its worker dies.
+                        payloads[key] = _submit(client, _identity, tasks.payload(key))
+                    f = _submit(client, _remote, tasks.remote, payloads[key], tasks.ship(item), i, self.threads, name)
                     futures[f] = i
                     pending.add(f)
                 if not pending:
@@ -134,7 +141,7 @@ class Executor:
                     yield tasks.items[i], _result(f)
         finally:
             with contextlib.suppress(OSError):  # the scheduler is gone: nothing left to cancel
-                client.cancel(list(pending) + [payload])
+                client.cancel(list(pending) + list(payloads.values()))
                 client.unsubscribe_topic(name)
                 if pending:
                     stop.set()  # tasks already running stop at their next step
