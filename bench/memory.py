@@ -7,7 +7,9 @@ reports its own ru_maxrss: `train` trains the preset (cut to --epochs: the last 
 preset's traced learning rate; the trace of one epoch, which the memory depends on, is the
 preset's), `influence` runs the estimate of the preset's first metric, `loo` one leave-one-out
 replay of the first traced instance. `import` is the floor: a process that imports torch and the
-engine. Prints one JSON line per preset and phase, then a table.
+engine. Every phase has the engine's allocator settings, as the CLI (influence/allocator.py);
+GAN_INFLUENCE_MALLOC=default measures with glibc's own. Prints one JSON line per preset and phase,
+then a table.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ CHILD = r"""
 import json, resource, sys
 import numpy as np
 import torch
-from influence import store
+from influence import allocator, store
+allocator.tune_this_process()  # as the CLI (GAN_INFLUENCE_MALLOC=default: glibc's own settings)
 from influence.config import apply_overrides, preset
 from influence.estimate import EstimateOptions, estimate
 from influence.train import Trace, train

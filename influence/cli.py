@@ -17,7 +17,7 @@ from pathlib import Path
 # runs on the cores (as the app's job workers, jobs.start_background). Same thread count, same bits.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import jobs, store  # noqa: E402
+from . import allocator, jobs, store  # noqa: E402
 from .errors import Cancelled, ConfigError, InfluenceError  # noqa: E402
 from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, sign_sentence  # noqa: E402
 from .removal import read_removal_csv  # noqa: E402, F401  (also the CLI's public parser of removal CSVs)
@@ -423,6 +423,7 @@ COMMANDS = {"train": cmd_train, "runs": cmd_runs, "estimate": cmd_estimate, "cle
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.tune_this_process()  # every command runs the engine here or waits on a job that does
     try:
         args = build_parser().parse_args(argv)
         root = store.store_root(args.store)

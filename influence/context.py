@@ -18,7 +18,7 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError
 from .gan import GanFunctions
 from .honesty import check_split_sizes
-from .metrics import Evaluator, FeatureNet
+from .metrics import Evaluator, FeatureNet, RealStats
 from .models import build_gan
 from .pretrained import load_initial_weights
 from .stepmap import TrainingRule
@@ -143,11 +143,21 @@ class RunContext:
         run = store.open_run(self.root, self.cfg.run_id)
         return run.verify(PINNED) if run.exists(PINNED) else None
 
-    def evaluator(self, split: str) -> Evaluator:
-        """Metrics on the validation split (influence) or the test split (reporting, cleansing)."""
+    def computed_real_stats(self, split: str) -> RealStats | None:
+        """The split's real feature statistics if an evaluator of this context has computed them, else None."""
+        evaluator = self.__dict__.get("_evaluators", {}).get(split)
+        return None if evaluator is None else evaluator.real_stats
+
+    def evaluator(self, split: str, real_stats: RealStats | None = None) -> Evaluator:
+        """Metrics on the validation split (influence) or the test split (reporting, cleansing).
+
+        real_stats: the split's real feature statistics, when they were computed elsewhere (by the
+        client of a cluster task), so that the first call does not recompute them.
+        """
         if split not in self.__dict__.setdefault("_evaluators", {}):
             real = self._put(getattr(self.dataset, split).x)
-            self.__dict__["_evaluators"][split] = Evaluator(self.gan, real, self.latents[split], self.features, self.cfg.is_2d)
+            self.__dict__["_evaluators"][split] = Evaluator(self.gan, real, self.latents[split], self.features,
+                                                            self.cfg.is_2d, real_stats)
         return self.__dict__["_evaluators"][split]
 
 

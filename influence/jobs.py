@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import store
+from . import allocator, store
 from .errors import Cancelled, InfluenceError
 from .progress import CancelToken, Progress, Reporter
 
@@ -220,7 +220,8 @@ def start_background(root: Path, spec: dict[str, Any]) -> str:
     # OpenMP threads that spin while waiting starve each other once anything else runs on the cores
     # (the app's server and browser do): a toy2d training took minutes at 2 threads instead of seconds
     # (bench/job_speed.py). Passive waiting keeps the thread count, and so the run's bits.
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+           **{k: v for k, v in allocator.child_environ().items() if v is not None}}
     with open(d / "log.txt", "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "influence.jobs", str(root), key],

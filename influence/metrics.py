@@ -82,6 +82,9 @@ class RealStats:
         mu, sigma = gaussian_stats(features.double())
         return RealStats(mu, sigma, sqrtm_psd(sigma))
 
+    def to(self, device: torch.device | str) -> "RealStats":
+        return RealStats(self.mu.to(device), self.sigma.to(device), self.sigma_sqrt.to(device))
+
 
 def frechet_distance(gen_features: torch.Tensor, real: RealStats) -> torch.Tensor:
     """Differentiable FID in float64 (matches pytorch_fid.calculate_frechet_distance)."""
@@ -130,10 +133,11 @@ class Evaluator:
     cleansing); `z` the fixed latent vectors of that split.
     """
 
-    def __init__(self, gan, real: torch.Tensor, z: torch.Tensor, features: FeatureNet | None, is_2d: bool):
+    def __init__(self, gan, real: torch.Tensor, z: torch.Tensor, features: FeatureNet | None, is_2d: bool,
+                 real_stats: RealStats | None = None):
         self.gan, self.real, self.z, self.features, self.is_2d = gan, real, z, features, is_2d
-        self.real_stats = None
-        if features is not None and not is_2d:
+        self.real_stats = real_stats  # given: computed elsewhere from the same `real` (a cluster task's payload)
+        if real_stats is None and features is not None and not is_2d:
             with torch.no_grad():
                 feats = batched(lambda b: features(b)[0], real.to(next(features.parameters()).dtype))
             self.real_stats = RealStats.of(feats)

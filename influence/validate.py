@@ -120,10 +120,6 @@ def leave_one_out(
     ident = [metrics, ids.tolist()] + ([first_step] if first_step else [])  # earlier keys had no first step
     key = "loo-" + hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
     done, earlier_seconds = _load_partial(run, key)
-    valid = ctx.evaluator("valid")
-    final_d, final_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
-    base = valid.evaluate(final_d, final_g, tuple(metrics))
-    report = Reporter("leave-one-out", len(ids), progress, cancel)
     started = time.perf_counter()
 
     def seconds() -> float | None:
@@ -131,16 +127,19 @@ def leave_one_out(
 
     pending = [j for j in dict.fromkeys(ids.tolist()) if str(j) not in done]
     finished = len(ids) - len(pending)
-    report(finished)
-    with open_executor(len(pending), workers) as executor, \
-            contextlib.closing(executor.run(_replay_tasks(run, ctx, trace, tuple(metrics), pending, first_step),
-                                            cancel=cancel)) as replays:
-        for j, after in replays:
-            done[str(j)] = [after[m] - base[m] for m in metrics]
-            if len(done) % PARTIAL_EVERY == 0:
-                run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": seconds()})
-            finished += 1
-            report(finished)
+    with open_executor(len(pending), workers) as executor:  # a local cluster starts while the baseline is computed
+        final_d, final_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
+        base = ctx.evaluator("valid").evaluate(final_d, final_g, tuple(metrics))
+        report = Reporter("leave-one-out", len(ids), progress, cancel)
+        report(finished)
+        with contextlib.closing(executor.run(_replay_tasks(run, ctx, trace, tuple(metrics), pending, first_step),
+                                             cancel=cancel)) as replays:
+            for j, after in replays:
+                done[str(j)] = [after[m] - base[m] for m in metrics]
+                if len(done) % PARTIAL_EVERY == 0:
+                    run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": seconds()})
+                finished += 1
+                report(finished)
     total = seconds()
     run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": total})
     actual = np.array([done[str(j)] for j in ids.tolist()]).T

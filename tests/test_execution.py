@@ -11,15 +11,16 @@ import signal
 import threading
 import time
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from influence import store
+from influence import allocator, store
 from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled
-from influence.execution import ENV_CLUSTER, environ_kept, open_executor
+from influence.execution import ENV_CLUSTER, HOUSEKEEPING, environ_kept, open_executor
 from influence.execution.payload import run_payload, segment_offset, trace_segment
 from influence.progress import CancelToken
 from influence.train import Trace, replay
@@ -62,8 +63,12 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
     before = dict(os.environ)
     with open_executor(tasks=100, workers=2) as executor:
         assert executor.client is not None  # a real LocalCluster of 2 workers
-        # Dask's default 64 KiB malloc trim threshold made torch 2.5x slower on the workers
-        assert set(executor.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+        # Dask's default 64 KiB malloc trim threshold made torch 2.5x slower on the workers: they get the
+        # engine's allocator settings instead, and Dask's housekeeping is quieter
+        settings = executor.client.run(lambda: {k: os.environ.get(k) for k in allocator.SETTINGS})
+        assert list(settings.values()) == [allocator.SETTINGS] * 2
+        housekeeping = executor.client.run(lambda: {k: dask.config.get(k) for k in HOUSEKEEPING})
+        assert list(housekeeping.values()) == [HOUSEKEEPING] * 2
     assert dict(os.environ) == before
 
 
@@ -181,3 +186,16 @@ def test_a_payload_context_replays_an_image_run_bit_for_bit(tiny_run):
     here = replay(ctx, trace, [j], start=first)
     there = replay(payload.context(), payload.segment, [j], start=first - segment_offset(trace, first))
     assert all(torch.equal(a, b) for a, b in zip(here, there))
+
+
+def test_a_payload_carries_the_real_statistics_the_client_has(tiny_run):
+    """Leave-one-out's baseline computes the validation statistics on the client: workers take them from
+    the payload instead of spending a replay's time on them, and evaluate as if they had computed them."""
+    ctx, trace = RunContext.create(load_run_config(tiny_run), tiny_run.root), Trace.load(tiny_run)
+    assert run_payload(ctx, tiny_run, trace_segment(trace, 0), ("valid",)).real_stats == {}  # none yet: workers compute
+    here = ctx.evaluator("valid")
+    there = run_payload(ctx, tiny_run, trace_segment(trace, 0), ("valid",)).context().evaluator("valid")
+    fresh = RunContext.create(load_run_config(tiny_run), tiny_run.root).evaluator("valid")  # computed anew
+    assert all(torch.equal(getattr(there.real_stats, f), getattr(fresh.real_stats, f)) for f in ("mu", "sigma", "sigma_sqrt"))
+    final_d, final_g = (torch.from_numpy(a) for a in trace.final_eval())
+    assert there.evaluate(final_d, final_g) == here.evaluate(final_d, final_g)

@@ -8,7 +8,8 @@ net; see `payload.py`). `open_executor` picks where they run:
 - an existing Dask scheduler: `address`, else env GAN_INFLUENCE_CLUSTER (`tcp://HOST:8786`);
 - else, when the cores hold more than one worker at this process's torch thread count and
   the batch is large enough, a Dask LocalCluster of that many 1-thread worker processes on
-  127.0.0.1 (measured against the former process pool and in-process: bench/execution.py);
+  127.0.0.1 (measured against the former process pool and in-process: bench/execution.py),
+  started in the background while the caller prepares its tasks;
 - else this process, one task after another.
 
 Every task runs at this process's torch thread count, so results are bit-identical to
@@ -34,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .. import allocator
 from ..errors import Cancelled, ConfigError, InfluenceError
 from ..progress import CancelToken, Progress, ProgressFn
 
@@ -42,6 +44,25 @@ MIN_TASKS_PER_WORKER = 4  # below this a local worker's start-up (imports, conte
 POLL_S = 0.2  # how often the client looks at the cancel flag while tasks run
 MIN_IN_FLIGHT = 8  # tasks submitted ahead; at least 2 per worker
 EVENT_EVERY_S = 1.0  # a task's progress events and cancel checks, at most this often
+
+# The local cluster's Dask settings (docs/cluster.md gives them for workers started by hand).
+HOUSEKEEPING = {
+    # Housekeeping that wakes every process many times a second (a stack sample every 10 ms, an event-loop
+    # tick every 20 ms, memory every 100 ms) takes the GIL and a core from the replays when every core runs
+    # one: 2 workers on 2 cores spent 11 s of 146 s waiting for CPU with Dask's defaults, 3 s with these.
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+def local_cluster_config() -> dict[str, Any]:
+    # The nannies start workers with MALLOC_TRIM_THRESHOLD_=65536 (replays ran 2.5x slower there); the
+    # workers get the engine's allocator settings instead (`allocator`; None: glibc's default).
+    spawn = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in allocator.child_environ().items()}
+    return {**HOUSEKEEPING, **spawn}
+
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +102,16 @@ class Tasks:
 class Executor:
     """Runs `Tasks` here or on a Dask cluster; yields (item, result) in order of completion."""
 
-    def __init__(self, client=None):
-        self.client = client  # None: this process
+    def __init__(self, client=None, starting: concurrent.futures.Future | None = None):
+        self._client, self._starting = client, starting  # starting: a local cluster's client, on its way
         self.threads = torch.get_num_threads()
+
+    @property
+    def client(self):
+        """The Dask client, None for this process; waits for a local cluster still starting."""
+        if self._starting is not None:
+            self._client, self._starting = self._starting.result()[1], None
+        return self._client
 
     def run(self, tasks: Tasks, progress: ProgressFn | None = None,
             cancel: CancelToken | None = None) -> Iterator[tuple[Any, Any]]:
@@ -264,29 +292,43 @@ def open_executor(tasks: int, workers: int | None = None, address: str | None = 
     if workers <= 1:
         yield Executor()
         return
+    # Started in a thread: the caller's own set-up (a data set, the baseline metrics) overlaps with the
+    # workers' start (2-3 s, most of it importing torch).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gan-influence-cluster") as starter:
+        started = starter.submit(_start_local_cluster, workers)
+        try:
+            yield Executor(starting=started)
+        finally:
+            cluster, client = started.result() if started.exception() is None else (None, None)
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                # On a starved machine the workers may outlast close()'s timeout: that must not hide the real
+                # outcome (a cancel, an error); the nannies kill them anyway.
+                with contextlib.suppress(TimeoutError, OSError):
+                    cluster.close()
+
+
+def _start_local_cluster(workers: int) -> tuple[Any, Any]:
+    """(cluster, client) of `workers` local 1-thread worker processes; (None, None) where they fail to start."""
     import dask
     from distributed import Client, LocalCluster
 
-    # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand torch's large
-    # buffers back to the kernel after every use: replays ran 2.5x slower there (bench/execution.py).
-    # None unsets it; OMP_NUM_THREADS=1 and its kin stay.
-    with environ_kept(), dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    # os.environ is the process's: the nannies' changes are undone when the start ends (the caller's
+    # thread starts no process meanwhile).
+    with environ_kept(), dask.config.set(local_cluster_config()):
         try:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                    dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         except RuntimeError as e:
             # e.g. a script without `if __name__ == "__main__":` guard, which spawned workers re-import
             log.warning("local Dask workers failed to start (%s); running the tasks here instead", e)
-            yield Executor()
-            return
+            return None, None
         try:
-            with Client(cluster) as client:
-                yield Executor(client)
-        finally:
-            # On a starved machine the workers may outlast close()'s timeout: that must not hide the real outcome
-            # (a cancel, an error); the nannies kill them anyway.
-            with contextlib.suppress(TimeoutError, OSError):
-                cluster.close()
+            return cluster, Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from .. import store
 from ..config import RunConfig
 from ..context import RunContext, supplied_data
 from ..data import Dataset, Split
-from ..metrics import FeatureNet
+from ..metrics import FeatureNet, RealStats
 from ..train import Trace
 
 
@@ -60,6 +60,7 @@ class RunPayload:
     n_train: int
     split_sizes: dict[str, int]
     eval_x: dict[str, torch.Tensor]  # the real instances of the splits the tasks evaluate on
+    real_stats: dict[str, RealStats]  # feature statistics of those splits that the client had computed
     features: FeatureNet | None
 
     def context(self) -> RunContext:
@@ -77,6 +78,8 @@ class RunPayload:
         with supplied_data(cfg, dataset, self.features):
             ctx = RunContext.create(cfg, Path(tempfile.gettempdir()))
             ctx.features  # noqa: B018  resolved now, while the supplied feature net is in place
+        for s, stats in self.real_stats.items():
+            ctx.evaluator(s, stats.to(ctx.device))
         return ctx
 
 
@@ -87,9 +90,12 @@ def run_payload(ctx: RunContext, run: store.Run, segment: Trace, splits: tuple[s
     h = hashlib.sha256(f"{run.run_id}/{segment.first_step}/{segment.steps}/{splits}/{all_rows}".encode())
     h.update(ids.numpy().tobytes())
     ds = ctx.dataset
+    # The statistics the client has (leave-one-out's baseline computed them): each worker would spend as
+    # long on them as on a replay or two (quick: 2 s). Those it has not, each worker computes when needed.
+    stats = {s: st.to("cpu") for s in splits if (st := ctx.computed_real_stats(s)) is not None}
     return RunPayload(h.hexdigest()[:16], ctx.cfg.to_dict(), segment, ids, ds.train.x[ids], ds.train.x.stride(), ds.n_train,
                       {s: len(getattr(ds, s).x) for s in ("valid", "test")},
-                      {s: getattr(ds, s).x for s in splits}, ctx.features)
+                      {s: getattr(ds, s).x for s in splits}, stats, ctx.features)
 
 
 @dataclass
