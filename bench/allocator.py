@@ -64,10 +64,10 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "user": r1.ru_utime - r0.
 def once(args, setting: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env["GAN_INFLUENCE_MALLOC"] = setting
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args.store), args.run, args.phase, str(args.k)], cwd=REPO, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args.store), args.run, args.phase, str(args.k)],
+                         cwd=REPO, env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"replays failed: {out.stderr.strip()[-1500:]}")
+        raise SystemExit(f"{args.phase} failed: {out.stderr.strip()[-1500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
