@@ -20,9 +20,9 @@ import torch
 
 from influence import store
 from influence.config import apply_overrides, preset
-from influence.estimate import EstimateOptions
+from influence.estimator import EstimateOptions
 from influence.train import train
-from influence.validate import validate
+from influence.validation import validate
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
 
 
 def _influence_meta(run: store.Run, metric: str, options: EstimateOptions) -> dict:
-    from influence.estimate import load_result
+    from influence.estimator import load_result
 
     return load_result(run, metric, options, run.read_npy("weights/final.npy").shape[0]).meta
 

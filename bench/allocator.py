@@ -30,9 +30,9 @@ from pathlib import Path
 from influence import allocator, store
 allocator.tune_this_process()
 from influence.context import RunContext, load_run_config
-from influence.estimate import EstimateOptions, estimate
+from influence.estimator import EstimateOptions, estimate
 from influence.train import Trace
-from influence.validate import _Replayer
+from influence.validation import _Replayer
 root, run_id, phase, k = store.store_root(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4])
 scratch = tempfile.mkdtemp()
 if phase == "influence":  # a copy without results, so the pass runs instead of reading its cache

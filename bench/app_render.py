@@ -6,7 +6,7 @@ What it builds (once per store; reused when --store points at a prepared one):
   * a real MNIST run: the tiny preset with data.n_train=50000, 1 epoch (500 steps), trace of the
     last 5 steps, and a real 2D run: toy2d with 50000 points, 1 epoch, last 5 steps traced;
   * influence results for every instance written with the engine's own writer
-    (influence.estimate._save_result): the SCORES ARE SYNTHETIC (heavy-tailed random values),
+    (influence.estimator.results.save_result): the SCORES ARE SYNTHETIC (heavy-tailed random values),
     because a real backward pass over all 500 steps takes far longer than a benchmark should,
     and a real pass over the 5 traced steps would score only 500 instances, which understates
     the rendering work (histograms, scatter plots and per-class plots draw every instance);
@@ -38,10 +38,11 @@ def build(root: Path, n: int, names: tuple[str, ...] = ("tiny", "toy2d"), extras
     from influence.cleanse import cleanse
     from influence.config import preset
     from influence.context import RunContext, load_run_config
-    from influence.estimate import EstimateOptions, _save_result, harmful_order, load_result, write_table
+    from influence.estimator import EstimateOptions, harmful_order, load_result, write_table
+    from influence.estimator.results import save_result
     from influence.metrics import available_metrics
     from influence.train import Trace, train
-    from influence.validate import stored_validations, validate
+    from influence.validation import stored_validations, validate
 
     ids = []
     for name in names:
@@ -61,7 +62,7 @@ def build(root: Path, n: int, names: tuple[str, ...] = ("tiny", "toy2d"), extras
                 scores = rng.standard_t(3, n) * 1e-4  # synthetic, heavy-tailed like real estimates
                 norms = np.abs(rng.normal(1.0, 0.1, (trace.steps + 1, 3)))  # |u_D|, |u_G|, |whole state|
                 step_of = rng.integers(0, trace.steps, n)  # every instance counts as traced
-                _save_result(run, metric, options, n_params, scores, norms, step_of, 0.0, 0.0, 0, trace)
+                save_result(run, metric, options, n_params, scores, norms, step_of, 0.0, 0.0, 0, trace)
             write_table(run, RunContext.create(load_run_config(run), root).dataset)
         removal = harmful_order(load_result(run, metrics[0], options, n_params))[:500].tolist()
         run.write_json("app/removal.json", {"ids": sorted(removal)})

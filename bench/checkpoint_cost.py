@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from influence.config import apply_overrides, preset
-from influence.estimate import EstimateOptions, estimate
+from influence.estimator import EstimateOptions, estimate
 from influence.train import train
 from shorten import cut
 

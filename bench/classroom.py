@@ -36,7 +36,7 @@ def main() -> None:
     from influence import classroom, store
     from influence.config import apply_overrides, preset
     from influence.context import RunContext, load_run_config
-    from influence.estimate import estimate
+    from influence.estimator import estimate
     from influence.train import Trace, train
 
     root = Path(args.store)

@@ -30,7 +30,7 @@ from torch.func import jvp
 
 from influence import store
 from influence.context import RunContext, load_run_config
-from influence.estimate import backward_step
+from influence.estimator import backward_step
 from influence.stepmap import KIND_G, step
 from influence.train import Trace, trace_inputs
 

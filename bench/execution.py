@@ -31,7 +31,7 @@ import torch
 from influence import allocator, store
 from influence.context import RunContext, load_run_config
 from influence.train import Trace
-from influence.validate import _Replayer, leave_one_out, select_ids
+from influence.validation import _Replayer, leave_one_out, select_ids
 
 
 def _copy(root: Path, run_id: str, scratch: Path) -> store.Run:
@@ -120,7 +120,7 @@ def bench_sweep(args) -> None:
     import dataclasses
 
     from influence.config import preset
-    from influence.validate import sweep
+    from influence.validation import sweep
 
     configs = [dataclasses.replace(preset(args.preset), seed=s) for s in args.seeds]
     methods, counts = ["fid", "random"], [50, 200]

@@ -28,7 +28,7 @@ import torch
 from influence import store
 from influence.config import apply_overrides, preset
 from influence.context import RunContext, load_run_config
-from influence.estimate import EstimateOptions, estimate
+from influence.estimator import EstimateOptions, estimate
 from influence.train import Trace, replay_state, train
 
 
@@ -81,7 +81,7 @@ def _cpu_estimate(run: store.Run, root) -> np.ndarray:
     dest = store.store_root(root)
     shutil.copytree(run.dir, dest / run.run_id, ignore=shutil.ignore_patterns("influence"))
     store.open_run(dest, run.run_id).forget("influence/")
-    code = ("import sys, numpy as np; from influence import store; from influence.estimate import EstimateOptions, "
+    code = ("import sys, numpy as np; from influence import store; from influence.estimator import EstimateOptions, "
             "estimate; r = store.open_run(store.store_root(sys.argv[1]), sys.argv[2]); "
             "np.save(sys.argv[3], estimate(r, ['dloss'], EstimateOptions(dtype='float64'))['dloss'].scores)")
     out = dest / "cpu_scores.npy"

@@ -22,9 +22,9 @@ from scipy import stats
 
 from influence import store
 from influence.context import RunContext, load_run_config
-from influence.estimate import EstimateOptions, estimate
+from influence.estimator import EstimateOptions, estimate
 from influence.train import Trace, replay
-from influence.validate import select_ids
+from influence.validation import select_ids
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ import torch
 from influence import allocator, store
 allocator.tune_this_process()  # as the CLI (GAN_INFLUENCE_MALLOC=default: glibc's own settings)
 from influence.config import apply_overrides, preset
-from influence.estimate import EstimateOptions, estimate
+from influence.estimator import EstimateOptions, estimate
 from influence.train import Trace, train
-from influence.validate import leave_one_out
+from influence.validation import leave_one_out
 
 phase, root, name, sets = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 torch.set_num_threads(int(sys.argv[5]))

@@ -20,9 +20,9 @@ import torch
 
 from influence import store
 from influence.config import apply_overrides, preset
-from influence.estimate import EstimateOptions
+from influence.estimator import EstimateOptions
 from influence.train import train
-from influence.validate import validate
+from influence.validation import validate
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ DEFAULT_CASES = ["quick (stable)=quick:fid", "toy2d (stable)=toy2d:all",
 
 def run_case(root: Path, spec: str, epochs: int | None) -> dict:
     from influence.config import apply_overrides, preset
-    from influence.estimate import EstimateOptions, estimate
+    from influence.estimator import EstimateOptions, estimate
     from influence.train import train
     from shorten import cut
 
@@ -79,7 +79,7 @@ def main() -> int:
     args = ap.parse_args()
     from explorer import figures
     from influence import store
-    from influence.estimate import verdict_for
+    from influence.estimator import verdict_for
 
     cases = [stored_case(r) for r in args.result]
     if args.case or not args.result:

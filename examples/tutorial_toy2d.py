@@ -38,9 +38,9 @@ from influence.classroom import coverage
 from influence.cleanse import cleanse
 from influence.config import apply_overrides, preset
 from influence.data import load_dataset
-from influence.estimate import estimate, harmful_order
+from influence.estimator import estimate, harmful_order
 from influence.train import train
-from influence.validate import validate
+from influence.validation import validate
 
 SMALL = os.environ.get("TUTORIAL_SMALL") == "1"  # the test suite's tiny version
 STORE = Path(os.environ.get("TUTORIAL_STORE") or tempfile.mkdtemp(prefix="gan-influence-tutorial-"))

@@ -15,7 +15,7 @@ from sklearn.ensemble import IsolationForest
 from . import store
 from .context import RunContext
 from .errors import ConfigError
-from .estimate import EstimateOptions, estimate, harmful_order
+from .estimator import EstimateOptions, estimate, harmful_order
 from .metrics import available_metrics, batched
 from .progress import CancelToken, ProgressFn
 

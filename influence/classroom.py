@@ -25,8 +25,9 @@ from scipy import stats
 
 from .context import RunContext
 from .errors import ConfigError, DivergenceError
-from .estimate import InfluenceResult, growth_of, pass_norms, start_pass, verdict_for, walk_back
+from .estimator import InfluenceResult, growth_of, pass_norms, start_pass, verdict_for, walk_back
 from .metrics import check_metric
+from .objectives import metric_objectives
 from .train import Trace, replay, replay_state, states_backward, traced_step_range
 
 LESSON_METRICS = ("all", "dloss")
@@ -177,7 +178,7 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
     if not bool(torch.isfinite(final).all()):
         return failed(f"training diverged at lr {lr:g}: the parameters became NaN or infinite")
     lesson = dataclasses.replace(lesson, final_state=final.cpu().numpy())
-    state = start_pass(ctx, lesson, [metric])
+    state = start_pass(ctx, lesson, metric_objectives([metric], True))
     try:
         for _ in walk_back(ctx, lesson, state, 0):
             pass

@@ -21,7 +21,7 @@ import torch
 from . import store
 from .context import RunContext, load_run_config
 from .errors import ConfigError
-from .estimate import cached_results, chosen_name
+from .estimator import cached_results, chosen_name
 from .execution import Executor, Tasks, TaskEnv, open_executor, worker_cached
 from .execution.payload import RunPayload, run_payload, trace_segment
 from .honesty import scope_text

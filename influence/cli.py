@@ -124,7 +124,7 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
-    from .estimate import EstimateOptions
+    from .estimator import EstimateOptions
 
     if not 0 <= args.damping < 1:
         raise ConfigError("--damping must lie in [0, 1)")
@@ -239,7 +239,7 @@ def cmd_runs(args, root: Path) -> int:
 
 
 def cmd_estimate(args, root: Path) -> int:
-    from .estimate import estimate, harmful_order
+    from .estimator import estimate, harmful_order
 
     options = _options(args)
     run = store.open_run(root, args.run)
@@ -248,7 +248,7 @@ def cmd_estimate(args, root: Path) -> int:
     _run(root, spec, args.json)
     results = estimate(run, args.metric, options)  # a cache read: the job (here or elsewhere) computed them
     from .context import RunContext, load_run_config
-    from .estimate import choose_results, chosen_name, result_name
+    from .estimator import choose_results, chosen_name, result_name
     from .honesty import if_removed, metric_report
 
     cfg = load_run_config(run)
@@ -381,7 +381,7 @@ def cmd_validate(args, root: Path) -> int:
                                            "selection": args.selection, "seed": args.seed,
                                            "options": dataclasses.asdict(options)}}
     if args.trace_epochs is not None:  # only then: earlier specs keep their job keys
-        from .validate import first_step_of_last_epochs
+        from .validation import first_step_of_last_epochs
 
         first_step_of_last_epochs(run, args.trace_epochs)  # a K the run did not trace: one error line, no job
         spec["params"]["trace_epochs"] = args.trace_epochs

@@ -17,11 +17,21 @@ from .config import RunConfig, validate
 from .data import Dataset, load_dataset
 from .errors import ConfigError
 from .gan import GanFunctions
-from .honesty import check_split_sizes
 from .metrics import Evaluator, FeatureNet, RealStats
 from .models import build_gan
 from .pretrained import load_initial_weights
 from .stepmap import TrainingRule
+
+
+MIN_SPLIT = 20  # below this a split cannot hold a covariance estimate or two halves to compare: refused
+
+
+def check_split_sizes(n_valid: int, n_test: int) -> None:
+    """ConfigError when a validation or test split is too small to compute a metric on."""
+    for name, n in (("validation", n_valid), ("test", n_test)):
+        if n < MIN_SPLIT:
+            raise ConfigError(f"the {name} split has {n} instances; at least {MIN_SPLIT} are needed for its metrics "
+                              f"(a folder source holds out 10% each: give it at least {MIN_SPLIT * 10} images)")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,7 +26,7 @@ from . import store
 from .cleanse import check_removal_ids
 from .context import RunContext, load_run_config
 from .errors import ConfigError
-from .estimate import cached_results, chosen_name
+from .estimator import cached_results, chosen_name
 from .removal import removal_frame
 
 MANIFEST, REMOVED, LABELS = "manifest.json", "removed.csv", "labels.csv"

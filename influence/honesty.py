@@ -16,24 +16,15 @@ import math
 
 from . import store
 from .classifier import feature_info
-from .errors import ConfigError
+from .context import RunContext, load_run_config
 from .metrics import METRIC_LABELS, available_metrics, real_reference
 
-MIN_SPLIT = 20  # below this a split cannot hold a covariance estimate or two halves to compare: refused
 MIN_SPLIT_INFORMATIVE = 200  # below this FID / IS on the split are dominated by sampling noise
 REAL_IS_MIN = 1.5  # the classifier sees (almost) one class in real data: IS cannot tell generators apart
 AE_R2_MIN = 0.2  # the autoencoder explains less than this share of the test images' variance
 NEAR_CHANCE = 0.25  # accuracy within this share of the way from chance to 1 counts as near chance
 REPORT = "metric_report.json"
 INFORMATIVE, UNINFORMATIVE = "informative", "metric uninformative"
-
-
-def check_split_sizes(n_valid: int, n_test: int) -> None:
-    """ConfigError when a validation or test split is too small to compute a metric on."""
-    for name, n in (("validation", n_valid), ("test", n_test)):
-        if n < MIN_SPLIT:
-            raise ConfigError(f"the {name} split has {n} instances; at least {MIN_SPLIT} are needed for its metrics "
-                              f"(a folder source holds out 10% each: give it at least {MIN_SPLIT * 10} images)")
 
 
 def verdicts(is_2d: bool, info: dict | None, reference: dict, n_valid: int, n_test: int) -> dict[str, dict]:
@@ -86,8 +77,6 @@ def metric_report(run: store.Run, ctx=None) -> dict:
     if run.exists(REPORT):
         return run.read_json(REPORT)
     if ctx is None:
-        from .context import RunContext, load_run_config
-
         ctx = RunContext.create(load_run_config(run), run.root)
     report = compute_report(ctx)
     run.write_json(REPORT, report)

@@ -306,8 +306,8 @@ def _execute_kind(root: Path, spec: dict[str, Any], progress, cancel_token: Canc
         return {"run_id": run.run_id, **run.read_json("summary.json"), "metric_report": metric_report(run)}
     if kind == "sweep":
         from .config import RunConfig, validate
-        from .estimate import EstimateOptions
-        from .validate import sweep
+        from .estimator import EstimateOptions
+        from .validation import sweep
 
         configs = [RunConfig.from_dict(c) for c in p["configs"]]
         for cfg in configs:
@@ -318,7 +318,7 @@ def _execute_kind(root: Path, spec: dict[str, Any], progress, cancel_token: Canc
         return {"table": [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]}
     run = store.open_run(root, p["run_id"])
     if kind == "estimate":
-        from .estimate import EstimateOptions, estimate
+        from .estimator import EstimateOptions, estimate
 
         results = estimate(run, p["metrics"], EstimateOptions(**p.get("options", {})), progress, cancel_token)
         return {m: {k: r.meta[k] for k in ("verdict", "verdict_message", "growth", "seconds")} for m, r in results.items()}
@@ -326,8 +326,8 @@ def _execute_kind(root: Path, spec: dict[str, Any], progress, cancel_token: Canc
         from .cleanse import cleanse
 
         return cleanse(run, p["removal_ids"], p.get("mode", "replay"), progress, cancel_token).as_dict()
-    from .estimate import EstimateOptions
-    from .validate import validate
+    from .estimator import EstimateOptions
+    from .validation import validate
 
     acc = validate(run, p["metrics"], p.get("n", 200), p.get("selection", "first"), p.get("seed", 0),
                    EstimateOptions(**p.get("options", {})), progress, cancel_token, p.get("trace_epochs"))

@@ -12,7 +12,7 @@ import re
 from .baselines import methods_for
 from .config import RunConfig
 from .errors import ConfigError
-from .estimate import EstimateOptions
+from .estimator import EstimateOptions
 from .metrics import check_metric
 
 MAX_SEEDS = 50

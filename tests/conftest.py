@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
     """A store holding the tiny preset run (seed 0) with influence on FID, IS and D-loss."""
-    from influence.estimate import EstimateOptions, estimate
+    from influence.estimator import EstimateOptions, estimate
     from influence.train import train
 
     root = tmp_path_factory.mktemp("tiny_store")
@@ -53,7 +53,7 @@ def tiny_run(tiny_store) -> store.Run:
 
 @pytest.fixture(scope="session")
 def toy_store(tmp_path_factory) -> Path:
-    from influence.estimate import EstimateOptions, estimate
+    from influence.estimator import EstimateOptions, estimate
     from influence.train import train
 
     root = tmp_path_factory.mktemp("toy_store")

@@ -8,7 +8,7 @@ import pytest
 from influence.baselines import baseline_features, isolation_forest_scores, methods_for, ranking
 from influence.context import RunContext, load_run_config
 from influence.errors import ConfigError
-from influence.estimate import estimate
+from influence.estimator import estimate
 
 
 def _ctx(run):

@@ -10,7 +10,7 @@ from scipy import stats
 from influence import classroom
 from influence.context import RunContext, load_run_config
 from influence.errors import ConfigError
-from influence.estimate import estimate
+from influence.estimator import estimate
 from influence.train import Trace, replay
 
 

@@ -9,7 +9,7 @@ import torch
 from influence.cleanse import attempts, check_removal_ids, cleanse, removal_key
 from influence.context import RunContext, load_run_config
 from influence.errors import ConfigError
-from influence.estimate import estimate
+from influence.estimator import estimate
 from influence.train import Trace, replay, train_without
 
 from _helpers import copy_run, tree

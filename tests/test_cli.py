@@ -15,7 +15,7 @@ from influence import store
 from influence.cli import main, read_removal_csv
 from influence.cleanse import cleanse
 from influence.errors import ConfigError
-from influence.estimate import estimate, harmful_order
+from influence.estimator import estimate, harmful_order
 
 from _helpers import REPO, copy_run, tree
 
@@ -184,7 +184,7 @@ def test_sweep_and_cleanse_take_the_same_job_locks_as_the_app(capsys, tiny_run, 
 
     from influence import jobs, specs
     from influence.context import load_run_config
-    from influence.estimate import EstimateOptions
+    from influence.estimator import EstimateOptions
 
     monkeypatch.syspath_prepend(str(REPO / "app"))
     from explorer import sweepform

@@ -13,7 +13,7 @@ from influence import store
 from influence.config import apply_overrides
 from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled, ConfigError
-from influence.estimate import (
+from influence.estimator import (
     FLAG_DOUBTFUL,
     FLAG_NEVER_TRACED,
     FLAG_RELIABLE,
@@ -286,7 +286,7 @@ def test_interrupted_pass_resumes_to_the_same_scores(tmp_path, toy_run):
 
 
 # ---------------------------------------------------------------- accuracy on the tiny preset
-# Kendall tau between estimated and leave-one-out influence on the tiny preset (influence.validate.validate,
+# Kendall tau between estimated and leave-one-out influence on the tiny preset (influence.validation.validate,
 # the first n traced instances), measured on seeds 0, 1, 2 while writing this test:
 #            n=30: FID    IS     D-loss      n=40: FID    IS     D-loss
 #   seed 0         1.000  1.000  0.995            0.995  1.000  0.995
@@ -301,7 +301,7 @@ PEARSON_MIN = 0.99
 
 @pytest.mark.slow
 def test_validation_on_the_tiny_preset(tiny_run, tmp_path):
-    from influence.validate import validate
+    from influence.validation import validate
 
     acc = validate(copy_run(tiny_run, tmp_path), ["fid", "is", "dloss"], n=30)
     for m, a in acc.items():

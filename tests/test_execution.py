@@ -24,7 +24,7 @@ from influence.execution import ENV_CLUSTER, HOUSEKEEPING, environ_kept, open_ex
 from influence.execution.payload import run_payload, segment_offset, trace_segment
 from influence.progress import CancelToken
 from influence.train import Trace, replay
-from influence.validate import leave_one_out, sweep, validate
+from influence.validation import leave_one_out, sweep, validate
 
 from _helpers import copy_run, toy_config
 

@@ -102,14 +102,14 @@ def cli_argv(draw, run_id: str, removal_files: list[str]):
 def test_cli_arguments_fuzzed(small_store, tmp_path, monkeypatch, capsys):
     root, run_id = small_store
     import influence.baselines
-    import influence.validate
+    import influence.validation
 
     def reached(*a, **k):
         raise Reached
 
     monkeypatch.setattr(cli.jobs, "run_job", reached)
     monkeypatch.setattr(influence.baselines, "ranking", reached)
-    monkeypatch.setattr(influence.validate, "sweep", reached)
+    monkeypatch.setattr(influence.validation, "sweep", reached)
     removal = {"good.csv": "id\n1\n2\n", "dup.csv": "3\n3\n", "range.csv": "id\n600\n", "huge.csv": "1" * 400 + "\n",
                "words.csv": "id\nseven\n", "binary.csv": b"\xff\xfe\x00\x81"}
     paths = [str(tmp_path / "missing.csv"), str(tmp_path)]

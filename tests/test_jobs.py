@@ -239,7 +239,7 @@ def test_a_sweep_job_computes_the_table_the_app_reads_back(tmp_path):
     """The app's sweep spec, run as a job: its result is the sweep table, and the store keeps it for the page."""
     import math
 
-    from influence.validate import stored_sweeps
+    from influence.validation import stored_sweeps
 
     cfg = apply_overrides(preset("toy2d"), SETS)
     spec = {"kind": "sweep", "params": {"configs": [cfg.to_dict(), dataclasses.replace(cfg, seed=1).to_dict()],

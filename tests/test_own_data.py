@@ -22,9 +22,10 @@ from influence.cli import main
 from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, with_init_checksums
 from influence.context import RunContext
 from influence.errors import ConfigError
-from influence.estimate import EstimateOptions, cached_results, choose_results, chosen_name, estimate, result_sets
+from influence.estimator import EstimateOptions, cached_results, choose_results, chosen_name, estimate, result_sets
 from influence.export import export_cleaned
-from influence.honesty import INFORMATIVE, UNINFORMATIVE, check_split_sizes, metric_report, verdicts
+from influence.context import check_split_sizes
+from influence.honesty import INFORMATIVE, UNINFORMATIVE, metric_report, verdicts
 from influence.removal import read_removal_csv, removal_csv
 from influence.train import Trace, train
 

@@ -32,7 +32,7 @@ import torch
 from influence import cli, jobs, store
 from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from influence.errors import Cancelled, DivergenceError, StoreError
-from influence.estimate import EstimateOptions, estimate
+from influence.estimator import EstimateOptions, estimate
 from influence.progress import CancelToken
 from influence.train import train
 
@@ -425,7 +425,7 @@ def test_damaged_training_checkpoint_is_ignored_and_training_equals_the_original
 
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_damaged_leave_one_out_partial_is_recomputed_identically(tmp_path, small, how):
-    from influence.validate import leave_one_out
+    from influence.validation import leave_one_out
 
     run = copy_run(small["ref"].root, small["run_id"], tmp_path / "store")
     ids = np.array([3, 17, 101])
@@ -457,7 +457,7 @@ def test_training_divergence_fails_the_job_naming_the_step_and_keeps_the_epoch_c
 
 
 def test_influence_divergence_fails_the_job_keeps_the_last_checkpoint_and_resumes(tmp_path, small, monkeypatch):
-    from influence import estimate as est
+    from influence.estimator import backward as est
 
     run = copy_run(small["root"], small["run_id"], tmp_path / "store")
     spec = estimate_spec(run.run_id)

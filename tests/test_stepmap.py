@@ -15,7 +15,8 @@ from influence import store
 from influence.config import apply_overrides
 from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled, ConfigError
-from influence.estimate import EstimateOptions, block_scales, estimate, start_pass, walk_back
+from influence.estimator import EstimateOptions, block_scales, estimate, start_pass, walk_back
+from influence.objectives import metric_objectives
 from influence.progress import CancelToken
 from influence.stepmap import KIND_BOTH, KIND_D, KIND_G, StepInputs, checkpoint_spacing, state_vjp, step
 from influence.train import Trace, replay, replay_state, trace_inputs, train
@@ -188,7 +189,7 @@ def test_block_scales_taken_from_the_pass_walk_equal_a_walk_of_their_own(runs, t
     segment in checkpoint mode); a pass that does not reach a player's last update measures it apart."""
     run = runs["adamw-alternating-ema"]
     ctx, trace = RunContext.create(load_run_config(run), run.root), Trace.load(run)
-    state = start_pass(ctx, trace, ["all"])
+    state = start_pass(ctx, trace, metric_objectives(["all"], True))
     for _ in walk_back(ctx, trace, state, trace.steps - 2):  # D D G: D's last update is step 4, G's step 5
         pass
     assert set(state.scales_found) == {"d", "g"}

@@ -7,7 +7,7 @@ import pytest
 
 from influence import store
 from influence.errors import StoreError
-from influence.estimate import EstimateOptions, estimate, result_dir
+from influence.estimator import EstimateOptions, estimate, result_dir
 from influence.train import Trace
 
 from _helpers import copy_run, tree

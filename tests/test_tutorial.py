@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from influence import store
-from influence.validate import stored_validations
+from influence.validation import stored_validations
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "examples" / "tutorial_toy2d.py"
 

@@ -10,9 +10,9 @@ from scipy import stats
 
 from influence.context import RunContext, load_run_config
 from influence.errors import ConfigError
-from influence.estimate import estimate
+from influence.estimator import estimate
 from influence.train import Trace, replay
-from influence.validate import (
+from influence.validation import (
     accuracy_numbers,
     jaccard_top,
     leave_one_out,
@@ -193,7 +193,7 @@ def test_sweep_on_two_toy_seeds(tmp_path):
 
 
 def test_validate_over_the_last_k_traced_epochs(tmp_path):
-    from influence.estimate import EstimateOptions
+    from influence.estimator import EstimateOptions
     from influence.train import train
 
     run = train(toy_config(trace_epochs=2), tmp_path)  # 3 epochs of 20 steps, the last 2 traced

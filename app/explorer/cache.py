@@ -18,13 +18,13 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from influence import baselines, datamap, estimate, honesty, store
+from influence import baselines, datamap, estimator, honesty, store
 from influence.cleanse import attempts as cleanse_attempts
 from influence.config import RunConfig
 from influence.context import RunContext, load_run_config
 from influence.errors import StoreError
 from influence.train import Trace, checkpoint_history, load_history
-from influence.validate import stored_sweeps, stored_validations
+from influence.validation import stored_sweeps, stored_validations
 
 from . import tables
 
@@ -95,10 +95,10 @@ def live_history(root: str, run_id: str, mtime_ns: int) -> list[dict]:
 
 
 @st.cache_resource(show_spinner="Reading influence results ...", max_entries=8)
-def results(root: str, run_id: str, stamp: tuple) -> dict[str, estimate.InfluenceResult]:
-    """The named result in use (estimate.chosen_name), per metric, FID/IS/D-loss/ALL in that order
+def results(root: str, run_id: str, stamp: tuple) -> dict[str, estimator.InfluenceResult]:
+    """The named result in use (estimator.chosen_name), per metric, FID/IS/D-loss/ALL in that order
     (read-only arrays shared by every session)."""
-    found = estimate.cached_results(store.open_run(Path(root), run_id))
+    found = estimator.cached_results(store.open_run(Path(root), run_id))
     return {m: found[m] for m in METRIC_ORDER if m in found}
 
 
@@ -106,9 +106,9 @@ def results(root: str, run_id: str, stamp: tuple) -> dict[str, estimate.Influenc
 def result_names(root: str, run_id: str, stamp: tuple) -> tuple[list[tuple[str, list[str]]], str | None]:
     """([(name, its metrics)], the name in use): every named influence result of the run."""
     run = store.open_run(Path(root), run_id)
-    sets = estimate.result_sets(run)
+    sets = estimator.result_sets(run)
     return [(name, [m for m in METRIC_ORDER if m in found]) for name, found in sets.items()], \
-        estimate.chosen_name(run, sets)
+        estimator.chosen_name(run, sets)
 
 
 @st.cache_data(show_spinner="Checking what the metrics can mean on this data ...", max_entries=16)
@@ -131,7 +131,7 @@ def map_data(root: str, run_id: str, method: str) -> tuple[np.ndarray, np.ndarra
 def influence_frame(root: str, run_id: str, stamp: tuple) -> pd.DataFrame:
     """id, label, influence_<m>, harmful_rank_<m>, flag_<m> per training instance."""
     run = store.open_run(Path(root), run_id)
-    table = estimate.influence_table(run, context(root, run_id).dataset)
+    table = estimator.influence_table(run, context(root, run_id).dataset)
     table.attrs = {}  # the sign sentences are taken from each result's meta instead
     return table
 

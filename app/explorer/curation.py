@@ -6,7 +6,7 @@ import numpy as np
 
 from influence.removal import read_removal_csv
 from influence.errors import ConfigError
-from influence.estimate import FLAG_NEVER_TRACED, InfluenceResult, harmful_order
+from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult, harmful_order
 
 
 def ordered_ids(results: dict[str, InfluenceResult], sort_metric: str, helpful_first: bool,

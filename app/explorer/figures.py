@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from influence.baselines import METHOD_LABELS
-from influence.estimate import GROWTH_DOUBTFUL, GROWTH_UNRELIABLE
+from influence.estimator import GROWTH_DOUBTFUL, GROWTH_UNRELIABLE
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS, harmful_sign
 
 HARMFUL = "#d62728"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from influence.estimate import FLAG_NAMES, FLAG_NEVER_TRACED
+from influence.estimator import FLAG_NAMES, FLAG_NEVER_TRACED
 from influence.metrics import METRIC_LABELS
 
 from . import cache, figures, state, tables

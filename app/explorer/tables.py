@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from influence.baselines import METHOD_LABELS
-from influence.estimate import FLAG_NEVER_TRACED, InfluenceResult
+from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult
 from influence.honesty import scope_text
 from influence.metrics import METRIC_LABELS
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from influence import config as config_module
 from influence import store
-from influence.config import DEFAULT_PRESET, PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
+from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
 from influence.data import folder_has_labels
 from influence.errors import ConfigError
 

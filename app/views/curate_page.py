@@ -9,7 +9,7 @@ import streamlit as st
 from explorer import cache, curation, datamap_view, figures, gallery_filter, removal_tools, state, tables, widgets
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
-from influence.estimate import FLAG_NEVER_TRACED, harmful_order
+from influence.estimator import FLAG_NEVER_TRACED, harmful_order
 from influence.metrics import METRIC_LABELS
 from influence.removal import removal_csv
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from explorer import cache, figures, gallery_filter, instance_view, jobpanel, state, tables, widgets
 from influence import store
-from influence.estimate import FLAG_NEVER_TRACED, EstimateOptions, choose_results, harmful_order, verdict_for
+from influence.estimator import FLAG_NEVER_TRACED, EstimateOptions, choose_results, harmful_order, verdict_for
 from influence.honesty import INFORMATIVE, if_removed, reference_line
 from influence.metrics import METRIC_LABELS, available_metrics
 

@@ -10,7 +10,7 @@ from explorer import cache, classroom_figures, figures, jobpanel, state, tables
 from influence import classroom, store
 from influence.cleanse import removal_key
 from influence.config import preset
-from influence.estimate import EstimateOptions
+from influence.estimator import EstimateOptions
 from influence.metrics import METRIC_LABELS
 from influence.train import Trace
 

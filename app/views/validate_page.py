@@ -7,9 +7,9 @@ import streamlit as st
 from explorer import cache, classroom_figures, figures, jobpanel, state, sweepform, tables, widgets
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
-from influence.estimate import EstimateOptions
+from influence.estimator import EstimateOptions
 from influence.metrics import METRIC_LABELS, available_metrics
-from influence.validate import summarize_sweep
+from influence.validation import summarize_sweep
 
 root = state.root()
 run_id, cfg = widgets.require_run(root)

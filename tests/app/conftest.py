@@ -17,8 +17,8 @@ from influence import jobs, store
 def rich_store(tiny_store, tmp_path_factory) -> Path:
     """The tiny run plus one cleansing attempt (the CLEANSED most harmful by FID) and one 3-instance validation."""
     from influence.cleanse import cleanse
-    from influence.estimate import cached_results, harmful_order
-    from influence.validate import validate
+    from influence.estimator import cached_results, harmful_order
+    from influence.validation import validate
 
     root = tmp_path_factory.mktemp("rich") / "store"
     shutil.copytree(tiny_store, root, ignore=shutil.ignore_patterns("_jobs"))

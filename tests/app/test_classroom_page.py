@@ -12,7 +12,7 @@ from scipy import stats
 from apphelpers import open_app, texts, write_job
 from influence import classroom, jobs, store
 from influence.context import RunContext, load_run_config
-from influence.estimate import cached_results
+from influence.estimator import cached_results
 from influence.train import Trace, replay
 from explorer import tables
 

@@ -9,7 +9,7 @@ from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on 
 from explorer import curation, figures, tables, trainform
 from influence.config import preset
 from influence.errors import ConfigError
-from influence.estimate import FLAG_NEVER_TRACED, FLAG_RELIABLE, InfluenceResult
+from influence.estimator import FLAG_NEVER_TRACED, FLAG_RELIABLE, InfluenceResult
 
 
 def _result(metric: str, scores, flags=None) -> InfluenceResult:

@@ -6,7 +6,7 @@ import pytest
 
 from apphelpers import open_app, removal_on_disk, texts, tiny_run_id
 from influence import store
-from influence.estimate import cached_results, harmful_order
+from influence.estimator import cached_results, harmful_order
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -8,7 +8,7 @@ import pytest
 
 from apphelpers import open_app, texts, tiny_run_id, write_job
 from influence import jobs
-from influence.estimate import EstimateOptions
+from influence.estimator import EstimateOptions
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -13,7 +13,7 @@ from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on 
 from explorer import attempt_choice, figures, tables, trainform
 from influence.config import preset
 from influence.errors import ConfigError
-from influence.estimate import GROWTH_UNRELIABLE, verdict_for
+from influence.estimator import GROWTH_UNRELIABLE, verdict_for
 
 
 def _norms(u_d, u_g) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_influence_axes_tick_as_5e_minus_5_and_zero_as_0():
 
 
 def test_gallery_cards_use_the_same_format_as_tables():
-    from influence.estimate import InfluenceResult
+    from influence.estimator import InfluenceResult
 
     r = InfluenceResult("fid", np.array([-7.66e-5]), np.ones(1, np.int8), np.ones((2, 2)), {"harmful_sign": -1})
     assert tables.score_lines({"fid": r}, 0) == ":red[FID -7.66e-5]"

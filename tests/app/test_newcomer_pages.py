@@ -13,7 +13,7 @@ import pytest
 
 from apphelpers import CLEANSED, open_app, removal_on_disk, texts, tiny_run_id, write_job
 from influence import store
-from influence.estimate import cached_results, harmful_order
+from influence.estimator import cached_results, harmful_order
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -204,7 +204,7 @@ def test_the_scratch_attempt_just_computed_is_shown_and_its_prediction_qualified
 
 # ---------------------------------------------------------------- jobs
 def test_job_timings_say_what_they_cover(app_store):
-    from influence.estimate import EstimateOptions
+    from influence.estimator import EstimateOptions
     import dataclasses
 
     run_id = tiny_run_id(app_store)
@@ -219,7 +219,7 @@ def test_job_timings_say_what_they_cover(app_store):
 
 def test_start_up_shows_what_it_is_doing(app_store):
     from influence import jobs
-    from influence.estimate import EstimateOptions
+    from influence.estimator import EstimateOptions
     import dataclasses
 
     run_id = tiny_run_id(app_store)
@@ -240,7 +240,7 @@ def test_start_up_shows_what_it_is_doing(app_store):
 def test_a_worker_reports_its_start_up_stages(app_store):
     """The engine side: loading and the feature net come first, as stages of their own, through run_job."""
     from influence import jobs
-    from influence.estimate import EstimateOptions
+    from influence.estimator import EstimateOptions
     import dataclasses
 
     run_id = tiny_run_id(app_store)

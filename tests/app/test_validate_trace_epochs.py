@@ -10,7 +10,7 @@ import pytest
 
 from apphelpers import open_app, use_store
 from influence.train import train
-from influence.validate import validate
+from influence.validation import validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _helpers import toy_config  # noqa: E402

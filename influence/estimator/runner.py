@@ -1,0 +1,140 @@
+"""The stored influence pass: cached results, a resumable backward pass with progress and cancel."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from .. import store
+from ..context import RunContext, load_run_config
+from ..errors import ConfigError, StoreError
+from ..metrics import check_metric
+from ..objectives import Objective, metric_objectives
+from ..progress import CancelToken, ProgressFn, Reporter
+from ..train import Trace
+from .backward import PassState, pass_norms, start_pass, walk_back
+from .options import EstimateOptions, result_name
+from .results import CHOSEN, InfluenceResult, load_result, save_result, write_table
+
+log = logging.getLogger(__name__)
+
+
+def estimate(
+    run: store.Run,
+    metrics: list[str],
+    options: EstimateOptions = EstimateOptions(),
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+) -> dict[str, InfluenceResult]:
+    """Influence of every training instance on each metric, from cache where possible."""
+    cfg = load_run_config(run)
+    if not metrics:
+        raise ConfigError("name at least one metric")
+    for m in metrics:
+        check_metric(m, cfg.is_2d)
+    trace = Trace.load(run)
+    n_params = trace.final.shape[0]
+    check_options(options, trace)
+    results = {m: r for m in dict.fromkeys(metrics) if (r := load_result(run, m, options, n_params)) is not None}
+    todo = [m for m in dict.fromkeys(metrics) if m not in results]
+    if todo:
+        ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
+        objectives = metric_objectives(todo, cfg.is_2d)
+        state, norms, seconds, first = stored_pass(ctx, run, trace, objectives, options, progress, cancel)
+        step_of = trace.step_of_instance(ctx.dataset.n_train, first)
+        for i, metric in enumerate(todo):
+            results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
+                                          step_of, state.values[i], seconds / len(todo), first, trace)
+        drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
+        if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
+            run.write_json(CHOSEN, {"name": result_name(options, n_params)})
+        write_table(run, ctx.dataset)
+    return {m: results[m] for m in metrics}
+
+
+def check_options(options: EstimateOptions, trace: Trace) -> None:
+    """ConfigError for options that cannot apply to this trace, before anything is computed."""
+    options.identity(trace.final.shape[0])
+    if options.last_steps is not None and not 1 <= options.last_steps <= trace.steps:
+        raise ConfigError(f"last_steps must lie in 1..{trace.steps} (the traced steps)")
+
+
+def training_context(ctx: RunContext) -> RunContext:
+    """ctx in the run's training dtype: states are recomputed (checkpoint mode) bit for bit, then cast."""
+    if str(ctx.dtype) == f"torch.{ctx.cfg.train.dtype}":
+        return ctx
+    return ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
+
+
+def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[Objective], options: EstimateOptions,
+                progress: ProgressFn | None = None, cancel: CancelToken | None = None
+                ) -> tuple[PassState, np.ndarray, float, int]:
+    """The backward pass for the stacked objectives, checkpointed in the run every `options.checkpoint_every`
+    steps and resumed from there: (final pass state, norms (steps + 1, rows, 3), seconds, first traced step).
+    The caller drops the checkpoint (`drop_partial`) once it has stored what it needs."""
+    started = time.perf_counter()
+    n_params = trace.final.shape[0]
+    first = trace.steps - (options.last_steps or trace.steps)
+    train_ctx = training_context(ctx)
+    names = [o.name for o in objectives]
+    partial = _partial_folder(objectives, options, n_params)
+    loaded = _load_partial(run, partial, names, options, n_params)
+    if loaded is None:
+        state, elapsed = start_pass(ctx, trace, objectives), 0.0
+    else:
+        state, elapsed = loaded
+        state.adjoint = [a.to(ctx.device, ctx.dtype) for a in state.adjoint]
+    report = Reporter("influence", trace.steps - first, progress, cancel)
+    for t in walk_back(ctx, trace, state, first, options.optimizer_state == "frozen", options.damping, train_ctx):
+        done = trace.steps - t
+        if options.checkpoint_every and done % options.checkpoint_every == 0 and t > first:
+            _save_partial(run, partial, names, options, n_params, state, elapsed + time.perf_counter() - started)
+        report(done)
+    seconds = elapsed + time.perf_counter() - started
+    norms = pass_norms(train_ctx, trace, state).numpy()
+    return state, norms, seconds, first
+
+
+def _partial_folder(objectives: list[Objective], options: EstimateOptions, n_params: int) -> str:
+    return f"influence/_partial/{'+'.join(o.name for o in objectives)}-{options.key('', n_params)}"
+
+
+def drop_partial(run: store.Run, objectives: list[Objective], options: EstimateOptions, n_params: int) -> None:
+    """Forget the pass's checkpoint (and any temp file of a checkpoint write that a kill interrupted)."""
+    partial = _partial_folder(objectives, options, n_params)
+    run.forget(partial + "/")
+    folder = run.path(partial)
+    for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if f.is_file():
+            f.unlink(missing_ok=True)
+
+
+def _save_partial(run, partial, names, options, n_params, state: PassState, elapsed: float) -> None:
+    run.write_state_dict(f"{partial}/state.pt", {
+        **{f"adjoint_{i}": a.cpu() for i, a in enumerate(state.adjoint)}, "scores": state.scores,
+        "block_norms": state.block_norms,
+        "values": torch.tensor(state.values, dtype=torch.float64), "t_next": torch.tensor(state.t_next),
+        "elapsed": torch.tensor(elapsed),
+    })
+    run.write_json(f"{partial}/meta.json", {"metrics": names, "options": options.identity(n_params),
+                                            "blocks": len(state.adjoint), "scales_found": state.scales_found})
+
+
+def _load_partial(run, partial, names, options, n_params) -> tuple[PassState, float] | None:
+    if not run.exists(f"{partial}/state.pt"):
+        return None
+    try:
+        meta = run.read_json(f"{partial}/meta.json")
+        s = run.read_state_dict(f"{partial}/state.pt")
+        if meta.get("metrics") != names or meta.get("options") != options.identity(n_params):
+            return None
+        adjoint = [s[f"adjoint_{i}"] for i in range(meta["blocks"])]
+        state = PassState(adjoint, s["scores"], s["block_norms"], s["values"].tolist(), int(s["t_next"]),
+                          meta["scales_found"])
+    except (StoreError, KeyError) as e:
+        log.warning("ignoring the influence pass checkpoint, the pass starts again: %s", e)
+        return None  # damaged or older partial state: start the pass again
+    return state, float(s["elapsed"])
