@@ -119,8 +119,9 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--damping", type=float, default=0.0, help="u <- (1-d) u - J^T u (biased; off by default)")
     p.add_argument("--last-steps", type=int, default=None, help="use only the last N traced steps")
     p.add_argument("--optimizer-state", default="exact", choices=["exact", "frozen"],
-                   help="exact: adjoints through Adam's/momentum's buffers; frozen: buffers as constants (the 2025 "
-                        "follow-up's approximation, kept for comparison)")
+                   help="exact: adjoints through Adam's/momentum's buffers; frozen: the incoming buffers as constants, "
+                        "the fresh gradient differentiated through the whole update (the 2025 follow-up's "
+                        "approximation, kept for comparison)")
 
 
 def _options(args):

@@ -12,6 +12,9 @@ ESTIMATOR_VERSION = 1
 # costs 1.2x.
 AFFORDABLE_FLOAT64_PARAMS = 6_000
 OPTIMIZER_STATES = ("exact", "frozen")
+# Version 1 of `frozen` also held Adam's whole denominator constant; version 2 is the follow-up's own
+# approximation (only the incoming m and v are constants). Results of version 1 keep their own name.
+FROZEN_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -22,15 +25,21 @@ class EstimateOptions:
     checkpoint_every: int = field(default=25, metadata={"help": "save the backward state every N steps (resumable)"})
     optimizer_state: str = field(
         default="exact",
-        metadata={"help": "exact (adjoints through Adam's/momentum's buffers) or frozen (buffers as constants, "
-                          "the 2025 follow-up's approximation; the same as exact for plain SGD)"},
+        metadata={"help": "exact (adjoints through Adam's/momentum's buffers) or frozen (the incoming buffers as "
+                          "constants, the fresh gradient differentiated through the whole update: the 2025 "
+                          "follow-up's approximation; the same as exact for plain SGD)"},
     )
 
     def key(self, metric: str, n_params: int) -> str:
         steps = f"-last{self.last_steps}" if self.last_steps else ""
         damp = f"-d{self.damping:g}" if self.damping else ""
         frozen = "-frozen" if self.optimizer_state == "frozen" else ""
-        return f"{metric}-{self.resolved_dtype(n_params)}{damp}{steps}{frozen}-v{ESTIMATOR_VERSION}"
+        return f"{metric}-{self.resolved_dtype(n_params)}{damp}{steps}{frozen}-v{self.version}"
+
+    @property
+    def version(self) -> int:
+        """The version of the math behind a result with these options (in its name and meta)."""
+        return FROZEN_VERSION if self.optimizer_state == "frozen" else ESTIMATOR_VERSION
 
     def resolved_dtype(self, n_params: int) -> str:
         if self.dtype == "auto":

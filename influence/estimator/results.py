@@ -23,7 +23,7 @@ from ..errors import ConfigError, StoreError
 from ..honesty import if_removed
 from ..metrics import METRIC_LABELS, harmful_sign, sign_sentence
 from ..train import Trace
-from .options import ESTIMATOR_VERSION, EstimateOptions
+from .options import EstimateOptions
 from .verdict import FLAG_NAMES, FLAG_NEVER_TRACED, growth_of, instance_flags, verdict_for
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         "metric": metric, "label": METRIC_LABELS[metric], "sign": sign_sentence(metric),
         "harmful_sign": harmful_sign(metric), "options": options.identity(n_params),
         "optimizer": trace.rule.optimizer.kind, "ema_generator": trace.ema_eval,
-        "estimator_version": ESTIMATOR_VERSION, "traced_steps": trace.steps - first,
+        "estimator_version": options.version, "traced_steps": trace.steps - first,
         "trace_first_step": trace.first_step, "metric_value_valid": value, "seconds": seconds,
         "growth": growth, "verdict": verdict, "verdict_message": message,
         "n_flagged": {FLAG_NAMES[f]: int((flags == f).sum()) for f in FLAG_NAMES},
@@ -76,7 +76,7 @@ def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         return None
     try:
         meta = run.read_json(f"influence/{key}/meta.json")
-        if meta["options"] != options.identity(n_params) or meta["estimator_version"] != ESTIMATOR_VERSION:
+        if meta["options"] != options.identity(n_params) or meta["estimator_version"] != options.version:
             return None
         return _read_result(run, key)
     except StoreError as e:
