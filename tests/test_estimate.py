@@ -397,3 +397,34 @@ def test_with_softplus_a_whole_removal_matches_the_first_order_estimate(tmp_path
 
     assert kendalltau(est, actual).statistic >= 0.9  # observed 1.0
     assert np.median(np.abs(actual - est) / np.abs(actual)) <= 0.02  # observed 2.2e-4
+
+
+def test_a_trace_of_one_generator_half_step_skips_the_discriminator_and_says_so(tmp_path):
+    """Alternating Adam with train.trace_steps=1 traces only G's last half-step: D has no traced update (this
+    raised IndexError in last_updates). The pass runs: no instance term (no real data), D's buffers weigh 1,
+    and the result says so."""
+    from influence.estimator import last_updates
+
+    cfg = apply_overrides(toy_config(), ["data.n_train=400", "model.activation=softplus", "train.optimizer=adam",
+                                         "train.scheme=alternating", "train.trace_steps=1"])
+    run = train(cfg, tmp_path)
+    trace = Trace.load(run)
+    assert trace.steps == 1 and last_updates(trace) == {"g": 0}
+    r = estimate(run, ["all", "dloss"])
+    for m in ("all", "dloss"):
+        assert np.all(r[m].scores == 0) and np.all(r[m].flags == FLAG_NEVER_TRACED)
+        assert r[m].meta["unmeasured_players"] == ["d"] and "D has no update" in r[m].meta["unmeasured_note"]
+        assert np.isfinite(r[m].meta["growth"])
+    # the growth factor by hand: |lambda| over the state before and after G's step; D-loss reads theta_D, whose
+    # adjoint the G step changes, and D's buffers (weight 1) keep a zero adjoint
+    ctx, _ = _ctx_trace(run)
+    from influence.estimator import backward_step, block_scales, initial_adjoint
+    from influence.objectives import metric_objectives
+
+    lam_T, _ = initial_adjoint(ctx, trace, metric_objectives(["dloss"], True))
+    s = trace.layout.split(torch.from_numpy(np.array(trace.states[0])))
+    lam_0, _ = backward_step(ctx, trace, 0, s, lam_T)
+    scales = block_scales(ctx, trace)
+    assert scales[2:4] == [1.0, 1.0]  # m_d, v_d
+    norm = lambda lam: float(np.sqrt(sum((w * float(a.double().norm())) ** 2 for w, a in zip(scales, lam))))  # noqa: E731
+    assert r["dloss"].meta["growth"] == pytest.approx(max(norm(lam_0), norm(lam_T)) / norm(lam_T), rel=1e-12)

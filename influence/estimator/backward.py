@@ -129,8 +129,15 @@ PLAYERS = (("d", (KIND_BOTH, KIND_D)), ("g", (KIND_BOTH, KIND_G)))
 
 
 def last_updates(trace: Trace) -> dict[str, int]:
-    """Each player's last traced update (the step whose state `block_scales` measures)."""
-    return {p: int(np.flatnonzero(np.isin(trace.kinds, kinds))[-1]) for p, kinds in PLAYERS}
+    """Each player's last traced update (the step whose state `block_scales` measures); a player without
+    one (a trace of a single G half-step) is left out."""
+    steps = {p: np.flatnonzero(np.isin(trace.kinds, kinds)) for p, kinds in PLAYERS}
+    return {p: int(at[-1]) for p, at in steps.items() if len(at)}
+
+
+def unmeasured_players(trace: Trace) -> list[str]:
+    """Players with optimizer buffers but no traced update: `block_scales` weighs their buffers 1."""
+    return [p for p, _ in PLAYERS if p not in last_updates(trace)] if trace.layout.n_buffers else []
 
 
 def block_scales(ctx: RunContext, trace: Trace, found: dict[str, list[float]] | None = None) -> list[float]:
@@ -145,7 +152,8 @@ def block_scales(ctx: RunContext, trace: Trace, found: dict[str, list[float]] | 
     sums about 1 / (1 - beta) steps of such perturbations (Adam's v: 1,000), so its adjoint
     accumulates by that much without anything becoming unstable: the weight also carries
     (1 - beta), so that the growth factor reads explosion, not memory. Parameters and the
-    EMA weigh 1, so SGD runs keep the paper's |u|.
+    EMA weigh 1, so SGD runs keep the paper's |u|. A player without a traced update has nothing to
+    measure on; its buffers weigh 1 (`unmeasured_players`; the result's meta says so).
 
     `found`: players' weights already measured (by the pass's own walk); the others are
     measured here, with one walk for both players' states.
@@ -158,7 +166,8 @@ def block_scales(ctx: RunContext, trace: Trace, found: dict[str, list[float]] | 
         for t, s in states_backward(ctx, trace, first=min(wanted), last=max(wanted)):
             for player in [p for p, at in last.items() if at == t and p not in scales]:
                 scales[player] = player_scales(ctx, trace, player, t, s)
-    return [1.0, 1.0] + scales["d"] + scales["g"] + ([1.0] if trace.layout.ema else [])
+    unmeasured = [1.0] * trace.layout.n_buffers
+    return [1.0, 1.0] + scales.get("d", unmeasured) + scales.get("g", unmeasured) + ([1.0] if trace.layout.ema else [])
 
 
 def player_scales(ctx: RunContext, trace: Trace, player: str, t: int, s: TrainState) -> list[float]:

@@ -23,6 +23,7 @@ from ..errors import ConfigError, StoreError
 from ..honesty import if_removed
 from ..metrics import METRIC_LABELS, harmful_sign, sign_sentence
 from ..train import Trace
+from .backward import unmeasured_players
 from .options import EstimateOptions
 from .verdict import FLAG_NAMES, FLAG_NEVER_TRACED, growth_of, instance_flags, verdict_for
 
@@ -61,6 +62,13 @@ def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         "growth": growth, "verdict": verdict, "verdict_message": message,
         "n_flagged": {FLAG_NAMES[f]: int((flags == f).sum()) for f in FLAG_NAMES},
     }
+    unmeasured = unmeasured_players(trace)
+    if unmeasured:
+        names = " and ".join({"d": "D", "g": "G"}[p] for p in unmeasured)
+        meta["unmeasured_players"] = unmeasured
+        meta["unmeasured_note"] = (f"{names} has no update in the traced steps: no instance term comes from it, and "
+                                   "its optimizer buffers weigh 1 in the growth factor (their scale is measured on "
+                                   "a player's last traced update)")
     run.write_npy(f"influence/{key}/scores.npy", scores)
     run.write_npy(f"influence/{key}/flags.npy", flags)
     run.write_npy(f"influence/{key}/u_norms.npy", norms[:, :2])
