@@ -268,6 +268,7 @@ def cmd_estimate(args, root: Path) -> int:
                   "verdict": r.meta["verdict"], "verdict_message": r.meta["verdict_message"],
                   "metric_verdict": report["verdicts"][m],
                   "growth": r.meta["growth"], "seconds": r.meta["seconds"], "traced_steps": r.meta["traced_steps"],
+                  "notes": _result_notes(r.meta), "conditions": r.meta.get("conditions"),
                   "result": name, "result_in_use": in_use,
                   "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
                                     "influence": float(r.scores[i])} for i in top],
@@ -280,6 +281,8 @@ def cmd_estimate(args, root: Path) -> int:
         print(f"  stability: {o['verdict_message']}")
         mv = o["metric_verdict"]
         print(f"  metric: {mv['verdict']}" + (f" - {'; '.join(mv['reasons'])}" if mv["reasons"] else ""))
+        for note in o["notes"]:
+            print(f"  note: {note}")
         print(f"  {o['traced_steps']} traced steps in {o['seconds']:.1f} s; most harmful: " +
               ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']:+.3g})"
                         for t in o["most_harmful"]))
@@ -287,6 +290,13 @@ def cmd_estimate(args, root: Path) -> int:
                                  "(--use switches)"))
     print(f"table: {out[args.metric[0]]['table']} (and .csv)")
     return 0
+
+
+def _result_notes(meta: dict) -> list[str]:
+    """What a user must know about an influence result beyond its verdict: a player without a traced update,
+    a recompute under other conditions than training's."""
+    notes = [meta["unmeasured_note"]] if meta.get("unmeasured_note") else []
+    return notes + list((meta.get("conditions") or {}).get("warnings", []))
 
 
 def _n_params(run: store.Run) -> int:

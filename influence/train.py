@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import store
+from . import conditions, store
 from .classifier import PINNED, feature_weights
 from .config import RunConfig
 from .context import RunContext
@@ -407,6 +407,8 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
         "layout": layout.as_dict(), "rule": ctx.rule.as_dict(), "scheme": ctx.cfg.train.scheme,
         "ema_eval": bool(ctx.cfg.eval.ema_generator and state.ema is not None),
         "trace_mode": ctx.cfg.train.trace_mode, "checkpoint_every": rec.every,
+        # what a bit-exact recompute or replay needs besides the config and seed (influence.conditions)
+        "conditions": conditions.current(ctx.device, ctx.dtype),
     })
     run.write_json("history.json", history)
     summary = {

@@ -428,3 +428,48 @@ def test_a_trace_of_one_generator_half_step_skips_the_discriminator_and_says_so(
     assert scales[2:4] == [1.0, 1.0]  # m_d, v_d
     norm = lambda lam: float(np.sqrt(sum((w * float(a.double().norm())) ** 2 for w, a in zip(scales, lam))))  # noqa: E731
     assert r["dloss"].meta["growth"] == pytest.approx(max(norm(lam_0), norm(lam_T)) / norm(lam_T), rel=1e-12)
+
+
+def test_conditions_differences_name_what_differs_and_never_guess():
+    from influence import conditions
+
+    now = {"threads": 2, "device": "cpu", "dtype": "float32", "torch": "2.5.0"}
+    assert conditions.differences(dict(now), now, "this replay runs") == []
+    (line,) = conditions.differences(None, now, "this replay runs")
+    assert "not recorded" in line and "this replay runs" in line
+    other = conditions.differences({**now, "threads": 1, "dtype": "float64"}, now, "this replay runs")
+    assert len(other) == 2 and "at 2 torch threads, training ran at 1" in other[0] and "float64" in other[1]
+    cuda = {**now, "device": "cuda:0"}
+    assert conditions.differences({**cuda, "threads": 8}, cuda) == []  # threads do not split GPU kernels
+    assert "on cuda:0, training ran on cpu" in conditions.differences(now, cuda)[0]
+
+
+def test_training_records_its_conditions_and_the_pass_says_when_its_recompute_differs(tmp_path):
+    """trace/meta.json records threads, device, dtype and torch version; the influence pass compares its
+    recompute of checkpoint segments with them (nothing to compare in a trace that stores every state), and a
+    run from before the record reads "not recorded"."""
+    from influence import conditions
+
+    cfg = apply_overrides(toy_config(), ["data.n_train=400", "train.trace_mode=checkpoints", "train.checkpoint_every=2"])
+    run = train(cfg, tmp_path / "a")
+    meta = run.read_json("trace/meta.json")
+    assert meta["conditions"] == conditions.current("cpu", torch.float64)
+    threads = torch.get_num_threads()
+    same = estimate(run, ["all"])["all"].meta["conditions"]
+    assert same["recomputes"] and same["warnings"] == [] and same["training"] == meta["conditions"]
+    other = copy_run(run, tmp_path / "b", keep_results=False)
+    try:
+        torch.set_num_threads(threads % 2 + 1)
+        (line,) = estimate(other, ["all"])["all"].meta["conditions"]["warnings"]
+    finally:
+        torch.set_num_threads(threads)
+    assert f"at {threads % 2 + 1} torch threads, training ran at {threads}" in line
+    old = copy_run(run, tmp_path / "c", keep_results=False)
+    old.write_json("trace/meta.json", {k: v for k, v in meta.items() if k != "conditions"})
+    (line,) = estimate(old, ["all"])["all"].meta["conditions"]["warnings"]
+    assert line.startswith("training's conditions (threads, device, dtype) were not recorded")
+    snapshots = train(apply_overrides(toy_config(), ["data.n_train=400"]), tmp_path / "d")
+    snapshots.write_json("trace/meta.json", {k: v for k, v in snapshots.read_json("trace/meta.json").items()
+                                             if k != "conditions"})
+    plain = estimate(snapshots, ["all"])["all"].meta["conditions"]
+    assert not plain["recomputes"] and plain["warnings"] == []

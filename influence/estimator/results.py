@@ -45,8 +45,10 @@ class InfluenceResult:
 
 
 def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params: int, scores: np.ndarray, norms: np.ndarray,
-                step_of: np.ndarray, value: float, seconds: float, first: int, trace: Trace) -> InfluenceResult:
-    """Store one metric's result of a finished pass; norms = (steps + 1, 3) |lambda_D|, |lambda_G|, whole state."""
+                step_of: np.ndarray, value: float, seconds: float, first: int, trace: Trace,
+                conditions: dict | None = None) -> InfluenceResult:
+    """Store one metric's result of a finished pass; norms = (steps + 1, 3) |lambda_D|, |lambda_G|, whole state;
+    conditions: the pass's recompute against training's (`runner.pass_conditions`)."""
     total = norms[:, 2]  # |lambda| over the whole state, index = traced step
     ratio, growth = growth_of(total, first)
     # An instance at step t is scored with u after the steps t+1.. : its amplification is ratio[t+1].
@@ -61,6 +63,7 @@ def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         "trace_first_step": trace.first_step, "metric_value_valid": value, "seconds": seconds,
         "growth": growth, "verdict": verdict, "verdict_message": message,
         "n_flagged": {FLAG_NAMES[f]: int((flags == f).sum()) for f in FLAG_NAMES},
+        "conditions": conditions,
     }
     unmeasured = unmeasured_players(trace)
     if unmeasured:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from .. import store
+from .. import conditions, store
 from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
 from ..metrics import check_metric
@@ -45,9 +45,10 @@ def estimate(
         objectives = metric_objectives(todo, cfg.is_2d)
         state, norms, seconds, first = stored_pass(ctx, run, trace, objectives, options, progress, cancel)
         step_of = trace.step_of_instance(ctx.dataset.n_train, first)
+        recompute = pass_conditions(run, trace, ctx)
         for i, metric in enumerate(todo):
             results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
-                                          step_of, state.values[i], seconds / len(todo), first, trace)
+                                          step_of, state.values[i], seconds / len(todo), first, trace, recompute)
         drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
         if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
             run.write_json(CHOSEN, {"name": result_name(options, n_params)})
@@ -60,6 +61,16 @@ def check_options(options: EstimateOptions, trace: Trace) -> None:
     options.identity(trace.final.shape[0])
     if options.last_steps is not None and not 1 <= options.last_steps <= trace.steps:
         raise ConfigError(f"last_steps must lie in 1..{trace.steps} (the traced steps)")
+
+
+def pass_conditions(run: store.Run, trace: Trace, ctx: RunContext) -> dict:
+    """The conditions of the pass's recompute of checkpoint segments against training's (`conditions.report`);
+    a trace that stores every state recomputes nothing, so nothing there can differ."""
+    train_ctx = training_context(ctx)
+    out = conditions.report(run.read_json("trace/meta.json"), train_ctx.device, train_ctx.dtype,
+                            "the influence pass recomputes the trace's checkpoint segments")
+    return {**out, "recomputes": not trace.stores_every_step,
+            "warnings": out["warnings"] if not trace.stores_every_step else []}
 
 
 def training_context(ctx: RunContext) -> RunContext:
