@@ -122,6 +122,10 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
                    help="exact: adjoints through Adam's/momentum's buffers; frozen: the incoming buffers as constants, "
                         "the fresh gradient differentiated through the whole update (the 2025 follow-up's "
                         "approximation, kept for comparison)")
+    p.add_argument("--method", default="exact", choices=["exact", "no-propagation", "tracin"],
+                   help="exact: the adjoint carried back through every traced step (ASGD-Influence); baselines from "
+                        "the same trace, carried only through the generator's next update: no-propagation (the "
+                        "metric's gradient at the end), tracin (the metric's gradient at each step's state)")
 
 
 def _options(args):
@@ -130,7 +134,7 @@ def _options(args):
     if not 0 <= args.damping < 1:
         raise ConfigError("--damping must lie in [0, 1)")
     return EstimateOptions(dtype=args.dtype, damping=args.damping, last_steps=args.last_steps,
-                           optimizer_state=args.optimizer_state)
+                           optimizer_state=args.optimizer_state, method=args.method)
 
 
 # ---------------------------------------------------------------- progress

@@ -23,9 +23,10 @@ from ..errors import ConfigError, StoreError
 from ..honesty import if_removed
 from ..metrics import METRIC_LABELS, harmful_sign, sign_sentence
 from ..train import Trace
+from .alternatives import baseline_verdict
 from .backward import unmeasured_players
 from .options import EstimateOptions
-from .verdict import FLAG_NAMES, FLAG_NEVER_TRACED, growth_of, instance_flags, verdict_for
+from .verdict import FLAG_NAMES, FLAG_NEVER_TRACED, FLAG_NOT_ASSESSED, growth_of, instance_flags, verdict_for
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,14 @@ def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
     # An instance at step t is scored with u after the steps t+1.. : its amplification is ratio[t+1].
     verdict, message = verdict_for(growth)
     flags = instance_flags(ratio[1:], step_of)
+    if options.method != "exact":  # the size of a baseline's adjoint says nothing about stability
+        verdict, message = baseline_verdict(options.method)
+        flags = np.where(step_of >= 0, FLAG_NOT_ASSESSED, FLAG_NEVER_TRACED).astype(np.int8)
     key = options.key(metric, n_params)
     meta = {
         "metric": metric, "label": METRIC_LABELS[metric], "sign": sign_sentence(metric),
         "harmful_sign": harmful_sign(metric), "options": options.identity(n_params),
-        "optimizer": trace.rule.optimizer.kind, "ema_generator": trace.ema_eval,
+        "method": options.method, "optimizer": trace.rule.optimizer.kind, "ema_generator": trace.ema_eval,
         "estimator_version": options.version, "traced_steps": trace.steps - first,
         "trace_first_step": trace.first_step, "metric_value_valid": value, "seconds": seconds,
         "growth": growth, "verdict": verdict, "verdict_message": message,
@@ -133,7 +137,9 @@ def chosen_name(run: store.Run, sets: dict | None = None) -> str | None:
             name = None
         if name in sets:
             return name
-    return next(iter(sets), None)
+    # by default an estimate, not a baseline (`alternatives`), unless there is nothing else
+    estimates = (n for n, rs in sets.items() if all(r.meta.get("method", "exact") == "exact" for r in rs.values()))
+    return next(estimates, next(iter(sets), None))
 
 
 def choose_results(run: store.Run, name: str, dataset=None) -> None:

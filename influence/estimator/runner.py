@@ -15,6 +15,7 @@ from ..metrics import check_metric
 from ..objectives import Objective, metric_objectives
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
+from .alternatives import baseline_advance
 from .backward import PassState, pass_norms, start_pass, walk_back
 from .options import EstimateOptions, result_name
 from .results import CHOSEN, InfluenceResult, load_result, save_result, write_table
@@ -50,7 +51,8 @@ def estimate(
             results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
                                           step_of, state.values[i], seconds / len(todo), first, trace, recompute)
         drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
-        if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
+        if not run.exists(CHOSEN) and options.method == "exact":
+            # the first estimate computed is the one in use until the user picks another (a baseline never is)
             run.write_json(CHOSEN, {"name": result_name(options, n_params)})
         write_table(run, ctx.dataset)
     return {m: results[m] for m in metrics}
@@ -99,7 +101,9 @@ def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[
         state, elapsed = loaded
         state.adjoint = [a.to(ctx.device, ctx.dtype) for a in state.adjoint]
     report = Reporter("influence", trace.steps - first, progress, cancel)
-    for t in walk_back(ctx, trace, state, first, options.optimizer_state == "frozen", options.damping, train_ctx):
+    frozen = options.optimizer_state == "frozen"
+    advance = None if options.method == "exact" else baseline_advance(ctx, trace, objectives, options.method, frozen)
+    for t in walk_back(ctx, trace, state, first, frozen, options.damping, train_ctx, advance):
         done = trace.steps - t
         if options.checkpoint_every and done % options.checkpoint_every == 0 and t > first:
             _save_partial(run, partial, names, options, n_params, state, elapsed + time.perf_counter() - started)
