@@ -427,7 +427,7 @@ def test_a_trace_of_one_generator_half_step_skips_the_discriminator_and_says_so(
     lam_0, _ = backward_step(ctx, trace, 0, s, lam_T)
     scales = block_scales(ctx, trace)
     assert scales[2:4] == [1.0, 1.0]  # m_d, v_d
-    norm = lambda lam: float(np.sqrt(sum((w * float(a.double().norm())) ** 2 for w, a in zip(scales, lam))))  # noqa: E731
+    norm = lambda lam: float(np.sqrt(sum((w * float(a.double().norm())) ** 2 for w, a in zip(scales, lam))))
     assert r["dloss"].meta["growth"] == pytest.approx(max(norm(lam_0), norm(lam_T)) / norm(lam_T), rel=1e-12)
 
 
@@ -491,7 +491,7 @@ class _DiscriminatorMean:
 
 def _states(ctx, trace):
     """s_0 .. s_T of the snapshot trace."""
-    split = lambda a: trace.layout.split(torch.from_numpy(np.array(a)).to(ctx.dtype))  # noqa: E731
+    split = lambda a: trace.layout.split(torch.from_numpy(np.array(a)).to(ctx.dtype))
     return [split(trace.states[t]) for t in range(trace.steps)] + [split(trace.final_state)]
 
 

@@ -14,7 +14,16 @@ from torch.func import functional_call, grad, jacrev
 
 from influence.gan import GanFunctions
 from influence.optim import OptimizerSpec
-from influence.stepmap import KIND_BOTH, KIND_D, KIND_G, KIND_PLAYERS, StepInputs, TrainingRule, TrainState, state_vjp
+from influence.stepmap import (
+    KIND_BOTH,
+    KIND_D,
+    KIND_G,
+    KIND_PLAYERS,
+    StepInputs,
+    TrainingRule,
+    TrainState,
+    state_vjp,
+)
 
 
 # ---------------------------------------------------------------- the update against torch.optim
