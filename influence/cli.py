@@ -193,8 +193,10 @@ def _run(root: Path, spec: dict, quiet: bool) -> dict:
 def cmd_train(args, root: Path) -> int:
     from .config import apply_overrides, preset
 
+    from .data import prepare
+
     init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
-    cfg = apply_overrides(preset(args.preset, args.seed), args.set + init)
+    cfg = prepare(apply_overrides(preset(args.preset, args.seed), args.set + init))  # own images: read from them
     from .context import RunContext
 
     RunContext.create(cfg, root)  # checks that need the data (batch vs data set size) before the job writes anything
@@ -202,13 +204,14 @@ def cmd_train(args, root: Path) -> int:
     result = _run(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, args.json)
     out = {"run_id": result["run_id"], "device": result["device"], "steps": result["steps"],
            "seconds": result["seconds"], "wall_seconds": time.perf_counter() - started, "test": result["test"],
-           "metric_report": result.get("metric_report")}
+           "metric_report": result.get("metric_report"), "source": _source_record(root, result["run_id"])}
     if args.json:
         print(json.dumps(out))
     else:
         metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.4f}" for k, v in result["test"].items())
         print(f"run {out['run_id']}: {out['steps']} steps on {out['device']} in {result['seconds']:.1f} s; test {metrics}")
         _print_report(out["metric_report"])
+        _print_source(out["source"], root / out["run_id"])
     return 0
 
 
@@ -221,6 +224,25 @@ def _print_report(report: dict | None) -> None:
         print(f"  {reference_line(report)}")
     for m in report["verdicts"]:
         print(f"  {verdict_line(report, m)}")
+
+
+def _source_record(root: Path, run_id: str) -> dict | None:
+    from .data import SOURCE_RECORD
+
+    run = store.open_run(root, run_id)
+    return run.read_json(SOURCE_RECORD) if run.exists(SOURCE_RECORD) else None
+
+
+def _print_source(source: dict | None, run_dir: Path) -> None:
+    """Own images: the files that were not read, counted and named (all of them in the run's source.json)."""
+    if not source:
+        return
+    for key, what in (("unreadable", "unreadable files skipped"), ("links_not_followed", "links not followed"),
+                      ("renamed", "zip members renamed to unique paths")):
+        items = source.get(key) or []
+        if items:
+            shown = ", ".join(i["path"] for i in items[:3]) + (", ..." if len(items) > 3 else "")
+            print(f"  {len(items)} {what}: {shown} (all in {run_dir / 'source.json'})")
 
 
 def cmd_runs(args, root: Path) -> int:
@@ -403,9 +425,10 @@ def cmd_sweep(args, root: Path) -> int:
 
     from .config import apply_overrides, preset
     from .context import RunContext
+    from .data import prepare
     from .specs import sweep_spec
 
-    base = apply_overrides(preset(args.preset, 0), args.set)
+    base = prepare(apply_overrides(preset(args.preset, 0), args.set))
     n_train = RunContext.create(base, root).dataset.n_train
     spec = sweep_spec(base, args.seeds, args.methods, args.counts, args.metric, n_train, _options(args))
     table = pd.DataFrame(_run(root, spec, args.json)["table"])

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from influence import config as config_module
 from influence import store
-from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
-from influence.data import folder_has_labels
+from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, own_images_defaults, preset, validate
+from influence.data import prepare
 from influence.errors import ConfigError
 
 DATASETS = {
@@ -72,13 +72,10 @@ def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunCo
     source = "folder" if data_key in ("upload", "folder") else data_key
     if source != "mnist" and not (data_root or "").strip():
         raise ConfigError(f"{DATASETS[data_key]}: enter the folder path (or upload a zip) first")
-    n_train = None if source == "folder" else cfg.data.n_train
-    data = dataclasses.replace(cfg.data, source=source, root=(data_root or "").strip() or None, n_train=n_train)
+    data = dataclasses.replace(cfg.data, source=source, root=(data_root or "").strip() or None)
     cfg = dataclasses.replace(cfg, data=data)
-    if source == "folder" and not folder_has_labels(data.root):
-        # No class sub-folders: IS/FID features from an autoencoder trained on the images (no labels needed).
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature="autoencoder"))
-    return cfg
+    # Own images: colour, size, held-out splits, all images and the features follow the images (data.prepare)
+    return own_images_defaults(cfg) if source == "folder" else cfg
 
 
 def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
@@ -124,7 +121,7 @@ def apply_edits(cfg: RunConfig, edited: dict[str, str]) -> RunConfig:
     """The config with the form's changed fields applied; ConfigError with the reason otherwise."""
     values = _flat(cfg)
     assignments = [f"{key}={text.strip()}" for key, text in edited.items() if text.strip() != values[key]]
-    out = apply_overrides(cfg, assignments)
+    out = prepare(apply_overrides(cfg, assignments))  # own images: read from them, fingerprinted
     validate(out)
     return out
 

@@ -1,0 +1,168 @@
+"""Own-image sources (issue 23, items 1, 3, 5, 8, 9, 11, 12): a run is bound to the exact files it was trained
+on (fingerprint in the run id, refusal when they change), unique paths for zip members, bounded decoding, 16-bit
+PNGs, damaged archives, bounded folder walks and links that leave the folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from influence import classifier, store
+from influence.cli import main
+from influence.config import apply_overrides, preset
+from influence.context import RunContext
+from influence.data import load_dataset, prepare
+from influence.errors import ConfigError, DataError
+from influence.estimator import estimate
+from influence.train import train
+
+N_PER_CLASS = 36  # two classes: 72 images, 20 + 20 held out (auto), 32 to train
+
+
+def png(value: int, size: tuple[int, int] = (8, 8), mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def class_folder(root: Path, n: int = N_PER_CLASS) -> Path:
+    """Two class folders of small grey PNGs, each image a different shade."""
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / f"c{c}" / f"{i:03d}.png").write_bytes(png(40 + 100 * c + i))
+    return root
+
+
+def own_config(root: Path | str, *sets: str):
+    """The tiny preset on a folder through --set, as the CLI makes it (then prepared)."""
+    return prepare(apply_overrides(preset("tiny"), ["data.source=folder", f"data.root={root}", "train.batch_size=8",
+                                                    *sets]))
+
+
+def _one_error_line(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, out, err)
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- item 1: fingerprint, run id, refusal
+def test_fingerprint_and_absolute_root_enter_the_run_id(tmp_path, monkeypatch):
+    a, b = class_folder(tmp_path / "a" / "imgs"), class_folder(tmp_path / "b" / "imgs")
+    (b / "c0" / "000.png").write_bytes(png(7))  # one file differs
+    monkeypatch.chdir(tmp_path / "a")
+    from_a = own_config("imgs")
+    monkeypatch.chdir(tmp_path / "b")
+    from_b = own_config("imgs")
+    assert from_a.data.root == str(a) and from_b.data.root == str(b)  # absolute, not the text typed
+    assert from_a.data.fingerprint and from_a.data.fingerprint != from_b.data.fingerprint
+    assert from_a.run_id != from_b.run_id
+    assert from_a.run_id.startswith("imgs-tiny-s0-")  # the data set's name, then the preset
+    (a / "c1" / "new.png").write_bytes(png(3))
+    assert own_config(a).run_id != from_a.run_id  # one more file: another run
+    # built-in data keep their ids (pinned in test_config), and need no fingerprint
+    assert prepare(preset("tiny")).run_id == preset("tiny").run_id and preset("tiny").data.fingerprint is None
+
+
+def test_feature_net_cache_is_keyed_by_the_fingerprint_not_the_path(tmp_path):
+    a = class_folder(tmp_path / "a")
+    b = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(a, b)
+    ca, cb = own_config(a), own_config(b)
+    weights = [classifier.feature_weights(c.eval, c.identity()["data"], tmp_path) for c in (ca, cb)]
+    assert ca.eval.feature == "mnist-cnn" and weights[0] == weights[1]  # same files, one net
+    (b / "c0" / "000.png").write_bytes(png(9))
+    cc = own_config(b)
+    assert classifier.feature_weights(cc.eval, cc.identity()["data"], tmp_path) != weights[0]
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory):
+    """A finished tiny run on a folder of 72 labelled images, with influence on FID."""
+    base = tmp_path_factory.mktemp("own_run")
+    images = class_folder(base / "imgs")
+    cfg = own_config(images)
+    run = train(cfg, base / "store")
+    estimate(run, ["fid"])
+    return run, images, cfg
+
+
+def _copy(own_run, tmp_path):
+    """A private copy of the run and its images (the test changes the images)."""
+    run, images, cfg = own_run
+    new_images = tmp_path / "imgs"
+    shutil.copytree(images, new_images)
+    root = tmp_path / "store"
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(new_images)))
+    shutil.copytree(run.dir, root / cfg.run_id)
+    store.write_json(root / cfg.run_id / "config.json", cfg.to_dict())  # the copy's own data.root
+    copy = store.Run(root, cfg.run_id)
+    with copy._manifest_update() as m:
+        m["config.json"] = {"size": (root / cfg.run_id / "config.json").stat().st_size,
+                            "sha256": store.sha256_file(root / cfg.run_id / "config.json")}
+    return copy, new_images, cfg
+
+
+def test_the_run_records_its_source(own_run):
+    run, images, cfg = own_run
+    record = run.read_json("source.json")
+    assert record["fingerprint"] == cfg.data.fingerprint and record["n_images"] == 2 * N_PER_CLASS
+    assert record["split_sizes"] == {"train": 2 * N_PER_CLASS - 40, "valid": 20, "test": 20}
+    assert run.read_json("summary.json")["n_unreadable"] == 0
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda d: (d / "c1" / "zzz.png").write_bytes(png(1)), "1 file added (c1/zzz.png)"),
+    (lambda d: (d / "c0" / "005.png").unlink(), "1 file removed (c0/005.png)"),
+    (lambda d: (d / "c0" / "005.png").write_bytes(png(250)), "1 file changed (c0/005.png)"),
+])
+def test_every_command_refuses_a_changed_source(own_run, tmp_path, capsys, change, says):
+    run, images, cfg = _copy(own_run, tmp_path)
+    RunContext.create(cfg, run.root)  # unchanged: loads
+    change(images)
+    with pytest.raises(DataError, match="changed since this run was made"):
+        RunContext.create(cfg, run.root)
+    removal = tmp_path / "r.csv"
+    removal.write_text("id\n0\n")
+    base = ["--store", str(run.root)]
+    for argv in (["estimate", "--run", run.run_id, "--metric", "dloss"],
+                 ["cleanse", "--run", run.run_id, "--remove", str(removal)],
+                 ["cleanse", "--run", run.run_id, "--top-harmful", "2", "--by", "fid"],
+                 ["validate", "--run", run.run_id, "--metric", "fid", "--n", "2"],
+                 ["export", "--run", run.run_id, "--removal", str(removal), "--to", str(tmp_path / "out")]):
+        line = _one_error_line(capsys, base + argv)
+        assert "changed since this run was made" in line and says in line, (argv, line)
+        assert "IndexError" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_refusal_counts_files_when_the_cache_forgot_them(own_run, tmp_path, monkeypatch):
+    run, images, cfg = _copy(own_run, tmp_path)
+    monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "fresh-cache"))
+    (images / "c0" / "001.png").unlink()
+    with pytest.raises(DataError, match=r"changed since this run was made: its files' paths, sizes or contents "
+                                        r"differ \(now 71 files\)"):
+        RunContext.create(cfg, run.root)
+
+
+def test_unprepared_own_images_config_is_refused_for_training(tmp_path):
+    images = class_folder(tmp_path / "imgs")
+    raw = apply_overrides(preset("tiny"), ["data.source=folder", f"data.root={images}"])
+    assert raw.data.color == "auto"  # the images decide (prepare reads them)
+    with pytest.raises(ConfigError, match="was not prepared"):
+        load_dataset(raw.data, 0, tmp_path / "cache")
+    legacy = dataclasses.replace(raw, data=dataclasses.replace(prepare(raw).data, fingerprint=None))
+    with pytest.raises(ConfigError, match="needs its images' fingerprint"):
+        train(legacy, tmp_path / "store")
