@@ -352,7 +352,7 @@ def cmd_cleanse(args, root: Path) -> int:
     ctx = RunContext.create(cfg, root)
     if args.remove:
         text = _read_removal_file(args.remove)
-        ids = read_removal_csv(text, ctx.dataset.n_train, ctx.dataset.train_paths)
+        ids = read_removal_csv(text, ctx.dataset.n_train, ctx.dataset.train_paths, ctx.dataset.ambiguous_paths)
     else:
         if not 1 <= args.top_harmful < ctx.dataset.n_train:
             raise ConfigError(f"--top-harmful must lie in 1..{ctx.dataset.n_train - 1}")
@@ -385,7 +385,8 @@ def cmd_export(args, root: Path) -> int:
 
     run = store.open_run(root, args.run)
     ctx = RunContext.create(load_run_config(run), root)
-    ids = read_removal_csv(_read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths)
+    ids = read_removal_csv(_read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths,
+                           ctx.dataset.ambiguous_paths)
     manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
     if args.json:
         print(json.dumps(manifest))

@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from PIL import Image
 from . import store
 from .cleanse import check_removal_ids
 from .context import RunContext, load_run_config
+from .data.sources import Reader, list_source
 from .errors import ConfigError
 from .estimator import cached_results, chosen_name
 from .removal import removal_frame
@@ -87,21 +87,15 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
 
 
 def _copy_originals(source: Path, paths: list[str], out: Path) -> int:
-    if source.is_dir():
+    """Each instance's own bytes under its unique path (zip members that shared a name are told apart by
+    their place in the archive, not by the name)."""
+    listing = list_source(source)
+    members = {m.path: m for m in listing.members}
+    with Reader(listing) as reader:
         for rel in paths:
-            src = source / rel
-            if not src.is_file():
-                raise ConfigError(f"{src} is gone from the source folder since the run read it; nothing exported")
-            dst = out / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-        return len(paths)
-    with zipfile.ZipFile(source) as archive:
-        for rel in paths:
-            try:
-                data = archive.read(rel)
-            except KeyError:
-                raise ConfigError(f"{rel} is gone from {source} since the run read it; nothing exported") from None
+            data = reader.read(members[rel]) if rel in members else "gone"
+            if isinstance(data, str):
+                raise ConfigError(f"{rel} cannot be read from {source} any more ({data}); nothing exported")
             dst = out / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(data)

@@ -21,6 +21,7 @@ from influence.cli import main
 from influence.config import apply_overrides, preset
 from influence.context import RunContext
 from influence.data import load_dataset, prepare
+from influence.data.images import hold_out
 from influence.errors import ConfigError, DataError
 from influence.estimator import estimate
 from influence.train import train
@@ -166,3 +167,69 @@ def test_unprepared_own_images_config_is_refused_for_training(tmp_path):
     legacy = dataclasses.replace(raw, data=dataclasses.replace(prepare(raw).data, fingerprint=None))
     with pytest.raises(ConfigError, match="needs its images' fingerprint"):
         train(legacy, tmp_path / "store")
+
+
+# ---------------------------------------------------------------- item 3: duplicate names in a zip
+def labelled_zip(path: Path, extra: list[tuple[str, bytes]] = ()) -> Path:
+    """Two class folders of small PNGs in a zip, plus `extra` members (names may repeat)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for c in range(2):
+            for i in range(N_PER_CLASS):
+                z.writestr(f"c{c}/{i:03d}.png", png(40 + 100 * c + i))
+        for name, blob in extra:
+            z.writestr(name, blob)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dup_run(tmp_path_factory):
+    """A finished tiny run on a zip whose two members named c0/dup.png hold different images."""
+    base = tmp_path_factory.mktemp("dup_run")
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        archive = labelled_zip(base / "dups.zip", [("c0/dup.png", png(1)), ("c0/dup.png", png(254))])
+    # a seed whose split trains on both (sorted paths: c0/000..035, then c0/dup~1, c0/dup~2 at 36, 37)
+    seed = next(s for s in range(100) if {36, 37} <= set(hold_out(2 * N_PER_CLASS + 2, 20, 20, s)["train"]))
+    cfg = own_config(archive, "data.n_valid=20", "data.n_test=20", f"seed={seed}")
+    return train(cfg, base / "store"), cfg
+
+
+def test_zip_members_sharing_a_name_get_unique_paths_and_are_reported(dup_run):
+    run, cfg = dup_run
+    ds = RunContext.create(cfg, run.root).dataset
+    every = ds.paths["train"] + ds.paths["valid"] + ds.paths["test"]
+    assert len(every) == len(set(every)) == 2 * N_PER_CLASS + 2 and "c0/dup.png" not in every
+    assert {"c0/dup~1.png", "c0/dup~2.png"} <= set(every)
+    assert ds.ambiguous_paths == {"c0/dup.png": ["c0/dup~1.png", "c0/dup~2.png"]}
+    renamed = run.read_json("source.json")["renamed"]
+    assert [r["path"] for r in renamed] == ["c0/dup~1.png", "c0/dup~2.png"]
+    assert all("duplicate name: the archive holds 2 members named c0/dup.png" in r["reason"] for r in renamed)
+    # each path holds its own member's image: dup~1 is the dark one, dup~2 the light one
+    for rel, value in (("c0/dup~1.png", 1), ("c0/dup~2.png", 254)):
+        split = next(s for s in ("train", "valid", "test") if rel in ds.paths[s])
+        x = getattr(ds, split).x[ds.paths[split].index(rel)]
+        assert abs(float((x.mean() + 1) * 127.5) - value) < 0.5
+
+
+def test_a_removal_csv_naming_an_ambiguous_path_is_an_error(dup_run, tmp_path, capsys):
+    run, cfg = dup_run
+    removal = tmp_path / "r.csv"
+    removal.write_text("path\nc0/dup.png\n")
+    line = _one_error_line(capsys, ["--store", str(run.root), "export", "--run", run.run_id, "--removal", str(removal),
+                                    "--to", str(tmp_path / "out")])
+    assert "'c0/dup.png' is ambiguous: the zip holds 2 members of that name, loaded as c0/dup~1.png, c0/dup~2.png" in line
+
+
+def test_export_never_leaks_a_removed_duplicate_or_drops_a_kept_one(dup_run, tmp_path):
+    from influence.export import export_cleaned
+
+    run, cfg = dup_run
+    ds = RunContext.create(cfg, run.root).dataset
+    train_paths = ds.train_paths
+    assert {"c0/dup~1.png", "c0/dup~2.png"} <= set(train_paths)
+    removed = train_paths.index("c0/dup~2.png")  # the light one
+    manifest = export_cleaned(run, [removed], tmp_path / "out")
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    images = [f for f in files if f.endswith(".png")]
+    assert manifest["n_exported"] == len(images) == ds.n_train - 1
+    assert "c0/dup~2.png" not in images and (tmp_path / "out" / "c0" / "dup~1.png").read_bytes() == png(1)
+    assert all(png(254) != (tmp_path / "out" / f).read_bytes() for f in images)  # the removed image is nowhere

@@ -53,7 +53,7 @@ def import_csv() -> None:
         st.session_state.pop("import-msg", None)
         return
     try:
-        ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train, paths)
+        ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train, paths, dataset.ambiguous_paths)
     except ConfigError as e:
         st.session_state["import-msg"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
         return

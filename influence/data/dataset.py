@@ -56,6 +56,11 @@ class Dataset:
         return None if self.paths is None else self.paths["train"]
 
     @property
+    def ambiguous_paths(self) -> dict[str, list[str]]:
+        """Zip sources: a name several members had -> the unique paths they were loaded as."""
+        return self.notes.ambiguous() if self.notes is not None else {}
+
+    @property
     def n_train(self) -> int:
         return len(self.train.x)
 
