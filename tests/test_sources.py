@@ -233,3 +233,129 @@ def test_export_never_leaks_a_removed_duplicate_or_drops_a_kept_one(dup_run, tmp
     assert manifest["n_exported"] == len(images) == ds.n_train - 1
     assert "c0/dup~2.png" not in images and (tmp_path / "out" / "c0" / "dup~1.png").read_bytes() == png(1)
     assert all(png(254) != (tmp_path / "out" / f).read_bytes() for f in images)  # the removed image is nowhere
+
+
+# ---------------------------------------------------------------- item 8: decode bombs, decoded sets cached
+def test_a_source_over_the_pixel_cap_is_refused_naming_the_cap(tmp_path, monkeypatch):
+    from influence.data import decode
+
+    images = class_folder(tmp_path / "imgs", n=4)  # 8 images of 8x8 = 64 pixels each
+    cfg = own_config(images, "data.n_valid=2", "data.n_test=2")
+    monkeypatch.setattr(decode, "MAX_SOURCE_PIXELS", 7 * 64)
+    decoded = []
+    monkeypatch.setattr(decode.Image.Image, "convert", _counting(decode.Image.Image.convert, decoded))
+    with pytest.raises(DataError, match=r"hold more than 448 pixels in all \(the cap, data.decode.MAX_SOURCE_PIXELS"):
+        load_dataset(cfg.data, 0, tmp_path / "cache")
+    assert len(decoded) == 7  # the eighth image's header stopped it, before its pixels were decoded
+    with pytest.raises(DataError, match="448 pixels in all"):
+        prepare(apply_overrides(preset("tiny"), ["data.source=folder", f"data.root={images}"]))
+
+
+def _counting(method, calls: list):
+    def wrapped(self, *args, **kwargs):
+        calls.append(1)
+        return method(self, *args, **kwargs)
+    return wrapped
+
+
+def test_a_folder_is_decoded_once_per_fingerprint(tmp_path, monkeypatch):
+    from influence.data import images as images_module
+
+    images = class_folder(tmp_path / "imgs", n=12)
+    cfg = own_config(images, "data.n_valid=4", "data.n_test=4")
+    cache = tmp_path / "cache"
+    calls = []
+    real = images_module.decode
+    monkeypatch.setattr(images_module, "decode", lambda *a: calls.append(1) or real(*a))
+    first = load_dataset(cfg.data, 0, cache)
+    assert len(calls) == 24
+    again = load_dataset(cfg.data, 0, cache)  # another command on the same run: read from the cache
+    assert len(calls) == 24 and all(
+        torch_equal(getattr(first, s).x, getattr(again, s).x) for s in ("train", "valid", "test"))
+    assert again.paths == first.paths and again.skipped == first.skipped
+    (images / "c0" / "000.png").write_bytes(png(3))
+    load_dataset(prepare(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fingerprint=None))).data, 0, cache)
+    assert len(calls) == 48  # another fingerprint: decoded again
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+# ---------------------------------------------------------------- item 9: 16-bit PNGs
+def test_16_bit_grey_is_scaled_by_its_range(tmp_path):
+    from influence.data.decode import to_mode
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    for i, value in enumerate((0, 32768, 65535, 16384, 49151, 1000)):
+        Image.fromarray(np.full((8, 8), value, dtype=np.uint16)).save(folder / f"{i}.png")
+    assert Image.open(folder / "1.png").mode == "I;16"
+    ds = load_dataset(own_config(folder, "data.n_valid=2", "data.n_test=2").data, 0, tmp_path / "cache")
+    values = sorted(round(float((x.mean() + 1) * 127.5)) for split in (ds.train, ds.valid, ds.test) for x in split.x)
+    assert values == [0, 4, 64, 128, 191, 255], values  # 50% grey is 128, not 255
+    as_int = Image.fromarray(np.full((4, 4), 32768, dtype=np.int32), "I")  # how older Pillows open 16-bit PNGs
+    assert np.asarray(to_mode(as_int, "L")).max() == 128 and np.asarray(to_mode(as_int, "RGB")).max() == 128
+
+
+# ---------------------------------------------------------------- item 12: links that leave the folder
+def test_links_leaving_the_folder_are_not_read_and_are_reported(tmp_path, capsys):
+    images = class_folder(tmp_path / "imgs")
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png(77))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.png").write_bytes(png(78))
+    os.symlink(outside, images / "c0" / "leak.png")
+    os.symlink(tmp_path / "other", images / "c1" / "linked-folder")
+    os.symlink(images / "c0", images / "c1" / "again")  # its images would count twice
+    os.symlink(images / "c0" / "000.png", images / "c1" / "inside.png")  # inside the folder: an image like any
+    cfg = own_config(images)
+    ds = load_dataset(cfg.data, 0, tmp_path / "cache")
+    every = ds.paths["train"] + ds.paths["valid"] + ds.paths["test"]
+    assert "c0/leak.png" not in every and not any(p.startswith(("c1/linked-folder", "c1/again")) for p in every)
+    assert "c1/inside.png" in every and len(every) == 2 * N_PER_CLASS + 1
+    links = dict(ds.notes.links)
+    assert links["c0/leak.png"] == f"a link to {outside}, outside the folder: not read"
+    assert links["c1/linked-folder"] == f"a link to {tmp_path / 'other'}, outside the folder: not read"
+    assert links["c1/again"] == "a link to a folder: not followed (its images would count twice)"
+    run = train(cfg, tmp_path / "store")
+    assert [x["path"] for x in run.read_json("source.json")["links_not_followed"]] == [
+        "c0/leak.png", "c1/again", "c1/linked-folder"]
+    assert main(["--store", str(run.root), "train", "--preset", "tiny", "--set", "data.source=folder",
+                 "--set", f"data.root={images}", "--set", "train.batch_size=8"]) == 0
+    assert f"3 links not followed: c0/leak.png, c1/again, c1/linked-folder (all in {run.dir / 'source.json'})" in \
+        capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- item 11: damaged zips, huge trees
+def test_a_zip_with_a_damaged_central_directory_is_a_data_error(tmp_path):
+    good = labelled_zip(tmp_path / "good.zip")
+    raw = bytearray(good.read_bytes())
+    start = raw.rfind(b"PK\x01\x02")  # the last central-directory entry's signature
+    raw[start : start + 4] = b"XXXX"
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(raw))
+    for call in (lambda: prepare(apply_overrides(preset("tiny"), ["data.source=folder", f"data.root={bad}"])),
+                 lambda: load_dataset(dataclasses.replace(own_config(good).data, root=str(bad)), 0, tmp_path / "c")):
+        with pytest.raises(DataError, match=r"bad.zip is not a readable zip file \(BadZipFile"):
+            call()
+
+
+def test_a_huge_tree_is_not_walked_to_the_end(tmp_path, monkeypatch):
+    from influence.data import sources
+
+    images = class_folder(tmp_path / "imgs", n=30)
+    monkeypatch.setattr(sources, "MAX_SCAN_ENTRIES", 50)
+    with pytest.raises(DataError, match=r"holds more than 50 entries \(stopped looking"):
+        sources.list_source(images)
+    monkeypatch.setattr(sources, "MAX_SCAN_ENTRIES", 10_000)
+    monkeypatch.setattr(sources, "MAX_SCAN_SECONDS", 0.0)
+    with pytest.raises(DataError, match="more entries than 0 s of listing reach"):
+        sources.list_source(images)
+    monkeypatch.setattr(sources, "MAX_SCAN_SECONDS", 20.0)
+    deep = tmp_path / "deep"
+    (deep / "/".join(["d"] * 40)).mkdir(parents=True)
+    with pytest.raises(DataError, match="nests folders more than 32 deep"):
+        sources.list_source(deep)

@@ -56,6 +56,7 @@ def list_source(root: str | Path) -> Listing:
     else:
         raise DataError(f"data.root={root} is neither a folder nor a .zip file of PNG/JPEG images")
     listing.members.sort(key=lambda m: m.path)
+    listing.links.sort()
     total = sum(m.size for m in listing.members if m.problem is None)
     if total > MAX_SOURCE_BYTES:
         raise DataError(f"{root} holds {total / 2**30:.1f} GiB of files; sources above {MAX_SOURCE_BYTES / 2**30:g} GiB "
