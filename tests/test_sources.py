@@ -183,12 +183,15 @@ def labelled_zip(path: Path, extra: list[tuple[str, bytes]] = ()) -> Path:
 
 @pytest.fixture(scope="module")
 def dup_run(tmp_path_factory):
-    """A finished tiny run on a zip whose two members named c0/dup.png hold different images."""
+    """A finished tiny run on a zip whose two members named c0/dup.png hold different images, and that holds both
+    c0/x.png and c0/x.png/y.png."""
     base = tmp_path_factory.mktemp("dup_run")
     with pytest.warns(UserWarning, match="Duplicate name"):
-        archive = labelled_zip(base / "dups.zip", [("c0/dup.png", png(1)), ("c0/dup.png", png(254))])
-    # a seed whose split trains on both (sorted paths: c0/000..035, then c0/dup~1, c0/dup~2 at 36, 37)
-    seed = next(s for s in range(100) if {36, 37} <= set(hold_out(2 * N_PER_CLASS + 2, 20, 20, s)["train"]))
+        archive = labelled_zip(base / "dups.zip", [("c0/dup.png", png(1)), ("c0/dup.png", png(254)),
+                                                   ("c0/x.png", png(5)), ("c0/x.png/y.png", png(6))])
+    # a seed whose split trains on all four (sorted paths: c0/000..035, then c0/dup~1, c0/dup~2, c0/x.png/y.png,
+    # c0/x~1.png at 36..39)
+    seed = next(s for s in range(1000) if set(range(36, 40)) <= set(hold_out(2 * N_PER_CLASS + 4, 20, 20, s)["train"]))
     cfg = own_config(archive, "data.n_valid=20", "data.n_test=20", f"seed={seed}")
     return train(cfg, base / "store"), cfg
 
@@ -197,12 +200,13 @@ def test_zip_members_sharing_a_name_get_unique_paths_and_are_reported(dup_run):
     run, cfg = dup_run
     ds = RunContext.create(cfg, run.root).dataset
     every = ds.paths["train"] + ds.paths["valid"] + ds.paths["test"]
-    assert len(every) == len(set(every)) == 2 * N_PER_CLASS + 2 and "c0/dup.png" not in every
+    assert len(every) == len(set(every)) == 2 * N_PER_CLASS + 4 and "c0/dup.png" not in every
     assert {"c0/dup~1.png", "c0/dup~2.png"} <= set(every)
     assert ds.ambiguous_paths == {"c0/dup.png": ["c0/dup~1.png", "c0/dup~2.png"]}
     renamed = run.read_json("source.json")["renamed"]
-    assert [r["path"] for r in renamed] == ["c0/dup~1.png", "c0/dup~2.png"]
-    assert all("duplicate name: the archive holds 2 members named c0/dup.png" in r["reason"] for r in renamed)
+    assert [r["path"] for r in renamed] == ["c0/dup~1.png", "c0/dup~2.png", "c0/x~1.png"]
+    assert all("duplicate name: the archive holds 2 members named c0/dup.png" in r["reason"] for r in renamed[:2])
+    assert renamed[2]["reason"] == "c0/x.png is also a folder of other members"
     # each path holds its own member's image: dup~1 is the dark one, dup~2 the light one
     for rel, value in (("c0/dup~1.png", 1), ("c0/dup~2.png", 254)):
         split = next(s for s in ("train", "valid", "test") if rel in ds.paths[s])
@@ -359,3 +363,98 @@ def test_a_huge_tree_is_not_walked_to_the_end(tmp_path, monkeypatch):
     (deep / "/".join(["d"] * 40)).mkdir(parents=True)
     with pytest.raises(DataError, match="nests folders more than 32 deep"):
         sources.list_source(deep)
+
+
+# ---------------------------------------------------------------- item 5: export errors
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_zip_holding_x_png_and_x_png_slash_y_exports_both(dup_run, tmp_path):
+    from influence.export import export_cleaned
+
+    run, cfg = dup_run
+    export_cleaned(run, [0], tmp_path / "out")
+    assert (tmp_path / "out" / "c0" / "x~1.png").read_bytes() == png(5)
+    assert (tmp_path / "out" / "c0" / "x.png" / "y.png").read_bytes() == png(6)
+
+
+def test_an_unwritable_target_is_one_error_line(dup_run, tmp_path, capsys):
+    run, cfg = dup_run
+    removal = tmp_path / "r.csv"
+    removal.write_text("id\n0\n")
+    for target, says in (("/proc/x", "cannot export to /proc/x: "), (str(tmp_path / "file.txt" / "x"), "cannot export")):
+        (tmp_path / "file.txt").write_text("a file, not a folder")
+        line = _one_error_line(capsys, ["--store", str(run.root), "export", "--run", run.run_id, "--removal",
+                                        str(removal), "--to", target])
+        assert says in line and "nothing was exported" in line, line
+    assert not list(Path("/proc").glob(".x.partial-*")) and _files(tmp_path) == ["file.txt", "r.csv"]
+
+
+def test_a_full_disk_mid_copy_is_one_error_line_and_leaves_nothing(dup_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from influence import export
+
+    run, cfg = dup_run
+    written = []
+
+    def full_after_five(path, data):
+        if len(written) == 5:
+            with open(path, "xb") as f:
+                f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written.append(path)
+        export._write_file.__wrapped__(path, data)
+
+    full_after_five.__wrapped__ = export._write_file
+    monkeypatch.setattr(export, "_write_file", full_after_five)
+    removal = tmp_path / "r.csv"
+    removal.write_text("id\n0\n")
+    (tmp_path / "parent").mkdir()
+    line = _one_error_line(capsys, ["--store", str(run.root), "export", "--run", run.run_id, "--removal", str(removal),
+                                    "--to", str(tmp_path / "parent" / "out")])
+    assert f"cannot export to {tmp_path / 'parent' / 'out'}: No space left on device" in line
+    assert "nothing was exported" in line
+    assert list((tmp_path / "parent").iterdir()) == []  # no partial folder, no lock file
+
+
+KILLED_EXPORT = """
+import os, sys
+from influence import export, store
+from influence.export import export_cleaned
+n = [0]
+real = export._write_file
+def write(path, data):
+    n[0] += 1
+    if n[0] == 6:
+        os.kill(os.getpid(), 9)
+    real(path, data)
+export._write_file = write
+export_cleaned(store.open_run(store.store_root(sys.argv[1]), sys.argv[2]), [0], sys.argv[3])
+"""
+
+
+def test_a_killed_export_leaves_a_partial_folder_the_next_export_removes(dup_run, tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+
+    from influence.export import export_cleaned
+
+    run, cfg = dup_run
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    proc = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(run.root), run.run_id, str(parent / "out")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(p.name for p in parent.iterdir())
+    assert len(left) == 2 and left[0].startswith(".out.partial-") and left[1] == left[0] + ".lock"
+    (parent / ".out.partial-oldstyle").mkdir()  # an earlier version's partial folder, without a lock
+    running = parent / ".out.partial-running"  # an export still running: its lock is held
+    running.mkdir()
+    with open(parent / ".out.partial-running.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        export_cleaned(run, [0], parent / "out")
+        assert sorted(p.name for p in parent.iterdir()) == [".out.partial-running", ".out.partial-running.lock", "out"]
+    assert len(_files(parent / "out")) == 2 * N_PER_CLASS + 4 - 40 - 1 + 2  # kept images, manifest, removed.csv
