@@ -363,8 +363,11 @@ def cmd_cleanse(args, root: Path) -> int:
 
     ids = check_removal_ids(ids, ctx.dataset.n_train).tolist()
     result = _run(root, {"kind": "cleanse", "params": {"run_id": args.run, "removal_ids": ids, "mode": args.mode}}, args.json)
+    from .honesty import metric_report, uninformative
+
+    verdicts = metric_report(run, ctx)["verdicts"]
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "metric_verdicts": verdicts}))
         return 0
     print(f"removed {result['n_removed']} instances ({result['mode']}) in {result['seconds']:.1f} s; test split:")
     for m, before in result["before"].items():
@@ -372,8 +375,9 @@ def cmd_cleanse(args, root: Path) -> int:
         better = (after > before) == HIGHER_IS_BETTER[m]
         pred = result["predicted_change"].get(m)
         pred_s = f"  (predicted on validation: {pred:+.4f})" if pred is not None else ""
-        print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} "
-              f"{'better' if better else 'worse'}{pred_s}")
+        judged = "metric uninformative: neither better nor worse" if uninformative(verdicts, m) else (
+            "better" if better else "worse")
+        print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} {judged}{pred_s}")
     if result.get("predicted_scope"):
         print(f"  note: {result['predicted_scope']} (influence result '{result.get('predicted_from')}')")
     return 0
@@ -393,6 +397,14 @@ def cmd_export(args, root: Path) -> int:
         return 0
     print(f"exported {manifest['n_exported']} of {manifest['n_train']} training images to {args.to} "
           f"({manifest['n_removed']} removed; see manifest.json and removed.csv there)")
+    left = manifest.get("not_exported", {})
+    if left:
+        print(f"  not exported besides: {len(left['held_out'])} held-out images (validation/test), "
+              f"{len(left['unreadable'])} unreadable files, {len(left['links_not_followed'])} links (listed in "
+              "manifest.json)")
+    if manifest["uninformative_metrics"]:
+        print(f"  metric uninformative for this run: {', '.join(METRIC_LABELS[m] for m in manifest['uninformative_metrics'])}"
+              " (influences on it carry no meaning; reasons in manifest.json)")
     return 0
 
 
@@ -409,8 +421,11 @@ def cmd_validate(args, root: Path) -> int:
         first_step_of_last_epochs(run, args.trace_epochs)  # a K the run did not trace: one error line, no job
         spec["params"]["trace_epochs"] = args.trace_epochs
     result = _run(root, spec, args.json)
+    from .honesty import metric_report
+
+    verdicts = metric_report(run)["verdicts"]
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({m: {**a, "metric_verdict": verdicts.get(m)} for m, a in result.items()}))
         return 0
     for m, a in result.items():
         loo = "time not recorded" if a["seconds_loo"] is None else f"{a['seconds_loo']:.0f} s"
@@ -418,6 +433,8 @@ def cmd_validate(args, root: Path) -> int:
         print(f"{METRIC_LABELS[m]}: n={a['n']}{epochs} Kendall tau {a['kendall_tau']:.3f}, Pearson r {a['pearson_r']:.3f}, "
               f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}, growth "
               f"{a['growth']:.3g}; LOO {loo})")
+        if verdicts.get(m, {}).get("reasons"):
+            print(f"  metric uninformative: {'; '.join(verdicts[m]['reasons'])}")
     return 0
 
 

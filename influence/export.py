@@ -32,6 +32,7 @@ from .context import RunContext, load_run_config
 from .data.sources import Reader, list_source
 from .errors import ConfigError, StoreError
 from .estimator import cached_results, chosen_name
+from .honesty import metric_report, uninformative
 from .removal import removal_frame
 
 MANIFEST, REMOVED, LABELS = "manifest.json", "removed.csv", "labels.csv"
@@ -72,6 +73,7 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
             name = chosen_name(run)
             results = cached_results(run, name)
             _write_file(tmp / REMOVED, removal_frame(removed, ds, results).to_csv(index=False).encode())
+            verdicts = metric_report(run, ctx)["verdicts"]
             manifest = {
                 "run_id": run.run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "source": cfg.data.source, "source_root": cfg.data.root, "n_train": ds.n_train,
@@ -79,8 +81,12 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
                 "why": why, "influence_result": name,
                 "estimate_options": next(iter(results.values())).meta["options"] if results else None,
                 "stability_verdicts": {m: r.meta["verdict"] for m, r in results.items()},
+                # what each metric can mean for this run: an influence on an uninformative metric means nothing
+                "metric_verdicts": verdicts,
+                "uninformative_metrics": [m for m in verdicts if uninformative(verdicts, m)],
                 "removed_list": REMOVED,
                 "note": "the training split only: the run's validation and test images are not part of the export",
+                **_not_exported(ds),
             }
             _write_file(tmp / MANIFEST, store.encode_json(manifest))
             _check_target(target, source)  # nobody created it meanwhile
@@ -92,6 +98,22 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
         where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
         raise ConfigError(f"cannot export to {target}: {reason}{where}; nothing was exported") from None
     return manifest
+
+
+HELD_OUT_WHY = {"valid": "held out for validation: influence is estimated on it",
+                "test": "held out for testing: cleansing is judged on it"}
+
+
+def _not_exported(ds) -> dict:
+    """Own images: every file of the source that the export does not hold besides the removed ones, and why;
+    and the paths the export gives members whose names were not unique."""
+    report = ds.source_report()
+    if not report:
+        return {}
+    held = [{"path": p, "why": HELD_OUT_WHY[s]} for s in ("valid", "test") for p in report["held_out"][s]]
+    return {"not_exported": {"held_out": held, "unreadable": report["unreadable"],
+                             "links_not_followed": report["links_not_followed"]},
+            "renamed": report["renamed"]}
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -94,6 +95,8 @@ def own_run(tmp_path_factory):
     """A finished tiny run on a folder of 72 labelled images, with influence on FID."""
     base = tmp_path_factory.mktemp("own_run")
     images = class_folder(base / "imgs")
+    (images / "c0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (images / "notes.txt").write_text("not an image")
     cfg = own_config(images)
     run = train(cfg, base / "store")
     estimate(run, ["fid"])
@@ -121,7 +124,11 @@ def test_the_run_records_its_source(own_run):
     record = run.read_json("source.json")
     assert record["fingerprint"] == cfg.data.fingerprint and record["n_images"] == 2 * N_PER_CLASS
     assert record["split_sizes"] == {"train": 2 * N_PER_CLASS - 40, "valid": 20, "test": 20}
-    assert run.read_json("summary.json")["n_unreadable"] == 0
+    assert run.read_json("summary.json")["n_unreadable"] == 2
+    assert [u["path"] for u in record["unreadable"]] == ["c0/broken.png", "notes.txt"]
+    assert all(u["reason"] for u in record["unreadable"])
+    assert sorted(record["held_out"]["valid"] + record["held_out"]["test"]) == sorted(
+        RunContext.create(cfg, run.root).dataset.paths["valid"] + RunContext.create(cfg, run.root).dataset.paths["test"])
 
 
 @pytest.mark.parametrize("change, says", [
@@ -154,7 +161,7 @@ def test_the_refusal_counts_files_when_the_cache_forgot_them(own_run, tmp_path, 
     monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "fresh-cache"))
     (images / "c0" / "001.png").unlink()
     with pytest.raises(DataError, match=r"changed since this run was made: its files' paths, sizes or contents "
-                                        r"differ \(now 71 files\)"):
+                                        r"differ \(now 73 files\)"):
         RunContext.create(cfg, run.root)
 
 
@@ -458,3 +465,98 @@ def test_a_killed_export_leaves_a_partial_folder_the_next_export_removes(dup_run
         export_cleaned(run, [0], parent / "out")
         assert sorted(p.name for p in parent.iterdir()) == [".out.partial-running", ".out.partial-running.lock", "out"]
     assert len(_files(parent / "out")) == 2 * N_PER_CLASS + 4 - 40 - 1 + 2  # kept images, manifest, removed.csv
+
+
+# ---------------------------------------------------------------- issue 26: own images, an honest set-up
+def shapes(root: Path, n: int, size: int = 32, mode: str = "RGB", classes: int = 0) -> Path:
+    """n coloured (or grey) squares of `size` px, flat or in `classes` class folders."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.zeros((size, size, 3), np.uint8) + rng.integers(0, 256, 3, dtype=np.uint8)
+        img[size // 4 : size // 2, size // 4 : size // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
+        rel = Path(f"k{i % classes}" if classes else "") / f"s{i:04d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).convert(mode).save(root / rel)
+    return root
+
+
+def test_own_images_defaults_follow_the_images_not_mnist(tmp_path):
+    rgb = shapes(tmp_path / "my_shapes", 300)
+    cfg = prepare(apply_overrides(preset("mnist-adam"), ["data.source=folder", f"data.root={rgb}"]))
+    d = cfg.data
+    assert (d.color, d.image_size, d.n_train, d.n_valid, d.n_test) == ("rgb", 32, None, 30, 30)
+    assert cfg.eval.feature == "autoencoder"  # no class folders: no labels
+    assert cfg.run_id.startswith("my_shapes-mnist-adam-s0-") and d.name == "my_shapes"
+    grey = shapes(tmp_path / "grey", 120, size=28, mode="L", classes=3)
+    cfg = prepare(apply_overrides(preset("mnist-adam"), ["data.source=folder", f"data.root={grey}"]))
+    assert (cfg.data.color, cfg.data.image_size, cfg.data.n_valid, cfg.eval.feature) == ("gray", 28, 20, "mnist-cnn")
+    big = shapes(tmp_path / "big", 40, size=64)
+    for name, size in (("mnist-adam", 32), ("dcgan32", 64), ("tiny", 28)):  # the nearest size the model makes
+        assert prepare(apply_overrides(preset(name), ["data.source=folder", f"data.root={big}"])).data.image_size == size
+    explicit = prepare(apply_overrides(preset("mnist-adam"), ["data.source=folder", f"data.root={rgb}",
+                                                              "data.color=gray", "eval.feature=inception"]))
+    assert explicit.data.color == "gray" and explicit.eval.feature == "inception"  # what the user sets stays
+
+
+def test_split_sizes_are_honoured(tmp_path):
+    root = shapes(tmp_path / "six_hundred", 600, size=8)
+    cfg = prepare(apply_overrides(preset("tiny"), ["data.source=folder", f"data.root={root}", "data.n_valid=200",
+                                                   "data.n_test=200"]))
+    ds = load_dataset(cfg.data, 0, tmp_path / "cache")
+    assert (ds.n_train, len(ds.valid.x), len(ds.test.x)) == (200, 200, 200)
+    assert sorted(ds.paths["train"] + ds.paths["valid"] + ds.paths["test"]) == sorted(
+        p.name for p in root.iterdir())
+    too_many = dataclasses.replace(cfg.data, n_valid=400)
+    with pytest.raises(DataError, match="hold out all of the 600 readable images"):
+        load_dataset(too_many, 0, tmp_path / "cache")
+
+
+def test_uninformative_reaches_the_table_the_json_and_the_export(own_run, tmp_path, capsys):
+    import pandas as pd
+
+    run, images, cfg = own_run
+    report = run.read_json("metric_report.json")  # written by the estimate: 20 validation images are too few
+    assert all(v["verdict"] == "metric uninformative" for v in report["verdicts"].values())
+    table = pd.read_csv(run.path("influence/table.csv"))
+    assert set(table["flag_fid"]) <= {f"{f}; metric uninformative" for f in ("reliable", "doubtful", "unreliable",
+                                                                            "not in a traced batch")}
+    meta = run.read_json("influence/table.json")
+    assert meta["metrics"]["fid"]["metric_verdict"]["verdict"] == "metric uninformative"
+    base = ["--store", str(run.root)]
+    removal = tmp_path / "r.csv"
+    removal.write_text("id\n0\n1\n")
+    assert main(base + ["cleanse", "--run", run.run_id, "--remove", str(removal), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metric_verdicts"]["fid"]["verdict"] == "metric uninformative"
+    assert main(base + ["cleanse", "--run", run.run_id, "--remove", str(removal)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("metric uninformative: neither better nor worse") == 3
+    assert not re.search(r"\d (better|worse)", text)  # no metric is judged
+    assert main(base + ["export", "--run", run.run_id, "--removal", str(removal), "--to", str(tmp_path / "x")]) == 0
+    assert "metric uninformative for this run: D-loss, FID, IS" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["uninformative_metrics"] == ["dloss", "fid", "is"]
+    assert manifest["metric_verdicts"]["fid"]["reasons"][0].startswith("the validation split has only 20 instances")
+    # the files not written besides the removed ones, and why
+    left = manifest["not_exported"]
+    assert [u["path"] for u in left["unreadable"]] == ["c0/broken.png", "notes.txt"]
+    ds = RunContext.create(cfg, run.root).dataset
+    assert sorted(h["path"] for h in left["held_out"]) == sorted(ds.paths["valid"] + ds.paths["test"])
+    assert {h["why"] for h in left["held_out"]} == {"held out for validation: influence is estimated on it",
+                                                    "held out for testing: cleansing is judged on it"}
+    exported = {p.relative_to(tmp_path / "x").as_posix() for p in (tmp_path / "x").rglob("*.png")}
+    assert exported == set(ds.train_paths) - {ds.train_paths[0], ds.train_paths[1]}
+    assert main(base + ["validate", "--run", run.run_id, "--metric", "fid", "--n", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"]["metric_verdict"]["verdict"] == "metric uninformative"
+
+
+def test_training_reports_unreadable_files(own_run, capsys):
+    run, images, cfg = own_run
+    assert main(["--store", str(run.root), "train", "--preset", "tiny", "--set", "data.source=folder", "--set",
+                 f"data.root={images}", "--set", "train.batch_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert f"2 unreadable files skipped: c0/broken.png, notes.txt (all in {run.dir / 'source.json'})" in out
+    assert main(["--store", str(run.root), "train", "--preset", "tiny", "--set", "data.source=folder", "--set",
+                 f"data.root={images}", "--set", "train.batch_size=8", "--json"]) == 0
+    source = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["source"]
+    assert [u["path"] for u in source["unreadable"]] == ["c0/broken.png", "notes.txt"]

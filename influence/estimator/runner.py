@@ -11,6 +11,7 @@ import torch
 from .. import store
 from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
+from ..honesty import metric_report
 from ..metrics import check_metric
 from ..objectives import Objective, metric_objectives
 from ..progress import CancelToken, ProgressFn, Reporter
@@ -51,6 +52,7 @@ def estimate(
         drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
         if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
             run.write_json(CHOSEN, {"name": result_name(options, n_params)})
+        metric_report(run, ctx)  # the table's flags carry each metric's verdict
         write_table(run, ctx.dataset)
     return {m: results[m] for m in metrics}
 
