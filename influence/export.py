@@ -72,8 +72,8 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
                 files = _write_pngs(ds, keep, tmp)
             name = chosen_name(run)
             results = cached_results(run, name)
-            _write_file(tmp / REMOVED, removal_frame(removed, ds, results).to_csv(index=False).encode())
             verdicts = metric_report(run, ctx)["verdicts"]
+            _write_file(tmp / REMOVED, removal_frame(removed, ds, results, verdicts).to_csv(index=False).encode())
             manifest = {
                 "run_id": run.run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "source": cfg.data.source, "source_root": cfg.data.root, "n_train": ds.n_train,

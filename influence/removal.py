@@ -78,8 +78,9 @@ def _id_cell(row: list[str], column: int, line: int) -> int:
         raise ConfigError(f"removal CSV line {line}: '{cell[:40]}' is not an integer id") from None
 
 
-def removal_frame(ids, dataset, results: dict | None = None) -> pd.DataFrame:
-    """id, path (own images), label (-1 = unlabelled), influence_<metric> per result, one row per removed id."""
+def removal_frame(ids, dataset, results: dict | None = None, verdicts: dict | None = None) -> pd.DataFrame:
+    """id, path (own images), label (-1 = unlabelled), influence_<metric> per result, one row per removed id;
+    with `verdicts` (honesty), metric_<metric> says whether the metric is informative for the run."""
     ids = np.asarray(ids, dtype=np.int64)
     frame = pd.DataFrame({"id": ids})
     if dataset.train_paths is not None:
@@ -87,9 +88,11 @@ def removal_frame(ids, dataset, results: dict | None = None) -> pd.DataFrame:
     frame["label"] = dataset.train.y.numpy()[ids] if dataset.train.y is not None else -1
     for metric, r in (results or {}).items():
         frame[f"influence_{metric}"] = r.scores[ids]
+        if metric in (verdicts or {}):
+            frame[f"metric_{metric}"] = verdicts[metric]["verdict"]
     return frame
 
 
-def removal_csv(ids, dataset, results: dict | None = None) -> bytes:
+def removal_csv(ids, dataset, results: dict | None = None, verdicts: dict | None = None) -> bytes:
     """The removal set as CSV (what `gan-influence cleanse --remove` and `export --removal` read)."""
-    return removal_frame(ids, dataset, results).to_csv(index=False).encode()
+    return removal_frame(ids, dataset, results, verdicts).to_csv(index=False).encode()

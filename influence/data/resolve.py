@@ -121,6 +121,9 @@ def prepare(cfg: RunConfig, found: Survey | None = None) -> RunConfig:
         image_size=found.size_for(cfg.model.arch) if d.image_size == AUTO else d.image_size,
         n_valid=found.hold_out() if d.n_valid == AUTO else d.n_valid,
         n_test=found.hold_out() if d.n_test == AUTO else d.n_test)
+    if data.n_valid + data.n_test >= found.n_images:
+        raise DataError(f"{root} holds {found.n_images} readable images: data.n_valid={data.n_valid} and "
+                        f"data.n_test={data.n_test} leave none to train on")
     feature = ("mnist-cnn" if labelled else "autoencoder") if e.feature == AUTO else e.feature
     out = dataclasses.replace(cfg, data=data, eval=dataclasses.replace(e, feature=feature))
     validate(out)
@@ -144,17 +147,21 @@ def data_set_name(root: str | Path) -> str:
     return name or "images"
 
 
+FEATURE_WORDS = {"mnist-cnn": "a classifier trained on the class folders", "autoencoder":
+                 "an autoencoder trained on the images", "inception": "Inception-v3"}
+
+
 def describe(cfg: RunConfig, found: Survey) -> str:
     """One sentence: what the images are and what the prepared config makes of them."""
     d = cfg.data
-    parts = [f"{found.n_images} readable images in {found.n_files} files ({found.sizes_text()}, "
-             f"{'colour' if found.colour else 'grey'})"]
+    parts = [f"{found.n_images} readable images ({found.sizes_text()}, {'in colour' if found.colour else 'grey'}) "
+             f"in {found.n_files} files"]
     if found.unreadable:
-        parts.append(f"{len(found.unreadable)} unreadable, skipped")
+        parts.append(f"{len(found.unreadable)} unreadable files skipped")
     if found.links:
         parts.append(f"{len(found.links)} links not followed")
     if found.renamed:
-        parts.append(f"{len(found.renamed)} members renamed to unique paths")
-    parts.append(f"trained as {'RGB' if d.color == 'rgb' else 'grey'} at {d.image_size} px, "
-                 f"{d.n_valid} validation + {d.n_test} test images held out, {cfg.eval.feature} features")
+        parts.append(f"{len(found.renamed)} zip members renamed to unique paths")
+    parts.append(f"{'RGB' if d.color == 'rgb' else 'grey'} at {d.image_size} px, {d.n_valid} validation + {d.n_test} "
+                 f"test images held out, IS/FID features: {FEATURE_WORDS[cfg.eval.feature]}")
     return "; ".join(parts)
