@@ -84,15 +84,19 @@ def scale_note(metric: str, numbers: dict, value: float | None, spread: tuple[fl
 
 def score_lines(results: dict[str, InfluenceResult], i: int, verdicts: dict | None = None) -> str:
     """Markdown, one line per metric, for a gallery card; harmful values in red, except for a metric that is
-    uninformative for the run (`verdicts`, honesty): marked so, with no colour."""
-    lines = []
+    uninformative for the run (`verdicts`, honesty): grey, and named so in the last line."""
+    lines, grey = [], []
     for metric, r in results.items():
         value = r.scores[i]
         text = f"{METRIC_LABELS[metric]} {'+' if value > 0 else ''}{sci(value)}"
         if uninformative(verdicts or {}, metric):
-            lines.append(f"{text} (uninformative)")
+            lines.append(f":gray[{text}]")
+            grey.append(metric)
             continue
         lines.append(f":red[{text}]" if value * r.meta["harmful_sign"] > 0 else text)
+    if grey:
+        lines.append(":orange[metric uninformative]" if len(grey) == len(results) else
+                     f":orange[{', '.join(METRIC_LABELS[m] for m in grey)}: metric uninformative]")
     return "  \n".join(lines)
 
 

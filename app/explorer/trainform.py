@@ -19,6 +19,7 @@ from influence import config as config_module
 from influence import store
 from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, own_images_defaults, preset, validate
 from influence.data import Survey, describe, prepare
+from influence.data.resolve import data_set_name
 from influence.errors import ConfigError
 
 DATASETS = {
@@ -68,11 +69,12 @@ MAX_UPLOAD_MB = 200
 
 def preset_note(preset_name: str, data_key: str) -> str:
     """What the preset is; for own images, that only its model and training recipe apply."""
-    note = PRESET_NOTES.get(preset_name, "")
     if data_key not in OWN:
-        return note
-    return (f"{preset_name}'s model and training schedule ({note}) on your images: colour, size, held-out splits and "
-            "IS/FID features follow your images instead of MNIST (`auto` below)")
+        return PRESET_NOTES.get(preset_name, "")
+    c = PRESETS[preset_name]
+    return (f"{preset_name}'s model and training recipe ({c.model.arch}, width {c.model.width}, {c.train.optimizer}, "
+            f"{c.train.epochs} epochs) on your images; colour, size, held-out splits and IS/FID features follow your "
+            "images, not MNIST (`auto` below)")
 
 
 def own_images_summary(found: Survey, cfg: RunConfig) -> str:
@@ -94,19 +96,21 @@ def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunCo
     source = "folder" if data_key in ("upload", "folder") else data_key
     if source != "mnist" and not (data_root or "").strip():
         raise ConfigError(f"{DATASETS[data_key]}: enter the folder path (or upload a zip) first")
-    data = dataclasses.replace(cfg.data, source=source, root=(data_root or "").strip() or None)
+    root = (data_root or "").strip() or None
+    data = dataclasses.replace(cfg.data, source=source, root=root,
+                               name=data_set_name(root) if source == "folder" else cfg.data.name)
     cfg = dataclasses.replace(cfg, data=data)
     # Own images: colour, size, held-out splits, all images and the features follow the images (data.prepare)
     return own_images_defaults(cfg) if source == "folder" else cfg
 
 
 def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
-    """(key, current value as text, help, choices or None) for every field the form shows (checksums
-    of init files are recorded by the engine, not typed)."""
+    """(key, current value as text, help, choices or None) for every field the form shows (checksums of init
+    files and the images' fingerprint are recorded by the engine, not typed)."""
     values = _flat(cfg)
     return [(key, values[key], help_text, BOOL_CHOICES if isinstance(default, bool) else CHOICES.get(key))
             for key, default, help_text in describe_fields()
-            if key not in SET_BY_PAGE and not key.endswith("_sha256")]
+            if key not in SET_BY_PAGE and not key.endswith(("_sha256", ".fingerprint"))]
 
 
 def section_of(key: str) -> str:

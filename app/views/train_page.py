@@ -10,6 +10,7 @@ from influence import store
 from influence.config import DEFAULT_PRESET, RunConfig
 from influence.data import Survey, prepare
 from influence.errors import ConfigError, InfluenceError
+from influence.honesty import INFORMATIVE
 
 root = state.root()
 st.title("Train or load a GAN")
@@ -196,7 +197,9 @@ with left:
                      caption=f"epoch {epoch}")
 with right:
     st.markdown("**Training curves**")
-    st.plotly_chart(figures.history_figure(cache.history(str(root), run_id)), key="history")
+    verdicts = cache.verdicts_now(root, run_id)
+    st.plotly_chart(figures.history_figure(cache.history(str(root), run_id), uninformative=tuple(
+        m for m in verdicts if verdicts[m]["verdict"] != INFORMATIVE)), key="history")
     widgets.metric_meaning(root, run_id, cfg)
     widgets.source_notes(root, run_id)
     with st.expander("Configuration"):
