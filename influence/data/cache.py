@@ -1,14 +1,17 @@
-"""Decoded own-image data sets in the user-level cache (`<cache>/sources/`), keyed by the source's fingerprint.
+"""Own-image sets in the user-level cache (`<cache>/sources/`), keyed by the source's fingerprint: decoded arrays,
+and the file list of each fingerprint (to name what changed when a run's source no longer matches).
 
 A folder is decoded once per fingerprint, colour and size; every later load (estimate, cleanse, the app)
 reads the arrays instead (a load still reads and hashes the files, to check the fingerprint). The newest
-KEEP_DECODED entries are kept. A damaged or unwritable entry is never an error: the images are decoded again.
+KEEP_DECODED decoded sets and KEEP_FILE_LISTS file lists are kept. A damaged or unwritable entry is never an
+error: the images are decoded again.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from ..errors import StoreError
 
 SOURCES = "sources"
 KEEP_DECODED = 8
+KEEP_FILE_LISTS = 256
 DECODE_VERSION = 1  # bump when decoding changes what an image becomes
 
 
@@ -35,11 +39,33 @@ def read_json_entry(cache_dir: Path, name: str):
         return None
 
 
+def touch_entry(cache_dir: Path, name: str) -> bool:
+    """Mark an entry as just used (the pruning keeps the newest); False when it is not there."""
+    path = _path(cache_dir, name)
+    try:
+        os.utime(path)
+    except OSError:
+        return False
+    return True
+
+
 def write_json_entry(cache_dir: Path, name: str, obj) -> None:
     try:
         store.write_json(_path(cache_dir, name), obj)
     except StoreError:
-        pass  # the cache is an optimisation
+        return  # the cache is an optimisation
+    _keep_newest(cache_dir, "*.json", KEEP_FILE_LISTS)
+
+
+def _keep_newest(cache_dir: Path, pattern: str, keep: int) -> None:
+    def age(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:  # removed by another process meanwhile
+            return 0.0
+
+    for old in sorted(_path(cache_dir, "").glob(pattern), key=age, reverse=True)[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def decoded_name(fp: str, mode: str, size: int) -> str:
@@ -56,7 +82,7 @@ def read_decoded(cache_dir: Path, name: str) -> tuple[np.ndarray, dict] | None:
             x, meta = npz["x"], json.loads(str(npz["meta"]))
         if x.dtype != np.uint8 or x.ndim != 4 or len(meta["names"]) != len(x):
             return None
-        path.touch()  # recently used: kept by the pruning below
+        touch_entry(cache_dir, name)  # recently used: kept by the pruning
         return x, meta
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
@@ -69,6 +95,4 @@ def write_decoded(cache_dir: Path, name: str, x: np.ndarray, meta: dict) -> None
         store.write_bytes(_path(cache_dir, name), buf.getvalue())
     except StoreError:
         return
-    entries = sorted(_path(cache_dir, "").glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[KEEP_DECODED:]:
-        old.unlink(missing_ok=True)
+    _keep_newest(cache_dir, "*.npz", KEEP_DECODED)

@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 from ..errors import DataError
-from .cache import read_json_entry, write_json_entry
+from .cache import read_json_entry, touch_entry, write_json_entry
 
 Record = tuple[str, int, str]  # (path, size, sha256 of the content; "" when not read)
 
@@ -30,8 +30,9 @@ def fingerprint(records: list[Record]) -> str:
 
 
 def remember(cache_dir: Path, fp: str, records: list[Record]) -> None:
-    """Keep the file list of a fingerprint, so a later change can be named file by file."""
-    if read_json_entry(cache_dir, f"{fp}.files.json") is None:
+    """Keep the file list of a fingerprint, so a later change can be named file by file (an existing list is
+    marked as used: the cache keeps the lists used last)."""
+    if not touch_entry(cache_dir, f"{fp}.files.json"):
         write_json_entry(cache_dir, f"{fp}.files.json", [list(r) for r in records])
 
 

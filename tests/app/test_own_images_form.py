@@ -48,8 +48,9 @@ def test_the_form_reads_colour_size_splits_and_features_from_the_images(app_stor
             "30 validation + 30 test images held out, IS/FID features: an autoencoder trained on the images") in said
     assert "Runs on them are named `holiday_shapes-mnist-adam-s<seed>-…`" in said
     assert "Held-out images" in said and "every image held out is one fewer to train on" in said
-    assert "on your images: colour, size, held-out splits and IS/FID features follow your images" in said
-    assert "10k MNIST images, a DCGAN" not in said.split("mnist-adam's model")[0]  # no bare MNIST description
+    assert ("mnist-adam's model and training recipe (dcgan, width 32, adam, 10 epochs) on your images; colour, size, "
+            "held-out splits and IS/FID features follow your images, not MNIST") in said
+    assert "10k MNIST images" not in said  # not the preset's MNIST description
     prefix = "f-folder-mnist-adam-"
     assert at.selectbox(key=prefix + "data.color").value == "auto"
     assert at.selectbox(key=prefix + "eval.feature").value == "auto"
@@ -124,3 +125,27 @@ def test_uninformative_shows_in_the_sidebar_and_on_the_cleanse_page(uninformativ
     is_ = next(m for m in at.metric if m.label == "IS after cleansing")
     assert fid.proto.color == Metric.MetricColor.GRAY and "metric uninformative" in fid.proto.help
     assert is_.proto.color != Metric.MetricColor.GRAY  # an informative metric keeps its good/bad colour
+
+
+def test_the_app_refuses_a_run_whose_images_changed(tmp_path, monkeypatch):
+    """Every page that reads the run's data says so in one message (issue 23 item 1), no traceback."""
+    from influence.config import apply_overrides, preset
+    from influence.data import prepare
+    from influence.estimator import estimate
+    from influence.train import train
+
+    images = tmp_path / "imgs"
+    for c in range(2):
+        (images / f"c{c}").mkdir(parents=True)
+        for i in range(36):
+            Image.new("L", (8, 8), 40 + 100 * c + i).save(images / f"c{c}" / f"{i:03d}.png")
+    cfg = prepare(apply_overrides(preset("tiny"), ["data.source=folder", f"data.root={images}",
+                                                   "train.batch_size=8"]))
+    root = use_store(monkeypatch, tmp_path / "store")
+    estimate(train(cfg, root), ["fid"])
+    (images / "c1" / "000.png").unlink()
+    for page in ("influence", "curate"):  # the pages that read the data (a job started elsewhere fails the same way)
+        at = open_app(page, cfg.run_id)
+        assert not at.exception, page
+        errors = " ".join(e.value for e in at.error)
+        assert "changed since this run was made: 1 file removed (c1/000.png)" in errors, (page, errors)
