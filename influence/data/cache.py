@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import store
 from ..errors import StoreError
+from . import decode
 
 SOURCES = "sources"
 KEEP_DECODED = 8
@@ -69,7 +70,8 @@ def _keep_newest(cache_dir: Path, pattern: str, keep: int) -> None:
 
 
 def decoded_name(fp: str, mode: str, size: int) -> str:
-    return f"{fp}-{mode}{size}-d{DECODE_VERSION}.npz"
+    """The entry of a decode: the files, the colour, the size, and what decoding admits (its per-image cap)."""
+    return f"{fp}-{mode}{size}-p{decode.MAX_IMAGE_PIXELS}-d{DECODE_VERSION}.npz"
 
 
 def read_decoded(cache_dir: Path, name: str) -> tuple[np.ndarray, dict] | None:

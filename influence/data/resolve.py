@@ -54,7 +54,8 @@ class Survey:
         side = int(np.median(self.sides)) if self.sides else sizes[-1]
         return next((s for s in sizes if s >= side), sizes[-1])
 
-    def hold_out(self) -> int:
+    def auto_hold_out(self) -> int:
+        """data.n_valid / n_test = auto: 10% each, at least 20."""
         return max(HOLD_OUT_MIN, round(self.n_images * HOLD_OUT_SHARE))
 
     def sizes_text(self) -> str:
@@ -119,8 +120,8 @@ def prepare(cfg: RunConfig, found: Survey | None = None) -> RunConfig:
         d, root=root, fingerprint=found.fingerprint, name=d.name or data_set_name(root),
         color=("rgb" if found.colour else "gray") if d.color == AUTO else d.color,
         image_size=found.size_for(cfg.model.arch) if d.image_size == AUTO else d.image_size,
-        n_valid=found.hold_out() if d.n_valid == AUTO else d.n_valid,
-        n_test=found.hold_out() if d.n_test == AUTO else d.n_test)
+        n_valid=found.auto_hold_out() if d.n_valid == AUTO else d.n_valid,
+        n_test=found.auto_hold_out() if d.n_test == AUTO else d.n_test)
     if data.n_valid + data.n_test >= found.n_images:
         raise DataError(f"{root} holds {found.n_images} readable images: data.n_valid={data.n_valid} and "
                         f"data.n_test={data.n_test} leave none to train on")
