@@ -554,8 +554,10 @@ def test_training_reports_unreadable_files(own_run, capsys):
     run, images, cfg = own_run
     assert main(["--store", str(run.root), "train", "--preset", "tiny", "--set", "data.source=folder", "--set",
                  f"data.root={images}", "--set", "train.batch_size=8"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert f"2 unreadable files skipped: c0/broken.png, notes.txt (all in {run.dir / 'source.json'})" in out
+    assert ("your images: 72 readable images (8x8 px, grey) in 74 files; 2 unreadable files skipped; grey at 28 px, "
+            "20 validation + 20 test images held out, IS/FID features: a classifier trained on the class folders") in err
     assert main(["--store", str(run.root), "train", "--preset", "tiny", "--set", "data.source=folder", "--set",
                  f"data.root={images}", "--set", "train.batch_size=8", "--json"]) == 0
     source = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["source"]
