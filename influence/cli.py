@@ -192,13 +192,12 @@ def _run(root: Path, spec: dict, quiet: bool) -> dict:
 # ---------------------------------------------------------------- commands
 def cmd_train(args, root: Path) -> int:
     from .config import apply_overrides, preset
-
     from .data import describe, prepare, survey
 
     init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
     raw = apply_overrides(preset(args.preset, args.seed), args.set + init)
-    found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if raw.data.source == "folder" and \
-        raw.data.root else None
+    own = raw.data.source == "folder" and raw.data.root
+    found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if own else None
     cfg = prepare(raw, found)  # own images: fingerprint, name, and every auto read from the images
     if found is not None:
         print(f"your images: {describe(cfg, found)}", file=sys.stderr)
