@@ -197,9 +197,15 @@ def _run(root: Path, spec: dict, quiet: bool) -> dict:
 # ---------------------------------------------------------------- commands
 def cmd_train(args, root: Path) -> int:
     from .config import apply_overrides, preset
+    from .data import describe, prepare, survey
 
     init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
-    cfg = apply_overrides(preset(args.preset, args.seed), args.set + init)
+    raw = apply_overrides(preset(args.preset, args.seed), args.set + init)
+    own = raw.data.source == "folder" and raw.data.root
+    found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if own else None
+    cfg = prepare(raw, found)  # own images: fingerprint, name, and every auto read from the images
+    if found is not None:
+        print(f"your images: {describe(cfg, found)}", file=sys.stderr)
     from .context import RunContext
 
     RunContext.create(cfg, root)  # checks that need the data (batch vs data set size) before the job writes anything
@@ -207,13 +213,14 @@ def cmd_train(args, root: Path) -> int:
     result = _run(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, args.json)
     out = {"run_id": result["run_id"], "device": result["device"], "steps": result["steps"],
            "seconds": result["seconds"], "wall_seconds": time.perf_counter() - started, "test": result["test"],
-           "metric_report": result.get("metric_report")}
+           "metric_report": result.get("metric_report"), "source": _source_record(root, result["run_id"])}
     if args.json:
         print(json.dumps(out))
     else:
         metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.4f}" for k, v in result["test"].items())
         print(f"run {out['run_id']}: {out['steps']} steps on {out['device']} in {result['seconds']:.1f} s; test {metrics}")
         _print_report(out["metric_report"])
+        _print_source(out["source"], root / out["run_id"])
     return 0
 
 
@@ -226,6 +233,25 @@ def _print_report(report: dict | None) -> None:
         print(f"  {reference_line(report)}")
     for m in report["verdicts"]:
         print(f"  {verdict_line(report, m)}")
+
+
+def _source_record(root: Path, run_id: str) -> dict | None:
+    from .data import SOURCE_RECORD
+
+    run = store.open_run(root, run_id)
+    return run.read_json(SOURCE_RECORD) if run.exists(SOURCE_RECORD) else None
+
+
+def _print_source(source: dict | None, run_dir: Path) -> None:
+    """Own images: the files that were not read, counted and named (all of them in the run's source.json)."""
+    if not source:
+        return
+    for key, what in (("unreadable", "unreadable files skipped"), ("links_not_followed", "links not followed"),
+                      ("renamed", "zip members renamed to unique paths")):
+        items = source.get(key) or []
+        if items:
+            shown = ", ".join(i["path"] for i in items[:3]) + (", ..." if len(items) > 3 else "")
+            print(f"  {len(items)} {what}: {shown} (all in {run_dir / 'source.json'})")
 
 
 def cmd_runs(args, root: Path) -> int:
@@ -345,7 +371,7 @@ def cmd_cleanse(args, root: Path) -> int:
     ctx = RunContext.create(cfg, root)
     if args.remove:
         text = _read_removal_file(args.remove)
-        ids = read_removal_csv(text, ctx.dataset.n_train, ctx.dataset.train_paths)
+        ids = read_removal_csv(text, ctx.dataset.n_train, ctx.dataset.train_paths, ctx.dataset.ambiguous_paths)
     else:
         if not 1 <= args.top_harmful < ctx.dataset.n_train:
             raise ConfigError(f"--top-harmful must lie in 1..{ctx.dataset.n_train - 1}")
@@ -356,8 +382,11 @@ def cmd_cleanse(args, root: Path) -> int:
 
     ids = check_removal_ids(ids, ctx.dataset.n_train).tolist()
     result = _run(root, {"kind": "cleanse", "params": {"run_id": args.run, "removal_ids": ids, "mode": args.mode}}, args.json)
+    from .honesty import metric_report, uninformative
+
+    verdicts = metric_report(run, ctx)["verdicts"]
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "metric_verdicts": verdicts}))
         return 0
     print(f"removed {result['n_removed']} instances ({result['mode']}) in {result['seconds']:.1f} s; test split:")
     for m, before in result["before"].items():
@@ -365,8 +394,9 @@ def cmd_cleanse(args, root: Path) -> int:
         better = (after > before) == HIGHER_IS_BETTER[m]
         pred = result["predicted_change"].get(m)
         pred_s = f"  (predicted on validation: {pred:+.4f})" if pred is not None else ""
-        print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} "
-              f"{'better' if better else 'worse'}{pred_s}")
+        judged = "metric uninformative: neither better nor worse" if uninformative(verdicts, m) else (
+            "better" if better else "worse")
+        print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} {judged}{pred_s}")
     if result.get("predicted_scope"):
         print(f"  note: {result['predicted_scope']} (influence result '{result.get('predicted_from')}')")
     return 0
@@ -378,13 +408,22 @@ def cmd_export(args, root: Path) -> int:
 
     run = store.open_run(root, args.run)
     ctx = RunContext.create(load_run_config(run), root)
-    ids = read_removal_csv(_read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths)
+    ids = read_removal_csv(_read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths,
+                           ctx.dataset.ambiguous_paths)
     manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
     if args.json:
         print(json.dumps(manifest))
         return 0
     print(f"exported {manifest['n_exported']} of {manifest['n_train']} training images to {args.to} "
           f"({manifest['n_removed']} removed; see manifest.json and removed.csv there)")
+    left = manifest.get("not_exported", {})
+    if left:
+        print(f"  not exported besides: {len(left['held_out'])} held-out images (validation/test), "
+              f"{len(left['unreadable'])} unreadable files, {len(left['links_not_followed'])} links (listed in "
+              "manifest.json)")
+    if manifest["uninformative_metrics"]:
+        print(f"  metric uninformative for this run: {', '.join(METRIC_LABELS[m] for m in manifest['uninformative_metrics'])}"
+              " (influences on it carry no meaning; reasons in manifest.json)")
     return 0
 
 
@@ -401,8 +440,11 @@ def cmd_validate(args, root: Path) -> int:
         first_step_of_last_epochs(run, args.trace_epochs)  # a K the run did not trace: one error line, no job
         spec["params"]["trace_epochs"] = args.trace_epochs
     result = _run(root, spec, args.json)
+    from .honesty import metric_report
+
+    verdicts = metric_report(run)["verdicts"]
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({m: {**a, "metric_verdict": verdicts.get(m)} for m, a in result.items()}))
         return 0
     for m, a in result.items():
         loo = "time not recorded" if a["seconds_loo"] is None else f"{a['seconds_loo']:.0f} s"
@@ -410,6 +452,8 @@ def cmd_validate(args, root: Path) -> int:
         print(f"{METRIC_LABELS[m]}: n={a['n']}{epochs} Kendall tau {a['kendall_tau']:.3f}, Pearson r {a['pearson_r']:.3f}, "
               f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}, growth "
               f"{a['growth']:.3g}; LOO {loo})")
+        if verdicts.get(m, {}).get("reasons"):
+            print(f"  metric uninformative: {'; '.join(verdicts[m]['reasons'])}")
     return 0
 
 
@@ -418,9 +462,10 @@ def cmd_sweep(args, root: Path) -> int:
 
     from .config import apply_overrides, preset
     from .context import RunContext
+    from .data import prepare
     from .specs import sweep_spec
 
-    base = apply_overrides(preset(args.preset, 0), args.set)
+    base = prepare(apply_overrides(preset(args.preset, 0), args.set))
     n_train = RunContext.create(base, root).dataset.n_train
     spec = sweep_spec(base, args.seeds, args.methods, args.counts, args.metric, n_train, _options(args))
     table = pd.DataFrame(_run(root, spec, args.json)["table"])

@@ -27,8 +27,16 @@ DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEMES = ("simultaneous", "alternating")
 TRACE_MODES = ("snapshots", "checkpoints")
-FEATURES = ("mnist-cnn", "inception", "autoencoder")
+FEATURES = ("mnist-cnn", "inception", "autoencoder", "auto")
 LABELS = ("folders", "none")
+COLORS = ("gray", "rgb", "auto")
+AUTO = "auto"
+# Sizes each generator makes (others: any of 28, 32, 64).
+ARCH_SIZES = {"smallcnn": (28,), "dcgan": (28, 32), "dcgan-radford": (32, 64)}
+# Own images: what a preset sets for MNIST that the images decide instead (unless set explicitly): read from
+# the images, hold out 10% + 10%, all images, features by the labels (influence.data.prepare resolves them).
+FOLLOW_SOURCE = {"data.color": AUTO, "data.image_size": AUTO, "data.n_valid": AUTO, "data.n_test": AUTO,
+                 "data.n_train": None, "eval.feature": AUTO}
 
 
 def _added(default: Any, help: str) -> Any:
@@ -43,10 +51,13 @@ class DataConfig:
         default=None, metadata={"help": "use a seeded random subset of this many training images"}
     )
     root: str | None = field(
-        default=None, metadata={"help": "torchvision root folder, or a folder/zip of your images"}
+        default=None, metadata={"help": "torchvision root folder, or a folder/zip of your images (made absolute)"}
     )
-    image_size: int = field(default=28, metadata={"help": "images are resized to this square size"})
-    color: str = field(default="gray", metadata={"help": "gray or rgb (folder source)"})
+    image_size: int | str = field(default=28, metadata={
+        "help": "images are resized to this square size: 28, 32, 64, or auto (folder source: the size the model "
+                "makes that is nearest above the images' own, read from them)"})
+    color: str = field(default="gray", metadata={
+        "help": f"one of {COLORS}: auto (folder source) = rgb when the images hold colour, read from them"})
     labels: str = field(
         default="folders",
         metadata={
@@ -55,8 +66,12 @@ class DataConfig:
             "id_omitted_at_default": True,
         },
     )
-    n_valid: int = field(default=1000, metadata={"help": "normal2d: validation points"})
-    n_test: int = field(default=1000, metadata={"help": "normal2d: test points"})
+    n_valid: int | str = field(default=1000, metadata={
+        "help": "validation images/points (normal2d; folder source: held out of training, the split influence is "
+                "measured on; auto = 10%, at least 20)"})
+    n_test: int | str = field(default=1000, metadata={
+        "help": "test images/points (normal2d; folder source: held out, the split cleansing is judged on; auto = "
+                "10%, at least 20)"})
     dtype: str = field(
         default="float32",
         metadata={
@@ -65,6 +80,12 @@ class DataConfig:
             "id_omitted_at_default": True,
         },
     )
+    # Folder source: the sha256 of its files (paths, sizes, contents), recorded when a config is made
+    # (influence.data.prepare), so a run is bound to the exact images it was trained on.
+    fingerprint: str | None = _added(None, "folder source: fingerprint of the images (recorded automatically)")
+    name: str | None = field(default=None, metadata={
+        "help": "the data set's name in run ids and labels (folder source: the folder's or zip's name)",
+        "id_omitted_at_default": True, "not_in_id": True})
 
 
 @dataclass(frozen=True)
@@ -163,8 +184,8 @@ class EvalConfig:
     feature: str = field(
         default="mnist-cnn",
         metadata={"help": "IS/FID features: mnist-cnn (a classifier trained on the labels), inception (pytorch-fid's "
-                          "Inception-v3) or autoencoder (trained on unlabelled images; FID not comparable to "
-                          "published FIDs)"},
+                          "Inception-v3), autoencoder (trained on unlabelled images; FID not comparable to "
+                          "published FIDs), or auto (the classifier when the data have labels, else the autoencoder)"},
     )
     inception_weights: str | None = field(
         default=None, metadata={"help": "path to pytorch-fid's pt_inception weights file"}
@@ -205,8 +226,10 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
+        """'<preset>-s<seed>-<hash>', own images '<data set>-<preset>-s<seed>-<hash>'."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.preset}-s{self.seed}-{digest}"
+        named = f"{self.data.name}-" if self.data.name else ""
+        return f"{named}{self.preset}-s{self.seed}-{digest}"
 
     @property
     def is_2d(self) -> bool:
@@ -359,10 +382,12 @@ def preset(name: str, seed: int = 0) -> RunConfig:
 def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     """Apply `section.key=value` strings (e.g. `train.lr_d=0.001`, `seed=3`)."""
     d = cfg.to_dict()
+    assigned = set()
     for item in assignments:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
+        assigned.add(key.strip())
         path = key.strip().split(".")
         target_cls, target = RunConfig, d
         for part in path[:-1]:
@@ -375,9 +400,23 @@ def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
             valid = ", ".join(_all_keys())
             raise ConfigError(f"unknown config key '{key}'; valid keys: {valid}")
         target[path[-1]] = _parse_value(f, raw.strip(), key)
-    out = with_init_checksums(RunConfig.from_dict(d))
+    out = RunConfig.from_dict(d)
+    if out.data.source == "folder" and cfg.data.source != "folder":
+        out = own_images_defaults(out, keep=assigned)
+    out = with_init_checksums(out)
     validate(out)
     return out
+
+
+def own_images_defaults(cfg: RunConfig, keep: set[str] = frozenset()) -> RunConfig:
+    """The config with FOLLOW_SOURCE's values (the images decide colour, size, splits and features), except
+    the keys in `keep` (set explicitly)."""
+    d = cfg.to_dict()
+    for key, value in FOLLOW_SOURCE.items():
+        if key not in keep:
+            section, name = key.split(".")
+            d[section][name] = value
+    return RunConfig.from_dict(d)
 
 
 def with_init_checksums(cfg: RunConfig) -> RunConfig:
@@ -453,7 +492,7 @@ def _field_types(f: dataclasses.Field) -> tuple[type, ...]:
     t = f.type
     if isinstance(t, str):
         mapping = {"int": (int,), "float": (float,), "str": (str,), "bool": (bool,),
-                   "int | None": (int, type(None)), "str | None": (str, type(None)),
+                   "int | None": (int, type(None)), "str | None": (str, type(None)), "int | str": (int, str),
                    "float | None": (float, type(None))}
         return mapping.get(t, (str,))
     if get_origin(t) is not None:
@@ -469,14 +508,21 @@ def validate(cfg: RunConfig) -> None:
         (_PRESET_NAME.fullmatch(cfg.preset) is not None, "preset names use letters, digits, '-' and '_' (at most 40)"),
         (d.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got '{d.source}'"),
         (d.n_train is None or d.n_train >= 1, "data.n_train must be positive"),
-        (d.color in ("gray", "rgb"), "data.color must be gray or rgb"),
+        (d.color in COLORS, f"data.color must be one of {COLORS}"),
         (d.labels in LABELS, f"data.labels must be one of {LABELS}"),
         ((m.init_g is None) == (m.init_g_sha256 is None) and (m.init_d is None) == (m.init_d_sha256 is None),
          "model.init_g/init_d need their sha256: give the files with --init-g/--init-d (or --set, which records it)"),
-        (d.image_size in (28, 32, 64), "data.image_size must be 28, 32 or 64"),
-        (m.arch != "dcgan-radford" or d.image_size in (32, 64), "dcgan-radford generates 32x32 or 64x64 images"),
-        (m.arch != "dcgan" or d.image_size in (28, 32), "dcgan (two layers) generates 28x28 or 32x32 images"),
-        (d.n_valid >= 2 and d.n_test >= 2, "data.n_valid and data.n_test must be at least 2"),
+        (d.image_size in (28, 32, 64, AUTO), "data.image_size must be 28, 32, 64 or auto"),
+        (d.image_size == AUTO or d.image_size in ARCH_SIZES.get(m.arch, (d.image_size,)),
+         f"{m.arch} generates images of {' or '.join(f'{s}x{s}' for s in ARCH_SIZES.get(m.arch, ()))} pixels "
+         f"(data.image_size)"),
+        (all(isinstance(n, int) and n >= 2 or n == AUTO for n in (d.n_valid, d.n_test)),
+         "data.n_valid and data.n_test must be at least 2 (or auto)"),
+        (d.source == "folder" or AUTO not in (d.color, d.image_size, d.n_valid, d.n_test),
+         "data.color, data.image_size, data.n_valid and data.n_test can be auto for the folder source only"),
+        (d.fingerprint is None or d.source == "folder", "data.fingerprint belongs to the folder source"),
+        (d.name is None or _PRESET_NAME.fullmatch(d.name) is not None,
+         "data.name uses letters, digits, '-' and '_' (at most 40)"),
         (m.arch in ARCHS, f"model.arch must be one of {ARCHS}, got '{m.arch}'"),
         (1 <= m.width <= 512, "model.width must lie in 1..512"),
         (1 <= m.z_dim <= 1024, "model.z_dim must lie in 1..1024"),
@@ -486,7 +532,6 @@ def validate(cfg: RunConfig) -> None:
         (d.dtype in DTYPES, f"data.dtype must be one of {DTYPES}"),
         (d.dtype == "float32" or d.source == "normal2d", "data.dtype=float64 applies to normal2d data only"),
         ((m.arch == "fcgan") == (d.source == "normal2d"), "fcgan goes with normal2d data and only with it"),
-        (m.arch != "smallcnn" or d.image_size == 28, "smallcnn generates 28x28 images (data.image_size=28)"),
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.batch_size >= 1, "train.batch_size must be at least 1"),
         (t.lr_d > 0 and t.lr_g > 0, "learning rates must be positive"),

@@ -31,7 +31,7 @@ def check_split_sizes(n_valid: int, n_test: int) -> None:
     for name, n in (("validation", n_valid), ("test", n_test)):
         if n < MIN_SPLIT:
             raise ConfigError(f"the {name} split has {n} instances; at least {MIN_SPLIT} are needed for its metrics "
-                              f"(a folder source holds out 10% each: give it at least {MIN_SPLIT * 10} images)")
+                              f"(own images: set data.n_valid / data.n_test to at least {MIN_SPLIT})")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -83,6 +83,15 @@ def metric_report(run: store.Run, ctx=None) -> dict:
     return report
 
 
+def stored_verdicts(run: store.Run) -> dict[str, dict]:
+    """The run's per-metric verdicts ({metric: {"verdict", "reasons"}}) if its report was computed, else {}."""
+    return run.read_json(REPORT)["verdicts"] if run.exists(REPORT) else {}
+
+
+def uninformative(verdicts: dict[str, dict], metric: str) -> bool:
+    return verdicts.get(metric, {}).get("verdict") == UNINFORMATIVE
+
+
 def verdict_line(report: dict, metric: str) -> str:
     v = report["verdicts"].get(metric)
     if v is None:

@@ -16,8 +16,10 @@ import pandas as pd
 from .errors import ConfigError
 
 
-def read_removal_csv(text: str, n_train: int | None = None, paths: list[str] | None = None) -> list[int]:
-    """Training ids named by the CSV, in file order; `paths` (the run's training paths) resolves a 'path' column."""
+def read_removal_csv(text: str, n_train: int | None = None, paths: list[str] | None = None,
+                     ambiguous: dict[str, list[str]] | None = None) -> list[int]:
+    """Training ids named by the CSV, in file order; `paths` (the run's training paths) resolves a 'path' column;
+    `ambiguous`: names several zip members shared -> the unique paths they were given (Dataset.ambiguous_paths)."""
     try:  # newline="": csv itself splits lines, so old Mac '\r' endings are lines, not an error
         rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(c.strip() for c in row)]
     except csv.Error as e:
@@ -43,6 +45,10 @@ def read_removal_csv(text: str, n_train: int | None = None, paths: list[str] | N
         value = _id_cell(row, id_col or 0, line) if id_col is not None or not has_header else None
         if path_col is not None:
             path = row[path_col].strip() if len(row) > path_col else ""
+            if path in (ambiguous or {}):
+                raise ConfigError(f"removal CSV line {line}: '{path[:80]}' is ambiguous: the zip holds "
+                                  f"{len(ambiguous[path])} members of that name, loaded as "
+                                  f"{', '.join(ambiguous[path])}; name the one you mean")
             if path not in lookup:
                 raise ConfigError(f"removal CSV line {line}: '{path[:80]}' is not a training image of this run "
                                   "(held out for validation/test, unreadable, or not under data.root)")
@@ -72,8 +78,9 @@ def _id_cell(row: list[str], column: int, line: int) -> int:
         raise ConfigError(f"removal CSV line {line}: '{cell[:40]}' is not an integer id") from None
 
 
-def removal_frame(ids, dataset, results: dict | None = None) -> pd.DataFrame:
-    """id, path (own images), label (-1 = unlabelled), influence_<metric> per result, one row per removed id."""
+def removal_frame(ids, dataset, results: dict | None = None, verdicts: dict | None = None) -> pd.DataFrame:
+    """id, path (own images), label (-1 = unlabelled), influence_<metric> per result, one row per removed id;
+    with `verdicts` (honesty), metric_<metric> says whether the metric is informative for the run."""
     ids = np.asarray(ids, dtype=np.int64)
     frame = pd.DataFrame({"id": ids})
     if dataset.train_paths is not None:
@@ -81,9 +88,11 @@ def removal_frame(ids, dataset, results: dict | None = None) -> pd.DataFrame:
     frame["label"] = dataset.train.y.numpy()[ids] if dataset.train.y is not None else -1
     for metric, r in (results or {}).items():
         frame[f"influence_{metric}"] = r.scores[ids]
+        if metric in (verdicts or {}):
+            frame[f"metric_{metric}"] = verdicts[metric]["verdict"]
     return frame
 
 
-def removal_csv(ids, dataset, results: dict | None = None) -> bytes:
+def removal_csv(ids, dataset, results: dict | None = None, verdicts: dict | None = None) -> bytes:
     """The removal set as CSV (what `gan-influence cleanse --remove` and `export --removal` read)."""
-    return removal_frame(ids, dataset, results).to_csv(index=False).encode()
+    return removal_frame(ids, dataset, results, verdicts).to_csv(index=False).encode()

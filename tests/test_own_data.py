@@ -21,6 +21,7 @@ from influence import classifier, datamap, store
 from influence.cli import main
 from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, with_init_checksums
 from influence.context import RunContext
+from influence.data import prepare
 from influence.errors import ConfigError
 from influence.estimator import EstimateOptions, cached_results, choose_results, chosen_name, estimate, result_sets
 from influence.export import export_cleaned
@@ -51,13 +52,14 @@ def own(tmp_path_factory):
         Image.fromarray(img).save(images / rel)
     (images / "a0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (images / "notes.txt").write_text("not an image")
-    cfg = RunConfig(
+    cfg = prepare(RunConfig(
         preset="owntest",
-        data=DataConfig(source="folder", root=str(images), image_size=32, color="rgb", labels="none"),
+        data=DataConfig(source="folder", root=str(images), image_size=32, color="rgb", labels="none", n_valid=24,
+                        n_test=24),
         model=ModelConfig(arch="dcgan", width=4, z_dim=8),
         train=TrainConfig(epochs=2, batch_size=48, lr_d=0.001, lr_g=0.001, dtype="float64"),
         eval=EvalConfig(n_valid_z=50, n_test_z=50, n_grid=16, feature="autoencoder"),
-    )
+    ))
     root = base / "store"
     with mock.patch.object(classifier, "AE_STEPS", 40):
         run = train(cfg, root)

@@ -22,7 +22,8 @@ from influence import baselines, datamap, estimator, honesty, store
 from influence.cleanse import attempts as cleanse_attempts
 from influence.config import RunConfig
 from influence.context import RunContext, load_run_config
-from influence.errors import StoreError
+from influence.data import SOURCE_RECORD, Survey, survey
+from influence.errors import InfluenceError, StoreError
 from influence.train import Trace, checkpoint_history, load_history
 from influence.validation import stored_sweeps, stored_validations
 
@@ -116,6 +117,33 @@ def metric_report(root: str, run_id: str) -> dict:
     """Feature net quality, real-data reference and per-metric informativeness (honesty.metric_report)."""
     run = store.open_run(Path(root), run_id)
     return honesty.metric_report(run, None if run.exists(honesty.REPORT) else context(root, run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def metric_verdicts(root: str, run_id: str, stamp: int) -> dict[str, dict]:
+    """The run's stored per-metric verdicts ({} before its report is computed); stamp: mtime_ns of the report."""
+    return honesty.stored_verdicts(store.open_run(Path(root), run_id))
+
+
+def verdicts_now(root: Path, run_id: str) -> dict[str, dict]:
+    return metric_verdicts(str(root), run_id, mtime_ns(root, run_id, honesty.REPORT))
+
+
+@st.cache_data(ttl=60, max_entries=8, show_spinner="Reading your images (paths, sizes, headers) ...")
+def source_survey(path: str) -> Survey | str:
+    """What a folder/zip holds (influence.data.survey), or why it cannot be used; kept a minute per path, so
+    reruns of the form do not read the files again (and a huge tree such as / fails once, within its bounds)."""
+    try:
+        return survey(os.path.abspath(os.path.expanduser(path)))
+    except InfluenceError as e:
+        return str(e)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def source_record(root: str, run_id: str, stamp: int) -> dict | None:
+    """Own images: the run's source.json (what was read, skipped, held out), or None."""
+    run = store.open_run(Path(root), run_id)
+    return run.read_json(SOURCE_RECORD) if run.exists(SOURCE_RECORD) else None
 
 
 @st.cache_resource(show_spinner="Computing the map of the training set (once per run) ...", max_entries=8)

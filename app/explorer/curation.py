@@ -29,10 +29,11 @@ def ordered_ids(results: dict[str, InfluenceResult], sort_metric: str, helpful_f
     return order[keep[order]]
 
 
-def read_removal_upload(data: bytes, n_train: int, paths: list[str] | None = None) -> list[int]:
+def read_removal_upload(data: bytes, n_train: int, paths: list[str] | None = None,
+                        ambiguous: dict[str, list[str]] | None = None) -> list[int]:
     """Ids from an uploaded CSV (the CLI's format and checks); ConfigError with the reason otherwise."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("the file is not UTF-8 text") from None
-    return read_removal_csv(text, n_train, paths)
+    return read_removal_csv(text, n_train, paths, ambiguous)

@@ -89,4 +89,4 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
             st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d {d:.2g}"))
             if paths:
                 st.caption(paths[j])
-            st.caption(tables.score_lines(results, j))
+            st.caption(tables.score_lines(results, j, cache.verdicts_now(root, run_id)))

@@ -185,11 +185,15 @@ def class_label(label: int, class_names: list[str] | None) -> str:
 
 
 def history_figure(history: list[dict], live_losses: list[tuple[int, float, float]] | None = None,
-                   steps_per_epoch: int | None = None, height: int = 300) -> go.Figure:
-    """Losses (per epoch, plus per-step samples while training) and test metrics per epoch."""
+                   steps_per_epoch: int | None = None, height: int = 300,
+                   uninformative: tuple[str, ...] = ()) -> go.Figure:
+    """Losses (per epoch, plus per-step samples while training) and test metrics per epoch (a metric that is
+    uninformative for the run is titled so, not 'higher/lower is better')."""
     metrics = [m for m in ("is", "fid", "all") if any(m in h for h in history)]
     fig = make_subplots(rows=1, cols=1 + len(metrics), subplot_titles=["losses"] + [
-        f"test {METRIC_LABELS[m]} ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)" for m in metrics])
+        f"test {METRIC_LABELS[m]} (" + ("metric uninformative" if m in uninformative else
+                                        f"{'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better") + ")"
+        for m in metrics])
     if live_losses and steps_per_epoch:
         steps = [s / steps_per_epoch for s, _, _ in live_losses]
         fig.add_scatter(x=steps, y=[d for _, d, _ in live_losses], mode="lines", name="D loss (live)",

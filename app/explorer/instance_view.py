@@ -28,7 +28,8 @@ def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) -
             "side": "no estimate" if flag == FLAG_NEVER_TRACED else
             ("harmful" if r.scores[i] * sign > 0 else "helpful"),
             "harmful rank": f"{int(row[f'harmful_rank_{metric}'])} of {n}" if flag != FLAG_NEVER_TRACED else "-",
-            "estimate": FLAG_NAMES[flag],
+            # the table's flag: says "metric uninformative" where the metric means nothing for the run
+            "estimate": row.get(f"flag_{metric}", FLAG_NAMES[flag]),
         })
     step, first_step, per_epoch = cache.traced_steps(str(root), run_id)
     t = int(step[i])

@@ -10,7 +10,7 @@ import pandas as pd
 
 from influence.baselines import METHOD_LABELS
 from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult
-from influence.honesty import scope_text
+from influence.honesty import scope_text, uninformative
 from influence.metrics import METRIC_LABELS
 
 from .figures import class_label
@@ -82,13 +82,21 @@ def scale_note(metric: str, numbers: dict, value: float | None, spread: tuple[fl
     return text
 
 
-def score_lines(results: dict[str, InfluenceResult], i: int) -> str:
-    """Markdown, one line per metric, for a gallery card; harmful values in red."""
-    lines = []
+def score_lines(results: dict[str, InfluenceResult], i: int, verdicts: dict | None = None) -> str:
+    """Markdown, one line per metric, for a gallery card; harmful values in red, except for a metric that is
+    uninformative for the run (`verdicts`, honesty): grey, and named so in the last line."""
+    lines, grey = [], []
     for metric, r in results.items():
         value = r.scores[i]
         text = f"{METRIC_LABELS[metric]} {'+' if value > 0 else ''}{sci(value)}"
+        if uninformative(verdicts or {}, metric):
+            lines.append(f":gray[{text}]")
+            grey.append(metric)
+            continue
         lines.append(f":red[{text}]" if value * r.meta["harmful_sign"] > 0 else text)
+    if grey:
+        lines.append(":orange[metric uninformative]" if len(grey) == len(results) else
+                     f":orange[{', '.join(METRIC_LABELS[m] for m in grey)}: metric uninformative]")
     return "  \n".join(lines)
 
 
@@ -102,7 +110,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
         state = "damaged" if "problem" in r else ("finished" if summary else "unfinished")
         rows.append({
             "run": r["run_id"], "state": state, "preset": cfg.get("preset", ""),
-            "data": data.get("source", ""), "n_train": summary.get("n_train", data.get("n_train")),
+            "data": data.get("name") or data.get("source", ""), "n_train": summary.get("n_train", data.get("n_train")),
             "model": f"{model.get('arch', '')} w{model.get('width', '')}", "epochs": train.get("epochs"),
             "lr D/G": f"{train.get('lr_d', '')}/{train.get('lr_g', '')}",
             **{f"test {METRIC_LABELS[m]}": test.get(m) for m in ("is", "fid", "all")},

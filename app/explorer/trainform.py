@@ -17,8 +17,9 @@ from pathlib import Path
 
 from influence import config as config_module
 from influence import store
-from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, preset, validate
-from influence.data import folder_has_labels
+from influence.config import PRESETS, RunConfig, apply_overrides, describe_fields, own_images_defaults, preset, validate
+from influence.data import Survey, describe, prepare
+from influence.data.resolve import data_set_name
 from influence.errors import ConfigError
 
 DATASETS = {
@@ -48,8 +49,15 @@ _CHOICE_NAMES = {"data.color": "COLORS", "data.labels": "LABELS", "data.dtype": 
                  "train.device": "DEVICES", "train.optimizer": "OPTIMIZERS", "train.scheme": "SCHEMES",
                  "train.trace_mode": "TRACE_MODES", "eval.feature": "FEATURES"}
 CHOICES = {key: tuple(getattr(config_module, name)) for key, name in _CHOICE_NAMES.items()
-           if hasattr(config_module, name)} | {"data.color": ("gray", "rgb")}
+           if hasattr(config_module, name)}
 BOOL_CHOICES = ("True", "False")
+OWN = ("upload", "folder")  # the data choices that are the user's own images
+HELD_OUT_NOTE = (
+    "**Held-out images.** `n_valid` images are held out for validation: an influence is the change of a metric "
+    "measured on them, so every estimate rests on them. `n_test` images are held out for testing: cleansing is "
+    "judged on them. Neither is trained on. FID and IS on fewer than 200 images are mostly noise, so the run then "
+    "marks those metrics *uninformative*; every image held out is one fewer to train on. `auto`: 10% each, at "
+    "least 20.")
 SET_BY_PAGE = ("data.source", "data.root", "preset")  # chosen above the form, not in it
 # How the optimizer updates (issue 10's options): a column of their own in the form, next to "train".
 OPTIMIZER_KEYS = ("train.optimizer", "train.betas", "train.eps", "train.momentum", "train.nesterov",
@@ -57,6 +65,22 @@ OPTIMIZER_KEYS = ("train.optimizer", "train.betas", "train.eps", "train.momentum
 SCHEDULE_KEY = "train.lr_schedule"
 SCHEDULE_COLUMNS = ("from epoch", "lr_D", "lr_G")
 MAX_UPLOAD_MB = 200
+
+
+def preset_note(preset_name: str, data_key: str) -> str:
+    """What the preset is; for own images, that only its model and training recipe apply."""
+    if data_key not in OWN:
+        return PRESET_NOTES.get(preset_name, "")
+    c = PRESETS[preset_name]
+    return (f"{preset_name}'s model and training recipe ({c.model.arch}, width {c.model.width}, {c.train.optimizer}, "
+            f"{c.train.epochs} epochs) on your images; colour, size, held-out splits and IS/FID features follow your "
+            "images, not MNIST (`auto` below)")
+
+
+def own_images_summary(found: Survey, cfg: RunConfig) -> str:
+    """What was read from the images and what the run makes of them (cfg: prepared), in one paragraph."""
+    return (f"**Detected in your images:** {describe(cfg, found)}. Runs on them are named "
+            f"`{cfg.data.name}-{cfg.preset}-s<seed>-…`.")
 
 
 def presets_for(data_key: str) -> list[str]:
@@ -72,22 +96,21 @@ def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunCo
     source = "folder" if data_key in ("upload", "folder") else data_key
     if source != "mnist" and not (data_root or "").strip():
         raise ConfigError(f"{DATASETS[data_key]}: enter the folder path (or upload a zip) first")
-    n_train = None if source == "folder" else cfg.data.n_train
-    data = dataclasses.replace(cfg.data, source=source, root=(data_root or "").strip() or None, n_train=n_train)
+    root = (data_root or "").strip() or None
+    data = dataclasses.replace(cfg.data, source=source, root=root,
+                               name=data_set_name(root) if source == "folder" else cfg.data.name)
     cfg = dataclasses.replace(cfg, data=data)
-    if source == "folder" and not folder_has_labels(data.root):
-        # No class sub-folders: IS/FID features from an autoencoder trained on the images (no labels needed).
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature="autoencoder"))
-    return cfg
+    # Own images: colour, size, held-out splits, all images and the features follow the images (data.prepare)
+    return own_images_defaults(cfg) if source == "folder" else cfg
 
 
 def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
-    """(key, current value as text, help, choices or None) for every field the form shows (checksums
-    of init files are recorded by the engine, not typed)."""
+    """(key, current value as text, help, choices or None) for every field the form shows (checksums of init
+    files and the images' fingerprint are recorded by the engine, not typed)."""
     values = _flat(cfg)
     return [(key, values[key], help_text, BOOL_CHOICES if isinstance(default, bool) else CHOICES.get(key))
             for key, default, help_text in describe_fields()
-            if key not in SET_BY_PAGE and not key.endswith("_sha256")]
+            if key not in SET_BY_PAGE and not key.endswith(("_sha256", ".fingerprint"))]
 
 
 def section_of(key: str) -> str:
@@ -124,7 +147,7 @@ def apply_edits(cfg: RunConfig, edited: dict[str, str]) -> RunConfig:
     """The config with the form's changed fields applied; ConfigError with the reason otherwise."""
     values = _flat(cfg)
     assignments = [f"{key}={text.strip()}" for key, text in edited.items() if text.strip() != values[key]]
-    out = apply_overrides(cfg, assignments)
+    out = prepare(apply_overrides(cfg, assignments))  # own images: read from them, fingerprinted
     validate(out)
     return out
 

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
+import pandas as pd
+
 from influence.config import RunConfig
-from influence.honesty import INFORMATIVE, feature_note, reference_line
+from influence.data import SOURCE_RECORD
+from influence.honesty import INFORMATIVE, feature_note, reference_line, uninformative
 from influence.metrics import METRIC_LABELS
 
 from . import cache, state, tables
@@ -41,14 +44,36 @@ def run_picker(root: Path) -> None:
     st.selectbox("Current run", ids, key="run_picker", on_change=on_change,
                  help="Every page works on this run. Runs are cached in the store folder.")
     summary = next(r["summary"] for r in runs if r["run_id"] == current)
-    test = " · ".join(f"{METRIC_LABELS[m]} {v:.3g}" for m, v in summary.get("test", {}).items())
+    verdicts = cache.verdicts_now(root, current)
+    test = " · ".join(f"{METRIC_LABELS[m]} {v:.3g}" + (" (uninformative)" if uninformative(verdicts, m) else "")
+                      for m, v in summary.get("test", {}).items())
     n_train = summary.get("n_train")
     st.caption(f"{tables.plural(n_train, 'training instance') if n_train is not None else '? training instances'}"
                f" · test {test}")
+    bad = [METRIC_LABELS[m] for m in verdicts if uninformative(verdicts, m)]
+    if bad:
+        st.caption(f":orange-badge[:material/report: metric uninformative] {', '.join(bad)}: these numbers, and "
+                   "influences on them, carry no meaning for this run (reasons on Train or load)")
     cfg = RunConfig.from_dict(cache.config(str(root), current))
     if feature_note(cfg):
         st.caption(feature_note(cfg))
     st.caption(f"Removal set: {tables.plural(len(state.removal(root, current)), 'instance')}")
+
+
+def source_notes(root: Path, run_id: str) -> None:
+    """Own images: what the run read, and every file it did not (count, the paths on demand)."""
+    record = cache.source_record(str(root), run_id, cache.mtime_ns(root, run_id, SOURCE_RECORD))
+    if not record:
+        return
+    sizes = record["split_sizes"]
+    st.caption(f"Your images: {record['n_images']} read from {record['n_files']} files; {sizes['train']} train, "
+               f"{sizes['valid']} validation and {sizes['test']} test images (fingerprint "
+               f"`{record['fingerprint'][:12]}`: the run refuses to go on if the files change).")
+    for key, what in (("unreadable", "unreadable files skipped"), ("links_not_followed", "links not followed"),
+                      ("renamed", "zip members renamed to unique paths")):
+        if record.get(key):
+            with st.expander(f"{len(record[key])} {what}", icon=":material/warning:"):
+                st.dataframe(pd.DataFrame(record[key]), hide_index=True)
 
 
 def require_run(root: Path) -> tuple[str, RunConfig]:

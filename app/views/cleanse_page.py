@@ -8,6 +8,7 @@ from influence import store
 from influence.cleanse import removal_key
 from influence.errors import ConfigError
 from influence.export import export_cleaned
+from influence.honesty import uninformative
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS
 
 root = state.root()
@@ -64,6 +65,14 @@ if removal and not cfg.is_2d:
                 st.success(f"Exported {manifest['n_exported']} of {manifest['n_train']} training images to "
                            f"`{target.strip()}` ({manifest['n_removed']} removed; influence result "
                            f"`{manifest['influence_result']}`).", icon=":material/check_circle:")
+                left = manifest.get("not_exported")
+                if left:
+                    st.caption(f"Not exported besides the removed ones: {len(left['held_out'])} held-out images "
+                               f"(validation and test), {len(left['unreadable'])} unreadable files and "
+                               f"{len(left['links_not_followed'])} links; manifest.json lists each with the reason.")
+                if manifest["uninformative_metrics"]:
+                    st.warning("The manifest records these metrics as uninformative for this run: " + ", ".join(
+                        METRIC_LABELS[m] for m in manifest["uninformative_metrics"]) + ".", icon=":material/report:")
 
 if not attempts:
     st.info("No cleansing attempt for this run yet.", icon=":material/school:")
@@ -88,11 +97,20 @@ attempt = by_key[key]
 
 st.subheader("Test metrics before and after")
 shown = [m for m in cache.METRIC_ORDER if m in attempt["after"]]
+verdicts = cache.verdicts_now(root, run_id)
+meaningless = [m for m in shown if uninformative(verdicts, m)]
+if meaningless:
+    st.warning(f"Metric uninformative for this run: {', '.join(METRIC_LABELS[m] for m in meaningless)}. Their changes "
+               "below are not better or worse, only different: " + "; ".join(
+                   f"{METRIC_LABELS[m]}: {verdicts[m]['reasons'][0]}" for m in meaningless) + ".",
+               icon=":material/report:")
 for col, metric in zip(st.columns(len(shown)), shown, strict=True):
     after = attempt["after"][metric]
     label = METRIC_LABELS[metric]
     change = attempt["change"].get(metric)
-    if metric == "dloss":  # a baseline for choosing instances, not a quality measure: no good/bad colour
+    if metric in meaningless:  # no good/bad colour for a number that means nothing here
+        color, help_text = "off", "metric uninformative: " + "; ".join(verdicts[metric]["reasons"])
+    elif metric == "dloss":  # a baseline for choosing instances, not a quality measure: no good/bad colour
         color, help_text = "off", tables.DLOSS_NOTE
     else:
         color = "normal" if HIGHER_IS_BETTER[metric] else "inverse"

@@ -53,7 +53,7 @@ def import_csv() -> None:
         st.session_state.pop("import-msg", None)
         return
     try:
-        ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train, paths)
+        ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train, paths, dataset.ambiguous_paths)
     except ConfigError as e:
         st.session_state["import-msg"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
         return
@@ -129,7 +129,7 @@ with gallery_col:
                     st.markdown(f"**#{i}**" + (f" · {label}" if label else ""))
                     if paths:
                         st.caption(f"`{paths[i]}`")
-                    st.caption(tables.score_lines(results, i))
+                    st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
                     member = i in in_set
                     st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
                                 on_change=state.toggle_removal, args=(root, run_id, i))
@@ -174,7 +174,8 @@ with set_col:
         if len(counts):
             st.plotly_chart(figures.class_bar(counts), key="set-classes")
         st.dataframe(pd.DataFrame({"id": removal}), hide_index=True, height=160)
-        st.download_button("Export CSV", removal_csv(removal, dataset, results), file_name=f"removal-{run_id}.csv",
+        st.download_button("Export CSV", removal_csv(removal, dataset, results, cache.verdicts_now(root, run_id)),
+                           file_name=f"removal-{run_id}.csv",
                            mime="text/csv", on_click="ignore", icon=":material/download:", width="stretch")
         st.button("Clear", on_click=set_ids, args=([],), icon=":material/delete:", width="stretch")
         st.page_link(widgets.CLEANSE_PAGE, label="Cleanse without this set", icon=":material/arrow_forward:")

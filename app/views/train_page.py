@@ -8,7 +8,9 @@ from explorer import cache, figures, jobpanel, state, tables, trainform, widgets
 from explorer.widgets import INFLUENCE_PAGE
 from influence import store
 from influence.config import DEFAULT_PRESET, RunConfig
-from influence.errors import ConfigError
+from influence.data import Survey, prepare
+from influence.errors import ConfigError, InfluenceError
+from influence.honesty import INFORMATIVE
 
 root = state.root()
 st.title("Train or load a GAN")
@@ -66,19 +68,34 @@ with new_tab:
         if upload is not None:
             try:
                 data_root = str(trainform.save_upload(root, upload.name, upload.getvalue()))
-                st.caption(f"Saved as `{data_root}`. 10% of the images validate, 10% test, the rest train.")
+                st.caption(f"Saved as `{data_root}`.")
             except ConfigError as e:
                 st.error(str(e))
+    found = None
+    if data_key in trainform.OWN and (data_root or "").strip():
+        # read once per path and minute (bounded: a huge tree such as / stops with a message), not per rerun
+        found = cache.source_survey(data_root.strip())
+        if not isinstance(found, Survey):
+            st.error(found, icon=":material/error:")
 
     names = trainform.presets_for(data_key)
     c1, c2 = st.columns([2, 3])
     preset_name = c1.selectbox("Preset", names, index=names.index(DEFAULT_PRESET) if DEFAULT_PRESET in names else 0,
                                key=f"preset-{data_key}")
-    c2.caption(trainform.PRESET_NOTES.get(preset_name, ""))
+    c2.caption(trainform.preset_note(preset_name, data_key))
 
     try:
         base = trainform.base_config(preset_name, data_key, data_root)
-    except ConfigError as e:
+        if found is not None:
+            if not isinstance(found, Survey):
+                raise ConfigError("choose a folder or zip of images that can be read (see above)")
+            st.info(trainform.own_images_summary(found, prepare(base, found)), icon=":material/photo_library:")
+            if found.unreadable:
+                with st.expander(f"The {len(found.unreadable)} unreadable files, and why"):
+                    st.dataframe(pd.DataFrame(found.unreadable, columns=["file", "why it is skipped"]),
+                                 hide_index=True)
+            st.caption(trainform.HELD_OUT_NOTE)
+    except InfluenceError as e:
         st.info(str(e))
         base = None
 
@@ -122,7 +139,7 @@ with new_tab:
             try:
                 edited[trainform.SCHEDULE_KEY] = trainform.schedule_text(schedule.to_dict("records"))
                 cfg = trainform.apply_edits(base, edited)
-            except ConfigError as e:
+            except InfluenceError as e:  # a bad value, or own images that changed or cannot be read
                 st.error(f"Not started: {e}", icon=":material/error:")
             else:
                 run = store.Run(root, cfg.run_id)
@@ -180,8 +197,11 @@ with left:
                      caption=f"epoch {epoch}")
 with right:
     st.markdown("**Training curves**")
-    st.plotly_chart(figures.history_figure(cache.history(str(root), run_id)), key="history")
+    verdicts = cache.verdicts_now(root, run_id)
+    st.plotly_chart(figures.history_figure(cache.history(str(root), run_id), uninformative=tuple(
+        m for m in verdicts if verdicts[m]["verdict"] != INFORMATIVE)), key="history")
     widgets.metric_meaning(root, run_id, cfg)
+    widgets.source_notes(root, run_id)
     with st.expander("Configuration"):
         st.json(cache.config(str(root), run_id))
 st.page_link(INFLUENCE_PAGE, label="Next: estimate the influence of each training instance",

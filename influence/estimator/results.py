@@ -20,7 +20,7 @@ import pandas as pd
 from .. import store
 from ..context import load_run_config
 from ..errors import ConfigError, StoreError
-from ..honesty import if_removed
+from ..honesty import UNINFORMATIVE, if_removed, stored_verdicts, uninformative
 from ..metrics import METRIC_LABELS, harmful_sign, sign_sentence
 from ..train import Trace
 from .alternatives import baseline_verdict
@@ -168,6 +168,7 @@ def harmful_order(result: InfluenceResult) -> np.ndarray:
 def influence_table(run: store.Run, dataset, name: str | None = None) -> pd.DataFrame:
     """id, path (own images), label, then influence, harmful rank (1 = most harmful) and flag per metric."""
     results = cached_results(run, name)
+    verdicts = stored_verdicts(run)
     table = pd.DataFrame({"id": np.arange(dataset.n_train)})
     if dataset.train_paths is not None:
         table["path"] = dataset.train_paths
@@ -178,7 +179,9 @@ def influence_table(run: store.Run, dataset, name: str | None = None) -> pd.Data
         rank[harmful_order(r)] = np.arange(1, dataset.n_train + 1)
         table[f"influence_{metric}"] = r.scores
         table[f"harmful_rank_{metric}"] = rank
-        table[f"flag_{metric}"] = [FLAG_NAMES[int(f)] for f in r.flags]
+        # a reliable estimate of a metric that means nothing must not read as plain "reliable"
+        suffix = f"; {UNINFORMATIVE}" if uninformative(verdicts, metric) else ""
+        table[f"flag_{metric}"] = [FLAG_NAMES[int(f)] + suffix for f in r.flags]
     table.attrs["sign"] = {m: r.meta["sign"] for m, r in results.items()}
     return table
 
@@ -187,16 +190,19 @@ def table_metadata(run: store.Run, results: dict[str, InfluenceResult], name: st
     """What the table's numbers are: which named result, its options, and each metric's 'if removed' in full."""
     cfg = load_run_config(run)
     total = run.read_json("summary.json")["steps"] if run.exists("summary.json") else None
+    verdicts = stored_verdicts(run)
     return {
         "run_id": run.run_id, "result": name,
         "options": next(iter(results.values())).meta["options"] if results else None,
-        "metrics": {m: {"sign": r.meta["sign"], "verdict": r.meta["verdict"],
+        "metrics": {m: {"sign": r.meta["sign"], "verdict": r.meta["verdict"], "metric_verdict": verdicts.get(m),
                         "if_removed": if_removed(m, r.meta["traced_steps"], total, cfg.train.epochs) if total else None}
                     for m, r in results.items()},
         "columns": {"id": "training instance id (position in the run's training set)",
                     "path": "file path relative to data.root (own images only)",
                     "label": "class (-1 = unlabelled)", "influence_<m>": "estimated change of metric m if removed",
-                    "harmful_rank_<m>": "1 = most harmful", "flag_<m>": "per-instance reliability"},
+                    "harmful_rank_<m>": "1 = most harmful",
+                    "flag_<m>": "per-instance reliability of the estimate; '; metric uninformative' where the metric "
+                                "itself means nothing for this run (metric_verdict)"},
     }
 
 

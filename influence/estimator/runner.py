@@ -11,6 +11,7 @@ import torch
 from .. import conditions, store
 from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
+from ..honesty import metric_report
 from ..metrics import check_metric
 from ..objectives import Objective, metric_objectives
 from ..progress import CancelToken, ProgressFn, Reporter
@@ -54,6 +55,7 @@ def estimate(
         if not run.exists(CHOSEN) and options.method == "exact":
             # the first estimate computed is the one in use until the user picks another (a baseline never is)
             run.write_json(CHOSEN, {"name": result_name(options, n_params)})
+        metric_report(run, ctx)  # the table's flags carry each metric's verdict
         write_table(run, ctx.dataset)
     return {m: results[m] for m in metrics}
 

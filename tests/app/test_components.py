@@ -104,6 +104,17 @@ def test_gallery_scores_mark_the_harmful_side_red():
     assert tables.score_lines(results, 1) == "FID +5.00e-1  \n:red[IS +5.00e-1]"
 
 
+def test_gallery_scores_of_an_uninformative_metric_are_grey_and_say_so():
+    results = {"fid": _result("fid", [-0.5, 0.5]), "is": _result("is", [-0.5, 0.5])}
+    fid_means_nothing = {"fid": {"verdict": "metric uninformative", "reasons": ["r"]},
+                         "is": {"verdict": "informative", "reasons": []}}
+    assert tables.score_lines(results, 0, fid_means_nothing) == (
+        ":gray[FID -5.00e-1]  \nIS -5.00e-1  \n:orange[FID: metric uninformative]")
+    nothing = {m: {"verdict": "metric uninformative", "reasons": ["r"]} for m in ("fid", "is")}
+    assert tables.score_lines(results, 1, nothing) == (
+        ":gray[FID +5.00e-1]  \n:gray[IS +5.00e-1]  \n:orange[metric uninformative]")
+
+
 def test_uploaded_removal_csv_is_read_with_the_cli_rules():
     assert curation.read_removal_upload(b"id\n2\n0\n", 5) == [2, 0]
     with pytest.raises(ConfigError, match="not UTF-8"):

@@ -15,6 +15,14 @@ from influence.config import RunConfig, apply_overrides, preset
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+def _png(value: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _form(at, preset_name: str, **values: str):
     at.selectbox(key="preset-mnist").set_value(preset_name).run()
     for key, value in values.items():
@@ -34,7 +42,7 @@ def _form(at, preset_name: str, **values: str):
     ("train.lr_d", "fast", "cannot read 'fast' as float"),
     ("train.epochs", "1", "lr_schedule epochs must lie in 1..epochs"),  # the schedule's epoch 2
     ("train.batch_size", "-5", "train.batch_size must be at least 1"),
-    ("data.image_size", "30", "data.image_size must be 28, 32 or 64"),
+    ("data.image_size", "30", "data.image_size must be 28, 32, 64 or auto"),
 ])
 def test_invalid_hyperparameters_are_rejected_with_the_reason(app_store, started_jobs, field, value, reason):
     at = _form(open_app("train"), "tiny", **{field: value})
@@ -73,6 +81,8 @@ def test_an_uploaded_zip_is_saved_into_the_store(app_store, started_jobs):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("a/one.png", b"not really a png")
+        for i in range(60):
+            z.writestr(f"a/{i}.png", _png(i))
     at = open_app("train")
     at.radio(key="data_key").set_value("upload").run()
     at.file_uploader(key="img_zip").set_value(("my digits.zip", buf.getvalue(), "application/zip")).run()
