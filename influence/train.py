@@ -54,6 +54,7 @@ class Trace:
     final_state: np.ndarray  # (S,) state after the last step
     first_step: int  # global index of the first traced step
     ema_eval: bool  # metrics are taken on the EMA generator
+    conditions: dict | None = None  # RunContext.conditions() of the training (None: not recorded)
 
     @property
     def steps(self) -> int:
@@ -113,7 +114,8 @@ class Trace:
         else:
             trace = Trace(read("states"), read("stored_steps"), read("batches"), read("z"), read("lrs"), read("kinds"),
                           read("counts"), StateLayout.from_dict(meta["layout"]), TrainingRule.from_dict(meta["rule"]),
-                          run.read_npy("trace/final_state.npy"), meta["first_step"], meta["ema_eval"])
+                          run.read_npy("trace/final_state.npy"), meta["first_step"], meta["ema_eval"],
+                          meta.get("conditions"))
         if (trace.states.shape[1] != trace.layout.numel or trace.final_state.shape[0] != trace.layout.numel
                 or trace.layout.n_theta != final.shape[0] or trace.stored_steps.shape[0] != trace.states.shape[0]):
             raise TraceError(f"run {run.run_id}: the trace does not match the run's weights")
@@ -406,7 +408,7 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
         "n_d": gan.layout_d.numel, "first_step": first_traced, "steps": len(items["batches"]),
         "layout": layout.as_dict(), "rule": ctx.rule.as_dict(), "scheme": ctx.cfg.train.scheme,
         "ema_eval": bool(ctx.cfg.eval.ema_generator and state.ema is not None),
-        "trace_mode": ctx.cfg.train.trace_mode, "checkpoint_every": rec.every,
+        "trace_mode": ctx.cfg.train.trace_mode, "checkpoint_every": rec.every, "conditions": ctx.conditions(),
     })
     run.write_json("history.json", history)
     summary = {
