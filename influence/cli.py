@@ -88,10 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     _estimate_options(c)
     c.add_argument("--json", action="store_true")
 
-    v = sub.add_parser("validate", help="estimated vs actual (leave-one-out) influence")
+    v = sub.add_parser("validate", help="estimated vs actual influence: leave-one-out (--n), or groups (--groups, LDS)")
     v.add_argument("--run", required=True)
     v.add_argument("--metric", action="append", required=True)
     v.add_argument("--n", type=int, default=200)
+    v.add_argument("--groups", type=int, default=None, metavar="M",
+                   help="group validation instead of leave-one-out: M random removal sets per --fraction, replayed "
+                        "without them; Spearman (LDS) and Pearson of the summed estimates against the actual changes")
+    v.add_argument("--fraction", type=float, nargs="+", default=[0.01, 0.05, 0.2], metavar="F",
+                   help="with --groups: each set holds this fraction of the traced instances (several allowed)")
+    v.add_argument("--curve", type=float, nargs="*", default=[0.01, 0.05, 0.2], metavar="F",
+                   help="with --groups: also remove the top F by the estimate and F random instances (a cleansing "
+                        "curve, same replay); none to skip")
+    v.add_argument("--lanes", type=int, default=None, metavar="K",
+                   help="replay lanes per batched pass (default: chosen by memory and model; 1 = one after another)")
     v.add_argument("--selection", default="first", choices=["first", "random"])
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--trace-epochs", type=int, default=None, metavar="K",
@@ -377,9 +387,13 @@ def cmd_validate(args, root: Path) -> int:
     run = store.open_run(root, args.run)
     _check_metrics(run, args.metric)
     options = _options(args)
+    if args.groups is not None:
+        return _validate_groups(args, root, options)
     spec = {"kind": "validate", "params": {"run_id": args.run, "metrics": args.metric, "n": args.n,
                                            "selection": args.selection, "seed": args.seed,
                                            "options": dataclasses.asdict(options)}}
+    if args.lanes is not None:  # only then: earlier specs keep their job keys
+        spec["params"]["lanes"] = args.lanes
     if args.trace_epochs is not None:  # only then: earlier specs keep their job keys
         from .validation import first_step_of_last_epochs
 
@@ -397,6 +411,32 @@ def cmd_validate(args, root: Path) -> int:
               f"{a['growth']:.3g}; LOO {loo})")
     return 0
 
+
+
+def _validate_groups(args, root: Path, options) -> int:
+    from .validation.groups import GroupSpec
+
+    spec_ = GroupSpec(args.groups, tuple(args.fraction), args.seed, tuple(args.curve))
+    spec = {"kind": "validate", "params": {"run_id": args.run, "metrics": args.metric,
+                                           "groups": dataclasses.asdict(spec_), "lanes": args.lanes,
+                                           "options": dataclasses.asdict(options)}}
+    result = _run(root, spec, args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.groups} random groups per fraction, replayed ({result['lanes']['mode']} lanes, "
+          f"{result['lanes']['lanes']} per pass; lane 0: {result['baseline']}); estimate in use: {result['result_in_use']}")
+    for m in args.metric:
+        label = METRIC_LABELS[m]
+        for rname, per_metric in result["scores"].items():
+            for row in per_metric[m]:
+                print(f"{label} [{rname}] F={row['fraction']:g}: LDS (Spearman) {row['spearman_valid']:.3f}, Pearson "
+                      f"{row['pearson_valid']:.3f}, slope {row['slope_valid']:.3g} (actual on predicted; validation "
+                      f"split, as estimated); test split: Spearman {row['spearman_test']:.3f}")
+        for row in result["curve"][m]:
+            print(f"{label} curve, {row['kind']} {row['size']}: predicted {row['predicted']:+.4g}, actual "
+                  f"{row['actual_valid']:+.4g} (validation), {row['actual_test']:+.4g} (test)")
+    return 0
 
 def cmd_sweep(args, root: Path) -> int:
     import pandas as pd

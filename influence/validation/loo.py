@@ -167,6 +167,7 @@ def validate(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     trace_epochs: int | None = None,
+    lanes: int | None = None,
 ) -> dict[str, Accuracy]:
     """Estimated vs actual influence for n instances, per metric; stored under validate/.
 
@@ -187,7 +188,7 @@ def validate(
     results = estimate(run, metrics, options, progress=progress, cancel=cancel)
     traced = trace.step_of_instance(len(results[metrics[0]].scores), first_step) >= 0
     ids = select_ids(len(traced), n, selection, seed, traced)
-    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step)
+    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step, lanes=lanes)
     out = {}
     for i, m in enumerate(metrics):
         est = results[m].scores[ids]
