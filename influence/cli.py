@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--metric", action="append", required=True, help="is, fid, dloss (images) or all, dloss (2D); repeatable")
     _estimate_options(e)
+    _check_option(e)
     e.add_argument("--top", type=int, default=5, help="show the N most harmful instances per metric")
     e.add_argument("--use", action="store_true", help="make this result (these options) the one the table, cleanse "
                    "and export use; without it the result in use stays as it is (the first computed, or chosen)")
@@ -131,6 +132,13 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer-state", default="exact", choices=["exact", "frozen"],
                    help="exact: adjoints through Adam's/momentum's buffers; frozen: buffers as constants (the 2025 "
                         "follow-up's approximation, kept for comparison)")
+
+
+def _check_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", default="quick", choices=["none", "quick", "full"],
+                   help="spot check after the pass: replays of a few groups and single images that measure how far "
+                        "the estimate can be trusted (quick: over the last eighth of the traced steps, about the "
+                        "cost of the pass; full: the whole trace)")
 
 
 def _options(args):
@@ -250,11 +258,14 @@ def cmd_runs(args, root: Path) -> int:
 
 def cmd_estimate(args, root: Path) -> int:
     from .estimator import estimate, harmful_order
+    from .specs import estimate_spec
+    from .validation.spotcheck import stored_check
+    from .validation.trust import verdict
 
     options = _options(args)
     run = store.open_run(root, args.run)
     _check_metrics(run, args.metric)
-    spec = {"kind": "estimate", "params": {"run_id": args.run, "metrics": args.metric, "options": dataclasses.asdict(options)}}
+    spec = estimate_spec(args.run, args.metric, options, args.check)
     _run(root, spec, args.json)
     results = estimate(run, args.metric, options)  # a cache read: the job (here or elsewhere) computed them
     from .context import RunContext, load_run_config
@@ -270,6 +281,7 @@ def cmd_estimate(args, root: Path) -> int:
     paths = ctx.dataset.train_paths
     report = metric_report(run, ctx)
     steps = run.read_json("summary.json")["steps"]
+    check = stored_check(run, name)
     out = {}
     for m, r in results.items():
         top = harmful_order(r)[: args.top]
@@ -277,7 +289,7 @@ def cmd_estimate(args, root: Path) -> int:
                   "verdict": r.meta["verdict"], "verdict_message": r.meta["verdict_message"],
                   "metric_verdict": report["verdicts"][m],
                   "growth": r.meta["growth"], "seconds": r.meta["seconds"], "traced_steps": r.meta["traced_steps"],
-                  "result": name, "result_in_use": in_use,
+                  "result": name, "result_in_use": in_use, "trust": verdict(r, check),
                   "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
                                     "influence": float(r.scores[i])} for i in top],
                   "table": str(run.path("influence/table.parquet"))}
@@ -286,6 +298,9 @@ def cmd_estimate(args, root: Path) -> int:
         return 0
     for m, o in out.items():
         print(f"{METRIC_LABELS[m]}: {o['if_removed']}; {o['sign'].split('; ', 1)[-1]}")
+        print(f"  trust: {o['trust']['summary']}")
+        if o["trust"]["measured"]:
+            print(f"  measured: {o['trust']['measured']}")
         print(f"  stability: {o['verdict_message']}")
         mv = o["metric_verdict"]
         print(f"  metric: {mv['verdict']}" + (f" - {'; '.join(mv['reasons'])}" if mv["reasons"] else ""))

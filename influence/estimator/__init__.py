@@ -16,7 +16,7 @@ from .backward import (PassState, backward_step, block_scales, initial_adjoint, 
 from .options import AFFORDABLE_FLOAT64_PARAMS, ESTIMATOR_VERSION, OPTIMIZER_STATES, EstimateOptions, result_name
 from .results import (CHOSEN, InfluenceResult, cached_results, choose_results, chosen_name, harmful_order,
                       influence_table, load_result, result_dir, result_sets, table_metadata, write_table)
-from .runner import check_options, drop_partial, estimate, stored_pass, training_context
+from .runner import check_options, check_window, drop_partial, estimate, stored_pass, training_context
 from .verdict import (FLAG_DOUBTFUL, FLAG_NAMES, FLAG_NEVER_TRACED, FLAG_RELIABLE, FLAG_UNRELIABLE, GROWTH_DOUBTFUL,
                       GROWTH_UNRELIABLE, growth_of, instance_flags, verdict_for)
 
@@ -24,7 +24,7 @@ __all__ = [
     "AFFORDABLE_FLOAT64_PARAMS", "CHOSEN", "ESTIMATOR_VERSION", "FLAG_DOUBTFUL", "FLAG_NAMES", "FLAG_NEVER_TRACED",
     "FLAG_RELIABLE", "FLAG_UNRELIABLE", "GROWTH_DOUBTFUL", "GROWTH_UNRELIABLE", "OPTIMIZER_STATES", "EstimateOptions",
     "InfluenceResult", "PassState", "backward_step", "block_scales", "cached_results", "check_options",
-    "choose_results", "chosen_name", "drop_partial", "estimate", "growth_of", "harmful_order", "influence_table", "initial_adjoint",
+    "check_window", "choose_results", "chosen_name", "drop_partial", "estimate", "growth_of", "harmful_order", "influence_table", "initial_adjoint",
     "instance_flags", "last_updates", "load_result", "objective_gradients", "pass_norms", "player_scales",
     "result_dir", "result_name", "result_sets", "start_pass", "stored_pass", "table_metadata", "training_context",
     "verdict_for", "walk_back", "write_table",
