@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--optimizer-state", nargs="+", default=["exact"], choices=["exact", "frozen"],
                     help="estimate in these modes on the same runs and leave-one-out pairs (e.g. exact frozen)")
+    ap.add_argument("--method", nargs="+", default=["exact"], choices=["exact", "no-propagation", "tracin"],
+                    help="and with these methods (the baselines: what the recursion buys), each with every mode")
     ap.add_argument("--label", default="")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (run two reports side by side with 1)")
     ap.add_argument("--store", default=None)
@@ -51,23 +53,23 @@ def main() -> None:
         started = time.perf_counter()
         run = train(cfg, root)
         train_s = time.perf_counter() - started
-        for mode in args.optimizer_state:
-            options = EstimateOptions(dtype=args.dtype, optimizer_state=mode)
+        for mode, method in [(mode, method) for method in args.method for mode in args.optimizer_state]:
+            options = EstimateOptions(dtype=args.dtype, optimizer_state=mode, method=method)
             acc = validate(run, metrics, n=args.n, selection=args.selection, options=options)
             for m, a in acc.items():
                 infl = _influence_meta(run, m, options)
                 row = {"label": args.label, "preset": args.preset, "seed": seed, "run_id": run.run_id, "metric": m,
-                       "optimizer_state": mode, "n": args.n, "selection": args.selection, "kendall_tau": a.kendall_tau, "pearson_r": a.pearson_r,
+                       "optimizer_state": mode, "method": method, "n": args.n, "selection": args.selection, "kendall_tau": a.kendall_tau, "pearson_r": a.pearson_r,
                        "jaccard_top10": a.jaccard_top10, "growth": infl["growth"], "verdict": infl["verdict"],
                        "estimate_seconds": infl["seconds"], "loo_seconds": a.seconds_loo,
                        "train_seconds_this_call": train_s, "test": run.read_json("summary.json")["test"]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("\nmean over seeds:")
-    for mode in args.optimizer_state:
+    for mode, method in [(mode, method) for method in args.method for mode in args.optimizer_state]:
         for m in metrics:
-            r = [x for x in rows if x["metric"] == m and x["optimizer_state"] == mode]
-            print(json.dumps({"label": args.label, "metric": m, "optimizer_state": mode, "seeds": len(r),
+            r = [x for x in rows if x["metric"] == m and x["optimizer_state"] == mode and x["method"] == method]
+            print(json.dumps({"label": args.label, "metric": m, "optimizer_state": mode, "method": method, "seeds": len(r),
                               "kendall_tau_mean": float(np.mean([x["kendall_tau"] for x in r])),
                               "kendall_tau_min": float(np.min([x["kendall_tau"] for x in r])),
                               "pearson_r_mean": float(np.mean([x["pearson_r"] for x in r])),

@@ -130,8 +130,13 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--damping", type=float, default=0.0, help="u <- (1-d) u - J^T u (biased; off by default)")
     p.add_argument("--last-steps", type=int, default=None, help="use only the last N traced steps")
     p.add_argument("--optimizer-state", default="exact", choices=["exact", "frozen"],
-                   help="exact: adjoints through Adam's/momentum's buffers; frozen: buffers as constants (the 2025 "
-                        "follow-up's approximation, kept for comparison)")
+                   help="exact: adjoints through Adam's/momentum's buffers; frozen: the incoming buffers as constants, "
+                        "the fresh gradient differentiated through the whole update (the 2025 follow-up's "
+                        "approximation, kept for comparison)")
+    p.add_argument("--method", default="exact", choices=["exact", "no-propagation", "tracin"],
+                   help="exact: the adjoint carried back through every traced step (ASGD-Influence); baselines from "
+                        "the same trace, carried only through the generator's next update: no-propagation (the "
+                        "metric's gradient at the end), tracin (the metric's gradient at each step's state)")
 
 
 def _check_option(p: argparse.ArgumentParser) -> None:
@@ -147,7 +152,7 @@ def _options(args):
     if not 0 <= args.damping < 1:
         raise ConfigError("--damping must lie in [0, 1)")
     return EstimateOptions(dtype=args.dtype, damping=args.damping, last_steps=args.last_steps,
-                           optimizer_state=args.optimizer_state)
+                           optimizer_state=args.optimizer_state, method=args.method)
 
 
 # ---------------------------------------------------------------- progress
@@ -289,6 +294,7 @@ def cmd_estimate(args, root: Path) -> int:
                   "verdict": r.meta["verdict"], "verdict_message": r.meta["verdict_message"],
                   "metric_verdict": report["verdicts"][m],
                   "growth": r.meta["growth"], "seconds": r.meta["seconds"], "traced_steps": r.meta["traced_steps"],
+                  "notes": _result_notes(r.meta), "conditions": r.meta.get("conditions"),
                   "result": name, "result_in_use": in_use, "trust": verdict(r, check),
                   "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
                                     "influence": float(r.scores[i])} for i in top],
@@ -304,6 +310,8 @@ def cmd_estimate(args, root: Path) -> int:
         print(f"  stability: {o['verdict_message']}")
         mv = o["metric_verdict"]
         print(f"  metric: {mv['verdict']}" + (f" - {'; '.join(mv['reasons'])}" if mv["reasons"] else ""))
+        for note in o["notes"]:
+            print(f"  note: {note}")
         print(f"  {o['traced_steps']} traced steps in {o['seconds']:.1f} s; most harmful: " +
               ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']:+.3g})"
                         for t in o["most_harmful"]))
@@ -311,6 +319,13 @@ def cmd_estimate(args, root: Path) -> int:
                                  "(--use switches)"))
     print(f"table: {out[args.metric[0]]['table']} (and .csv)")
     return 0
+
+
+def _result_notes(meta: dict) -> list[str]:
+    """What a user must know about an influence result beyond its verdict: a player without a traced update,
+    a recompute under other conditions than training's."""
+    notes = [meta["unmeasured_note"]] if meta.get("unmeasured_note") else []
+    return notes + list((meta.get("conditions") or {}).get("warnings", []))
 
 
 def _n_params(run: store.Run) -> int:
@@ -424,6 +439,8 @@ def cmd_validate(args, root: Path) -> int:
         print(f"{METRIC_LABELS[m]}: n={a['n']}{epochs} Kendall tau {a['kendall_tau']:.3f}, Pearson r {a['pearson_r']:.3f}, "
               f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}, growth "
               f"{a['growth']:.3g}; LOO {loo})")
+        for warning in (a.get("conditions") or {}).get("warnings", []):
+            print(f"  note: {warning}")
     return 0
 
 
@@ -441,6 +458,8 @@ def _validate_groups(args, root: Path, options) -> int:
         return 0
     print(f"{args.groups} random groups per fraction, replayed ({result['lanes']['mode']} lanes, "
           f"{result['lanes']['lanes']} per pass; lane 0: {result['baseline']}); estimate in use: {result['result_in_use']}")
+    for warning in (result.get("conditions") or {}).get("warnings", []):
+        print(f"note: {warning}")
     for m in args.metric:
         label = METRIC_LABELS[m]
         for rname, per_metric in result["scores"].items():

@@ -104,11 +104,6 @@ class RunContext:
         torch_dtype = getattr(torch, dtype or cfg.train.dtype)
         return RunContext(cfg, root, dataset, resolve_device(cfg.train.device), torch_dtype)
 
-    def conditions(self) -> dict:
-        """What the digits of a computation here depend on besides its inputs (recorded with every trace)."""
-        return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": self.device.type,
-                "dtype": str(self.dtype).removeprefix("torch.")}
-
     def with_dtype(self, dtype: torch.dtype) -> "RunContext":
         return RunContext(self.cfg, self.root, self.dataset, self.device, dtype)
 

@@ -144,7 +144,8 @@ def step(
 
     differentiable=True: the caller's state tensors and w require grad and the result
     stays differentiable w.r.t. them (the estimator's vector-Jacobian product).
-    frozen=True: the optimizer buffers count as constants (the follow-up's approximation).
+    frozen=True: the incoming optimizer buffers count as constants (the follow-up's approximation); the
+    fresh gradient is still differentiated through the whole update.
     """
     if differentiable:
         td, tg = s.theta_d, s.theta_g
@@ -175,7 +176,12 @@ def state_vjp(
 
     adjoint[i] has shape (k, size of block i) and is d metric / d s_{t+1}. Returns
     (d metric / d s_t per block, d metric / d w of shape (k, |batch|)) in one autograd call.
-    Frozen mode keeps the buffers' adjoints at zero (they are constants there).
+
+    Frozen mode (the follow-up's approximation) holds every step's incoming buffers constant, so nothing
+    depends on a buffer: its adjoint is zero at every step (no objective reads a buffer either). The new
+    buffers m', v' do depend on the fresh gradient, but with a zero adjoint they add nothing, so they are
+    left out of the product; d s_{t+1} / d (theta, w) still runs through them into theta'. The follow-up's
+    code does the same: it carries adjoints of the parameters only.
     """
     leaves = [t.detach().requires_grad_(True) for t in s.tensors()]
     w = inp.w.detach().requires_grad_(True)

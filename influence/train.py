@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import store
+from . import conditions, store
 from .classifier import PINNED, feature_weights
 from .config import RunConfig
 from .context import RunContext
@@ -54,7 +54,7 @@ class Trace:
     final_state: np.ndarray  # (S,) state after the last step
     first_step: int  # global index of the first traced step
     ema_eval: bool  # metrics are taken on the EMA generator
-    conditions: dict | None = None  # RunContext.conditions() of the training (None: not recorded)
+    conditions: dict | None = None  # influence.conditions.current() of the training (None: not recorded)
 
     @property
     def steps(self) -> int:
@@ -408,7 +408,9 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
         "n_d": gan.layout_d.numel, "first_step": first_traced, "steps": len(items["batches"]),
         "layout": layout.as_dict(), "rule": ctx.rule.as_dict(), "scheme": ctx.cfg.train.scheme,
         "ema_eval": bool(ctx.cfg.eval.ema_generator and state.ema is not None),
-        "trace_mode": ctx.cfg.train.trace_mode, "checkpoint_every": rec.every, "conditions": ctx.conditions(),
+        "trace_mode": ctx.cfg.train.trace_mode, "checkpoint_every": rec.every,
+        # what a bit-exact recompute or replay needs besides the config and seed (influence.conditions)
+        "conditions": conditions.current(ctx.device, ctx.dtype),
     })
     run.write_json("history.json", history)
     summary = {

@@ -25,6 +25,7 @@ from influence.estimator import (
     influence_table,
 )
 from influence.progress import CancelToken
+from influence.stepmap import KIND_D, KIND_G
 from influence.train import Trace, replay, trace_inputs, train
 
 from _helpers import copy_run, tiny_config, toy_config
@@ -397,3 +398,271 @@ def test_with_softplus_a_whole_removal_matches_the_first_order_estimate(tmp_path
 
     assert kendalltau(est, actual).statistic >= 0.9  # observed 1.0
     assert np.median(np.abs(actual - est) / np.abs(actual)) <= 0.02  # observed 2.2e-4
+
+
+def test_a_trace_of_one_generator_half_step_skips_the_discriminator_and_says_so(tmp_path):
+    """Alternating Adam with train.trace_steps=1 traces only G's last half-step: D has no traced update (this
+    raised IndexError in last_updates). The pass runs: no instance term (no real data), D's buffers weigh 1,
+    and the result says so."""
+    from influence.estimator import last_updates
+
+    cfg = apply_overrides(toy_config(), ["data.n_train=400", "model.activation=softplus", "train.optimizer=adam",
+                                         "train.scheme=alternating", "train.trace_steps=1"])
+    run = train(cfg, tmp_path)
+    trace = Trace.load(run)
+    assert trace.steps == 1 and last_updates(trace) == {"g": 0}
+    r = estimate(run, ["all", "dloss"])
+    for m in ("all", "dloss"):
+        assert np.all(r[m].scores == 0) and np.all(r[m].flags == FLAG_NEVER_TRACED)
+        assert r[m].meta["unmeasured_players"] == ["d"] and "D has no update" in r[m].meta["unmeasured_note"]
+        assert np.isfinite(r[m].meta["growth"])
+    # the growth factor by hand: |lambda| over the state before and after G's step; D-loss reads theta_D, whose
+    # adjoint the G step changes, and D's buffers (weight 1) keep a zero adjoint
+    ctx, _ = _ctx_trace(run)
+    from influence.estimator import backward_step, block_scales, initial_adjoint
+    from influence.objectives import metric_objectives
+
+    lam_T, _ = initial_adjoint(ctx, trace, metric_objectives(["dloss"], True))
+    s = trace.layout.split(torch.from_numpy(np.array(trace.states[0])))
+    lam_0, _ = backward_step(ctx, trace, 0, s, lam_T)
+    scales = block_scales(ctx, trace)
+    assert scales[2:4] == [1.0, 1.0]  # m_d, v_d
+    norm = lambda lam: float(np.sqrt(sum((w * float(a.double().norm())) ** 2 for w, a in zip(scales, lam))))
+    assert r["dloss"].meta["growth"] == pytest.approx(max(norm(lam_0), norm(lam_T)) / norm(lam_T), rel=1e-12)
+
+
+def test_conditions_differences_name_what_differs_and_never_guess():
+    from influence import conditions
+
+    now = {"threads": 2, "device": "cpu", "dtype": "float32", "torch": "2.5.0"}
+    assert conditions.differences(dict(now), now, "this replay runs") == []
+    (line,) = conditions.differences(None, now, "this replay runs")
+    assert "not recorded" in line and "this replay runs" in line
+    other = conditions.differences({**now, "threads": 1, "dtype": "float64"}, now, "this replay runs")
+    assert len(other) == 2 and "at 2 torch threads, training ran at 1" in other[0] and "float64" in other[1]
+    cuda = {**now, "device": "cuda:0"}
+    assert conditions.differences({**cuda, "threads": 8}, cuda) == []  # threads do not split GPU kernels
+    assert "on cuda:0, training ran on cpu" in conditions.differences(now, cuda)[0]
+
+
+def test_training_records_its_conditions_and_the_pass_says_when_its_recompute_differs(tmp_path):
+    """trace/meta.json records threads, device, dtype and torch version; the influence pass compares its
+    recompute of checkpoint segments with them (nothing to compare in a trace that stores every state), and a
+    run from before the record reads "not recorded"."""
+    from influence import conditions
+
+    cfg = apply_overrides(toy_config(), ["data.n_train=400", "train.trace_mode=checkpoints", "train.checkpoint_every=2"])
+    run = train(cfg, tmp_path / "a")
+    meta = run.read_json("trace/meta.json")
+    assert meta["conditions"] == conditions.current("cpu", torch.float64)
+    threads = torch.get_num_threads()
+    same = estimate(run, ["all"])["all"].meta["conditions"]
+    assert same["recomputes"] and same["warnings"] == [] and same["training"] == meta["conditions"]
+    other = copy_run(run, tmp_path / "b", keep_results=False)
+    try:
+        torch.set_num_threads(threads % 2 + 1)
+        (line,) = estimate(other, ["all"])["all"].meta["conditions"]["warnings"]
+    finally:
+        torch.set_num_threads(threads)
+    assert f"at {threads % 2 + 1} torch threads, training ran at {threads}" in line
+    old = copy_run(run, tmp_path / "c", keep_results=False)
+    old.write_json("trace/meta.json", {k: v for k, v in meta.items() if k != "conditions"})
+    (line,) = estimate(old, ["all"])["all"].meta["conditions"]["warnings"]
+    assert line.startswith("training's conditions (threads, device, dtype) were not recorded")
+    snapshots = train(apply_overrides(toy_config(), ["data.n_train=400"]), tmp_path / "d")
+    snapshots.write_json("trace/meta.json", {k: v for k, v in snapshots.read_json("trace/meta.json").items()
+                                             if k != "conditions"})
+    plain = estimate(snapshots, ["all"])["all"].meta["conditions"]
+    assert not plain["recomputes"] and plain["warnings"] == []
+
+
+# ---------------------------------------------------------------- baselines: what the recursion buys
+class _DiscriminatorMean:
+    """An objective of theta_D alone: the mean logit of D on 20 fixed points (its gradient is grad_D metric)."""
+
+    name, label, higher_is_better, rows = "dmean", "mean D logit", True, 1
+
+    def __init__(self):
+        self.x = torch.randn(20, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+    def values(self, ctx, theta_d, theta_g):
+        return ctx.gan.logits(theta_d, self.x.to(ctx.dtype)).mean().reshape(1)
+
+
+def _states(ctx, trace):
+    """s_0 .. s_T of the snapshot trace."""
+    split = lambda a: trace.layout.split(torch.from_numpy(np.array(a)).to(ctx.dtype))
+    return [split(trace.states[t]) for t in range(trace.steps)] + [split(trace.final_state)]
+
+
+def _baseline_scores(ctx, trace, objective, method):
+    from influence.estimator import start_pass, walk_back
+    from influence.estimator.alternatives import baseline_advance
+
+    state = start_pass(ctx, trace, [objective])
+    for _ in walk_back(ctx, trace, state, 0, advance=baseline_advance(ctx, trace, [objective], method)):
+        pass
+    return state.scores[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def alternating_sgd(tmp_path_factory):
+    cfg = apply_overrides(toy_config(), ["data.n_train=400", "model.activation=softplus", "train.scheme=alternating"])
+    return train(cfg, tmp_path_factory.mktemp("alt-sgd"))
+
+
+def _real_loss_grad(ctx, theta_d, x):
+    td = theta_d.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(ctx.gan.real_losses(td, x[None]).sum(), td)
+    return g
+
+
+def test_baselines_of_a_discriminator_objective_are_tracin_by_hand(alternating_sgd):
+    """Plain SGD, alternating, an objective of theta_D alone: the generator's update leaves theta_D as it was, so
+    no-propagation score_j = sum over j's steps t of lr_D / B <grad_D f(s_T), grad_D loss_real(x_j; theta_D,t)>,
+    and tracin the same with grad_D f at theta_D,t+1 (the state after j's step)."""
+    ctx, trace = _ctx_trace(alternating_sgd)
+    objective = _DiscriminatorMean()
+    states = _states(ctx, trace)
+
+    def grad_f(s):
+        td = s.theta_d.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(objective.values(ctx, td, s.theta_g)[0], td)
+        return g
+
+    at_end = grad_f(states[-1])
+    expected = {m: np.zeros(ctx.dataset.n_train) for m in ("no-propagation", "tracin")}
+    for t in range(trace.steps):
+        if trace.kinds[t] != KIND_D:
+            continue
+        lr_d, batch = float(trace.lrs[t, 0]), trace.batches.shape[1]
+        after = grad_f(states[t + 1])
+        for j in trace.batch(t):
+            g = _real_loss_grad(ctx, states[t].theta_d, ctx.train_x[int(j)])
+            expected["no-propagation"][j] += lr_d / batch * float(at_end @ g)
+            expected["tracin"][j] += lr_d / batch * float(after @ g)
+    for method, want in expected.items():
+        got = _baseline_scores(ctx, trace, objective, method)
+        assert np.count_nonzero(want) == 400 and np.allclose(got, want, rtol=1e-10, atol=1e-16), method
+    assert not np.allclose(expected["tracin"], expected["no-propagation"], rtol=1e-7, atol=0)  # D moved
+
+
+def test_baselines_of_a_generator_metric_take_the_one_hop_through_the_next_g_update_by_hand(alternating_sgd):
+    """ALL reads G alone: an image reaches it through G's next half-step, which reads the D it moved.
+    score_j = -(lr_D lr_G / B) <grad_G ALL, d(grad_G L_G)/d theta_D grad_D loss_real(x_j)>, the cross term at
+    (theta_D,t+1, theta_G,t+1), with grad_G ALL at the end (no-propagation) or after the G step (tracin)."""
+    from influence.objectives import metric_objectives
+
+    ctx, trace = _ctx_trace(alternating_sgd)
+    (objective,) = metric_objectives(["all"], True)
+    states = _states(ctx, trace)
+    valid = ctx.evaluator("valid")
+
+    def grad_all(s):
+        tg = s.theta_g.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(valid.metric("all", s.theta_d, tg), tg)
+        return g
+
+    at_end = grad_all(states[-1])
+    expected = {m: np.zeros(ctx.dataset.n_train) for m in ("no-propagation", "tracin")}
+    for t in range(trace.steps - 1):
+        if trace.kinds[t] != KIND_D:
+            continue
+        assert trace.kinds[t + 1] == KIND_G
+        s, z = states[t + 1], trace_inputs(ctx, trace, t + 1).z  # G's half-step reads D after j's step
+        lr_d, lr_g, batch = float(trace.lrs[t, 0]), float(trace.lrs[t + 1, 1]), trace.batches.shape[1]
+        for method, u in (("no-propagation", at_end), ("tracin", grad_all(states[t + 2]))):
+            td, tg = s.theta_d.detach().requires_grad_(True), s.theta_g.detach().requires_grad_(True)
+            loss_g = torch.nn.functional.softplus(-ctx.gan.logits(td, ctx.gan.generate(tg, z))).sum() / len(z)
+            (grad_g,) = torch.autograd.grad(loss_g, tg, create_graph=True)
+            (cross,) = torch.autograd.grad(grad_g @ u, td)  # (d grad_G L_G / d theta_D)^T u
+            for j in trace.batch(t):
+                g = _real_loss_grad(ctx, states[t].theta_d, ctx.train_x[int(j)])
+                expected[method][j] -= lr_d * lr_g / batch * float(cross @ g)
+    for method, want in expected.items():
+        got = _baseline_scores(ctx, trace, objective, method)
+        assert np.count_nonzero(want) == 400 and np.allclose(got, want, rtol=1e-9, atol=1e-18), method
+
+
+def test_baselines_are_named_results_that_never_replace_the_estimate_in_use(alternating_sgd, tmp_path):
+    from influence.estimator import FLAG_NOT_ASSESSED, chosen_name, result_sets
+
+    run = copy_run(alternating_sgd, tmp_path, keep_results=False)
+    noprop = estimate(run, ["all", "dloss"], EstimateOptions(method="no-propagation"))
+    assert run.exists("influence/all-float64-noprop-v1/scores.npy")
+    assert chosen_name(run) == "float64-noprop-v1"  # the only result so far
+    exact = estimate(run, ["all", "dloss"])
+    tracin = estimate(run, ["all"], EstimateOptions(method="tracin", optimizer_state="frozen"))["all"]
+    assert chosen_name(run) == "float64-v1"  # the first estimate, not the earlier baseline
+    assert set(result_sets(run)) == {"float64-noprop-v1", "float64-v1", "float64-frozen-tracin-v2"}
+    for r in (noprop["all"], tracin):
+        assert r.meta["verdict"] == "baseline" and r.meta["options"]["method"] in ("no-propagation", "tracin")
+        assert set(np.unique(r.flags)) <= {FLAG_NOT_ASSESSED, FLAG_NEVER_TRACED}
+    assert "method" not in exact["all"].meta["options"]  # exact results from before the option keep their name
+    assert not np.allclose(noprop["all"].scores, exact["all"].scores, rtol=0.01)
+    with pytest.raises(ConfigError, match="damping applies to the exact recursion only"):
+        estimate(run, ["all"], EstimateOptions(method="tracin", damping=0.1))
+    with pytest.raises(ConfigError, match="method must be one of"):
+        estimate(run, ["all"], EstimateOptions(method="trak"))
+
+
+def test_baselines_in_a_simultaneous_scheme_take_one_step_after_the_instances_by_hand(tmp_path):
+    """Simultaneous plain SGD, an objective of theta_D alone: an instance of step t is carried through step t+1
+    (which updates G): no-propagation c_D = (I - lr_D H_D(s_t+1)) grad_D f(s_T) with H_D the Hessian of step
+    t+1's D loss, and c = grad f(s_T) itself for the last step's instances. Two objectives stacked give each
+    one's scores alone."""
+    from influence.objectives import metric_objectives
+
+    run = train(apply_overrides(toy_config(), ["data.n_train=400", "model.activation=softplus"]), tmp_path)
+    ctx, trace = _ctx_trace(run)
+    objective = _DiscriminatorMean()
+    states = _states(ctx, trace)
+    td = states[-1].theta_d.detach().requires_grad_(True)
+    (r,) = torch.autograd.grad(objective.values(ctx, td, states[-1].theta_g)[0], td)
+    expected = np.zeros(ctx.dataset.n_train)
+    batch = trace.batches.shape[1]
+    for t in range(trace.steps):
+        c = r
+        if t + 1 < trace.steps:
+            inp, s = trace_inputs(ctx, trace, t + 1), states[t + 1]
+            td = s.theta_d.detach().requires_grad_(True)
+            F = torch.nn.functional
+            loss_d = (F.softplus(-ctx.gan.logits(td, inp.x)).sum()
+                      + F.softplus(ctx.gan.logits(td, ctx.gan.generate(s.theta_g, inp.z))).sum()) / batch
+            (g,) = torch.autograd.grad(loss_d, td, create_graph=True)
+            (hr,) = torch.autograd.grad(g @ r, td)
+            c = r - float(trace.lrs[t + 1, 0]) * hr
+        for j in trace.batch(t):
+            expected[j] += float(trace.lrs[t, 0]) / batch * float(c @ _real_loss_grad(ctx, states[t].theta_d, ctx.train_x[int(j)]))
+    got = _baseline_scores(ctx, trace, objective, "no-propagation")
+    assert np.count_nonzero(expected) == 400 and np.allclose(got, expected, rtol=1e-10, atol=1e-16)
+
+    from influence.estimator import start_pass, walk_back
+    from influence.estimator.alternatives import baseline_advance
+
+    for method in ("no-propagation", "tracin"):
+        objectives = [objective] + metric_objectives(["all"], True)
+        state = start_pass(ctx, trace, objectives)
+        for _ in walk_back(ctx, trace, state, 0, advance=baseline_advance(ctx, trace, objectives, method)):
+            pass
+        alone = _baseline_scores(ctx, trace, objectives[1], method)
+        assert np.allclose(state.scores[0].numpy(), _baseline_scores(ctx, trace, objective, method), rtol=1e-12)
+        assert np.allclose(state.scores[1].numpy(), alone, rtol=1e-10, atol=1e-18) and np.count_nonzero(alone) > 0
+
+
+def test_a_tracin_pass_killed_and_resumed_equals_an_uninterrupted_one(alternating_sgd, tmp_path):
+    """The resumed walk recomputes the state after its next step (tracin reads the metric's gradient there)."""
+    run = copy_run(alternating_sgd, tmp_path / "a", keep_results=False)
+    options, token = EstimateOptions(method="tracin", checkpoint_every=2), CancelToken()
+    assert Trace.load(run).kinds[5] == KIND_G
+
+    def stop(p):
+        if p.stage == "influence" and p.done == 3:  # checkpoint after 2 steps: it resumes at G's half-step 5
+            token.set()
+
+    with pytest.raises(Cancelled):
+        estimate(run, ["all", "dloss"], options, progress=stop, cancel=token)
+    resumed = estimate(run, ["all", "dloss"], options)
+    whole = estimate(copy_run(alternating_sgd, tmp_path / "b", keep_results=False), ["all", "dloss"], options)
+    for m in ("all", "dloss"):
+        assert np.array_equal(resumed[m].scores, whole[m].scores) and np.count_nonzero(whole[m].scores) > 0

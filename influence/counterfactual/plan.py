@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import conditions
 from ..context import RunContext
 from ..errors import ConfigError
 from ..stepmap import step
@@ -80,4 +81,5 @@ def choose_plan(ctx: RunContext, trace: Trace, n_lanes: int, lanes: int | None =
 def reproduces_training(ctx: RunContext, trace: Trace) -> bool:
     """Whether a sequential replay here gives the recorded trajectory bit for bit: the trace recorded the
     conditions of its training (torch version, thread count, device, dtype) and they are this process's."""
-    return trace.conditions is not None and trace.conditions == ctx.conditions()
+    return trace.conditions is not None and not conditions.differences(trace.conditions,
+                                                                        conditions.current(ctx.device, ctx.dtype))

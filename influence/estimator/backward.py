@@ -15,7 +15,7 @@ trace-lr probe walk the same loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,14 +43,23 @@ def objective_gradients(ctx: RunContext, objectives: list[Objective], theta_d: t
     return torch.stack(rows_d), torch.stack(rows_g), values
 
 
-def initial_adjoint(ctx: RunContext, trace: Trace, objectives: list[Objective]) -> tuple[list[torch.Tensor], list[float]]:
-    """lambda_T per state block (k rows each: every objective's outputs) and their values at the final state."""
-    final = trace.layout.split(torch.from_numpy(np.array(trace.final_state)).to(ctx.device, ctx.dtype))
-    u_d, u_g, values = objective_gradients(ctx, objectives, final.theta_d, final.eval_generator(trace.ema_eval))
+def adjoint_at(ctx: RunContext, trace: Trace, objectives: list[Objective], s: TrainState
+               ) -> tuple[list[torch.Tensor], list[float]]:
+    """d objective / d s per state block (k rows each: every objective's outputs) and the values, at state s."""
+    u_d, u_g, values = objective_gradients(ctx, objectives, s.theta_d, s.eval_generator(trace.ema_eval))
     adjoint = [torch.zeros(len(values), size, device=ctx.device, dtype=ctx.dtype) for size in trace.layout.sizes]
     adjoint[0] = u_d
     adjoint[trace.layout.names.index("ema_g") if trace.ema_eval else 1] = u_g
     return adjoint, values
+
+
+def final_state(ctx: RunContext, trace: Trace) -> TrainState:
+    return trace.layout.split(torch.from_numpy(np.array(trace.final_state)).to(ctx.device, ctx.dtype))
+
+
+def initial_adjoint(ctx: RunContext, trace: Trace, objectives: list[Objective]) -> tuple[list[torch.Tensor], list[float]]:
+    """lambda_T per state block (k rows each: every objective's outputs) and their values at the final state."""
+    return adjoint_at(ctx, trace, objectives, final_state(ctx, trace))
 
 
 def backward_step(ctx: RunContext, trace: Trace, t: int, state: TrainState, adjoint: list[torch.Tensor],
@@ -87,23 +96,38 @@ def start_pass(ctx: RunContext, trace: Trace, objectives: list[Objective]) -> Pa
     return PassState(adjoint, scores, block_norms, values, trace.steps - 1)
 
 
+# A replacement for the exact backward step (the baselines, `alternatives`): (t, s_t, s_{t+1}, the pass state)
+# -> score terms of step t's batch (k, |batch|), updating the pass state's adjoint in place.
+Advance = Callable[[int, TrainState, TrainState, PassState], torch.Tensor]
+
+
 def walk_back(ctx: RunContext, trace: Trace, state: PassState, first: int,
-              frozen: bool = False, damping: float = 0.0, train_ctx: RunContext | None = None) -> Iterator[int]:
+              frozen: bool = False, damping: float = 0.0, train_ctx: RunContext | None = None,
+              advance: Advance | None = None) -> Iterator[int]:
     """Walk the pass back from `state.t_next` down to traced step `first`, updating `state` in place.
 
     Yields each step once it is done (for progress, checkpoints and cancelling). States are
     recomputed by `train_ctx` (the training dtype, so checkpoint segments replay bit for bit)
     and cast to ctx's dtype. Raises DivergenceError when the adjoint or a score stops being finite.
+    `advance` replaces the exact step (`backward_step`) with a baseline's.
     """
     train_ctx = train_ctx or ctx
     last = last_updates(trace) if trace.layout.n_buffers else {}
-    for t, s in states_backward(train_ctx, trace, first, last=state.t_next):
+    # the state after the next step: the final one, or (a resumed pass) recomputed with the walk
+    after = final_state(ctx, trace) if state.t_next + 1 >= trace.steps else None
+    for t, s in states_backward(train_ctx, trace, first, last=min(state.t_next + 1, trace.steps - 1)):
+        if t > state.t_next:
+            after = trace.layout.split(s.flat().to(ctx.device, ctx.dtype))
+            continue
         # The block scales need each player's state before its last update: take it from this walk,
         # which recomputes that segment anyway in checkpoint mode.
         for player in [p for p, at in last.items() if at == t and p not in state.scales_found]:
             state.scales_found[player] = player_scales(train_ctx, trace, player, t, s)
         s = trace.layout.split(s.flat().to(ctx.device, ctx.dtype))
-        state.adjoint, terms = backward_step(ctx, trace, t, s, state.adjoint, frozen)
+        if advance is None:
+            state.adjoint, terms = backward_step(ctx, trace, t, s, state.adjoint, frozen)
+        else:
+            terms = advance(t, s, after, state)
         state.scores[:, torch.as_tensor(trace.batch(t))] += terms.double().cpu()
         if damping:
             state.adjoint = [(1 - damping) * a for a in state.adjoint]
@@ -113,7 +137,7 @@ def walk_back(ctx: RunContext, trace: Trace, state: PassState, first: int,
                 f"influence pass diverged at traced step {t}: the adjoint became NaN or infinite; lower the learning "
                 "rate of the traced epochs, trace fewer steps (--last-steps) or add damping"
             )
-        state.t_next = t - 1
+        state.t_next, after = t - 1, s
         yield t
 
 
@@ -129,8 +153,15 @@ PLAYERS = (("d", (KIND_BOTH, KIND_D)), ("g", (KIND_BOTH, KIND_G)))
 
 
 def last_updates(trace: Trace) -> dict[str, int]:
-    """Each player's last traced update (the step whose state `block_scales` measures)."""
-    return {p: int(np.flatnonzero(np.isin(trace.kinds, kinds))[-1]) for p, kinds in PLAYERS}
+    """Each player's last traced update (the step whose state `block_scales` measures); a player without
+    one (a trace of a single G half-step) is left out."""
+    steps = {p: np.flatnonzero(np.isin(trace.kinds, kinds)) for p, kinds in PLAYERS}
+    return {p: int(at[-1]) for p, at in steps.items() if len(at)}
+
+
+def unmeasured_players(trace: Trace) -> list[str]:
+    """Players with optimizer buffers but no traced update: `block_scales` weighs their buffers 1."""
+    return [p for p, _ in PLAYERS if p not in last_updates(trace)] if trace.layout.n_buffers else []
 
 
 def block_scales(ctx: RunContext, trace: Trace, found: dict[str, list[float]] | None = None) -> list[float]:
@@ -145,7 +176,8 @@ def block_scales(ctx: RunContext, trace: Trace, found: dict[str, list[float]] | 
     sums about 1 / (1 - beta) steps of such perturbations (Adam's v: 1,000), so its adjoint
     accumulates by that much without anything becoming unstable: the weight also carries
     (1 - beta), so that the growth factor reads explosion, not memory. Parameters and the
-    EMA weigh 1, so SGD runs keep the paper's |u|.
+    EMA weigh 1, so SGD runs keep the paper's |u|. A player without a traced update has nothing to
+    measure on; its buffers weigh 1 (`unmeasured_players`; the result's meta says so).
 
     `found`: players' weights already measured (by the pass's own walk); the others are
     measured here, with one walk for both players' states.
@@ -158,7 +190,8 @@ def block_scales(ctx: RunContext, trace: Trace, found: dict[str, list[float]] | 
         for t, s in states_backward(ctx, trace, first=min(wanted), last=max(wanted)):
             for player in [p for p, at in last.items() if at == t and p not in scales]:
                 scales[player] = player_scales(ctx, trace, player, t, s)
-    return [1.0, 1.0] + scales["d"] + scales["g"] + ([1.0] if trace.layout.ema else [])
+    unmeasured = [1.0] * trace.layout.n_buffers
+    return [1.0, 1.0] + scales.get("d", unmeasured) + scales.get("g", unmeasured) + ([1.0] if trace.layout.ema else [])
 
 
 def player_scales(ctx: RunContext, trace: Trace, player: str, t: int, s: TrainState) -> list[float]:

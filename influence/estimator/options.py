@@ -12,6 +12,12 @@ ESTIMATOR_VERSION = 1
 # costs 1.2x.
 AFFORDABLE_FLOAT64_PARAMS = 6_000
 OPTIMIZER_STATES = ("exact", "frozen")
+# Version 1 of `frozen` also held Adam's whole denominator constant; version 2 is the follow-up's own
+# approximation (only the incoming m and v are constants). Results of version 1 keep their own name.
+FROZEN_VERSION = 2
+# exact: the adjoint recursion (ASGD-Influence); the others are baselines from the same trace (`alternatives`),
+# named by their key: what the recursion buys.
+METHODS = {"exact": "", "no-propagation": "-noprop", "tracin": "-tracin"}
 
 
 @dataclass(frozen=True)
@@ -22,15 +28,27 @@ class EstimateOptions:
     checkpoint_every: int = field(default=25, metadata={"help": "save the backward state every N steps (resumable)"})
     optimizer_state: str = field(
         default="exact",
-        metadata={"help": "exact (adjoints through Adam's/momentum's buffers) or frozen (buffers as constants, "
-                          "the 2025 follow-up's approximation; the same as exact for plain SGD)"},
+        metadata={"help": "exact (adjoints through Adam's/momentum's buffers) or frozen (the incoming buffers as "
+                          "constants, the fresh gradient differentiated through the whole update: the 2025 "
+                          "follow-up's approximation; the same as exact for plain SGD)"},
+    )
+    method: str = field(
+        default="exact",
+        metadata={"help": "exact (the adjoint carried back through every traced step), or a baseline without that "
+                          "recursion: no-propagation (the metric's gradient at the end) or tracin (the metric's "
+                          "gradient at each step's state), each carried only through the generator's next update"},
     )
 
     def key(self, metric: str, n_params: int) -> str:
         steps = f"-last{self.last_steps}" if self.last_steps else ""
         damp = f"-d{self.damping:g}" if self.damping else ""
         frozen = "-frozen" if self.optimizer_state == "frozen" else ""
-        return f"{metric}-{self.resolved_dtype(n_params)}{damp}{steps}{frozen}-v{ESTIMATOR_VERSION}"
+        return f"{metric}-{self.resolved_dtype(n_params)}{damp}{steps}{frozen}{METHODS[self.method]}-v{self.version}"
+
+    @property
+    def version(self) -> int:
+        """The version of the math behind a result with these options (in its name and meta)."""
+        return FROZEN_VERSION if self.optimizer_state == "frozen" else ESTIMATOR_VERSION
 
     def resolved_dtype(self, n_params: int) -> str:
         if self.dtype == "auto":
@@ -42,10 +60,15 @@ class EstimateOptions:
     def identity(self, n_params: int) -> dict:
         if self.optimizer_state not in OPTIMIZER_STATES:
             raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATES}, got '{self.optimizer_state}'")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {tuple(METHODS)}, got '{self.method}'")
+        if self.method != "exact" and self.damping:
+            raise ConfigError("damping applies to the exact recursion only, not to the baselines")
         d = asdict(self)
         d.pop("checkpoint_every")
-        if d["optimizer_state"] == "exact":
-            d.pop("optimizer_state")  # results from before the option existed stay valid
+        for name in ("optimizer_state", "method"):
+            if d[name] == "exact":
+                d.pop(name)  # results from before the option existed stay valid
         d["dtype"] = self.resolved_dtype(n_params)
         return d
 

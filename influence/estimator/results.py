@@ -23,8 +23,10 @@ from ..errors import ConfigError, StoreError
 from ..honesty import if_removed
 from ..metrics import METRIC_LABELS, harmful_sign, sign_sentence
 from ..train import Trace
-from .options import ESTIMATOR_VERSION, EstimateOptions
-from .verdict import FLAG_NAMES, FLAG_NEVER_TRACED, growth_of, instance_flags, verdict_for
+from .alternatives import baseline_verdict
+from .backward import unmeasured_players
+from .options import EstimateOptions
+from .verdict import FLAG_NAMES, FLAG_NEVER_TRACED, FLAG_NOT_ASSESSED, growth_of, instance_flags, verdict_for
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +47,37 @@ class InfluenceResult:
 
 def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params: int, scores: np.ndarray, norms: np.ndarray,
                 step_of: np.ndarray, value: float, seconds: float, first: int, trace: Trace,
-                window_scores: np.ndarray, window_first: int) -> InfluenceResult:
+                window_scores: np.ndarray, window_first: int, conditions: dict | None = None) -> InfluenceResult:
     """Store one metric's result of a finished pass; norms = (steps + 1, 3) |lambda_D|, |lambda_G|, whole state;
-    window_scores: the scores from the traced steps window_first.. alone (what the quick spot check replays)."""
+    window_scores: the scores from the traced steps window_first.. alone (what the quick spot check replays);
+    conditions: the pass's recompute against training's (`runner.pass_conditions`)."""
     total = norms[:, 2]  # |lambda| over the whole state, index = traced step
     ratio, growth = growth_of(total, first)
     # An instance at step t is scored with u after the steps t+1.. : its amplification is ratio[t+1].
     verdict, message = verdict_for(growth)
     flags = instance_flags(ratio[1:], step_of)
+    if options.method != "exact":  # the size of a baseline's adjoint says nothing about stability
+        verdict, message = baseline_verdict(options.method)
+        flags = np.where(step_of >= 0, FLAG_NOT_ASSESSED, FLAG_NEVER_TRACED).astype(np.int8)
     key = options.key(metric, n_params)
     meta = {
         "metric": metric, "label": METRIC_LABELS[metric], "sign": sign_sentence(metric),
         "harmful_sign": harmful_sign(metric), "options": options.identity(n_params),
-        "optimizer": trace.rule.optimizer.kind, "ema_generator": trace.ema_eval,
-        "estimator_version": ESTIMATOR_VERSION, "traced_steps": trace.steps - first,
+        "method": options.method, "optimizer": trace.rule.optimizer.kind, "ema_generator": trace.ema_eval,
+        "estimator_version": options.version, "traced_steps": trace.steps - first,
         "trace_first_step": trace.first_step, "metric_value_valid": value, "seconds": seconds,
         "growth": growth, "verdict": verdict, "verdict_message": message,
         "n_flagged": {FLAG_NAMES[f]: int((flags == f).sum()) for f in FLAG_NAMES},
         "check_window_first_step": window_first,
+        "conditions": conditions,
     }
+    unmeasured = unmeasured_players(trace)
+    if unmeasured:
+        names = " and ".join({"d": "D", "g": "G"}[p] for p in unmeasured)
+        meta["unmeasured_players"] = unmeasured
+        meta["unmeasured_note"] = (f"{names} has no update in the traced steps: no instance term comes from it, and "
+                                   "its optimizer buffers weigh 1 in the growth factor (their scale is measured on "
+                                   "a player's last traced update)")
     run.write_npy(f"influence/{key}/scores.npy", scores)
     run.write_npy(f"influence/{key}/window_scores.npy", window_scores)
     run.write_npy(f"influence/{key}/flags.npy", flags)
@@ -80,7 +94,7 @@ def load_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         return None
     try:
         meta = run.read_json(f"influence/{key}/meta.json")
-        if meta["options"] != options.identity(n_params) or meta["estimator_version"] != ESTIMATOR_VERSION:
+        if meta["options"] != options.identity(n_params) or meta["estimator_version"] != options.version:
             return None
         return _read_result(run, key)
     except StoreError as e:
@@ -126,7 +140,9 @@ def chosen_name(run: store.Run, sets: dict | None = None) -> str | None:
             name = None
         if name in sets:
             return name
-    return next(iter(sets), None)
+    # by default an estimate, not a baseline (`alternatives`), unless there is nothing else
+    estimates = (n for n, rs in sets.items() if all(r.meta.get("method", "exact") == "exact" for r in rs.values()))
+    return next(estimates, next(iter(sets), None))
 
 
 def choose_results(run: store.Run, name: str, dataset=None) -> None:

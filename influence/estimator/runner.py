@@ -9,13 +9,14 @@ import time
 import numpy as np
 import torch
 
-from .. import store
+from .. import conditions, store
 from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
 from ..metrics import check_metric
 from ..objectives import Objective, metric_objectives
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
+from .alternatives import baseline_advance
 from .backward import PassState, pass_norms, start_pass, walk_back
 from .options import EstimateOptions, result_name
 from .results import CHOSEN, InfluenceResult, load_result, save_result, write_table
@@ -47,12 +48,14 @@ def estimate(
         objectives = metric_objectives(todo, cfg.is_2d)
         state, norms, seconds, first, window = stored_pass(ctx, run, trace, objectives, options, progress, cancel)
         step_of = trace.step_of_instance(ctx.dataset.n_train, first)
+        recompute = pass_conditions(run, trace, ctx)
         for i, metric in enumerate(todo):
             results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
                                           step_of, state.values[i], seconds / len(todo), first, trace,
-                                          window[i].numpy(), trace.steps - check_window(trace.steps - first))
+                                          window[i].numpy(), trace.steps - check_window(trace.steps - first), recompute)
         drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
-        if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
+        if not run.exists(CHOSEN) and options.method == "exact":
+            # the first estimate computed is the one in use until the user picks another (a baseline never is)
             run.write_json(CHOSEN, {"name": result_name(options, n_params)})
         write_table(run, ctx.dataset)
     return {m: results[m] for m in metrics}
@@ -63,6 +66,16 @@ def check_options(options: EstimateOptions, trace: Trace) -> None:
     options.identity(trace.final.shape[0])
     if options.last_steps is not None and not 1 <= options.last_steps <= trace.steps:
         raise ConfigError(f"last_steps must lie in 1..{trace.steps} (the traced steps)")
+
+
+def pass_conditions(run: store.Run, trace: Trace, ctx: RunContext) -> dict:
+    """The conditions of the pass's recompute of checkpoint segments against training's (`conditions.report`);
+    a trace that stores every state recomputes nothing, so nothing there can differ."""
+    train_ctx = training_context(ctx)
+    out = conditions.report(run.read_json("trace/meta.json"), train_ctx.device, train_ctx.dtype,
+                            "the influence pass recomputes the trace's checkpoint segments")
+    return {**out, "recomputes": not trace.stores_every_step,
+            "warnings": out["warnings"] if not trace.stores_every_step else []}
 
 
 def training_context(ctx: RunContext) -> RunContext:
@@ -99,7 +112,9 @@ def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[
         state.adjoint = [a.to(ctx.device, ctx.dtype) for a in state.adjoint]
     window_start = trace.steps - check_window(trace.steps - first)
     report = Reporter("influence", trace.steps - first, progress, cancel)
-    for t in walk_back(ctx, trace, state, first, options.optimizer_state == "frozen", options.damping, train_ctx):
+    frozen = options.optimizer_state == "frozen"
+    advance = None if options.method == "exact" else baseline_advance(ctx, trace, objectives, options.method, frozen)
+    for t in walk_back(ctx, trace, state, first, frozen, options.damping, train_ctx, advance):
         if t == window_start:
             window = state.scores.clone()
         done = trace.steps - t

@@ -8,8 +8,9 @@ import numpy as np
 # Calibrated on the quick preset (stable: growth ~1) and its lr=1e-2 variant (explodes): see docs.
 GROWTH_DOUBTFUL = 10.0
 GROWTH_UNRELIABLE = 100.0
-FLAG_NEVER_TRACED, FLAG_RELIABLE, FLAG_DOUBTFUL, FLAG_UNRELIABLE = 0, 1, 2, 3
-FLAG_NAMES = {0: "not in a traced batch", 1: "reliable", 2: "doubtful", 3: "unreliable"}
+FLAG_NEVER_TRACED, FLAG_RELIABLE, FLAG_DOUBTFUL, FLAG_UNRELIABLE, FLAG_NOT_ASSESSED = 0, 1, 2, 3, 4
+FLAG_NAMES = {0: "not in a traced batch", 1: "reliable", 2: "doubtful", 3: "unreliable",
+              4: "not assessed (a baseline)"}
 
 
 def verdict_for(growth: float) -> tuple[str, str]:

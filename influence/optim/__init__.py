@@ -8,9 +8,11 @@ differentiate the very update that training made, optimizer state included:
 - `adam`: m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2, theta' = theta - lr m'/(1-b1^k) / (sqrt(v'/(1-b2^k)) + eps),
   k = the player's update count; `decoupled_wd` adds AdamW's - lr wd theta (kernels only).
 
-`frozen=True` is the 2025 follow-up's approximation (*Data Cleansing for GANs*): the incoming
-buffers and Adam's denominator count as constants, so only the fresh gradient carries a
-derivative. The exact mode differentiates through everything.
+`frozen=True` is the 2025 follow-up's approximation (*Data Cleansing for GANs*; its code's
+`differential_adam_step` / `differential_sgd_step`): the incoming buffers (Adam's m and v, the
+momentum buffer) count as constants; the fresh gradient is still differentiated through the whole
+update, Adam's m' = b1 m + (1-b1) g and v' = b2 v + (1-b2) g^2 in the denominator included. The
+exact mode differentiates through everything.
 """
 
 from __future__ import annotations
@@ -85,8 +87,6 @@ class OptimizerSpec:
         k = count + 1
         # clamp: sqrt has an infinite derivative at 0 (a parameter that never got a gradient)
         denom = (v / (1 - b2**k)).clamp_min(torch.finfo(v.dtype).tiny).sqrt() + self.eps
-        if frozen:
-            denom = denom.detach()
         new = theta - lr * (m / (1 - b1**k)) / denom
         if self.decoupled_wd:
             new = new - (lr * self.decoupled_wd) * decay_mask * theta

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import store
+from .. import conditions, store
 from ..context import RunContext, load_run_config
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
@@ -187,7 +187,7 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
         for m in metrics:
             table[f"actual_{split}_{m}"] = [c[split][m] for c in changes]
     meta = {"lanes": plan.as_dict(), "baseline": "recorded trajectory" if from_trace else "replayed",
-            "replay_seconds": seconds, "conditions": ctx.conditions()}
+            "replay_seconds": seconds, "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")}
     return table, meta
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .. import store
-from ..context import RunContext, load_run_config
+from .. import conditions, store
+from ..context import RunContext, load_run_config, resolve_device
 from ..errors import ConfigError, StoreError
 from ..estimator import EstimateOptions, estimate, result_name
 from ..counterfactual import Lane
@@ -48,13 +48,14 @@ class Accuracy:
     verdict: str
     growth: float | None = None  # the estimate's growth factor over the validated steps
     trace_epochs: int | None = None  # validated over the last K traced epochs; None: the whole trace
+    conditions: dict | None = None  # the replays' conditions against training's (influence.conditions.compare)
 
     def as_dict(self) -> dict:
         return {
             "metric": self.metric, "n": int(len(self.ids)), "kendall_tau": self.kendall_tau,
             "pearson_r": self.pearson_r, "jaccard_top10": self.jaccard_top10,
             "seconds_loo": self.seconds_loo, "verdict": self.verdict, "growth": self.growth,
-            "trace_epochs": self.trace_epochs,
+            "trace_epochs": self.trace_epochs, "conditions": self.conditions,
         }
 
 
@@ -189,12 +190,14 @@ def validate(
     traced = trace.step_of_instance(len(results[metrics[0]].scores), first_step) >= 0
     ids = select_ids(len(traced), n, selection, seed, traced)
     actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step, lanes=lanes)
+    replays = conditions.compare(trace.conditions, resolve_device(cfg.train.device), cfg.train.dtype,
+                                 "these replays run")
     out = {}
     for i, m in enumerate(metrics):
         est = results[m].scores[ids]
         tau, r, jac = accuracy_numbers(est, actual[i])
         acc = Accuracy(m, ids, est, actual[i], tau, r, jac, seconds, results[m].verdict, results[m].meta["growth"],
-                       trace_epochs)
+                       trace_epochs, replays)
         epochs = f"-ep{trace_epochs}" if trace_epochs is not None else ""
         # named by the estimate's options (all of them), so results with other options do not overwrite it
         key = f"{m}-n{n}-{selection}-s{seed}-{result_name(options, trace.final.shape[0])}{epochs}"

@@ -25,7 +25,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from .. import store
+from .. import conditions, store
 from ..context import RunContext, load_run_config
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
@@ -101,7 +101,7 @@ def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = Es
         "window_steps": trace.steps - first, "lanes": plan.as_dict(),
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
-        "conditions": ctx.conditions(),
+        "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
         "per_metric": {m: _agreement(kinds, lanes_list, scores[m], [a[m] for a in actual], results[m]) for m in metrics},
     }
     run.write_json(rel, check)
