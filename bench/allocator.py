@@ -32,7 +32,8 @@ allocator.tune_this_process()
 from influence.context import RunContext, load_run_config
 from influence.estimator import EstimateOptions, estimate
 from influence.train import Trace
-from influence.validation import _Replayer
+from influence.counterfactual import Lane, LanePlan
+from influence.validation.replays import measure_lanes
 root, run_id, phase, k = store.store_root(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4])
 scratch = tempfile.mkdtemp()
 if phase == "influence":  # a copy without results, so the pass runs instead of reading its cache
@@ -47,7 +48,9 @@ if phase == "influence":
     estimate(run, ["all" if cfg.is_2d else "fid"], EstimateOptions())
 else:
     metrics = ("all",) if cfg.is_2d else ("fid", "is")
-    replayer = _Replayer(RunContext.create(cfg, run.root), trace, 0)
+    ctx = RunContext.create(cfg, run.root)
+    replayer = lambda j, metrics: measure_lanes(ctx, trace, [Lane.of([j])], (("valid", metrics),),  # noqa: E731
+                                                LanePlan("sequential", 1, ""))
     n_train = run.read_json("summary.json")["n_train"]
     ids = [int(j) for j in (trace.step_of_instance(n_train) >= 0).nonzero()[0][: k + 1]]
     replayer(ids[0], metrics)  # warm-up: the evaluator's statistics, first-touch of the buffers

@@ -62,7 +62,8 @@ def build(root: Path, n: int, names: tuple[str, ...] = ("tiny", "toy2d"), extras
                 scores = rng.standard_t(3, n) * 1e-4  # synthetic, heavy-tailed like real estimates
                 norms = np.abs(rng.normal(1.0, 0.1, (trace.steps + 1, 3)))  # |u_D|, |u_G|, |whole state|
                 step_of = rng.integers(0, trace.steps, n)  # every instance counts as traced
-                save_result(run, metric, options, n_params, scores, norms, step_of, 0.0, 0.0, 0, trace)
+                save_result(run, metric, options, n_params, scores, norms, step_of, 0.0, 0.0, 0, trace, scores,
+                            trace.steps - 1)
             write_table(run, RunContext.create(load_run_config(run), root).dataset)
         removal = harmful_order(load_result(run, metrics[0], options, n_params))[:500].tolist()
         run.write_json("app/removal.json", {"ids": sorted(removal)})

@@ -31,7 +31,9 @@ import torch
 from influence import allocator, store
 from influence.context import RunContext, load_run_config
 from influence.train import Trace
-from influence.validation import _Replayer, leave_one_out, select_ids
+from influence.counterfactual import Lane, LanePlan
+from influence.validation import leave_one_out, select_ids
+from influence.validation.replays import measure_lanes
 
 
 def _copy(root: Path, run_id: str, scratch: Path) -> store.Run:
@@ -42,32 +44,30 @@ def _copy(root: Path, run_id: str, scratch: Path) -> store.Run:
 
 
 # ---------------------------------------------------------------- the former local workers, for comparison
-_pool_replayer: _Replayer | None = None
+_pool_run: tuple | None = None  # (context, trace) of the worker
 
 
 def _pool_start(root: str, run_id: str, threads: int) -> None:
-    global _pool_replayer
+    global _pool_run
     allocator.tune_this_process()  # as the Dask workers and this process: only the ways of running differ
     torch.set_num_threads(threads)
     run = store.open_run(Path(root), run_id)
-    _pool_replayer = _Replayer(RunContext.create(load_run_config(run), run.root), Trace.load(run))
+    _pool_run = RunContext.create(load_run_config(run), run.root), Trace.load(run)
 
 
 def _pool_replay(j: int, metrics: tuple[str, ...]) -> dict[str, float]:
-    return _pool_replayer(j, metrics)
+    """One leave-one-out lane, sequential (as the execution layer runs a lane when the trace reproduces training)."""
+    ctx, trace = _pool_run
+    return measure_lanes(ctx, trace, [Lane.of([j])], (("valid", metrics),), LanePlan("sequential", 1, "")).changes[0]["valid"]
 
 
 def pool_loo(run: store.Run, metrics: list[str], ids: np.ndarray, workers: int) -> np.ndarray:
-    ctx = RunContext.create(load_run_config(run), run.root)
-    trace = Trace.load(run)
-    final_d, final_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
-    base = ctx.evaluator("valid").evaluate(final_d, final_g, tuple(metrics))
     done = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_pool_start,
                              initargs=(str(run.root), run.run_id, torch.get_num_threads())) as pool:
         futures = {pool.submit(_pool_replay, int(j), tuple(metrics)): int(j) for j in ids}
         for f in as_completed(futures):
-            done[futures[f]] = [f.result()[m] - base[m] for m in metrics]
+            done[futures[f]] = [f.result()[m] for m in metrics]
     return np.array([done[int(j)] for j in ids]).T
 
 

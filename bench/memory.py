@@ -54,7 +54,7 @@ print(json.dumps({"run_id": cfg.run_id, "maxrss_mb": resource.getrusage(resource
 
 
 def phase(what: str, root: Path, name: str, sets: list[str], threads: int) -> dict:
-    code = CHILD if what != "import" else ("import resource, torch, influence.train, influence.estimate; "
+    code = CHILD if what != "import" else ("import resource, torch, influence.train, influence.estimator; "
                                           "print('{\"maxrss_mb\": %f}' % (resource.getrusage(resource.RUSAGE_SELF)"
                                           ".ru_maxrss / 1024))")
     args = [what, str(root), name, json.dumps(sets), str(threads)] if what != "import" else []

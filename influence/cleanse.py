@@ -20,13 +20,15 @@ import torch
 
 from . import store
 from .context import RunContext, load_run_config
+from .counterfactual import Lane, LanePlan, replay_lanes
+from .counterfactual.plan import choose_plan, reproduces_training
 from .errors import ConfigError
 from .estimator import cached_results, chosen_name
 from .execution import Executor, Tasks, TaskEnv, open_executor, worker_cached
 from .execution.payload import RunPayload, run_payload, trace_segment
 from .honesty import scope_text
 from .progress import CancelToken, ProgressFn
-from .train import Trace, image_grid_png, replay, train_without
+from .train import Trace, image_grid_png, train_without
 
 MODES = ("replay", "scratch")
 
@@ -94,9 +96,11 @@ def cleanse(
     key = removal_key(ids, mode)
     if run.exists(f"cleanse/{key}/result.json"):
         return _load(run, key, ids)
-    started = time.perf_counter()
-    theta_d, theta_g, before, after = counterfactual(ctx, trace, ids, mode, progress, cancel)
-    return _store_attempt(ctx, run, key, ids, mode, theta_d, theta_g, before, after, time.perf_counter() - started)
+    plan = choose_plan(ctx, trace, 1) if mode == "replay" else LanePlan("sequential", 1, "")
+    (theta_d, theta_g, before, after, seconds), = _timed_counterfactuals(ctx, trace, [ids], mode, plan,
+                                                                       TaskEnv(progress, cancel))
+    return _store_attempt(ctx, run, key, ids, mode, theta_d.to(ctx.device), theta_g.to(ctx.device), before, after,
+                          seconds)
 
 
 def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = "replay", executor: Executor | None = None,
@@ -110,12 +114,16 @@ def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = 
 def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = "replay",
                  executor: Executor | None = None, progress: ProgressFn | None = None,
                  cancel: CancelToken | None = None,
-                 contexts: list[RunContext | None] | None = None) -> Iterator[tuple[int, int, CleanseResult]]:
+                 contexts: list[RunContext | None] | None = None,
+                 lanes: int | None = None) -> Iterator[tuple[int, int, CleanseResult]]:
     """Removal sets of several runs (a sweep's seeds) as one batch of tasks: (run index, set index, result) as each
     one finishes.
 
-    Attempts already in the store are read back first. A worker gets a run's whole trace and training
-    set once, and the removal ids with each task; the results are stored here.
+    Attempts already in the store are read back first. In replay mode a run's removal sets are lanes of
+    `counterfactual.replay_lanes` (`lanes`: the lane plan, None = automatic): "before" is lane 0 of the same
+    replay, so a before/after difference has no rounding offset from another code path or thread count. A
+    worker gets a run's whole trace and training set once, and the removal ids with each task; the results are
+    stored here.
     """
     if mode not in MODES:
         raise ConfigError(f"cleansing mode must be one of {MODES}")
@@ -123,42 +131,62 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
     for r, (run, removal_sets) in enumerate(jobs):
         ctx = (contexts or [None] * len(jobs))[r] or RunContext.create(load_run_config(run), run.root)
         sets = [check_removal_ids(ids, ctx.dataset.n_train) for ids in removal_sets]
-        runs.append((run, Trace.load(run), ctx, sets))
+        trace = Trace.load(run)
+        waiting = []
         for i, ids in enumerate(sets):
             if run.exists(f"cleanse/{removal_key(ids, mode)}/result.json"):
                 yield r, i, _load(run, removal_key(ids, mode), ids)
             else:
-                todo.append((r, i))
+                waiting.append(i)
+        plan = choose_plan(ctx, trace, len(waiting), lanes) if mode == "replay" else LanePlan("sequential", 1, "")
+        runs.append((run, trace, ctx, sets, plan))
+        size = plan.lanes if plan.mode == "batched" else 1
+        todo += [(r, tuple(waiting[i:i + size])) for i in range(0, len(waiting), size)]
 
     def here(item, env: TaskEnv):
-        _, trace, ctx, sets = runs[item[0]]
-        return _timed_counterfactual(ctx, trace, sets[item[1]], mode, _tagged(env, item[0]))
+        _, trace, ctx, sets, plan = runs[item[0]]
+        return _timed_counterfactuals(ctx, trace, [sets[i] for i in item[1]], mode, plan, _tagged(env, item[0]))
 
     def payload(r: int) -> RunPayload:
-        run, trace, ctx, _ = runs[r]
+        run, trace, ctx, _, _ = runs[r]
         return run_payload(ctx, run, trace_segment(trace, 0), ("test",), all_rows=True)
 
     tasks = Tasks(todo, here=here, remote=functools.partial(_cleanse_remote, mode),
-                  ship=lambda item: (item[0], runs[item[0]][3][item[1]]), payload=payload,
-                  payload_key=lambda item: item[0])
+                  ship=lambda item: (item[0], [runs[item[0]][3][i] for i in item[1]], runs[item[0]][4]),
+                  payload=payload, payload_key=lambda item: item[0])
     with contextlib.ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(open_executor(len(todo)))
-        for (r, i), (theta_d, theta_g, before, after, seconds) in executor.run(tasks, progress, cancel):
-            run, _, ctx, sets = runs[r]
-            yield r, i, _store_attempt(ctx, run, removal_key(sets[i], mode), sets[i], mode, theta_d.to(ctx.device),
-                                       theta_g.to(ctx.device), before, after, seconds)
+        for (r, indices), attempts in executor.run(tasks, progress, cancel):
+            run, _, ctx, sets, _ = runs[r]
+            for i, (theta_d, theta_g, before, after, seconds) in zip(indices, attempts):
+                yield r, i, _store_attempt(ctx, run, removal_key(sets[i], mode), sets[i], mode, theta_d.to(ctx.device),
+                                           theta_g.to(ctx.device), before, after, seconds)
 
 
-def _timed_counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: str, env: TaskEnv):
+def _timed_counterfactuals(ctx: RunContext, trace: Trace, sets: list[np.ndarray], mode: str, plan: LanePlan,
+                           env: TaskEnv) -> list[tuple]:
+    """(theta_D, theta_G, test metrics before, after, seconds) per removal set, on the CPU."""
     started = time.perf_counter()
-    theta_d, theta_g, before, after = counterfactual(ctx, trace, ids, mode, env.progress, env.cancel)
-    return theta_d.cpu(), theta_g.cpu(), before, after, time.perf_counter() - started
+    if mode == "scratch":
+        out = [retrained(ctx, trace, ids, env.progress, env.cancel) for ids in sets]
+    else:
+        test = ctx.evaluator("test")
+
+        def measure(state):
+            theta_d, theta_g = state.theta_d.detach(), state.eval_generator(trace.ema_eval).detach()
+            return theta_d.cpu(), theta_g.cpu(), test.evaluate(theta_d, theta_g)
+
+        lanes_out = replay_lanes(ctx, trace, [Lane.of(ids) for ids in sets], measure, plan, 0, env.progress,
+                                 env.cancel, baseline_from_trace=reproduces_training(ctx, trace))
+        out = [(v[0], v[1], b[2], v[2]) for v, b in zip(lanes_out.values, lanes_out.baselines)]
+    seconds = (time.perf_counter() - started) / max(len(sets), 1)
+    return [(theta_d.cpu(), theta_g.cpu(), before, after, seconds) for theta_d, theta_g, before, after in out]
 
 
-def _cleanse_remote(mode: str, payload: RunPayload, shipped: tuple[int, np.ndarray], env: TaskEnv):
+def _cleanse_remote(mode: str, payload: RunPayload, shipped: tuple[int, list[np.ndarray], LanePlan], env: TaskEnv):
     ctx = worker_cached(payload.key, payload.context)
-    return _timed_counterfactual(ctx, payload.segment, shipped[1], mode, _tagged(env, shipped[0]))
+    return _timed_counterfactuals(ctx, payload.segment, shipped[1], mode, shipped[2], _tagged(env, shipped[0]))
 
 
 def _tagged(env: TaskEnv, run_index: int) -> TaskEnv:
@@ -169,13 +197,11 @@ def _tagged(env: TaskEnv, run_index: int) -> TaskEnv:
     return dataclasses.replace(env, progress=lambda p: forward(dataclasses.replace(p, info={**p.info, "run": run_index})))
 
 
-def counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: str, progress: ProgressFn | None = None,
-                   cancel: CancelToken | None = None):
-    """(theta_D, theta_G, test metrics before, after) of the run without `ids`; the store is not touched."""
-    if mode == "replay":
-        theta_d, theta_g = replay(ctx, trace, ids, progress=progress, cancel=cancel)
-    else:
-        theta_d, theta_g = train_without(ctx, ids, progress=progress, cancel=cancel)
+def retrained(ctx: RunContext, trace: Trace, ids: np.ndarray, progress: ProgressFn | None = None,
+              cancel: CancelToken | None = None):
+    """(theta_D, theta_G, test metrics before, after) of the run retrained from scratch without `ids`; "before" is
+    the trained run (a retraining is no replay: there is no lane 0 to compare with)."""
+    theta_d, theta_g = train_without(ctx, ids, progress=progress, cancel=cancel)
     before_d, before_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
     test = ctx.evaluator("test")
     return theta_d, theta_g, test.evaluate(before_d, before_g), test.evaluate(theta_d, theta_g)

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--metric", action="append", required=True, help="is, fid, dloss (images) or all, dloss (2D); repeatable")
     _estimate_options(e)
+    _check_option(e)
     e.add_argument("--top", type=int, default=5, help="show the N most harmful instances per metric")
     e.add_argument("--use", action="store_true", help="make this result (these options) the one the table, cleanse "
                    "and export use; without it the result in use stays as it is (the first computed, or chosen)")
@@ -88,10 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     _estimate_options(c)
     c.add_argument("--json", action="store_true")
 
-    v = sub.add_parser("validate", help="estimated vs actual (leave-one-out) influence")
+    v = sub.add_parser("validate", help="estimated vs actual influence: leave-one-out (--n), or groups (--groups, LDS)")
     v.add_argument("--run", required=True)
     v.add_argument("--metric", action="append", required=True)
     v.add_argument("--n", type=int, default=200)
+    v.add_argument("--groups", type=int, default=None, metavar="M",
+                   help="group validation instead of leave-one-out: M random removal sets per --fraction, replayed "
+                        "without them; Spearman (LDS) and Pearson of the summed estimates against the actual changes")
+    v.add_argument("--fraction", type=float, nargs="+", default=[0.01, 0.05, 0.2], metavar="F",
+                   help="with --groups: each set holds this fraction of the traced instances (several allowed)")
+    v.add_argument("--curve", type=float, nargs="*", default=[0.01, 0.05, 0.2], metavar="F",
+                   help="with --groups: also remove the top F by the estimate and F random instances (a cleansing "
+                        "curve, same replay); none to skip")
+    v.add_argument("--lanes", type=int, default=None, metavar="K",
+                   help="replay lanes per batched pass (default: chosen by memory and model; 1 = one after another)")
     v.add_argument("--selection", default="first", choices=["first", "random"])
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--trace-epochs", type=int, default=None, metavar="K",
@@ -126,6 +137,13 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
                    help="exact: the adjoint carried back through every traced step (ASGD-Influence); baselines from "
                         "the same trace, carried only through the generator's next update: no-propagation (the "
                         "metric's gradient at the end), tracin (the metric's gradient at each step's state)")
+
+
+def _check_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", default="quick", choices=["none", "quick", "full"],
+                   help="spot check after the pass: replays of a few groups and single images that measure how far "
+                        "the estimate can be trusted (quick: over the last eighth of the traced steps, about the "
+                        "cost of the pass; full: the whole trace)")
 
 
 def _options(args):
@@ -271,11 +289,14 @@ def cmd_runs(args, root: Path) -> int:
 
 def cmd_estimate(args, root: Path) -> int:
     from .estimator import estimate, harmful_order
+    from .specs import estimate_spec
+    from .validation.spotcheck import stored_check
+    from .validation.trust import verdict
 
     options = _options(args)
     run = store.open_run(root, args.run)
     _check_metrics(run, args.metric)
-    spec = {"kind": "estimate", "params": {"run_id": args.run, "metrics": args.metric, "options": dataclasses.asdict(options)}}
+    spec = estimate_spec(args.run, args.metric, options, args.check)
     _run(root, spec, args.json)
     results = estimate(run, args.metric, options)  # a cache read: the job (here or elsewhere) computed them
     from .context import RunContext, load_run_config
@@ -291,6 +312,7 @@ def cmd_estimate(args, root: Path) -> int:
     paths = ctx.dataset.train_paths
     report = metric_report(run, ctx)
     steps = run.read_json("summary.json")["steps"]
+    check = stored_check(run, name)
     out = {}
     for m, r in results.items():
         top = harmful_order(r)[: args.top]
@@ -299,7 +321,7 @@ def cmd_estimate(args, root: Path) -> int:
                   "metric_verdict": report["verdicts"][m],
                   "growth": r.meta["growth"], "seconds": r.meta["seconds"], "traced_steps": r.meta["traced_steps"],
                   "notes": _result_notes(r.meta), "conditions": r.meta.get("conditions"),
-                  "result": name, "result_in_use": in_use,
+                  "result": name, "result_in_use": in_use, "trust": verdict(r, check),
                   "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
                                     "influence": float(r.scores[i])} for i in top],
                   "table": str(run.path("influence/table.parquet"))}
@@ -308,6 +330,9 @@ def cmd_estimate(args, root: Path) -> int:
         return 0
     for m, o in out.items():
         print(f"{METRIC_LABELS[m]}: {o['if_removed']}; {o['sign'].split('; ', 1)[-1]}")
+        print(f"  trust: {o['trust']['summary']}")
+        if o["trust"]["measured"]:
+            print(f"  measured: {o['trust']['measured']}")
         print(f"  stability: {o['verdict_message']}")
         mv = o["metric_verdict"]
         print(f"  metric: {mv['verdict']}" + (f" - {'; '.join(mv['reasons'])}" if mv["reasons"] else ""))
@@ -431,9 +456,13 @@ def cmd_validate(args, root: Path) -> int:
     run = store.open_run(root, args.run)
     _check_metrics(run, args.metric)
     options = _options(args)
+    if args.groups is not None:
+        return _validate_groups(args, root, options)
     spec = {"kind": "validate", "params": {"run_id": args.run, "metrics": args.metric, "n": args.n,
                                            "selection": args.selection, "seed": args.seed,
                                            "options": dataclasses.asdict(options)}}
+    if args.lanes is not None:  # only then: earlier specs keep their job keys
+        spec["params"]["lanes"] = args.lanes
     if args.trace_epochs is not None:  # only then: earlier specs keep their job keys
         from .validation import first_step_of_last_epochs
 
@@ -454,8 +483,38 @@ def cmd_validate(args, root: Path) -> int:
               f"{a['growth']:.3g}; LOO {loo})")
         if verdicts.get(m, {}).get("reasons"):
             print(f"  metric uninformative: {'; '.join(verdicts[m]['reasons'])}")
+        for warning in (a.get("conditions") or {}).get("warnings", []):
+            print(f"  note: {warning}")
     return 0
 
+
+
+def _validate_groups(args, root: Path, options) -> int:
+    from .validation.groups import GroupSpec
+
+    spec_ = GroupSpec(args.groups, tuple(args.fraction), args.seed, tuple(args.curve))
+    spec = {"kind": "validate", "params": {"run_id": args.run, "metrics": args.metric,
+                                           "groups": dataclasses.asdict(spec_), "lanes": args.lanes,
+                                           "options": dataclasses.asdict(options)}}
+    result = _run(root, spec, args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.groups} random groups per fraction, replayed ({result['lanes']['mode']} lanes, "
+          f"{result['lanes']['lanes']} per pass; lane 0: {result['baseline']}); estimate in use: {result['result_in_use']}")
+    for warning in (result.get("conditions") or {}).get("warnings", []):
+        print(f"note: {warning}")
+    for m in args.metric:
+        label = METRIC_LABELS[m]
+        for rname, per_metric in result["scores"].items():
+            for row in per_metric[m]:
+                print(f"{label} [{rname}] F={row['fraction']:g}: LDS (Spearman) {row['spearman_valid']:.3f}, Pearson "
+                      f"{row['pearson_valid']:.3f}, slope {row['slope_valid']:.3g} (actual on predicted; validation "
+                      f"split, as estimated); test split: Spearman {row['spearman_test']:.3f}")
+        for row in result["curve"][m]:
+            print(f"{label} curve, {row['kind']} {row['size']}: predicted {row['predicted']:+.4g}, actual "
+                  f"{row['actual_valid']:+.4g} (validation), {row['actual_test']:+.4g} (test)")
+    return 0
 
 def cmd_sweep(args, root: Path) -> int:
     import pandas as pd

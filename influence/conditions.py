@@ -52,5 +52,10 @@ def differences(training: dict | None, now: dict, activity: str = "this runs") -
 
 def report(trace_meta: dict, device: torch.device | str, dtype: torch.dtype | str, activity: str) -> dict:
     """What a result stores: training's conditions, its own, and the sentences for what differs."""
-    training, now = recorded(trace_meta), current(device, dtype)
+    return compare(recorded(trace_meta), device, dtype, activity)
+
+
+def compare(training: dict | None, device: torch.device | str, dtype: torch.dtype | str, activity: str) -> dict:
+    """`report` from training's recorded conditions (None: not recorded)."""
+    now = current(device, dtype)
     return {"training": training, "now": now, "warnings": differences(training, now, activity)}

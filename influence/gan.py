@@ -103,6 +103,32 @@ class GanFunctions:
     def decay_mask_g(self) -> torch.Tensor:
         return self._mask_g
 
+    def losses(
+        self,
+        theta_d: torch.Tensor,
+        theta_g: torch.Tensor,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        w: torch.Tensor,
+        players: str = "both",
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(L_D, L_G) of a step at the given parameters; None for a player not asked for.
+
+        players = "both" (a simultaneous step), "d" or "g" (one half of an alternating step; a G
+        step uses no real data, so x may be empty there). A pure function of its arguments: the
+        training step takes its gradients with autograd, the batched replay lanes with torch.func.
+        """
+        batch = z.shape[0]
+        fake = self.generate(theta_g, z)
+        fake_logits = self.logits(theta_d, fake)
+        loss_d = loss_g = None
+        if players in ("both", "d"):
+            real = (w * self.real_losses(theta_d, x)).sum() / batch
+            loss_d = real + F.softplus(fake_logits).sum() / batch + self._decay(theta_d, self._mask_d)
+        if players in ("both", "g"):
+            loss_g = F.softplus(-fake_logits).sum() / batch + self._decay(theta_g, self._mask_g)
+        return loss_d, loss_g
+
     def step_gradients(
         self,
         theta_d: torch.Tensor,
@@ -115,25 +141,18 @@ class GanFunctions:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """(grad_D L_D, grad_G L_G, L_D, L_G), both at the given parameters; None for a player not asked for.
 
-        players = "both" (a simultaneous step), "d" or "g" (one half of an alternating step;
-        a G step uses no real data, so x may be empty there). theta_d and theta_g must require
-        grad. With create_graph=True the gradients stay differentiable w.r.t. (theta_d, theta_g,
-        w): the estimator takes the step's Jacobian-transpose product (G<->D cross blocks
-        included) from them. Plain autograd here: on these small nets nested torch.func
-        transforms cost 3-4x more.
+        theta_d and theta_g must require grad. With create_graph=True the gradients stay
+        differentiable w.r.t. (theta_d, theta_g, w): the estimator takes the step's
+        Jacobian-transpose product (G<->D cross blocks included) from them. Plain autograd here:
+        on these small nets nested torch.func transforms cost 3-4x more.
         """
-        batch = z.shape[0]
-        fake = self.generate(theta_g, z)
-        fake_logits = self.logits(theta_d, fake)
-        g_d = g_g = loss_d = loss_g = None
-        if players in ("both", "d"):
-            real = (w * self.real_losses(theta_d, x)).sum() / batch
-            loss_d = real + F.softplus(fake_logits).sum() / batch + self._decay(theta_d, self._mask_d)
-            (g_d,) = torch.autograd.grad(loss_d, theta_d, retain_graph=players == "both" or create_graph,
+        loss_d, loss_g = self.losses(theta_d, theta_g, x, z, w, players)
+        g_d = g_g = None
+        if loss_d is not None:
+            (g_d,) = torch.autograd.grad(loss_d, theta_d, retain_graph=loss_g is not None or create_graph,
                                        create_graph=create_graph)
             loss_d = loss_d.detach()
-        if players in ("both", "g"):
-            loss_g = F.softplus(-fake_logits).sum() / batch + self._decay(theta_g, self._mask_g)
+        if loss_g is not None:
             (g_g,) = torch.autograd.grad(loss_g, theta_g, create_graph=create_graph)
             loss_g = loss_g.detach()
         return g_d, g_g, loss_d, loss_g

@@ -320,8 +320,17 @@ def _execute_kind(root: Path, spec: dict[str, Any], progress, cancel_token: Canc
     if kind == "estimate":
         from .estimator import EstimateOptions, estimate
 
-        results = estimate(run, p["metrics"], EstimateOptions(**p.get("options", {})), progress, cancel_token)
-        return {m: {k: r.meta[k] for k in ("verdict", "verdict_message", "growth", "seconds")} for m, r in results.items()}
+        options = EstimateOptions(**p.get("options", {}))
+        results = estimate(run, p["metrics"], options, progress, cancel_token)
+        out = {m: {k: r.meta[k] for k in ("verdict", "verdict_message", "growth", "seconds")} for m, r in results.items()}
+        if p.get("check", "none") != "none":
+            from .validation.spotcheck import spot_check
+            from .validation.trust import verdict
+
+            check = spot_check(run, p["metrics"], options, p["check"], progress, cancel_token)
+            for m, r in results.items():
+                out[m]["trust"] = verdict(r, check)
+        return out
     if kind == "cleanse":
         from .cleanse import cleanse
 
@@ -329,8 +338,17 @@ def _execute_kind(root: Path, spec: dict[str, Any], progress, cancel_token: Canc
     from .estimator import EstimateOptions
     from .validation import validate
 
+    if "groups" in p:
+        from .validation.groups import GroupSpec, validate_groups
+
+        g = p["groups"]
+        spec_ = GroupSpec(g["groups"], tuple(g["fractions"]), g["seed"], tuple(g["curve"]))
+        result = validate_groups(run, p["metrics"], spec_, EstimateOptions(**p.get("options", {})), progress,
+                                 cancel_token, p.get("lanes"))
+        return {k: v for k, v in result.items() if not k.endswith("_table")}
     acc = validate(run, p["metrics"], p.get("n", 200), p.get("selection", "first"), p.get("seed", 0),
-                   EstimateOptions(**p.get("options", {})), progress, cancel_token, p.get("trace_epochs"))
+                   EstimateOptions(**p.get("options", {})), progress, cancel_token, p.get("trace_epochs"),
+                   p.get("lanes"))
     return {m: a.as_dict() for m, a in acc.items()}
 
 

@@ -59,6 +59,10 @@ def sweep_spec(cfg: RunConfig, seeds: list[int], methods: list[str], counts: lis
         "counts": list(counts), "metric": metric, "options": dataclasses.asdict(options)}}
 
 
-def estimate_spec(run_id: str, metrics: list[str], options: EstimateOptions = EstimateOptions()) -> dict:
-    return {"kind": "estimate", "params": {"run_id": run_id, "metrics": list(metrics),
-                                           "options": dataclasses.asdict(options)}}
+def estimate_spec(run_id: str, metrics: list[str], options: EstimateOptions = EstimateOptions(),
+                  check: str | None = None) -> dict:
+    """The estimate job; check = the spot check after the pass (validation.spotcheck: none, quick, full)."""
+    params = {"run_id": run_id, "metrics": list(metrics), "options": dataclasses.asdict(options)}
+    if check is not None and check != "none":  # only then: earlier specs keep their job keys
+        params["check"] = check
+    return {"kind": "estimate", "params": params}

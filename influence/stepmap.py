@@ -13,6 +13,7 @@ A traced step is one of three kinds:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,3 +223,43 @@ def checkpoint_spacing(traced_steps: int, mode: str, every: int | None, state_by
         return every
     fits = max(1, SEGMENT_BUDGET_BYTES // max(1, state_bytes))
     return max(1, int(round(np.sqrt(traced_steps))), min(traced_steps, fits))
+
+
+def lane_step(gan: GanFunctions, rule: TrainingRule, inp: StepInputs, n_buffers: int,
+              tensors: tuple[torch.Tensor, ...], w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`step` for one replay lane as a pure function of its state tensors (`TrainState.tensors` order) and its
+    batch weights, in torch.func's terms so that `torch.func.vmap` runs many lanes at once (`batched_step`).
+
+    The same losses and optimizer update as `step`; only the gradients come from torch.func.vjp instead of
+    autograd, so a lane agrees with `step` to float rounding, not bit for bit.
+    """
+    theta_d, theta_g = tensors[0], tensors[1]
+    buf_d, buf_g = tuple(tensors[2:2 + n_buffers]), tuple(tensors[2 + n_buffers:2 + 2 * n_buffers])
+    ema = tensors[2 + 2 * n_buffers] if len(tensors) > 2 + 2 * n_buffers else None
+    players = KIND_PLAYERS[inp.kind]
+
+    def losses(td: torch.Tensor, tg: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(loss for loss in gan.losses(td, tg, inp.x, inp.z, w, players) if loss is not None)
+
+    values, pullback = torch.func.vjp(losses, theta_d, theta_g)
+    ones = [torch.zeros_like(v) for v in values]
+
+    def gradient(i: int, wrt: int) -> torch.Tensor:
+        return pullback(tuple(torch.ones_like(v) if j == i else ones[j] for j, v in enumerate(values)))[wrt]
+
+    opt = rule.optimizer
+    if players in ("both", "d"):
+        theta_d, buf_d = opt.update(theta_d, buf_d, gradient(0, 0), inp.lr_d, inp.count_d, gan.decay_mask_d)
+    if players in ("both", "g"):
+        theta_g, buf_g = opt.update(theta_g, buf_g, gradient(len(values) - 1, 1), inp.lr_g, inp.count_g,
+                                    gan.decay_mask_g)
+        if ema is not None:
+            ema = rule.ema_decay * ema + (1 - rule.ema_decay) * theta_g
+    return (theta_d, theta_g, *buf_d, *buf_g) + ((ema,) if ema is not None else ())
+
+
+def batched_step(gan: GanFunctions, rule: TrainingRule, inp: StepInputs, n_buffers: int,
+                 tensors: tuple[torch.Tensor, ...], w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`lane_step` for L lanes at once: every state tensor and w carry a leading lane axis; x, z, lrs are shared."""
+    fn = functools.partial(lane_step, gan, rule, inp, n_buffers)
+    return torch.func.vmap(fn)(tensors, w)

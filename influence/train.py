@@ -55,6 +55,7 @@ class Trace:
     final_state: np.ndarray  # (S,) state after the last step
     first_step: int  # global index of the first traced step
     ema_eval: bool  # metrics are taken on the EMA generator
+    conditions: dict | None = None  # influence.conditions.current() of the training (None: not recorded)
 
     @property
     def steps(self) -> int:
@@ -114,7 +115,8 @@ class Trace:
         else:
             trace = Trace(read("states"), read("stored_steps"), read("batches"), read("z"), read("lrs"), read("kinds"),
                           read("counts"), StateLayout.from_dict(meta["layout"]), TrainingRule.from_dict(meta["rule"]),
-                          run.read_npy("trace/final_state.npy"), meta["first_step"], meta["ema_eval"])
+                          run.read_npy("trace/final_state.npy"), meta["first_step"], meta["ema_eval"],
+                          meta.get("conditions"))
         if (trace.states.shape[1] != trace.layout.numel or trace.final_state.shape[0] != trace.layout.numel
                 or trace.layout.n_theta != final.shape[0] or trace.stored_steps.shape[0] != trace.states.shape[0]):
             raise TraceError(f"run {run.run_id}: the trace does not match the run's weights")

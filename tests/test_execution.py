@@ -82,11 +82,15 @@ def test_trace_segment_replays_like_the_whole_trace(toy_run):
 
 def test_leave_one_out_on_the_cluster_equals_the_local_path(toy_run, tmp_path, on_cluster):
     ids = np.arange(0, 2000, 125)
-    here, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids))
+    here, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, lanes=1))
     reports = []
-    there, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["all", "dloss"], ids, progress=reports.append)
+    there, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["all", "dloss"], ids, progress=reports.append, lanes=1)
     assert np.array_equal(here, there)
     assert [p.done for p in reports] == list(range(17))  # progress counts finished tasks
+    # batched lanes: a task is a chunk of 4 lanes with its own lane 0, bit for bit the same on a worker
+    here, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "c"), ["all"], ids, lanes=4))
+    there, _ = leave_one_out(copy_run(toy_run, tmp_path / "d"), ["all"], ids, lanes=4)
+    assert np.array_equal(here, there)
 
 
 def test_a_worker_killed_during_validate_is_retried_with_the_same_result(toy_run, tmp_path, on_cluster):
@@ -116,7 +120,7 @@ def test_cancel_stops_the_remaining_tasks(toy_run, tmp_path, on_cluster):
             token.set()
 
     with pytest.raises(Cancelled):
-        leave_one_out(run, ["all"], np.arange(0, 2000, 25), progress=cancel_after_a_few, cancel=token)
+        leave_one_out(run, ["all"], np.arange(0, 2000, 25), progress=cancel_after_a_few, cancel=token, lanes=1)
     from distributed import Client
 
     with Client(on_cluster.scheduler_address) as client:

@@ -12,7 +12,6 @@ Every fault counted in docs/reliability.md is printed as a `FAULTS ...` line (py
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import json
@@ -29,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from influence import cli, jobs, store
+from influence import cli, jobs, specs, store
 from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from influence.errors import Cancelled, DivergenceError, StoreError
 from influence.estimator import EstimateOptions, estimate
@@ -188,7 +187,7 @@ def assert_same_training(run: store.Run, ref: store.Run) -> None:
 
 def assert_same_influence(run: store.Run, ref: store.Run) -> None:
     names = [rel for rel in ref.manifest() if rel.startswith("influence/") and rel.endswith(".npy")]
-    assert len(names) == 4 * len(METRICS)  # scores, flags, u_norms, state_norms per metric
+    assert len(names) == 5 * len(METRICS)  # scores, flags, u_norms, state_norms, window_scores per metric
     for rel in names:
         assert run.read_bytes(rel) == ref.read_bytes(rel), rel
     for rel in [r for r in ref.manifest() if r.endswith("meta.json") and r.startswith("influence/")]:
@@ -515,8 +514,7 @@ def test_disk_full_during_estimate_is_a_clear_error_and_changes_nothing(tmp_path
     assert err.startswith("error: cannot write") and "No space left on device" in err
     assert "earlier results are unchanged" in err and "\n" not in err
     assert files(run.dir) == before and not temp_files(root)
-    spec = {"kind": "estimate", "params": {"run_id": run.run_id, "metrics": ["all"],
-                                           "options": dataclasses.asdict(EstimateOptions(damping=0.01))}}
+    spec = specs.estimate_spec(run.run_id, ["all"], EstimateOptions(damping=0.01), "quick")  # the CLI checks by default
     status = jobs.read_status(root, jobs.job_key(spec))
     assert status["state"] == "failed" and "No space left on device" in status["message"]  # what the app shows
     monkeypatch.undo()

@@ -78,9 +78,9 @@ def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
         for k, m in enumerate(("all", "dloss")):
             assert actual[k, i] == pytest.approx(after[m] - base[m], rel=1e-9, abs=1e-15)
     # finished instances are kept on disk: asking again replays nothing
-    import influence.validate as v
+    import influence.validation.loo as v
 
-    monkeypatch.setattr(v, "replay", lambda *a, **k: pytest.fail("replayed again"))
+    monkeypatch.setattr(v, "lane_tasks", lambda *a, **k: pytest.fail("replayed again"))
     again, seconds_again = leave_one_out(run, ["all", "dloss"], ids)
     assert np.array_equal(again, actual)
     # ... and reports what the replays cost, not the ~0 s of reading them back
@@ -89,10 +89,10 @@ def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
 
 def test_replays_in_worker_processes_equal_replays_here(toy_run, tmp_path):
     ids = np.arange(0, 2000, 125)  # 16 instances spread over the traced epoch
-    here, _ = leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, workers=1)
+    here, _ = leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, workers=1, lanes=1)
     reports = []
     run = copy_run(toy_run, tmp_path / "b")
-    there, _ = leave_one_out(run, ["all", "dloss"], ids, progress=reports.append, workers=2)
+    there, _ = leave_one_out(run, ["all", "dloss"], ids, progress=reports.append, workers=2, lanes=1)
     assert np.array_equal(here, there)  # same thread count in the workers: bit for bit
     assert [p.done for p in reports] == list(range(17)) and reports[-1].total == 16
 
@@ -110,13 +110,13 @@ def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):
             token.set()
 
     with pytest.raises(Cancelled):
-        leave_one_out(run, ["all"], ids, progress=cancel_after_a_few, cancel=token, workers=2)
+        leave_one_out(run, ["all"], ids, progress=cancel_after_a_few, cancel=token, workers=2, lanes=1)
     key = next(run.path("validate/_partial").glob("loo-*.json"))
     kept = run.read_json(f"validate/_partial/{key.name}")["changes"]
-    assert len(kept) >= 10  # saved every PARTIAL_EVERY replays
+    assert len(kept) >= 10  # saved after every task
     # the next call computes the rest: the same as an uninterrupted run
-    again, _ = leave_one_out(run, ["all"], ids, workers=1)
-    by_hand, _ = leave_one_out(copy_run(toy_run, tmp_path / "fresh"), ["all"], ids, workers=1)
+    again, _ = leave_one_out(run, ["all"], ids, workers=1, lanes=1)
+    by_hand, _ = leave_one_out(copy_run(toy_run, tmp_path / "fresh"), ["all"], ids, workers=1, lanes=1)
     assert np.array_equal(again, by_hand)
 
 
@@ -124,13 +124,13 @@ def test_leave_one_out_partials_without_recorded_time_report_none(toy_run, tmp_p
     """A partial file written before the time was recorded (a flat {id: changes} dict) still counts."""
     import hashlib, json
 
-    import influence.validate as v
+    import influence.validation.loo as v
 
     run = copy_run(toy_run, tmp_path)
     ids = np.array([3, 4])
     key = "loo-" + hashlib.sha256(json.dumps([["all"], ids.tolist()]).encode()).hexdigest()[:12]
     run.write_json(f"validate/_partial/{key}.json", {"3": [0.25], "4": [-0.5]})
-    monkeypatch.setattr(v, "replay", lambda *a, **k: pytest.fail("replayed again"))
+    monkeypatch.setattr(v, "lane_tasks", lambda *a, **k: pytest.fail("replayed again"))
     actual, seconds = leave_one_out(run, ["all"], ids)
     assert actual.tolist() == [[0.25, -0.5]] and seconds is None
 

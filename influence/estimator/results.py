@@ -47,8 +47,9 @@ class InfluenceResult:
 
 def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params: int, scores: np.ndarray, norms: np.ndarray,
                 step_of: np.ndarray, value: float, seconds: float, first: int, trace: Trace,
-                conditions: dict | None = None) -> InfluenceResult:
+                window_scores: np.ndarray, window_first: int, conditions: dict | None = None) -> InfluenceResult:
     """Store one metric's result of a finished pass; norms = (steps + 1, 3) |lambda_D|, |lambda_G|, whole state;
+    window_scores: the scores from the traced steps window_first.. alone (what the quick spot check replays);
     conditions: the pass's recompute against training's (`runner.pass_conditions`)."""
     total = norms[:, 2]  # |lambda| over the whole state, index = traced step
     ratio, growth = growth_of(total, first)
@@ -67,6 +68,7 @@ def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         "trace_first_step": trace.first_step, "metric_value_valid": value, "seconds": seconds,
         "growth": growth, "verdict": verdict, "verdict_message": message,
         "n_flagged": {FLAG_NAMES[f]: int((flags == f).sum()) for f in FLAG_NAMES},
+        "check_window_first_step": window_first,
         "conditions": conditions,
     }
     unmeasured = unmeasured_players(trace)
@@ -77,6 +79,7 @@ def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
                                    "its optimizer buffers weigh 1 in the growth factor (their scale is measured on "
                                    "a player's last traced update)")
     run.write_npy(f"influence/{key}/scores.npy", scores)
+    run.write_npy(f"influence/{key}/window_scores.npy", window_scores)
     run.write_npy(f"influence/{key}/flags.npy", flags)
     run.write_npy(f"influence/{key}/u_norms.npy", norms[:, :2])
     run.write_npy(f"influence/{key}/state_norms.npy", total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ from .options import EstimateOptions, result_name
 from .results import CHOSEN, InfluenceResult, load_result, save_result, write_table
 
 log = logging.getLogger(__name__)
+CHECK_WINDOW_SHARE = 8
 
 
 def estimate(
@@ -45,12 +47,13 @@ def estimate(
     if todo:
         ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
         objectives = metric_objectives(todo, cfg.is_2d)
-        state, norms, seconds, first = stored_pass(ctx, run, trace, objectives, options, progress, cancel)
+        state, norms, seconds, first, window = stored_pass(ctx, run, trace, objectives, options, progress, cancel)
         step_of = trace.step_of_instance(ctx.dataset.n_train, first)
         recompute = pass_conditions(run, trace, ctx)
         for i, metric in enumerate(todo):
             results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
-                                          step_of, state.values[i], seconds / len(todo), first, trace, recompute)
+                                          step_of, state.values[i], seconds / len(todo), first, trace,
+                                          window[i].numpy(), trace.steps - check_window(trace.steps - first), recompute)
         drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
         if not run.exists(CHOSEN) and options.method == "exact":
             # the first estimate computed is the one in use until the user picks another (a baseline never is)
@@ -84,11 +87,18 @@ def training_context(ctx: RunContext) -> RunContext:
     return ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
 
 
+def check_window(steps: int) -> int:
+    """How many of the last traced steps the quick spot check replays (`validation.spotcheck`): an eighth of them,
+    so that its replays cost about one influence pass."""
+    return max(1, math.ceil(steps / CHECK_WINDOW_SHARE))
+
+
 def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[Objective], options: EstimateOptions,
                 progress: ProgressFn | None = None, cancel: CancelToken | None = None
-                ) -> tuple[PassState, np.ndarray, float, int]:
+                ) -> tuple[PassState, np.ndarray, float, int, torch.Tensor]:
     """The backward pass for the stacked objectives, checkpointed in the run every `options.checkpoint_every`
-    steps and resumed from there: (final pass state, norms (steps + 1, rows, 3), seconds, first traced step).
+    steps and resumed from there: (final pass state, norms (steps + 1, rows, 3), seconds, first traced step,
+    the scores of the last `check_window` steps alone (rows, n_train)).
     The caller drops the checkpoint (`drop_partial`) once it has stored what it needs."""
     started = time.perf_counter()
     n_params = trace.final.shape[0]
@@ -98,21 +108,24 @@ def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[
     partial = _partial_folder(objectives, options, n_params)
     loaded = _load_partial(run, partial, names, options, n_params)
     if loaded is None:
-        state, elapsed = start_pass(ctx, trace, objectives), 0.0
+        state, elapsed, window = start_pass(ctx, trace, objectives), 0.0, None
     else:
-        state, elapsed = loaded
+        state, elapsed, window = loaded
         state.adjoint = [a.to(ctx.device, ctx.dtype) for a in state.adjoint]
+    window_start = trace.steps - check_window(trace.steps - first)
     report = Reporter("influence", trace.steps - first, progress, cancel)
     frozen = options.optimizer_state == "frozen"
     advance = None if options.method == "exact" else baseline_advance(ctx, trace, objectives, options.method, frozen)
     for t in walk_back(ctx, trace, state, first, frozen, options.damping, train_ctx, advance):
+        if t == window_start:
+            window = state.scores.clone()
         done = trace.steps - t
         if options.checkpoint_every and done % options.checkpoint_every == 0 and t > first:
-            _save_partial(run, partial, names, options, n_params, state, elapsed + time.perf_counter() - started)
+            _save_partial(run, partial, names, options, n_params, state, elapsed + time.perf_counter() - started, window)
         report(done)
     seconds = elapsed + time.perf_counter() - started
     norms = pass_norms(train_ctx, trace, state).numpy()
-    return state, norms, seconds, first
+    return state, norms, seconds, first, window
 
 
 def _partial_folder(objectives: list[Objective], options: EstimateOptions, n_params: int) -> str:
@@ -129,9 +142,11 @@ def drop_partial(run: store.Run, objectives: list[Objective], options: EstimateO
             f.unlink(missing_ok=True)
 
 
-def _save_partial(run, partial, names, options, n_params, state: PassState, elapsed: float) -> None:
+def _save_partial(run, partial, names, options, n_params, state: PassState, elapsed: float,
+                  window: torch.Tensor | None) -> None:
     run.write_state_dict(f"{partial}/state.pt", {
         **{f"adjoint_{i}": a.cpu() for i, a in enumerate(state.adjoint)}, "scores": state.scores,
+        **({"window_scores": window} if window is not None else {}),
         "block_norms": state.block_norms,
         "values": torch.tensor(state.values, dtype=torch.float64), "t_next": torch.tensor(state.t_next),
         "elapsed": torch.tensor(elapsed),
@@ -140,7 +155,7 @@ def _save_partial(run, partial, names, options, n_params, state: PassState, elap
                                             "blocks": len(state.adjoint), "scales_found": state.scales_found})
 
 
-def _load_partial(run, partial, names, options, n_params) -> tuple[PassState, float] | None:
+def _load_partial(run, partial, names, options, n_params) -> tuple[PassState, float, torch.Tensor | None] | None:
     if not run.exists(f"{partial}/state.pt"):
         return None
     try:
@@ -154,4 +169,4 @@ def _load_partial(run, partial, names, options, n_params) -> tuple[PassState, fl
     except (StoreError, KeyError) as e:
         log.warning("ignoring the influence pass checkpoint, the pass starts again: %s", e)
         return None  # damaged or older partial state: start the pass again
-    return state, float(s["elapsed"])
+    return state, float(s["elapsed"]), s.get("window_scores")

@@ -12,28 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import stats
 
-from .. import store
-from ..context import RunContext, load_run_config
+from .. import conditions, store
+from ..context import RunContext, load_run_config, resolve_device
 from ..errors import ConfigError, StoreError
 from ..estimator import EstimateOptions, estimate, result_name
-from ..execution import Tasks, TaskEnv, open_executor, worker_cached
-from ..execution.payload import RunPayload, run_payload, segment_offset, trace_segment
+from ..counterfactual import Lane
+from ..counterfactual.plan import choose_plan
+from ..execution import open_executor
 from ..metrics import check_metric
 from ..progress import CancelToken, ProgressFn, Reporter
-from ..train import Trace, epoch_kinds, replay
+from ..train import Trace, epoch_kinds
+from .replays import chunks, lane_tasks, lanes_per_task
 
 SELECTIONS = ("first", "random")
-PARTIAL_EVERY = 10
 
 
 @dataclass
@@ -49,13 +48,14 @@ class Accuracy:
     verdict: str
     growth: float | None = None  # the estimate's growth factor over the validated steps
     trace_epochs: int | None = None  # validated over the last K traced epochs; None: the whole trace
+    conditions: dict | None = None  # the replays' conditions against training's (influence.conditions.compare)
 
     def as_dict(self) -> dict:
         return {
             "metric": self.metric, "n": int(len(self.ids)), "kendall_tau": self.kendall_tau,
             "pearson_r": self.pearson_r, "jaccard_top10": self.jaccard_top10,
             "seconds_loo": self.seconds_loo, "verdict": self.verdict, "growth": self.growth,
-            "trace_epochs": self.trace_epochs,
+            "trace_epochs": self.trace_epochs, "conditions": self.conditions,
         }
 
 
@@ -94,19 +94,21 @@ def leave_one_out(
     cancel: CancelToken | None = None,
     workers: int | None = None,
     first_step: int = 0,
+    lanes: int | None = None,
 ) -> tuple[np.ndarray, float | None]:
     """Actual influence (k metrics x n ids) by replays, and the seconds all of them took.
 
-    Each replay starts at the instance's first traced step at or after `first_step` (the
-    traced steps before `first_step` are then taken as they were recorded).
+    Each id is a lane of `counterfactual.replay_lanes`: its change is its replay minus lane 0 (nothing
+    removed) of the same replay; it starts at the instance's first traced step at or after `first_step`
+    (the traced steps before `first_step` are taken as they were recorded). `lanes`: the lane plan
+    (None: chosen by `counterfactual.plan.choose_plan`; 1: one after another).
 
-    Replays are tasks of the execution layer (`influence.execution`): here, on a local Dask
-    cluster when the cores hold more than one worker at this process's torch thread count
-    (`workers` overrides how many), or on the scheduler of GAN_INFLUENCE_CLUSTER. They run
-    at this process's thread count: results are bit-identical to replays here.
-    Finished replays are kept on disk with their accumulated time, so a rerun that finds
-    them reports what they cost, not ~0 s (None where an older partial file did not
-    record it).
+    Chunks of lanes are tasks of the execution layer (`influence.execution`): here, on a local Dask
+    cluster when the cores hold more than one worker at this process's torch thread count (`workers`
+    overrides how many), or on the scheduler of GAN_INFLUENCE_CLUSTER. They run at this process's thread
+    count: results are bit-identical to replays here. Finished replays are kept on disk with their
+    accumulated time, so a rerun that finds them reports what they cost, not ~0 s (None where an older
+    partial file did not record it).
     """
     cfg = load_run_config(run)
     trace = Trace.load(run)
@@ -121,49 +123,25 @@ def leave_one_out(
 
     pending = [j for j in dict.fromkeys(ids.tolist()) if str(j) not in done]
     finished = len(ids) - len(pending)
-    with open_executor(len(pending), workers) as executor:  # a local cluster starts while the baseline is computed
-        final_d, final_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
-        base = ctx.evaluator("valid").evaluate(final_d, final_g, tuple(metrics))
-        report = Reporter("leave-one-out", len(ids), progress, cancel)
-        report(finished)
-        with contextlib.closing(executor.run(_replay_tasks(run, ctx, trace, tuple(metrics), pending, first_step),
-                                             cancel=cancel)) as replays:
-            for j, after in replays:
-                done[str(j)] = [after[m] - base[m] for m in metrics]
-                if len(done) % PARTIAL_EVERY == 0:
-                    run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": seconds()})
-                finished += 1
+    report = Reporter("leave-one-out", len(ids), progress, cancel)
+    report(finished)
+    if pending:
+        lane_list = [Lane.of([j]) for j in pending]
+        plan = choose_plan(ctx, trace, len(lane_list), lanes)
+        groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, first_step, lanes_per_task(ctx, trace, plan))
+        tasks = lane_tasks(run, ctx, trace, lane_list, (("valid", tuple(metrics)),), plan, groups, first_step)
+        with open_executor(len(groups), workers) as executor, \
+                contextlib.closing(executor.run(tasks, cancel=cancel)) as replays:
+            for group, result in replays:
+                for i, change in zip(group, result.changes):
+                    done[str(pending[i])] = [change["valid"][m] for m in metrics]
+                run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": seconds()})
+                finished += len(group)
                 report(finished)
     total = seconds()
     run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": total})
     actual = np.array([done[str(j)] for j in ids.tolist()]).T
     return actual, total
-
-
-def _replay_tasks(run: store.Run, ctx: RunContext, trace: Trace, metrics: tuple[str, ...], ids: list[int],
-                  first_step: int) -> Tasks:
-    """One task per id: the validation metrics after replaying without it."""
-    replayer = _Replayer(ctx, trace, first_step)
-    start = int(replayer.first[ids].min()) if ids else 0
-    offset = segment_offset(trace, start)
-    return Tasks(ids, here=lambda j, env: replayer(j, metrics, env.cancel),
-                 remote=functools.partial(_replay_remote, metrics, max(first_step - offset, 0)),
-                 payload=lambda _: run_payload(ctx, run, trace_segment(trace, start), ("valid",)))
-
-
-def _replay_remote(metrics: tuple[str, ...], first_step: int, payload: RunPayload, j: int, env: TaskEnv) -> dict[str, float]:
-    replayer = worker_cached(f"{payload.key}/{first_step}", lambda: _Replayer(payload.context(), payload.segment, first_step))
-    return replayer(j, metrics, env.cancel)
-
-
-class _Replayer:
-    def __init__(self, ctx: RunContext, trace: Trace, first_step: int = 0):
-        self.ctx, self.trace, self.valid = ctx, trace, ctx.evaluator("valid")
-        self.first = trace.step_of_instance(ctx.dataset.n_train, first_step)
-
-    def __call__(self, j: int, metrics: tuple[str, ...], cancel: CancelToken | None = None) -> dict[str, float]:
-        theta_d, theta_g = replay(self.ctx, self.trace, [j], start=int(self.first[j]), cancel=cancel)
-        return self.valid.evaluate(theta_d, theta_g, metrics)
 
 
 def _load_partial(run: store.Run, key: str) -> tuple[dict, float | None]:
@@ -190,6 +168,7 @@ def validate(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     trace_epochs: int | None = None,
+    lanes: int | None = None,
 ) -> dict[str, Accuracy]:
     """Estimated vs actual influence for n instances, per metric; stored under validate/.
 
@@ -210,13 +189,15 @@ def validate(
     results = estimate(run, metrics, options, progress=progress, cancel=cancel)
     traced = trace.step_of_instance(len(results[metrics[0]].scores), first_step) >= 0
     ids = select_ids(len(traced), n, selection, seed, traced)
-    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step)
+    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step, lanes=lanes)
+    replays = conditions.compare(trace.conditions, resolve_device(cfg.train.device), cfg.train.dtype,
+                                 "these replays run")
     out = {}
     for i, m in enumerate(metrics):
         est = results[m].scores[ids]
         tau, r, jac = accuracy_numbers(est, actual[i])
         acc = Accuracy(m, ids, est, actual[i], tau, r, jac, seconds, results[m].verdict, results[m].meta["growth"],
-                       trace_epochs)
+                       trace_epochs, replays)
         epochs = f"-ep{trace_epochs}" if trace_epochs is not None else ""
         # named by the estimate's options (all of them), so results with other options do not overwrite it
         key = f"{m}-n{n}-{selection}-s{seed}-{result_name(options, trace.final.shape[0])}{epochs}"

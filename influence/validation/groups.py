@@ -1,0 +1,226 @@
+"""Group validation: the linear datamodeling score (LDS; Park et al. 2023, TRAK) of an estimate.
+
+People curate sets, not single images. M random removal sets, each a fraction F of the traced
+instances, are replayed without them (lanes of one counterfactual replay); the actual change of
+each set is compared with the estimate's prediction for it, the sum of its instances' scores
+(first order, so additive). Reported per fraction: Spearman (the LDS) and Pearson correlation, and
+the slope of actual on predicted (above 1: the sums under-predict). The actual changes are taken on
+the evaluation the estimate targets (validation split, its fixed z) and, beside it, on the test split.
+
+A cleansing curve comes with it from the same replay: the k most harmful by the estimate and k random
+instances, at a few k, predicted against actual.
+
+Actual changes do not depend on the estimate, so every named result of the run (exact, frozen,
+no-propagation, TracIn-style; `estimator.result_sets`) is scored against the same replays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .. import conditions, store
+from ..context import RunContext, load_run_config
+from ..counterfactual import Lane
+from ..counterfactual.plan import choose_plan
+from ..errors import ConfigError
+from ..estimator import EstimateOptions, estimate, harmful_order, result_name, result_sets
+from ..execution import open_executor
+from ..metrics import check_metric
+from ..progress import CancelToken, ProgressFn, Reporter
+from ..train import Trace
+from .replays import chunks, lane_tasks, lanes_per_task
+
+SPLITS = ("valid", "test")
+KINDS = ("random", "top", "random-k")  # random groups (LDS); the curve: top-k by the estimate, random k
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What a group validation replays: random groups, and a cleansing curve, drawn from the traced instances."""
+
+    groups: int = 32
+    fractions: tuple[float, ...] = (0.01, 0.05, 0.2)
+    seed: int = 0
+    curve: tuple[float, ...] = (0.01, 0.05, 0.2)  # fractions of the traced instances for top-k / random-k; () = none
+
+    def check(self, n_traced: int) -> None:
+        if not 2 <= self.groups <= 1000:
+            raise ConfigError("groups must lie in 2..1000 (Spearman needs at least 2; 16-64 is usual)")
+        if not self.fractions:
+            raise ConfigError("give at least one fraction")
+        for f in (*self.fractions, *self.curve):
+            if not 0 < f < 1:
+                raise ConfigError(f"fractions must lie strictly between 0 and 1, got {f}")
+            if round(f * n_traced) < 1:
+                raise ConfigError(f"a fraction of {f} of the {n_traced} traced instances is empty")
+
+    def key(self) -> str:
+        """Names the random groups (the curve is stored per estimate beside them)."""
+        ident = json.dumps([self.groups, list(self.fractions), self.seed])
+        return hashlib.sha256(ident.encode()).hexdigest()[:10]
+
+
+def draw_groups(spec: GroupSpec, traced: np.ndarray) -> pd.DataFrame:
+    """The random removal sets: kind, fraction, group, ids (sorted), size."""
+    rng = np.random.default_rng(spec.seed)
+    rows = [{"kind": "random", "fraction": f, "group": g,
+             "ids": np.sort(rng.choice(traced, max(1, round(f * len(traced))), replace=False))}
+            for f in spec.fractions for g in range(spec.groups)]
+    return _sized(rows)
+
+
+def draw_curve(spec: GroupSpec, traced: np.ndarray, order: np.ndarray) -> pd.DataFrame:
+    """The cleansing curve's sets: the k most harmful traced instances by `order`, and k random ones, per fraction."""
+    rng = np.random.default_rng([spec.seed, 1])
+    in_trace = order[np.isin(order, traced)]
+    rows = []
+    for f in spec.curve:
+        k = max(1, round(f * len(traced)))
+        rows.append({"kind": "top", "fraction": f, "group": 0, "ids": np.sort(in_trace[:k])})
+        rows.append({"kind": "random-k", "fraction": f, "group": 0, "ids": np.sort(rng.choice(traced, k, replace=False))})
+    return _sized(rows)
+
+
+def _sized(rows: list[dict]) -> pd.DataFrame:
+    out = pd.DataFrame(rows, columns=["kind", "fraction", "group", "ids"])
+    out["size"] = [len(i) for i in out["ids"]]
+    return out
+
+
+def lds(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """Spearman (the LDS), Pearson, and the least-squares line actual ~ slope * predicted + intercept."""
+    if len(predicted) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
+        return {"spearman": float("nan"), "pearson": float("nan"), "slope": float("nan"), "intercept": float("nan")}
+    fit = stats.linregress(predicted, actual)
+    return {"spearman": float(stats.spearmanr(predicted, actual).statistic),
+            "pearson": float(stats.pearsonr(predicted, actual).statistic),
+            "slope": float(fit.slope), "intercept": float(fit.intercept)}
+
+
+def validate_groups(
+    run: store.Run,
+    metrics: list[str],
+    spec: GroupSpec = GroupSpec(),
+    options: EstimateOptions = EstimateOptions(),
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+    lanes: int | None = None,
+    workers: int | None = None,
+) -> dict:
+    """Replay every group (and the curve of the estimate with `options`) without its instances, and score every
+    named result of the run against the groups.
+
+    Stored under validate/groups/<metrics>-<spec key>/: groups.parquet (kind, fraction, group, size, ids, actual
+    change per split and metric), curve-<result name>.parquet (the same for the curve's sets) and result.json
+    (the scores per named result). A rerun reads the replays back; new named results are scored against them.
+    """
+    cfg = load_run_config(run)
+    for m in metrics:
+        check_metric(m, cfg.is_2d)
+    trace = Trace.load(run)
+    chosen = estimate(run, metrics, options, progress=progress, cancel=cancel)
+    n_train = len(next(iter(chosen.values())).scores)
+    traced = np.flatnonzero(trace.step_of_instance(n_train) >= 0)
+    spec.check(len(traced))
+    folder = f"validate/groups/{'+'.join(metrics)}-{spec.key()}"
+    name = result_name(options, trace.final.shape[0])
+    groups = _read(run, f"{folder}/groups.parquet")
+    curve = _read(run, f"{folder}/curve-{name}.parquet") if spec.curve else _sized([])
+    meta = run.read_json(f"{folder}/result.json") if run.exists(f"{folder}/result.json") else {}
+    todo = [t for t, have in ((draw_groups(spec, traced), groups), (draw_curve(spec, traced, harmful_order(chosen[metrics[0]])), curve))
+            if have is None]
+    if todo:
+        both = pd.concat(todo, ignore_index=True)
+        both, meta = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
+        groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
+        curve = both[both["kind"] != "random"].reset_index(drop=True) if curve is None else curve
+        run.write(f"{folder}/groups.parquet", _parquet(groups))
+        if spec.curve:
+            run.write(f"{folder}/curve-{name}.parquet", _parquet(curve))
+    scores = {}
+    for rname, results in result_sets(run).items():
+        if all(m in results for m in metrics):
+            scores[rname] = {m: _lds_rows(groups, results[m].scores, m) for m in metrics}
+    curve_rows = {m: _curve_rows(curve, chosen[m].scores, m) for m in metrics}
+    result = {**meta, "metrics": metrics, "spec": {"groups": spec.groups, "fractions": list(spec.fractions),
+                                                   "seed": spec.seed, "curve": list(spec.curve)},
+              "result_in_use": name, "scores": scores, "curve": curve_rows}
+    run.write_json(f"{folder}/result.json", result)
+    return {**result, "groups_table": groups, "curve_table": curve, "key": folder}
+
+
+def _read(run: store.Run, rel: str) -> pd.DataFrame | None:
+    if not run.exists(rel):
+        return None
+    table = pd.read_parquet(run.verify(rel))
+    table["ids"] = [np.asarray(i, dtype=np.int64) for i in table["ids"]]
+    return table
+
+
+def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -> tuple[pd.DataFrame, dict]:
+    ctx = RunContext.create(cfg, run.root)
+    lane_list = [Lane.of(ids) for ids in table["ids"]]
+    plan = choose_plan(ctx, trace, len(lane_list), lanes)
+    groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, 0, lanes_per_task(ctx, trace, plan))
+    tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, tuple(metrics)) for s in SPLITS), plan, groups)
+    changes: list = [None] * len(lane_list)
+    report = Reporter("group replays", len(lane_list), progress, cancel)
+    seconds, from_trace, done = 0.0, True, 0
+    with open_executor(len(groups), workers) as executor, contextlib.closing(executor.run(tasks, cancel=cancel)) as out:
+        for group, result in out:
+            for i, change in zip(group, result.changes):
+                changes[i] = change
+            seconds += result.seconds
+            from_trace &= result.baseline_from_trace
+            done += len(group)
+            report(done)
+    table = table.copy()
+    for split in SPLITS:
+        for m in metrics:
+            table[f"actual_{split}_{m}"] = [c[split][m] for c in changes]
+    meta = {"lanes": plan.as_dict(), "baseline": "recorded trajectory" if from_trace else "replayed",
+            "replay_seconds": seconds, "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")}
+    return table, meta
+
+
+def _lds_rows(groups: pd.DataFrame, scores: np.ndarray, m: str) -> list[dict]:
+    """Per fraction: the LDS numbers of these scores on both splits."""
+    rows = []
+    for f, g in groups.groupby("fraction"):
+        predicted = np.array([scores[ids].sum() for ids in g["ids"]])
+        row = {"fraction": float(f), "groups": len(g), "mean_predicted": float(predicted.mean()),
+               "mean_actual_valid": float(g[f"actual_valid_{m}"].mean())}
+        for split in SPLITS:
+            row.update({f"{k}_{split}": v for k, v in lds(predicted, g[f"actual_{split}_{m}"].to_numpy()).items()})
+        rows.append(row)
+    return rows
+
+
+def _curve_rows(curve: pd.DataFrame, scores: np.ndarray, m: str) -> list[dict]:
+    return [{"kind": r["kind"], "fraction": float(r["fraction"]), "size": int(r["size"]),
+             "predicted": float(scores[r["ids"]].sum()), "actual_valid": float(r[f"actual_valid_{m}"]),
+             "actual_test": float(r[f"actual_test_{m}"])} for _, r in curve.iterrows()]
+
+
+def _parquet(table: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    table.assign(ids=[list(map(int, i)) for i in table["ids"]]).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def stored_group_validations(run: store.Run) -> list[dict]:
+    """Every group validation of the run (its result.json and key), oldest first."""
+    base = run.path("validate/groups")
+    out = []
+    for d in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime) if base.is_dir() else []:
+        if (d / "result.json").exists():
+            out.append({**run.read_json(f"validate/groups/{d.name}/result.json"), "key": d.name})
+    return out

@@ -1,0 +1,87 @@
+"""Actual changes of the metrics by counterfactual replays, as tasks of the execution layer.
+
+Leave-one-out, group validation and the spot check all ask the same thing: for each lane (a
+removal set), the metrics on some splits after replaying the traced steps without it, minus the
+same metrics of lane 0 (nothing removed) from the same replay (`counterfactual.replay_lanes`).
+A task is a chunk of lanes, here or on a Dask worker; each chunk carries its own lane 0 unless lane 0
+is the recorded trajectory (a sequential replay under training's conditions).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from .. import store
+from ..context import RunContext
+from ..counterfactual import Lane, LanePlan, first_steps, replay_lanes
+from ..counterfactual.plan import reproduces_training
+from ..execution import Tasks, TaskEnv, worker_cached
+from ..execution.payload import RunPayload, run_payload, segment_offset, trace_segment
+from ..progress import CancelToken, ProgressFn
+from ..stepmap import TrainState
+from ..train import Trace
+
+PER_TASK = 10
+Splits = tuple[tuple[str, tuple[str, ...]], ...]  # ((split, metrics), ...)
+Changes = dict[str, dict[str, float]]  # split -> metric -> change
+
+
+@dataclass
+class ChunkResult:
+    changes: list[Changes]  # per lane of the chunk
+    baseline: dict[str, dict[str, float]]  # lane 0's metrics (of this chunk's replay)
+    baseline_from_trace: bool
+    seconds: float
+
+
+def chunks(trace: Trace, lanes: list[Lane], n_train: int, plan: LanePlan, start: int, per_task: int) -> list[list[int]]:
+    """Lane indices grouped into tasks: sorted by first removal (lanes of a batched pass start together),
+    `plan.lanes` per task when batched, else `per_task`."""
+    firsts = first_steps(trace, lanes, n_train, start)
+    order = [int(i) for i in np.argsort(firsts, kind="stable")]
+    size = plan.lanes if plan.mode == "batched" else per_task
+    return [order[i:i + size] for i in range(0, len(order), max(size, 1))]
+
+
+def lanes_per_task(ctx: RunContext, trace: Trace, plan: LanePlan) -> int:
+    """Sequential lanes per task: one where lane 0 is the recorded trajectory (a task costs only its lane), else
+    PER_TASK, so that each task's own lane 0 costs a fraction of it."""
+    return 1 if plan.mode == "sequential" and reproduces_training(ctx, trace) else PER_TASK
+
+
+def lane_tasks(run: store.Run, ctx: RunContext, trace: Trace, lanes: list[Lane], splits: Splits, plan: LanePlan,
+               groups: list[list[int]], start: int = 0) -> Tasks:
+    """One task per group of lane indices: its ChunkResult."""
+    first = int(min((first_steps(trace, [lanes[i] for i in g], ctx.dataset.n_train, start).min() for g in groups),
+                    default=0))
+    first = min(first, trace.steps - 1)
+    offset = segment_offset(trace, first)
+    needed = tuple(split for split, _ in splits)
+    return Tasks(groups, here=lambda g, env: measure_lanes(ctx, trace, [lanes[i] for i in g], splits, plan, start,
+                                                           env.progress, env.cancel),
+                 remote=functools.partial(_remote, splits, plan, max(start - offset, 0)),
+                 ship=lambda g: [lanes[i] for i in g],
+                 payload=lambda _: run_payload(ctx, run, trace_segment(trace, first), needed))
+
+
+def _remote(splits: Splits, plan: LanePlan, start: int, payload: RunPayload, lanes: list[Lane], env: TaskEnv):
+    ctx = worker_cached(payload.key, payload.context)
+    return measure_lanes(ctx, payload.segment, lanes, splits, plan, start, env.progress, env.cancel)
+
+
+def measure_lanes(ctx: RunContext, trace: Trace, lanes: list[Lane], splits: Splits, plan: LanePlan, start: int = 0,
+                  progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> ChunkResult:
+    """Replay the lanes and return each one's metric changes against lane 0 of the same replay."""
+    evaluators = {split: ctx.evaluator(split) for split, _ in splits}
+
+    def measure(state: TrainState) -> dict[str, dict[str, float]]:
+        theta_d, theta_g = state.theta_d.detach(), state.eval_generator(trace.ema_eval).detach()
+        return {split: evaluators[split].evaluate(theta_d, theta_g, metrics) for split, metrics in splits}
+
+    out = replay_lanes(ctx, trace, lanes, measure, plan, start, progress, cancel,
+                       baseline_from_trace=reproduces_training(ctx, trace))
+    changes = [{split: {m: v[split][m] - b[split][m] for m in v[split]} for split in v}
+               for v, b in zip(out.values, out.baselines)]
+    return ChunkResult(changes, out.baseline, out.baseline_from_trace, out.seconds)

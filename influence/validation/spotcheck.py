@@ -1,0 +1,161 @@
+"""The spot check behind every verdict: a few replays that measure how far an estimate can be acted on.
+
+One counterfactual replay (`counterfactual.replay_lanes`), lanes measured against lane 0 of the same
+replay, on the evaluation the estimate targets (validation split, its fixed z):
+- groups: random removal sets, plus the most harmful and the most helpful set by the estimate:
+  predicted (the sum of their scores) against actual, Pearson r and Spearman; and how the most
+  harmful set moved the metric against what was predicted;
+- singles: the instances with the largest |score| and random ones: Kendall tau, signs.
+
+Levels (`CHECK_LEVELS`):
+- quick (the default after an influence pass): over the last eighth of the traced steps
+  (`estimator.check_window`), compared with the scores those steps alone give (window_scores.npy),
+  4 random groups of 5% and the harmful / helpful 5%, 8 singles. Its replays cost about one influence
+  pass (docs/benchmarks.md): a removal only replays the window.
+- full: the whole trace, 8 random groups, 16 singles.
+Stored per named result: influence/_checks/<result name>-<level>.json; `trust.verdict` reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import numpy as np
+from scipy import stats
+
+from .. import conditions, store
+from ..context import RunContext, load_run_config
+from ..counterfactual import Lane
+from ..counterfactual.plan import choose_plan
+from ..errors import ConfigError
+from ..estimator import EstimateOptions, InfluenceResult, estimate, result_name
+from ..execution import open_executor
+from ..progress import CancelToken, ProgressFn
+from ..train import Trace
+from .replays import chunks, lane_tasks, lanes_per_task
+
+log = logging.getLogger(__name__)
+CHECK_LEVELS = ("none", "quick", "full")
+SETUP = {"quick": {"groups": 4, "fraction": 0.05, "singles": 8}, "full": {"groups": 8, "fraction": 0.05, "singles": 16}}
+
+
+def check_path(name: str, level: str) -> str:
+    return f"influence/_checks/{name}-{level}.json"
+
+
+def stored_check(run: store.Run, name: str) -> dict | None:
+    """The most thorough check stored for the named result (full before quick), or None."""
+    for level in ("full", "quick"):
+        if run.exists(check_path(name, level)):
+            return run.read_json(check_path(name, level))
+    return None
+
+
+def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = EstimateOptions(), level: str = "quick",
+               progress: ProgressFn | None = None, cancel: CancelToken | None = None, lanes: int | None = None,
+               seed: int = 0) -> dict | None:
+    """Check the named result of `options` on `metrics` (computing the estimate if needed); stored and returned.
+
+    None for level "none", and for a quick check of an estimate from before spot checks (it has no window scores).
+    Reads the stored check when there is one.
+    """
+    if level not in CHECK_LEVELS:
+        raise ConfigError(f"check must be one of {', '.join(CHECK_LEVELS)}")
+    if level == "none":
+        return None
+    results = estimate(run, metrics, options, progress, cancel)
+    trace = Trace.load(run)
+    name = result_name(options, trace.final.shape[0])
+    rel = check_path(name, level)
+    if run.exists(rel):
+        stored = run.read_json(rel)
+        if all(m in stored["metrics"] for m in metrics):
+            return stored
+    if level == "quick" and any("check_window_first_step" not in r.meta for r in results.values()):
+        log.warning("this estimate was computed before spot checks existed: it stays 'not checked' (a full check, "
+                    "or group validation, can test it)")
+        return None
+    started = time.perf_counter()
+    ctx = RunContext.create(load_run_config(run), run.root)
+    first = next(iter(results.values())).meta["check_window_first_step"] if level == "quick" else 0
+    first = max(first, trace.steps - next(iter(results.values())).meta["traced_steps"])
+    n_params = trace.final.shape[0]
+    scores = {m: r.scores if level == "full" else run.read_npy(f"influence/{options.key(m, n_params)}/window_scores.npy")
+              for m, r in results.items()}
+    lanes_list, kinds = _lanes(trace, ctx.dataset.n_train, first, scores[metrics[0]], SETUP[level], seed)
+    plan = choose_plan(ctx, trace, len(lanes_list), lanes)
+    groups = chunks(trace, lanes_list, ctx.dataset.n_train, plan, first, lanes_per_task(ctx, trace, plan))
+    tasks = lane_tasks(run, ctx, trace, lanes_list, (("valid", tuple(metrics)),), plan, groups, first)
+    actual: list = [None] * len(lanes_list)
+    replay_seconds, from_trace = 0.0, True
+    with open_executor(len(groups), 1) as executor, contextlib.closing(executor.run(tasks, progress, cancel)) as out:
+        for group, result in out:
+            for i, change in zip(group, result.changes):
+                actual[i] = change["valid"]
+            replay_seconds += result.seconds
+            from_trace &= result.baseline_from_trace
+    check = {
+        "level": level, "result": name, "metrics": metrics, "window_first_step": first, "traced_steps": trace.steps,
+        "window_steps": trace.steps - first, "lanes": plan.as_dict(),
+        "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
+        "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
+        "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
+        "per_metric": {m: _agreement(kinds, lanes_list, scores[m], [a[m] for a in actual], results[m]) for m in metrics},
+    }
+    run.write_json(rel, check)
+    return check
+
+
+def _lanes(trace: Trace, n_train: int, first: int, scores: np.ndarray, setup: dict, seed: int
+           ) -> tuple[list[Lane], list[str]]:
+    """The check's lanes and their kinds: random groups, the harmful and helpful sets, singles."""
+    seen = np.flatnonzero(trace.step_of_instance(n_train, first) >= 0)
+    if len(seen) < 4:
+        raise ConfigError(f"only {len(seen)} instances lie in the checked steps: too few to check")
+    rng = np.random.default_rng(seed)
+    size = max(1, round(setup["fraction"] * len(seen)))
+    lanes, kinds = [], []
+    for _ in range(setup["groups"]):
+        lanes.append(Lane.of(rng.choice(seen, size, replace=False)))
+        kinds.append("random")
+    order = seen[np.argsort(scores[seen], kind="stable")]  # most negative first
+    for kind, ids in (("low", order[:size]), ("high", order[-size:])):
+        lanes.append(Lane.of(ids))
+        kinds.append(kind)
+    n_single = min(setup["singles"], len(seen))
+    largest = seen[np.argsort(-np.abs(scores[seen]), kind="stable")][: n_single // 2]
+    rest = np.setdiff1d(seen, largest)
+    for j in np.concatenate([largest, rng.choice(rest, n_single - len(largest), replace=False)]):
+        lanes.append(Lane.of([j]))
+        kinds.append("single")
+    return lanes, kinds
+
+
+def _agreement(kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: list[float],
+               result: InfluenceResult) -> dict:
+    predicted = np.array([scores[lane.removed].sum() for lane in lanes])
+    actual_arr = np.array(actual, dtype=np.float64)
+    is_group = np.array([k != "single" for k in kinds])
+    sign = result.meta["harmful_sign"]
+    # the set the estimate calls most harmful: "high" for metrics where harmful is positive, else "low"
+    harmful = kinds.index("high" if sign > 0 else "low")
+    out = {"groups": _pairs(predicted[is_group], actual_arr[is_group]),
+           "singles": _pairs(predicted[~is_group], actual_arr[~is_group]),
+           "harmful_set": {"size": int(len(lanes[harmful].removed)), "predicted": float(predicted[harmful]),
+                           "actual": float(actual_arr[harmful])},
+           "lanes": [{"kind": k, "size": int(len(lane.removed)), "predicted": float(p), "actual": float(a)}
+                     for k, lane, p, a in zip(kinds, lanes, predicted, actual_arr)]}
+    return out
+
+
+def _pairs(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    finite = np.isfinite(actual)
+    p, a = predicted[finite], actual[finite]
+    out = {"n": int(len(p)), "kendall_tau": float("nan"), "spearman": float("nan"), "pearson": float("nan"),
+           "signs_agree": float(np.mean(np.sign(p) == np.sign(a))) if len(p) else float("nan")}
+    if len(p) >= 3 and np.ptp(p) > 0 and np.ptp(a) > 0:
+        out.update(kendall_tau=float(stats.kendalltau(p, a).statistic), spearman=float(stats.spearmanr(p, a).statistic),
+                   pearson=float(stats.pearsonr(p, a).statistic))
+    return out

@@ -1,0 +1,90 @@
+"""The verdict a user acts on: stability of the backward pass and measured agreement, per level.
+
+Two levels, because people curate sets while leave-one-out of one image is dominated by kinks and
+rounding on ReLU nets and in float32:
+- groups (removal sets, what a curator acts on): trustworthy / indicative / not supported;
+- single images (the rank of one image): trustworthy / rough / noise.
+Each comes from the spot check's replays (`spotcheck`), never from a guess: an estimate without a check
+reads "not checked". The growth factor of |u| (`estimator.verdict`) enters where the check cannot see:
+the quick check replays only the last eighth of the traced steps, so an amplification before them caps
+what it may vouch for. Thresholds are calibrated against full validation (leave-one-out, n=200, and group
+validation, LDS) in docs/trust.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..estimator import GROWTH_UNRELIABLE, InfluenceResult
+from ..metrics import METRIC_LABELS
+
+NOT_CHECKED = "not checked"
+GROUP_LEVELS = ("trustworthy", "indicative", "not supported")
+SINGLE_LEVELS = ("trustworthy", "rough", "noise")
+# spot check -> level (docs/trust.md)
+GROUP_R_TRUSTWORTHY = 0.9
+GROUP_R_INDICATIVE = 0.5
+HARMFUL_RATIO = (1 / 3, 3.0)  # the harmful set's actual / predicted change, for "trustworthy"
+SINGLE_TAU_TRUSTWORTHY = 0.6
+SINGLE_TAU_ROUGH = 0.2
+
+
+def group_level(agreement: dict) -> str:
+    r = agreement["groups"]["pearson"]
+    harmful = agreement["harmful_set"]
+    predicted, actual = harmful["predicted"], harmful["actual"]
+    same_way = predicted != 0 and math.copysign(1, predicted) == math.copysign(1, actual) and actual != 0
+    ratio = actual / predicted if predicted else float("nan")
+    if not math.isfinite(r) or not same_way:
+        return "not supported"
+    if r >= GROUP_R_TRUSTWORTHY and HARMFUL_RATIO[0] <= ratio <= HARMFUL_RATIO[1]:
+        return "trustworthy"
+    return "indicative" if r >= GROUP_R_INDICATIVE else "not supported"
+
+
+def single_level(agreement: dict) -> str:
+    tau = agreement["singles"]["kendall_tau"]
+    if not math.isfinite(tau) or tau < SINGLE_TAU_ROUGH:
+        return "noise"
+    return "trustworthy" if tau >= SINGLE_TAU_TRUSTWORTHY else "rough"
+
+
+def verdict(result: InfluenceResult, check: dict | None) -> dict:
+    """{"groups", "singles": levels; "summary": one line; "measured": what the check saw; "stability": growth line}."""
+    metric = result.metric
+    stability = result.meta["verdict_message"]
+    if check is None or metric not in check.get("per_metric", {}):
+        return {"groups": NOT_CHECKED, "singles": NOT_CHECKED, "checked": False, "stability": stability,
+                "summary": f"not checked - no replays have tested this estimate yet (stability: {result.verdict})",
+                "measured": ""}
+    agreement = check["per_metric"][metric]
+    groups, singles = group_level(agreement), single_level(agreement)
+    caps = []
+    growth = result.meta["growth"]
+    if check["level"] == "quick" and (not math.isfinite(growth) or growth >= GROWTH_UNRELIABLE):
+        # the window cannot see an amplification in the steps before it
+        if groups == "trustworthy":
+            groups = "indicative"
+        if singles != "noise":
+            singles = "rough"
+        caps.append(f"|u| grows {growth:.3g}x over the trace, before the checked steps: levels capped")
+    summary = f"groups: {groups}; single-image ranks: {_single_words(singles)}"
+    if caps:
+        summary += " (" + "; ".join(caps) + ")"
+    return {"groups": groups, "singles": singles, "checked": True, "stability": stability, "summary": summary,
+            "measured": measured_sentence(metric, check, agreement)}
+
+
+def _single_words(level: str) -> str:
+    return {"noise": "noise at this scale", "rough": "rough", "trustworthy": "trustworthy"}.get(level, level)
+
+
+def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
+    label = METRIC_LABELS[metric]
+    g, s, h = agreement["groups"], agreement["singles"], agreement["harmful_set"]
+    where = (f"the last {check['window_steps']} of {check['traced_steps']} traced steps" if check["level"] == "quick"
+             else f"all {check['traced_steps']} traced steps")
+    n_random = sum(1 for lane in agreement["lanes"] if lane["kind"] == "random")
+    return (f"replays over {where}: on {n_random} random groups and the most harmful and helpful sets, predicted vs "
+            f"actual r={g['pearson']:.2f}; removing the {h['size']} most harmful changed {label} by {h['actual']:+.3g} "
+            f"(predicted {h['predicted']:+.3g}); on {s['n']} single images tau={s['kendall_tau']:.2f}")

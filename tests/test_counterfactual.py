@@ -1,0 +1,108 @@
+"""Replay lanes: batched (torch.func.vmap) and sequential lanes against plain sequential replays."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from influence.config import apply_overrides
+from influence.context import RunContext
+from influence.counterfactual import Lane, LanePlan, replay_lanes
+from influence.counterfactual.plan import choose_plan, reproduces_training
+from influence.errors import ConfigError
+from influence.train import Trace, replay_state, train
+
+from _helpers import toy_config
+
+SEQUENTIAL, BATCHED = LanePlan("sequential", 1, ""), LanePlan("batched", 4, "")
+
+
+@pytest.fixture(scope="module")
+def adam_toy(tmp_path_factory):
+    """Adam, alternating steps, an EMA generator and a checkpointed trace with a partial last segment."""
+    cfg = apply_overrides(toy_config(), ["train.optimizer=adam", "train.betas=0.5,0.999", "train.scheme=alternating",
+                                         "train.ema_decay=0.9", "train.trace_mode=checkpoints",
+                                         "train.checkpoint_every=7"])
+    root = tmp_path_factory.mktemp("adam_toy")
+    run = train(cfg, root)
+    return RunContext.create(cfg, root), Trace.load(run)
+
+
+def _lanes(ctx, trace, seed=0):
+    rng = np.random.default_rng(seed)
+    traced = np.flatnonzero(trace.step_of_instance(ctx.dataset.n_train) >= 0)
+    late = np.flatnonzero(trace.step_of_instance(ctx.dataset.n_train) >= trace.steps - 3)
+    return ([Lane.of([j]) for j in rng.choice(traced, 5, replace=False)] + [Lane.of(late[:2])]
+            + [Lane.of(rng.choice(traced, 60, replace=False)), Lane.of([]), Lane.of([1, 2], weight=0.5)])
+
+
+@pytest.mark.parametrize("which", ["toy", "adam"])
+def test_lanes_equal_sequential_replays(which, toy_run, adam_toy):
+    """Every lane equals `replay_state` without its set: sequential lanes bit for bit, batched ones to float64
+    rounding; a lane's change is measured against lane 0 of its own replay (several chunks: K=4 < lanes)."""
+    if which == "toy":
+        from influence.context import load_run_config
+
+        ctx, trace = RunContext.create(load_run_config(toy_run), toy_run.root), Trace.load(toy_run)
+    else:
+        ctx, trace = adam_toy
+    lanes = _lanes(ctx, trace)
+    refs = [replay_state(ctx, trace, lane.removed, removed_weight=lane.weight).flat() for lane in lanes]
+    final = torch.from_numpy(np.array(trace.final_state))
+    flat = lambda s: s.flat().clone()  # noqa: E731
+    for plan, from_trace in ((SEQUENTIAL, True), (SEQUENTIAL, False), (BATCHED, False)):
+        out = replay_lanes(ctx, trace, lanes, flat, plan, baseline_from_trace=from_trace)
+        assert out.baseline_from_trace == from_trace
+        for lane, value, base, ref in zip(lanes, out.values, out.baselines, refs):
+            change, expected = value - base, ref - final
+            if plan.mode == "sequential":
+                assert torch.equal(value, ref) and torch.equal(base, final)
+            else:
+                scale = float(expected.abs().max())
+                assert float((value - ref).abs().max()) < 1e-12
+                if scale:  # the change itself, to rounding of the state's size (~1e-16 relative)
+                    assert float((change - expected).abs().max()) <= 1e-9 * scale + 1e-14
+            if not lane.removed.size:
+                assert torch.equal(change, torch.zeros_like(change))
+
+
+def test_batched_lanes_start_at_their_first_removal(toy_run):
+    """A lane joins the batch at its first removal as a copy of lane 0: removing an instance seen only in the last
+    step changes nothing before it (so only the last step's update differs)."""
+    from influence.context import load_run_config
+
+    ctx, trace = RunContext.create(load_run_config(toy_run), toy_run.root), Trace.load(toy_run)
+    last = trace.batch(trace.steps - 1)
+    seen = trace.step_of_instance(ctx.dataset.n_train)
+    only_last = [int(j) for j in last if seen[j] == trace.steps - 1][:1]
+    out = replay_lanes(ctx, trace, [Lane.of(only_last)], lambda s: s.flat().clone(), BATCHED)
+    ref = replay_state(ctx, trace, only_last, start=trace.steps - 1).flat()
+    assert float((out.values[0] - ref).abs().max()) < 1e-12
+
+
+def test_lane_plan_rules(toy_run, tiny_run):
+    from influence.context import load_run_config
+
+    toy = RunContext.create(load_run_config(toy_run), toy_run.root), Trace.load(toy_run)
+    tiny = RunContext.create(load_run_config(tiny_run), tiny_run.root), Trace.load(tiny_run)
+    assert choose_plan(*toy, 20) .mode == "batched"  # a dense toy: batched on the CPU
+    assert choose_plan(*toy, 20).lanes == 20
+    assert choose_plan(*toy, 200).lanes == 64  # at most MAX_LANES per pass
+    assert choose_plan(*tiny, 20).mode == "sequential"  # a conv net on the CPU: one after another
+    assert choose_plan(*tiny, 20, lanes=3) == LanePlan("batched", 3, "asked for")
+    assert choose_plan(*toy, 20, lanes=1).mode == "sequential"
+    with pytest.raises(ConfigError, match="at least 1"):
+        choose_plan(*toy, 20, lanes=0)
+
+
+def test_recorded_conditions_decide_whether_lane_0_is_the_trace(toy_run):
+    from influence.context import load_run_config
+
+    ctx, trace = RunContext.create(load_run_config(toy_run), toy_run.root), Trace.load(toy_run)
+    assert reproduces_training(ctx, trace)  # trained in this session, at this thread count
+    assert not reproduces_training(ctx, dataclasses.replace(trace, conditions=None))  # not recorded: replayed
+    other = {**trace.conditions, "threads": trace.conditions["threads"] + 1}
+    assert not reproduces_training(ctx, dataclasses.replace(trace, conditions=other))

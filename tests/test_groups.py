@@ -1,0 +1,105 @@
+"""Group validation (LDS), the spot check and the trust verdict, against actual replays."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from influence import cli
+from influence.context import RunContext, load_run_config
+from influence.estimator import cached_results, estimate
+from influence.train import Trace, replay_state
+from influence.validation.groups import GroupSpec, lds, validate_groups
+from influence.validation.spotcheck import spot_check, stored_check
+from influence.validation.trust import verdict
+
+from _helpers import copy_run
+
+
+def _metric(ctx, trace, state, split, m):
+    return ctx.evaluator(split).evaluate(state.theta_d, state.eval_generator(trace.ema_eval), (m,))[m]
+
+
+def test_lds_by_hand():
+    p = np.array([1.0, 2.0, 3.0, 4.0])
+    a = np.array([2.1, 3.9, 6.2, 7.8])
+    out = lds(p, a)
+    assert out["spearman"] == 1.0 and out["pearson"] == pytest.approx(stats.pearsonr(p, a)[0])
+    assert out["slope"] == pytest.approx(np.polyfit(p, a, 1)[0]) and out["intercept"] == pytest.approx(np.polyfit(p, a, 1)[1])
+    assert np.isnan(lds(p, np.ones(4))["spearman"])
+
+
+def test_group_validation_equals_independent_replays(toy_run, tmp_path, monkeypatch):
+    run = copy_run(toy_run, tmp_path)
+    spec = GroupSpec(groups=6, fractions=(0.02, 0.1), seed=3, curve=(0.05,))
+    out = validate_groups(run, ["all", "dloss"], spec)
+    groups, curve = out["groups_table"], out["curve_table"]
+    assert len(groups) == 12 and sorted(curve["kind"]) == ["random-k", "top"]
+    ctx, trace = RunContext.create(load_run_config(run), run.root), Trace.load(run)
+    final = trace.layout.split(torch.from_numpy(np.array(trace.final_state)))
+    results = cached_results(run)
+    for _, row in groups.iloc[[0, 7]].iterrows():  # an independent sequential replay without the group
+        after = replay_state(ctx, trace, row["ids"])
+        for m in ("all", "dloss"):
+            for split in ("valid", "test"):
+                expected = _metric(ctx, trace, after, split, m) - _metric(ctx, trace, final, split, m)
+                assert row[f"actual_{split}_{m}"] == pytest.approx(expected, rel=1e-8, abs=1e-14)
+    # the scores are the numbers of these pairs, for the result in use
+    name = out["result_in_use"]
+    for m in ("all", "dloss"):
+        for row in out["scores"][name][m]:
+            g = groups[groups["fraction"] == row["fraction"]]
+            predicted = [results[m].scores[ids].sum() for ids in g["ids"]]
+            assert row["spearman_valid"] == pytest.approx(stats.spearmanr(predicted, g[f"actual_valid_{m}"])[0])
+            assert row["spearman_valid"] > 0.8  # the toy is close to linear at these removals
+    top = next(r for r in out["curve"]["dloss"] if r["kind"] == "top")
+    assert np.sign(top["actual_valid"]) == np.sign(top["predicted"]) == -1  # harmful for D-loss = negative
+    # a rerun replays nothing: the groups are read back
+    import influence.validation.groups as g
+
+    monkeypatch.setattr(g, "_replay", lambda *a, **k: pytest.fail("replayed again"))
+    again = validate_groups(run, ["all", "dloss"], spec)
+    assert again["scores"] == out["scores"]
+
+
+def test_cli_validate_groups_prints_lds(toy_run, tmp_path, capsys):
+    run = copy_run(toy_run, tmp_path)
+    code = cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "4",
+                     "--fraction", "0.05", "--curve", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    (row,) = out["scores"][out["result_in_use"]]["dloss"]
+    assert row["groups"] == 4 and -1 <= row["spearman_valid"] <= 1 and out["curve"]["dloss"] == []
+
+
+def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_path):
+    """The quick check replays the last eighth of the trace; its verdict is measured: true scores read trustworthy,
+    the same scores shuffled across instances read not supported / noise."""
+    run = copy_run(toy_run, tmp_path, keep_results=False)
+    res = estimate(run, ["dloss"])["dloss"]
+    check = spot_check(run, ["dloss"])
+    assert check["level"] == "quick" and check["window_steps"] == 3 and check["traced_steps"] == 20
+    assert stored_check(run, check["result"]) == check
+    v = verdict(res, check)
+    assert (v["groups"], v["singles"]) == ("trustworthy", "trustworthy"), v
+    assert "single images tau=" in v["measured"] and "most harmful changed D-loss" in v["measured"]
+    # shuffled scores: the same replays judge them
+    folder = next(p for p in run.path("influence").iterdir() if p.name.startswith("dloss-"))
+    for name in ("scores.npy", "window_scores.npy"):
+        scores = run.read_npy(f"influence/{folder.name}/{name}")
+        run.write_npy(f"influence/{folder.name}/{name}", np.random.default_rng(0).permutation(scores))
+    run.forget("influence/_checks/")
+    for p in run.path("influence/_checks").iterdir():
+        p.unlink()
+    shuffled = estimate(run, ["dloss"])["dloss"]
+    v = verdict(shuffled, spot_check(run, ["dloss"]))
+    assert v["groups"] == "not supported" and v["singles"] in ("noise", "rough"), v
+
+
+def test_an_estimate_without_a_check_reads_not_checked(toy_run):
+    v = verdict(cached_results(toy_run)["all"], None)
+    assert (v["groups"], v["singles"]) == ("not checked", "not checked") and v["summary"].startswith("not checked")
