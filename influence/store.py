@@ -6,10 +6,15 @@ Layout (see docs/architecture.md):
     <store>/<run_id>/manifest.json       size + sha256 of every file written through `Run`
     <store>/<run_id>/...                 weights, trace, history, grids, results
 
-Every write goes to a temp file in the same folder and is renamed into place, so a
-crash leaves either the old file or the new one. Files are read back only after
-their checksum matches the manifest; a damaged file raises StoreError (callers
-rebuild caches, and report anything else).
+Every write goes to a temp file in the same folder and is renamed into place (then the
+folder is synced), so a crash leaves either the old file or the new one. Files are read
+back only after their checksum matches the manifest; a damaged file raises StoreError
+(callers rebuild caches, and report anything else).
+
+A run file is committed by its manifest entry: temp file (synced), manifest entry, rename.
+A writer killed between the entry and the rename leaves the complete new file in its temp
+file; the next reader finds it by the entry's checksum and renames it into place (`Run.verify`,
+`Run.exists`), so a kill at any instant leaves the last committed version readable.
 """
 
 from __future__ import annotations
@@ -112,12 +117,43 @@ def _write_temp(path: Path, data: bytes) -> str:
 def _commit(tmp: str, path: Path) -> None:
     try:
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as e:
         _silent_unlink(tmp)
         raise StoreError(_cannot_write(path, e)) from None
     except BaseException:
         _silent_unlink(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_TEMP_TAIL = re.compile(r"^[a-z0-9_]{8}\.tmp$")  # what mkstemp adds after the prefix
+
+
+def _temp_files_of(path: Path) -> list[Path]:
+    """Temp files that writers of `path` left ('.<name>.<8 random characters>.tmp'), oldest first."""
+    head = f".{path.name}."
+    try:
+        found = [p for p in path.parent.iterdir()
+                 if p.name.startswith(head) and _TEMP_TAIL.match(p.name[len(head):])]
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+    except OSError:
+        return []
+
+
+def _target_of_temp(tmp: Path) -> Path | None:
+    """The file a temp file was written for, or None for anything else."""
+    name = tmp.name
+    if name.startswith(".") and len(name) > 14 and _TEMP_TAIL.match(name[-12:]) and name[-13] == ".":
+        return tmp.with_name(name[1:-13])
+    return None
 
 
 def _cannot_write(path: Path, e: OSError) -> str:
@@ -197,7 +233,9 @@ class Run:
         return p
 
     def exists(self, rel: str) -> bool:
-        return self.path(rel).exists()
+        """The file is there (or a killed writer committed it and it is rolled forward now)."""
+        p = self.path(rel)
+        return p.exists() or (bool(_temp_files_of(p)) and self._roll_forward(rel))
 
     # manifest ------------------------------------------------------------
     def manifest(self) -> dict[str, dict[str, Any]]:
@@ -241,15 +279,48 @@ class Run:
         write_json(self.dir / "manifest.json", {**m, _MANIFEST_SELF: hashlib.sha256(encode_json(m)).hexdigest()})
 
     def remove_stale_temp_files(self, folders: Iterable[str]) -> None:
-        """Delete temp files that killed writers left in `folders` ("" = the run folder itself).
+        """Finish the commits that killed writers left in `folders` ("" = the run folder itself), then
+        delete their other temp files (writes that never reached the manifest).
 
         Only for folders no other process is writing to now; the manifest's temp files are
         written under its lock, which this holds."""
-        with self._manifest_locked():
+        with self._manifest_locked() as m:
             for folder in folders:
                 base = self.dir / folder
-                for p in base.glob(".*.tmp") if base.is_dir() else ():
+                for p in sorted(base.glob(".*.tmp")) if base.is_dir() else ():
+                    target = _target_of_temp(p)
+                    rel = target.relative_to(self.dir).as_posix() if target is not None else None
+                    if rel in m:
+                        self._finish_commit(rel, m[rel])  # renames this temp file if it holds the entry's bytes
                     p.unlink(missing_ok=True)
+
+    def _matches(self, p: Path, entry: dict[str, Any] | None) -> bool:
+        try:
+            return entry is not None and p.stat().st_size == entry["size"] and sha256_file(p) == entry["sha256"]
+        except OSError:
+            return False
+
+    def _finish_commit(self, rel: str, entry: dict[str, Any]) -> bool:
+        """Under the manifest lock: if `rel` differs from its entry and a temp file holds the entry's bytes (its
+        writer died between the manifest update and the rename), rename that into place. True if `rel` now
+        matches its entry."""
+        p = self.path(rel)
+        if self._matches(p, entry):
+            return True
+        for tmp in _temp_files_of(p):
+            if self._matches(tmp, entry):
+                try:
+                    os.replace(tmp, p)
+                    _fsync_dir(p.parent)
+                except OSError as e:
+                    raise StoreError(f"run {self.run_id}: cannot finish the interrupted write of '{rel}': "
+                                     f"{e.strerror or e}") from None
+                return True
+        return False
+
+    def _roll_forward(self, rel: str) -> bool:
+        with self._manifest_locked() as m:
+            return rel in m and self._finish_commit(rel, m[rel])
 
     def forget(self, prefix: str) -> None:
         """Drop manifest entries under `prefix` (their files are being removed or rebuilt)."""
@@ -258,22 +329,29 @@ class Run:
                 del m[k]
 
     def verify(self, rel: str) -> Path:
-        """The file's path after checking it against the manifest; StoreError if missing or damaged."""
+        """The file's path after checking it against the manifest; StoreError if missing or damaged.
+
+        No lock on the way there: a file that differs from its entry is checked again under the manifest
+        lock, where a writer is either done or dead (`_finish_commit`), so a reader racing a writer never
+        calls a file damaged."""
         p = self.path(rel)
-        entry = self.manifest().get(rel)
+        if self._matches(p, self.manifest().get(rel)):
+            return p
+        with self._manifest_locked() as m:
+            entry = m.get(rel)
+            if entry is not None and self._finish_commit(rel, entry):
+                return p
         if not p.exists():
             raise StoreError(f"run {self.run_id}: '{rel}' is missing")
         if entry is None:
             raise StoreError(f"run {self.run_id}: '{rel}' is not in the manifest (written outside the store?)")
-        if p.stat().st_size != entry["size"] or sha256_file(p) != entry["sha256"]:
-            raise StoreError(f"run {self.run_id}: '{rel}' is damaged (size or checksum differs from the manifest)")
-        return p
+        raise StoreError(f"run {self.run_id}: '{rel}' is damaged (size or checksum differs from the manifest)")
 
     # writers -------------------------------------------------------------
     def write(self, rel: str, data: bytes) -> Path:
         """Temp file, then the manifest entry, then the rename: a full disk at either write leaves
-        the old file and its manifest entry as they were (a kill between the last two steps leaves a
-        file whose checksum differs, which reads refuse as damaged)."""
+        the old file and its manifest entry as they were; a kill between the last two steps leaves the
+        new file committed in its temp file, which the next reader renames into place."""
         p = self.path(rel)
         tmp = _write_temp(p, data)
         try:

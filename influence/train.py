@@ -322,7 +322,7 @@ def train(
     resumed = _load_checkpoint(run, layout)
     if resumed is not None:
         flat, rng_state, history, items, start_epoch = resumed
-        state = layout.split(flat.to(ctx.device, ctx.dtype))
+        state = _resumed_state(ctx, layout, flat)
         rng.set_state(rng_state)
     rec = _Recorder(first_traced, every, cfg.train.batch_size, cfg.model.z_dim, items)
 
@@ -372,6 +372,15 @@ def _save_checkpoint(run, epoch, state: TrainState, rng, history, items) -> None
     for name, values in items.items():
         ckpt[f"trace_{name}"] = torch.from_numpy(np.stack(values)) if values else torch.zeros(0)
     run.write_state_dict("checkpoint/state.pt", ckpt)
+
+
+def _resumed_state(ctx: RunContext, layout: StateLayout, flat: torch.Tensor) -> TrainState:
+    """The checkpoint's state with every block in storage of its own, as training allocates it: as views
+    into one flat tensor (other memory alignment), Adam's elementwise update took other vectorised paths
+    and a resumed run differed from an uninterrupted one in the last bit."""
+    s = layout.split(flat.to(ctx.device, ctx.dtype))
+    own = lambda t: None if t is None else t.clone()  # noqa: E731
+    return TrainState(own(s.theta_d), own(s.theta_g), tuple(map(own, s.buf_d)), tuple(map(own, s.buf_g)), own(s.ema))
 
 
 def _load_checkpoint(run: store.Run, layout: StateLayout):

@@ -17,7 +17,7 @@ import pytest
 
 from influence import cli, jobs, store
 from influence.config import apply_overrides, preset
-from test_reliability import REPO, WORKER, faults, small_config, worker_env, write_spec
+from _faults import REPO, WORKER, faults, small_config, worker_env, write_spec
 
 # The CLI's spelling of a small toy run: 100 steps an epoch, 2 epochs (a second or two: long enough
 # to catch the worker mid-way).

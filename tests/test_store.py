@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,7 @@ from influence.errors import StoreError
 from influence.estimator import EstimateOptions, estimate, result_dir
 from influence.train import Trace
 
+from _faults import COMMIT_POINTS, COMMITTED_FROM, HOOKS
 from _helpers import copy_run, tree
 
 
@@ -54,6 +58,44 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, mon
     monkeypatch.undo()
     assert run.read_json("x.json") == {"v": 1}
     assert not [p for p in tree(tmp_path) if p.endswith(".tmp")]
+
+
+def _killed_writing(run: store.Run, rel: str, data: bytes, point: str) -> None:
+    """A forked writer of `rel` SIGKILLed at `point` of the commit (tests/_faults.py)."""
+    pid = os.fork()
+    if pid == 0:  # only store code runs here
+        hooks: dict = {}
+        exec(HOOKS, hooks)
+        hooks["install"]({"kill": "commit", "name": rel.rsplit("/", 1)[-1], "n": 1, "point": point})
+        run.write(rel, data)
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+
+
+@pytest.mark.parametrize("point", COMMIT_POINTS)
+def test_a_writer_killed_anywhere_in_a_commit_leaves_the_old_or_the_new_file_readable(tmp_path, point):
+    """Issue 23.2: before the manifest lists the new file, the old one stays; from then on the new one reads
+    back (a kill between the manifest update and the rename used to leave the old file "damaged"). The same for
+    a file written for the first time, which is absent or new."""
+    run = store.Run(store.store_root(tmp_path), "r1")
+    run.write("a/x.bin", b"old" * 1000)
+    _killed_writing(run, "a/x.bin", b"new" * 2000, point)
+    _killed_writing(run, "a/first.bin", b"first" * 100, point)
+    committed = COMMIT_POINTS.index(point) >= COMMIT_POINTS.index(COMMITTED_FROM)
+    assert run.read_bytes("a/x.bin") == (b"new" * 2000 if committed else b"old" * 1000)
+    assert run.exists("a/first.bin") == committed
+    if committed:
+        assert run.read_bytes("a/first.bin") == b"first" * 100
+    run.remove_stale_temp_files(["", "a"])  # what a finished training does: nothing half-written is left
+    assert not [p for p in tree(tmp_path) if p.endswith(".tmp")]
+    assert run.read_bytes("a/x.bin") == (b"new" * 2000 if committed else b"old" * 1000)
+
+
+def test_stale_temp_file_cleanup_finishes_a_committed_write_first(tmp_path):
+    run = store.Run(store.store_root(tmp_path), "r1")
+    _killed_writing(run, "w.npy", b"w" * 100, "manifest_renamed")
+    run.remove_stale_temp_files([""])  # not read before the clean-up: still finished, not deleted
+    assert run.read_bytes("w.npy") == b"w" * 100
 
 
 def test_damaged_and_unlisted_files_are_refused(tmp_path):
