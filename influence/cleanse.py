@@ -94,9 +94,12 @@ def cleanse(
     key = removal_key(ids, mode)
     if run.exists(f"cleanse/{key}/result.json"):
         return _load(run, key, ids)
-    started = time.perf_counter()
-    theta_d, theta_g, before, after = counterfactual(ctx, trace, ids, mode, progress, cancel)
-    return _store_attempt(ctx, run, key, ids, mode, theta_d, theta_g, before, after, time.perf_counter() - started)
+    with run.exclusive(f"cleanse-{key}", progress, cancel):  # one computation of an attempt, whoever asks
+        if run.exists(f"cleanse/{key}/result.json"):
+            return _load(run, key, ids)
+        started = time.perf_counter()
+        theta_d, theta_g, before, after = counterfactual(ctx, trace, ids, mode, progress, cancel)
+        return _store_attempt(ctx, run, key, ids, mode, theta_d, theta_g, before, after, time.perf_counter() - started)
 
 
 def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = "replay", executor: Executor | None = None,
@@ -130,8 +133,14 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
             else:
                 todo.append((r, i))
 
+    held: dict = {}  # item -> its attempt's lock, from the start of its task here until it is stored
+
     def here(item, env: TaskEnv):
-        _, trace, ctx, sets = runs[item[0]]
+        run, trace, ctx, sets = runs[item[0]]
+        held[item] = stack.enter_context(contextlib.ExitStack())
+        held[item].enter_context(_attempt_lock(run, sets[item[1]], mode, env.progress, env.cancel))
+        if run.exists(f"cleanse/{removal_key(sets[item[1]], mode)}/result.json"):
+            return None  # stored by the process this one waited for
         return _timed_counterfactual(ctx, trace, sets[item[1]], mode, _tagged(env, item[0]))
 
     def payload(r: int) -> RunPayload:
@@ -144,10 +153,22 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
     with contextlib.ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(open_executor(len(todo)))
-        for (r, i), (theta_d, theta_g, before, after, seconds) in executor.run(tasks, progress, cancel):
+        for (r, i), out in executor.run(tasks, progress, cancel):
             run, _, ctx, sets = runs[r]
-            yield r, i, _store_attempt(ctx, run, removal_key(sets[i], mode), sets[i], mode, theta_d.to(ctx.device),
-                                       theta_g.to(ctx.device), before, after, seconds)
+            key = removal_key(sets[i], mode)
+            # computed here: its lock is held since; computed on a worker: one writer stores it
+            with held.pop((r, i), None) or _attempt_lock(run, sets[i], mode, progress, cancel):
+                if out is None or run.exists(f"cleanse/{key}/result.json"):
+                    result = _load(run, key, sets[i])
+                else:
+                    theta_d, theta_g, before, after, seconds = out
+                    result = _store_attempt(ctx, run, key, sets[i], mode, theta_d.to(ctx.device),
+                                            theta_g.to(ctx.device), before, after, seconds)
+            yield r, i, result
+
+
+def _attempt_lock(run: store.Run, ids: np.ndarray, mode: str, progress: ProgressFn | None, cancel: CancelToken | None):
+    return run.exclusive(f"cleanse-{removal_key(ids, mode)}", progress, cancel)
 
 
 def _timed_counterfactual(ctx: RunContext, trace: Trace, ids: np.ndarray, mode: str, env: TaskEnv):

@@ -364,7 +364,8 @@ def cmd_export(args, root: Path) -> int:
     run = store.open_run(root, args.run)
     ctx = RunContext.create(load_run_config(run), root)
     ids = read_removal_csv(_read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths)
-    manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
+    with store.folder_lock(root, args.to):  # two exports to one folder: the second waits, then finds it taken
+        manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
     if args.json:
         print(json.dumps(manifest))
         return 0

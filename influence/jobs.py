@@ -41,10 +41,24 @@ LOCK_RETRY_S = 0.25
 
 
 def job_key(spec: dict[str, Any]) -> str:
+    """kind + a hash of the spec in canonical form: one request, one key, whatever the order of its metrics."""
     if spec.get("kind") not in KINDS:
         raise InfluenceError(f"unknown job kind '{spec.get('kind')}'")
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps(_canonical(spec), sort_keys=True).encode()).hexdigest()[:12]
     return f"{spec['kind']}-{digest}"
+
+
+def _canonical(spec: dict[str, Any]) -> dict[str, Any]:
+    """An estimate of [is, fid] is an estimate of [fid, is] (the metrics are computed as one set). A spec with
+    its metrics already in order keeps its key."""
+    params = spec.get("params")
+    if spec["kind"] in ("estimate", "validate") and isinstance(params, dict) and isinstance(params.get("metrics"), list):
+        try:
+            metrics = sorted(set(params["metrics"]))
+        except TypeError:  # not all strings: the job's own checks will name it
+            return spec
+        return {**spec, "params": {**params, "metrics": metrics}}
+    return spec
 
 
 def job_dir(root: Path, key: str) -> Path:

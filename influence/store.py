@@ -28,6 +28,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
@@ -36,11 +37,13 @@ import numpy as np
 import torch
 
 from .errors import StoreError
+from .progress import CancelToken, ProgressFn, Reporter
 
 ENV_STORE = "GAN_INFLUENCE_STORE"
 ENV_CACHE = "GAN_INFLUENCE_CACHE"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _manifest_lock = threading.Lock()
+LOCKS = "_locks"  # <store>/_locks/<run_id>/<artefact>.lock: one writer per artefact (`Run.exclusive`)
 _MANIFEST_SELF = "#sha256"  # the manifest's own checksum (of its entries), so a damaged manifest is named as such
 
 
@@ -214,6 +217,66 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------- one writer at a time
+_held = threading.local()  # lock paths this thread holds -> depth (a nested take of a held lock does not wait)
+WAIT_REPORT_S = 0.5
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+    """Hold `lock` (a flock, across processes and threads) for the block: one writer of `what` at a time.
+
+    Whoever finds it held waits, reporting the stage "waiting" (info `for`: `what`) every half second and
+    stopping with Cancelled when `cancel` is set; the lock goes with its holder's death. Callers check
+    again, once they hold it, whether the other writer already did the work."""
+    held = _held.__dict__.setdefault("paths", {})
+    key = str(lock)
+    if key in held:  # this thread holds it already (e.g. train() called inside a sweep's own training)
+        held[key] += 1
+        try:
+            yield
+        finally:
+            held[key] -= 1
+        return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StoreError(f"cannot lock {what} ('{lock}'): {e.strerror or e}") from None
+    try:
+        report, last = None, 0.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if report is None or now - last >= WAIT_REPORT_S:
+                    report = report or Reporter("waiting", 0, progress, cancel)
+                    report(0, **{"for": what})  # raises Cancelled when asked to stop
+                    last = now
+                time.sleep(0.02)
+        held[key] = 1
+        try:
+            yield
+        finally:
+            del held[key]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def folder_lock(root: Path, folder: str | os.PathLike, progress: ProgressFn | None = None,
+                cancel: CancelToken | None = None):
+    """`exclusive` on a folder outside the runs that users of this store write (an export's target)."""
+    try:
+        resolved = str(Path(folder).expanduser().resolve())
+    except (OSError, ValueError, RuntimeError) as e:
+        raise StoreError(f"invalid folder '{folder}': {e}") from None
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    return exclusive(Path(root) / LOCKS / "_folders" / f"{digest}.lock", f"the folder {resolved}", progress, cancel)
+
+
 # ---------------------------------------------------------------- one run
 class Run:
     """A run folder. Every file written through it is listed in manifest.json."""
@@ -231,6 +294,13 @@ class Run:
         if self.dir.resolve() not in p.parents:
             raise StoreError(f"path '{rel}' leaves the run folder")
         return p
+
+    def exclusive(self, artefact: str, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+        """`exclusive` on one artefact of the run ("train", "influence-<options>", "cleanse-<key>", ...): every
+        command, job and app page that writes it takes this first."""
+        name = check_run_id(artefact)  # the same rules: a plain file name
+        return exclusive(self.root / LOCKS / self.run_id / f"{name}.lock", f"{artefact} of run {self.run_id}",
+                         progress, cancel)
 
     def exists(self, rel: str) -> bool:
         """The file is there (or a killed writer committed it and it is rolled forward now)."""

@@ -251,3 +251,16 @@ def test_a_sweep_job_computes_the_table_the_app_reads_back(tmp_path):
     for row, (_, expected) in zip(result["table"], stored["table"].iterrows()):
         assert (row["method"], row["count"], row["seeds"]) == (expected["method"], expected["count"], 2)
         assert math.isclose(row["mean_change_all"], expected["mean_change_all"], rel_tol=1e-12)
+
+
+def test_estimate_jobs_differing_only_in_metric_order_share_a_key():
+    """Issue 23.4: [fid, is] and [is, fid] are one request (before: two keys, two passes at once)."""
+    from influence.specs import estimate_spec
+
+    a, b = estimate_spec("r1", ["fid", "is"]), estimate_spec("r1", ["is", "fid", "is"])
+    assert jobs.job_key(a) == jobs.job_key(b)
+    assert jobs.job_key(a) != jobs.job_key(estimate_spec("r1", ["fid"]))
+    # a spec already in order keeps the key it always had
+    import hashlib
+
+    assert jobs.job_key(a) == "estimate-" + hashlib.sha256(json.dumps(a, sort_keys=True).encode()).hexdigest()[:12]

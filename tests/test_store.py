@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -96,6 +97,61 @@ def test_stale_temp_file_cleanup_finishes_a_committed_write_first(tmp_path):
     _killed_writing(run, "w.npy", b"w" * 100, "manifest_renamed")
     run.remove_stale_temp_files([""])  # not read before the clean-up: still finished, not deleted
     assert run.read_bytes("w.npy") == b"w" * 100
+
+
+def test_a_reader_racing_a_writer_never_sees_a_damaged_file(tmp_path):
+    """Issue 23.4: `verify` read the manifest without the lock, so a read between a writer's manifest update and
+    its rename called the file damaged (without the fix: hundreds of the reads below)."""
+    run = store.Run(store.store_root(tmp_path), "r1")
+    run.write("x.bin", b"\0" * 1000)
+    pid = os.fork()
+    if pid == 0:  # the writer: store code only
+        for i in range(1, 60):
+            run.write("x.bin", bytes([i]) * (1000 + i))
+        os._exit(0)
+    reads, damaged = 0, []
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        try:
+            data = run.read_bytes("x.bin")
+            assert len(set(data)) == 1 and len(data) == 1000 + data[0]  # one whole version
+            reads += 1
+        except StoreError as e:
+            damaged.append(str(e))
+    assert reads > 20 and not damaged, (reads, damaged[:3])
+
+
+def test_an_artefact_lock_makes_the_second_writer_wait_report_and_obey_cancel(tmp_path):
+    import threading
+
+    from influence.errors import Cancelled
+    from influence.progress import CancelToken
+
+    run = store.Run(store.store_root(tmp_path), "r1")
+    seen, token, order = [], CancelToken(), []
+    with run.exclusive("train"):
+        with run.exclusive("train"):  # the holder's own nested take does not wait
+            pass
+
+        def second():
+            try:
+                with run.exclusive("train", seen.append, token):
+                    order.append("second")
+            except Cancelled:
+                order.append("cancelled")
+
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        assert seen and seen[0].stage == "waiting" and "train of run r1" in seen[0].info["for"]
+        order.append("first")
+    t.join()
+    assert order == ["first", "second"]  # waited for the holder, then held it
+    with run.exclusive("train"):
+        t = threading.Thread(target=second)
+        t.start()
+        token.set()
+        t.join(timeout=5)
+    assert order[-1] == "cancelled"
 
 
 def test_damaged_and_unlisted_files_are_refused(tmp_path):

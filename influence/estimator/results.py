@@ -94,6 +94,7 @@ def _read_result(run: store.Run, folder: str) -> InfluenceResult:
 
 # ---------------------------------------------------------------- named results
 CHOSEN = "influence/chosen.json"
+RESULTS_LOCK = "influence-in-use"  # the run's artefact lock of CHOSEN and the table (`store.Run.exclusive`)
 
 
 def result_sets(run: store.Run) -> dict[str, dict[str, InfluenceResult]]:
@@ -130,9 +131,10 @@ def choose_results(run: store.Run, name: str, dataset=None) -> None:
     sets = result_sets(run)
     if name not in sets:
         raise ConfigError(f"run {run.run_id} has no influence result '{name}'; it has: {', '.join(sets) or 'none'}")
-    run.write_json(CHOSEN, {"name": name})
-    if dataset is not None:
-        write_table(run, dataset)
+    with run.exclusive(RESULTS_LOCK):
+        run.write_json(CHOSEN, {"name": name})
+        if dataset is not None:
+            write_table(run, dataset)
 
 
 def cached_results(run: store.Run, name: str | None = None) -> dict[str, InfluenceResult]:

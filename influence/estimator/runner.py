@@ -17,7 +17,7 @@ from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
 from .backward import PassState, pass_norms, start_pass, walk_back
 from .options import EstimateOptions, result_name
-from .results import CHOSEN, InfluenceResult, load_result, save_result, write_table
+from .results import CHOSEN, RESULTS_LOCK, InfluenceResult, load_result, save_result, write_table
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,20 @@ def estimate(
     n_params = trace.final.shape[0]
     check_options(options, trace)
     results = {m: r for m in dict.fromkeys(metrics) if (r := load_result(run, m, options, n_params)) is not None}
-    todo = [m for m in dict.fromkeys(metrics) if m not in results]
+    if len(results) < len(set(metrics)):
+        # One pass per run and options at a time (any caller: jobs, sweeps, the CLI, the app); whoever waited
+        # reads what the other one computed.
+        with run.exclusive(f"influence-{options.key('', n_params)}", progress, cancel):
+            results.update(_compute(run, cfg, trace, [m for m in dict.fromkeys(metrics) if m not in results],
+                                    options, progress, cancel))
+    return {m: results[m] for m in metrics}
+
+
+def _compute(run: store.Run, cfg, trace: Trace, metrics: list[str], options: EstimateOptions,
+             progress: ProgressFn | None, cancel: CancelToken | None) -> dict[str, InfluenceResult]:
+    n_params = trace.final.shape[0]
+    results = {m: r for m in metrics if (r := load_result(run, m, options, n_params)) is not None}
+    todo = [m for m in metrics if m not in results]
     if todo:
         ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
         objectives = metric_objectives(todo, cfg.is_2d)
@@ -49,10 +62,11 @@ def estimate(
             results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
                                           step_of, state.values[i], seconds / len(todo), first, trace)
         drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
-        if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
-            run.write_json(CHOSEN, {"name": result_name(options, n_params)})
-        write_table(run, ctx.dataset)
-    return {m: results[m] for m in metrics}
+        with run.exclusive(RESULTS_LOCK):
+            if not run.exists(CHOSEN):  # the first result computed is the one in use until the user picks another
+                run.write_json(CHOSEN, {"name": result_name(options, n_params)})
+            write_table(run, ctx.dataset)
+    return results
 
 
 def check_options(options: EstimateOptions, trace: Trace) -> None:

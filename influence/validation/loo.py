@@ -113,6 +113,13 @@ def leave_one_out(
     ctx = RunContext.create(cfg, run.root)
     ident = [metrics, ids.tolist()] + ([first_step] if first_step else [])  # earlier keys had no first step
     key = "loo-" + hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
+    with run.exclusive(f"validate-{key}", progress, cancel):  # one set of these replays at a time, whoever asks
+        return _leave_one_out(run, ctx, trace, metrics, ids, key, progress, cancel, workers, first_step)
+
+
+def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], ids: np.ndarray, key: str,
+                   progress: ProgressFn | None, cancel: CancelToken | None, workers: int | None,
+                   first_step: int) -> tuple[np.ndarray, float | None]:
     done, earlier_seconds = _load_partial(run, key)
     started = time.perf_counter()
 

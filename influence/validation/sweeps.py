@@ -145,17 +145,21 @@ def _write_files(run: store.Run, files: dict[str, bytes]) -> None:
 
 
 def _keep_checkpoint(run: store.Run, files: dict[str, bytes]) -> None:
-    if not run.exists("summary.json"):  # a checkpoint arriving after its finished run is stale
-        _write_files(run, files)
+    with run.exclusive("train"):  # the run's one trainer writes its files
+        if not run.exists("summary.json"):  # a checkpoint arriving after its finished run is stale
+            _write_files(run, files)
 
 
 def _receive_seed(cfg: RunConfig, root, orders: dict[str, np.ndarray], files: dict[str, bytes]) -> dict[str, np.ndarray]:
-    """A seed prepared on a worker: its files into the store; its training checkpoint is no longer needed."""
+    """A seed prepared on a worker: its files into the store; its training checkpoint is no longer needed.
+    Files the store has already (another process trained the run meanwhile) are kept as they are."""
     run = store.Run(root, cfg.run_id)
-    _write_files(run, files)
-    run.forget("checkpoint/")  # the worker finished training: a checkpoint left here is stale
-    for p in run.path("checkpoint").glob("*") if run.exists("checkpoint") else []:
-        p.unlink(missing_ok=True)
+    with run.exclusive("train"):
+        have = run.manifest()
+        _write_files(run, {rel: data for rel, data in files.items() if rel not in have})
+        run.forget("checkpoint/")  # the worker finished training: a checkpoint left here is stale
+        for p in run.path("checkpoint").glob("*") if run.exists("checkpoint") else []:
+            p.unlink(missing_ok=True)
     return orders
 
 
