@@ -137,11 +137,12 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
 
     def here(item, env: TaskEnv):
         run, trace, ctx, sets = runs[item[0]]
+        env = _tagged(env, item[0])
         held[item] = stack.enter_context(contextlib.ExitStack())
         held[item].enter_context(_attempt_lock(run, sets[item[1]], mode, env.progress, env.cancel))
         if run.exists(f"cleanse/{removal_key(sets[item[1]], mode)}/result.json"):
             return None  # stored by the process this one waited for
-        return _timed_counterfactual(ctx, trace, sets[item[1]], mode, _tagged(env, item[0]))
+        return _timed_counterfactual(ctx, trace, sets[item[1]], mode, env)
 
     def payload(r: int) -> RunPayload:
         run, trace, ctx, _ = runs[r]
@@ -157,7 +158,8 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
             run, _, ctx, sets = runs[r]
             key = removal_key(sets[i], mode)
             # computed here: its lock is held since; computed on a worker: one writer stores it
-            with held.pop((r, i), None) or _attempt_lock(run, sets[i], mode, progress, cancel):
+            with held.pop((r, i), None) or _attempt_lock(run, sets[i], mode, _tagged(TaskEnv(progress), r).progress,
+                                                         cancel):
                 if out is None or run.exists(f"cleanse/{key}/result.json"):
                     result = _load(run, key, sets[i])
                 else:

@@ -137,9 +137,12 @@ class _Bar:
     """tqdm on stderr, one bar per stage."""
 
     def __init__(self, quiet: bool = False):
-        self.bar, self.stage, self.quiet = None, None, quiet
+        self.bar, self.stage, self.quiet, self.waiting = None, None, quiet, None
 
     def __call__(self, p) -> None:
+        if p.stage == "waiting" and p.info.get("for") != self.waiting:  # another process writes what this one needs
+            self.waiting = p.info.get("for")
+            print(f"waiting for another process to finish {self.waiting}", file=sys.stderr)
         if self.quiet or not p.total:  # start-up stages without a count (loading data): nothing to draw
             return
         from tqdm import tqdm

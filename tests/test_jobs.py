@@ -264,3 +264,21 @@ def test_estimate_jobs_differing_only_in_metric_order_share_a_key():
     import hashlib
 
     assert jobs.job_key(a) == "estimate-" + hashlib.sha256(json.dumps(a, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def test_every_pair_of_commands_on_one_run_computes_each_artefact_once(tmp_path):
+    """Issue 23.4: two CLI processes started at the same instant on one run, for every pair of commands
+    (bench/concurrency.py once; its 20 repetitions are the bench). Before the fix, among others, a sweep next to
+    a train job trained the run (and the feature net) twice, and an estimate next to a cleanse --by fid ran two
+    influence passes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_concurrency", REPO / "bench" / "concurrency.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    results = bench.run_pairs(tmp_path, reps=1, progress=lambda line: None)
+    failed = [(r.pair, r.codes, r.twice, r.errors) for r in results if not r.ok]
+    assert len(results) == 28 and not failed, failed
+    faults("concurrent", len(results), "pairs of CLI commands started together on one run (every pair once: no "
+           "failure, each artefact computed once)")
