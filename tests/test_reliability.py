@@ -446,6 +446,41 @@ def test_disk_full_during_estimate_is_a_clear_error_and_changes_nothing(tmp_path
     faults("disk-full", 1, "ENOSPC on every write of an influence job (CLI)")
 
 
+@pytest.mark.parametrize("when", ["running", "done"])
+def test_a_full_disk_that_also_stops_the_status_writes_still_shows_the_job_failed(tmp_path, small, monkeypatch, when):
+    """Issue 23.14: once the job runs (or has just finished), every new file fails with ENOSPC, the job's own
+    status writes too. Its last state goes into blocks reserved at its start: "failed" with the reason, not
+    "interrupted" (before the fix)."""
+    root = tmp_path / "store"
+    run = copy_run(small["root"], small["run_id"], root)
+    spec = estimate_spec(run.run_id)
+    full: list[bool] = []
+    failed = disk_full(monkeypatch, lambda path: bool(full))
+    real = jobs.execute
+
+    def execute(*a, **k):
+        if when == "running":
+            full.append(True)
+        result = real(*a, **k)
+        full.append(True)
+        return result
+
+    monkeypatch.setattr(jobs, "execute", execute)
+    if when == "running":
+        with pytest.raises(StoreError, match="No space left on device"):
+            jobs.run_job(root, spec)
+    else:
+        jobs.run_job(root, spec)
+    assert failed
+    status = jobs.read_status(root, jobs.job_key(spec))
+    assert status["state"] == "failed" and "No space left on device" in status["message"], status
+    assert not temp_files(root)
+    monkeypatch.undo()
+    assert jobs.run_job(root, spec) is not None  # space again: the job runs (and resumes) as usual
+    assert jobs.read_status(root, jobs.job_key(spec))["state"] == "done"
+    faults("disk-full", 1, f"ENOSPC on every new file, job status included, while the job is {when}")
+
+
 @pytest.mark.parametrize("what", ["checkpoint", "manifest"])
 def test_disk_full_at_the_epoch_2_checkpoint_keeps_epoch_1_and_training_resumes(tmp_path, small, monkeypatch, what):
     """The checkpoint write fails, or only the manifest update after it: either way the epoch-1
