@@ -30,8 +30,11 @@ page = st.navigation(pages)
 with st.sidebar:
     st.markdown("### GAN Influence Explorer")
     st.caption("Which training images help or hurt a GAN? (ASGD-Influence, Terashita et al., ICLR 2021)")
-    widgets.run_picker(root)
-    jobpanel.sidebar_list(root)
+    try:  # the sidebar is on every page: a store problem here must not take every page down
+        widgets.run_picker(root)
+        jobpanel.sidebar_list(root)
+    except InfluenceError as e:
+        st.error(str(e), icon=":material/error:")
     st.caption(f"Store: `{root}`")
 
 try:

@@ -228,6 +228,10 @@ def _print_report(report: dict | None) -> None:
 
 def cmd_runs(args, root: Path) -> int:
     runs = store.list_runs(root)
+    foreign = store.foreign_folders(root)
+    if foreign:  # on stderr: --json output stays the list of runs
+        print(f"skipped {len(foreign)} folder(s) in the store that are not runs (not a run id): "
+              + ", ".join(repr(f) for f in foreign), file=sys.stderr)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items()} for r in runs], default=str))
         return 0

@@ -468,11 +468,25 @@ def open_run(root: Path, run_id: str) -> Run:
     return run
 
 
+def _store_folders(root: Path) -> list[Path]:
+    """The store's folders that may be runs (not its own `_...` folders, not hidden ones)."""
+    return [d for d in sorted(Path(root).iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))] \
+        if Path(root).exists() else []
+
+
+def foreign_folders(root: Path) -> list[str]:
+    """Folders in the store that cannot be runs: a name that is not a run id ('<id> (copy)', a backup). Runs
+    listings skip them (and say so), every command leaves them alone."""
+    return [d.name for d in _store_folders(root) if not (_RUN_ID.fullmatch(d.name) and ".." not in d.name)]
+
+
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Summaries of the runs in the store, newest first; damaged runs are listed with their problem."""
+    """Summaries of the runs in the store, newest first; damaged runs are listed with their problem. Folders
+    that are not runs are skipped (`foreign_folders`)."""
     out = []
-    for d in sorted(Path(root).iterdir()) if Path(root).exists() else []:
-        if not d.is_dir() or d.name.startswith(("_", ".")) or not (d / "config.json").exists():
+    foreign = set(foreign_folders(root))
+    for d in _store_folders(root):
+        if d.name in foreign or not (d / "config.json").exists():
             continue
         run = Run(root, d.name)
         entry: dict[str, Any] = {"run_id": d.name, "modified": (d / "config.json").stat().st_mtime}

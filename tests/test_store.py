@@ -222,3 +222,21 @@ def test_list_runs_reports_damaged_runs(toy_run, tmp_path):
     _flip_byte(ok.path("summary.json"), offset=3)
     (entry,) = store.list_runs(root)
     assert "damaged" in entry["problem"]
+
+
+def test_a_copied_run_folder_is_skipped_and_named_not_fatal(toy_run, tmp_path, capsys):
+    """Issue 23.10: '<id> (copy)' in the store made `gan-influence runs` exit 2 (and the app's run picker fail)."""
+    import shutil
+
+    from influence import cli
+
+    root = store.store_root(tmp_path)
+    ok = copy_run(toy_run, root)
+    shutil.copytree(ok.dir, root / f"{ok.run_id} (copy)")
+    (root / "notes").mkdir()  # a valid name without a config: not listed, not foreign
+    assert [r["run_id"] for r in store.list_runs(root)] == [ok.run_id]
+    assert store.foreign_folders(root) == [f"{ok.run_id} (copy)"]
+    assert cli.main(["--store", str(root), "runs"]) == 0
+    captured = capsys.readouterr()
+    assert ok.run_id in captured.out and "(copy)" not in captured.out
+    assert f"skipped 1 folder(s) in the store that are not runs (not a run id): '{ok.run_id} (copy)'" in captured.err

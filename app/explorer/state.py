@@ -52,6 +52,11 @@ def update_app_state(root: Path, **fields) -> None:
         store.write_json(root / APP_STATE, state)
 
 
+def foreign_folders(root: Path) -> list[str]:
+    """Folders in the store that are not runs (skipped by every listing; the sidebar names them)."""
+    return store.foreign_folders(root)
+
+
 def finished_runs(root: Path) -> list[dict]:
     """Runs that finished training (newest first): the ones every page can work with."""
     return [r for r in cache.runs(str(root), cache.runs_stamp(root)) if r.get("summary") and "problem" not in r]

@@ -27,6 +27,11 @@ SIGN_NOTE = ("Influence = predicted change of a metric if the training instance 
 def run_picker(root: Path) -> None:
     """Sidebar: which run every page works on."""
     runs = state.finished_runs(root)
+    foreign = state.foreign_folders(root)
+    if foreign:
+        st.caption(f"Skipped {tables.plural(len(foreign), 'folder')} in the store that "
+                   f"{'is not a run' if len(foreign) == 1 else 'are not runs'} (the name is not a run id, e.g. a "
+                   "copied run folder): " + ", ".join(f"`{f}`" for f in foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
     if not runs:
         st.caption("No trained run yet.")
         return
