@@ -507,3 +507,49 @@ def test_disk_full_at_the_epoch_2_checkpoint_keeps_epoch_1_and_training_resumes(
     assert firsts[0] == PER_EPOCH + 1
     assert_same_training(run, small["trained"])
     faults("disk-full", 1, f"ENOSPC at the epoch-2 {what} write during training")
+
+
+# ---------------------------------------------------------------- bad inputs: weights files, removal CSVs
+def test_init_weights_must_be_a_regular_file_of_bounded_size(tmp_path, capsys):
+    """Issue 23.6: model.init_g / init_d were read whatever they named: a FIFO hung the reader (the app's
+    free-text field), /dev/zero would fill memory. Now one ConfigError line, without blocking or reading."""
+    import threading
+
+    from influence.config import MAX_INIT_BYTES, apply_overrides, preset
+    from influence.errors import ConfigError
+    from influence.pretrained import load_initial_weights
+
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    sparse = tmp_path / "huge.pt"
+    with open(sparse, "wb") as f:
+        f.truncate(MAX_INIT_BYTES + 1)  # sparse: no disk space, no memory
+    cases = {fifo: "is not a regular file", "/dev/zero": "is not a regular file", tmp_path: "is not a regular file",
+             sparse: f"more than the {MAX_INIT_BYTES >> 20} MiB", tmp_path / "missing.pt": "No such file"}
+    for path, message in cases.items():
+        outcome: list = []
+
+        def configure():
+            try:
+                apply_overrides(preset("tiny"), [f"model.init_g={path}"])
+            except ConfigError as e:
+                outcome.append(str(e))
+
+        worker = threading.Thread(target=configure, daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        if worker.is_alive():  # unblock the hung open() before failing
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail(f"reading model.init_g={path} hung")
+        assert outcome and message in outcome[0] and outcome[0].startswith("model.init_g: "), (path, outcome)
+    # the file replaced by a FIFO after the run was configured: refused when the weights are loaded too
+    from influence.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="model.init_d: .* is not a regular file"):
+        load_initial_weights(ModelConfig(init_d=str(fifo), init_d_sha256="0" * 64), torch.nn.Linear(1, 1),
+                             torch.nn.Linear(1, 1))
+    assert cli.main(["--store", str(tmp_path / "store"), "train", "--preset", "tiny", "--init-g", "/dev/zero"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: model.init_g: '/dev/zero' is not a regular file (a folder, FIFO or device); give a .pt or " \
+                  ".safetensors weights file"
+    faults("bad-input", len(cases) + 2, "model.init_g/init_d paths that are not regular files or too large")
