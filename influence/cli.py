@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import allocator, jobs, store  # noqa: E402
 from .errors import Cancelled, ConfigError, InfluenceError  # noqa: E402
 from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, sign_sentence  # noqa: E402
-from .removal import read_removal_csv  # noqa: E402, F401  (also the CLI's public parser of removal CSVs)
+from .removal import MAX_REMOVAL_BYTES, read_removal_csv  # noqa: E402, F401  (also the CLI's public parser)
 
 SIGN_HELP = (
     "Influence = predicted change of the metric if the instance is removed. "
@@ -310,12 +311,15 @@ def _check_metrics(run: store.Run, metrics: list[str]) -> None:
         check_metric(m, cfg.is_2d)
 
 
-MAX_REMOVAL_FILE_BYTES = 64 * 2**20
+MAX_REMOVAL_FILE_BYTES = MAX_REMOVAL_BYTES  # the app's uploads have the same limit
 
 
 def _read_removal_file(path: str) -> str:
     try:
-        with open(path, "rb") as f:
+        # opened without blocking and checked first: a FIFO would hang the command
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"removal file '{path}' is not a regular file")
             data = f.read(MAX_REMOVAL_FILE_BYTES + 1)
         if len(data) > MAX_REMOVAL_FILE_BYTES:
             raise ConfigError(f"removal file '{path}' is larger than {MAX_REMOVAL_FILE_BYTES // 2**20} MB")

@@ -553,3 +553,33 @@ def test_init_weights_must_be_a_regular_file_of_bounded_size(tmp_path, capsys):
     assert err == "error: model.init_g: '/dev/zero' is not a regular file (a folder, FIFO or device); give a .pt or " \
                   ".safetensors weights file"
     faults("bad-input", len(cases) + 2, "model.init_g/init_d paths that are not regular files or too large")
+
+
+def test_a_removal_csv_is_parsed_in_memory_bounded_by_the_training_set():
+    """Issue 23.7: every row was held as a list of strings (10 MB of CSV took 1.4 GB). Now rows stream: a valid
+    file costs about its ids (before: 45x its size below), a long bad one stops at its first bad line."""
+    import tracemalloc
+
+    from influence.errors import ConfigError
+    from influence.removal import read_removal_csv
+
+    n = 50_000
+    valid = "id\n" + "\n".join(str(i) for i in range(n - 1)) + "\n"
+    endless = "\n".join(str(i % 1000) for i in range(300_000))  # 1 MB naming 1000 instances again and again
+    tracemalloc.start()
+    try:
+        ids = read_removal_csv(valid, n)
+        peak = tracemalloc.get_traced_memory()[1]
+        assert ids == list(range(n - 1))
+        assert peak < 8 * len(valid), f"{peak / len(valid):.0f}x the file"
+        del ids
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        with pytest.raises(ConfigError, match="would remove every training instance"):
+            read_removal_csv(endless, 1000)  # stops after 1000 rows
+        assert tracemalloc.get_traced_memory()[1] - base < 2**20
+        with pytest.raises(ConfigError, match="removal id 5 is listed more than once"):
+            read_removal_csv("5\n" + endless, 10_000)
+    finally:
+        tracemalloc.stop()
+    faults("bad-input", 3, "removal CSVs for the memory bound (50k valid ids, 1 MB of repeats twice)")
