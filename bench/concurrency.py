@@ -163,18 +163,23 @@ class Setup:
     cache: Path  # a feature-net cache holding the run's autoencoder
 
 
-def prepare(server: Server, scratch: Path) -> Setup:
-    """The images, the run trained once (its store and feature-net cache are the starting point of most pairs)."""
+def make_images(folder: Path) -> Path:
+    """N_IMAGES 32x32 RGB PNGs (a coloured square on a coloured ground) in three sub-folders."""
     from PIL import Image
 
-    images = scratch / "images"
     rng = np.random.default_rng(0)
     for i in range(N_IMAGES):
         rel = Path(f"a{i % 3}") / f"img_{i:04d}.png"
-        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         img = np.full((32, 32, 3), rng.integers(0, 256, 3), dtype=np.uint8)
         img[8:24, 8:24] = rng.integers(0, 256, 3)
-        Image.fromarray(img).save(images / rel)
+        Image.fromarray(img).save(folder / rel)
+    return folder
+
+
+def prepare(server: Server, scratch: Path) -> Setup:
+    """The images, the run trained once (its store and feature-net cache are the starting point of most pairs)."""
+    images = make_images(scratch / "images")
     (scratch / "removal.csv").write_text("id\n3\n5\n7\n")
     trained, cache = scratch / "trained", scratch / "cache"
     out = scratch / "prepare"

@@ -218,6 +218,7 @@ def _store_attempt(ctx: RunContext, run: store.Run, key: str, ids: np.ndarray, m
 
 def _save(ctx: RunContext, run: store.Run, result: CleanseResult, theta_d, theta_g) -> None:
     base = f"cleanse/{result.key}"
+    run.remove_stale_temp_files([base])  # of a writer killed before: the caller holds the attempt's lock
     run.write_npy(f"{base}/removed.npy", result.removed)
     run.write_npy(f"{base}/weights.npy", torch.cat([theta_d, theta_g]).detach().cpu().numpy())
     with torch.no_grad():

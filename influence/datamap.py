@@ -41,6 +41,7 @@ def _training_features(run: store.Run, ctx, rel: str) -> np.ndarray:
         dtype = next(net.parameters()).dtype
         with torch.no_grad():
             feats = batched(lambda b: net(b.to(ctx.device, dtype))[0], x, 500).float().cpu().numpy()
+    run.remove_stale_temp_files(["map"], ["features.npy"])  # a killed writer's
     run.write_npy(rel, feats)
     return feats
 
@@ -61,6 +62,7 @@ def embedding(run: store.Run, method: str = "pca", ctx=None) -> np.ndarray:
 
             ctx = RunContext.create(load_run_config(run), run.root)
         coords = embed(training_features(run, ctx), method)
+        run.remove_stale_temp_files(["map"], [f"{method}.npy"])  # a killed writer's
         run.write_npy(rel, coords)
     return coords
 

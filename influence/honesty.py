@@ -82,6 +82,7 @@ def metric_report(run: store.Run, ctx=None) -> dict:
         if ctx is None:
             ctx = RunContext.create(load_run_config(run), run.root)
         report = compute_report(ctx)
+        run.remove_stale_temp_files([""], [REPORT])  # a killed writer's
         run.write_json(REPORT, report)
     return report
 

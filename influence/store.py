@@ -159,6 +159,23 @@ def _target_of_temp(tmp: Path) -> Path | None:
     return None
 
 
+def _stale_temp_files(folder: Path, names: set[str] | None) -> list[tuple[Path, Path]]:
+    """(temp file, the file it was written for) in `folder`, for the file names in `names` (None: all)."""
+    out = []
+    for p in sorted(folder.glob(".*.tmp")) if folder.is_dir() else ():
+        target = _target_of_temp(p)
+        if target is not None and (names is None or target.name in names):
+            out.append((p, target))
+    return out
+
+
+def remove_stale_temp_files(folder: Path, names: Iterable[str] | None = None) -> None:
+    """Delete the temp files that killed writers of plain files (`write_bytes`, no manifest) left in `folder`;
+    only those of files named `names` if given. The caller is the only writer of those files now."""
+    for p, _ in _stale_temp_files(Path(folder), None if names is None else set(names)):
+        p.unlink(missing_ok=True)
+
+
 def _cannot_write(path: Path, e: OSError) -> str:
     return f"cannot write '{path}': {e.strerror or e}; earlier results are unchanged"
 
@@ -227,14 +244,14 @@ def exclusive(lock: Path, what: str, progress: ProgressFn | None = None, cancel:
     """Hold `lock` (a flock, across processes and threads) for the block: one writer of `what` at a time.
 
     Whoever finds it held waits, reporting the stage "waiting" (info `for`: `what`) every half second and
-    stopping with Cancelled when `cancel` is set; the lock goes with its holder's death. Callers check
-    again, once they hold it, whether the other writer already did the work."""
+    stopping with Cancelled when `cancel` is set; the lock goes with its holder's death. The block gets
+    whether it waited: then the caller checks again whether the other writer already did the work."""
     held = _held.__dict__.setdefault("paths", {})
     key = str(lock)
     if key in held:  # this thread holds it already (e.g. train() called inside a sweep's own training)
         held[key] += 1
         try:
-            yield
+            yield False
         finally:
             held[key] -= 1
         return
@@ -258,7 +275,7 @@ def exclusive(lock: Path, what: str, progress: ProgressFn | None = None, cancel:
                 time.sleep(0.02)
         held[key] = 1
         try:
-            yield
+            yield report is not None
         finally:
             del held[key]
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -348,18 +365,18 @@ class Run:
     def _write_manifest(self, m: dict[str, dict[str, Any]]) -> None:
         write_json(self.dir / "manifest.json", {**m, _MANIFEST_SELF: hashlib.sha256(encode_json(m)).hexdigest()})
 
-    def remove_stale_temp_files(self, folders: Iterable[str]) -> None:
+    def remove_stale_temp_files(self, folders: Iterable[str], names: Iterable[str] | None = None) -> None:
         """Finish the commits that killed writers left in `folders` ("" = the run folder itself), then
-        delete their other temp files (writes that never reached the manifest).
+        delete their other temp files (writes that never reached the manifest); only those of files named
+        `names` if given.
 
-        Only for folders no other process is writing to now; the manifest's temp files are
-        written under its lock, which this holds."""
+        Only for files no other process is writing now (the caller holds their artefact's lock); the
+        manifest's temp files are written under its lock, which this holds."""
+        names = None if names is None else set(names)
         with self._manifest_locked() as m:
             for folder in folders:
-                base = self.dir / folder
-                for p in sorted(base.glob(".*.tmp")) if base.is_dir() else ():
-                    target = _target_of_temp(p)
-                    rel = target.relative_to(self.dir).as_posix() if target is not None else None
+                for p, target in _stale_temp_files(self.dir / folder, names):
+                    rel = target.relative_to(self.dir).as_posix()
                     if rel in m:
                         self._finish_commit(rel, m[rel])  # renames this temp file if it holds the entry's bytes
                     p.unlink(missing_ok=True)

@@ -8,6 +8,9 @@ writes it) runs with a *plan* that makes it SIGKILL itself at a chosen point:
 - {"kill": "commit", "name": F, "n": N, "point": P}: inside the N-th write of a file named F (through
   `store`), at point P of the commit (`COMMIT_POINTS`, in the order they happen);
 - {"count": FILE}: appends its pid to FILE when it starts computing (one line per computation);
+- {"kill": "call", "target": "module.function", "n": N}: right after the N-th call of that function returns
+  (e.g. "shutil.copyfile": an export killed after N files);
+- {"writes": FILE}: appends the path of every file it writes through `store` (one line each, in order);
 - {"barrier": PATH}: waits for PATH to exist before it starts (two workers released together);
 - {"log": FILE}: per stage, the first progress step it reports (a resumed job reports a later one).
 
@@ -76,6 +79,29 @@ def install(plan):
             b = os.path.basename(path)
             return b.startswith("." + name + ".") and b.endswith(".tmp")
 
+    if plan.get("writes"):
+        _logged_write = store._write_file
+        def logged_write(fd, data):
+            tmp = os.readlink(f"/proc/self/fd/{fd}")
+            with open(plan["writes"], "a") as f:
+                f.write(os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[1:-13]) + "\n")
+            return _logged_write(fd, data)
+        store._write_file = logged_write
+
+    if kill == "call":
+        import importlib
+        module_name, attr = plan["target"].rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        _real, calls = getattr(module, attr), [0]
+        def counted(*a, **k):
+            out = _real(*a, **k)
+            calls[0] += 1
+            if calls[0] == plan["n"]:
+                die()
+            return out
+        setattr(module, attr, counted)
+
+    if kill == "commit":
         _write_file = store._write_file
         def write_file(fd, data):
             if is_temp_of_name(os.readlink(f"/proc/self/fd/{fd}")):
@@ -139,7 +165,8 @@ sys.exit(jobs._worker_main(sys.argv[1:]))
 # {"pid", "returncode"} (negative = killed by that signal, as subprocess reports it). It computes nothing
 # itself, so its children start with fresh OpenMP state.
 SERVER = HOOKS + r'''
-import influence.train, influence.estimator, influence.cleanse, influence.validation  # noqa: F401  (imported once)
+import influence.train, influence.estimator, influence.cleanse, influence.validation, influence.cli  # noqa: F401
+import influence.baselines, influence.export, torchvision.utils  # noqa: F401  (imported once, not per worker)
 for line in sys.stdin:
     req = json.loads(line)
     pid = os.fork()
@@ -150,7 +177,11 @@ for line in sys.stdin:
             err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(err, 2)
             install(req["plan"])
-            code = jobs._worker_main([req["root"], req["key"]])
+            if req.get("cli"):
+                from influence import cli
+                code = cli.main(req["cli"])
+            else:
+                code = jobs._worker_main([req["root"], req["key"]])
         except BaseException:
             import traceback
             traceback.print_exc()
@@ -205,16 +236,24 @@ class ForkServer:
         self.n = 0
 
     def run(self, root: Path, spec: dict, plan: dict | None = None) -> subprocess.CompletedProcess:
+        """A job worker for `spec` in store `root`, with `plan`."""
         key = write_spec(root, spec)
+        return self._request({"root": str(root), "key": key, "plan": plan or {}}, key)
+
+    def cli(self, argv: list[str], plan: dict | None = None) -> subprocess.CompletedProcess:
+        """`gan-influence argv` (its stdout is dropped), with `plan`."""
+        return self._request({"cli": argv, "plan": plan or {}}, "cli")
+
+    def _request(self, req: dict, name: str) -> subprocess.CompletedProcess:
         self.n += 1
         err = self.scratch / f"worker-{self.n}.err"
-        self.proc.stdin.write(json.dumps({"root": str(root), "key": key, "plan": plan or {}, "stderr": str(err)}) + "\n")
+        self.proc.stdin.write(json.dumps({**req, "stderr": str(err)}) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the fork server died (exit {self.proc.wait()})")
         answer = json.loads(line)
-        return subprocess.CompletedProcess([key], answer["returncode"], "", err.read_text() if err.exists() else "")
+        return subprocess.CompletedProcess([name], answer["returncode"], "", err.read_text() if err.exists() else "")
 
     def close(self) -> None:
         self.proc.stdin.close()

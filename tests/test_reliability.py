@@ -204,7 +204,7 @@ def test_training_cli_killed_from_outside_resumes_to_identical_results(tmp_path)
 
 
 # ---------------------------------------------------------------- kill -9: influence pass
-def test_influence_pass_killed_at_four_points_resumes_to_identical_scores(tmp_path, small):
+def test_influence_pass_killed_at_five_points_resumes_to_identical_scores(tmp_path, small):
     root, log = tmp_path / "store", tmp_path / "first.jsonl"
     run = copy_run(small["root"], small["run_id"], root)
     spec = estimate_spec(run.run_id)
@@ -214,6 +214,8 @@ def test_influence_pass_killed_at_four_points_resumes_to_identical_scores(tmp_pa
         {"kill": "commit", "name": "state.pt", "n": 1, "point": "renamed"},  # right after the checkpoint of step 6
         {"kill": "commit", "name": "state.pt", "n": 1, "point": "manifest_renamed"},  # step-9 checkpoint half-committed
         {"kill": "commit", "name": "scores.npy", "n": 1, "point": "renamed"},  # first metric's scores, the rest not
+        # every result stored, the table not (before: the rerun found the results and never wrote a table)
+        {"kill": "commit", "name": "table.parquet", "n": 1, "point": "temp_synced"},
     ]
     for plan in kills:
         done = run_worker(root, spec, {**plan, "log": str(log)})
@@ -223,8 +225,9 @@ def test_influence_pass_killed_at_four_points_resumes_to_identical_scores(tmp_pa
     assert done.returncode == 0, done.stderr
     assert jobs.read_status(root, key)["state"] == "done"
     # scratch; resumed after step 3 (the step-6 temp file is ignored); after step 6; after step 9 (the
-    # half-committed step-9 checkpoint is finished from its temp file); again after step 9.
-    assert first_done(log, "influence") == [1, 4, 7, 10, 10]
+    # half-committed step-9 checkpoint is finished from its temp file); again after step 9; no step at all: the
+    # results were stored, only the table was missing.
+    assert first_done(log, "influence") == [1, 4, 7, 10, 10, None]
     assert_same_influence(run, small["ref"])
     faults("kill-influence", len(kills), "SIGKILLs of the influence worker")
 

@@ -94,6 +94,8 @@ def _read_result(run: store.Run, folder: str) -> InfluenceResult:
 
 # ---------------------------------------------------------------- named results
 CHOSEN = "influence/chosen.json"
+TABLE_META = "influence/table.json"  # written last of the table's files: what it shows
+TABLE_FILES = ("table.parquet", "table.csv", "table.json")
 RESULTS_LOCK = "influence-in-use"  # the run's artefact lock of CHOSEN and the table (`store.Run.exclusive`)
 
 
@@ -191,7 +193,7 @@ def write_table(run: store.Run, dataset) -> pd.DataFrame:
     table = influence_table(run, dataset, name)
     run.write("influence/table.parquet", _parquet_bytes(table))
     run.write("influence/table.csv", table.to_csv(index=False).encode())
-    run.write_json("influence/table.json", table_metadata(run, cached_results(run, name), name))
+    run.write_json(TABLE_META, table_metadata(run, cached_results(run, name), name))
     return table
 
 

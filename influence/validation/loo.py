@@ -143,6 +143,7 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
                 report(finished)
     total = seconds()
     run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": total})
+    run.remove_stale_temp_files(["validate/_partial"], [f"{key}.json"])  # a killed writer's (this key's lock)
     actual = np.array([done[str(j)] for j in ids.tolist()]).T
     return actual, total
 
@@ -227,8 +228,10 @@ def validate(
         epochs = f"-ep{trace_epochs}" if trace_epochs is not None else ""
         # named by the estimate's options (all of them), so results with other options do not overwrite it
         key = f"{m}-n{n}-{selection}-s{seed}-{result_name(options, trace.final.shape[0])}{epochs}"
-        run.write_npy(f"validate/{key}/pairs.npy", np.stack([ids, est, actual[i]]).T)
-        run.write_json(f"validate/{key}/result.json", acc.as_dict())
+        with run.exclusive(f"validate-{key}"):  # one writer; a killed one's temp files go
+            run.remove_stale_temp_files([f"validate/{key}"])
+            run.write_npy(f"validate/{key}/pairs.npy", np.stack([ids, est, actual[i]]).T)
+            run.write_json(f"validate/{key}/result.json", acc.as_dict())
         out[m] = acc
     return out
 
