@@ -12,7 +12,9 @@ left; an export's folder byte for byte (its manifest without "created"). Points:
 run file, `MANIFEST_POINTS` in every write of a manifest, `PLAIN_POINTS` in other files.
 
 - training: the 2D toy (600 points, 3 epochs) with SGD, momentum and Adam + EMA, each with trace snapshots and
-  with checkpoints (6 configs), as train jobs;
+  with checkpoints (6 configs), as train jobs; every point for SGD with snapshots, the point between the
+  manifest and the rename for the others (tests/test_reliability.py kills inside a checkpoint's commit at
+  all 6 points for SGD and Adam + EMA in both modes);
 - influence: an estimate job of `all` and `dloss` with a backward-pass checkpoint every 3 steps;
 - sweep: a sweep job over seeds 0 and 1 (methods all, random; 50 removed), which trains, estimates, cleanses
   (one point a write: between the manifest and the rename for run files, a complete temp file for its tables);
@@ -162,13 +164,17 @@ def _copy_store(start: Path | None, root: Path) -> None:
 
 
 def training(server: ForkServer, scratch: Path, progress=print) -> list[Point]:
+    """Every point of every write for the first config; for the others the point between the manifest and the
+    rename of every run file (a 2-core machine: about 25 s a point under load)."""
     points = []
-    for opt, fields in TRAINING_CONFIGS.items():
-        for mode, more in TRACE_MODES.items():
+    for i, (opt, fields) in enumerate(TRAINING_CONFIGS.items()):
+        for j, (mode, more) in enumerate(TRACE_MODES.items()):
             cfg = small_config(**fields, **more)
             spec = {"kind": "train", "params": {"config": cfg.to_dict()}}
+            full = i == j == 0
             points += kill_matrix(server, "training", f"{opt}-{mode}", scratch, spec, None, [cfg.run_id],
-                                  progress=progress)
+                                  progress=progress, points_run=POINTS if full else ("manifest_renamed",),
+                                  points_manifest=MANIFEST_POINTS if full else ())
     return points
 
 

@@ -451,7 +451,9 @@ def _tidy(run: store.Run) -> None:
     """A finished run needs neither its checkpoint nor the temp files of writes that a kill interrupted
     (only training writes these folders). The checkpoint goes last: while it is there, `train` comes back
     here (a kill in between)."""
-    run.remove_stale_temp_files(("", "grids", "weights", "trace", "features"))
+    run.remove_stale_temp_files(("grids", "weights", "trace", "features"))
+    # the run folder holds others' files too (the manifest's temp files are written under its lock, which this holds)
+    run.remove_stale_temp_files([""], ["config.json", "history.json", "summary.json", "manifest.json"])
     run.forget("checkpoint/")
     for p in sorted(run.path("checkpoint").iterdir()) if run.exists("checkpoint") else []:
         if p.is_file():
