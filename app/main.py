@@ -4,12 +4,23 @@ The pages only call the engine (`influence`); long work runs as background jobs,
 the current run and removal set are kept in the store, so nothing is lost on refresh.
 """
 
+import sys
+
 import streamlit as st
+from streamlit import config as st_config
 
 from explorer import jobpanel, state, widgets
 from influence.errors import InfluenceError, StoreError
 
 st.set_page_config(page_title="GAN Influence Explorer", page_icon="📊", layout="wide")
+
+# Loopback only unless asked: with a Streamlit that did not read app/.streamlit/config.toml this would serve the
+# network. Nothing is shown then but the reason (also on the server's console).
+problem = widgets.exposure_problem(st.get_option("server.address"), st_config.is_manually_set("server.address"))
+if problem:
+    print(problem, file=sys.stderr)
+    st.error(problem, icon=":material/lock:")
+    st.stop()
 
 try:
     root = state.root()
@@ -30,8 +41,11 @@ page = st.navigation(pages)
 with st.sidebar:
     st.markdown("### GAN Influence Explorer")
     st.caption("Which training images help or hurt a GAN? (ASGD-Influence, Terashita et al., ICLR 2021)")
-    widgets.run_picker(root)
-    jobpanel.sidebar_list(root)
+    try:  # the sidebar is on every page: a store problem here must not take every page down
+        widgets.run_picker(root)
+        jobpanel.sidebar_list(root)
+    except InfluenceError as e:
+        st.error(str(e), icon=":material/error:")
     st.caption(f"Store: `{root}`")
 
 try:

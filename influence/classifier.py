@@ -13,6 +13,7 @@ All of them live in the user-level cache (`store.cache_dir`), shared by every st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -241,14 +242,23 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
                           "cannot be trained: set eval.feature=autoencoder (trained on your images) or "
                           "eval.feature=inception (pytorch-fid's Inception-v3)")
     net = MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
-    if (source := _stored_weights(weights, pinned)) is not None:
-        net.load_state_dict(store.load_state_dict(source))
-    else:
-        net, accuracy = train_classifier(dataset, progress=progress)
-        store.save_state_dict(weights, net.state_dict())
-        store.write_json(weights.with_suffix(".json"), {"test_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS, "lr": CLASSIFIER_LR,
-                                "batch": CLASSIFIER_BATCH, "seed": CLASSIFIER_SEED, "n_classes": net.logits.out_features})
+    with _training_once(weights, pinned):
+        if (source := _stored_weights(weights, pinned)) is not None:
+            net.load_state_dict(store.load_state_dict(source))
+        else:
+            net, accuracy = train_classifier(dataset, progress=progress)
+            store.save_state_dict(weights, net.state_dict())
+            store.write_json(weights.with_suffix(".json"), {"test_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS,
+                             "lr": CLASSIFIER_LR, "batch": CLASSIFIER_BATCH, "seed": CLASSIFIER_SEED,
+                             "n_classes": net.logits.out_features})
     return FeatureNet(net)
+
+
+def _training_once(weights: Path, pinned: Path | None):
+    """One process trains a data set's feature net into the user cache; the others wait and load it."""
+    if pinned is not None or _stored_weights(weights, None) is not None:
+        return contextlib.nullcontext()
+    return store.exclusive(weights.with_name(f".{weights.name}.lock"), f"the feature net {weights.name}")
 
 
 def _stored_weights(weights: Path, pinned: Path | None) -> Path | None:
@@ -261,13 +271,14 @@ def _stored_weights(weights: Path, pinned: Path | None) -> Path | None:
 
 def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None) -> FeatureNet:
     net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
-    if (source := _stored_weights(weights, pinned)) is not None:
-        net.load_state_dict(store.load_state_dict(source))
-    else:
-        net, r2 = train_autoencoder(dataset)
-        store.save_state_dict(weights, net.state_dict())
-        store.write_json(weights.with_suffix(".json"), {"test_r2": r2, "steps": AE_STEPS, "lr": AE_LR, "batch": AE_BATCH, "code": AE_CODE,
-                                "seed": CLASSIFIER_SEED})
+    with _training_once(weights, pinned):
+        if (source := _stored_weights(weights, pinned)) is not None:
+            net.load_state_dict(store.load_state_dict(source))
+        else:
+            net, r2 = train_autoencoder(dataset)
+            store.save_state_dict(weights, net.state_dict())
+            store.write_json(weights.with_suffix(".json"), {"test_r2": r2, "steps": AE_STEPS, "lr": AE_LR,
+                             "batch": AE_BATCH, "code": AE_CODE, "seed": CLASSIFIER_SEED})
     return FeatureNet(_Encoder(net), has_probs=False)
 
 

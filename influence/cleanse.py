@@ -96,11 +96,14 @@ def cleanse(
     key = removal_key(ids, mode)
     if run.exists(f"cleanse/{key}/result.json"):
         return _load(run, key, ids)
-    plan = choose_plan(ctx, trace, 1) if mode == "replay" else LanePlan("sequential", 1, "")
-    (theta_d, theta_g, before, after, seconds), = _timed_counterfactuals(ctx, trace, [ids], mode, plan,
-                                                                       TaskEnv(progress, cancel))
-    return _store_attempt(ctx, run, key, ids, mode, theta_d.to(ctx.device), theta_g.to(ctx.device), before, after,
-                          seconds)
+    with run.exclusive(f"cleanse-{key}", progress, cancel):  # one computation of an attempt, whoever asks
+        if run.exists(f"cleanse/{key}/result.json"):
+            return _load(run, key, ids)
+        plan = choose_plan(ctx, trace, 1) if mode == "replay" else LanePlan("sequential", 1, "")
+        (theta_d, theta_g, before, after, seconds), = _timed_counterfactuals(ctx, trace, [ids], mode, plan,
+                                                                           TaskEnv(progress, cancel))
+        return _store_attempt(ctx, run, key, ids, mode, theta_d.to(ctx.device), theta_g.to(ctx.device), before,
+                              after, seconds)
 
 
 def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = "replay", executor: Executor | None = None,
@@ -143,9 +146,18 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
         size = plan.lanes if plan.mode == "batched" else 1
         todo += [(r, tuple(waiting[i:i + size])) for i in range(0, len(waiting), size)]
 
+    held: dict = {}  # item -> its attempt's lock, from the start of its task here until it is stored
+
     def here(item, env: TaskEnv):
-        _, trace, ctx, sets, plan = runs[item[0]]
-        return _timed_counterfactuals(ctx, trace, [sets[i] for i in item[1]], mode, plan, _tagged(env, item[0]))
+        run, trace, ctx, sets, plan = runs[item[0]]
+        env = _tagged(env, item[0])
+        held[item] = stack.enter_context(contextlib.ExitStack())  # closed once the results are stored
+        held[item].enter_context(_attempt_locks(run, [sets[i] for i in item[1]], mode, env.progress, env.cancel))
+        # sets stored by a process this one waited for are not computed again
+        missing = [i for i in item[1] if not run.exists(f"cleanse/{removal_key(sets[i], mode)}/result.json")]
+        computed = dict(zip(missing, _timed_counterfactuals(ctx, trace, [sets[i] for i in missing], mode, plan, env)
+                            if missing else []))
+        return [computed.get(i) for i in item[1]]
 
     def payload(r: int) -> RunPayload:
         run, trace, ctx, _, _ = runs[r]
@@ -159,9 +171,30 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
             executor = stack.enter_context(open_executor(len(todo)))
         for (r, indices), attempts in executor.run(tasks, progress, cancel):
             run, _, ctx, sets, _ = runs[r]
-            for i, (theta_d, theta_g, before, after, seconds) in zip(indices, attempts):
-                yield r, i, _store_attempt(ctx, run, removal_key(sets[i], mode), sets[i], mode, theta_d.to(ctx.device),
-                                           theta_g.to(ctx.device), before, after, seconds)
+            stored = []
+            # computed here: their locks are held since; computed on a worker: one writer stores each
+            with held.pop((r, indices), None) or _attempt_locks(run, [sets[i] for i in indices], mode,
+                                                                 _tagged(TaskEnv(progress), r).progress, cancel):
+                for i, out in zip(indices, attempts):
+                    key = removal_key(sets[i], mode)
+                    if out is None or run.exists(f"cleanse/{key}/result.json"):
+                        stored.append((i, _load(run, key, sets[i])))
+                    else:
+                        theta_d, theta_g, before, after, seconds = out
+                        stored.append((i, _store_attempt(ctx, run, key, sets[i], mode, theta_d.to(ctx.device),
+                                                         theta_g.to(ctx.device), before, after, seconds)))
+            for i, result in stored:
+                yield r, i, result
+
+
+@contextlib.contextmanager
+def _attempt_locks(run: store.Run, sets: list[np.ndarray], mode: str, progress: ProgressFn | None,
+                   cancel: CancelToken | None):
+    """The locks of these attempts, taken in the order of their keys (two processes never wait on each other)."""
+    with contextlib.ExitStack() as locks:
+        for key in sorted({removal_key(ids, mode) for ids in sets}):
+            locks.enter_context(run.exclusive(f"cleanse-{key}", progress, cancel))
+        yield
 
 
 def _timed_counterfactuals(ctx: RunContext, trace: Trace, sets: list[np.ndarray], mode: str, plan: LanePlan,
@@ -221,6 +254,7 @@ def _store_attempt(ctx: RunContext, run: store.Run, key: str, ids: np.ndarray, m
 
 def _save(ctx: RunContext, run: store.Run, result: CleanseResult, theta_d, theta_g) -> None:
     base = f"cleanse/{result.key}"
+    run.remove_stale_temp_files([base])  # of a writer killed before: the caller holds the attempt's lock
     run.write_npy(f"{base}/removed.npy", result.removed)
     run.write_npy(f"{base}/weights.npy", torch.cat([theta_d, theta_g]).detach().cpu().numpy())
     with torch.no_grad():

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import allocator, jobs, store  # noqa: E402
 from .errors import Cancelled, ConfigError, InfluenceError  # noqa: E402
 from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, sign_sentence  # noqa: E402
-from .removal import read_removal_csv  # noqa: E402, F401  (also the CLI's public parser of removal CSVs)
+from .removal import MAX_REMOVAL_BYTES, read_removal_csv  # noqa: E402, F401  (also the CLI's public parser)
 
 SIGN_HELP = (
     "Influence = predicted change of the metric if the instance is removed. "
@@ -160,9 +161,12 @@ class _Bar:
     """tqdm on stderr, one bar per stage."""
 
     def __init__(self, quiet: bool = False):
-        self.bar, self.stage, self.quiet = None, None, quiet
+        self.bar, self.stage, self.quiet, self.waiting = None, None, quiet, None
 
     def __call__(self, p) -> None:
+        if p.stage == "waiting" and p.info.get("for") != self.waiting:  # another process writes what this one needs
+            self.waiting = p.info.get("for")
+            print(f"waiting for another process to finish {self.waiting}", file=sys.stderr)
         if self.quiet or not p.total:  # start-up stages without a count (loading data): nothing to draw
             return
         from tqdm import tqdm
@@ -274,6 +278,10 @@ def _print_source(source: dict | None, run_dir: Path) -> None:
 
 def cmd_runs(args, root: Path) -> int:
     runs = store.list_runs(root)
+    foreign = store.foreign_folders(root)
+    if foreign:  # on stderr: --json output stays the list of runs
+        print(f"skipped {len(foreign)} folder(s) in the store that are not runs (not a run id): "
+              + ", ".join(repr(f) for f in foreign), file=sys.stderr)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items()} for r in runs], default=str))
         return 0
@@ -369,12 +377,15 @@ def _check_metrics(run: store.Run, metrics: list[str]) -> None:
         check_metric(m, cfg.is_2d)
 
 
-MAX_REMOVAL_FILE_BYTES = 64 * 2**20
+MAX_REMOVAL_FILE_BYTES = MAX_REMOVAL_BYTES  # the app's uploads have the same limit
 
 
 def _read_removal_file(path: str) -> str:
     try:
-        with open(path, "rb") as f:
+        # opened without blocking and checked first: a FIFO would hang the command
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"removal file '{path}' is not a regular file")
             data = f.read(MAX_REMOVAL_FILE_BYTES + 1)
         if len(data) > MAX_REMOVAL_FILE_BYTES:
             raise ConfigError(f"removal file '{path}' is larger than {MAX_REMOVAL_FILE_BYTES // 2**20} MB")
@@ -435,7 +446,8 @@ def cmd_export(args, root: Path) -> int:
     ctx = RunContext.create(load_run_config(run), root)
     ids = read_removal_csv(_read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths,
                            ctx.dataset.ambiguous_paths)
-    manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
+    with store.folder_lock(root, args.to):  # two exports to one folder: the second waits, then finds it taken
+        manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
     if args.json:
         print(json.dumps(manifest))
         return 0

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -429,12 +431,38 @@ def with_init_checksums(cfg: RunConfig) -> RunConfig:
             if getattr(cfg.model, sha_field) is not None:
                 changes[sha_field] = None
             continue
-        try:
-            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        except OSError as e:
-            raise ConfigError(f"model.init_{player}: cannot read '{path}' ({e.strerror or e})") from None
-        changes[sha_field] = digest
+        changes[sha_field] = hashlib.sha256(read_init_file(path, f"model.init_{player}")).hexdigest()
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes)) if changes else cfg
+
+
+MAX_INIT_BYTES = 1 << 30  # 1 GiB: 268M float32 parameters, far above any built-in architecture
+
+
+def read_init_file(path: str | Path, key: str) -> bytes:
+    """The bytes of a pretrained-weights file (model.init_g / init_d): a regular file of at most MAX_INIT_BYTES,
+    else one ConfigError line. Opened without blocking and checked before reading: a FIFO would hang the
+    reader (the app's field takes any path), /dev/zero would fill memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"{key}: cannot read '{path}' ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{key}: '{path}' is not a regular file (a folder, FIFO or device); give a .pt or "
+                              ".safetensors weights file")
+        if info.st_size > MAX_INIT_BYTES:
+            raise ConfigError(f"{key}: '{path}' has {info.st_size / 2**20:.0f} MiB, more than the "
+                              f"{MAX_INIT_BYTES >> 20} MiB a weights file of these architectures can need")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_INIT_BYTES + 1)
+        if len(data) > MAX_INIT_BYTES:  # it grew while being read
+            raise ConfigError(f"{key}: '{path}' is larger than {MAX_INIT_BYTES >> 20} MiB")
+        return data
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read '{path}' ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
 
 
 def _all_keys() -> list[str]:

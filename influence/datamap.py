@@ -23,11 +23,16 @@ METHOD_LABELS = {"pca": "PCA", "tsne": "t-SNE"}
 def training_features(run: store.Run, ctx) -> np.ndarray:
     """(n_train, d) float32 features of the training images (cached in the run)."""
     rel = "map/features.npy"
-    if run.exists(rel):
-        try:
-            return run.read_npy(rel)
-        except store.StoreError:
-            pass  # damaged: computed again
+    with run.exclusive("map-features"):  # computed once, whoever asks first (two tabs)
+        if run.exists(rel):
+            try:
+                return run.read_npy(rel)
+            except store.StoreError:
+                pass  # damaged: computed again
+        return _training_features(run, ctx, rel)
+
+
+def _training_features(run: store.Run, ctx, rel: str) -> np.ndarray:
     x = ctx.dataset.train.x
     if ctx.features is None:
         feats = x.reshape(len(x), -1).numpy().astype(np.float32)
@@ -36,6 +41,7 @@ def training_features(run: store.Run, ctx) -> np.ndarray:
         dtype = next(net.parameters()).dtype
         with torch.no_grad():
             feats = batched(lambda b: net(b.to(ctx.device, dtype))[0], x, 500).float().cpu().numpy()
+    run.remove_stale_temp_files(["map"], ["features.npy"])  # a killed writer's
     run.write_npy(rel, feats)
     return feats
 
@@ -45,17 +51,19 @@ def embedding(run: store.Run, method: str = "pca", ctx=None) -> np.ndarray:
     if method not in METHODS:
         raise ConfigError(f"map method must be one of {METHODS}")
     rel = f"map/{method}.npy"
-    if run.exists(rel):
-        try:
-            return run.read_npy(rel)
-        except store.StoreError:
-            pass
-    if ctx is None:
-        from .context import RunContext, load_run_config
+    with run.exclusive(f"map-{method}"):  # t-SNE takes minutes: computed once, whoever asks first
+        if run.exists(rel):
+            try:
+                return run.read_npy(rel)
+            except store.StoreError:
+                pass
+        if ctx is None:
+            from .context import RunContext, load_run_config
 
-        ctx = RunContext.create(load_run_config(run), run.root)
-    coords = embed(training_features(run, ctx), method)
-    run.write_npy(rel, coords)
+            ctx = RunContext.create(load_run_config(run), run.root)
+        coords = embed(training_features(run, ctx), method)
+        run.remove_stale_temp_files(["map"], [f"{method}.npy"])  # a killed writer's
+        run.write_npy(rel, coords)
     return coords
 
 

@@ -76,10 +76,14 @@ def metric_report(run: store.Run, ctx=None) -> dict:
     """The run's stored report, computed (and stored) on first request."""
     if run.exists(REPORT):
         return run.read_json(REPORT)
-    if ctx is None:
-        ctx = RunContext.create(load_run_config(run), run.root)
-    report = compute_report(ctx)
-    run.write_json(REPORT, report)
+    with run.exclusive("metric-report"):  # computed once, whoever asks first
+        if run.exists(REPORT):
+            return run.read_json(REPORT)
+        if ctx is None:
+            ctx = RunContext.create(load_run_config(run), run.root)
+        report = compute_report(ctx)
+        run.remove_stale_temp_files([""], [REPORT])  # a killed writer's
+        run.write_json(REPORT, report)
     return report
 
 

@@ -5,6 +5,7 @@ spec. Files under <store>/_jobs/<key>/:
     spec.json     what to run
     lock          flock-ed by the process computing the job (released when it dies)
     status.json   state (queued|running|done|failed|cancelled), stage, done/total, eta, message, result;
+                  (status.reserve: blocks kept for the last status when the disk is full)
                   queued_at / started (epoch seconds), stages {stage: seconds after started it began}:
                   start-up ("loading", "feature-net") comes before the job's own stages
     cancel        present = please stop (checked between steps)
@@ -38,13 +39,28 @@ STATUS_EVERY_S = 0.5
 # Probes of a lock (status reads, start_background) hold it for a moment; whoever wants the lock
 # retries this long before concluding that another process computes the job.
 LOCK_RETRY_S = 0.25
+RESERVE, RESERVE_BYTES = "status.reserve", 16384  # room for the last status on a full disk
 
 
 def job_key(spec: dict[str, Any]) -> str:
+    """kind + a hash of the spec in canonical form: one request, one key, whatever the order of its metrics."""
     if spec.get("kind") not in KINDS:
         raise InfluenceError(f"unknown job kind '{spec.get('kind')}'")
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps(_canonical(spec), sort_keys=True).encode()).hexdigest()[:12]
     return f"{spec['kind']}-{digest}"
+
+
+def _canonical(spec: dict[str, Any]) -> dict[str, Any]:
+    """An estimate of [is, fid] is an estimate of [fid, is] (the metrics are computed as one set). A spec with
+    its metrics already in order keeps its key."""
+    params = spec.get("params")
+    if spec["kind"] in ("estimate", "validate") and isinstance(params, dict) and isinstance(params.get("metrics"), list):
+        try:
+            metrics = sorted(set(params["metrics"]))
+        except TypeError:  # not all strings: the job's own checks will name it
+            return spec
+        return {**spec, "params": {**params, "metrics": metrics}}
+    return spec
 
 
 def job_dir(root: Path, key: str) -> Path:
@@ -114,6 +130,10 @@ def _read_status_file(d: Path, key: str) -> dict[str, Any]:
 
 
 def _write_status(d: Path, **fields: Any) -> None:
+    store.write_json(d / "status.json", _updated_status(d, fields))
+
+
+def _updated_status(d: Path, fields: dict[str, Any]) -> dict[str, Any]:
     path = d / "status.json"
     try:
         old = json.loads(path.read_text()) if path.exists() else {}
@@ -122,7 +142,49 @@ def _write_status(d: Path, **fields: Any) -> None:
     if not isinstance(old, dict):
         old = {}
     old.update(fields, updated=time.time())
-    store.write_json(path, old)
+    return old
+
+
+def _reserve_status_space(d: Path) -> None:
+    """A file of RESERVE_BYTES whose blocks are already allocated: on a full disk the job's last status is
+    written into it and renamed over status.json, which needs no new space (`_write_final_status`)."""
+    path = d / RESERVE
+    try:
+        if not path.exists() or path.stat().st_size != RESERVE_BYTES:
+            store.write_bytes(path, b" " * RESERVE_BYTES)
+    except (store.StoreError, OSError):
+        pass  # no space even for this: the status writes below fail as they would have
+
+
+def _write_final_status(d: Path, **fields: Any) -> None:
+    """The job's last state, also when the disk is full (when the failure is the full disk): then it goes into
+    the reserved blocks, without its traceback and with its message cut to fit, so the job reads "failed" with
+    the reason instead of "interrupted"."""
+    try:
+        _write_status(d, **fields)
+        return
+    except (store.StoreError, OSError) as e:
+        error = e
+    status = _updated_status(d, {k: v for k, v in fields.items() if k != "traceback"})
+    if status.get("state") == "done":  # its result cannot be recorded: say so (the results are in the store)
+        status.update(state="failed", result=None, message=f"the job finished but its status cannot be written "
+                      f"({error}); run it again to read its results")
+    data = json.dumps(status, allow_nan=True).encode()
+    if len(data) > RESERVE_BYTES:
+        status["message"] = str(status.get("message", ""))[:RESERVE_BYTES // 4]
+        status["result"] = None
+        data = json.dumps(status, allow_nan=True).encode()
+    try:
+        fd = os.open(d / RESERVE, os.O_WRONLY)  # no O_TRUNC: overwrite the allocated blocks
+        try:
+            os.pwrite(fd, data[:RESERVE_BYTES].ljust(RESERVE_BYTES), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(d / RESERVE, d / "status.json")
+        store._fsync_dir(d)
+    except OSError as e:
+        print(f"cannot record the job's state '{fields.get('state')}': {e}", file=sys.stderr)
 
 
 def list_jobs(root: Path) -> list[dict[str, Any]]:
@@ -171,8 +233,13 @@ def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], Non
         token = CancelToken(flag)
         # progress fields reset: a restarted job must not show the progress of the process that died
         started = time.time()
-        _write_status(d, key=key, state="running", pid=os.getpid(), started=started, message="", result=None,
-                      stage="starting", done=0, total=0, eta=None, stages={})
+        try:
+            _write_status(d, key=key, state="running", pid=os.getpid(), started=started, message="", result=None,
+                          stage="starting", done=0, total=0, eta=None, stages={})
+        except store.StoreError as e:  # a full disk before the start: the reserve of an earlier run may hold it
+            _write_final_status(d, key=key, state="failed", pid=os.getpid(), message=str(e))
+            raise
+        _reserve_status_space(d)
         last = [0.0]
         stages: dict[str, float] = {}  # stage -> seconds after `started` when it first reported (what took how long)
 
@@ -192,15 +259,15 @@ def run_job(root: Path, spec: dict[str, Any], progress: Callable[[Progress], Non
         try:
             result = execute(root, spec, report, token)
         except Cancelled as e:
-            _write_status(d, state="cancelled", message=str(e))
+            _write_final_status(d, state="cancelled", message=str(e))
             raise
         except InfluenceError as e:
-            _write_status(d, state="failed", message=str(e))
+            _write_final_status(d, state="failed", message=str(e))
             raise
         except Exception as e:
-            _write_status(d, state="failed", message=f"internal error: {e!r}", traceback=traceback.format_exc())
+            _write_final_status(d, state="failed", message=f"internal error: {e!r}", traceback=traceback.format_exc())
             raise
-        _write_status(d, state="done", result=result, message="")
+        _write_final_status(d, state="done", result=result, message="")
         return result
     finally:
         lock.release()

@@ -9,26 +9,30 @@ that does not fit the configured architecture is refused with the layer's name.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, read_init_file
 from .errors import ConfigError
 
 BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, data: bytes | None = None, key: str = "weights file") -> dict[str, torch.Tensor]:
+    """The state dict in `path` (its bytes `data` when read already): regular files up to
+    config.MAX_INIT_BYTES only (`config.read_init_file`)."""
     path = Path(path)
+    data = read_init_file(path, key) if data is None else data
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            state = load_file(str(path))
+            state = load(data)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise many kinds on a foreign or damaged file
         raise ConfigError(f"cannot read state dict '{path}' (torch weights_only or .safetensors): {e}") from None
     if isinstance(state, dict) and set(state) == {"state_dict"}:  # a common wrapper
@@ -65,14 +69,12 @@ def load_initial_weights(cfg: ModelConfig, generator: nn.Module, discriminator: 
                                          ("D", discriminator, cfg.init_d, cfg.init_d_sha256)):
         if path is None:
             continue
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise ConfigError(f"model.init_{player.lower()}: cannot read '{path}' ({e.strerror or e})") from None
+        key = f"model.init_{player.lower()}"
+        data = read_init_file(path, key)
         if hashlib.sha256(data).hexdigest() != digest:
-            raise ConfigError(f"model.init_{player.lower()}: '{path}' changed since the run was configured "
+            raise ConfigError(f"{key}: '{path}' changed since the run was configured "
                               "(its sha256 differs from the one in the run's config)")
-        state = read_state_dict(path)
+        state = read_state_dict(path, data, key)  # the bytes checked, not the file read again
         what = f"{player} weights '{Path(path).name}'"
         check_state_dict(module, state, what)
         module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in state.items()})

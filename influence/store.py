@@ -6,10 +6,15 @@ Layout (see docs/architecture.md):
     <store>/<run_id>/manifest.json       size + sha256 of every file written through `Run`
     <store>/<run_id>/...                 weights, trace, history, grids, results
 
-Every write goes to a temp file in the same folder and is renamed into place, so a
-crash leaves either the old file or the new one. Files are read back only after
-their checksum matches the manifest; a damaged file raises StoreError (callers
-rebuild caches, and report anything else).
+Every write goes to a temp file in the same folder and is renamed into place (then the
+folder is synced), so a crash leaves either the old file or the new one. Files are read
+back only after their checksum matches the manifest; a damaged file raises StoreError
+(callers rebuild caches, and report anything else).
+
+A run file is committed by its manifest entry: temp file (synced), manifest entry, rename.
+A writer killed between the entry and the rename leaves the complete new file in its temp
+file; the next reader finds it by the entry's checksum and renames it into place (`Run.verify`,
+`Run.exists`), so a kill at any instant leaves the last committed version readable.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
@@ -31,11 +37,13 @@ import numpy as np
 import torch
 
 from .errors import StoreError
+from .progress import CancelToken, ProgressFn, Reporter
 
 ENV_STORE = "GAN_INFLUENCE_STORE"
 ENV_CACHE = "GAN_INFLUENCE_CACHE"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _manifest_lock = threading.Lock()
+LOCKS = "_locks"  # <store>/_locks/<run_id>/<artefact>.lock: one writer per artefact (`Run.exclusive`)
 _MANIFEST_SELF = "#sha256"  # the manifest's own checksum (of its entries), so a damaged manifest is named as such
 
 
@@ -112,12 +120,60 @@ def _write_temp(path: Path, data: bytes) -> str:
 def _commit(tmp: str, path: Path) -> None:
     try:
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as e:
         _silent_unlink(tmp)
         raise StoreError(_cannot_write(path, e)) from None
     except BaseException:
         _silent_unlink(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_TEMP_TAIL = re.compile(r"^[a-z0-9_]{8}\.tmp$")  # what mkstemp adds after the prefix
+
+
+def _temp_files_of(path: Path) -> list[Path]:
+    """Temp files that writers of `path` left ('.<name>.<8 random characters>.tmp'), oldest first."""
+    head = f".{path.name}."
+    try:
+        found = [p for p in path.parent.iterdir()
+                 if p.name.startswith(head) and _TEMP_TAIL.match(p.name[len(head):])]
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+    except OSError:
+        return []
+
+
+def _target_of_temp(tmp: Path) -> Path | None:
+    """The file a temp file was written for, or None for anything else."""
+    name = tmp.name
+    if name.startswith(".") and len(name) > 14 and _TEMP_TAIL.match(name[-12:]) and name[-13] == ".":
+        return tmp.with_name(name[1:-13])
+    return None
+
+
+def _stale_temp_files(folder: Path, names: set[str] | None) -> list[tuple[Path, Path]]:
+    """(temp file, the file it was written for) in `folder`, for the file names in `names` (None: all)."""
+    out = []
+    for p in sorted(folder.glob(".*.tmp")) if folder.is_dir() else ():
+        target = _target_of_temp(p)
+        if target is not None and (names is None or target.name in names):
+            out.append((p, target))
+    return out
+
+
+def remove_stale_temp_files(folder: Path, names: Iterable[str] | None = None) -> None:
+    """Delete the temp files that killed writers of plain files (`write_bytes`, no manifest) left in `folder`;
+    only those of files named `names` if given. The caller is the only writer of those files now."""
+    for p, _ in _stale_temp_files(Path(folder), None if names is None else set(names)):
+        p.unlink(missing_ok=True)
 
 
 def _cannot_write(path: Path, e: OSError) -> str:
@@ -178,6 +234,66 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------- one writer at a time
+_held = threading.local()  # lock paths this thread holds -> depth (a nested take of a held lock does not wait)
+WAIT_REPORT_S = 0.5
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+    """Hold `lock` (a flock, across processes and threads) for the block: one writer of `what` at a time.
+
+    Whoever finds it held waits, reporting the stage "waiting" (info `for`: `what`) every half second and
+    stopping with Cancelled when `cancel` is set; the lock goes with its holder's death. The block gets
+    whether it waited: then the caller checks again whether the other writer already did the work."""
+    held = _held.__dict__.setdefault("paths", {})
+    key = str(lock)
+    if key in held:  # this thread holds it already (e.g. train() called inside a sweep's own training)
+        held[key] += 1
+        try:
+            yield False
+        finally:
+            held[key] -= 1
+        return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StoreError(f"cannot lock {what} ('{lock}'): {e.strerror or e}") from None
+    try:
+        report, last = None, 0.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if report is None or now - last >= WAIT_REPORT_S:
+                    report = report or Reporter("waiting", 0, progress, cancel)
+                    report(0, **{"for": what})  # raises Cancelled when asked to stop
+                    last = now
+                time.sleep(0.02)
+        held[key] = 1
+        try:
+            yield report is not None
+        finally:
+            del held[key]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def folder_lock(root: Path, folder: str | os.PathLike, progress: ProgressFn | None = None,
+                cancel: CancelToken | None = None):
+    """`exclusive` on a folder outside the runs that users of this store write (an export's target)."""
+    try:
+        resolved = str(Path(folder).expanduser().resolve())
+    except (OSError, ValueError, RuntimeError) as e:
+        raise StoreError(f"invalid folder '{folder}': {e}") from None
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    return exclusive(Path(root) / LOCKS / "_folders" / f"{digest}.lock", f"the folder {resolved}", progress, cancel)
+
+
 # ---------------------------------------------------------------- one run
 class Run:
     """A run folder. Every file written through it is listed in manifest.json."""
@@ -196,8 +312,17 @@ class Run:
             raise StoreError(f"path '{rel}' leaves the run folder")
         return p
 
+    def exclusive(self, artefact: str, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+        """`exclusive` on one artefact of the run ("train", "influence-<options>", "cleanse-<key>", ...): every
+        command, job and app page that writes it takes this first."""
+        name = check_run_id(artefact)  # the same rules: a plain file name
+        return exclusive(self.root / LOCKS / self.run_id / f"{name}.lock", f"{artefact} of run {self.run_id}",
+                         progress, cancel)
+
     def exists(self, rel: str) -> bool:
-        return self.path(rel).exists()
+        """The file is there (or a killed writer committed it and it is rolled forward now)."""
+        p = self.path(rel)
+        return p.exists() or (bool(_temp_files_of(p)) and self._roll_forward(rel))
 
     # manifest ------------------------------------------------------------
     def manifest(self) -> dict[str, dict[str, Any]]:
@@ -240,16 +365,49 @@ class Run:
     def _write_manifest(self, m: dict[str, dict[str, Any]]) -> None:
         write_json(self.dir / "manifest.json", {**m, _MANIFEST_SELF: hashlib.sha256(encode_json(m)).hexdigest()})
 
-    def remove_stale_temp_files(self, folders: Iterable[str]) -> None:
-        """Delete temp files that killed writers left in `folders` ("" = the run folder itself).
+    def remove_stale_temp_files(self, folders: Iterable[str], names: Iterable[str] | None = None) -> None:
+        """Finish the commits that killed writers left in `folders` ("" = the run folder itself), then
+        delete their other temp files (writes that never reached the manifest); only those of files named
+        `names` if given.
 
-        Only for folders no other process is writing to now; the manifest's temp files are
-        written under its lock, which this holds."""
-        with self._manifest_locked():
+        Only for files no other process is writing now (the caller holds their artefact's lock); the
+        manifest's temp files are written under its lock, which this holds."""
+        names = None if names is None else set(names)
+        with self._manifest_locked() as m:
             for folder in folders:
-                base = self.dir / folder
-                for p in base.glob(".*.tmp") if base.is_dir() else ():
+                for p, target in _stale_temp_files(self.dir / folder, names):
+                    rel = target.relative_to(self.dir).as_posix()
+                    if rel in m:
+                        self._finish_commit(rel, m[rel])  # renames this temp file if it holds the entry's bytes
                     p.unlink(missing_ok=True)
+
+    def _matches(self, p: Path, entry: dict[str, Any] | None) -> bool:
+        try:
+            return entry is not None and p.stat().st_size == entry["size"] and sha256_file(p) == entry["sha256"]
+        except OSError:
+            return False
+
+    def _finish_commit(self, rel: str, entry: dict[str, Any]) -> bool:
+        """Under the manifest lock: if `rel` differs from its entry and a temp file holds the entry's bytes (its
+        writer died between the manifest update and the rename), rename that into place. True if `rel` now
+        matches its entry."""
+        p = self.path(rel)
+        if self._matches(p, entry):
+            return True
+        for tmp in _temp_files_of(p):
+            if self._matches(tmp, entry):
+                try:
+                    os.replace(tmp, p)
+                    _fsync_dir(p.parent)
+                except OSError as e:
+                    raise StoreError(f"run {self.run_id}: cannot finish the interrupted write of '{rel}': "
+                                     f"{e.strerror or e}") from None
+                return True
+        return False
+
+    def _roll_forward(self, rel: str) -> bool:
+        with self._manifest_locked() as m:
+            return rel in m and self._finish_commit(rel, m[rel])
 
     def forget(self, prefix: str) -> None:
         """Drop manifest entries under `prefix` (their files are being removed or rebuilt)."""
@@ -258,22 +416,29 @@ class Run:
                 del m[k]
 
     def verify(self, rel: str) -> Path:
-        """The file's path after checking it against the manifest; StoreError if missing or damaged."""
+        """The file's path after checking it against the manifest; StoreError if missing or damaged.
+
+        No lock on the way there: a file that differs from its entry is checked again under the manifest
+        lock, where a writer is either done or dead (`_finish_commit`), so a reader racing a writer never
+        calls a file damaged."""
         p = self.path(rel)
-        entry = self.manifest().get(rel)
+        if self._matches(p, self.manifest().get(rel)):
+            return p
+        with self._manifest_locked() as m:
+            entry = m.get(rel)
+            if entry is not None and self._finish_commit(rel, entry):
+                return p
         if not p.exists():
             raise StoreError(f"run {self.run_id}: '{rel}' is missing")
         if entry is None:
             raise StoreError(f"run {self.run_id}: '{rel}' is not in the manifest (written outside the store?)")
-        if p.stat().st_size != entry["size"] or sha256_file(p) != entry["sha256"]:
-            raise StoreError(f"run {self.run_id}: '{rel}' is damaged (size or checksum differs from the manifest)")
-        return p
+        raise StoreError(f"run {self.run_id}: '{rel}' is damaged (size or checksum differs from the manifest)")
 
     # writers -------------------------------------------------------------
     def write(self, rel: str, data: bytes) -> Path:
         """Temp file, then the manifest entry, then the rename: a full disk at either write leaves
-        the old file and its manifest entry as they were (a kill between the last two steps leaves a
-        file whose checksum differs, which reads refuse as damaged)."""
+        the old file and its manifest entry as they were; a kill between the last two steps leaves the
+        new file committed in its temp file, which the next reader renames into place."""
         p = self.path(rel)
         tmp = _write_temp(p, data)
         try:
@@ -320,11 +485,25 @@ def open_run(root: Path, run_id: str) -> Run:
     return run
 
 
+def _store_folders(root: Path) -> list[Path]:
+    """The store's folders that may be runs (not its own `_...` folders, not hidden ones)."""
+    return [d for d in sorted(Path(root).iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))] \
+        if Path(root).exists() else []
+
+
+def foreign_folders(root: Path) -> list[str]:
+    """Folders in the store that cannot be runs: a name that is not a run id ('<id> (copy)', a backup). Runs
+    listings skip them (and say so), every command leaves them alone."""
+    return [d.name for d in _store_folders(root) if not (_RUN_ID.fullmatch(d.name) and ".." not in d.name)]
+
+
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Summaries of the runs in the store, newest first; damaged runs are listed with their problem."""
+    """Summaries of the runs in the store, newest first; damaged runs are listed with their problem. Folders
+    that are not runs are skipped (`foreign_folders`)."""
     out = []
-    for d in sorted(Path(root).iterdir()) if Path(root).exists() else []:
-        if not d.is_dir() or d.name.startswith(("_", ".")) or not (d / "config.json").exists():
+    foreign = set(foreign_folders(root))
+    for d in _store_folders(root):
+        if d.name in foreign or not (d / "config.json").exists():
             continue
         run = Run(root, d.name)
         entry: dict[str, Any] = {"run_id": d.name, "modified": (d / "config.json").stat().st_mtime}

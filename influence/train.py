@@ -36,6 +36,7 @@ from .stepmap import (KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, Traini
                       checkpoint_spacing, initial_state, step)
 
 TRACE_FILES = ("states", "batches", "z", "lrs", "kinds", "counts")
+CHECKPOINT = "checkpoint/state.pt"
 log = logging.getLogger(__name__)
 
 
@@ -301,13 +302,27 @@ def train(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
 ) -> store.Run:
-    """Train (or resume, or reuse) the run of `cfg`; returns its store folder."""
+    """Train (or resume, or reuse) the run of `cfg`; returns its store folder.
+
+    One trainer per run (`Run.exclusive("train")`), whoever calls: a train job, a sweep, the CLI. A second
+    one waits and then finds the run finished."""
     root = store.store_root(root)
     run = store.Run(root, cfg.run_id)
-    if run.exists("summary.json"):
+    if run.exists("summary.json") and not run.exists(CHECKPOINT):
         run.read_json("summary.json")  # verifies the finished run is intact
         return run
-    require_prepared(cfg)
+    with run.exclusive("train", progress, cancel):
+        if run.exists("summary.json"):  # trained by the process this one waited for, or tidied here
+            run.read_json("summary.json")
+            _tidy(run)
+            return run
+        require_prepared(cfg)
+        _train(cfg, run, progress, cancel)
+    return run
+
+
+def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: CancelToken | None) -> None:
+    root = run.root
     ctx = RunContext.create(cfg, root)
     started = time.perf_counter()
     state = initial_train_state(ctx)
@@ -326,7 +341,7 @@ def train(
     resumed = _load_checkpoint(run, layout)
     if resumed is not None:
         flat, rng_state, history, items, start_epoch = resumed
-        state = layout.split(flat.to(ctx.device, ctx.dtype))
+        state = _resumed_state(ctx, layout, flat)
         rng.set_state(rng_state)
     rec = _Recorder(first_traced, every, cfg.train.batch_size, cfg.model.z_dim, items)
 
@@ -347,7 +362,6 @@ def train(
         report(epoch * per_epoch, epoch=epoch, epoch_done=entry)
 
     _finish(ctx, run, state, layout, rec, first_traced, history, time.perf_counter() - started, total)
-    return run
 
 
 def _write_grid(ctx: RunContext, run: store.Run, epoch: int, theta_g: torch.Tensor) -> None:
@@ -375,14 +389,23 @@ def _save_checkpoint(run, epoch, state: TrainState, rng, history, items) -> None
     ckpt = {"state": state.flat().cpu(), "rng": rng.get_state(), "epoch": epoch, "history": json.dumps(history)}
     for name, values in items.items():
         ckpt[f"trace_{name}"] = torch.from_numpy(np.stack(values)) if values else torch.zeros(0)
-    run.write_state_dict("checkpoint/state.pt", ckpt)
+    run.write_state_dict(CHECKPOINT, ckpt)
+
+
+def _resumed_state(ctx: RunContext, layout: StateLayout, flat: torch.Tensor) -> TrainState:
+    """The checkpoint's state with every block in storage of its own, as training allocates it: as views
+    into one flat tensor (other memory alignment), Adam's elementwise update took other vectorised paths
+    and a resumed run differed from an uninterrupted one in the last bit."""
+    s = layout.split(flat.to(ctx.device, ctx.dtype))
+    own = lambda t: None if t is None else t.clone()  # noqa: E731
+    return TrainState(own(s.theta_d), own(s.theta_g), tuple(map(own, s.buf_d)), tuple(map(own, s.buf_g)), own(s.ema))
 
 
 def _load_checkpoint(run: store.Run, layout: StateLayout):
-    if not run.exists("checkpoint/state.pt"):
+    if not run.exists(CHECKPOINT):
         return None
     try:
-        ckpt = run.read_state_dict("checkpoint/state.pt")
+        ckpt = run.read_state_dict(CHECKPOINT)
         items = {name: list(ckpt[f"trace_{name}"].numpy()) for name in TRACE_FILES}
         if ckpt["state"].numel() != layout.numel:
             raise KeyError("state size")
@@ -430,13 +453,20 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
     if ctx.dataset.notes is not None:  # own images: what was read, skipped, renamed, held out
         run.write_json(SOURCE_RECORD, ctx.dataset.source_report())
     run.write_json("summary.json", summary)
-    # The checkpoint is no longer needed once the finished run is on disk, nor are the temp
-    # files of writes that a kill interrupted (only training writes these folders).
+    _tidy(run)
+
+
+def _tidy(run: store.Run) -> None:
+    """A finished run needs neither its checkpoint nor the temp files of writes that a kill interrupted
+    (only training writes these folders). The checkpoint goes last: while it is there, `train` comes back
+    here (a kill in between)."""
+    run.remove_stale_temp_files(("grids", "weights", "trace", "features"))
+    # the run folder holds others' files too (the manifest's temp files are written under its lock, which this holds)
+    run.remove_stale_temp_files([""], ["config.json", "history.json", "summary.json", "manifest.json"])
     run.forget("checkpoint/")
     for p in sorted(run.path("checkpoint").iterdir()) if run.exists("checkpoint") else []:
         if p.is_file():
             p.unlink(missing_ok=True)
-    run.remove_stale_temp_files(("", "grids", "weights", "trace"))
 
 
 # ---------------------------------------------------------------- replay
@@ -483,9 +513,9 @@ def load_history(run: store.Run) -> list[dict]:
 
 def checkpoint_history(run: store.Run) -> list[dict]:
     """Per-epoch history of a run still training, from its last checkpoint; [] if none or unreadable."""
-    if not run.exists("checkpoint/state.pt"):
+    if not run.exists(CHECKPOINT):
         return []
     try:
-        return json.loads(run.read_state_dict("checkpoint/state.pt")["history"])
+        return json.loads(run.read_state_dict(CHECKPOINT)["history"])
     except (StoreError, KeyError, ValueError):
         return []  # being replaced right now, or damaged: the caller polls again

@@ -17,7 +17,7 @@ import pytest
 
 from influence import cli, jobs, store
 from influence.config import apply_overrides, preset
-from test_reliability import REPO, WORKER, faults, small_config, worker_env, write_spec
+from _faults import REPO, WORKER, faults, small_config, worker_env, write_spec
 
 # The CLI's spelling of a small toy run: 100 steps an epoch, 2 epochs (a second or two: long enough
 # to catch the worker mid-way).
@@ -251,3 +251,34 @@ def test_a_sweep_job_computes_the_table_the_app_reads_back(tmp_path):
     for row, (_, expected) in zip(result["table"], stored["table"].iterrows()):
         assert (row["method"], row["count"], row["seeds"]) == (expected["method"], expected["count"], 2)
         assert math.isclose(row["mean_change_all"], expected["mean_change_all"], rel_tol=1e-12)
+
+
+def test_estimate_jobs_differing_only_in_metric_order_share_a_key():
+    """Issue 23.4: [fid, is] and [is, fid] are one request (before: two keys, two passes at once)."""
+    from influence.specs import estimate_spec
+
+    a, b = estimate_spec("r1", ["fid", "is"]), estimate_spec("r1", ["is", "fid", "is"])
+    assert jobs.job_key(a) == jobs.job_key(b)
+    assert jobs.job_key(a) != jobs.job_key(estimate_spec("r1", ["fid"]))
+    # a spec already in order keeps the key it always had
+    import hashlib
+
+    assert jobs.job_key(a) == "estimate-" + hashlib.sha256(json.dumps(a, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def test_every_pair_of_commands_on_one_run_computes_each_artefact_once(tmp_path):
+    """Issue 23.4: two CLI processes started at the same instant on one run, for every pair of commands
+    (bench/concurrency.py once; its 20 repetitions are the bench). Before the fix, among others, a sweep next to
+    a train job trained the run (and the feature net) twice, and an estimate next to a cleanse --by fid ran two
+    influence passes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_concurrency", REPO / "bench" / "concurrency.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    results = bench.run_pairs(tmp_path, reps=1, progress=lambda line: None)
+    failed = [(r.pair, r.codes, r.twice, r.errors) for r in results if not r.ok]
+    assert len(results) == 28 and not failed, failed
+    faults("concurrent", len(results), "pairs of CLI commands started together on one run (every pair once: no "
+           "failure, each artefact computed once)")

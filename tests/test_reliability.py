@@ -2,9 +2,8 @@
 
 Kill tests run the real job worker (`python -m influence.jobs <store> <key>` after writing the
 spec as `jobs.start_background` does) in a subprocess that SIGKILLs itself at a chosen point
-(a progress step, right after a file is renamed into place, with a complete temp file not yet
-renamed, between a manifest update and the rename), or the CLI killed from outside once
-status.json shows enough progress. After each kill the job is started again; the finished
+(a progress step, or any point of a file's commit: see tests/_faults.py), or the CLI killed
+from outside once status.json shows enough progress. After each kill the job is started again; the finished
 results are compared byte for byte with an uninterrupted run of the same seed.
 
 Every fault counted in docs/reliability.md is printed as a `FAULTS ...` line (pytest -s).
@@ -13,7 +12,6 @@ Every fault counted in docs/reliability.md is printed as a `FAULTS ...` line (py
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -29,138 +27,23 @@ import pytest
 import torch
 
 from influence import cli, jobs, specs, store
-from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from influence.errors import Cancelled, DivergenceError, StoreError
 from influence.estimator import EstimateOptions, estimate
 from influence.progress import CancelToken
 from influence.train import train
 
-# Not imported from conftest: tests/app/conftest.py shadows that module name when the whole suite runs.
-REPO = Path(__file__).resolve().parents[1]
+# Also imported from here by test_fuzz and test_security.
+from _faults import (COMMIT_POINTS, COMMITTED_FROM, REPO, ForkServer, faults, files, first_done, run_worker,
+                     small_config, temp_files, worker_env)
+
 METRICS = ["all", "dloss"]
 EVERY = 3  # backward-pass checkpoint every 3 steps (12 traced steps: checkpoints after 3, 6, 9)
 PER_EPOCH = 12
 
 
-def small_config(epochs: int = 3, **train_fields) -> RunConfig:
-    """The paper's 2D toy GAN on 600 points, batch 50: 12 steps an epoch, a second or two to train."""
-    train = {"epochs": epochs, "batch_size": 50, "lr_d": 0.01, "lr_g": 0.01,
-             "lr_schedule": ((epochs, 0.001, 0.001),), "dtype": "float64", **train_fields}
-    return RunConfig(
-        preset="toytest",
-        data=DataConfig(source="normal2d", n_train=600, n_valid=200, n_test=200),
-        model=ModelConfig(arch="fcgan", z_dim=10),
-        train=TrainConfig(**train),
-        eval=EvalConfig(n_valid_z=200, n_test_z=200, n_grid=50),
-    )
-
-
 def estimate_spec(run_id: str) -> dict:
     return {"kind": "estimate", "params": {"run_id": run_id, "metrics": METRICS,
                                            "options": {"checkpoint_every": EVERY}}}
-
-
-# A job worker that dies by SIGKILL at a chosen point. It logs, per stage, the first progress
-# step it reports: a resumed job reports a later first step than a job started from scratch.
-WORKER = r'''
-import json, os, signal, sys, time
-plan = json.loads(os.environ.get("RELIABILITY_PLAN", "{}"))
-from influence import jobs, progress
-
-def die():
-    os.kill(os.getpid(), signal.SIGKILL)
-
-kill, seen, armed, first = plan.get("kill"), [0], [None], {}
-if plan.get("log"):
-    with open(plan["log"], "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "stage": "start", "first_done": None}) + "\n")
-_call = progress.Reporter.__call__
-def call(self, done, **info):
-    if plan.get("log") and self.stage not in first:
-        first[self.stage] = done
-        with open(plan["log"], "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "stage": self.stage, "first_done": done}) + "\n")
-    if kill == "progress" and self.stage == plan["stage"] and done >= plan["n"]:
-        die()
-    return _call(self, done, **info)
-progress.Reporter.__call__ = call
-
-_replace = os.replace
-def replace(src, dst, *a, **k):
-    _replace(src, dst, *a, **k)
-    dst = str(dst)
-    if kill == "after_write" and os.path.basename(dst) == plan["name"]:
-        seen[0] += 1
-        if seen[0] == plan.get("n", 1):
-            die()  # the file is in place, nothing after it happened
-    if armed[0] and dst.endswith("manifest.json") and os.path.exists(armed[0]):
-        die()  # the manifest lists the new file, the rename has not happened
-os.replace = replace
-
-_fsync = os.fsync
-def fsync(fd):
-    _fsync(fd)
-    path = os.readlink(f"/proc/self/fd/{fd}")
-    name = os.path.basename(path)
-    if kill == "before_rename" and name.startswith("." + plan["name"] + ".") and name.endswith(".tmp"):
-        seen[0] += 1
-        if seen[0] == plan.get("n", 1):
-            if plan.get("after_manifest"):
-                armed[0] = path
-            else:
-                die()  # a complete temp file, not yet renamed
-os.fsync = fsync
-
-if plan.get("count"):  # one line per computation actually started
-    _execute = jobs.execute
-    def execute(*a, **k):
-        with open(plan["count"], "a") as f:
-            f.write(f"{os.getpid()}\n")
-        return _execute(*a, **k)
-    jobs.execute = execute
-
-if plan.get("barrier"):  # wait for the go signal, so two workers start together
-    open(plan["barrier"] + f".ready.{os.getpid()}", "w").close()
-    while not os.path.exists(plan["barrier"]):
-        time.sleep(0.005)
-
-sys.exit(jobs._worker_main(sys.argv[1:]))
-'''
-
-
-def worker_env(plan: dict | None = None) -> dict:
-    # Same number of threads as this process: results are compared bit for bit.
-    return {**os.environ, "RELIABILITY_PLAN": json.dumps(plan or {}), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-
-
-def write_spec(root: Path, spec: dict) -> str:
-    """What jobs.start_background writes before it spawns the worker."""
-    key = jobs.job_key(spec)
-    store.write_json(jobs.job_dir(root, key) / "spec.json", spec)
-    return key
-
-
-def run_worker(root: Path, spec: dict, plan: dict | None = None) -> subprocess.CompletedProcess:
-    key = write_spec(root, spec)
-    return subprocess.run([sys.executable, "-c", WORKER, str(root), key], env=worker_env(plan), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
-def first_done(log: Path, stage: str) -> list[int | None]:
-    """Per worker process (in start order), the first progress step it reported in `stage`."""
-    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    pids = list(dict.fromkeys(e["pid"] for e in entries))
-    return [next((e["first_done"] for e in entries if e["pid"] == p and e["stage"] == stage), None) for p in pids]
-
-
-def files(folder: Path) -> dict[str, str]:
-    """Every file under `folder` (hidden ones included) -> sha256."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def temp_files(folder: Path) -> list[str]:
-    return [p.as_posix() for p in folder.rglob("*.tmp")]
 
 
 def copy_run(src_root: Path, run_id: str, dst_root: Path) -> store.Run:
@@ -200,10 +83,6 @@ def assert_same_influence(run: store.Run, ref: store.Run) -> None:
     assert not [p for p in run.path("influence/_partial").rglob("*") if p.is_file()]
 
 
-def faults(kind: str, n: int, what: str) -> None:
-    print(f"\nFAULTS {kind}: {n} {what}")
-
-
 # ---------------------------------------------------------------- shared runs
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
@@ -224,8 +103,8 @@ def test_training_killed_at_three_points_resumes_to_identical_results(tmp_path, 
     key = jobs.job_key(spec)
     kills = [
         {"kill": "progress", "stage": "train", "n": 5},  # mid-epoch 1, no checkpoint yet
-        {"kill": "after_write", "name": "state.pt", "n": 1},  # right after the epoch-1 checkpoint
-        {"kill": "after_write", "name": "final.npy", "n": 1},  # while writing the finished run
+        {"kill": "commit", "name": "state.pt", "n": 1, "point": "renamed"},  # right after the epoch-1 checkpoint
+        {"kill": "commit", "name": "final.npy", "n": 1, "point": "renamed"},  # while writing the finished run
     ]
     for plan in kills:
         done = run_worker(root, spec, {**plan, "log": str(log)})
@@ -239,6 +118,49 @@ def test_training_killed_at_three_points_resumes_to_identical_results(tmp_path, 
     assert first_done(log, "train") == [1, 1, PER_EPOCH + 1, None]
     assert_same_training(store.open_run(root, cfg.run_id), small["trained"])
     faults("kill-train", len(kills), "SIGKILLs of the training worker")
+
+
+# Optimizers and trace modes of the commit matrix: the issue's reproduction was Adam + EMA, both modes.
+KILL_MATRIX_CONFIGS = {
+    "sgd-snapshots": {},
+    "sgd-checkpoints": {"trace_mode": "checkpoints", "checkpoint_every": 5},
+    "adam-ema-snapshots": {"optimizer": "adam", "betas": (0.5, 0.999), "ema_decay": 0.9},
+    "adam-ema-checkpoints": {"optimizer": "adam", "betas": (0.5, 0.999), "ema_decay": 0.9,
+                             "trace_mode": "checkpoints", "checkpoint_every": 5},
+}
+
+
+def test_training_killed_at_every_point_of_a_checkpoint_commit_resumes_from_the_last_complete_one(tmp_path):
+    """Issue 23.2: one worker after another dies inside the commit of `checkpoint/state.pt`, each at the next
+    point of `COMMIT_POINTS`. A kill before the manifest lists the new checkpoint resumes from the previous
+    one, a kill after it from the new one (before the fix, a kill between the manifest update and the rename
+    restarted training from step 1); the finished run equals an uninterrupted one byte for byte."""
+    epochs = 5  # kills at 6 points: 3 leave epoch 1's checkpoint, 3 move it on one epoch each
+    points = 0
+    with ForkServer(tmp_path / "server") as server:
+        for name, fields in KILL_MATRIX_CONFIGS.items():
+            cfg = small_config(epochs=epochs, **fields)
+            spec = {"kind": "train", "params": {"config": cfg.to_dict()}}
+            root, log = tmp_path / name, tmp_path / f"{name}.jsonl"
+            assert server.run(tmp_path / f"{name}-ref", spec).returncode == 0
+            for i, point in enumerate(COMMIT_POINTS):
+                plan = {"kill": "commit", "name": "state.pt", "n": 2 if i == 0 else 1, "point": point, "log": str(log)}
+                done = server.run(root, spec, plan)
+                assert done.returncode == -signal.SIGKILL, (name, point, done.stderr)
+                assert jobs.read_status(root, jobs.job_key(spec))["state"] == "interrupted"
+                points += 1
+            done = server.run(root, spec, {"log": str(log)})
+            assert done.returncode == 0, done.stderr
+            # The first kill is in epoch 2's commit, each later one in the first commit of its process.
+            resumed, epoch = [], 1
+            for point in COMMIT_POINTS:
+                resumed.append(epoch * PER_EPOCH + 1 if resumed else 1)
+                epoch += COMMIT_POINTS.index(point) >= COMMIT_POINTS.index(COMMITTED_FROM)
+            resumed.append(epoch * PER_EPOCH + 1)
+            assert first_done(log, "train") == resumed, name
+            assert_same_training(store.open_run(root, cfg.run_id), store.open_run(tmp_path / f"{name}-ref", cfg.run_id))
+    faults("kill-checkpoint-commit", points, f"SIGKILLs inside a checkpoint commit ({len(COMMIT_POINTS)} points x "
+           f"{len(KILL_MATRIX_CONFIGS)} optimizer/trace-mode configs)")
 
 
 def test_training_cli_killed_from_outside_resumes_to_identical_results(tmp_path):
@@ -281,16 +203,18 @@ def test_training_cli_killed_from_outside_resumes_to_identical_results(tmp_path)
 
 
 # ---------------------------------------------------------------- kill -9: influence pass
-def test_influence_pass_killed_at_four_points_resumes_to_identical_scores(tmp_path, small):
+def test_influence_pass_killed_at_five_points_resumes_to_identical_scores(tmp_path, small):
     root, log = tmp_path / "store", tmp_path / "first.jsonl"
     run = copy_run(small["root"], small["run_id"], root)
     spec = estimate_spec(run.run_id)
     key = jobs.job_key(spec)
     kills = [
-        {"kill": "before_rename", "name": "state.pt", "n": 2},  # step-6 checkpoint complete in its temp file
-        {"kill": "after_write", "name": "state.pt", "n": 1},  # right after the checkpoint of step 6
-        {"kill": "before_rename", "name": "state.pt", "n": 1, "after_manifest": True},  # step-9 checkpoint half-committed
-        {"kill": "after_write", "name": "scores.npy", "n": 1},  # first metric's scores written, the rest not
+        {"kill": "commit", "name": "state.pt", "n": 2, "point": "temp_synced"},  # step-6 checkpoint in its temp file
+        {"kill": "commit", "name": "state.pt", "n": 1, "point": "renamed"},  # right after the checkpoint of step 6
+        {"kill": "commit", "name": "state.pt", "n": 1, "point": "manifest_renamed"},  # step-9 checkpoint half-committed
+        {"kill": "commit", "name": "scores.npy", "n": 1, "point": "renamed"},  # first metric's scores, the rest not
+        # every result stored, the table not (before: the rerun found the results and never wrote a table)
+        {"kill": "commit", "name": "table.parquet", "n": 1, "point": "temp_synced"},
     ]
     for plan in kills:
         done = run_worker(root, spec, {**plan, "log": str(log)})
@@ -299,10 +223,10 @@ def test_influence_pass_killed_at_four_points_resumes_to_identical_scores(tmp_pa
     done = run_worker(root, spec, {"log": str(log)})
     assert done.returncode == 0, done.stderr
     assert jobs.read_status(root, key)["state"] == "done"
-    # scratch; resumed after step 3 (the step-6 temp file is ignored); after step 6; the
-    # half-committed step-9 checkpoint is detected
-    # as damaged and the pass starts again; finally resumed after step 9.
-    assert first_done(log, "influence") == [1, 4, 7, 1, 10]
+    # scratch; resumed after step 3 (the step-6 temp file is ignored); after step 6; after step 9 (the
+    # half-committed step-9 checkpoint is finished from its temp file); again after step 9; no step at all: the
+    # results were stored, only the table was missing.
+    assert first_done(log, "influence") == [1, 4, 7, 10, 10, None]
     assert_same_influence(run, small["ref"])
     faults("kill-influence", len(kills), "SIGKILLs of the influence worker")
 
@@ -523,6 +447,41 @@ def test_disk_full_during_estimate_is_a_clear_error_and_changes_nothing(tmp_path
     faults("disk-full", 1, "ENOSPC on every write of an influence job (CLI)")
 
 
+@pytest.mark.parametrize("when", ["running", "done"])
+def test_a_full_disk_that_also_stops_the_status_writes_still_shows_the_job_failed(tmp_path, small, monkeypatch, when):
+    """Issue 23.14: once the job runs (or has just finished), every new file fails with ENOSPC, the job's own
+    status writes too. Its last state goes into blocks reserved at its start: "failed" with the reason, not
+    "interrupted" (before the fix)."""
+    root = tmp_path / "store"
+    run = copy_run(small["root"], small["run_id"], root)
+    spec = estimate_spec(run.run_id)
+    full: list[bool] = []
+    failed = disk_full(monkeypatch, lambda path: bool(full))
+    real = jobs.execute
+
+    def execute(*a, **k):
+        if when == "running":
+            full.append(True)
+        result = real(*a, **k)
+        full.append(True)
+        return result
+
+    monkeypatch.setattr(jobs, "execute", execute)
+    if when == "running":
+        with pytest.raises(StoreError, match="No space left on device"):
+            jobs.run_job(root, spec)
+    else:
+        jobs.run_job(root, spec)
+    assert failed
+    status = jobs.read_status(root, jobs.job_key(spec))
+    assert status["state"] == "failed" and "No space left on device" in status["message"], status
+    assert not temp_files(root)
+    monkeypatch.undo()
+    assert jobs.run_job(root, spec) is not None  # space again: the job runs (and resumes) as usual
+    assert jobs.read_status(root, jobs.job_key(spec))["state"] == "done"
+    faults("disk-full", 1, f"ENOSPC on every new file, job status included, while the job is {when}")
+
+
 @pytest.mark.parametrize("what", ["checkpoint", "manifest"])
 def test_disk_full_at_the_epoch_2_checkpoint_keeps_epoch_1_and_training_resumes(tmp_path, small, monkeypatch, what):
     """The checkpoint write fails, or only the manifest update after it: either way the epoch-1
@@ -549,3 +508,79 @@ def test_disk_full_at_the_epoch_2_checkpoint_keeps_epoch_1_and_training_resumes(
     assert firsts[0] == PER_EPOCH + 1
     assert_same_training(run, small["trained"])
     faults("disk-full", 1, f"ENOSPC at the epoch-2 {what} write during training")
+
+
+# ---------------------------------------------------------------- bad inputs: weights files, removal CSVs
+def test_init_weights_must_be_a_regular_file_of_bounded_size(tmp_path, capsys):
+    """Issue 23.6: model.init_g / init_d were read whatever they named: a FIFO hung the reader (the app's
+    free-text field), /dev/zero would fill memory. Now one ConfigError line, without blocking or reading."""
+    import threading
+
+    from influence.config import MAX_INIT_BYTES, apply_overrides, preset
+    from influence.errors import ConfigError
+    from influence.pretrained import load_initial_weights
+
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    sparse = tmp_path / "huge.pt"
+    with open(sparse, "wb") as f:
+        f.truncate(MAX_INIT_BYTES + 1)  # sparse: no disk space, no memory
+    cases = {fifo: "is not a regular file", "/dev/zero": "is not a regular file", tmp_path: "is not a regular file",
+             sparse: f"more than the {MAX_INIT_BYTES >> 20} MiB", tmp_path / "missing.pt": "No such file"}
+    for path, message in cases.items():
+        outcome: list = []
+
+        def configure():
+            try:
+                apply_overrides(preset("tiny"), [f"model.init_g={path}"])
+            except ConfigError as e:
+                outcome.append(str(e))
+
+        worker = threading.Thread(target=configure, daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        if worker.is_alive():  # unblock the hung open() before failing
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail(f"reading model.init_g={path} hung")
+        assert outcome and message in outcome[0] and outcome[0].startswith("model.init_g: "), (path, outcome)
+    # the file replaced by a FIFO after the run was configured: refused when the weights are loaded too
+    from influence.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="model.init_d: .* is not a regular file"):
+        load_initial_weights(ModelConfig(init_d=str(fifo), init_d_sha256="0" * 64), torch.nn.Linear(1, 1),
+                             torch.nn.Linear(1, 1))
+    assert cli.main(["--store", str(tmp_path / "store"), "train", "--preset", "tiny", "--init-g", "/dev/zero"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: model.init_g: '/dev/zero' is not a regular file (a folder, FIFO or device); give a .pt or " \
+                  ".safetensors weights file"
+    faults("bad-input", len(cases) + 2, "model.init_g/init_d paths that are not regular files or too large")
+
+
+def test_a_removal_csv_is_parsed_in_memory_bounded_by_the_training_set():
+    """Issue 23.7: every row was held as a list of strings (10 MB of CSV took 1.4 GB). Now rows stream: a valid
+    file costs about its ids (before: 45x its size below), a long bad one stops at its first bad line."""
+    import tracemalloc
+
+    from influence.errors import ConfigError
+    from influence.removal import read_removal_csv
+
+    n = 50_000
+    valid = "id\n" + "\n".join(str(i) for i in range(n - 1)) + "\n"
+    endless = "\n".join(str(i % 1000) for i in range(300_000))  # 1 MB naming 1000 instances again and again
+    tracemalloc.start()
+    try:
+        ids = read_removal_csv(valid, n)
+        peak = tracemalloc.get_traced_memory()[1]
+        assert ids == list(range(n - 1))
+        assert peak < 8 * len(valid), f"{peak / len(valid):.0f}x the file"
+        del ids
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        with pytest.raises(ConfigError, match="would remove every training instance"):
+            read_removal_csv(endless, 1000)  # stops after 1000 rows
+        assert tracemalloc.get_traced_memory()[1] - base < 2**20
+        with pytest.raises(ConfigError, match="removal id 5 is listed more than once"):
+            read_removal_csv("5\n" + endless, 10_000)
+    finally:
+        tracemalloc.stop()
+    faults("bad-input", 3, "removal CSVs for the memory bound (50k valid ids, 1 MB of repeats twice)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from influence.removal import read_removal_csv
+from influence.removal import MAX_REMOVAL_BYTES, read_removal_csv
 from influence.errors import ConfigError
 from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult, harmful_order
 
@@ -31,7 +31,10 @@ def ordered_ids(results: dict[str, InfluenceResult], sort_metric: str, helpful_f
 
 def read_removal_upload(data: bytes, n_train: int, paths: list[str] | None = None,
                         ambiguous: dict[str, list[str]] | None = None) -> list[int]:
-    """Ids from an uploaded CSV (the CLI's format and checks); ConfigError with the reason otherwise."""
+    """Ids from an uploaded CSV (the CLI's format, checks and size limit); ConfigError with the reason otherwise."""
+    if len(data) > MAX_REMOVAL_BYTES:
+        raise ConfigError(f"the file has {len(data) / 2**20:.0f} MB; a removal CSV may have at most "
+                          f"{MAX_REMOVAL_BYTES >> 20} MB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -29,7 +29,8 @@ LIVE_S = 10.0
 SIDEBAR_S = 5.0
 STARTUP = {"starting": "Start-up: starting the worker (Python, torch)",
            "loading": "Start-up: loading the data set",
-           "feature-net": "Start-up: training the IS/FID feature network (once per data set)"}
+           "feature-net": "Start-up: training the IS/FID feature network (once per data set)",
+           "waiting": "Waiting: another job or tab is computing the same result; this one then reads it"}
 STAGES = {
     **STARTUP,
     "train": "training", "influence": "influence (backward pass over the traced steps)",

@@ -8,7 +8,8 @@ tab or a restarted server starts where the user left off:
 Undo/redo of removal-set changes is per browser tab (session state).
 removal.json goes through `store.Run` like every run file (atomic write, checksum in the
 run's manifest, which is locked across processes, so a job writing its results meanwhile
-is safe); an unreadable one counts as an empty set.
+is safe); an unreadable one counts as an empty set. Read-modify-writes (the app state, the
+saved sets) hold a store lock, so two tabs never lose each other's change.
 """
 
 from __future__ import annotations
@@ -45,9 +46,15 @@ def read_app_state(root: Path) -> dict:
 
 
 def update_app_state(root: Path, **fields) -> None:
-    state = read_app_state(root)
-    state.update(fields)
-    store.write_json(root / APP_STATE, state)
+    with store.exclusive(root / store.LOCKS / f"{APP_STATE}.lock", "the app's state"):  # two tabs: no lost update
+        state = read_app_state(root)
+        state.update(fields)
+        store.write_json(root / APP_STATE, state)
+
+
+def foreign_folders(root: Path) -> list[str]:
+    """Folders in the store that are not runs (skipped by every listing; the sidebar names them)."""
+    return store.foreign_folders(root)
 
 
 def finished_runs(root: Path) -> list[dict]:
@@ -149,8 +156,10 @@ def save_set(root: Path, run_id: str, name: str) -> str:
         raise ConfigError("give the removal set a name")
     if len(name) > 80:
         raise ConfigError("a removal set name has at most 80 characters")
-    sets = saved_sets(root, run_id) | {name: removal(root, run_id)}
-    store.Run(root, run_id).write_json(SAVED_SETS, {"sets": sets})
+    run = store.Run(root, run_id)
+    with run.exclusive("app-sets"):  # another tab saving a set meanwhile keeps its set
+        sets = saved_sets(root, run_id) | {name: removal(root, run_id)}
+        run.write_json(SAVED_SETS, {"sets": sets})
     return name
 
 
@@ -160,9 +169,11 @@ def load_set(root: Path, run_id: str, name: str) -> None:
 
 
 def delete_set(root: Path, run_id: str, name: str) -> None:
-    sets = saved_sets(root, run_id)
-    sets.pop(name, None)
-    store.Run(root, run_id).write_json(SAVED_SETS, {"sets": sets})
+    run = store.Run(root, run_id)
+    with run.exclusive("app-sets"):
+        sets = saved_sets(root, run_id)
+        sets.pop(name, None)
+        run.write_json(SAVED_SETS, {"sets": sets})
 
 
 def add_to_removal(root: Path, run_id: str, ids: Iterable[int]) -> list[int]:

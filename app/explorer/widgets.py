@@ -27,9 +27,28 @@ SIGN_NOTE = ("Influence = predicted change of a metric if the training instance 
              "negative for FID and D-loss.")
 
 
+def exposure_problem(address: str | None, set_by_user: bool) -> str | None:
+    """One line on why the app must not serve: it would listen beyond this machine although nobody asked for it
+    (its config, next to app/main.py and read by Streamlit 1.46+ from any working folder, was not read). None
+    when it listens on loopback, or on an address the user gave (--server.address, STREAMLIT_SERVER_ADDRESS, a
+    config file)."""
+    if address is not None and (address == "localhost" or address == "::1" or address.startswith("127.")):
+        return None
+    if set_by_user:
+        return None
+    return ("Refusing to serve: this app would listen on every network interface because its config (127.0.0.1 "
+            "only) was not read. Start it with scripts/app.sh, or add --server.address 127.0.0.1 (or 0.0.0.0 to "
+            "share it on purpose).")
+
+
 def run_picker(root: Path) -> None:
     """Sidebar: which run every page works on."""
     runs = state.finished_runs(root)
+    foreign = state.foreign_folders(root)
+    if foreign:
+        st.caption(f"Skipped {tables.plural(len(foreign), 'folder')} in the store that "
+                   f"{'is not a run' if len(foreign) == 1 else 'are not runs'} (the name is not a run id, e.g. a "
+                   "copied run folder): " + ", ".join(f"`{f}`" for f in foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
     if not runs:
         st.caption("No trained run yet.")
         return

@@ -6,7 +6,7 @@ import streamlit as st
 from explorer import attempt_choice, cache, figures, jobpanel, state, tables, widgets
 from influence import store
 from influence.cleanse import removal_key
-from influence.errors import ConfigError
+from influence.errors import ConfigError, StoreError
 from influence.export import export_cleaned
 from influence.honesty import uninformative
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS
@@ -56,10 +56,10 @@ if removal and not cfg.is_2d:
                             value="removal set built on the Inspect and curate page")
         if st.button("Export", disabled=not target.strip(), icon=":material/download:", key=f"export-go-{run_id}"):
             try:
-                with st.spinner("Writing the cleaned data set ..."):
+                with st.spinner("Writing the cleaned data set ..."), store.folder_lock(root, target.strip()):
                     manifest = export_cleaned(store.open_run(root, run_id), removal, target.strip(), why,
                                               ctx=cache.context(str(root), run_id))
-            except ConfigError as e:
+            except (ConfigError, StoreError) as e:
                 st.error(f"Not exported: {e}", icon=":material/error:")
             else:
                 st.success(f"Exported {manifest['n_exported']} of {manifest['n_train']} training images to "

@@ -193,7 +193,8 @@ with set_col:
     with st.expander("Import a CSV of ids", icon=":material/upload:"):
         st.caption("A CSV with an 'id' or a 'path' column, or one id per line. It replaces the current set; "
                    "a malformed file leaves the set as it is.")
-        st.file_uploader("CSV file", type=["csv", "txt"], key=f"import-{run_id}", on_change=import_csv)
+        st.file_uploader("CSV file", type=["csv", "txt"], key=f"import-{run_id}", on_change=import_csv,
+                         max_upload_size=curation.MAX_REMOVAL_BYTES >> 20)
     message = st.session_state.get("import-msg")
     if message:
         (st.error if message[0] == "error" else st.success)(message[1])

@@ -112,6 +112,9 @@ def _read_result(run: store.Run, folder: str) -> InfluenceResult:
 
 # ---------------------------------------------------------------- named results
 CHOSEN = "influence/chosen.json"
+TABLE_META = "influence/table.json"  # written last of the table's files: what it shows
+TABLE_FILES = ("table.parquet", "table.csv", "table.json")
+RESULTS_LOCK = "influence-in-use"  # the run's artefact lock of CHOSEN and the table (`store.Run.exclusive`)
 
 
 def result_sets(run: store.Run) -> dict[str, dict[str, InfluenceResult]]:
@@ -150,9 +153,10 @@ def choose_results(run: store.Run, name: str, dataset=None) -> None:
     sets = result_sets(run)
     if name not in sets:
         raise ConfigError(f"run {run.run_id} has no influence result '{name}'; it has: {', '.join(sets) or 'none'}")
-    run.write_json(CHOSEN, {"name": name})
-    if dataset is not None:
-        write_table(run, dataset)
+    with run.exclusive(RESULTS_LOCK):
+        run.write_json(CHOSEN, {"name": name})
+        if dataset is not None:
+            write_table(run, dataset)
 
 
 def cached_results(run: store.Run, name: str | None = None) -> dict[str, InfluenceResult]:
@@ -215,7 +219,7 @@ def write_table(run: store.Run, dataset) -> pd.DataFrame:
     table = influence_table(run, dataset, name)
     run.write("influence/table.parquet", _parquet_bytes(table))
     run.write("influence/table.csv", table.to_csv(index=False).encode())
-    run.write_json("influence/table.json", table_metadata(run, cached_results(run, name), name))
+    run.write_json(TABLE_META, table_metadata(run, cached_results(run, name), name))
     return table
 
 

@@ -20,7 +20,7 @@ from ..train import Trace
 from .alternatives import baseline_advance
 from .backward import PassState, pass_norms, start_pass, walk_back
 from .options import EstimateOptions, result_name
-from .results import CHOSEN, InfluenceResult, load_result, save_result, write_table
+from .results import CHOSEN, RESULTS_LOCK, TABLE_FILES, TABLE_META, InfluenceResult, load_result, save_result, write_table
 
 log = logging.getLogger(__name__)
 CHECK_WINDOW_SHARE = 8
@@ -42,8 +42,27 @@ def estimate(
     trace = Trace.load(run)
     n_params = trace.final.shape[0]
     check_options(options, trace)
-    results = {m: r for m in dict.fromkeys(metrics) if (r := load_result(run, m, options, n_params)) is not None}
-    todo = [m for m in dict.fromkeys(metrics) if m not in results]
+    metrics = list(dict.fromkeys(metrics))
+    results = {m: r for m in metrics if (r := load_result(run, m, options, n_params)) is not None}
+    if len(results) < len(metrics) or _unfinished(run, metrics, options, n_params):
+        # One pass per run and options at a time (any caller: jobs, sweeps, the CLI, the app); whoever waited
+        # reads what the other one computed.
+        with run.exclusive(f"influence-{options.key('', n_params)}", progress, cancel) as waited:
+            results = _compute(run, cfg, trace, metrics, options, progress, cancel, None if waited else results)
+    return {m: results[m] for m in metrics}
+
+
+def _compute(run: store.Run, cfg, trace: Trace, metrics: list[str], options: EstimateOptions,
+             progress: ProgressFn | None, cancel: CancelToken | None,
+             known: dict[str, InfluenceResult] | None) -> dict[str, InfluenceResult]:
+    """The pass for the metrics not stored yet (`known`: those read before the lock; None: read them again,
+    another process held it), then what a finished pass leaves: no partial, a result in use, its table (also when a kill
+    came between the results and these)."""
+    n_params = trace.final.shape[0]
+    results = dict(known) if known is not None else {
+        m: r for m in metrics if (r := load_result(run, m, options, n_params)) is not None}
+    todo = [m for m in metrics if m not in results]
+    ctx = None
     if todo:
         ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
         objectives = metric_objectives(todo, cfg.is_2d)
@@ -54,13 +73,42 @@ def estimate(
             results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
                                           step_of, state.values[i], seconds / len(todo), first, trace,
                                           window[i].numpy(), trace.steps - check_window(trace.steps - first), recompute)
-        drop_partial(run, objectives, options, n_params)  # only now: a kill before this resumes from it
+    for folder in _partials(run, options, n_params):  # only now: a kill before this resumes from it
+        drop_partial(run, folder)
+    with run.exclusive(RESULTS_LOCK):
         if not run.exists(CHOSEN) and options.method == "exact":
             # the first estimate computed is the one in use until the user picks another (a baseline never is)
             run.write_json(CHOSEN, {"name": result_name(options, n_params)})
-        metric_report(run, ctx)  # the table's flags carry each metric's verdict
-        write_table(run, ctx.dataset)
-    return {m: results[m] for m in metrics}
+        if todo or _unfinished(run, metrics, options, n_params):
+            ctx = ctx or RunContext.create(cfg, run.root)
+            metric_report(run, ctx)  # the table's flags carry each metric's verdict
+            write_table(run, ctx.dataset)
+        # temp files of writes a kill interrupted: these locks exclude every other writer of these files
+        run.remove_stale_temp_files([f"influence/{options.key(m, n_params)}" for m in metrics])
+        run.remove_stale_temp_files(["influence"], [CHOSEN.rsplit("/", 1)[-1], *TABLE_FILES])
+    return results
+
+
+def _partials(run: store.Run, options: EstimateOptions, n_params: int) -> list[str]:
+    """The backward-pass checkpoints of passes with these options that hold files."""
+    base, suffix = run.path("influence/_partial"), f"-{options.key('', n_params)}"
+    return [f"influence/_partial/{d.name}" for d in sorted(base.iterdir()) if base.is_dir()
+            and d.name.endswith(suffix) and d.is_dir() and any(p.is_file() for p in d.iterdir())] \
+        if base.is_dir() else []
+
+
+def _unfinished(run: store.Run, metrics: list[str], options: EstimateOptions, n_params: int) -> bool:
+    """A pass of these options left a checkpoint, no result in use, or a table that does not show its
+    results although they are in use (its process died after its results: cheap checks, no result read)."""
+    if _partials(run, options, n_params) or (options.method == "exact" and not run.exists(CHOSEN)):
+        return True
+    name = result_name(options, n_params)
+    try:
+        chosen = run.read_json(CHOSEN)["name"]
+        shown = run.read_json(TABLE_META) if run.exists(TABLE_META) else {}
+    except (StoreError, KeyError, TypeError):
+        return True
+    return chosen == name and (shown.get("result") != name or not set(metrics) <= set(shown.get("metrics") or {}))
 
 
 def check_options(options: EstimateOptions, trace: Trace) -> None:
@@ -132,9 +180,8 @@ def _partial_folder(objectives: list[Objective], options: EstimateOptions, n_par
     return f"influence/_partial/{'+'.join(o.name for o in objectives)}-{options.key('', n_params)}"
 
 
-def drop_partial(run: store.Run, objectives: list[Objective], options: EstimateOptions, n_params: int) -> None:
-    """Forget the pass's checkpoint (and any temp file of a checkpoint write that a kill interrupted)."""
-    partial = _partial_folder(objectives, options, n_params)
+def drop_partial(run: store.Run, partial: str) -> None:
+    """Forget a pass's checkpoint folder (and any temp file of a checkpoint write that a kill interrupted)."""
     run.forget(partial + "/")
     folder = run.path(partial)
     for f in sorted(folder.iterdir()) if folder.is_dir() else []:

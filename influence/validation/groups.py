@@ -132,19 +132,21 @@ def validate_groups(
     spec.check(len(traced))
     folder = f"validate/groups/{'+'.join(metrics)}-{spec.key()}"
     name = result_name(options, trace.final.shape[0])
-    groups = _read(run, f"{folder}/groups.parquet")
-    curve = _read(run, f"{folder}/curve-{name}.parquet") if spec.curve else _sized([])
-    meta = run.read_json(f"{folder}/result.json") if run.exists(f"{folder}/result.json") else {}
-    todo = [t for t, have in ((draw_groups(spec, traced), groups), (draw_curve(spec, traced, harmful_order(chosen[metrics[0]])), curve))
-            if have is None]
-    if todo:
-        both = pd.concat(todo, ignore_index=True)
-        both, meta = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
-        groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
-        curve = both[both["kind"] != "random"].reset_index(drop=True) if curve is None else curve
-        run.write(f"{folder}/groups.parquet", _parquet(groups))
-        if spec.curve:
-            run.write(f"{folder}/curve-{name}.parquet", _parquet(curve))
+    # one set of these replays at a time, whoever asks (two tabs, the CLI)
+    with run.exclusive(f"validate-groups-{'_'.join(metrics)}-{spec.key()}", progress, cancel):
+        groups = _read(run, f"{folder}/groups.parquet")
+        curve = _read(run, f"{folder}/curve-{name}.parquet") if spec.curve else _sized([])
+        meta = run.read_json(f"{folder}/result.json") if run.exists(f"{folder}/result.json") else {}
+        todo = [t for t, have in ((draw_groups(spec, traced), groups), (draw_curve(spec, traced, harmful_order(chosen[metrics[0]])), curve))
+                if have is None]
+        if todo:
+            both = pd.concat(todo, ignore_index=True)
+            both, meta = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
+            groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
+            curve = both[both["kind"] != "random"].reset_index(drop=True) if curve is None else curve
+            run.write(f"{folder}/groups.parquet", _parquet(groups))
+            if spec.curve:
+                run.write(f"{folder}/curve-{name}.parquet", _parquet(curve))
     scores = {}
     for rname, results in result_sets(run).items():
         if all(m in results for m in metrics):

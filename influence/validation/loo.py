@@ -115,6 +115,13 @@ def leave_one_out(
     ctx = RunContext.create(cfg, run.root)
     ident = [metrics, ids.tolist()] + ([first_step] if first_step else [])  # earlier keys had no first step
     key = "loo-" + hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
+    with run.exclusive(f"validate-{key}", progress, cancel):  # one set of these replays at a time, whoever asks
+        return _leave_one_out(run, ctx, trace, metrics, ids, key, progress, cancel, workers, first_step, lanes)
+
+
+def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], ids: np.ndarray, key: str,
+                   progress: ProgressFn | None, cancel: CancelToken | None, workers: int | None,
+                   first_step: int, lanes: int | None) -> tuple[np.ndarray, float | None]:
     done, earlier_seconds = _load_partial(run, key)
     started = time.perf_counter()
 
@@ -140,6 +147,7 @@ def leave_one_out(
                 report(finished)
     total = seconds()
     run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": total})
+    run.remove_stale_temp_files(["validate/_partial"], [f"{key}.json"])  # a killed writer's (this key's lock)
     actual = np.array([done[str(j)] for j in ids.tolist()]).T
     return actual, total
 
@@ -201,8 +209,10 @@ def validate(
         epochs = f"-ep{trace_epochs}" if trace_epochs is not None else ""
         # named by the estimate's options (all of them), so results with other options do not overwrite it
         key = f"{m}-n{n}-{selection}-s{seed}-{result_name(options, trace.final.shape[0])}{epochs}"
-        run.write_npy(f"validate/{key}/pairs.npy", np.stack([ids, est, actual[i]]).T)
-        run.write_json(f"validate/{key}/result.json", acc.as_dict())
+        with run.exclusive(f"validate-{key}"):  # one writer; a killed one's temp files go
+            run.remove_stale_temp_files([f"validate/{key}"])
+            run.write_npy(f"validate/{key}/pairs.npy", np.stack([ids, est, actual[i]]).T)
+            run.write_json(f"validate/{key}/result.json", acc.as_dict())
         out[m] = acc
     return out
 

@@ -69,10 +69,17 @@ def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = Es
     trace = Trace.load(run)
     name = result_name(options, trace.final.shape[0])
     rel = check_path(name, level)
-    if run.exists(rel):
-        stored = run.read_json(rel)
-        if all(m in stored["metrics"] for m in metrics):
-            return stored
+    with run.exclusive(f"check-{name}-{level}", progress, cancel):  # one check of a result at a time, whoever asks
+        if run.exists(rel):
+            stored = run.read_json(rel)
+            if all(m in stored["metrics"] for m in metrics):
+                return stored
+        return _check(run, trace, results, metrics, options, name, level, rel, progress, cancel, lanes, seed)
+
+
+def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], options: EstimateOptions, name: str,
+           level: str, rel: str, progress: ProgressFn | None, cancel: CancelToken | None, lanes: int | None,
+           seed: int) -> dict | None:
     if level == "quick" and any("check_window_first_step" not in r.meta for r in results.values()):
         log.warning("this estimate was computed before spot checks existed: it stays 'not checked' (a full check, "
                     "or group validation, can test it)")

@@ -54,50 +54,53 @@ def sweep(
         ident.append({k: v for k, v in dataclasses.asdict(options).items() if k != "checkpoint_every"})
     key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
     base = root / "_sweeps" / key
-    store.write_json(base / "spec.json", {"run_ids": run_ids, "seeds": [c.seed for c in configs],
-                                          "presets": sorted({c.preset for c in configs}), "methods": methods,
-                                          "counts": counts, "metric": metric,
-                                          "options": dataclasses.asdict(options)})
-    rows: list[dict] = []
-    report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
+    # One sweep of these runs and settings at a time (its files); a second one waits, then finds its work done.
+    with store.exclusive(root / store.LOCKS / "_sweeps" / f"{key}.lock", f"the sweep {key}", progress, cancel):
+        store.remove_stale_temp_files(base)  # of a sweep killed while writing its tables
+        store.write_json(base / "spec.json", {"run_ids": run_ids, "seeds": [c.seed for c in configs],
+                                              "presets": sorted({c.preset for c in configs}), "methods": methods,
+                                              "counts": counts, "metric": metric,
+                                              "options": dataclasses.asdict(options)})
+        rows: list[dict] = []
+        report = Reporter("sweep", len(configs) * len(methods) * len(counts), progress, cancel)
 
-    def inner(seed: int) -> ProgressFn:  # a seed's own stages report too, labelled with the sweep's place
-        def forward(p: Progress) -> None:
-            if progress is not None:
-                progress(dataclasses.replace(p, info={**p.info, "sweep": f"seed {seed}, {len(rows)} of {report.total} "
-                                                                         "cleanses done"}))
-        return forward
+        def inner(seed: int) -> ProgressFn:  # a seed's own stages report too, labelled with the sweep's place
+            def forward(p: Progress) -> None:
+                if progress is not None:
+                    progress(dataclasses.replace(p, info={**p.info, "sweep": f"seed {seed}, {len(rows)} of {report.total} "
+                                                                             "cleanses done"}))
+            return forward
 
-    with open_executor(report.total, workers) as executor:
-        # 1. per seed: train, rank by every method (a trained seed is ranked here, from its cached estimates)
-        orders = {}
-        trained = [i for i, c in enumerate(configs) if store.Run(root, c.run_id).exists("summary.json")]
-        for i in trained:
-            orders[i] = _prepare_seed(configs[i], root, methods, options, inner(configs[i].seed), cancel)
-        todo = [i for i in range(len(configs)) if i not in orders]
-        tasks = Tasks(todo, here=lambda i, env: _prepare_seed(configs[i], root, methods, options,
-                                                              inner(configs[i].seed), env.cancel),
-                      remote=functools.partial(_prepare_seed_remote, methods, dataclasses.asdict(options)),
-                      ship=lambda i: _seed_payload(configs[i], root),
-                      receive=lambda i, files: _keep_checkpoint(store.Run(root, configs[i].run_id), files))
-        # a worker's reports carry their seed (`_prepare_seed_remote`)
-        for i, result in executor.run(tasks, lambda p: inner(p.info.get("seed"))(p), cancel):
-            orders[i] = result if executor.client is None else _receive_seed(configs[i], root, *result)
-        # 2. the cleanses of every seed, method and count: one batch, so a worker done with one seed's takes the next's
-        plan = [(m, c) for m in methods for c in counts]
-        runs = [store.open_run(root, cfg.run_id) for cfg in configs]
-        for i, k, res in cleanse_runs([(run, [orders[i][m][:c] for m, c in plan]) for i, run in enumerate(runs)],
-                                      executor=executor, progress=lambda p: inner(configs[p.info["run"]].seed)(p),
-                                      cancel=cancel):  # the cleanses' reports carry their run's index
-            (m, c), cfg, run = plan[k], configs[i], runs[i]
-            rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": m, "count": c, "before": res.before[metric],
-                         "after": res.after[metric], "change": res.after[metric] - res.before[metric]})
-            # Written after every cleanse: an interrupted sweep still shows what it measured.
-            store.write_bytes(base / "per_run.csv", _sweep_rows(rows, configs, methods, counts).to_csv(index=False).encode())
-            report(len(rows))
-    table = summarize_sweep(_sweep_rows(rows, configs, methods, counts), metric)
-    store.write_bytes(base / "table.csv", table.to_csv(index=False).encode())
-    return table
+        with open_executor(report.total, workers) as executor:
+            # 1. per seed: train, rank by every method (a trained seed is ranked here, from its cached estimates)
+            orders = {}
+            trained = [i for i, c in enumerate(configs) if store.Run(root, c.run_id).exists("summary.json")]
+            for i in trained:
+                orders[i] = _prepare_seed(configs[i], root, methods, options, inner(configs[i].seed), cancel)
+            todo = [i for i in range(len(configs)) if i not in orders]
+            tasks = Tasks(todo, here=lambda i, env: _prepare_seed(configs[i], root, methods, options,
+                                                                  inner(configs[i].seed), env.cancel),
+                          remote=functools.partial(_prepare_seed_remote, methods, dataclasses.asdict(options)),
+                          ship=lambda i: _seed_payload(configs[i], root),
+                          receive=lambda i, files: _keep_checkpoint(store.Run(root, configs[i].run_id), files))
+            # a worker's reports carry their seed (`_prepare_seed_remote`)
+            for i, result in executor.run(tasks, lambda p: inner(p.info.get("seed"))(p), cancel):
+                orders[i] = result if executor.client is None else _receive_seed(configs[i], root, *result)
+            # 2. the cleanses of every seed, method and count: one batch, so a worker done with one seed's takes the next's
+            plan = [(m, c) for m in methods for c in counts]
+            runs = [store.open_run(root, cfg.run_id) for cfg in configs]
+            for i, k, res in cleanse_runs([(run, [orders[i][m][:c] for m, c in plan]) for i, run in enumerate(runs)],
+                                          executor=executor, progress=lambda p: inner(configs[p.info["run"]].seed)(p),
+                                          cancel=cancel):  # the cleanses' reports carry their run's index
+                (m, c), cfg, run = plan[k], configs[i], runs[i]
+                rows.append({"seed": cfg.seed, "run_id": run.run_id, "method": m, "count": c, "before": res.before[metric],
+                             "after": res.after[metric], "change": res.after[metric] - res.before[metric]})
+                # Written after every cleanse: an interrupted sweep still shows what it measured.
+                store.write_bytes(base / "per_run.csv", _sweep_rows(rows, configs, methods, counts).to_csv(index=False).encode())
+                report(len(rows))
+        table = summarize_sweep(_sweep_rows(rows, configs, methods, counts), metric)
+        store.write_bytes(base / "table.csv", table.to_csv(index=False).encode())
+        return table
 
 
 def _sweep_rows(rows: list[dict], configs: list[RunConfig], methods: list[str], counts: list[int]) -> pd.DataFrame:
@@ -145,17 +148,21 @@ def _write_files(run: store.Run, files: dict[str, bytes]) -> None:
 
 
 def _keep_checkpoint(run: store.Run, files: dict[str, bytes]) -> None:
-    if not run.exists("summary.json"):  # a checkpoint arriving after its finished run is stale
-        _write_files(run, files)
+    with run.exclusive("train"):  # the run's one trainer writes its files
+        if not run.exists("summary.json"):  # a checkpoint arriving after its finished run is stale
+            _write_files(run, files)
 
 
 def _receive_seed(cfg: RunConfig, root, orders: dict[str, np.ndarray], files: dict[str, bytes]) -> dict[str, np.ndarray]:
-    """A seed prepared on a worker: its files into the store; its training checkpoint is no longer needed."""
+    """A seed prepared on a worker: its files into the store; its training checkpoint is no longer needed.
+    Files the store has already (another process trained the run meanwhile) are kept as they are."""
     run = store.Run(root, cfg.run_id)
-    _write_files(run, files)
-    run.forget("checkpoint/")  # the worker finished training: a checkpoint left here is stale
-    for p in run.path("checkpoint").glob("*") if run.exists("checkpoint") else []:
-        p.unlink(missing_ok=True)
+    with run.exclusive("train"):
+        have = run.manifest()
+        _write_files(run, {rel: data for rel, data in files.items() if rel not in have})
+        run.forget("checkpoint/")  # the worker finished training: a checkpoint left here is stale
+        for p in run.path("checkpoint").glob("*") if run.exists("checkpoint") else []:
+            p.unlink(missing_ok=True)
     return orders
 
 
