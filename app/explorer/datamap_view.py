@@ -16,6 +16,7 @@ from influence import datamap
 from influence.metrics import METRIC_LABELS, harmful_sign
 
 from . import cache, figures, gallery_filter, state, tables
+from .numbers import SCI_COLORBAR
 
 TSNE_SLOW_N = 10_000  # above this t-SNE takes minutes; the page says so before starting it
 
@@ -30,8 +31,8 @@ def map_figure(coords: np.ndarray, scores: np.ndarray, metric: str, removed: np.
         marker=dict(size=4, opacity=0.8, color=scores, cmin=-limit, cmax=limit, cmid=0,
                     colorscale="RdBu_r" if harmful_sign(metric) > 0 else "RdBu",
                     colorbar=dict(title=dict(text=f"influence on {METRIC_LABELS[metric]}<br>{side} (red) = harmful",
-                                             side="right"))),
-        hovertemplate="#%{customdata}<br>influence %{marker.color:.3g}<extra></extra>")
+                                             side="right"), **SCI_COLORBAR)),
+        hovertemplate="#%{customdata}<br>influence %{marker.color:.2e}<extra></extra>")
     if removed is not None and len(removed):
         fig.add_scattergl(x=coords[removed, 0], y=coords[removed, 1], mode="markers", name="in the removal set",
                           marker=dict(size=7, symbol="x-thin-open", color="#222", line=dict(width=1)), hoverinfo="skip")

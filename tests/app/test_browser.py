@@ -222,3 +222,61 @@ def test_issue15_views_read_cleanly(server, page):
     expect(page.get_by_text("learning-rate schedule")).to_be_visible(timeout=TIMEOUT_MS)
     _settle(page)
     page.screenshot(path=str(ARTIFACTS / "app-train-form.png"))
+
+
+ORANGE = (255, 127, 14)  # figures.CLEANSED: the shift arrows
+
+
+def orange_pixels(png: bytes) -> int:
+    """Pixels of the arrows' orange (within a small tolerance) in a screenshot."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    return int((np.abs(rgb - np.array(ORANGE)).max(axis=2) <= 40).sum())
+
+
+def _plot_area(chart):
+    """The plot area of a Plotly chart (its drag layer), without legend, colour bar and titles."""
+    return chart.locator(".nsewdrag").first.bounding_box()
+
+
+def test_the_classroom_arrows_can_be_seen(server, page):
+    """The Curate and One-point lessons promise orange arrows drawn 50x; Plotly draws WebGL traces (the
+    training points) above SVG ones, so the arrows must be WebGL too. Checked from the pixels of the
+    plot areas, not from the DOM."""
+    from playwright.sync_api import expect
+
+    from influence.cleanse import cleanse
+    from influence.estimator import cached_results, harmful_order
+
+    url, root = server
+    toy = next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("toytest-"))
+    run = store.open_run(root, toy)
+    removal = sorted(harmful_order(cached_results(run)["all"])[:40].tolist())
+    cleanse(run, removal)  # the toy replays its traced epoch in about a second
+    run.write_json("app/removal.json", {"ids": removal})
+    store.write_json(root / "_app_state.json", {"run_id": toy})
+
+    _visit(page, url, "playground", "2D playground", "classroom-arrows")
+    expect(page.get_by_text("orange arrows: where")).to_be_visible(timeout=TIMEOUT_MS)
+    chart = page.get_by_role("tabpanel", name="Curate and cleanse").locator(".js-plotly-plot").first
+    chart.scroll_into_view_if_needed()
+    _settle(page)
+    seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
+    assert seen > 100, f"{seen} orange pixels in the curate lesson's plot area: the arrows are hidden"
+
+    page.get_by_role("tab", name="One point: predicted vs actual").click()
+    panel = page.get_by_role("tabpanel", name="One point: predicted vs actual")
+    field = panel.get_by_label("…or type a point's id")
+    field.fill(str(removal[0]))
+    field.press("Enter")
+    expect(panel.get_by_text("longer than the real shift")).to_be_visible(timeout=TIMEOUT_MS)
+    _settle(page)
+    chart = panel.locator(".js-plotly-plot").nth(1)  # the click chart first, then the arrows
+    chart.scroll_into_view_if_needed()
+    seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
+    assert seen > 100, f"{seen} orange pixels in the one-point lesson's plot area: the arrows are hidden"
+    page.screenshot(path=str(ARTIFACTS / "classroom-arrows.png"))

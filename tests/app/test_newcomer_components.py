@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
-from explorer import attempt_choice, figures, tables, trainform
+from explorer import attempt_choice, figures, numbers, tables, trainform
 from influence.config import preset
 from influence.errors import ConfigError
 from influence.estimator import GROWTH_UNRELIABLE, verdict_for
@@ -71,8 +71,8 @@ def test_the_whole_state_norm_is_used_when_the_engine_stores_it():
 @pytest.mark.parametrize("value, text", [(-7.66e-5, "-7.66e-5"), (0.00012345, "1.23e-4"), (2.5, "2.50e+0"),
                                          (0.0, "0.00e+0"), (float("nan"), "?")])
 def test_one_number_format_for_influence_values(value, text):
-    assert tables.sci(value) == text
-    assert "%.2e" == tables.SCI_FORMAT  # the tables' NumberColumn writes the same digits (sprintf-js)
+    assert numbers.sci(value) == tables.sci(value) == text
+    assert "%.2e" == numbers.SCI_FORMAT  # the tables' NumberColumn writes the same digits (sprintf-js)
 
 
 def test_influence_axes_tick_as_5e_minus_5_and_zero_as_0():
