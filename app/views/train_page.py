@@ -83,7 +83,8 @@ with new_tab:
         base = None
 
     if base is not None:
-        with st.form(f"hyper-{data_key}-{preset_name}", border=False):
+        # Enter in a field must not start a half-edited run: only the button submits.
+        with st.form(f"hyper-{data_key}-{preset_name}", border=False, enter_to_submit=False):
             edited: dict[str, str] = {}
             sections: dict[str, list] = {}
             schedule_help = ""
@@ -105,7 +106,8 @@ with new_tab:
                         edited[key] = col.text_input(label, text, help=help_text or None, key=widget_key,
                                                      placeholder="none")
             hyper.markdown("*learning-rate schedule*: from the given epoch on, these rates replace lr_d/lr_g "
-                           "(one row per change; add rows at the bottom, delete with the row's checkbox)")
+                           "(one row per change; add rows at the bottom, delete with the row's checkbox). Left as "
+                           "they are, the preset's rows move with `epochs`: they set the rate of the last epochs.")
             schedule = hyper.data_editor(
                 pd.DataFrame(trainform.schedule_rows(base), columns=list(trainform.SCHEDULE_COLUMNS)),
                 num_rows="dynamic", hide_index=True, key=f"f-{data_key}-{preset_name}-schedule",
@@ -120,7 +122,9 @@ with new_tab:
             submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
         if submitted:
             try:
-                edited[trainform.SCHEDULE_KEY] = trainform.schedule_text(schedule.to_dict("records"))
+                rows, moved = trainform.schedule_following_epochs(base, edited.get("train.epochs", ""),
+                                                                  schedule.to_dict("records"))
+                edited[trainform.SCHEDULE_KEY] = trainform.schedule_text(rows)
                 cfg = trainform.apply_edits(base, edited)
             except ConfigError as e:
                 st.error(f"Not started: {e}", icon=":material/error:")
@@ -132,6 +136,8 @@ with new_tab:
                                                        "is now the current run.")
                 else:
                     jobpanel.start(root, {"kind": "train", "params": {"config": cfg.to_dict()}})
+                    if moved:
+                        st.session_state["train-flash"] = moved
                 st.rerun()  # the sidebar and the job panel above show the change
 
 # ---------------------------------------------------------------- cached runs
