@@ -62,7 +62,8 @@ def scale_note(metric: str, numbers: dict, value: float | None, spread: tuple[fl
             f"and share a common shift (mean {sci(numbers['mean'])}) that leaving out almost any instance causes: "
             "the sign of a value near the mean says little; the ranking and the tails say more.")
     if value:
-        text += (f" The most harmful value is {percent(abs(numbers['most_harmful'] / value))} of {label} "
+        share = percent(abs(numbers["most_harmful"] / value))
+        text += (f" The most harmful value is {share} of {label} "
                  f"({value:.4g} on the validation split).")
     if spread is not None:
         text += f" For comparison, test {label} varies by ±{spread[0]:.3g} (std) over {spread[1]} seeds of this configuration."

@@ -10,7 +10,7 @@ from influence.config import RunConfig
 from influence.honesty import INFORMATIVE, feature_note, reference_line
 from influence.metrics import METRIC_LABELS
 
-from . import cache, state, tables
+from . import cache, numbers, state, tables
 
 TRAIN_PAGE = "views/train_page.py"
 INFLUENCE_PAGE = "views/influence_page.py"
@@ -41,7 +41,7 @@ def run_picker(root: Path) -> None:
     st.selectbox("Current run", ids, key="run_picker", on_change=on_change,
                  help="Every page works on this run. Runs are cached in the store folder.")
     summary = next(r["summary"] for r in runs if r["run_id"] == current)
-    test = " · ".join(f"{METRIC_LABELS[m]} {v:.3g}" for m, v in summary.get("test", {}).items())
+    test = " · ".join(f"{METRIC_LABELS[m]} {numbers.value(v)}" for m, v in summary.get("test", {}).items())
     n_train = summary.get("n_train")
     st.caption(f"{tables.plural(n_train, 'training instance') if n_train is not None else '? training instances'}"
                f" · test {test}")

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, curation, datamap_view, figures, gallery_filter, removal_tools, state, tables, widgets
+from explorer import (cache, curation, datamap_view, figures, gallery_filter, numbers, removal_tools, state, tables,
+                      widgets)
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimator import FLAG_NEVER_TRACED, harmful_order
@@ -50,15 +51,16 @@ def quick_fill() -> None:
 def import_csv() -> None:
     upload = st.session_state.get(f"import-{run_id}")
     if upload is None:
-        st.session_state.pop("import-msg", None)
+        st.session_state.pop(f"import-msg:{run_id}", None)
         return
     try:
         ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train, paths)
     except ConfigError as e:
-        st.session_state["import-msg"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
+        st.session_state[f"import-msg:{run_id}"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
         return
     set_ids(ids)
-    st.session_state["import-msg"] = ("success", f"Imported {len(ids)} ids from {upload.name}; they replace the set.")
+    st.session_state[f"import-msg:{run_id}"] = ("success",
+                                                f"Imported {len(ids)} ids from {upload.name}; they replace the set.")
 
 
 removal = state.removal(root, run_id)
@@ -88,17 +90,19 @@ with gallery_col:
     if active is not None:
         lo, hi = active["range"]
         f1, f2 = st.columns([4, 1])
-        f1.info(f"Showing only {METRIC_LABELS[active['metric']]} influence between {lo:.3g} and {hi:.3g}.",
+        f1.info(f"Showing only {METRIC_LABELS[active['metric']]} influence between {numbers.sci(lo)} and "
+                f"{numbers.sci(hi)}.",
                 icon=":material/filter_alt:")
-        f2.button("Clear filter", on_click=gallery_filter.clear, args=(run_id,))
+        f2.button("Clear filter", on_click=gallery_filter.clear, args=(run_id,), wrap=True)
 
     ids = curation.ordered_ids(results, sort_metric, direction == "helpful", labels, classes, active)
     picked_on_map = datamap_view.selection(run_id)
     if picked_on_map is not None:
         ids = ids[np.isin(ids, picked_on_map)]
         m1, m2 = st.columns([4, 1])
-        m1.info(f"Showing only the {len(picked_on_map)} images selected on the map.", icon=":material/scatter_plot:")
-        m2.button("Clear map selection", on_click=datamap_view.clear_selection, args=(run_id,))
+        m1.info(f"Showing only the {len(picked_on_map)} images selected {datamap_view.selection_origin(run_id)}.",
+                icon=":material/scatter_plot:")
+        m2.button("Clear selection", on_click=datamap_view.clear_selection, args=(run_id,), wrap=True)
     per_page = 25
     n_pages = max(1, math.ceil(len(ids) / per_page))
     p1, p2, p3 = st.columns([1, 2, 3])
@@ -155,7 +159,7 @@ with gallery_col:
             column_config={
                 "remove": st.column_config.CheckboxColumn("remove", help="tick to put it into the removal set"),
                 "image": st.column_config.ImageColumn("image", width="small"),
-                **{METRIC_LABELS[m]: st.column_config.NumberColumn(METRIC_LABELS[m], format="%.3g",
+                **{METRIC_LABELS[m]: st.column_config.NumberColumn(METRIC_LABELS[m], format=numbers.SCI_FORMAT,
                                                                    help=r.meta["sign"]) for m, r in results.items()},
             })
         flipped = edited["remove"] != frame["remove"]
@@ -193,6 +197,6 @@ with set_col:
         st.caption("A CSV with an 'id' or a 'path' column, or one id per line. It replaces the current set; "
                    "a malformed file leaves the set as it is.")
         st.file_uploader("CSV file", type=["csv", "txt"], key=f"import-{run_id}", on_change=import_csv)
-    message = st.session_state.get("import-msg")
+    message = st.session_state.get(f"import-msg:{run_id}")  # another run's import says nothing here
     if message:
         (st.error if message[0] == "error" else st.success)(message[1])

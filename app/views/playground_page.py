@@ -164,8 +164,8 @@ with curate_tab:
             jobpanel.panel(root, cl_job)
         if attempt is not None:
             change = attempt["change"]["all"]
-            st.metric("test ALL after cleansing", numbers.value(attempt["after"]["all"]), delta=numbers.signed(change),
-                      help="higher is better")
+            st.metric("test ALL after cleansing", numbers.value(attempt["after"]["all"]),
+                      delta=numbers.signed(change), help="higher is better")
             predicted = attempt["predicted_change"].get("all")
             if predicted is not None:
                 st.caption(f"predicted (validation split, traced steps only): {numbers.sci(predicted)}")
@@ -287,7 +287,8 @@ with lr_tab:
                        "growth": "-" if v.diverged else f"{v.growth:.3g}x",
                        "verdict": "diverged" if v.diverged else v.verdict,
                        "Kendall τ": "-" if v.diverged else f"{v.kendall_tau:.2f}",
-                       "random ranking (95%)": "-" if v.diverged else f"{v.random_range[0]:.2f} to {v.random_range[1]:.2f}",
+                       "random ranking (95%)": "-" if v.diverged else
+                       f"{v.random_range[0]:.2f} to {v.random_range[1]:.2f}",
                        "seconds": f"{v.seconds:.1f}"} for k, v in sorted(done.items())], hide_index=True)
 
 # ---------------------------------------------------------------- mode collapse

@@ -4,9 +4,9 @@ or load a cached run; the current run's samples per epoch and training curves.""
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, figures, jobpanel, state, tables, trainform, widgets
+from explorer import cache, figures, jobpanel, state, tables, timing, trainform, widgets
 from explorer.widgets import INFLUENCE_PAGE
-from influence import store
+from influence import jobs, store
 from influence.config import DEFAULT_PRESET, RunConfig
 from influence.errors import ConfigError
 
@@ -75,6 +75,10 @@ with new_tab:
     preset_name = c1.selectbox("Preset", names, index=names.index(DEFAULT_PRESET) if DEFAULT_PRESET in names else 0,
                                key=f"preset-{data_key}")
     c2.caption(trainform.PRESET_NOTES.get(preset_name, ""))
+    finished_training = [j for j in jobs.list_jobs(root) if j["spec"].get("kind") == "train" and j["state"] == "done"]
+    time_text = timing.estimate_text(preset_name, cache.runs(str(root), cache.runs_stamp(root)), finished_training)
+    if time_text:
+        c2.caption(time_text)
 
     try:
         base = trainform.base_config(preset_name, data_key, data_root)
