@@ -97,7 +97,7 @@ def check_scatter(estimated: np.ndarray, actual: np.ndarray, metric: str, height
     lo = float(np.nanmin([estimated.min(), actual.min()])) if len(actual) else 0.0
     hi = float(np.nanmax([estimated.max(), actual.max()])) if len(actual) else 1.0
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dash", color="#888"), name="estimate = actual")
-    fig.update_layout(height=height, margin=MARGIN, xaxis_title=f"estimated: {axis_label(metric, lines=2)}",
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title=axis_label(metric, lines=2, what="estimated"),
                       yaxis_title="actual (leave-one-out)", showlegend=False)
     fig.update_xaxes(**SCI_AXIS)
     fig.update_yaxes(**SCI_AXIS)

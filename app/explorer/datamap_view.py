@@ -98,18 +98,16 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
     thumbs = cache.thumbnails(str(root), run_id, tuple(row), cache.THUMB_PX)
     paths = dataset.train_paths
     in_set = set(removal)
-    per_row = 5  # wide enough for a caption's number on one line
-    cells = list(zip(row, thumbs, [0.0, *dist.tolist()], strict=True))
-    for start in range(0, len(cells), per_row):
-        for col, (j, png, d) in zip(st.columns(per_row), cells[start:start + per_row], strict=False):
-            with col.container(border=True):
-                st.image(png)
-                st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
-                if paths:
-                    st.caption(paths[j])
-                st.caption(tables.score_lines(results, j))
-                member = j in in_set
-                st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",
-                            on_change=state.toggle_removal, args=(root, run_id, j))
+    grid = st.container(horizontal=True)  # fixed-width cards that wrap: numbers stay on one line
+    for j, png, d in zip(row, thumbs, [0.0, *dist.tolist()], strict=True):
+        with grid.container(border=True, width=cache.CARD_PX):
+            st.image(png)
+            st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
+            if paths:
+                st.caption(paths[j])
+            st.caption(tables.score_lines(results, j))
+            member = j in in_set
+            st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",
+                        on_change=state.toggle_removal, args=(root, run_id, j))
     st.button(f"Add the {SIMILAR} neighbours to the removal set", key=f"similar-add-{run_id}",
               on_click=state.add_to_removal, args=(root, run_id, ids.tolist()), icon=":material/add_box:")

@@ -25,7 +25,7 @@ HELPFUL = "#1f77b4"
 GENERATED = "#2ca02c"
 CLEANSED = "#ff7f0e"
 MARGIN = dict(l=10, r=10, t=40, b=10)
-TOOLBAR_TOP = 58  # px above the plot area: a title row under the Plotly toolbar
+TOOLBAR_TOP = 76  # px above the plot area: two lines of subplot title under the Plotly toolbar
 
 
 CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -36,11 +36,11 @@ def class_color(label: int) -> str:
     return "#555" if label < 0 else CLASS_COLORS[label % len(CLASS_COLORS)]
 
 
-def axis_label(metric: str, lines: int = 1) -> str:
+def axis_label(metric: str, lines: int = 1, what: str = "predicted") -> str:
     """'predicted change of FID if removed; negative = harmful' (lines=2: broken after 'removed', for axes
     too short or narrow to hold it on one line)."""
     side = "positive" if harmful_sign(metric) > 0 else "negative"
-    return f"predicted change of {METRIC_LABELS[metric]} if removed{'<br>' if lines > 1 else '; '}{side} = harmful"
+    return f"{what} change of {METRIC_LABELS[metric]} if removed{'<br>' if lines > 1 else '; '}{side} = harmful"
 
 
 def _side_colors(metric: str) -> tuple[str, str]:
@@ -122,7 +122,7 @@ def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: 
     fig.update_yaxes(type="log", range=[math.log10(low), math.log10(high)], tickvals=ticks,
                      ticktext=[decade_text(t) for t in ticks], title_text="|u| ÷ |u| at the start (log)")
     fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=-0.3, x=0),
-                      xaxis_title="traced step (the backward pass runs right to left)")
+                      xaxis_title="traced step (walked right to left)")
     return fig
 
 
@@ -191,7 +191,7 @@ def history_figure(history: list[dict], live_losses: list[tuple[int, float, floa
     """Losses (per epoch, plus per-step samples while training) and test metrics per epoch."""
     metrics = [m for m in ("is", "fid", "all") if any(m in h for h in history)]
     fig = make_subplots(rows=1, cols=1 + len(metrics), subplot_titles=["losses"] + [
-        f"test {METRIC_LABELS[m]} ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)" for m in metrics])
+        f"test {METRIC_LABELS[m]}<br>({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)" for m in metrics])
     if live_losses and steps_per_epoch:
         steps = [s / steps_per_epoch for s, _, _ in live_losses]
         fig.add_scatter(x=steps, y=[d for _, d, _ in live_losses], mode="lines", name="D loss (live)",

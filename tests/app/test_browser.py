@@ -86,13 +86,13 @@ def server(rich_store, toy_store, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def browser_tab(height: int = 1400):
+def browser_tab(height: int = 1400, width: int = 1440):
     """A tab of Debian's headless Chromium with the tests' viewport and timeout, until the block ends."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        tab = browser.new_page(viewport={"width": 1440, "height": height})
+        tab = browser.new_page(viewport={"width": width, "height": height})
         tab.set_default_timeout(TIMEOUT_MS)
         try:
             yield tab
@@ -280,3 +280,78 @@ def test_the_classroom_arrows_can_be_seen(server, page):
     seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
     assert seen > 100, f"{seen} orange pixels in the one-point lesson's plot area: the arrows are hidden"
     page.screenshot(path=str(ARTIFACTS / "classroom-arrows.png"))
+
+
+# Text the page shows cut off: a leaf element whose text overflows itself (an ellipsis) or a clipping ancestor
+# (a squeezed column), outside collapsed expanders; and Plotly axis, subplot and annotation titles that stick
+# out of their chart.
+CLIPPED_JS = """
+() => {
+  const cut = [];
+  for (const e of document.querySelectorAll('[data-testid="stMain"] *, [data-testid="stSidebar"] *')) {
+    if (!e.offsetParent || e.children.length || !e.textContent.trim()) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width < 1 || r.height < 1 || getComputedStyle(e).visibility === 'hidden') continue;
+    if (e.closest('details:not([open])')) continue;  // inside a collapsed expander: not shown
+    const right = r.left + Math.max(r.width, e.scrollWidth);
+    let clipped = getComputedStyle(e).overflowX !== 'visible' && e.scrollWidth > e.clientWidth + 1;
+    for (let a = e.parentElement; a && !clipped; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX === 'visible') continue;
+      const b = a.getBoundingClientRect();
+      clipped = right > b.right + 1 || r.left < b.left - 1;
+    }
+    if (clipped) cut.push(e.textContent.trim());
+  }
+  const titles = [];
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    const svg = plot.querySelector('.main-svg'); if (!svg) continue;
+    const box = svg.getBoundingClientRect();
+    for (const t of plot.querySelectorAll('.g-xtitle text, .g-ytitle text, .g-y2title text, .infolayer .annotation text')) {
+      const r = t.getBoundingClientRect();
+      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1))
+        titles.push(t.textContent);
+    }
+  }
+  return {cut, titles};
+}
+"""
+
+
+def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server):
+    """At 1200 px the Inspect page cut 'helpful', 'Map', 'Add page to set', 'Undo', 'Cleanse without this
+    set'; the |u| plot's and the lr scatter's x-titles, the box plot's y-title and the training curves'
+    'test FID' stuck out of their charts; the Plotly toolbar covered the curves' subplot titles; the table
+    view ended in an empty row."""
+    from playwright.sync_api import expect
+
+    url, root = server
+    tiny = tiny_run_id(root)
+    toy = next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("toytest-"))
+    with browser_tab(height=2600, width=1200) as tab:
+        for run_id, path, title in ((tiny, "curate", "Inspect and curate"),
+                                    (tiny, "influence", "Influence of each training instance"),
+                                    (tiny, "", "Train or load a GAN"), (toy, "playground", "2D playground")):
+            store.write_json(root / "_app_state.json", {"run_id": run_id})
+            _visit(tab, url, path, title, f"narrow-{path or 'train'}")
+            if path == "playground":
+                tab.get_by_role("tab", name="When the estimate breaks").click()
+                tab.get_by_role("button", name="Retrain the epoch and check").click()
+                expect(tab.get_by_text("Kendall τ, 16 replays")).to_be_visible(timeout=TIMEOUT_MS)
+                _settle(tab)
+            found = tab.evaluate(CLIPPED_JS)
+            assert found == {"cut": [], "titles": []}, f"{path or 'train'}: {found}"
+            if path == "curate":  # the table view holds its 25 rows and header, without an empty row below
+                tab.get_by_text("Table", exact=True).first.click()
+                _settle(tab)
+                height = tab.locator(".dvn-scroller").first.evaluate("e => e.clientHeight")
+                rows = 25 * (84 + 6)  # cache.THUMB_PX + 6 per row
+                assert rows < height <= rows + 36 + 2, f"the table is {height} px for {rows} px of rows"
+            if path == "":
+                curves = tab.locator(".js-plotly-plot").filter(has_text="test FID").first
+                curves.hover()
+                bar = curves.locator(".modebar").bounding_box()
+                for title in curves.locator(".infolayer .annotation").all():
+                    box = title.bounding_box()
+                    apart = (bar["x"] + bar["width"] <= box["x"] or box["x"] + box["width"] <= bar["x"]
+                             or bar["y"] + bar["height"] <= box["y"] or box["y"] + box["height"] <= bar["y"])
+                    assert apart, f"the toolbar covers '{title.text_content()}'"
