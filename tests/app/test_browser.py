@@ -246,7 +246,7 @@ def _plot_area(chart):
 def test_the_classroom_arrows_can_be_seen(server, page):
     """The Curate and One-point lessons promise orange arrows drawn 50x; Plotly draws WebGL traces (the
     training points) above SVG ones, so the arrows must be WebGL too. Checked from the pixels of the
-    plot areas, not from the DOM."""
+    plot areas, not from the DOM. Then the learning-rate lesson at lr 3 says the run diverged."""
     from playwright.sync_api import expect
 
     from influence.cleanse import cleanse
@@ -280,6 +280,18 @@ def test_the_classroom_arrows_can_be_seen(server, page):
     seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
     assert seen > 100, f"{seen} orange pixels in the one-point lesson's plot area: the arrows are hidden"
     page.screenshot(path=str(ARTIFACTS / "classroom-arrows.png"))
+
+    # The learning-rate lesson at lr 3: the run diverges, and the page says so instead of a verdict and a tau.
+    page.get_by_role("tab", name="When the estimate breaks").click()
+    panel = page.get_by_role("tabpanel", name="When the estimate breaks")
+    slider = panel.get_by_role("slider")
+    slider.focus()
+    while not slider.get_attribute("aria-valuetext").startswith("3"):
+        slider.press("ArrowRight")
+    _settle(page)
+    panel.get_by_role("button", name="Retrain the epoch and check").click()
+    expect(panel.get_by_text("Diverged at lr 3.")).to_be_visible(timeout=TIMEOUT_MS)
+    assert panel.get_by_text("growth factor", exact=True).count() == 0
 
 
 # Text the page shows cut off: a leaf element whose text overflows itself (an ellipsis) or a clipping ancestor
