@@ -12,7 +12,9 @@ never saved half drawn.
 --prepare trains what the shots need, where missing: mnist-adam seed 0 (as a background job, so its
 start-up is recorded) with influence on FID, IS and D-loss, a cleanse of its 50 most harmful instances by
 FID and a 20-instance validation; toy2d seed 0 with influence on ALL and D-loss and a cleanse of its 100
-most harmful points by ALL. On 2 CPU cores that takes about 15 minutes; the shots take about 3.
+most harmful points by ALL; toy2d-adam-ema seed 0 (the mode-collapse lesson's generator that covers the
+data). On 2 CPU cores that takes about 15 minutes (measured: 16 min 20 s while other work loaded the
+cores, after a 19-minute training job); the shots take about 6.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ TIMEOUT_MS = 600_000  # a lesson or a cached computation on a loaded 2-core mach
 def prepare(root: Path) -> None:
     """The runs and results the shots show (cached ones are reused)."""
     from influence import jobs, store
+    from influence.classroom import covering_toy
     from influence.cleanse import cleanse
     from influence.config import preset
     from influence.estimator import cached_results, estimate, harmful_order
@@ -66,6 +69,7 @@ def prepare(root: Path) -> None:
     removal = sorted(harmful_order(cached_results(toy)["all"])[:100].tolist())
     cleanse(toy, removal)
     toy.write_json("app/removal.json", {"ids": removal})
+    train(covering_toy(0), root)  # the mode-collapse lesson's comparison
 
 
 def runs_of(root: Path) -> dict[str, str]:
@@ -87,8 +91,7 @@ class Shot:
     path: str  # the page's url path
     wait_for: str  # text that appears only once the result is drawn
     steps: list = field(default_factory=list)  # (action, argument) pairs, see `act`
-    full_page: bool = False
-    height: int = 1400
+    height: int = 1400  # the viewport: Streamlit scrolls inside the page, so a long view needs a tall window
 
 
 SHOTS = [
@@ -107,12 +110,14 @@ SHOTS = [
     Shot("classroom-curate", "toy", "playground", "orange arrows: where", height=1500),
     Shot("classroom-one-point", "toy", "playground", "Click a training point",
          [("tab", "One point: predicted vs actual"), ("point", "1234"), ("wait", "longer than the real shift")],
-         full_page=True, height=1500),
+         height=2000),
     Shot("classroom-loss-vs-metric", "toy", "playground", "Kendall τ between the two harmful-first rankings",
          [("tab", "Loss is not the metric")], height=1500),
     Shot("classroom-lr", "toy", "playground", "When the estimate breaks",
-         [("tab", "When the estimate breaks"), ("lr", "3"), ("lr", "0.1")], full_page=True, height=1500),
-    Shot("classroom-collapse", "toy", "playground", "the generator", [("tab", "Mode collapse")], height=1500),
+         [("tab", "When the estimate breaks"), ("lr", "3"), ("lr", "1")], height=2000),
+    Shot("classroom-collapse", "toy", "playground", "the generator",
+         [("tab", "Mode collapse"), ("click", "Switch to toy2d-adam-ema"), ("tab", "Mode collapse"),
+          ("wait", "covers")], height=1500),
 ]
 
 
@@ -131,10 +136,11 @@ def settle(tab) -> None:
 def act(tab, action: str, arg: str) -> None:
     from playwright.sync_api import expect
 
+    shown = tab.get_by_text(arg).locator("visible=true").first  # not the same words in a hidden tab
     if action == "click":
-        tab.get_by_text(arg).first.click()
+        shown.click()
     elif action == "wait":
-        expect(tab.get_by_text(arg).first).to_be_visible(timeout=TIMEOUT_MS)
+        expect(shown).to_be_visible(timeout=TIMEOUT_MS)
     elif action == "scroll":
         target = tab.get_by_text(arg).first
         expect(target).to_be_attached(timeout=TIMEOUT_MS)
@@ -214,6 +220,9 @@ def shoot(root: Path, out: Path, only: list[str] | None) -> None:
             tab.wait_for_selector("h1")
             settle(tab)
             expect(tab.get_by_text(shot.wait_for).first).to_be_attached(timeout=TIMEOUT_MS)
+            for job in tab.get_by_role("button", name="Dismiss").all():  # finished jobs' boxes: results, not chores
+                job.click()
+                settle(tab)
             for action, arg in shot.steps:
                 act(tab, action, arg)
             if tab.locator('[data-testid="stException"]').count():
@@ -221,7 +230,7 @@ def shoot(root: Path, out: Path, only: list[str] | None) -> None:
             if shot.steps and shot.steps[-1][0] != "scroll":
                 tab.evaluate("window.scrollTo(0, 0)")  # a tab or a lesson: from the page's top
                 tab.locator("h1").first.scroll_into_view_if_needed()
-            tab.screenshot(path=str(out / f"{shot.name}.png"), full_page=shot.full_page)
+            tab.screenshot(path=str(out / f"{shot.name}.png"))
             print(f"{shot.name}.png ({runs[shot.run]}, {time.perf_counter() - started:.0f} s)", flush=True)
             tab.close()
         browser.close()

@@ -35,7 +35,7 @@ def influence_marker(scores: np.ndarray, metric: str, colorbar_x: float | None =
 
 def add_shift_arrows(fig: go.Figure, before: np.ndarray, after: np.ndarray, magnification: float,
                      name: str = "generated") -> None:
-    """Generated points before (dots) and arrows to where they move, drawn `magnification` times longer.
+    """Generated points before (dots) and arrows over them to where they move, drawn `magnification` times longer.
 
     All WebGL: Plotly draws every WebGL trace above every SVG one, so arrows drawn as SVG under
     WebGL training points cannot be seen. Heads are triangles turned along each shift (the axes
@@ -47,12 +47,13 @@ def add_shift_arrows(fig: go.Figure, before: np.ndarray, after: np.ndarray, magn
     angle = np.degrees(np.arctan2(shift[:, 0], shift[:, 1]))  # clockwise from "up", as Plotly turns markers
     factor = f"{magnification:,.0f}" if magnification >= 1 else f"{magnification:g}"
     label = f"shift of the {name} points, drawn {factor}x"
-    fig.add_scattergl(x=xs, y=ys, mode="lines", name=label, legendgroup="shift", hoverinfo="skip",
-                      line=dict(color=CLEANSED, width=1.5))
-    fig.add_scattergl(x=head[:, 0], y=head[:, 1], mode="markers", name=label, legendgroup="shift", showlegend=False,
-                      hoverinfo="skip", marker=dict(symbol="triangle-up", angle=angle, size=9, color=CLEANSED))
     fig.add_scattergl(x=before[:, 0], y=before[:, 1], mode="markers", name=f"{name} points (before)",
                       marker=dict(size=5, color=GENERATED, line=OUTLINE))
+    fig.add_scattergl(x=xs, y=ys, mode="lines", name=label, legendgroup="shift", hoverinfo="skip",
+                      line=dict(color=CLEANSED, width=1), opacity=0.9)
+    fig.add_scattergl(x=head[:, 0], y=head[:, 1], mode="markers", name=label, legendgroup="shift", showlegend=False,
+                      hoverinfo="skip", marker=dict(symbol="triangle-up", angle=angle, size=7, color=CLEANSED),
+                      opacity=0.9)
 
 
 def one_point_figure(train_xy: np.ndarray, instance: int, before: np.ndarray, after: np.ndarray,

@@ -139,7 +139,8 @@ st.subheader("Compare attempts side by side")
 picked = st.multiselect("Attempts", keys, key=compare_key, max_selections=4,
                         format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})")
 if picked:
-    st.dataframe(tables.compare_table([by_key[k] for k in picked]), hide_index=True, width="stretch",
+    compared = tables.compare_table([by_key[k] for k in picked])
+    st.dataframe(compared, hide_index=True, width="stretch", height=35 * (len(compared) + 1) + 3,  # every row
                  column_config={k: st.column_config.TextColumn(k) for k in picked})
     for col, k in zip(st.columns(len(picked)), picked, strict=True):
         col.markdown(f"**{by_key[k]['mode']}, {by_key[k]['n_removed']} removed**")

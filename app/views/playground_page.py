@@ -17,7 +17,7 @@ from influence.train import Trace
 TOY_PRESETS = {"toy2d": "ReLU and SGD, as the paper's code",
                "toy2d-smooth": "softplus and SGD: one removal stays first order",
                "toy2d-adam": "softplus and Adam",
-               classroom.COVERING_PRESET: "ReLU, Adam and an EMA of the generator: it covers the data"}
+               classroom.COVERING_PRESET: "ReLU, Adam and an EMA of the generator"}
 TOY_LESSONS = ("Which toy for which lesson: **toy2d** for curating, one point, loss vs metric and the learning "
                "rate (the paper's set-up, plain SGD); **toy2d-smooth** when one point's estimate should match its "
                f"replay exactly; **{classroom.COVERING_PRESET}** for mode collapse (its generator covers the data; "

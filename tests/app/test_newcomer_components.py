@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
-from explorer import attempt_choice, figures, numbers, tables, trainform
+from explorer import attempt_choice, figures, jobpanel, numbers, tables, trainform
 from influence.config import preset
 from influence.errors import ConfigError
 from influence.estimator import GROWTH_UNRELIABLE, verdict_for
@@ -239,9 +239,13 @@ def test_the_time_estimate_names_its_basis_and_the_start_up():
     assert "issue 26's walk-through" in text and "4 minutes" not in text
     run = {"run_id": "mnist-adam-s0-x", "modified": 1.0, "config": {"preset": "mnist-adam"},
            "summary": {"seconds": 250.0}}
+    text = timing.estimate_text("mnist-adam", [run], [])
+    assert "training took 4 min 10 s here (run `mnist-adam-s0-x`)" in text and "start-up about 1 min 16 s" in text
     job = {"spec": {"params": {"config": {"preset": "mnist-adam"}}}, "queued_at": 100.0, "started": 104.0,
-           "stages": {"loading": 0.2, "feature-net": 5.0, "train": 70.0}}
-    text = timing.estimate_text("mnist-adam", [run], [job])
-    assert "training took 4 min 10 s here (run `mnist-adam-s0-x`)" in text
-    assert "start-up took 1 min 14 s here" in text and "walk-through" not in text
+           "updated": 104.0 + 70.0 + 300.0, "stages": {"loading": 0.2, "feature-net": 5.0, "train": 70.0}}
+    text = timing.estimate_text("mnist-adam", [run], [job])  # the job box's own split: the same figures
+    assert "training took 5 min 00 s here" in text and "start-up took 1 min 10 s here" in text
+    assert "walk-through" not in text
+    assert jobpanel.finished_text(job).endswith("start-up 1 min 10 s (worker, data set, feature network), "
+                                                "training 5 min 00 s.")
     assert timing.estimate_text("dcgan32", [], []) is None
