@@ -86,13 +86,13 @@ def server(rich_store, toy_store, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def browser_tab(height: int = 1400, width: int = 1440):
+def browser_tab(height: int = 1400):
     """A tab of Debian's headless Chromium with the tests' viewport and timeout, until the block ends."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        tab = browser.new_page(viewport={"width": width, "height": height})
+        tab = browser.new_page(viewport={"width": 1440, "height": height})
         tab.set_default_timeout(TIMEOUT_MS)
         try:
             yield tab
@@ -329,7 +329,7 @@ CLIPPED_JS = """
 """
 
 
-def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server):
+def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server, page):
     """At 1200 px the Inspect page cut 'helpful', 'Map', 'Add page to set', 'Undo', 'Cleanse without this
     set'; the |u| plot's and the lr scatter's x-titles, the box plot's y-title and the training curves'
     'test FID' stuck out of their charts; the Plotly toolbar covered the curves' subplot titles; the table
@@ -339,27 +339,28 @@ def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server):
     url, root = server
     tiny = tiny_run_id(root)
     toy = next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("toytest-"))
-    with browser_tab(height=2600, width=1200) as tab:
+    page.set_viewport_size({"width": 1200, "height": 2600})
+    try:
         for run_id, path, title in ((tiny, "curate", "Inspect and curate"),
                                     (tiny, "influence", "Influence of each training instance"),
                                     (tiny, "", "Train or load a GAN"), (toy, "playground", "2D playground")):
             store.write_json(root / "_app_state.json", {"run_id": run_id})
-            _visit(tab, url, path, title, f"narrow-{path or 'train'}")
+            _visit(page, url, path, title, f"narrow-{path or 'train'}")
             if path == "playground":
-                tab.get_by_role("tab", name="When the estimate breaks").click()
-                tab.get_by_role("button", name="Retrain the epoch and check").click()
-                expect(tab.get_by_text("Kendall τ, 16 replays")).to_be_visible(timeout=TIMEOUT_MS)
-                _settle(tab)
-            found = tab.evaluate(CLIPPED_JS)
+                page.get_by_role("tab", name="When the estimate breaks").click()
+                page.get_by_role("button", name="Retrain the epoch and check").click()
+                expect(page.get_by_text("Kendall τ, 16 replays")).to_be_visible(timeout=TIMEOUT_MS)
+                _settle(page)
+            found = page.evaluate(CLIPPED_JS)
             assert found == {"cut": [], "titles": []}, f"{path or 'train'}: {found}"
             if path == "curate":  # the table view holds its 25 rows and header, without an empty row below
-                tab.get_by_text("Table", exact=True).first.click()
-                _settle(tab)
-                height = tab.locator(".dvn-scroller").first.evaluate("e => e.clientHeight")
+                page.get_by_text("Table", exact=True).first.click()
+                _settle(page)
+                height = page.locator(".dvn-scroller").first.evaluate("e => e.clientHeight")
                 rows = 25 * (84 + 6)  # cache.THUMB_PX + 6 per row
                 assert rows < height <= rows + 36 + 2, f"the table is {height} px for {rows} px of rows"
             if path == "":
-                curves = tab.locator(".js-plotly-plot").filter(has_text="test FID").first
+                curves = page.locator(".js-plotly-plot").filter(has_text="test FID").first
                 curves.hover()
                 bar = curves.locator(".modebar").bounding_box()
                 for title in curves.locator(".infolayer .annotation").all():
@@ -367,3 +368,5 @@ def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server):
                     apart = (bar["x"] + bar["width"] <= box["x"] or box["x"] + box["width"] <= bar["x"]
                              or bar["y"] + bar["height"] <= box["y"] or box["y"] + box["height"] <= bar["y"])
                     assert apart, f"the toolbar covers '{title.text_content()}'"
+    finally:
+        page.set_viewport_size({"width": 1440, "height": 1400})
