@@ -99,7 +99,7 @@ SHOTS = [
     Shot("app-train-form", "mnist", "", "Training curves",
          [("click", "Hyperparameters: the preset's values"), ("wait", "learning-rate schedule")]),
     Shot("app-influence", "mnist", "influence", "Reliability:"),
-    Shot("app-influence-verdict", "mnist", "influence", "Reliability:", [("scroll", "doubtful from here")]),
+    Shot("app-influence-verdict", "mnist", "influence", "Reliability:", [("scroll", "u is the metric's gradient")]),
     Shot("app-influence-detail", "mnist", "influence", "One instance in detail", [("scroll", "One instance in detail")]),
     Shot("app-curate", "mnist", "curate", "Removal set"),
     Shot("app-cleanse", "mnist", "cleanse", "Where the samples changed"),

@@ -3,7 +3,7 @@ widgets that format numbers themselves (Streamlit's NumberColumn, Plotly's axes,
 
 - Influences and changes of a metric (tiny, either sign): 3 significant digits, scientific, the exponent
   unpadded: -2.53e-4 (`sci`, `signed`; NumberColumn `SCI_FORMAT`; Plotly `SCI_AXIS`, `SCI_HOVER`).
-- A metric's value: 4 significant digits, plain: 9.966 (`value`; NumberColumn `VALUE_FORMAT`).
+- A metric's value: 4 significant digits, plain: 9.966, 7.300 (`value`; NumberColumn `VALUE_FORMAT`).
 - A share: 2 significant digits, however small: 0.0031% (`percent`).
 """
 
@@ -38,8 +38,11 @@ def signed(value: float | None) -> str:
 
 
 def value(v: float | None) -> str:
-    """A metric's value: '9.966'."""
-    return f"{float(v):.4g}" if _finite(v) else "?"
+    """A metric's value with 4 significant digits, trailing zeros kept: '9.966', '7.300' (not '7.3')."""
+    if not _finite(v):
+        return "?"
+    text = f"{float(v):#.4g}"
+    return f"{float(v):.4g}" if "e" in text else text.rstrip(".")
 
 
 def percent(share: float | None) -> str:

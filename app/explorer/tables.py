@@ -14,6 +14,7 @@ from influence.metrics import METRIC_LABELS
 
 from .figures import class_label
 from .numbers import percent, sci, signed
+from .numbers import value as metric_text
 
 
 def plural(n: int, noun: str) -> str:
@@ -157,7 +158,7 @@ def compare_table(attempts: list[dict]) -> pd.DataFrame:
         for m, before in a["before"].items():
             label = METRIC_LABELS[m]
             change, predicted = a["change"].get(m), a["predicted_change"].get(m)
-            col[f"{label} after"] = f"{a['after'][m]:.4g} (before {before:.4g})"
+            col[f"{label} after"] = f"{metric_text(a['after'][m])} (before {metric_text(before)})"
             col[f"{label} change"] = signed(change)
             col[f"{label} predicted"] = (signed(predicted) + (" · signs disagree" if change is not None
                                          and signs_disagree(predicted, change) else "")) if predicted is not None else "-"
