@@ -11,7 +11,8 @@ from influence import classroom
 from influence.context import RunContext, load_run_config
 from influence.errors import ConfigError
 from influence.estimator import estimate
-from influence.train import Trace, replay
+from influence.stepmap import step
+from influence.train import Trace, replay, states_backward, trace_inputs
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,56 @@ def test_the_lr_lesson_reports_divergence_instead_of_failing(toy):
     _, ctx, trace, _ = toy
     lesson = classroom.lr_lesson(ctx, trace, 1e6, n_check=3)
     assert lesson.diverged is not None and "diverged" in lesson.diverged and len(lesson.ids) == 0
+    assert classroom.conclusion(lesson).kind == "diverged"
+
+
+def test_the_lr_lesson_flags_a_run_that_explodes_without_nan(toy):
+    """At lr 10 the toy's D loss reaches ~1e67 and its ReLUs die, so the parameters end finite: that is a
+    diverged run too (on toy2d at lr 3 it showed 'doubtful' with tau 1.00 over changes of -2e86)."""
+    _, ctx, trace, _ = toy
+    lesson = classroom.lr_lesson(ctx, trace, 10.0, n_check=4)
+    # independently: the D loss of each step of the last epoch retrained at lr 10
+    start = classroom.last_epoch_start(ctx, trace)
+    state = next(states_backward(ctx, trace, start, start))[1]
+    window = classroom._window(trace, start, state.flat().numpy(), np.where(trace.lrs[start:] > 0, 10.0, 0.0))
+    losses = []
+    for t in range(window.steps):
+        state, loss_d, _ = step(ctx.gan, window.rule, state, trace_inputs(ctx, window, t))
+        losses.append(loss_d)
+    assert np.isfinite(state.flat().numpy()).all() and max(losses) > 1e3 * losses[0]
+    assert lesson.diverged is not None and "D loss reached" in lesson.diverged and len(lesson.ids) == 0
+    assert np.allclose(lesson.losses[:, 0], losses)
+    assert classroom.conclusion(lesson).headline == "Diverged at lr 10"
+
+
+def test_random_tau_range_is_the_central_95_percent_of_all_permutations():
+    import itertools
+
+    for n in (5, 6, 7):
+        taus = np.sort([stats.kendalltau(np.arange(n), p).statistic for p in itertools.permutations(range(n))])
+        lo, hi = classroom.random_tau_range(n)
+        assert lo == pytest.approx(-hi)
+        assert np.mean(taus > hi + 1e-9) <= 0.025 < np.mean(taus >= hi - 1e-9)  # the smallest such bound
+    assert classroom.random_tau_range(8)[1] == pytest.approx(16 / 28)  # tau 0.57: 8 replays
+    assert classroom.random_tau_range(16)[1] == pytest.approx(0.3667, abs=1e-4)
+
+
+def _lesson(verdict: str, tau: float, n: int = 8) -> classroom.LrLesson:
+    growth = {"reliable": 1.5, "doubtful": 20.0, "unreliable": 3e4}[verdict]
+    ids = np.arange(n)
+    return classroom.LrLesson(0.1, 100, None, np.zeros((100, 2)), np.ones((101, 3)), growth, verdict, "", ids,
+                              ids * 1.0, ids * 1.0, tau, classroom.random_tau_range(n), -2.8, 1.0)
+
+
+def test_the_lr_lessons_verdict_and_replays_tell_one_story():
+    # the issue's case: "reliable" beside tau -0.21 over 8 replays, which a random ranking gives
+    story = classroom.conclusion(_lesson("reliable", -0.21))
+    assert story.kind == "replays disagree" and "Believe the replays" in story.text
+    assert "-0.57 to 0.57" in story.text and "cannot tell" in story.text
+    assert classroom.conclusion(_lesson("reliable", 0.93)).kind == "holds"
+    agree = classroom.conclusion(_lesson("unreliable", 0.93))
+    assert agree.kind == "replays agree" and "Believe the replays" in agree.text
+    assert classroom.conclusion(_lesson("doubtful", 0.1)).kind == "fails"
 
 
 def test_coverage_names_a_collapsed_generator():

@@ -31,6 +31,7 @@ from . import tables
 
 THUMB_PX = 84  # 3x a 28 px digit: large enough to judge it, small enough for a table row
 GALLERY_PX = 112  # 4x in the gallery grid
+CARD_PX = 160  # a gallery card: the image, and "D-loss +2.15e-4" on one line; cards wrap to the window's width
 METRIC_ORDER = ("fid", "is", "dloss", "all")  # the paper's headline metric first
 GRID_SCALE = 3
 

@@ -8,7 +8,8 @@ from plotly.subplots import make_subplots
 
 from influence.metrics import METRIC_LABELS, harmful_sign
 
-from .figures import CLEANSED, GENERATED, HARMFUL, HELPFUL, MARGIN, SCI_AXIS, axis_label
+from .figures import CLEANSED, GENERATED, HARMFUL, HELPFUL, MARGIN, axis_label
+from .numbers import SCI_AXIS, SCI_COLORBAR
 
 NEUTRAL = "#b8b8b8"  # influence near 0: visible grey on the white background (not white on white)
 OUTLINE = dict(width=0.5, color="rgba(40, 40, 40, 0.45)")
@@ -25,7 +26,7 @@ def influence_marker(scores: np.ndarray, metric: str, colorbar_x: float | None =
     limit = float(np.percentile(np.abs(scores), 99)) or 1e-12
     side = "positive" if harmful_sign(metric) > 0 else "negative"
     bar = dict(title=dict(text=f"influence on {METRIC_LABELS[metric]}<br>{side} (red) = harmful", side="right"),
-               tickformat=SCI_AXIS["tickformat"], labelalias=SCI_AXIS["labelalias"])
+               **SCI_COLORBAR)
     if colorbar_x is not None:
         bar["x"] = colorbar_x
     return dict(size=5, opacity=0.85, color=scores, cmin=-limit, cmax=limit, cmid=0,
@@ -34,17 +35,25 @@ def influence_marker(scores: np.ndarray, metric: str, colorbar_x: float | None =
 
 def add_shift_arrows(fig: go.Figure, before: np.ndarray, after: np.ndarray, magnification: float,
                      name: str = "generated") -> None:
-    """Generated points before (dots) and arrows to where they move, drawn `magnification` times longer."""
+    """Generated points before (dots) and arrows over them to where they move, drawn `magnification` times longer.
+
+    All WebGL: Plotly draws every WebGL trace above every SVG one, so arrows drawn as SVG under
+    WebGL training points cannot be seen. Heads are triangles turned along each shift (the axes
+    are square: data angles are screen angles)."""
     head = before + magnification * (after - before)
     xs = np.column_stack([before[:, 0], head[:, 0], np.full(len(before), np.nan)]).ravel()
     ys = np.column_stack([before[:, 1], head[:, 1], np.full(len(before), np.nan)]).ravel()
-    sizes = np.tile([0, 9, 0], len(before))
+    shift = head - before
+    angle = np.degrees(np.arctan2(shift[:, 0], shift[:, 1]))  # clockwise from "up", as Plotly turns markers
     factor = f"{magnification:,.0f}" if magnification >= 1 else f"{magnification:g}"
-    fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=f"shift of the {name} points, drawn {factor}x",
-                    line=dict(color=CLEANSED, width=1.2), hoverinfo="skip",
-                    marker=dict(symbol="arrow", angleref="previous", size=sizes, color=CLEANSED))
-    fig.add_scatter(x=before[:, 0], y=before[:, 1], mode="markers", name=f"{name} points (before)",
-                    marker=dict(size=5, color=GENERATED, line=OUTLINE))
+    label = f"shift of the {name} points, drawn {factor}x"
+    fig.add_scattergl(x=before[:, 0], y=before[:, 1], mode="markers", name=f"{name} points (before)",
+                      marker=dict(size=5, color=GENERATED, line=OUTLINE))
+    fig.add_scattergl(x=xs, y=ys, mode="lines", name=label, legendgroup="shift", hoverinfo="skip",
+                      line=dict(color=CLEANSED, width=1), opacity=0.9)
+    fig.add_scattergl(x=head[:, 0], y=head[:, 1], mode="markers", name=label, legendgroup="shift", showlegend=False,
+                      hoverinfo="skip", marker=dict(symbol="triangle-up", angle=angle, size=7, color=CLEANSED),
+                      opacity=0.9)
 
 
 def one_point_figure(train_xy: np.ndarray, instance: int, before: np.ndarray, after: np.ndarray,
@@ -54,8 +63,8 @@ def one_point_figure(train_xy: np.ndarray, instance: int, before: np.ndarray, af
                       customdata=np.arange(len(train_xy)), marker=dict(size=4, color="#c9c9c9", line=OUTLINE),
                       hovertemplate="#%{customdata}<br>(%{x:.2f}, %{y:.2f})<extra></extra>")
     add_shift_arrows(fig, before, after, magnification)
-    fig.add_scatter(x=[train_xy[instance, 0]], y=[train_xy[instance, 1]], mode="markers",
-                    name=f"removed: #{instance}", marker=dict(size=16, symbol="x", color="#111"))
+    fig.add_scattergl(x=[train_xy[instance, 0]], y=[train_xy[instance, 1]], mode="markers",
+                      name=f"removed: #{instance}", marker=dict(size=16, symbol="x", color="#111"))
     _square(fig, height)
     return fig
 
@@ -89,7 +98,7 @@ def check_scatter(estimated: np.ndarray, actual: np.ndarray, metric: str, height
     lo = float(np.nanmin([estimated.min(), actual.min()])) if len(actual) else 0.0
     hi = float(np.nanmax([estimated.max(), actual.max()])) if len(actual) else 1.0
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dash", color="#888"), name="estimate = actual")
-    fig.update_layout(height=height, margin=MARGIN, xaxis_title=f"estimated ({axis_label(metric)})",
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title=axis_label(metric, lines=2, what="estimated"),
                       yaxis_title="actual (leave-one-out)", showlegend=False)
     fig.update_xaxes(**SCI_AXIS)
     fig.update_yaxes(**SCI_AXIS)

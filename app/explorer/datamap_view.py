@@ -16,8 +16,10 @@ from influence import datamap
 from influence.metrics import METRIC_LABELS, harmful_sign
 
 from . import cache, figures, gallery_filter, state, tables
+from .numbers import SCI_COLORBAR
 
 TSNE_SLOW_N = 10_000  # above this t-SNE takes minutes; the page says so before starting it
+SIMILAR = 8  # neighbours shown for the chosen image
 
 
 def map_figure(coords: np.ndarray, scores: np.ndarray, metric: str, removed: np.ndarray | None = None,
@@ -30,8 +32,8 @@ def map_figure(coords: np.ndarray, scores: np.ndarray, metric: str, removed: np.
         marker=dict(size=4, opacity=0.8, color=scores, cmin=-limit, cmax=limit, cmid=0,
                     colorscale="RdBu_r" if harmful_sign(metric) > 0 else "RdBu",
                     colorbar=dict(title=dict(text=f"influence on {METRIC_LABELS[metric]}<br>{side} (red) = harmful",
-                                             side="right"))),
-        hovertemplate="#%{customdata}<br>influence %{marker.color:.3g}<extra></extra>")
+                                             side="right"), **SCI_COLORBAR)),
+        hovertemplate="#%{customdata}<br>influence %{marker.color:.2e}<extra></extra>")
     if removed is not None and len(removed):
         fig.add_scattergl(x=coords[removed, 0], y=coords[removed, 1], mode="markers", name="in the removal set",
                           marker=dict(size=7, symbol="x-thin-open", color="#222", line=dict(width=1)), hoverinfo="skip")
@@ -40,13 +42,22 @@ def map_figure(coords: np.ndarray, scores: np.ndarray, metric: str, removed: np.
     return fig
 
 
+MAP = "on the map"
+
+
 def selection(run_id: str) -> list[int] | None:
     """Ids picked for the gallery (on the map, or on the Influence page's scatter: gallery_filter.show_ids), or None."""
     return st.session_state.get(f"map-sel:{run_id}")
 
 
+def selection_origin(run_id: str) -> str:
+    """Where the selection was made ('on the map', 'in the IS-vs-FID scatter of the Influence page')."""
+    return st.session_state.get(f"map-sel-from:{run_id}", MAP)
+
+
 def clear_selection(run_id: str) -> None:
     st.session_state.pop(f"map-sel:{run_id}", None)
+    st.session_state.pop(f"map-sel-from:{run_id}", None)
 
 
 def render(root, run_id: str, results: dict, metric: str, dataset, removal: list[int]) -> None:
@@ -68,10 +79,10 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
     picked = figures.selected_point_indices(event)
     if picked:
         a, b = st.columns(2)  # room for the whole labels
-        a.button(f"Show the {len(picked)} selected in the gallery", on_click=gallery_filter.show_ids, args=(run_id, picked),
-                 icon=":material/grid_view:")
+        a.button(f"Show the {len(picked)} selected in the gallery", on_click=gallery_filter.show_ids,
+                 args=(run_id, picked, MAP), icon=":material/grid_view:", wrap=True)
         b.button(f"Add the {len(picked)} selected to the removal set", icon=":material/add_box:",
-                 on_click=state.add_to_removal, args=(root, run_id, picked))
+                 on_click=state.add_to_removal, args=(root, run_id, picked), wrap=True)
         st.caption(f"{len(picked)} selected; harmful on {METRIC_LABELS[metric]}: "
                   f"{int((scores[picked] * harmful_sign(metric) > 0).sum())}")
 
@@ -79,14 +90,24 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
     default = picked[0] if picked else int(np.argmax(scores * harmful_sign(metric)))
     i = int(st.number_input("Instance id", 0, n - 1, default, key=f"similar-{run_id}",
                             help="Its nearest neighbours in the feature space of the map, with their influences"))
-    ids, dist = datamap.nearest(feats, i, 8)
+    ids, dist = datamap.nearest(feats, i, SIMILAR)
     row = [i, *ids.tolist()]
+    st.caption(f"The chosen image and its {SIMILAR} nearest neighbours in the features the map uses. d = the "
+               "neighbour's distance to the chosen image in that feature space (Euclidean; 0 = the same features; "
+               "compare the values with each other, they have no unit of their own).")
     thumbs = cache.thumbnails(str(root), run_id, tuple(row), cache.THUMB_PX)
     paths = dataset.train_paths
-    for col, j, png, d in zip(st.columns(len(row)), row, thumbs, [0.0, *dist.tolist()], strict=True):
-        with col:
+    in_set = set(removal)
+    grid = st.container(horizontal=True)  # fixed-width cards that wrap: numbers stay on one line
+    for j, png, d in zip(row, thumbs, [0.0, *dist.tolist()], strict=True):
+        with grid.container(border=True, width=cache.CARD_PX):
             st.image(png)
-            st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d {d:.2g}"))
+            st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
             if paths:
                 st.caption(paths[j])
             st.caption(tables.score_lines(results, j, cache.verdicts_now(root, run_id)))
+            member = j in in_set
+            st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",
+                        on_change=state.toggle_removal, args=(root, run_id, j))
+    st.button(f"Add the {SIMILAR} neighbours to the removal set", key=f"similar-add-{run_id}",
+              on_click=state.add_to_removal, args=(root, run_id, ids.tolist()), icon=":material/add_box:")

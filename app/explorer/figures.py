@@ -18,16 +18,16 @@ from influence.baselines import METHOD_LABELS
 from influence.estimator import GROWTH_DOUBTFUL, GROWTH_UNRELIABLE
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS, harmful_sign
 
+from .numbers import SCI_AXIS, SCI_COLORBAR
+
 HARMFUL = "#d62728"
 HELPFUL = "#1f77b4"
 GENERATED = "#2ca02c"
 CLEANSED = "#ff7f0e"
 MARGIN = dict(l=10, r=10, t=40, b=10)
+TOOLBAR_TOP = 76  # px above the plot area: two lines of subplot title under the Plotly toolbar
 
 
-# Influence axes: ticks as 5e-5, 1.5e-4 (d3 '~e' trims zeros; plotly's own exponent format writes
-# '0.5e-4'), zero as 0; hovers with the 3 digits of tables.sci.
-SCI_AXIS = dict(tickformat=".2~e", labelalias={"0e+0": "0"}, hoverformat=".2e")
 CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                 "#bcbd22", "#17becf")  # d3's category10: ten classes, none pale on white
 
@@ -36,9 +36,11 @@ def class_color(label: int) -> str:
     return "#555" if label < 0 else CLASS_COLORS[label % len(CLASS_COLORS)]
 
 
-def axis_label(metric: str) -> str:
+def axis_label(metric: str, lines: int = 1, what: str = "predicted") -> str:
+    """'predicted change of FID if removed; negative = harmful' (lines=2: broken after 'removed', for axes
+    too short or narrow to hold it on one line)."""
     side = "positive" if harmful_sign(metric) > 0 else "negative"
-    return f"predicted change of {METRIC_LABELS[metric]} if removed; {side} = harmful"
+    return f"{what} change of {METRIC_LABELS[metric]} if removed{'<br>' if lines > 1 else '; '}{side} = harmful"
 
 
 def _side_colors(metric: str) -> tuple[str, str]:
@@ -120,7 +122,7 @@ def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: 
     fig.update_yaxes(type="log", range=[math.log10(low), math.log10(high)], tickvals=ticks,
                      ticktext=[decade_text(t) for t in ticks], title_text="|u| ÷ |u| at the start (log)")
     fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=-0.3, x=0),
-                      xaxis_title="traced step (the backward pass starts at the right, at the last step)")
+                      xaxis_title="traced step (walked right to left)")
     return fig
 
 
@@ -172,7 +174,7 @@ def class_box(frame: pd.DataFrame, metric: str, class_names: list[str] | None, h
     fig.add_hline(y=0, line_dash="dot", line_color=HARMFUL)
     # Category axis: digit names would otherwise make a numeric axis that labels only every other class.
     fig.update_layout(height=height, margin=MARGIN, showlegend=False,
-                      xaxis_title="class (label of the training instance)", yaxis_title=axis_label(metric))
+                      xaxis_title="class (label of the training instance)", yaxis_title=axis_label(metric, lines=2))
     fig.update_xaxes(type="category", tickmode="linear", dtick=1)
     fig.update_yaxes(**SCI_AXIS)
     return fig
@@ -191,8 +193,8 @@ def history_figure(history: list[dict], live_losses: list[tuple[int, float, floa
     uninformative for the run is titled so, not 'higher/lower is better')."""
     metrics = [m for m in ("is", "fid", "all") if any(m in h for h in history)]
     fig = make_subplots(rows=1, cols=1 + len(metrics), subplot_titles=["losses"] + [
-        f"test {METRIC_LABELS[m]} (" + ("metric uninformative" if m in uninformative else
-                                        f"{'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better") + ")"
+        f"test {METRIC_LABELS[m]}<br>(" + ("metric uninformative" if m in uninformative else
+                                           f"{'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better") + ")"
         for m in metrics])
     if live_losses and steps_per_epoch:
         steps = [s / steps_per_epoch for s, _, _ in live_losses]
@@ -210,7 +212,8 @@ def history_figure(history: list[dict], live_losses: list[tuple[int, float, floa
         fig.add_scatter(x=[e for e, _ in pts], y=[v for _, v in pts], mode="lines+markers",
                         name=f"test {METRIC_LABELS[m]}", line_color="#444", showlegend=False, row=1, col=i)
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.3))
+    # The subplot titles sit below the toolbar's row (top right), which covered the last one while training.
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOOLBAR_TOP, b=10), legend=dict(orientation="h", y=-0.3))
     return fig
 
 
@@ -227,12 +230,12 @@ def points_figure(train_xy: np.ndarray, scores: np.ndarray | None = None, metric
         marker.update(color=scores, cmin=-limit, cmax=limit, cmid=0,
                       colorscale="RdBu_r" if harmful_sign(metric) > 0 else "RdBu",
                       colorbar=dict(title=dict(text=f"influence on {METRIC_LABELS[metric]}<br>{side} (red) = harmful",
-                                               side="right")))
+                                               side="right"), **SCI_COLORBAR))
     else:
         marker.update(color="#999")
     hover = "#%{customdata}<br>(%{x:.2f}, %{y:.2f})"
     if scores is not None:
-        hover += "<br>influence %{marker.color:.3g}"
+        hover += "<br>influence %{marker.color:.2e}"
     fig.add_scattergl(x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points",
                       customdata=np.arange(len(train_xy)), marker=marker, hovertemplate=hover + "<extra></extra>")
     if generated is not None:
@@ -286,17 +289,24 @@ def sweep_figure(table: pd.DataFrame, metric: str, height: int = 380) -> go.Figu
     return fig
 
 
+# Same-z differences: white = unchanged, then ever darker (monotone in lightness); most pixels change by
+# a small fraction of the largest change, so the light end gets most of the scale.
+DIFFERENCE_SCALE = [[0.0, "#ffffff"], [0.02, "#fff3b0"], [0.1, "#fdb462"], [0.35, "#e6550d"], [0.7, "#a63603"],
+                    [1.0, "#3b0f00"]]
+
+
 def difference_heatmap(diff: np.ndarray, height: int = 420) -> go.Figure:
-    """|after - before| of two same-z sample grids as a heat map (the scale's lowest colour = unchanged).
+    """|after - before| of two same-z sample grids as a heat map: white = unchanged, darker = more changed.
 
     The colour scale ends at the largest difference, not at 1: a replay moves pixels by a few
     thousandths, which on a 0..1 scale is one flat colour. Draw it with theme=None (Streamlit's
     theme replaces the colour scale)."""
     top = max(float(diff.max()), 1e-6)
-    fig = go.Figure(go.Heatmap(z=diff, zmin=0, zmax=top, colorscale="Inferno",
-                               colorbar=dict(title=dict(text="|after − before|", side="right"), tickformat=".1e"),
+    fig = go.Figure(go.Heatmap(z=diff, zmin=0, zmax=top, colorscale=DIFFERENCE_SCALE,
+                               colorbar=dict(title=dict(text="|after − before|", side="right"), **SCI_COLORBAR),
                                hovertemplate="%{z:.2e}<extra></extra>"))
-    fig.update_layout(height=height, margin=MARGIN, title=dict(text="same-z difference, after − before", font_size=13))
+    fig.update_layout(height=height, margin=MARGIN,
+                      title=dict(text="same-z difference |after − before| per pixel", font_size=13))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
     return fig

@@ -41,7 +41,9 @@ def histogram(run_id: str, scores, metric: str, where: str, log_y: bool, height:
                            on_select=lambda: on_select(run_id, metric, key), selection_mode=("box",))
 
 
-def show_ids(run_id: str, ids: list[int]) -> None:
-    """Show just these instances in the gallery (the Inspect page's map selection, which it filters by)."""
+def show_ids(run_id: str, ids: list[int], where: str) -> None:
+    """Show just these instances in the gallery (the Inspect page filters by this selection); `where` names the
+    chart they were picked on, for the page to say so."""
     st.session_state[f"map-sel:{run_id}"] = [int(i) for i in ids]
+    st.session_state[f"map-sel-from:{run_id}"] = where
     st.session_state["view"] = "Gallery"

@@ -12,11 +12,11 @@ from . import state, tables
 
 
 def render(root: Path, run_id: str) -> None:
-    undo, redo = st.columns(2)
-    undo.button("Undo", icon=":material/undo:", key="set-undo", disabled=not state.can_undo(run_id),
-                on_click=state.undo, args=(root, run_id), width="stretch", help="the removal set before the last change")
-    redo.button("Redo", icon=":material/redo:", key="set-redo", disabled=not state.can_redo(run_id),
-                on_click=state.redo, args=(root, run_id), width="stretch")
+    row = st.container(horizontal=True)  # wraps in a narrow column instead of cutting the labels
+    row.button("Undo", icon=":material/undo:", key="set-undo", disabled=not state.can_undo(run_id),
+               on_click=state.undo, args=(root, run_id), help="the removal set before the last change", wrap=True)
+    row.button("Redo", icon=":material/redo:", key="set-redo", disabled=not state.can_redo(run_id),
+               on_click=state.redo, args=(root, run_id), wrap=True)
     saved = state.saved_sets(root, run_id)
     with st.expander(f"Saved sets ({len(saved)})", icon=":material/bookmarks:"):
         st.text_input("Name", key=f"set-name-{run_id}", placeholder="e.g. blurry sevens")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import numpy as np
 import pandas as pd
@@ -14,17 +13,8 @@ from influence.honesty import scope_text, uninformative
 from influence.metrics import METRIC_LABELS
 
 from .figures import class_label
-
-
-def sci(value: float | None) -> str:
-    """The app's one format for influence values: 3 significant digits, scientific, exponent unpadded
-    ('-7.66e-5'), as the tables (NumberColumn SCI_FORMAT) and chart hovers/ticks write them too."""
-    if value is None or not np.isfinite(value):
-        return "?"
-    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:.2e}")
-
-
-SCI_FORMAT = "%.2e"  # st.column_config.NumberColumn: the same digits as sci()
+from .numbers import percent, sci, signed
+from .numbers import value as metric_text
 
 
 def plural(n: int, noun: str) -> str:
@@ -73,7 +63,8 @@ def scale_note(metric: str, numbers: dict, value: float | None, spread: tuple[fl
             f"and share a common shift (mean {sci(numbers['mean'])}) that leaving out almost any instance causes: "
             "the sign of a value near the mean says little; the ranking and the tails say more.")
     if value:
-        text += (f" The most harmful value is {abs(numbers['most_harmful'] / value):.2%} of {label} "
+        share = percent(abs(numbers["most_harmful"] / value))
+        text += (f" The most harmful value is {share} of {label} "
                  f"({value:.4g} on the validation split).")
     if spread is not None:
         text += f" For comparison, test {label} varies by ±{spread[0]:.3g} (std) over {spread[1]} seeds of this configuration."
@@ -88,7 +79,7 @@ def score_lines(results: dict[str, InfluenceResult], i: int, verdicts: dict | No
     lines, grey = [], []
     for metric, r in results.items():
         value = r.scores[i]
-        text = f"{METRIC_LABELS[metric]} {'+' if value > 0 else ''}{sci(value)}"
+        text = f"{METRIC_LABELS[metric]} {signed(value)}"
         if uninformative(verdicts or {}, metric):
             lines.append(f":gray[{text}]")
             grey.append(metric)
@@ -130,10 +121,6 @@ def class_counts(ids: list[int], labels: np.ndarray | None, class_names: list[st
 
 DLOSS_NOTE = ("D-loss is the discriminator's loss: a baseline for choosing instances, not a measure of the GAN's "
               "quality (a lower D-loss can come with a worse generator), so its change has no good/bad colour")
-
-
-def signed_sci(value: float) -> str:
-    return ("+" if value > 0 else "") + sci(value)
 
 
 def signs_disagree(predicted: float, actual: float) -> bool:
@@ -179,9 +166,9 @@ def compare_table(attempts: list[dict]) -> pd.DataFrame:
         for m, before in a["before"].items():
             label = METRIC_LABELS[m]
             change, predicted = a["change"].get(m), a["predicted_change"].get(m)
-            col[f"{label} after"] = f"{a['after'][m]:.4g} (before {before:.4g})"
-            col[f"{label} change"] = f"{change:+.3g}" if change is not None else "?"
-            col[f"{label} predicted"] = (signed_sci(predicted) + (" · signs disagree" if change is not None
+            col[f"{label} after"] = f"{metric_text(a['after'][m])} (before {metric_text(before)})"
+            col[f"{label} change"] = signed(change)
+            col[f"{label} predicted"] = (signed(predicted) + (" · signs disagree" if change is not None
                                          and signs_disagree(predicted, change) else "")) if predicted is not None else "-"
         rows[a["key"]] = col
     frame = pd.DataFrame(rows)

@@ -39,7 +39,7 @@ PRESET_NOTES = {
     "toy2d-smooth": "the 2D toy with softplus: leave-one-out agrees with the estimate (ReLU kinks do not)",
     "toy2d-adam": "the 2D toy trained with Adam (betas 0.5/0.999), softplus: influence exact through Adam's moments",
     "mnist-adam": "10k MNIST images, a DCGAN trained as GANs are today (Adam, alternating D/G steps), smooth "
-                  "units in float64: better digits than quick in about 4 minutes, estimates that match leave-one-out",
+                  "units in float64: better digits than quick, estimates that match leave-one-out",
     "dcgan32": "Radford's DCGAN at 32 px with Adam and a checkpointed trace: sized for a GPU (seconds per step on a CPU)",
 }
 # Fields with a fixed set of values get a select box; the tuples come from the engine's config module
@@ -141,6 +141,26 @@ def schedule_text(rows: list[dict]) -> str:
             raise ConfigError(f"lr_schedule row {number}: the epoch must be a whole number, got {epoch}")
         parts.append((int(epoch), f"{int(epoch)}:{float(lr_d):g}:{float(lr_g):g}"))
     return ",".join(text for _, text in sorted(parts))
+
+
+def schedule_following_epochs(base: RunConfig, epochs_text: str, rows: list[dict]) -> tuple[list[dict], str | None]:
+    """The schedule rows to apply, and a sentence when they moved. A preset's schedule sets the rate of its
+    last epoch(s), the traced ones: when the epochs change and the rows are the preset's, every row moves
+    with the last epoch (left alone, 'from epoch 10' of 10 epochs became 21 epochs at the traced rate of
+    30). Rows the user edited stay as typed."""
+    try:
+        epochs = int(epochs_text.strip())
+    except ValueError:
+        return rows, None  # the engine's check names the problem
+    shift = epochs - base.train.epochs
+    preset_rows = schedule_rows(base)
+    if not shift or not preset_rows or schedule_text(rows) != schedule_text(preset_rows):
+        return rows, None
+    moved = [{**row, SCHEDULE_COLUMNS[0]: max(1, int(row[SCHEDULE_COLUMNS[0]]) + shift)} for row in preset_rows]
+    old = ", ".join(str(int(r[SCHEDULE_COLUMNS[0]])) for r in preset_rows)
+    new = ", ".join(str(r[SCHEDULE_COLUMNS[0]]) for r in moved)
+    return moved, (f"The learning-rate schedule followed the epochs: from epoch {new} of {epochs} (the preset's "
+                   f"{old} of {base.train.epochs}), so the same last epochs run at the traced rate.")
 
 
 def apply_edits(cfg: RunConfig, edited: dict[str, str]) -> RunConfig:

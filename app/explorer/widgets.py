@@ -13,7 +13,7 @@ from influence.data import SOURCE_RECORD
 from influence.honesty import INFORMATIVE, feature_note, reference_line, uninformative
 from influence.metrics import METRIC_LABELS
 
-from . import cache, state, tables
+from . import cache, numbers, state, tables
 
 TRAIN_PAGE = "views/train_page.py"
 INFLUENCE_PAGE = "views/influence_page.py"
@@ -64,7 +64,7 @@ def run_picker(root: Path) -> None:
                  help="Every page works on this run. Runs are cached in the store folder.")
     summary = next(r["summary"] for r in runs if r["run_id"] == current)
     verdicts = cache.verdicts_now(root, current)
-    test = " · ".join(f"{METRIC_LABELS[m]} {v:.3g}" + (" (uninformative)" if uninformative(verdicts, m) else "")
+    test = " · ".join(f"{METRIC_LABELS[m]} {numbers.value(v)}" + (" (uninformative)" if uninformative(verdicts, m) else "")
                       for m, v in summary.get("test", {}).items())
     n_train = summary.get("n_train")
     st.caption(f"{tables.plural(n_train, 'training instance') if n_train is not None else '? training instances'}"

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from explorer import attempt_choice, cache, figures, jobpanel, state, tables, widgets
+from explorer import attempt_choice, cache, figures, jobpanel, numbers, state, tables, widgets
 from influence import store
 from influence.cleanse import removal_key
 from influence.errors import ConfigError, StoreError
@@ -115,12 +115,13 @@ for col, metric in zip(st.columns(len(shown)), shown, strict=True):
     else:
         color = "normal" if HIGHER_IS_BETTER[metric] else "inverse"
         help_text = f"{'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better"
-    col.metric(f"{label} after cleansing", f"{after:.4g}", delta=f"{change:+.3g}" if change is not None else None,
+    col.metric(f"{label} after cleansing", numbers.value(after),
+               delta=numbers.signed(change) if change is not None else None,
                delta_color=color, help=help_text)
-    col.caption(f"before: {attempt['before'][metric]:.4g}")
+    col.caption(f"before: {numbers.value(attempt['before'][metric])}")
     predicted = attempt["predicted_change"].get(metric)
     if predicted is not None and change is not None:
-        col.caption(f"predicted change: {tables.signed_sci(predicted)} · actual: {change:+.3g}")
+        col.caption(f"predicted change: {numbers.signed(predicted)} · actual: {numbers.signed(change)}")
         if tables.signs_disagree(predicted, change):
             col.caption(":orange-badge[:material/warning: signs disagree] prediction and result point opposite ways")
 st.caption(tables.prediction_note(attempt, cache.summary(str(root), run_id), cfg.train.epochs,
@@ -148,14 +149,16 @@ else:
         diff = cache.grid_difference(str(root), run_id, grids[-1], rel, cache.mtime_ns(root, run_id, rel))
         st.plotly_chart(figures.difference_heatmap(diff), key=f"diff-{key}", theme=None)
         st.caption(f"Where the samples changed: |after − before| per pixel for the same z (0 = unchanged, "
-                   f"1 = black ↔ white); mean {tables.sci(float(diff.mean()))}, largest {tables.sci(float(diff.max()))}. "
-                   "The colour scale ends at the largest difference, so small changes show.")
+                   f"1 = black ↔ white); mean {numbers.sci(float(diff.mean()))}, largest "
+                   f"{numbers.sci(float(diff.max()))}. White = unchanged, darker = changed more; the scale ends at "
+                   "the largest difference, so small changes show.")
 
 st.subheader("Compare attempts side by side")
 picked = st.multiselect("Attempts", keys, key=compare_key, max_selections=4,
                         format_func=lambda k: f"{by_key[k]['mode']}, {by_key[k]['n_removed']} removed ({k})")
 if picked:
-    st.dataframe(tables.compare_table([by_key[k] for k in picked]), hide_index=True, width="stretch",
+    compared = tables.compare_table([by_key[k] for k in picked])
+    st.dataframe(compared, hide_index=True, width="stretch", height=35 * (len(compared) + 1) + 3,  # every row
                  column_config={k: st.column_config.TextColumn(k) for k in picked})
     for col, k in zip(st.columns(len(picked)), picked, strict=True):
         col.markdown(f"**{by_key[k]['mode']}, {by_key[k]['n_removed']} removed**")
@@ -170,7 +173,8 @@ st.caption("One row per attempt and metric. Predicted = sum of the removed insta
            "only); 'signs agree' compares it with the actual change.")
 table = tables.attempts_table(attempts)
 st.dataframe(table, hide_index=True, width="stretch", column_config={
-    "before": st.column_config.NumberColumn(format="%.4g"), "after": st.column_config.NumberColumn(format="%.4g"),
-    "change": st.column_config.NumberColumn(format="%+.3g"),
-    "predicted": st.column_config.NumberColumn(format=tables.SCI_FORMAT),
+    "before": st.column_config.NumberColumn(format=numbers.VALUE_FORMAT),
+    "after": st.column_config.NumberColumn(format=numbers.VALUE_FORMAT),
+    "change": st.column_config.NumberColumn(format=numbers.SCI_FORMAT),
+    "predicted": st.column_config.NumberColumn(format=numbers.SCI_FORMAT),
     "seconds": st.column_config.NumberColumn(format="%.0f")})

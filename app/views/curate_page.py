@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, curation, datamap_view, figures, gallery_filter, removal_tools, state, tables, widgets
+from explorer import (cache, curation, datamap_view, figures, gallery_filter, numbers, removal_tools, state, tables,
+                      widgets)
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimator import FLAG_NEVER_TRACED, harmful_order
@@ -20,6 +21,7 @@ dataset = cache.context(str(root), run_id).dataset
 labels = dataset.train.y.numpy() if dataset.train.y is not None else None
 paths = dataset.train_paths  # own images: each instance's file, relative to the data folder
 class_names = dataset.class_names
+TABLE_HEADER_PX = 35  # a data editor's header row, whatever the rows' height
 PICK_LABELS = {**METHOD_LABELS, **{m: f"top harmful by {METRIC_LABELS[m]}" for m in METRIC_LABELS},
                "random": "random (seeded)"}
 
@@ -50,15 +52,16 @@ def quick_fill() -> None:
 def import_csv() -> None:
     upload = st.session_state.get(f"import-{run_id}")
     if upload is None:
-        st.session_state.pop("import-msg", None)
+        st.session_state.pop(f"import-msg:{run_id}", None)
         return
     try:
         ids = curation.read_removal_upload(upload.getvalue(), dataset.n_train, paths, dataset.ambiguous_paths)
     except ConfigError as e:
-        st.session_state["import-msg"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
+        st.session_state[f"import-msg:{run_id}"] = ("error", f"Not imported: {e}. The removal set is unchanged.")
         return
     set_ids(ids)
-    st.session_state["import-msg"] = ("success", f"Imported {len(ids)} ids from {upload.name}; they replace the set.")
+    st.session_state[f"import-msg:{run_id}"] = ("success",
+                                                f"Imported {len(ids)} ids from {upload.name}; they replace the set.")
 
 
 removal = state.removal(root, run_id)
@@ -67,17 +70,18 @@ gallery_col, set_col = st.columns([3, 1], gap="large")
 
 # ---------------------------------------------------------------- gallery
 with gallery_col:
-    c1, c2, c3, c4 = st.columns([2, 2.2, 2.2, 2.8])  # the view switch's three buttons need the room
-    sort_metric = c1.selectbox("Sort by influence on", list(results), format_func=METRIC_LABELS.get,
-                               key=f"sort-{run_id}")
-    direction = c2.segmented_control("Most ... first", ["harmful", "helpful"], default="harmful",
-                                      key="direction") or "harmful"
+    # A row that wraps: in fixed columns a narrow window cut "helpful" and "Gallery" off.
+    controls = st.container(horizontal=True, vertical_alignment="bottom")
+    sort_metric = controls.selectbox("Sort by influence on", list(results), format_func=METRIC_LABELS.get,
+                                     key=f"sort-{run_id}", width=170)
+    direction = controls.segmented_control("Most ... first", ["harmful", "helpful"], default="harmful",
+                                            key="direction", wrap=False) or "harmful"
     classes = None
     if labels is not None and class_names:
-        classes = c3.multiselect("Classes", list(range(len(class_names))), format_func=lambda c: class_names[c],
-                                 key=f"classes-{run_id}", placeholder="all classes")
+        classes = controls.multiselect("Classes", list(range(len(class_names))), format_func=lambda c: class_names[c],
+                                       key=f"classes-{run_id}", placeholder="all classes", width=200)
     views = ["Gallery", "Table", "Map"] if dataset.is_image else ["Table"]
-    view = c4.segmented_control("View", views, default=views[0], key="view") or views[0]
+    view = controls.segmented_control("View", views, default=views[0], key="view", wrap=False) or views[0]
 
     active = gallery_filter.get(run_id)
     with st.expander("Filter by influence range: drag a box over the bars", expanded=active is not None,
@@ -88,30 +92,32 @@ with gallery_col:
     if active is not None:
         lo, hi = active["range"]
         f1, f2 = st.columns([4, 1])
-        f1.info(f"Showing only {METRIC_LABELS[active['metric']]} influence between {lo:.3g} and {hi:.3g}.",
+        f1.info(f"Showing only {METRIC_LABELS[active['metric']]} influence between {numbers.sci(lo)} and "
+                f"{numbers.sci(hi)}.",
                 icon=":material/filter_alt:")
-        f2.button("Clear filter", on_click=gallery_filter.clear, args=(run_id,))
+        f2.button("Clear filter", on_click=gallery_filter.clear, args=(run_id,), wrap=True)
 
     ids = curation.ordered_ids(results, sort_metric, direction == "helpful", labels, classes, active)
     picked_on_map = datamap_view.selection(run_id)
     if picked_on_map is not None:
         ids = ids[np.isin(ids, picked_on_map)]
         m1, m2 = st.columns([4, 1])
-        m1.info(f"Showing only the {len(picked_on_map)} images selected on the map.", icon=":material/scatter_plot:")
-        m2.button("Clear map selection", on_click=datamap_view.clear_selection, args=(run_id,))
+        m1.info(f"Showing only the {len(picked_on_map)} images selected {datamap_view.selection_origin(run_id)}.",
+                icon=":material/scatter_plot:")
+        m2.button("Clear selection", on_click=datamap_view.clear_selection, args=(run_id,), wrap=True)
     per_page = 25
     n_pages = max(1, math.ceil(len(ids) / per_page))
-    p1, p2, p3 = st.columns([1, 2, 3])
+    paging = st.container(horizontal=True, vertical_alignment="center")
     # A new filter (box range, classes, map selection) is a new list: it opens on its first page.
     shown_by = hash((str(active), tuple(classes or ()), tuple(picked_on_map or ())))
-    page = p1.number_input("Page", 1, n_pages, 1, key=f"page-{run_id}-{sort_metric}-{direction}-{shown_by}")
+    page = paging.number_input("Page", 1, n_pages, 1, key=f"page-{run_id}-{sort_metric}-{direction}-{shown_by}",
+                               width=110)
     page_ids = [int(i) for i in ids[(page - 1) * per_page: page * per_page]]
-    p2.caption(f"{len(ids)} instances match · page {page} of {n_pages}")
-    b1, b2 = p3.columns(2)
-    b1.button("Add page to set", on_click=add_ids, args=(page_ids,), icon=":material/add_box:",
-              help="Put every instance shown on this page into the removal set")
-    b2.button("Take page out", on_click=drop_ids, args=(page_ids,), icon=":material/indeterminate_check_box:",
-              help="Take every instance shown on this page out of the removal set")
+    paging.caption(f"{len(ids)} instances match · page {page} of {n_pages}", width="content")
+    paging.button("Add page to set", on_click=add_ids, args=(page_ids,), icon=":material/add_box:",
+                  help="Put every instance shown on this page into the removal set")
+    paging.button("Take page out", on_click=drop_ids, args=(page_ids,), icon=":material/indeterminate_check_box:",
+                  help="Take every instance shown on this page out of the removal set")
 
     if view == "Map":
         datamap_view.render(root, run_id, results, sort_metric, dataset, removal)
@@ -119,20 +125,19 @@ with gallery_col:
         st.info("No instance matches the class and range filters.")
     elif view == "Gallery":
         thumbs = cache.thumbnails(str(root), run_id, tuple(page_ids), cache.GALLERY_PX)
-        per_row = 5
-        for start in range(0, len(page_ids), per_row):
-            row = slice(start, start + per_row)
-            for col, i, png in zip(st.columns(per_row), page_ids[row], thumbs[row], strict=False):
-                with col.container(border=True):
-                    st.image(png)
-                    label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
-                    st.markdown(f"**#{i}**" + (f" · {label}" if label else ""))
-                    if paths:
-                        st.caption(f"`{paths[i]}`")
-                    st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
-                    member = i in in_set
-                    st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
-                                on_change=state.toggle_removal, args=(root, run_id, i))
+        # Fixed-width cards in a wrapping row: five fixed columns squeezed a narrow window's numbers onto two lines.
+        grid = st.container(horizontal=True)
+        for i, png in zip(page_ids, thumbs, strict=True):
+            with grid.container(border=True, width=cache.CARD_PX):
+                st.image(png)
+                label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
+                st.markdown(f"**#{i}**" + (f" · {label}" if label else ""))
+                if paths:
+                    st.caption(f"`{paths[i]}`")
+                st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
+                member = i in in_set
+                st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
+                            on_change=state.toggle_removal, args=(root, run_id, i))
     else:
         frame = pd.DataFrame({"remove": [i in in_set for i in page_ids], "id": page_ids})
         if paths:
@@ -144,6 +149,7 @@ with gallery_col:
             frame["x₁"], frame["x₂"] = xy[:, 0], xy[:, 1]
         if labels is not None:
             frame["class"] = [figures.class_label(int(labels[i]), class_names) for i in page_ids]
+        scores = [METRIC_LABELS[m] for m in results]
         for m, r in results.items():
             frame[METRIC_LABELS[m]] = r.scores[page_ids]
         row_px = cache.THUMB_PX + 6 if dataset.is_image else 35
@@ -151,11 +157,16 @@ with gallery_col:
         key = f"editor-{run_id}-{hash((tuple(page_ids), tuple(frame['remove'])))}"
         edited = st.data_editor(
             frame, key=key, hide_index=True, disabled=[c for c in frame.columns if c != "remove"],
-            row_height=row_px, height=row_px * (len(frame) + 1) + 3,  # every row of the page, no inner scroll
+            # every row of the page and the 35 px header, no inner scroll (row_px for the header left an empty row)
+            row_height=row_px, height=row_px * len(frame) + TABLE_HEADER_PX + 3,
+            # The scores right after the id: a long path or class name pushed an own run's D-loss out of sight.
+            column_order=[c for c in ("remove", "image", "id", *scores) if c in frame.columns]
+            + [c for c in frame.columns if c not in ("remove", "image", "id", *scores)],
             column_config={
                 "remove": st.column_config.CheckboxColumn("remove", help="tick to put it into the removal set"),
                 "image": st.column_config.ImageColumn("image", width="small"),
-                **{METRIC_LABELS[m]: st.column_config.NumberColumn(METRIC_LABELS[m], format="%.3g",
+                "path": st.column_config.TextColumn("path", width="medium"),
+                **{METRIC_LABELS[m]: st.column_config.NumberColumn(METRIC_LABELS[m], format=numbers.SCI_FORMAT,
                                                                    help=r.meta["sign"]) for m, r in results.items()},
             })
         flipped = edited["remove"] != frame["remove"]
@@ -178,7 +189,9 @@ with set_col:
                            file_name=f"removal-{run_id}.csv",
                            mime="text/csv", on_click="ignore", icon=":material/download:", width="stretch")
         st.button("Clear", on_click=set_ids, args=([],), icon=":material/delete:", width="stretch")
-        st.page_link(widgets.CLEANSE_PAGE, label="Cleanse without this set", icon=":material/arrow_forward:")
+        if st.button("Cleanse without this set", icon=":material/arrow_forward:", width="stretch", wrap=True,
+                     key="to-cleanse"):
+            st.switch_page(widgets.CLEANSE_PAGE)
     else:
         st.caption("Empty. Tick instances in the gallery, fill it below, or import a CSV.")
 
@@ -195,6 +208,6 @@ with set_col:
                    "a malformed file leaves the set as it is.")
         st.file_uploader("CSV file", type=["csv", "txt"], key=f"import-{run_id}", on_change=import_csv,
                          max_upload_size=curation.MAX_REMOVAL_BYTES >> 20)
-    message = st.session_state.get("import-msg")
+    message = st.session_state.get(f"import-msg:{run_id}")  # another run's import says nothing here
     if message:
         (st.error if message[0] == "error" else st.success)(message[1])

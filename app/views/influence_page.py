@@ -138,7 +138,7 @@ if "is" in results and "fid" in results:
         c1, c2, c3 = st.columns([2, 2, 2], vertical_alignment="center")
         c1.markdown(f"**{tables.plural(len(picked), 'instance')} selected**")
         if c2.button("Show them in the gallery", icon=":material/grid_view:", key="scatter-to-gallery"):
-            gallery_filter.show_ids(run_id, picked)
+            gallery_filter.show_ids(run_id, picked, "in the IS-vs-FID scatter of the Influence page")
             st.switch_page(widgets.CURATE_PAGE)
         c3.button("Add them to the removal set", icon=":material/add_box:", key="scatter-to-set",
                   on_click=state.add_to_removal, args=(root, run_id, picked))

@@ -4,9 +4,9 @@ or load a cached run; the current run's samples per epoch and training curves.""
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, figures, jobpanel, state, tables, trainform, widgets
+from explorer import cache, figures, jobpanel, state, tables, timing, trainform, widgets
 from explorer.widgets import INFLUENCE_PAGE
-from influence import store
+from influence import jobs, store
 from influence.config import DEFAULT_PRESET, RunConfig
 from influence.data import Survey, prepare
 from influence.errors import ConfigError, InfluenceError
@@ -83,6 +83,10 @@ with new_tab:
     preset_name = c1.selectbox("Preset", names, index=names.index(DEFAULT_PRESET) if DEFAULT_PRESET in names else 0,
                                key=f"preset-{data_key}")
     c2.caption(trainform.preset_note(preset_name, data_key))
+    finished_training = [j for j in jobs.list_jobs(root) if j["spec"].get("kind") == "train" and j["state"] == "done"]
+    time_text = timing.estimate_text(preset_name, cache.runs(str(root), cache.runs_stamp(root)), finished_training)
+    if time_text:
+        c2.caption(time_text)
 
     try:
         base = trainform.base_config(preset_name, data_key, data_root)
@@ -100,7 +104,8 @@ with new_tab:
         base = None
 
     if base is not None:
-        with st.form(f"hyper-{data_key}-{preset_name}", border=False):
+        # Enter in a field must not start a half-edited run: only the button submits.
+        with st.form(f"hyper-{data_key}-{preset_name}", border=False, enter_to_submit=False):
             edited: dict[str, str] = {}
             sections: dict[str, list] = {}
             schedule_help = ""
@@ -122,7 +127,8 @@ with new_tab:
                         edited[key] = col.text_input(label, text, help=help_text or None, key=widget_key,
                                                      placeholder="none")
             hyper.markdown("*learning-rate schedule*: from the given epoch on, these rates replace lr_d/lr_g "
-                           "(one row per change; add rows at the bottom, delete with the row's checkbox)")
+                           "(one row per change; add rows at the bottom, delete with the row's checkbox). Left as "
+                           "they are, the preset's rows move with `epochs`: they set the rate of the last epochs.")
             schedule = hyper.data_editor(
                 pd.DataFrame(trainform.schedule_rows(base), columns=list(trainform.SCHEDULE_COLUMNS)),
                 num_rows="dynamic", hide_index=True, key=f"f-{data_key}-{preset_name}-schedule",
@@ -137,7 +143,9 @@ with new_tab:
             submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
         if submitted:
             try:
-                edited[trainform.SCHEDULE_KEY] = trainform.schedule_text(schedule.to_dict("records"))
+                rows, moved = trainform.schedule_following_epochs(base, edited.get("train.epochs", ""),
+                                                                  schedule.to_dict("records"))
+                edited[trainform.SCHEDULE_KEY] = trainform.schedule_text(rows)
                 cfg = trainform.apply_edits(base, edited)
             except InfluenceError as e:  # a bad value, or own images that changed or cannot be read
                 st.error(f"Not started: {e}", icon=":material/error:")
@@ -149,6 +157,8 @@ with new_tab:
                                                        "is now the current run.")
                 else:
                     jobpanel.start(root, {"kind": "train", "params": {"config": cfg.to_dict()}})
+                    if moved:
+                        st.session_state["train-flash"] = moved
                 st.rerun()  # the sidebar and the job panel above show the change
 
 # ---------------------------------------------------------------- cached runs

@@ -11,6 +11,15 @@ from influence.estimator import EstimateOptions
 from influence.metrics import METRIC_LABELS, available_metrics
 from influence.validation import summarize_sweep
 
+# Why the chart of accuracy against traced epochs is missing, and how to get it.
+TRACE_EPOCHS_HINT = {
+    False: ("**Accuracy against traced epochs** (the paper's Figure: τ falls as the estimate walks back more "
+            "epochs) needs a run traced over more than one epoch; this run traces {k}. Train one with "
+            "`train.trace_epochs` = 2 or more (Train page, hyperparameters), then validate it at two or more K."),
+    True: ("**Accuracy against traced epochs**: this run traces {k} epochs. Validate the same instances at two or "
+           "more K (the slider above) to draw the chart."),
+}
+
 root = state.root()
 run_id, cfg = widgets.require_run(root)
 st.title("How accurate is the estimate?")
@@ -78,17 +87,19 @@ def show_validation(stored: list[dict]) -> None:
 
 if stored:
     show_validation(stored)
-    by_k = classroom_figures.accuracy_by_traced_epochs(stored, traced_epochs)
-    if by_k:
-        st.subheader("Accuracy against the number of traced epochs")
-        st.plotly_chart(classroom_figures.trace_epochs_figure(by_k), key=f"val-k-chart-{run_id}")
-        st.caption("The estimate linearises every traced step; the more steps it walks back, the more the "
-                   "linearisation errors add up and the less its ranking agrees with leave-one-out. The paper "
-                   "(MNIST, FID) reports Kendall τ 0.95, 0.87, 0.73 and 0.44 at 1, 5, 10 and 20 traced epochs "
-                   "(grey). The growth factor (right axis) says how much the backward pass amplified perturbations.")
 else:
     st.info("No validation for this run yet. Start one above; n = 50 is enough to see the idea.",
             icon=":material/school:")
+by_k = classroom_figures.accuracy_by_traced_epochs(stored, traced_epochs)
+if by_k:
+    st.subheader("Accuracy against the number of traced epochs")
+    st.plotly_chart(classroom_figures.trace_epochs_figure(by_k), key=f"val-k-chart-{run_id}")
+    st.caption("The estimate linearises every traced step; the more steps it walks back, the more the "
+               "linearisation errors add up and the less its ranking agrees with leave-one-out. The paper "
+               "(MNIST, FID) reports Kendall τ 0.95, 0.87, 0.73 and 0.44 at 1, 5, 10 and 20 traced epochs "
+               "(grey). The growth factor (right axis) says how much the backward pass amplified perturbations.")
+else:
+    st.caption(TRACE_EPOCHS_HINT[traced_epochs > 1].format(k=traced_epochs))
 
 st.divider()
 st.subheader("Data cleansing over seeds")

@@ -222,3 +222,151 @@ def test_issue15_views_read_cleanly(server, page):
     expect(page.get_by_text("learning-rate schedule")).to_be_visible(timeout=TIMEOUT_MS)
     _settle(page)
     page.screenshot(path=str(ARTIFACTS / "app-train-form.png"))
+
+
+ORANGE = (255, 127, 14)  # figures.CLEANSED: the shift arrows
+
+
+def orange_pixels(png: bytes) -> int:
+    """Pixels of the arrows' orange (within a small tolerance) in a screenshot."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    return int((np.abs(rgb - np.array(ORANGE)).max(axis=2) <= 40).sum())
+
+
+def _plot_area(chart):
+    """The plot area of a Plotly chart (its drag layer), without legend, colour bar and titles."""
+    return chart.locator(".nsewdrag").first.bounding_box()
+
+
+def test_the_classroom_arrows_can_be_seen(server, page):
+    """The Curate and One-point lessons promise orange arrows drawn 50x; Plotly draws WebGL traces (the
+    training points) above SVG ones, so the arrows must be WebGL too. Checked from the pixels of the
+    plot areas, not from the DOM. Then the learning-rate lesson at lr 3 says the run diverged."""
+    from playwright.sync_api import expect
+
+    from influence.cleanse import cleanse
+    from influence.estimator import cached_results, harmful_order
+
+    url, root = server
+    toy = next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("toytest-"))
+    run = store.open_run(root, toy)
+    removal = sorted(harmful_order(cached_results(run)["all"])[:40].tolist())
+    cleanse(run, removal)  # the toy replays its traced epoch in about a second
+    run.write_json("app/removal.json", {"ids": removal})
+    store.write_json(root / "_app_state.json", {"run_id": toy})
+
+    _visit(page, url, "playground", "2D playground", "classroom-arrows")
+    expect(page.get_by_text("orange arrows: where")).to_be_visible(timeout=TIMEOUT_MS)
+    chart = page.get_by_role("tabpanel", name="Curate and cleanse").locator(".js-plotly-plot").first
+    chart.scroll_into_view_if_needed()
+    _settle(page)
+    seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
+    assert seen > 100, f"{seen} orange pixels in the curate lesson's plot area: the arrows are hidden"
+
+    page.get_by_role("tab", name="One point: predicted vs actual").click()
+    panel = page.get_by_role("tabpanel", name="One point: predicted vs actual")
+    field = panel.get_by_label("…or type a point's id")
+    field.fill(str(removal[0]))
+    field.press("Enter")
+    expect(panel.get_by_text("longer than the real shift")).to_be_visible(timeout=TIMEOUT_MS)
+    _settle(page)
+    chart = panel.locator(".js-plotly-plot").nth(1)  # the click chart first, then the arrows
+    chart.scroll_into_view_if_needed()
+    seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
+    assert seen > 100, f"{seen} orange pixels in the one-point lesson's plot area: the arrows are hidden"
+    page.screenshot(path=str(ARTIFACTS / "classroom-arrows.png"))
+
+    # The learning-rate lesson at lr 3: the run diverges, and the page says so instead of a verdict and a tau.
+    page.get_by_role("tab", name="When the estimate breaks").click()
+    panel = page.get_by_role("tabpanel", name="When the estimate breaks")
+    slider = panel.get_by_role("slider")
+    slider.focus()
+    while not slider.get_attribute("aria-valuetext").startswith("3"):
+        slider.press("ArrowRight")
+    _settle(page)
+    panel.get_by_role("button", name="Retrain the epoch and check").click()
+    expect(panel.get_by_text("Diverged at lr 3.")).to_be_visible(timeout=TIMEOUT_MS)
+    assert panel.get_by_text("growth factor", exact=True).count() == 0
+
+
+# Text the page shows cut off: a leaf element whose text overflows itself (an ellipsis) or a clipping ancestor
+# (a squeezed column), outside collapsed expanders; and Plotly axis, subplot and annotation titles that stick
+# out of their chart.
+CLIPPED_JS = """
+() => {
+  const cut = [];
+  for (const e of document.querySelectorAll('[data-testid="stMain"] *, [data-testid="stSidebar"] *')) {
+    if (!e.offsetParent || e.children.length || !e.textContent.trim()) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width < 1 || r.height < 1 || getComputedStyle(e).visibility === 'hidden') continue;
+    if (e.closest('details:not([open])')) continue;  // inside a collapsed expander: not shown
+    const right = r.left + Math.max(r.width, e.scrollWidth);
+    let clipped = getComputedStyle(e).overflowX !== 'visible' && e.scrollWidth > e.clientWidth + 1;
+    for (let a = e.parentElement; a && !clipped; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX === 'visible') continue;
+      const b = a.getBoundingClientRect();
+      clipped = right > b.right + 1 || r.left < b.left - 1;
+    }
+    if (clipped) cut.push(e.textContent.trim());
+  }
+  const titles = [];
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    const svg = plot.querySelector('.main-svg'); if (!svg) continue;
+    const box = svg.getBoundingClientRect();
+    for (const t of plot.querySelectorAll('.g-xtitle text, .g-ytitle text, .g-y2title text, .infolayer .annotation text')) {
+      const r = t.getBoundingClientRect();
+      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1))
+        titles.push(t.textContent);
+    }
+  }
+  return {cut, titles};
+}
+"""
+
+
+def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server, page):
+    """At 1200 px the Inspect page cut 'helpful', 'Map', 'Add page to set', 'Undo', 'Cleanse without this
+    set'; the |u| plot's and the lr scatter's x-titles, the box plot's y-title and the training curves'
+    'test FID' stuck out of their charts; the Plotly toolbar covered the curves' subplot titles; the table
+    view ended in an empty row."""
+    from playwright.sync_api import expect
+
+    url, root = server
+    tiny = tiny_run_id(root)
+    toy = next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("toytest-"))
+    page.set_viewport_size({"width": 1200, "height": 2600})
+    try:
+        for run_id, path, title in ((tiny, "curate", "Inspect and curate"),
+                                    (tiny, "influence", "Influence of each training instance"),
+                                    (tiny, "", "Train or load a GAN"), (toy, "playground", "2D playground")):
+            store.write_json(root / "_app_state.json", {"run_id": run_id})
+            _visit(page, url, path, title, f"narrow-{path or 'train'}")
+            if path == "playground":
+                page.get_by_role("tab", name="When the estimate breaks").click()
+                page.get_by_role("button", name="Retrain the epoch and check").click()
+                expect(page.get_by_text("Kendall τ, 16 replays")).to_be_visible(timeout=TIMEOUT_MS)
+                _settle(page)
+            found = page.evaluate(CLIPPED_JS)
+            assert found == {"cut": [], "titles": []}, f"{path or 'train'}: {found}"
+            if path == "curate":  # the table view holds its 25 rows and header, without an empty row below
+                page.get_by_text("Table", exact=True).first.click()
+                _settle(page)
+                height = page.locator(".dvn-scroller").first.evaluate("e => e.clientHeight")
+                rows = 25 * (84 + 6)  # cache.THUMB_PX + 6 per row
+                assert rows < height <= rows + 36 + 2, f"the table is {height} px for {rows} px of rows"
+            if path == "":
+                curves = page.locator(".js-plotly-plot").filter(has_text="test FID").first
+                curves.hover()
+                bar = curves.locator(".modebar").bounding_box()
+                for title in curves.locator(".infolayer .annotation").all():
+                    box = title.bounding_box()
+                    apart = (bar["x"] + bar["width"] <= box["x"] or box["x"] + box["width"] <= bar["x"]
+                             or bar["y"] + bar["height"] <= box["y"] or box["y"] + box["height"] <= bar["y"])
+                    assert apart, f"the toolbar covers '{title.text_content()}'"
+    finally:
+        page.set_viewport_size({"width": 1440, "height": 1400})

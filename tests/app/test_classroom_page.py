@@ -71,11 +71,61 @@ def test_the_learning_rate_lesson_retrains_the_epoch_and_compares(two_runs, caps
     ctx = RunContext.create(load_run_config(run), run.root)
     lesson = classroom.lr_lesson(ctx, Trace.load(run), 0.3)
     shown = {m.label: m.value for m in at.metric}
-    assert shown["growth factor"] == f"{lesson.growth:.3g}x" and shown["verdict"] == lesson.verdict
+    assert shown["growth factor"] == f"{lesson.growth:.3g}x" and shown["verdict (growth factor)"] == lesson.verdict
     assert shown[f"Kendall τ, {len(lesson.ids)} replays"] == f"{lesson.kendall_tau:.2f}"
-    assert at.dataframe[0].value["learning rate"].tolist() == ["0.3"]
+    story = classroom.conclusion(lesson)
+    said = texts(at)
+    assert f"{story.headline}." in said and story.text in said  # the verdict and the replays in one sentence
+    lo, hi = lesson.random_range
+    assert f"between {lo:.2f} and {hi:.2f} in 95% of cases" in said  # the noise of tau at this many replays
+    assert "ranges from 0.46 to 0.99" in said  # the seed scatter of tau
+    table = at.dataframe[0].value
+    assert table["learning rate"].tolist() == ["0.3"] and table["conclusion"].tolist() == [story.kind]
     with capsys.disabled():
         print(f"\n[classroom] learning-rate lesson: {seconds:.2f} s per click (AppTest, toy test run, 20 steps)")
+
+
+def test_the_learning_rate_lesson_says_when_the_run_diverged(two_runs):
+    """At lr 10 the toy's losses explode (1e67) and its ReLUs die with finite parameters: the page says
+    'diverged' instead of a growth factor, a verdict and a Kendall tau over meaningless changes."""
+    run_id, _ = _toy(two_runs)
+    at = open_app("playground", run_id, timeout=600)
+    at.select_slider(key="pg-lr").set_value(10.0)
+    next(b for b in at.button if b.label == "Retrain the epoch and check").click().run()
+    assert not at.exception
+    assert any(e.value.startswith("**Diverged at lr 10.** Training diverged: the D loss reached") for e in at.error)
+    labels = [m.label for m in at.metric]
+    assert "growth factor" not in labels and not any(label.startswith("Kendall τ,") for label in labels)
+    assert at.dataframe[0].value["conclusion"].tolist() == ["diverged"]
+
+
+def _in_order(node):
+    """Every element and block under `node`, in the order the page shows them."""
+    for key in sorted(getattr(node, "children", {}) or {}):
+        child = node.children[key]
+        yield child
+        yield from _in_order(child)
+
+
+def test_finished_jobs_sit_below_the_lessons_and_each_lesson_names_its_toy(two_runs):
+    """A finished job's box above the tabs pushed the lessons below the fold; the curate tab says to lasso;
+    each lesson names the toy it uses, and mode collapse offers a toy whose generator covers the data."""
+    run_id, _ = _toy(two_runs)
+    write_job(two_runs, {"kind": "estimate", "params": {"run_id": run_id, "metrics": ["all"], "options": {}}},
+              state="done", started=time.time() - 5, stages={"influence": 1.0})
+    at = open_app("playground", run_id, timeout=600)
+    assert not at.exception
+    order = list(_in_order(at.main))
+    tabs = next(i for i, e in enumerate(order) if getattr(e, "type", None) == "tab")
+    finished = next(i for i, e in enumerate(order) if getattr(e, "type", None) == "success"
+                    and str(e.value).startswith("Finished in"))
+    assert tabs < finished
+    said = texts(at)
+    assert "Draw a lasso around training points" in said
+    assert f"Every lesson below uses the current run, `{run_id}`" in said
+    assert f"**{classroom.COVERING_PRESET}**" in said and "covers the data" in said
+    button = next(b for b in at.button if b.label.startswith(f"Train {classroom.COVERING_PRESET}"))
+    assert button.label == f"Train {classroom.COVERING_PRESET} (seed 0) in the background"
 
 
 def test_mode_collapse_names_what_the_generator_does(two_runs):
@@ -108,3 +158,4 @@ def test_no_compute_button_while_an_estimate_runs(two_runs):
         assert not any(b.label.startswith("Compute influence on") for b in at.button)
     finally:
         lock.release()
+

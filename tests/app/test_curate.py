@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from apphelpers import open_app, removal_on_disk, texts, tiny_run_id
@@ -40,6 +42,8 @@ def test_table_view_edits_select_and_deselect(app_store):
     at.segmented_control(key="view").set_value("Table").run()
     editor = at.data_editor[0]
     assert {"remove", "image", "id", "IS", "FID", "D-loss"} <= set(editor.value.columns)
+    columns = json.loads(editor.proto.columns)  # the gallery's -2.53e-4, not -0.000253
+    assert all(columns[m]["type_config"]["format"] == "%.2e" for m in ("IS", "FID", "D-loss"))
     assert editor.value["image"].iloc[0].startswith("data:image/png;base64,")
     ids = editor.value["id"].tolist()
     at.session_state[editor.key] = {"edited_rows": {0: {"remove": True}, 2: {"remove": True}},
@@ -83,6 +87,36 @@ def test_map_view_selection_goes_to_the_gallery_and_the_removal_set(app_store):
     lasso()  # the map redraws with the removal set marked, which clears a selection: pick again
     next(b for b in at.button if b.label.startswith("Show the 3 selected")).click().run()
     assert not at.exception and sorted(_picks(at)) == picked  # the gallery shows just those
+
+
+def test_similar_images_say_what_d_is_and_go_to_the_removal_set(app_store):
+    from influence import datamap
+
+    run_id = tiny_run_id(app_store)
+    at = open_app("curate", run_id)
+    at.segmented_control(key="view").set_value("Map").run()
+    assert not at.exception
+    chosen = int(at.number_input(key=f"similar-{run_id}").value)
+    ids, dist = datamap.nearest(store.open_run(app_store, run_id).read_npy("map/features.npy"), chosen, 8)
+    said = texts(at)
+    assert f"**#{ids[0]}** · d = {dist[0]:.2g}" in [m.value for m in at.markdown]
+    assert "d = the neighbour's distance to the chosen image in that feature space" in said
+    at.checkbox(key=f"similar-pick-{run_id}-{ids[1]}-0").check().run()
+    assert removal_on_disk(app_store, run_id) == [int(ids[1])]
+    next(b for b in at.button if b.label == "Add the 8 neighbours to the removal set").click().run()
+    assert removal_on_disk(app_store, run_id) == sorted(ids.tolist())
+
+
+def test_an_import_error_stays_with_its_run(two_runs):
+    """A malformed CSV imported on one run ("ids 0..9999") stayed on screen after switching runs."""
+    tiny = tiny_run_id(two_runs)
+    toy = next(r["run_id"] for r in store.list_runs(two_runs) if r["run_id"].startswith("toytest-"))
+    at = open_app("curate", tiny)
+    at.file_uploader(key=f"import-{tiny}").set_value(("bad.csv", b"id\n999999\n", "text/csv")).run()
+    assert "outside the training set" in " ".join(e.value for e in at.error)
+    at.sidebar.selectbox(key="run_picker").set_value(toy).run()
+    assert not at.exception
+    assert not [e for e in at.error if "Not imported" in e.value]
 
 
 @pytest.mark.parametrize("method", ["fid", "iforest", "random"])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
-from explorer import attempt_choice, figures, tables, trainform
+from explorer import attempt_choice, figures, jobpanel, numbers, tables, trainform
 from influence.config import preset
 from influence.errors import ConfigError
 from influence.estimator import GROWTH_UNRELIABLE, verdict_for
@@ -71,8 +71,8 @@ def test_the_whole_state_norm_is_used_when_the_engine_stores_it():
 @pytest.mark.parametrize("value, text", [(-7.66e-5, "-7.66e-5"), (0.00012345, "1.23e-4"), (2.5, "2.50e+0"),
                                          (0.0, "0.00e+0"), (float("nan"), "?")])
 def test_one_number_format_for_influence_values(value, text):
-    assert tables.sci(value) == text
-    assert "%.2e" == tables.SCI_FORMAT  # the tables' NumberColumn writes the same digits (sprintf-js)
+    assert numbers.sci(value) == tables.sci(value) == text
+    assert "%.2e" == numbers.SCI_FORMAT  # the tables' NumberColumn writes the same digits (sprintf-js)
 
 
 def test_influence_axes_tick_as_5e_minus_5_and_zero_as_0():
@@ -195,3 +195,57 @@ def test_job_workers_wait_passively(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     jobs.start_background(tmp_path, {"kind": "train", "params": {"config": preset("tiny").to_dict()}})
     assert seen[1]["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_shares_keep_two_significant_digits():
+    """'Most harmful value is 0.00% of IS' when it was 0.003%."""
+    assert numbers.percent(3.1e-5) == "0.0031%" and numbers.percent(0.25) == "25%" and numbers.percent(0.0) == "0%"
+    note = tables.scale_note("is", {"n": 10, "harmful": 4, "mean": 1e-6, "most_harmful": 8.5e-5}, 2.76, None)
+    assert "The most harmful value is 0.0031% of IS (2.76 on the validation split)" in note
+
+
+def test_colour_bars_and_hovers_write_influence_as_the_tables_do():
+    """The map's colour bar read '100μ' (Plotly's SI default) and its hover 3 plain digits."""
+    from explorer import datamap_view
+
+    fig = datamap_view.map_figure(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([-1e-4, 2e-4]), "fid")
+    bar = fig.data[0].marker.colorbar
+    assert bar.tickformat == ".2~e" and bar.labelalias == {"0e+0": "0"}
+    assert "%{marker.color:.2e}" in fig.data[0].hovertemplate
+    fig = figures.points_figure(np.zeros((2, 2)), np.array([-1e-4, 2e-4]), "all")
+    assert fig.data[0].marker.colorbar.tickformat == ".2~e" and "%{marker.color:.2e}" in fig.data[0].hovertemplate
+
+
+def test_the_same_z_heat_map_runs_from_white_to_dark():
+    """Zero was lavender and small changes black: a scale must get darker as the difference grows."""
+    fig = figures.difference_heatmap(np.array([[0.0, 1e-3], [2e-3, 4e-3]]))
+    scale = fig.data[0].colorscale
+
+    def lightness(hex_color: str) -> float:
+        r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    assert scale[0][1] == "#ffffff"
+    assert all(lightness(a[1]) > lightness(b[1]) for a, b in zip(scale, scale[1:]))
+    assert fig.layout.title.text.startswith("same-z difference |after − before|")
+    assert fig.data[0].colorbar.title.text == "|after − before|"
+
+
+def test_the_time_estimate_names_its_basis_and_the_start_up():
+    from explorer import timing
+
+    text = timing.estimate_text("mnist-adam", [], [])
+    assert "training about 4 min 55 s" in text and "start-up about 1 min 16 s" in text
+    assert "issue 26's walk-through" in text and "4 minutes" not in text
+    run = {"run_id": "mnist-adam-s0-x", "modified": 1.0, "config": {"preset": "mnist-adam"},
+           "summary": {"seconds": 250.0}}
+    text = timing.estimate_text("mnist-adam", [run], [])
+    assert "training took 4 min 10 s here (run `mnist-adam-s0-x`)" in text and "start-up about 1 min 16 s" in text
+    job = {"spec": {"params": {"config": {"preset": "mnist-adam"}}}, "queued_at": 100.0, "started": 104.0,
+           "updated": 104.0 + 70.0 + 300.0, "stages": {"loading": 0.2, "feature-net": 5.0, "train": 70.0}}
+    text = timing.estimate_text("mnist-adam", [run], [job])  # the job box's own split: the same figures
+    assert "training took 5 min 00 s here" in text and "start-up took 1 min 10 s here" in text
+    assert "walk-through" not in text
+    assert jobpanel.finished_text(job).endswith("start-up 1 min 10 s (worker, data set, feature network), "
+                                                "training 5 min 00 s.")
+    assert timing.estimate_text("dcgan32", [], []) is None

@@ -105,6 +105,9 @@ def test_scatter_selection_goes_to_the_removal_set_and_the_gallery(app_store):
     assert not at.exception
     shown = sorted(int(c.key.split("-")[-2]) for c in at.checkbox if c.key.startswith("pick-"))
     assert shown == sorted(picked)  # the gallery shows just the selection
+    said = texts(at)  # it says where the selection was made (it said "selected on the map")
+    assert "Showing only the 3 images selected in the IS-vs-FID scatter of the Influence page" in said
+    assert "selected on the map" not in said
 
 
 # ---------------------------------------------------------------- sidebar, Inspect page
@@ -284,3 +287,14 @@ def test_jaccard_at_small_n_says_how_few_instances_it_compares(rich):
     said = texts(at)
     assert "the 1 most negative and 1 most positive of 3 instances" in said
     assert "one instance more or less swings it" in said
+
+
+def test_cleanse_captions_write_predicted_and_actual_changes_alike(rich):
+    """The captions mixed '-9.22e-3' (predicted) with '-0.00814' (actual)."""
+    import re
+
+    at = open_app("cleanse", tiny_run_id(rich))
+    assert not at.exception
+    captions = [c.value for c in at.caption if c.value.startswith("predicted change:")]
+    number = r"[+-]?\d\.\d\de[+-]\d+"
+    assert captions and all(re.fullmatch(rf"predicted change: {number} · actual: {number}", c) for c in captions)

@@ -40,7 +40,7 @@ def _form(at, preset_name: str, **values: str):
 @pytest.mark.parametrize("field, value, reason", [
     ("train.epochs", "0", "train.epochs must be at least 1"),
     ("train.lr_d", "fast", "cannot read 'fast' as float"),
-    ("train.epochs", "1", "lr_schedule epochs must lie in 1..epochs"),  # the schedule's epoch 2
+    ("train.trace_epochs", "5", "train.trace_epochs must lie in 1..epochs"),
     ("train.batch_size", "-5", "train.batch_size must be at least 1"),
     ("data.image_size", "30", "data.image_size must be 28, 32, 64 or auto"),
 ])
@@ -63,10 +63,29 @@ def test_an_already_trained_configuration_is_loaded_not_retrained(app_store, sta
 def test_the_form_builds_the_spec_from_the_preset_and_the_edits(app_store, started_jobs):
     _form(open_app("train"), "tiny", **{"train.epochs": "3", "model.width": "4"})
     assert len(started_jobs) == 1
-    expected = apply_overrides(preset("tiny"), ["train.epochs=3", "model.width=4"])
+    # tiny's schedule sets its last epoch's rate: it moves from epoch 2 of 2 to epoch 3 of 3
+    expected = apply_overrides(preset("tiny"), ["train.epochs=3", "model.width=4", "train.lr_schedule=3:0.001:0.001"])
     assert started_jobs[0]["kind"] == "train"
     config = started_jobs[0]["params"]["config"]
     assert RunConfig.from_dict(config) == expected and config["preset"] == "tiny"
+
+
+def test_the_schedule_follows_the_epochs_and_enter_does_not_submit(app_store, started_jobs):
+    """mnist-adam traces its last epoch (10 of 10) at a tenth of the rate; at 30 epochs its schedule stayed at
+    'from epoch 10', silently adding 20 epochs at the traced rate. And Enter in any field submitted the form."""
+    at = _form(open_app("train"), "mnist-adam", **{"train.epochs": "30"})
+    assert not at.exception
+    config = started_jobs[0]["params"]["config"]["train"]
+    assert config["epochs"] == 30 and config["lr_schedule"] == [[30, 4e-05, 4e-05]]
+    assert "from epoch 30 of 30 (the preset's 10 of 10)" in texts(at)
+    forms = [node for node in _in_order(at.main) if getattr(node, "type", None) == "form"]
+    assert forms and all(not form.proto.form.enter_to_submit for form in forms)
+
+
+def _in_order(node):
+    for key in sorted(getattr(node, "children", {}) or {}):
+        yield node.children[key]
+        yield from _in_order(node.children[key])
 
 
 def test_a_folder_data_set_needs_a_path_first(app_store):

@@ -35,3 +35,15 @@ def test_the_chart_of_accuracy_against_traced_epochs(tmp_path, monkeypatch, star
     at.slider(key="val-k").set_value(1).run()
     next(b for b in at.button if b.label == "Start validation").click().run()
     assert started_jobs[-1]["params"]["trace_epochs"] == 1
+
+
+def test_a_run_traced_over_one_epoch_says_how_to_get_the_chart(tiny_store, monkeypatch):
+    """The chart appeared only for runs traced over more than one epoch, with no hint otherwise."""
+    from apphelpers import texts, tiny_run_id
+
+    use_store(monkeypatch, tiny_store)
+    at = open_app("validate", tiny_run_id(tiny_store))
+    assert not at.exception
+    assert not [c for c in at.get("plotly_chart") if "traced epochs the estimate covers" in c.proto.spec]
+    said = texts(at)
+    assert "needs a run traced over more than one epoch; this run traces 1" in said and "train.trace_epochs" in said

@@ -1,0 +1,254 @@
+"""Refresh the app's screenshots (assets/app-*.png, assets/classroom-*.png) from a store, in a real browser.
+
+    .venv/bin/python bench/screenshots.py --store DIR --prepare      # fill DIR first (minutes), then shoot
+    .venv/bin/python bench/screenshots.py --store DIR [--only app-influence classroom-lr] [--out assets]
+
+Starts `streamlit run app/main.py` over the store and drives Debian's headless Chromium with Playwright (as
+tests/app/test_browser.py does). Every shot waits until the page has finished running (no running status,
+skeleton or spinner: the old hero showed "Checking what the metrics can mean ..."), its own result text is
+visible and every Plotly chart on the page has drawn; a shot whose result does not appear fails, it is
+never saved half drawn.
+
+--prepare trains what the shots need, where missing: mnist-adam seed 0 (as a background job, so its
+start-up is recorded) with influence on FID, IS and D-loss, a cleanse of its 50 most harmful instances by
+FID and a 20-instance validation; toy2d seed 0 with influence on ALL and D-loss and a cleanse of its 100
+most harmful points by ALL; toy2d-adam-ema seed 0 (the mode-collapse lesson's generator that covers the
+data). On 2 CPU cores that takes about 15 minutes (measured: 16 min 20 s while other work loaded the
+cores, after a 19-minute training job); the shots take about 5 (5 min 07 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 600_000  # a lesson or a cached computation on a loaded 2-core machine can take minutes
+
+
+# ---------------------------------------------------------------- the store
+def prepare(root: Path) -> None:
+    """The runs and results the shots show (cached ones are reused)."""
+    from influence import jobs, store
+    from influence.classroom import covering_toy
+    from influence.cleanse import cleanse
+    from influence.config import preset
+    from influence.estimator import cached_results, estimate, harmful_order
+    from influence.train import train
+    from influence.validation import validate
+
+    root.mkdir(parents=True, exist_ok=True)
+    mnist_cfg = preset("mnist-adam", 0)
+    if not store.Run(root, mnist_cfg.run_id).exists("summary.json"):
+        key = jobs.start_background(root, {"kind": "train", "params": {"config": mnist_cfg.to_dict()}})
+        print(f"training {mnist_cfg.run_id} as job {key} ...", flush=True)
+        final = jobs.wait(root, key, timeout_s=7200)
+        if final["state"] != "done":
+            raise SystemExit(f"training failed: {final.get('message')}")
+    mnist = store.open_run(root, mnist_cfg.run_id)
+    estimate(mnist, ["fid", "is", "dloss"])
+    removal = sorted(harmful_order(cached_results(mnist)["fid"])[:50].tolist())
+    cleanse(mnist, removal)
+    mnist.write_json("app/removal.json", {"ids": removal})
+    validate(mnist, ["fid"], n=20)
+
+    toy = train(preset("toy2d", 0), root)
+    estimate(toy, ["all", "dloss"])
+    removal = sorted(harmful_order(cached_results(toy)["all"])[:100].tolist())
+    cleanse(toy, removal)
+    toy.write_json("app/removal.json", {"ids": removal})
+    train(covering_toy(0), root)  # the mode-collapse lesson's comparison
+
+
+def runs_of(root: Path) -> dict[str, str]:
+    """{'mnist': run id, 'toy': run id}: the newest finished MNIST and 2D runs with influence results."""
+    from influence import store
+
+    out = {}
+    for r in sorted(store.list_runs(root), key=lambda r: r["modified"]):
+        if r.get("summary") and (root / r["run_id"] / "influence" / "table.csv").exists():
+            out["toy" if r["config"]["data"]["source"] == "normal2d" else "mnist"] = r["run_id"]
+    return out
+
+
+# ---------------------------------------------------------------- the shots
+@dataclass
+class Shot:
+    name: str
+    run: str  # "mnist" or "toy"
+    path: str  # the page's url path
+    wait_for: str  # text that appears only once the result is drawn
+    steps: list = field(default_factory=list)  # (action, argument) pairs, see `act`
+    height: int = 1400  # the viewport: Streamlit scrolls inside the page, so a long view needs a tall window
+
+
+SHOTS = [
+    Shot("app-train", "mnist", "", "Training curves"),
+    Shot("app-train-form", "mnist", "", "Training curves",
+         [("click", "Hyperparameters: the preset's values"), ("wait", "learning-rate schedule")]),
+    Shot("app-influence", "mnist", "influence", "Reliability:"),
+    Shot("app-influence-verdict", "mnist", "influence", "Reliability:", [("scroll", "u is the metric's gradient")]),
+    Shot("app-influence-detail", "mnist", "influence", "One instance in detail", [("scroll", "One instance in detail")]),
+    Shot("app-curate", "mnist", "curate", "Removal set"),
+    Shot("app-cleanse", "mnist", "cleanse", "Where the samples changed"),
+    Shot("app-cleanse-compare", "mnist", "cleanse", "Where the samples changed",
+         [("scroll", "Compare attempts side by side")]),
+    Shot("app-validate", "mnist", "validate", "Do estimate and truth"),
+    Shot("app-playground", "toy", "playground", "orange arrows: where"),
+    Shot("classroom-curate", "toy", "playground", "orange arrows: where", height=1500),
+    Shot("classroom-one-point", "toy", "playground", "Click a training point",
+         [("tab", "One point: predicted vs actual"), ("point", "1234"), ("wait", "longer than the real shift")],
+         height=2000),
+    Shot("classroom-loss-vs-metric", "toy", "playground", "Kendall τ between the two harmful-first rankings",
+         [("tab", "Loss is not the metric")], height=1500),
+    Shot("classroom-lr", "toy", "playground", "When the estimate breaks",
+         [("tab", "When the estimate breaks"), ("lr", "3"), ("lr", "1")], height=2000),
+    Shot("classroom-collapse", "toy", "playground", "the generator",
+         [("tab", "Mode collapse"), ("click", "Switch to toy2d-adam-ema"), ("tab", "Mode collapse"),
+          ("wait", "covers")], height=1500),
+]
+
+
+def settle(tab) -> None:
+    """Until the script run has finished and every element and chart has been drawn."""
+    tab.wait_for_timeout(500)  # a rerun just triggered may not show its status widget yet
+    tab.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && !document.querySelector('[data-testid=\"stSkeleton\"]')"
+        " && !document.querySelector('[data-testid=\"stSpinner\"]')"
+        " && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))",
+        timeout=TIMEOUT_MS)
+    tab.wait_for_timeout(1500)  # plotly's transitions, images decoding
+
+
+def act(tab, action: str, arg: str) -> None:
+    from playwright.sync_api import expect
+
+    shown = tab.get_by_text(arg).locator("visible=true").first  # not the same words in a hidden tab
+    if action == "click":
+        shown.click()
+    elif action == "wait":
+        expect(shown).to_be_visible(timeout=TIMEOUT_MS)
+    elif action == "scroll":
+        target = tab.get_by_text(arg).first
+        expect(target).to_be_attached(timeout=TIMEOUT_MS)
+        target.scroll_into_view_if_needed()
+    elif action == "tab":
+        tab.get_by_role("tab", name=arg).click()
+    elif action == "point":  # the one-point lesson, as a click on the chart sets it
+        field_ = tab.get_by_label("…or type a point's id")
+        field_.fill(arg)
+        field_.press("Enter")
+    elif action == "lr":  # the learning-rate lesson at rate `arg`
+        panel = tab.get_by_role("tabpanel", name="When the estimate breaks")
+        slider = panel.get_by_role("slider")
+        slider.focus()
+        for _ in range(12):
+            slider.press("ArrowLeft")
+        while not slider.get_attribute("aria-valuetext").startswith(arg):
+            slider.press("ArrowRight")
+        settle(tab)
+        panel.get_by_role("button", name="Retrain the epoch and check").click()
+        expect(panel.get_by_text(f"at lr {arg}").first).to_be_visible(timeout=TIMEOUT_MS)
+    settle(tab)
+
+
+@contextlib.contextmanager
+def serve(root: Path, log: Path):
+    """`streamlit run app/main.py` over `root` on a free local port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GAN_INFLUENCE_STORE": str(root), "PYTHONPATH": str(REPO)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise SystemExit(f"streamlit did not start; see {log}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def shoot(root: Path, out: Path, only: list[str] | None) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from influence import store
+
+    runs = runs_of(root)
+    shots = [s for s in SHOTS if not only or s.name in only]
+    missing = {s.run for s in shots} - set(runs)
+    if missing:
+        raise SystemExit(f"the store has no finished {' or '.join(sorted(missing))} run with influence results: "
+                         "run with --prepare first")
+    out.mkdir(parents=True, exist_ok=True)
+    log = Path(tempfile.gettempdir()) / "screenshots-streamlit.log"
+    with serve(root, log) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        for shot in shots:
+            store.write_json(root / "_app_state.json", {"run_id": runs[shot.run]})
+            tab = browser.new_page(viewport={"width": 1440, "height": shot.height})
+            tab.set_default_timeout(TIMEOUT_MS)
+            started = time.perf_counter()
+            tab.goto(f"{url}/{shot.path}")
+            tab.wait_for_selector("h1")
+            settle(tab)
+            expect(tab.get_by_text(shot.wait_for).first).to_be_attached(timeout=TIMEOUT_MS)
+            for job in tab.get_by_role("button", name="Dismiss").all():  # finished jobs' boxes: results, not chores
+                job.click()
+                settle(tab)
+            for action, arg in shot.steps:
+                act(tab, action, arg)
+            if tab.locator('[data-testid="stException"]').count():
+                raise SystemExit(f"{shot.name}: the page shows an exception")
+            if shot.steps and shot.steps[-1][0] != "scroll":
+                tab.evaluate("window.scrollTo(0, 0)")  # a tab or a lesson: from the page's top
+                tab.locator("h1").first.scroll_into_view_if_needed()
+            tab.screenshot(path=str(out / f"{shot.name}.png"))
+            print(f"{shot.name}.png ({runs[shot.run]}, {time.perf_counter() - started:.0f} s)", flush=True)
+            tab.close()
+        browser.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=REPO / "assets")
+    ap.add_argument("--only", nargs="+", help="shot names, e.g. app-influence classroom-lr")
+    ap.add_argument("--prepare", action="store_true", help="train and compute what the shots need first")
+    args = ap.parse_args()
+    root = args.store.resolve()
+    os.environ["GAN_INFLUENCE_STORE"] = str(root)
+    if args.prepare:
+        prepare(root)
+    shoot(root, args.out, args.only)
+
+
+if __name__ == "__main__":
+    main()
