@@ -410,6 +410,16 @@ def _decode(blob: bytes, mode: str, size: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def decode_image(blob: bytes, color: str, size: int) -> torch.Tensor:
+    """One PNG/JPEG as the data sets hold their images: (C, size, size) float32 in [-1, 1] (color: gray or rgb).
+    DataError when it cannot be read."""
+    try:
+        arr = _decode(blob, "L" if color == "gray" else "RGB", size)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read the image: {e}") from None
+    return torch.from_numpy(arr.copy()).float().div_(127.5).sub_(1.0)
+
+
 def folder_has_labels(root: str | Path) -> bool:
     """Whether a folder/zip would give labels (every image in a class sub-folder), from file names alone."""
     root = Path(root)
