@@ -62,13 +62,19 @@ def replay_removals(run: store.Run, explanation: Explanation, lanes: list[Lane],
                     ctx.gan.generate(theta_g, z).float().cpu().numpy())
 
     plan = choose_plan(ctx, trace, len(lanes), lanes_per_pass)
-    out = replay_lanes(ctx, trace, lanes, measure, plan, progress=progress, cancel=cancel,
+    out = replay_lanes(ctx, trace, lanes, measure, plan, first_estimated(explanation, trace), progress, cancel,
                        baseline_from_trace=reproduces_training(ctx, trace))
     actual = np.stack([v[0] - b[0] for v, b in zip(out.values, out.baselines)]) if lanes else np.zeros((0, obj.rows))
     predicted = np.stack([explanation.matrix[:, lane.removed].sum(1) for lane in lanes]) if lanes else actual
     generated = np.stack([out.baseline[1], *(v[1] for v in out.values)])
     return Replayed(predicted, actual, generated, plan.as_dict(),
                     "recorded trajectory" if out.baseline_from_trace else "replayed", out.seconds)
+
+
+def first_estimated(explanation: Explanation, trace: Trace) -> int:
+    """The first traced step the explanation's pass walked (an estimate over the last N steps is checked by
+    replaying those steps only)."""
+    return trace.steps - explanation.meta["traced_steps"]
 
 
 def check_key(samples: list[int], k: int, seed: int) -> str:
@@ -79,7 +85,8 @@ def check(run: store.Run, explanation: Explanation, samples: list[int], k: int, 
           lanes_per_pass: int | None = None, progress: ProgressFn | None = None,
           cancel: CancelToken | None = None) -> dict:
     """Per checked sample, two lanes: its k most responsible images (harmful side; the largest displacements for
-    the 2D position) and k random traced images (seeded per sample). Stored; a stored check is read back."""
+    the 2D position) and k random traced images (seeded per sample), over the steps the pass walked. Stored; a
+    stored check is read back."""
     if not explanation.meta["per_sample"]:
         samples = [0]
     samples = sorted({int(i) for i in samples})
@@ -87,7 +94,7 @@ def check(run: store.Run, explanation: Explanation, samples: list[int], k: int, 
         raise ConfigError(f"check: samples must lie in 0..{explanation.n_samples - 1}")
     trace = Trace.load(run)
     n_train = explanation.matrix.shape[1]
-    traced = np.flatnonzero(trace.step_of_instance(n_train) >= 0)
+    traced = np.flatnonzero(trace.step_of_instance(n_train, first_estimated(explanation, trace)) >= 0)
     if not 1 <= k <= len(traced) // 2:
         raise ConfigError(f"check: k must lie in 1..{len(traced) // 2} (half the {len(traced)} traced images)")
     key = check_key(samples, k, seed)
