@@ -83,6 +83,8 @@ def describe(spec: dict) -> str:
         "estimate": lambda: f"Influence on {metrics}",
         "cleanse": lambda: f"Cleansing without {len(p['removal_ids'])} instances ({p.get('mode', 'replay')})",
         "validate": lambda: f"Validation of {metrics} on {p.get('n')} instances",
+        "explain": lambda: (f"Influence on the {p['objective'].split(':')[0]} of chosen samples"
+                            + (f", checked by replays without the top {p['check']['k']}" if "check" in p else "")),
         "sweep": lambda: (f"Data-cleansing sweep over {len(p['configs'])} seeds: {len(p['methods'])} methods x "
                           f"{len(p['counts'])} removal counts, test {METRIC_LABELS.get(p.get('metric', 'fid'))}"),
     }[spec["kind"]]()

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import streamlit as st
 
-from explorer import cache, classroom_figures, figures, jobpanel, state, tables
+from explorer import cache, classroom_figures, figures, jobpanel, pull_view, state, tables
 from influence import classroom, store
 from influence.cleanse import removal_key
 from influence.config import preset
@@ -76,9 +76,9 @@ trace = Trace.load(store.open_run(root, run_id))  # memory-mapped: cheap on ever
 grids = cache.epoch_grids(root, run_id, is_2d=True)
 result = results.get("all")
 
-curate_tab, point_tab, loss_tab, lr_tab, collapse_tab = st.tabs(
+curate_tab, point_tab, loss_tab, lr_tab, collapse_tab, pull_tab = st.tabs(
     ["Curate and cleanse", "One point: predicted vs actual", "Loss is not the metric", "When the estimate breaks",
-     "Mode collapse"])
+     "Mode collapse", "Pull on a generated point"])
 
 # ---------------------------------------------------------------- curate and cleanse
 with curate_tab:
@@ -253,3 +253,7 @@ with collapse_tab:
         right.metric("centre offset", f"{cov.offset:.2f} σ")
         right.caption(f"{cov.message}. Collapsed: under 25% of the area or more than 1σ off centre; "
                       "covers: 60-200% and within 0.3σ.")
+
+# ---------------------------------------------------------------- pull on a generated point
+with pull_tab:
+    pull_view.render(root, run_id, train_xy)

@@ -204,11 +204,14 @@ def stored(run: store.Run) -> list[dict]:
     return out
 
 
-def find(run: store.Run, kind: str, z: np.ndarray) -> Explanation | None:
-    """The newest stored explanation of objective `kind` on exactly these z (the app's lookup after a job)."""
+def find(run: store.Run, kind: str, z: np.ndarray, identity: dict | None = None) -> Explanation | None:
+    """The newest stored explanation of objective `kind` on exactly these z whose identity holds `identity`'s
+    items (e.g. the reference), if any (the app's lookup after a job)."""
     digest = hashlib.sha256(np.ascontiguousarray(np.asarray(z, dtype=np.float64)).tobytes()).hexdigest()
     for meta in reversed(stored(run)):
-        if meta["kind"] == kind and meta["identity"]["z_sha256"] == digest:
+        ident = meta["identity"]
+        if (meta["kind"] == kind and ident["z_sha256"] == digest
+                and all(ident.get(k) == v for k, v in (identity or {}).items())):
             return load(run, meta["name"])
     return None
 
