@@ -131,9 +131,9 @@ def pull_figure(train_xy: np.ndarray, generated: np.ndarray, chosen: int | None,
             fig.add_scatter(x=train_xy[pullers, 0], y=train_xy[pullers, 1], mode="markers", name="pulling points",
                             marker=dict(size=8, color=figures.HARMFUL, line=dict(width=1, color="#400")),
                             customdata=pullers, hovertemplate="training point #%{customdata}<extra></extra>")
-            _arrow(fig, g, g + magnification * vectors.sum(0), figures.CLEANSED, "predicted")
-        if actual is not None:
-            _arrow(fig, g, g + magnification * actual, "#111111", "actual")
+            _arrow(fig, g, g + magnification * vectors.sum(0), figures.CLEANSED, "predicted", 6.0, ("right", "top"))
+        if actual is not None:  # thinner, on top of the predicted one: both stay visible where they agree
+            _arrow(fig, g, g + magnification * actual, "#111111", "actual", 2.0, ("left", "bottom"))
         fig.add_scatter(x=[g[0]], y=[g[1]], mode="markers", name="chosen point", hoverinfo="skip",
                         marker=dict(size=14, color=figures.GENERATED, symbol="star", line=dict(width=1.5, color="#111")))
     fig.update_layout(height=height, margin=figures.MARGIN, legend=dict(orientation="h", y=1.08, x=0),
@@ -142,7 +142,11 @@ def pull_figure(train_xy: np.ndarray, generated: np.ndarray, chosen: int | None,
     return fig
 
 
-def _arrow(fig: go.Figure, start: np.ndarray, end: np.ndarray, color: str, text: str) -> None:
+def _arrow(fig: go.Figure, start: np.ndarray, end: np.ndarray, color: str, text: str, width: float,
+           anchor: tuple[str, str]) -> None:
     fig.add_annotation(x=end[0], y=end[1], ax=start[0], ay=start[1], xref="x", yref="y", axref="x", ayref="y",
-                       showarrow=True, arrowhead=3, arrowsize=1.2, arrowwidth=3.5, arrowcolor=color, text=text,
-                       font=dict(color=color, size=13), xanchor="left", yanchor="bottom")
+                       showarrow=True, arrowhead=3, arrowsize=max(0.6, 3.0 / width), arrowwidth=width,
+                       arrowcolor=color, text="")
+    fig.add_annotation(x=end[0], y=end[1], xref="x", yref="y", showarrow=False, text=f"<b>{text}</b>",
+                       font=dict(color=color, size=13), xanchor=anchor[0], yanchor=anchor[1],
+                       bgcolor="rgba(255,255,255,0.7)")

@@ -91,11 +91,9 @@ with pick_col:
                 row = table.iloc[i]
                 with col.container(border=True):
                     st.image(png)
-                    lines = [f"**{i}**", f"realism {row['realism']:.3g}"]
-                    if has_classifier:
-                        lines.append(f"clarity {row['clarity']:.3g} (class {int(row['class'])})")
-                    lines.append(f"nearest #{int(row['nearest_id'])}, d {row['nearest_distance']:.3g}")
-                    st.caption(" · ".join(lines))
+                    head = f"**{i}**" + (f" · class {int(row['class'])}" if has_classifier else "")
+                    scores = (f"clarity {row['clarity']:.2f} · " if has_classifier else "") + f"realism {row['realism']:.2f}"
+                    st.caption(f"{head}  \n{scores}  \nnearest #{int(row['nearest_id'])} at {row['nearest_distance']:.3g}")
                     member = i in chosen
                     st.checkbox("pick", value=member, key=f"samples-pick-{run_id}-{i}-{int(member)}",
                                 on_change=samples_view.toggle, args=(run_id, i))
