@@ -39,34 +39,35 @@ class Replayed:
 
     predicted: np.ndarray  # (lanes, rows)
     actual: np.ndarray  # (lanes, rows)
-    generated: np.ndarray  # (1 + lanes, len(samples), ...): lane 0 first
+    generated: np.ndarray | None  # (1 + lanes, len(samples), ...): lane 0 first; None when no samples were asked for
     plan: dict
     baseline: str
     seconds: float
 
 
-def replay_removals(run: store.Run, explanation: Explanation, lanes: list[Lane], samples: list[int],
+def replay_removals(run: store.Run, explanation: Explanation, lanes: list[Lane], samples: list[int] | None = None,
                     lanes_per_pass: int | None = None, progress: ProgressFn | None = None,
                     cancel: CancelToken | None = None) -> Replayed:
-    """Replay the traced steps without each lane's images; measure the objective and G(z) of `samples`."""
+    """Replay the traced steps (those the explanation's pass walked) without each lane's images; measure the
+    objective on every row, and G(z) of `samples` if given."""
     cfg = load_run_config(run)
     trace = Trace.load(run)
     ctx = RunContext.create(cfg, run.root)
     obj = restore_objective(run, explanation, ctx, trace)
-    z = torch.from_numpy(explanation.z[samples]).to(ctx.device, ctx.dtype)
+    z = torch.from_numpy(explanation.z[samples]).to(ctx.device, ctx.dtype) if samples else None
 
-    def measure(state: TrainState) -> tuple[np.ndarray, np.ndarray]:
+    def measure(state: TrainState) -> tuple[np.ndarray, np.ndarray | None]:
         theta_d, theta_g = state.theta_d.detach(), state.eval_generator(trace.ema_eval).detach()
         with torch.no_grad():
             return (obj.values(ctx, theta_d, theta_g).double().cpu().numpy(),
-                    ctx.gan.generate(theta_g, z).float().cpu().numpy())
+                    None if z is None else ctx.gan.generate(theta_g, z).float().cpu().numpy())
 
     plan = choose_plan(ctx, trace, len(lanes), lanes_per_pass)
     out = replay_lanes(ctx, trace, lanes, measure, plan, first_estimated(explanation, trace), progress, cancel,
                        baseline_from_trace=reproduces_training(ctx, trace))
     actual = np.stack([v[0] - b[0] for v, b in zip(out.values, out.baselines)]) if lanes else np.zeros((0, obj.rows))
     predicted = np.stack([explanation.matrix[:, lane.removed].sum(1) for lane in lanes]) if lanes else actual
-    generated = np.stack([out.baseline[1], *(v[1] for v in out.values)])
+    generated = None if z is None else np.stack([out.baseline[1], *(v[1] for v in out.values)])
     return Replayed(predicted, actual, generated, plan.as_dict(),
                     "recorded trajectory" if out.baseline_from_trace else "replayed", out.seconds)
 
