@@ -164,7 +164,8 @@ def finished_text(status: dict) -> str:
     startup_end = work[0][1] if work else updated - started
     parts.append(f"start-up {duration(startup_end)} (worker, data set"
                  + (", feature network" if "feature-net" in dict(stages) else "") + ")")
-    for (name, at), nxt in zip(work, [a for _, a in work[1:]] + [updated - started], strict=True):
+    # a job whose result was cached reports start-up stages only (work is empty)
+    for (name, at), nxt in zip(work, [a for _, a in work[1:]] + [updated - started][:len(work)], strict=True):
         parts.append(f"{STAGES.get(name, name).split(' (')[0]} {duration(nxt - at)}")
     return f"Finished in {duration(total)} from start to end: " + ", ".join(parts) + "."
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from explorer import cache, jobpanel, samples_view, state, tables, widgets
 from influence import store
+from influence.context import fixed_latents
 from influence.estimator import EstimateOptions
 from influence.objectives.samples import KIND_LABELS, reference_image
 from influence.samples import find
@@ -66,6 +67,27 @@ if kind == "reference":
     reference_filter = {"reference": reference_image(ctx, objective.split(":", 1)[1])[1]}
 
 chosen = samples_view.picked(run_id)
+
+if has_classifier:
+    with st.expander("Class share: which images make the GAN over- or under-produce a class?",
+                     icon=":material/pie_chart:"):
+        names = dataset.class_names or [f"class {c}" for c in range(10)]
+        s1, s2, s3 = st.columns([2, 2, 1])
+        cls = s1.selectbox("Class", range(len(names)), format_func=lambda c: names[c], key=f"samples-class-{run_id}")
+        want = s2.segmented_control("Wanted", ["back toward the data", "more", "less"], default="back toward the data",
+                                    key=f"samples-want-{run_id}") or "back toward the data"
+        share_objective = f"class:{cls}" + ("" if want == "back toward the data" else f":{want}")
+        valid_z = fixed_latents(cfg)["valid"].numpy()
+        if s3.button("Explain", key=f"samples-class-go-{run_id}", icon=":material/psychology_alt:"):
+            jobpanel.start(root, explain_spec(run_id, {"valid": True}, share_objective, EstimateOptions()))
+            st.rerun()
+        share = find(run, "class", valid_z, {"class": int(cls)} | ({} if want == "back toward the data" else {"want": want}))
+        if share is None:
+            st.caption(f"The mean soft share of {names[cls]} over the {len(valid_z)} validation z; Explain computes the "
+                       "influence of every training image on it (one pass).")
+        else:
+            st.caption(f"{share.meta['label']}: {share.values[0]:.3f} now; {share.meta['sign']}.")
+            samples_view.responsible_gallery(root, run_id, share, 0, 12, "harmful", dataset, f"class-h-{run_id}")
 
 # ---------------------------------------------------------------- pick
 pick_col, side = st.columns([3, 1], gap="large")
