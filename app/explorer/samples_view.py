@@ -82,9 +82,14 @@ def value_text(explanation: Explanation, sample: int) -> str:
 
 def responsible_gallery(root: Path, run_id: str, explanation: Explanation, sample: int, k: int, side: str,
                         dataset, key: str, per_row: int = 6) -> list[int]:
-    """The sample's k most responsible training images on one side, as cards (image, id, label, path, influence),
-    with a button that adds all of them to the removal set. Returns their ids."""
-    ids = [int(i) for i in explanation.responsible(sample, k, side)]
+    """The sample's k most responsible training images on one side (only those whose influence is on that side),
+    as cards (image, id, label, path, influence), with a button that adds all of them to the removal set.
+    Returns their ids."""
+    strength = explanation.strength(sample) * (-1 if side == "helpful" else 1)
+    ids = [int(i) for i in explanation.responsible(sample, k, side) if strength[i] > 0]
+    if not ids:
+        st.caption("No training image has an influence on this side.")
+        return []
     rows = explanation.sample_rows(sample)
     labels, names, paths = dataset.train.y, dataset.class_names, dataset.train_paths
     thumbs = cache.thumbnails(str(root), run_id, tuple(ids), cache.THUMB_PX)

@@ -78,7 +78,7 @@ if has_classifier:
                                     key=f"samples-want-{run_id}") or "back toward the data"
         share_objective = f"class:{cls}" + ("" if want == "back toward the data" else f":{want}")
         valid_z = fixed_latents(cfg)["valid"].numpy()
-        if s3.button("Explain", key=f"samples-class-go-{run_id}", icon=":material/psychology_alt:"):
+        if s3.button("Explain the share", key=f"samples-class-go-{run_id}", icon=":material/psychology_alt:"):
             jobpanel.start(root, explain_spec(run_id, {"valid": True}, share_objective, EstimateOptions()))
             st.rerun()
         share = find(run, "class", valid_z, {"class": int(cls)} | ({} if want == "back toward the data" else {"want": want}))
