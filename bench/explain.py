@@ -160,7 +160,7 @@ def cmd_copies(args) -> dict:
     folder = work / "data"
     planted_name, copies = _planted_folder(args.variant, folder, args.seed)
     base = preset("mnist-adam", args.seed)
-    cfg = apply_overrides(base, [f"data.source=folder", f"data.root={folder}", "data.n_train=none",
+    cfg = apply_overrides(base, ["data.source=folder", f"data.root={folder}", "data.n_train=none",
                                  f"data.color={'rgb' if args.variant == 'rgb' else 'gray'}", *args.set])
     root = store.store_root(work / "store")
     started = time.perf_counter()
@@ -183,7 +183,7 @@ def cmd_copies(args) -> dict:
     nearest = np.argsort(dist, kind="stable")[:args.samples]
     z = cand[nearest].numpy()
     out = {"variant": args.variant, "run_id": run.run_id, "train_seconds": train_s, "copies_in_data": copies,
-           "copies_in_training_split": int(len(copy_ids)), "n_train": ctx.dataset.n_train,
+           "copies_in_training_split": len(copy_ids), "n_train": ctx.dataset.n_train,
            "test": run.read_json("summary.json")["test"], "candidates": args.candidates,
            "sample_distance": dist[nearest].tolist(), "median_candidate_distance": float(np.median(dist))}
     by_objective = {}
@@ -312,13 +312,13 @@ def cmd_accuracy(args) -> dict:
         result = {
             "seed": seed, "run_id": run.run_id, "train_seconds": train_s, "pass_seconds": e.meta["seconds"],
             "verdict": e.meta["verdict"], "growth": max(e.meta["growth"]), "samples": len(z), "k": k,
-            "traced": int(len(traced)), "clarity": e.values.tolist(),
+            "traced": len(traced), "clarity": e.values.tolist(),
             "group": {"top_moves_as_predicted": float(moved.mean()), "top_beats_random": float(beats.mean()),
                       "pearson_own": float(stats.pearsonr(own_p, own_a).statistic),
                       "pearson_all": float(stats.pearsonr(g_pred.ravel(), g_act.ravel()).statistic),
                       "top_predicted": top_p.tolist(), "top_actual": top_a.tolist(), "random_actual": rnd_a.tolist(),
                       "replay_seconds": g_s},
-            "loo": {"n": int(len(singles)), "samples": loo_samples, "tau": [taus[i] for i in loo_samples],
+            "loo": {"n": len(singles), "samples": loo_samples, "tau": [taus[i] for i in loo_samples],
                     "tau_all_samples": taus, "mean_tau_all": float(np.mean(taus)), "replay_seconds": l_s},
         }
         _json(folder / "result.json", result)

@@ -5,8 +5,8 @@ import hashlib
 
 import numpy as np
 import streamlit as st
-
 from explorer import cache, jobpanel, samples_view, state, tables, widgets
+
 from influence import store
 from influence.context import fixed_latents
 from influence.estimator import EstimateOptions

@@ -10,8 +10,8 @@
 
 from .base import Objective
 from .metrics import MetricObjective, metric_objectives
-from .samples import (KINDS, ClassShare, Clarity, Position, Realism, Reference, SampleObjective, build,
+from .samples import (KINDS, Clarity, ClassShare, Position, Realism, Reference, SampleObjective, build,
                       features_of, parse)
 
-__all__ = ["KINDS", "ClassShare", "Clarity", "MetricObjective", "Objective", "Position", "Realism", "Reference",
+__all__ = ["KINDS", "Clarity", "ClassShare", "MetricObjective", "Objective", "Position", "Realism", "Reference",
            "SampleObjective", "build", "features_of", "metric_objectives", "parse"]

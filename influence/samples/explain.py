@@ -36,7 +36,7 @@ from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
 from ..estimator import ESTIMATOR_VERSION, EstimateOptions, check_options, drop_partial, result_name, stored_pass
 from ..estimator.verdict import growth_of, verdict_for
-from ..objectives.samples import (ClassShare, Clarity, Position, Realism, Reference, SampleObjective, build,
+from ..objectives.samples import (Clarity, ClassShare, Position, Realism, Reference, SampleObjective, build,
                                   features_of)
 from ..progress import CancelToken, ProgressFn
 from ..train import Trace

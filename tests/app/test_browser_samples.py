@@ -8,29 +8,52 @@ artifacts/ (git-ignored; copied to assets/)."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 
 import numpy as np
 import pytest
+from apphelpers import removal_on_disk
 from PIL import Image
+from test_browser import (
+    ARTIFACTS,
+    TIMEOUT_MS,
+    _settle,
+    browser_tab,
+    pytestmark,
+    serve_app,
+)
 
-from apphelpers import removal_on_disk, tiny_run_id
 from influence import store
 from influence.samples import find
 from influence.samples.pool import sample_pool
-from test_browser import ARTIFACTS, TIMEOUT_MS, _settle, browser_tab, pytestmark, serve_app  # noqa: F401
 
 JOB_TIMEOUT_MS = 900_000  # a background job on a loaded 2-core machine: start-up, then the pass or the replays
 
 
 @pytest.fixture(scope="module")
-def samples_server(tiny_store, toy_store, tmp_path_factory):
+def samples_server(request, tmp_path_factory):
+    """The app over the tiny MNIST run and the small 2D run, or over SAMPLES_STORE (one image run and one 2D run,
+    e.g. trained by bench/explain.py; for the screenshots in assets/)."""
     root = tmp_path_factory.mktemp("samples") / "store"
-    shutil.copytree(tiny_store, root, ignore=shutil.ignore_patterns("_jobs"))
-    shutil.copytree(toy_store, root, ignore=shutil.ignore_patterns("_jobs", "_cache"), dirs_exist_ok=True)
-    store.write_json(root / "_app_state.json", {"run_id": tiny_run_id(root)})
+    if os.environ.get("SAMPLES_STORE"):
+        shutil.copytree(os.environ["SAMPLES_STORE"], root, ignore=shutil.ignore_patterns("_jobs", "_app_state.json"))
+    else:
+        shutil.copytree(request.getfixturevalue("tiny_store"), root, ignore=shutil.ignore_patterns("_jobs"))
+        shutil.copytree(request.getfixturevalue("toy_store"), root, ignore=shutil.ignore_patterns("_jobs", "_cache"),
+                        dirs_exist_ok=True)
+    store.write_json(root / "_app_state.json", {"run_id": _runs(root)[0]})
     with serve_app(root, tmp_path_factory.mktemp("samples-log") / "streamlit.log") as url:
         yield url, root
+
+
+def _runs(root) -> tuple[str, str]:
+    """(the image run, the 2D run) of the store."""
+    runs = sorted(r["run_id"] for r in store.list_runs(root))
+    def is_2d(r: str) -> bool:
+        return store.read_json(root / r / "config.json")["data"]["source"] == "normal2d"
+
+    return next(r for r in runs if not is_2d(r)), next(r for r in runs if is_2d(r))
 
 
 def _shot(page, name: str, full: bool = False) -> None:
@@ -52,7 +75,7 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
     from playwright.sync_api import expect
 
     url, root = samples_server
-    run_id = tiny_run_id(root)
+    run_id = _runs(root)[0]
     run = store.open_run(root, run_id)
     with browser_tab(height=1500) as page:
         page.goto(f"{url}/samples")
@@ -96,7 +119,8 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         page.get_by_role("heading", name="Check").scroll_into_view_if_needed()
         _settle(page)
         _shot(page, "check", full=True)
-        for caption in ("the run", "without its top 10", "without 10 random"):
+        k = max(1, round(0.01 * run.read_json("summary.json")["n_train"]))  # the page's default
+        for caption in ("the run", f"without its top {k}", f"without {k} random"):
             card = page.locator('[data-testid="stImage"]').filter(has=page.get_by_text(caption)).last
             assert _is_a_drawing(card.locator("img")), caption
 
@@ -105,7 +129,7 @@ def test_the_pull_on_a_generated_point_in_a_real_browser(samples_server):
     from playwright.sync_api import expect
 
     url, root = samples_server
-    toy_id = next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("toytest"))
+    toy_id = _runs(root)[1]
     store.write_json(root / "_app_state.json", {"run_id": toy_id})
     with browser_tab(height=1400) as page:
         page.goto(f"{url}/playground")

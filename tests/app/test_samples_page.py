@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from apphelpers import open_app, removal_on_disk, texts, tiny_run_id
+
 from influence import jobs, store
 from influence.estimator import EstimateOptions
 from influence.samples import find
