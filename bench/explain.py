@@ -106,6 +106,18 @@ def cmd_cost(args) -> dict:
 
 
 # ---------------------------------------------------------------- planted near-copies
+def _outlier(images: np.ndarray, rng: np.random.Generator, subset: int = 2000, quantile: float = 0.995) -> int:
+    """An unusual image: of a seeded subset, the one at the given quantile of the pixel distance to its nearest
+    neighbour in the whole set (a copied image that resembles thousands of others is not a copy anyone can see)."""
+    flat = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    ids = rng.choice(len(flat), min(subset, len(flat)), replace=False)
+    sq = (flat**2).sum(1)
+    d2 = sq[ids, None] + sq[None] - 2 * flat[ids] @ flat.T
+    d2[np.arange(len(ids)), ids] = np.inf
+    nn = d2.min(1)
+    return int(ids[np.argsort(nn)[int(quantile * (len(ids) - 1))]])
+
+
 def _planted_folder(variant: str, folder: Path, seed: int) -> tuple[str, int]:
     """Writes the variant's images into class sub-folders; returns (the planted file's name, copies)."""
     src = load_dataset(DataConfig(source="mnist", n_train=10_000 if variant == "mnist" else 6_000), seed,
@@ -122,7 +134,7 @@ def _planted_folder(variant: str, folder: Path, seed: int) -> tuple[str, int]:
         images = ((a * colour[:, None, None] + (1 - a) * back[:, None, None]) * 255).round().astype(np.uint8)
     else:
         images = x
-    planted = int(rng.integers(len(x)))
+    planted = _outlier(images, rng)
     if (folder / "done").exists():
         return f"{y[planted]}/planted.png", copies
     for i, (img, label) in enumerate(zip(images, y)):
@@ -358,7 +370,7 @@ def main() -> None:
     p.add_argument("--work", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=10)
-    p.add_argument("--candidates", type=int, default=2000)
+    p.add_argument("--candidates", type=int, default=5000)
     p.add_argument("--contrast", type=int, default=5, help="samples far from the planted image, for the copy flag")
     p.add_argument("--realism", action="store_true", help="also explain the nearest samples' realism")
     a = sub.add_parser("accuracy")
