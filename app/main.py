@@ -32,6 +32,7 @@ pages = [
     st.Page(widgets.TRAIN_PAGE, title="Train or load", icon=":material/model_training:", default=True),
     st.Page(widgets.INFLUENCE_PAGE, title="Influence", icon=":material/bar_chart:", url_path="influence"),
     st.Page(widgets.CURATE_PAGE, title="Inspect and curate", icon=":material/grid_view:", url_path="curate"),
+    st.Page(widgets.SAMPLES_PAGE, title="Generated samples", icon=":material/image_search:", url_path="samples"),
     st.Page(widgets.CLEANSE_PAGE, title="Cleanse and compare", icon=":material/cleaning_services:", url_path="cleanse"),
     st.Page(widgets.VALIDATE_PAGE, title="Validate", icon=":material/fact_check:", url_path="validate"),
     st.Page(widgets.PLAYGROUND_PAGE, title="2D playground", icon=":material/scatter_plot:", url_path="playground"),

@@ -1,4 +1,4 @@
-"""Command line: gan-influence train | runs | estimate | cleanse | export | validate | sweep.
+"""Command line: gan-influence train | runs | estimate | explain | cleanse | export | validate | sweep.
 
 Bad input prints one line starting with 'error:' and exits with status 2; nothing is written.
 """
@@ -29,6 +29,11 @@ SIGN_HELP = (
 )
 
 
+EXPLAIN_HELP = (
+    "Influence = predicted change of the objective on each chosen sample if the training image is removed. "
+    "Harmful = removal moves it the way you want: up for realism, clarity and reference (closer), down for a "
+    "class share you want less of. position gives a displacement (x, y) per training point."
+)
 STORE_HELP = "run store folder (env GAN_INFLUENCE_STORE, default ./runs)"
 CLUSTER_HELP = ("run leave-one-out replays, sweep seeds and cleanses on this Dask scheduler (env GAN_INFLUENCE_CLUSTER; "
                 "default: this machine)")
@@ -71,6 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--use", action="store_true", help="make this result (these options) the one the table, cleanse "
                    "and export use; without it the result in use stays as it is (the first computed, or chosen)")
     e.add_argument("--json", action="store_true")
+
+    xp = sub.add_parser("explain", help="why did the GAN make these samples? influence of every training image on "
+                        "chosen generated samples (or a class share), in one pass", description=EXPLAIN_HELP)
+    xp.add_argument("--run", required=True)
+    xp.add_argument("--samples", default=None, metavar="SEED:N|FILE|valid",
+                    help="the chosen z: N latent vectors drawn with SEED (e.g. 0:16), a .npy file of latent vectors "
+                         "(n, z_dim), or 'valid' (the validation z; the default for class share); at most 64 samples")
+    xp.add_argument("--objective", required=True,
+                    help="realism (the final D's logit), clarity (the classifier's log-probability of the sample's "
+                         "class), reference:PATH or reference:#ID (minus the feature distance to that image), "
+                         "position (2D toy: a displacement per training point), class:C[:more|less] (the mean "
+                         "share of class C over the samples)")
+    xp.add_argument("--top", type=int, default=5, help="show the N most responsible images per sample and side")
+    xp.add_argument("--check", type=int, default=None, metavar="K",
+                    help="then replay without each checked sample's K most responsible images and without K random "
+                         "ones: predicted against actual change")
+    xp.add_argument("--check-samples", type=int, nargs="+", default=None, metavar="I",
+                    help="with --check: the samples to check (default: all)")
+    _estimate_options(xp)
+    xp.add_argument("--json", action="store_true")
 
     x = sub.add_parser("export", help="write the training set without a removal set to a new folder (original files "
                        "for own images, PNGs + labels.csv for built-in data) with a manifest; the source is not touched")
@@ -377,6 +402,90 @@ def _check_metrics(run: store.Run, metrics: list[str]) -> None:
         check_metric(m, cfg.is_2d)
 
 
+def cmd_explain(args, root: Path) -> int:
+    from .context import load_run_config
+    from .objectives.samples import check_request, parse
+    from .samples import export_paths, load
+    from .samples import latents as chosen
+    from .specs import explain_spec
+
+    run = store.open_run(root, args.run)
+    cfg = load_run_config(run)
+    kind, rest = parse(args.objective)
+    objective = f"reference:{Path(rest[0]).resolve()}" if kind == "reference" and not rest[0].startswith("#") \
+        else args.objective  # the job may run in another folder
+    if args.samples is None and kind != "class":
+        raise ConfigError("--samples is required (SEED:N, a .npy file of latent vectors, or valid)")
+    samples = chosen.parse(args.samples or "valid")
+    z = chosen.latents(cfg, samples)  # one error line before any job starts
+    check_request(cfg, objective, len(z))
+    check = None
+    if args.check is not None:
+        picked = list(range(len(z))) if args.check_samples is None else args.check_samples
+        check = {"samples": picked, "k": args.check, "seed": 0}
+    if args.top < 1:
+        raise ConfigError("--top must be at least 1")
+    result = _run(root, explain_spec(args.run, samples, objective, _options(args), check), args.json)
+    explanation = load(run, result["name"])
+    files = {k: str(v) for k, v in export_paths(run, explanation).items() if v.exists()}
+    out = _explain_summary(run, explanation, args.top, files, result.get("check"))
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{out['label']}: {out['sign']}")
+    print(f"  stability: {out['verdict_message']}; pass {out['seconds']:.1f} s over {out['traced_steps']} traced steps")
+    for s in out["samples"]:
+        head = f"sample {s['sample']}: {s['value_label']} {s['value']:.4g}"
+        if "nearest_id" in s:
+            head += (f"; nearest training image #{s['nearest_id']} at {s['distance_ratio']:.2f}x the typical "
+                     f"neighbour distance; top-1 / top-10 carry {s['top1_share']:.1%} / {s['top10_share']:.1%} of "
+                     f"|influence|" + (" - LIKELY COPY" if s["likely_copy"] else ""))
+        print(head)
+        for side, items in s["top"].items():
+            print(f"  {side}: " + ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']})"
+                                              for t in items))
+    if out.get("check"):
+        c = out["check"]["summary"]
+        print("check: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()
+                                    if not isinstance(v, list)))
+    for what, path in files.items():
+        print(f"{what}: {path}")
+    return 0
+
+
+def _explain_summary(run, explanation, top: int, files: dict, check: dict | None) -> dict:
+    import numpy as np
+
+    from .context import RunContext, load_run_config
+
+    meta = explanation.meta
+    dataset = RunContext.create(load_run_config(run), run.root).dataset
+    paths = dataset.train_paths
+    near = explanation.nearcopy
+    samples = []
+    for i in range(explanation.n_samples if meta["per_sample"] else 1):
+        rows = np.flatnonzero(explanation.row_sample == i)
+        values = explanation.values[rows]
+        sides = ("largest",) if explanation.is_vector else ("harmful", "helpful")
+        entry = {"sample": i, "value_label": " / ".join(meta["row_labels"][r] for r in rows),
+                 "value": float(values[0]) if len(values) == 1 else float(np.linalg.norm(values)),
+                 "values": values.tolist(), "top": {}}
+        if near is not None:
+            row = near.iloc[i]
+            entry.update({k: (bool(row[k]) if k == "likely_copy" else int(row[k]) if k == "nearest_id" else float(row[k]))
+                          for k in ("nearest_id", "nearest_distance", "distance_ratio", "top1_share", "top10_share",
+                                    "likely_copy")})
+        for side in sides:
+            ids = explanation.responsible(i, top, "harmful" if side == "largest" else side)
+            entry["top"][side] = [{"id": int(j), **({"path": paths[j]} if paths else {}),
+                                   "influence": " ".join(f"{v:+.3g}" for v in explanation.matrix[rows, j])}
+                                  for j in ids]
+        samples.append(entry)
+    return {"name": explanation.name, "label": meta["label"], "sign": meta["sign"], "verdict": meta["verdict"],
+            "verdict_message": meta["verdict_message"], "seconds": meta["seconds"],
+            "traced_steps": meta["traced_steps"], "samples": samples, "files": files, "check": check}
+
+
 MAX_REMOVAL_FILE_BYTES = MAX_REMOVAL_BYTES  # the app's uploads have the same limit
 
 
@@ -549,7 +658,7 @@ def cmd_sweep(args, root: Path) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "runs": cmd_runs, "estimate": cmd_estimate, "cleanse": cmd_cleanse,
+COMMANDS = {"train": cmd_train, "runs": cmd_runs, "estimate": cmd_estimate, "explain": cmd_explain, "cleanse": cmd_cleanse,
             "validate": cmd_validate, "sweep": cmd_sweep, "export": cmd_export}
 
 

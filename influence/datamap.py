@@ -83,6 +83,18 @@ def embed(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def joint_pca(train_features: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The PCA map of the training features (standardised as `embed` does) with other images (generated samples)
+    placed in the same plane: ((n_train, 2), (n_other, 2)) float32."""
+    from sklearn.decomposition import PCA
+
+    f = train_features.astype(np.float64)
+    mean, std = f.mean(0), f.std(0) + 1e-8
+    pca = PCA(n_components=2, random_state=seed).fit((f - mean) / std)
+    project = lambda x: pca.transform((x.astype(np.float64) - mean) / std).astype(np.float32)  # noqa: E731
+    return project(f), project(other)
+
+
 def nearest(features: np.ndarray, i: int, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(ids, Euclidean distances) of the k nearest other instances to instance i in feature space."""
     if not 0 <= i < len(features):

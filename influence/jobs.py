@@ -34,7 +34,7 @@ from . import allocator, store
 from .errors import Cancelled, InfluenceError
 from .progress import CancelToken, Progress, Reporter
 
-KINDS = ("train", "estimate", "cleanse", "validate", "sweep")
+KINDS = ("train", "estimate", "cleanse", "validate", "sweep", "explain")
 STATUS_EVERY_S = 0.5
 # Probes of a lock (status reads, start_background) hold it for a moment; whoever wants the lock
 # retries this long before concluding that another process computes the job.
@@ -398,6 +398,10 @@ def _execute_kind(root: Path, spec: dict[str, Any], progress, cancel_token: Canc
             for m, r in results.items():
                 out[m]["trust"] = verdict(r, check)
         return out
+    if kind == "explain":
+        from .samples import run_job as explain_job
+
+        return explain_job(run, p, progress, cancel_token)
     if kind == "cleanse":
         from .cleanse import cleanse
 

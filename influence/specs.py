@@ -66,3 +66,17 @@ def estimate_spec(run_id: str, metrics: list[str], options: EstimateOptions = Es
     if check is not None and check != "none":  # only then: earlier specs keep their job keys
         params["check"] = check
     return {"kind": "estimate", "params": params}
+
+
+def explain_spec(run_id: str, samples: dict, objective: str, options: EstimateOptions = EstimateOptions(),
+                 check: dict | None = None) -> dict:
+    """The explain job (influence on chosen samples, samples.explain); check = {"samples": [...], "k": K,
+    "seed": S} replays without each checked sample's top-k responsible images and k random ones."""
+    from .objectives.samples import parse
+
+    parse(objective)  # one error line before any job starts
+    params = {"run_id": run_id, "samples": samples, "objective": objective,
+              "options": dataclasses.asdict(options)}
+    if check is not None:
+        params["check"] = check
+    return {"kind": "explain", "params": params}

@@ -18,12 +18,13 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from influence import baselines, datamap, estimator, honesty, store
+from influence import baselines, datamap, estimator, honesty, samples, store
 from influence.cleanse import attempts as cleanse_attempts
 from influence.config import RunConfig
 from influence.context import RunContext, load_run_config
 from influence.data import SOURCE_RECORD, Survey, survey
 from influence.errors import InfluenceError, StoreError
+from influence.samples.pool import Pool, sample_pool as _sample_pool
 from influence.train import Trace, checkpoint_history, load_history
 from influence.validation import stored_sweeps, stored_validations
 
@@ -284,3 +285,15 @@ def sweeps(root: str, stamp: tuple) -> list[dict]:
 def ranking(root: str, run_id: str, method: str, seed: int) -> np.ndarray:
     """Training ids, most harmful (or most anomalous) first, by a baseline method."""
     return baselines.ranking(store.open_run(Path(root), run_id), context(root, run_id), method, seed)
+
+
+@st.cache_resource(show_spinner="Generating the pool of samples to pick from (once per run) ...", max_entries=4)
+def sample_pool(root: str, run_id: str) -> Pool:
+    """The run's pool of generated samples with realism, clarity, nearest training image and map place."""
+    return _sample_pool(store.open_run(Path(root), run_id), context(root, run_id))
+
+
+@st.cache_resource(show_spinner="Reading the explanation ...", max_entries=16)
+def explanation(root: str, run_id: str, name: str, stamp: tuple) -> samples.Explanation | None:
+    """A stored explanation (influence on chosen samples) by name."""
+    return samples.load(store.open_run(Path(root), run_id), name)

@@ -84,6 +84,8 @@ def describe(spec: dict) -> str:
         "estimate": lambda: f"Influence on {metrics}",
         "cleanse": lambda: f"Cleansing without {len(p['removal_ids'])} instances ({p.get('mode', 'replay')})",
         "validate": lambda: f"Validation of {metrics} on {p.get('n')} instances",
+        "explain": lambda: (f"Influence on the {p['objective'].split(':')[0]} of chosen samples"
+                            + (f", checked by replays without the top {p['check']['k']}" if "check" in p else "")),
         "sweep": lambda: (f"Data-cleansing sweep over {len(p['configs'])} seeds: {len(p['methods'])} methods x "
                           f"{len(p['counts'])} removal counts, test {METRIC_LABELS.get(p.get('metric', 'fid'))}"),
     }[spec["kind"]]()
@@ -163,7 +165,8 @@ def finished_text(status: dict) -> str:
     startup_end = work[0][1] if work else updated - started
     parts.append(f"start-up {duration(startup_end)} (worker, data set"
                  + (", feature network" if "feature-net" in dict(stages) else "") + ")")
-    for (name, at), nxt in zip(work, [a for _, a in work[1:]] + [updated - started], strict=True):
+    # a job whose result was cached reports start-up stages only (work is empty)
+    for (name, at), nxt in zip(work, [a for _, a in work[1:]] + [updated - started][:len(work)], strict=True):
         parts.append(f"{STAGES.get(name, name).split(' (')[0]} {duration(nxt - at)}")
     return f"Finished in {duration(total)} from start to end: " + ", ".join(parts) + "."
 

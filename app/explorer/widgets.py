@@ -21,6 +21,7 @@ CURATE_PAGE = "views/curate_page.py"
 CLEANSE_PAGE = "views/cleanse_page.py"
 VALIDATE_PAGE = "views/validate_page.py"
 PLAYGROUND_PAGE = "views/playground_page.py"
+SAMPLES_PAGE = "views/samples_page.py"
 
 SIGN_NOTE = ("Influence = predicted change of a metric if the training instance is removed. "
              "**Harmful** = removing it would improve the metric: positive for IS and ALL, "

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import streamlit as st
 
-from explorer import cache, classroom_figures, figures, jobpanel, numbers, state
+from explorer import cache, classroom_figures, figures, jobpanel, numbers, pull_view, state
 from influence import classroom, store
 from influence.cleanse import removal_key
 from influence.config import preset
@@ -117,9 +117,9 @@ result = results.get("all")
 run_preset = cache.config(str(root), run_id).get("preset", "")
 st.caption(f"Every lesson below uses the current run, `{run_id}` (preset {run_preset}: "
            f"{TOY_PRESETS.get(run_preset, 'a custom 2D configuration')}). Switch runs in the sidebar.")
-curate_tab, point_tab, loss_tab, lr_tab, collapse_tab = st.tabs(
+curate_tab, point_tab, loss_tab, lr_tab, collapse_tab, pull_tab = st.tabs(
     ["Curate and cleanse", "One point: predicted vs actual", "Loss is not the metric", "When the estimate breaks",
-     "Mode collapse"])
+     "Mode collapse", "Pull on a generated point"])
 
 # ---------------------------------------------------------------- curate and cleanse
 with curate_tab:
@@ -321,5 +321,9 @@ with collapse_tab:
         right.metric("centre offset", f"{cov.offset:.2f} σ")
         right.caption(f"{cov.message}. Collapsed: under 25% of the area or more than 1σ off centre; "
                       "covers: 60-200% and within 0.3σ.")
+
+# ---------------------------------------------------------------- pull on a generated point
+with pull_tab:
+    pull_view.render(root, run_id, train_xy)
 
 show_finished_jobs()

@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
@@ -99,3 +100,13 @@ def has_colour(blob: bytes) -> bool:
                 return False
         rgb = np.asarray(src.convert("RGB"), dtype=np.int16)
     return bool((rgb.max(axis=2) - rgb.min(axis=2) > 8).mean() > 0.001)
+
+
+def decode_image(blob: bytes, color: str, size: int) -> torch.Tensor:
+    """One PNG/JPEG as the data sets hold their images: (C, size, size) float32 in [-1, 1] (color: gray or rgb);
+    DataError when it cannot be read."""
+    try:
+        arr = decode(blob, "L" if color == "gray" else "RGB", size)
+    except NotAnImage as e:
+        raise DataError(f"cannot read the image: {e}") from None
+    return torch.from_numpy(arr.copy()).float().div_(127.5).sub_(1.0)

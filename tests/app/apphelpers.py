@@ -20,6 +20,7 @@ PAGES = {
     "cleanse": "views/cleanse_page.py",
     "validate": "views/validate_page.py",
     "playground": "views/playground_page.py",
+    "samples": "views/samples_page.py",
 }
 CLEANSED = 20  # instances removed by the rich store's cleansing attempt
 

@@ -1,4 +1,4 @@
-"""What influence is taken on: one interface for every objective (compare kronfluence's Task).
+"""The Objective interface: what influence is taken on (compare kronfluence's Task).
 
 An objective is a differentiable function of the final training state, evaluated on fixed
 inputs (the validation split and its fixed z for the metrics), with one or more output rows.
@@ -16,8 +16,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
-
-from .metrics import HIGHER_IS_BETTER, METRIC_LABELS, check_metric
 
 
 class Objective(ABC):
@@ -40,18 +38,3 @@ class Objective(ABC):
     @abstractmethod
     def values(self, ctx, theta_d: torch.Tensor, theta_g: torch.Tensor) -> torch.Tensor:
         """(rows,) differentiable w.r.t. theta_d and theta_g, at the given parameters of ctx's run."""
-
-
-class MetricObjective(Objective):
-    """A whole-distribution metric (IS, FID, ALL, D-loss) on the validation split with its fixed z."""
-
-    def __init__(self, metric: str, is_2d: bool):
-        check_metric(metric, is_2d)
-        self.name, self.label, self.higher_is_better = metric, METRIC_LABELS[metric], HIGHER_IS_BETTER[metric]
-
-    def values(self, ctx, theta_d: torch.Tensor, theta_g: torch.Tensor) -> torch.Tensor:
-        return ctx.evaluator("valid").metric(self.name, theta_d, theta_g).reshape(1)
-
-
-def metric_objectives(metrics: list[str], is_2d: bool) -> list[Objective]:
-    return [MetricObjective(m, is_2d) for m in metrics]
