@@ -26,21 +26,30 @@ from scipy import stats
 
 from .config import RunConfig, preset
 from .context import RunContext
+from .counterfactual import Lane, replay_lanes
+from .counterfactual.plan import choose_plan, reproduces_training
 from .errors import ConfigError, DivergenceError
 from .estimator import InfluenceResult, growth_of, pass_norms, start_pass, verdict_for, walk_back
 from .metrics import check_metric
 from .objectives import metric_objectives
 from .stepmap import TrainState, step
-from .train import Trace, replay, states_backward, to_state, trace_inputs, traced_step_range
+from .train import Trace, states_backward, to_state, trace_inputs, traced_step_range
 
 LESSON_METRICS = ("all", "dloss")
 
 
-def _final(ctx: RunContext, trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
-    """(theta_D, generator parameters the metrics use) at the end of the trace, on ctx's device."""
-    theta_d, theta_g = trace.final_eval()
-    return (torch.from_numpy(np.array(theta_d)).to(ctx.device, ctx.dtype),
-            torch.from_numpy(np.array(theta_g)).to(ctx.device, ctx.dtype))
+def _without_each(ctx: RunContext, trace: Trace, ids, measure):
+    """`measure` (of theta_D and the generator the metrics use) after replays without each of `ids`, and of
+    lane 0 of the same replay (nothing removed): every change is a lane minus lane 0, so no rounding offset
+    from another code path enters it. Batched lanes where they pay (`counterfactual.plan`)."""
+    plan = choose_plan(ctx, trace, len(ids))
+
+    def measured(s: TrainState):
+        return measure(s.theta_d.detach(), s.eval_generator(trace.ema_eval).detach())
+
+    out = replay_lanes(ctx, trace, [Lane.of([int(j)]) for j in ids], measured, plan,
+                       baseline_from_trace=reproduces_training(ctx, trace))
+    return out.values, out.baselines
 
 
 def _generate(ctx: RunContext, theta_g: torch.Tensor, z: torch.Tensor) -> np.ndarray:
@@ -90,9 +99,8 @@ def one_point(ctx: RunContext, trace: Trace, results: dict[str, InfluenceResult]
         raise ConfigError(f"instance {instance} is in no traced step, so nothing estimates its influence")
     started = time.perf_counter()
     valid = ctx.evaluator("valid")
-    base_d, base_g = _final(ctx, trace)
+    ((theta_d, theta_g),), ((base_d, base_g),) = _without_each(ctx, trace, [instance], lambda d, g: (d, g))
     before = valid.evaluate(base_d, base_g, LESSON_METRICS)
-    theta_d, theta_g = replay(ctx, trace, [instance], start=step)
     after = valid.evaluate(theta_d, theta_g, LESSON_METRICS)
     z = ctx.latents["grid"][:n_arrows]
     points_before, points_after = _generate(ctx, base_g, z), _generate(ctx, theta_g, z)
@@ -255,7 +263,7 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
     _, growth = growth_of(norms[:, 2])
     verdict, message = verdict_for(growth)
     scores = state.scores[0].numpy()
-    ids, estimated, actual = _check(ctx, lesson, scores, metric, state.values[0], n_check)
+    ids, estimated, actual = _check(ctx, lesson, scores, metric, n_check)
     blown = ~np.isfinite(actual) | (np.abs(actual) > EXPLODED * max(1.0, abs(state.values[0])))
     if blown.any():
         return failed(f"the replay without #{ids[blown][0]} diverged (its {metric.upper()} changed by "
@@ -265,16 +273,13 @@ def lr_lesson(ctx: RunContext, trace: Trace, lr: float, metric: str = "all", n_c
                     random_tau_range(len(ids)), state.values[0], time.perf_counter() - started)
 
 
-def _check(ctx: RunContext, lesson: Trace, scores: np.ndarray, metric: str, base: float, n_check: int):
+def _check(ctx: RunContext, lesson: Trace, scores: np.ndarray, metric: str, n_check: int):
     """(ids, estimated, actual) for `n_check` instances spread evenly over the lesson's steps."""
-    first = lesson.step_of_instance(ctx.dataset.n_train)
     steps = np.unique(np.linspace(0, lesson.steps - 1, n_check).round().astype(int))
     ids = np.array(list(dict.fromkeys(int(lesson.batch(t)[0]) for t in steps if len(lesson.batch(t)))), dtype=np.int64)
     valid = ctx.evaluator("valid")
-    actual = []
-    for j in ids:
-        theta_d, theta_g = replay(ctx, lesson, [int(j)], start=int(first[j]))
-        actual.append(valid.evaluate(theta_d, theta_g, (metric,))[metric] - base)
+    after, before = _without_each(ctx, lesson, ids, lambda d, g: valid.evaluate(d, g, (metric,))[metric])
+    actual = [a - b for a, b in zip(after, before)]
     return ids, scores[ids], np.array(actual)
 
 
