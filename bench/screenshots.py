@@ -109,7 +109,7 @@ SHOTS = [
     Shot("app-playground", "toy", "playground", "orange arrows: where"),
     Shot("classroom-curate", "toy", "playground", "orange arrows: where", height=1500),
     Shot("classroom-one-point", "toy", "playground", "Click a training point",
-         [("tab", "One point: predicted vs actual"), ("point", "1234"), ("wait", "longer than the real shift")],
+         [("tab", "One point"), ("point", "1234"), ("wait", "longer than the real shift")],
          height=2000),
     Shot("classroom-loss-vs-metric", "toy", "playground", "Kendall τ between the two harmful-first rankings",
          [("tab", "Loss is not the metric")], height=1500),

@@ -609,7 +609,6 @@ def cmd_validate(args, root: Path) -> int:
     return 0
 
 
-
 def _validate_groups(args, root: Path, options) -> int:
     from .validation.groups import GroupSpec
 
@@ -636,6 +635,7 @@ def _validate_groups(args, root: Path, options) -> int:
             print(f"{label} curve, {row['kind']} {row['size']}: predicted {row['predicted']:+.4g}, actual "
                   f"{row['actual_valid']:+.4g} (validation), {row['actual_test']:+.4g} (test)")
     return 0
+
 
 def cmd_sweep(args, root: Path) -> int:
     import pandas as pd

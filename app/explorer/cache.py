@@ -26,7 +26,10 @@ from influence.data import SOURCE_RECORD, Survey, survey
 from influence.errors import InfluenceError, StoreError
 from influence.samples.pool import Pool, sample_pool as _sample_pool
 from influence.train import Trace, checkpoint_history, load_history
+from influence.estimator import result_sets
 from influence.validation import stored_sweeps, stored_validations
+from influence.validation.groups import group_points as stored_group_points, stored_group_validations
+from influence.validation.spotcheck import stored_check
 
 from . import tables
 
@@ -297,3 +300,23 @@ def sample_pool(root: str, run_id: str) -> Pool:
 def explanation(root: str, run_id: str, name: str, stamp: tuple) -> samples.Explanation | None:
     """A stored explanation (influence on chosen samples) by name."""
     return samples.load(store.open_run(Path(root), run_id), name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def spot_check(root: str, run_id: str, name: str, stamp: tuple) -> dict | None:
+    """The most thorough spot check stored for the named result (stamp: files_stamp of 'influence')."""
+    return stored_check(store.open_run(Path(root), run_id), name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def group_validations(root: str, run_id: str, stamp: tuple) -> list[dict]:
+    """Every group validation (LDS) of the run, oldest first (stamp: files_stamp of 'validate')."""
+    return stored_group_validations(store.open_run(Path(root), run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def group_points(root: str, run_id: str, key: str, result_name: str, metric: str, stamp: tuple) -> pd.DataFrame:
+    """Predicted (the named result's sums) and actual change of every random group of a group validation."""
+    run = store.open_run(Path(root), run_id)
+    scores = result_sets(run)[result_name][metric].scores
+    return stored_group_points(run, key, scores, metric)

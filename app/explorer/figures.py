@@ -335,3 +335,47 @@ def selected_point_indices(event, curve: int = 0) -> list[int]:
     selection = (event or {}).get("selection") or {}
     return sorted({int(p["point_index"]) for p in selection.get("points") or []
                    if p.get("curve_number", 0) == curve and p.get("point_index") is not None})
+
+
+def group_scatter(points: pd.DataFrame, metric: str, split: str = "valid", height: int = 420) -> go.Figure:
+    """LDS: each random removal group's summed estimate against the actual change of its replay, one colour per
+    fraction; the diagonal is 'sum = actual'."""
+    label = METRIC_LABELS[metric]
+    fig = go.Figure()
+    for f, g in points.groupby("fraction"):
+        fig.add_scatter(x=g["predicted"], y=g[f"actual_{split}"], mode="markers", name=f"{f:.0%} removed",
+                        marker=dict(size=8, opacity=0.85),
+                        hovertemplate="predicted %{x:.3g}, actual %{y:.3g}<extra>%{fullData.name}</extra>")
+    both = np.concatenate([points["predicted"].to_numpy(), points[f"actual_{split}"].to_numpy()])
+    lo, hi = float(np.min(both)), float(np.max(both))
+    fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="sum = actual", line=dict(dash="dash", color="#888"))
+    where = "validation split, as estimated" if split == "valid" else "test split"
+    fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=1.1, x=0),
+                      xaxis_title=f"sum of the group's estimates: {axis_label(metric, 1)}",
+                      yaxis_title=f"actual change of {label}<br>(replay without the group; {where})")
+    fig.update_xaxes(**SCI_AXIS)
+    fig.update_yaxes(**SCI_AXIS)
+    return fig
+
+
+def cleansing_curve(rows: list[dict], metric: str, height: int = 380) -> go.Figure:
+    """Remove the top-k by the estimate, and k random: predicted and actual change against k (one replay)."""
+    label = METRIC_LABELS[metric]
+    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    fig = go.Figure()
+    fig.add_hline(y=0, line=dict(color="#888", dash="dash"))
+    styles = {"top": ("most harmful first", HARMFUL), "random-k": ("random", "#7f7f7f")}
+    for kind, (name, color) in styles.items():
+        kept = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["size"])
+        if not kept:
+            continue
+        x = [r["size"] for r in kept]
+        fig.add_scatter(x=x, y=[r["actual_valid"] for r in kept], mode="lines+markers", name=f"{name}: actual",
+                        line=dict(color=color))
+        fig.add_scatter(x=x, y=[r["predicted"] for r in kept], mode="lines+markers", name=f"{name}: predicted",
+                        line=dict(color=color, dash="dot"))
+    fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=-0.3, x=0),
+                      xaxis_title="training instances removed",
+                      yaxis_title=f"change of {label} (validation)<br>{better} = better")
+    fig.update_yaxes(**SCI_AXIS)
+    return fig

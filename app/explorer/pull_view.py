@@ -1,4 +1,4 @@
-"""The 2D playground's 'Pull on a generated point' tab: click a generated point; the training points that pull
+"""The 2D playground's 'Pull a point' tab: click a generated point; the training points that pull
 it most (the largest predicted displacements if removed, influence on its position) point at it, with the
 predicted displacement of removing all of them; a replay without them gives the actual one."""
 

@@ -4,11 +4,13 @@ import dataclasses
 
 import streamlit as st
 
-from explorer import cache, figures, gallery_filter, instance_view, jobpanel, state, tables, widgets
+from explorer import cache, figures, gallery_filter, instance_view, jobpanel, state, tables, trust_view, widgets
 from influence import store
+from influence.errors import InfluenceError
 from influence.estimator import FLAG_NEVER_TRACED, EstimateOptions, choose_results, harmful_order, verdict_for
 from influence.honesty import INFORMATIVE, if_removed, reference_line
 from influence.metrics import METRIC_LABELS, available_metrics
+from influence.specs import estimate_spec
 
 U_NOTE = ("u is the metric's gradient, carried back one traced step at a time (right to left); each instance's "
           "estimate uses u at its step. The **growth factor** is the peak of the black line: how much the steps "
@@ -45,12 +47,20 @@ with st.expander("Compute influence", expanded=not results, icon=":material/calc
     if optimizer != "sgd":
         state_mode = st.radio(f"{optimizer.title()} state in the backward pass", ("exact", "frozen"), horizontal=True,
                               key="est-optimizer-state", help=help_of["optimizer_state"])
+    c4, c5 = st.columns(2)
+    method = c4.radio("Method", list(trust_view.METHOD_LABELS), format_func=trust_view.METHOD_LABELS.get,
+                      horizontal=True, key="est-method", help=trust_view.METHOD_HELP)
+    check = c5.radio("Spot check after the pass", ("quick", "full", "none"), horizontal=True, key="est-check",
+                     help=trust_view.CHECK_HELP)
     if st.button("Compute in the background", type="primary", disabled=not chosen, icon=":material/play_arrow:"):
-        options = EstimateOptions(dtype=dtype, damping=float(damping), last_steps=int(last) or None,
-                                  optimizer_state=state_mode)
-        jobpanel.start(root, {"kind": "estimate", "params": {"run_id": run_id, "metrics": chosen,
-                                                             "options": dataclasses.asdict(options)}})
-        st.rerun()
+        try:
+            options = EstimateOptions(dtype=dtype, damping=float(damping) if method == "exact" else 0.0,
+                                      last_steps=int(last) or None, optimizer_state=state_mode, method=method)
+            jobpanel.start(root, estimate_spec(run_id, chosen, options, check))
+        except InfluenceError as e:
+            st.error(f"Not started: {e}", icon=":material/error:")
+        else:
+            st.rerun()
 
 if not results:
     st.info("No estimates for this run yet: choose metrics above and press **Compute in the background**.",
@@ -72,6 +82,10 @@ if len(names) > 1:
 else:
     st.caption(f"Influence result in use: `{in_use}` (named by its options; an estimate with other options is kept "
                "beside it, and you can switch here).")
+check = cache.spot_check(str(root), run_id, in_use, cache.files_stamp(root, run_id, "influence"))
+if check is None:
+    st.caption("This result has not been checked by replays yet: its verdict says 'not checked', never a guess.")
+    trust_view.check_button(root, run_id, results, in_use)
 report = cache.metric_report(str(root), run_id)
 if reference_line(report):
     st.caption("Metric scale: " + reference_line(report) + ".")
@@ -91,9 +105,13 @@ for metric, result in results.items():
         if (~traced).any():
             st.caption(f"{int((~traced).sum())} instances were in no traced step and have no estimate (not shown).")
     with right:
-        verdict, message = verdict_for(result.meta["growth"])  # today's wording, also for older results
-        show = {"reliable": st.success, "doubtful": st.warning}.get(verdict, st.error)
-        show(f"Reliability: {message}", icon=":material/verified:")
+        trust_view.check_card(result, check)
+        if result.meta.get("method", "exact") != "exact":  # a baseline's adjoint says nothing about stability
+            st.info(f"Stability: {result.meta['verdict_message']}", icon=":material/verified:")
+        else:
+            verdict, message = verdict_for(result.meta["growth"])  # today's wording, also for older results
+            show = {"reliable": st.success, "doubtful": st.warning}.get(verdict, st.error)
+            show(f"Stability: {message}", icon=":material/verified:")
         meaning = report["verdicts"].get(metric)
         if meaning is not None and meaning["verdict"] != INFORMATIVE:
             st.error(f"Metric uninformative: {'; '.join(meaning['reasons'])}. Influences on it carry no meaning, "

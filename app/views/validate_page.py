@@ -4,7 +4,7 @@ import dataclasses
 
 import streamlit as st
 
-from explorer import cache, classroom_figures, figures, jobpanel, state, sweepform, tables, widgets
+from explorer import cache, classroom_figures, figures, jobpanel, state, sweepform, tables, trust_view, widgets
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimator import EstimateOptions
@@ -100,6 +100,9 @@ if by_k:
                "(grey). The growth factor (right axis) says how much the backward pass amplified perturbations.")
 else:
     st.caption(TRACE_EPOCHS_HINT[traced_epochs > 1].format(k=traced_epochs))
+
+st.divider()
+trust_view.groups_section(root, run_id, metrics)
 
 st.divider()
 st.subheader("Data cleansing over seeds")

@@ -226,3 +226,14 @@ def stored_group_validations(run: store.Run) -> list[dict]:
         if (d / "result.json").exists():
             out.append({**run.read_json(f"validate/groups/{d.name}/result.json"), "key": d.name})
     return out
+
+
+def group_points(run: store.Run, key: str, scores: np.ndarray, metric: str) -> pd.DataFrame:
+    """One row per random group of a stored group validation (`key`: its folder name): fraction, size,
+    predicted (the sum of `scores` over the group) and the actual changes on both splits."""
+    table = _read(run, f"validate/groups/{key}/groups.parquet")
+    if table is None:
+        raise ConfigError(f"run {run.run_id} has no group validation '{key}'")
+    return pd.DataFrame({"fraction": table["fraction"], "size": table["size"],
+                         "predicted": [float(scores[ids].sum()) for ids in table["ids"]],
+                         **{f"actual_{s}": table[f"actual_{s}_{metric}"] for s in SPLITS}})

@@ -268,8 +268,8 @@ def test_the_classroom_arrows_can_be_seen(server, page):
     seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
     assert seen > 100, f"{seen} orange pixels in the curate lesson's plot area: the arrows are hidden"
 
-    page.get_by_role("tab", name="One point: predicted vs actual").click()
-    panel = page.get_by_role("tabpanel", name="One point: predicted vs actual")
+    page.get_by_role("tab", name="One point").click()
+    panel = page.get_by_role("tabpanel", name="One point")
     field = panel.get_by_label("…or type a point's id")
     field.fill(str(removal[0]))
     field.press("Enter")

@@ -21,7 +21,7 @@ LESSON_TIMEOUT_MS = 900_000  # a lesson on a loaded 2-core machine can take minu
 # 2-core machine a lesson on the real toy takes minutes.
 pytestmark = [*pytestmark, pytest.mark.skipif(not os.environ.get("CLASSROOM_STORE"),
                                               reason="set CLASSROOM_STORE to a store with a toy2d run")]
-TABS = {"curate": "Curate and cleanse", "one-point": "One point: predicted vs actual",
+TABS = {"curate": "Curate and cleanse", "one-point": "One point",
         "loss-vs-metric": "Loss is not the metric", "lr": "When the estimate breaks", "collapse": "Mode collapse"}
 
 

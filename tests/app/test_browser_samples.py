@@ -135,9 +135,9 @@ def test_the_pull_on_a_generated_point_in_a_real_browser(samples_server):
         page.goto(f"{url}/playground")
         expect(page.locator("h1").first).to_have_text("2D playground", timeout=TIMEOUT_MS)
         _settle(page)
-        page.get_by_role("tab", name="Pull on a generated point").click()
+        page.get_by_role("tab", name="Pull a point").click()
         _settle(page)
-        panel = page.get_by_role("tabpanel", name="Pull on a generated point")
+        panel = page.get_by_role("tabpanel", name="Pull a point")
         chart = panel.locator(".js-plotly-plot").first
         expect(chart).to_be_visible()
         # click generated point 0 where plotly draws it (trace 1 of the chart)

@@ -31,7 +31,7 @@ def test_influence_page_shows_histograms_verdicts_and_plots(rich):
     for label in ("IS", "FID", "D-loss"):
         assert label in [s.value for s in at.subheader]
     assert "negative = harmful (removal improves FID)" in said  # the sign convention, in one sentence
-    assert "Reliability: reliable" in said
+    assert "Stability: reliable" in said and "Trust: not checked" in said
     assert {m.label for m in at.metric} == {"mean", "std", "harmful (of 1000)", "most harmful value"}
     charts = at.get("plotly_chart")
     assert len(charts) == 3 * 2 + 2  # histogram and |u| per metric, IS-vs-FID scatter, per-class box

@@ -1,0 +1,148 @@
+"""Trust a user can check: the spot check's verdict on the Influence page, group validation (LDS) and the
+cleansing curve on the Validate page. The levels and their thresholds: docs/trust.md."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from influence.estimator import EstimateOptions, InfluenceResult
+from influence.metrics import METRIC_LABELS
+from influence.specs import estimate_spec
+from influence.validation.trust import verdict
+
+from . import cache, figures, jobpanel, tables
+
+CHECK_HELP = ("After the pass, one replay of a few removal sets measures the estimate: 4 random groups of 5% of the "
+              "traced instances, the 5% most harmful and most helpful, and 8 single images. quick: over the last "
+              "eighth of the traced steps (about the pass's own cost); full: over all of them; none: the verdict "
+              "then says 'not checked'.")
+METHOD_HELP = ("exact: ASGD-Influence, the adjoint carried back through every traced step. The two baselines use the "
+               "same trace without that recursion, to show what it buys: no propagation pairs the final metric "
+               "gradient with each step's instance gradient; TracIn-style uses the metric gradient at each step. "
+               "A baseline is never put in use unless you choose it.")
+METHOD_LABELS = {"exact": "exact (ASGD-Influence)", "no-propagation": "no propagation (baseline)",
+                 "tracin": "TracIn-style (baseline)"}
+GROUP_BOX = {"trustworthy": st.success, "indicative": st.warning, "not supported": st.error}
+
+
+def check_card(result: InfluenceResult, check: dict | None) -> None:
+    """The verdict on one metric's estimate: levels for groups and for single images, what the check measured,
+    and the conditions it ran under."""
+    v = verdict(result, check)
+    if not v["checked"]:
+        st.info(f"**Trust: {v['summary']}.** Run the spot check (below the histograms) to measure it.",
+                icon=":material/help:")
+    else:
+        GROUP_BOX[v["groups"]](f"**Trust — {v['summary']}.**", icon=":material/fact_check:")
+        st.caption("Measured: " + v["measured"] + ".")
+    warnings = list((result.meta.get("conditions") or {}).get("warnings") or [])
+    warnings += (check or {}).get("conditions", {}).get("warnings") or []
+    for w in dict.fromkeys(warnings):
+        st.warning(w, icon=":material/warning:")
+    if result.meta.get("unmeasured_note"):
+        st.caption(result.meta["unmeasured_note"] + ".")
+
+
+def options_of(result: InfluenceResult) -> EstimateOptions:
+    """The options that produced a stored result (its name's identity)."""
+    known = {f.name for f in dataclasses.fields(EstimateOptions)}
+    return EstimateOptions(**{k: v for k, v in result.meta["options"].items() if k in known})
+
+
+def check_button(root: Path, run_id: str, results: dict[str, InfluenceResult], name: str) -> None:
+    """Start the spot check of the result in use (the CLI's estimate job with --check: the same key)."""
+    level = st.segmented_control("Check", ("quick", "full"), default="quick", key=f"check-level-{run_id}",
+                                 help=CHECK_HELP) or "quick"
+    if st.button(f"Check '{name}' by replays ({level})", icon=":material/fact_check:", key=f"check-{run_id}"):
+        options = options_of(next(iter(results.values())))
+        jobpanel.start(root, estimate_spec(run_id, list(results), options, level))
+        st.rerun()
+
+
+def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
+    """Validate page: start a group validation and show its LDS, scatter and cleansing curve."""
+    st.subheader("Groups: do summed estimates predict removing a set? (LDS)")
+    st.markdown("Curators remove sets, not single images. Draw *M* random removal sets of a fraction *F* of the "
+                "traced instances, replay the traced steps without each (all in one batched replay), and rank-"
+                "correlate the sum of each set's estimates with the actual change: the **linear datamodeling "
+                "score** (LDS; Park et al. 2023). The cleansing curve removes the top-k by the estimate and k at "
+                "random. Every named result (the exact estimate and the baselines) is scored on the same replays.")
+    with st.container(border=True):
+        c1, c2, c3, c4 = st.columns([3, 1, 2, 2])
+        chosen = c1.multiselect("Metrics", metrics, default=metrics[:1], format_func=METRIC_LABELS.get,
+                                key=f"grp-metrics-{run_id}")
+        m = c2.number_input("M groups", 4, 256, 32, key=f"grp-m-{run_id}",
+                            help="random sets per fraction; each is one lane of the replay")
+        fractions = c3.text_input("Fractions F", "0.01, 0.05, 0.2", key=f"grp-f-{run_id}",
+                                  help="of the traced instances, strictly between 0 and 1")
+        curve = c4.text_input("Curve fractions", "0.01, 0.05, 0.1", key=f"grp-c-{run_id}",
+                              help="top-k and random-k removals for the cleansing curve (empty: none)")
+        seed = st.number_input("Seed", 0, None, 0, key=f"grp-seed-{run_id}", help="draws the random sets")
+        if st.button("Start group validation", type="primary", icon=":material/play_arrow:", disabled=not chosen,
+                     key=f"grp-start-{run_id}"):
+            try:
+                spec = {"groups": int(m), "fractions": _fractions(fractions), "seed": int(seed),
+                        "curve": _fractions(curve) if curve.strip() else []}
+            except ValueError:
+                st.error("Fractions: numbers between 0 and 1 separated by commas, e.g. 0.01, 0.05, 0.2",
+                         icon=":material/error:")
+            else:
+                jobpanel.start(root, {"kind": "validate", "params": {
+                    "run_id": run_id, "metrics": chosen, "groups": spec, "lanes": None,
+                    "options": dataclasses.asdict(EstimateOptions())}})
+                st.rerun()
+    stamp = cache.files_stamp(root, run_id, "validate")
+    stored = cache.group_validations(str(root), run_id, stamp)
+    if not stored:
+        st.info("No group validation for this run yet. M = 32 at 1%, 5% and 20% is the measure the field reports.",
+                icon=":material/school:")
+        return
+    labels = {v["key"]: f"{', '.join(METRIC_LABELS[x] for x in v['metrics'])}: M = {v['spec']['groups']}, F = "
+                        f"{', '.join(f'{f:g}' for f in v['spec']['fractions'])}, seed {v['spec']['seed']}"
+              for v in stored}
+    key = st.selectbox("Group validation", list(labels), index=len(labels) - 1, format_func=labels.get,
+                       key=f"grp-pick-{run_id}")
+    v = next(x for x in stored if x["key"] == key)
+    metric = st.segmented_control("Metric", v["metrics"], default=v["metrics"][0], format_func=METRIC_LABELS.get,
+                                  key=f"grp-metric-{key}") or v["metrics"][0]
+    st.dataframe(lds_table(v, metric), hide_index=True)
+    st.caption(f"LDS = Spearman of the summed estimates against the actual changes (validation split, as the "
+               f"estimate targets; test split beside it). slope: actual on predicted (1 = the sums are right in "
+               f"size; under 1 they over-predict). Replays: {v['lanes']['mode']} lanes, lane 0 = "
+               f"{v['baseline']}; {tables.duration(v['replay_seconds'])} of replay.")
+    for w in (v.get("conditions") or {}).get("warnings") or []:
+        st.warning(w, icon=":material/warning:")
+    names = list(v["scores"])
+    shown = st.selectbox("Estimate in the scatter", names, index=names.index(v["result_in_use"])
+                         if v["result_in_use"] in names else 0, key=f"grp-result-{key}")
+    left, right = st.columns(2)
+    with left:
+        points = cache.group_points(str(root), run_id, key, shown, metric, stamp)
+        st.plotly_chart(figures.group_scatter(points, metric), key=f"grp-scatter-{key}-{metric}-{shown}")
+    with right:
+        if v["curve"].get(metric):
+            st.plotly_chart(figures.cleansing_curve(v["curve"][metric], metric), key=f"grp-curve-{key}-{metric}")
+            st.caption(f"Cleansing curve of the estimate in use when it was run ({v['result_in_use']}).")
+
+
+def lds_table(v: dict, metric: str) -> pd.DataFrame:
+    """One row per named result and fraction: LDS, Pearson and slope on the validation split, LDS on test."""
+    rows = []
+    for name, per_metric in v["scores"].items():
+        for r in per_metric.get(metric, []):
+            rows.append({"estimate": name, "F": f"{r['fraction']:.0%}", "groups": r["groups"],
+                         "LDS (Spearman)": round(r["spearman_valid"], 3), "Pearson": round(r["pearson_valid"], 3),
+                         "slope": float(f"{r['slope_valid']:.3g}"), "LDS on test": round(r["spearman_test"], 3)})
+    return pd.DataFrame(rows)
+
+
+def _fractions(text: str) -> list[float]:
+    values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    if not values or not all(0 < f < 1 for f in values):
+        raise ValueError(text)
+    return values
+

@@ -1,0 +1,80 @@
+"""The trust a user can check, in the app: the spot check's verdict on the Influence page (and 'not checked'
+before one), the estimate form's method and check choices as the CLI's job spec, and group validation (LDS
+table, scatter, cleansing curve) on the Validate page, each read against the engine's stored numbers."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from apphelpers import open_app, texts, tiny_run_id, use_store
+from influence import store
+from influence.estimator import EstimateOptions, cached_results, chosen_name
+from influence.specs import estimate_spec
+from influence.validation.groups import GroupSpec, validate_groups
+from influence.validation.spotcheck import spot_check
+from influence.validation.trust import verdict
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def checked_store(tiny_store, tmp_path_factory):
+    """The tiny run with a quick spot check of its FID estimate and a small group validation."""
+    root = tmp_path_factory.mktemp("checked") / "store"
+    shutil.copytree(tiny_store, root, ignore=shutil.ignore_patterns("_jobs"))
+    run = store.open_run(root, tiny_run_id(root))
+    spot_check(run, ["fid"], EstimateOptions(), "quick")
+    validate_groups(run, ["fid"], GroupSpec(groups=4, fractions=(0.05,), seed=0, curve=(0.05,)))
+    return root
+
+
+def test_influence_page_states_the_measured_verdict(checked_store, monkeypatch):
+    root = use_store(monkeypatch, checked_store)
+    run = store.open_run(root, tiny_run_id(root))
+    expected = verdict(cached_results(run)["fid"], spot_check(run, ["fid"]))  # the stored check, read back
+    at = open_app("influence", run.run_id)
+    assert not at.exception
+    said = texts(at)
+    assert f"Trust — {expected['summary']}." in said
+    assert "Measured: " + expected["measured"] in said
+    assert expected["measured"].startswith("replays over the last")
+
+
+def test_an_unchecked_estimate_says_not_checked_and_offers_the_check(rich, started_jobs):
+    at = open_app("influence", tiny_run_id(rich))
+    assert not at.exception
+    assert "Trust: not checked" in texts(at)
+    at.button(key=f"check-{tiny_run_id(rich)}").click().run()
+    run = store.open_run(rich, tiny_run_id(rich))
+    results = cached_results(run)
+    same = EstimateOptions(dtype=results["fid"].meta["options"]["dtype"])  # the options that made the result
+    assert started_jobs == [estimate_spec(run.run_id, list(results), same, "quick")]
+    assert chosen_name(run)  # nothing else changed
+
+
+def test_the_estimate_form_sends_method_and_check_as_the_cli_does(rich, started_jobs):
+    at = open_app("influence", tiny_run_id(rich))
+    at.radio(key="est-method").set_value("tracin")
+    at.radio(key="est-check").set_value("none")
+    at.multiselect(key=f"est-metrics-{tiny_run_id(rich)}").set_value(["fid"])
+    next(b for b in at.button if b.label == "Compute in the background").click().run()
+    assert not at.exception
+    assert started_jobs == [estimate_spec(tiny_run_id(rich), ["fid"], EstimateOptions(method="tracin"), "none")]
+
+
+def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
+    root = use_store(monkeypatch, checked_store)
+    run = store.open_run(root, tiny_run_id(root))
+    result = validate_groups(run, ["fid"], GroupSpec(groups=4, fractions=(0.05,), seed=0, curve=(0.05,)))  # stored
+    at = open_app("validate", run.run_id)
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "LDS (Spearman)" in d.value.columns)
+    row = result["scores"][result["result_in_use"]]["fid"][0]
+    mine = table[table["estimate"] == result["result_in_use"]].iloc[0]
+    assert mine["LDS (Spearman)"] == round(row["spearman_valid"], 3)
+    assert mine["LDS on test"] == round(row["spearman_test"], 3) and mine["groups"] == 4
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("sum of the group's estimates" in s for s in specs)  # the LDS scatter, its axis in words
+    assert any("most harmful first: actual" in s for s in specs)  # the cleansing curve
