@@ -27,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from influence import allocator, store  # noqa: E402
 from influence.config import apply_overrides, preset  # noqa: E402
-from influence.estimator import EstimateOptions, estimate  # noqa: E402
-from influence.train import train  # noqa: E402
+from influence.estimator import EstimateOptions, estimate, result_name  # noqa: E402
+from influence.train import Trace, train  # noqa: E402
 from influence.validation import validate  # noqa: E402
 from influence.validation.groups import GroupSpec, validate_groups  # noqa: E402
 from influence.validation.spotcheck import spot_check  # noqa: E402
+from influence.validation import trust  # noqa: E402
 from influence.validation.trust import verdict  # noqa: E402
 
 # case -> (preset, overrides, metrics); the first metric is the one the tables lead with
@@ -45,7 +46,12 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 
-def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions: list[float], extra: list[str]) -> dict:
+ALTERNATIVES = {"no-propagation": EstimateOptions(method="no-propagation"), "tracin": EstimateOptions(method="tracin"),
+                "frozen": EstimateOptions(optimizer_state="frozen")}
+
+
+def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions: list[float], extra: list[str],
+             level: str = "auto", recheck: bool = False, alternatives: bool = False) -> dict:
     name, overrides, metrics = CASES[case]
     cfg = apply_overrides(preset(name, seed), overrides + extra)
     out = {"case": case, "seed": seed, "run_id": cfg.run_id, "metrics": metrics, "threads": torch.get_num_threads()}
@@ -54,35 +60,91 @@ def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions:
     out["train_seconds"] = time.perf_counter() - t
     out["test"] = run.read_json("summary.json")["test"]
     results = estimate(run, metrics, EstimateOptions())
-    check = spot_check(run, metrics, EstimateOptions(), "quick")
+    if recheck:  # a check stored by an earlier design of the check goes; the replays of validation stay
+        run.forget("influence/_checks/")
+        for p in run.path("influence/_checks").iterdir() if run.exists("influence/_checks") else []:
+            p.unlink()
+    check = spot_check(run, metrics, EstimateOptions(), level)
     out["pass_seconds"] = sum(r.meta["seconds"] for r in results.values())
     out["check"] = {"seconds": check["seconds"], "replay_seconds": check["replay_seconds"],
-                    "lanes": check["lanes"], "baseline": check["baseline"], "window_steps": check["window_steps"]}
+                    "lanes": check["lanes"], "baseline": check["baseline"], "window_steps": check["window_steps"],
+                    "level": check["level"], "level_reason": check.get("level_reason")}
     out["per_metric"] = {m: {"growth": r.meta["growth"], "stability": r.verdict, "trust": verdict(r, check),
                              "agreement": check["per_metric"][m]} for m, r in results.items()}
+    named = {"exact": EstimateOptions()}
+    if alternatives:  # the baselines (and the follow-up's frozen Adam state) scored on the same replays
+        optimizer = run.read_json("config.json")["train"]["optimizer"]
+        for label, options in ALTERNATIVES.items():
+            if label != "frozen" or optimizer in ("adam", "adamw"):
+                estimate(run, metrics, options)
+                named[label] = options
     g = validate_groups(run, metrics, GroupSpec(groups, tuple(fractions), 0, tuple(fractions)))
     out["groups"] = {k: g[k] for k in ("lanes", "baseline", "replay_seconds", "scores", "curve", "result_in_use")}
     if loo:
         acc = validate(run, metrics, n=loo, selection="random", seed=0)
         out["loo"] = {m: a.as_dict() for m, a in acc.items()}
+        out["loo_named"] = {label: {m: a.kendall_tau for m, a in validate(run, metrics, n=loo, selection="random",
+                                                                          seed=0, options=options).items()}
+                            for label, options in named.items()}  # the same replays, each estimate ranked
+    out["named"] = {label: result_name(options, Trace.load(run).final.shape[0]) for label, options in named.items()}
     store.write_json(root / "_trust" / f"{case}-s{seed}.json", out)
     return out
 
 
+def full_levels(r: dict, m: str) -> tuple[str, str]:
+    """The levels full validation gives, by the rules the check uses (docs/trust.md): groups from the LDS of
+    32 random groups at the check's fraction (5%) and from removing the 5% most harmful (the cleansing curve:
+    the metric must move the predicted way, for trustworthy within 1/3..3 of the prediction); single images
+    from leave-one-out tau."""
+    lds5 = next(row["spearman_valid"] for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]
+                if abs(row["fraction"] - 0.05) < 1e-9)
+    top = next(row for row in r["groups"]["curve"][m] if row["kind"] == "top" and abs(row["fraction"] - 0.05) < 1e-9)
+    same_way = top["predicted"] * top["actual_valid"] > 0
+    ratio = top["actual_valid"] / top["predicted"] if top["predicted"] else float("nan")
+    if not same_way or lds5 < trust.GROUP_R_INDICATIVE:
+        groups = "not supported"
+    elif lds5 >= trust.GROUP_R_TRUSTWORTHY and trust.HARMFUL_RATIO[0] <= ratio <= trust.HARMFUL_RATIO[1]:
+        groups = "trustworthy"
+    else:
+        groups = "indicative"
+    tau = r["loo"][m]["kendall_tau"] if "loo" in r else float("nan")
+    singles = ("trustworthy" if tau >= trust.SINGLE_TAU_TRUSTWORTHY else
+               "rough" if tau >= trust.SINGLE_TAU_ROUGH else "noise")
+    return groups, singles
+
+
 def report(root: Path) -> None:
     rows = [json.loads(p.read_text()) for p in sorted((root / "_trust").glob("*.json"))]
-    print("| case | seed | metric | growth | spot check: groups / singles | check cost / pass | LDS F=1% / 5% / 20% "
-          "(valid) | LOO tau (n) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | seed | metric | growth | check (level, cost / pass) | check: groups / singles | full validation: "
+          "groups / singles | agree | LDS F=1% / 5% / 20% (valid) | LOO tau (n) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    agree = total = 0
     for r in rows:
         for m in r["metrics"]:
             pm = r["per_metric"][m]
             lds = {row["fraction"]: row["spearman_valid"] for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]}
             loo = r.get("loo", {}).get(m)
-            print(f"| {r['case']} | {r['seed']} | {m} | {pm['growth']:.3g} | {pm['trust']['groups']} / "
-                  f"{pm['trust']['singles']} | {r['check']['seconds'] / r['pass_seconds']:.2f} | "
-                  + " / ".join(f"{lds[f]:.3f}" for f in sorted(lds)) + " | "
+            check = (pm["trust"]["groups"], pm["trust"]["singles"])
+            full = full_levels(r, m)
+            same = check == full
+            agree, total = agree + same, total + 1
+            print(f"| {r['case']} | {r['seed']} | {m} | {pm['growth']:.3g} | {r['check'].get('level', 'quick')}, "
+                  f"{r['check']['seconds'] / r['pass_seconds']:.2f} | {check[0]} / {check[1]} | {full[0]} / {full[1]} | "
+                  f"{'yes' if same else 'NO'} | " + " / ".join(f"{lds[f]:.3f}" for f in sorted(lds)) + " | "
                   + (f"{loo['kendall_tau']:.3f} ({loo['n']})" if loo else "-") + " |")
+    print(f"\nthe check's levels agree with full validation on {agree} of {total} case-metrics\n")
+    print("| case | seed | metric | estimate | LDS F=1% / 5% / 20% | LOO tau |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        for m in r["metrics"]:
+            for label, name in (r.get("named") or {"exact": r["groups"]["result_in_use"]}).items():
+                scores = r["groups"]["scores"].get(name, {}).get(m)
+                if not scores:
+                    continue
+                tau = (r.get("loo_named") or {}).get(label, {}).get(m)
+                print(f"| {r['case']} | {r['seed']} | {m} | {label} | "
+                      + " / ".join(f"{row['spearman_valid']:.3f}" for row in sorted(scores, key=lambda x: x["fraction"]))
+                      + f" | {'-' if tau is None else f'{tau:.3f}'} |")
 
 
 def main() -> None:
@@ -95,6 +157,10 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.2])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--check", default="auto", choices=["auto", "quick", "full"], help="the spot check's level")
+    ap.add_argument("--recheck", action="store_true", help="drop stored checks first (after a change of the check)")
+    ap.add_argument("--alternatives", action="store_true",
+                    help="also no-propagation, TracIn-style and (Adam) frozen, scored on the same replays")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     root = store.store_root(args.store)
@@ -104,7 +170,8 @@ def main() -> None:
     allocator.tune_this_process()
     torch.set_num_threads(args.threads)
     for seed in args.seeds:
-        out = run_case(root, args.case, seed, args.loo, args.groups, args.fractions, args.set)
+        out = run_case(root, args.case, seed, args.loo, args.groups, args.fractions, args.set, args.check,
+                       args.recheck, args.alternatives)
         print(json.dumps({k: v for k, v in out.items() if k in ("case", "seed", "run_id", "pass_seconds", "check")}),
               flush=True)
 

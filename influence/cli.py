@@ -166,10 +166,11 @@ def _estimate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--check", default="quick", choices=["none", "quick", "full"],
-                   help="spot check after the pass: replays of a few groups and single images that measure how far "
-                        "the estimate can be trusted (quick: over the last eighth of the traced steps, about the "
-                        "cost of the pass; full: the whole trace)")
+    p.add_argument("--check", default="auto", choices=["none", "auto", "quick", "full"],
+                   help="spot check after the pass: replays of random groups, the most harmful and helpful sets and "
+                        "single images that measure how far the estimate can be trusted (full: the whole trace, 16 "
+                        "groups and 16 singles; quick: the last eighth of the traced steps, about the cost of the "
+                        "pass; auto: full where the lanes run batched, else quick; docs/trust.md)")
 
 
 def _options(args):

@@ -61,7 +61,7 @@ def sweep_spec(cfg: RunConfig, seeds: list[int], methods: list[str], counts: lis
 
 def estimate_spec(run_id: str, metrics: list[str], options: EstimateOptions = EstimateOptions(),
                   check: str | None = None) -> dict:
-    """The estimate job; check = the spot check after the pass (validation.spotcheck: none, quick, full)."""
+    """The estimate job; check = the spot check after the pass (validation.spotcheck: none, auto, quick, full)."""
     params = {"run_id": run_id, "metrics": list(metrics), "options": dataclasses.asdict(options)}
     if check is not None and check != "none":  # only then: earlier specs keep their job keys
         params["check"] = check

@@ -81,7 +81,7 @@ def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_pat
     the same scores shuffled across instances read not supported / noise."""
     run = copy_run(toy_run, tmp_path, keep_results=False)
     res = estimate(run, ["dloss"])["dloss"]
-    check = spot_check(run, ["dloss"])
+    check = spot_check(run, ["dloss"], level="quick")
     assert check["level"] == "quick" and check["window_steps"] == 3 and check["traced_steps"] == 20
     assert stored_check(run, check["result"]) == check
     v = verdict(res, check)
@@ -96,8 +96,25 @@ def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_pat
     for p in run.path("influence/_checks").iterdir():
         p.unlink()
     shuffled = estimate(run, ["dloss"])["dloss"]
-    v = verdict(shuffled, spot_check(run, ["dloss"]))
+    v = verdict(shuffled, spot_check(run, ["dloss"], level="quick"))
     assert v["groups"] == "not supported" and v["singles"] in ("noise", "rough"), v
+
+
+def test_the_default_check_replays_the_whole_trace_where_lanes_run_batched(toy_run, tmp_path):
+    """auto: a small net's lanes run batched, so the check covers all traced steps with 16 random groups (its
+    LDS is the Spearman of their summed scores against the replays) and 16 singles; a rerun reads it back."""
+    run = copy_run(toy_run, tmp_path, keep_results=False)
+    res = estimate(run, ["all"])["all"]
+    check = spot_check(run, ["all"], level="auto")
+    assert check["level"] == "full" and check["level_reason"].startswith("auto: full, the lanes run batched")
+    assert check["window_steps"] == check["traced_steps"] == 20 and check["lanes"]["mode"] == "batched"
+    lanes = check["per_metric"]["all"]["lanes"]
+    assert [k["kind"] for k in lanes].count("random") == 16 and [k["kind"] for k in lanes].count("single") == 16
+    random = [(lane["predicted"], lane["actual"]) for lane in lanes if lane["kind"] == "random"]
+    lds = stats.spearmanr(*zip(*random)).statistic
+    assert check["per_metric"]["all"]["random_groups"]["spearman"] == pytest.approx(lds)
+    assert f"LDS (Spearman) {lds:.2f}" in verdict(res, check)["measured"]
+    assert spot_check(run, ["all"], level="auto") == check  # stored: not replayed again
 
 
 def test_an_estimate_without_a_check_reads_not_checked(toy_run):

@@ -16,10 +16,11 @@ from influence.validation.trust import verdict
 
 from . import cache, figures, jobpanel, tables
 
-CHECK_HELP = ("After the pass, one replay of a few removal sets measures the estimate: 4 random groups of 5% of the "
-              "traced instances, the 5% most harmful and most helpful, and 8 single images. quick: over the last "
-              "eighth of the traced steps (about the pass's own cost); full: over all of them; none: the verdict "
-              "then says 'not checked'.")
+CHECK_HELP = ("After the pass, one replay of several removal sets measures the estimate: random groups of 5% of the "
+              "traced instances (a small LDS), the 5% most harmful and most helpful, and single images. full: over "
+              "all traced steps, 16 groups and 16 images; quick: over the last eighth of them, 12 groups and 8 "
+              "images (about the pass's own cost, but blind to the earlier steps); auto: full where the replays "
+              "run batched (small nets, GPU), quick otherwise; none: the verdict then says 'not checked'.")
 METHOD_HELP = ("exact: ASGD-Influence, the adjoint carried back through every traced step. The two baselines use the "
                "same trace without that recursion, to show what it buys: no propagation pairs the final metric "
                "gradient with each step's instance gradient; TracIn-style uses the metric gradient at each step. "
@@ -55,8 +56,8 @@ def options_of(result: InfluenceResult) -> EstimateOptions:
 
 def check_button(root: Path, run_id: str, results: dict[str, InfluenceResult], name: str) -> None:
     """Start the spot check of the result in use (the CLI's estimate job with --check: the same key)."""
-    level = st.segmented_control("Check", ("quick", "full"), default="quick", key=f"check-level-{run_id}",
-                                 help=CHECK_HELP) or "quick"
+    level = st.segmented_control("Check", ("auto", "quick", "full"), default="auto", key=f"check-level-{run_id}",
+                                 help=CHECK_HELP) or "auto"
     if st.button(f"Check '{name}' by replays ({level})", icon=":material/fact_check:", key=f"check-{run_id}"):
         options = options_of(next(iter(results.values())))
         jobpanel.start(root, estimate_spec(run_id, list(results), options, level))

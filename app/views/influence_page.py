@@ -50,7 +50,7 @@ with st.expander("Compute influence", expanded=not results, icon=":material/calc
     c4, c5 = st.columns(2)
     method = c4.radio("Method", list(trust_view.METHOD_LABELS), format_func=trust_view.METHOD_LABELS.get,
                       horizontal=True, key="est-method", help=trust_view.METHOD_HELP)
-    check = c5.radio("Spot check after the pass", ("quick", "full", "none"), horizontal=True, key="est-check",
+    check = c5.radio("Spot check after the pass", ("auto", "quick", "full", "none"), horizontal=True, key="est-check",
                      help=trust_view.CHECK_HELP)
     if st.button("Compute in the background", type="primary", disabled=not chosen, icon=":material/play_arrow:"):
         try:

@@ -8,11 +8,15 @@ replay, on the evaluation the estimate targets (validation split, its fixed z):
 - singles: the instances with the largest |score| and random ones: Kendall tau, signs.
 
 Levels (`CHECK_LEVELS`):
-- quick (the default after an influence pass): over the last eighth of the traced steps
-  (`estimator.check_window`), compared with the scores those steps alone give (window_scores.npy),
-  4 random groups of 5% and the harmful / helpful 5%, 8 singles. Its replays cost about one influence
-  pass (docs/benchmarks.md): a removal only replays the window.
-- full: the whole trace, 8 random groups, 16 singles.
+- full: the whole trace, 16 random groups of 5%, the harmful / helpful 5%, 16 singles. The random groups
+  give a small LDS (Spearman of summed estimates against actual changes), the measure of group validation.
+- quick: over the last eighth of the traced steps (`estimator.check_window`), compared with the scores those
+  steps alone give (window_scores.npy), 12 random groups, the harmful / helpful 5%, 8 singles. Its replays
+  cost about one influence pass where lanes run one after another (conv nets on a CPU): a removal only
+  replays the window. The window cannot see what the earlier steps do (docs/trust.md measures how often
+  it misjudges), so it is the fallback, not the default, wherever the full check is cheap.
+- auto (the default): full where the lanes run batched (small nets, or a GPU: the whole check is a few
+  batched replays), quick otherwise. The check records the level it ran and why.
 Stored per named result: influence/_checks/<result name>-<level>.json; `trust.verdict` reads it.
 """
 
@@ -37,8 +41,18 @@ from ..train import Trace
 from .replays import chunks, lane_tasks, lanes_per_task
 
 log = logging.getLogger(__name__)
-CHECK_LEVELS = ("none", "quick", "full")
-SETUP = {"quick": {"groups": 4, "fraction": 0.05, "singles": 8}, "full": {"groups": 8, "fraction": 0.05, "singles": 16}}
+CHECK_LEVELS = ("none", "auto", "quick", "full")
+SETUP = {"quick": {"groups": 12, "fraction": 0.05, "singles": 8},
+         "full": {"groups": 16, "fraction": 0.05, "singles": 16}}
+
+
+def auto_level(ctx: RunContext, trace: Trace, lanes: int | None = None) -> tuple[str, str]:
+    """(level, why) for --check auto: full where the check's lanes run batched, quick where one after another."""
+    setup = SETUP["full"]
+    plan = choose_plan(ctx, trace, setup["groups"] + 2 + setup["singles"], lanes)
+    if plan.mode == "batched":
+        return "full", f"auto: full, the lanes run batched ({plan.reason})"
+    return "quick", f"auto: quick, the lanes run one after another ({plan.reason})"
 
 
 def check_path(name: str, level: str) -> str:
@@ -68,17 +82,24 @@ def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = Es
     results = estimate(run, metrics, options, progress, cancel)
     trace = Trace.load(run)
     name = result_name(options, trace.final.shape[0])
+    reason = f"asked for {level}"
+    if level == "auto":
+        stored = stored_check(run, name)
+        if stored is not None and all(m in stored["metrics"] for m in metrics):
+            return stored
+        level, reason = auto_level(RunContext.create(load_run_config(run), run.root), trace, lanes)
     rel = check_path(name, level)
     with run.exclusive(f"check-{name}-{level}", progress, cancel):  # one check of a result at a time, whoever asks
         if run.exists(rel):
             stored = run.read_json(rel)
             if all(m in stored["metrics"] for m in metrics):
                 return stored
-        return _check(run, trace, results, metrics, options, name, level, rel, progress, cancel, lanes, seed)
+        return _check(run, trace, results, metrics, options, name, level, reason, rel, progress, cancel, lanes,
+                      seed)
 
 
 def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], options: EstimateOptions, name: str,
-           level: str, rel: str, progress: ProgressFn | None, cancel: CancelToken | None, lanes: int | None,
+           level: str, reason: str, rel: str, progress: ProgressFn | None, cancel: CancelToken | None, lanes: int | None,
            seed: int) -> dict | None:
     if level == "quick" and any("check_window_first_step" not in r.meta for r in results.values()):
         log.warning("this estimate was computed before spot checks existed: it stays 'not checked' (a full check, "
@@ -104,7 +125,7 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
             replay_seconds += result.seconds
             from_trace &= result.baseline_from_trace
     check = {
-        "level": level, "result": name, "metrics": metrics, "window_first_step": first, "traced_steps": trace.steps,
+        "level": level, "level_reason": reason, "result": name, "metrics": metrics, "window_first_step": first, "traced_steps": trace.steps,
         "window_steps": trace.steps - first, "lanes": plan.as_dict(),
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
@@ -148,7 +169,9 @@ def _agreement(kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: 
     sign = result.meta["harmful_sign"]
     # the set the estimate calls most harmful: "high" for metrics where harmful is positive, else "low"
     harmful = kinds.index("high" if sign > 0 else "low")
+    is_random = np.array([k == "random" for k in kinds])
     out = {"groups": _pairs(predicted[is_group], actual_arr[is_group]),
+           "random_groups": _pairs(predicted[is_random], actual_arr[is_random]),
            "singles": _pairs(predicted[~is_group], actual_arr[~is_group]),
            "harmful_set": {"size": int(len(lanes[harmful].removed)), "predicted": float(predicted[harmful]),
                            "actual": float(actual_arr[harmful])},

@@ -29,8 +29,16 @@ SINGLE_TAU_TRUSTWORTHY = 0.6
 SINGLE_TAU_ROUGH = 0.2
 
 
+def group_r(agreement: dict) -> float:
+    """The group measure: Spearman over the random groups (a small LDS); checks stored before they had it:
+    Pearson over all groups."""
+    if "random_groups" in agreement:
+        return agreement["random_groups"]["spearman"]
+    return agreement["groups"]["pearson"]
+
+
 def group_level(agreement: dict) -> str:
-    r = agreement["groups"]["pearson"]
+    r = group_r(agreement)
     harmful = agreement["harmful_set"]
     predicted, actual = harmful["predicted"], harmful["actual"]
     same_way = predicted != 0 and math.copysign(1, predicted) == math.copysign(1, actual) and actual != 0
@@ -85,6 +93,9 @@ def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
     where = (f"the last {check['window_steps']} of {check['traced_steps']} traced steps" if check["level"] == "quick"
              else f"all {check['traced_steps']} traced steps")
     n_random = sum(1 for lane in agreement["lanes"] if lane["kind"] == "random")
-    return (f"replays over {where}: on {n_random} random groups and the most harmful and helpful sets, predicted vs "
-            f"actual r={g['pearson']:.2f}; removing the {h['size']} most harmful changed {label} by {h['actual']:+.3g} "
+    size = next((lane["size"] for lane in agreement["lanes"] if lane["kind"] == "random"), 0)
+    measure = (f"LDS (Spearman) {group_r(agreement):.2f}" if "random_groups" in agreement
+               else f"predicted vs actual r={g['pearson']:.2f} (with the most harmful and helpful sets)")
+    return (f"replays over {where}: on {n_random} random groups of {size} images, {measure}; removing the "
+            f"{h['size']} most harmful changed {label} by {h['actual']:+.3g} "
             f"(predicted {h['predicted']:+.3g}); on {s['n']} single images tau={s['kendall_tau']:.2f}")
