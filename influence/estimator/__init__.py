@@ -18,7 +18,7 @@ from .options import (AFFORDABLE_FLOAT64_PARAMS, ESTIMATOR_VERSION, FROZEN_VERSI
                       EstimateOptions, result_name)
 from .results import (CHOSEN, InfluenceResult, cached_results, choose_results, chosen_name, harmful_order,
                       influence_table, load_result, result_dir, result_sets, table_metadata, write_table)
-from .runner import check_options, check_window, drop_partial, estimate, stored_pass, training_context
+from .runner import check_options, check_window, drop_partial, estimate, partial_folder, stored_pass, training_context
 from .verdict import (FLAG_DOUBTFUL, FLAG_NAMES, FLAG_NEVER_TRACED, FLAG_NOT_ASSESSED, FLAG_RELIABLE, FLAG_UNRELIABLE,
                       GROWTH_DOUBTFUL, GROWTH_UNRELIABLE, growth_of, instance_flags, verdict_for)
 
@@ -27,7 +27,7 @@ __all__ = [
     "FLAG_NOT_ASSESSED", "FLAG_RELIABLE", "FLAG_UNRELIABLE", "FROZEN_VERSION", "GROWTH_DOUBTFUL",
     "GROWTH_UNRELIABLE", "METHODS", "OPTIMIZER_STATES", "EstimateOptions", "InfluenceResult", "PassState",
     "adjoint_at", "backward_step", "block_scales", "cached_results", "check_options", "check_window", "choose_results",
-    "chosen_name", "drop_partial", "estimate", "growth_of", "harmful_order", "influence_table", "initial_adjoint",
+    "chosen_name", "drop_partial", "estimate", "partial_folder", "growth_of", "harmful_order", "influence_table", "initial_adjoint",
     "instance_flags", "last_updates", "load_result", "objective_gradients", "pass_norms", "player_scales",
     "result_dir", "result_name", "result_sets", "start_pass", "stored_pass", "table_metadata", "training_context",
     "unmeasured_players", "verdict_for", "walk_back", "write_table",

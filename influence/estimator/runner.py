@@ -13,7 +13,7 @@ from .. import conditions, store
 from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
 from ..honesty import metric_report
-from ..metrics import check_metric
+from ..metrics import METRIC_LABELS, check_metric
 from ..objectives import Objective, metric_objectives
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
@@ -90,11 +90,13 @@ def _compute(run: store.Run, cfg, trace: Trace, metrics: list[str], options: Est
 
 
 def _partials(run: store.Run, options: EstimateOptions, n_params: int) -> list[str]:
-    """The backward-pass checkpoints of passes with these options that hold files."""
+    """The metric passes' checkpoints with these options that hold files (not those of sample objectives)."""
     base, suffix = run.path("influence/_partial"), f"-{options.key('', n_params)}"
-    return [f"influence/_partial/{d.name}" for d in sorted(base.iterdir()) if base.is_dir()
-            and d.name.endswith(suffix) and d.is_dir() and any(p.is_file() for p in d.iterdir())] \
-        if base.is_dir() else []
+    if not base.is_dir():
+        return []
+    return [f"influence/_partial/{d.name}" for d in sorted(base.iterdir())
+            if d.name.endswith(suffix) and set(d.name[: -len(suffix)].split("+")) <= set(METRIC_LABELS)
+            and d.is_dir() and any(p.is_file() for p in d.iterdir())]
 
 
 def _unfinished(run: store.Run, metrics: list[str], options: EstimateOptions, n_params: int) -> bool:
@@ -153,7 +155,7 @@ def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[
     first = trace.steps - (options.last_steps or trace.steps)
     train_ctx = training_context(ctx)
     names = [o.name for o in objectives]
-    partial = _partial_folder(objectives, options, n_params)
+    partial = partial_folder(objectives, options, n_params)
     loaded = _load_partial(run, partial, names, options, n_params)
     if loaded is None:
         state, elapsed, window = start_pass(ctx, trace, objectives), 0.0, None
@@ -176,7 +178,8 @@ def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[
     return state, norms, seconds, first, window
 
 
-def _partial_folder(objectives: list[Objective], options: EstimateOptions, n_params: int) -> str:
+def partial_folder(objectives: list[Objective], options: EstimateOptions, n_params: int) -> str:
+    """The pass's checkpoint folder: named by its objectives and options."""
     return f"influence/_partial/{'+'.join(o.name for o in objectives)}-{options.key('', n_params)}"
 
 

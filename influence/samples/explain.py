@@ -34,7 +34,7 @@ import torch
 from .. import datamap, store
 from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
-from ..estimator import ESTIMATOR_VERSION, EstimateOptions, check_options, drop_partial, result_name, stored_pass
+from ..estimator import ESTIMATOR_VERSION, EstimateOptions, check_options, drop_partial, partial_folder, result_name, stored_pass
 from ..estimator.verdict import growth_of, verdict_for
 from ..objectives.samples import (Clarity, ClassShare, Position, Realism, Reference, SampleObjective, build,
                                   features_of)
@@ -161,7 +161,7 @@ def explain(run: store.Run, samples: dict, objective: str, options: EstimateOpti
     run.write(f"{base}/matrix.parquet", _parquet(matrix_table(explanation, ctx.dataset)))
     run.write(f"{base}/top.csv", top_table(explanation, ctx.dataset, TOP_CSV).to_csv(index=False).encode())
     run.write_json(f"{base}/meta.json", meta)  # last: its presence marks a complete result
-    drop_partial(run, [obj], options, n_params)
+    drop_partial(run, partial_folder([obj], options, n_params))
     return explanation
 
 
