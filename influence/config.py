@@ -338,7 +338,7 @@ PRESETS: dict[str, RunConfig] = {
         eval=EvalConfig(n_valid_z=1000, n_test_z=1000, n_grid=1000, feature="mnist-cnn"),
     ),    # The toy as GANs are trained today: Adam (betas 0.5/0.999). Smooth units (softplus) keep a whole
     # removal within the first-order estimate; with biases and 50 epochs the generator covers the
-    # Gaussian on every seed tried (without biases, or after 20 epochs, some seeds collapse: README).
+    # Gaussian on every seed tried (without biases, or after 20 epochs, some seeds collapse: docs/benchmarks.md).
     "toy2d-adam": _preset(
         "toy2d-adam",
         data=DataConfig(source="normal2d", n_valid=1000, n_test=1000, dtype="float64"),
@@ -347,7 +347,7 @@ PRESETS: dict[str, RunConfig] = {
         eval=EvalConfig(n_valid_z=1000, n_test_z=1000, n_grid=1000, feature="mnist-cnn"),
     ),
     # A real DCGAN (Radford layout, LayerNorm) on MNIST framed at 32 px; checkpointed trace. Sized for a
-    # GPU: on 2 CPU cores a step takes seconds (README).
+    # GPU: on 2 CPU cores a step takes seconds (docs/benchmarks.md).
     "dcgan32": _preset(
         "dcgan32",
         data=DataConfig(source="mnist", n_train=10_000, image_size=32),
@@ -356,11 +356,11 @@ PRESETS: dict[str, RunConfig] = {
                           betas=(0.5, 0.999), scheme="alternating", trace_mode="checkpoints"),
     ),
     # MNIST as GANs are trained today: a DCGAN (two conv layers, LayerNorm) with Adam and alternating
-    # D/G steps; better digits than the paper's sigmoid smallcnn (README). The traced last epoch runs
+    # D/G steps; better digits than the paper's sigmoid smallcnn (docs/benchmarks.md). The traced last epoch runs
     # at a tenth of the lr, where the backward recursion holds (docs/architecture.md). GELU units and
     # float64: with ReLU/LeakyReLU, or in float32 (a removal moves the weights by ~1e-7 relative, the
     # size of float32's rounding), leave-one-out does not respond smoothly to a removal (tau 0.27 for
-    # FID); with GELU in float64 it matches the estimate (README), and the digits are better than ReLU's.
+    # FID); with GELU in float64 it matches the estimate (docs/benchmarks.md), and the digits are better than ReLU's.
     "mnist-adam": _preset(
         "mnist-adam",
         data=DataConfig(source="mnist", n_train=10_000),
@@ -370,7 +370,7 @@ PRESETS: dict[str, RunConfig] = {
     ),
 }
 # New MNIST runs (CLI and app): Adam gives better digits than the paper's SGD (test FID 1.4-1.9 against quick's
-# 2.2-2.4; README, issue 10), trains in about 4 minutes on 2 cores, and its estimates match leave-one-out.
+# 2.2-2.4; docs/benchmarks.md, issue 10), trains in about 4 minutes on 2 cores, and its estimates match leave-one-out.
 DEFAULT_PRESET = "mnist-adam"
 
 
