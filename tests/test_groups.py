@@ -38,7 +38,8 @@ def test_group_validation_equals_independent_replays(toy_run, tmp_path, monkeypa
     spec = GroupSpec(groups=6, fractions=(0.02, 0.1), seed=3, curve=(0.05,))
     out = validate_groups(run, ["all", "dloss"], spec)
     groups, curve = out["groups_table"], out["curve_table"]
-    assert len(groups) == 12 and sorted(curve["kind"]) == ["random-k", "top"]
+    assert len(groups) == 12 and sorted(zip(curve["kind"], curve["metric"])) == [
+        ("random-k", ""), ("top", "all"), ("top", "dloss")]  # each metric's own most harmful
     ctx, trace = RunContext.create(load_run_config(run), run.root), Trace.load(run)
     final = trace.layout.split(torch.from_numpy(np.array(trace.final_state)))
     results = cached_results(run)
@@ -57,6 +58,9 @@ def test_group_validation_equals_independent_replays(toy_run, tmp_path, monkeypa
             assert row["spearman_valid"] == pytest.approx(stats.spearmanr(predicted, g[f"actual_valid_{m}"])[0])
             assert row["spearman_valid"] > 0.8  # the toy is close to linear at these removals
     top = next(r for r in out["curve"]["dloss"] if r["kind"] == "top")
+    k, scores = len(curve["ids"][0]), results["dloss"].scores
+    traced = np.flatnonzero(trace.step_of_instance(len(scores)) >= 0)
+    assert top["predicted"] == pytest.approx(np.sort(scores[traced])[:k].sum())  # D-loss: harmful = most negative
     assert np.sign(top["actual_valid"]) == np.sign(top["predicted"]) == -1  # harmful for D-loss = negative
     # a rerun replays nothing: the groups are read back
     import influence.validation.groups as g

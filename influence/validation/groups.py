@@ -77,20 +77,23 @@ def draw_groups(spec: GroupSpec, traced: np.ndarray) -> pd.DataFrame:
     return _sized(rows)
 
 
-def draw_curve(spec: GroupSpec, traced: np.ndarray, order: np.ndarray) -> pd.DataFrame:
-    """The cleansing curve's sets: the k most harmful traced instances by `order`, and k random ones, per fraction."""
+def draw_curve(spec: GroupSpec, traced: np.ndarray, orders: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The cleansing curve's sets, per fraction: for each metric the k most harmful traced instances by its own
+    estimate (`orders`: metric -> harmful order), and k random ones shared by all metrics."""
     rng = np.random.default_rng([spec.seed, 1])
-    in_trace = order[np.isin(order, traced)]
     rows = []
     for f in spec.curve:
         k = max(1, round(f * len(traced)))
-        rows.append({"kind": "top", "fraction": f, "group": 0, "ids": np.sort(in_trace[:k])})
-        rows.append({"kind": "random-k", "fraction": f, "group": 0, "ids": np.sort(rng.choice(traced, k, replace=False))})
+        for metric, order in orders.items():
+            rows.append({"kind": "top", "metric": metric, "fraction": f, "group": 0,
+                         "ids": np.sort(order[np.isin(order, traced)][:k])})
+        rows.append({"kind": "random-k", "metric": "", "fraction": f, "group": 0,
+                     "ids": np.sort(rng.choice(traced, k, replace=False))})
     return _sized(rows)
 
 
 def _sized(rows: list[dict]) -> pd.DataFrame:
-    out = pd.DataFrame(rows, columns=["kind", "fraction", "group", "ids"])
+    out = pd.DataFrame(rows, columns=["kind", "metric", "fraction", "group", "ids"])
     out["size"] = [len(i) for i in out["ids"]]
     return out
 
@@ -137,11 +140,15 @@ def validate_groups(
         groups = _read(run, f"{folder}/groups.parquet")
         curve = _read(run, f"{folder}/curve-{name}.parquet") if spec.curve else _sized([])
         meta = run.read_json(f"{folder}/result.json") if run.exists(f"{folder}/result.json") else {}
-        todo = [t for t, have in ((draw_groups(spec, traced), groups), (draw_curve(spec, traced, harmful_order(chosen[metrics[0]])), curve))
+        if curve is not None and "metric" not in curve:  # drawn before each metric had its own top-k: again
+            curve = None
+        orders = {m: harmful_order(chosen[m]) for m in metrics}
+        todo = [t for t, have in ((draw_groups(spec, traced), groups), (draw_curve(spec, traced, orders), curve))
                 if have is None]
         if todo:
             both = pd.concat(todo, ignore_index=True)
-            both, meta = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
+            both, replayed = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
+            meta = {**replayed, "replay_seconds": meta.get("replay_seconds", 0.0) + replayed["replay_seconds"]}
             groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
             curve = both[both["kind"] != "random"].reset_index(drop=True) if curve is None else curve
             run.write(f"{folder}/groups.parquet", _parquet(groups))
@@ -207,9 +214,10 @@ def _lds_rows(groups: pd.DataFrame, scores: np.ndarray, m: str) -> list[dict]:
 
 
 def _curve_rows(curve: pd.DataFrame, scores: np.ndarray, m: str) -> list[dict]:
+    """The curve of metric m: its own top-k sets and the shared random ones."""
     return [{"kind": r["kind"], "fraction": float(r["fraction"]), "size": int(r["size"]),
              "predicted": float(scores[r["ids"]].sum()), "actual_valid": float(r[f"actual_valid_{m}"]),
-             "actual_test": float(r[f"actual_test_{m}"])} for _, r in curve.iterrows()]
+             "actual_test": float(r[f"actual_test_{m}"])} for _, r in curve.iterrows() if r["metric"] in ("", m)]
 
 
 def _parquet(table: pd.DataFrame) -> bytes:

@@ -50,7 +50,7 @@ def test_an_unchecked_estimate_says_not_checked_and_offers_the_check(rich, start
     run = store.open_run(rich, tiny_run_id(rich))
     results = cached_results(run)
     same = EstimateOptions(dtype=results["fid"].meta["options"]["dtype"])  # the options that made the result
-    assert started_jobs == [estimate_spec(run.run_id, list(results), same, "quick")]
+    assert started_jobs == [estimate_spec(run.run_id, list(results), same, "auto")]
     assert chosen_name(run)  # nothing else changed
 
 
