@@ -72,7 +72,7 @@ SERVER = r'''
 import json, os, sys
 from influence import baselines, classifier, cleanse, cli, context, datamap, export, honesty, specs, train
 from influence.estimator import runner
-from influence.validation import loo, sweeps
+from influence.validation import replays, sweeps
 import torchvision.utils, tqdm  # noqa: F401  (imported lazily by the engine: once here, not in every child)
 
 classifier.AE_STEPS = 40
@@ -92,9 +92,10 @@ def counted(module, name, describe):
 counted(train, "run_epoch", lambda ctx, epoch, *a, **k: [f"train {ctx.cfg.run_id} epoch {epoch}"])
 counted(runner, "stored_pass", lambda ctx, run, trace, objectives, options, *a, **k:
         [f"influence {run.run_id} {o.name} {options.key('', trace.final.shape[0])}" for o in objectives])
-counted(cleanse, "counterfactual", lambda ctx, trace, ids, mode, *a, **k:
-        [f"cleanse {ctx.cfg.run_id} {cleanse.removal_key(ids, mode)}"])
-counted(loo._Replayer, "__call__", lambda self, j, metrics, *a, **k: [f"replay {self.ctx.cfg.run_id} {j} {metrics}"])
+counted(cleanse, "_timed_counterfactuals", lambda ctx, trace, sets, mode, *a, **k:
+        [f"cleanse {ctx.cfg.run_id} {cleanse.removal_key(ids, mode)}" for ids in sets])
+counted(replays, "measure_lanes", lambda ctx, trace, lanes, splits, plan, start=0, *a, **k:
+        [f"replay {ctx.cfg.run_id} {lane.removed.tolist()} {splits} from {start}" for lane in lanes])
 counted(classifier, "train_autoencoder", lambda *a, **k: ["feature-net autoencoder"])
 counted(classifier, "train_classifier", lambda *a, **k: ["feature-net classifier"])
 counted(honesty, "compute_report", lambda ctx: [f"metric-report {ctx.cfg.run_id}"])

@@ -438,7 +438,7 @@ def test_disk_full_during_estimate_is_a_clear_error_and_changes_nothing(tmp_path
     assert err.startswith("error: cannot write") and "No space left on device" in err
     assert "earlier results are unchanged" in err and "\n" not in err
     assert files(run.dir) == before and not temp_files(root)
-    spec = specs.estimate_spec(run.run_id, ["all"], EstimateOptions(damping=0.01), "quick")  # the CLI checks by default
+    spec = specs.estimate_spec(run.run_id, ["all"], EstimateOptions(damping=0.01), "auto")  # the CLI checks by default
     status = jobs.read_status(root, jobs.job_key(spec))
     assert status["state"] == "failed" and "No space left on device" in status["message"]  # what the app shows
     monkeypatch.undo()

@@ -123,9 +123,9 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     run = store.Run(tmp_path / "a", cfg.run_id)
     assert run.exists("checkpoint/state.pt") and not run.exists("summary.json")
     assert int(run.read_state_dict("checkpoint/state.pt")["epoch"]) == 1  # epoch 2 was cut short
-    # temp files of writes a kill -9 interrupted (the rename never came)
-    stale = [run.dir / "grids" / ".epoch_001.npy.k1ll3d.tmp", run.dir / ".manifest.json.k1ll3d.tmp",
-             run.dir / "checkpoint" / ".state.pt.k1ll3d.tmp"]
+    # temp files of writes a kill -9 interrupted (the rename never came), named as mkstemp names them
+    stale = [run.dir / "grids" / ".epoch_001.npy.k1ll3d00.tmp", run.dir / ".manifest.json.k1ll3d00.tmp",
+             run.dir / "checkpoint" / ".state.pt.k1ll3d00.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
     resumed = train(cfg, tmp_path / "a")

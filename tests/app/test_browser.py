@@ -141,7 +141,7 @@ def test_every_page_in_a_real_browser(server, page):
 
     _visit(page, url, "influence", "Influence of each training instance", "influence")
     expect(page.get_by_text("predicted change of FID if removed; negative = harmful").first).to_be_attached()
-    expect(page.get_by_text("Reliability: reliable").first).to_be_visible()
+    expect(page.get_by_text("Stability: reliable").first).to_be_visible()
     # Drag a box over the left (harmful) bars of the FID histogram: the gallery shows just those.
     area = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
     page.mouse.move(area["x"] + area["width"] * 0.03, area["y"] + area["height"] * 0.05)

@@ -73,9 +73,9 @@ def test_influence_compute_button_sends_an_estimate_spec(app_store, started_jobs
     at.number_input(key="est-last").set_value(4)
     next(b for b in at.button if b.label == "Compute in the background").click().run()
     assert not at.exception
-    assert started_jobs == [{"kind": "estimate", "params": {
+    assert started_jobs == [{"kind": "estimate", "params": {  # with the CLI's default spot check
         "run_id": run_id, "metrics": ["is", "fid"],
-        "options": dataclasses.asdict(EstimateOptions(last_steps=4))}}]
+        "options": dataclasses.asdict(EstimateOptions(last_steps=4)), "check": "auto"}}]
 
 
 def test_cleanse_button_sends_the_removal_set(app_store, started_jobs):

@@ -36,7 +36,7 @@ def test_the_verdict_and_its_plot_tell_one_story(rich):
     assert not at.exception
     said = texts(at)
     assert "perturbations grow at most" not in said  # the old sentence, which its plot contradicted
-    assert "Reliability: reliable - growth factor" in said and "starting size" in said
+    assert "Stability: reliable - growth factor" in said and "starting size" in said
     assert "accumulation, not instability" in said  # why u_D rises from 0
     fid = cached_results(store.open_run(rich, run_id))["fid"]
     spec = json.loads(_chart(at, f"u-{run_id}-fid").proto.spec)
