@@ -124,3 +124,18 @@ def test_the_default_check_replays_the_whole_trace_where_lanes_run_batched(toy_r
 def test_an_estimate_without_a_check_reads_not_checked(toy_run):
     v = verdict(cached_results(toy_run)["all"], None)
     assert (v["groups"], v["singles"]) == ("not checked", "not checked") and v["summary"].startswith("not checked")
+
+
+def test_each_metric_is_checked_on_its_own_most_harmful_set(toy_run, tmp_path):
+    """With two metrics the check removes each metric's own 5% most harmful (before: the first metric's, so
+    D-loss was said to be 'most harmful' on a set whose predicted D-loss change was positive)."""
+    run = copy_run(toy_run, tmp_path, keep_results=False)
+    results = estimate(run, ["all", "dloss"])
+    check = spot_check(run, ["all", "dloss"], level="full")
+    trace = Trace.load(run)
+    for m, sign in (("all", 1), ("dloss", -1)):
+        harmful = check["per_metric"][m]["harmful_set"]
+        scores = results[m].scores
+        traced = np.flatnonzero(trace.step_of_instance(len(scores)) >= 0)
+        expected = np.sort(scores[traced] * sign)[::-1][: harmful["size"]].sum() * sign
+        assert harmful["predicted"] == pytest.approx(expected) and np.sign(harmful["predicted"]) == sign

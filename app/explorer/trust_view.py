@@ -35,7 +35,7 @@ def check_card(result: InfluenceResult, check: dict | None) -> None:
     and the conditions it ran under."""
     v = verdict(result, check)
     if not v["checked"]:
-        st.info(f"**Trust: {v['summary']}.** Run the spot check (below the histograms) to measure it.",
+        st.info(f"**Trust: {v['summary']}.** The check at the top of the page measures it.",
                 icon=":material/help:")
     else:
         GROUP_BOX[v["groups"]](f"**Trust — {v['summary']}.**", icon=":material/fact_check:")
@@ -56,6 +56,13 @@ def options_of(result: InfluenceResult) -> EstimateOptions:
 
 def check_button(root: Path, run_id: str, results: dict[str, InfluenceResult], name: str) -> None:
     """Start the spot check of the result in use (the CLI's estimate job with --check: the same key)."""
+    with st.container(border=True):
+        _check_controls(root, run_id, results, name)
+
+
+def _check_controls(root: Path, run_id: str, results: dict[str, InfluenceResult], name: str) -> None:
+    st.markdown("**Not checked yet.** A spot check replays the traced steps without a few removal sets and measures "
+                "how far this estimate can be acted on, for groups and for single images.")
     level = st.segmented_control("Check", ("auto", "quick", "full"), default="auto", key=f"check-level-{run_id}",
                                  help=CHECK_HELP) or "auto"
     if st.button(f"Check '{name}' by replays ({level})", icon=":material/fact_check:", key=f"check-{run_id}"):

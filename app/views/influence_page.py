@@ -83,8 +83,7 @@ else:
     st.caption(f"Influence result in use: `{in_use}` (named by its options; an estimate with other options is kept "
                "beside it, and you can switch here).")
 check = cache.spot_check(str(root), run_id, in_use, cache.files_stamp(root, run_id, "influence"))
-if check is None:
-    st.caption("This result has not been checked by replays yet: its verdict says 'not checked', never a guess.")
+if check is None:  # the verdict says 'not checked', never a guess
     trust_view.check_button(root, run_id, results, in_use)
 report = cache.metric_report(str(root), run_id)
 if reference_line(report):

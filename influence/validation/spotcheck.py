@@ -112,7 +112,7 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     n_params = trace.final.shape[0]
     scores = {m: r.scores if level == "full" else run.read_npy(f"influence/{options.key(m, n_params)}/window_scores.npy")
               for m, r in results.items()}
-    lanes_list, kinds = _lanes(trace, ctx.dataset.n_train, first, scores[metrics[0]], SETUP[level], seed)
+    lanes_list, kinds = _lanes(trace, ctx.dataset.n_train, first, scores, SETUP[level], seed)
     plan = choose_plan(ctx, trace, len(lanes_list), lanes)
     groups = chunks(trace, lanes_list, ctx.dataset.n_train, plan, first, lanes_per_task(ctx, trace, plan))
     tasks = lane_tasks(run, ctx, trace, lanes_list, (("valid", tuple(metrics)),), plan, groups, first)
@@ -130,15 +130,17 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
         "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
-        "per_metric": {m: _agreement(kinds, lanes_list, scores[m], [a[m] for a in actual], results[m]) for m in metrics},
+        "per_metric": {m: _agreement(m, kinds, lanes_list, scores[m], [a[m] for a in actual], results[m])
+                       for m in metrics},
     }
     run.write_json(rel, check)
     return check
 
 
-def _lanes(trace: Trace, n_train: int, first: int, scores: np.ndarray, setup: dict, seed: int
+def _lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int
            ) -> tuple[list[Lane], list[str]]:
-    """The check's lanes and their kinds: random groups, the harmful and helpful sets, singles."""
+    """The check's lanes and their kinds: random groups; per metric its harmful and helpful sets ("high:<m>",
+    "low:<m>": the largest and smallest scores); singles (half of them the largest |score| of the first metric)."""
     seen = np.flatnonzero(trace.step_of_instance(n_train, first) >= 0)
     if len(seen) < 4:
         raise ConfigError(f"only {len(seen)} instances lie in the checked steps: too few to check")
@@ -148,12 +150,14 @@ def _lanes(trace: Trace, n_train: int, first: int, scores: np.ndarray, setup: di
     for _ in range(setup["groups"]):
         lanes.append(Lane.of(rng.choice(seen, size, replace=False)))
         kinds.append("random")
-    order = seen[np.argsort(scores[seen], kind="stable")]  # most negative first
-    for kind, ids in (("low", order[:size]), ("high", order[-size:])):
-        lanes.append(Lane.of(ids))
-        kinds.append(kind)
+    for m, metric_scores in scores.items():
+        order = seen[np.argsort(metric_scores[seen], kind="stable")]  # most negative first
+        for kind, ids in (("low", order[:size]), ("high", order[-size:])):
+            lanes.append(Lane.of(ids))
+            kinds.append(f"{kind}:{m}")
+    first_scores = next(iter(scores.values()))
     n_single = min(setup["singles"], len(seen))
-    largest = seen[np.argsort(-np.abs(scores[seen]), kind="stable")][: n_single // 2]
+    largest = seen[np.argsort(-np.abs(first_scores[seen]), kind="stable")][: n_single // 2]
     rest = np.setdiff1d(seen, largest)
     for j in np.concatenate([largest, rng.choice(rest, n_single - len(largest), replace=False)]):
         lanes.append(Lane.of([j]))
@@ -161,8 +165,11 @@ def _lanes(trace: Trace, n_train: int, first: int, scores: np.ndarray, setup: di
     return lanes, kinds
 
 
-def _agreement(kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: list[float],
+def _agreement(metric: str, kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: list[float],
                result: InfluenceResult) -> dict:
+    # the lanes that judge this metric: the random groups, its own harmful and helpful sets, the singles
+    keep = [i for i, k in enumerate(kinds) if ":" not in k or k.endswith(f":{metric}")]
+    kinds, lanes, actual = [kinds[i].split(":")[0] for i in keep], [lanes[i] for i in keep], [actual[i] for i in keep]
     predicted = np.array([scores[lane.removed].sum() for lane in lanes])
     actual_arr = np.array(actual, dtype=np.float64)
     is_group = np.array([k != "single" for k in kinds])
