@@ -351,7 +351,7 @@ def group_scatter(points: pd.DataFrame, metric: str, split: str = "valid", heigh
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="sum = actual", line=dict(dash="dash", color="#888"))
     where = "validation split, as estimated" if split == "valid" else "test split"
     fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=1.1, x=0),
-                      xaxis_title=f"sum of the group's estimates: {axis_label(metric, 1)}",
+                      xaxis_title=f"sum of the group's estimates:<br>{axis_label(metric, 2)}",
                       yaxis_title=f"actual change of {label}<br>(replay without the group; {where})")
     fig.update_xaxes(**SCI_AXIS)
     fig.update_yaxes(**SCI_AXIS)

@@ -80,7 +80,7 @@ def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
                 "score** (LDS; Park et al. 2023). The cleansing curve removes the top-k by the estimate and k at "
                 "random. Every named result (the exact estimate and the baselines) is scored on the same replays.")
     with st.container(border=True):
-        c1, c2, c3, c4 = st.columns([3, 1, 2, 2])
+        c1, c2, c3, c4, c5 = st.columns([3, 1, 2, 2, 1])
         chosen = c1.multiselect("Metrics", metrics, default=metrics[:1], format_func=METRIC_LABELS.get,
                                 key=f"grp-metrics-{run_id}")
         m = c2.number_input("M groups", 4, 256, 32, key=f"grp-m-{run_id}",
@@ -89,7 +89,7 @@ def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
                                   help="of the traced instances, strictly between 0 and 1")
         curve = c4.text_input("Curve fractions", "0.01, 0.05, 0.1", key=f"grp-c-{run_id}",
                               help="top-k and random-k removals for the cleansing curve (empty: none)")
-        seed = st.number_input("Seed", 0, None, 0, key=f"grp-seed-{run_id}", help="draws the random sets")
+        seed = c5.number_input("Seed", 0, None, 0, key=f"grp-seed-{run_id}", help="draws the random sets")
         if st.button("Start group validation", type="primary", icon=":material/play_arrow:", disabled=not chosen,
                      key=f"grp-start-{run_id}"):
             try:
@@ -142,10 +142,19 @@ def lds_table(v: dict, metric: str) -> pd.DataFrame:
     rows = []
     for name, per_metric in v["scores"].items():
         for r in per_metric.get(metric, []):
-            rows.append({"estimate": name, "F": f"{r['fraction']:.0%}", "groups": r["groups"],
+            rows.append({"estimate": name, "method": method_of(name), "F": f"{r['fraction']:.0%}", "groups": r["groups"],
                          "LDS (Spearman)": round(r["spearman_valid"], 3), "Pearson": round(r["pearson_valid"], 3),
                          "slope": float(f"{r['slope_valid']:.3g}"), "LDS on test": round(r["spearman_test"], 3)})
     return pd.DataFrame(rows)
+
+
+def method_of(name: str) -> str:
+    """What produced a named result, in words (its name carries the options: `EstimateOptions.key`)."""
+    for tag, words in (("-tracin", "TracIn-style (baseline)"), ("-noprop", "no propagation (baseline)"),
+                       ("-frozen", "frozen Adam state (2025 follow-up)")):
+        if tag in name:
+            return words
+    return "exact (ASGD-Influence)"
 
 
 def _fractions(text: str) -> list[float]:
