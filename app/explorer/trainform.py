@@ -47,7 +47,7 @@ PRESET_NOTES = {
 _CHOICE_NAMES = {"data.color": "COLORS", "data.labels": "LABELS", "data.dtype": "DTYPES", "model.arch": "ARCHS",
                  "model.activation": "ACTIVATIONS", "model.init": "INITS", "train.dtype": "DTYPES",
                  "train.device": "DEVICES", "train.optimizer": "OPTIMIZERS", "train.scheme": "SCHEMES",
-                 "train.trace_mode": "TRACE_MODES", "eval.feature": "FEATURES"}
+                 "train.trace_mode": "TRACE_MODES", "train.trace_lr": "TRACE_LRS", "eval.feature": "FEATURES"}
 CHOICES = {key: tuple(getattr(config_module, name)) for key, name in _CHOICE_NAMES.items()
            if hasattr(config_module, name)}
 BOOL_CHOICES = ("True", "False")

@@ -30,7 +30,7 @@ from ..context import RunContext, load_run_config
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
-from ..estimator import EstimateOptions, InfluenceResult, estimate, result_name
+from ..estimator import EstimateOptions, estimate, result_name
 from ..execution import open_executor
 from ..progress import CancelToken, ProgressFn
 from ..train import Trace
@@ -84,7 +84,7 @@ def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = Es
     n_params = trace.final.shape[0]
     scores = {m: r.scores if level == "full" else run.read_npy(f"influence/{options.key(m, n_params)}/window_scores.npy")
               for m, r in results.items()}
-    lanes_list, kinds = _lanes(trace, ctx.dataset.n_train, first, scores[metrics[0]], SETUP[level], seed)
+    lanes_list, kinds = check_lanes(trace, ctx.dataset.n_train, first, scores[metrics[0]], SETUP[level], seed)
     plan = choose_plan(ctx, trace, len(lanes_list), lanes)
     groups = chunks(trace, lanes_list, ctx.dataset.n_train, plan, first, lanes_per_task(ctx, trace, plan))
     tasks = lane_tasks(run, ctx, trace, lanes_list, (("valid", tuple(metrics)),), plan, groups, first)
@@ -102,15 +102,17 @@ def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = Es
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
         "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
-        "per_metric": {m: _agreement(kinds, lanes_list, scores[m], [a[m] for a in actual], results[m]) for m in metrics},
+        "per_metric": {m: agreement(kinds, lanes_list, scores[m], [a[m] for a in actual], results[m].meta["harmful_sign"])
+                       for m in metrics},
     }
     run.write_json(rel, check)
     return check
 
 
-def _lanes(trace: Trace, n_train: int, first: int, scores: np.ndarray, setup: dict, seed: int
-           ) -> tuple[list[Lane], list[str]]:
-    """The check's lanes and their kinds: random groups, the harmful and helpful sets, singles."""
+def check_lanes(trace: Trace, n_train: int, first: int, scores: np.ndarray, setup: dict, seed: int
+                ) -> tuple[list[Lane], list[str]]:
+    """The check's lanes and their kinds: random groups, the harmful and helpful sets, singles (also the trace-lr
+    probe's check, `tracelr`)."""
     seen = np.flatnonzero(trace.step_of_instance(n_train, first) >= 0)
     if len(seen) < 4:
         raise ConfigError(f"only {len(seen)} instances lie in the checked steps: too few to check")
@@ -133,12 +135,11 @@ def _lanes(trace: Trace, n_train: int, first: int, scores: np.ndarray, setup: di
     return lanes, kinds
 
 
-def _agreement(kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: list[float],
-               result: InfluenceResult) -> dict:
+def agreement(kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: list[float], sign: int) -> dict:
+    """Predicted (summed scores) against actual changes per kind of lane; sign: the metric's harmful sign."""
     predicted = np.array([scores[lane.removed].sum() for lane in lanes])
     actual_arr = np.array(actual, dtype=np.float64)
     is_group = np.array([k != "single" for k in kinds])
-    sign = result.meta["harmful_sign"]
     # the set the estimate calls most harmful: "high" for metrics where harmful is positive, else "low"
     harmful = kinds.index("high" if sign > 0 else "low")
     out = {"groups": _pairs(predicted[is_group], actual_arr[is_group]),
