@@ -323,8 +323,9 @@ def cmd_finetune(args, root: Path) -> int:
         trace_lr = "check"
     sets = args.set + ([f"train.lr_d={rate}", f"train.lr_g={rate}"] if rate else [])
     if args.from_run:
-        if args.opt_g or args.init_d:
-            raise ConfigError("--from takes the run's weights: --init-d/--opt-g go with --init-g")
+        if args.opt_g or args.opt_d or args.init_d:
+            raise ConfigError("--from takes the run's weights and (--keep-optimizer) optimizer state: --init-d, --opt-d "
+                              "and --opt-g go with --init-g")
         cfg = from_run(root, args.from_run, args.trace_epochs, args.keep_optimizer, trace_lr,
                        sets + ([f"seed={args.seed}"] if args.seed is not None else []))
     else:
@@ -332,8 +333,9 @@ def cmd_finetune(args, root: Path) -> int:
             raise ConfigError("--init-g needs --init-d: a fine-tune starts from both players")
         if args.keep_optimizer:
             raise ConfigError("--keep-optimizer takes a store run's optimizer state: use it with --from")
-        base = prepare(apply_overrides(preset(args.preset, args.seed or 0), sets))
-        cfg = from_files(base, args.init_g, args.init_d, args.trace_epochs, args.opt_d, args.opt_g, trace_lr)
+        cfg = from_files(preset(args.preset, args.seed or 0), args.init_g, args.init_d, args.trace_epochs, args.opt_d,
+                         args.opt_g, trace_lr)
+        cfg = prepare(apply_overrides(cfg, sets))  # after the fine-tune's rate: a --set or --trace-lr rate is kept
     check_weights(cfg)  # every layer that does not fit, named, before anything runs
     return _train_and_report(cfg, root, args.json)
 

@@ -123,10 +123,13 @@ class RunContext:
         torch.manual_seed(self.cfg.seed)
         x = self.dataset.train.x
         G, D = build_gan(self.cfg.model, channels=x.shape[1] if x.dim() == 4 else 1, size=x.shape[-1])
-        load_initial_weights(self.cfg.model, G, D)  # a pretrained G/D replaces the seed's weights (model.init_g/d)
         # AdamW applies its decay in the update (optim), not as an L2 term of the loss
         loss_decay = 0.0 if self.cfg.train.decoupled_wd else self.cfg.train.weight_decay
-        return GanFunctions(G, D, loss_decay).to(self.device, self.dtype), G, D
+        gan = GanFunctions(G, D, loss_decay).to(self.device, self.dtype)
+        # a pretrained G/D replaces the seed's weights (model.init_g/d), read in the training dtype: a float64 run's
+        # weights continue bit for bit (not through float32)
+        load_initial_weights(self.cfg.model, G, D)
+        return gan, G, D
 
     @cached_property
     def start_counts(self) -> tuple[int, int]:

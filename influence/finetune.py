@@ -6,7 +6,7 @@ A fine-tune is a run like any other (`train.train`), configured here from
   state, written once as torch.optim state dicts under <store>/_init/<run id>/ (model.init_opt_d / init_opt_g);
 - or files (`from_files`): G and D state dicts of a preset's architecture (and optimizer states, if given).
 Every epoch is traced (train.epochs = train.trace_epochs = K) at the rate train.trace_lr decides: auto by
-default (the probe, `tracelr`, from the configured training rate down). The optimizer state starts fresh
+default (the probe, `tracelr`, from the rate the recipe ends at down). The optimizer state starts fresh
 unless supplied; the run's summary says which (`pretrained.start_record`). The files' sha256 and own images'
 fingerprint enter the run id. `weights_report` compares the files with the configured architecture, every
 layer named, before anything runs.
@@ -35,15 +35,17 @@ INIT_DIR = "_init"  # <store>/_init/<run id>/optimizer_{d,g}.pt: a store run's f
 
 
 def finetune_config(base: RunConfig, trace_epochs: int, trace_lr: str = "auto") -> RunConfig:
-    """`base` (its init files set) as a fine-tune: `trace_epochs` epochs, all traced, at the configured training
-    rate (no schedule) unless train.trace_lr=auto replaces it by the probe's."""
+    """`base` (its init files set) as a fine-tune: `trace_epochs` epochs, all traced, at the rate base's recipe
+    ends at (its schedule's last rate: training continues where it stopped), which train.trace_lr=auto replaces by
+    the probe's pick from that rate down."""
     if trace_epochs < 1:
         raise ConfigError("--trace-epochs must be at least 1")
     if base.model.init_g is None or base.model.init_d is None:
         raise ConfigError("a fine-tune starts from trained weights: give both G and D (--init-g and --init-d), or "
                           "--from a run of the store")
+    lr_d, lr_g = base.lr_at_epoch(base.train.epochs)
     train = dataclasses.replace(base.train, epochs=trace_epochs, trace_epochs=trace_epochs, trace_steps=None,
-                                lr_schedule=(), trace_lr=trace_lr)
+                                lr_d=lr_d, lr_g=lr_g, lr_schedule=(), trace_lr=trace_lr)
     name = base.preset if base.preset.endswith(SUFFIX) else base.preset[: 40 - len(SUFFIX)] + SUFFIX
     out = with_init_checksums(dataclasses.replace(base, train=train, preset=name))
     validate(out)
