@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-g", metavar="FILE", help="start G from this state dict (.pt, loaded weights_only, or "
                    ".safetensors) of the configured architecture; the run fine-tunes it (= --set model.init_g=FILE)")
     t.add_argument("--init-d", metavar="FILE", help="start D from this state dict (as --init-g)")
+    t.add_argument("--trace-lr", choices=("schedule", "auto", "check"), default=None,
+                   help="the traced epochs' learning rate (= --set train.trace_lr): schedule (the preset's, no probe), "
+                        "auto (probe a ladder of rates before the traced epochs and take the largest whose growth "
+                        "stays reliable) or check (the schedule's, with the probe beside it: a warning when it is far "
+                        "above the probe's pick)")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
     f = sub.add_parser("finetune", help="fine-tune a trained GAN and trace it: a run of this store (--from) or G and D "
@@ -245,7 +250,8 @@ def cmd_train(args, root: Path) -> int:
     from .data import describe, prepare, survey
 
     init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
-    raw = apply_overrides(preset(args.preset, args.seed), args.set + init)
+    rate = [f"train.trace_lr={args.trace_lr}"] if args.trace_lr else []
+    raw = apply_overrides(preset(args.preset, args.seed), args.set + init + rate)
     own = raw.data.source == "folder" and raw.data.root
     found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if own else None
     cfg = prepare(raw, found)  # own images: fingerprint, name, and every auto read from the images
@@ -411,6 +417,7 @@ def cmd_estimate(args, root: Path) -> int:
     report = metric_report(run, ctx)
     steps = run.read_json("summary.json")["steps"]
     check = stored_check(run, name)
+    probe = run.read_json("summary.json").get("trace_lr") or {}  # the trace-lr probe, where training ran one
     out = {}
     for m, r in results.items():
         top = harmful_order(r)[: args.top]
@@ -419,6 +426,7 @@ def cmd_estimate(args, root: Path) -> int:
                   "metric_verdict": report["verdicts"][m],
                   "growth": r.meta["growth"], "seconds": r.meta["seconds"], "traced_steps": r.meta["traced_steps"],
                   "notes": _result_notes(r.meta), "conditions": r.meta.get("conditions"),
+                  "trace_lr_warning": probe.get("warning"),
                   "result": name, "result_in_use": in_use, "trust": verdict(r, check),
                   "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
                                     "influence": float(r.scores[i])} for i in top],
@@ -436,6 +444,8 @@ def cmd_estimate(args, root: Path) -> int:
         print(f"  metric: {mv['verdict']}" + (f" - {'; '.join(mv['reasons'])}" if mv["reasons"] else ""))
         for note in o["notes"]:
             print(f"  note: {note}")
+        if o["trace_lr_warning"]:
+            print(f"  warning: {o['trace_lr_warning']}")
         print(f"  {o['traced_steps']} traced steps in {o['seconds']:.1f} s; most harmful: " +
               ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']:+.3g})"
                         for t in o["most_harmful"]))

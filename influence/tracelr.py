@@ -81,8 +81,10 @@ def extrapolate(total: np.ndarray, traced_steps: int) -> tuple[float, float, flo
     tail = np.arange(steps // 2, steps + 1)
     slope = float(np.polyfit(tail, np.log(np.maximum(ratio[tail], 1e-300)), 1)[0])
     rate = math.exp(max(slope, 0.0))
-    with np.errstate(over="ignore"):
-        far = float(ratio[-1]) * rate ** max(traced_steps - steps, 0)
+    # in logs: a steady rate over a long trace overflows a float (that rung is simply unreliable)
+    more = max(traced_steps - steps, 0)
+    log_far = math.log(max(float(ratio[-1]), 1e-300)) + more * math.log(rate)
+    far = float(ratio[-1]) if more == 0 else math.exp(log_far) if log_far < 700 else math.inf
     return growth, rate, max(growth, far)
 
 
@@ -190,7 +192,8 @@ def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, 
     passed = walk_segment(pass_ctx, seg, metrics, walk_report)
     row.update(walked=passed["walked"], stopped_early=passed["stopped_early"], diverged=passed["diverged"])
     if passed["diverged"] is None:
-        growth, rate, far = max((extrapolate(total, traced_steps) for total in passed["norms"]), key=lambda r: r[2])
+        # each column the worst of the objectives (as an estimate's verdict takes the worst of its metrics)
+        growth, rate, far = np.max([extrapolate(total, traced_steps) for total in passed["norms"]], axis=0).tolist()
         row.update(growth=growth, rate=rate, extrapolated=far, verdict=verdict_for(far)[0])
     row["seconds"] = time.perf_counter() - started
     return row, seg, passed

@@ -7,13 +7,14 @@ written out here."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from influence import store
+from influence import store, tracelr
 from influence.cli import main
 from influence.config import apply_overrides
 from influence.context import RunContext, load_run_config
@@ -137,3 +138,20 @@ def test_weights_of_another_architecture_are_refused_naming_the_layers(source, t
     assert tree(root) == before  # nothing written
     with pytest.raises(ConfigError, match="starts from trained weights"):
         from_files(tiny_config(), str(g), None, 1)
+
+
+def test_the_cli_fine_tunes_a_store_run_at_the_probed_rate(source, capsys, monkeypatch):
+    monkeypatch.setattr(tracelr, "RUNGS", 2)  # a short ladder: the test is about the workflow
+    root = store.store_root(source.dir.parent)
+    argv = ["--store", str(root), "finetune", "--from", source.run_id, "--json", "--set", "train.trace_lr_probe_steps=2"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = store.open_run(root, out["run_id"])
+    cfg = load_run_config(run)
+    assert out["run_id"].startswith("tiny-ft-s0-") and cfg.train.trace_lr == "auto" and cfg.model.init_from_run
+    assert out["start"]["optimizer_state"] == "fresh" and "optimizer state fresh" in out["start"]["sentence"]
+    probe = out["trace_lr"]
+    assert probe == run.read_json("summary.json")["trace_lr"] and probe["probe_steps"] == 2
+    assert probe["rungs"][0]["lr_d"] == LR and probe["traced_steps"] == 10 == len(Trace.load(run).lrs)
+    assert np.all(Trace.load(run).lrs == probe["chosen"][0])  # the traced epoch ran at the probe's pick
+    assert probe["cost"]["ratio"] > 0 and "the probe took" in probe["cost"]["sentence"]
