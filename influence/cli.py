@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     f.add_argument("--trace-epochs", type=int, default=1, metavar="K", help="epochs to fine-tune, all traced")
     f.add_argument("--trace-lr", default="auto", metavar="auto|LR",
-                   help="auto: probe a ladder of rates from the training rate down and take the largest whose growth "
-                        "stays reliable; a number: both players at this rate (kept; the probe runs beside it and "
-                        "warns when it is far above its pick); schedule: the configured rate, no probe")
+                   help="auto: probe a ladder of rates from the rate the recipe ends at down and take the largest "
+                        "whose growth stays reliable; a number: both players at this rate (kept; the probe runs "
+                        "beside it and warns when it is far above its pick); schedule: the recipe's rate, no probe")
     opt = f.add_mutually_exclusive_group()
     opt.add_argument("--keep-optimizer", action="store_true", help="with --from: start from the run's final optimizer "
                      "state (Adam's moments and update count) instead of a fresh one")
@@ -314,35 +314,21 @@ def _print_probe(probe: dict | None) -> None:
 
 
 def cmd_finetune(args, root: Path) -> int:
-    from .config import apply_overrides, preset
-    from .data import prepare
-    from .finetune import check_weights, from_files, from_run
+    from .config import preset
+    from .finetune import configure
 
-    trace_lr, rate = args.trace_lr, None
-    if trace_lr not in ("auto", "schedule", "check"):
-        try:
-            rate = float(trace_lr)
-        except ValueError:
-            raise ConfigError(f"--trace-lr expects auto, schedule or a learning rate, got '{trace_lr}'") from None
-        if not rate > 0:
-            raise ConfigError("--trace-lr must be positive")
-        trace_lr = "check"
-    sets = args.set + ([f"train.lr_d={rate}", f"train.lr_g={rate}"] if rate else [])
-    if args.from_run:
-        if args.opt_g or args.opt_d or args.init_d:
-            raise ConfigError("--from takes the run's weights and (--keep-optimizer) optimizer state: --init-d, --opt-d "
-                              "and --opt-g go with --init-g")
-        cfg = from_run(root, args.from_run, args.trace_epochs, args.keep_optimizer, trace_lr,
-                       sets + ([f"seed={args.seed}"] if args.seed is not None else []))
-    else:
-        if not args.init_d:
-            raise ConfigError("--init-g needs --init-d: a fine-tune starts from both players")
-        if args.keep_optimizer:
-            raise ConfigError("--keep-optimizer takes a store run's optimizer state: use it with --from")
-        cfg = from_files(preset(args.preset, args.seed or 0), args.init_g, args.init_d, args.trace_epochs, args.opt_d,
-                         args.opt_g, trace_lr)
-        cfg = prepare(apply_overrides(cfg, sets))  # after the fine-tune's rate: a --set or --trace-lr rate is kept
-    check_weights(cfg)  # every layer that does not fit, named, before anything runs
+    if args.from_run and (args.opt_g or args.opt_d or args.init_d):
+        raise ConfigError("--from takes the run's weights and (--keep-optimizer) optimizer state: --init-d, --opt-d "
+                          "and --opt-g go with --init-g")
+    if args.init_g and not args.init_d:
+        raise ConfigError("--init-g needs --init-d: a fine-tune starts from both players")
+    if args.init_g and args.keep_optimizer:
+        raise ConfigError("--keep-optimizer takes a store run's optimizer state: use it with --from")
+    sets = args.set + ([f"seed={args.seed}"] if args.from_run and args.seed is not None else [])
+    base = None if args.from_run else preset(args.preset, args.seed or 0)
+    cfg = configure(root, args.trace_epochs, args.trace_lr, from_run_id=args.from_run, base=base,
+                    init_g=args.init_g, init_d=args.init_d, keep_optimizer=args.keep_optimizer, opt_d=args.opt_d,
+                    opt_g=args.opt_g, overrides=sets)
     return _train_and_report(cfg, root, args.json)
 
 

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from . import store
-from .config import RunConfig, apply_overrides, validate, with_init_checksums
+from .config import TRACE_LRS, RunConfig, apply_overrides, validate, with_init_checksums
 from .context import load_run_config
+from .data import prepare
 from .errors import ConfigError
 from .gan import ParamLayout
 from .models import build_gan
@@ -32,6 +33,39 @@ from .train import Trace
 
 SUFFIX = "-ft"  # a fine-tune's preset name: the source's, marked
 INIT_DIR = "_init"  # <store>/_init/<run id>/optimizer_{d,g}.pt: a store run's final optimizer state as files
+
+
+def parse_trace_lr(text: str) -> tuple[str, float | None]:
+    """(train.trace_lr, the user's rate or None) from auto, schedule, check or a learning rate (kept: check)."""
+    if text in TRACE_LRS:
+        return text, None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ConfigError(f"the traced learning rate must be auto, schedule, check or a number, got '{text}'") from None
+    if not rate > 0 or rate == float("inf"):
+        raise ConfigError(f"the traced learning rate must be positive, got {text}")
+    return "check", rate
+
+
+def configure(root: Path, trace_epochs: int = 1, trace_lr: str = "auto", *, from_run_id: str | None = None,
+              base: RunConfig | None = None, init_g: str | None = None, init_d: str | None = None,
+              keep_optimizer: bool = False, opt_d: str | None = None, opt_g: str | None = None,
+              overrides: list[str] = ()) -> RunConfig:
+    """The fine-tune the CLI and the Train page start: of store run `from_run_id`, or of the G and D files with
+    `base`'s architecture and recipe; `overrides` as --set (after the fine-tune's rate, so a rate set is kept);
+    trace_lr as `parse_trace_lr`. Its weights are checked against the architecture (every bad layer named)."""
+    mode, rate = parse_trace_lr(trace_lr)
+    sets = list(overrides) + ([f"train.lr_d={rate}", f"train.lr_g={rate}"] if rate else [])
+    if from_run_id is not None:
+        cfg = from_run(root, from_run_id, trace_epochs, keep_optimizer, mode, sets)
+    else:
+        if base is None or init_g is None or init_d is None:
+            raise ConfigError("a fine-tune starts from trained weights: give both G and D files (or a run of the "
+                              "store)")
+        cfg = prepare(apply_overrides(from_files(base, init_g, init_d, trace_epochs, opt_d, opt_g, mode), sets))
+    check_weights(cfg)
+    return cfg
 
 
 def finetune_config(base: RunConfig, trace_epochs: int, trace_lr: str = "auto") -> RunConfig:

@@ -168,10 +168,14 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
                   f"smallest reaches {growth:.3g}): the estimate will be doubtful or unreliable; trace fewer steps")
     warning = None
     user = base if mode == "check" else None
-    if mode == "check" and base[0] >= WARN_FACTOR * chosen[0]:
+    if mode == "check" and reliable and base[0] >= WARN_FACTOR * chosen[0]:
         warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is {base[0] / chosen[0]:.3g}x the largest the probe "
                    f"found reliable ({chosen[0]:.3g}): |u| extrapolates to {rungs[0]['extrapolated']:.3g}x over the "
                    "trace, so the estimate will not be reliable; train.trace_lr=auto would use the probe's rate")
+    elif mode == "check" and not reliable:
+        warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is not reliable (|u| extrapolates to "
+                   f"{rungs[0]['extrapolated']:.3g}x over the trace), and no rate the probe tried down to "
+                   f"{chosen[0]:.3g} is: trace fewer steps")
     check = _spot_check(ctx, *checked, metrics, cfg.seed) if checked is not None else None
     return Probe(mode, metrics, steps, traced_steps, GROWTH_DOUBTFUL, rungs, chosen, reliable, reason, warning, check,
                  time.perf_counter() - started, user)
