@@ -1,4 +1,4 @@
-"""The folder32 preset's architecture, chosen by measurement on the synthetic shapes set (issue 24).
+"""The folder32 preset's architecture, to be chosen by measurement on the synthetic shapes set (issue 24; not run yet).
 
     .venv/bin/python bench/folder32.py --work DIR search [--budget-cpu-s 240] [--candidates NAME ...]
     .venv/bin/python bench/folder32.py --work DIR full --epochs E [--candidate NAME] [--seed S]
@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from own_images import shapes_folder  # noqa: E402
 
-CANDIDATES = {
-    "dcgan-w64": ["model.arch=dcgan", "model.width=64"],
-    "radford-w16": ["model.arch=dcgan-radford", "model.width=16"],
-    "radford-w32": ["model.arch=dcgan-radford", "model.width=32"],
+CANDIDATES = {  # on top of the preset (Radford width 16, GELU): each says its units
+    "dcgan-w64": ["model.arch=dcgan", "model.width=64", "model.activation=default"],
+    "radford-w16": ["model.arch=dcgan-radford", "model.width=16", "model.activation=default"],
+    "radford-w32": ["model.arch=dcgan-radford", "model.width=32", "model.activation=default"],
     "radford-w16-gelu": ["model.arch=dcgan-radford", "model.width=16", "model.activation=gelu"],
 }
 

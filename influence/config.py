@@ -399,12 +399,14 @@ PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(epochs=10, lr_d=0.0004, lr_g=0.0004, lr_schedule=((10, 0.00004, 0.00004),), optimizer="adam",
                           betas=(0.5, 0.999), scheme="alternating", dtype="float64"),
     ),
-    # 32x32 folders of your own images (RGB or grey): a GAN worth curating, to pretrain and then fine-tune and trace
-    # (gan-influence finetune). Architecture chosen by measurement on the synthetic shapes set (README, "folder32").
+    # 32x32 folders of your own images (RGB or grey): a GAN to pretrain and then fine-tune and trace (gan-influence
+    # finetune). Radford's DCGAN-32 layout (LayerNorm, never BatchNorm) at width 16 with GELU units (smooth, as
+    # mnist-adam's: the estimate is first-order); provisional: bench/folder32.py's search of width and units on the
+    # synthetic shapes set has not been run yet (issue 24).
     "folder32": _preset(
         "folder32",
         data=DataConfig(source="folder", image_size=32, color=AUTO, n_valid=AUTO, n_test=AUTO),
-        model=ModelConfig(arch="dcgan-radford", width=16, z_dim=100),
+        model=ModelConfig(arch="dcgan-radford", width=16, z_dim=100, activation="gelu"),
         train=TrainConfig(epochs=60, batch_size=64, lr_d=0.0002, lr_g=0.0002, optimizer="adam", betas=(0.5, 0.999),
                           scheme="alternating"),
         eval=EvalConfig(feature=AUTO),

@@ -110,7 +110,9 @@ def from_run(root: Path, run_id: str, trace_epochs: int, keep_optimizer: bool = 
         opt_d, opt_g = (str(p) for p in export_optimizer_state(run, cfg))
     model = dataclasses.replace(cfg.model, init_g=g, init_d=d, init_opt_d=opt_d, init_opt_g=opt_g,
                                 init_from_run=run_id)
-    out = finetune_config(dataclasses.replace(cfg, model=model), trace_epochs, trace_lr)
+    last = run.read_json("history.json")[-1]  # the rate its last epoch ran at (a probe's pick, where one chose it)
+    train = dataclasses.replace(cfg.train, lr_d=float(last["lr_d"]), lr_g=float(last["lr_g"]), lr_schedule=())
+    out = finetune_config(dataclasses.replace(cfg, model=model, train=train), trace_epochs, trace_lr)
     return apply_overrides(out, list(overrides)) if overrides else out
 
 

@@ -41,8 +41,8 @@ PRESET_NOTES = {
     "mnist-adam": "10k MNIST images, a DCGAN trained as GANs are today (Adam, alternating D/G steps), smooth "
                   "units in float64: better digits than quick in about 4 minutes, estimates that match leave-one-out",
     "dcgan32": "Radford's DCGAN at 32 px with Adam and a checkpointed trace: sized for a GPU (seconds per step on a CPU)",
-    "folder32": "a DCGAN for 32x32 folders of your images (RGB or grey), Adam: clear samples of the synthetic shapes "
-                "set in about 20 minutes on 2 cores; pretrain it, then fine-tune and trace it",
+    "folder32": "Radford's DCGAN at 32 px (width 16, LayerNorm, GELU) with Adam for 32x32 folders of your images "
+                "(RGB or grey): pretrain it, then start from it as a trained GAN to fine-tune and trace it",
 }
 # Fields with a fixed set of values get a select box; the tuples come from the engine's config module
 # (getattr: a name the engine does not define yet simply gives a text field).
