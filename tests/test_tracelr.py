@@ -97,3 +97,12 @@ def test_a_users_rate_is_kept_and_warned_about_when_far_above_the_probes(tmp_pat
     # the schedule's rate (the default of a train run): no probe, nothing to warn about
     plain = train(_toy(trace_lr="schedule"), tmp_path)
     assert "trace_lr" not in plain.read_json("summary.json") and not plain.exists(TRACE_LR_RECORD)
+
+
+def test_a_users_rate_with_nothing_reliable_below_it_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracelr, "RUNGS", 1)  # the ladder is the user's rate alone, which the toy at 1.0 fails
+    run = train(_toy(trace_lr="check"), tmp_path)
+    probe = run.read_json("summary.json")["trace_lr"]
+    assert not probe["reliable"] and probe["chosen"] == probe["user_lr"] == [1.0, 1.0]
+    assert probe["warning"].startswith("the traced epochs' rate lr_D 1 is not reliable (|u| extrapolates to ")
+    assert "no rate the probe tried down to 1 is" in probe["warning"]

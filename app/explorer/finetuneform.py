@@ -48,8 +48,9 @@ def check_lines(cfg: RunConfig, shown: dict[str, str] | None = None) -> tuple[bo
     if bad:
         return False, [f"{r['player']} layer '{r['layer']}': {r['problem']}" if r["layer"] else
                        f"{r['player']}: {r['problem']}" for r in bad]
-    return True, [f"{r['player']} '{shown.get(r['file'], Path(r['file']).name)}' fits the configured {cfg.model.arch} (width "
-                  f"{cfg.model.width}, z_dim {cfg.model.z_dim})" for r in rows]
+    arch = f"{cfg.model.arch} (width {cfg.model.width}, z_dim {cfg.model.z_dim})"
+    return True, [f"{r['player']} '{shown.get(r['file'], Path(r['file']).name)}' fits the configured {arch}"
+                  for r in rows]
 
 
 def probe_frame(probe: dict) -> pd.DataFrame:
