@@ -166,6 +166,11 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     else:
         reason = (f"no rate down to {chosen[0]:.3g} keeps the extrapolated growth under {GROWTH_DOUBTFUL:g} (the "
                   f"smallest reaches {growth:.3g}): the estimate will be doubtful or unreliable; trace fewer steps")
+        m = cfg.model
+        if cfg.train.optimizer == "adam" and m.init_g is not None and m.init_opt_d is None and m.init_opt_g is None:
+            # measured on a tiny fine-tune (docs/finetune.md): fresh moments amplified |u| at every rate, kept ones not
+            reason += ("; the optimizer state started fresh, and Adam's first steps from zero moments amplify |u| "
+                       "at any rate: supply the trained optimizer state (finetune --keep-optimizer, --opt-d/--opt-g)")
     warning = None
     user = base if mode == "check" else None
     if mode == "check" and reliable and base[0] >= WARN_FACTOR * chosen[0]:
