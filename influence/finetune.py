@@ -6,7 +6,8 @@ A fine-tune is a run like any other (`train.train`), configured here from
   state, written once as torch.optim state dicts under <store>/_init/<run id>/ (model.init_opt_d / init_opt_g);
 - or files (`from_files`): G and D state dicts of a preset's architecture (and optimizer states, if given).
 Every epoch is traced (train.epochs = train.trace_epochs = K) at the rate train.trace_lr decides: auto by
-default (the probe, `tracelr`, from the rate the recipe ends at down). The optimizer state starts fresh
+default (the probe, `tracelr`, from the rate training stopped at down: a store run's last epoch's rate, or the
+rate a preset's recipe ends at for files). The optimizer state starts fresh
 unless supplied; the run's summary says which (`pretrained.start_record`). The files' sha256 and own images'
 fingerprint enter the run id. `weights_report` compares the files with the configured architecture, every
 layer named, before anything runs.
