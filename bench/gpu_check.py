@@ -10,7 +10,10 @@ all of it traced):
    leave-one-out replay twice;
 3. estimates influence on D-loss on CUDA and on the CPU from the same trace, and prints
    their relative L2 difference (float64 backward pass on both: only reduction order differs);
-4. prints seconds per training step, per backward step and per leave-one-out replay step.
+4. prints seconds per training step, per backward step and per leave-one-out replay step;
+5. fine-tunes and traces the check run (`finetune`: its final weights, its optimizer state kept where it has
+   one, train.trace_lr=auto with 2-step probe segments) twice in two stores, and checks the probe's table and
+   the fine-tuned trace bit for bit; prints the pick and the probe's cost against the traced epoch.
 Prints one JSON line per preset; exits 1 if any bit-for-bit check fails. Needs CUDA.
 """
 
@@ -69,7 +72,32 @@ def check(name: str, root, steps: int) -> dict:
         "leave_one_out_bit_exact": bool(np.array_equal(*loo)),
         "cpu_vs_cuda_rel_l2": float(np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu)),
         "s_per_train_step": train_s, "s_per_backward_step": backward_s, "s_per_replay_step": replay_s,
+        **finetune_check(a, root / "finetune"),
     }
+
+
+def finetune_check(run: store.Run, root) -> dict:
+    """The fine-tune workflow on the device: the run fine-tuned and traced twice, in two stores."""
+    import shutil
+
+    from influence.finetune import configure
+
+    keep = load_run_config(run).train.optimizer != "sgd"
+    runs = []
+    for side in ("a", "b"):
+        dest = store.store_root(root / side)
+        shutil.copytree(run.dir, dest / run.run_id, ignore=shutil.ignore_patterns("influence"))
+        cfg = configure(dest, 1, "auto", from_run_id=run.run_id, keep_optimizer=keep,
+                        overrides=["train.trace_lr_probe_steps=2"])
+        runs.append(train(cfg, dest))
+    probes = [r.read_json("summary.json")["trace_lr"] for r in runs]
+    same_probe = [[r["growth"], r["extrapolated"]] for r in probes[0]["rungs"]] == \
+        [[r["growth"], r["extrapolated"]] for r in probes[1]["rungs"]]
+    return {"finetune_bit_exact": all(np.array_equal(runs[0].read_npy(f), runs[1].read_npy(f))
+                                      for f in ("trace/states.npy", "trace/final_state.npy")),
+            "finetune_probe_same": same_probe, "finetune_optimizer_state": "kept" if keep else "fresh",
+            "finetune_lr": probes[0]["chosen"], "finetune_reliable": probes[0]["reliable"],
+            "finetune_probe_rungs": len(probes[0]["rungs"]), "finetune_probe_cost": probes[0]["cost"]}
 
 
 def _cpu_estimate(run: store.Run, root) -> np.ndarray:
@@ -104,7 +132,8 @@ def main() -> int:
         base = store.store_root(args.store or tmp)
         for name in args.presets:
             row = check(name, base / name, args.steps)
-            ok &= row["train_bit_exact"] and row["replay_bit_exact"] and row["leave_one_out_bit_exact"]
+            ok &= row["train_bit_exact"] and row["replay_bit_exact"] and row["leave_one_out_bit_exact"] \
+                and row["finetune_bit_exact"] and row["finetune_probe_same"]
             print(json.dumps(row), flush=True)
     return 0 if ok else 1
 

@@ -28,7 +28,7 @@ from .execution import Executor, Tasks, TaskEnv, open_executor, worker_cached
 from .execution.payload import RunPayload, run_payload, trace_segment
 from .honesty import scope_text
 from .progress import CancelToken, ProgressFn
-from .train import Trace, image_grid_png, train_without
+from .train import Trace, chosen_traced_lr, image_grid_png, train_without
 
 MODES = ("replay", "scratch")
 
@@ -234,7 +234,8 @@ def retrained(ctx: RunContext, trace: Trace, ids: np.ndarray, progress: Progress
               cancel: CancelToken | None = None):
     """(theta_D, theta_G, test metrics before, after) of the run retrained from scratch without `ids`; "before" is
     the trained run (a retraining is no replay: there is no lane 0 to compare with)."""
-    theta_d, theta_g = train_without(ctx, ids, progress=progress, cancel=cancel)
+    # a run whose probe chose its traced rate (train.trace_lr=auto) is retrained at that rate, as it was trained
+    theta_d, theta_g = train_without(ctx, ids, progress, cancel, chosen_traced_lr(ctx.cfg, trace))
     before_d, before_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
     test = ctx.evaluator("test")
     return theta_d, theta_g, test.evaluate(before_d, before_g), test.evaluate(theta_d, theta_g)

@@ -1,4 +1,4 @@
-"""Command line: gan-influence train | runs | estimate | explain | cleanse | export | validate | sweep.
+"""Command line: gan-influence train | finetune | runs | estimate | explain | cleanse | export | validate | sweep.
 
 Bad input prints one line starting with 'error:' and exits with status 2; nothing is written.
 """
@@ -62,7 +62,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-g", metavar="FILE", help="start G from this state dict (.pt, loaded weights_only, or "
                    ".safetensors) of the configured architecture; the run fine-tunes it (= --set model.init_g=FILE)")
     t.add_argument("--init-d", metavar="FILE", help="start D from this state dict (as --init-g)")
+    t.add_argument("--trace-lr", choices=("schedule", "auto", "check"), default=None,
+                   help="the traced epochs' learning rate (= --set train.trace_lr): schedule (the preset's, no probe), "
+                        "auto (probe a ladder of rates before the traced epochs and take the largest whose growth "
+                        "stays reliable) or check (the schedule's, with the probe beside it: a warning when it is far "
+                        "above the probe's pick)")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+
+    f = sub.add_parser("finetune", help="fine-tune a trained GAN and trace it: a run of this store (--from) or G and D "
+                       "files (--init-g/--init-d of a preset's architecture); its epochs are all traced, by default "
+                       "at the learning rate the probe finds reliable (train.trace_lr=auto)",
+                       epilog="config keys for --set:\n" + keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+    start = f.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from", dest="from_run", metavar="RUN", help="a finished run of this store: its config, final "
+                       "weights and (--keep-optimizer) final optimizer state")
+    start.add_argument("--init-g", metavar="FILE", help="G state dict (.pt, loaded weights_only, or .safetensors) of the "
+                       "preset's architecture (with --init-d)")
+    f.add_argument("--init-d", metavar="FILE", help="D state dict (as --init-g)")
+    f.add_argument("--preset", default=DEFAULT_PRESET, help=f"with --init-g/--init-d: the architecture and training "
+                   f"recipe, one of {', '.join(PRESETS)}")
+    f.add_argument("--seed", type=int, default=None, help="default: the run's (--from) or 0")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    f.add_argument("--trace-epochs", type=int, default=1, metavar="K", help="epochs to fine-tune, all traced")
+    f.add_argument("--trace-lr", default="auto", metavar="auto|LR",
+                   help="auto: probe a ladder of rates from the rate the recipe ends at down and take the largest "
+                        "whose growth stays reliable; a number: both players at this rate (kept; the probe runs "
+                        "beside it and warns when it is far above its pick); schedule: the recipe's rate, no probe")
+    opt = f.add_mutually_exclusive_group()
+    opt.add_argument("--keep-optimizer", action="store_true", help="with --from: start from the run's final optimizer "
+                     "state (Adam's moments and update count) instead of a fresh one")
+    opt.add_argument("--opt-d", metavar="FILE", help="D's optimizer state: a torch.optim state dict (optimizer."
+                     "state_dict(), parameters in D.parameters() order); default: fresh")
+    f.add_argument("--opt-g", metavar="FILE", help="G's optimizer state (as --opt-d)")
+    f.add_argument("--json", action="store_true", help="print a JSON summary at the end (with the probe's table)")
 
     r = sub.add_parser("runs", help="list cached runs")
     r.add_argument("--json", action="store_true")
@@ -248,28 +280,86 @@ def cmd_train(args, root: Path) -> int:
     from .data import describe, prepare, survey
 
     init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
-    raw = apply_overrides(preset(args.preset, args.seed), args.set + init)
+    rate = [f"train.trace_lr={args.trace_lr}"] if args.trace_lr else []
+    raw = apply_overrides(preset(args.preset, args.seed), args.set + init + rate)
     own = raw.data.source == "folder" and raw.data.root
     found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if own else None
     cfg = prepare(raw, found)  # own images: fingerprint, name, and every auto read from the images
     if found is not None:
         print(f"your images: {describe(cfg, found)}", file=sys.stderr)
+    return _train_and_report(cfg, root, args.json)
+
+
+def _train_and_report(cfg, root: Path, as_json: bool) -> int:
+    """The train job of cfg (here, or followed), then what it made: the numbers, the start, the traced rate."""
     from .context import RunContext
 
     RunContext.create(cfg, root)  # checks that need the data (batch vs data set size) before the job writes anything
     started = time.perf_counter()
-    result = _run(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, args.json)
+    result = _run(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, as_json)
     out = {"run_id": result["run_id"], "device": result["device"], "steps": result["steps"],
            "seconds": result["seconds"], "wall_seconds": time.perf_counter() - started, "test": result["test"],
-           "metric_report": result.get("metric_report"), "source": _source_record(root, result["run_id"])}
-    if args.json:
+           "metric_report": result.get("metric_report"), "source": _source_record(root, result["run_id"]),
+           "start": result.get("start"), "trace_storage": result.get("trace_storage"),
+           "trace_lr": result.get("trace_lr")}
+    if as_json:
         print(json.dumps(out))
     else:
         metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.4f}" for k, v in result["test"].items())
         print(f"run {out['run_id']}: {out['steps']} steps on {out['device']} in {result['seconds']:.1f} s; test {metrics}")
+        if out["start"]:
+            print(f"  start: {out['start']['sentence']}")
+        if out["trace_storage"]:
+            print(f"  trace: {out['trace_storage']['trace_mode']} ({out['trace_storage']['trace_mode_reason']})")
+        _print_probe(out["trace_lr"])
         _print_report(out["metric_report"])
         _print_source(out["source"], root / out["run_id"])
     return 0
+
+
+def _print_probe(probe: dict | None) -> None:
+    """The trace-lr probe's table and verdict, as the app shows it."""
+    if not probe:
+        return
+    lr = probe["user_lr"] if probe["mode"] == "check" else probe["chosen"]
+    what = "kept (trace_lr=check)" if probe["mode"] == "check" else "chosen by the probe (trace_lr=auto)"
+    print(f"  traced learning rate: lr_D {lr[0]:.3g}, lr_G {lr[1]:.3g}, {what}: {probe['reason']}")
+    print(f"    {probe['cost']['sentence']}")
+    print(f"    {'lr_D':>9} {'lr_G':>9}  growth over {probe['probe_steps']} steps  per step  "
+          f"extrapolated to {probe['traced_steps']}  verdict")
+    for r in probe["rungs"]:
+        note = f" ({r['diverged']})" if r["diverged"] else (" (stopped: grew past the threshold)" if r["stopped_early"]
+                                                            else "")
+        print(f"    {r['lr_d']:>9.3g} {r['lr_g']:>9.3g}  {r['growth']:>22.3g}  {r['rate']:>8.4g}  "
+              f"{r['extrapolated']:>{16 + len(str(probe['traced_steps']))}.3g}  {r['verdict']}{note}")
+    check = probe.get("spot_check")
+    if check and "per_metric" in check:
+        for m, c in check["per_metric"].items():
+            print(f"    spot check at the chosen rate, {METRIC_LABELS[m]}: groups {c['groups']} (predicted vs actual "
+                  f"r={c['pearson']:.2f} over {check['lanes']} replayed sets)")
+    elif check:
+        print(f"    spot check: skipped - {check['skipped']}")
+    if probe.get("warning"):
+        print(f"  warning: {probe['warning']}")
+
+
+def cmd_finetune(args, root: Path) -> int:
+    from .config import preset
+    from .finetune import configure
+
+    if args.from_run and (args.opt_g or args.opt_d or args.init_d):
+        raise ConfigError("--from takes the run's weights and (--keep-optimizer) optimizer state: --init-d, --opt-d "
+                          "and --opt-g go with --init-g")
+    if args.init_g and not args.init_d:
+        raise ConfigError("--init-g needs --init-d: a fine-tune starts from both players")
+    if args.init_g and args.keep_optimizer:
+        raise ConfigError("--keep-optimizer takes a store run's optimizer state: use it with --from")
+    sets = args.set + ([f"seed={args.seed}"] if args.from_run and args.seed is not None else [])
+    base = None if args.from_run else preset(args.preset, args.seed or 0)
+    cfg = configure(root, args.trace_epochs, args.trace_lr, from_run_id=args.from_run, base=base,
+                    init_g=args.init_g, init_d=args.init_d, keep_optimizer=args.keep_optimizer, opt_d=args.opt_d,
+                    opt_g=args.opt_g, overrides=sets)
+    return _train_and_report(cfg, root, args.json)
 
 
 def _print_report(report: dict | None) -> None:
@@ -347,6 +437,7 @@ def cmd_estimate(args, root: Path) -> int:
     report = metric_report(run, ctx)
     steps = run.read_json("summary.json")["steps"]
     check = stored_check(run, name)
+    probe = run.read_json("summary.json").get("trace_lr") or {}  # the trace-lr probe, where training ran one
     out = {}
     for m, r in results.items():
         top = harmful_order(r)[: args.top]
@@ -355,6 +446,7 @@ def cmd_estimate(args, root: Path) -> int:
                   "metric_verdict": report["verdicts"][m],
                   "growth": r.meta["growth"], "seconds": r.meta["seconds"], "traced_steps": r.meta["traced_steps"],
                   "notes": _result_notes(r.meta), "conditions": r.meta.get("conditions"),
+                  "trace_lr_warning": probe.get("warning"),
                   "result": name, "result_in_use": in_use, "trust": verdict(r, check),
                   "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
                                     "influence": float(r.scores[i])} for i in top],
@@ -372,6 +464,8 @@ def cmd_estimate(args, root: Path) -> int:
         print(f"  metric: {mv['verdict']}" + (f" - {'; '.join(mv['reasons'])}" if mv["reasons"] else ""))
         for note in o["notes"]:
             print(f"  note: {note}")
+        if o["trace_lr_warning"]:
+            print(f"  warning: {o['trace_lr_warning']}")
         print(f"  {o['traced_steps']} traced steps in {o['seconds']:.1f} s; most harmful: " +
               ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']:+.3g})"
                         for t in o["most_harmful"]))
@@ -659,8 +753,9 @@ def cmd_sweep(args, root: Path) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "runs": cmd_runs, "estimate": cmd_estimate, "explain": cmd_explain, "cleanse": cmd_cleanse,
-            "validate": cmd_validate, "sweep": cmd_sweep, "export": cmd_export}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "runs": cmd_runs, "estimate": cmd_estimate,
+            "explain": cmd_explain, "cleanse": cmd_cleanse, "validate": cmd_validate, "sweep": cmd_sweep,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

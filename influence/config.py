@@ -28,7 +28,12 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEMES = ("simultaneous", "alternating")
-TRACE_MODES = ("snapshots", "checkpoints")
+TRACE_MODES = ("auto", "snapshots", "checkpoints")
+# train.trace_lr: the traced epochs' learning rate as the schedule says (no probe), chosen by the probe
+# (influence.tracelr), or as the schedule says with the probe run beside it (its warning when the rate is too high).
+TRACE_LRS = ("schedule", "auto", "check")
+# trace_mode=auto: snapshots when the whole trace fits this many MB of disk, else checkpoints.
+TRACE_BUDGET_MB = 1024
 FEATURES = ("mnist-cnn", "inception", "autoencoder", "auto")
 LABELS = ("folders", "none")
 COLORS = ("gray", "rgb", "auto")
@@ -137,6 +142,20 @@ class ModelConfig:
     init_d_sha256: str | None = field(
         default=None, metadata={"help": "sha256 of init_d (recorded automatically)", "id_omitted_at_default": True}
     )
+    # The fine-tune's optimizer state: fresh unless given (torch.optim state dicts of each player, e.g. Adam's
+    # exp_avg / exp_avg_sq / step; `finetune` writes a store run's final state in that form).
+    init_opt_d: str | None = field(default=None, metadata={
+        "help": "start D's optimizer state from this torch.optim state dict (.pt, weights_only); default: fresh",
+        "id_omitted_at_default": True, "not_in_id": True})
+    init_opt_g: str | None = field(default=None, metadata={
+        "help": "start G's optimizer state from this torch.optim state dict (as init_opt_d)",
+        "id_omitted_at_default": True, "not_in_id": True})
+    init_from_run: str | None = field(default=None, metadata={
+        "help": "the store run whose final weights (and optimizer state, if taken) init_g / init_d are (gan-influence "
+                "finetune --from; recorded, the checksums identify the files)",
+        "id_omitted_at_default": True, "not_in_id": True})
+    init_opt_d_sha256: str | None = _added(None, "sha256 of init_opt_d (recorded automatically)")
+    init_opt_g_sha256: str | None = _added(None, "sha256 of init_opt_g (recorded automatically)")
 
 
 @dataclass(frozen=True)
@@ -170,12 +189,25 @@ class TrainConfig:
     d_steps: int = _added(1, "alternating: D steps per G step (each on its own minibatch)")
     ema_decay: float = _added(0.0, "EMA of the generator's weights, ema <- d*ema + (1-d)*theta_G after each G step "
                               "(0 = off)")
-    trace_mode: str = _added("snapshots", "snapshots (the full training state before every traced step) or "
-                             "checkpoints (every K steps; the estimator and replays recompute the steps between, "
-                             "bit for bit)")
+    # auto and snapshots give bit-identical results (so do checkpoints) and share the ids of runs from before auto
+    # existed (then snapshots was the default); an explicit checkpoints keeps the ids it always had.
+    trace_mode: str = field(default="auto", metadata={
+        "help": "auto (snapshots when the whole trace fits train.trace_budget_mb of disk, else checkpoints), "
+                "snapshots (the full training state before every traced step) or checkpoints (every K steps; the "
+                "estimator and replays recompute the steps between, bit for bit)",
+        "id_omitted_values": ("auto", "snapshots")})
     checkpoint_every: int | None = _added(None, "trace_mode=checkpoints: store the state every K traced steps "
                                           "(default: the longest segment whose states fit 4 GiB of memory, at least "
                                           "about sqrt(steps))")
+    trace_budget_mb: int = field(default=TRACE_BUDGET_MB, metadata={
+        "help": f"trace_mode=auto: the disk the trace may take before checkpoints replace snapshots (default "
+                f"{TRACE_BUDGET_MB} MB = 1 GiB; storage only, results are the same)", "not_in_id": True})
+    trace_lr: str = _added("schedule", "learning rate of the traced epochs: schedule (as lr_schedule says), auto "
+                           "(before the traced epochs, probe a ladder of rates and take the largest whose growth of "
+                           "|u|, extrapolated to the whole trace, stays reliable), or check (as the schedule says, "
+                           "with the probe beside it: a warning when the rate is far above the probe's)")
+    trace_lr_probe_steps: int | None = _added(None, "trace_lr probe: traced steps per rung (default: a tenth of the "
+                                              "traced steps, 8 to 50)")
 
 
 @dataclass(frozen=True)
@@ -213,16 +245,17 @@ class RunConfig:
         """Everything that determines the result (the preset name does not).
 
         Fields added after the first release are left out at their default, so runs
-        made before they existed keep their ids.
+        made before they existed keep their ids; a field whose values give the same result
+        (`id_omitted_values`: trace_mode auto and snapshots) is left out at those values.
         """
         d = self.to_dict()
         d.pop("preset")
         for section in (self.data, self.model, self.train, self.eval):
             part = d[_section_name(section)]
             for f in fields(section):
-                if f.metadata.get("not_in_id") or (
-                    f.metadata.get("id_omitted_at_default") and getattr(section, f.name) == f.default
-                ):
+                value = getattr(section, f.name)
+                if f.metadata.get("not_in_id") or (f.metadata.get("id_omitted_at_default") and value == f.default) \
+                        or value in f.metadata.get("id_omitted_values", ()):
                     part.pop(f.name)
         return d
 
@@ -368,6 +401,18 @@ PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(epochs=10, lr_d=0.0004, lr_g=0.0004, lr_schedule=((10, 0.00004, 0.00004),), optimizer="adam",
                           betas=(0.5, 0.999), scheme="alternating", dtype="float64"),
     ),
+    # 32x32 folders of your own images (RGB or grey): a GAN to pretrain and then fine-tune and trace (gan-influence
+    # finetune). Radford's DCGAN-32 layout (LayerNorm, never BatchNorm) at width 16 with GELU units (smooth, as
+    # mnist-adam's: the estimate is first-order); provisional: bench/folder32.py's search of width and units on the
+    # synthetic shapes set has not been run yet (issue 24).
+    "folder32": _preset(
+        "folder32",
+        data=DataConfig(source="folder", image_size=32, color=AUTO, n_valid=AUTO, n_test=AUTO),
+        model=ModelConfig(arch="dcgan-radford", width=16, z_dim=100, activation="gelu"),
+        train=TrainConfig(epochs=60, batch_size=64, lr_d=0.0002, lr_g=0.0002, optimizer="adam", betas=(0.5, 0.999),
+                          scheme="alternating"),
+        eval=EvalConfig(feature=AUTO),
+    ),
 }
 # New MNIST runs (CLI and app): Adam gives better digits than the paper's SGD (test FID 1.4-1.9 against quick's
 # 2.2-2.4; docs/benchmarks.md, issue 10), trains in about 4 minutes on 2 cores, and its estimates match leave-one-out.
@@ -421,17 +466,21 @@ def own_images_defaults(cfg: RunConfig, keep: set[str] = frozenset()) -> RunConf
     return RunConfig.from_dict(d)
 
 
+INIT_FILES = ("init_g", "init_d", "init_opt_g", "init_opt_d")
+
+
 def with_init_checksums(cfg: RunConfig) -> RunConfig:
-    """The config with the sha256 of model.init_g / init_d filled in from the files (they enter the run id)."""
+    """The config with the sha256 of model.init_g / init_d (and the optimizer states init_opt_g / init_opt_d) filled
+    in from the files (they enter the run id)."""
     changes = {}
-    for player in ("g", "d"):
-        path = getattr(cfg.model, f"init_{player}")
-        sha_field = f"init_{player}_sha256"
+    for name in INIT_FILES:
+        path = getattr(cfg.model, name)
+        sha_field = f"{name}_sha256"
         if path is None:
             if getattr(cfg.model, sha_field) is not None:
                 changes[sha_field] = None
             continue
-        changes[sha_field] = hashlib.sha256(read_init_file(path, f"model.init_{player}")).hexdigest()
+        changes[sha_field] = hashlib.sha256(read_init_file(path, f"model.{name}")).hexdigest()
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes)) if changes else cfg
 
 
@@ -538,8 +587,11 @@ def validate(cfg: RunConfig) -> None:
         (d.n_train is None or d.n_train >= 1, "data.n_train must be positive"),
         (d.color in COLORS, f"data.color must be one of {COLORS}"),
         (d.labels in LABELS, f"data.labels must be one of {LABELS}"),
-        ((m.init_g is None) == (m.init_g_sha256 is None) and (m.init_d is None) == (m.init_d_sha256 is None),
-         "model.init_g/init_d need their sha256: give the files with --init-g/--init-d (or --set, which records it)"),
+        (all((getattr(m, f) is None) == (getattr(m, f + "_sha256") is None) for f in INIT_FILES),
+         "model.init_g/init_d/init_opt_g/init_opt_d need their sha256: give the files with --init-g/--init-d (or "
+         "--set, which records it)"),
+        ((m.init_opt_d is None and m.init_opt_g is None) or t.optimizer != "sgd",
+         "model.init_opt_d/init_opt_g: plain SGD keeps no optimizer state to start from"),
         (d.image_size in (28, 32, 64, AUTO), "data.image_size must be 28, 32, 64 or auto"),
         (d.image_size == AUTO or d.image_size in ARCH_SIZES.get(m.arch, (d.image_size,)),
          f"{m.arch} generates images of {' or '.join(f'{s}x{s}' for s in ARCH_SIZES.get(m.arch, ()))} pixels "
@@ -581,6 +633,9 @@ def validate(cfg: RunConfig) -> None:
         (0 <= t.ema_decay < 1, "train.ema_decay must lie in [0, 1) (0 = off)"),
         (t.trace_mode in TRACE_MODES, f"train.trace_mode must be one of {TRACE_MODES}"),
         (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be positive"),
+        (t.trace_budget_mb >= 1, "train.trace_budget_mb must be at least 1"),
+        (t.trace_lr in TRACE_LRS, f"train.trace_lr must be one of {TRACE_LRS}, got '{t.trace_lr}'"),
+        (t.trace_lr_probe_steps is None or t.trace_lr_probe_steps >= 2, "train.trace_lr_probe_steps must be at least 2"),
         (2 <= e.n_valid_z <= 100_000 and 2 <= e.n_test_z <= 100_000, "eval.n_valid_z and eval.n_test_z must lie in 2..100000"),
         (1 <= e.n_grid <= 10_000, "eval.n_grid must lie in 1..10000"),
         (e.feature in FEATURES, f"eval.feature must be one of {FEATURES}"),

@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .gan import GanFunctions
 from .metrics import Evaluator, FeatureNet, RealStats
 from .models import build_gan
-from .pretrained import load_initial_weights
+from .pretrained import load_initial_weights, optimizer_counts
 from .stepmap import TrainingRule
 
 
@@ -123,10 +123,19 @@ class RunContext:
         torch.manual_seed(self.cfg.seed)
         x = self.dataset.train.x
         G, D = build_gan(self.cfg.model, channels=x.shape[1] if x.dim() == 4 else 1, size=x.shape[-1])
-        load_initial_weights(self.cfg.model, G, D)  # a pretrained G/D replaces the seed's weights (model.init_g/d)
         # AdamW applies its decay in the update (optim), not as an L2 term of the loss
         loss_decay = 0.0 if self.cfg.train.decoupled_wd else self.cfg.train.weight_decay
-        return GanFunctions(G, D, loss_decay).to(self.device, self.dtype), G, D
+        gan = GanFunctions(G, D, loss_decay).to(self.device, self.dtype)
+        # a pretrained G/D replaces the seed's weights (model.init_g/d), read in the training dtype: a float64 run's
+        # weights continue bit for bit (not through float32)
+        load_initial_weights(self.cfg.model, G, D)
+        return gan, G, D
+
+    @cached_property
+    def start_counts(self) -> tuple[int, int]:
+        """Updates each player had made before this run's first step: 0, or a supplied optimizer state's step count
+        (model.init_opt_d / init_opt_g: Adam's bias correction continues from it)."""
+        return optimizer_counts(self.cfg.model)
 
     @cached_property
     def rule(self) -> TrainingRule:

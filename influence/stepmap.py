@@ -14,6 +14,7 @@ A traced step is one of three kinds:
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,6 +213,42 @@ def state_vjp(
 # The backward pass holds one segment of states in memory; it recomputes every step once,
 # whatever the segment length, so the longest segment the budget allows stores the least.
 SEGMENT_BUDGET_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class TraceStorage:
+    """How a trace stores its states: the mode training used, steps between stored states, and why."""
+
+    mode: str  # "snapshots" or "checkpoints"
+    every: int
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"trace_mode": self.mode, "checkpoint_every": self.every, "trace_mode_reason": self.reason}
+
+
+def trace_storage(traced_steps: int, mode: str, every: int | None, state_bytes: int, input_bytes: int,
+                  budget_mb: int) -> TraceStorage:
+    """The trace's storage for train.trace_mode (auto: snapshots when the whole trace, a state before every traced
+    step plus the final one and the steps' inputs, fits `budget_mb`, else checkpoints). Both give the same results
+    bit for bit; checkpoints cost a recompute of each segment in the backward pass and in replays."""
+    snapshot_mb = ((traced_steps + 1) * state_bytes + traced_steps * input_bytes) / 2**20
+    size = f"snapshots of the {traced_steps} traced steps take {_mb(snapshot_mb)}"
+    if mode == "auto":
+        fits = snapshot_mb <= budget_mb
+        mode = "snapshots" if fits else "checkpoints"
+        why = f"auto: {size}, {'within' if fits else 'over'} the {budget_mb} MB budget (train.trace_budget_mb)"
+    else:
+        why = f"{mode} as configured ({size})"
+    k = checkpoint_spacing(traced_steps, mode, every, state_bytes)
+    if mode == "checkpoints":
+        stored_mb = ((math.ceil(traced_steps / k) + 1) * state_bytes + traced_steps * input_bytes) / 2**20
+        why += f"; a state every {k} steps takes {_mb(stored_mb)}"
+    return TraceStorage(mode, k, why)
+
+
+def _mb(mb: float) -> str:
+    return f"{mb / 1024:.3g} GB" if mb >= 1024 else f"{mb:.3g} MB"
 
 
 def checkpoint_spacing(traced_steps: int, mode: str, every: int | None, state_bytes: int) -> int:

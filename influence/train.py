@@ -31,12 +31,14 @@ from .config import RunConfig
 from .context import RunContext
 from .data import SOURCE_RECORD, require_prepared
 from .errors import DivergenceError, StoreError, TraceError
+from .pretrained import load_optimizer_state, start_record
 from .progress import CancelToken, ProgressFn, Reporter
-from .stepmap import (KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, TrainingRule, TrainState,
-                      checkpoint_spacing, initial_state, step)
+from .stepmap import (KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, TrainingRule, TrainState, initial_state,
+                      step, trace_storage)
 
 TRACE_FILES = ("states", "batches", "z", "lrs", "kinds", "counts")
 CHECKPOINT = "checkpoint/state.pt"
+TRACE_LR_RECORD = "trace_lr.json"  # the probe of train.trace_lr (influence.tracelr), written before the traced epochs
 log = logging.getLogger(__name__)
 
 
@@ -201,10 +203,33 @@ def traced_step_range(cfg: RunConfig, n_train: int) -> tuple[int, int]:
     return max(first, 0), total
 
 
-def _updates_before_epoch(kinds: list[int], epoch: int) -> tuple[int, int]:
+def _updates_before_epoch(ctx: RunContext, kinds: list[int], epoch: int) -> tuple[int, int]:
+    """Each player's updates before the epoch: those of the run's earlier epochs, plus those a supplied optimizer
+    state had made (its step count: Adam's bias correction continues from there)."""
     n_d = sum(k != KIND_G for k in kinds)
     n_g = sum(k != KIND_D for k in kinds)
-    return (epoch - 1) * n_d, (epoch - 1) * n_g
+    start_d, start_g = ctx.start_counts
+    return start_d + (epoch - 1) * n_d, start_g + (epoch - 1) * n_g
+
+
+def first_traced_epoch(cfg: RunConfig, n_train: int) -> int:
+    """The 1-based epoch holding the first traced step: from it on, train.trace_lr decides the rate."""
+    first, _ = traced_step_range(cfg, n_train)
+    return first // len(epoch_kinds(cfg, n_train)) + 1
+
+
+def epoch_lr(cfg: RunConfig, epoch: int, n_train: int, traced_lr: tuple[float, float] | None) -> tuple[float, float]:
+    """(lr_d, lr_g) of `epoch`: the schedule's, or in the traced epochs the probe's choice (train.trace_lr=auto)."""
+    if traced_lr is not None and epoch >= first_traced_epoch(cfg, n_train):
+        return traced_lr
+    return cfg.lr_at_epoch(epoch)
+
+
+def chosen_traced_lr(cfg: RunConfig, trace: "Trace") -> tuple[float, float] | None:
+    """The rate the probe chose for the traced epochs (train.trace_lr=auto), read from the trace; None otherwise."""
+    if cfg.train.trace_lr != "auto":
+        return None
+    return float(trace.lrs[0, 0]), float(trace.lrs[0, 1])
 
 
 class _Recorder:
@@ -228,20 +253,21 @@ class _Recorder:
 
 
 def run_epoch(ctx: RunContext, epoch: int, state: TrainState, rng: torch.Generator, keep: torch.Tensor,
-              report: Reporter, rec: _Recorder | None = None) -> tuple[TrainState, list[tuple]]:
-    """One epoch; instances with keep=False get real-loss weight 0.
+              report: Reporter, rec: _Recorder | None = None, lr: tuple[float, float] | None = None,
+              steps: int | None = None) -> tuple[TrainState, list[tuple]]:
+    """One epoch (or its first `steps` steps); instances with keep=False get real-loss weight 0.
 
     The batch order and every z depend only on `rng`, so removing instances leaves every
-    other batch as it was. Records the trace when `rec` is given.
+    other batch as it was. Records the trace when `rec` is given. lr: (lr_d, lr_g), default the schedule's.
     """
     cfg, n, batch = ctx.cfg, ctx.dataset.n_train, ctx.cfg.train.batch_size
     kinds = epoch_kinds(cfg, n)
-    lr_d, lr_g = cfg.lr_at_epoch(epoch)
-    count_d, count_g = _updates_before_epoch(kinds, epoch)
+    lr_d, lr_g = lr or cfg.lr_at_epoch(epoch)
+    count_d, count_g = _updates_before_epoch(ctx, kinds, epoch)
     order = torch.randperm(n, generator=rng)
     losses, i = [], 0
     no_ids = torch.zeros(0, dtype=torch.long)
-    for k, kind in enumerate(kinds):
+    for k, kind in enumerate(kinds[:steps]):
         t = (epoch - 1) * len(kinds) + k
         if kind == KIND_G:
             ids = no_ids
@@ -268,23 +294,48 @@ def _mean(values) -> float:
 
 
 def initial_train_state(ctx: RunContext) -> TrainState:
+    """The state before the first step: the seed's weights (or model.init_g / init_d) and fresh optimizer buffers
+    (or those of model.init_opt_d / init_opt_g)."""
     gan, G, D = ctx.new_gan()
-    return initial_state(gan.layout_d.flatten(D), gan.layout_g.flatten(G), ctx.rule)
+    state = initial_state(gan.layout_d.flatten(D), gan.layout_g.flatten(G), ctx.rule)
+    supplied = load_optimizer_state(ctx.cfg.model, gan, ctx.rule)
+    if supplied is not None:
+        state.buf_d, state.buf_g = (tuple(b.to(ctx.device, ctx.dtype) for b in bufs) for bufs in supplied)
+    return state
 
 
-def train_without(ctx: RunContext, removed_ids, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+def train_without(ctx: RunContext, removed_ids, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                  traced_lr: tuple[float, float] | None = None):
     """Full retraining from the seed's initial weights with `removed_ids` left out of every epoch.
 
-    Returns (theta_D, generator parameters the metrics use)."""
+    traced_lr: the run's traced epochs' rate when its probe chose it (`chosen_traced_lr`); the retraining
+    keeps that choice. Returns (theta_D, generator parameters the metrics use)."""
     state = initial_train_state(ctx)
-    keep = torch.ones(ctx.dataset.n_train, dtype=torch.bool)
+    n = ctx.dataset.n_train
+    keep = torch.ones(n, dtype=torch.bool)
     keep[torch.as_tensor(list(removed_ids), dtype=torch.long)] = False
     rng = torch.Generator().manual_seed(ctx.cfg.seed)
-    _, total = traced_step_range(ctx.cfg, ctx.dataset.n_train)
+    _, total = traced_step_range(ctx.cfg, n)
     report = Reporter("retrain", total, progress, cancel)
     for epoch in range(1, ctx.cfg.train.epochs + 1):
-        state, _ = run_epoch(ctx, epoch, state, rng, keep, report)
+        state, _ = run_epoch(ctx, epoch, state, rng, keep, report, lr=epoch_lr(ctx.cfg, epoch, n, traced_lr))
     return state.theta_d, state.eval_generator(ctx.cfg.eval.ema_generator)
+
+
+def record_segment(ctx: RunContext, epoch: int, state: TrainState, rng: torch.Generator, lr: tuple[float, float],
+                   steps: int, report: Reporter) -> "Trace":
+    """The first `steps` steps of `epoch` from `state` at rate `lr`, trained and traced in memory (every state
+    stored); `rng` is consumed (pass a copy to leave a run's own stream alone). The trace-lr probe's segment."""
+    cfg, n = ctx.cfg, ctx.dataset.n_train
+    start = (epoch - 1) * len(epoch_kinds(cfg, n))
+    rec = _Recorder(start, 1, cfg.train.batch_size, cfg.model.z_dim)
+    keep = torch.ones(n, dtype=torch.bool)
+    end, _ = run_epoch(ctx, epoch, state, rng, keep, report, rec, lr=lr, steps=steps)
+    items = {name: np.stack(values) for name, values in rec.items.items()}
+    layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
+    return Trace(items["states"], np.arange(len(items["batches"]), dtype=np.int64), items["batches"], items["z"],
+                 items["lrs"], items["kinds"], items["counts"], layout, ctx.rule, end.flat().cpu().numpy(), start,
+                 bool(cfg.eval.ema_generator and end.ema is not None), conditions.current(ctx.device, ctx.dtype))
 
 
 def pin_feature_net(ctx: RunContext, run: store.Run) -> None:
@@ -330,8 +381,9 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     n = ctx.dataset.n_train
     per_epoch = len(epoch_kinds(cfg, n))
     first_traced, total = traced_step_range(cfg, n)
-    every = checkpoint_spacing(total - first_traced, cfg.train.trace_mode, cfg.train.checkpoint_every,
-                               layout.numel * state.theta_d.element_size())
+    storage = trace_storage(total - first_traced, cfg.train.trace_mode, cfg.train.checkpoint_every,
+                            layout.numel * state.theta_d.element_size(), _input_bytes(cfg), cfg.train.trace_budget_mb)
+    every = storage.every
     rng = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch = 1
@@ -349,10 +401,14 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     ctx.evaluator("test")  # builds the feature classifier now, not inside the first epoch's timing
     keep = torch.ones(n, dtype=torch.bool)
     use_ema = cfg.eval.ema_generator
+    probe = None
     for epoch in range(start_epoch, cfg.train.epochs + 1):
-        lr_d, lr_g = cfg.lr_at_epoch(epoch)
-        state, losses = run_epoch(ctx, epoch, state, rng, keep, report, rec)
-        entry = {"epoch": epoch, "lr_d": lr_d, "lr_g": lr_g,
+        if probe is None and cfg.train.trace_lr != "schedule" and epoch >= first_traced_epoch(cfg, n):
+            probe = _traced_lr_probe(ctx, run, state, epoch, rng, total - first_traced, progress, cancel)
+        lr_d, lr_g = epoch_lr(cfg, epoch, n, probe.chosen if probe is not None and probe.mode == "auto" else None)
+        epoch_started = time.perf_counter()
+        state, losses = run_epoch(ctx, epoch, state, rng, keep, report, rec, lr=(lr_d, lr_g))
+        entry = {"epoch": epoch, "lr_d": lr_d, "lr_g": lr_g, "seconds": time.perf_counter() - epoch_started,
                  "loss_d": _mean(l[0] for l in losses), "loss_g": _mean(l[1] for l in losses)}
         if cfg.eval.metrics_every_epoch or epoch == cfg.train.epochs:
             entry.update(ctx.evaluator("test").evaluate(state.theta_d, state.eval_generator(use_ema)))
@@ -361,7 +417,31 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
         _save_checkpoint(run, epoch, state, rng, history, rec.items)
         report(epoch * per_epoch, epoch=epoch, epoch_done=entry)
 
-    _finish(ctx, run, state, layout, rec, first_traced, history, time.perf_counter() - started, total)
+    _finish(ctx, run, state, layout, rec, first_traced, history, time.perf_counter() - started, total, storage, probe)
+    return run
+
+
+def _input_bytes(cfg: RunConfig) -> int:
+    """Bytes a trace stores per step besides states: batch ids, z, both rates, the kind, both counts."""
+    return cfg.train.batch_size * (8 + 8 * cfg.model.z_dim) + 16 + 1 + 16
+
+
+def _traced_lr_probe(ctx: RunContext, run: store.Run, state: TrainState, epoch: int, rng: torch.Generator,
+                     traced_steps: int, progress, cancel):
+    """The probe of train.trace_lr before the first traced epoch (from a copy of the run's generator, so the run's
+    own stream is untouched), stored in the run; a resumed run reads it (the same state gave it: deterministic)."""
+    from .tracelr import Probe, probe_traced_lr  # the probe walks the estimator's loop, which reads this module
+
+    if run.exists(TRACE_LR_RECORD):
+        return Probe.from_dict(run.read_json(TRACE_LR_RECORD))
+    if epoch > first_traced_epoch(ctx.cfg, ctx.dataset.n_train):
+        raise StoreError(f"run {run.run_id}: the traced epochs began but {TRACE_LR_RECORD} is missing; delete the "
+                         "run's checkpoint/ folder to train it again")
+    copy = torch.Generator()
+    copy.set_state(rng.get_state())
+    probe = probe_traced_lr(ctx, state, epoch, copy, traced_steps, progress, cancel)
+    run.write_json(TRACE_LR_RECORD, probe.as_dict())
+    return probe
 
 
 def _write_grid(ctx: RunContext, run: store.Run, epoch: int, theta_g: torch.Tensor) -> None:
@@ -415,7 +495,8 @@ def _load_checkpoint(run: store.Run, layout: StateLayout):
     return ckpt["state"], ckpt["rng"], json.loads(ckpt["history"]), items, int(ckpt["epoch"]) + 1
 
 
-def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, first_traced, history, seconds, total) -> None:
+def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, first_traced, history, seconds, total,
+            storage, probe) -> None:
     gan = ctx.gan
     run.write_npy("weights/final.npy", torch.cat([state.theta_d, state.theta_g]).detach().cpu().numpy())
     # clone: after a resume the blocks are views of one flat state, and torch.save would store all of it
@@ -433,7 +514,7 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
         "n_d": gan.layout_d.numel, "first_step": first_traced, "steps": len(items["batches"]),
         "layout": layout.as_dict(), "rule": ctx.rule.as_dict(), "scheme": ctx.cfg.train.scheme,
         "ema_eval": bool(ctx.cfg.eval.ema_generator and state.ema is not None),
-        "trace_mode": ctx.cfg.train.trace_mode, "checkpoint_every": rec.every,
+        **storage.as_dict(),
         # what a bit-exact recompute or replay needs besides the config and seed (influence.conditions)
         "conditions": conditions.current(ctx.device, ctx.dtype),
     })
@@ -448,7 +529,13 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: _Recorder, fi
         "n_train": ctx.dataset.n_train,
         "n_unreadable": len(ctx.dataset.skipped),
         "test": {k: v for k, v in history[-1].items() if k in ("is", "fid", "all", "dloss")},
+        "trace_storage": storage.as_dict(),
+        "start": start_record(ctx.cfg.model, ctx.start_counts),
     }
+    if probe is not None:  # its cost against the traced epochs' training, now that they ran
+        traced = [h.get("seconds") for h in history if h["epoch"] >= first_traced_epoch(ctx.cfg, ctx.dataset.n_train)]
+        summary["trace_lr"] = probe.with_traced_seconds(sum(traced) if all(t is not None for t in traced) else None)
+        run.write_json(TRACE_LR_RECORD, summary["trace_lr"])
     pin_feature_net(ctx, run)
     if ctx.dataset.notes is not None:  # own images: what was read, skipped, renamed, held out
         run.write_json(SOURCE_RECORD, ctx.dataset.source_report())

@@ -76,6 +76,11 @@ def _every_field_change(cfg: RunConfig) -> list[str]:
         "eval.ema_generator": "false", "data.labels": "none", "data.name": "shapes",
         # the files of a pretrained G/D and their checksums: tests/test_own_data.py
         "model.init_g": None, "model.init_d": None, "model.init_g_sha256": None, "model.init_d_sha256": None,
+        "train.trace_lr": "auto", "train.trace_lr_probe_steps": "5",
+        # optimizer states of a fine-tune and their checksums: tests/test_finetune.py; the budget of trace_mode=auto
+        # only decides the storage, never the result (not in the id)
+        "model.init_opt_g": None, "model.init_opt_d": None, "model.init_opt_g_sha256": None,
+        "model.init_opt_d_sha256": None, "model.init_from_run": None, "train.trace_budget_mb": None,
     }
     return [f"{k}={v}" for k, v in new.items() if v is not None]
 
@@ -88,7 +93,9 @@ def test_every_identity_field_changes_the_run_id():
     # Fields deliberately skipped: they only have one valid value for the tiny preset alone.
     assert keys - covered == {"data.source", "data.image_size", "model.bias", "data.dtype", "train.decoupled_wd",
                               "train.d_steps", "model.init_g", "model.init_d", "model.init_g_sha256",
-                              "model.init_d_sha256", "data.fingerprint"}  # folder source: tests/test_sources.py
+                              "model.init_d_sha256", "data.fingerprint",  # folder source: tests/test_sources.py
+                              "model.init_opt_g", "model.init_opt_d", "model.init_opt_g_sha256",
+                              "model.init_opt_d_sha256", "model.init_from_run", "train.trace_budget_mb"}
     seen = {cfg.run_id}
     for assignment in changes:
         changed = apply_overrides(cfg, [assignment])
@@ -107,6 +114,20 @@ def test_every_identity_field_changes_the_run_id():
     toy = preset("toy2d")
     for assignment in ("model.bias=true", "data.dtype=float32"):
         assert apply_overrides(toy, [assignment]).run_id != toy.run_id, assignment
+
+
+def test_trace_mode_auto_keeps_every_run_id():
+    # auto (the default since issue 24) and snapshots (the default before it) give the same result bit for bit and
+    # share the id runs made before auto existed have (their config.json says snapshots); an explicit checkpoints
+    # keeps the id it always had (pinned: ids computed before trace_mode=auto existed).
+    tiny = preset("tiny")
+    assert tiny.train.trace_mode == "auto" and tiny.run_id == "tiny-s0-1e0f29c33c"
+    assert apply_overrides(tiny, ["train.trace_mode=snapshots"]).run_id == tiny.run_id
+    assert apply_overrides(tiny, ["train.trace_mode=checkpoints"]).run_id == "tiny-s0-57dbc1ef05"
+    assert preset("dcgan32").run_id == "dcgan32-s0-6ded49494f"
+    assert preset("mnist-adam").run_id == "mnist-adam-s0-9d4933d88a"
+    # the budget decides the storage only
+    assert apply_overrides(tiny, ["train.trace_budget_mb=1"]).run_id == tiny.run_id
 
 
 def test_set_parses_ints_floats_bools_none_and_schedules():

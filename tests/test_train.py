@@ -166,3 +166,33 @@ def test_a_run_keeps_the_feature_net_its_metrics_came_from(tiny_run, tmp_path, m
     bare.forget(PINNED)
     (bare.dir / PINNED).unlink()
     assert _test_metrics(bare)["fid"] != pytest.approx(reported["fid"], rel=1e-6)
+
+
+def test_trace_storage_takes_snapshots_up_to_the_budget_and_checkpoints_over_it():
+    from influence.stepmap import trace_storage
+
+    mb = 2**20
+    # 99 traced steps: 100 states of 1 MB and 99 steps' inputs of 1/99 MB = 101 MB as snapshots
+    fits = trace_storage(99, "auto", None, mb, mb // 99 + 1, 102)
+    over = trace_storage(99, "auto", None, mb, mb // 99 + 1, 100)
+    assert (fits.mode, fits.every) == ("snapshots", 1) and "within the 102 MB budget" in fits.reason
+    assert over.mode == "checkpoints" and over.every == 99 and "over the 100 MB budget" in over.reason
+    assert trace_storage(99, "snapshots", None, mb, 0, 1).mode == "snapshots"  # as configured, whatever the budget
+    assert trace_storage(99, "checkpoints", 7, mb, 0, 10**6).every == 7
+
+
+def test_trace_mode_auto_chooses_by_the_budget_and_both_give_the_same_estimate(tmp_path):
+    from influence.estimator import EstimateOptions, estimate
+
+    cfg = toy_config(seed=5)  # 20 traced steps of a float64 state: about 1.1 MB as snapshots
+    small = apply_overrides(cfg, ["train.trace_budget_mb=1"])
+    assert small.run_id == cfg.run_id  # the storage is no part of what a run is
+    a, b = train(cfg, tmp_path / "a"), train(small, tmp_path / "b")
+    meta_a, meta_b = a.read_json("trace/meta.json"), b.read_json("trace/meta.json")
+    assert meta_a["trace_mode"] == "snapshots" and "within the 1024 MB budget" in meta_a["trace_mode_reason"]
+    assert meta_b["trace_mode"] == "checkpoints" and "over the 1 MB budget" in meta_b["trace_mode_reason"]
+    assert meta_b["checkpoint_every"] > 1 and len(b.read_npy("trace/stored_steps.npy")) < 20
+    assert b.read_json("summary.json")["trace_storage"]["trace_mode"] == "checkpoints"
+    assert np.array_equal(a.read_npy("trace/final_state.npy"), b.read_npy("trace/final_state.npy"))
+    sa, sb = (estimate(r, ["all"], EstimateOptions())["all"] for r in (a, b))
+    assert np.array_equal(sa.scores, sb.scores) and sa.meta["growth"] == sb.meta["growth"]

@@ -41,13 +41,15 @@ PRESET_NOTES = {
     "mnist-adam": "10k MNIST images, a DCGAN trained as GANs are today (Adam, alternating D/G steps), smooth "
                   "units in float64: better digits than quick, estimates that match leave-one-out",
     "dcgan32": "Radford's DCGAN at 32 px with Adam and a checkpointed trace: sized for a GPU (seconds per step on a CPU)",
+    "folder32": "Radford's DCGAN at 32 px (width 16, LayerNorm, GELU) with Adam for 32x32 folders of your images "
+                "(RGB or grey): pretrain it, then start from it as a trained GAN to fine-tune and trace it",
 }
 # Fields with a fixed set of values get a select box; the tuples come from the engine's config module
 # (getattr: a name the engine does not define yet simply gives a text field).
 _CHOICE_NAMES = {"data.color": "COLORS", "data.labels": "LABELS", "data.dtype": "DTYPES", "model.arch": "ARCHS",
                  "model.activation": "ACTIVATIONS", "model.init": "INITS", "train.dtype": "DTYPES",
                  "train.device": "DEVICES", "train.optimizer": "OPTIMIZERS", "train.scheme": "SCHEMES",
-                 "train.trace_mode": "TRACE_MODES", "eval.feature": "FEATURES"}
+                 "train.trace_mode": "TRACE_MODES", "train.trace_lr": "TRACE_LRS", "eval.feature": "FEATURES"}
 CHOICES = {key: tuple(getattr(config_module, name)) for key, name in _CHOICE_NAMES.items()
            if hasattr(config_module, name)}
 BOOL_CHOICES = ("True", "False")
@@ -85,7 +87,10 @@ def own_images_summary(found: Survey, cfg: RunConfig) -> str:
 
 def presets_for(data_key: str) -> list[str]:
     toy = [name for name in PRESETS if PRESETS[name].is_2d]
-    return toy if data_key == "normal2d" else [name for name in PRESETS if name not in toy]
+    if data_key == "normal2d":
+        return toy
+    folder_only = [name for name in PRESETS if PRESETS[name].data.source == "folder"]  # folder32: own images only
+    return [name for name in PRESETS if name not in toy and (data_key in OWN or name not in folder_only)]
 
 
 def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunConfig:
@@ -99,9 +104,10 @@ def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunCo
     root = (data_root or "").strip() or None
     data = dataclasses.replace(cfg.data, source=source, root=root,
                                name=data_set_name(root) if source == "folder" else cfg.data.name)
+    own_preset = cfg.data.source == "folder"  # folder32: its own choices for own images stay
     cfg = dataclasses.replace(cfg, data=data)
     # Own images: colour, size, held-out splits, all images and the features follow the images (data.prepare)
-    return own_images_defaults(cfg) if source == "folder" else cfg
+    return own_images_defaults(cfg) if source == "folder" and not own_preset else cfg
 
 
 def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:

@@ -111,6 +111,8 @@ for metric, result in results.items():
             verdict, message = verdict_for(result.meta["growth"])  # today's wording, also for older results
             show = {"reliable": st.success, "doubtful": st.warning}.get(verdict, st.error)
             show(f"Stability: {message}", icon=":material/verified:")
+        if (summary.get("trace_lr") or {}).get("warning"):  # a user's traced rate far above the probe's pick
+            st.warning(f"Traced learning rate: {summary['trace_lr']['warning']}.", icon=":material/speed:")
         meaning = report["verdicts"].get(metric)
         if meaning is not None and meaning["verdict"] != INFORMATIVE:
             st.error(f"Metric uninformative: {'; '.join(meaning['reasons'])}. Influences on it carry no meaning, "

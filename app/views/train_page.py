@@ -4,12 +4,13 @@ or load a cached run; the current run's samples per epoch and training curves.""
 import pandas as pd
 import streamlit as st
 
-from explorer import cache, figures, jobpanel, state, tables, timing, trainform, widgets
+from explorer import cache, figures, finetuneform, jobpanel, state, tables, timing, trainform, widgets
 from explorer.widgets import INFLUENCE_PAGE
 from influence import jobs, store
 from influence.config import DEFAULT_PRESET, RunConfig
 from influence.data import Survey, prepare
 from influence.errors import ConfigError, InfluenceError
+from influence.finetune import configure, from_files
 from influence.honesty import INFORMATIVE
 
 root = state.root()
@@ -39,6 +40,72 @@ def live_training(status: dict) -> None:
             right.image(png, caption=f"samples after epoch {len(grids)}")
 
 
+def start_or_load(cfg: RunConfig, note: str | None = None) -> None:
+    """Train cfg in the background, or make its run current when this configuration is already trained
+    (`note`: what the form changed on its own, shown once the job starts)."""
+    if store.Run(root, cfg.run_id).exists("summary.json"):
+        state.set_current_run(root, cfg.run_id)
+        st.session_state["train-flash"] = (f"This configuration is already trained: run `{cfg.run_id}` is now the "
+                                           "current run.")
+    else:
+        jobpanel.start(root, {"kind": "train", "params": {"config": cfg.to_dict()}})
+        if note:
+            st.session_state["train-flash"] = note
+    st.rerun()  # the sidebar and the job panel above show the change
+
+
+def finetune_form(base: RunConfig | None) -> None:
+    """Start from a trained GAN: a store run's final G and D, or uploaded files of the preset's architecture;
+    every epoch traced, at the rate the probe measures unless the user sets one."""
+    source = st.radio("Trained GAN from", list(finetuneform.SOURCES), format_func=finetuneform.SOURCES.get,
+                      horizontal=True, key="ft_source")
+    c1, c2 = st.columns([1, 2])
+    epochs = c1.number_input("Epochs to fine-tune (all traced)", min_value=1, max_value=50, value=1, key="ft_epochs")
+    trace_lr = c2.selectbox("Traced learning rate", list(finetuneform.TRACE_LR), format_func=finetuneform.TRACE_LR.get,
+                            key="ft_lr_mode")
+    if trace_lr == "check":
+        trace_lr = st.text_input("Your traced learning rate (both players)", "0.0002", key="ft_lr")
+    if source == "run":
+        ids = finetuneform.finetunable_runs(cache.runs(str(root), cache.runs_stamp(root)))
+        if not ids:
+            st.info("The store holds no finished image run yet: train one, or upload G and D files.")
+            return
+        run_id = st.selectbox("Run", ids, key="ft_run")
+        keep = st.checkbox("Keep its final optimizer state (Adam's moments and update count)", key="ft_keep",
+                           help="Otherwise the fine-tune's optimizer starts fresh, as after loading a model.")
+        st.caption("The run brings its data set, architecture and recipe (the choices above do not apply); its "
+                   "final G and D are the start; the optimizer state " + ("is the run's." if keep else "starts fresh."))
+        args = {"from_run_id": run_id, "keep_optimizer": keep}
+    else:
+        if base is None:
+            st.info("Choose the data set to fine-tune on and the preset whose architecture the files have (above).")
+            return
+        g_file = st.file_uploader("G weights", type=finetuneform.WEIGHT_TYPES, key="ft_g")
+        d_file = st.file_uploader("D weights", type=finetuneform.WEIGHT_TYPES, key="ft_d")
+        if g_file is None or d_file is None:
+            st.caption(f"State dicts of the preset's architecture ({base.model.arch}, width {base.model.width}, "
+                       f"z_dim {base.model.z_dim}): torch .pt (read without running code) or .safetensors.")
+            return
+        g, d = (str(finetuneform.save_weights(root, f.name, f.getvalue())) for f in (g_file, d_file))
+        try:
+            fits, lines = finetuneform.check_lines(from_files(base, g, d, int(epochs)),
+                                                   {g: g_file.name, d: d_file.name})
+        except InfluenceError as e:
+            fits, lines = False, [str(e)]
+        (st.success if fits else st.error)("Architecture check: " + "; ".join(lines), icon=":material/rule:")
+        if not fits:
+            return
+        st.caption("The optimizer state starts fresh (zero moments, update count 0): no optimizer state was given.")
+        args = {"base": base, "init_g": g, "init_d": d}
+    if st.button("Start fine-tuning", type="primary", icon=":material/play_arrow:"):
+        try:
+            cfg = configure(root, int(epochs), trace_lr, **args)
+        except InfluenceError as e:
+            st.error(f"Not started: {e}", icon=":material/error:")
+            return
+        start_or_load(cfg)
+
+
 # ---------------------------------------------------------------- a training job in progress (or just ended)
 job = jobpanel.latest(root, "train")
 if job is not None:
@@ -52,6 +119,9 @@ new_tab, cached_tab = st.tabs(["Train a new run", "Load a cached run"])
 
 # ---------------------------------------------------------------- new run
 with new_tab:
+    start_from = st.radio("Start from", ["scratch", "trained"], horizontal=True, key="start_from",
+                          format_func={"scratch": "the preset's random weights",
+                                       "trained": "a trained GAN (fine-tune and trace)"}.get)
     data_key = st.radio("Data set", list(trainform.DATASETS), format_func=trainform.DATASETS.get, horizontal=True,
                         key="data_key")
     data_root = None
@@ -103,7 +173,9 @@ with new_tab:
         st.info(str(e))
         base = None
 
-    if base is not None:
+    if start_from == "trained":
+        finetune_form(base)
+    elif base is not None:
         # Enter in a field must not start a half-edited run: only the button submits.
         with st.form(f"hyper-{data_key}-{preset_name}", border=False, enter_to_submit=False):
             edited: dict[str, str] = {}
@@ -150,16 +222,7 @@ with new_tab:
             except InfluenceError as e:  # a bad value, or own images that changed or cannot be read
                 st.error(f"Not started: {e}", icon=":material/error:")
             else:
-                run = store.Run(root, cfg.run_id)
-                if run.exists("summary.json"):
-                    state.set_current_run(root, cfg.run_id)
-                    st.session_state["train-flash"] = (f"This configuration is already trained: run `{cfg.run_id}` "
-                                                       "is now the current run.")
-                else:
-                    jobpanel.start(root, {"kind": "train", "params": {"config": cfg.to_dict()}})
-                    if moved:
-                        st.session_state["train-flash"] = moved
-                st.rerun()  # the sidebar and the job panel above show the change
+                start_or_load(cfg, moved)
 
 # ---------------------------------------------------------------- cached runs
 with cached_tab:
@@ -212,6 +275,18 @@ with right:
         m for m in verdicts if verdicts[m]["verdict"] != INFORMATIVE)), key="history")
     widgets.metric_meaning(root, run_id, cfg)
     widgets.source_notes(root, run_id)
+    summary = cache.summary(str(root), run_id)
+    if summary.get("start"):
+        st.caption("Started from " + summary["start"]["sentence"].removeprefix("weights from ") + ".")
+    if summary.get("trace_lr"):
+        probe = summary["trace_lr"]
+        with st.expander("Traced learning rate: the probe's measurements", expanded=True, icon=":material/speed:"):
+            st.markdown(finetuneform.probe_sentence(probe))
+            st.dataframe(finetuneform.probe_frame(probe), hide_index=True,
+                         column_config={c: st.column_config.NumberColumn(format="%.3g")
+                                        for c in finetuneform.probe_frame(probe).columns[:5]})
+            if probe.get("warning"):
+                st.warning(probe["warning"] + ".", icon=":material/warning:")
     with st.expander("Configuration"):
         st.json(cache.config(str(root), run_id))
 st.page_link(INFLUENCE_PAGE, label="Next: estimate the influence of each training instance",

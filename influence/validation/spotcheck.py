@@ -34,7 +34,7 @@ from ..context import RunContext, load_run_config
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
-from ..estimator import EstimateOptions, InfluenceResult, estimate, result_name
+from ..estimator import EstimateOptions, estimate, result_name
 from ..execution import open_executor
 from ..progress import CancelToken, ProgressFn
 from ..train import Trace
@@ -112,7 +112,7 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     n_params = trace.final.shape[0]
     scores = {m: r.scores if level == "full" else run.read_npy(f"influence/{options.key(m, n_params)}/window_scores.npy")
               for m, r in results.items()}
-    lanes_list, kinds = _lanes(trace, ctx.dataset.n_train, first, scores, SETUP[level], seed)
+    lanes_list, kinds = check_lanes(trace, ctx.dataset.n_train, first, scores, SETUP[level], seed)
     plan = choose_plan(ctx, trace, len(lanes_list), lanes)
     groups = chunks(trace, lanes_list, ctx.dataset.n_train, plan, first, lanes_per_task(ctx, trace, plan))
     tasks = lane_tasks(run, ctx, trace, lanes_list, (("valid", tuple(metrics)),), plan, groups, first)
@@ -130,17 +130,19 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
         "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
-        "per_metric": {m: _agreement(m, kinds, lanes_list, scores[m], [a[m] for a in actual], results[m])
+        "per_metric": {m: agreement(m, kinds, lanes_list, scores[m], [a[m] for a in actual],
+                                    results[m].meta["harmful_sign"])
                        for m in metrics},
     }
     run.write_json(rel, check)
     return check
 
 
-def _lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int
-           ) -> tuple[list[Lane], list[str]]:
+def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int
+                ) -> tuple[list[Lane], list[str]]:
     """The check's lanes and their kinds: random groups; per metric its harmful and helpful sets ("high:<m>",
-    "low:<m>": the largest and smallest scores); singles (half of them the largest |score| of the first metric)."""
+    "low:<m>": the largest and smallest scores); singles (half of them the largest |score| of the first metric).
+    Also the trace-lr probe's check (`tracelr`)."""
     seen = np.flatnonzero(trace.step_of_instance(n_train, first) >= 0)
     if len(seen) < 4:
         raise ConfigError(f"only {len(seen)} instances lie in the checked steps: too few to check")
@@ -165,15 +167,15 @@ def _lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray]
     return lanes, kinds
 
 
-def _agreement(metric: str, kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: list[float],
-               result: InfluenceResult) -> dict:
-    # the lanes that judge this metric: the random groups, its own harmful and helpful sets, the singles
+def agreement(metric: str, kinds: list[str], lanes: list[Lane], scores: np.ndarray, actual: list[float],
+              sign: int) -> dict:
+    """Predicted (summed scores) against actual changes per kind of lane, for one metric (sign: its harmful
+    sign), on the lanes that judge it: the random groups, its own harmful and helpful sets, the singles."""
     keep = [i for i, k in enumerate(kinds) if ":" not in k or k.endswith(f":{metric}")]
     kinds, lanes, actual = [kinds[i].split(":")[0] for i in keep], [lanes[i] for i in keep], [actual[i] for i in keep]
     predicted = np.array([scores[lane.removed].sum() for lane in lanes])
     actual_arr = np.array(actual, dtype=np.float64)
     is_group = np.array([k != "single" for k in kinds])
-    sign = result.meta["harmful_sign"]
     # the set the estimate calls most harmful: "high" for metrics where harmful is positive, else "low"
     harmful = kinds.index("high" if sign > 0 else "low")
     is_random = np.array([k == "random" for k in kinds])

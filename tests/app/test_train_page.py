@@ -152,3 +152,41 @@ def test_cancel_stops_a_running_training_job(app_store):
     at.run()
     assert "Cancelled" in texts(at)
     assert any(b.label == "Start again" for b in at.button)
+
+
+def test_start_from_a_trained_gan_checks_the_files_and_builds_the_finetune_spec(app_store, started_jobs):
+    from influence.finetune import configure
+
+    source = tiny_run_id(app_store)
+    weights = {p: (app_store / source / "weights" / f"{n}.pt").read_bytes() for p, n in (("g", "generator"),
+                                                                                          ("d", "discriminator"))}
+    at = open_app("train")
+    at.radio(key="start_from").set_value("trained").run()
+    at.radio(key="ft_source").set_value("files").run()
+    for p in ("g", "d"):
+        at.file_uploader(key=f"ft_{p}").set_value((f"{p}.pt", weights[p], "application/octet-stream")).run()
+    assert not at.exception
+    # the default preset (mnist-adam) has another architecture: the layers that do not fit are named
+    [error] = [e.value for e in at.error]
+    assert error.startswith("Architecture check: G layer '") and "in the configured" in error
+    assert not [b for b in at.button if b.label == "Start fine-tuning"]
+    at.selectbox(key="preset-mnist").set_value("tiny").run()
+    assert "Architecture check: G 'g.pt' fits the configured smallcnn" in texts(at)
+    next(b for b in at.button if b.label == "Start fine-tuning").click().run()
+    assert not at.exception and len(started_jobs) == 1
+    saved = {p: next((app_store / "_uploads" / "weights").glob(f"*-{p}.pt")) for p in ("g", "d")}
+    expected = configure(app_store, 1, "auto", base=preset("tiny"), init_g=str(saved["g"]), init_d=str(saved["d"]))
+    config = started_jobs[0]["params"]["config"]
+    assert RunConfig.from_dict(config) == expected and config["train"]["trace_lr"] == "auto"
+
+    # a run of the store, at the user's rate (kept, the probe beside it), its optimizer state fresh
+    at.radio(key="ft_source").set_value("run").run()
+    at.selectbox(key="ft_run").set_value(source).run()
+    at.selectbox(key="ft_lr_mode").set_value("check").run()
+    at.text_input(key="ft_lr").set_value("0.003").run()
+    next(b for b in at.button if b.label == "Start fine-tuning").click().run()
+    assert not at.exception and len(started_jobs) == 2
+    config = RunConfig.from_dict(started_jobs[1]["params"]["config"])
+    assert config == configure(app_store, 1, "0.003", from_run_id=source)
+    assert (config.train.trace_lr, config.train.lr_d, config.model.init_from_run) == ("check", 0.003, source)
+    assert config.model.init_opt_d is None  # fresh

@@ -1,0 +1,141 @@
+"""The folder32 preset's architecture, to be chosen by measurement on the synthetic shapes set (issue 24; not run yet).
+
+    .venv/bin/python bench/folder32.py --work DIR search [--budget-cpu-s 240] [--candidates NAME ...]
+    .venv/bin/python bench/folder32.py --work DIR full --epochs E [--candidate NAME] [--seed S]
+
+The images: `bench/own_images.py`'s coloured shapes on gradients, 32x32 RGB, --n of them (default 5,000:
+4,000 trained on, 500 + 500 held out). Every training is one CLI process (`gan-influence train --preset
+folder32`), so its CPU seconds (user + system, both threads) and peak RSS are its own; the wall time is
+printed beside them (the machine is shared: CPU seconds are the fair budget; 20 minutes on 2 idle cores are
+about 2 x 1,200 CPU seconds less what the threads wait for each other).
+- search: each candidate trains for the epochs that fit --budget-cpu-s at its measured CPU cost per batch
+  (measured here on 3 batches), tracing only its last 2 steps; prints test FID (autoencoder features) per
+  epoch, and copies its last sample grid to assets/folder32-search-<candidate>.png.
+- full: the chosen candidate (default: the preset as it is) for --epochs, its grid to assets/folder32-samples.png.
+Each line printed is JSON; a finished training is reused from the store (rerunning resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from own_images import shapes_folder  # noqa: E402
+
+CANDIDATES = {  # on top of the preset (Radford width 16, GELU): each says its units
+    "dcgan-w64": ["model.arch=dcgan", "model.width=64", "model.activation=default"],
+    "radford-w16": ["model.arch=dcgan-radford", "model.width=16", "model.activation=default"],
+    "radford-w32": ["model.arch=dcgan-radford", "model.width=32", "model.activation=default"],
+    "radford-w16-gelu": ["model.arch=dcgan-radford", "model.width=16", "model.activation=gelu"],
+}
+
+
+def cpu_per_batch(sets: list[str], threads: int) -> float:
+    """CPU seconds of one alternating D+G step at batch 64 on 32x32 RGB for this candidate (3 steps, after one)."""
+    code = """
+import sys, time, torch
+from influence.config import apply_overrides, preset
+from influence.gan import GanFunctions
+from influence.models import build_gan
+from influence.stepmap import KIND_D, KIND_G, StepInputs, TrainingRule, initial_state, step
+torch.set_num_threads(int(sys.argv[1]))
+cfg = apply_overrides(preset("folder32"), sys.argv[2:])
+torch.manual_seed(0)
+G, D = build_gan(cfg.model, channels=3, size=32)
+gan, rule = GanFunctions(G, D, 0.0), TrainingRule.from_config(cfg)
+s = initial_state(gan.layout_d.flatten(D), gan.layout_g.flatten(G), rule)
+b = cfg.train.batch_size
+x, z, w = torch.rand(b, 3, 32, 32) * 2 - 1, torch.randn(b, cfg.model.z_dim), torch.ones(b)
+def one(s, k):
+    s = step(gan, rule, s, StepInputs(KIND_D, x, z, w, 2e-4, 2e-4, k, k))[0]
+    return step(gan, rule, s, StepInputs(KIND_G, x[:0], z, w[:0], 2e-4, 2e-4, k, k))[0]
+s = one(s, 0)
+c = time.process_time()
+for k in range(1, 4):
+    s = one(s, k)
+print((time.process_time() - c) / 3)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(threads), *sets], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def train(store: Path, images: Path, sets: list[str], threads: int, seed: int) -> dict:
+    """One CLI training: its summary, CPU seconds, wall seconds and peak RSS."""
+    args = [sys.executable, "-m", "influence", "--store", str(store), "train", "--preset", "folder32", "--seed",
+            str(seed), "--json", "--set", f"data.root={images}", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"training failed: {stderr.strip()[-2000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update(cpu_s=round(usage.ru_utime + usage.ru_stime, 1), wall_s=round(time.perf_counter() - started, 1),
+                  peak_rss_mb=round(usage.ru_maxrss / 1024))
+    return result
+
+
+def report(store: Path, name: str, result: dict, grid_name: str) -> None:
+    run = store / result["run_id"]
+    history = json.loads((run / "history.json").read_text())
+    grids = sorted((run / "grids").glob("epoch_*.png"))
+    if grids:
+        shutil.copyfile(grids[-1], REPO / "assets" / grid_name)
+    print(json.dumps({"candidate": name, "run_id": result["run_id"], "epochs": len(history),
+                      "cpu_s": result["cpu_s"], "wall_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"],
+                      "fid_per_epoch": [round(h["fid"], 2) for h in history if "fid" in h],
+                      "test": result["test"], "grid": f"assets/{grid_name}"}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--threads", type=int, default=2)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("search")
+    s.add_argument("--budget-cpu-s", type=float, default=240.0)
+    s.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    f = sub.add_parser("full")
+    f.add_argument("--epochs", type=int, required=True)
+    f.add_argument("--candidate", choices=list(CANDIDATES), default=None)
+    f.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    work = Path(args.work).resolve()
+    images, store = work / "images", work / "store"
+    if not images.exists():
+        shapes_folder(images, args.n)
+    if args.mode == "search":
+        # the autoencoder features (trained once per image set, cached) are trained here, outside every budget
+        warm = train(store, images, ["model.arch=dcgan", "model.width=4", "train.epochs=1", "train.trace_steps=2"],
+                     args.threads, 0)
+        print(json.dumps({"feature_net_and_warm_up": {"cpu_s": warm["cpu_s"], "wall_s": warm["wall_s"]}}), flush=True)
+        for name in args.candidates:
+            per_batch = cpu_per_batch(CANDIDATES[name], args.threads)
+            batches = -(-int(args.n * 0.8) // 64)
+            epochs = max(1, round(args.budget_cpu_s / (per_batch * batches)))
+            print(json.dumps({"candidate": name, "cpu_s_per_batch": round(per_batch, 3), "epochs": epochs}), flush=True)
+            sets = CANDIDATES[name] + [f"train.epochs={epochs}", "train.trace_steps=2"]
+            report(store, name, train(store, images, sets, args.threads, 0), f"folder32-search-{name}.png")
+    else:
+        sets = (CANDIDATES[args.candidate] if args.candidate else []) + [f"train.epochs={args.epochs}"]
+        report(store, args.candidate or "folder32", train(store, images, sets, args.threads, args.seed),
+               "folder32-samples.png")
+
+
+if __name__ == "__main__":
+    main()

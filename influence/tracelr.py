@@ -1,0 +1,267 @@
+"""The traced epochs' learning rate chosen by measurement (`train.trace_lr=auto`), or measured beside a user's (`check`).
+
+Before the first traced epoch, from the training state there, the probe trains a short segment (the first S
+steps of that epoch, with the batches and z the epoch will use: drawn from a copy of the run's generator, so
+the run's own stream is untouched) at each rung of a ladder of rates, the largest first, and walks the
+estimator's backward loop (`estimator.backward`, the very pass of an estimate) back over it for the validation
+objectives in PROBE_METRICS, stacked. Its growth of |u| over the whole state (the verdict's number) over S steps
+is extrapolated to the T traced steps: after the fill-up of an adjoint that starts at zero (u_D for FID), |u|
+changes by a steady factor per step, fitted to the second half of the walk, so
+    G_T = max(G_S, r_0 * rate^(T - S))      (r_0: |u| at the segment's start over its end; rate >= 1)
+auto takes the largest rung with G_T under GROWTH_DOUBTFUL (below it the verdict reads "reliable") and stops
+there; when no rung gets there, the smallest, said so. A walk stops as soon as |u| has grown past the threshold
+within the segment (the rung fails on measurement alone). check keeps the user's rate (the first rung) and says
+when it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch (GPU,
+the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the
+segment, predicted against actual. Nothing here depends on timing; the probe's cost is reported against the
+traced epochs' training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .context import RunContext
+from .counterfactual import replay_lanes
+from .counterfactual.plan import choose_plan
+from .errors import DivergenceError
+from .estimator import (GROWTH_DOUBTFUL, EstimateOptions, last_updates, pass_norms, start_pass, training_context,
+                        verdict_for, walk_back)
+from .metrics import harmful_sign
+from .objectives import metric_objectives
+from .progress import CancelToken, ProgressFn, Reporter
+from .stepmap import TrainState
+from .train import Trace, epoch_kinds, record_segment
+
+RUNGS = 7  # the ladder: base x 10^(-i/2), i = 0..6, down to a thousandth of the base
+RUNG_FACTOR = 10 ** -0.5
+PROBE_STEPS_SHARE, PROBE_STEPS_MIN, PROBE_STEPS_MAX = 10, 8, 50  # S = T / 10, within 8..50 (at most T)
+WARN_FACTOR = 3.0  # check: a user's rate this many times the probe's pick (a rung above it or more) is warned about
+PROBE_CHECK = {"groups": 8, "fraction": 0.05, "singles": 0}
+
+
+def probe_metrics(is_2d: bool) -> tuple[str, ...]:
+    """The objectives the probe walks back: the run's main quality metric and D-loss (whose adjoint starts in
+    both players); the largest growth of the two decides."""
+    return ("all", "dloss") if is_2d else ("fid", "dloss")
+
+
+def probe_steps(cfg, traced_steps: int) -> int:
+    if cfg.train.trace_lr_probe_steps:
+        return min(cfg.train.trace_lr_probe_steps, traced_steps)
+    share = math.ceil(traced_steps / PROBE_STEPS_SHARE)
+    return min(traced_steps, max(PROBE_STEPS_MIN, min(PROBE_STEPS_MAX, share)))
+
+
+def ladder(base: tuple[float, float]) -> list[tuple[float, float]]:
+    """The rates probed, largest first: both players scaled together (their ratio kept)."""
+    return [(base[0] * RUNG_FACTOR**i, base[1] * RUNG_FACTOR**i) for i in range(RUNGS)]
+
+
+def ladder_base(cfg, epoch: int, mode: str) -> tuple[float, float]:
+    """auto: the rate in force before the traced epochs (the training rate; a fine-tune's configured rate);
+    check: the user's rate of the traced epochs."""
+    return cfg.lr_at_epoch(epoch if mode == "check" or epoch == 1 else epoch - 1)
+
+
+def extrapolate(total: np.ndarray, traced_steps: int) -> tuple[float, float, float]:
+    """(growth over the walked steps, per-step rate, growth extrapolated to `traced_steps`) of one row's
+    whole-state |u| (`total`: (S + 1,), index = step, |u| at the segment's end last; nan where not walked)."""
+    walked = total[np.isfinite(total)][::-1]  # from the end backwards: tau = 0 .. walked steps
+    ratio = walked / walked[0] if walked[0] > 0 else np.ones_like(walked)
+    growth = float(np.max(ratio))
+    steps = len(ratio) - 1
+    if steps < 2:
+        return growth, 1.0, growth
+    tail = np.arange(steps // 2, steps + 1)
+    slope = float(np.polyfit(tail, np.log(np.maximum(ratio[tail], 1e-300)), 1)[0])
+    rate = math.exp(max(slope, 0.0))
+    # in logs: a steady rate over a long trace overflows a float (that rung is simply unreliable)
+    more = max(traced_steps - steps, 0)
+    log_far = math.log(max(float(ratio[-1]), 1e-300)) + more * math.log(rate)
+    far = float(ratio[-1]) if more == 0 else math.exp(log_far) if log_far < 700 else math.inf
+    return growth, rate, max(growth, far)
+
+
+@dataclass
+class Probe:
+    mode: str  # auto or check
+    metrics: list[str]
+    probe_steps: int
+    traced_steps: int
+    threshold: float
+    rungs: list[dict]
+    chosen: tuple[float, float]  # auto: the traced epochs' rate; check: the probe's pick (the user's rate is kept)
+    reliable: bool  # the pick's extrapolated growth is under the threshold
+    reason: str
+    warning: str | None
+    spot_check: dict | None
+    seconds: float
+    user_lr: tuple[float, float] | None = None  # check: the user's rate of the traced epochs
+    traced_seconds: float | None = field(default=None)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["chosen"], d["user_lr"] = list(self.chosen), list(self.user_lr) if self.user_lr else None
+        d["cost"] = self.cost()
+        return d
+
+    def cost(self) -> dict:
+        ratio = self.seconds / self.traced_seconds if self.traced_seconds else None
+        sentence = f"the probe took {self.seconds:.1f} s" + (
+            f", {ratio:.2f}x the {self.traced_seconds:.1f} s of training the traced epochs" if ratio is not None else "")
+        return {"probe_seconds": self.seconds, "traced_seconds": self.traced_seconds, "ratio": ratio,
+                "sentence": sentence}
+
+    def with_traced_seconds(self, seconds: float | None) -> dict:
+        self.traced_seconds = seconds
+        return self.as_dict()
+
+    @staticmethod
+    def from_dict(d: dict) -> "Probe":
+        keep = {k: v for k, v in d.items() if k != "cost"}
+        keep["chosen"] = tuple(keep["chosen"])
+        keep["user_lr"] = tuple(keep["user_lr"]) if keep.get("user_lr") else None
+        return Probe(**keep)
+
+
+def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.Generator, traced_steps: int,
+                    progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Probe:
+    """Probe the ladder from `state`, the state before traced epoch `epoch` (`rng`: a copy of the run's generator
+    there; each rung draws from its own copy of it)."""
+    started = time.perf_counter()
+    cfg, mode = ctx.cfg, ctx.cfg.train.trace_lr
+    base = ladder_base(cfg, epoch, mode)
+    steps = probe_steps(cfg, traced_steps)
+    metrics = list(probe_metrics(cfg.is_2d))
+    n_params = state.theta_d.numel() + state.theta_g.numel()
+    pass_dtype = getattr(torch, EstimateOptions().resolved_dtype(n_params))  # the dtype an estimate will use
+    pass_ctx = ctx if pass_dtype == ctx.dtype else ctx.with_dtype(pass_dtype)
+    report = Reporter("trace-lr probe", RUNGS * 2 * steps, progress, cancel)
+    first = (epoch - 1) * len(epoch_kinds(cfg, ctx.dataset.n_train))  # the segment reports global step numbers
+    rungs, pick, checked = [], None, None
+    for i, lr in enumerate(ladder(base)):
+        done = i * 2 * steps
+        copy = torch.Generator()
+        copy.set_state(rng.get_state())
+        row, seg, passed = _rung(ctx, pass_ctx, state, epoch, copy, lr, steps, traced_steps, metrics,
+                                 lambda k, done=done, **_: report(done + k - first),
+                                 lambda k, done=done: report(done + steps + k))
+        rungs.append(row)
+        if row["extrapolated"] < GROWTH_DOUBTFUL:
+            pick, checked = i, (seg, passed["scores"])
+            break
+    reliable = pick is not None
+    pick = len(rungs) - 1 if pick is None else pick
+    chosen = (rungs[pick]["lr_d"], rungs[pick]["lr_g"])
+    growth = rungs[pick]["extrapolated"]
+    if reliable:
+        reason = (f"the largest of {len(rungs)} rates probed whose growth of |u|, extrapolated from {steps} to "
+                  f"{traced_steps} traced steps, stays under {GROWTH_DOUBTFUL:g} (reliable): {growth:.3g}")
+    else:
+        reason = (f"no rate down to {chosen[0]:.3g} keeps the extrapolated growth under {GROWTH_DOUBTFUL:g} (the "
+                  f"smallest reaches {growth:.3g}): the estimate will be doubtful or unreliable; trace fewer steps")
+        m = cfg.model
+        if cfg.train.optimizer == "adam" and m.init_g is not None and m.init_opt_d is None and m.init_opt_g is None:
+            # measured on a tiny fine-tune (docs/finetune.md): fresh moments amplified |u| at every rate, kept ones not
+            reason += ("; the optimizer state started fresh, and Adam's first steps from zero moments amplify |u| "
+                       "at any rate: supply the trained optimizer state (finetune --keep-optimizer, --opt-d/--opt-g)")
+    warning = None
+    user = base if mode == "check" else None
+    if mode == "check" and reliable and base[0] >= WARN_FACTOR * chosen[0]:
+        warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is {base[0] / chosen[0]:.3g}x the largest the probe "
+                   f"found reliable ({chosen[0]:.3g}): |u| extrapolates to {rungs[0]['extrapolated']:.3g}x over the "
+                   "trace, so the estimate will not be reliable; train.trace_lr=auto would use the probe's rate")
+    elif mode == "check" and not reliable:
+        warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is not reliable (|u| extrapolates to "
+                   f"{rungs[0]['extrapolated']:.3g}x over the trace), and no rate the probe tried down to "
+                   f"{chosen[0]:.3g} is: trace fewer steps")
+    check = _spot_check(ctx, *checked, metrics, cfg.seed) if checked is not None else None
+    return Probe(mode, metrics, steps, traced_steps, GROWTH_DOUBTFUL, rungs, chosen, reliable, reason, warning, check,
+                 time.perf_counter() - started, user)
+
+
+def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, rng: torch.Generator,
+          lr: tuple[float, float], steps: int, traced_steps: int, metrics: list[str], train_report, walk_report
+          ) -> tuple[dict, Trace | None, dict]:
+    """One rung: its segment trained and walked back; (its row of the table, the segment, the walk)."""
+    started = time.perf_counter()
+    row = {"lr_d": lr[0], "lr_g": lr[1], "steps": steps, "walked": 0, "growth": math.inf, "rate": math.inf,
+           "extrapolated": math.inf, "verdict": "unreliable", "stopped_early": False, "diverged": None}
+    try:
+        seg = record_segment(ctx, epoch, state, rng, lr, steps, train_report)
+    except DivergenceError as e:
+        row.update(diverged=f"training diverged: {e}", seconds=time.perf_counter() - started)
+        return row, None, {}
+    passed = walk_segment(pass_ctx, seg, metrics, walk_report)
+    row.update(walked=passed["walked"], stopped_early=passed["stopped_early"], diverged=passed["diverged"])
+    if passed["diverged"] is None:
+        # each column the worst of the objectives (as an estimate's verdict takes the worst of its metrics)
+        growth, rate, far = np.max([extrapolate(total, traced_steps) for total in passed["norms"]], axis=0).tolist()
+        row.update(growth=growth, rate=rate, extrapolated=far, verdict=verdict_for(far)[0])
+    row["seconds"] = time.perf_counter() - started
+    return row, seg, passed
+
+
+def walk_segment(pass_ctx: RunContext, seg: Trace, metrics: list[str], report=None) -> dict:
+    """The estimator's backward pass over a segment for the stacked objectives, stopped once |u| has grown past
+    GROWTH_DOUBTFUL: {"norms": (rows, S + 1) whole-state |u| (nan where not walked), "scores", "walked",
+    "stopped_early", "diverged"}."""
+    train_ctx = training_context(pass_ctx)
+    state = start_pass(pass_ctx, seg, metric_objectives(metrics, pass_ctx.cfg.is_2d))
+    out = {"walked": 0, "stopped_early": False, "diverged": None}
+    try:
+        for t in walk_back(pass_ctx, seg, state, 0, train_ctx=train_ctx):
+            out["walked"] = seg.steps - t
+            if report is not None:
+                report(out["walked"])
+            scaled = set(state.scales_found) >= set(last_updates(seg)) or not seg.layout.n_buffers
+            if t > 0 and scaled and _measured_growth(train_ctx, seg, state) >= GROWTH_DOUBTFUL:
+                out["stopped_early"] = True
+                break
+    except DivergenceError as e:
+        out["diverged"] = f"the backward pass diverged: {e}"
+        return out
+    out["norms"] = pass_norms(train_ctx, seg, state)[..., 2].T.numpy()  # (rows, S + 1)
+    out["scores"] = state.scores.numpy()
+    return out
+
+
+def _measured_growth(train_ctx: RunContext, seg: Trace, state) -> float:
+    """The largest |u| over the whole state so far, relative to where the pass started, over every row."""
+    total = pass_norms(train_ctx, seg, state)[..., 2].numpy()  # (S + 1, rows)
+    walked = total[state.t_next + 1:]
+    return float(np.max(walked / walked[-1])) if np.all(walked[-1] > 0) else 1.0
+
+
+def _spot_check(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str], seed: int) -> dict:
+    """Replays of a few random groups and the harmful / helpful sets over the chosen rung's segment, where lanes
+    batch (`counterfactual.plan` decides by device and model, never by timing); skipped elsewhere."""
+    from .validation.spotcheck import agreement, check_lanes
+    from .validation.trust import group_level
+
+    started = time.perf_counter()
+    lanes, kinds = check_lanes(seg, ctx.dataset.n_train, 0, dict(zip(metrics, scores)), PROBE_CHECK, seed)
+    plan = choose_plan(ctx, seg, len(lanes))
+    if plan.mode != "batched":
+        return {"skipped": f"lanes would run one after another here ({plan.reason}): not affordable beside the "
+                           "probe", "plan": plan.as_dict()}
+    valid = ctx.evaluator("valid")
+
+    def measure(s: TrainState) -> dict:
+        return valid.evaluate(s.theta_d, s.eval_generator(seg.ema_eval), tuple(metrics))
+
+    outcome = replay_lanes(ctx, seg, lanes, measure, plan)
+    per_metric = {}
+    for row, m in enumerate(metrics):
+        actual = [v[m] - b[m] for v, b in zip(outcome.values, outcome.baselines)]
+        agreed = agreement(m, kinds, lanes, scores[row], actual, harmful_sign(m))
+        per_metric[m] = {"groups": group_level(agreed), "lds": agreed["random_groups"]["spearman"],
+                         "harmful_set": agreed["harmful_set"]}
+    return {"plan": plan.as_dict(), "lanes": len(lanes), "per_metric": per_metric,
+            "seconds": time.perf_counter() - started}

@@ -1,0 +1,108 @@
+"""train.trace_lr (issue 24): the traced epochs' learning rate chosen by measurement, or checked beside a user's.
+
+The probe's growth is checked against an actual estimate over the same steps (a run traced at the chosen rate,
+whose first traced steps are the probe's segment), its extrapolation against a growth known in closed form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from influence import tracelr
+from influence.cli import main
+from influence.context import RunContext
+from influence.estimator import GROWTH_DOUBTFUL, EstimateOptions, estimate
+from influence.train import TRACE_LR_RECORD, Trace, chosen_traced_lr, initial_train_state, train, train_without
+
+from _helpers import toy_config
+
+
+def _toy(**train_fields):
+    """The 2D toy at lr 1.0 throughout: the probe's first rung is unreliable there, the second is not."""
+    cfg = toy_config()
+    fields = {"lr_d": 1.0, "lr_g": 1.0, "lr_schedule": (), "trace_lr": "auto", "trace_lr_probe_steps": 20,
+              **train_fields}
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **fields))
+
+
+def test_extrapolation_follows_a_steady_growth_per_step():
+    r, S, T = 1.3, 12, 200
+    total = np.array([r ** (S - t) for t in range(S + 1)])  # index = step; the pass starts at the end (|u| = 1)
+    growth, rate, far = tracelr.extrapolate(total, T)
+    assert (growth, rate, far) == pytest.approx((r**S, r, r**T), rel=1e-9)
+    # an adjoint that starts (near) zero fills up in one step, then grows steadily: the rate is fitted after it
+    filled = np.concatenate([total[:-1] / r, [1e-3]])
+    assert tracelr.extrapolate(filled, T) == pytest.approx((1e3 * r ** (S - 1), r, 1e3 * r ** (T - 1)), rel=1e-9)
+    # steps not walked (a walk stopped early) are nan and left out; a shrinking |u| extrapolates to no growth
+    stopped = np.concatenate([[np.nan] * 5, total[5:]])
+    assert tracelr.extrapolate(stopped, T) == pytest.approx((r ** (S - 5), r, r ** (T - 0)), rel=1e-9)
+    shrinking = 1 / total
+    assert tracelr.extrapolate(shrinking, T) == (1.0, 1.0, 1.0)
+
+
+def test_the_probe_measures_the_growth_an_estimate_reports_on_the_same_steps(tmp_path):
+    cfg = _toy()  # probe segments as long as the traced epoch: the chosen rung's segment is the trace itself
+    run = train(cfg, tmp_path)
+    probe = run.read_json("summary.json")["trace_lr"]
+    assert probe == run.read_json(TRACE_LR_RECORD) and probe["mode"] == "auto" and probe["warning"] is None
+    first, chosen = probe["rungs"][0], probe["rungs"][-1]
+    assert first["lr_d"] == 1.0 and first["stopped_early"] and first["verdict"] != "reliable"
+    assert probe["chosen"] == [chosen["lr_d"], chosen["lr_g"]] == pytest.approx([10**-0.5] * 2)
+    assert chosen["extrapolated"] == chosen["growth"] < GROWTH_DOUBTFUL and probe["reliable"]
+    trace = Trace.load(run)
+    assert np.all(trace.lrs == chosen["lr_d"])  # the traced epoch ran at the pick
+    results = estimate(run, ["all", "dloss"], EstimateOptions())
+    assert chosen["growth"] == pytest.approx(max(r.meta["growth"] for r in results.values()), rel=1e-9)
+    assert probe["cost"]["ratio"] == pytest.approx(probe["seconds"] / probe["traced_seconds"])
+    assert probe["traced_seconds"] == pytest.approx(run.read_json("history.json")[-1]["seconds"])
+    # a retraining (cleanse's) keeps the pick: with nothing removed it is the run, bit for bit
+    ctx = RunContext.create(cfg, tmp_path)
+    theta_d, _ = train_without(ctx, [], traced_lr=chosen_traced_lr(cfg, trace))
+    assert np.array_equal(theta_d.numpy(), trace.final[: trace.n_d])
+    assert not np.array_equal(train_without(ctx, [])[0].numpy(), trace.final[: trace.n_d])
+
+
+def test_a_longer_trace_never_gets_a_larger_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracelr, "_spot_check", lambda *args: None)  # the subject here is the pick alone
+    cfg = _toy(trace_lr_probe_steps=10)
+    ctx = RunContext.create(cfg, tmp_path)
+    state = initial_train_state(ctx)
+    probes = [tracelr.probe_traced_lr(ctx, state, 1, torch.Generator().manual_seed(cfg.seed), traced)
+              for traced in (10, 100, 1000, 10_000)]
+    picks = [p.chosen[0] for p in probes]
+    assert picks == sorted(picks, reverse=True) and picks[-1] < picks[0], picks
+    for p in probes:  # every rung above the pick fails, the pick passes (or is the last resort)
+        assert all(r["extrapolated"] >= GROWTH_DOUBTFUL for r in p.rungs[:-1])
+        assert p.reliable == (p.rungs[-1]["extrapolated"] < GROWTH_DOUBTFUL)
+    for p in probes[1:]:  # the same segments measured alike: growth per rung does not depend on the trace's length
+        for a, b in zip(probes[0].rungs, p.rungs):
+            assert (a["growth"], a["rate"], a["walked"]) == (b["growth"], b["rate"], b["walked"])
+
+
+def test_a_users_rate_is_kept_and_warned_about_when_far_above_the_probes(tmp_path, capsys):
+    cfg = _toy(trace_lr="check")
+    run = train(cfg, tmp_path)
+    probe = run.read_json("summary.json")["trace_lr"]
+    assert np.all(Trace.load(run).lrs == 1.0)  # kept
+    assert probe["user_lr"] == [1.0, 1.0] and probe["chosen"][0] == pytest.approx(10**-0.5)
+    assert probe["warning"].startswith("the traced epochs' rate lr_D 1 is 3.16x the largest the probe found reliable")
+    assert main(["--store", str(tmp_path), "estimate", "--run", run.run_id, "--metric", "all"]) == 0
+    assert f"  warning: {probe['warning']}" in capsys.readouterr().out.splitlines()
+    assert main(["--store", str(tmp_path), "estimate", "--run", run.run_id, "--metric", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["all"]["trace_lr_warning"] == probe["warning"]
+    # the schedule's rate (the default of a train run): no probe, nothing to warn about
+    plain = train(_toy(trace_lr="schedule"), tmp_path)
+    assert "trace_lr" not in plain.read_json("summary.json") and not plain.exists(TRACE_LR_RECORD)
+
+
+def test_a_users_rate_with_nothing_reliable_below_it_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracelr, "RUNGS", 1)  # the ladder is the user's rate alone, which the toy at 1.0 fails
+    run = train(_toy(trace_lr="check"), tmp_path)
+    probe = run.read_json("summary.json")["trace_lr"]
+    assert not probe["reliable"] and probe["chosen"] == probe["user_lr"] == [1.0, 1.0]
+    assert probe["warning"].startswith("the traced epochs' rate lr_D 1 is not reliable (|u| extrapolates to ")
+    assert "no rate the probe tried down to 1 is" in probe["warning"]
