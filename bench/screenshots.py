@@ -20,18 +20,19 @@ cores, after a 19-minute training job); the shots take about 5 (5 min 07 s).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "app"))  # the app tests' helpers: serve_app
+
+from apphelpers import serve_app  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -165,37 +166,6 @@ def act(tab, action: str, arg: str) -> None:
     settle(tab)
 
 
-@contextlib.contextmanager
-def serve(root: Path, log: Path):
-    """`streamlit run app/main.py` over `root` on a free local port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GAN_INFLUENCE_STORE": str(root), "PYTHONPATH": str(REPO)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise SystemExit(f"streamlit did not start; see {log}") from None
-                    time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 def shoot(root: Path, out: Path, only: list[str] | None) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -209,7 +179,7 @@ def shoot(root: Path, out: Path, only: list[str] | None) -> None:
                          "run with --prepare first")
     out.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.gettempdir()) / "screenshots-streamlit.log"
-    with serve(root, log) as url, sync_playwright() as p:
+    with serve_app(root, log) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         for shot in shots:
             store.write_json(root / "_app_state.json", {"run_id": runs[shot.run]})

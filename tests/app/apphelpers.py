@@ -1,9 +1,15 @@
-"""Helpers for the app tests: open the app on a page, read what it says, fake a job folder."""
+"""Helpers for the app tests: open the app on a page, read what it says, fake a job folder, serve the app on a
+local port (also for bench/screenshots.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from influence import jobs, store
@@ -67,3 +73,38 @@ def write_job(root: Path, spec: dict, **status) -> str:
 def removal_on_disk(root: Path, run_id: str) -> list[int]:
     path = root / run_id / "app" / "removal.json"
     return store.read_json(path)["ids"] if path.exists() else []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(root, log_path):
+    """`streamlit run app/main.py` over `root` on a free local port, until the block ends."""
+    port = _free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
+                                cwd=REPO, env={**os.environ, store.ENV_STORE: str(root), "PYTHONPATH": str(REPO)}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 90
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"streamlit did not start; see {log_path}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

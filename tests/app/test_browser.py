@@ -10,18 +10,12 @@ from __future__ import annotations
 import contextlib
 
 import importlib.util
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from apphelpers import REPO, removal_on_disk, tiny_run_id
+from apphelpers import REPO, removal_on_disk, serve_app, tiny_run_id
 from influence import store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,41 +31,6 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
                        reason="needs the playwright Python package (pip install playwright; no browser download)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_app(root, log_path):
-    """`streamlit run app/main.py` over `root` on a free local port, until the block ends."""
-    port = _free_port()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
-                                cwd=REPO, env={**os.environ, store.ENV_STORE: str(root)}, stdout=log,
-                                stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 90
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise RuntimeError(f"streamlit did not start; see {log_path}") from None
-                    time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.fixture(scope="module")
