@@ -53,7 +53,8 @@ def copy_run(src_root: Path, run_id: str, dst_root: Path) -> store.Run:
 
 
 def assert_same_training(run: store.Run, ref: store.Run) -> None:
-    """Byte-identical run folders (as listed in the manifest), timings aside."""
+    """Byte-identical run folders (as listed in the manifest), timings aside (summary.json's and each epoch's in
+    history.json)."""
     # metric_report.json is the train job's report about the finished run (honesty.metric_report), not training
     # output: a run trained by train() alone has none until someone asks for it.
     ref_files, got_files = ({k: v for k, v in r.manifest().items() if k != "metric_report.json"} for r in (ref, run))
@@ -62,6 +63,9 @@ def assert_same_training(run: store.Run, ref: store.Run) -> None:
         if rel == "summary.json":
             a, b = run.read_json(rel), ref.read_json(rel)
             a.pop("seconds"), b.pop("seconds")
+            assert a == b
+        elif rel == "history.json":  # each epoch's wall time beside its numbers
+            a, b = ([{k: v for k, v in e.items() if k != "seconds"} for e in r.read_json(rel)] for r in (run, ref))
             assert a == b
         else:
             assert run.read_bytes(rel) == ref.read_bytes(rel), rel
