@@ -125,8 +125,8 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
             replay_seconds += result.seconds
             from_trace &= result.baseline_from_trace
     check = {
-        "level": level, "level_reason": reason, "result": name, "metrics": metrics, "window_first_step": first, "traced_steps": trace.steps,
-        "window_steps": trace.steps - first, "lanes": plan.as_dict(),
+        "level": level, "level_reason": reason, "result": name, "metrics": metrics, "window_first_step": first,
+        "traced_steps": trace.steps, "window_steps": trace.steps - first, "lanes": plan.as_dict(),
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
         "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
