@@ -81,9 +81,10 @@ def describe(spec: dict) -> str:
     metrics = ", ".join(METRIC_LABELS.get(m, m) for m in p.get("metrics", []))
     return {
         "train": lambda: f"Training {spec_run_id(spec)}",
-        "estimate": lambda: f"Influence on {metrics}",
+        "estimate": lambda: f"Influence on {metrics}" + (f", then its spot check ({p['check']})" if p.get("check") else ""),
         "cleanse": lambda: f"Cleansing without {len(p['removal_ids'])} instances ({p.get('mode', 'replay')})",
-        "validate": lambda: f"Validation of {metrics} on {p.get('n')} instances",
+        "validate": lambda: (f"Group validation of {metrics}: {p['groups'].get('groups')} random groups per fraction"
+                             if isinstance(p.get("groups"), dict) else f"Validation of {metrics} on {p.get('n')} instances"),
         "explain": lambda: (f"Influence on the {p['objective'].split(':')[0]} of chosen samples"
                             + (f", checked by replays without the top {p['check']['k']}" if "check" in p else "")),
         "sweep": lambda: (f"Data-cleansing sweep over {len(p['configs'])} seeds: {len(p['methods'])} methods x "

@@ -137,3 +137,15 @@ def test_a_bad_sweep_form_says_why_and_starts_nothing(app_store, started_jobs, s
     at.button(key="sw-start").click().run()
     assert not at.exception and started_jobs == []
     assert any(message in e.value for e in at.error)
+
+
+def test_job_descriptions_name_the_check_and_the_group_validation():
+    from explorer import jobpanel
+
+    from influence.specs import estimate_spec
+
+    assert jobpanel.describe(estimate_spec("r", ["fid"], EstimateOptions(), "auto")) == \
+        "Influence on FID, then its spot check (auto)"
+    spec = {"kind": "validate", "params": {"run_id": "r", "metrics": ["fid", "is"],
+                                           "groups": {"groups": 32, "fractions": [0.05], "seed": 0, "curve": []}}}
+    assert jobpanel.describe(spec) == "Group validation of FID, IS: 32 random groups per fraction"
