@@ -260,7 +260,8 @@ def _spot_check(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[s
     per_metric = {}
     for row, m in enumerate(metrics):
         actual = [v[m] - b[m] for v, b in zip(outcome.values, outcome.baselines)]
-        agreed = agreement(m, kinds, lanes, scores[row], actual, harmful_sign(m))
+        agreed = agreement(m, kinds, lanes, np.array([scores[row][lane.removed].sum() for lane in lanes]), actual,
+                           harmful_sign(m))
         per_metric[m] = {"groups": group_level(agreed), "lds": agreed["random_groups"]["spearman"],
                          "harmful_set": agreed["harmful_set"]}
     return {"plan": plan.as_dict(), "lanes": len(lanes), "per_metric": per_metric,

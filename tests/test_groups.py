@@ -139,3 +139,24 @@ def test_each_metric_is_checked_on_its_own_most_harmful_set(toy_run, tmp_path):
         traced = np.flatnonzero(trace.step_of_instance(len(scores)) >= 0)
         expected = np.sort(scores[traced] * sign)[::-1][: harmful["size"]].sum() * sign
         assert harmful["predicted"] == pytest.approx(expected) and np.sign(harmful["predicted"]) == sign
+
+
+def test_a_quick_check_replays_the_harmful_sets_over_the_whole_trace(toy_run, tmp_path):
+    """The window's random groups and singles start at the window; each metric's most harmful and helpful 5% are
+    replayed from the first traced step and predicted by the whole estimate (the window could not see quick
+    seed 1's IS set reverse over the earlier steps)."""
+    run = copy_run(toy_run, tmp_path, keep_results=False)
+    res = estimate(run, ["dloss"])["dloss"]
+    check = spot_check(run, ["dloss"], level="quick")
+    assert check["sets_over_whole_trace"] and check["window_steps"] < check["traced_steps"]
+    harmful = check["per_metric"]["dloss"]["harmful_set"]
+    trace = Trace.load(run)
+    traced = np.flatnonzero(trace.step_of_instance(len(res.scores)) >= 0)  # of the whole trace
+    ids = traced[np.argsort(res.scores[traced], kind="stable")][: harmful["size"]]
+    assert harmful["predicted"] == pytest.approx(res.scores[ids].sum())
+    ctx = RunContext.create(load_run_config(run), run.root)
+    final = trace.layout.split(torch.from_numpy(np.array(trace.final_state)))
+    after = replay_state(ctx, trace, ids)  # an independent replay of all traced steps without the set
+    expected = _metric(ctx, trace, after, "valid", "dloss") - _metric(ctx, trace, final, "valid", "dloss")
+    assert harmful["actual"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert "over all 20 traced steps, removing the" in verdict(res, check)["measured"]

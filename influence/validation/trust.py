@@ -90,12 +90,17 @@ def _single_words(level: str) -> str:
 def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
     label = METRIC_LABELS[metric]
     g, s, h = agreement["groups"], agreement["singles"], agreement["harmful_set"]
+    whole = f"all {check['traced_steps']} traced steps"
     where = (f"the last {check['window_steps']} of {check['traced_steps']} traced steps" if check["level"] == "quick"
-             else f"all {check['traced_steps']} traced steps")
+             else whole)
     n_random = sum(1 for lane in agreement["lanes"] if lane["kind"] == "random")
     size = next((lane["size"] for lane in agreement["lanes"] if lane["kind"] == "random"), 0)
     measure = (f"LDS (Spearman) {group_r(agreement):.2f}" if "random_groups" in agreement
                else f"predicted vs actual r={g['pearson']:.2f} (with the most harmful and helpful sets)")
-    return (f"replays over {where}: on {n_random} random groups of {size} images, {measure}; removing the "
-            f"{h['size']} most harmful changed {label} by {h['actual']:+.3g} "
-            f"(predicted {h['predicted']:+.3g}); on {s['n']} single images tau={s['kendall_tau']:.2f}")
+    harmful = (f"removing the {h['size']} most harmful changed {label} by {h['actual']:+.3g} "
+               f"(predicted {h['predicted']:+.3g})")
+    singles = f"on {s['n']} single images tau={s['kendall_tau']:.2f}"
+    if check["level"] == "quick" and check.get("sets_over_whole_trace"):
+        return (f"replays over {where}: on {n_random} random groups of {size} images, {measure}; {singles}; over "
+                f"{whole}, {harmful}")
+    return f"replays over {where}: on {n_random} random groups of {size} images, {measure}; {harmful}; {singles}"
