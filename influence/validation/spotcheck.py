@@ -1,6 +1,6 @@
 """The spot check behind every verdict: a few replays that measure how far an estimate can be acted on.
 
-One counterfactual replay (`counterfactual.replay_lanes`), lanes measured against lane 0 of the same
+Counterfactual replays (`counterfactual.replay_lanes`), lanes measured against lane 0 of the same
 replay, on the evaluation the estimate targets (validation split, its fixed z):
 - groups: random removal sets, plus the most harmful and the most helpful set by the estimate:
   predicted (the sum of their scores) against actual, Pearson r and Spearman; and how the most
@@ -10,11 +10,11 @@ replay, on the evaluation the estimate targets (validation split, its fixed z):
 Levels (`CHECK_LEVELS`):
 - full: the whole trace, 16 random groups of 5%, the harmful / helpful 5%, 16 singles. The random groups
   give a small LDS (Spearman of summed estimates against actual changes), the measure of group validation.
-- quick: over the last eighth of the traced steps (`estimator.check_window`), compared with the scores those
-  steps alone give (window_scores.npy), 12 random groups, the harmful / helpful 5%, 8 singles. Its replays
-  cost about one influence pass where lanes run one after another (conv nets on a CPU): a removal only
-  replays the window. The window cannot see what the earlier steps do (docs/trust.md measures how often
-  it misjudges), so it is the fallback, not the default, wherever the full check is cheap.
+- quick: the random groups (12) and singles (8) over the last eighth of the traced steps
+  (`estimator.check_window`), compared with the scores those steps alone give (window_scores.npy), so that part
+  costs about one influence pass where lanes run one after another (conv nets on a CPU); each metric's harmful and
+  helpful 5% over the whole trace, against the whole estimate: the window cannot see what the earlier steps do
+  to a large removal (docs/trust.md).
 - auto (the default): full where the lanes run batched (small nets, or a GPU: the whole check is a few
   batched replays), quick otherwise. The check records the level it ran and why.
 Stored per named result: influence/_checks/<result name>-<level>.json; `trust.verdict` reads it.
