@@ -202,7 +202,7 @@ def _check_option(p: argparse.ArgumentParser) -> None:
                    help="spot check after the pass: replays of random groups, the most harmful and helpful sets and "
                         "single images that measure how far the estimate can be trusted (full: the whole trace, 16 "
                         "groups and 16 singles; quick: groups and singles over the last eighth of the traced steps, "
-                        "the harmful and helpful sets over all of them; auto: full where the lanes run batched, else "
+                        "the most harmful sets over all of them; auto: full where the lanes run batched, else "
                         "quick; docs/trust.md)")
 
 

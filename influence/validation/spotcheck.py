@@ -12,9 +12,9 @@ Levels (`CHECK_LEVELS`):
   give a small LDS (Spearman of summed estimates against actual changes), the measure of group validation.
 - quick: the random groups (12) and singles (8) over the last eighth of the traced steps
   (`estimator.check_window`), compared with the scores those steps alone give (window_scores.npy), so that part
-  costs about one influence pass where lanes run one after another (conv nets on a CPU); each metric's harmful and
-  helpful 5% over the whole trace, against the whole estimate: the window cannot see what the earlier steps do
-  to a large removal (docs/trust.md).
+  costs about one influence pass where lanes run one after another (conv nets on a CPU), and the helpful sets; each
+  metric's most harmful 5% over the whole trace, against the whole estimate: the window cannot see what the
+  earlier steps do to a large removal (docs/trust.md).
 - auto (the default): full where the lanes run batched (small nets, or a GPU: the whole check is a few
   batched replays), quick otherwise. The check records the level it ran and why.
 Stored per named result: influence/_checks/<result name>-<level>.json; `trust.verdict` reads it.
@@ -117,12 +117,16 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     predicted = {m: [scores[m][lane.removed].sum() for lane in lanes_list] for m in metrics}
     starts = [first] * len(lanes_list)
     if level == "quick":
-        # The sets a curator removes are judged over the whole trace: on quick seed 1 the window saw IS's most
-        # harmful 5% move as predicted, while over all steps removing it lowered IS (docs/trust.md).
+        # The set a curator removes is judged over the whole trace (a whole replay each; the helpful sets stay in
+        # the window): on quick seed 1 the window saw IS's most harmful 5% move as predicted, while over all steps
+        # removing it lowered IS (docs/trust.md).
         whole = trace.steps - next(iter(results.values())).meta["traced_steps"]
-        keep = [i for i, k in enumerate(kinds) if ":" not in k]
+        harmful_kind = {m: f"{'high' if r.meta['harmful_sign'] > 0 else 'low'}:{m}" for m, r in results.items()}
+        keep = [i for i, k in enumerate(kinds) if ":" not in k or k not in harmful_kind.values()]
         sets, set_kinds = extreme_sets(trace, n_train, whole, {m: r.scores for m, r in results.items()},
                                        setup["fraction"])
+        chosen = [i for i, k in enumerate(set_kinds) if k in harmful_kind.values()]
+        sets, set_kinds = [sets[i] for i in chosen], [set_kinds[i] for i in chosen]
         lanes_list, kinds = [lanes_list[i] for i in keep] + sets, [kinds[i] for i in keep] + set_kinds
         predicted = {m: [predicted[m][i] for i in keep] + [results[m].scores[lane.removed].sum() for lane in sets]
                      for m in metrics}
@@ -148,7 +152,7 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
         "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
-        "sets_over_whole_trace": True,  # each metric's harmful and helpful sets, also in a quick check
+        "sets_over_whole_trace": True,  # each metric's harmful set, also in a quick check
         "per_metric": {m: agreement(m, kinds, lanes_list, np.array(predicted[m]), [a[m] for a in actual],
                                     results[m].meta["harmful_sign"])
                        for m in metrics},
