@@ -61,8 +61,8 @@ def test_the_first_fine_tuned_step_continues_the_runs_training(source):
     opts = {}
     for player, module in (("d", D), ("g", G)):
         opts[player] = torch.optim.Adam(module.parameters(), foreach=False)
-        opts[player].load_state_dict(torch.load(root / INIT_DIR / source.run_id / f"optimizer_{player}.pt",
-                                                weights_only=True))
+        path = root / INIT_DIR / source.run_id / f"optimizer_{player}.pt"
+        opts[player].load_state_dict(torch.load(path, weights_only=True))
     assert opts["d"].param_groups[0]["lr"] == LR and opts["d"].param_groups[0]["betas"] == (0.5, 0.999)
     ctx = RunContext.create(cfg, root)
     x = ctx.train_x[torch.from_numpy(trace.batch(0))].double()
