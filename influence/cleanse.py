@@ -96,7 +96,7 @@ def cleanse(
     key = removal_key(ids, mode)
     if run.exists(f"cleanse/{key}/result.json"):
         return _load(run, key, ids)
-    with run.exclusive(f"cleanse-{key}", progress, cancel):  # one computation of an attempt, whoever asks
+    with _attempt_locks(run, [ids], mode, progress, cancel):  # one computation of an attempt, whoever asks
         if run.exists(f"cleanse/{key}/result.json"):
             return _load(run, key, ids)
         plan = choose_plan(ctx, trace, 1) if mode == "replay" else LanePlan("sequential", 1, "")
