@@ -212,6 +212,26 @@ def test_per_instance_terms_match_differences_in_w_and_a_naive_loop(step_setup):
         assert float(jw[0, j]) == pytest.approx(float(fd), rel=1e-6)
 
 
+def test_rows_in_chunks_equal_all_rows_in_one_product(step_setup, monkeypatch):
+    """`rows_per_product` splits the stacked rows into several products; the rows come back in order and equal
+    the one-product result to rounding (the mnist setup is a conv net: on the CPU its rows go 8 at a time)."""
+    from influence.estimator import backward
+
+    ctx, trace, t = step_setup
+    s = _state(ctx, trace, t)
+    gen = torch.Generator().manual_seed(5)
+    adjoint = [torch.randn(7, n, generator=gen, dtype=torch.float64) for n in trace.layout.sizes]
+    assert backward.rows_per_product(ctx) == (None if ctx.cfg.model.arch == "fcgan" else 8)
+    monkeypatch.setattr(backward, "rows_per_product", lambda ctx: None)
+    whole, jw_whole = backward_step(ctx, trace, t, s, adjoint)
+    monkeypatch.setattr(backward, "rows_per_product", lambda ctx: 3)
+    chunked, jw_chunked = backward_step(ctx, trace, t, s, adjoint)
+    for a, b in zip(whole, chunked):
+        assert a.shape == b.shape == (7, a.shape[1])
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14 * float(a.abs().max()))
+    assert torch.allclose(jw_whole, jw_chunked, rtol=1e-12, atol=1e-14 * float(jw_whole.abs().max()))
+
+
 # ---------------------------------------------------------------- passes and caching
 def test_multi_metric_pass_equals_single_metric_passes(exact_mnist):
     run, joint = exact_mnist  # fid, is, dloss in one pass (the batched backward step)

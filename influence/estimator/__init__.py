@@ -13,7 +13,8 @@ Modules, one concern each:
 """
 
 from .backward import (PassState, adjoint_at, backward_step, block_scales, initial_adjoint, last_updates,
-                       objective_gradients, pass_norms, player_scales, start_pass, unmeasured_players, walk_back)
+                       objective_gradients, pass_norms, player_scales, rows_per_product, start_pass, unmeasured_players,
+                       walk_back)
 from .options import (AFFORDABLE_FLOAT64_PARAMS, ESTIMATOR_VERSION, FROZEN_VERSION, METHODS, OPTIMIZER_STATES,
                       EstimateOptions, result_name)
 from .results import (CHOSEN, InfluenceResult, cached_results, choose_results, chosen_name, harmful_order,
@@ -30,5 +31,5 @@ __all__ = [
     "chosen_name", "drop_partial", "estimate", "partial_folder", "growth_of", "harmful_order", "influence_table", "initial_adjoint",
     "instance_flags", "last_updates", "load_result", "objective_gradients", "pass_norms", "player_scales",
     "result_dir", "result_name", "result_sets", "start_pass", "stored_pass", "table_metadata", "training_context",
-    "unmeasured_players", "verdict_for", "walk_back", "write_table",
+    "rows_per_product", "unmeasured_players", "verdict_for", "walk_back", "write_table",
 ]

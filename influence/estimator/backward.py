@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..context import RunContext
+from ..counterfactual.plan import BATCHED_CPU_ARCHS
 from ..errors import DivergenceError
 from ..objectives import Objective
 from ..stepmap import KIND_BOTH, KIND_D, KIND_G, TrainState, state_vjp
@@ -62,15 +63,35 @@ def initial_adjoint(ctx: RunContext, trace: Trace, objectives: list[Objective]) 
     return adjoint_at(ctx, trace, objectives, final_state(ctx, trace))
 
 
+# CPU: stacked adjoint rows share one vector-Jacobian product only for the dense toys (their products are
+# per-call overhead); a conv net's rows cost the same arithmetic batched or not, and a product over all 64 rows
+# at once was measured slower than products over 8 rows at a time (tiny: 39.7 s against 20.1 s; mnist-adam's
+# net: 31.7 s against 18.0 s; docs/benchmarks.md). The same nets as those whose replay lanes batch on the CPU.
+CPU_ROWS_PER_PRODUCT = 8
+
+
+def rows_per_product(ctx: RunContext) -> int | None:
+    """How many stacked adjoint rows one vector-Jacobian product takes (None: all of them). A function of the
+    device and the model only, never of timings, so a pass's digits do not depend on the machine's load."""
+    if ctx.device.type == "cuda" or ctx.cfg.model.arch in BATCHED_CPU_ARCHS:
+        return None
+    return CPU_ROWS_PER_PRODUCT
+
+
 def backward_step(ctx: RunContext, trace: Trace, t: int, state: TrainState, adjoint: list[torch.Tensor],
                   frozen: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One step of the backward pass for k stacked adjoints: (lambda_t per block, score terms (k, |batch|)).
 
     The score terms are -lambda_{t+1}^T d s_{t+1} / d w_j: the first-order change of the metric when
-    instance j of the step's batch is removed.
+    instance j of the step's batch is removed. The rows go through `rows_per_product` rows at a time.
     """
-    new_adjoint, jw = state_vjp(ctx.gan, trace.rule, state, trace_inputs(ctx, trace, t), adjoint, frozen)
-    return new_adjoint, -jw
+    inp, k, chunk = trace_inputs(ctx, trace, t), adjoint[0].shape[0], rows_per_product(ctx)
+    if chunk is None or k <= chunk:
+        new_adjoint, jw = state_vjp(ctx.gan, trace.rule, state, inp, adjoint, frozen)
+        return new_adjoint, -jw
+    parts = [state_vjp(ctx.gan, trace.rule, state, inp, [a[i:i + chunk] for a in adjoint], frozen)
+             for i in range(0, k, chunk)]
+    return [torch.cat([p[0][b] for p in parts]) for b in range(len(adjoint))], -torch.cat([p[1] for p in parts])
 
 
 # ---------------------------------------------------------------- the backward loop (in memory)

@@ -34,7 +34,8 @@ import torch
 from .. import datamap, store
 from ..context import RunContext, load_run_config
 from ..errors import ConfigError, StoreError
-from ..estimator import ESTIMATOR_VERSION, EstimateOptions, check_options, drop_partial, partial_folder, result_name, stored_pass
+from ..estimator import (ESTIMATOR_VERSION, EstimateOptions, check_options, drop_partial, partial_folder, result_name,
+                         rows_per_product, stored_pass)
 from ..estimator.verdict import growth_of, verdict_for
 from ..objectives.samples import (Clarity, ClassShare, Position, Realism, Reference, SampleObjective, build,
                                   features_of)
@@ -138,6 +139,7 @@ def explain(run: store.Run, samples: dict, objective: str, options: EstimateOpti
         "rows": obj.rows, "row_sample": obj.row_sample.tolist(), "row_labels": obj.row_labels(),
         "options": options.identity(n_params), "estimator_version": ESTIMATOR_VERSION,
         "traced_steps": trace.steps - first, "trace_first_step": trace.first_step, "seconds": seconds,
+        "rows_per_product": rows_per_product(ctx) or obj.rows,
         "growth": growth, "verdict": verdict, "verdict_message": message,
     }
     base = folder(name)
