@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 
 import numpy as np
 from scipy import stats
@@ -113,24 +114,23 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     scores = {m: r.scores if level == "full" else run.read_npy(f"influence/{options.key(m, n_params)}/window_scores.npy")
               for m, r in results.items()}
     n_train, setup = ctx.dataset.n_train, SETUP[level]
-    lanes_list, kinds = check_lanes(trace, n_train, first, scores, setup, seed)
+    # A quick check judges the set a curator removes over the whole trace (a whole replay each; the helpful sets
+    # stay in the window): on quick seed 1 the window saw IS's most harmful 5% move as predicted, while over all
+    # steps removing it lowered IS (docs/trust.md).
+    harmful = {f"{'high' if r.meta['harmful_sign'] > 0 else 'low'}:{m}" for m, r in results.items()}
+    whole_trace_sets = harmful if level == "quick" else set()
+    lanes_list, kinds = check_lanes(trace, n_train, first, scores, setup, seed, skip_sets=whole_trace_sets)
     predicted = {m: [scores[m][lane.removed].sum() for lane in lanes_list] for m in metrics}
     starts = [first] * len(lanes_list)
-    if level == "quick":
-        # The set a curator removes is judged over the whole trace (a whole replay each; the helpful sets stay in
-        # the window): on quick seed 1 the window saw IS's most harmful 5% move as predicted, while over all steps
-        # removing it lowered IS (docs/trust.md).
+    if whole_trace_sets:
         whole = trace.steps - next(iter(results.values())).meta["traced_steps"]
-        harmful_kind = {m: f"{'high' if r.meta['harmful_sign'] > 0 else 'low'}:{m}" for m, r in results.items()}
-        keep = [i for i, k in enumerate(kinds) if ":" not in k or k not in harmful_kind.values()]
+        every = {f"{side}:{m}" for m in results for side in ("low", "high")}
         sets, set_kinds = extreme_sets(trace, n_train, whole, {m: r.scores for m, r in results.items()},
-                                       setup["fraction"])
-        chosen = [i for i, k in enumerate(set_kinds) if k in harmful_kind.values()]
-        sets, set_kinds = [sets[i] for i in chosen], [set_kinds[i] for i in chosen]
-        lanes_list, kinds = [lanes_list[i] for i in keep] + sets, [kinds[i] for i in keep] + set_kinds
-        predicted = {m: [predicted[m][i] for i in keep] + [results[m].scores[lane.removed].sum() for lane in sets]
-                     for m in metrics}
-        starts = [first] * len(keep) + [whole] * len(sets)
+                                       setup["fraction"], skip=every - whole_trace_sets)
+        lanes_list, kinds = lanes_list + sets, kinds + set_kinds
+        for m in metrics:
+            predicted[m] += [results[m].scores[lane.removed].sum() for lane in sets]
+        starts += [whole] * len(sets)
     actual: list = [None] * len(lanes_list)
     replay_seconds, from_trace, plan = 0.0, True, None
     for start in sorted(set(starts)):  # one replay per start: the window's lanes, the whole trace's sets
@@ -161,11 +161,11 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     return check
 
 
-def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int
-                ) -> tuple[list[Lane], list[str]]:
+def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int,
+                skip_sets: Collection[str] = ()) -> tuple[list[Lane], list[str]]:
     """The check's lanes and their kinds: random groups; per metric its harmful and helpful sets ("high:<m>",
-    "low:<m>": the largest and smallest scores); singles (half of them the largest |score| of the first metric).
-    Also the trace-lr probe's check (`tracelr`)."""
+    "low:<m>": the largest and smallest scores; those in `skip_sets` left out); singles (half of them the largest
+    |score| of the first metric). Also the trace-lr probe's check (`tracelr`)."""
     seen = np.flatnonzero(trace.step_of_instance(n_train, first) >= 0)
     if len(seen) < 4:
         raise ConfigError(f"only {len(seen)} instances lie in the checked steps: too few to check")
@@ -175,7 +175,7 @@ def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.nda
     for _ in range(setup["groups"]):
         lanes.append(Lane.of(rng.choice(seen, size, replace=False)))
         kinds.append("random")
-    sets, set_kinds = extreme_sets(trace, n_train, first, scores, setup["fraction"])
+    sets, set_kinds = extreme_sets(trace, n_train, first, scores, setup["fraction"], skip_sets)
     lanes, kinds = lanes + sets, kinds + set_kinds
     first_scores = next(iter(scores.values()))
     n_single = min(setup["singles"], len(seen))
@@ -187,16 +187,18 @@ def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.nda
     return lanes, kinds
 
 
-def extreme_sets(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], fraction: float
-                 ) -> tuple[list[Lane], list[str]]:
+def extreme_sets(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], fraction: float,
+                 skip: Collection[str] = ()) -> tuple[list[Lane], list[str]]:
     """Per metric the `fraction` of the instances in the steps from `first` with the smallest and the largest
-    scores ("low:<m>", "high:<m>"): each metric's most harmful and most helpful sets."""
+    scores ("low:<m>", "high:<m>"): each metric's most harmful and most helpful sets (but the kinds in `skip`)."""
     seen = np.flatnonzero(trace.step_of_instance(n_train, first) >= 0)
     size = max(1, round(fraction * len(seen)))
     lanes, kinds = [], []
     for m, metric_scores in scores.items():
         order = seen[np.argsort(metric_scores[seen], kind="stable")]  # most negative first
         for kind, ids in (("low", order[:size]), ("high", order[-size:])):
+            if f"{kind}:{m}" in skip:
+                continue
             lanes.append(Lane.of(ids))
             kinds.append(f"{kind}:{m}")
     return lanes, kinds
