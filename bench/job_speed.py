@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "app"))  # the app tests' helpers: serve_app
+
+from apphelpers import serve_app  # noqa: E402
 
 
 def _config(epochs: int, seed: int):
@@ -57,21 +57,7 @@ def in_app(root: Path, epochs: int, seed: int, watchers: int, server_env: dict) 
 
     from influence import jobs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GAN_INFLUENCE_STORE": str(root), **server_env}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-                               "--server.headless", "true", "--server.address", "127.0.0.1"],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.3)
+    with serve_app(root, root / "job_speed_server.log", server_env) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"])
             tabs = [browser.new_page(viewport={"width": 1440, "height": 1200}) for _ in range(watchers)]
@@ -102,12 +88,6 @@ def in_app(root: Path, epochs: int, seed: int, watchers: int, server_env: dict) 
         status = jobs.read_status(root, key)
         return {"wall_s": wall, "job_s": status["updated"] - status["started"], "state": status["state"],
                 "watchers": watchers}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main() -> int:
@@ -125,6 +105,7 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     root = Path(args.store or tempfile.mkdtemp(prefix="gie-jobspeed-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
     seed = int(time.time()) % 100_000
     out = {}
     for i, way in enumerate(args.ways):

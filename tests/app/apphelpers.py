@@ -82,13 +82,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(root, log_path):
-    """`streamlit run app/main.py` over `root` on a free local port, until the block ends."""
+def serve_app(root, log_path, env: dict | None = None):
+    """`streamlit run app/main.py` over `root` on a free local port, until the block ends (`env`: more of the
+    server's environment, which its job workers inherit)."""
     port = _free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
                                  "--server.headless", "true", "--server.address", "127.0.0.1"],
-                                cwd=REPO, env={**os.environ, store.ENV_STORE: str(root), "PYTHONPATH": str(REPO)}, stdout=log,
+                                cwd=REPO, env={**os.environ, store.ENV_STORE: str(root), "PYTHONPATH": str(REPO), **(env or {})},
+                                stdout=log,
                                 stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
