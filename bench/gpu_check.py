@@ -13,7 +13,10 @@ all of it traced):
 4. prints seconds per training step, per backward step and per leave-one-out replay step;
 5. fine-tunes and traces the check run (`finetune`: its final weights, its optimizer state kept where it has
    one, train.trace_lr=auto with 2-step probe segments) twice in two stores, and checks the probe's table and
-   the fine-tuned trace bit for bit; prints the pick and the probe's cost against the traced epoch.
+   the fine-tuned trace bit for bit; prints the pick and the probe's cost against the traced epoch;
+6. replays 8 leave-one-out lanes batched (one vmapped pass) and one after another: seconds of each, and the
+   largest difference of their changes (float rounding, not bit for bit); the plan the engine picks here;
+7. explains the realism of 1 and of 64 generated samples (stacked rows, one pass each): seconds and ratio.
 Prints one JSON line per preset; exits 1 if any bit-for-bit check fails. Needs CUDA.
 """
 
@@ -73,7 +76,39 @@ def check(name: str, root, steps: int) -> dict:
         "cpu_vs_cuda_rel_l2": float(np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu)),
         "s_per_train_step": train_s, "s_per_backward_step": backward_s, "s_per_replay_step": replay_s,
         **finetune_check(a, root / "finetune"),
+        **lanes_check(ctx, trace),
+        **explain_check(a),
     }
+
+
+def lanes_check(ctx: RunContext, trace: Trace, k: int = 8) -> dict:
+    """k single-instance lanes batched against one after another on this device: seconds and agreement."""
+    from influence.counterfactual import Lane, LanePlan, replay_lanes
+    from influence.counterfactual.plan import choose_plan
+
+    lanes = [Lane.of([int(j)]) for j in np.unique(np.concatenate([trace.batch(t) for t in range(trace.steps)]))[:k]]
+    theta_d = lambda s: s.theta_d.detach().double().cpu()  # noqa: E731 (the final D: every lane moves it)
+    out = {}
+    for mode, plan in (("sequential", LanePlan("sequential", 1, "gpu_check")), ("batched", LanePlan("batched", k, "gpu_check"))):
+        started = time.perf_counter()
+        r = replay_lanes(ctx, trace, lanes, theta_d, plan)
+        torch.cuda.synchronize()
+        out[mode] = (time.perf_counter() - started, [v - b for v, b in zip(r.values, r.baselines)])
+    diff = max(float((a - b).abs().max()) for a, b in zip(out["sequential"][1], out["batched"][1]))
+    scale = max(float(a.abs().max()) for a in out["sequential"][1])
+    return {"lanes": k, "lanes_sequential_s": out["sequential"][0], "lanes_batched_s": out["batched"][0],
+            "lanes_speedup": out["sequential"][0] / out["batched"][0], "lanes_largest_difference": diff,
+            "lanes_largest_change": scale, "lanes_auto_plan": choose_plan(ctx, trace, k).as_dict()}
+
+
+def explain_check(run: store.Run) -> dict:
+    """Seconds of one stacked pass over 1 and over 64 samples' realism (issue 25's cost target: 64 <= 8x 1)."""
+    from influence.samples import explain
+
+    explain(run, {"seed": 6, "n": 1}, "realism")  # a warm-up: one-time imports and kernels
+    one, many = (explain(run, {"seed": 7, "n": n}, "realism").meta for n in (1, 64))
+    return {"explain_1_s": one["seconds"], "explain_64_s": many["seconds"], "explain_64_vs_1": many["seconds"] / one["seconds"],
+            "explain_rows_per_product": many["rows_per_product"]}
 
 
 def finetune_check(run: store.Run, root) -> dict:
