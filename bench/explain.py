@@ -9,6 +9,7 @@
     .venv/bin/python bench/explain.py copies --variant rgb --work /tmp/x/copies-rgb
     # accuracy on mnist-adam seeds 0-2 (unattended, resumable: every chunk of replays is saved under --out)
     .venv/bin/python bench/explain.py accuracy --preset mnist-adam --seeds 0 1 2 --store runs --out bench-out/explain
+    .venv/bin/python bench/explain.py accuracy --preset mnist-adam --seeds 1 2 --loo-n 0 --store runs --out bench-out/explain
 
 Accuracy, per seed: 20 chosen samples (the 10 of lowest clarity among 1,000 seeded z, and 10 random others),
 objective clarity, one pass. Group check: per sample, a replay without its top 1% responsible images (most
@@ -18,7 +19,8 @@ Pearson r of predicted (the sum of the removed images' influences) against actua
 all lanes x samples). Leave-one-out: n random traced images, one replay each, Kendall tau per sample on 3
 samples (the lowest-clarity one and the first two random ones; all 20 as well). Replays are lanes of
 `counterfactual.replay_lanes` (lane 0 = nothing removed); chunks of lanes are saved as they finish, so a
-killed bench resumes with the next chunk. Results: <out>/seed<S>/result.json and <out>/summary.json.
+killed bench resumes with the next chunk. Results: <out>/seed<S>/result.json and <out>/summary.json (every seed
+under <out> so far; --loo-n 0 leaves leave-one-out out).
 """
 
 from __future__ import annotations
@@ -285,7 +287,6 @@ def _chunks(folder: Path, prefix: str, run, e, lanes: list[Lane], size: int) -> 
 def cmd_accuracy(args) -> dict:
     root = store.store_root(args.store)
     out_dir = Path(args.out)
-    per_seed = []
     for seed in args.seeds:
         folder = out_dir / f"seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -319,10 +320,6 @@ def cmd_accuracy(args) -> dict:
         moved = np.sign(top_p) == np.sign(top_a)
         beats = top_a * e.harmful_sign > rnd_a * e.harmful_sign
         own_p, own_a = np.concatenate([top_p, rnd_p]), np.concatenate([top_a, rnd_a])
-        singles = np.random.default_rng([seed, 7]).choice(traced, min(args.loo_n, len(traced)), replace=False)
-        l_pred, l_act, l_s = _chunks(folder, "loo", run, e, [Lane.of([j]) for j in singles], args.chunk)
-        taus = [float(stats.kendalltau(l_pred[:, i], l_act[:, i]).statistic) for i in range(len(z))]
-        loo_samples = [0, len(z) // 2, len(z) // 2 + 1][: args.loo_samples]
         result = {
             "seed": seed, "run_id": run.run_id, "train_seconds": train_s, "pass_seconds": e.meta["seconds"],
             "verdict": e.meta["verdict"], "growth": max(e.meta["growth"]), "samples": len(z), "k": k,
@@ -332,21 +329,29 @@ def cmd_accuracy(args) -> dict:
                       "pearson_all": float(stats.pearsonr(g_pred.ravel(), g_act.ravel()).statistic),
                       "top_predicted": top_p.tolist(), "top_actual": top_a.tolist(), "random_actual": rnd_a.tolist(),
                       "replay_seconds": g_s},
-            "loo": {"n": len(singles), "samples": loo_samples, "tau": [taus[i] for i in loo_samples],
-                    "tau_all_samples": taus, "mean_tau_all": float(np.mean(taus)), "replay_seconds": l_s},
+            "loo": None,
         }
-        _json(folder / "result.json", result)
         g = result["group"]
-        print(f"seed {seed}: top 1% moved as predicted for {g['top_moves_as_predicted']:.0%} of samples, beat random "
-              f"1% for {g['top_beats_random']:.0%}; Pearson r {g['pearson_own']:.3f} (own lanes), "
-              f"{g['pearson_all']:.3f} (all lanes x samples); leave-one-out tau on samples {loo_samples}: "
-              + ", ".join(f"{t:.3f}" for t in result["loo"]["tau"]) + f" (mean over all {len(z)}: "
-              f"{result['loo']['mean_tau_all']:.3f})", flush=True)
-        per_seed.append(result)
-    summary = {"preset": args.preset, "seeds": args.seeds, "per_seed": [
+        line = (f"seed {seed}: top 1% moved as predicted for {g['top_moves_as_predicted']:.0%} of samples, beat random "
+                f"1% for {g['top_beats_random']:.0%}; Pearson r {g['pearson_own']:.3f} (own lanes), "
+                f"{g['pearson_all']:.3f} (all lanes x samples)")
+        if args.loo_n:
+            singles = np.random.default_rng([seed, 7]).choice(traced, min(args.loo_n, len(traced)), replace=False)
+            l_pred, l_act, l_s = _chunks(folder, "loo", run, e, [Lane.of([j]) for j in singles], args.chunk)
+            taus = [float(stats.kendalltau(l_pred[:, i], l_act[:, i]).statistic) for i in range(len(z))]
+            loo_samples = [0, len(z) // 2, len(z) // 2 + 1][: args.loo_samples]
+            result["loo"] = {"n": len(singles), "samples": loo_samples, "tau": [taus[i] for i in loo_samples],
+                             "tau_all_samples": taus, "mean_tau_all": float(np.mean(taus)), "replay_seconds": l_s}
+            line += (f"; leave-one-out tau on samples {loo_samples}: " + ", ".join(f"{t:.3f}" for t in result["loo"]["tau"])
+                     + f" (mean over all {len(z)}: {result['loo']['mean_tau_all']:.3f})")
+        _json(folder / "result.json", result)
+        print(line, flush=True)
+    # every seed measured under --out so far (a seed may have been run by another invocation, e.g. without LOO)
+    done = [json.loads(p.read_text()) for p in sorted(out_dir.glob("seed*/result.json"))]
+    summary = {"preset": args.preset, "seeds": [r["seed"] for r in done], "per_seed": [
         {k: r[k] for k in ("seed", "run_id", "k", "pass_seconds", "verdict")}
         | {"moved": r["group"]["top_moves_as_predicted"], "beats_random": r["group"]["top_beats_random"],
-           "pearson": r["group"]["pearson_own"], "loo_tau": r["loo"]["tau"]} for r in per_seed]}
+           "pearson": r["group"]["pearson_own"], "loo_tau": r["loo"]["tau"] if r["loo"] else None} for r in done]}
     _json(out_dir / "summary.json", summary)
     return summary
 
@@ -380,7 +385,7 @@ def main() -> None:
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--samples", type=int, default=20)
     a.add_argument("--fraction", type=float, default=0.01)
-    a.add_argument("--loo-n", type=int, default=100)
+    a.add_argument("--loo-n", type=int, default=100, help="leave-one-out replays (0: none, the group check only)")
     a.add_argument("--loo-samples", type=int, default=3)
     a.add_argument("--last-steps", type=int, default=None)
     a.add_argument("--chunk", type=int, default=8, help="lanes per saved chunk of replays")
