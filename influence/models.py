@@ -171,6 +171,11 @@ class FcDiscriminator(nn.Module):
         return self.net(x).squeeze(1)
 
 
+def has_kinks(cfg) -> bool:
+    """ReLU or LeakyReLU units somewhere in G or D: the architectures' own units, but smallcnn's sigmoid."""
+    return cfg.activation == "default" and cfg.arch != "smallcnn"
+
+
 def build_gan(cfg: ModelConfig, channels: int = 1, size: int = 28) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator), initialised as `cfg.init` says (seed torch before calling)."""
     def act(default: Activation) -> Activation:

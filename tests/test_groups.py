@@ -10,8 +10,10 @@ import torch
 from scipy import stats
 
 from influence import cli
+from influence.config import preset
 from influence.context import RunContext, load_run_config
 from influence.estimator import cached_results, estimate
+from influence.models import has_kinks
 from influence.train import Trace, replay_state
 from influence.validation.groups import GroupSpec, lds, validate_groups
 from influence.validation.spotcheck import spot_check, stored_check
@@ -91,6 +93,11 @@ def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_pat
     v = verdict(res, check)
     assert (v["groups"], v["singles"]) == ("trustworthy", "trustworthy"), v
     assert "single images tau=" in v["measured"] and "most harmful changed D-loss" in v["measured"]
+    # ReLU units but float64: no cap; the same check of a ReLU net in float32 is capped (docs/trust.md)
+    assert check["kinked_float32"] is False
+    assert [has_kinks(preset(p).model) for p in ("toy2d", "dcgan32", "quick", "mnist-adam")] == [True, True, False, False]
+    capped = verdict(res, {**check, "kinked_float32": True})
+    assert (capped["groups"], capped["singles"]) == ("indicative", "rough") and "full check" in capped["summary"]
     # shuffled scores: the same replays judge them
     folder = next(p for p in run.path("influence").iterdir() if p.name.startswith("dloss-"))
     for name in ("scores.npy", "window_scores.npy"):
