@@ -34,6 +34,7 @@ from own_images import shapes_folder  # noqa: E402
 
 CANDIDATES = {  # on top of the preset (Radford width 16, GELU): each says its units
     "dcgan-w64": ["model.arch=dcgan", "model.width=64", "model.activation=default"],
+    "dcgan-w64-gelu": ["model.arch=dcgan", "model.width=64", "model.activation=gelu"],
     "radford-w16": ["model.arch=dcgan-radford", "model.width=16", "model.activation=default"],
     "radford-w32": ["model.arch=dcgan-radford", "model.width=32", "model.activation=default"],
     "radford-w16-gelu": ["model.arch=dcgan-radford", "model.width=16", "model.activation=gelu"],
