@@ -41,7 +41,7 @@ from influence import store
 from influence.config import DataConfig, apply_overrides, preset
 from influence.context import RunContext, load_run_config
 from influence.counterfactual import Lane
-from influence.data import load_dataset
+from influence.data import load_dataset, prepare
 from influence.estimator import EstimateOptions
 from influence.objectives.samples import class_log_probs, features_of
 from influence.samples import check, explain, replay_removals
@@ -176,8 +176,8 @@ def cmd_copies(args) -> dict:
     folder = work / "data"
     planted_name, copies = _planted_folder(args.variant, folder, args.seed)
     base = preset("mnist-adam", args.seed)
-    cfg = apply_overrides(base, ["data.source=folder", f"data.root={folder}", "data.n_train=none",
-                                 f"data.color={'rgb' if args.variant == 'rgb' else 'gray'}", *args.set])
+    cfg = prepare(apply_overrides(base, ["data.source=folder", f"data.root={folder}", "data.n_train=none",
+                                         f"data.color={'rgb' if args.variant == 'rgb' else 'gray'}", *args.set]))
     root = store.store_root(work / "store")
     started = time.perf_counter()
     run = train(cfg, root)

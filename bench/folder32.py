@@ -1,4 +1,4 @@
-"""The folder32 preset's architecture, to be chosen by measurement on the synthetic shapes set (issue 24; not run yet).
+"""The folder32 preset's architecture, chosen by measurement on the synthetic shapes set (issue 24; docs/benchmarks.md).
 
     .venv/bin/python bench/folder32.py --work DIR search [--budget-cpu-s 240] [--candidates NAME ...]
     .venv/bin/python bench/folder32.py --work DIR full --epochs E [--candidate NAME] [--seed S]
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from own_images import shapes_folder  # noqa: E402
 
-CANDIDATES = {  # on top of the preset (Radford width 16, GELU): each says its units
+CANDIDATES = {  # on top of the preset: each says its layout, width and units
     "dcgan-w64": ["model.arch=dcgan", "model.width=64", "model.activation=default"],
     "dcgan-w64-gelu": ["model.arch=dcgan", "model.width=64", "model.activation=gelu"],
     "radford-w16": ["model.arch=dcgan-radford", "model.width=16", "model.activation=default"],

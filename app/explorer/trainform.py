@@ -41,7 +41,7 @@ PRESET_NOTES = {
     "mnist-adam": "10k MNIST images, a DCGAN trained as GANs are today (Adam, alternating D/G steps), smooth "
                   "units in float64: better digits than quick, estimates that match leave-one-out",
     "dcgan32": "Radford's DCGAN at 32 px with Adam and a checkpointed trace: sized for a GPU (seconds per step on a CPU)",
-    "folder32": "Radford's DCGAN at 32 px (width 16, LayerNorm, GELU) with Adam for 32x32 folders of your images "
+    "folder32": "DCGAN at 32 px (width 64, LayerNorm, GELU) with Adam for 32x32 folders of your images "
                 "(RGB or grey): pretrain it, then start from it as a trained GAN to fine-tune and trace it",
 }
 # Fields with a fixed set of values get a select box; the tuples come from the engine's config module
