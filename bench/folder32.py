@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/folder32.py --work DIR search [--budget-cpu-s 240] [--candidates NAME ...]
     .venv/bin/python bench/folder32.py --work DIR full --epochs E [--candidate NAME] [--seed S]
+    .venv/bin/python bench/folder32.py --work DIR workflow --run RUN_ID [--seed S]
 
 The images: `bench/own_images.py`'s coloured shapes on gradients, 32x32 RGB, --n of them (default 5,000:
 4,000 trained on, 500 + 500 held out). Every training is one CLI process (`gan-influence train --preset
@@ -12,6 +13,8 @@ about 2 x 1,200 CPU seconds less what the threads wait for each other).
   (measured here on 3 batches), tracing only its last 2 steps; prints test FID (autoencoder features) per
   epoch, and copies its last sample grid to assets/folder32-search-<candidate>.png.
 - full: the chosen candidate (default: the preset as it is) for --epochs, its grid to assets/folder32-samples.png.
+- workflow: fine-tune a full run 1 epoch, traced, at the recipe's rate and at trace_lr=auto (optimizer state kept),
+  and estimate FID and D-loss with the default check on each: growth, verdict, trust, time and peak RSS per phase.
 Each line printed is JSON; a finished training is reused from the store (rerunning resumes).
 """
 
@@ -71,23 +74,47 @@ print((time.process_time() - c) / 3)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def train(store: Path, images: Path, sets: list[str], threads: int, seed: int) -> dict:
-    """One CLI training: its summary, CPU seconds, wall seconds and peak RSS."""
-    args = [sys.executable, "-m", "influence", "--store", str(store), "train", "--preset", "folder32", "--seed",
-            str(seed), "--json", "--set", f"data.root={images}", *[a for s in sets for a in ("--set", s)]]
+def cli(store: Path, threads: int, *args: str) -> dict:
+    """One `gan-influence` process with --json: its last JSON line, CPU seconds, wall seconds and peak RSS."""
+    argv = [sys.executable, "-m", "influence", "--store", str(store), *args, "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err)
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training failed: {stderr.strip()[-2000:]}")
+        raise SystemExit(f"{args[0]} failed: {stderr.strip()[-2000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    result.update(cpu_s=round(usage.ru_utime + usage.ru_stime, 1), wall_s=round(time.perf_counter() - started, 1),
-                  peak_rss_mb=round(usage.ru_maxrss / 1024))
-    return result
+    return {"result": result, "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "wall_s": round(time.perf_counter() - started, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def train(store: Path, images: Path, sets: list[str], threads: int, seed: int) -> dict:
+    """One CLI training: its summary, CPU seconds, wall seconds and peak RSS."""
+    out = cli(store, threads, "train", "--preset", "folder32", "--seed", str(seed), "--set", f"data.root={images}",
+              *[a for s in sets for a in ("--set", s)])
+    return {**out["result"], **{k: out[k] for k in ("cpu_s", "wall_s", "peak_rss_mb")}}
+
+
+def workflow(store: Path, run_id: str, threads: int, seed: int) -> None:
+    """Fine-tune the pretrained run 1 epoch, traced, at the recipe's rate and at trace_lr=auto (its optimizer state
+    kept), and estimate FID and D-loss on each with the default spot check: growth, verdict and trust before and
+    after the probe, wall time and peak RSS per phase."""
+    for lr in ("schedule", "auto"):
+        tuned = cli(store, threads, "finetune", "--from", run_id, "--keep-optimizer", "--trace-lr", lr, "--seed", str(seed))
+        probe = tuned["result"].get("trace_lr") or {}
+        est = cli(store, threads, "estimate", "--run", tuned["result"]["run_id"], "--metric", "fid", "--metric", "dloss",
+                  "--check", "auto")
+        print(json.dumps({
+            "trace_lr": lr, "run_id": tuned["result"]["run_id"], "test": tuned["result"]["test"],
+            "chosen_lr": probe.get("chosen"), "probe_cost": probe.get("cost"), "probe": probe.get("rungs"),
+            "finetune": {k: tuned[k] for k in ("cpu_s", "wall_s", "peak_rss_mb")},
+            "estimate": {k: est[k] for k in ("cpu_s", "wall_s", "peak_rss_mb")},
+            **{m: {"growth": o["growth"], "verdict": o["verdict"], "trust": o["trust"]["summary"],
+                   "measured": o["trust"]["measured"], "pass_s": o["seconds"]} for m, o in est["result"].items()},
+        }), flush=True)
 
 
 def report(store: Path, name: str, result: dict, grid_name: str) -> None:
@@ -115,6 +142,9 @@ def main() -> None:
     f.add_argument("--epochs", type=int, required=True)
     f.add_argument("--candidate", choices=list(CANDIDATES), default=None)
     f.add_argument("--seed", type=int, default=0)
+    w = sub.add_parser("workflow")
+    w.add_argument("--run", required=True, help="the pretrained run (full)")
+    w.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     work = Path(args.work).resolve()
     images, store = work / "images", work / "store"
@@ -132,6 +162,8 @@ def main() -> None:
             print(json.dumps({"candidate": name, "cpu_s_per_batch": round(per_batch, 3), "epochs": epochs}), flush=True)
             sets = CANDIDATES[name] + [f"train.epochs={epochs}", "train.trace_steps=2"]
             report(store, name, train(store, images, sets, args.threads, 0), f"folder32-search-{name}.png")
+    elif args.mode == "workflow":
+        workflow(store, args.run, args.threads, args.seed)
     else:
         sets = (CANDIDATES[args.candidate] if args.candidate else []) + [f"train.epochs={args.epochs}"]
         report(store, args.candidate or "folder32", train(store, images, sets, args.threads, args.seed),
