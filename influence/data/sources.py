@@ -129,7 +129,8 @@ def _file(st: os.stat_result, rel: str, listing: Listing) -> None:
 def open_zip(root: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(root)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:  # a damaged central directory, mostly
+    # a damaged central directory, mostly; a flipped byte there can also read as an unsupported zip version
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise DataError(f"{root} is not a readable zip file ({type(e).__name__}: {e}); make the archive again") from e
 
 
