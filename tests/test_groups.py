@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,6 +99,8 @@ def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_pat
     assert [has_kinks(preset(p).model) for p in ("toy2d", "dcgan32", "quick", "mnist-adam")] == [True, True, False, False]
     capped = verdict(res, {**check, "kinked_float32": True})
     assert (capped["groups"], capped["singles"]) == ("indicative", "rough") and "full check" in capped["summary"]
+    grown = verdict(dataclasses.replace(res, meta={**res.meta, "growth": 1e3}), check)  # |u| grew before the window
+    assert (grown["groups"], grown["singles"]) == ("indicative", "rough") and "levels capped" in grown["summary"]
     # shuffled scores: the same replays judge them
     folder = next(p for p in run.path("influence").iterdir() if p.name.startswith("dloss-"))
     for name in ("scores.npy", "window_scores.npy"):

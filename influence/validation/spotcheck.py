@@ -109,8 +109,8 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         return None
     started = time.perf_counter()
     ctx = RunContext.create(load_run_config(run), run.root)
-    first = next(iter(results.values())).meta["check_window_first_step"] if level == "quick" else 0
-    first = max(first, trace.steps - next(iter(results.values())).meta["traced_steps"])
+    whole = trace.steps - next(iter(results.values())).meta["traced_steps"]  # the first step the estimate walked
+    first = max(next(iter(results.values())).meta["check_window_first_step"] if level == "quick" else 0, whole)
     n_params = trace.final.shape[0]
     scores = {m: r.scores if level == "full" else run.read_npy(f"influence/{options.key(m, n_params)}/window_scores.npy")
               for m, r in results.items()}
@@ -118,13 +118,12 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     # A quick check judges the set a curator removes over the whole trace (a whole replay each; the helpful sets
     # stay in the window): on quick seed 1 the window saw IS's most harmful 5% move as predicted, while over all
     # steps removing it lowered IS (docs/trust.md).
-    harmful = {f"{'high' if r.meta['harmful_sign'] > 0 else 'low'}:{m}" for m, r in results.items()}
+    harmful = {f"{harmful_side(r.meta['harmful_sign'])}:{m}" for m, r in results.items()}
     whole_trace_sets = harmful if level == "quick" else set()
     lanes_list, kinds = check_lanes(trace, n_train, first, scores, setup, seed, skip_sets=whole_trace_sets)
     predicted = {m: [scores[m][lane.removed].sum() for lane in lanes_list] for m in metrics}
     starts = [first] * len(lanes_list)
     if whole_trace_sets:
-        whole = trace.steps - next(iter(results.values())).meta["traced_steps"]
         every = {f"{side}:{m}" for m in results for side in ("low", "high")}
         sets, set_kinds = extreme_sets(trace, n_train, whole, {m: r.scores for m, r in results.items()},
                                        setup["fraction"], skip=every - whole_trace_sets)
@@ -207,6 +206,11 @@ def extreme_sets(trace: Trace, n_train: int, first: int, scores: dict[str, np.nd
     return lanes, kinds
 
 
+def harmful_side(sign: int) -> str:
+    """The kind of set the estimate calls most harmful: "high" scores where harmful is positive, else "low"."""
+    return "high" if sign > 0 else "low"
+
+
 def agreement(metric: str, kinds: list[str], lanes: list[Lane], predicted: np.ndarray, actual: list[float],
               sign: int) -> dict:
     """Predicted (`predicted`: each lane's summed scores for this metric) against actual changes per kind of
@@ -217,8 +221,7 @@ def agreement(metric: str, kinds: list[str], lanes: list[Lane], predicted: np.nd
     predicted = np.asarray(predicted, dtype=np.float64)[keep]
     actual_arr = np.array(actual, dtype=np.float64)
     is_group = np.array([k != "single" for k in kinds])
-    # the set the estimate calls most harmful: "high" for metrics where harmful is positive, else "low"
-    harmful = kinds.index("high" if sign > 0 else "low")
+    harmful = kinds.index(harmful_side(sign))
     is_random = np.array([k == "random" for k in kinds])
     out = {"groups": _pairs(predicted[is_group], actual_arr[is_group]),
            "random_groups": _pairs(predicted[is_random], actual_arr[is_random]),

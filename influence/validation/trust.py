@@ -67,22 +67,19 @@ def verdict(result: InfluenceResult, check: dict | None) -> dict:
                 "measured": ""}
     agreement = check["per_metric"][metric]
     groups, singles = group_level(agreement), single_level(agreement)
-    caps = []
+    caps = []  # what a quick check's window cannot vouch for: groups at most indicative, singles at most rough
     growth = result.meta["growth"]
     if check["level"] == "quick" and (not math.isfinite(growth) or growth >= GROWTH_UNRELIABLE):
         # the window cannot see an amplification in the steps before it
-        if groups == "trustworthy":
-            groups = "indicative"
-        if singles != "noise":
-            singles = "rough"
         caps.append(f"|u| grows {growth:.3g}x over the trace, before the checked steps: levels capped")
     if check["level"] == "quick" and check.get("kinked_float32"):
         # Measured once (docs/trust.md): on mnist-adam with ReLU units in float32 the window read trustworthy /
         # trustworthy where the whole trace gave LDS 0.74 and leave-one-out tau 0.39; a full check saw it.
-        groups = "indicative" if groups == "trustworthy" else groups
-        singles = "rough" if singles == "trustworthy" else singles
         caps.append("a quick check over-rated a ReLU net trained in float32 once: levels capped; a full check can "
                     "lift them")
+    if caps:
+        groups = "indicative" if groups == "trustworthy" else groups
+        singles = "rough" if singles == "trustworthy" else singles
     summary = f"groups: {groups}; single-image ranks: {_single_words(singles)}"
     if caps:
         summary += " (" + "; ".join(caps) + ")"
