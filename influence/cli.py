@@ -327,17 +327,23 @@ def _print_probe(probe: dict | None) -> None:
     print(f"  traced learning rate: lr_D {lr[0]:.3g}, lr_G {lr[1]:.3g}, {what}: {probe['reason']}")
     print(f"    {probe['cost']['sentence']}")
     print(f"    {'lr_D':>9} {'lr_G':>9}  growth over {probe['probe_steps']} steps  per step  "
-          f"extrapolated to {probe['traced_steps']}  verdict")
+          f"extrapolated to {probe['traced_steps']}  over the epoch  verdict")
     for r in probe["rungs"]:
+        c = r.get("confirmed")
         note = f" ({r['diverged']})" if r["diverged"] else (" (stopped: grew past the threshold)" if r["stopped_early"]
                                                             else "")
+        if c:
+            note += (f" (the epoch: {c['diverged']})" if c["diverged"] else
+                     f" (the epoch's walk stopped after {c['walked']} of {c['steps']} steps: grew past the threshold)"
+                     if c["stopped_early"] else "")
+        epoch = f"{c['extrapolated']:>14.3g}" if c else f"{'-':>14}"
         print(f"    {r['lr_d']:>9.3g} {r['lr_g']:>9.3g}  {r['growth']:>22.3g}  {r['rate']:>8.4g}  "
-              f"{r['extrapolated']:>{16 + len(str(probe['traced_steps']))}.3g}  {r['verdict']}{note}")
+              f"{r['extrapolated']:>{16 + len(str(probe['traced_steps']))}.3g}  {epoch}  {r['verdict']}{note}")
     check = probe.get("spot_check")
     if check and "per_metric" in check:
         for m, c in check["per_metric"].items():
-            print(f"    spot check at the chosen rate, {METRIC_LABELS[m]}: groups {c['groups']} (predicted vs actual "
-                  f"r={c['pearson']:.2f} over {check['lanes']} replayed sets)")
+            print(f"    spot check at the chosen rate, {METRIC_LABELS[m]}: groups {c['groups']} (LDS, Spearman over "
+                  f"random groups: {c['lds']:.2f}; {check['lanes']} replayed sets)")
     elif check:
         print(f"    spot check: skipped - {check['skipped']}")
     if probe.get("warning"):

@@ -208,6 +208,11 @@ class TrainConfig:
                            "with the probe beside it: a warning when the rate is far above the probe's)")
     trace_lr_probe_steps: int | None = _added(None, "trace_lr probe: traced steps per rung (default: a tenth of the "
                                               "traced steps, 8 to 50)")
+    trace_lr_confirm: bool = field(default=True, metadata={
+        "help": "trace_lr probe: before vouching for a rate, walk the whole first traced epoch at it (a rung whose "
+                "short segment extrapolates as reliable is confirmed or refused on the epoch's measured growth; a "
+                "short segment under-read folder32's growth about 90-fold)",
+        "in_id_when": ("trace_lr", ("auto", "check"))})
 
 
 @dataclass(frozen=True)
@@ -246,7 +251,8 @@ class RunConfig:
 
         Fields added after the first release are left out at their default, so runs
         made before they existed keep their ids; a field whose values give the same result
-        (`id_omitted_values`: trace_mode auto and snapshots) is left out at those values.
+        (`id_omitted_values`: trace_mode auto and snapshots) is left out at those values; a field
+        that only acts beside another's values (`in_id_when`) is in the id exactly then.
         """
         d = self.to_dict()
         d.pop("preset")
@@ -254,6 +260,11 @@ class RunConfig:
             part = d[_section_name(section)]
             for f in fields(section):
                 value = getattr(section, f.name)
+                when = f.metadata.get("in_id_when")  # a field that only matters beside another field's values
+                if when is not None:
+                    if getattr(section, when[0]) not in when[1]:
+                        part.pop(f.name)
+                    continue
                 if f.metadata.get("not_in_id") or (f.metadata.get("id_omitted_at_default") and value == f.default) \
                         or value in f.metadata.get("id_omitted_values", ()):
                     part.pop(f.name)

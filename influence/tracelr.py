@@ -8,9 +8,14 @@ objectives in PROBE_METRICS, stacked. Its growth of |u| over the whole state (th
 is extrapolated to the T traced steps: after the fill-up of an adjoint that starts at zero (u_D for FID), |u|
 changes by a steady factor per step, fitted to the second half of the walk, so
     G_T = max(G_S, r_0 * rate^(T - S))      (r_0: |u| at the segment's start over its end; rate >= 1)
-auto takes the largest rung with G_T under GROWTH_DOUBTFUL (below it the verdict reads "reliable") and stops
-there; when no rung gets there, the smallest, said so. A walk stops as soon as |u| has grown past the threshold
-within the segment (the rung fails on measurement alone). check keeps the user's rate (the first rung) and says
+A short segment can under-read an epoch badly (folder32: 7.8 extrapolated from 13 steps, 689 over the epoch's
+126: |u| had not yet turned toward the direction that grows fastest, and the steps differ over the epoch). So a
+rung whose segment extrapolates under GROWTH_DOUBTFUL is confirmed (`train.trace_lr_confirm`, on by default) by
+training and walking the whole first traced epoch at its rate (stored as the run's trace mode would store it),
+and its verdict is that walk's: the growth an estimate of those steps will report, extrapolated only where more
+than one epoch is traced. auto takes the largest rung that passes (below GROWTH_DOUBTFUL the verdict reads
+"reliable") and stops there; when no rung gets there, the smallest, said so. A walk stops as soon as |u| has
+grown past the threshold (the rung fails on measurement alone), so a refused confirmation costs little. check keeps the user's rate (the first rung) and says
 when it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch (GPU,
 the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the
 segment, predicted against actual. Nothing here depends on timing; the probe's cost is reported against the
@@ -36,7 +41,7 @@ from .metrics import harmful_sign
 from .objectives import metric_objectives
 from .progress import CancelToken, ProgressFn, Reporter
 from .stepmap import TrainState
-from .train import Trace, epoch_kinds, record_segment
+from .train import Trace, epoch_kinds, record_segment, storage_for
 
 RUNGS = 7  # the ladder: base x 10^(-i/2), i = 0..6, down to a thousandth of the base
 RUNG_FACTOR = 10 ** -0.5
@@ -56,6 +61,16 @@ def probe_steps(cfg, traced_steps: int) -> int:
         return min(cfg.train.trace_lr_probe_steps, traced_steps)
     share = math.ceil(traced_steps / PROBE_STEPS_SHARE)
     return min(traced_steps, max(PROBE_STEPS_MIN, min(PROBE_STEPS_MAX, share)))
+
+
+def confirm_steps(cfg, n_train: int, traced_steps: int) -> int:
+    """The steps a rung's confirmation walks: the first traced epoch (all of the trace when it is shorter)."""
+    return min(traced_steps, len(epoch_kinds(cfg, n_train)))
+
+
+def final_growth(row: dict) -> float:
+    """A rung's growth extrapolated to the trace: its confirmation's where it ran, else its segment's."""
+    return (row.get("confirmed") or row)["extrapolated"]
 
 
 def ladder(base: tuple[float, float]) -> list[tuple[float, float]]:
@@ -142,25 +157,47 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     n_params = state.theta_d.numel() + state.theta_g.numel()
     pass_dtype = getattr(torch, EstimateOptions().resolved_dtype(n_params))  # the dtype an estimate will use
     pass_ctx = ctx if pass_dtype == ctx.dtype else ctx.with_dtype(pass_dtype)
-    report = Reporter("trace-lr probe", RUNGS * 2 * steps, progress, cancel)
-    first = (epoch - 1) * len(epoch_kinds(cfg, ctx.dataset.n_train))  # the segment reports global step numbers
-    rungs, pick, checked = [], None, None
-    for i, lr in enumerate(ladder(base)):
-        done = i * 2 * steps
+    whole = confirm_steps(cfg, ctx.dataset.n_train, traced_steps) if cfg.train.trace_lr_confirm else steps
+    # the total expects one confirmation; a refused one walks less than its share (it stops at the threshold)
+    report = Reporter("trace-lr probe", RUNGS * 2 * steps + (2 * whole if whole > steps else 0), progress, cancel)
+    first = (epoch - 1) * len(epoch_kinds(cfg, ctx.dataset.n_train))  # a segment reports global step numbers
+    rungs, pick, checked, done = [], None, None, 0
+
+    def measure(lr: tuple[float, float], length: int, every: int = 1) -> tuple[dict, Trace | None, dict]:
+        nonlocal done
         copy = torch.Generator()
         copy.set_state(rng.get_state())
-        row, seg, passed = _rung(ctx, pass_ctx, state, epoch, copy, lr, steps, traced_steps, metrics,
-                                 lambda k, done=done, **_: report(done + k - first),
-                                 lambda k, done=done: report(done + steps + k))
+        at = done
+        out = _rung(ctx, pass_ctx, state, epoch, copy, lr, length, traced_steps, metrics,
+                    lambda k, **_: report(at + k - first), lambda k: report(at + length + k), every)
+        done = at + 2 * length
+        return out
+
+    for i, lr in enumerate(ladder(base)):
+        row, seg, passed = measure(lr, steps)
+        if row["extrapolated"] < GROWTH_DOUBTFUL and whole > steps:
+            del seg, passed  # the short segment's states are not needed beside the epoch's
+            long_row, seg, passed = measure(lr, whole, storage_for(cfg, state, whole).every)
+            row["confirmed"] = {k: long_row[k] for k in ("steps", "walked", "growth", "rate", "extrapolated",
+                                                         "stopped_early", "diverged", "seconds")}
+            row["verdict"] = long_row["verdict"]
         rungs.append(row)
-        if row["extrapolated"] < GROWTH_DOUBTFUL:
+        if final_growth(row) < GROWTH_DOUBTFUL:
             pick, checked = i, (seg, passed["scores"])
             break
     reliable = pick is not None
     pick = len(rungs) - 1 if pick is None else pick
     chosen = (rungs[pick]["lr_d"], rungs[pick]["lr_g"])
-    growth = rungs[pick]["extrapolated"]
-    if reliable:
+    growth = final_growth(rungs[pick])
+    if reliable and "confirmed" in rungs[pick]:
+        over = (f"over the first traced epoch's {whole} steps" if whole == traced_steps else
+                f"walked over the first traced epoch's {whole} steps and extrapolated to {traced_steps}")
+        refused = sum("confirmed" in r for r in rungs) - 1
+        reason = (f"the largest of {len(rungs)} rates probed whose growth of |u| stays under {GROWTH_DOUBTFUL:g} "
+                  f"(reliable), {over}: {growth:.3g}" + (
+                      f" ({refused} larger rate{'s' if refused > 1 else ''} passed {steps} steps but not the epoch)"
+                      if refused else ""))
+    elif reliable:
         reason = (f"the largest of {len(rungs)} rates probed whose growth of |u|, extrapolated from {steps} to "
                   f"{traced_steps} traced steps, stays under {GROWTH_DOUBTFUL:g} (reliable): {growth:.3g}")
     else:
@@ -175,11 +212,11 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     user = base if mode == "check" else None
     if mode == "check" and reliable and base[0] >= WARN_FACTOR * chosen[0]:
         warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is {base[0] / chosen[0]:.3g}x the largest the probe "
-                   f"found reliable ({chosen[0]:.3g}): |u| extrapolates to {rungs[0]['extrapolated']:.3g}x over the "
+                   f"found reliable ({chosen[0]:.3g}): |u| extrapolates to {final_growth(rungs[0]):.3g}x over the "
                    "trace, so the estimate will not be reliable; train.trace_lr=auto would use the probe's rate")
     elif mode == "check" and not reliable:
         warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is not reliable (|u| extrapolates to "
-                   f"{rungs[0]['extrapolated']:.3g}x over the trace), and no rate the probe tried down to "
+                   f"{final_growth(rungs[0]):.3g}x over the trace), and no rate the probe tried down to "
                    f"{chosen[0]:.3g} is: trace fewer steps")
     check = _spot_check(ctx, *checked, metrics, cfg.seed) if checked is not None else None
     return Probe(mode, metrics, steps, traced_steps, GROWTH_DOUBTFUL, rungs, chosen, reliable, reason, warning, check,
@@ -187,14 +224,15 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
 
 
 def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, rng: torch.Generator,
-          lr: tuple[float, float], steps: int, traced_steps: int, metrics: list[str], train_report, walk_report
-          ) -> tuple[dict, Trace | None, dict]:
-    """One rung: its segment trained and walked back; (its row of the table, the segment, the walk)."""
+          lr: tuple[float, float], steps: int, traced_steps: int, metrics: list[str], train_report, walk_report,
+          every: int = 1) -> tuple[dict, Trace | None, dict]:
+    """One segment of a rung trained (the state every `every` steps) and walked back; (its row of the table, the
+    segment, the walk)."""
     started = time.perf_counter()
     row = {"lr_d": lr[0], "lr_g": lr[1], "steps": steps, "walked": 0, "growth": math.inf, "rate": math.inf,
            "extrapolated": math.inf, "verdict": "unreliable", "stopped_early": False, "diverged": None}
     try:
-        seg = record_segment(ctx, epoch, state, rng, lr, steps, train_report)
+        seg = record_segment(ctx, epoch, state, rng, lr, steps, train_report, every)
     except DivergenceError as e:
         row.update(diverged=f"training diverged: {e}", seconds=time.perf_counter() - started)
         return row, None, {}

@@ -33,8 +33,8 @@ from .data import SOURCE_RECORD, require_prepared
 from .errors import DivergenceError, StoreError, TraceError
 from .pretrained import load_optimizer_state, start_record
 from .progress import CancelToken, ProgressFn, Reporter
-from .stepmap import (KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, TrainingRule, TrainState, initial_state,
-                      step, trace_storage)
+from .stepmap import (KIND_BOTH, KIND_D, KIND_G, StateLayout, StepInputs, TraceStorage, TrainingRule, TrainState,
+                      initial_state, step, trace_storage)
 
 TRACE_FILES = ("states", "batches", "z", "lrs", "kinds", "counts")
 CHECKPOINT = "checkpoint/state.pt"
@@ -323,17 +323,18 @@ def train_without(ctx: RunContext, removed_ids, progress: ProgressFn | None = No
 
 
 def record_segment(ctx: RunContext, epoch: int, state: TrainState, rng: torch.Generator, lr: tuple[float, float],
-                   steps: int, report: Reporter) -> "Trace":
-    """The first `steps` steps of `epoch` from `state` at rate `lr`, trained and traced in memory (every state
-    stored); `rng` is consumed (pass a copy to leave a run's own stream alone). The trace-lr probe's segment."""
+                   steps: int, report: Reporter, every: int = 1) -> "Trace":
+    """The first `steps` steps of `epoch` from `state` at rate `lr`, trained and traced in memory (the state every
+    `every` steps: 1 = snapshots); `rng` is consumed (pass a copy to leave a run's own stream alone). The trace-lr
+    probe's segment."""
     cfg, n = ctx.cfg, ctx.dataset.n_train
     start = (epoch - 1) * len(epoch_kinds(cfg, n))
-    rec = _Recorder(start, 1, cfg.train.batch_size, cfg.model.z_dim)
+    rec = _Recorder(start, every, cfg.train.batch_size, cfg.model.z_dim)
     keep = torch.ones(n, dtype=torch.bool)
     end, _ = run_epoch(ctx, epoch, state, rng, keep, report, rec, lr=lr, steps=steps)
     items = {name: np.stack(values) for name, values in rec.items.items()}
     layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
-    return Trace(items["states"], np.arange(len(items["batches"]), dtype=np.int64), items["batches"], items["z"],
+    return Trace(items["states"], np.arange(len(items["states"]), dtype=np.int64) * every, items["batches"], items["z"],
                  items["lrs"], items["kinds"], items["counts"], layout, ctx.rule, end.flat().cpu().numpy(), start,
                  bool(cfg.eval.ema_generator and end.ema is not None), conditions.current(ctx.device, ctx.dtype))
 
@@ -381,8 +382,7 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     n = ctx.dataset.n_train
     per_epoch = len(epoch_kinds(cfg, n))
     first_traced, total = traced_step_range(cfg, n)
-    storage = trace_storage(total - first_traced, cfg.train.trace_mode, cfg.train.checkpoint_every,
-                            layout.numel * state.theta_d.element_size(), _input_bytes(cfg), cfg.train.trace_budget_mb)
+    storage = storage_for(cfg, state, total - first_traced)
     every = storage.every
     rng = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -421,9 +421,13 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     return run
 
 
-def _input_bytes(cfg: RunConfig) -> int:
-    """Bytes a trace stores per step besides states: batch ids, z, both rates, the kind, both counts."""
-    return cfg.train.batch_size * (8 + 8 * cfg.model.z_dim) + 16 + 1 + 16
+def storage_for(cfg: RunConfig, state: TrainState, steps: int) -> TraceStorage:
+    """How a trace of `steps` steps from states like `state` is stored (train.trace_mode, its budget)."""
+    layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), TrainingRule.from_config(cfg))
+    # per step besides states: batch ids, z, both rates, the kind, both counts
+    input_bytes = cfg.train.batch_size * (8 + 8 * cfg.model.z_dim) + 16 + 1 + 16
+    return trace_storage(steps, cfg.train.trace_mode, cfg.train.checkpoint_every,
+                         layout.numel * state.theta_d.element_size(), input_bytes, cfg.train.trace_budget_mb)
 
 
 def _traced_lr_probe(ctx: RunContext, run: store.Run, state: TrainState, epoch: int, rng: torch.Generator,

@@ -81,6 +81,8 @@ def _every_field_change(cfg: RunConfig) -> list[str]:
         # only decides the storage, never the result (not in the id)
         "model.init_opt_g": None, "model.init_opt_d": None, "model.init_opt_g_sha256": None,
         "model.init_opt_d_sha256": None, "model.init_from_run": None, "train.trace_budget_mb": None,
+        # in the id only beside train.trace_lr auto or check: tests/test_tracelr.py
+        "train.trace_lr_confirm": None,
     }
     return [f"{k}={v}" for k, v in new.items() if v is not None]
 
@@ -95,7 +97,8 @@ def test_every_identity_field_changes_the_run_id():
                               "train.d_steps", "model.init_g", "model.init_d", "model.init_g_sha256",
                               "model.init_d_sha256", "data.fingerprint",  # folder source: tests/test_sources.py
                               "model.init_opt_g", "model.init_opt_d", "model.init_opt_g_sha256",
-                              "model.init_opt_d_sha256", "model.init_from_run", "train.trace_budget_mb"}
+                              "model.init_opt_d_sha256", "model.init_from_run", "train.trace_budget_mb",
+                              "train.trace_lr_confirm"}
     seen = {cfg.run_id}
     for assignment in changes:
         changed = apply_overrides(cfg, [assignment])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from influence import tracelr
-from influence.cli import main
+from influence.cli import _print_probe, main
 from influence.context import RunContext
 from influence.estimator import GROWTH_DOUBTFUL, EstimateOptions, estimate
 from influence.train import TRACE_LR_RECORD, Trace, chosen_traced_lr, initial_train_state, train, train_without
@@ -76,8 +76,10 @@ def test_a_longer_trace_never_gets_a_larger_rate(tmp_path, monkeypatch):
     picks = [p.chosen[0] for p in probes]
     assert picks == sorted(picks, reverse=True) and picks[-1] < picks[0], picks
     for p in probes:  # every rung above the pick fails, the pick passes (or is the last resort)
-        assert all(r["extrapolated"] >= GROWTH_DOUBTFUL for r in p.rungs[:-1])
-        assert p.reliable == (p.rungs[-1]["extrapolated"] < GROWTH_DOUBTFUL)
+        assert all(tracelr.final_growth(r) >= GROWTH_DOUBTFUL for r in p.rungs[:-1])
+        assert p.reliable == (tracelr.final_growth(p.rungs[-1]) < GROWTH_DOUBTFUL)
+    for p in probes[1:]:  # a segment that passes is confirmed on the epoch (a 10-step trace is its segment)
+        assert all(("confirmed" in r) == (r["extrapolated"] < GROWTH_DOUBTFUL) for r in p.rungs)
     for p in probes[1:]:  # the same segments measured alike: growth per rung does not depend on the trace's length
         for a, b in zip(probes[0].rungs, p.rungs):
             assert (a["growth"], a["rate"], a["walked"]) == (b["growth"], b["rate"], b["walked"])
@@ -106,3 +108,50 @@ def test_a_users_rate_with_nothing_reliable_below_it_is_warned_about(tmp_path, m
     assert not probe["reliable"] and probe["chosen"] == probe["user_lr"] == [1.0, 1.0]
     assert probe["warning"].startswith("the traced epochs' rate lr_D 1 is not reliable (|u| extrapolates to ")
     assert "no rate the probe tried down to 1 is" in probe["warning"]
+
+
+def test_a_rate_a_short_segment_vouches_for_is_refused_on_the_epochs_growth(tmp_path, capsys):
+    # at 0.5 / sqrt(10) the toy's first 3 traced steps extrapolate to a growth under the threshold, its 20-step
+    # epoch grows past it (as folder32's 13 steps read 7.8 where its epoch grew 689-fold)
+    cfg = _toy(lr_d=0.5, lr_g=0.5, trace_lr_probe_steps=3)
+    run = train(cfg, tmp_path)
+    probe = run.read_json("summary.json")["trace_lr"]
+    failed, refused, chosen = probe["rungs"]
+    assert failed["extrapolated"] >= GROWTH_DOUBTFUL and "confirmed" not in failed  # no walk of the epoch
+    assert refused["extrapolated"] < GROWTH_DOUBTFUL <= refused["confirmed"]["extrapolated"]
+    assert refused["verdict"] != "reliable" and refused["confirmed"]["steps"] == 20 == probe["traced_steps"]
+    assert probe["chosen"] == [chosen["lr_d"], chosen["lr_g"]] == pytest.approx([0.05] * 2)
+    assert "1 larger rate passed 3 steps but not the epoch" in probe["reason"] and probe["reliable"]
+    _print_probe(probe)  # the CLI's table: the epoch's growth beside the segment's, the spot check's LDS
+    rows = capsys.readouterr().out.splitlines()
+    assert "over the epoch  verdict" in rows[2] and rows[3].split()[5] == "-"
+    assert rows[4].split()[5] == f"{refused['confirmed']['extrapolated']:.3g}"
+    assert rows[5].split()[5] == f"{chosen['confirmed']['extrapolated']:.3g}" and rows[5].endswith("reliable")
+    assert "spot check at the chosen rate" in rows[6] and "LDS, Spearman over random groups:" in rows[6]
+    # the confirmed figure is the growth the estimate of the trace reports: the walk was over the same steps
+    results = estimate(run, ["all", "dloss"], EstimateOptions())
+    growth = max(r.meta["growth"] for r in results.values())
+    assert chosen["confirmed"]["growth"] == chosen["confirmed"]["extrapolated"] == pytest.approx(growth, rel=1e-9)
+    # without the confirmation the short segment picks the refused rate, and the estimate of that trace says so
+    unconfirmed = train(_toy(lr_d=0.5, lr_g=0.5, trace_lr_probe_steps=3, trace_lr_confirm=False), tmp_path)
+    assert unconfirmed.run_id != run.run_id
+    assert unconfirmed.read_json("summary.json")["trace_lr"]["chosen"] == [refused["lr_d"], refused["lr_g"]]
+    results = estimate(unconfirmed, ["all", "dloss"], EstimateOptions())
+    assert max(r.meta["growth"] for r in results.values()) >= GROWTH_DOUBTFUL
+    # the switch only names runs that probe
+    plain = _toy(trace_lr="schedule")
+    assert plain.run_id == dataclasses.replace(plain, train=dataclasses.replace(plain.train,
+                                                                                 trace_lr_confirm=False)).run_id
+
+
+def test_a_confirmation_stored_as_checkpoints_measures_what_snapshots_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracelr, "_spot_check", lambda *args: None)
+    probes = []
+    for storage in ({"trace_mode": "snapshots"}, {"trace_mode": "checkpoints", "checkpoint_every": 6}):
+        cfg = _toy(lr_d=0.5, lr_g=0.5, trace_lr_probe_steps=3, **storage)
+        ctx = RunContext.create(cfg, tmp_path)
+        probes.append(tracelr.probe_traced_lr(ctx, initial_train_state(ctx), 1,
+                                              torch.Generator().manual_seed(cfg.seed), 20))
+    snap, ckpt = ([r["confirmed"] for r in p.rungs] for p in probes)
+    for a, b in zip(snap, ckpt, strict=True):
+        assert (a["growth"], a["walked"], a["extrapolated"]) == (b["growth"], b["walked"], b["extrapolated"])

@@ -282,9 +282,9 @@ with right:
         probe = summary["trace_lr"]
         with st.expander("Traced learning rate: the probe's measurements", expanded=True, icon=":material/speed:"):
             st.markdown(finetuneform.probe_sentence(probe))
-            st.dataframe(finetuneform.probe_frame(probe), hide_index=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.3g")
-                                        for c in finetuneform.probe_frame(probe).columns[:5]})
+            table = finetuneform.probe_frame(probe)
+            st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3g")
+                                                                for c in table.columns[:6]})
             if probe.get("warning"):
                 st.warning(probe["warning"] + ".", icon=":material/warning:")
     with st.expander("Configuration"):
