@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/folder32.py --work DIR search [--budget-cpu-s 240] [--candidates NAME ...]
     .venv/bin/python bench/folder32.py --work DIR full --epochs E [--candidate NAME] [--seed S]
-    .venv/bin/python bench/folder32.py --work DIR workflow --run RUN_ID [--seed S]
+    .venv/bin/python bench/folder32.py --work DIR workflow --run RUN_ID [--seed S] [--variants ...] [--check C]
+    .venv/bin/python bench/folder32.py --work DIR sweep --runs FT_RUN_ID ... [--counts K ...]
 
 The images: `bench/own_images.py`'s coloured shapes on gradients, 32x32 RGB, --n of them (default 5,000:
 4,000 trained on, 500 + 500 held out). Every training is one CLI process (`gan-influence train --preset
@@ -13,8 +14,14 @@ about 2 x 1,200 CPU seconds less what the threads wait for each other).
   (measured here on 3 batches), tracing only its last 2 steps; prints test FID (autoencoder features) per
   epoch, and copies its last sample grid to assets/folder32-search-<candidate>.png.
 - full: the chosen candidate (default: the preset as it is) for --epochs, its grid to assets/folder32-samples.png.
-- workflow: fine-tune a full run 1 epoch, traced, at the recipe's rate and at trace_lr=auto (optimizer state kept),
-  and estimate FID and D-loss with the default check on each: growth, verdict, trust, time and peak RSS per phase.
+- workflow: fine-tune a full run 1 epoch, traced (optimizer state kept), at the recipe's rate (schedule), at
+  trace_lr=auto, and at auto without the probe's confirmation on the whole epoch (auto-unconfirmed: the probe as
+  it was before), and estimate FID and D-loss with the check on each: growth, verdict, trust, time and peak RSS
+  per phase.
+- sweep: on fine-tuned runs (one per seed), remove the top-k by FID influence, k random images, and the k
+  most anomalous by Isolation Forest (`cleanse --top-harmful K --by fid|random|iforest`, a replay of the traced
+  epoch each); test FID change per run, and per k a paired t-test over the runs of FID's change against
+  random's and Isolation Forest's (one-sided: FID's lower).
 Each line printed is JSON; a finished training is reused from the store (rerunning resumes).
 """
 
@@ -98,23 +105,54 @@ def train(store: Path, images: Path, sets: list[str], threads: int, seed: int) -
     return {**out["result"], **{k: out[k] for k in ("cpu_s", "wall_s", "peak_rss_mb")}}
 
 
-def workflow(store: Path, run_id: str, threads: int, seed: int) -> None:
-    """Fine-tune the pretrained run 1 epoch, traced, at the recipe's rate and at trace_lr=auto (its optimizer state
-    kept), and estimate FID and D-loss on each with the default spot check: growth, verdict and trust before and
-    after the probe, wall time and peak RSS per phase."""
-    for lr in ("schedule", "auto"):
-        tuned = cli(store, threads, "finetune", "--from", run_id, "--keep-optimizer", "--trace-lr", lr, "--seed", str(seed))
+VARIANTS = {"schedule": ["--trace-lr", "schedule"], "auto": ["--trace-lr", "auto"],
+            "auto-unconfirmed": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=false"]}
+
+
+def workflow(store: Path, run_id: str, threads: int, seed: int, variants: list[str], check: str) -> None:
+    """Fine-tune the pretrained run 1 epoch, traced, per variant of the traced rate (its optimizer state kept), and
+    estimate FID and D-loss on each with the spot check: growth, verdict and trust per variant, wall time and
+    peak RSS per phase."""
+    for lr in variants:
+        tuned = cli(store, threads, "finetune", "--from", run_id, "--keep-optimizer", *VARIANTS[lr], "--seed", str(seed))
         probe = tuned["result"].get("trace_lr") or {}
         est = cli(store, threads, "estimate", "--run", tuned["result"]["run_id"], "--metric", "fid", "--metric", "dloss",
-                  "--check", "auto")
+                  "--check", check)
         print(json.dumps({
             "trace_lr": lr, "run_id": tuned["result"]["run_id"], "test": tuned["result"]["test"],
             "chosen_lr": probe.get("chosen"), "probe_cost": probe.get("cost"), "probe": probe.get("rungs"),
+            "probe_reason": probe.get("reason"),
             "finetune": {k: tuned[k] for k in ("cpu_s", "wall_s", "peak_rss_mb")},
             "estimate": {k: est[k] for k in ("cpu_s", "wall_s", "peak_rss_mb")},
             **{m: {"growth": o["growth"], "verdict": o["verdict"], "trust": o["trust"]["summary"],
                    "measured": o["trust"]["measured"], "pass_s": o["seconds"]} for m, o in est["result"].items()},
         }), flush=True)
+
+
+def sweep(store: Path, runs: list[str], counts: list[int], threads: int) -> None:
+    """Cleanse each run of the top-k by FID, k random and k by Isolation Forest; paired t-tests per k over runs."""
+    from scipy import stats
+
+    changes: dict[tuple[str, int], list[float]] = {}
+    for run_id in runs:
+        for k in counts:
+            for by in ("fid", "random", "iforest"):
+                out = cli(store, threads, "cleanse", "--run", run_id, "--top-harmful", str(k), "--by", by)
+                r = out["result"]
+                change = r["after"]["fid"] - r["before"]["fid"]
+                changes.setdefault((by, k), []).append(change)
+                print(json.dumps({"run_id": run_id, "k": k, "by": by, "fid_before": r["before"]["fid"],
+                                  "fid_after": r["after"]["fid"], "change": change,
+                                  "predicted_valid": r["predicted_change"].get("fid") if by == "fid" else None,
+                                  "wall_s": out["wall_s"], "peak_rss_mb": out["peak_rss_mb"]}), flush=True)
+    for k in counts:
+        row = {"k": k, **{f"mean_change_{by}": float(sum(changes[by, k]) / len(runs)) for by in ("fid", "random", "iforest")}}
+        for other in ("random", "iforest"):  # one-sided: removing by FID influence lowers FID more than `other`
+            a, b = changes["fid", k], changes[other, k]
+            row[f"fid_lower_than_{other}_in"] = sum(x < y for x, y in zip(a, b))
+            row[f"p_vs_{other}"] = (float(stats.ttest_rel(a, b, alternative="less").pvalue) if len(runs) > 1
+                                    else None)
+        print(json.dumps({"summary": row}), flush=True)
 
 
 def report(store: Path, name: str, result: dict, grid_name: str) -> None:
@@ -145,6 +183,11 @@ def main() -> None:
     w = sub.add_parser("workflow")
     w.add_argument("--run", required=True, help="the pretrained run (full)")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    w.add_argument("--check", choices=["none", "auto", "quick", "full"], default="auto")
+    c = sub.add_parser("sweep")
+    c.add_argument("--runs", nargs="+", required=True, help="fine-tuned runs (workflow's), one per seed")
+    c.add_argument("--counts", nargs="+", type=int, default=[200, 600, 1200])
     args = ap.parse_args()
     work = Path(args.work).resolve()
     images, store = work / "images", work / "store"
@@ -163,7 +206,9 @@ def main() -> None:
             sets = CANDIDATES[name] + [f"train.epochs={epochs}", "train.trace_steps=2"]
             report(store, name, train(store, images, sets, args.threads, 0), f"folder32-search-{name}.png")
     elif args.mode == "workflow":
-        workflow(store, args.run, args.threads, args.seed)
+        workflow(store, args.run, args.threads, args.seed, args.variants, args.check)
+    elif args.mode == "sweep":
+        sweep(store, args.runs, args.counts, args.threads)
     else:
         sets = (CANDIDATES[args.candidate] if args.candidate else []) + [f"train.epochs={args.epochs}"]
         report(store, args.candidate or "folder32", train(store, images, sets, args.threads, args.seed),
