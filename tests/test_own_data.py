@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -275,3 +276,29 @@ def test_safetensors_wrong_shapes_and_batchnorm_are_refused(tiny_run, tmp_path):
         RunContext.create(_with_init(tiny_config(), g, tmp_path / "bn.pt"), tmp_path / "s").new_gan()
     with pytest.raises(ConfigError, match="model.init_g: cannot read"):
         _with_init(tiny_config(), tmp_path / "missing.pt", d)
+
+
+def _labelled_split(n: int, seed: int):
+    """Two classes a small CNN separates easily: the brighter half of a noisy 28x28 gray image, left or right."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.6 - 0.8
+    x[y == 0, :, :, :14] += 1.0
+    x[y == 1, :, :, 14:] += 1.0
+    return SimpleNamespace(x=x, y=y)
+
+
+def test_a_classifier_stalled_at_the_papers_rate_is_trained_again_at_a_lower_one():
+    # 400 images: the classifier trains on the training split (the validation split is under 5,000)
+    data = SimpleNamespace(train=_labelled_split(400, 0), valid=_labelled_split(40, 1), test=_labelled_split(200, 2))
+    net, accuracy, how = classifier.train_classifier(data, epochs=6)
+    assert how["lr"] == classifier.CLASSIFIER_LR and list(how["training_accuracy"]) == ["0.01"] and accuracy > 0.9
+    # a rate at which the sigmoid units saturate at once stalls near chance: the retry's net is kept, and it is
+    # the net a direct training at the retry rate gives, weight for weight
+    with mock.patch.object(classifier, "CLASSIFIER_LR", 50.0):
+        net, accuracy, how = classifier.train_classifier(data, epochs=6)
+    stalled, retried = how["training_accuracy"]["50.0"], how["training_accuracy"]["0.001"]
+    assert stalled < 0.75 <= retried and how["lr"] == classifier.CLASSIFIER_RETRY_LR and accuracy > 0.9
+    direct, fit = classifier._fit(data.train, 2, classifier.CLASSIFIER_RETRY_LR, 6, None)
+    assert fit == retried
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), direct.state_dict().values()))
