@@ -1,11 +1,12 @@
 """A real DCGAN end to end on CPU (issue 11): DCGAN-32 (Radford layout, LayerNorm, w=64, Adam, alternating,
 checkpointed trace) on a 32x32 RGB folder of 5,000 synthetic images, through the CLI.
 
-    .venv/bin/python bench/dcgan32_e2e.py --work DIR [--n 5000] [--threads 2]
+    .venv/bin/python bench/dcgan32_e2e.py --work DIR [--n 5000] [--threads 2] [--trace-lr schedule|auto]
 
 The images are `bench/own_images.py`'s coloured shapes on gradients (seeded, nested sub-folders,
 unlabelled, so FID uses the autoencoder features). Phases, each one CLI process: train 1 epoch plus
-1 traced epoch (the preset's traced rate), influence on D-loss and FID (one pass), one cleanse
+1 traced epoch (the preset's traced rate 2e-5, or with --trace-lr auto the probe's pick from a ladder under the
+first epoch's 2e-4; its table printed), influence on D-loss and FID (one pass), one cleanse
 without the 100 most harmful by FID (replay of the traced epoch). Prints the wall seconds and the
 peak RSS of every phase (each its own process), and the trace size on disk.
 """
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--trace-lr", choices=["schedule", "auto"], default="schedule")
     args = ap.parse_args()
     work = Path(args.work).resolve()
     images, store = work / "images", work / "store"
@@ -60,7 +62,11 @@ def main() -> None:
             "train.lr_schedule=2:0.00002:0.00002", "eval.feature=autoencoder", "eval.n_valid_z=500",
             "eval.n_test_z=500"]
     trained = phase("train (1 epoch + 1 traced)", store, args.threads, "train", "--preset", "dcgan32",
-                    *[a for s in sets for a in ("--set", s)])
+                    "--trace-lr", args.trace_lr, *[a for s in sets for a in ("--set", s)])
+    if trained.get("trace_lr"):
+        p = trained["trace_lr"]
+        print(json.dumps({"trace_lr": {"chosen": p["chosen"], "reason": p["reason"], "cost": p["cost"]["sentence"],
+                                       "rungs": p["rungs"]}}), flush=True)
     run_id = trained["run_id"]
     trace_mb = sum(p.stat().st_size for p in (store / run_id / "trace").rglob("*") if p.is_file()) / 2**20
     print(json.dumps({"run_id": run_id, "steps": trained["steps"], "traced_steps": trained.get("traced_steps"),
