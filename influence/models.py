@@ -171,29 +171,37 @@ class FcDiscriminator(nn.Module):
         return self.net(x).squeeze(1)
 
 
+def _leaky() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+# each architecture's own hidden units (G's, D's), used where model.activation is "default"
+DEFAULT_UNITS: dict[str, tuple[Activation, Activation]] = {
+    "smallcnn": (nn.Sigmoid, nn.Sigmoid), "dcgan": (nn.ReLU, _leaky), "dcgan-radford": (nn.ReLU, _leaky),
+    "fcgan": (nn.ReLU, nn.ReLU)}
+
+
 def has_kinks(cfg) -> bool:
-    """ReLU or LeakyReLU units somewhere in G or D: the architectures' own units, but smallcnn's sigmoid."""
-    return cfg.activation == "default" and cfg.arch != "smallcnn"
+    """ReLU or LeakyReLU units somewhere in G or D (the architecture's own units, kept by activation=default)."""
+    return cfg.activation == "default" and any(isinstance(unit(), (nn.ReLU, nn.LeakyReLU))
+                                               for unit in DEFAULT_UNITS[cfg.arch])
 
 
 def build_gan(cfg: ModelConfig, channels: int = 1, size: int = 28) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator), initialised as `cfg.init` says (seed torch before calling)."""
-    def act(default: Activation) -> Activation:
-        return hidden_activation(cfg.activation, default)
-
-    if cfg.arch == "smallcnn":
-        G, D = (SmallCnnGenerator(cfg.width, cfg.z_dim, channels, act(nn.Sigmoid)),
-                SmallCnnDiscriminator(cfg.width, channels, act(nn.Sigmoid)))
-    elif cfg.arch == "dcgan":
-        G, D = (DcganGenerator(cfg.width, cfg.z_dim, channels, size, act(nn.ReLU)),
-                DcganDiscriminator(cfg.width, channels, size, act(lambda: nn.LeakyReLU(0.2))))
-    elif cfg.arch == "dcgan-radford":
-        G, D = (RadfordGenerator(cfg.width, cfg.z_dim, channels, size, act(nn.ReLU)),
-                RadfordDiscriminator(cfg.width, channels, size, act(lambda: nn.LeakyReLU(0.2))))
-    elif cfg.arch == "fcgan":
-        G, D = FcGenerator(cfg.z_dim, act(nn.ReLU), cfg.bias), FcDiscriminator(act(nn.ReLU), cfg.bias)
-    else:
+    if cfg.arch not in DEFAULT_UNITS:
         raise ValueError(f"unknown arch {cfg.arch}")
+    g_act, d_act = (hidden_activation(cfg.activation, unit) for unit in DEFAULT_UNITS[cfg.arch])
+    if cfg.arch == "smallcnn":
+        G, D = SmallCnnGenerator(cfg.width, cfg.z_dim, channels, g_act), SmallCnnDiscriminator(cfg.width, channels, d_act)
+    elif cfg.arch == "dcgan":
+        G, D = (DcganGenerator(cfg.width, cfg.z_dim, channels, size, g_act),
+                DcganDiscriminator(cfg.width, channels, size, d_act))
+    elif cfg.arch == "dcgan-radford":
+        G, D = (RadfordGenerator(cfg.width, cfg.z_dim, channels, size, g_act),
+                RadfordDiscriminator(cfg.width, channels, size, d_act))
+    else:
+        G, D = FcGenerator(cfg.z_dim, g_act, cfg.bias), FcDiscriminator(d_act, cfg.bias)
     if cfg.init == "glorot-uniform":
         glorot_uniform_(G)
         glorot_uniform_(D)
