@@ -117,8 +117,7 @@ def _fit(split, n_classes: int, lr: float, epochs: int, progress) -> tuple[Mnist
 
 
 def _predict(net: MnistClassifier, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([net(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]) if len(x) else \
-        torch.zeros(0, dtype=torch.long)
+    return torch.cat([net(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
 
 
 # ---------------------------------------------------------------- the autoencoder

@@ -8,18 +8,18 @@ objectives in PROBE_METRICS, stacked. Its growth of |u| over the whole state (th
 is extrapolated to the T traced steps: after the fill-up of an adjoint that starts at zero (u_D for FID), |u|
 changes by a steady factor per step, fitted to the second half of the walk, so
     G_T = max(G_S, r_0 * rate^(T - S))      (r_0: |u| at the segment's start over its end; rate >= 1)
-A short segment can under-read an epoch badly (folder32: 7.8 extrapolated from 13 steps, 689 over the epoch's
-126: |u| had not yet turned toward the direction that grows fastest, and the steps differ over the epoch). So a
-rung whose segment extrapolates under GROWTH_DOUBTFUL is confirmed (`train.trace_lr_confirm`, on by default) by
-training and walking the whole first traced epoch at its rate (stored as the run's trace mode would store it),
-and its verdict is that walk's: the growth an estimate of those steps will report, extrapolated only where more
-than one epoch is traced. auto takes the largest rung that passes (below GROWTH_DOUBTFUL the verdict reads
-"reliable") and stops there; when no rung gets there, the smallest, said so. A walk stops as soon as |u| has
-grown past the threshold (the rung fails on measurement alone), so a refused confirmation costs little. check keeps the user's rate (the first rung) and says
-when it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch (GPU,
-the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the
-segment, predicted against actual. Nothing here depends on timing; the probe's cost is reported against the
-traced epochs' training.
+A short segment can under-read an epoch badly (folder32: 7.8 extrapolated from 13 steps, 689 over the epoch's 126).
+So a rung whose segment extrapolates under GROWTH_DOUBTFUL is confirmed (`train.trace_lr_confirm`, on by default) by
+training and walking the whole first traced epoch at its rate (stored as the run's trace mode would store it), and
+its verdict is that walk's: the growth an estimate of those steps will report, extrapolated only where more than one
+epoch is traced. auto takes the largest rung that passes (below GROWTH_DOUBTFUL the verdict reads "reliable") and
+stops there; when no rung gets there, the smallest, said so. A walk stops as soon as |u| has grown past the
+threshold (the rung fails on measurement alone), so a refused confirmation costs little. A segment can also
+over-read (dcgan32 after one epoch: 8-step screens not monotone in the rate), and a rung refused on its segment
+alone is never walked over the epoch: that error stays. check keeps the user's rate (the first rung) and says when
+it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch (GPU, the dense
+toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the segment, predicted
+against actual. Nothing here depends on timing; the probe's cost is reported against the traced epochs' training.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
         row, seg, passed = measure(lr, steps)
         if row["extrapolated"] < GROWTH_DOUBTFUL and whole > steps:
             del seg, passed  # the short segment's states are not needed beside the epoch's
-            long_row, seg, passed = measure(lr, whole, storage_for(cfg, state, whole).every)
+            long_row, seg, passed = measure(lr, whole, storage_for(ctx, state, whole).every)
             row["confirmed"] = {k: long_row[k] for k in ("steps", "walked", "growth", "rate", "extrapolated",
                                                          "stopped_early", "diverged", "seconds")}
             row["verdict"] = long_row["verdict"]
@@ -185,6 +185,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
         if final_growth(row) < GROWTH_DOUBTFUL:
             pick, checked = i, (seg, passed["scores"])
             break
+        del seg, passed  # a refused rung's states go before the next rung records its own
     reliable = pick is not None
     pick = len(rungs) - 1 if pick is None else pick
     chosen = (rungs[pick]["lr_d"], rungs[pick]["lr_g"])

@@ -382,7 +382,7 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     n = ctx.dataset.n_train
     per_epoch = len(epoch_kinds(cfg, n))
     first_traced, total = traced_step_range(cfg, n)
-    storage = storage_for(cfg, state, total - first_traced)
+    storage = storage_for(ctx, state, total - first_traced)
     every = storage.every
     rng = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -421,9 +421,9 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     return run
 
 
-def storage_for(cfg: RunConfig, state: TrainState, steps: int) -> TraceStorage:
+def storage_for(ctx: RunContext, state: TrainState, steps: int) -> TraceStorage:
     """How a trace of `steps` steps from states like `state` is stored (train.trace_mode, its budget)."""
-    layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), TrainingRule.from_config(cfg))
+    cfg, layout = ctx.cfg, StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
     # per step besides states: batch ids, z, both rates, the kind, both counts
     input_bytes = cfg.train.batch_size * (8 + 8 * cfg.model.z_dim) + 16 + 1 + 16
     return trace_storage(steps, cfg.train.trace_mode, cfg.train.checkpoint_every,
