@@ -32,6 +32,8 @@ TRACE_MODES = ("auto", "snapshots", "checkpoints")
 # train.trace_lr: the traced epochs' learning rate as the schedule says (no probe), chosen by the probe
 # (influence.tracelr), or as the schedule says with the probe run beside it (its warning when the rate is too high).
 TRACE_LRS = ("schedule", "auto", "check")
+# train.trace_lr_confirm: which of the probe's rungs are confirmed on the whole first traced epoch (influence.tracelr)
+TRACE_LR_CONFIRMS = ("measured", "passed", "off")
 # trace_mode=auto: snapshots when the whole trace fits this many MB of disk, else checkpoints.
 TRACE_BUDGET_MB = 1024
 FEATURES = ("mnist-cnn", "inception", "autoencoder", "auto")
@@ -208,11 +210,14 @@ class TrainConfig:
                            "with the probe beside it: a warning when the rate is far above the probe's)")
     trace_lr_probe_steps: int | None = _added(None, "trace_lr probe: traced steps per rung (default: a tenth of the "
                                               "traced steps, 8 to 50)")
-    trace_lr_confirm: bool = field(default=True, metadata={
-        "help": "trace_lr probe: before vouching for a rate, walk the whole first traced epoch at it (a rung whose "
-                "short segment extrapolates as reliable is confirmed or refused on the epoch's measured growth; a "
-                "short segment under-read folder32's growth about 90-fold)",
-        "in_id_when": ("trace_lr", ("auto", "check"))})
+    # was a bool: passed was true, off false; a run probed then keeps its id (`id_values`), and its stored config loads
+    trace_lr_confirm: str = field(default="measured", metadata={
+        "help": "trace_lr probe: which rungs are confirmed by training and walking the whole first traced epoch at "
+                "their rate, the walk's growth being the rung's verdict: measured (every rung whose short segment "
+                "did not itself grow |u| past the threshold; a rung is refused on measured growth only), passed "
+                "(only a rung whose segment extrapolates as reliable: short segments under-read folder32's epoch "
+                "about 90-fold and over-read dcgan32's) or off (the segment's extrapolation decides)",
+        "in_id_when": ("trace_lr", ("auto", "check")), "id_values": {"passed": True, "off": False}})
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,8 @@ class RunConfig:
                 if when is not None:
                     if getattr(section, when[0]) not in when[1]:
                         part.pop(f.name)
+                    else:  # a value the id names as an earlier type did (a bool before it had three values)
+                        part[f.name] = f.metadata.get("id_values", {}).get(value, value)
                     continue
                 if f.metadata.get("not_in_id") or (f.metadata.get("id_omitted_at_default") and value == f.default) \
                         or value in f.metadata.get("id_omitted_values", ()):
@@ -313,6 +320,8 @@ def _build(cls, d: dict[str, Any], prefix: str):
             kwargs[name] = tuple(tuple(x) for x in value)
         elif name == "betas":
             kwargs[name] = tuple(value)
+        elif name == "trace_lr_confirm" and isinstance(value, bool):  # a run probed when it was a bool
+            kwargs[name] = "passed" if value else "off"
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -647,6 +656,8 @@ def validate(cfg: RunConfig) -> None:
         (t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every must be positive"),
         (t.trace_budget_mb >= 1, "train.trace_budget_mb must be at least 1"),
         (t.trace_lr in TRACE_LRS, f"train.trace_lr must be one of {TRACE_LRS}, got '{t.trace_lr}'"),
+        (t.trace_lr_confirm in TRACE_LR_CONFIRMS,
+         f"train.trace_lr_confirm must be one of {TRACE_LR_CONFIRMS}, got '{t.trace_lr_confirm}'"),
         (t.trace_lr_probe_steps is None or t.trace_lr_probe_steps >= 2, "train.trace_lr_probe_steps must be at least 2"),
         (2 <= e.n_valid_z <= 100_000 and 2 <= e.n_test_z <= 100_000, "eval.n_valid_z and eval.n_test_z must lie in 2..100000"),
         (1 <= e.n_grid <= 10_000, "eval.n_grid must lie in 1..10000"),

@@ -8,15 +8,16 @@ objectives in PROBE_METRICS, stacked. Its growth of |u| over the whole state (th
 is extrapolated to the T traced steps: after the fill-up of an adjoint that starts at zero (u_D for FID), |u|
 changes by a steady factor per step, fitted to the second half of the walk, so
     G_T = max(G_S, r_0 * rate^(T - S))      (r_0: |u| at the segment's start over its end; rate >= 1)
-A short segment can under-read an epoch badly (folder32: 7.8 extrapolated from 13 steps, 689 over the epoch's 126).
-So a rung whose segment extrapolates under GROWTH_DOUBTFUL is confirmed (`train.trace_lr_confirm`, on by default) by
-training and walking the whole first traced epoch at its rate (stored as the run's trace mode would store it), and
-its verdict is that walk's: the growth an estimate of those steps will report, extrapolated only where more than one
-epoch is traced. auto takes the largest rung that passes (below GROWTH_DOUBTFUL the verdict reads "reliable") and
-stops there; when no rung gets there, the smallest, said so. A walk stops as soon as |u| has grown past the
-threshold (the rung fails on measurement alone), so a refused confirmation costs little. A segment can also
-over-read (dcgan32 after one epoch: 8-step screens not monotone in the rate), and a rung refused on its segment
-alone is never walked over the epoch: that error stays. check keeps the user's rate (the first rung) and says when
+A short segment misreads an epoch both ways: it under-read folder32 (7.8 extrapolated from 13 steps, 689 over the
+epoch's 126) and over-read dcgan32 after one epoch (8-step screens not monotone in the rate). So a rung is confirmed
+(`train.trace_lr_confirm`) by training and walking the whole first traced epoch at its rate (stored as the run's
+trace mode would store it), and its verdict is that walk's: the growth an estimate of those steps will report,
+extrapolated only where more than one epoch is traced. By default (measured) every rung is confirmed unless its
+segment alone already grew |u| past GROWTH_DOUBTFUL, so a rung is refused on measured growth only and the
+extrapolation decides nothing; `passed` confirms only a rung whose segment extrapolates under it, `off` none. auto
+takes the largest rung that passes (below GROWTH_DOUBTFUL the verdict reads "reliable") and stops there; when no
+rung gets there, the smallest, said so. A walk stops as soon as |u| has grown past the threshold (the rung fails on
+measurement alone), so a refused confirmation costs a part of the epoch's walk, not all of it. check keeps the user's rate (the first rung) and says when
 it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch (GPU, the dense
 toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the segment, predicted
 against actual. Nothing here depends on timing; the probe's cost is reported against the traced epochs' training.
@@ -71,6 +72,14 @@ def confirm_steps(cfg, n_train: int, traced_steps: int) -> int:
 def final_growth(row: dict) -> float:
     """A rung's growth extrapolated to the trace: its confirmation's where it ran, else its segment's."""
     return (row.get("confirmed") or row)["extrapolated"]
+
+
+def worth_confirming(row: dict, confirm: str) -> bool:
+    """Whether a rung's segment leaves it to the epoch's walk: measured, unless the segment itself grew |u| past
+    the threshold (or diverged: its growth is then inf); passed, only when the segment extrapolates under it."""
+    if confirm == "measured":
+        return row["growth"] < GROWTH_DOUBTFUL
+    return confirm == "passed" and row["extrapolated"] < GROWTH_DOUBTFUL
 
 
 def ladder(base: tuple[float, float]) -> list[tuple[float, float]]:
@@ -157,8 +166,10 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     n_params = state.theta_d.numel() + state.theta_g.numel()
     pass_dtype = getattr(torch, EstimateOptions().resolved_dtype(n_params))  # the dtype an estimate will use
     pass_ctx = ctx if pass_dtype == ctx.dtype else ctx.with_dtype(pass_dtype)
-    whole = confirm_steps(cfg, ctx.dataset.n_train, traced_steps) if cfg.train.trace_lr_confirm else steps
-    # the total expects one confirmation; a refused one walks less than its share (it stops at the threshold)
+    confirm = cfg.train.trace_lr_confirm
+    whole = confirm_steps(cfg, ctx.dataset.n_train, traced_steps) if confirm != "off" else steps
+    # the total expects one confirmation and grows by one at each further one; a refused one walks less than its
+    # share (it stops at the threshold)
     report = Reporter("trace-lr probe", RUNGS * 2 * steps + (2 * whole if whole > steps else 0), progress, cancel)
     first = (epoch - 1) * len(epoch_kinds(cfg, ctx.dataset.n_train))  # a segment reports global step numbers
     rungs, pick, checked, done = [], None, None, 0
@@ -175,8 +186,10 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
 
     for i, lr in enumerate(ladder(base)):
         row, seg, passed = measure(lr, steps)
-        if row["extrapolated"] < GROWTH_DOUBTFUL and whole > steps:
+        if whole > steps and worth_confirming(row, confirm):
             del seg, passed  # the short segment's states are not needed beside the epoch's
+            if any("confirmed" in r for r in rungs):
+                report.total += 2 * whole
             long_row, seg, passed = measure(lr, whole, storage_for(ctx, state, whole).every)
             row["confirmed"] = {k: long_row[k] for k in ("steps", "walked", "growth", "rate", "extrapolated",
                                                          "stopped_early", "diverged", "seconds")}
@@ -196,7 +209,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
         refused = sum("confirmed" in r for r in rungs) - 1
         reason = (f"the largest of {len(rungs)} rates probed whose growth of |u| stays under {GROWTH_DOUBTFUL:g} "
                   f"(reliable), {over}: {growth:.3g}" + (
-                      f" ({refused} larger rate{'s' if refused > 1 else ''} passed {steps} steps but not the epoch)"
+                      f" ({refused} larger rate{'s' if refused > 1 else ''} walked over the epoch and refused)"
                       if refused else ""))
     elif reliable:
         reason = (f"the largest of {len(rungs)} rates probed whose growth of |u|, extrapolated from {steps} to "
