@@ -107,7 +107,8 @@ def train(store: Path, images: Path, sets: list[str], threads: int, seed: int) -
 
 VARIANTS = {"schedule": ["--trace-lr", "schedule"], "auto": ["--trace-lr", "auto"],
             "auto-unconfirmed": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=off"],
-            "auto-passed": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=passed"]}
+            "auto-passed": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=passed"],
+            "auto-measured": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=measured"]}
 
 
 def workflow(store: Path, run_id: str, threads: int, seed: int, variants: list[str], check: str) -> None:

@@ -1,13 +1,14 @@
 """The traced learning rate on a preset, before and after `train.trace_lr=auto` (issue 24; docs/benchmarks.md).
 
     .venv/bin/python bench/trace_lr.py --store DIR --preset P [--seed S] [--threads 1]
-        [--variants schedule auto auto-passed] [--metric fid dloss]
+        [--variants schedule auto auto-measured auto-passed] [--metric fid dloss]
 
 Per variant one CLI training (`train --trace-lr ...`) and one estimate of the metrics stacked (`--check none`),
 each its own process, so CPU seconds and peak RSS are its own. Prints one JSON line per variant: the rate traced,
 the probe's rungs (segment and epoch growth), its reason and cost against the traced epochs, each metric's growth
-and verdict, and time and peak RSS per phase. auto-passed is the probe as it was before every rung not refused on
-its own segment was walked over the epoch (train.trace_lr_confirm=passed). A finished run is reused from the store.
+and verdict, and time and peak RSS per phase. auto-measured walks every rung not refused on its own segment over the epoch but replays
+nothing (train.trace_lr_confirm=measured); auto-passed is the probe as it was before that (passed). A finished run
+is reused from the store.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from folder32 import cli  # noqa: E402  (the benches' one CLI runner: JSON, CPU seconds, wall, peak RSS)
 
 VARIANTS = {"schedule": ["--trace-lr", "schedule"], "auto": ["--trace-lr", "auto"],
-            "auto-passed": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=passed"]}
+            "auto-passed": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=passed"],
+            "auto-measured": ["--trace-lr", "auto", "--set", "train.trace_lr_confirm=measured"]}
 
 
 def main() -> None:

@@ -327,7 +327,7 @@ def _print_probe(probe: dict | None) -> None:
     print(f"  traced learning rate: lr_D {lr[0]:.3g}, lr_G {lr[1]:.3g}, {what}: {probe['reason']}")
     print(f"    {probe['cost']['sentence']}")
     print(f"    {'lr_D':>9} {'lr_G':>9}  growth over {probe['probe_steps']} steps  per step  "
-          f"extrapolated to {probe['traced_steps']}  over the epoch  verdict")
+          f"extrapolated to {probe['traced_steps']}  over the epoch  harmful 5% actual/predicted  verdict")
     for r in probe["rungs"]:
         c = r.get("confirmed")
         note = f" ({r['diverged']})" if r["diverged"] else (" (stopped: grew past the threshold)" if r["stopped_early"]
@@ -337,8 +337,14 @@ def _print_probe(probe: dict | None) -> None:
                      f" (the epoch's walk stopped after {c['walked']} of {c['steps']} steps: grew past the threshold)"
                      if c["stopped_early"] else "")
         epoch = f"{c['extrapolated']:>14.3g}" if c else f"{'-':>14}"
+        rep = r.get("replayed")
+        replayed = f"{rep['ratio']:>26.3g}" if rep else f"{'-':>26}"
+        if rep and not rep["agrees"]:
+            note += f" (refused: its most harmful {rep['size']} moved {rep['metric'].upper()} by {rep['actual']:+.3g}, " \
+                    f"predicted {rep['predicted']:+.3g})"
         print(f"    {r['lr_d']:>9.3g} {r['lr_g']:>9.3g}  {r['growth']:>22.3g}  {r['rate']:>8.4g}  "
-              f"{r['extrapolated']:>{16 + len(str(probe['traced_steps']))}.3g}  {epoch}  {r['verdict']}{note}")
+              f"{r['extrapolated']:>{16 + len(str(probe['traced_steps']))}.3g}  {epoch}  {replayed}  "
+              f"{r['verdict']}{note}")
     check = probe.get("spot_check")
     if check and "per_metric" in check:
         for m, c in check["per_metric"].items():

@@ -33,7 +33,7 @@ TRACE_MODES = ("auto", "snapshots", "checkpoints")
 # (influence.tracelr), or as the schedule says with the probe run beside it (its warning when the rate is too high).
 TRACE_LRS = ("schedule", "auto", "check")
 # train.trace_lr_confirm: which of the probe's rungs are confirmed on the whole first traced epoch (influence.tracelr)
-TRACE_LR_CONFIRMS = ("measured", "passed", "off")
+TRACE_LR_CONFIRMS = ("replayed", "measured", "passed", "off")
 # trace_mode=auto: snapshots when the whole trace fits this many MB of disk, else checkpoints.
 TRACE_BUDGET_MB = 1024
 FEATURES = ("mnist-cnn", "inception", "autoencoder", "auto")
@@ -211,12 +211,14 @@ class TrainConfig:
     trace_lr_probe_steps: int | None = _added(None, "trace_lr probe: traced steps per rung (default: a tenth of the "
                                               "traced steps, 8 to 50)")
     # was a bool: passed was true, off false; a run probed then keeps its id (`id_values`), and its stored config loads
-    trace_lr_confirm: str = field(default="measured", metadata={
-        "help": "trace_lr probe: which rungs are confirmed by training and walking the whole first traced epoch at "
-                "their rate, the walk's growth being the rung's verdict: measured (every rung whose short segment "
-                "did not itself grow |u| past the threshold; a rung is refused on measured growth only), passed "
-                "(only a rung whose segment extrapolates as reliable: short segments under-read folder32's epoch "
-                "about 90-fold and over-read dcgan32's) or off (the segment's extrapolation decides)",
+    trace_lr_confirm: str = field(default="replayed", metadata={
+        "help": "trace_lr probe: how a rung is confirmed. replayed: every rung whose short segment did not itself "
+                "grow |u| past the threshold is trained and walked over the whole first traced epoch (the walk's "
+                "growth is its verdict), and a stable one replays that epoch without the main metric's most "
+                "harmful 5%, passing only when the metric moved as predicted (within 1/3x to 3x); measured: the "
+                "walk alone; passed: only a rung whose segment extrapolates as reliable is walked (short segments "
+                "under-read folder32's epoch about 90-fold and over-read dcgan32's); off: the segment's "
+                "extrapolation decides",
         "in_id_when": ("trace_lr", ("auto", "check")), "id_values": {"passed": True, "off": False}})
 
 

@@ -12,11 +12,15 @@ A short segment misreads an epoch both ways: it under-read folder32 (7.8 extrapo
 epoch's 126) and over-read dcgan32 after one epoch (8-step screens not monotone in the rate). So a rung is confirmed
 (`train.trace_lr_confirm`) by training and walking the whole first traced epoch at its rate (stored as the run's
 trace mode would store it), and its verdict is that walk's: the growth an estimate of those steps will report,
-extrapolated only where more than one epoch is traced. By default (measured) every rung is confirmed unless its
-segment alone already grew |u| past GROWTH_DOUBTFUL, so a rung is refused on measured growth only and the
-extrapolation decides nothing; `passed` confirms only a rung whose segment extrapolates under it, `off` none. auto
-takes the largest rung that passes (below GROWTH_DOUBTFUL the verdict reads "reliable") and stops there; when no
-rung gets there, the smallest, said so. A walk stops as soon as |u| has grown past the threshold (the rung fails on
+extrapolated only where more than one epoch is traced. Every rung is confirmed unless its segment alone already
+grew |u| past GROWTH_DOUBTFUL (measured), so a rung is refused on measured growth only and the extrapolation
+decides nothing; `passed` confirms only a rung whose segment extrapolates under it, `off` none. Stable is not yet
+accurate: quick's epoch at 3.2e-3 grew |u| 2.2-fold, yet its most harmful 5% moved FID a fifth of the predicted
+amount. So by default (replayed) a rung that passes its walk also replays the epoch without the main metric's most
+harmful 5% (`counterfactual.replay_lanes`, lane 0 beside it) and passes only when that set moved the metric the
+predicted way by between a third and three times the prediction (the spot check's bar for "trustworthy" groups,
+`validation.trust.HARMFUL_RATIO`). auto takes the largest rung that passes and stops there; when no rung passes
+the replay, the largest stable one, and when none is stable, the smallest; the reason says which. A walk stops as soon as |u| has grown past the threshold (the rung fails on
 measurement alone), so a refused confirmation costs a part of the epoch's walk, not all of it. check keeps the user's rate (the first rung) and says when
 it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch (GPU, the dense
 toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the segment, predicted
@@ -49,6 +53,7 @@ RUNG_FACTOR = 10 ** -0.5
 PROBE_STEPS_SHARE, PROBE_STEPS_MIN, PROBE_STEPS_MAX = 10, 8, 50  # S = T / 10, within 8..50 (at most T)
 WARN_FACTOR = 3.0  # check: a user's rate this many times the probe's pick (a rung above it or more) is warned about
 PROBE_CHECK = {"groups": 8, "fraction": 0.05, "singles": 0}
+PROBE_HARMFUL = 0.05  # the share of the epoch's instances whose removal a stable rung replays (the spot check's sets)
 
 
 def probe_metrics(is_2d: bool) -> tuple[str, ...]:
@@ -75,11 +80,21 @@ def final_growth(row: dict) -> float:
 
 
 def worth_confirming(row: dict, confirm: str) -> bool:
-    """Whether a rung's segment leaves it to the epoch's walk: measured, unless the segment itself grew |u| past
-    the threshold (or diverged: its growth is then inf); passed, only when the segment extrapolates under it."""
-    if confirm == "measured":
+    """Whether a rung's segment leaves it to the epoch's walk: replayed and measured, unless the segment itself
+    grew |u| past the threshold (or diverged: its growth is then inf); passed, only when the segment extrapolates
+    under it."""
+    if confirm in ("replayed", "measured"):
         return row["growth"] < GROWTH_DOUBTFUL
     return confirm == "passed" and row["extrapolated"] < GROWTH_DOUBTFUL
+
+
+def stable(row: dict) -> bool:
+    return final_growth(row) < GROWTH_DOUBTFUL
+
+
+def passes(row: dict) -> bool:
+    """Stable, and where its harmful set was replayed, moved as predicted."""
+    return stable(row) and row.get("replayed", {}).get("agrees", True)
 
 
 def ladder(base: tuple[float, float]) -> list[tuple[float, float]]:
@@ -194,26 +209,41 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
             row["confirmed"] = {k: long_row[k] for k in ("steps", "walked", "growth", "rate", "extrapolated",
                                                          "stopped_early", "diverged", "seconds")}
             row["verdict"] = long_row["verdict"]
+        if stable(row) and confirm == "replayed":
+            row["replayed"] = _harmful_replay(ctx, seg, passed["scores"], metrics, cancel)
         rungs.append(row)
-        if final_growth(row) < GROWTH_DOUBTFUL:
+        if passes(row):
             pick, checked = i, (seg, passed["scores"])
             break
         del seg, passed  # a refused rung's states go before the next rung records its own
-    reliable = pick is not None
-    pick = len(rungs) - 1 if pick is None else pick
+    steady = [i for i, r in enumerate(rungs) if stable(r)]
+    reliable = pick is not None or bool(steady)
+    unreplayed = pick is None and bool(steady)  # stable rungs, none whose harmful set moved as predicted
+    pick = pick if pick is not None else steady[0] if steady else len(rungs) - 1
     chosen = (rungs[pick]["lr_d"], rungs[pick]["lr_g"])
     growth = final_growth(rungs[pick])
-    if reliable and "confirmed" in rungs[pick]:
+    off = [r for r in rungs if stable(r) and not passes(r)]
+    replay_note = "" if not off or unreplayed else (
+        f"; {len(off)} larger stable rate{'s' if len(off) > 1 else ''} refused on the replay: "
+        + ", ".join(_replay_words(r) for r in off))
+    if unreplayed:
+        from .validation.trust import HARMFUL_RATIO
+
+        reason = (f"no rate down to {rungs[-1]['lr_d']:.3g} whose most harmful {PROBE_HARMFUL:.0%} moved "
+                  f"{rungs[pick]['replayed']['metric'].upper()} as predicted (within {HARMFUL_RATIO[0]:.2g}x to "
+                  f"{HARMFUL_RATIO[1]:g}x): the largest stable one, growth {growth:.3g} ({_replay_words(rungs[pick])}); "
+                  "group-level predictions will be only indicative")
+    elif reliable and "confirmed" in rungs[pick]:
         over = (f"over the first traced epoch's {whole} steps" if whole == traced_steps else
                 f"walked over the first traced epoch's {whole} steps and extrapolated to {traced_steps}")
-        refused = sum("confirmed" in r for r in rungs) - 1
+        refused = sum("confirmed" in r and not stable(r) for r in rungs[:pick])
         reason = (f"the largest of {len(rungs)} rates probed whose growth of |u| stays under {GROWTH_DOUBTFUL:g} "
                   f"(reliable), {over}: {growth:.3g}" + (
                       f" ({refused} larger rate{'s' if refused > 1 else ''} walked over the epoch and refused)"
-                      if refused else ""))
+                      if refused else "") + replay_note)
     elif reliable:
         reason = (f"the largest of {len(rungs)} rates probed whose growth of |u|, extrapolated from {steps} to "
-                  f"{traced_steps} traced steps, stays under {GROWTH_DOUBTFUL:g} (reliable): {growth:.3g}")
+                  f"{traced_steps} traced steps, stays under {GROWTH_DOUBTFUL:g} (reliable): {growth:.3g}" + replay_note)
     else:
         reason = (f"no rate down to {chosen[0]:.3g} keeps the extrapolated growth under {GROWTH_DOUBTFUL:g} (the "
                   f"smallest reaches {growth:.3g}): the estimate will be doubtful or unreliable; trace fewer steps")
@@ -235,6 +265,36 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     check = _spot_check(ctx, *checked, metrics, cfg.seed) if checked is not None else None
     return Probe(mode, metrics, steps, traced_steps, GROWTH_DOUBTFUL, rungs, chosen, reliable, reason, warning, check,
                  time.perf_counter() - started, user)
+
+
+def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str],
+                    cancel: CancelToken | None) -> dict:
+    """The walked epoch replayed without the main metric's most harmful PROBE_HARMFUL of its instances, lane 0
+    beside it: {"metric", "size", "predicted", "actual", "ratio", "agrees"} (agrees: the same sign, the ratio
+    within HARMFUL_RATIO)."""
+    from .validation.spotcheck import extreme_sets, harmful_side
+    from .validation.trust import HARMFUL_RATIO
+
+    metric = metrics[0]  # the quality metric a curator cleanses by (FID; ALL on 2D)
+    sign = harmful_sign(metric)
+    lanes, kinds = extreme_sets(seg, ctx.dataset.n_train, 0, {metric: scores[0]}, PROBE_HARMFUL)
+    lane = lanes[kinds.index(f"{harmful_side(sign)}:{metric}")]
+    valid = ctx.evaluator("valid")
+    outcome = replay_lanes(ctx, seg, [lane], lambda s: valid.evaluate(s.theta_d, s.eval_generator(seg.ema_eval),
+                                                                       (metric,))[metric],
+                           choose_plan(ctx, seg, 1), cancel=cancel)
+    predicted, actual = float(scores[0][lane.removed].sum()), float(outcome.values[0] - outcome.baselines[0])
+    ratio = actual / predicted if predicted else math.nan
+    agrees = bool(predicted != 0 and actual != 0 and np.sign(predicted) == np.sign(actual)
+                  and HARMFUL_RATIO[0] <= ratio <= HARMFUL_RATIO[1])
+    return {"metric": metric, "size": int(len(lane.removed)), "predicted": predicted, "actual": actual,
+            "ratio": ratio, "agrees": agrees}
+
+
+def _replay_words(row: dict) -> str:
+    r = row["replayed"]
+    return (f"at {row['lr_d']:.3g} the most harmful {r['size']} moved {r['metric'].upper()} by {r['actual']:+.3g}, "
+            f"predicted {r['predicted']:+.3g}")
 
 
 def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, rng: torch.Generator,

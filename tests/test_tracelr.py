@@ -15,6 +15,7 @@ import torch
 from influence import tracelr
 from influence.cli import _print_probe, main
 from influence.context import RunContext
+from influence.counterfactual import Lane, LanePlan, replay_lanes
 from influence.estimator import GROWTH_DOUBTFUL, EstimateOptions, estimate
 from influence.train import TRACE_LR_RECORD, Trace, chosen_traced_lr, initial_train_state, train, train_without
 
@@ -49,18 +50,32 @@ def test_the_probe_measures_the_growth_an_estimate_reports_on_the_same_steps(tmp
     run = train(cfg, tmp_path)
     probe = run.read_json("summary.json")["trace_lr"]
     assert probe == run.read_json(TRACE_LR_RECORD) and probe["mode"] == "auto" and probe["warning"] is None
-    first, chosen = probe["rungs"][0], probe["rungs"][-1]
+    first, stable, chosen = probe["rungs"]
     assert first["lr_d"] == 1.0 and first["stopped_early"] and first["verdict"] != "reliable"
-    assert probe["chosen"] == [chosen["lr_d"], chosen["lr_g"]] == pytest.approx([10**-0.5] * 2)
+    # 1/sqrt(10) keeps |u| under the bar, but its most harmful 5% moved ALL the other way: refused on the replay
+    assert stable["extrapolated"] < GROWTH_DOUBTFUL and not stable["replayed"]["agrees"]
+    assert stable["replayed"]["predicted"] > 0 > stable["replayed"]["actual"]
+    assert "1 larger stable rate refused on the replay: at 0.316 the most harmful 100 moved ALL" in probe["reason"]
+    assert probe["chosen"] == [chosen["lr_d"], chosen["lr_g"]] == pytest.approx([0.1] * 2)
     assert chosen["extrapolated"] == chosen["growth"] < GROWTH_DOUBTFUL and probe["reliable"]
     trace = Trace.load(run)
     assert np.all(trace.lrs == chosen["lr_d"])  # the traced epoch ran at the pick
     results = estimate(run, ["all", "dloss"], EstimateOptions())
     assert chosen["growth"] == pytest.approx(max(r.meta["growth"] for r in results.values()), rel=1e-9)
+    # the pick's replay is what the estimate of the run and a replay of its trace give: the same 5%, the same change
+    replayed, scores = chosen["replayed"], results["all"].scores
+    harmful = np.argsort(-scores, kind="stable")[: replayed["size"]]
+    assert replayed["predicted"] == pytest.approx(scores[harmful].sum(), rel=1e-9)
+    ctx = RunContext.create(cfg, tmp_path)
+    valid = ctx.evaluator("valid")
+    outcome = replay_lanes(ctx, trace, [Lane.of(harmful)],
+                           lambda s: valid.evaluate(s.theta_d, s.eval_generator(False), ("all",))["all"],
+                           LanePlan("sequential", 1, "test"))
+    assert replayed["actual"] == pytest.approx(outcome.values[0] - outcome.baselines[0], rel=1e-6)
+    assert replayed["agrees"] and 1 / 3 <= replayed["actual"] / replayed["predicted"] <= 3
     assert probe["cost"]["ratio"] == pytest.approx(probe["seconds"] / probe["traced_seconds"])
     assert probe["traced_seconds"] == pytest.approx(run.read_json("history.json")[-1]["seconds"])
     # a retraining (cleanse's) keeps the pick: with nothing removed it is the run, bit for bit
-    ctx = RunContext.create(cfg, tmp_path)
     theta_d, _ = train_without(ctx, [], traced_lr=chosen_traced_lr(cfg, trace))
     assert np.array_equal(theta_d.numpy(), trace.final[: trace.n_d])
     assert not np.array_equal(train_without(ctx, [])[0].numpy(), trace.final[: trace.n_d])
@@ -76,8 +91,7 @@ def test_a_longer_trace_never_gets_a_larger_rate(tmp_path, monkeypatch):
     picks = [p.chosen[0] for p in probes]
     assert picks == sorted(picks, reverse=True) and picks[-1] < picks[0], picks
     for p in probes:  # every rung above the pick fails, the pick passes (or is the last resort)
-        assert all(tracelr.final_growth(r) >= GROWTH_DOUBTFUL for r in p.rungs[:-1])
-        assert p.reliable == (tracelr.final_growth(p.rungs[-1]) < GROWTH_DOUBTFUL)
+        assert not any(tracelr.passes(r) for r in p.rungs[:-1]) and tracelr.passes(p.rungs[-1]) == p.reliable
     for p in probes[1:]:  # a segment that did not grow past the bar is confirmed (a 10-step trace is its segment)
         assert all(("confirmed" in r) == (r["growth"] < GROWTH_DOUBTFUL) for r in p.rungs)
     for p in probes[1:]:  # the same segments measured alike: growth per rung does not depend on the trace's length
@@ -90,8 +104,8 @@ def test_a_users_rate_is_kept_and_warned_about_when_far_above_the_probes(tmp_pat
     run = train(cfg, tmp_path)
     probe = run.read_json("summary.json")["trace_lr"]
     assert np.all(Trace.load(run).lrs == 1.0)  # kept
-    assert probe["user_lr"] == [1.0, 1.0] and probe["chosen"][0] == pytest.approx(10**-0.5)
-    assert probe["warning"].startswith("the traced epochs' rate lr_D 1 is 3.16x the largest the probe found reliable")
+    assert probe["user_lr"] == [1.0, 1.0] and probe["chosen"][0] == pytest.approx(0.1)
+    assert probe["warning"].startswith("the traced epochs' rate lr_D 1 is 10x the largest the probe found reliable")
     assert main(["--store", str(tmp_path), "estimate", "--run", run.run_id, "--metric", "all"]) == 0
     assert f"  warning: {probe['warning']}" in capsys.readouterr().out.splitlines()
     assert main(["--store", str(tmp_path), "estimate", "--run", run.run_id, "--metric", "all", "--json"]) == 0
@@ -126,7 +140,7 @@ def test_a_rate_a_short_segment_vouches_for_is_refused_on_the_epochs_growth(tmp_
     assert "2 larger rates walked over the epoch and refused" in probe["reason"] and probe["reliable"]
     _print_probe(probe)  # the CLI's table: the epoch's growth beside the segment's, the spot check's LDS
     rows = capsys.readouterr().out.splitlines()
-    assert "over the epoch  verdict" in rows[2] and rows[3].split()[5] == f"{failed['confirmed']['extrapolated']:.3g}"
+    assert "over the epoch  harmful 5% actual/predicted  verdict" in rows[2] and rows[3].split()[5] == f"{failed['confirmed']['extrapolated']:.3g}"
     assert rows[4].split()[5] == f"{refused['confirmed']['extrapolated']:.3g}"
     assert rows[5].split()[5] == f"{chosen['confirmed']['extrapolated']:.3g}" and rows[5].endswith("reliable")
     assert "spot check at the chosen rate" in rows[6] and "LDS, Spearman over random groups:" in rows[6]
@@ -182,4 +196,4 @@ def test_a_rate_a_short_segment_over_reads_is_walked_over_the_epoch_and_kept(tmp
         stored = now.to_dict()
         stored["train"]["trace_lr_confirm"] = legacy
         assert type(now).from_dict(stored) == now
-    assert cfg.identity()["train"]["trace_lr_confirm"] == "measured"
+    assert cfg.identity()["train"]["trace_lr_confirm"] == "replayed"

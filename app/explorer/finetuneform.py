@@ -55,16 +55,22 @@ def check_lines(cfg: RunConfig, shown: dict[str, str] | None = None) -> tuple[bo
 
 def probe_frame(probe: dict) -> pd.DataFrame:
     """The probe's rungs as a table: the rate, growth over the probed steps, per step, extrapolated, the whole
-    epoch's growth where a rung was confirmed on it, verdict."""
+    epoch's growth where a rung was confirmed on it, its most harmful 5% replayed (actual over predicted), verdict."""
     rows = []
     for r in probe["rungs"]:
         c = r.get("confirmed")
         note = r["diverged"] or ("stopped: grew past the threshold" if r["stopped_early"] else "")
         if c and (c["diverged"] or c["stopped_early"]):
             note = c["diverged"] or f"the epoch's walk stopped after {c['walked']} of {c['steps']} steps"
+        rep = r.get("replayed")
+        if rep and not rep["agrees"]:
+            note = (f"refused: its most harmful {rep['size']} moved {rep['metric'].upper()} by {rep['actual']:+.3g}, "
+                    f"predicted {rep['predicted']:+.3g}")
         rows.append({"lr_D": r["lr_d"], "lr_G": r["lr_g"], f"growth over {probe['probe_steps']} steps": r["growth"],
                      "per step": r["rate"], f"extrapolated to {probe['traced_steps']} steps": r["extrapolated"],
-                     "over the epoch": c["extrapolated"] if c else None, "verdict": r["verdict"], "note": note})
+                     "over the epoch": c["extrapolated"] if c else None,
+                     "harmful 5%: actual / predicted": rep["ratio"] if rep else None, "verdict": r["verdict"],
+                     "note": note})
     return pd.DataFrame(rows)
 
 
