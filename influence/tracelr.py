@@ -255,9 +255,13 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     warning = None
     user = base if mode == "check" else None
     if mode == "check" and reliable and base[0] >= WARN_FACTOR * chosen[0]:
+        why = (f"|u| extrapolates to {final_growth(rungs[0]):.3g}x over the trace, so the estimate will not be "
+               "reliable" if not stable(rungs[0]) else
+               f"{_replay_words(rungs[0])}, so group predictions will be only indicative")
         warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is {base[0] / chosen[0]:.3g}x the largest the probe "
-                   f"found reliable ({chosen[0]:.3g}): |u| extrapolates to {final_growth(rungs[0]):.3g}x over the "
-                   "trace, so the estimate will not be reliable; train.trace_lr=auto would use the probe's rate")
+                   f"found reliable ({chosen[0]:.3g}): {why}; train.trace_lr=auto would use the probe's rate")
+    elif mode == "check" and unreplayed:
+        warning = f"no rate the probe tried down to {rungs[-1]['lr_d']:.3g} moved as predicted: {reason}"
     elif mode == "check" and not reliable:
         warning = (f"the traced epochs' rate lr_D {base[0]:.3g} is not reliable (|u| extrapolates to "
                    f"{final_growth(rungs[0]):.3g}x over the trace), and no rate the probe tried down to "

@@ -115,6 +115,19 @@ def test_a_users_rate_is_kept_and_warned_about_when_far_above_the_probes(tmp_pat
     assert "trace_lr" not in plain.read_json("summary.json") and not plain.exists(TRACE_LR_RECORD)
 
 
+def test_a_users_stable_rate_whose_harmful_set_did_not_move_as_predicted_is_warned_about(tmp_path):
+    # trained at 1.0 as in the first test, the traced epoch at the user's 1/sqrt(10): the rung refused on its replay
+    run = train(_toy(lr_schedule=((3, 10**-0.5, 10**-0.5),), trace_lr="check"), tmp_path)
+    probe = run.read_json("summary.json")["trace_lr"]
+    users = probe["rungs"][0]
+    assert users["growth"] < GROWTH_DOUBTFUL and not users["replayed"]["agrees"]
+    assert probe["chosen"][0] == pytest.approx(0.1) and probe["reliable"]
+    assert probe["warning"].startswith("the traced epochs' rate lr_D 0.316 is 3.16x the largest the probe found "
+                                       "reliable (0.1): at 0.316 the most harmful 100 moved ALL by ")
+    assert probe["warning"].endswith("so group predictions will be only indicative; train.trace_lr=auto would use "
+                                     "the probe's rate")
+
+
 def test_a_users_rate_with_nothing_reliable_below_it_is_warned_about(tmp_path, monkeypatch):
     monkeypatch.setattr(tracelr, "RUNGS", 1)  # the ladder is the user's rate alone, which the toy at 1.0 fails
     run = train(_toy(trace_lr="check"), tmp_path)
