@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from influence.config import PRESETS, apply_overrides, preset  # noqa: E402
 from influence.context import RunContext  # noqa: E402
-from influence.stepmap import StateLayout, trace_storage  # noqa: E402
-from influence.train import _input_bytes, initial_train_state, traced_step_range  # noqa: E402
+from influence.stepmap import StateLayout  # noqa: E402
+from influence.train import initial_train_state, step_input_bytes, storage_for, traced_step_range  # noqa: E402
 
 BUILT_IN = [name for name, cfg in PRESETS.items() if cfg.data.source != "folder"]
 
@@ -41,14 +41,13 @@ def main() -> None:
         layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
         first, total = traced_step_range(cfg, ctx.dataset.n_train)
         state_bytes = layout.numel * state.theta_d.element_size()
-        storage = trace_storage(total - first, cfg.train.trace_mode, cfg.train.checkpoint_every, state_bytes,
-                                _input_bytes(cfg), cfg.train.trace_budget_mb)
         steps = total - first
+        storage = storage_for(ctx, state, steps)
         stored = steps + 1 if storage.mode == "snapshots" else math.ceil(steps / storage.every) + 1
         print(json.dumps({"preset": name, "parameters": state.theta_d.numel() + state.theta_g.numel(),
                           "state_mb": round(state_bytes / 2**20, 2), "traced_steps": steps, **storage.as_dict(),
                           "stored_states": stored,
-                          "trace_mb": round((stored * state_bytes + steps * _input_bytes(cfg)) / 2**20, 1)}),
+                          "trace_mb": round((stored * state_bytes + steps * step_input_bytes(cfg)) / 2**20, 1)}),
               flush=True)
 
 

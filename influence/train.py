@@ -421,13 +421,16 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     return run
 
 
+def step_input_bytes(cfg: RunConfig) -> int:
+    """What a trace stores per step besides states: batch ids, z, both rates, the kind, both counts."""
+    return cfg.train.batch_size * (8 + 8 * cfg.model.z_dim) + 16 + 1 + 16
+
+
 def storage_for(ctx: RunContext, state: TrainState, steps: int) -> TraceStorage:
     """How a trace of `steps` steps from states like `state` is stored (train.trace_mode, its budget)."""
     cfg, layout = ctx.cfg, StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
-    # per step besides states: batch ids, z, both rates, the kind, both counts
-    input_bytes = cfg.train.batch_size * (8 + 8 * cfg.model.z_dim) + 16 + 1 + 16
     return trace_storage(steps, cfg.train.trace_mode, cfg.train.checkpoint_every,
-                         layout.numel * state.theta_d.element_size(), input_bytes, cfg.train.trace_budget_mb)
+                         layout.numel * state.theta_d.element_size(), step_input_bytes(cfg), cfg.train.trace_budget_mb)
 
 
 def _traced_lr_probe(ctx: RunContext, run: store.Run, state: TrainState, epoch: int, rng: torch.Generator,
