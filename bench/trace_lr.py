@@ -6,9 +6,9 @@
 Per variant one CLI training (`train --trace-lr ...`) and one estimate of the metrics stacked (`--check none`),
 each its own process, so CPU seconds and peak RSS are its own. Prints one JSON line per variant: the rate traced,
 the probe's rungs (segment and epoch growth), its reason and cost against the traced epochs, each metric's growth
-and verdict, and time and peak RSS per phase. auto-measured walks every rung not refused on its own segment over the epoch but replays
-nothing (train.trace_lr_confirm=measured); auto-passed is the probe as it was before that (passed). A finished run
-is reused from the store.
+and verdict, and time and peak RSS per phase. auto-measured walks every rung not refused on its own segment
+over the epoch but replays nothing (train.trace_lr_confirm=measured); auto-passed is the probe as it was before
+that (passed). A finished run is reused from the store.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def main() -> None:
                       *VARIANTS[variant])
         run_id = trained["result"]["run_id"]
         probe = trained["result"].get("trace_lr") or {}
-        est = cli(args.store, args.threads, "estimate", "--run", run_id, *[a for m in args.metric for a in ("--metric", m)],
-                  "--check", "none")
+        metrics = [a for m in args.metric for a in ("--metric", m)]
+        est = cli(args.store, args.threads, "estimate", "--run", run_id, *metrics, "--check", "none")
         print(json.dumps({
             "preset": args.preset, "seed": args.seed, "variant": variant, "run_id": run_id,
             "test": trained["result"].get("test"), "chosen_lr": probe.get("chosen"), "probe_cost": probe.get("cost"),

@@ -19,11 +19,12 @@ accurate: quick's epoch at 3.2e-3 grew |u| 2.2-fold, yet its most harmful 5% mov
 amount. So by default (replayed) a rung that passes its walk also replays the epoch without the main metric's most
 harmful 5% (`counterfactual.replay_lanes`, lane 0 beside it) and passes only when that set moved the metric the
 predicted way by between a third and three times the prediction (the spot check's bar for "trustworthy" groups,
-`validation.trust.HARMFUL_RATIO`). auto takes the largest rung that passes and stops there; when no rung passes
-the replay, the largest stable one, and when none is stable, the smallest; the reason says which. A walk stops as soon as |u| has grown past the threshold (the rung fails on
-measurement alone), so a refused confirmation costs a part of the epoch's walk, not all of it. check keeps the user's rate (the first rung) and says when
-it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch (GPU, the dense
-toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the segment, predicted
+`validation.trust.moved_as_predicted`). auto takes the largest rung that passes and stops there; when no rung
+passes the replay, the largest stable one, and when none is stable, the smallest; the reason says which. A walk
+stops as soon as |u| has grown past the threshold (the rung fails on measurement alone), so a refused
+confirmation costs a part of the epoch's walk, not all of it. check keeps the user's rate (the first rung) and
+says when it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch
+(GPU, the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the segment, predicted
 against actual. Nothing here depends on timing; the probe's cost is reported against the traced epochs' training.
 """
 
@@ -210,7 +211,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
                                                          "stopped_early", "diverged", "seconds")}
             row["verdict"] = long_row["verdict"]
         if stable(row) and confirm == "replayed":
-            row["replayed"] = _harmful_replay(ctx, seg, passed["scores"], metrics, cancel)
+            row["replayed"] = _harmful_replay(ctx, seg, passed["scores"], metrics, progress, cancel)
         rungs.append(row)
         if passes(row):
             pick, checked = i, (seg, passed["scores"])
@@ -231,8 +232,8 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
 
         reason = (f"no rate down to {rungs[-1]['lr_d']:.3g} whose most harmful {PROBE_HARMFUL:.0%} moved "
                   f"{rungs[pick]['replayed']['metric'].upper()} as predicted (within {HARMFUL_RATIO[0]:.2g}x to "
-                  f"{HARMFUL_RATIO[1]:g}x): the largest stable one, growth {growth:.3g} ({_replay_words(rungs[pick])}); "
-                  "group-level predictions will be only indicative")
+                  f"{HARMFUL_RATIO[1]:g}x): the largest stable one, growth {growth:.3g} "
+                  f"({_replay_words(rungs[pick])}); group-level predictions will be only indicative")
     elif reliable and "confirmed" in rungs[pick]:
         over = (f"over the first traced epoch's {whole} steps" if whole == traced_steps else
                 f"walked over the first traced epoch's {whole} steps and extrapolated to {traced_steps}")
@@ -243,7 +244,8 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
                       if refused else "") + replay_note)
     elif reliable:
         reason = (f"the largest of {len(rungs)} rates probed whose growth of |u|, extrapolated from {steps} to "
-                  f"{traced_steps} traced steps, stays under {GROWTH_DOUBTFUL:g} (reliable): {growth:.3g}" + replay_note)
+                  f"{traced_steps} traced steps, stays under {GROWTH_DOUBTFUL:g} (reliable): {growth:.3g}"
+                  + replay_note)
     else:
         reason = (f"no rate down to {chosen[0]:.3g} keeps the extrapolated growth under {GROWTH_DOUBTFUL:g} (the "
                   f"smallest reaches {growth:.3g}): the estimate will be doubtful or unreliable; trace fewer steps")
@@ -272,12 +274,11 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
 
 
 def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str],
-                    cancel: CancelToken | None) -> dict:
+                    progress: ProgressFn | None, cancel: CancelToken | None) -> dict:
     """The walked epoch replayed without the main metric's most harmful PROBE_HARMFUL of its instances, lane 0
-    beside it: {"metric", "size", "predicted", "actual", "ratio", "agrees"} (agrees: the same sign, the ratio
-    within HARMFUL_RATIO)."""
+    beside it (the replay reported as its own stage): {"metric", "size", "predicted", "actual", "ratio", "agrees"}."""
     from .validation.spotcheck import extreme_sets, harmful_side
-    from .validation.trust import HARMFUL_RATIO
+    from .validation.trust import moved_as_predicted
 
     metric = metrics[0]  # the quality metric a curator cleanses by (FID; ALL on 2D)
     sign = harmful_sign(metric)
@@ -286,13 +287,10 @@ def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: li
     valid = ctx.evaluator("valid")
     outcome = replay_lanes(ctx, seg, [lane], lambda s: valid.evaluate(s.theta_d, s.eval_generator(seg.ema_eval),
                                                                        (metric,))[metric],
-                           choose_plan(ctx, seg, 1), cancel=cancel)
+                           choose_plan(ctx, seg, 1), progress=progress, cancel=cancel)
     predicted, actual = float(scores[0][lane.removed].sum()), float(outcome.values[0] - outcome.baselines[0])
-    ratio = actual / predicted if predicted else math.nan
-    agrees = bool(predicted != 0 and actual != 0 and np.sign(predicted) == np.sign(actual)
-                  and HARMFUL_RATIO[0] <= ratio <= HARMFUL_RATIO[1])
     return {"metric": metric, "size": int(len(lane.removed)), "predicted": predicted, "actual": actual,
-            "ratio": ratio, "agrees": agrees}
+            "ratio": actual / predicted if predicted else math.nan, "agrees": moved_as_predicted(predicted, actual)}
 
 
 def _replay_words(row: dict) -> str:

@@ -37,15 +37,23 @@ def group_r(agreement: dict) -> float:
     return agreement["groups"]["pearson"]
 
 
+def moved_same_way(predicted: float, actual: float) -> bool:
+    return predicted != 0 and actual != 0 and math.copysign(1, predicted) == math.copysign(1, actual)
+
+
+def moved_as_predicted(predicted: float, actual: float) -> bool:
+    """A removal set's actual change went the predicted way by HARMFUL_RATIO of the prediction (the bar of
+    "trustworthy" groups; also the trace-lr probe's replay, `tracelr`)."""
+    return moved_same_way(predicted, actual) and HARMFUL_RATIO[0] <= actual / predicted <= HARMFUL_RATIO[1]
+
+
 def group_level(agreement: dict) -> str:
     r = group_r(agreement)
     harmful = agreement["harmful_set"]
     predicted, actual = harmful["predicted"], harmful["actual"]
-    same_way = predicted != 0 and math.copysign(1, predicted) == math.copysign(1, actual) and actual != 0
-    ratio = actual / predicted if predicted else float("nan")
-    if not math.isfinite(r) or not same_way:
+    if not math.isfinite(r) or not moved_same_way(predicted, actual):
         return "not supported"
-    if r >= GROUP_R_TRUSTWORTHY and HARMFUL_RATIO[0] <= ratio <= HARMFUL_RATIO[1]:
+    if r >= GROUP_R_TRUSTWORTHY and moved_as_predicted(predicted, actual):
         return "trustworthy"
     return "indicative" if r >= GROUP_R_INDICATIVE else "not supported"
 
