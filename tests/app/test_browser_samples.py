@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import shutil
 
 import numpy as np
@@ -83,17 +82,15 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         expect(page.locator("h1").first).to_have_text("Generated samples", timeout=TIMEOUT_MS)
         _settle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
-        # the grid opens sorted by clarity, lowest first: pick the least clear sample, its card found by the sample
-        # number in its caption (not by place: a grid still rendering under load once gave another card there)
+        # the grid opens sorted by clarity, lowest first: pick the least clear sample, its checkbox found by its widget
+        # key, which names the sample (st-key-<key>; not by place: a grid still rendering under load once gave
+        # another card there); the key's last part is whether the sample is picked
         pool = sample_pool(run)
         least_clear = int(pool.table.sort_values("clarity", kind="stable")["sample"].iloc[0])
-        number = page.locator('[data-testid="stCaptionContainer"] strong', has_text=re.compile(rf"^{least_clear}$"))
-        card = page.locator('[data-testid="stVerticalBlock"]').filter(has=number).filter(
-            has=page.locator('[data-testid="stCheckbox"]')).last  # the innermost block: the sample's card
-        card.locator('[data-testid="stCheckbox"] label').click()
+        page.locator(f".st-key-samples-pick-{run_id}-{least_clear}-0 label").click()
         expect(page.get_by_text("press Explain")).to_be_visible(timeout=TIMEOUT_MS)
         _settle(page)
-        expect(card.locator('[data-testid="stCheckbox"] input')).to_be_checked()
+        expect(page.locator(f".st-key-samples-pick-{run_id}-{least_clear}-1 input")).to_be_checked()
         picked = page.locator('[data-testid="stMetricValue"]').first
         expect(picked).to_have_text("1")
         grid_image = page.locator('[data-testid="stImage"] img').first
