@@ -322,6 +322,8 @@ def _print_probe(probe: dict | None) -> None:
     """The trace-lr probe's table and verdict, as the app shows it."""
     if not probe:
         return
+    from .tracelr import refusal
+
     lr = probe["user_lr"] if probe["mode"] == "check" else probe["chosen"]
     what = "kept (trace_lr=check)" if probe["mode"] == "check" else "chosen by the probe (trace_lr=auto)"
     print(f"  traced learning rate: lr_D {lr[0]:.3g}, lr_G {lr[1]:.3g}, {what}: {probe['reason']}")
@@ -339,9 +341,8 @@ def _print_probe(probe: dict | None) -> None:
         epoch = f"{c['extrapolated']:>14.3g}" if c else f"{'-':>14}"
         rep = r.get("replayed")
         replayed = f"{rep['ratio']:>26.3g}" if rep else f"{'-':>26}"
-        if rep and not rep["agrees"]:
-            note += f" (refused: its most harmful {rep['size']} moved {rep['metric'].upper()} by {rep['actual']:+.3g}, " \
-                    f"predicted {rep['predicted']:+.3g})"
+        if refused := refusal(r):
+            note += f" ({refused})"
         print(f"    {r['lr_d']:>9.3g} {r['lr_g']:>9.3g}  {r['growth']:>22.3g}  {r['rate']:>8.4g}  "
               f"{r['extrapolated']:>{16 + len(str(probe['traced_steps']))}.3g}  {epoch}  {replayed}  "
               f"{r['verdict']}{note}")

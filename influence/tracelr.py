@@ -24,8 +24,9 @@ passes the replay, the largest stable one, and when none is stable, the smallest
 stops as soon as |u| has grown past the threshold (the rung fails on measurement alone), so a refused
 confirmation costs a part of the epoch's walk, not all of it. check keeps the user's rate (the first rung) and
 says when it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch
-(GPU, the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the segment, predicted
-against actual. Nothing here depends on timing; the probe's cost is reported against the traced epochs' training.
+(GPU, the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the
+segment, predicted against actual. Nothing here depends on timing; the probe's cost is reported against the
+traced epochs' training.
 """
 
 from __future__ import annotations
@@ -293,10 +294,20 @@ def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: li
             "ratio": actual / predicted if predicted else math.nan, "agrees": moved_as_predicted(predicted, actual)}
 
 
-def _replay_words(row: dict) -> str:
-    r = row["replayed"]
-    return (f"at {row['lr_d']:.3g} the most harmful {r['size']} moved {r['metric'].upper()} by {r['actual']:+.3g}, "
+def _moved(replayed: dict) -> str:
+    r = replayed
+    return (f"the most harmful {r['size']} moved {r['metric'].upper()} by {r['actual']:+.3g}, "
             f"predicted {r['predicted']:+.3g}")
+
+
+def _replay_words(row: dict) -> str:
+    return f"at {row['lr_d']:.3g} {_moved(row['replayed'])}"
+
+
+def refusal(row: dict) -> str | None:
+    """The note of a rung its replay refused (the CLI's probe table and the Train page's), else None."""
+    replayed = row.get("replayed")
+    return None if replayed is None or replayed["agrees"] else f"refused: {_moved(replayed)}"
 
 
 def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, rng: torch.Generator,

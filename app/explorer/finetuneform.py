@@ -13,6 +13,7 @@ import pandas as pd
 from influence import store
 from influence.config import RunConfig
 from influence.finetune import weights_report
+from influence.tracelr import refusal
 
 SOURCES = {"run": "a run of this store", "files": "G and D files (state dicts or safetensors)"}
 TRACE_LR = {
@@ -63,9 +64,7 @@ def probe_frame(probe: dict) -> pd.DataFrame:
         if c and (c["diverged"] or c["stopped_early"]):
             note = c["diverged"] or f"the epoch's walk stopped after {c['walked']} of {c['steps']} steps"
         rep = r.get("replayed")
-        if rep and not rep["agrees"]:
-            note = (f"refused: its most harmful {rep['size']} moved {rep['metric'].upper()} by {rep['actual']:+.3g}, "
-                    f"predicted {rep['predicted']:+.3g}")
+        note = refusal(r) or note
         rows.append({"lr_D": r["lr_d"], "lr_G": r["lr_g"], f"growth over {probe['probe_steps']} steps": r["growth"],
                      "per step": r["rate"], f"extrapolated to {probe['traced_steps']} steps": r["extrapolated"],
                      "over the epoch": c["extrapolated"] if c else None,
