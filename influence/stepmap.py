@@ -13,7 +13,6 @@ A traced step is one of three kinds:
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -262,41 +261,41 @@ def checkpoint_spacing(traced_steps: int, mode: str, every: int | None, state_by
     return max(1, int(round(np.sqrt(traced_steps))), min(traced_steps, fits))
 
 
-def lane_step(gan: GanFunctions, rule: TrainingRule, inp: StepInputs, n_buffers: int,
-              tensors: tuple[torch.Tensor, ...], w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`step` for one replay lane as a pure function of its state tensors (`TrainState.tensors` order) and its
-    batch weights, in torch.func's terms so that `torch.func.vmap` runs many lanes at once (`batched_step`).
+def batched_step(gan: GanFunctions, rule: TrainingRule, inp: StepInputs, n_buffers: int,
+                 tensors: tuple[torch.Tensor, ...], w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`step` for L replay lanes at once, as a pure function of the state tensors (`TrainState.tensors` order)
+    and the batch weights: every one carries a leading lane axis; x, z and the lrs are shared.
 
-    The same losses and optimizer update as `step`; only the gradients come from torch.func.vjp instead of
-    autograd, so a lane agrees with `step` to float rounding, not bit for bit.
+    Only the forward pass is vmapped (torch.func.vmap); each player's gradient comes from one autograd pass
+    over the lanes' summed losses (lane k's parameters reach only lane k's loss). Vmapping the backward pass as
+    well (vmap of torch.func.vjp) was 1.45x slower on toy2d at 32 lanes (docs/benchmarks.md). The same losses
+    and update as `step`, so a lane agrees with `step` to float rounding.
     """
+    players = KIND_PLAYERS[inp.kind]
     theta_d, theta_g = tensors[0], tensors[1]
     buf_d, buf_g = tuple(tensors[2:2 + n_buffers]), tuple(tensors[2 + n_buffers:2 + 2 * n_buffers])
     ema = tensors[2 + 2 * n_buffers] if len(tensors) > 2 + 2 * n_buffers else None
-    players = KIND_PLAYERS[inp.kind]
 
-    def losses(td: torch.Tensor, tg: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(loss for loss in gan.losses(td, tg, inp.x, inp.z, w, players) if loss is not None)
+    def losses(td: torch.Tensor, tg: torch.Tensor, wl: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(loss for loss in gan.losses(td, tg, inp.x, inp.z, wl, players) if loss is not None)
 
-    values, pullback = torch.func.vjp(losses, theta_d, theta_g)
-    ones = [torch.zeros_like(v) for v in values]
-
-    def gradient(i: int, wrt: int) -> torch.Tensor:
-        return pullback(tuple(torch.ones_like(v) if j == i else ones[j] for j, v in enumerate(values)))[wrt]
-
+    with torch.enable_grad():
+        td, tg = theta_d.detach().requires_grad_(True), theta_g.detach().requires_grad_(True)
+        values = torch.func.vmap(losses)(td, tg, w)
+        wanted = [(values[0], td)] if players in ("both", "d") else []
+        wanted += [(values[-1], tg)] if players in ("both", "g") else []
+        # one call per player: a single call over both would add L_G's gradient w.r.t. theta_D to D's
+        grads = [torch.autograd.grad(v.sum(), leaf, retain_graph=j + 1 < len(wanted))[0]
+                 for j, (v, leaf) in enumerate(wanted)]
     opt = rule.optimizer
+
+    def update(theta, buf, grad, lr, count, mask):
+        return torch.func.vmap(lambda t, b, g: opt.update(t, b, g, lr, count, mask))(theta, buf, grad)
+
     if players in ("both", "d"):
-        theta_d, buf_d = opt.update(theta_d, buf_d, gradient(0, 0), inp.lr_d, inp.count_d, gan.decay_mask_d)
+        theta_d, buf_d = update(theta_d, buf_d, grads[0], inp.lr_d, inp.count_d, gan.decay_mask_d)
     if players in ("both", "g"):
-        theta_g, buf_g = opt.update(theta_g, buf_g, gradient(len(values) - 1, 1), inp.lr_g, inp.count_g,
-                                    gan.decay_mask_g)
+        theta_g, buf_g = update(theta_g, buf_g, grads[-1], inp.lr_g, inp.count_g, gan.decay_mask_g)
         if ema is not None:
             ema = rule.ema_decay * ema + (1 - rule.ema_decay) * theta_g
     return (theta_d, theta_g, *buf_d, *buf_g) + ((ema,) if ema is not None else ())
-
-
-def batched_step(gan: GanFunctions, rule: TrainingRule, inp: StepInputs, n_buffers: int,
-                 tensors: tuple[torch.Tensor, ...], w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`lane_step` for L lanes at once: every state tensor and w carry a leading lane axis; x, z, lrs are shared."""
-    fn = functools.partial(lane_step, gan, rule, inp, n_buffers)
-    return torch.func.vmap(fn)(tensors, w)
