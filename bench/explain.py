@@ -171,6 +171,29 @@ def _grid(rows: list[tuple[str, list[np.ndarray], list[bool] | None]], px: int =
     return sheet
 
 
+def _copy_ranks(e, copy_ids: np.ndarray) -> dict:
+    """Where the copies stand in each sample's ranking, beside the top-10 precision: the median copy's rank
+    (percent of the traced instances ranked above it) by |influence| and by pull toward the objective
+    (harmful sign), the top-10 precision by pull, and the copies' share of the sample's total |influence|
+    against their share of the traced instances."""
+    traced = np.flatnonzero(np.any(e.matrix != 0, axis=0))
+    copies = np.intersect1d(copy_ids, traced)
+    rank_abs, rank_pull, share, precision_pull = [], [], [], []
+    for row in e.matrix:
+        for ranks, key in ((rank_abs, np.abs(row)), (rank_pull, -row * e.harmful_sign)):
+            order = np.argsort(-key[traced], kind="stable")
+            position = np.empty(len(traced), dtype=np.int64)
+            position[order] = np.arange(len(traced))
+            ranks.append(float(np.median(position[np.searchsorted(traced, copies)]) / len(traced) * 100))
+        top = traced[np.argsort(row[traced] * e.harmful_sign, kind="stable")[:10]]
+        precision_pull.append(float(np.isin(top, copies).mean()))
+        share.append(float(np.abs(row[copies]).sum() / max(np.abs(row[traced]).sum(), 1e-300)))
+    return {"copies_traced": len(copies), "traced": len(traced),
+            "median_copy_rank_pct_abs": rank_abs, "median_copy_rank_pct_pull": rank_pull,
+            "top10_precision_pull": precision_pull, "copies_share_of_abs_influence": share,
+            "copies_share_of_traced": len(copies) / len(traced)}
+
+
 def cmd_copies(args) -> dict:
     work = Path(args.work)
     folder = work / "data"
@@ -212,6 +235,7 @@ def cmd_copies(args) -> dict:
             precision.append(float(np.mean([int(j) in copyset for j in top])))
         by_objective[objective.split(":")[0]] = {
             "name": e.name, "top10_precision": precision, "mean_top10_precision": float(np.mean(precision)),
+            **_copy_ranks(e, copy_ids),
             "pass_seconds": e.meta["seconds"], "verdict": e.meta["verdict"],
             "nearcopy": e.nearcopy.drop(columns=["top_ids"]).to_dict(orient="records"),
             "copies_sign": float(np.mean(np.sign(e.matrix[:, copy_ids]) * e.harmful_sign))}
