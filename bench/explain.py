@@ -122,14 +122,15 @@ def _outlier(images: np.ndarray, rng: np.random.Generator, subset: int = 2000, q
     return int(ids[np.argsort(nn)[int(quantile * (len(ids) - 1))]])
 
 
-def _planted_folder(variant: str, folder: Path, seed: int) -> tuple[str, int]:
-    """Writes the variant's images into class sub-folders; returns (the planted file's name, copies)."""
+def _planted_folder(variant: str, folder: Path, seed: int, copies: int | None = None) -> tuple[str, int]:
+    """Writes the variant's images into class sub-folders; returns (the planted file's name, copies).
+    copies: the planted image's count (the issue's 50 for MNIST, 30 for RGB by default)."""
     src = load_dataset(DataConfig(source="mnist", n_train=10_000 if variant == "mnist" else 6_000), seed,
                        store.cache_dir(None))
     x = ((src.train.x[:, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
     y = src.train.y.numpy()
     rng = np.random.default_rng(seed)
-    copies = 50 if variant == "mnist" else 30
+    copies = copies or (50 if variant == "mnist" else 30)
     if variant == "rgb":  # digits drawn in a random saturated colour on a dark tinted background
         hue = rng.uniform(0, 1, len(x))
         colour = np.stack([np.clip(np.abs(((hue * 6 + k) % 6) - 3) - 1, 0, 1) for k in (0, 4, 2)], 1)
@@ -197,7 +198,7 @@ def _copy_ranks(e, copy_ids: np.ndarray) -> dict:
 def cmd_copies(args) -> dict:
     work = Path(args.work)
     folder = work / "data"
-    planted_name, copies = _planted_folder(args.variant, folder, args.seed)
+    planted_name, copies = _planted_folder(args.variant, folder, args.seed, args.copies)
     base = preset("mnist-adam", args.seed)
     cfg = prepare(apply_overrides(base, ["data.source=folder", f"data.root={folder}", "data.n_train=none",
                                          f"data.color={'rgb' if args.variant == 'rgb' else 'gray'}", *args.set]))
@@ -262,7 +263,7 @@ def cmd_copies(args) -> dict:
         rows.append((f"sample {i}: top-{k} responsible", [ctx.dataset.train.x[j].numpy() for j in top],
                      [int(j) in set(copy_ids.tolist()) for j in top]))
     ASSETS.mkdir(exist_ok=True)
-    figure = ASSETS / f"explain-copies-{args.variant}.png"
+    figure = ASSETS / f"explain-copies-{args.variant}{f'-{args.copies}' if args.copies else ''}.png"
     _grid(rows).save(figure)
     out["figure"] = str(figure)
     p = by_objective["reference"]
@@ -401,6 +402,8 @@ def main() -> None:
     p.add_argument("--work", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--copies", type=int, default=None,
+                   help="how often the planted image appears (default: the issue's 50 for mnist, 30 for rgb)")
     p.add_argument("--candidates", type=int, default=5000)
     p.add_argument("--contrast", type=int, default=5, help="samples far from the planted image, for the copy flag")
     p.add_argument("--realism", action="store_true", help="also explain the nearest samples' realism")
