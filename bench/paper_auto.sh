@@ -2,7 +2,8 @@
 # paper-cleansing with train.trace_lr=auto, one seed (issue 24; docs/benchmarks.md "Fine-tune and trace_lr=auto"):
 # train with the probe and estimate (bench/trace_lr.py: JSON, CPU s, wall, peak RSS), the spot check, then replay
 # without the top 5k/15k/25k by influence on FID, by Isolation Forest and at random. About 2 h per seed at 1 thread.
-#   bash bench/paper_auto.sh STORE_DIR SEED [RULE]   (RULE: train.trace_lr_confirm, default replayed)
+#   bash bench/paper_auto.sh STORE_DIR SEED [RULE]   (RULE: train.trace_lr_confirm: replayed, the default,
+#                                                     measured or passed; bench/trace_lr.py's variants)
 #   CHECK=none bash bench/paper_auto.sh ...         (leaves the spot check out: about 7 minutes less)
 # Writes STORE_DIR/paper-auto-sSEED.jsonl: the training line, the check, then one line per cleanse.
 set -euo pipefail

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+METHODS = ("fid", "random", "iforest")  # bench/paper_auto.sh's selections, influence on FID first
+
 
 def load(path: Path) -> dict:
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -41,13 +43,12 @@ def main() -> None:
                f"{t['test']['fid']:.3f}", f"{levels.get('groups', '-')} / {levels.get('singles', '-')}"]
         for k in ks:
             row.append(" / ".join(f"{r['cleanses'][(k, by)]['change']['fid']:+.3f}" if (k, by) in r["cleanses"]
-                                  else "-" for by in ("fid", "random", "iforest")))
+                                  else "-" for by in METHODS))
         print("| " + " | ".join(row) + " |")
     print()
     for k in ks:
-        done = [r for r in runs if all((k, by) in r["cleanses"] for by in ("fid", "random", "iforest"))]
-        change = {by: np.array([r["cleanses"][(k, by)]["change"]["fid"] for r in done])
-                  for by in ("fid", "random", "iforest")}
+        done = [r for r in runs if all((k, by) in r["cleanses"] for by in METHODS)]
+        change = {by: np.array([r["cleanses"][(k, by)]["change"]["fid"] for r in done]) for by in METHODS}
         predicted = np.array([r["cleanses"][(k, "fid")]["predicted_change"]["fid"] for r in done])
         line = (f"k={k:,}, {len(done)} seeds: influence {change['fid'].mean():+.3f} (predicted {predicted.mean():+.3f}),"
                 f" random {change['random'].mean():+.3f}, iforest {change['iforest'].mean():+.3f}")

@@ -294,8 +294,7 @@ def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: li
             "ratio": actual / predicted if predicted else math.nan, "agrees": moved_as_predicted(predicted, actual)}
 
 
-def _moved(replayed: dict) -> str:
-    r = replayed
+def _moved(r: dict) -> str:
     return (f"the most harmful {r['size']} moved {r['metric'].upper()} by {r['actual']:+.3g}, "
             f"predicted {r['predicted']:+.3g}")
 
