@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/trust.py --store DIR --case quick --seeds 0 1 2 [--threads 1]
     .venv/bin/python bench/trust.py --store DIR --case mnist-adam-relu-f32 --seeds 7 --loo 200
+    .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --groups 16 --fractions 0.05 --loo 16
     .venv/bin/python bench/trust.py --store DIR --report          # the tables of everything measured so far
 
 Per case and seed (each step cached in the store, so an interrupted campaign resumes):
@@ -9,6 +10,8 @@ Per case and seed (each step cached in the store, so an interrupted campaign res
 2. the influence pass (exact adjoints) with its quick spot check: its cost against the pass, and its verdict;
 3. group validation (`validate --groups 32 --fraction 0.01 0.05 0.2`, curve at the same fractions);
 4. leave-one-out of --loo random traced instances (the paper's protocol; Kendall tau, Pearson r).
+dcgan32-folder is bench/dcgan32_e2e.py's run (DCGAN-32 on bench/own_images.py's 5,000 coloured shapes, written
+once to <store>/_images-shapes5000; 1 epoch, then 1 traced at the preset's 2e-5; FID on autoencoder features).
 Each finished case-seed writes <store>/_trust/<case>-s<seed>.json; --report prints the calibration table
 (docs/trust.md) and the LDS table (docs/benchmarks.md) from those files.
 """
@@ -24,6 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from own_images import shapes_folder  # noqa: E402
 
 from influence import allocator, store  # noqa: E402
 from influence.config import apply_overrides, preset  # noqa: E402
@@ -43,7 +49,12 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "toy2d": ("toy2d", [], ["all"]),
     "toy2d-adam": ("toy2d-adam", [], ["all"]),
     "paper-cleansing": ("paper-cleansing", [], ["fid"]),
+    "dcgan32-folder": ("dcgan32", ["data.source=folder", "data.labels=none", "data.color=rgb", "data.n_train=none",
+                                   "data.image_size=32", "train.epochs=2", "train.lr_schedule=2:0.00002:0.00002",
+                                   "eval.feature=autoencoder", "eval.n_valid_z=500", "eval.n_test_z=500"],
+                       ["fid", "dloss"]),
 }
+SHAPES = 5000  # the folder cases' images (bench/own_images.py), data.root set by run_case
 
 
 ALTERNATIVES = {"no-propagation": EstimateOptions(method="no-propagation"), "tracin": EstimateOptions(method="tracin"),
@@ -53,6 +64,12 @@ ALTERNATIVES = {"no-propagation": EstimateOptions(method="no-propagation"), "tra
 def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions: list[float], extra: list[str],
              level: str = "auto", recheck: bool = False, alternatives: bool = False) -> dict:
     name, overrides, metrics = CASES[case]
+    if "data.source=folder" in overrides:
+        images = root / f"_images-shapes{SHAPES}"
+        if not images.exists():  # written whole, then renamed: a killed bench leaves no half folder behind
+            shapes_folder(images.with_suffix(".partial"), SHAPES)
+            images.with_suffix(".partial").rename(images)
+        overrides = [*overrides, f"data.root={images}"]
     cfg = apply_overrides(preset(name, seed), overrides + extra)
     out = {"case": case, "seed": seed, "run_id": cfg.run_id, "metrics": metrics, "threads": torch.get_num_threads()}
     t = time.perf_counter()
