@@ -33,6 +33,7 @@ from own_images import shapes_folder  # noqa: E402
 
 from influence import allocator, store  # noqa: E402
 from influence.config import apply_overrides, preset  # noqa: E402
+from influence.data import prepare  # noqa: E402
 from influence.estimator import EstimateOptions, estimate, result_name  # noqa: E402
 from influence.train import Trace, train  # noqa: E402
 from influence.validation import validate  # noqa: E402
@@ -70,7 +71,7 @@ def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions:
             shapes_folder(images.with_suffix(".partial"), SHAPES)
             images.with_suffix(".partial").rename(images)
         overrides = [*overrides, f"data.root={images}"]
-    cfg = apply_overrides(preset(name, seed), overrides + extra)
+    cfg = prepare(apply_overrides(preset(name, seed), overrides + extra))  # own images: their fingerprint
     out = {"case": case, "seed": seed, "run_id": cfg.run_id, "metrics": metrics, "threads": torch.get_num_threads()}
     t = time.perf_counter()
     run = train(cfg, root)
