@@ -11,6 +11,11 @@ traced step, so every lane replays about the whole trace) and replays them:
 - batched: K lanes per vmapped pass, each pass with its own lane 0.
 Prints one JSON line per round (seconds, lanes per second, speed-up, the largest difference between the two
 ways' changes relative to the largest change) and the medians. Rounds interleave the two ways.
+
+--flops adds what bounds the batched pass: torch.profiler's count of the matrix products' floating-point
+operations in one batched and one sequential replay (each way's GFLOP/s), beside the rate of the same
+products (their shapes as the profiler recorded them) timed alone, back to back: the most the batched pass
+could reach if everything but its products cost nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--flops", action="store_true", help="also count the passes' FLOPs and time their products alone")
     args = p.parse_args()
     allocator.tune_this_process()
     torch.set_num_threads(args.threads)
@@ -82,10 +88,43 @@ def main() -> None:
         print(json.dumps(line), flush=True)
         rounds.append(line)
     median = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0] if k != "round"}
+    if args.flops:
+        counts = {"batched": flop_count(lambda: once(plan), ctx.dtype),
+                  "sequential": flop_count(lambda: once(sequential), ctx.dtype)}
+        for way, c in counts.items():  # the profiler slows a replay many times: rates use the unprofiled median
+            c["gflops_per_s_in_replay"] = c["products_gflop"] / median[f"seconds_{way}"]
+        print(json.dumps({"flops": counts}), flush=True)
     print(json.dumps({"preset": args.preset, "set": args.set, "run_id": run.run_id, "parameters": trace.layout.n_theta,
                       "traced_steps": trace.steps, "lanes": len(lanes), "set_size": size, "plan": plan.as_dict(),
                       "baseline_from_trace": from_trace, "threads": args.threads, "train_seconds": trained,
                       "rounds": args.repeat, "median": median}), flush=True)
+
+
+def flop_count(replay, dtype: torch.dtype) -> dict:
+    """The matrix products' FLOPs in one replay (torch.profiler), and the same products timed alone (each shape
+    as often as the replay ran it, inputs of the run's dtype) and their GFLOP/s."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        replay()
+    counted: dict[tuple, list] = {}
+    for ev in prof.events():
+        if ev.flops and ev.name in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul"):
+            key = (ev.name, tuple(tuple(s) for s in ev.input_shapes if s))
+            counted.setdefault(key, [0, ev.flops])[0] += 1
+    flops = sum(n * f for n, f in counted.values())
+    alone = 0.0
+    for (name, shapes), (n, _) in counted.items():
+        args = [torch.randn(*s, dtype=dtype) for s in shapes]
+        op = {"aten::mm": torch.mm, "aten::bmm": torch.bmm, "aten::matmul": torch.matmul,
+              "aten::addmm": torch.addmm}[name]
+        op(*args)
+        t = time.perf_counter()
+        for _ in range(n):
+            op(*args)
+        alone += time.perf_counter() - t
+    return {"products_gflop": flops / 1e9, "products_alone_seconds": alone,
+            "gflops_per_s_alone": flops / 1e9 / alone if alone else None, "distinct_shapes": len(counted)}
 
 
 if __name__ == "__main__":
