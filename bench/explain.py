@@ -200,6 +200,27 @@ def _copy_ranks(e, copy_ids: np.ndarray) -> dict:
             "copies_share_of_traced": len(copies) / len(traced)}
 
 
+def _saturation(ctx, theta_d: torch.Tensor, theta_g: torch.Tensor, copy_ids: np.ndarray) -> dict:
+    """How much the copies can still drive training at the end: the final D's logit on them and the norm of
+    their real-side D-loss gradient, against the other training images' (medians, 10% and 90% quantiles), and
+    D's logit on 2,000 generated samples. A copy D calls real with certainty has a vanishing gradient, so it
+    moves the traced steps (and the estimate) little, however often it appears."""
+    x = ctx.dataset.train.x.to(ctx.dtype)
+    grad = torch.func.vmap(torch.func.grad(lambda t, xi: ctx.gan.real_losses(t, xi[None]).sum()), in_dims=(None, 0))
+    with torch.no_grad():
+        logit = torch.cat([ctx.gan.logits(theta_d, x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+        norm = torch.cat([grad(theta_d, x[i:i + 64]).norm(dim=1) for i in range(0, len(x), 64)]).numpy()
+        z = torch.randn(2000, ctx.cfg.model.z_dim, generator=torch.Generator().manual_seed(5), dtype=ctx.dtype)
+        fake = ctx.gan.logits(theta_d, ctx.gan.generate(theta_g, z)).numpy()
+    is_copy = np.isin(np.arange(len(x)), copy_ids)
+
+    def q(v):
+        return [float(a) for a in np.quantile(v, [0.5, 0.1, 0.9])]
+
+    return {"d_logit_copies": q(logit[is_copy]), "d_logit_others": q(logit[~is_copy]), "d_logit_generated": q(fake),
+            "grad_norm_copies": q(norm[is_copy]), "grad_norm_others": q(norm[~is_copy])}
+
+
 def cmd_copies(args) -> dict:
     work = Path(args.work)
     folder = work / "data"
@@ -230,7 +251,8 @@ def cmd_copies(args) -> dict:
     out = {"variant": args.variant, "run_id": run.run_id, "train_seconds": train_s, "copies_in_data": copies,
            "copies_in_training_split": len(copy_ids), "n_train": ctx.dataset.n_train,
            "test": run.read_json("summary.json")["test"], "candidates": args.candidates,
-           "sample_distance": dist[nearest].tolist(), "median_candidate_distance": float(np.median(dist))}
+           "sample_distance": dist[nearest].tolist(), "median_candidate_distance": float(np.median(dist)),
+           "saturation": _saturation(ctx, final_d, final_g, copy_ids)}
     by_objective = {}
     for objective in [f"reference:#{reference}"] + (["realism"] if args.realism else []):
         e = explain(run, {"z": z.tolist()}, objective)
