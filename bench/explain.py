@@ -7,6 +7,8 @@
     # planted near-copies: MNIST 10k with one image 50 times, or 6k coloured digits with one image 30 times
     .venv/bin/python bench/explain.py copies --variant mnist --work /tmp/x/copies-mnist
     .venv/bin/python bench/explain.py copies --variant rgb --work /tmp/x/copies-rgb
+    # ... a typical image planted (one the GAN draws) instead of an outlier
+    .venv/bin/python bench/explain.py copies --variant mnist --quantile 0.5 --work /tmp/x/copies-typical
     # ... on 1,000 digits trained long enough to memorise, the last 5 epochs traced
     .venv/bin/python bench/explain.py copies --variant mnist --n 1000 --work /tmp/x/copies-small \
         --set train.epochs=200 --set train.lr_schedule=196:4e-5:4e-5 --set train.trace_epochs=5
@@ -126,10 +128,11 @@ def _outlier(images: np.ndarray, rng: np.random.Generator, subset: int = 2000, q
 
 
 def _planted_folder(variant: str, folder: Path, seed: int, copies: int | None = None,
-                    n: int | None = None) -> tuple[str, int]:
+                    n: int | None = None, quantile: float = 0.995) -> tuple[str, int]:
     """Writes the variant's images into class sub-folders; returns (the planted file's name, copies).
     copies: the planted image's count (the issue's 50 for MNIST, 30 for RGB by default); n: the source images
-    (10,000 MNIST, 6,000 RGB by default; fewer make a GAN that memorises)."""
+    (10,000 MNIST, 6,000 RGB by default; fewer make a GAN that memorises); quantile: which image is planted, by
+    its distance to its nearest neighbour (0.995: an outlier; 0.5: a typical image, one the GAN draws)."""
     n = n or (10_000 if variant == "mnist" else 6_000)
     src = load_dataset(DataConfig(source="mnist", n_train=n), seed, store.cache_dir(None))
     x = ((src.train.x[:, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
@@ -144,7 +147,7 @@ def _planted_folder(variant: str, folder: Path, seed: int, copies: int | None = 
         images = ((a * colour[:, None, None] + (1 - a) * back[:, None, None]) * 255).round().astype(np.uint8)
     else:
         images = x
-    planted = _outlier(images, rng)
+    planted = _outlier(images, rng, quantile=quantile)
     if (folder / "done").exists():
         return f"{y[planted]}/planted.png", copies
     for i, (img, label) in enumerate(zip(images, y)):
@@ -224,7 +227,7 @@ def _saturation(ctx, theta_d: torch.Tensor, theta_g: torch.Tensor, copy_ids: np.
 def cmd_copies(args) -> dict:
     work = Path(args.work)
     folder = work / "data"
-    planted_name, copies = _planted_folder(args.variant, folder, args.seed, args.copies, args.n)
+    planted_name, copies = _planted_folder(args.variant, folder, args.seed, args.copies, args.n, args.quantile)
     base = preset("mnist-adam", args.seed)
     cfg = prepare(apply_overrides(base, ["data.source=folder", f"data.root={folder}", "data.n_train=none",
                                          f"data.color={'rgb' if args.variant == 'rgb' else 'gray'}", *args.set]))
@@ -290,8 +293,9 @@ def cmd_copies(args) -> dict:
         rows.append((f"sample {i}: top-{k} responsible", [ctx.dataset.train.x[j].numpy() for j in top],
                      [int(j) in set(copy_ids.tolist()) for j in top]))
     ASSETS.mkdir(exist_ok=True)
-    figure = ASSETS / (f"explain-copies-{args.variant}{f'-{args.copies}' if args.copies else ''}"
-                       f"{f'-n{args.n}' if args.n else ''}.png")
+    tags = [str(args.copies) if args.copies else "", f"n{args.n}" if args.n else "",
+            f"q{args.quantile:g}" if args.quantile != 0.995 else ""]
+    figure = ASSETS / f"explain-copies-{'-'.join([args.variant, *filter(None, tags)])}.png"
     _grid(rows).save(figure)
     out["figure"] = str(figure)
     p = by_objective["reference"]
@@ -433,6 +437,8 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=None,
                    help="how often the planted image appears (default: the issue's 50 for mnist, 30 for rgb)")
     p.add_argument("--n", type=int, default=None, help="source images (default 10,000 MNIST, 6,000 RGB)")
+    p.add_argument("--quantile", type=float, default=0.995,
+                   help="the planted image's quantile of nearest-neighbour distance (0.995 an outlier, 0.5 typical)")
     p.add_argument("--candidates", type=int, default=5000)
     p.add_argument("--contrast", type=int, default=5, help="samples far from the planted image, for the copy flag")
     p.add_argument("--realism", action="store_true", help="also explain the nearest samples' realism")
