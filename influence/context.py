@@ -47,10 +47,14 @@ def resolve_device(name: str) -> torch.device:
 def make_cuda_deterministic() -> None:
     """Replay, resume and leave-one-out compare runs bit for bit: on CUDA that needs deterministic
     kernels, no cuDNN autotuning (it may pick another algorithm per call) and a fixed cuBLAS
-    workspace (read when cuBLAS first starts, so set before any CUDA work)."""
+    workspace (read when cuBLAS first starts, so set before any CUDA work). float32 stays IEEE float32:
+    cuDNN's default TF32 convolutions round inputs to 10 mantissa bits (1e-3), far above what one removal
+    moves, and the run records float32."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
     torch.use_deterministic_algorithms(True)
 
 

@@ -191,11 +191,7 @@ def state_vjp(
     buffer_blocks = set(range(2, 2 + 2 * nb)) if frozen else set()
     changed = [i for i, (o, leaf) in enumerate(zip(outs, leaves)) if o is not leaf and i not in buffer_blocks]
     k = adjoint[0].shape[0]
-    grads = torch.autograd.grad(
-        [outs[i] for i in changed], leaves + [w],
-        [adjoint[i] if k > 1 else adjoint[i][0] for i in changed],
-        allow_unused=True, is_grads_batched=k > 1,
-    )
+    grads = _stacked_grad([outs[i] for i in changed], leaves + [w], [adjoint[i] for i in changed])
     out = []
     for i, leaf in enumerate(leaves):
         g = grads[i]
@@ -207,6 +203,22 @@ def state_vjp(
     jw = grads[-1]
     jw = torch.zeros(k, len(w), dtype=w.dtype, device=w.device) if jw is None else (jw if k > 1 else jw[None]).detach()
     return out, jw
+
+
+def _stacked_grad(outputs: list[torch.Tensor], inputs: list[torch.Tensor], cotangents: list[torch.Tensor],
+                  per_row: bool | None = None) -> tuple[torch.Tensor | None, ...]:
+    """Vector-Jacobian products for k stacked cotangents (leading axis): one vmapped backward on the CPU;
+    on CUDA one backward per row, since autograd's batched backward gave wrong shapes there (torch 2.11 on an
+    H200: "size of tensor a (100) must match the size of tensor b (8)" with 2-3 metrics)."""
+    k = cotangents[0].shape[0]
+    if per_row is None:
+        per_row = inputs[0].device.type == "cuda"
+    if k == 1 or not per_row:
+        return torch.autograd.grad(outputs, inputs, [c if k > 1 else c[0] for c in cotangents],
+                                   allow_unused=True, is_grads_batched=k > 1)
+    rows = [torch.autograd.grad(outputs, inputs, [c[r] for c in cotangents], allow_unused=True,
+                                retain_graph=r < k - 1) for r in range(k)]
+    return tuple(None if parts[0] is None else torch.stack(parts) for parts in zip(*rows))
 
 
 # The backward pass holds one segment of states in memory; it recomputes every step once,

@@ -138,8 +138,15 @@ def trace_inputs(ctx: RunContext, trace: Trace, t: int, w: torch.Tensor | None =
     return StepInputs(int(trace.kinds[t]), ctx.train_x[ids.to(ctx.device)], z, w, lr_d, lr_g, count_d, count_g)
 
 
-def to_state(ctx: RunContext, layout: StateLayout, flat: np.ndarray) -> TrainState:
-    return layout.split(torch.from_numpy(np.array(flat)).to(ctx.device, ctx.dtype))
+def to_state(ctx: RunContext, layout: StateLayout, flat: np.ndarray | torch.Tensor) -> TrainState:
+    """A stored state with every block in storage of its own, as training allocates it. As views into one
+    flat tensor (other memory alignment) Adam's elementwise update took other vectorised paths: a resumed
+    run differed from an uninterrupted one in the last bit on the CPU, and on CUDA a float32 replay with
+    nothing removed differed from training (bench/gpu_check.py on an H200)."""
+    flat = torch.from_numpy(np.array(flat)) if isinstance(flat, np.ndarray) else flat
+    s = layout.split(flat.to(ctx.device, ctx.dtype))
+    own = lambda t: None if t is None else t.clone()  # noqa: E731
+    return TrainState(own(s.theta_d), own(s.theta_g), tuple(map(own, s.buf_d)), tuple(map(own, s.buf_g)), own(s.ema))
 
 
 def states_backward(ctx: RunContext, trace: Trace, first: int = 0, last: int | None = None) -> Iterator[tuple[int, TrainState]]:
@@ -393,7 +400,7 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     resumed = _load_checkpoint(run, layout)
     if resumed is not None:
         flat, rng_state, history, items, start_epoch = resumed
-        state = _resumed_state(ctx, layout, flat)
+        state = to_state(ctx, layout, flat)
         rng.set_state(rng_state)
     rec = _Recorder(first_traced, every, cfg.train.batch_size, cfg.model.z_dim, items)
 
@@ -477,15 +484,6 @@ def _save_checkpoint(run, epoch, state: TrainState, rng, history, items) -> None
     for name, values in items.items():
         ckpt[f"trace_{name}"] = torch.from_numpy(np.stack(values)) if values else torch.zeros(0)
     run.write_state_dict(CHECKPOINT, ckpt)
-
-
-def _resumed_state(ctx: RunContext, layout: StateLayout, flat: torch.Tensor) -> TrainState:
-    """The checkpoint's state with every block in storage of its own, as training allocates it: as views
-    into one flat tensor (other memory alignment), Adam's elementwise update took other vectorised paths
-    and a resumed run differed from an uninterrupted one in the last bit."""
-    s = layout.split(flat.to(ctx.device, ctx.dtype))
-    own = lambda t: None if t is None else t.clone()  # noqa: E731
-    return TrainState(own(s.theta_d), own(s.theta_g), tuple(map(own, s.buf_d)), tuple(map(own, s.buf_g)), own(s.ema))
 
 
 def _load_checkpoint(run: store.Run, layout: StateLayout):

@@ -108,6 +108,25 @@ def test_vjp_of_the_step_matches_central_differences_in_every_state_block(runs, 
                 assert float(jw[k, j]) == pytest.approx(float(fd[k]), rel=1e-5), (name, kind, "w")
 
 
+@pytest.mark.parametrize("name", ["adam-alternating", "nesterov-ema"])
+def test_one_backward_per_adjoint_row_equals_the_batched_backward(runs, name, monkeypatch):
+    """CUDA takes one backward per stacked adjoint (its batched backward failed on an H200): the same numbers."""
+    import functools
+
+    from influence import stepmap
+
+    ctx, trace = _ctx_trace(runs[name])
+    gen = torch.Generator().manual_seed(9)
+    t = 3
+    s, inp = _state(ctx, trace, t), trace_inputs(ctx, trace, t)
+    adjoint = [torch.randn((3, size), generator=gen, dtype=torch.float64) for size in trace.layout.sizes]
+    batched = state_vjp(ctx.gan, trace.rule, s, inp, adjoint)
+    monkeypatch.setattr(stepmap, "_stacked_grad", functools.partial(stepmap._stacked_grad, per_row=True))
+    rows = state_vjp(ctx.gan, trace.rule, s, inp, adjoint)
+    for a, b in zip(batched[0] + [batched[1]], rows[0] + [rows[1]]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_replay_with_nothing_removed_reproduces_training_bit_for_bit(runs, name):
     ctx, trace = _ctx_trace(runs[name])

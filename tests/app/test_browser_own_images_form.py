@@ -92,7 +92,8 @@ def test_own_images_through_the_train_form(own_form_server):
         _shot(page, "train")
         started = time.time()
         page.get_by_role("button", name="Start training").click()
-        expect(page.get_by_text(re.compile(r"Training shapes600-mnist-adam-s0-|Not started"))).to_be_visible(
+        # the job panel and the sidebar's progress line may both name it: either will do
+        expect(page.get_by_text(re.compile(r"Training shapes600-mnist-adam-s0-|Not started")).first).to_be_visible(
             timeout=TIMEOUT_MS)
         assert page.get_by_text("Not started").count() == 0, _alerts(page)
         expect(page.get_by_text(re.compile(r"Current run: shapes600-mnist-adam-s0-"))).to_be_visible(timeout=JOB_MS)
