@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from influence import tracelr
-from influence.cli import _print_probe, main
+from influence.cli import main
+from influence.cli.training import print_probe
 from influence.context import RunContext
 from influence.counterfactual import Lane, LanePlan, replay_lanes
 from influence.estimator import GROWTH_DOUBTFUL, EstimateOptions, estimate
@@ -151,7 +152,7 @@ def test_a_rate_a_short_segment_vouches_for_is_refused_on_the_epochs_growth(tmp_
     assert refused["verdict"] != "reliable" and refused["confirmed"]["steps"] == 20 == probe["traced_steps"]
     assert probe["chosen"] == [chosen["lr_d"], chosen["lr_g"]] == pytest.approx([0.05] * 2)
     assert "2 larger rates walked over the epoch and refused" in probe["reason"] and probe["reliable"]
-    _print_probe(probe)  # the CLI's table: the epoch's growth beside the segment's, the spot check's LDS
+    print_probe(probe)  # the CLI's table: the epoch's growth beside the segment's, the spot check's LDS
     rows = capsys.readouterr().out.splitlines()
     assert "over the epoch  harmful 5% actual/predicted  verdict" in rows[2]
     assert rows[3].split()[5] == f"{failed['confirmed']['extrapolated']:.3g}"

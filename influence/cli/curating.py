@@ -1,0 +1,101 @@
+"""cleanse and export: a removal set (by rank or from a CSV) replayed without, or the data set written without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from .. import store
+from ..errors import ConfigError
+from ..metrics import HIGHER_IS_BETTER, METRIC_LABELS
+from ..removal import MAX_REMOVAL_BYTES, read_removal_csv
+from .follow import run_or_follow
+from .parser import estimate_options
+
+MAX_REMOVAL_FILE_BYTES = MAX_REMOVAL_BYTES  # the app's uploads have the same limit
+
+
+def read_removal_file(path: str) -> str:
+    try:
+        # opened without blocking and checked first: a FIFO would hang the command
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"removal file '{path}' is not a regular file")
+            data = f.read(MAX_REMOVAL_FILE_BYTES + 1)
+        if len(data) > MAX_REMOVAL_FILE_BYTES:
+            raise ConfigError(f"removal file '{path}' is larger than {MAX_REMOVAL_FILE_BYTES // 2**20} MB")
+        return data.decode()
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"cannot read removal file '{path}': {e}") from None
+
+
+def cmd_cleanse(args, root: Path) -> int:
+    from ..baselines import ranking
+    from ..context import RunContext, load_run_config
+    from ..metrics import available_metrics
+    from ..specs import estimate_spec
+    from ..train import Trace
+
+    run = store.open_run(root, args.run)
+    Trace.load(run)  # a run without a trace fails here, before anything is written
+    cfg = load_run_config(run)
+    ctx = RunContext.create(cfg, root)
+    if args.remove:
+        text = read_removal_file(args.remove)
+        ids = read_removal_csv(text, ctx.dataset.n_train, ctx.dataset.train_paths, ctx.dataset.ambiguous_paths)
+    else:
+        if not 1 <= args.top_harmful < ctx.dataset.n_train:
+            raise ConfigError(f"--top-harmful must lie in 1..{ctx.dataset.n_train - 1}")
+        if args.by in available_metrics(cfg.is_2d):  # the estimate under its job's lock, as the app computes it
+            run_or_follow(root, estimate_spec(args.run, [args.by], estimate_options(args)), args.json)
+        ids = ranking(run, ctx, args.by, seed=cfg.seed, options=estimate_options(args))[: args.top_harmful].tolist()
+    from ..cleanse import check_removal_ids
+
+    ids = check_removal_ids(ids, ctx.dataset.n_train).tolist()
+    result = run_or_follow(root, {"kind": "cleanse", "params": {"run_id": args.run, "removal_ids": ids, "mode": args.mode}}, args.json)
+    from ..honesty import metric_report, uninformative
+
+    verdicts = metric_report(run, ctx)["verdicts"]
+    if args.json:
+        print(json.dumps({**result, "metric_verdicts": verdicts}))
+        return 0
+    print(f"removed {result['n_removed']} instances ({result['mode']}) in {result['seconds']:.1f} s; test split:")
+    for m, before in result["before"].items():
+        after = result["after"][m]
+        better = (after > before) == HIGHER_IS_BETTER[m]
+        pred = result["predicted_change"].get(m)
+        pred_s = f"  (predicted on validation: {pred:+.4f})" if pred is not None else ""
+        judged = "metric uninformative: neither better nor worse" if uninformative(verdicts, m) else (
+            "better" if better else "worse")
+        print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} {judged}{pred_s}")
+    if result.get("predicted_scope"):
+        print(f"  note: {result['predicted_scope']} (influence result '{result.get('predicted_from')}')")
+    return 0
+
+
+def cmd_export(args, root: Path) -> int:
+    from ..context import RunContext, load_run_config
+    from ..export import export_cleaned
+
+    run = store.open_run(root, args.run)
+    ctx = RunContext.create(load_run_config(run), root)
+    ids = read_removal_csv(read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths,
+                           ctx.dataset.ambiguous_paths)
+    with store.folder_lock(root, args.to):  # two exports to one folder: the second waits, then finds it taken
+        manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
+    if args.json:
+        print(json.dumps(manifest))
+        return 0
+    print(f"exported {manifest['n_exported']} of {manifest['n_train']} training images to {args.to} "
+          f"({manifest['n_removed']} removed; see manifest.json and removed.csv there)")
+    left = manifest.get("not_exported", {})
+    if left:
+        print(f"  not exported besides: {len(left['held_out'])} held-out images (validation/test), "
+              f"{len(left['unreadable'])} unreadable files, {len(left['links_not_followed'])} links (listed in "
+              "manifest.json)")
+    if manifest["uninformative_metrics"]:
+        print(f"  metric uninformative for this run: {', '.join(METRIC_LABELS[m] for m in manifest['uninformative_metrics'])}"
+              " (influences on it carry no meaning; reasons in manifest.json)")
+    return 0

@@ -1,0 +1,163 @@
+"""train, finetune, runs: a run trained and reported (its numbers, what it started from, the traced rate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .. import store
+from ..errors import ConfigError
+from ..metrics import METRIC_LABELS
+from .follow import run_or_follow
+
+
+def cmd_train(args, root: Path) -> int:
+    from ..config import apply_overrides, preset
+    from ..data import describe, prepare, survey
+
+    init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
+    rate = [f"train.trace_lr={args.trace_lr}"] if args.trace_lr else []
+    raw = apply_overrides(preset(args.preset, args.seed), args.set + init + rate)
+    own = raw.data.source == "folder" and raw.data.root
+    found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if own else None
+    cfg = prepare(raw, found)  # own images: fingerprint, name, and every auto read from the images
+    if found is not None:
+        print(f"your images: {describe(cfg, found)}", file=sys.stderr)
+    return train_and_report(cfg, root, args.json)
+
+
+def train_and_report(cfg, root: Path, as_json: bool) -> int:
+    """The train job of cfg (here, or followed), then what it made: the numbers, the start, the traced rate."""
+    from ..context import RunContext
+
+    RunContext.create(cfg, root)  # checks that need the data (batch vs data set size) before the job writes anything
+    started = time.perf_counter()
+    result = run_or_follow(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, as_json)
+    out = {"run_id": result["run_id"], "device": result["device"], "steps": result["steps"],
+           "seconds": result["seconds"], "wall_seconds": time.perf_counter() - started, "test": result["test"],
+           "metric_report": result.get("metric_report"), "source": source_record(root, result["run_id"]),
+           "start": result.get("start"), "trace_storage": result.get("trace_storage"),
+           "trace_lr": result.get("trace_lr")}
+    if as_json:
+        print(json.dumps(out))
+    else:
+        metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.4f}" for k, v in result["test"].items())
+        print(f"run {out['run_id']}: {out['steps']} steps on {out['device']} in {result['seconds']:.1f} s; test {metrics}")
+        if out["start"]:
+            print(f"  start: {out['start']['sentence']}")
+        if out["trace_storage"]:
+            print(f"  trace: {out['trace_storage']['trace_mode']} ({out['trace_storage']['trace_mode_reason']})")
+        print_probe(out["trace_lr"])
+        print_report(out["metric_report"])
+        print_source(out["source"], root / out["run_id"])
+    return 0
+
+
+def print_probe(probe: dict | None) -> None:
+    """The trace-lr probe's table and verdict, as the app shows it."""
+    if not probe:
+        return
+    from ..tracelr import refusal
+
+    lr = probe["user_lr"] if probe["mode"] == "check" else probe["chosen"]
+    what = "kept (trace_lr=check)" if probe["mode"] == "check" else "chosen by the probe (trace_lr=auto)"
+    print(f"  traced learning rate: lr_D {lr[0]:.3g}, lr_G {lr[1]:.3g}, {what}: {probe['reason']}")
+    print(f"    {probe['cost']['sentence']}")
+    print(f"    {'lr_D':>9} {'lr_G':>9}  growth over {probe['probe_steps']} steps  per step  "
+          f"extrapolated to {probe['traced_steps']}  over the epoch  harmful 5% actual/predicted  verdict")
+    for r in probe["rungs"]:
+        c = r.get("confirmed")
+        note = f" ({r['diverged']})" if r["diverged"] else (" (stopped: grew past the threshold)" if r["stopped_early"]
+                                                            else "")
+        if c:
+            note += (f" (the epoch: {c['diverged']})" if c["diverged"] else
+                     f" (the epoch's walk stopped after {c['walked']} of {c['steps']} steps: grew past the threshold)"
+                     if c["stopped_early"] else "")
+        epoch = f"{c['extrapolated']:>14.3g}" if c else f"{'-':>14}"
+        rep = r.get("replayed")
+        replayed = f"{rep['ratio']:>26.3g}" if rep else f"{'-':>26}"
+        if refused := refusal(r):
+            note += f" ({refused})"
+        print(f"    {r['lr_d']:>9.3g} {r['lr_g']:>9.3g}  {r['growth']:>22.3g}  {r['rate']:>8.4g}  "
+              f"{r['extrapolated']:>{16 + len(str(probe['traced_steps']))}.3g}  {epoch}  {replayed}  "
+              f"{r['verdict']}{note}")
+    check = probe.get("spot_check")
+    if check and "per_metric" in check:
+        for m, c in check["per_metric"].items():
+            print(f"    spot check at the chosen rate, {METRIC_LABELS[m]}: groups {c['groups']} (LDS, Spearman over "
+                  f"random groups: {c['lds']:.2f}; {check['lanes']} replayed sets)")
+    elif check:
+        print(f"    spot check: skipped - {check['skipped']}")
+    if probe.get("warning"):
+        print(f"  warning: {probe['warning']}")
+
+
+def cmd_finetune(args, root: Path) -> int:
+    from ..config import preset
+    from ..finetune import configure
+
+    if args.from_run and (args.opt_g or args.opt_d or args.init_d):
+        raise ConfigError("--from takes the run's weights and (--keep-optimizer) optimizer state: --init-d, --opt-d "
+                          "and --opt-g go with --init-g")
+    if args.init_g and not args.init_d:
+        raise ConfigError("--init-g needs --init-d: a fine-tune starts from both players")
+    if args.init_g and args.keep_optimizer:
+        raise ConfigError("--keep-optimizer takes a store run's optimizer state: use it with --from")
+    sets = args.set + ([f"seed={args.seed}"] if args.from_run and args.seed is not None else [])
+    base = None if args.from_run else preset(args.preset, args.seed or 0)
+    cfg = configure(root, args.trace_epochs, args.trace_lr, from_run_id=args.from_run, base=base,
+                    init_g=args.init_g, init_d=args.init_d, keep_optimizer=args.keep_optimizer, opt_d=args.opt_d,
+                    opt_g=args.opt_g, overrides=sets)
+    return train_and_report(cfg, root, args.json)
+
+
+def print_report(report: dict | None) -> None:
+    from ..honesty import reference_line, verdict_line
+
+    if not report:
+        return
+    if reference_line(report):
+        print(f"  {reference_line(report)}")
+    for m in report["verdicts"]:
+        print(f"  {verdict_line(report, m)}")
+
+
+def source_record(root: Path, run_id: str) -> dict | None:
+    from ..data import SOURCE_RECORD
+
+    run = store.open_run(root, run_id)
+    return run.read_json(SOURCE_RECORD) if run.exists(SOURCE_RECORD) else None
+
+
+def print_source(source: dict | None, run_dir: Path) -> None:
+    """Own images: the files that were not read, counted and named (all of them in the run's source.json)."""
+    if not source:
+        return
+    for key, what in (("unreadable", "unreadable files skipped"), ("links_not_followed", "links not followed"),
+                      ("renamed", "zip members renamed to unique paths")):
+        items = source.get(key) or []
+        if items:
+            shown = ", ".join(i["path"] for i in items[:3]) + (", ..." if len(items) > 3 else "")
+            print(f"  {len(items)} {what}: {shown} (all in {run_dir / 'source.json'})")
+
+
+def cmd_runs(args, root: Path) -> int:
+    runs = store.list_runs(root)
+    foreign = store.foreign_folders(root)
+    if foreign:  # on stderr: --json output stays the list of runs
+        print(f"skipped {len(foreign)} folder(s) in the store that are not runs (not a run id): "
+              + ", ".join(repr(f) for f in foreign), file=sys.stderr)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items()} for r in runs], default=str))
+        return 0
+    if not runs:
+        print(f"no runs in {root}; start with: gan-influence train --preset quick")
+    for r in runs:
+        s = r.get("summary")
+        state = "damaged: " + r["problem"] if "problem" in r else ("finished" if s else "unfinished")
+        metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.3f}" for k, v in (s or {}).get("test", {}).items())
+        print(f"{r['run_id']:<36} {state:<10} {metrics}")
+    return 0
