@@ -118,21 +118,12 @@ def full_levels(r: dict, m: str) -> tuple[str, str]:
                  if abs(row["fraction"] - 0.05) < 1e-9), None)
     top = next((row for row in r["groups"]["curve"][m] if row["kind"] == "top" and abs(row["fraction"] - 0.05) < 1e-9),
                None)
-    singles = "not measured"
-    if "loo" in r:
-        tau = r["loo"][m]["kendall_tau"]
-        singles = ("trustworthy" if tau >= trust.SINGLE_TAU_TRUSTWORTHY else
-                   "rough" if tau >= trust.SINGLE_TAU_ROUGH else "noise")
+    singles = "not measured" if "loo" not in r else trust.single_level({"singles": r["loo"][m]})
     if lds5 is None or top is None:  # validated at other fractions only: the check's level has nothing to meet
         return "not measured", singles
-    same_way = top["predicted"] * top["actual_valid"] > 0
-    ratio = top["actual_valid"] / top["predicted"] if top["predicted"] else float("nan")
-    if not same_way or lds5 < trust.GROUP_R_INDICATIVE:
-        groups = "not supported"
-    elif lds5 >= trust.GROUP_R_TRUSTWORTHY and trust.HARMFUL_RATIO[0] <= ratio <= trust.HARMFUL_RATIO[1]:
-        groups = "trustworthy"
-    else:
-        groups = "indicative"
+    # the check's own rule (trust.group_level), fed the whole trace's LDS and harmful set
+    groups = trust.group_level({"random_groups": {"spearman": lds5},
+                                "harmful_set": {"predicted": top["predicted"], "actual": top["actual_valid"]}})
     return groups, singles
 
 
