@@ -70,7 +70,8 @@ def check(name: str, root, steps: int) -> dict:
     backward_s = (time.perf_counter() - start) / trace.steps
     cpu = _cpu_estimate(a, root / "cpu")
     return {
-        "preset": name, "device": torch.cuda.get_device_name(), "torch": torch.__version__, "traced_steps": trace.steps, "parameters": int(trace.final.shape[0]),
+        "preset": name, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "traced_steps": trace.steps, "parameters": int(trace.final.shape[0]),
         "train_bit_exact": same_training, "replay_bit_exact": bool(np.array_equal(again, trace.final_state)),
         "leave_one_out_bit_exact": bool(np.array_equal(*loo)),
         "cpu_vs_cuda_rel_l2": float(np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu)),
