@@ -4,6 +4,7 @@
     .venv/bin/python bench/folder32.py --work DIR full --epochs E [--candidate NAME] [--seed S]
     .venv/bin/python bench/folder32.py --work DIR workflow --run RUN_ID [--seed S] [--variants ...] [--check C]
     .venv/bin/python bench/folder32.py --work DIR sweep --runs FT_RUN_ID ... [--counts K ...]
+    .venv/bin/python bench/folder32.py summarize SWEEP.jsonl ...
 
 The images: `bench/own_images.py`'s coloured shapes on gradients, 32x32 RGB, --n of them (default 5,000:
 4,000 trained on, 500 + 500 held out). Every training is one CLI process (`gan-influence train --preset
@@ -22,6 +23,7 @@ about 2 x 1,200 CPU seconds less what the threads wait for each other).
   most anomalous by Isolation Forest (`cleanse --top-harmful K --by fid|random|iforest`, a replay of the traced
   epoch each); test FID change per run, and per k a paired t-test over the runs of FID's change against
   random's and Isolation Forest's (one-sided: FID's lower).
+- summarize: the sweep's t-tests again from its printed lines, over several files (seeds swept apart).
 Each line printed is JSON; a finished training is reused from the store (rerunning resumes).
 """
 
@@ -133,24 +135,34 @@ def workflow(store: Path, run_id: str, threads: int, seed: int, variants: list[s
 
 def sweep(store: Path, runs: list[str], counts: list[int], threads: int) -> None:
     """Cleanse each run of the top-k by FID, k random and k by Isolation Forest; paired t-tests per k over runs."""
-    from scipy import stats
-
-    changes: dict[tuple[str, int], list[float]] = {}
+    lines = []
     for run_id in runs:
         for k in counts:
             for by in ("fid", "random", "iforest"):
                 out = cli(store, threads, "cleanse", "--run", run_id, "--top-harmful", str(k), "--by", by)
                 r = out["result"]
-                change = r["after"]["fid"] - r["before"]["fid"]
-                changes.setdefault((by, k), []).append(change)
-                print(json.dumps({"run_id": run_id, "k": k, "by": by, "fid_before": r["before"]["fid"],
-                                  "fid_after": r["after"]["fid"], "change": change,
-                                  "predicted_valid": r["predicted_change"].get("fid") if by == "fid" else None,
-                                  "wall_s": out["wall_s"], "peak_rss_mb": out["peak_rss_mb"]}), flush=True)
-    for k in counts:
-        row = {"k": k, **{f"mean_change_{by}": float(sum(changes[by, k]) / len(runs)) for by in ("fid", "random", "iforest")}}
+                line = {"run_id": run_id, "k": k, "by": by, "fid_before": r["before"]["fid"],
+                        "fid_after": r["after"]["fid"], "change": r["after"]["fid"] - r["before"]["fid"],
+                        "predicted_valid": r["predicted_change"].get("fid") if by == "fid" else None,
+                        "wall_s": out["wall_s"], "peak_rss_mb": out["peak_rss_mb"]}
+                lines.append(line)
+                print(json.dumps(line), flush=True)
+    summarize(lines)
+
+
+def summarize(lines: list[dict]) -> None:
+    """Per k: mean FID change per selection, and one-sided paired t-tests over the runs (FID influence lower than
+    random, than Isolation Forest). Runs lacking a selection at some k are left out of that k."""
+    from scipy import stats
+
+    changes = {(line["run_id"], line["by"], line["k"]): line["change"] for line in lines}
+    for k in sorted({line["k"] for line in lines}):
+        runs = sorted({r for r, _, kk in changes if kk == k
+                       and all((r, by, k) in changes for by in ("fid", "random", "iforest"))})
+        per = {by: [changes[r, by, k] for r in runs] for by in ("fid", "random", "iforest")}
+        row = {"k": k, "runs": len(runs), **{f"mean_change_{by}": float(sum(v) / len(v)) for by, v in per.items()}}
         for other in ("random", "iforest"):  # one-sided: removing by FID influence lowers FID more than `other`
-            a, b = changes["fid", k], changes[other, k]
+            a, b = per["fid"], per[other]
             row[f"fid_lower_than_{other}_in"] = sum(x < y for x, y in zip(a, b))
             row[f"p_vs_{other}"] = (float(stats.ttest_rel(a, b, alternative="less").pvalue) if len(runs) > 1
                                     else None)
@@ -171,7 +183,7 @@ def report(store: Path, name: str, result: dict, grid_name: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", required=True)
+    ap.add_argument("--work", help="work folder (images, store); every mode but summarize")
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=2)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -190,7 +202,15 @@ def main() -> None:
     c = sub.add_parser("sweep")
     c.add_argument("--runs", nargs="+", required=True, help="fine-tuned runs (workflow's), one per seed")
     c.add_argument("--counts", nargs="+", type=int, default=[200, 600, 1200])
+    r = sub.add_parser("summarize")
+    r.add_argument("files", nargs="+", type=Path, help="sweep output (JSON lines; summary lines are skipped)")
     args = ap.parse_args()
+    if args.mode == "summarize":
+        lines = [json.loads(t) for f in args.files for t in f.read_text().splitlines() if t.strip()]
+        summarize([line for line in lines if "summary" not in line])
+        return
+    if not args.work:
+        ap.error(f"{args.mode} needs --work")
     work = Path(args.work).resolve()
     images, store = work / "images", work / "store"
     if not images.exists():

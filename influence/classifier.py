@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import store
+from . import conditions, store
 from .config import EvalConfig
 from .data import OFFLINE_ENV, Dataset
 from .errors import ConfigError
@@ -274,7 +274,8 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
             store.save_state_dict(weights, net.state_dict())
             store.write_json(weights.with_suffix(".json"), {"test_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS,
                              "lr": how["lr"], "training_accuracy": how["training_accuracy"],
-                             "batch": CLASSIFIER_BATCH, "seed": CLASSIFIER_SEED, "n_classes": net.logits.out_features})
+                             "batch": CLASSIFIER_BATCH, "seed": CLASSIFIER_SEED, "n_classes": net.logits.out_features,
+                             "conditions": conditions.current("cpu", torch.float32)})
     return FeatureNet(net)
 
 
@@ -302,7 +303,8 @@ def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None) -> Featur
             net, r2 = train_autoencoder(dataset)
             store.save_state_dict(weights, net.state_dict())
             store.write_json(weights.with_suffix(".json"), {"test_r2": r2, "steps": AE_STEPS, "lr": AE_LR,
-                             "batch": AE_BATCH, "code": AE_CODE, "seed": CLASSIFIER_SEED})
+                             "batch": AE_BATCH, "code": AE_CODE, "seed": CLASSIFIER_SEED,
+                             "conditions": conditions.current("cpu", torch.float32)})
     return FeatureNet(_Encoder(net), has_probs=False)
 
 
@@ -314,6 +316,8 @@ def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path) -> dict:
     if weights is None or not weights.with_suffix(".json").exists():
         return info
     m = store.read_json(weights.with_suffix(".json"))
+    # the net's weights depend on the thread count it was trained at: two stores' FIDs differ unless it matches
+    info["conditions"] = m.get("conditions")
     if cfg.feature == "mnist-cnn":
         info.update(test_accuracy=m["test_accuracy"], n_classes=m.get("n_classes"))
     else:

@@ -27,7 +27,7 @@ from influence.errors import ConfigError
 from influence.estimator import EstimateOptions, cached_results, choose_results, chosen_name, estimate, result_sets
 from influence.export import export_cleaned
 from influence.context import check_split_sizes
-from influence.honesty import INFORMATIVE, UNINFORMATIVE, metric_report, verdicts
+from influence.honesty import INFORMATIVE, UNINFORMATIVE, metric_report, reference_line, verdicts
 from influence.removal import read_removal_csv, removal_csv
 from influence.train import Trace, train
 
@@ -150,6 +150,19 @@ def test_autoencoder_features_and_their_report(own):
     assert "fid_real_halves" in report["reference"] and "is_real" not in report["reference"]
     # the splits (24 images) are below the informative minimum: every metric says so
     assert all(v["verdict"] == UNINFORMATIVE and "only 24" in v["reasons"][0] for v in report["verdicts"].values())
+
+
+def test_a_feature_net_records_the_threads_it_was_trained_at(own, tmp_path):
+    """The autoencoder's weights depend on the thread count it was trained at (1 against 2 threads: 3e-3 apart
+    after 30 steps), so two stores' FIDs differ unless it matches: the count is recorded and shown beside them."""
+    run, _, cfg = own
+    ds, ident = RunContext.create(cfg, run.root).dataset, cfg.identity()["data"]
+    with mock.patch.object(classifier, "AE_STEPS", 5):  # a fresh cache: this process trains it
+        classifier.load_feature_net(cfg.eval, ds, ident, tmp_path)
+        info = classifier.feature_info(cfg.eval, ident, tmp_path)
+    assert info["conditions"] == {"threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
+                                  "torch": torch.__version__}
+    assert f"feature net trained at {torch.get_num_threads()} torch threads" in reference_line({"features": info})
 
 
 def test_verdicts_name_the_reason():
