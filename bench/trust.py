@@ -3,6 +3,7 @@
     .venv/bin/python bench/trust.py --store DIR --case quick --seeds 0 1 2 [--threads 1]
     .venv/bin/python bench/trust.py --store DIR --case mnist-adam-relu-f32 --seeds 7 --loo 200
     .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --groups 16 --fractions 0.05 --loo 16
+    .venv/bin/python bench/trust.py --store DIR --runs RUN_ID ... --label NAME [--metrics fid dloss] --loo 50
     .venv/bin/python bench/trust.py --store DIR --report          # the tables of everything measured so far
 
 Per case and seed (each step cached in the store, so an interrupted campaign resumes):
@@ -72,11 +73,26 @@ def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions:
             images.with_suffix(".partial").rename(images)
         overrides = [*overrides, f"data.root={images}"]
     cfg = prepare(apply_overrides(preset(name, seed), overrides + extra))  # own images: their fingerprint
-    out = {"case": case, "seed": seed, "run_id": cfg.run_id, "metrics": metrics, "threads": torch.get_num_threads()}
     t = time.perf_counter()
     run = train(cfg, root)
-    out["train_seconds"] = time.perf_counter() - t
-    out["test"] = run.read_json("summary.json")["test"]
+    return assess(root, run, case, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
+                  train_seconds=time.perf_counter() - t)
+
+
+def run_given(root: Path, run_id: str, label: str, metrics: list[str], loo: int, groups: int, fractions: list[float],
+              level: str = "auto", recheck: bool = False, alternatives: bool = False) -> dict:
+    """A run already in the store (a fine-tune, a user's own GAN) as a case named `label`."""
+    run = store.open_run(root, run_id)
+    seed = run.read_json("config.json")["seed"]
+    return assess(root, run, label, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
+                  train_seconds=None)
+
+
+def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str], loo: int, groups: int,
+           fractions: list[float], level: str, recheck: bool, alternatives: bool, train_seconds: float | None) -> dict:
+    """The pass, its spot check, group validation and leave-one-out on one run; <root>/_trust/<case>-s<seed>.json."""
+    out = {"case": case, "seed": seed, "run_id": run.run_id, "metrics": metrics, "threads": torch.get_num_threads(),
+           "train_seconds": train_seconds, "test": run.read_json("summary.json")["test"]}
     results = estimate(run, metrics, EstimateOptions())
     if recheck:  # a check stored by an earlier design of the check goes; the replays of validation stay
         run.forget("influence/_checks/")
@@ -168,6 +184,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True)
     ap.add_argument("--case", choices=list(CASES))
+    ap.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID",
+                    help="instead of --case: runs already in the store, as the case --label")
+    ap.add_argument("--label", help="the case name of --runs (for example folder32-ft)")
+    ap.add_argument("--metrics", nargs="+", default=["fid", "dloss"], help="with --runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--loo", type=int, default=200, help="leave-one-out instances (0 = none)")
@@ -186,9 +206,14 @@ def main() -> None:
         return
     allocator.tune_this_process()
     torch.set_num_threads(args.threads)
-    for seed in args.seeds:
-        out = run_case(root, args.case, seed, args.loo, args.groups, args.fractions, args.set, args.check,
-                       args.recheck, args.alternatives)
+    if bool(args.runs) == bool(args.case) or (args.runs and not args.label):
+        ap.error("give --case, or --runs with --label")
+    todo = ([lambda r=r: run_given(root, r, args.label, args.metrics, args.loo, args.groups, args.fractions,
+                                   args.check, args.recheck, args.alternatives) for r in args.runs]
+            or [lambda s=s: run_case(root, args.case, s, args.loo, args.groups, args.fractions, args.set, args.check,
+                                     args.recheck, args.alternatives) for s in args.seeds])
+    for job in todo:
+        out = job()
         print(json.dumps({k: v for k, v in out.items() if k in ("case", "seed", "run_id", "pass_seconds", "check")}),
               flush=True)
 
