@@ -1,16 +1,21 @@
 """Where a spot check's time goes on a run: one replay step in the training's dtype, and one lane's evaluation.
 
     .venv/bin/python bench/check_cost.py --store DIR --run RUN_ID [--steps 25] [--threads 1]
+    .venv/bin/python bench/check_cost.py --store DIR --run RUN_ID --check quick [--metrics fid dloss]
 
 Prints ms per replayed step (the last --steps traced steps, nothing removed) and seconds per evaluation of the
 run's metrics on the validation split, the two costs a check's lanes pay (docs/benchmarks.md, "Spot check cost").
+With --check: the influence pass of --metrics and then the spot check, both computed afresh on a copy of the run
+(the store is left as it is), so the ratio compares two computations under the same conditions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,8 +25,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from influence import store  # noqa: E402
 from influence.context import RunContext, load_run_config  # noqa: E402
+from influence.estimator import EstimateOptions, estimate  # noqa: E402
 from influence.stepmap import step  # noqa: E402
 from influence.train import Trace, to_state, trace_inputs  # noqa: E402
+from influence.validation.spotcheck import spot_check  # noqa: E402
+
+
+def time_check(run: store.Run, metrics: list[str], level: str) -> dict:
+    """The influence pass and then the spot check at `level`, both computed afresh on a copy of the run (the store
+    is left as it is), so that the two run under the same conditions."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(run.dir, Path(tmp) / run.run_id)
+        fresh = store.open_run(Path(tmp), run.run_id)
+        fresh.forget("influence/")
+        shutil.rmtree(fresh.dir / "influence")
+        started = time.perf_counter()
+        estimate(fresh, metrics, EstimateOptions())
+        pass_seconds = time.perf_counter() - started
+        check = spot_check(fresh, metrics, EstimateOptions(), level)
+    return {"run": run.run_id, "level": check["level"], "metrics": metrics, "check_seconds": round(check["seconds"], 1),
+            "replay_seconds": round(check["replay_seconds"], 1), "pass_seconds": round(pass_seconds, 1),
+            "check_over_pass": round(check["seconds"] / pass_seconds, 2), "lanes": check["lanes"]["mode"],
+            "baseline": check["baseline"], "window_steps": check["window_steps"],
+            "trust": {m: check["per_metric"][m]["random_groups"]["spearman"] for m in metrics}}
 
 
 def main() -> None:
@@ -31,9 +57,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--metrics", nargs="+", default=["fid", "is"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--check", choices=["quick", "full"], help="time the spot check at this level instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = store.open_run(store.store_root(args.store), args.run)
+    if args.check:
+        print(json.dumps(time_check(run, args.metrics, args.check)))
+        return
     ctx = RunContext.create(load_run_config(run), run.root)
     trace = Trace.load(run)
     t0, flat = trace.stored_before(max(trace.steps - args.steps, 0))

@@ -69,6 +69,28 @@ def test_lanes_equal_sequential_replays(which, toy_run, adam_toy):
                 assert torch.equal(change, torch.zeros_like(change))
 
 
+def test_lanes_off_the_trace_recompute_a_segment_once(adam_toy, monkeypatch):
+    """Sequential lanes off the recorded trajectory walk it once in order of first removal: 8 lanes starting late in
+    one checkpoint segment recompute the segment's steps up to the last start once (before: once a lane), and
+    each lane still equals `replay_state` bit for bit."""
+    import influence.counterfactual.lanes as lanes_mod
+
+    ctx, trace = adam_toy
+    t0 = int(trace.stored_steps[-2])  # a full segment of 7 steps
+    seen = trace.step_of_instance(ctx.dataset.n_train)
+    ids = [int(j) for t in range(t0 + 3, t0 + 7) for j in np.flatnonzero(seen == t)[:2]]
+    lanes = [Lane.of([j]) for j in reversed(ids)]  # given out of order
+    recomputed = []
+    real = lanes_mod._step
+    monkeypatch.setattr(lanes_mod, "_step", lambda c, tr, t, st, w: (recomputed.append(t) if w is None else None,
+                                                                      real(c, tr, t, st, w))[1])
+    out = replay_lanes(ctx, trace, lanes, lambda s: s.flat().clone(), SEQUENTIAL, baseline_from_trace=True)
+    assert recomputed == list(range(t0, t0 + 6))
+    monkeypatch.undo()
+    for lane, value in zip(lanes[:: len(lanes) - 1], out.values[:: len(lanes) - 1]):
+        assert torch.equal(value, replay_state(ctx, trace, lane.removed).flat())
+
+
 def test_batched_lanes_start_at_their_first_removal(toy_run):
     """A lane joins the batch at its first removal as a copy of lane 0: removing an instance seen only in the last
     step changes nothing before it (so only the last step's update differs)."""
