@@ -99,7 +99,8 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
         for p in run.path("influence/_checks").iterdir() if run.exists("influence/_checks") else []:
             p.unlink()
     check = spot_check(run, metrics, EstimateOptions(), level)
-    out["pass_seconds"] = sum(r.meta["seconds"] for r in results.values())
+    # metrics estimated together share one pass, and each records that pass's seconds: count it once
+    out["pass_seconds"] = sum({r.meta["seconds"] for r in results.values()})
     out["check"] = {"seconds": check["seconds"], "replay_seconds": check["replay_seconds"],
                     "lanes": check["lanes"], "baseline": check["baseline"], "window_steps": check["window_steps"],
                     "level": check["level"], "level_reason": check.get("level_reason")}
