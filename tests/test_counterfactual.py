@@ -76,6 +76,7 @@ def test_lanes_off_the_trace_recompute_a_segment_once(adam_toy, monkeypatch):
     import influence.counterfactual.lanes as lanes_mod
 
     ctx, trace = adam_toy
+    trace.walked = None  # what an earlier test on this trace walked
     t0 = int(trace.stored_steps[-2])  # a full segment of 7 steps
     seen = trace.step_of_instance(ctx.dataset.n_train)
     ids = [int(j) for t in range(t0 + 3, t0 + 7) for j in np.flatnonzero(seen == t)[:2]]
@@ -89,6 +90,31 @@ def test_lanes_off_the_trace_recompute_a_segment_once(adam_toy, monkeypatch):
     monkeypatch.undo()
     for lane, value in zip(lanes[:: len(lanes) - 1], out.values[:: len(lanes) - 1]):
         assert torch.equal(value, replay_state(ctx, trace, lane.removed).flat())
+
+
+def test_the_next_call_on_a_trace_goes_on_from_its_last_walk(adam_toy, monkeypatch):
+    """A check's or a leave-one-out's tasks replay their lanes one call after another on one trace: a call goes on
+    from the state the previous one walked to (`trace.walked`), not from the stored state again; a lane starting
+    before that state walks from the stored state. Every lane still equals `replay_state` bit for bit."""
+    import influence.counterfactual.lanes as lanes_mod
+
+    ctx, trace = adam_toy
+    trace.walked = None
+    t0 = int(trace.stored_steps[-2])  # a full segment of 7 steps
+    seen = trace.step_of_instance(ctx.dataset.n_train)
+    starts = [t for t in range(t0 + 1, t0 + 7) if (seen == t).any()]  # alternating: G half-steps see no instance
+    a, b = starts[0], starts[-1]
+    early, late = (int(np.flatnonzero(seen == t)[0]) for t in (a, b))
+    recomputed = []
+    real = lanes_mod._step
+    monkeypatch.setattr(lanes_mod, "_step", lambda c, tr, t, st, w: (recomputed.append(t) if w is None else None,
+                                                                      real(c, tr, t, st, w))[1])
+    outs = [replay_lanes(ctx, trace, [Lane.of([j])], lambda s: s.flat().clone(), SEQUENTIAL, baseline_from_trace=True)
+            for j in (early, late, early)]
+    assert a < b and recomputed == [*range(t0, a), *range(a, b), *range(t0, a)]
+    monkeypatch.undo()
+    for j, out in zip((early, late, early), outs):
+        assert torch.equal(out.values[0], replay_state(ctx, trace, [j]).flat())
 
 
 def test_batched_lanes_start_at_their_first_removal(toy_run):

@@ -147,21 +147,25 @@ def _run_lane(ctx: RunContext, trace: Trace, state: TrainState, first: int, w: t
 def _sequential_from_trace(ctx, trace, firsts, weights, measure, report):
     """Lane 0 is the recorded final state; each lane branches off the recorded trajectory at its first removal.
     Lanes go in order of first removal, so the trajectory between stored states (a checkpointed trace) is
-    recomputed once, not once a lane: 22 window lanes of a one-checkpoint epoch recomputed ~110 steps each."""
+    recomputed once, not once a lane: 22 window lanes of a one-checkpoint epoch recomputed ~110 steps each.
+    The next call on the same trace (the next task of a check or a leave-one-out in this process) goes on from
+    where this one stopped (`trace.walked`) instead of from the stored state again."""
     tick = _Progress(report)
     baseline = measure(to_state(ctx, trace.layout, trace.final_state))
     values: list = [baseline] * len(firsts)
-    at, state = -1, None  # the recorded trajectory's state at step `at`
+    at, state = trace.walked or (-1, None)  # the recorded trajectory's state at step `at`
     for i in np.argsort(firsts, kind="stable"):
         first = int(firsts[i])
         if first >= trace.steps:
             continue
         t0, flat = trace.stored_before(first)
-        if state is None or t0 > at:  # a stored state nearer than the last lane's start
+        if state is None or t0 > at or at > first:  # a stored state nearer than the last start, or behind it
             at, state = t0, to_state(ctx, trace.layout, flat)
         for t in range(at, first):  # recomputed between stored states: the recorded trajectory, bit for bit
             state = _step(ctx, trace, t, state, None)
         at = first
+        if at > t0:
+            trace.walked = (at, state)
         values[i] = measure(_run_lane(ctx, trace, state, first, weights[i], tick))
     return baseline, values
 

@@ -7,7 +7,7 @@ before every K-th step (`checkpoints`; the steps between are recomputed bit for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -39,6 +39,10 @@ class Trace:
     first_step: int  # global index of the first traced step
     ema_eval: bool  # metrics are taken on the EMA generator
     conditions: dict | None = None  # influence.conditions.current() of the training (None: not recorded)
+    # (step, TrainState) of the recorded trajectory last recomputed between stored states, so that the next lanes
+    # replayed off this trace in this process go on from it (counterfactual.lanes); never saved, not copied by
+    # dataclasses.replace
+    walked: tuple[int, TrainState] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def steps(self) -> int:
