@@ -4,6 +4,7 @@
     .venv/bin/python bench/trust.py --store DIR --case mnist-adam-relu-f32 --seeds 7 --loo 200
     .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --groups 16 --fractions 0.05 --loo 16
     .venv/bin/python bench/trust.py --store DIR --runs RUN_ID ... --label NAME [--metrics fid dloss] --loo 50
+    .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --loo 50 --add-loo   # LOO added to a stored case
     .venv/bin/python bench/trust.py --store DIR --report          # the tables of everything measured so far
 
 Per case and seed (each step cached in the store, so an interrupted campaign resumes):
@@ -64,7 +65,7 @@ ALTERNATIVES = {"no-propagation": EstimateOptions(method="no-propagation"), "tra
 
 
 def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions: list[float], extra: list[str],
-             level: str = "auto", recheck: bool = False, alternatives: bool = False) -> dict:
+             level: str = "auto", recheck: bool = False, alternatives: bool = False, add_loo: bool = False) -> dict:
     name, overrides, metrics = CASES[case]
     if "data.source=folder" in overrides:
         images = root / f"_images-shapes{SHAPES}"
@@ -75,6 +76,8 @@ def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions:
     cfg = prepare(apply_overrides(preset(name, seed), overrides + extra))  # own images: their fingerprint
     t = time.perf_counter()
     run = train(cfg, root)
+    if add_loo:
+        return add_leave_one_out(root, run, case, seed, metrics, loo)
     return assess(root, run, case, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
                   train_seconds=time.perf_counter() - t)
 
@@ -123,6 +126,25 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
                             for label, options in named.items()}  # the same replays, each estimate ranked
     out["named"] = {label: result_name(options, Trace.load(run).final.shape[0]) for label, options in named.items()}
     store.write_json(root / "_trust" / f"{case}-s{seed}.json", out)
+    return out
+
+
+def add_leave_one_out(root: Path, run: store.Run, case: str, seed: int, metrics: list[str], loo: int) -> dict:
+    """Leave-one-out of `loo` random traced instances added to a case measured without it (its stored file, copied
+    into <root>/_trust/, names the run; the run trained here must be that run, and give the same test metrics)."""
+    path = root / "_trust" / f"{case}-s{seed}.json"
+    if not path.exists():
+        raise SystemExit(f"--add-loo: {path} is missing (copy the case's file from docs/results/trust/ there)")
+    out = json.loads(path.read_text())
+    if out["run_id"] != run.run_id or out["test"] != run.read_json("summary.json")["test"]:
+        raise SystemExit(f"--add-loo: the run trained here ({run.run_id}, test {run.read_json('summary.json')['test']}) "
+                         f"is not the stored case's ({out['run_id']}, test {out['test']})")
+    estimate(run, metrics, EstimateOptions())
+    started = time.perf_counter()
+    out["loo"] = {m: a.as_dict() for m, a in validate(run, metrics, n=loo, selection="random", seed=0).items()}
+    out["loo_named"] = {"exact": {m: out["loo"][m]["kendall_tau"] for m in metrics}}
+    out["loo_seconds"] = time.perf_counter() - started
+    store.write_json(path, out)
     return out
 
 
@@ -199,6 +221,8 @@ def main() -> None:
     ap.add_argument("--recheck", action="store_true", help="drop stored checks first (after a change of the check)")
     ap.add_argument("--alternatives", action="store_true",
                     help="also no-propagation, TracIn-style and (Adam) frozen, scored on the same replays")
+    ap.add_argument("--add-loo", action="store_true",
+                    help="only leave-one-out (--loo N), added to the case's stored file in <store>/_trust/")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     root = store.store_root(args.store)
@@ -212,7 +236,7 @@ def main() -> None:
     todo = ([lambda r=r: run_given(root, r, args.label, args.metrics, args.loo, args.groups, args.fractions,
                                    args.check, args.recheck, args.alternatives) for r in args.runs]
             or [lambda s=s: run_case(root, args.case, s, args.loo, args.groups, args.fractions, args.set, args.check,
-                                     args.recheck, args.alternatives) for s in args.seeds])
+                                     args.recheck, args.alternatives, args.add_loo) for s in args.seeds])
     for job in todo:
         out = job()
         print(json.dumps({k: v for k, v in out.items() if k in ("case", "seed", "run_id", "pass_seconds", "check")}),
