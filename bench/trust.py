@@ -3,8 +3,8 @@
     .venv/bin/python bench/trust.py --store DIR --case quick --seeds 0 1 2 [--threads 1]
     .venv/bin/python bench/trust.py --store DIR --case mnist-adam-relu-f32 --seeds 7 --loo 200
     .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --groups 16 --fractions 0.05 --loo 16
+    .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --groups 0 --loo 50   # leave-one-out only
     .venv/bin/python bench/trust.py --store DIR --runs RUN_ID ... --label NAME [--metrics fid dloss] --loo 50
-    .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --loo 50 --add-loo   # LOO added to a stored case
     .venv/bin/python bench/trust.py --store DIR --report          # the tables of everything measured so far
 
 Per case and seed (each step cached in the store, so an interrupted campaign resumes):
@@ -65,7 +65,7 @@ ALTERNATIVES = {"no-propagation": EstimateOptions(method="no-propagation"), "tra
 
 
 def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions: list[float], extra: list[str],
-             level: str = "auto", recheck: bool = False, alternatives: bool = False, add_loo: bool = False) -> dict:
+             level: str = "auto", recheck: bool = False, alternatives: bool = False) -> dict:
     name, overrides, metrics = CASES[case]
     if "data.source=folder" in overrides:
         images = root / f"_images-shapes{SHAPES}"
@@ -76,8 +76,6 @@ def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions:
     cfg = prepare(apply_overrides(preset(name, seed), overrides + extra))  # own images: their fingerprint
     t = time.perf_counter()
     run = train(cfg, root)
-    if add_loo:
-        return add_leave_one_out(root, run, case, seed, metrics, loo)
     return assess(root, run, case, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
                   train_seconds=time.perf_counter() - t)
 
@@ -102,8 +100,8 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
         for p in run.path("influence/_checks").iterdir() if run.exists("influence/_checks") else []:
             p.unlink()
     check = spot_check(run, metrics, EstimateOptions(), level)
-    # metrics estimated together share one pass, and each records that pass's seconds: count it once
-    out["pass_seconds"] = sum({r.meta["seconds"] for r in results.values()})
+    # metrics estimated together share one pass, and each records its share of it (the pass's seconds / metrics)
+    out["pass_seconds"] = sum(r.meta["seconds"] for r in results.values())
     out["check"] = {"seconds": check["seconds"], "replay_seconds": check["replay_seconds"],
                     "lanes": check["lanes"], "baseline": check["baseline"], "window_steps": check["window_steps"],
                     "level": check["level"], "level_reason": check.get("level_reason")}
@@ -116,8 +114,9 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
             if label != "frozen" or optimizer in ("adam", "adamw"):
                 estimate(run, metrics, options)
                 named[label] = options
-    g = validate_groups(run, metrics, GroupSpec(groups, tuple(fractions), 0, tuple(fractions)))
-    out["groups"] = {k: g[k] for k in ("lanes", "baseline", "replay_seconds", "scores", "curve", "result_in_use")}
+    if groups:
+        g = validate_groups(run, metrics, GroupSpec(groups, tuple(fractions), 0, tuple(fractions)))
+        out["groups"] = {k: g[k] for k in ("lanes", "baseline", "replay_seconds", "scores", "curve", "result_in_use")}
     if loo:
         acc = validate(run, metrics, n=loo, selection="random", seed=0)
         out["loo"] = {m: a.as_dict() for m, a in acc.items()}
@@ -129,35 +128,18 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
     return out
 
 
-def add_leave_one_out(root: Path, run: store.Run, case: str, seed: int, metrics: list[str], loo: int) -> dict:
-    """Leave-one-out of `loo` random traced instances added to a case measured without it (its stored file, copied
-    into <root>/_trust/, names the run; the run trained here must be that run, and give the same test metrics)."""
-    path = root / "_trust" / f"{case}-s{seed}.json"
-    if not path.exists():
-        raise SystemExit(f"--add-loo: {path} is missing (copy the case's file from docs/results/trust/ there)")
-    out = json.loads(path.read_text())
-    if out["run_id"] != run.run_id or out["test"] != run.read_json("summary.json")["test"]:
-        raise SystemExit(f"--add-loo: the run trained here ({run.run_id}, test {run.read_json('summary.json')['test']}) "
-                         f"is not the stored case's ({out['run_id']}, test {out['test']})")
-    estimate(run, metrics, EstimateOptions())
-    started = time.perf_counter()
-    out["loo"] = {m: a.as_dict() for m, a in validate(run, metrics, n=loo, selection="random", seed=0).items()}
-    out["loo_named"] = {"exact": {m: out["loo"][m]["kendall_tau"] for m in metrics}}
-    out["loo_seconds"] = time.perf_counter() - started
-    store.write_json(path, out)
-    return out
-
-
 def full_levels(r: dict, m: str) -> tuple[str, str]:
     """The levels full validation gives, by the rules the check uses (docs/trust.md): groups from the LDS of
     32 random groups at the check's fraction (5%) and from removing the 5% most harmful (the cleansing curve:
     the metric must move the predicted way, for trustworthy within 1/3..3 of the prediction); single images
     from leave-one-out tau."""
+    singles = "not measured" if "loo" not in r else trust.single_level({"singles": r["loo"][m]})
+    if "groups" not in r:  # --groups 0: leave-one-out only
+        return "not measured", singles
     lds5 = next((row["spearman_valid"] for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]
                  if abs(row["fraction"] - 0.05) < 1e-9), None)
     top = next((row for row in r["groups"]["curve"][m] if row["kind"] == "top" and abs(row["fraction"] - 0.05) < 1e-9),
                None)
-    singles = "not measured" if "loo" not in r else trust.single_level({"singles": r["loo"][m]})
     if lds5 is None or top is None:  # validated at other fractions only: the check's level has nothing to meet
         return "not measured", singles
     # the check's own rule (trust.group_level), fed the whole trace's LDS and harmful set
@@ -175,7 +157,8 @@ def report(root: Path) -> None:
     for r in rows:
         for m in r["metrics"]:
             pm = r["per_metric"][m]
-            lds = {row["fraction"]: row["spearman_valid"] for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]}
+            lds = ({row["fraction"]: row["spearman_valid"] for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]}
+                   if "groups" in r else {})
             loo = r.get("loo", {}).get(m)
             check = (pm["trust"]["groups"], pm["trust"]["singles"])
             full = full_levels(r, m)
@@ -186,12 +169,12 @@ def report(root: Path) -> None:
             agree, total = agree + same, total + 1
             print(f"| {r['case']} | {r['seed']} | {m} | {pm['growth']:.3g} | {r['check'].get('level', 'quick')}, "
                   f"{r['check']['seconds'] / r['pass_seconds']:.2f} | {check[0]} / {check[1]} | {full[0]} / {full[1]} | "
-                  f"{'yes' if same else 'NO'} | " + " / ".join(f"{lds[f]:.3f}" for f in sorted(lds)) + " | "
+                  f"{'yes' if same else 'NO'} | " + (" / ".join(f"{lds[f]:.3f}" for f in sorted(lds)) or "-") + " | "
                   + (f"{loo['kendall_tau']:.3f} ({loo['n']})" if loo else "-") + " |")
     print(f"\nthe check's levels agree with full validation on {agree} of {total} case-metrics\n")
     print("| case | seed | metric | estimate | LDS F=1% / 5% / 20% | LOO tau |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
+    for r in (r for r in rows if "groups" in r):
         for m in r["metrics"]:
             for label, name in (r.get("named") or {"exact": r["groups"]["result_in_use"]}).items():
                 scores = r["groups"]["scores"].get(name, {}).get(m)
@@ -214,15 +197,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--loo", type=int, default=200, help="leave-one-out instances (0 = none)")
-    ap.add_argument("--groups", type=int, default=32)
+    ap.add_argument("--groups", type=int, default=32, help="random groups per fraction (0 = no group validation)")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.2])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--check", default="auto", choices=["auto", "quick", "full"], help="the spot check's level")
     ap.add_argument("--recheck", action="store_true", help="drop stored checks first (after a change of the check)")
     ap.add_argument("--alternatives", action="store_true",
                     help="also no-propagation, TracIn-style and (Adam) frozen, scored on the same replays")
-    ap.add_argument("--add-loo", action="store_true",
-                    help="only leave-one-out (--loo N), added to the case's stored file in <store>/_trust/")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     root = store.store_root(args.store)
@@ -236,7 +217,7 @@ def main() -> None:
     todo = ([lambda r=r: run_given(root, r, args.label, args.metrics, args.loo, args.groups, args.fractions,
                                    args.check, args.recheck, args.alternatives) for r in args.runs]
             or [lambda s=s: run_case(root, args.case, s, args.loo, args.groups, args.fractions, args.set, args.check,
-                                     args.recheck, args.alternatives, args.add_loo) for s in args.seeds])
+                                     args.recheck, args.alternatives) for s in args.seeds])
     for job in todo:
         out = job()
         print(json.dumps({k: v for k, v in out.items() if k in ("case", "seed", "run_id", "pass_seconds", "check")}),
