@@ -69,22 +69,29 @@ def test_lanes_equal_sequential_replays(which, toy_run, adam_toy):
                 assert torch.equal(change, torch.zeros_like(change))
 
 
+def _record_walk(monkeypatch, trace) -> list[int]:
+    """The steps of the recorded trajectory recomputed from now on (a `_step` without removal weights), from a
+    fresh walk: what an earlier test on this module's trace walked is dropped."""
+    import influence.counterfactual.lanes as lanes_mod
+
+    trace.walked = None
+    recomputed: list[int] = []
+    real = lanes_mod._step
+    monkeypatch.setattr(lanes_mod, "_step", lambda c, tr, t, st, w: (recomputed.append(t) if w is None else None,
+                                                                      real(c, tr, t, st, w))[1])
+    return recomputed
+
+
 def test_lanes_off_the_trace_recompute_a_segment_once(adam_toy, monkeypatch):
     """Sequential lanes off the recorded trajectory walk it once in order of first removal: 8 lanes starting late in
     one checkpoint segment recompute the segment's steps up to the last start once (before: once a lane), and
     each lane still equals `replay_state` bit for bit."""
-    import influence.counterfactual.lanes as lanes_mod
-
     ctx, trace = adam_toy
-    trace.walked = None  # what an earlier test on this trace walked
     t0 = int(trace.stored_steps[-2])  # a full segment of 7 steps
     seen = trace.step_of_instance(ctx.dataset.n_train)
     ids = [int(j) for t in range(t0 + 3, t0 + 7) for j in np.flatnonzero(seen == t)[:2]]
     lanes = [Lane.of([j]) for j in reversed(ids)]  # given out of order
-    recomputed = []
-    real = lanes_mod._step
-    monkeypatch.setattr(lanes_mod, "_step", lambda c, tr, t, st, w: (recomputed.append(t) if w is None else None,
-                                                                      real(c, tr, t, st, w))[1])
+    recomputed = _record_walk(monkeypatch, trace)
     out = replay_lanes(ctx, trace, lanes, lambda s: s.flat().clone(), SEQUENTIAL, baseline_from_trace=True)
     assert recomputed == list(range(t0, t0 + 6))
     monkeypatch.undo()
@@ -96,19 +103,13 @@ def test_the_next_call_on_a_trace_goes_on_from_its_last_walk(adam_toy, monkeypat
     """A check's or a leave-one-out's tasks replay their lanes one call after another on one trace: a call goes on
     from the state the previous one walked to (`trace.walked`), not from the stored state again; a lane starting
     before that state walks from the stored state. Every lane still equals `replay_state` bit for bit."""
-    import influence.counterfactual.lanes as lanes_mod
-
     ctx, trace = adam_toy
-    trace.walked = None
     t0 = int(trace.stored_steps[-2])  # a full segment of 7 steps
     seen = trace.step_of_instance(ctx.dataset.n_train)
     starts = [t for t in range(t0 + 1, t0 + 7) if (seen == t).any()]  # alternating: G half-steps see no instance
     a, b = starts[0], starts[-1]
     early, late = (int(np.flatnonzero(seen == t)[0]) for t in (a, b))
-    recomputed = []
-    real = lanes_mod._step
-    monkeypatch.setattr(lanes_mod, "_step", lambda c, tr, t, st, w: (recomputed.append(t) if w is None else None,
-                                                                      real(c, tr, t, st, w))[1])
+    recomputed = _record_walk(monkeypatch, trace)
     outs = [replay_lanes(ctx, trace, [Lane.of([j])], lambda s: s.flat().clone(), SEQUENTIAL, baseline_from_trace=True)
             for j in (early, late, early)]
     assert a < b and recomputed == [*range(t0, a), *range(a, b), *range(t0, a)]
