@@ -10,11 +10,16 @@ visible and every Plotly chart on the page has drawn; a shot whose result does n
 never saved half drawn.
 
 --prepare trains what the shots need, where missing: mnist-adam seed 0 (as a background job, so its
-start-up is recorded) with influence on FID, IS and D-loss, a cleanse of its 50 most harmful instances by
-FID and a 20-instance validation; toy2d seed 0 with influence on ALL and D-loss and a cleanse of its 100
+start-up is recorded) with influence on FID, IS and D-loss and its spot check, a group validation (16 random
+groups of 5%, the cleansing curve at 1% and 5%), a cleanse of its 50 most harmful instances by FID and a
+20-instance validation; toy2d seed 0 with influence on ALL and D-loss, its spot check and a cleanse of its 100
 most harmful points by ALL; toy2d-adam-ema seed 0 (the mode-collapse lesson's generator that covers the
-data). On 2 CPU cores that takes about 15 minutes (measured: 16 min 20 s while other work loaded the
-cores, after a 19-minute training job); the shots take about 5 (5 min 07 s).
+data). On 2 CPU cores that takes about 20 minutes (measured 2026-12-04: 19 min 45 s, of which the training 5
+min and the group validation's 21 replays 7 min 36 s); the shots about 3.
+
+The Generated samples page and the playground's pull (assets/app-samples*.png, classroom-pull.png) are shot by
+their browser test over the prepared runs: SAMPLES_STORE=DIR pytest tests/app/test_browser_samples.py (its
+artifacts/ copied to assets/).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def prepare(root: Path) -> None:
     from influence.estimator import cached_results, estimate, harmful_order
     from influence.train import train
     from influence.validation import validate
+    from influence.validation.groups import GroupSpec, validate_groups
+    from influence.validation.spotcheck import spot_check
 
     root.mkdir(parents=True, exist_ok=True)
     mnist_cfg = preset("mnist-adam", 0)
@@ -60,6 +67,8 @@ def prepare(root: Path) -> None:
             raise SystemExit(f"training failed: {final.get('message')}")
     mnist = store.open_run(root, mnist_cfg.run_id)
     estimate(mnist, ["fid", "is", "dloss"])
+    spot_check(mnist, ["fid", "is", "dloss"], level="auto")  # the trust card
+    validate_groups(mnist, ["fid", "is"], GroupSpec(groups=16, fractions=(0.05,), curve=(0.01, 0.05)))
     removal = sorted(harmful_order(cached_results(mnist)["fid"])[:50].tolist())
     cleanse(mnist, removal)
     mnist.write_json("app/removal.json", {"ids": removal})
@@ -67,6 +76,7 @@ def prepare(root: Path) -> None:
 
     toy = train(preset("toy2d", 0), root)
     estimate(toy, ["all", "dloss"])
+    spot_check(toy, ["all", "dloss"], level="auto")
     removal = sorted(harmful_order(cached_results(toy)["all"])[:100].tolist())
     cleanse(toy, removal)
     toy.write_json("app/removal.json", {"ids": removal})
@@ -99,14 +109,18 @@ SHOTS = [
     Shot("app-train", "mnist", "", "Training curves"),
     Shot("app-train-form", "mnist", "", "Training curves",
          [("click", "Hyperparameters: the preset's values"), ("wait", "learning-rate schedule")]),
-    Shot("app-influence", "mnist", "influence", "Reliability:"),
-    Shot("app-influence-verdict", "mnist", "influence", "Reliability:", [("scroll", "u is the metric's gradient")]),
+    Shot("app-train-finetune", "mnist", "", "Training curves",
+         [("click", "a trained GAN (fine-tune and trace)"), ("wait", "Keep its final optimizer state")]),
+    Shot("app-influence", "mnist", "influence", "Trust —"),
+    Shot("app-influence-verdict", "mnist", "influence", "Trust —", [("scroll", "u is the metric's gradient")]),
     Shot("app-influence-detail", "mnist", "influence", "One instance in detail", [("scroll", "One instance in detail")]),
     Shot("app-curate", "mnist", "curate", "Removal set"),
     Shot("app-cleanse", "mnist", "cleanse", "Where the samples changed"),
     Shot("app-cleanse-compare", "mnist", "cleanse", "Where the samples changed",
          [("scroll", "Compare attempts side by side")]),
     Shot("app-validate", "mnist", "validate", "Do estimate and truth"),
+    Shot("app-validate-groups", "mnist", "validate", "Estimate in the scatter",
+         [("top", "Groups: do summed estimates predict")]),
     Shot("app-playground", "toy", "playground", "orange arrows: where"),
     Shot("classroom-curate", "toy", "playground", "orange arrows: where", height=1500),
     Shot("classroom-one-point", "toy", "playground", "Click a training point",
@@ -146,6 +160,10 @@ def act(tab, action: str, arg: str) -> None:
         target = tab.get_by_text(arg).first
         expect(target).to_be_attached(timeout=TIMEOUT_MS)
         target.scroll_into_view_if_needed()
+    elif action == "top":  # the element at the top of the view (a scroll "if needed" leaves it at the bottom)
+        target = tab.get_by_text(arg).first
+        expect(target).to_be_attached(timeout=TIMEOUT_MS)
+        target.evaluate("e => e.scrollIntoView({block: 'start'})")
     elif action == "tab":
         tab.get_by_role("tab", name=arg).click()
     elif action == "point":  # the one-point lesson, as a click on the chart sets it
@@ -197,7 +215,7 @@ def shoot(root: Path, out: Path, only: list[str] | None) -> None:
                 act(tab, action, arg)
             if tab.locator('[data-testid="stException"]').count():
                 raise SystemExit(f"{shot.name}: the page shows an exception")
-            if shot.steps and shot.steps[-1][0] != "scroll":
+            if shot.steps and shot.steps[-1][0] not in ("scroll", "top"):
                 tab.evaluate("window.scrollTo(0, 0)")  # a tab or a lesson: from the page's top
                 tab.locator("h1").first.scroll_into_view_if_needed()
             tab.screenshot(path=str(out / f"{shot.name}.png"))

@@ -111,13 +111,17 @@ def responsible_gallery(root: Path, run_id: str, explanation: Explanation, sampl
     return ids
 
 
+STAR_RADIUS = 7  # px: the chosen point's marker; arrows keep clear of it
+
+
 def pull_figure(train_xy: np.ndarray, generated: np.ndarray, chosen: int | None, pullers: np.ndarray | None = None,
                 vectors: np.ndarray | None = None, actual: np.ndarray | None = None, magnification: float = 1.0,
                 height: int = 560) -> go.Figure:
     """The 2D toy: training points (grey, trace 0) and generated points (green, trace 1; click one). For the
     chosen point: a line from each pulling training point, and its predicted displacement if they are removed
     (orange arrow, the sum of theirs) beside the actual one after a replay without them (black), both drawn
-    `magnification` times longer. Arrows are annotations: Plotly draws those above its WebGL layer."""
+    `magnification` times longer. Arrows are annotations: Plotly draws those above its WebGL layer. Every marker
+    trace is WebGL: an SVG trace (the star) would be drawn under the WebGL points."""
     fig = go.Figure()
     fig.add_scattergl(x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points",
                       marker=dict(size=3, color=REAL, opacity=0.4), hoverinfo="skip")
@@ -132,15 +136,17 @@ def pull_figure(train_xy: np.ndarray, generated: np.ndarray, chosen: int | None,
             for j, w in zip(pullers, width):
                 fig.add_annotation(x=g[0], y=g[1], ax=train_xy[j, 0], ay=train_xy[j, 1], xref="x", yref="y",
                                    axref="x", ayref="y", showarrow=True, arrowhead=2, arrowsize=0.8,
-                                   arrowwidth=float(w), arrowcolor="rgba(214, 39, 40, 0.55)", text="")
-            fig.add_scatter(x=train_xy[pullers, 0], y=train_xy[pullers, 1], mode="markers", name="pulling points",
-                            marker=dict(size=8, color=figures.HARMFUL, line=dict(width=1, color="#400")),
-                            customdata=pullers, hovertemplate="training point #%{customdata}<extra></extra>")
-            _arrow(fig, g, g + magnification * vectors.sum(0), figures.CLEANSED, "predicted", 6.0, ("right", "top"))
+                                   arrowwidth=float(w), arrowcolor="rgba(214, 39, 40, 0.55)", text="",
+                                   standoff=STAR_RADIUS)  # annotations cover traces: stop short of the star
+            fig.add_scattergl(x=train_xy[pullers, 0], y=train_xy[pullers, 1], mode="markers", name="pulling points",
+                              marker=dict(size=8, color=figures.HARMFUL, line=dict(width=1, color="#400")),
+                              customdata=pullers, hovertemplate="training point #%{customdata}<extra></extra>")
+            _arrow(fig, g, g + magnification * vectors.sum(0), figures.CLEANSED, "predicted", 6.0, 1)
         if actual is not None:  # thinner, on top of the predicted one: both stay visible where they agree
-            _arrow(fig, g, g + magnification * actual, "#111111", "actual", 2.0, ("left", "bottom"))
-        fig.add_scatter(x=[g[0]], y=[g[1]], mode="markers", name="chosen point", hoverinfo="skip",
-                        marker=dict(size=14, color=figures.GENERATED, symbol="star", line=dict(width=1.5, color="#111")))
+            _arrow(fig, g, g + magnification * actual, "#111111", "actual", 2.0, 0)
+        fig.add_scattergl(x=[g[0]], y=[g[1]], mode="markers", name="chosen point", hoverinfo="skip",
+                          marker=dict(size=2 * STAR_RADIUS, color=figures.GENERATED, symbol="star",
+                                      line=dict(width=1.5, color="#111")))
     fig.update_layout(height=height, margin=figures.MARGIN, legend=dict(orientation="h", y=1.08, x=0),
                       xaxis_title="x₁", yaxis_title="x₂", clickmode="event+select")
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
@@ -148,10 +154,14 @@ def pull_figure(train_xy: np.ndarray, generated: np.ndarray, chosen: int | None,
 
 
 def _arrow(fig: go.Figure, start: np.ndarray, end: np.ndarray, color: str, text: str, width: float,
-           anchor: tuple[str, str]) -> None:
+           row: int) -> None:
+    """An arrow from the chosen point (clear of its star) and its label beyond the head, on the `row`-th line
+    there, so labels neither cover their shafts nor each other where the arrows agree."""
     fig.add_annotation(x=end[0], y=end[1], ax=start[0], ay=start[1], xref="x", yref="y", axref="x", ayref="y",
                        showarrow=True, arrowhead=3, arrowsize=max(0.6, 3.0 / width), arrowwidth=width,
-                       arrowcolor=color, text="")
+                       arrowcolor=color, text="", startstandoff=STAR_RADIUS)
+    right, up = end[0] >= start[0], end[1] >= start[1]
     fig.add_annotation(x=end[0], y=end[1], xref="x", yref="y", showarrow=False, text=f"<b>{text}</b>",
-                       font=dict(color=color, size=13), xanchor=anchor[0], yanchor=anchor[1],
+                       font=dict(color=color, size=13), xanchor="left" if right else "right",
+                       yanchor="bottom" if up else "top", yshift=(1 if up else -1) * (4 + 18 * row),
                        bgcolor="rgba(255,255,255,0.7)")

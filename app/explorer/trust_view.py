@@ -81,7 +81,8 @@ def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
                 "random. Every named result (the exact estimate and the baselines) is scored on the same replays.")
     with st.container(border=True):
         c1, c2, c3, c4, c5 = st.columns([3, 1, 2, 2, 1])
-        chosen = c1.multiselect("Metrics", metrics, default=metrics[:1], format_func=METRIC_LABELS.get,
+        first = next(m for m in cache.METRIC_ORDER if m in metrics)  # as the leave-one-out form above: FID first
+        chosen = c1.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
                                 key=f"grp-metrics-{run_id}")
         m = c2.number_input("M groups", 4, 256, 32, key=f"grp-m-{run_id}",
                             help="random sets per fraction; each is one lane of the replay")
@@ -117,7 +118,8 @@ def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
     v = next(x for x in stored if x["key"] == key)
     metric = st.segmented_control("Metric", v["metrics"], default=v["metrics"][0], format_func=METRIC_LABELS.get,
                                   key=f"grp-metric-{key}") or v["metrics"][0]
-    st.dataframe(lds_table(v, metric), hide_index=True)
+    st.dataframe(lds_table(v, metric), hide_index=True,  # 1.000, not "1": three decimals on every correlation
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in LDS_COLUMNS})
     st.caption(f"LDS = Spearman of the summed estimates against the actual changes (validation split, as the "
                f"estimate targets; test split beside it). slope: actual on predicted (1 = the sums are right in "
                f"size; under 1 they over-predict). Replays: {v['lanes']['mode']} lanes, lane 0 = "
@@ -135,6 +137,9 @@ def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
         if v["curve"].get(metric):
             st.plotly_chart(figures.cleansing_curve(v["curve"][metric], metric), key=f"grp-curve-{key}-{metric}")
             st.caption(f"Cleansing curve of the estimate in use when it was run ({v['result_in_use']}).")
+
+
+LDS_COLUMNS = ("LDS (Spearman)", "Pearson", "LDS on test")
 
 
 def lds_table(v: dict, metric: str) -> pd.DataFrame:

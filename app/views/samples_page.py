@@ -25,8 +25,8 @@ st.markdown("Why did the GAN make this? Pick generated samples, then **Explain**
             "up); these are the images responsible for what you see. **Check** replays the traced steps without "
             "them (and without as many random images) and shows the samples at the same z before and after.")
 if cfg.is_2d:
-    st.info("This is a 2D run: its generated points are explained on the 2D playground (tab 'Pull on a generated "
-            "point').", icon=":material/scatter_plot:")
+    st.info("This is a 2D run: its generated points are explained on the 2D playground (tab 'Pull a point').",
+            icon=":material/scatter_plot:")
     st.page_link(widgets.PLAYGROUND_PAGE, label="Go to the 2D playground", icon=":material/arrow_forward:")
     st.stop()
 
@@ -36,6 +36,7 @@ dataset = ctx.dataset
 pool = cache.sample_pool(str(root), run_id)
 table = pool.table
 has_classifier = ctx.features is not None and ctx.features.has_probs
+CHECK_PX = 112  # the before/after images of a check
 DESCRIBE = {"clarity": "clarity: the classifier's log-probability of the sample's class (blurry or ambiguous "
                        "samples score low)",
             "realism": "realism: the trained discriminator's logit (held fixed)",
@@ -248,10 +249,11 @@ if run.exists(f"{rel}.json"):
         (nt, top_lane), (nr, rand_lane) = lanes[("top", i)], lanes[("random", i)]
         cols = st.columns([1, 1, 1, 3])
         before, after_top, after_rand = samples_view.pngs(np.stack([generated[0, i], generated[1 + nt, i],
-                                                                    generated[1 + nr, i]]), 112)
-        cols[0].image(before, caption=f"sample {chosen[i]}: the run")
-        cols[1].image(after_top, caption=f"without its top {check_k}")
-        cols[2].image(after_rand, caption=f"without {check_k} random")
+                                                                    generated[1 + nr, i]]), CHECK_PX)
+        # a fixed width: with "content" a caption wider than the image stretched that one image
+        cols[0].image(before, caption=f"sample {chosen[i]}: the run", width=CHECK_PX)
+        cols[1].image(after_top, caption=f"without its top {check_k}", width=CHECK_PX)
+        cols[2].image(after_rand, caption=f"without {check_k} random", width=CHECK_PX)
         cols[3].markdown(
             f"**{explanation.kind}** {samples_view.value_text(explanation, i)}  \n"
             f"without the top {check_k}: predicted {tables.sci(top_lane['predicted'][0])}, actual "

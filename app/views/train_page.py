@@ -54,11 +54,9 @@ def start_or_load(cfg: RunConfig, note: str | None = None) -> None:
     st.rerun()  # the sidebar and the job panel above show the change
 
 
-def finetune_form(base: RunConfig | None) -> None:
-    """Start from a trained GAN: a store run's final G and D, or uploaded files of the preset's architecture;
-    every epoch traced, at the rate the probe measures unless the user sets one."""
-    source = st.radio("Trained GAN from", list(finetuneform.SOURCES), format_func=finetuneform.SOURCES.get,
-                      horizontal=True, key="ft_source")
+def finetune_form(source: str, base: RunConfig | None) -> None:
+    """Start from a trained GAN: a store run's final G and D (`source` "run"), or uploaded files of the preset's
+    architecture ("files", `base`); every epoch traced, at the rate the probe measures unless the user sets one."""
     c1, c2 = st.columns([1, 2])
     epochs = c1.number_input("Epochs to fine-tune (all traced)", min_value=1, max_value=50, value=1, key="ft_epochs")
     trace_lr = c2.selectbox("Traced learning rate", list(finetuneform.TRACE_LR), format_func=finetuneform.TRACE_LR.get,
@@ -73,8 +71,8 @@ def finetune_form(base: RunConfig | None) -> None:
         run_id = st.selectbox("Run", ids, key="ft_run")
         keep = st.checkbox("Keep its final optimizer state (Adam's moments and update count)", key="ft_keep",
                            help="Otherwise the fine-tune's optimizer starts fresh, as after loading a model.")
-        st.caption("The run brings its data set, architecture and recipe (the choices above do not apply); its "
-                   "final G and D are the start; the optimizer state " + ("is the run's." if keep else "starts fresh."))
+        st.caption("The run brings its data set, architecture and recipe; its final G and D are the start; the "
+                   "optimizer state " + ("is the run's." if keep else "starts fresh."))
         args = {"from_run_id": run_id, "keep_optimizer": keep}
     else:
         if base is None:
@@ -106,22 +104,8 @@ def finetune_form(base: RunConfig | None) -> None:
         start_or_load(cfg)
 
 
-# ---------------------------------------------------------------- a training job in progress (or just ended)
-job = jobpanel.latest(root, "train")
-if job is not None:
-    jobpanel.panel(root, job, live=live_training)
-    jobpanel.adopt_trained_run(root, job)
-
-if "train-flash" in st.session_state:
-    st.success(st.session_state.pop("train-flash"), icon=":material/check_circle:")
-
-new_tab, cached_tab = st.tabs(["Train a new run", "Load a cached run"])
-
-# ---------------------------------------------------------------- new run
-with new_tab:
-    start_from = st.radio("Start from", ["scratch", "trained"], horizontal=True, key="start_from",
-                          format_func={"scratch": "the preset's random weights",
-                                       "trained": "a trained GAN (fine-tune and trace)"}.get)
+def data_and_preset() -> tuple[RunConfig | None, str, str]:
+    """The data set and preset fields: (the configuration they make or None, the data set's key, the preset)."""
     data_key = st.radio("Data set", list(trainform.DATASETS), format_func=trainform.DATASETS.get, horizontal=True,
                         key="data_key")
     data_root = None
@@ -172,10 +156,37 @@ with new_tab:
     except InfluenceError as e:
         st.info(str(e))
         base = None
+    return base, data_key, preset_name
 
+
+# ---------------------------------------------------------------- a training job in progress (or just ended)
+job = jobpanel.latest(root, "train")
+if job is not None:
+    jobpanel.panel(root, job, live=live_training)
+    jobpanel.adopt_trained_run(root, job)
+
+if "train-flash" in st.session_state:
+    st.success(st.session_state.pop("train-flash"), icon=":material/check_circle:")
+
+new_tab, cached_tab = st.tabs(["Train a new run", "Load a cached run"])
+
+# ---------------------------------------------------------------- new run
+with new_tab:
+    start_from = st.radio("Start from", ["scratch", "trained"], horizontal=True, key="start_from",
+                          format_func={"scratch": "the preset's random weights",
+                                       "trained": "a trained GAN (fine-tune and trace)"}.get)
+    source = None
     if start_from == "trained":
-        finetune_form(base)
-    elif base is not None:
+        source = st.radio("Trained GAN from", list(finetuneform.SOURCES), format_func=finetuneform.SOURCES.get,
+                          horizontal=True, key="ft_source")
+    base = None
+    if source == "run":  # the run brings its data set, architecture and recipe: no data set or preset to choose
+        finetune_form(source, None)
+    else:
+        base, data_key, preset_name = data_and_preset()
+        if source == "files":
+            finetune_form(source, base)
+    if start_from == "scratch" and base is not None:
         # Enter in a field must not start a half-edited run: only the button submits.
         with st.form(f"hyper-{data_key}-{preset_name}", border=False, enter_to_submit=False):
             edited: dict[str, str] = {}

@@ -3,7 +3,7 @@ small 2D run: pick a generated sample in the grid, Explain (a background job), a
 the removal set (checked on disk against the engine), Check by replay (before/after at the same z); on the 2D
 playground click a generated point, see the pulling points' arrows and replay without them. Pixels: the
 picked sample and its after-images are drawn digits, the arrows are on the chart. Screenshots go to
-artifacts/ (git-ignored; copied to assets/)."""
+artifacts/ (git-ignored); run over SAMPLES_STORE they are assets/app-samples*.png and assets/classroom-pull.png."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def _runs(root) -> tuple[str, str]:
     return next(r for r in runs if not is_2d(r)), next(r for r in runs if is_2d(r))
 
 
-def _shot(page, name: str, full: bool = False) -> None:
+def _shot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"samples-{name}.png"), full_page=full)
+    page.screenshot(path=str(ARTIFACTS / f"samples-{name}.png"))
 
 
 def _pixels(locator) -> np.ndarray:
@@ -118,9 +118,11 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         expect(page.get_by_text("top-k moved as predicted")).to_be_visible(timeout=JOB_TIMEOUT_MS)
         _settle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
-        page.get_by_role("heading", name="Check").scroll_into_view_if_needed()
+        # the section at the top of the view, its before/after images below it (Streamlit scrolls an inner
+        # container, so a full-page shot would not show more)
+        page.get_by_role("heading", name="Check").evaluate("e => e.scrollIntoView({block: 'start'})")
         _settle(page)
-        _shot(page, "check", full=True)
+        _shot(page, "check")
         k = max(1, round(0.01 * run.read_json("summary.json")["n_train"]))  # the page's default
         for caption in ("the run", f"without its top {k}", f"without {k} random"):
             card = page.locator('[data-testid="stImage"]').filter(has=page.get_by_text(caption)).last

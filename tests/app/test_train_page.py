@@ -181,6 +181,8 @@ def test_start_from_a_trained_gan_checks_the_files_and_builds_the_finetune_spec(
 
     # a run of the store, at the user's rate (kept, the probe beside it), its optimizer state fresh
     at.radio(key="ft_source").set_value("run").run()
+    # the run brings its data set and architecture: the data set and preset fields are not offered
+    assert not [w for w in [*at.radio, *at.selectbox] if w.key == "data_key" or (w.key or "").startswith("preset-")]
     at.selectbox(key="ft_run").set_value(source).run()
     at.selectbox(key="ft_lr_mode").set_value("check").run()
     at.text_input(key="ft_lr").set_value("0.003").run()
