@@ -106,7 +106,7 @@ with pick_col:
         page = int(g3.number_input("Page", 1, n_pages, 1, key=f"samples-page-{run_id}-{sort}-{lowest}"))
         shown = order[(page - 1) * per_page: page * per_page]
         images = samples_view.pngs(pool.generated[shown])
-        per_row = 6
+        per_row = 5
         for start in range(0, len(shown), per_row):
             for col, i, png in zip(st.columns(per_row), shown[start:start + per_row], images[start:start + per_row],
                                    strict=False):
@@ -114,9 +114,12 @@ with pick_col:
                 row = table.iloc[i]
                 with col.container(border=True):
                     st.image(png)
-                    head = f"**{i}**" + (f" · class {int(row['class'])}" if has_classifier else "")
-                    scores = (f"clarity {row['clarity']:.2f} · " if has_classifier else "") + f"realism {row['realism']:.2f}"
-                    st.caption(f"{head}  \n{scores}  \nnearest #{int(row['nearest_id'])} at {row['nearest_distance']:.3g}")
+                    # one short line per figure: cards of equal height keep the pick boxes in a row
+                    lines = [f"**{i}**" + (f" · class {int(row['class'])}" if has_classifier else ""),
+                             *([f"clarity {row['clarity']:.2f}"] if has_classifier else []),
+                             f"realism {row['realism']:.2f}", f"nearest #{int(row['nearest_id'])}",
+                             f"distance {row['nearest_distance']:.2f}"]
+                    st.caption("  \n".join(lines))
                     member = i in chosen
                     st.checkbox("pick", value=member, key=f"samples-pick-{run_id}-{i}-{int(member)}",
                                 on_change=samples_view.toggle, args=(run_id, i))
