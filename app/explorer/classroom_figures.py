@@ -69,12 +69,17 @@ def one_point_figure(train_xy: np.ndarray, instance: int, before: np.ndarray, af
     return fig
 
 
-def click_figure(train_xy: np.ndarray, scores: np.ndarray | None, metric: str, height: int = 520) -> go.Figure:
-    """Training points to click, coloured by influence where known."""
+def click_figure(train_xy: np.ndarray, scores: np.ndarray | None, metric: str, chosen: int | None = None,
+                 height: int = 520) -> go.Figure:
+    """Training points to click (trace 0), coloured by influence where known; the chosen one marked (trace 1)."""
     marker = influence_marker(scores, metric) if scores is not None else dict(size=5, color=NEUTRAL, line=OUTLINE)
     fig = go.Figure(go.Scattergl(x=train_xy[:, 0], y=train_xy[:, 1], mode="markers", name="training points",
                                  customdata=np.arange(len(train_xy)), marker=marker,
                                  hovertemplate="#%{customdata}<br>(%{x:.2f}, %{y:.2f})<extra></extra>"))
+    if chosen is not None:
+        fig.add_scattergl(x=[train_xy[chosen, 0]], y=[train_xy[chosen, 1]], mode="markers", name=f"chosen: #{chosen}",
+                          marker=dict(size=16, symbol="x", color="#111"), hoverinfo="skip")
+        fig.update_layout(showlegend=True, legend=dict(orientation="h", y=1.08, x=0))
     _square(fig, height)
     fig.update_layout(clickmode="event+select", dragmode="pan")
     return fig

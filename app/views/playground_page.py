@@ -192,7 +192,9 @@ with point_tab:
             st.session_state["pg-point"] = picked[0]
 
     left, right = st.columns([3, 2])
-    left.plotly_chart(classroom_figures.click_figure(train_xy, result.scores if result else None, "all"),
+    chosen = st.session_state.get("pg-point")  # clicked or typed (the field below): marked on the chart
+    chosen = int(chosen) if chosen is not None and 0 <= chosen < len(train_xy) else None  # another run's id
+    left.plotly_chart(classroom_figures.click_figure(train_xy, result.scores if result else None, "all", chosen),
                       key=f"pg-click-{run_id}", on_select=on_click, selection_mode=("points",))
     with right:
         instance = st.number_input("…or type a point's id", 0, len(train_xy) - 1, value=None, key="pg-point")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -45,6 +46,11 @@ def test_one_point_shows_the_estimate_beside_the_replay(two_runs, capsys):
     assert f"estimated: {tables.sci(cached_results(run)['all'].scores[11])}" in said
     assert "longer than the real shift" in said
     assert "shift of the generated points, drawn" in "".join(c.proto.spec for c in at.get("plotly_chart"))
+    # the chart to click marks the chosen point too (a typed id has no click selection to show it)
+    click = json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith(f"pg-click-{run_id}")
+                            or f"pg-click-{run_id}" in c.proto.id).proto.spec)
+    [marked] = [t for t in click["data"] if t.get("name") == "chosen: #11"]
+    assert (marked["x"][0], marked["y"][0]) == tuple(float(v) for v in ctx.dataset.train.x[11])
     with capsys.disabled():
         print(f"\n[classroom] one point, predicted vs actual: {seconds:.2f} s per click (AppTest, toy test run)")
 
