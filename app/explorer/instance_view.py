@@ -11,12 +11,14 @@ import streamlit as st
 
 from influence.estimator import FLAG_NAMES, FLAG_NEVER_TRACED
 from influence.metrics import METRIC_LABELS
+from influence.validation.trust import verdict
 
 from . import cache, figures, state, tables
 
 
-def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) -> dict:
-    """Everything the detail view says about instance i (no Streamlit calls: tested directly)."""
+def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, check: dict | None = None) -> dict:
+    """Everything the detail view says about instance i (no Streamlit calls: tested directly). `check`: the spot
+    check of the result in use, whose single-image level says how far one image's score can be taken."""
     n = len(frame)
     row = frame.iloc[i]
     scores = []
@@ -28,8 +30,11 @@ def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) -
             "side": "no estimate" if flag == FLAG_NEVER_TRACED else
             ("harmful" if r.scores[i] * sign > 0 else "helpful"),
             "harmful rank": f"{int(row[f'harmful_rank_{metric}'])} of {n}" if flag != FLAG_NEVER_TRACED else "-",
-            # the table's flag: says "metric uninformative" where the metric means nothing for the run
-            "estimate": row.get(f"flag_{metric}", FLAG_NAMES[flag]),
+            # the growth verdict (the table's flag; "metric uninformative" where the metric means nothing for the
+            # run) is not a single image's accuracy: on ReLU nets in float32 it read reliable where leave-one-out
+            # gave tau 0.3; the check's single-image level is shown beside it
+            "stability": row.get(f"flag_{metric}", FLAG_NAMES[flag]),
+            "single images (check)": verdict(r, check)["singles"],
         })
     step, first_step, per_epoch = cache.traced_steps(str(root), run_id)
     t = int(step[i])
@@ -48,9 +53,9 @@ def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) -
             "label": int(row["label"]), "path": row["path"] if "path" in frame.columns else None}
 
 
-def render(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) -> None:
+def render(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, check: dict | None) -> None:
     dataset = cache.context(str(root), run_id).dataset
-    info = facts(root, run_id, results, frame, i)
+    info = facts(root, run_id, results, frame, i, check)
     left, right = st.columns([1, 3])
     with left:
         if dataset.is_image:
@@ -66,6 +71,9 @@ def render(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int) 
             title += f" · `{info['path']}`"
         st.markdown(title)
         st.dataframe(pd.DataFrame(info["scores"]), hide_index=True)
+        st.caption("stability: how much the traced steps amplify a perturbation (the growth of |u|); single images "
+                   "(check): how well the spot check's single-image replays ranked as estimated. Take one image's "
+                   "score as far as that level: trustworthy, rough, or noise.")
         st.caption(f"Seen first in {info['seen']}.")
         member = i in set(state.removal(root, run_id))
         st.caption(("In the removal set. " if member else "Not in the removal set. ")

@@ -182,4 +182,4 @@ d2.download_button("Parquet", cache.scores_file(str(root), run_id, stamp, "parqu
 st.subheader("One instance in detail")
 look = st.number_input("Training id", 0, len(frame) - 1, int(harmful_order(next(iter(results.values())))[0]),
                        key=f"detail-{run_id}", help="Starts at the most harmful instance by the first metric.")
-instance_view.render(root, run_id, results, frame, int(look))
+instance_view.render(root, run_id, results, frame, int(look), check)

@@ -208,8 +208,10 @@ def table_metadata(run: store.Run, results: dict[str, InfluenceResult], name: st
                     "path": "file path relative to data.root (own images only)",
                     "label": "class (-1 = unlabelled)", "influence_<m>": "estimated change of metric m if removed",
                     "harmful_rank_<m>": "1 = most harmful",
-                    "flag_<m>": "per-instance reliability of the estimate; '; metric uninformative' where the metric "
-                                "itself means nothing for this run (metric_verdict)"},
+                    "flag_<m>": "stability of the backward pass (its growth verdict) where the instance was traced, "
+                                "'not in a traced batch' where not; not a per-image accuracy, which the spot check "
+                                "measures (influence/_checks/); '; metric uninformative' where the metric itself "
+                                "means nothing for this run (metric_verdict)"},
     }
 
 

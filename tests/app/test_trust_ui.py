@@ -40,12 +40,19 @@ def test_influence_page_states_the_measured_verdict(checked_store, monkeypatch):
     assert f"Trust — {expected['summary']}." in said
     assert "Measured: " + expected["measured"] in said
     assert expected["measured"].startswith("replays over the last")
+    # one instance in detail: the check's single-image level beside the growth verdict, in the table shown
+    detail = next(d for d in at.dataframe if "single images (check)" in d.value.columns)
+    fid = detail.value[detail.value["metric"] == "FID"].iloc[0]
+    assert fid["single images (check)"] == expected["singles"] != "not checked"
+    assert fid["stability"].startswith(cached_results(run)["fid"].verdict)
 
 
 def test_an_unchecked_estimate_says_not_checked_and_offers_the_check(rich, started_jobs):
     at = open_app("influence", tiny_run_id(rich))
     assert not at.exception
     assert "Trust: not checked" in texts(at)
+    detail = next(d for d in at.dataframe if "single images (check)" in d.value.columns)
+    assert set(detail.value["single images (check)"]) == {"not checked"}
     at.button(key=f"check-{tiny_run_id(rich)}").click().run()
     run = store.open_run(rich, tiny_run_id(rich))
     results = cached_results(run)
