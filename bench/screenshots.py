@@ -121,6 +121,8 @@ SHOTS = [
     Shot("app-validate", "mnist", "validate", "Do estimate and truth"),
     Shot("app-validate-groups", "mnist", "validate", "Estimate in the scatter",
          [("top", "Groups: do summed estimates predict")]),
+    Shot("app-samples-map", "mnist", "samples", "Sort by",
+         [("tab", "Map"), ("wait", "Draw a lasso or a box around samples")]),
     Shot("app-playground", "toy", "playground", "orange arrows: where"),
     Shot("classroom-curate", "toy", "playground", "orange arrows: where", height=1500),
     Shot("classroom-one-point", "toy", "playground", "Click a training point",
