@@ -184,7 +184,7 @@ def _progress(status: dict) -> None:
     stage = STAGES.get(status.get("stage"), status.get("stage") or "working")
     eta = status.get("eta")
     text = (f"{stage}: step {done} of {total} · {duration(status.get('seconds'))} elapsed"
-            + (f" · about {duration(eta)} left" if eta is not None else ""))
+            + (f" · about {duration(eta, rough=True)} left" if eta is not None else ""))
     st.progress(min(done / total, 1.0), text=text)
     info = status.get("info") or {}
     bits = [info["sweep"] if isinstance(info.get("sweep"), str) else None,

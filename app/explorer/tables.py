@@ -216,9 +216,16 @@ def sweep_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     })
 
 
-def duration(seconds: float | None) -> str:
+def duration(seconds: float | None, rough: bool = False) -> str:
+    """A measured time to the second; `rough` for a forecast (an ETA, a time from earlier speeds), whose seconds
+    would claim a precision it does not have: 5 s steps under a minute and a half, then minutes."""
     if seconds is None or not np.isfinite(seconds):
         return "?"
+    if rough:
+        if seconds < 90:
+            return f"{max(5, int(round(seconds / 5)) * 5)} s"
+        minutes = int(round(seconds / 60))
+        return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"

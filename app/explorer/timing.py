@@ -41,15 +41,15 @@ def estimate_text(preset: str, runs: list[dict], train_jobs: list[dict]) -> str 
         newest = max(mine, key=lambda r: r["modified"])
         training = f"training took {duration(newest['summary']['seconds'])} here (run `{newest['run_id']}`)"
     elif known:
-        training = f"training about {duration(known[0])}"
+        training = f"training about {duration(known[0], rough=True)}"
     else:
         return None
     if measured:
         start = (f"start-up took {duration(measured[0][0])} here (worker, data set; the first run of a data set "
                  "also trains the IS/FID feature network)")
     elif known:
-        start = (f"start-up about {duration(known[1])} the first time a data set is used (worker, data set, training "
-                 "the IS/FID feature network), seconds after that")
+        start = (f"start-up about {duration(known[1], rough=True)} the first time a data set is used (worker, "
+                 "data set, training the IS/FID feature network), seconds after that")
     else:
         start = "plus start-up (the first run of a data set also trains the IS/FID feature network: a minute or more)"
     basis = f" ({known[2]})" if known and not measured else ""

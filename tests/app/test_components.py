@@ -96,6 +96,9 @@ def test_an_oversized_upload_is_refused(tmp_path, monkeypatch):
 
 def test_durations_read_naturally():
     assert [tables.duration(s) for s in (4.4, 75, 3725, None)] == ["4 s", "1 min 15 s", "1 h 02 min", "?"]
+    # a forecast does not claim seconds it cannot know
+    assert [tables.duration(s, rough=True) for s in (1.2, 43, 1676, 3725, None)] == [
+        "5 s", "45 s", "28 min", "1 h 02 min", "?"]
 
 
 def test_gallery_scores_mark_the_harmful_side_red():

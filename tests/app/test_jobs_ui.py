@@ -29,7 +29,7 @@ def test_a_running_job_shows_steps_eta_losses_and_cancel(app_store):
         at = open_app("influence", run_id)
         assert not at.exception
         [bar] = [p for p in at.get("progress") if "step 3 of 10" in p.proto.text]
-        assert "about 14 s left" in bar.proto.text and "6 s elapsed" in bar.proto.text
+        assert "about 15 s left" in bar.proto.text and "6 s elapsed" in bar.proto.text
         assert "D loss 1.250 · G loss 0.750" in texts(at)
         sidebar = [p.proto.text for p in at.sidebar.get("progress")]
         assert any("Influence on FID" in t for t in sidebar)  # the sidebar lists running jobs on every page

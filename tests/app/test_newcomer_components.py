@@ -235,12 +235,12 @@ def test_the_time_estimate_names_its_basis_and_the_start_up():
     from explorer import timing
 
     text = timing.estimate_text("mnist-adam", [], [])
-    assert "training about 4 min 55 s" in text and "start-up about 1 min 16 s" in text
+    assert "training about 5 min" in text and "start-up about 75 s" in text
     assert "issue 26's walk-through" in text and "4 minutes" not in text
     run = {"run_id": "mnist-adam-s0-x", "modified": 1.0, "config": {"preset": "mnist-adam"},
            "summary": {"seconds": 250.0}}
     text = timing.estimate_text("mnist-adam", [run], [])
-    assert "training took 4 min 10 s here (run `mnist-adam-s0-x`)" in text and "start-up about 1 min 16 s" in text
+    assert "training took 4 min 10 s here (run `mnist-adam-s0-x`)" in text and "start-up about 75 s" in text
     job = {"spec": {"params": {"config": {"preset": "mnist-adam"}}}, "queued_at": 100.0, "started": 104.0,
            "updated": 104.0 + 70.0 + 300.0, "stages": {"loading": 0.2, "feature-net": 5.0, "train": 70.0}}
     text = timing.estimate_text("mnist-adam", [run], [job])  # the job box's own split: the same figures
