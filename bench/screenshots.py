@@ -158,14 +158,13 @@ def act(tab, action: str, arg: str) -> None:
         shown.click()
     elif action == "wait":
         expect(shown).to_be_visible(timeout=TIMEOUT_MS)
-    elif action == "scroll":
+    elif action in ("scroll", "top"):  # "top": the element at the top of the view ("if needed" leaves it lower)
         target = tab.get_by_text(arg).first
         expect(target).to_be_attached(timeout=TIMEOUT_MS)
-        target.scroll_into_view_if_needed()
-    elif action == "top":  # the element at the top of the view (a scroll "if needed" leaves it at the bottom)
-        target = tab.get_by_text(arg).first
-        expect(target).to_be_attached(timeout=TIMEOUT_MS)
-        target.evaluate("e => e.scrollIntoView({block: 'start'})")
+        if action == "top":
+            target.evaluate("e => e.scrollIntoView({block: 'start'})")
+        else:
+            target.scroll_into_view_if_needed()
     elif action == "tab":
         tab.get_by_role("tab", name=arg).click()
     elif action == "point":  # the one-point lesson, as a click on the chart sets it

@@ -63,10 +63,16 @@ def one_point_figure(train_xy: np.ndarray, instance: int, before: np.ndarray, af
                       customdata=np.arange(len(train_xy)), marker=dict(size=4, color="#c9c9c9", line=OUTLINE),
                       hovertemplate="#%{customdata}<br>(%{x:.2f}, %{y:.2f})<extra></extra>")
     add_shift_arrows(fig, before, after, magnification)
-    fig.add_scattergl(x=[train_xy[instance, 0]], y=[train_xy[instance, 1]], mode="markers",
-                      name=f"removed: #{instance}", marker=dict(size=16, symbol="x", color="#111"))
+    _mark(fig, train_xy[instance], f"removed: #{instance}")
     _square(fig, height)
     return fig
+
+
+def _mark(fig: go.Figure, xy: np.ndarray, name: str, clickable: bool = True) -> None:
+    """One point marked with a black cross (WebGL, so it is drawn above the other WebGL points); not `clickable`:
+    hover and clicks go to the point under it."""
+    fig.add_scattergl(x=[xy[0]], y=[xy[1]], mode="markers", name=name, marker=dict(size=16, symbol="x", color="#111"),
+                      hoverinfo=None if clickable else "skip")
 
 
 def click_figure(train_xy: np.ndarray, scores: np.ndarray | None, metric: str, chosen: int | None = None,
@@ -77,8 +83,7 @@ def click_figure(train_xy: np.ndarray, scores: np.ndarray | None, metric: str, c
                                  customdata=np.arange(len(train_xy)), marker=marker,
                                  hovertemplate="#%{customdata}<br>(%{x:.2f}, %{y:.2f})<extra></extra>"))
     if chosen is not None:
-        fig.add_scattergl(x=[train_xy[chosen, 0]], y=[train_xy[chosen, 1]], mode="markers", name=f"chosen: #{chosen}",
-                          marker=dict(size=16, symbol="x", color="#111"), hoverinfo="skip")
+        _mark(fig, train_xy[chosen], f"chosen: #{chosen}", clickable=False)
         fig.update_layout(showlegend=True, legend=dict(orientation="h", y=1.08, x=0))
     _square(fig, height)
     fig.update_layout(clickmode="event+select", dragmode="pan")

@@ -71,8 +71,9 @@ def _check_controls(root: Path, run_id: str, results: dict[str, InfluenceResult]
         st.rerun()
 
 
-def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
-    """Validate page: start a group validation and show its LDS, scatter and cleansing curve."""
+def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> None:
+    """Validate page: start a group validation and show its LDS, scatter and cleansing curve (`first`: the metric
+    chosen at first, as in the leave-one-out form above)."""
     st.subheader("Groups: do summed estimates predict removing a set? (LDS)")
     st.markdown("Curators remove sets, not single images. Draw *M* random removal sets of a fraction *F* of the "
                 "traced instances, replay the traced steps without each (all in one batched replay), and rank-"
@@ -81,7 +82,6 @@ def groups_section(root: Path, run_id: str, metrics: list[str]) -> None:
                 "random. Every named result (the exact estimate and the baselines) is scored on the same replays.")
     with st.container(border=True):
         c1, c2, c3, c4, c5 = st.columns([3, 1, 2, 2, 1])
-        first = next(m for m in cache.METRIC_ORDER if m in metrics)  # as the leave-one-out form above: FID first
         chosen = c1.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
                                 key=f"grp-metrics-{run_id}")
         m = c2.number_input("M groups", 4, 256, 32, key=f"grp-m-{run_id}",

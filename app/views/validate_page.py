@@ -102,7 +102,7 @@ else:
     st.caption(TRACE_EPOCHS_HINT[traced_epochs > 1].format(k=traced_epochs))
 
 st.divider()
-trust_view.groups_section(root, run_id, metrics)
+trust_view.groups_section(root, run_id, metrics, first)
 
 st.divider()
 st.subheader("Data cleansing over seeds")
