@@ -221,6 +221,17 @@ def test_zip_members_sharing_a_name_get_unique_paths_and_are_reported(dup_run):
         assert abs(float((x.mean() + 1) * 127.5) - value) < 0.5
 
 
+def test_repeated_members_without_a_file_name_get_unique_paths():
+    """Found by the zip fuzz: two members named '.' (a name with no file part) crashed the listing."""
+    from influence.data.sources import unique_paths
+
+    paths, renamed = unique_paths([".", ".", "a.png"])
+    assert paths == ["unnamed~1", "unnamed~2", "a.png"]
+    assert [r[0] for r in renamed] == [".", "."] and "2 members named ." in renamed[0][2]
+    # alone, '.' would be written as its folder: renamed too
+    assert unique_paths([".", "a.png"]) == (["unnamed~1", "a.png"], [(".", "unnamed~1", ". has no file name")])
+
+
 def test_a_removal_csv_naming_an_ambiguous_path_is_an_error(dup_run, tmp_path, capsys):
     run, cfg = dup_run
     removal = tmp_path / "r.csv"

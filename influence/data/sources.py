@@ -156,7 +156,8 @@ def _zip_listing(root: Path) -> Listing:
 
 def unique_paths(names: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
     """A path per name that no other member has and that can be written as a file: every member of a repeated
-    name, and a file whose name is also a folder of other members, becomes `stem~N.ext`."""
+    name, and a file whose name is also a folder of other members, becomes `stem~N.ext`; one with no file name
+    ('.') becomes `unnamed~N`."""
     counts: dict[str, int] = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
@@ -164,12 +165,14 @@ def unique_paths(names: list[str]) -> tuple[list[str], list[tuple[str, str, str]
     taken = set(names) | folders
     out, renamed = [], []
     for n in names:
-        if counts[n] == 1 and n not in folders:
+        p = PurePosixPath(n)
+        if counts[n] == 1 and n not in folders and p.name:
             out.append(n)
             continue
         why = (f"duplicate name: the archive holds {counts[n]} members named {n}" if counts[n] > 1 else
-               f"{n} is also a folder of other members")
-        p = PurePosixPath(n)
+               f"{n} is also a folder of other members" if n in folders else f"{n} has no file name")
+        if not p.name:  # a member named '.' names no file (it would be written as its folder): 'unnamed~N'
+            p = p / "unnamed"
         k = 1
         while (new := str(p.with_name(f"{p.stem}~{k}{p.suffix}"))) in taken:
             k += 1
