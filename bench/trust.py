@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -128,32 +129,34 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
     return out
 
 
-def full_levels(r: dict, m: str) -> tuple[str, str]:
-    """The levels full validation gives, by the rules the check uses (docs/trust.md): groups from the LDS of
-    32 random groups at the check's fraction (5%) and from removing the 5% most harmful (the cleansing curve:
-    the metric must move the predicted way, for trustworthy within 1/3..3 of the prediction); single images
-    from leave-one-out tau."""
-    singles = "not measured" if "loo" not in r else trust.single_level({"singles": r["loo"][m]})
-    if "groups" not in r:  # --groups 0: leave-one-out only
-        return "not measured", singles
-    lds5 = next((row["spearman_valid"] for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]
-                 if abs(row["fraction"] - 0.05) < 1e-9), None)
+def full_levels(r: dict, m: str) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+    """The levels full validation gives, by the rules the check uses (docs/trust.md), each with the levels its own
+    95% interval allows: groups from the LDS of the random groups at the check's fraction (5%) and from removing
+    the 5% most harmful (the cleansing curve: the metric must move the predicted way, for trustworthy within
+    1/3..3 of the prediction); single images from leave-one-out tau. ("not measured", []) where it did not run."""
+    absent = ("not measured", [])
+    agreement = {"singles": {"kendall_tau": r["loo"][m]["kendall_tau"], "n": r["loo"][m]["n"]}} if "loo" in r else {}
+    row = next((row for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]
+                if abs(row["fraction"] - 0.05) < 1e-9), None) if "groups" in r else None
     top = next((row for row in r["groups"]["curve"][m] if row["kind"] == "top" and abs(row["fraction"] - 0.05) < 1e-9),
-               None)
-    if lds5 is None or top is None:  # validated at other fractions only: the check's level has nothing to meet
-        return "not measured", singles
-    # the check's own rule (trust.group_level), fed the whole trace's LDS and harmful set
-    groups = trust.group_level({"random_groups": {"spearman": lds5},
-                                "harmful_set": {"predicted": top["predicted"], "actual": top["actual_valid"]}})
-    return groups, singles
+               None) if "groups" in r else None
+    if row is not None and top is not None:  # the check's own rule, fed the whole trace's LDS and harmful set
+        agreement.update(random_groups={"spearman": row["spearman_valid"], "n": row["groups"]},
+                         harmful_set={"predicted": top["predicted"], "actual": top["actual_valid"]})
+    if not agreement:
+        return absent, absent
+    groups, singles = trust.levels({"singles": {"kendall_tau": math.nan, "n": 0}, "random_groups": {
+        "spearman": math.nan, "n": 0}, "harmful_set": {"predicted": 0.0, "actual": 0.0}, **agreement})
+    return (groups if "random_groups" in agreement else absent), (singles if "singles" in agreement else absent)
 
 
 def report(root: Path) -> None:
     rows = [json.loads(p.read_text()) for p in sorted((root / "_trust").glob("*.json"))]
-    print("| case | seed | metric | growth | check (level, cost / pass) | check: groups / singles | full validation: "
-          "groups / singles | agree | LDS F=1% / 5% / 20% (valid) | LOO tau (n) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    agree = total = 0
+    print("| case | seed | metric | growth | check (level, cost / pass) | check: groups / singles | the check's 95% "
+          "intervals allow | full validation: groups / singles | its 95% intervals allow | agree | within the check's "
+          "intervals | the intervals meet | LDS F=1% / 5% / 20% (valid) | LOO tau (n) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    agree = within = overlap = total = 0
     for r in rows:
         for m in r["metrics"]:
             pm = r["per_metric"][m]
@@ -161,17 +164,28 @@ def report(root: Path) -> None:
                    if "groups" in r else {})
             loo = r.get("loo", {}).get(m)
             check = (pm["trust"]["groups"], pm["trust"]["singles"])
-            full = full_levels(r, m)
+            full_ranges = full_levels(r, m)
+            full = [level for level, _ in full_ranges]
             measured = [(c, f) for c, f in zip(check, full) if f != "not measured"]
             if not measured:
                 continue
             same = all(c == f for c, f in measured)  # judged on the levels full validation measured
-            agree, total = agree + same, total + 1
+            # the levels the check's intervals allow (with the cap its verdict applied)
+            allowed = [r_ for _, r_ in trust.levels(pm["agreement"], capped="capped" in pm["trust"]["summary"])]
+            inside = all(f == "not measured" or f in a for f, a in zip(full, allowed))
+            # both measurements are samples: do the levels their intervals allow meet at all?
+            meet = all(f == "not measured" or set(a) & set(fr) for f, a, (_, fr) in zip(full, allowed, full_ranges))
+            agree, within, overlap, total = agree + same, within + inside, overlap + meet, total + 1
             print(f"| {r['case']} | {r['seed']} | {m} | {pm['growth']:.3g} | {r['check'].get('level', 'quick')}, "
-                  f"{r['check']['seconds'] / r['pass_seconds']:.2f} | {check[0]} / {check[1]} | {full[0]} / {full[1]} | "
-                  f"{'yes' if same else 'NO'} | " + (" / ".join(f"{lds[f]:.3f}" for f in sorted(lds)) or "-") + " | "
+                  f"{r['check']['seconds'] / r['pass_seconds']:.2f} | {check[0]} / {check[1]} | "
+                  f"{' or '.join(allowed[0])} / {' or '.join(allowed[1])} | {full[0]} / {full[1]} | "
+                  f"{' or '.join(full_ranges[0][1]) or '-'} / {' or '.join(full_ranges[1][1]) or '-'} | "
+                  f"{'yes' if same else 'NO'} | {'yes' if inside else 'NO'} | {'yes' if meet else 'NO'} | "
+                  + (" / ".join(f"{lds[f]:.3f}" for f in sorted(lds)) or "-") + " | "
                   + (f"{loo['kendall_tau']:.3f} ({loo['n']})" if loo else "-") + " |")
-    print(f"\nthe check's levels agree with full validation on {agree} of {total} case-metrics\n")
+    print(f"\nthe check's levels agree with full validation on {agree} of {total} case-metrics; full validation's "
+          f"level lies within what the check's 95% intervals allow on {within} of {total}; the levels both "
+          f"intervals allow meet on {overlap} of {total}\n")
     print("| case | seed | metric | estimate | LDS F=1% / 5% / 20% | LOO tau |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in (r for r in rows if "groups" in r):

@@ -18,7 +18,8 @@ from influence.models import has_kinks
 from influence.train import Trace, replay_state
 from influence.validation.groups import GroupSpec, lds, validate_groups
 from influence.validation.spotcheck import spot_check, stored_check
-from influence.validation.trust import verdict
+from influence.validation.intervals import interval_phrase
+from influence.validation.trust import levels, verdict
 
 from _helpers import copy_run
 
@@ -81,6 +82,11 @@ def test_cli_validate_groups_prints_lds(toy_run, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     (row,) = out["scores"][out["result_in_use"]]["dloss"]
     assert row["groups"] == 4 and -1 <= row["spearman_valid"] <= 1 and out["curve"]["dloss"] == []
+    # the text output gives each LDS its 95% interval (the stored validation, read back)
+    assert cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "4",
+                     "--fraction", "0.05", "--curve"]) == 0
+    assert (f"LDS (Spearman) {row['spearman_valid']:.3f}{interval_phrase('spearman', row['spearman_valid'], 4)}, "
+            in capsys.readouterr().out)
 
 
 def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_path):
@@ -94,6 +100,18 @@ def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_pat
     v = verdict(res, check)
     assert (v["groups"], v["singles"]) == ("trustworthy", "trustworthy"), v
     assert "single images tau=" in v["measured"] and "most harmful changed D-loss" in v["measured"]
+    # each measure with its 95% interval, and the levels that interval allows (the level itself among them)
+    agreement = check["per_metric"]["dloss"]
+    singles, groups = agreement["singles"], agreement["random_groups"]
+    assert interval_phrase("kendall", singles["kendall_tau"], singles["n"]) in v["measured"]
+    assert interval_phrase("spearman", groups["spearman"], groups["n"]) in v["measured"]
+    assert v["groups"] in v["groups_range"] and v["singles"] in v["singles_range"]
+    # the same measurement from 8 images at tau 0.86 cannot tell trustworthy from rough, and says so
+    rough = {**agreement, "singles": {**singles, "kendall_tau": 0.86, "n": 8}}
+    v = verdict(res, {**check, "per_metric": {"dloss": rough}})
+    assert v["singles"] == "trustworthy" and v["singles_range"] == ["trustworthy", "rough"]
+    assert "single-image ranks: trustworthy (8 single images cannot rule out rough)" in v["summary"]
+    assert "tau=0.86 (95% interval 0.54 to 0.98)" in v["measured"]
     # ReLU units but float64: no cap; the same check of a ReLU net in float32 is capped (docs/trust.md)
     assert check["kinked_float32"] is False
     assert [has_kinks(preset(p).model) for p in ("toy2d", "dcgan32", "quick", "mnist-adam")] == [True, True, False, False]
@@ -129,6 +147,21 @@ def test_the_default_check_replays_the_whole_trace_where_lanes_run_batched(toy_r
     assert check["per_metric"]["all"]["random_groups"]["spearman"] == pytest.approx(lds)
     assert f"LDS (Spearman) {lds:.2f}" in verdict(res, check)["measured"]
     assert spot_check(run, ["all"], level="auto") == check  # stored: not replayed again
+
+
+def test_a_level_comes_with_the_levels_its_interval_cannot_rule_out():
+    """12 random groups at LDS 0.95 reach below the 0.9 of 'trustworthy' (interval 0.84 to 1.00); 60 groups at
+    the same LDS do not. A cap applies to every level allowed."""
+    agreement = {"random_groups": {"spearman": 0.95, "n": 12}, "singles": {"kendall_tau": 0.1, "n": 8},
+                 "harmful_set": {"predicted": -1.0, "actual": -0.8}}
+    (group, groups), (single, singles) = levels(agreement)
+    assert (group, groups) == ("trustworthy", ["trustworthy", "indicative"])
+    assert (single, singles) == ("noise", ["rough", "noise"])  # 8 images at tau 0.1: -0.44 to 0.58
+    many = {**agreement, "random_groups": {"spearman": 0.95, "n": 60}, "singles": {"kendall_tau": 0.1, "n": 200}}
+    assert levels(many) == (("trustworthy", ["trustworthy"]), ("noise", ["noise"]))
+    assert levels(agreement, capped=True) == (("indicative", ["indicative"]), ("noise", ["rough", "noise"]))
+    wrong_way = {**many, "harmful_set": {"predicted": -1.0, "actual": 0.5}}  # the harmful set moved the other way
+    assert levels(wrong_way)[0] == ("not supported", ["not supported"])
 
 
 def test_an_estimate_without_a_check_reads_not_checked(toy_run):

@@ -34,7 +34,7 @@ def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, c
             # run) is not a single image's accuracy: on mnist-adam with ReLU in float32 it read reliable where
             # leave-one-out gave tau 0.39 (FID) and 0.07 (IS); the check's single-image level is shown beside it
             "stability": row.get(f"flag_{metric}", FLAG_NAMES[flag]),
-            "single images (check)": verdict(r, check)["singles"],
+            "single images (check)": _single_level(verdict(r, check)),
         })
     step, first_step, per_epoch = cache.traced_steps(str(root), run_id)
     t = int(step[i])
@@ -51,6 +51,12 @@ def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, c
                        f"actual {tables.sci(float(v['actual'][hit[0]]))} (leave-one-out, {v['key']})")
     return {"scores": scores, "seen": seen, "removed_in": removed_in, "loo": loo,
             "label": int(row["label"]), "path": row["path"] if "path" in frame.columns else None}
+
+
+def _single_level(v: dict) -> str:
+    """The check's single-image level, and those its 8-16 images cannot rule out."""
+    others = [level for level in v.get("singles_range", []) if level != v["singles"]]
+    return v["singles"] + (f" ({' or '.join(others)} not ruled out)" if others else "")
 
 
 def render(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, check: dict | None) -> None:

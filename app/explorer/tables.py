@@ -11,6 +11,7 @@ from influence.baselines import METHOD_LABELS
 from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult
 from influence.honesty import scope_text, uninformative
 from influence.metrics import METRIC_LABELS
+from influence.validation.intervals import interval_text, rank_interval
 
 from .figures import class_label
 from .numbers import percent, sci, signed
@@ -184,6 +185,12 @@ def jaccard_note(n: int) -> str:
         text += (f" With {2 * k} instances in play, one instance more or less swings it a lot: read it from "
                  "n = 100 on (the paper: n = 200).")
     return text
+
+
+def tau_interval_note(tau: float, n: int) -> str:
+    """Where tau over many more replays may lie, given these n (95%; Kendall's tau of a few replays is rough)."""
+    text = interval_text(rank_interval("kendall", tau, n))
+    return f"Over these {n} replays its 95% interval is {text}; more replays narrow it." if text else ""
 
 
 def validation_seconds(summary: dict, results: dict[str, InfluenceResult], done: list[dict], n: int) -> float:

@@ -12,6 +12,7 @@ import streamlit as st
 from influence.estimator import EstimateOptions, InfluenceResult
 from influence.metrics import METRIC_LABELS
 from influence.specs import estimate_spec
+from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.trust import verdict
 
 from . import cache, figures, jobpanel, tables
@@ -27,6 +28,9 @@ METHOD_HELP = ("exact: ASGD-Influence, the adjoint carried back through every tr
                "A baseline is never put in use unless you choose it.")
 METHOD_LABELS = {"exact": "exact (ASGD-Influence)", "no-propagation": "no propagation (baseline)",
                  "tracin": "TracIn-style (baseline)"}
+NARROW_HINT = ("A few replays leave room between levels (the 95% intervals above). More replays narrow them: group "
+               "validation and leave-one-out on the Validate page, or a full check (`gan-influence estimate --check "
+               "full`).")
 GROUP_BOX = {"trustworthy": st.success, "indicative": st.warning, "not supported": st.error}
 
 
@@ -40,6 +44,8 @@ def check_card(result: InfluenceResult, check: dict | None) -> None:
     else:
         GROUP_BOX[v["groups"]](f"**Trust — {v['summary']}.**", icon=":material/fact_check:")
         st.caption("Measured: " + v["measured"] + ".")
+        if len(v["groups_range"]) > 1 or len(v["singles_range"]) > 1:
+            st.caption(NARROW_HINT)
     warnings = list((result.meta.get("conditions") or {}).get("warnings") or [])
     warnings += (check or {}).get("conditions", {}).get("warnings") or []
     for w in dict.fromkeys(warnings):
@@ -121,7 +127,8 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
     st.dataframe(lds_table(v, metric), hide_index=True,  # 1.000, not "1": three decimals on every correlation
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in LDS_COLUMNS})
     st.caption(f"LDS = Spearman of the summed estimates against the actual changes (validation split, as the "
-               f"estimate targets; test split beside it). slope: actual on predicted (1 = the sums are right in "
+               f"estimate targets; test split beside it); its 95% interval: where the LDS of many more groups may "
+               f"lie, given these. slope: actual on predicted (1 = the sums are right in "
                f"size; under 1 they over-predict). Replays: {v['lanes']['mode']} lanes, lane 0 = "
                f"{v['baseline']}; {tables.duration(v['replay_seconds'])} of replay.")
     for w in (v.get("conditions") or {}).get("warnings") or []:
@@ -148,7 +155,9 @@ def lds_table(v: dict, metric: str) -> pd.DataFrame:
     for name, per_metric in v["scores"].items():
         for r in per_metric.get(metric, []):
             rows.append({"estimate": name, "method": method_of(name), "F": f"{r['fraction']:.0%}", "groups": r["groups"],
-                         "LDS (Spearman)": round(r["spearman_valid"], 3), "Pearson": round(r["pearson_valid"], 3),
+                         "LDS (Spearman)": round(r["spearman_valid"], 3),
+                         "95% interval": interval_text(rank_interval("spearman", r["spearman_valid"], r["groups"])),
+                         "Pearson": round(r["pearson_valid"], 3),
                          "slope": float(f"{r['slope_valid']:.3g}"), "LDS on test": round(r["spearman_test"], 3)})
     return pd.DataFrame(rows)
 

@@ -76,7 +76,8 @@ def show_validation(stored: list[dict]) -> None:
     with right:
         st.metric("Kendall τ", f"{v['kendall_tau']:.3f}")
         st.caption("Do estimate and truth **rank** the instances the same way? +1: identical order; 0: unrelated; "
-                   "−1: reversed. Ranking is what curation needs.")
+                   "−1: reversed. Ranking is what curation needs. "
+                   + tables.tau_interval_note(v["kendall_tau"], v["n"]))
         st.metric("Pearson r", f"{v['pearson_r']:.3f}")
         st.caption("Do the **values** agree along a straight line? 1: perfectly linear.")
         st.metric("Jaccard, top 10%", f"{v['jaccard_top10']:.3f}")

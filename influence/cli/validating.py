@@ -31,15 +31,19 @@ def cmd_validate(args, root: Path) -> int:
         spec["params"]["trace_epochs"] = args.trace_epochs
     result = run_or_follow(root, spec, args.json)
     from ..honesty import metric_report
+    from ..validation.intervals import interval_phrase, rank_interval
 
     verdicts = metric_report(run)["verdicts"]
     if args.json:
-        print(json.dumps({m: {**a, "metric_verdict": verdicts.get(m)} for m, a in result.items()}))
+        print(json.dumps({m: {**a, "metric_verdict": verdicts.get(m),
+                              "kendall_tau_interval": rank_interval("kendall", a["kendall_tau"], a["n"])}
+                          for m, a in result.items()}))
         return 0
     for m, a in result.items():
         loo = "time not recorded" if a["seconds_loo"] is None else f"{a['seconds_loo']:.0f} s"
         epochs = f", last {a['trace_epochs']} traced epoch(s)" if a.get("trace_epochs") else ""
-        print(f"{METRIC_LABELS[m]}: n={a['n']}{epochs} Kendall tau {a['kendall_tau']:.3f}, Pearson r {a['pearson_r']:.3f}, "
+        print(f"{METRIC_LABELS[m]}: n={a['n']}{epochs} Kendall tau {a['kendall_tau']:.3f}"
+              f"{interval_phrase('kendall', a['kendall_tau'], a['n'])}, Pearson r {a['pearson_r']:.3f}, "
               f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}, growth "
               f"{a['growth']:.3g}; LOO {loo})")
         if verdicts.get(m, {}).get("reasons"):
@@ -57,6 +61,8 @@ def _validate_groups(args, root: Path, options) -> int:
                                            "groups": dataclasses.asdict(spec_), "lanes": args.lanes,
                                            "options": dataclasses.asdict(options)}}
     result = run_or_follow(root, spec, args.json)
+    from ..validation.intervals import interval_phrase
+
     if args.json:
         print(json.dumps(result))
         return 0
@@ -68,8 +74,9 @@ def _validate_groups(args, root: Path, options) -> int:
         label = METRIC_LABELS[m]
         for rname, per_metric in result["scores"].items():
             for row in per_metric[m]:
-                print(f"{label} [{rname}] F={row['fraction']:g}: LDS (Spearman) {row['spearman_valid']:.3f}, Pearson "
-                      f"{row['pearson_valid']:.3f}, slope {row['slope_valid']:.3g} (actual on predicted; validation "
+                interval = interval_phrase("spearman", row["spearman_valid"], row["groups"])
+                print(f"{label} [{rname}] F={row['fraction']:g}: LDS (Spearman) {row['spearman_valid']:.3f}{interval}, "
+                      f"Pearson {row['pearson_valid']:.3f}, slope {row['slope_valid']:.3g} (actual on predicted; validation "
                       f"split, as estimated); test split: Spearman {row['spearman_test']:.3f}")
         for row in result["curve"][m]:
             print(f"{label} curve, {row['kind']} {row['size']}: predicted {row['predicted']:+.4g}, actual "

@@ -8,7 +8,9 @@ Each comes from the spot check's replays (`spotcheck`), never from a guess: an e
 reads "not checked". The growth factor of |u| (`estimator.verdict`) enters where the check cannot see:
 the quick check replays only the last eighth of the traced steps, so an amplification before them caps
 what it may vouch for. Thresholds are calibrated against full validation (leave-one-out, n=200, and group
-validation, LDS) in docs/trust.md.
+validation, LDS) in docs/trust.md. A level comes with the levels its measurement cannot rule out: the 95%
+interval of the check's LDS or tau (`intervals.rank_interval`) may reach across a threshold (8 single images
+at tau 0.86: 0.54 to 0.98, rough or trustworthy).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 
 from ..estimator import GROWTH_UNRELIABLE, InfluenceResult
 from ..metrics import METRIC_LABELS
+from .intervals import interval_phrase, rank_interval
 
 NOT_CHECKED = "not checked"
 GROUP_LEVELS = ("trustworthy", "indicative", "not supported")
@@ -65,6 +68,37 @@ def single_level(agreement: dict) -> str:
     return "trustworthy" if tau >= SINGLE_TAU_TRUSTWORTHY else "rough"
 
 
+def group_interval(agreement: dict) -> tuple[float, float]:
+    """The 95% interval of the group measure (the random groups' Spearman); (nan, nan) for a check stored
+    before it had random groups of its own."""
+    if "random_groups" not in agreement:
+        return math.nan, math.nan
+    groups = agreement["random_groups"]
+    return rank_interval("spearman", groups["spearman"], groups["n"])
+
+
+def single_interval(agreement: dict) -> tuple[float, float]:
+    return rank_interval("kendall", agreement["singles"]["kendall_tau"], agreement["singles"]["n"])
+
+
+def group_levels(agreement: dict) -> list[str]:
+    """Every group level the check's measurement allows: its own, and those its LDS interval reaches."""
+    reached = [group_level(dict(agreement, random_groups={"spearman": r}))
+               for r in group_interval(agreement) if math.isfinite(r)]
+    return _between(GROUP_LEVELS, [group_level(agreement), *reached])
+
+
+def single_levels(agreement: dict) -> list[str]:
+    """Every single-image level the check's measurement allows: its own, and those its tau interval reaches."""
+    reached = [single_level({"singles": {"kendall_tau": t}}) for t in single_interval(agreement) if math.isfinite(t)]
+    return _between(SINGLE_LEVELS, [single_level(agreement), *reached])
+
+
+def _between(order: tuple[str, ...], levels: list[str]) -> list[str]:
+    ranks = [order.index(level) for level in levels]
+    return list(order[min(ranks):max(ranks) + 1])
+
+
 def verdict(result: InfluenceResult, check: dict | None) -> dict:
     """{"groups", "singles": levels; "summary": one line; "measured": what the check saw; "stability": growth line}."""
     metric = result.metric
@@ -74,7 +108,6 @@ def verdict(result: InfluenceResult, check: dict | None) -> dict:
                 "summary": f"not checked - no replays have tested this estimate yet (stability: {result.verdict})",
                 "measured": ""}
     agreement = check["per_metric"][metric]
-    groups, singles = group_level(agreement), single_level(agreement)
     caps = []  # what a quick check's window cannot vouch for: groups at most indicative, singles at most rough
     growth = result.meta["growth"]
     if check["level"] == "quick" and (not math.isfinite(growth) or growth >= GROWTH_UNRELIABLE):
@@ -85,14 +118,32 @@ def verdict(result: InfluenceResult, check: dict | None) -> dict:
         # trustworthy where the whole trace gave LDS 0.74 and leave-one-out tau 0.39; a full check saw it.
         caps.append("a quick check over-rated a ReLU net trained in float32 once: levels capped; a full check can "
                     "lift them")
-    if caps:
-        groups = "indicative" if groups == "trustworthy" else groups
-        singles = "rough" if singles == "trustworthy" else singles
-    summary = f"groups: {groups}; single-image ranks: {_single_words(singles)}"
+    (groups, groups_range), (singles, singles_range) = levels(agreement, capped=bool(caps))
+    n_groups = agreement.get("random_groups", agreement["groups"])["n"]
+    summary = (f"groups: {groups}{_not_ruled_out(groups, groups_range, n_groups, 'random groups')}; single-image "
+               f"ranks: {_single_words(singles)}"
+               f"{_not_ruled_out(singles, singles_range, agreement['singles']['n'], 'single images')}")
     if caps:
         summary += " (" + "; ".join(caps) + ")"
-    return {"groups": groups, "singles": singles, "checked": True, "stability": stability, "summary": summary,
+    return {"groups": groups, "singles": singles, "groups_range": groups_range, "singles_range": singles_range,
+            "checked": True, "stability": stability, "summary": summary,
             "measured": measured_sentence(metric, check, agreement)}
+
+
+def levels(agreement: dict, capped: bool = False) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+    """((group level, the group levels its interval allows), (the same for single images)); capped: groups at
+    most indicative, singles at most rough (what a quick check cannot vouch for)."""
+    def cap(level: str, top: str) -> str:
+        return top if capped and level == "trustworthy" else level
+
+    group, single = cap(group_level(agreement), "indicative"), cap(single_level(agreement), "rough")
+    return ((group, list(dict.fromkeys(cap(g, "indicative") for g in group_levels(agreement)))),
+            (single, list(dict.fromkeys(cap(s, "rough") for s in single_levels(agreement)))))
+
+
+def _not_ruled_out(level: str, allowed: list[str], n: int, what: str) -> str:
+    others = [_single_words(other) for other in allowed if other != level]
+    return f" ({n} {what} cannot rule out {' or '.join(others)})" if others else ""
 
 
 def _single_words(level: str) -> str:
@@ -107,11 +158,14 @@ def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
              else whole)
     n_random = sum(1 for lane in agreement["lanes"] if lane["kind"] == "random")
     size = next((lane["size"] for lane in agreement["lanes"] if lane["kind"] == "random"), 0)
-    measure = (f"LDS (Spearman) {group_r(agreement):.2f}" if "random_groups" in agreement
+    measure = (f"LDS (Spearman) {group_r(agreement):.2f}"
+               f"{interval_phrase('spearman', group_r(agreement), agreement['random_groups']['n'])}"
+               if "random_groups" in agreement
                else f"predicted vs actual r={g['pearson']:.2f} (with the most harmful and helpful sets)")
     harmful = (f"removing the {h['size']} most harmful changed {label} by {h['actual']:+.3g} "
                f"(predicted {h['predicted']:+.3g})")
-    singles = f"on {s['n']} single images tau={s['kendall_tau']:.2f}"
+    singles = (f"on {s['n']} single images tau={s['kendall_tau']:.2f}"
+               f"{interval_phrase('kendall', s['kendall_tau'], s['n'])}")
     if check["level"] == "quick" and check.get("sets_over_whole_trace"):
         return (f"replays over {where}: on {n_random} random groups of {size} images, {measure}; {singles}; over "
                 f"{whole}, {harmful}")

@@ -69,6 +69,7 @@ def test_validate_page_shows_scatter_and_numbers(rich):
     at = open_app("validate", tiny_run_id(rich))
     assert not at.exception
     assert [m.label for m in at.metric] == ["Kendall τ", "Pearson r", "Jaccard, top 10%"]
+    assert "its 95% interval is" in texts(at)  # Kendall tau over a few replays is rough, and the page says how rough
     assert "Takes roughly" in texts(at)
     assert at.number_input(key="val-n").value == 50
     spec = at.get("plotly_chart")[0].proto.spec

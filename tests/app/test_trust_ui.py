@@ -9,10 +9,12 @@ import shutil
 import pytest
 
 from apphelpers import open_app, texts, tiny_run_id, use_store
+from explorer.trust_view import NARROW_HINT
 from influence import store
 from influence.estimator import EstimateOptions, cached_results, chosen_name
 from influence.specs import estimate_spec
 from influence.validation.groups import GroupSpec, validate_groups
+from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.spotcheck import spot_check
 from influence.validation.trust import verdict
 
@@ -40,10 +42,14 @@ def test_influence_page_states_the_measured_verdict(checked_store, monkeypatch):
     assert f"Trust — {expected['summary']}." in said
     assert "Measured: " + expected["measured"] in said
     assert expected["measured"].startswith("replays over the last")
+    assert (NARROW_HINT in said) == (len(expected["groups_range"]) > 1 or len(expected["singles_range"]) > 1)
     # one instance in detail: the check's single-image level beside the growth verdict, in the table shown
     detail = next(d for d in at.dataframe if "single images (check)" in d.value.columns)
     fid = detail.value[detail.value["metric"] == "FID"].iloc[0]
-    assert fid["single images (check)"] == expected["singles"] != "not checked"
+    shown = fid["single images (check)"]
+    assert shown.startswith(expected["singles"]) and expected["singles"] != "not checked"
+    # with the levels its few images cannot rule out (8 images: rarely none)
+    assert all(level in shown for level in expected["singles_range"])
     assert fid["stability"].startswith(cached_results(run)["fid"].verdict)
 
 
@@ -82,6 +88,9 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
     mine = table[table["estimate"] == result["result_in_use"]].iloc[0]
     assert mine["LDS (Spearman)"] == round(row["spearman_valid"], 3)
     assert mine["LDS on test"] == round(row["spearman_test"], 3) and mine["groups"] == 4
+    # 4 groups tell little: the interval beside the LDS says how little
+    assert mine["95% interval"] == interval_text(rank_interval("spearman", row["spearman_valid"], 4))
+    assert float(mine["95% interval"].split(" to ")[0]) < 0
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("sum of the group's estimates" in s for s in specs)  # the LDS scatter, its axis in words
     assert any("most harmful first: actual" in s for s in specs)  # the cleansing curve
