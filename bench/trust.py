@@ -66,7 +66,7 @@ ALTERNATIVES = {"no-propagation": EstimateOptions(method="no-propagation"), "tra
 
 
 def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions: list[float], extra: list[str],
-             level: str = "auto", recheck: bool = False, alternatives: bool = False) -> dict:
+             level: str = "auto", recheck: bool = False, alternatives: bool = False, reuse: Path | None = None) -> dict:
     name, overrides, metrics = CASES[case]
     if "data.source=folder" in overrides:
         images = root / f"_images-shapes{SHAPES}"
@@ -78,23 +78,33 @@ def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions:
     t = time.perf_counter()
     run = train(cfg, root)
     return assess(root, run, case, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
-                  train_seconds=time.perf_counter() - t)
+                  train_seconds=time.perf_counter() - t, reuse=reuse)
 
 
 def run_given(root: Path, run_id: str, label: str, metrics: list[str], loo: int, groups: int, fractions: list[float],
-              level: str = "auto", recheck: bool = False, alternatives: bool = False) -> dict:
+              level: str = "auto", recheck: bool = False, alternatives: bool = False, reuse: Path | None = None) -> dict:
     """A run already in the store (a fine-tune, a user's own GAN) as a case named `label`."""
     run = store.open_run(root, run_id)
     seed = run.read_json("config.json")["seed"]
     return assess(root, run, label, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
-                  train_seconds=None)
+                  train_seconds=None, reuse=reuse)
 
 
 def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str], loo: int, groups: int,
-           fractions: list[float], level: str, recheck: bool, alternatives: bool, train_seconds: float | None) -> dict:
-    """The pass, its spot check, group validation and leave-one-out on one run; <root>/_trust/<case>-s<seed>.json."""
+           fractions: list[float], level: str, recheck: bool, alternatives: bool, train_seconds: float | None,
+           reuse: Path | None = None) -> dict:
+    """The pass, its spot check, group validation and leave-one-out on one run; <root>/_trust/<case>-s<seed>.json.
+    reuse: a folder of earlier result files whose full validation (groups, leave-one-out) is taken instead of
+    replayed again when its file for this case and seed was of the same run (its id, and its test metrics to 1e-9):
+    those replays do not depend on the check."""
     out = {"case": case, "seed": seed, "run_id": run.run_id, "metrics": metrics, "threads": torch.get_num_threads(),
            "train_seconds": train_seconds, "test": run.read_json("summary.json")["test"]}
+    earlier = _reusable(reuse, case, seed, out)
+    if earlier:
+        out.update({k: earlier[k] for k in ("groups", "loo", "loo_named", "named") if k in earlier},
+                   validation_from=str(reuse / f"{case}-s{seed}.json"))
+        groups = loo = 0
+        alternatives = False
     results = estimate(run, metrics, EstimateOptions())
     if recheck:  # a check stored by an earlier design of the check goes; the replays of validation stay
         run.forget("influence/_checks/")
@@ -124,9 +134,25 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
         out["loo_named"] = {label: {m: a.kendall_tau for m, a in validate(run, metrics, n=loo, selection="random",
                                                                           seed=0, options=options).items()}
                             for label, options in named.items()}  # the same replays, each estimate ranked
-    out["named"] = {label: result_name(options, Trace.load(run).final.shape[0]) for label, options in named.items()}
+    if not earlier:
+        out["named"] = {label: result_name(options, Trace.load(run).final.shape[0]) for label, options in named.items()}
     store.write_json(root / "_trust" / f"{case}-s{seed}.json", out)
     return out
+
+
+def _reusable(reuse: Path | None, case: str, seed: int, out: dict) -> dict | None:
+    path = reuse / f"{case}-s{seed}.json" if reuse else None
+    if path is None or not path.exists():
+        return None
+    earlier = json.loads(path.read_text())
+    # the same weights: the same id and test metrics (FID's last digits follow the evaluating thread count)
+    same = earlier["run_id"] == out["run_id"] and earlier["test"].keys() == out["test"].keys() and all(
+        math.isclose(earlier["test"][m], out["test"][m], rel_tol=1e-9) for m in out["test"])
+    if not same:
+        print(f"{path}: another run ({earlier['run_id']}, test {earlier['test']}); its validation is not reused",
+              file=sys.stderr)
+        return None
+    return earlier
 
 
 def full_levels(r: dict, m: str) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
@@ -218,6 +244,8 @@ def main() -> None:
     ap.add_argument("--recheck", action="store_true", help="drop stored checks first (after a change of the check)")
     ap.add_argument("--alternatives", action="store_true",
                     help="also no-propagation, TracIn-style and (Adam) frozen, scored on the same replays")
+    ap.add_argument("--reuse-validation", type=Path, metavar="DIR",
+                    help="take full validation from earlier result files (e.g. docs/results/trust) of the same runs")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     root = store.store_root(args.store)
@@ -229,9 +257,10 @@ def main() -> None:
     if bool(args.runs) == bool(args.case) or (args.runs and not args.label):
         ap.error("give --case, or --runs with --label")
     todo = ([lambda r=r: run_given(root, r, args.label, args.metrics, args.loo, args.groups, args.fractions,
-                                   args.check, args.recheck, args.alternatives) for r in args.runs]
+                                   args.check, args.recheck, args.alternatives, args.reuse_validation)
+             for r in args.runs]
             or [lambda s=s: run_case(root, args.case, s, args.loo, args.groups, args.fractions, args.set, args.check,
-                                     args.recheck, args.alternatives) for s in args.seeds])
+                                     args.recheck, args.alternatives, args.reuse_validation) for s in args.seeds])
     for job in todo:
         out = job()
         print(json.dumps({k: v for k, v in out.items() if k in ("case", "seed", "run_id", "pass_seconds", "check")}),

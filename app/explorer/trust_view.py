@@ -18,9 +18,10 @@ from influence.validation.trust import verdict
 from . import cache, figures, jobpanel, tables
 
 CHECK_HELP = ("After the pass, one replay of several removal sets measures the estimate: random groups of 5% of the "
-              "traced instances (a small LDS), the 5% most harmful and most helpful, and single images. full: over "
-              "all traced steps, 16 groups and 16 images; quick: over the last eighth of them, 12 groups and 8 "
-              "images (about the pass's own cost, but blind to the earlier steps); auto: full where the replays "
+              "traced instances (a small LDS), the 5% most harmful and most helpful, random single images (their "
+              "rank agreement) and the images with the largest scores. full: over all traced steps, 16 groups, 16 "
+              "random images and the 8 largest; quick: over the last eighth of them, 12 groups, 8 random images and "
+              "the 4 largest (blind to the earlier steps); auto: full where the replays "
               "run batched (small nets, GPU), quick otherwise; none: the verdict then says 'not checked'.")
 METHOD_HELP = ("exact: ASGD-Influence, the adjoint carried back through every traced step. The two baselines use the "
                "same trace without that recursion, to show what it buys: no propagation pairs the final metric "

@@ -188,9 +188,9 @@ def _check_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", default="auto", choices=["none", "auto", "quick", "full"],
                    help="spot check after the pass: replays of random groups, the most harmful and helpful sets and "
                         "single images that measure how far the estimate can be trusted (full: the whole trace, 16 "
-                        "groups and 16 singles; quick: groups and singles over the last eighth of the traced steps, "
-                        "the most harmful sets over all of them; auto: full where the lanes run batched, else "
-                        "quick; docs/trust.md)")
+                        "groups, 16 random singles and the 8 largest |scores|; quick: groups and singles over the "
+                        "last eighth of the traced steps, the most harmful sets over all of them; auto: full where "
+                        "the lanes run batched, else quick; docs/trust.md)")
 
 
 def estimate_options(args):

@@ -5,16 +5,18 @@ replay, on the evaluation the estimate targets (validation split, its fixed z):
 - groups: random removal sets, plus the most harmful and the most helpful set by the estimate:
   predicted (the sum of their scores) against actual, Pearson r and Spearman; and how the most
   harmful set moved the metric against what was predicted;
-- singles: the instances with the largest |score| and random ones: Kendall tau, signs.
+- singles: random instances, Kendall tau (what leave-one-out of random images measures); and apart from them
+  the instances with the largest |score|, whether each moved the predicted way. (Checks stored before 2026-12-05
+  took tau over a mix of both, which its cross pairs lift: 0.57 for estimates that are noise within each half.)
 
 Levels (`CHECK_LEVELS`):
-- full: the whole trace, 16 random groups of 5%, the harmful / helpful 5%, 16 singles. The random groups
-  give a small LDS (Spearman of summed estimates against actual changes), the measure of group validation.
-- quick: the random groups (12) and singles (8) over the last eighth of the traced steps
-  (`estimator.check_window`), compared with the scores those steps alone give (window_scores.npy), so that part
-  costs about one influence pass where lanes run one after another (conv nets on a CPU), and the helpful sets; each
-  metric's most harmful 5% over the whole trace, against the whole estimate: the window cannot see what the
-  earlier steps do to a large removal (docs/trust.md).
+- full: the whole trace, 16 random groups of 5%, the harmful / helpful 5%, 16 random singles and the 8
+  largest |scores|. The random groups give a small LDS (Spearman of summed estimates against actual changes),
+  the measure of group validation.
+- quick: the random groups (12) and singles (8 random, the 4 largest |scores|) over the last eighth of the
+  traced steps (`estimator.check_window`), compared with the scores those steps alone give (window_scores.npy),
+  and the helpful sets; each metric's most harmful 5% over the whole trace, against the whole estimate: the
+  window cannot see what the earlier steps do to a large removal (docs/trust.md).
 - auto (the default): full where the lanes run batched (small nets, or a GPU: the whole check is a few
   batched replays), quick otherwise. The check records the level it ran and why.
 Stored per named result: influence/_checks/<result name>-<level>.json; `trust.verdict` reads it.
@@ -44,14 +46,14 @@ from .replays import chunks, lane_tasks, lanes_per_task
 
 log = logging.getLogger(__name__)
 CHECK_LEVELS = ("none", "auto", "quick", "full")
-SETUP = {"quick": {"groups": 12, "fraction": 0.05, "singles": 8},
-         "full": {"groups": 16, "fraction": 0.05, "singles": 16}}
+SETUP = {"quick": {"groups": 12, "fraction": 0.05, "singles": 8, "top_singles": 4},
+         "full": {"groups": 16, "fraction": 0.05, "singles": 16, "top_singles": 8}}
 
 
 def auto_level(ctx: RunContext, trace: Trace, lanes: int | None = None) -> tuple[str, str]:
     """(level, why) for --check auto: full where the check's lanes run batched, quick where one after another."""
     setup = SETUP["full"]
-    plan = choose_plan(ctx, trace, setup["groups"] + 2 + setup["singles"], lanes)
+    plan = choose_plan(ctx, trace, setup["groups"] + 2 + setup["singles"] + setup["top_singles"], lanes)
     if plan.mode == "batched":
         return "full", f"auto: full, the lanes run batched ({plan.reason})"
     return "quick", f"auto: quick, the lanes run one after another ({plan.reason})"
@@ -166,8 +168,9 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
 def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int,
                 skip_sets: Collection[str] = ()) -> tuple[list[Lane], list[str]]:
     """The check's lanes and their kinds: random groups; per metric its harmful and helpful sets ("high:<m>",
-    "low:<m>": the largest and smallest scores; those in `skip_sets` left out); singles (half of them the largest
-    |score| of the first metric). Also the trace-lr probe's check (`tracelr`)."""
+    "low:<m>": the largest and smallest scores; those in `skip_sets` left out); random singles ("single"); the
+    instances with the largest |score| of the first metric ("top-single"). Also the trace-lr probe's check
+    (`tracelr`)."""
     seen = np.flatnonzero(trace.step_of_instance(n_train, first) >= 0)
     if len(seen) < 4:
         raise ConfigError(f"only {len(seen)} instances lie in the checked steps: too few to check")
@@ -180,12 +183,13 @@ def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.nda
     sets, set_kinds = extreme_sets(trace, n_train, first, scores, setup["fraction"], skip_sets)
     lanes, kinds = lanes + sets, kinds + set_kinds
     first_scores = next(iter(scores.values()))
-    n_single = min(setup["singles"], len(seen))
-    largest = seen[np.argsort(-np.abs(first_scores[seen]), kind="stable")][: n_single // 2]
-    rest = np.setdiff1d(seen, largest)
-    for j in np.concatenate([largest, rng.choice(rest, n_single - len(largest), replace=False)]):
-        lanes.append(Lane.of([j]))
-        kinds.append("single")
+    largest = seen[np.argsort(-np.abs(first_scores[seen]), kind="stable")][: setup.get("top_singles", 0)]
+    rest = np.setdiff1d(seen, largest)  # random singles apart from the largest: their tau is leave-one-out's
+    for kind, ids in (("single", rng.choice(rest, min(setup["singles"], len(rest)), replace=False)),
+                      ("top-single", largest)):
+        for j in ids:
+            lanes.append(Lane.of([j]))
+            kinds.append(kind)
     return lanes, kinds
 
 
@@ -215,17 +219,19 @@ def agreement(metric: str, kinds: list[str], lanes: list[Lane], predicted: np.nd
               sign: int) -> dict:
     """Predicted (`predicted`: each lane's summed scores for this metric) against actual changes per kind of
     lane, for one metric (sign: its harmful sign), on the lanes that judge it: the random groups, its own
-    harmful and helpful sets, the singles."""
+    harmful and helpful sets, the random singles, the singles with the largest |score|."""
     keep = [i for i, k in enumerate(kinds) if ":" not in k or k.endswith(f":{metric}")]
     kinds, lanes, actual = [kinds[i].split(":")[0] for i in keep], [lanes[i] for i in keep], [actual[i] for i in keep]
     predicted = np.asarray(predicted, dtype=np.float64)[keep]
     actual_arr = np.array(actual, dtype=np.float64)
-    is_group = np.array([k != "single" for k in kinds])
+    is_single, is_top = (np.array([k == kind for k in kinds]) for kind in ("single", "top-single"))
+    is_group = ~is_single & ~is_top
     harmful = kinds.index(harmful_side(sign))
     is_random = np.array([k == "random" for k in kinds])
     out = {"groups": _pairs(predicted[is_group], actual_arr[is_group]),
            "random_groups": _pairs(predicted[is_random], actual_arr[is_random]),
-           "singles": _pairs(predicted[~is_group], actual_arr[~is_group]),
+           "singles": _pairs(predicted[is_single], actual_arr[is_single]),
+           "top_singles": _pairs(predicted[is_top], actual_arr[is_top]),
            "harmful_set": {"size": int(len(lanes[harmful].removed)), "predicted": float(predicted[harmful]),
                            "actual": float(actual_arr[harmful])},
            "lanes": [{"kind": k, "size": int(len(lane.removed)), "predicted": float(p), "actual": float(a)}

@@ -164,8 +164,12 @@ def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
                else f"predicted vs actual r={g['pearson']:.2f} (with the most harmful and helpful sets)")
     harmful = (f"removing the {h['size']} most harmful changed {label} by {h['actual']:+.3g} "
                f"(predicted {h['predicted']:+.3g})")
-    singles = (f"on {s['n']} single images tau={s['kendall_tau']:.2f}"
-               f"{interval_phrase('kendall', s['kendall_tau'], s['n'])}")
+    singles = (f"on {s['n']} {'random ' if 'top_singles' in agreement else ''}single images tau="
+               f"{s['kendall_tau']:.2f}{interval_phrase('kendall', s['kendall_tau'], s['n'])}")
+    top = agreement.get("top_singles", {"n": 0})
+    if top["n"]:  # checks stored before 2026-12-05 took tau over these and random images together
+        singles += (f"; the {top['n']} largest |scores| moved the predicted way in "
+                    f"{round(top['signs_agree'] * top['n'])} of {top['n']}")
     if check["level"] == "quick" and check.get("sets_over_whole_trace"):
         return (f"replays over {where}: on {n_random} random groups of {size} images, {measure}; {singles}; over "
                 f"{whole}, {harmful}")
