@@ -87,7 +87,7 @@ def _sample(kind: str, n: int, population: float) -> np.ndarray:
     y = rho * _x(n) + math.sqrt(max(1 - rho * rho, 0.0)) * noise
     if kind == "kendall":
         i, j = np.triu_indices(n, 1)
-        return (x_part * np.sign(y[:, i] - y[:, j])).mean(axis=1)
+        return (x_part * np.sign(y[:, i] - y[:, j]).astype(np.int8)).mean(axis=1, dtype=np.float64)
     ry = y.argsort(axis=1).argsort(axis=1)
     return 1 - 6 * ((x_part - ry) ** 2).sum(axis=1) / (n * (n * n - 1))
 
@@ -97,14 +97,14 @@ def _x(n: int) -> np.ndarray:
     return np.random.default_rng([_SEED, n, 0]).standard_normal((DRAWS, n))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
 def _draws(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """What the statistic needs of x (the pairs' signs for Kendall, the ranks for Spearman) and the noise."""
     x = _x(n)
     noise = np.random.default_rng([_SEED, n, 1]).standard_normal((DRAWS, n))
     if kind == "kendall":
         i, j = np.triu_indices(n, 1)
-        return np.sign(x[:, i] - x[:, j]), noise
+        return np.sign(x[:, i] - x[:, j]).astype(np.int8), noise  # 4 MB at 64 pairs
     return x.argsort(axis=1).argsort(axis=1), noise
 
 
