@@ -112,6 +112,10 @@ def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_pat
     assert v["singles"] == "trustworthy" and v["singles_range"] == ["trustworthy", "rough"]
     assert "single-image ranks: trustworthy (8 single images cannot rule out rough)" in v["summary"]
     assert "tau=0.86 (95% interval 0.54 to 0.98)" in v["measured"]
+    # a check stored before the singles were random says that its tau mixed in the largest |scores|
+    older = {k: x for k, x in rough.items() if k != "top_singles"}
+    assert "a mix that reads high" in verdict(res, {**check, "per_metric": {"dloss": older}})["measured"]
+    assert "a mix that reads high" not in v["measured"]
     # ReLU units but float64: no cap; the same check of a ReLU net in float32 is capped (docs/trust.md)
     assert check["kinked_float32"] is False
     assert [has_kinks(preset(p).model) for p in ("toy2d", "dcgan32", "quick", "mnist-adam")] == [True, True, False, False]

@@ -166,8 +166,10 @@ def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
                f"(predicted {h['predicted']:+.3g})")
     singles = (f"on {s['n']} {'random ' if 'top_singles' in agreement else ''}single images tau="
                f"{s['kendall_tau']:.2f}{interval_phrase('kendall', s['kendall_tau'], s['n'])}")
-    top = agreement.get("top_singles", {"n": 0})
-    if top["n"]:  # checks stored before 2026-12-05 took tau over these and random images together
+    top = agreement.get("top_singles")
+    if top is None:  # a check stored before 2026-12-05 took tau over these and random images together
+        singles += " (half of them the largest |scores|, a mix that reads high; checks since rank random images)"
+    elif top["n"]:
         singles += (f"; the {top['n']} largest |scores| moved the predicted way in "
                     f"{round(top['signs_agree'] * top['n'])} of {top['n']}")
     if check["level"] == "quick" and check.get("sets_over_whole_trace"):
