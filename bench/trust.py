@@ -161,19 +161,19 @@ def full_levels(r: dict, m: str) -> tuple[tuple[str, list[str]], tuple[str, list
     the 5% most harmful (the cleansing curve: the metric must move the predicted way, for trustworthy within
     1/3..3 of the prediction); single images from leave-one-out tau. ("not measured", []) where it did not run."""
     absent = ("not measured", [])
-    agreement = {"singles": {"kendall_tau": r["loo"][m]["kendall_tau"], "n": r["loo"][m]["n"]}} if "loo" in r else {}
+    singles = groups = absent
+    if "loo" in r:
+        loo = {"singles": {"kendall_tau": r["loo"][m]["kendall_tau"], "n": r["loo"][m]["n"]}}
+        singles = (trust.single_level(loo), trust.single_levels(loo))
     row = next((row for row in r["groups"]["scores"][r["groups"]["result_in_use"]][m]
                 if abs(row["fraction"] - 0.05) < 1e-9), None) if "groups" in r else None
     top = next((row for row in r["groups"]["curve"][m] if row["kind"] == "top" and abs(row["fraction"] - 0.05) < 1e-9),
                None) if "groups" in r else None
     if row is not None and top is not None:  # the check's own rule, fed the whole trace's LDS and harmful set
-        agreement.update(random_groups={"spearman": row["spearman_valid"], "n": row["groups"]},
-                         harmful_set={"predicted": top["predicted"], "actual": top["actual_valid"]})
-    if not agreement:
-        return absent, absent
-    groups, singles = trust.levels({"singles": {"kendall_tau": math.nan, "n": 0}, "random_groups": {
-        "spearman": math.nan, "n": 0}, "harmful_set": {"predicted": 0.0, "actual": 0.0}, **agreement})
-    return (groups if "random_groups" in agreement else absent), (singles if "singles" in agreement else absent)
+        lds = {"random_groups": {"spearman": row["spearman_valid"], "n": row["groups"]},
+               "harmful_set": {"predicted": top["predicted"], "actual": top["actual_valid"]}}
+        groups = (trust.group_level(lds), trust.group_levels(lds))
+    return groups, singles
 
 
 def report(root: Path) -> None:
