@@ -10,9 +10,13 @@ Gaussian copula sets with one number): for a population value, the statistic's s
 pairs is simulated from fixed draws (deterministic; common to every population value, so its quantiles move
 monotonically and bisection finds the bounds); the interval holds every population value whose central
 `level` contains the measured one. It covers at the ends, a perfect ranking included, where Fisher's z does
-not (8 pairs at population tau 0.95: Fisher's z covered 46% of 4,000 draws). Above SIMULATED_MAX_N pairs (Kendall
-64, so leave-one-out of 200 images; Spearman 256), where simulating would cost seconds, Fisher's z with Fieller,
-Hartley & Pearson's variances (0.437 / (n - 4), 1.06 / (n - 3)) stands in; it covers less near 1 (docs/trust.md).
+not (8 pairs at population tau 0.95: Fisher's z covered 46% of 4,000 draws). Above SIMULATED_MAX_N pairs, where
+simulating would cost seconds: Kendall's tau (leave-one-out of 200 images) by the same construction with the
+statistic taken as normal, with its exact variance under the Gaussian copula (the U-statistic's, whose
+covariance term for the bivariate normal is 1/9 - (4/pi^2) arcsin^2(rho/2)), which vanishes as the population
+tau nears 1, so the interval narrows there as the statistic does (Fisher's z covered 0.875 at tau 0.99 and 200
+pairs); Spearman's rho (256 pairs and more, beyond anything the engine measures) by Fisher's z with Fieller,
+Hartley & Pearson's variance 1.06 / (n - 3).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def rank_interval(kind: str, value: float, n: int, level: float = LEVEL) -> tupl
         return -1.0, 1.0
     value = min(max(value, -1.0), 1.0)
     if n > SIMULATED_MAX_N[kind]:
-        return _fisher(kind, value, n, level)
+        return _kendall_normal(value, n, level) if kind == "kendall" else _fisher_spearman(value, n, level)
     tail = (1 - level) / 2
     # lo: the smallest population value whose upper quantile reaches the measured value; hi: the largest
     # whose lower quantile stays at or under it (both quantiles rise with the population value)
@@ -108,8 +112,26 @@ def _draws(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return x.argsort(axis=1).argsort(axis=1), noise
 
 
-def _fisher(kind: str, value: float, n: int, level: float) -> tuple[float, float]:
-    se = math.sqrt(0.437 / (n - 4) if kind == "kendall" else 1.06 / (n - 3))
+def kendall_sd(population: np.ndarray, n: int) -> np.ndarray:
+    """The standard deviation of Kendall's tau on n pairs of a Gaussian copula with that population tau:
+    (4 (n - 2) zeta1 + 2 (1 - tau^2)) / (n (n - 1)), zeta1 = 1/9 - (4/pi^2) arcsin^2(rho/2), rho = sin(pi tau / 2)."""
+    rho = np.sin(np.pi * population / 2)
+    zeta1 = 1 / 9 - (4 / np.pi**2) * np.arcsin(rho / 2) ** 2
+    return np.sqrt(np.maximum((4 * (n - 2) * zeta1 + 2 * (1 - population**2)) / (n * (n - 1)), 0.0))
+
+
+_GRID = np.linspace(-1.0, 1.0, 20001)  # population values 1e-4 apart, as the bisection's
+
+
+def _kendall_normal(value: float, n: int, level: float) -> tuple[float, float]:
+    """Every population tau whose central `level` range (normal, exact variance) holds the measured value."""
+    half = stats.norm.ppf(0.5 + level / 2) * kendall_sd(_GRID, n)
+    held = _GRID[np.abs(value - _GRID) <= half + _TIE]
+    return float(held.min().round(4)), float(held.max().round(4))
+
+
+def _fisher_spearman(value: float, n: int, level: float) -> tuple[float, float]:
+    se = math.sqrt(1.06 / (n - 3))
     z = math.atanh(min(max(value, -1 + 1e-12), 1 - 1e-12))
     half = stats.norm.ppf(0.5 + level / 2) * se
     return math.tanh(z - half), math.tanh(z + half)
