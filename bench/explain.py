@@ -12,6 +12,9 @@
     # ... on 1,000 digits trained long enough to memorise, the last 5 epochs traced
     .venv/bin/python bench/explain.py copies --variant mnist --n 1000 --work /tmp/x/copies-small \
         --set train.epochs=200 --set train.lr_schedule=196:4e-5:4e-5 --set train.trace_epochs=5
+    # ... on 1,000 digits, every one of 30 epochs traced (the copies before D saturates on them)
+    .venv/bin/python bench/explain.py copies --variant mnist --n 1000 --work /tmp/x/copies-all \
+        --set train.epochs=30 --set train.trace_epochs=30 --tag alltraced
     # accuracy on mnist-adam seeds 0-2 (unattended, resumable: every chunk of replays is saved under --out)
     .venv/bin/python bench/explain.py accuracy --preset mnist-adam --seeds 0 1 2 --store runs --out bench-out/explain
     .venv/bin/python bench/explain.py accuracy --preset mnist-adam --seeds 1 2 --loo-n 0 --store runs --out bench-out/explain
@@ -294,7 +297,7 @@ def cmd_copies(args) -> dict:
                      [int(j) in set(copy_ids.tolist()) for j in top]))
     ASSETS.mkdir(exist_ok=True)
     tags = [str(args.copies) if args.copies else "", f"n{args.n}" if args.n else "",
-            f"q{args.quantile:g}" if args.quantile != 0.995 else ""]
+            f"q{args.quantile:g}" if args.quantile != 0.995 else "", args.tag or ""]
     figure = ASSETS / f"explain-copies-{'-'.join([args.variant, *filter(None, tags)])}.png"
     _grid(rows).save(figure)
     out["figure"] = str(figure)
@@ -442,6 +445,8 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=5000)
     p.add_argument("--contrast", type=int, default=5, help="samples far from the planted image, for the copy flag")
     p.add_argument("--realism", action="store_true", help="also explain the nearest samples' realism")
+    p.add_argument("--tag", help="appended to the figure's name (assets/explain-copies-...-TAG.png): a run with other "
+                                 "--set values must not replace another's figure")
     a = sub.add_parser("accuracy")
     a.add_argument("--preset", default="mnist-adam")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
