@@ -114,6 +114,8 @@ SHOTS = [
     Shot("app-influence", "mnist", "influence", "Trust —"),
     Shot("app-influence-verdict", "mnist", "influence", "Trust —", [("scroll", "u is the metric's gradient")]),
     Shot("app-influence-detail", "mnist", "influence", "One instance in detail", [("scroll", "One instance in detail")]),
+    Shot("app-influence-replays", "toy", "influence", "Trust —",
+         [("click", "replays, predicted against actual"), ("top", "replays, predicted against actual")]),
     Shot("app-curate", "mnist", "curate", "Removal set"),
     Shot("app-cleanse", "mnist", "cleanse", "Where the samples changed"),
     Shot("app-cleanse-compare", "mnist", "cleanse", "Where the samples changed",

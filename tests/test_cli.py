@@ -16,6 +16,7 @@ from influence.cli import main, read_removal_csv
 from influence.cleanse import cleanse
 from influence.errors import ConfigError
 from influence.estimator import estimate, harmful_order
+from influence.validation.spotcheck import stored_check
 
 from _helpers import REPO, copy_run, tree
 
@@ -130,6 +131,12 @@ def test_estimate_prints_the_engines_numbers(capsys, cli_store, toy_run):
         assert result[m]["verdict"] == "reliable" and result[m]["traced_steps"] == 20
     # harmful: positive for ALL, negative for D-loss
     assert result["all"]["most_harmful"][0]["influence"] > 0 > result["dloss"]["most_harmful"][0]["influence"]
+    # the check behind the verdict (auto: full on the toy), replay by replay, and where it is stored
+    check = stored_check(run, result["all"]["result"])
+    assert check["level"] == "full" and result["all"]["check_file"].endswith(f"{result['all']['result']}-full.json")
+    assert json.loads(Path(result["all"]["check_file"]).read_text()) == check
+    for m in ("all", "dloss"):
+        assert result[m]["check_replays"] == check["per_metric"][m]["lanes"]
 
 
 def test_cleanse_from_a_csv_matches_the_engine(capsys, cli_store, toy_run, tmp_path):

@@ -358,6 +358,50 @@ def group_scatter(points: pd.DataFrame, metric: str, split: str = "valid", heigh
     return fig
 
 
+CHECK_KINDS = {  # a check lane's kind -> (legend name, colour, marker); "high"/"low" named by the metric's sign
+    "random": ("random groups", "#7f7f7f", "circle"), "harmful": ("most harmful 5%", HARMFUL, "diamond"),
+    "helpful": ("most helpful 5%", HELPFUL, "diamond"), "single": ("random images", "#7f7f7f", "circle-open"),
+    "top-single": ("largest |score|", "#9467bd", "square")}
+
+
+def check_kind(kind: str, metric: str) -> str:
+    """A stored lane kind in words: "high" / "low" sets become "harmful" / "helpful" by the metric's sign."""
+    if kind in ("high", "low"):
+        return "harmful" if (kind == "high") == (harmful_sign(metric) > 0) else "helpful"
+    return kind
+
+
+def check_replays(lanes: list[dict], metric: str, height: int = 380) -> go.Figure:
+    """The spot check's replays: each lane's predicted change (the sum of its images' estimates) against the actual
+    one (the lane minus lane 0 of the same replay), groups and single images side by side (their scales differ by
+    the group's size); the diagonal is 'predicted = actual'."""
+    label, side = METRIC_LABELS[metric], "positive" if harmful_sign(metric) > 0 else "negative"
+    panels = [("groups", lambda k: k not in ("single", "top-single")), ("single images", lambda k: k in
+                                                                         ("single", "top-single"))]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[name for name, _ in panels], horizontal_spacing=0.14)
+    for col, (_, keep) in enumerate(panels, start=1):
+        mine = [lane for lane in lanes if keep(check_kind(lane["kind"], metric))]
+        finite = [v for lane in mine for v in (lane["predicted"], lane["actual"]) if math.isfinite(v)]
+        for kind, (name, color, symbol) in CHECK_KINDS.items():
+            pts = [lane for lane in mine if check_kind(lane["kind"], metric) == kind]
+            if pts:
+                fig.add_scatter(x=[p["predicted"] for p in pts], y=[p["actual"] for p in pts], mode="markers",
+                                name=name, marker=dict(size=9, color=color, symbol=symbol, opacity=0.85),
+                                customdata=[p["size"] for p in pts], row=1, col=col,
+                                hovertemplate="%{customdata} removed: predicted %{x:.3g}, actual %{y:.3g}"
+                                              f"<extra>{name}</extra>")
+        if finite:
+            lo, hi = min(finite), max(finite)
+            fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="predicted = actual", row=1, col=col,
+                            line=dict(dash="dash", color="#888"), showlegend=col == 1, hoverinfo="skip")
+        fig.update_xaxes(title_text=f"predicted: sum of their estimates; {side} = harmful", row=1, col=col,
+                         **SCI_AXIS)
+    fig.update_yaxes(title_text=f"actual change of {label}<br>(replay without them)", row=1, col=1, **SCI_AXIS)
+    fig.update_yaxes(row=1, col=2, **SCI_AXIS)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOOLBAR_TOP, b=10))
+    return fig
+
+
 def cleansing_curve(rows: list[dict], metric: str, height: int = 380) -> go.Figure:
     """Remove the top-k by the estimate, and k random: predicted and actual change against k (one replay)."""
     label = METRIC_LABELS[metric]

@@ -13,7 +13,7 @@ from influence.honesty import scope_text, uninformative
 from influence.metrics import METRIC_LABELS
 from influence.validation.intervals import interval_text, rank_interval
 
-from .figures import class_label
+from .figures import CHECK_KINDS, check_kind, class_label
 from .numbers import percent, sci, signed
 from .numbers import value as metric_text
 
@@ -175,6 +175,26 @@ def compare_table(attempts: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.insert(0, "", frame.index)
     return frame
+
+
+def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
+    """The spot check's replays of one metric, one row a lane: what was removed, over which steps, predicted and
+    actual change, and whether they share a sign. A quick check replays its window (the last steps), but each
+    metric's most harmful set over the whole trace."""
+    whole, window = check["traced_steps"], check["window_steps"]
+
+    def steps(kind: str) -> str:
+        if check["level"] == "full" or window == whole or (kind == "harmful" and check.get("sets_over_whole_trace")):
+            return f"all {whole}"
+        return f"last {window} of {whole}"
+
+    rows = []
+    for lane in check["per_metric"][metric]["lanes"]:
+        kind = check_kind(lane["kind"], metric)
+        rows.append({"removed": CHECK_KINDS[kind][0], "images": lane["size"], "steps replayed": steps(kind),
+                     "predicted": sci(lane["predicted"]), "actual": sci(lane["actual"]),
+                     "same sign": "yes" if np.sign(lane["predicted"]) == np.sign(lane["actual"]) else "no"})
+    return pd.DataFrame(rows)
 
 
 def jaccard_note(n: int) -> str:

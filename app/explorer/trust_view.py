@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from influence.estimator import EstimateOptions, InfluenceResult
-from influence.metrics import METRIC_LABELS
+from influence.metrics import METRIC_LABELS, harmful_sign
 from influence.specs import estimate_spec
 from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.trust import verdict
@@ -53,6 +53,22 @@ def check_card(result: InfluenceResult, check: dict | None) -> None:
         st.warning(w, icon=":material/warning:")
     if result.meta.get("unmeasured_note"):
         st.caption(result.meta["unmeasured_note"] + ".")
+
+
+def replays(check: dict | None, metric: str) -> None:
+    """What the verdict rests on, lane by lane: each replay's predicted and actual change, below the card at the
+    page's width (checks stored before lanes were kept have none)."""
+    lanes = ((check or {}).get("per_metric", {}).get(metric) or {}).get("lanes")
+    if not lanes:
+        return
+    with st.expander(f"{METRIC_LABELS[metric]}: the check's {len(lanes)} replays, predicted against actual"):
+        st.plotly_chart(figures.check_replays(lanes, metric), key=f"check-replays-{check['result']}-{metric}")
+        st.caption("Each point is one replay of the traced steps without a set of training images. Predicted: the "
+                   "sum of their estimates; actual: that replay minus the replay with nothing removed (the same "
+                   "batched pass). On the diagonal the estimate was exact; in the right quadrants it had the sign "
+                   f"right. A {'positive' if harmful_sign(metric) > 0 else 'negative'} change means removing "
+                   f"them improved {METRIC_LABELS[metric]}: they were harmful.")
+        st.dataframe(tables.check_lanes_table(check, metric), hide_index=True)
 
 
 def options_of(result: InfluenceResult) -> EstimateOptions:

@@ -134,6 +134,7 @@ for metric, result in results.items():
         st.plotly_chart(figures.u_norm_figure(result.u_norms, getattr(result, "state_norms", None)),
                         key=f"u-{run_id}-{metric}")
         st.caption(U_NOTE)
+    trust_view.replays(check, metric)
 
 active = gallery_filter.get(run_id)
 if active is not None:

@@ -4,11 +4,13 @@ table, scatter, cleansing curve) on the Validate page, each read against the eng
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
 from apphelpers import open_app, texts, tiny_run_id, use_store
+from explorer.numbers import sci
 from explorer.trust_view import NARROW_HINT
 from influence import store
 from influence.estimator import EstimateOptions, cached_results, chosen_name
@@ -16,9 +18,14 @@ from influence.specs import estimate_spec
 from influence.validation.groups import GroupSpec, validate_groups
 from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.spotcheck import spot_check
+from influence.train import Trace
 from influence.validation.trust import verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def run_steps(run) -> int:
+    return Trace.load(run).steps
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +50,17 @@ def test_influence_page_states_the_measured_verdict(checked_store, monkeypatch):
     assert "Measured: " + expected["measured"] in said
     assert expected["measured"].startswith("replays over the last")
     assert (NARROW_HINT in said) == (len(expected["groups_range"]) > 1 or len(expected["singles_range"]) > 1)
+    # what the verdict rests on, replay by replay: the stored lanes, each point of the chart a row of the table
+    lanes = spot_check(run, ["fid"])["per_metric"]["fid"]["lanes"]
+    table = next(d.value for d in at.dataframe if "steps replayed" in d.value.columns)
+    assert len(table) == len(lanes) and list(table["images"]) == [lane["size"] for lane in lanes]
+    assert list(table["actual"]) == [sci(lane["actual"]) for lane in lanes]
+    assert set(table["removed"]) == {"random groups", "most harmful 5%", "most helpful 5%", "random images",
+                                     "largest |score|"}
+    assert set(table.loc[table["removed"] == "most harmful 5%", "steps replayed"]) == {f"all {run_steps(run)}"}
+    chart = json.loads(next(c for c in at.get("plotly_chart") if "check-replays" in c.proto.id).proto.spec)
+    points = [y for trace in chart["data"] if trace["mode"] == "markers" for y in trace["y"]]
+    assert sorted(points) == sorted(lane["actual"] for lane in lanes)
     # one instance in detail: the check's single-image level beside the growth verdict, in the table shown
     detail = next(d for d in at.dataframe if "single images (check)" in d.value.columns)
     fid = detail.value[detail.value["metric"] == "FID"].iloc[0]
