@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from influence.baselines import METHOD_LABELS
 from influence.estimator import GROWTH_DOUBTFUL, GROWTH_UNRELIABLE
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS, harmful_sign
+from influence.validation.spotcheck import harmful_side
 
 from .numbers import SCI_AXIS, SCI_COLORBAR
 
@@ -367,7 +368,7 @@ CHECK_KINDS = {  # a check lane's kind -> (legend name, colour, marker); "high"/
 def check_kind(kind: str, metric: str) -> str:
     """A stored lane kind in words: "high" / "low" sets become "harmful" / "helpful" by the metric's sign."""
     if kind in ("high", "low"):
-        return "harmful" if (kind == "high") == (harmful_sign(metric) > 0) else "helpful"
+        return "harmful" if kind == harmful_side(harmful_sign(metric)) else "helpful"
     return kind
 
 

@@ -67,7 +67,9 @@ def replays(check: dict | None, metric: str) -> None:
                    "sum of their estimates; actual: that replay minus the replay with nothing removed (the same "
                    "batched pass). On the diagonal the estimate was exact; in the right quadrants it had the sign "
                    f"right. A {'positive' if harmful_sign(metric) > 0 else 'negative'} change means removing "
-                   f"them improved {METRIC_LABELS[metric]}: they were harmful.")
+                   f"them improved {METRIC_LABELS[metric]}: they were harmful."
+                   + (" A quick check's replays over its last steps are predicted by the scores of those steps alone."
+                      if check["level"] == "quick" else ""))
         st.dataframe(tables.check_lanes_table(check, metric), hide_index=True)
 
 

@@ -113,8 +113,8 @@ def _draws(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kendall_sd(population: np.ndarray, n: int) -> np.ndarray:
-    """The standard deviation of Kendall's tau on n pairs of a Gaussian copula with that population tau:
-    (4 (n - 2) zeta1 + 2 (1 - tau^2)) / (n (n - 1)), zeta1 = 1/9 - (4/pi^2) arcsin^2(rho/2), rho = sin(pi tau / 2)."""
+    """The standard deviation of Kendall's tau on n pairs of a Gaussian copula with that population tau: the root
+    of (4 (n - 2) zeta1 + 2 (1 - tau^2)) / (n (n - 1)), zeta1 = 1/9 - (4/pi^2) arcsin^2(rho/2), rho = sin(pi tau/2)."""
     rho = np.sin(np.pi * population / 2)
     zeta1 = 1 / 9 - (4 / np.pi**2) * np.arcsin(rho / 2) ** 2
     return np.sqrt(np.maximum((4 * (n - 2) * zeta1 + 2 * (1 - population**2)) / (n * (n - 1)), 0.0))
