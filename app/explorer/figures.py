@@ -372,10 +372,11 @@ def check_kind(kind: str, metric: str) -> str:
     return kind
 
 
-def check_replays(lanes: list[dict], metric: str, height: int = 380) -> go.Figure:
+def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: int = 380) -> go.Figure:
     """The spot check's replays: each lane's predicted change (the sum of its images' estimates) against the actual
     one (the lane minus lane 0 of the same replay), groups and single images side by side (their scales differ by
-    the group's size); the diagonal is 'predicted = actual'."""
+    the group's size); the diagonal is 'predicted = actual'. mixed: a check from before 2026-12-05, whose
+    "single" lanes were half the largest |scores|."""
     label, side = METRIC_LABELS[metric], "positive" if harmful_sign(metric) > 0 else "negative"
     panels = [("groups", lambda k: k not in ("single", "top-single")), ("single images", lambda k: k in
                                                                          ("single", "top-single"))]
@@ -386,6 +387,7 @@ def check_replays(lanes: list[dict], metric: str, height: int = 380) -> go.Figur
         for kind, (name, color, symbol) in CHECK_KINDS.items():
             pts = [lane for lane in mine if check_kind(lane["kind"], metric) == kind]
             if pts:
+                name = "random and largest |score|" if mixed and kind == "single" else name
                 fig.add_scatter(x=[p["predicted"] for p in pts], y=[p["actual"] for p in pts], mode="markers",
                                 name=name, marker=dict(size=9, color=color, symbol=symbol, opacity=0.85),
                                 customdata=[p["size"] for p in pts], row=1, col=col,

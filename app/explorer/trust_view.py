@@ -62,7 +62,8 @@ def replays(check: dict | None, metric: str) -> None:
     if not lanes:
         return
     with st.expander(f"{METRIC_LABELS[metric]}: the check's {len(lanes)} replays, predicted against actual"):
-        st.plotly_chart(figures.check_replays(lanes, metric), key=f"check-replays-{check['result']}-{metric}")
+        mixed = "top_singles" not in check["per_metric"][metric]  # an older check's singles: random and largest
+        st.plotly_chart(figures.check_replays(lanes, metric, mixed), key=f"check-replays-{check['result']}-{metric}")
         st.caption("Each point is one replay of the traced steps without a set of training images. Predicted: the "
                    "sum of their estimates; actual: that replay minus the replay with nothing removed (the same "
                    "batched pass). On the diagonal the estimate was exact; in the right quadrants it had the sign "

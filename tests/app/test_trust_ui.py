@@ -112,3 +112,24 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("sum of the group's estimates" in s for s in specs)  # the LDS scatter, its axis in words
     assert any("most harmful first: actual" in s for s in specs)  # the cleansing curve
+
+
+def test_an_older_checks_singles_are_named_as_the_mix_they_were():
+    """Checks stored before 2026-12-05 took half their singles from the largest |scores|: the replays' table and
+    chart do not call them random; the quick check's window and whole-trace harmful set are told apart."""
+    from explorer.figures import check_replays
+    from explorer.tables import check_lanes_table
+
+    lanes = [{"kind": "random", "size": 5, "predicted": 0.1, "actual": 0.2},
+             {"kind": "low", "size": 5, "predicted": -0.3, "actual": -0.2},  # FID: low scores are the harmful set
+             {"kind": "single", "size": 1, "predicted": 0.01, "actual": -0.02}]
+    check = {"level": "quick", "traced_steps": 80, "window_steps": 10, "sets_over_whole_trace": True,
+             "per_metric": {"fid": {"lanes": lanes}}}
+    table = check_lanes_table(check, "fid")
+    assert list(table["removed"]) == ["random groups", "most harmful 5%", "single images (random and largest |score|)"]
+    assert list(table["steps replayed"]) == ["last 10 of 80", "all 80", "last 10 of 80"]
+    assert list(table["same sign"]) == ["yes", "yes", "no"]
+    names = {t.name for t in check_replays(lanes, "fid", mixed=True).data}
+    assert "random and largest |score|" in names and "random images" not in names
+    check["per_metric"]["fid"]["top_singles"] = {"n": 0}
+    assert check_lanes_table(check, "fid")["removed"].iloc[2] == "random images"
