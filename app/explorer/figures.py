@@ -372,6 +372,12 @@ def check_kind(kind: str, metric: str) -> str:
     return kind
 
 
+def lane_name(kind: str, mixed: bool) -> str:
+    """The legend's and the table's name of a lane kind (`check_kind`); mixed: a check stored before 2026-12-05,
+    whose "single" lanes were half the largest |scores| (its agreement has no "top_singles")."""
+    return "random and largest |score|" if mixed and kind == "single" else CHECK_KINDS[kind][0]
+
+
 def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: int = 380) -> go.Figure:
     """The spot check's replays: each lane's predicted change (the sum of its images' estimates) against the actual
     one (the lane minus lane 0 of the same replay), groups and single images side by side (their scales differ by
@@ -384,10 +390,10 @@ def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: i
     for col, (_, keep) in enumerate(panels, start=1):
         mine = [lane for lane in lanes if keep(check_kind(lane["kind"], metric))]
         finite = [v for lane in mine for v in (lane["predicted"], lane["actual"]) if math.isfinite(v)]
-        for kind, (name, color, symbol) in CHECK_KINDS.items():
+        for kind, (_, color, symbol) in CHECK_KINDS.items():
             pts = [lane for lane in mine if check_kind(lane["kind"], metric) == kind]
             if pts:
-                name = "random and largest |score|" if mixed and kind == "single" else name
+                name = lane_name(kind, mixed)
                 fig.add_scatter(x=[p["predicted"] for p in pts], y=[p["actual"] for p in pts], mode="markers",
                                 name=name, marker=dict(size=9, color=color, symbol=symbol, opacity=0.85),
                                 customdata=[p["size"] for p in pts], row=1, col=col,

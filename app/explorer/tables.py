@@ -13,7 +13,7 @@ from influence.honesty import scope_text, uninformative
 from influence.metrics import METRIC_LABELS
 from influence.validation.intervals import interval_text, rank_interval
 
-from .figures import CHECK_KINDS, check_kind, class_label
+from .figures import check_kind, class_label, lane_name
 from .numbers import percent, sci, signed
 from .numbers import value as metric_text
 
@@ -189,12 +189,11 @@ def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
         return f"last {window} of {whole}"
 
     agreement = check["per_metric"][metric]
-    mixed = "top_singles" not in agreement  # a check from before 2026-12-05: half its singles were the largest
     rows = []
     for lane in agreement["lanes"]:
         kind = check_kind(lane["kind"], metric)
-        name = "single images (random and largest |score|)" if mixed and kind == "single" else CHECK_KINDS[kind][0]
-        rows.append({"removed": name, "images": lane["size"], "steps replayed": steps(kind),
+        rows.append({"removed": lane_name(kind, "top_singles" not in agreement), "images": lane["size"],
+                     "steps replayed": steps(kind),
                      "predicted": sci(lane["predicted"]), "actual": sci(lane["actual"]),
                      "same sign": "yes" if np.sign(lane["predicted"]) == np.sign(lane["actual"]) else "no"})
     return pd.DataFrame(rows)

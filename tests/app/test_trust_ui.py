@@ -126,7 +126,7 @@ def test_an_older_checks_singles_are_named_as_the_mix_they_were():
     check = {"level": "quick", "traced_steps": 80, "window_steps": 10, "sets_over_whole_trace": True,
              "per_metric": {"fid": {"lanes": lanes}}}
     table = check_lanes_table(check, "fid")
-    assert list(table["removed"]) == ["random groups", "most harmful 5%", "single images (random and largest |score|)"]
+    assert list(table["removed"]) == ["random groups", "most harmful 5%", "random and largest |score|"]
     assert list(table["steps replayed"]) == ["last 10 of 80", "all 80", "last 10 of 80"]
     assert list(table["same sign"]) == ["yes", "yes", "no"]
     names = {t.name for t in check_replays(lanes, "fid", mixed=True).data}
