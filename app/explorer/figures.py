@@ -373,16 +373,15 @@ def check_kind(kind: str, metric: str) -> str:
 
 
 def lane_name(kind: str, mixed: bool) -> str:
-    """The legend's and the table's name of a lane kind (`check_kind`); mixed: a check stored before 2026-12-05,
-    whose "single" lanes were half the largest |scores| (its agreement has no "top_singles")."""
+    """The legend's and the table's name of a lane kind (`check_kind`); mixed: a check whose "single" lanes were
+    half the largest |scores| (`trust.mixed_singles`)."""
     return "random and largest |score|" if mixed and kind == "single" else CHECK_KINDS[kind][0]
 
 
 def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: int = 380) -> go.Figure:
     """The spot check's replays: each lane's predicted change (the sum of its images' estimates) against the actual
     one (the lane minus lane 0 of the same replay), groups and single images side by side (their scales differ by
-    the group's size); the diagonal is 'predicted = actual'. mixed: a check from before 2026-12-05, whose
-    "single" lanes were half the largest |scores|."""
+    the group's size); the diagonal is 'predicted = actual'. mixed: `trust.mixed_singles` of the check."""
     label, side = METRIC_LABELS[metric], "positive" if harmful_sign(metric) > 0 else "negative"
     panels = [("groups", lambda k: k not in ("single", "top-single")), ("single images", lambda k: k in
                                                                          ("single", "top-single"))]

@@ -12,6 +12,7 @@ from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult
 from influence.honesty import scope_text, uninformative
 from influence.metrics import METRIC_LABELS
 from influence.validation.intervals import interval_text, rank_interval
+from influence.validation.trust import mixed_singles
 
 from .figures import check_kind, class_label, lane_name
 from .numbers import percent, sci, signed
@@ -192,7 +193,7 @@ def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
     rows = []
     for lane in agreement["lanes"]:
         kind = check_kind(lane["kind"], metric)
-        rows.append({"removed": lane_name(kind, "top_singles" not in agreement), "images": lane["size"],
+        rows.append({"removed": lane_name(kind, mixed_singles(agreement)), "images": lane["size"],
                      "steps replayed": steps(kind),
                      "predicted": sci(lane["predicted"]), "actual": sci(lane["actual"]),
                      "same sign": "yes" if np.sign(lane["predicted"]) == np.sign(lane["actual"]) else "no"})

@@ -13,7 +13,7 @@ from influence.estimator import EstimateOptions, InfluenceResult
 from influence.metrics import METRIC_LABELS, harmful_sign
 from influence.specs import estimate_spec
 from influence.validation.intervals import interval_text, rank_interval
-from influence.validation.trust import verdict
+from influence.validation.trust import mixed_singles, stored_replays, verdict
 
 from . import cache, figures, jobpanel, tables
 
@@ -58,11 +58,11 @@ def check_card(result: InfluenceResult, check: dict | None) -> None:
 def replays(check: dict | None, metric: str) -> None:
     """What the verdict rests on, lane by lane: each replay's predicted and actual change, below the card at the
     page's width (checks stored before lanes were kept have none)."""
-    lanes = ((check or {}).get("per_metric", {}).get(metric) or {}).get("lanes")
+    lanes = stored_replays(check, metric)
     if not lanes:
         return
     with st.expander(f"{METRIC_LABELS[metric]}: the check's {len(lanes)} replays, predicted against actual"):
-        mixed = "top_singles" not in check["per_metric"][metric]  # an older check's singles: random and largest
+        mixed = mixed_singles(check["per_metric"][metric])
         st.plotly_chart(figures.check_replays(lanes, metric, mixed), key=f"check-replays-{check['result']}-{metric}")
         st.caption("Each point is one replay of the traced steps without a set of training images. Predicted: the "
                    "sum of their estimates; actual: that replay minus the replay with nothing removed (the same "

@@ -16,7 +16,7 @@ def cmd_estimate(args, root: Path) -> int:
     from ..estimator import estimate, harmful_order
     from ..specs import estimate_spec
     from ..validation.spotcheck import check_path, stored_check
-    from ..validation.trust import verdict
+    from ..validation.trust import stored_replays, verdict
 
     options = estimate_options(args)
     run = store.open_run(root, args.run)
@@ -50,7 +50,7 @@ def cmd_estimate(args, root: Path) -> int:
                   "trace_lr_warning": probe.get("warning"),
                   "result": name, "result_in_use": in_use, "trust": verdict(r, check),
                   # what the verdict rests on: each replay's predicted and actual change, and the stored check
-                  "check_replays": ((check or {}).get("per_metric", {}).get(m) or {}).get("lanes"),
+                  "check_replays": stored_replays(check, m),
                   "check_file": str(run.path(check_path(name, check["level"]))) if check else None,
                   "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
                                     "influence": float(r.scores[i])} for i in top],

@@ -150,6 +150,18 @@ def _single_words(level: str) -> str:
     return {"noise": "noise at this scale", "rough": "rough", "trustworthy": "trustworthy"}.get(level, level)
 
 
+def mixed_singles(agreement: dict) -> bool:
+    """A check stored before 2026-12-05: its "single" lanes were half the largest |scores| and half random, and its
+    tau was taken over that mix (it has no "top_singles")."""
+    return "top_singles" not in agreement
+
+
+def stored_replays(check: dict | None, metric: str) -> list[dict] | None:
+    """A stored check's replays of one metric (kind, size, predicted, actual per lane), None where it has none
+    (no check, another metric, or a check from before the lanes were kept)."""
+    return ((check or {}).get("per_metric", {}).get(metric) or {}).get("lanes")
+
+
 def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
     label = METRIC_LABELS[metric]
     g, s, h = agreement["groups"], agreement["singles"], agreement["harmful_set"]
@@ -164,10 +176,10 @@ def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
                else f"predicted vs actual r={g['pearson']:.2f} (with the most harmful and helpful sets)")
     harmful = (f"removing the {h['size']} most harmful changed {label} by {h['actual']:+.3g} "
                f"(predicted {h['predicted']:+.3g})")
-    singles = (f"on {s['n']} {'random ' if 'top_singles' in agreement else ''}single images tau="
+    singles = (f"on {s['n']} {'' if mixed_singles(agreement) else 'random '}single images tau="
                f"{s['kendall_tau']:.2f}{interval_phrase('kendall', s['kendall_tau'], s['n'])}")
     top = agreement.get("top_singles")
-    if top is None:  # a check stored before 2026-12-05 took tau over these and random images together
+    if mixed_singles(agreement):
         singles += " (half of them the largest |scores|, a mix that reads high; checks since rank random images)"
     elif top["n"]:
         singles += (f"; the {top['n']} largest |scores| moved the predicted way in "
