@@ -10,6 +10,7 @@ import streamlit as st
 from streamlit import config as st_config
 
 from explorer import jobpanel, state, widgets
+from influence.data.locations import ImagesMissing
 from influence.errors import InfluenceError, StoreError
 
 st.set_page_config(page_title="GAN Influence Explorer", page_icon="📊", layout="wide")
@@ -49,7 +50,10 @@ with st.sidebar:
         st.error(str(e), icon=":material/error:")
     st.caption(f"Store: `{root}`")
 
+widgets.relocated_flash()
 try:
     page.run()
+except ImagesMissing as e:  # moved images: the message and a form for their new place
+    widgets.images_missing(root, e)
 except InfluenceError as e:  # a problem the user can act on (bad input, damaged file): say it, no traceback
     st.error(str(e), icon=":material/error:")

@@ -54,7 +54,8 @@ FEATURE_LABELS = {
 def _key(data_identity: dict, **training) -> str:
     ident = dict(data_identity, n_train=None, **training)
     if ident.get("fingerprint"):  # own images: the same files are the same data set, wherever they lie
-        ident.pop("root")
+        ident.pop("root", None)  # in the identity of runs made before root_in_id
+        ident.pop("root_in_id", None)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -60,7 +60,7 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
     removed = check_removal_ids(removal_ids, ds.n_train)
     keep = np.setdiff1d(np.arange(ds.n_train), removed)
     target = Path(target).expanduser().absolute()
-    source = Path(cfg.data.root) if cfg.data.source == "folder" else None
+    source = Path(ds.notes.root) if ds.notes is not None else None  # own images: where they were read from
     try:
         target = target.resolve()
         _check_target(target, source)
@@ -76,7 +76,8 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
             _write_file(tmp / REMOVED, removal_frame(removed, ds, results, verdicts).to_csv(index=False).encode())
             manifest = {
                 "run_id": run.run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "source": cfg.data.source, "source_root": cfg.data.root, "n_train": ds.n_train,
+                "source": cfg.data.source, "source_root": str(source) if source else cfg.data.root,
+                "n_train": ds.n_train,
                 "n_removed": int(len(removed)), "n_exported": int(len(keep)), "files": files,
                 "why": why, "influence_result": name,
                 "estimate_options": next(iter(results.values())).meta["options"] if results else None,

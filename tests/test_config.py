@@ -95,7 +95,7 @@ def test_every_identity_field_changes_the_run_id():
     # Fields deliberately skipped: they only have one valid value for the tiny preset alone.
     assert keys - covered == {"data.source", "data.image_size", "model.bias", "data.dtype", "train.decoupled_wd",
                               "train.d_steps", "model.init_g", "model.init_d", "model.init_g_sha256",
-                              "model.init_d_sha256", "data.fingerprint",  # folder source: tests/test_sources.py
+                              "model.init_d_sha256", "data.fingerprint", "data.root_in_id",  # folder: test_sources
                               "model.init_opt_g", "model.init_opt_d", "model.init_opt_g_sha256",
                               "model.init_opt_d_sha256", "model.init_from_run", "train.trace_budget_mb",
                               "train.trace_lr_confirm"}

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from influence import classifier, store
 from influence.cli import main
-from influence.config import apply_overrides, preset
+from influence.config import RunConfig, apply_overrides, preset, validate
 from influence.context import RunContext
 from influence.data import load_dataset, prepare
 from influence.data.images import hold_out
@@ -61,7 +62,7 @@ def _one_error_line(capsys, argv: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- item 1: fingerprint, run id, refusal
-def test_fingerprint_and_absolute_root_enter_the_run_id(tmp_path, monkeypatch):
+def test_the_fingerprint_enters_the_run_id_and_the_root_is_made_absolute(tmp_path, monkeypatch):
     a, b = class_folder(tmp_path / "a" / "imgs"), class_folder(tmp_path / "b" / "imgs")
     (b / "c0" / "000.png").write_bytes(png(7))  # one file differs
     monkeypatch.chdir(tmp_path / "a")
@@ -76,6 +77,24 @@ def test_fingerprint_and_absolute_root_enter_the_run_id(tmp_path, monkeypatch):
     assert own_config(a).run_id != from_a.run_id  # one more file: another run
     # built-in data keep their ids (pinned in test_config), and need no fingerprint
     assert prepare(preset("tiny")).run_id == preset("tiny").run_id and preset("tiny").data.fingerprint is None
+
+
+def test_the_same_images_in_another_folder_are_the_same_run_and_older_runs_keep_their_ids(tmp_path):
+    a = class_folder(tmp_path / "a" / "imgs")
+    b = tmp_path / "b" / "imgs"
+    shutil.copytree(a, b)
+    from_a, from_b = own_config(a), own_config(b)
+    assert from_a.data.root != from_b.data.root and from_a.run_id == from_b.run_id  # bound by content alone
+    assert "root" not in from_a.identity()["data"] and from_a.identity()["data"]["root_in_id"] is False
+    # a run made before 2026-12-05 (its config.json has no root_in_id) keeps its path in its id, as it had it
+    old = {**from_a.to_dict(), "data": {k: v for k, v in from_a.to_dict()["data"].items() if k != "root_in_id"}}
+    legacy = RunConfig.from_dict(old)
+    data = legacy.identity()["data"]
+    assert data["root"] == str(a) and "root_in_id" not in data
+    assert legacy.run_id != from_a.run_id
+    assert legacy.run_id != dataclasses.replace(legacy, data=dataclasses.replace(legacy.data, root=str(b))).run_id
+    with pytest.raises(ConfigError, match="root_in_id=false needs data.fingerprint"):
+        validate(dataclasses.replace(from_a, data=dataclasses.replace(from_a.data, fingerprint=None)))
 
 
 def test_feature_net_cache_is_keyed_by_the_fingerprint_not_the_path(tmp_path):
@@ -154,6 +173,53 @@ def test_every_command_refuses_a_changed_source(own_run, tmp_path, capsys, chang
         assert "changed since this run was made" in line and says in line, (argv, line)
         assert "IndexError" not in line
     assert not (tmp_path / "out").exists()
+
+
+def test_moved_images_are_found_again_by_their_fingerprint(own_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "cache"))  # this test's own record of where images lie
+    run, images, cfg = _copy(own_run, tmp_path)
+    before = RunContext.create(cfg, run.root).dataset  # also puts the images' file list in the cache
+    moved = tmp_path / "elsewhere" / "imgs"
+    moved.parent.mkdir()
+    images.rename(moved)
+    base = ["--store", str(run.root)]
+    for argv in (["estimate", "--run", run.run_id, "--metric", "dloss"],
+                 ["validate", "--run", run.run_id, "--metric", "fid", "--n", "2"]):
+        line = _one_error_line(capsys, base + argv)
+        assert f"the images of this run are not at {images} (moved or deleted?)" in line, line
+        assert "gan-influence relocate --images NEW_PATH" in line
+    assert main(base + ["runs"]) == 0
+    assert f"  its images are not at {images}; if they moved: gan-influence relocate" in capsys.readouterr().out
+    # a place whose files differ is refused, naming the run and what differs; nothing is recorded
+    changed = tmp_path / "changed"
+    shutil.copytree(moved, changed)
+    (changed / "c0" / "005.png").write_bytes(png(250))
+    line = _one_error_line(capsys, base + ["relocate", "--images", str(changed)])
+    assert f"no run in {run.root} was trained on the images in {changed}" in line and "nothing recorded" in line
+    assert f"{run.run_id} (images were at {images}; against them: 1 file changed (c0/005.png))" in line
+    assert not (tmp_path / "cache" / "image-locations.json").exists()
+    assert main(base + ["relocate", "--images", str(moved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"images": str(moved), "fingerprint": cfg.data.fingerprint,
+                                                   "runs": {run.run_id: str(images)}}
+    assert main(base + ["runs", "--json"]) == 0
+    assert [r["images_found"] for r in json.loads(capsys.readouterr().out)] == [True]
+    after = RunContext.create(cfg, run.root).dataset  # the stored config, unchanged, reads the new place
+    assert torch.equal(after.train.x, before.train.x) and after.paths == before.paths
+    removal = tmp_path / "r.csv"
+    removal.write_text("id\n0\n")
+    assert main(base + ["export", "--run", run.run_id, "--removal", str(removal), "--to", str(tmp_path / "x")]) == 0
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["source_root"] == str(moved)
+    exported = {p.relative_to(tmp_path / "x").as_posix() for p in (tmp_path / "x").rglob("*.png")}
+    assert exported == set(after.train_paths) - {after.train_paths[0]}
+    # the images changed at their new place: refused there, as at the old one
+    (moved / "c0" / "005.png").write_bytes(png(250))
+    with pytest.raises(DataError, match=f"the images in {moved} changed since this run was made: 1 file changed"):
+        RunContext.create(cfg, run.root)
+    # a folder back at the recorded place is read from there again (a relocation only stands in for a missing one)
+    shutil.copytree(changed, images)
+    with pytest.raises(DataError, match=f"the images in {images} changed"):
+        RunContext.create(cfg, run.root)
 
 
 def test_the_refusal_counts_files_when_the_cache_forgot_them(own_run, tmp_path, monkeypatch):

@@ -112,11 +112,12 @@ def base_config(preset_name: str, data_key: str, data_root: str | None) -> RunCo
 
 def fields(cfg: RunConfig) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
     """(key, current value as text, help, choices or None) for every field the form shows (checksums of init
-    files and the images' fingerprint are recorded by the engine, not typed)."""
+    files and the images' fingerprint, with whether the root is in the id, are recorded by the engine, not
+    typed)."""
     values = _flat(cfg)
     return [(key, values[key], help_text, BOOL_CHOICES if isinstance(default, bool) else CHOICES.get(key))
             for key, default, help_text in describe_fields()
-            if key not in SET_BY_PAGE and not key.endswith(("_sha256", ".fingerprint"))]
+            if key not in SET_BY_PAGE and not key.endswith(("_sha256", ".fingerprint", ".root_in_id"))]
 
 
 def section_of(key: str) -> str:

@@ -10,8 +10,11 @@ import pandas as pd
 
 from influence.config import RunConfig
 from influence.data import SOURCE_RECORD
+from influence.data.locations import ImagesMissing
+from influence.errors import InfluenceError
 from influence.honesty import INFORMATIVE, feature_note, reference_line, uninformative
 from influence.metrics import METRIC_LABELS
+from influence.relocation import relocate
 
 from . import cache, numbers, state, tables
 
@@ -94,6 +97,34 @@ def source_notes(root: Path, run_id: str) -> None:
         if record.get(key):
             with st.expander(f"{len(record[key])} {what}", icon=":material/warning:"):
                 st.dataframe(pd.DataFrame(record[key]), hide_index=True)
+
+
+def images_missing(root: Path, error: ImagesMissing) -> None:
+    """The run's images are not where it recorded them: the message, and a form for their new place (accepted
+    only when the files there are the ones the run was trained on)."""
+    st.subheader("Where are this run's images?", anchor=False)
+    st.error(str(error), icon=":material/folder_off:")
+    if error.fingerprint is None:
+        return
+    with st.form("relocate-images"):
+        where = st.text_input("Where are the images now? A folder or .zip on this machine; the files must be the "
+                              "ones the run was trained on (their fingerprint is checked)", key="relocate-path")
+        if not st.form_submit_button("Point the runs there", icon=":material/drive_file_move:"):
+            return
+    try:
+        moved = relocate(root, where)
+    except InfluenceError as e:
+        st.error(str(e), icon=":material/error:")
+        return
+    st.session_state["relocated-flash"] = (f"The images in `{moved.root}` are the training images of "
+                                           f"{tables.plural(len(moved.runs), 'run')} of this store (the same "
+                                           "fingerprint); they are read from there from now on.")
+    st.rerun()
+
+
+def relocated_flash() -> None:
+    if "relocated-flash" in st.session_state:
+        st.success(st.session_state.pop("relocated-flash"), icon=":material/check_circle:")
 
 
 def require_run(root: Path) -> tuple[str, RunConfig]:

@@ -19,13 +19,13 @@ from ..removal import read_removal_csv  # noqa: E402, F401  (also the CLI's publ
 from .curating import MAX_REMOVAL_FILE_BYTES, cmd_cleanse, cmd_export  # noqa: E402, F401
 from .estimating import cmd_estimate, cmd_explain  # noqa: E402
 from .parser import build_parser  # noqa: E402
-from .training import cmd_finetune, cmd_runs, cmd_train  # noqa: E402
+from .training import cmd_finetune, cmd_relocate, cmd_runs, cmd_train  # noqa: E402
 from .validating import cmd_sweep, cmd_validate  # noqa: E402
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "runs": cmd_runs, "estimate": cmd_estimate,
-            "explain": cmd_explain, "cleanse": cmd_cleanse, "validate": cmd_validate, "sweep": cmd_sweep,
-            "export": cmd_export}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "runs": cmd_runs, "relocate": cmd_relocate,
+            "estimate": cmd_estimate, "explain": cmd_explain, "cleanse": cmd_cleanse, "validate": cmd_validate,
+            "sweep": cmd_sweep, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list cached runs")
     r.add_argument("--json", action="store_true")
 
+    rl = sub.add_parser("relocate", help="own images moved: point the runs trained on them to their new place (the "
+                        "files must be unchanged: their fingerprint is checked)")
+    rl.add_argument("--images", required=True, metavar="PATH", help="the folder or .zip where the images are now")
+    rl.add_argument("--json", action="store_true")
+
     e = sub.add_parser("estimate", help="estimate the influence of every training instance", description=SIGN_HELP)
     e.add_argument("--run", required=True)
     e.add_argument("--metric", action="append", required=True, help="is, fid, dloss (images) or all, dloss (2D); repeatable")

@@ -1,4 +1,4 @@
-"""train, finetune, runs: a run trained and reported (its numbers, what it started from, the traced rate)."""
+"""train, finetune, runs, relocate: a run trained and reported (its numbers, what it started from, the traced rate)."""
 
 from __future__ import annotations
 
@@ -150,6 +150,9 @@ def cmd_runs(args, root: Path) -> int:
     if foreign:  # on stderr: --json output stays the list of runs
         print(f"skipped {len(foreign)} folder(s) in the store that are not runs (not a run id): "
               + ", ".join(repr(f) for f in foreign), file=sys.stderr)
+    for r in runs:
+        if "config" in r:
+            r["images_found"] = _images_found(r["config"])
     if args.json:
         print(json.dumps([{k: v for k, v in r.items()} for r in runs], default=str))
         return 0
@@ -160,4 +163,31 @@ def cmd_runs(args, root: Path) -> int:
         state = "damaged: " + r["problem"] if "problem" in r else ("finished" if s else "unfinished")
         metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.3f}" for k, v in (s or {}).get("test", {}).items())
         print(f"{r['run_id']:<36} {state:<10} {metrics}")
+        if not r.get("images_found", True):
+            print(f"  its images are not at {r['config']['data']['root']}; if they moved: gan-influence relocate "
+                  "--images NEW_PATH")
+    return 0
+
+
+def _images_found(config: dict) -> bool:
+    from ..config import RunConfig
+    from ..data.locations import images_found
+
+    try:
+        return images_found(RunConfig.from_dict(config).data, store.cache_dir())
+    except (ConfigError, TypeError, KeyError):  # a config this version cannot read: `runs` still lists the run
+        return True
+
+
+def cmd_relocate(args, root: Path) -> int:
+    from ..relocation import relocate
+
+    moved = relocate(root, args.images)
+    if args.json:
+        print(json.dumps({"images": moved.root, "fingerprint": moved.fingerprint, "runs": moved.runs}))
+        return 0
+    print(f"the images in {moved.root} (fingerprint {moved.fingerprint[:12]}) are the ones {len(moved.runs)} run(s) "
+          "were trained on; they are read from there from now on:")
+    for run_id, was in moved.runs.items():
+        print(f"  {run_id} (recorded at {was})")
     return 0

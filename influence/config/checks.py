@@ -53,6 +53,8 @@ def validate(cfg: RunConfig) -> None:
         (d.source == "folder" or AUTO not in (d.color, d.image_size, d.n_valid, d.n_test),
          "data.color, data.image_size, data.n_valid and data.n_test can be auto for the folder source only"),
         (d.fingerprint is None or d.source == "folder", "data.fingerprint belongs to the folder source"),
+        (d.root_in_id or d.fingerprint is not None, "data.root_in_id=false needs data.fingerprint: a run must be "
+         "bound to its data by the folder's path or by the images' fingerprint"),
         (d.name is None or _PRESET_NAME.fullmatch(d.name) is not None,
          "data.name uses letters, digits, '-' and '_' (at most 40)"),
         (m.arch in ARCHS, f"model.arch must be one of {ARCHS}, got '{m.arch}'"),

@@ -50,8 +50,10 @@ class DataConfig:
     n_train: int | None = field(
         default=None, metadata={"help": "use a seeded random subset of this many training images"}
     )
+    # In the id only while root_in_id: own images are bound to a run by their fingerprint, not by where they lie
     root: str | None = field(
-        default=None, metadata={"help": "torchvision root folder, or a folder/zip of your images (made absolute)"}
+        default=None, metadata={"help": "torchvision root folder, or a folder/zip of your images (made absolute)",
+                                "in_id_when": ("root_in_id", (True,))}
     )
     image_size: int | str = field(default=28, metadata={
         "help": "images are resized to this square size: 28, 32, 64, or auto (folder source: the size the model "
@@ -86,6 +88,10 @@ class DataConfig:
     name: str | None = field(default=None, metadata={
         "help": "the data set's name in run ids and labels (folder source: the folder's or zip's name)",
         "id_omitted_at_default": True, "not_in_id": True})
+    root_in_id: bool = _added(True, "whether data.root is part of the run id: yes for runs made before "
+                              "2026-12-05; own images prepared since are bound to their runs by the fingerprint "
+                              "alone (recorded automatically), so the same images in another folder are the same "
+                              "run, and a moved folder keeps its runs")
 
 
 @dataclass(frozen=True)

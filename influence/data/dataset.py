@@ -26,6 +26,7 @@ class SourceNotes:
 
     fingerprint: str  # of the files as read (influence.data.fingerprint)
     n_files: int  # files listed (readable or not; links that leave the folder and ignored files not counted)
+    root: str  # where they were read from: data.root, or where they were relocated to
     links: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of symbolic links not followed
     renamed: list[tuple[str, str, str]] = field(default_factory=list)  # (name in the source, unique path, why)
 

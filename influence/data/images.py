@@ -1,10 +1,10 @@
 """A person's own folder or zip of PNG/JPEG images as a data set.
 
-Every load lists the source (influence.data.sources), reads and hashes every file (the fingerprint), refuses a
-source that changed since the run was made, and then decodes the images, or reads them from the cache of
-decoded sets when this fingerprint, colour and size were decoded before. Unreadable files are skipped and
-listed with their reason. The held-out splits honour data.n_valid / data.n_test; configs made before
-fingerprints existed (no data.fingerprint) keep their 10% + 10%.
+Every load lists the source (influence.data.sources; where a relocation put it, influence.data.locations),
+reads and hashes every file (the fingerprint), refuses a source that changed since the run was made, and then
+decodes the images, or reads them from the cache of decoded sets when this fingerprint, colour and size were
+decoded before. Unreadable files are skipped and listed with their reason. The held-out splits honour
+data.n_valid / data.n_test; configs made before fingerprints existed (no data.fingerprint) keep their 10% + 10%.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .cache import decoded_name, read_decoded, write_decoded
 from .dataset import Raw, SourceNotes
 from .decode import NotAnImage, PixelBudget, decode, header
 from .fingerprint import Record, check_unchanged, file_record, fingerprint, remember
+from .locations import source_root
 from .sources import Listing, Reader, list_source
 
 KEEP_BLOBS_BYTES = 2**31  # sources up to this size are read once; larger ones again to decode (on a cache miss)
@@ -31,12 +32,13 @@ def load_images(cfg: DataConfig, seed: int, cache_dir: Path) -> Raw:
     if unresolved:
         raise ConfigError(f"data.{unresolved[0]}=auto is read from the images when a config is made "
                           "(influence.data.prepare); this config was not prepared")
-    listing = list_source(cfg.root)
+    root = source_root(cfg, cache_dir)
+    listing = list_source(root)
     records, blobs = read_all(listing)
     fp = fingerprint(records)
     remember(cache_dir, fp, records)
     if cfg.fingerprint is not None:
-        check_unchanged(cfg.root, cfg.fingerprint, fp, records, cache_dir)
+        check_unchanged(root, cfg.fingerprint, fp, records, cache_dir)
     mode = "L" if cfg.color == "gray" else "RGB"
     name = decoded_name(fp, mode, cfg.image_size)
     cached = read_decoded(cache_dir, name)
@@ -50,7 +52,7 @@ def load_images(cfg: DataConfig, seed: int, cache_dir: Path) -> Raw:
             write_decoded(cache_dir, name, x, {"names": names, "skipped": skipped})
     if len(x) < 3:
         examples = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
-        raise DataError(f"{cfg.root}: {len(x)} readable PNG/JPEG image(s), at least 3 are needed"
+        raise DataError(f"{root}: {len(x)} readable PNG/JPEG image(s), at least 3 are needed"
                         + (f" ({len(skipped)} skipped, e.g. {examples})" if skipped else ""))
     labels, class_names = labels_of(names) if cfg.labels == "folders" else (None, None)
     if cfg.fingerprint is None:  # made before fingerprints: 10% valid, 10% test, at least one each
@@ -61,7 +63,7 @@ def load_images(cfg: DataConfig, seed: int, cache_dir: Path) -> Raw:
     # Each split keeps file order, so neighbouring training ids are neighbouring files.
     parts = {s: (x[i], None if labels is None else labels[i]) for s, i in index.items()}
     paths = {s: [names[j] for j in i] for s, i in index.items()}
-    notes = SourceNotes(fp, len(records), listing.links, listing.renamed)
+    notes = SourceNotes(fp, len(records), str(root), listing.links, listing.renamed)
     return Raw(parts=parts, class_names=class_names, skipped=skipped, paths=paths, notes=notes)
 
 

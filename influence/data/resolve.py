@@ -1,7 +1,8 @@
 """Making a config for own images: what the images decide, read from them once, when the config is made.
 
 `prepare(cfg)` (the CLI's train and sweep, the app's Train form) makes data.root absolute, records the
-source's fingerprint (it enters the run id), names the data set after the folder or zip, and resolves
+source's fingerprint (it enters the run id; the root does not, so a moved folder keeps its runs, `locations`),
+names the data set after the folder or zip, and resolves
 every `auto`: colour (rgb when the images hold colour), size (the size the model makes nearest above the
 images' own), held-out splits (10% each, at least 20) and the feature net (the classifier when every
 image lies in a class folder, else the autoencoder). `survey(root)` is what the app shows before that.
@@ -117,7 +118,7 @@ def prepare(cfg: RunConfig, found: Survey | None = None) -> RunConfig:
     found = found if found is not None and found.root == root else survey(root)
     labelled = d.labels == "folders" and found.has_labels
     data = dataclasses.replace(
-        d, root=root, fingerprint=found.fingerprint, name=d.name or data_set_name(root),
+        d, root=root, fingerprint=found.fingerprint, root_in_id=False, name=d.name or data_set_name(root),
         color=("rgb" if found.colour else "gray") if d.color == AUTO else d.color,
         image_size=found.size_for(cfg.model.arch) if d.image_size == AUTO else d.image_size,
         n_valid=found.auto_hold_out() if d.n_valid == AUTO else d.n_valid,

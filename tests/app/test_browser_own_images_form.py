@@ -129,3 +129,35 @@ def test_own_images_through_the_train_form(own_form_server):
         assert len(cards) == 25 and all(c.endswith("metric uninformative") for c in cards), cards[:3]
         assert page.locator('[data-testid="stException"]').count() == 0
         _shot(page, "gallery")
+
+
+def test_moved_images_are_pointed_to_in_the_browser(own_form_server):
+    """After the run above: its folder moved, an app started afresh (the running one keeps the images it read)
+    says on a page that reads them where they were and asks where they are now; the new place typed into the form
+    brings the gallery back (artifacts/own-form-moved*.png)."""
+    from playwright.sync_api import expect
+
+    _, root, images, _ = own_form_server
+    assert [r for r in root.iterdir() if r.name.startswith("shapes600-")], "the run of the test above"
+    moved = images.with_name("shapes600-moved")
+    images.rename(moved)
+    with serve_app(root, root.parent / "streamlit-moved.log") as url, browser_tab(height=1000) as page:
+        page.goto(f"{url}/curate")
+        missing = page.locator('[data-testid="stAlert"]').filter(has_text="the images of this run are not at")
+        expect(missing).to_be_visible(timeout=TIMEOUT_MS)
+        assert str(images) in missing.inner_text()
+        field = page.get_by_role("textbox", name=re.compile("Where are the images now"))
+        expect(field).to_be_visible()
+        page.wait_for_timeout(800)
+        field.fill(str(moved))
+        _shot(page, "moved")
+        page.get_by_role("button", name="Point the runs there").click()
+        done = page.locator('[data-testid="stAlert"]').filter(has_text="they are read from there from now on")
+        expect(done).to_be_visible(timeout=TIMEOUT_MS)
+        _settle(page)
+        assert str(moved) in done.inner_text() and missing.count() == 0
+        expect(page.locator("h1").first).to_have_text("Inspect and curate")
+        captions = page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
+        assert len([c for c in captions if c.startswith("FID ")]) == 25  # the gallery, read from the new place
+        assert page.locator('[data-testid="stException"]').count() == 0
+        _shot(page, "moved-found")

@@ -127,8 +127,8 @@ def test_uninformative_shows_in_the_sidebar_and_on_the_cleanse_page(uninformativ
     assert is_.proto.color != Metric.MetricColor.GRAY  # an informative metric keeps its good/bad colour
 
 
-def test_the_app_refuses_a_run_whose_images_changed(tmp_path, monkeypatch):
-    """Every page that reads the run's data says so in one message (issue 23 item 1), no traceback."""
+def _own_tiny_run(tmp_path, monkeypatch) -> tuple[RunConfig, Path]:
+    """A tiny run with influence on FID, on 72 grey images in two class folders; (config, images)."""
     from influence.config import apply_overrides, preset
     from influence.data import prepare
     from influence.estimator import estimate
@@ -143,9 +143,39 @@ def test_the_app_refuses_a_run_whose_images_changed(tmp_path, monkeypatch):
                                                    "train.batch_size=8"]))
     root = use_store(monkeypatch, tmp_path / "store")
     estimate(train(cfg, root), ["fid"])
+    return cfg, images
+
+
+def test_the_app_refuses_a_run_whose_images_changed(tmp_path, monkeypatch):
+    """Every page that reads the run's data says so in one message (issue 23 item 1), no traceback."""
+    cfg, images = _own_tiny_run(tmp_path, monkeypatch)
     (images / "c1" / "000.png").unlink()
     for page in ("influence", "curate"):  # the pages that read the data (a job started elsewhere fails the same way)
         at = open_app(page, cfg.run_id)
         assert not at.exception, page
         errors = " ".join(e.value for e in at.error)
         assert "changed since this run was made: 1 file removed (c1/000.png)" in errors, (page, errors)
+
+
+def test_the_app_takes_the_new_place_of_moved_images(tmp_path, monkeypatch):
+    """A moved folder: the page says where the images were and asks where they are now; a place holding other
+    files is refused, the right one is recorded and the page shows the run again."""
+    cfg, images = _own_tiny_run(tmp_path, monkeypatch)
+    monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "cache"))  # this test's own record of where images lie
+    moved = tmp_path / "moved"
+    images.rename(moved)
+    at = open_app("curate", cfg.run_id)
+    assert not at.exception
+    assert f"the images of this run are not at {images} (moved or deleted?)" in at.error[0].value
+    other = tmp_path / "other"
+    shutil.copytree(moved, other)
+    (other / "c0" / "000.png").unlink()
+    at.text_input(key="relocate-path").set_value(str(other))
+    next(b for b in at.button if b.label == "Point the runs there").click().run()
+    assert any("nothing recorded" in e.value for e in at.error)
+    at.text_input(key="relocate-path").set_value(str(moved))
+    next(b for b in at.button if b.label == "Point the runs there").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert f"The images in `{moved}` are the training images of 1 run of this store" in at.success[0].value
+    assert "`c1/016.png`" in texts(at)  # the gallery, with the files' paths
+    assert store.read_json(tmp_path / "cache" / "image-locations.json") == {cfg.data.fingerprint: str(moved)}

@@ -1,0 +1,74 @@
+"""Own images that moved: the runs trained on them pointed at their new place.
+
+The new place is accepted only when its files are the ones the runs were trained on (the same fingerprint);
+it is then recorded for every run with that fingerprint (`data.locations`), in every store of this user.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import store
+from .config import DataConfig, RunConfig
+from .data.cache import read_json_entry
+from .data.fingerprint import changes
+from .data.locations import ImagesMissing, record, source_root
+from .data.resolve import survey
+from .errors import ConfigError, DataError
+
+SHOWN = 3  # runs named in a message
+
+
+@dataclass
+class Relocation:
+    root: str  # the images' new place
+    fingerprint: str
+    runs: dict[str, str]  # run id -> the place it recorded (data.root)
+
+
+def relocate(store_root: Path, images: str | Path) -> Relocation:
+    """Record `images` as the place of the images some runs of the store were trained on; DataError naming
+    the closest runs and what differs when no run was trained on exactly these files."""
+    root = os.path.abspath(os.path.expanduser(str(images)))
+    found = survey(root)
+    own = _own_image_runs(store_root)
+    runs = {run_id: d.root for run_id, d in own.items() if d.fingerprint == found.fingerprint}
+    if not runs:
+        raise DataError(_no_match(store_root, root, found.fingerprint, own))
+    record(store.cache_dir(), found.fingerprint, root)
+    return Relocation(root, found.fingerprint, runs)
+
+
+def _own_image_runs(store_root: Path) -> dict[str, DataConfig]:
+    out = {}
+    for entry in store.list_runs(store_root):
+        try:
+            cfg = RunConfig.from_dict(entry["config"])
+        except (KeyError, TypeError, ConfigError):  # a damaged run: `runs` reports it
+            continue
+        if cfg.data.source == "folder" and cfg.data.fingerprint:
+            out[entry["run_id"]] = cfg.data
+    return out
+
+
+def _no_match(store_root: Path, root: str, fp: str, own: dict[str, DataConfig]) -> str:
+    """Which runs' images are missing, and how the files at `root` differ from theirs (from the cache's file
+    lists, when it still holds them)."""
+    head = f"no run in {store_root} was trained on the images in {root} (fingerprint {fp[:12]}); nothing recorded"
+    cache = store.cache_dir()
+    new = read_json_entry(cache, f"{fp}.files.json")
+    missing = []
+    for run_id, d in own.items():
+        try:
+            source_root(d, cache)
+        except ImagesMissing:
+            old = read_json_entry(cache, f"{d.fingerprint}.files.json")
+            diff = changes([tuple(r) for r in old], [tuple(r) for r in new]) if isinstance(old, list) and \
+                isinstance(new, list) else "its file list is no longer cached"
+            missing.append(f"{run_id} (images were at {d.root}; against them: {diff})")
+    if not missing:
+        return head + " (every own-images run of the store finds its images)"
+    more = f", and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
+    return f"{head}. Runs whose images are missing: {'; '.join(missing[:SHOWN])}{more}"
