@@ -180,11 +180,14 @@ def compare_table(attempts: list[dict]) -> pd.DataFrame:
 
 def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
     """The spot check's replays of one metric, one row a lane: what was removed, over which steps, predicted and
-    actual change, and whether they share a sign. A quick check replays its window (the last steps), but each
-    metric's most harmful set over the whole trace."""
+    actual change, and whether they share a sign. Each lane's first replayed step is stored with it; checks made
+    before that replayed a quick check's window (the last steps), but each metric's most harmful set over the
+    whole trace."""
     whole, window = check["traced_steps"], check["window_steps"]
 
-    def steps(kind: str) -> str:
+    def steps(lane: dict, kind: str) -> str:
+        if "first_step" in lane:
+            return f"all {whole}" if lane["first_step"] == 0 else f"last {whole - lane['first_step']} of {whole}"
         if check["level"] == "full" or window == whole or (kind == "harmful" and check.get("sets_over_whole_trace")):
             return f"all {whole}"
         return f"last {window} of {whole}"
@@ -194,7 +197,7 @@ def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
     for lane in agreement["lanes"]:
         kind = check_kind(lane["kind"], metric)
         rows.append({"removed": lane_name(kind, mixed_singles(agreement)), "images": lane["size"],
-                     "steps replayed": steps(kind),
+                     "steps replayed": steps(lane, kind),
                      "predicted": sci(lane["predicted"]), "actual": sci(lane["actual"]),
                      "same sign": "yes" if np.sign(lane["predicted"]) == np.sign(lane["actual"]) else "no"})
     return pd.DataFrame(rows)

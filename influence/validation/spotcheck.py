@@ -158,7 +158,7 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         # trust.verdict caps a quick check of such a run (docs/trust.md: the ReLU/float32 mnist-adam miss)
         "kinked_float32": has_kinks(ctx.cfg.model) and ctx.cfg.train.dtype == "float32",
         "per_metric": {m: agreement(m, kinds, lanes_list, np.array(predicted[m]), [a[m] for a in actual],
-                                    results[m].meta["harmful_sign"])
+                                    results[m].meta["harmful_sign"], starts)
                        for m in metrics},
     }
     run.write_json(rel, check)
@@ -216,12 +216,14 @@ def harmful_side(sign: int) -> str:
 
 
 def agreement(metric: str, kinds: list[str], lanes: list[Lane], predicted: np.ndarray, actual: list[float],
-              sign: int) -> dict:
+              sign: int, starts: list[int] | None = None) -> dict:
     """Predicted (`predicted`: each lane's summed scores for this metric) against actual changes per kind of
     lane, for one metric (sign: its harmful sign), on the lanes that judge it: the random groups, its own
-    harmful and helpful sets, the random singles, the singles with the largest |score|."""
+    harmful and helpful sets, the random singles, the singles with the largest |score|. `starts`: each lane's
+    first replayed step, kept with the lane."""
     keep = [i for i, k in enumerate(kinds) if ":" not in k or k.endswith(f":{metric}")]
     kinds, lanes, actual = [kinds[i].split(":")[0] for i in keep], [lanes[i] for i in keep], [actual[i] for i in keep]
+    firsts = [{"first_step": int(starts[i])} for i in keep] if starts is not None else [{}] * len(keep)
     predicted = np.asarray(predicted, dtype=np.float64)[keep]
     actual_arr = np.array(actual, dtype=np.float64)
     is_single, is_top = (np.array([k == kind for k in kinds]) for kind in ("single", "top-single"))
@@ -234,8 +236,8 @@ def agreement(metric: str, kinds: list[str], lanes: list[Lane], predicted: np.nd
            "top_singles": _pairs(predicted[is_top], actual_arr[is_top]),
            "harmful_set": {"size": int(len(lanes[harmful].removed)), "predicted": float(predicted[harmful]),
                            "actual": float(actual_arr[harmful])},
-           "lanes": [{"kind": k, "size": int(len(lane.removed)), "predicted": float(p), "actual": float(a)}
-                     for k, lane, p, a in zip(kinds, lanes, predicted, actual_arr)]}
+           "lanes": [{"kind": k, "size": int(len(lane.removed)), "predicted": float(p), "actual": float(a), **f}
+                     for k, lane, p, a, f in zip(kinds, lanes, predicted, actual_arr, firsts)]}
     return out
 
 

@@ -58,6 +58,10 @@ def test_influence_page_states_the_measured_verdict(checked_store, monkeypatch):
     assert set(table["removed"]) == {"random groups", "most harmful 5%", "most helpful 5%", "random images",
                                      "largest |score|"}
     assert set(table.loc[table["removed"] == "most harmful 5%", "steps replayed"]) == {f"all {run_steps(run)}"}
+    window = spot_check(run, ["fid"])["window_first_step"]  # each lane's first step, as stored with it
+    assert [lane["first_step"] for lane in lanes] == [0 if lane["kind"] == "low" else window for lane in lanes]
+    assert set(table.loc[table["removed"] != "most harmful 5%", "steps replayed"]) == {
+        f"last {run_steps(run) - window} of {run_steps(run)}"}
     chart = json.loads(next(c for c in at.get("plotly_chart") if "check-replays" in c.proto.id).proto.spec)
     points = [y for trace in chart["data"] if trace["mode"] == "markers" for y in trace["y"]]
     assert sorted(points) == sorted(lane["actual"] for lane in lanes)
