@@ -32,6 +32,8 @@ def relocate(store_root: Path, images: str | Path) -> Relocation:
     """Record `images` as the place of the images some runs of the store were trained on; DataError naming
     the closest runs and what differs when no run was trained on exactly these files."""
     root = os.path.abspath(os.path.expanduser(str(images)))
+    if not os.path.exists(root):
+        raise DataError(f"there is nothing at {root}: give the folder or .zip where the images are now")
     found = survey(root)
     own = _own_image_runs(store_root)
     runs = {run_id: d.root for run_id, d in own.items() if d.fingerprint == found.fingerprint}
@@ -68,6 +70,8 @@ def _no_match(store_root: Path, root: str, fp: str, own: dict[str, DataConfig]) 
             diff = changes([tuple(r) for r in old], [tuple(r) for r in new]) if isinstance(old, list) and \
                 isinstance(new, list) else "its file list is no longer cached"
             missing.append(f"{run_id} (images were at {d.root}; against them: {diff})")
+    if not own:
+        return head + " (the store has no run on own images)"
     if not missing:
         return head + " (every own-images run of the store finds its images)"
     more = f", and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""

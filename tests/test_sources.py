@@ -198,9 +198,14 @@ def test_moved_images_are_found_again_by_their_fingerprint(own_run, tmp_path, mo
     assert f"no run in {run.root} was trained on the images in {changed}" in line and "nothing recorded" in line
     assert f"{run.run_id} (images were at {images}; against them: 1 file changed (c0/005.png))" in line
     assert not (tmp_path / "cache" / "image-locations.json").exists()
+    line = _one_error_line(capsys, base + ["relocate", "--images", str(tmp_path / "nowhere")])
+    assert line == f"error: there is nothing at {tmp_path / 'nowhere'}: give the folder or .zip where the images are now"
     assert main(base + ["relocate", "--images", str(moved), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"images": str(moved), "fingerprint": cfg.data.fingerprint,
                                                    "runs": {run.run_id: str(images)}}
+    assert main(base + ["relocate", "--images", str(moved)]) == 0  # again: the same record, said in words
+    assert f"are the ones 1 run(s) were trained on; they are read from there from now on:\n  {run.run_id} (recorded " \
+           f"at {images})" in capsys.readouterr().out
     assert main(base + ["runs", "--json"]) == 0
     assert [r["images_found"] for r in json.loads(capsys.readouterr().out)] == [True]
     after = RunContext.create(cfg, run.root).dataset  # the stored config, unchanged, reads the new place
