@@ -3,6 +3,7 @@ good input gives the engine's own numbers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -229,3 +230,41 @@ def test_the_cli_waits_passively_for_openmp_unless_told_otherwise(given, expecte
     code = "import influence.cli, os, sys; sys.stdout.write(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out == expected
+
+
+def test_a_recorded_config_trains_the_same_run_bit_for_bit(capsys, toy_run, tmp_path):
+    """train --config: a run's config.json, in another store, gives the same run id and the same weights (the
+    same torch thread count); --seed gives the recipe's run at another seed."""
+    import numpy as np
+
+    from influence.config import RunConfig
+
+    config = toy_run.path("config.json")
+    root = tmp_path / "elsewhere"
+    assert main(["--store", str(root), "train", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == toy_run.run_id
+    again = store.open_run(root, toy_run.run_id)
+    assert np.array_equal(again.read_npy("weights/final.npy"), toy_run.read_npy("weights/final.npy"))
+    assert main(["--store", str(root), "train", "--config", str(config), "--seed", "1", "--json"]) == 0
+    recorded = RunConfig.from_dict(json.loads(config.read_text()))
+    assert json.loads(capsys.readouterr().out)["run_id"] == RunConfig.from_dict({**recorded.to_dict(), "seed": 1}).run_id
+
+
+def test_a_recorded_config_is_bound_to_its_inputs(capsys, cli_store, toy_run, tmp_path):
+    config = toy_run.path("config.json")
+    base = ["--store", str(cli_store), "train"]
+    _error(capsys, [*base, "--config", str(config), "--preset", "toy2d"], cli_store, "give --config or --preset, not both")
+    _error(capsys, [*base, "--config", str(tmp_path / "none.json")], cli_store, "--config: cannot read")
+    (tmp_path / "bad.json").write_text("{not json")
+    _error(capsys, [*base, "--config", str(tmp_path / "bad.json")], cli_store, "is not a run's config.json")
+    (tmp_path / "odd.json").write_text(json.dumps({**json.loads(config.read_text()), "colour": 1}))
+    _error(capsys, [*base, "--config", str(tmp_path / "odd.json")], cli_store, "unknown config key(s): colour")
+    # a pretrained file that is not the recorded one: another run under the same recipe, refused
+    g = tmp_path / "g.pt"
+    g.write_bytes(b"the generator it was made with")
+    d = json.loads(config.read_text())
+    d["model"] |= {"init_g": str(g), "init_g_sha256": hashlib.sha256(g.read_bytes()).hexdigest()}
+    (tmp_path / "init.json").write_text(json.dumps(d))
+    g.write_bytes(b"another generator")
+    _error(capsys, [*base, "--config", str(tmp_path / "init.json")], cli_store,
+           f"model.init_g: {g} is not the file {tmp_path / 'init.json'} was made with")

@@ -227,6 +227,27 @@ def test_moved_images_are_found_again_by_their_fingerprint(own_run, tmp_path, mo
         RunContext.create(cfg, run.root)
 
 
+def test_a_recorded_config_finds_its_images_elsewhere_by_fingerprint(own_run, tmp_path, capsys):
+    """train --config on another machine: the images lie elsewhere (--set data.root), the run is the same."""
+    run, images, cfg = own_run
+    here = tmp_path / "my_copy"
+    shutil.copytree(images, here)
+    config = run.path("config.json")
+    base = ["--store", str(tmp_path / "store"), "train", "--config", str(config), "--json"]
+    assert main([*base, "--set", f"data.root={here}"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == run.run_id
+    again = store.open_run(tmp_path / "store", run.run_id)
+    assert np.array_equal(again.read_npy("weights/final.npy"), run.read_npy("weights/final.npy"))
+    (here / "c0" / "005.png").write_bytes(png(250))
+    line = _one_error_line(capsys, [*base, "--set", f"data.root={here}", "--seed", "1"])
+    assert f"the images in {here} changed since this run was made: 1 file changed (c0/005.png)" in line
+    missing = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(tmp_path / "gone")))
+    (tmp_path / "gone.json").write_text(json.dumps(missing.to_dict()))
+    line = _one_error_line(capsys, ["--store", str(tmp_path / "store"), "train", "--config", str(tmp_path / "gone.json")])
+    assert line.endswith(f"not at {tmp_path / 'gone'} (moved or deleted?). Give their place here with --set "
+                         f"data.root=PATH (the files must be the ones {tmp_path / 'gone.json'} was made with).")
+
+
 def test_the_refusal_counts_files_when_the_cache_forgot_them(own_run, tmp_path, monkeypatch):
     run, images, cfg = _copy(own_run, tmp_path)
     monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "fresh-cache"))

@@ -43,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a GAN and record its trace", epilog="config keys for --set:\n" + keys,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of {', '.join(PRESETS)}")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
+    t.add_argument("--config", metavar="FILE", help="train a recorded config again: a run's config.json, from this or "
+                   "another store or machine. The same config gives the same run id and, at the same torch thread "
+                   "count and device, the same run bit for bit. --seed and --set still apply (e.g. --set "
+                   "data.root=PATH where its images lie here); its images' fingerprint and pretrained files' "
+                   "checksums must be the recorded ones")
+    t.add_argument("--seed", type=int, default=None, help="default 0, or the config's (--config)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--init-g", metavar="FILE", help="start G from this state dict (.pt, loaded weights_only, or "
                    ".safetensors) of the configured architecture; the run fine-tunes it (= --set model.init_g=FILE)")

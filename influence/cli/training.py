@@ -15,18 +15,51 @@ from .follow import run_or_follow
 
 
 def cmd_train(args, root: Path) -> int:
-    from ..config import apply_overrides, preset
-    from ..data import describe, prepare, survey
+    from ..config import DEFAULT_PRESET, apply_overrides, preset
 
     init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
     rate = [f"train.trace_lr={args.trace_lr}"] if args.trace_lr else []
-    raw = apply_overrides(preset(args.preset, args.seed), args.set + init + rate)
+    if args.config:
+        if args.preset:
+            raise ConfigError("--config names its own preset: give --config or --preset, not both")
+        return _train_recorded(args, root, init + rate)
+    raw = apply_overrides(preset(args.preset or DEFAULT_PRESET, args.seed or 0), args.set + init + rate)
+    return train_and_report(_prepared(raw), root, args.json)
+
+
+def _prepared(raw):
+    """The config ready to train; own images: read from them, and what was read said."""
+    from ..data import describe, prepare, survey
+
     own = raw.data.source == "folder" and raw.data.root
     found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if own else None
     cfg = prepare(raw, found)  # own images: fingerprint, name, and every auto read from the images
     if found is not None:
         print(f"your images: {describe(cfg, found)}", file=sys.stderr)
-    return train_and_report(cfg, root, args.json)
+    return cfg
+
+
+def _train_recorded(args, root: Path, assignments: list[str]) -> int:
+    """train --config: the recorded config (with --seed and --set) trained again, bound to the same inputs."""
+    import dataclasses
+
+    from ..config import apply_overrides, check_same_inputs, read_config_file
+    from ..data.locations import ImagesMissing
+
+    recorded = read_config_file(args.config)
+    seed = [f"seed={args.seed}"] if args.seed is not None else []
+    cfg = apply_overrides(recorded, args.set + assignments + seed)
+    check_same_inputs(recorded, cfg, args.config)
+    d = cfg.data
+    if d.source == "folder" and d.fingerprint and d.root:  # prepared: its images are checked against the fingerprint
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, root=os.path.abspath(os.path.expanduser(d.root))))
+    else:
+        cfg = _prepared(cfg)
+    try:
+        return train_and_report(cfg, root, args.json)
+    except ImagesMissing as e:
+        raise ImagesMissing(e.root, None, f" Give their place here with --set data.root=PATH (the files must be "
+                                          f"the ones {args.config} was made with).") from None
 
 
 def train_and_report(cfg, root: Path, as_json: bool) -> int:

@@ -2,13 +2,15 @@
 
 A run is fully described by a `RunConfig`; its run id is a hash of the canonical JSON of that config (seed
 included), so the same config always maps to the same cached run on disk. `schema`: the sections and the id;
-`presets`; `overrides`: `--set` and own images' defaults; `checks`: `validate`; `init_files`: pretrained files.
+`presets`; `overrides`: `--set` and own images' defaults; `checks`: `validate`; `init_files`: pretrained files;
+`recorded`: a run's config.json read back to train it again.
 """
 
 from .checks import validate
 from .init_files import INIT_FILES, MAX_INIT_BYTES, read_init_file, with_init_checksums
 from .overrides import apply_overrides, describe_fields, own_images_defaults
 from .presets import DEFAULT_PRESET, PRESETS, preset
+from .recorded import check_same_inputs, read_config_file
 from .schema import (
     ACTIVATIONS,
     ARCH_SIZES,
@@ -70,4 +72,6 @@ __all__ = [
     "read_init_file",
     "validate",
     "with_init_checksums",
+    "check_same_inputs",
+    "read_config_file",
 ]

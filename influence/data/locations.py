@@ -23,10 +23,11 @@ LOCATIONS = "image-locations.json"
 class ImagesMissing(DataError):
     """A run's images are not where it recorded them (nor where a relocation put them)."""
 
-    def __init__(self, root: str, fingerprint: str | None):
-        self.root, self.fingerprint = root, fingerprint
-        hint = (" If you moved them, point the run to their new place (the files must be unchanged): "
-                "gan-influence relocate --images NEW_PATH" if fingerprint else "")
+    def __init__(self, root: str, fingerprint: str | None, hint: str | None = None):
+        self.root, self.fingerprint = root, fingerprint  # no fingerprint: nothing to relocate by
+        if hint is None:
+            hint = (" If you moved them, point the run to their new place (the files must be unchanged): "
+                    "gan-influence relocate --images NEW_PATH" if fingerprint else "")
         super().__init__(f"the images of this run are not at {root} (moved or deleted?).{hint}")
 
 
