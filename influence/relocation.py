@@ -14,7 +14,7 @@ from . import store
 from .config import DataConfig, RunConfig
 from .data.cache import read_json_entry
 from .data.fingerprint import changes
-from .data.locations import ImagesMissing, record, source_root
+from .data.locations import images_found, record
 from .data.resolve import survey
 from .errors import ConfigError, DataError
 
@@ -63,13 +63,12 @@ def _no_match(store_root: Path, root: str, fp: str, own: dict[str, DataConfig]) 
     new = read_json_entry(cache, f"{fp}.files.json")
     missing = []
     for run_id, d in own.items():
-        try:
-            source_root(d, cache)
-        except ImagesMissing:
-            old = read_json_entry(cache, f"{d.fingerprint}.files.json")
-            diff = changes([tuple(r) for r in old], [tuple(r) for r in new]) if isinstance(old, list) and \
-                isinstance(new, list) else "its file list is no longer cached"
-            missing.append(f"{run_id} (images were at {d.root}; against them: {diff})")
+        if images_found(d, cache):
+            continue
+        old = read_json_entry(cache, f"{d.fingerprint}.files.json")
+        diff = changes([tuple(r) for r in old], [tuple(r) for r in new]) if isinstance(old, list) and \
+            isinstance(new, list) else "its file list is no longer cached"
+        missing.append(f"{run_id} (images were at {d.root}; against them: {diff})")
     if not own:
         return head + " (the store has no run on own images)"
     if not missing:

@@ -58,8 +58,8 @@ def _train_recorded(args, root: Path, assignments: list[str]) -> int:
     try:
         return train_and_report(cfg, root, args.json)
     except ImagesMissing as e:
-        raise ImagesMissing(e.root, None, f" Give their place here with --set data.root=PATH (the files must be "
-                                          f"the ones {args.config} was made with).") from None
+        raise ImagesMissing(e.root, e.fingerprint, f" Give their place here with --set data.root=PATH (the files "
+                                                   f"must be the ones {args.config} was made with).") from None
 
 
 def train_and_report(cfg, root: Path, as_json: bool) -> int:
