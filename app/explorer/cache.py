@@ -89,6 +89,12 @@ def summary(root: str, run_id: str) -> dict:
     return store.open_run(Path(root), run_id).read_json("summary.json")
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def training_conditions(root: str, run_id: str) -> dict | None:
+    """Threads, device, dtype and torch version training ran under (None: not recorded, an older run)."""
+    return store.open_run(Path(root), run_id).read_json("trace/meta.json").get("conditions")
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def history(root: str, run_id: str) -> list[dict]:
     return load_history(store.open_run(Path(root), run_id))

@@ -214,3 +214,20 @@ def save_upload(root: Path, name: str, data: bytes) -> Path:
 def _safe(name: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name)[:60] or "upload"
     return stem if stem.lower().endswith(".zip") else stem + ".zip"
+
+
+def reproduce_note(config_path: Path, cfg: RunConfig, conditions: dict | None) -> str:
+    """How to train this run again, and under which conditions it comes out bit for bit the same."""
+    where = (" With its images elsewhere, add `--set data.root=PATH` (their fingerprint must match)."
+             if cfg.data.source == "folder" else "")
+    if conditions is None:
+        bits = "Training's conditions (threads, device) were not recorded for this run, so whether another run "
+        bits += "comes out bit for bit the same is not known."
+    else:  # on a CPU the thread count splits reductions (influence.conditions); on CUDA it does not matter
+        device = conditions["device"]
+        on = f"{conditions['threads']} torch thread{'s' if conditions['threads'] != 1 else ''} on the CPU" \
+            if device == "cpu" else device
+        bits = (f"It gives the same run id, and the same weights bit for bit under training's conditions: {on}, "
+                f"{conditions['dtype']}, torch {conditions['torch']}.")
+    return (f"Train this run again, in this or another store or on another machine: `gan-influence train --config "
+            f"{config_path}`.{where} {bits}")

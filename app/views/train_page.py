@@ -1,6 +1,8 @@
 """Train or load: pick a data set and a preset (or edit hyperparameters) and train in the background,
 or load a cached run; the current run's samples per epoch and training curves."""
 
+import json
+
 import pandas as pd
 import streamlit as st
 
@@ -298,7 +300,12 @@ with right:
                                                                 for c in table.columns[:6]})
             if probe.get("warning"):
                 st.warning(probe["warning"] + ".", icon=":material/warning:")
-    with st.expander("Configuration"):
-        st.json(cache.config(str(root), run_id))
+    with st.expander("Configuration, and how to train this run again"):
+        recorded = cache.config(str(root), run_id)
+        st.markdown(trainform.reproduce_note(root / run_id / "config.json", cfg,
+                                             cache.training_conditions(str(root), run_id)))
+        st.download_button("Download config.json", json.dumps(recorded, indent=1), file_name=f"{run_id}.config.json",
+                           mime="application/json", icon=":material/download:")
+        st.json(recorded)
 st.page_link(INFLUENCE_PAGE, label="Next: estimate the influence of each training instance",
              icon=":material/arrow_forward:")

@@ -192,3 +192,21 @@ def test_start_from_a_trained_gan_checks_the_files_and_builds_the_finetune_spec(
     assert config == configure(app_store, 1, "0.003", from_run_id=source)
     assert (config.train.trace_lr, config.train.lr_d, config.model.init_from_run) == ("check", 0.003, source)
     assert config.model.init_opt_d is None  # fresh
+
+
+def test_the_current_run_says_how_to_train_it_again(app_store):
+    """The command that reproduces the run (tests/test_cli.py checks that it does), the conditions training
+    recorded, and its config.json to download."""
+    from influence import store
+
+    run_id = tiny_run_id(app_store)
+    run = store.open_run(app_store, run_id)
+    conditions = run.read_json("trace/meta.json")["conditions"]
+    at = open_app("train", run_id)
+    assert not at.exception
+    said = texts(at)
+    assert f"`gan-influence train --config {app_store / run_id / 'config.json'}`" in said
+    threads = conditions["threads"]
+    assert (f"the same weights bit for bit under training's conditions: {threads} torch thread"
+            f"{'s' if threads != 1 else ''} on the CPU, {conditions['dtype']}, torch {conditions['torch']}.") in said
+    assert "Download config.json" in [b.proto.label for b in at.get("download_button")]
