@@ -216,18 +216,22 @@ def _safe(name: str) -> str:
     return stem if stem.lower().endswith(".zip") else stem + ".zip"
 
 
-def reproduce_note(config_path: Path, cfg: RunConfig, conditions: dict | None) -> str:
-    """How to train this run again, and under which conditions it comes out bit for bit the same."""
-    where = (" With its images elsewhere, add `--set data.root=PATH` (their fingerprint must match)."
+def reproduce_command(config_path: Path) -> str:
+    return f"gan-influence train --config {config_path}"
+
+
+def reproduce_note(cfg: RunConfig, conditions: dict | None) -> str:
+    """Where the command that trains this run again works, and under which conditions it gives the same run bit
+    for bit."""
+    where = (" Where its images lie elsewhere, add `--set data.root=PATH` (their fingerprint must match)."
              if cfg.data.source == "folder" else "")
     if conditions is None:
-        bits = "Training's conditions (threads, device) were not recorded for this run, so whether another run "
-        bits += "comes out bit for bit the same is not known."
+        bits = ("Training's conditions (threads, device) were not recorded for this run, so whether another run comes "
+                "out bit for bit the same is not known.")
     else:  # on a CPU the thread count splits reductions (influence.conditions); on CUDA it does not matter
         device = conditions["device"]
         on = f"{conditions['threads']} torch thread{'s' if conditions['threads'] != 1 else ''} on the CPU" \
             if device == "cpu" else device
         bits = (f"It gives the same run id, and the same weights bit for bit under training's conditions: {on}, "
                 f"{conditions['dtype']}, torch {conditions['torch']}.")
-    return (f"Train this run again, in this or another store or on another machine: `gan-influence train --config "
-            f"{config_path}`.{where} {bits}")
+    return f"The command below trains this run again, in this or another store or on another machine.{where} {bits}"

@@ -302,8 +302,8 @@ with right:
                 st.warning(probe["warning"] + ".", icon=":material/warning:")
     with st.expander("Configuration, and how to train this run again"):
         recorded = cache.config(str(root), run_id)
-        st.markdown(trainform.reproduce_note(root / run_id / "config.json", cfg,
-                                             cache.training_conditions(str(root), run_id)))
+        st.markdown(trainform.reproduce_note(cfg, cache.training_conditions(str(root), run_id)))
+        st.code(trainform.reproduce_command(root / run_id / "config.json"), language="bash", wrap_lines=True)
         st.download_button("Download config.json", json.dumps(recorded, indent=1), file_name=f"{run_id}.config.json",
                            mime="application/json", icon=":material/download:")
         st.json(recorded)

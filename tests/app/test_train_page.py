@@ -205,7 +205,7 @@ def test_the_current_run_says_how_to_train_it_again(app_store):
     at = open_app("train", run_id)
     assert not at.exception
     said = texts(at)
-    assert f"`gan-influence train --config {app_store / run_id / 'config.json'}`" in said
+    assert [c.value for c in at.code] == [f"gan-influence train --config {app_store / run_id / 'config.json'}"]
     threads = conditions["threads"]
     assert (f"the same weights bit for bit under training's conditions: {threads} torch thread"
             f"{'s' if threads != 1 else ''} on the CPU, {conditions['dtype']}, torch {conditions['torch']}.") in said
