@@ -11,6 +11,7 @@ from explorer.widgets import INFLUENCE_PAGE
 from influence import jobs, store
 from influence.config import DEFAULT_PRESET, RunConfig
 from influence.data import Survey, prepare
+from influence.data.locations import stored_run_images_found
 from influence.errors import ConfigError, InfluenceError
 from influence.finetune import configure, from_files
 from influence.honesty import INFORMATIVE
@@ -256,6 +257,10 @@ with cached_tab:
         for r in runs:
             if "problem" in r:
                 st.warning(f"{r['run_id']}: {r['problem']}")
+            elif not stored_run_images_found(r["config"], store.cache_dir()):
+                st.warning(f"{r['run_id']}: its images are not at `{r['config']['data']['root']}` (moved or "
+                           "deleted?). Make it the current run: the pages that read them ask for their new place.",
+                           icon=":material/folder_off:")
 
 # ---------------------------------------------------------------- the current run
 run_id = state.current_run_id(root)

@@ -178,6 +178,8 @@ def print_source(source: dict | None, run_dir: Path) -> None:
 
 
 def cmd_runs(args, root: Path) -> int:
+    from ..data.locations import stored_run_images_found
+
     runs = store.list_runs(root)
     foreign = store.foreign_folders(root)
     if foreign:  # on stderr: --json output stays the list of runs
@@ -185,7 +187,7 @@ def cmd_runs(args, root: Path) -> int:
               + ", ".join(repr(f) for f in foreign), file=sys.stderr)
     for r in runs:
         if "config" in r:
-            r["images_found"] = _images_found(r["config"])
+            r["images_found"] = stored_run_images_found(r["config"], store.cache_dir())
     if args.json:
         print(json.dumps([{k: v for k, v in r.items()} for r in runs], default=str))
         return 0
@@ -200,16 +202,6 @@ def cmd_runs(args, root: Path) -> int:
             print(f"  its images are not at {r['config']['data']['root']}; if they moved: gan-influence relocate "
                   "--images NEW_PATH")
     return 0
-
-
-def _images_found(config: dict) -> bool:
-    from ..config import RunConfig
-    from ..data.locations import images_found
-
-    try:
-        return images_found(RunConfig.from_dict(config).data, store.cache_dir())
-    except (ConfigError, TypeError, KeyError):  # a config this version cannot read: `runs` still lists the run
-        return True
 
 
 def cmd_relocate(args, root: Path) -> int:

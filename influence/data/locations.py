@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from .. import store
-from ..config import DataConfig
-from ..errors import DataError, StoreError
+from ..config import DataConfig, RunConfig
+from ..errors import ConfigError, DataError, StoreError
 
 LOCATIONS = "image-locations.json"
 
@@ -67,3 +67,12 @@ def images_found(d: DataConfig, cache_dir: Path) -> bool:
     except ImagesMissing:
         return False
     return True
+
+
+def stored_run_images_found(config: dict, cache_dir: Path) -> bool:
+    """`images_found` for a run's stored config.json (a config this version cannot read counts as found: the
+    listing that asks still shows the run)."""
+    try:
+        return images_found(RunConfig.from_dict(config).data, cache_dir)
+    except (ConfigError, TypeError, KeyError, AttributeError):
+        return True

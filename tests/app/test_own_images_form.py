@@ -164,6 +164,8 @@ def test_the_app_takes_the_new_place_of_moved_images(tmp_path, monkeypatch):
     monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "cache"))  # this test's own record of where images lie
     moved = tmp_path / "moved"
     images.rename(moved)
+    at = open_app("train", cfg.run_id)  # the cached runs' list says which run lost its images
+    assert any(w.value.startswith(f"{cfg.run_id}: its images are not at `{images}`") for w in at.warning)
     at = open_app("curate", cfg.run_id)
     assert not at.exception
     assert f"the images of this run are not at {images} (moved or deleted?)" in at.error[0].value
