@@ -7,6 +7,7 @@ sends it, so the CLI and the app never compute one thing twice at once.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from .baselines import methods_for
@@ -16,6 +17,21 @@ from .estimator import EstimateOptions
 from .metrics import check_metric
 
 MAX_SEEDS = 50
+
+
+def recorded_train_config(recorded: RunConfig, source: str, assignments: list[str]) -> RunConfig:
+    """A recorded config (`source`: where it came from, for messages) with `assignments` (`--set` style: seed,
+    data.root, ...), ready to train again: its pretrained files must be the recorded ones, own images keep the
+    recorded fingerprint (the load checks the files against it); a config made before fingerprints is prepared."""
+    from .config import apply_overrides, check_same_inputs
+    from .data import prepare
+
+    cfg = apply_overrides(recorded, assignments)
+    check_same_inputs(recorded, cfg, source)
+    d = cfg.data
+    if d.source == "folder" and d.fingerprint and d.root:
+        return dataclasses.replace(cfg, data=dataclasses.replace(d, root=os.path.abspath(os.path.expanduser(d.root))))
+    return prepare(cfg)
 
 
 def parse_ints(text: str, what: str) -> list[int]:

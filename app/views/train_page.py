@@ -9,12 +9,14 @@ import streamlit as st
 from explorer import cache, figures, finetuneform, jobpanel, state, tables, timing, trainform, widgets
 from explorer.widgets import INFLUENCE_PAGE
 from influence import jobs, store
-from influence.config import DEFAULT_PRESET, RunConfig
+from influence.config import DEFAULT_PRESET, RunConfig, parse_config
+from influence.context import RunContext
 from influence.data import Survey, prepare
-from influence.data.locations import stored_run_images_found
+from influence.data.locations import ImagesMissing, stored_run_images_found
 from influence.errors import ConfigError, InfluenceError
 from influence.finetune import configure, from_files
 from influence.honesty import INFORMATIVE
+from influence.specs import recorded_train_config
 
 root = state.root()
 st.title("Train or load a GAN")
@@ -107,6 +109,44 @@ def finetune_form(source: str, base: RunConfig | None) -> None:
         start_or_load(cfg)
 
 
+def recorded_form() -> None:
+    """Train a run's config.json again (from this or another store or machine): the same run id, and under the
+    same conditions the same run bit for bit; its inputs must be the recorded ones (`specs.recorded_train_config`)."""
+    upload = st.file_uploader("A run's config.json", type=["json"], key="rec_config")
+    if upload is None:
+        st.caption("The current run's Configuration below offers its config.json to download; a colleague's works "
+                   "the same. The same config gives the same run id and, under the conditions training recorded, "
+                   "the same weights bit for bit.")
+        return
+    try:
+        recorded = parse_config(upload.getvalue(), f"'{upload.name}'")
+    except ConfigError as e:
+        st.error(f"Not read: {e}", icon=":material/error:")
+        return
+    c1, c2 = st.columns([1, 3])
+    seed = int(c1.number_input("Seed", min_value=0, max_value=2**32 - 1, value=recorded.seed, key="rec_seed"))
+    sets = [f"seed={seed}"]
+    if recorded.data.source == "folder":
+        where = c2.text_input("Its images on this machine: a folder or .zip holding the files it was trained on "
+                              "(their fingerprint is checked)", value=recorded.data.root or "", key="rec_root")
+        sets.append(f"data.root={where}")
+    st.caption(f"`{recorded.preset}` on {recorded.data.name or recorded.data.source}, recorded as run "
+               f"`{recorded.run_id}`.")
+    if not st.button("Train it again", type="primary", icon=":material/replay:"):
+        return
+    try:
+        cfg = recorded_train_config(recorded, f"'{upload.name}'", sets)
+        RunContext.create(cfg, root)  # its data (own images: the recorded files) before a job starts
+    except ImagesMissing as e:
+        st.error(f"Not started: there is nothing at `{e.root}`: give the place of its images above.",
+                 icon=":material/error:")
+        return
+    except InfluenceError as e:
+        st.error(f"Not started: {e}", icon=":material/error:")
+        return
+    start_or_load(cfg)
+
+
 def data_and_preset() -> tuple[RunConfig | None, str, str]:
     """The data set and preset fields: (the configuration they make or None, the data set's key, the preset)."""
     data_key = st.radio("Data set", list(trainform.DATASETS), format_func=trainform.DATASETS.get, horizontal=True,
@@ -175,15 +215,18 @@ new_tab, cached_tab = st.tabs(["Train a new run", "Load a cached run"])
 
 # ---------------------------------------------------------------- new run
 with new_tab:
-    start_from = st.radio("Start from", ["scratch", "trained"], horizontal=True, key="start_from",
+    start_from = st.radio("Start from", ["scratch", "trained", "recorded"], horizontal=True, key="start_from",
                           format_func={"scratch": "the preset's random weights",
-                                       "trained": "a trained GAN (fine-tune and trace)"}.get)
+                                       "trained": "a trained GAN (fine-tune and trace)",
+                                       "recorded": "a run's config.json (train it again)"}.get)
     source = None
     if start_from == "trained":
         source = st.radio("Trained GAN from", list(finetuneform.SOURCES), format_func=finetuneform.SOURCES.get,
                           horizontal=True, key="ft_source")
     base = None
-    if source == "run":  # the run brings its data set, architecture and recipe: no data set or preset to choose
+    if start_from == "recorded":  # the config brings its data set, recipe and seed
+        recorded_form()
+    elif source == "run":  # the run brings its data set, architecture and recipe: no data set or preset to choose
         finetune_form(source, None)
     else:
         base, data_key, preset_name = data_and_preset()

@@ -16,6 +16,7 @@ from .follow import run_or_follow
 
 def cmd_train(args, root: Path) -> int:
     from ..config import DEFAULT_PRESET, apply_overrides, preset
+    from ..data import describe, prepare, survey
 
     init = [f"model.init_{p}={f}" for p, f in (("g", args.init_g), ("d", args.init_d)) if f]
     rate = [f"train.trace_lr={args.trace_lr}"] if args.trace_lr else []
@@ -24,37 +25,22 @@ def cmd_train(args, root: Path) -> int:
             raise ConfigError("--config names its own preset: give --config or --preset, not both")
         return _train_recorded(args, root, init + rate)
     raw = apply_overrides(preset(args.preset or DEFAULT_PRESET, args.seed or 0), args.set + init + rate)
-    return train_and_report(_prepared(raw), root, args.json)
-
-
-def _prepared(raw):
-    """The config ready to train; own images: read from them, and what was read said."""
-    from ..data import describe, prepare, survey
-
     own = raw.data.source == "folder" and raw.data.root
     found = survey(os.path.abspath(os.path.expanduser(raw.data.root))) if own else None
     cfg = prepare(raw, found)  # own images: fingerprint, name, and every auto read from the images
     if found is not None:
         print(f"your images: {describe(cfg, found)}", file=sys.stderr)
-    return cfg
+    return train_and_report(cfg, root, args.json)
 
 
 def _train_recorded(args, root: Path, assignments: list[str]) -> int:
     """train --config: the recorded config (with --seed and --set) trained again, bound to the same inputs."""
-    import dataclasses
-
-    from ..config import apply_overrides, check_same_inputs, read_config_file
+    from ..config import read_config_file
     from ..data.locations import ImagesMissing
+    from ..specs import recorded_train_config
 
-    recorded = read_config_file(args.config)
     seed = [f"seed={args.seed}"] if args.seed is not None else []
-    cfg = apply_overrides(recorded, args.set + assignments + seed)
-    check_same_inputs(recorded, cfg, args.config)
-    d = cfg.data
-    if d.source == "folder" and d.fingerprint and d.root:  # prepared: its images are checked against the fingerprint
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, root=os.path.abspath(os.path.expanduser(d.root))))
-    else:
-        cfg = _prepared(cfg)
+    cfg = recorded_train_config(read_config_file(args.config), args.config, args.set + assignments + seed)
     try:
         return train_and_report(cfg, root, args.json)
     except ImagesMissing as e:

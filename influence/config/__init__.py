@@ -10,7 +10,7 @@ from .checks import validate
 from .init_files import INIT_FILES, MAX_INIT_BYTES, read_init_file, with_init_checksums
 from .overrides import apply_overrides, describe_fields, own_images_defaults
 from .presets import DEFAULT_PRESET, PRESETS, preset
-from .recorded import check_same_inputs, read_config_file
+from .recorded import check_same_inputs, parse_config, read_config_file
 from .schema import (
     ACTIVATIONS,
     ARCH_SIZES,
@@ -69,6 +69,7 @@ __all__ = [
     "check_same_inputs",
     "describe_fields",
     "own_images_defaults",
+    "parse_config",
     "preset",
     "read_config_file",
     "read_init_file",

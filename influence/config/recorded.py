@@ -19,21 +19,26 @@ MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB
 
 
 def read_config_file(path: str | Path) -> RunConfig:
-    """The RunConfig in a config.json; ConfigError (one line) when it is not one."""
+    """The RunConfig in a config.json file; ConfigError (one line) when it is not one."""
     path = Path(path).expanduser()
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"--config: cannot read '{path}' ({e.strerror or e})") from None
+    return parse_config(data, f"--config: '{path}'")
+
+
+def parse_config(data: bytes, source: str) -> RunConfig:
+    """The RunConfig in a config.json's bytes (`source` names them in the error); ConfigError when it is not one."""
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"--config: '{path}' is larger than {MAX_CONFIG_BYTES >> 10} kB: not a run's config.json")
+        raise ConfigError(f"{source} is larger than {MAX_CONFIG_BYTES >> 10} kB: not a run's config.json")
     try:
         cfg = RunConfig.from_dict(json.loads(data))
     except (ValueError, TypeError, AttributeError) as e:  # not JSON, or not a table of sections
-        raise ConfigError(f"--config: '{path}' is not a run's config.json ({e})") from None
+        raise ConfigError(f"{source} is not a run's config.json ({e})") from None
     except ConfigError as e:
-        raise ConfigError(f"--config: '{path}': {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
     validate(cfg)
     return cfg
 

@@ -181,3 +181,22 @@ def test_the_app_takes_the_new_place_of_moved_images(tmp_path, monkeypatch):
     assert f"The images in `{moved}` are the training images of 1 run of this store" in at.success[0].value
     assert "`c1/016.png`" in texts(at)  # the gallery, with the files' paths
     assert store.read_json(tmp_path / "cache" / "image-locations.json") == {cfg.data.fingerprint: str(moved)}
+
+
+def test_a_config_json_on_own_images_takes_their_place_here(tmp_path, monkeypatch, started_jobs):
+    """Train a config.json again where its images lie elsewhere: the recorded place is offered, a place with
+    nothing at it is one message, the images' new place gives the same run (the place is not in the id)."""
+    cfg, images = _own_tiny_run(tmp_path, monkeypatch)
+    here = tmp_path / "here"
+    images.rename(here)
+    at = open_app("train")
+    at.radio(key="start_from").set_value("recorded").run()
+    config = (tmp_path / "store" / cfg.run_id / "config.json").read_bytes()
+    at.file_uploader(key="rec_config").set_value(("config.json", config, "application/json")).run()
+    assert at.text_input(key="rec_root").value == str(images)
+    next(b for b in at.button if b.label == "Train it again").click().run()
+    assert any(f"Not started: there is nothing at `{images}`" in e.value for e in at.error)
+    at.text_input(key="rec_root").set_value(str(here)).run()
+    next(b for b in at.button if b.label == "Train it again").click().run()
+    assert not at.exception and not started_jobs
+    assert f"This configuration is already trained: run `{cfg.run_id}` is now the current run." in texts(at)

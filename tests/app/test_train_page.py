@@ -210,3 +210,25 @@ def test_the_current_run_says_how_to_train_it_again(app_store):
     assert (f"the same weights bit for bit under training's conditions: {threads} torch thread"
             f"{'s' if threads != 1 else ''} on the CPU, {conditions['dtype']}, torch {conditions['torch']}.") in said
     assert "Download config.json" in [b.proto.label for b in at.get("download_button")]
+
+
+def test_a_runs_config_json_is_trained_again(app_store, started_jobs):
+    """Start from a run's config.json: the recorded run is found again (already trained), another seed starts the
+    recipe's run at that seed, and a file that is not a config is one message."""
+    from influence import store
+
+    run_id = tiny_run_id(app_store)
+    config = (app_store / run_id / "config.json").read_bytes()
+    at = open_app("train")
+    at.radio(key="start_from").set_value("recorded").run()
+    at.file_uploader(key="rec_config").set_value(("config.json", b"{not json", "application/json")).run()
+    assert any(e.value.startswith("Not read: 'config.json' is not a run's config.json") for e in at.error)
+    at.file_uploader(key="rec_config").set_value(("config.json", config, "application/json")).run()
+    assert f"recorded as run `{run_id}`" in texts(at)
+    next(b for b in at.button if b.label == "Train it again").click().run()
+    assert not at.exception and not started_jobs
+    assert f"This configuration is already trained: run `{run_id}` is now the current run." in texts(at)
+    at.number_input(key="rec_seed").set_value(3).run()
+    next(b for b in at.button if b.label == "Train it again").click().run()
+    assert [RunConfig.from_dict(j["params"]["config"]) for j in started_jobs] == [
+        RunConfig.from_dict({**store.read_json(app_store / run_id / "config.json"), "seed": 3})]
