@@ -136,7 +136,8 @@ def recorded_form() -> None:
         return
     try:
         cfg = recorded_train_config(recorded, f"'{upload.name}'", sets)
-        RunContext.create(cfg, root)  # its data (own images: the recorded files) before a job starts
+        with st.spinner("Reading its data ..."):
+            RunContext.create(cfg, root)  # its data (own images: the recorded files) before a job starts
     except ImagesMissing as e:
         st.error(f"Not started: there is nothing at `{e.root}`: give the place of its images above.",
                  icon=":material/error:")
