@@ -8,9 +8,10 @@ import streamlit as st
 
 import pandas as pd
 
+from influence import store
 from influence.config import RunConfig
 from influence.data import SOURCE_RECORD
-from influence.data.locations import ImagesMissing
+from influence.data.locations import ImagesMissing, images_found
 from influence.errors import InfluenceError
 from influence.honesty import INFORMATIVE, feature_note, reference_line, uninformative
 from influence.metrics import METRIC_LABELS
@@ -128,14 +129,19 @@ def relocated_flash() -> None:
 
 
 def require_run(root: Path) -> tuple[str, RunConfig]:
-    """The current run and its config, or guidance to train one first (and the page stops)."""
+    """The current run and its config, or guidance to train one first (and the page stops); ImagesMissing (the
+    app shows the form for their new place) when its own images are gone, before the page starts a job that
+    needs them."""
     run_id = state.current_run_id(root)
     if run_id is None:
         st.info("There is no trained run yet. Train one (or point GAN_INFLUENCE_STORE at a store "
                 "with runs) on the first page.", icon=":material/school:")
         st.page_link(TRAIN_PAGE, label="Go to Train or load", icon=":material/arrow_forward:")
         st.stop()
-    return run_id, RunConfig.from_dict(cache.config(str(root), run_id))
+    cfg = RunConfig.from_dict(cache.config(str(root), run_id))
+    if not images_found(cfg.data, store.cache_dir()):
+        raise ImagesMissing(cfg.data.root, cfg.data.fingerprint)
+    return run_id, cfg
 
 
 def require_results(root: Path, run_id: str) -> dict:

@@ -166,6 +166,12 @@ def test_the_app_takes_the_new_place_of_moved_images(tmp_path, monkeypatch):
     images.rename(moved)
     at = open_app("train", cfg.run_id)  # the cached runs' list says which run lost its images
     assert any(w.value.startswith(f"{cfg.run_id}: its images are not at `{images}`") for w in at.warning)
+    for page in ("influence", "cleanse", "validate", "samples"):  # every page of the run asks, before any job
+        at = open_app(page, cfg.run_id)
+        assert not at.exception and [e.value for e in at.error] == [
+            f"the images of this run are not at {images} (moved or deleted?). If you moved them, point the run to "
+            "their new place (the files must be unchanged): gan-influence relocate --images NEW_PATH"], page
+        assert at.text_input(key="relocate-path").value == ""
     at = open_app("curate", cfg.run_id)
     assert not at.exception
     assert f"the images of this run are not at {images} (moved or deleted?)" in at.error[0].value
