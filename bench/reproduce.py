@@ -7,9 +7,10 @@ Two cases, each trained through the CLI in store A, then trained again in store 
 - the preset (mnist-adam), seed 0, on the embedded MNIST;
 - own images: N synthetic 32x32 RGB shapes (bench/own_images.shapes_folder) under the preset's recipe, the
   images copied to another folder for store B (`--set data.root=COPY`).
-Store B has a user-level cache of its own, as on another machine. Compared bit for bit: the final weights, the trace's last state and the training history's test metrics. Then the
-own images' original folder is moved, A's run is pointed to its new place (`relocate`, timed) and loaded from there
-(timed), its data compared with the load before the move. Exits 1 when a check fails.
+Store B has a user-level cache of its own, as on another machine. Compared bit for bit: the final weights, the
+trace's last state and the training history's test metrics. Then the own images' original folder is moved, A's run
+is pointed to its new place (`relocate`, timed) and loaded from there (timed), its data compared with the load
+before the move. Exits 1 when a check fails.
 """
 
 from __future__ import annotations

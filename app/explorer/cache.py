@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from influence import baselines, datamap, estimator, honesty, samples, store
+from influence import baselines, conditions, datamap, estimator, honesty, samples, store
 from influence.cleanse import attempts as cleanse_attempts
 from influence.config import RunConfig
 from influence.context import RunContext, load_run_config
@@ -92,7 +92,7 @@ def summary(root: str, run_id: str) -> dict:
 @st.cache_data(show_spinner=False, max_entries=32)
 def training_conditions(root: str, run_id: str) -> dict | None:
     """Threads, device, dtype and torch version training ran under (None: not recorded, an older run)."""
-    return store.open_run(Path(root), run_id).read_json("trace/meta.json").get("conditions")
+    return conditions.recorded(store.open_run(Path(root), run_id).read_json("trace/meta.json"))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
