@@ -43,6 +43,21 @@ def relocate(store_root: Path, images: str | Path) -> Relocation:
     return Relocation(root, found.fingerprint, runs)
 
 
+def remember(store_root: Path, cfg: RunConfig) -> str | None:
+    """A trained run named again with its images at another place (`train --config --set data.root`, the Train
+    page's recorded form) once a load there has checked their fingerprint: that place is recorded as `relocate`
+    would, when the run's own folder is gone. Returns the place recorded, or None."""
+    d = cfg.data
+    run = store.Run(store_root, cfg.run_id)
+    if d.source != "folder" or not d.fingerprint or not d.root or not run.exists("summary.json"):
+        return None
+    stored = RunConfig.from_dict(run.read_json("config.json")).data.root
+    if stored is None or os.path.exists(stored) or os.path.abspath(d.root) == os.path.abspath(stored):
+        return None  # its own place is there (and is read first): recording another would change nothing
+    record(store.cache_dir(), d.fingerprint, os.path.abspath(d.root))
+    return os.path.abspath(d.root)
+
+
 def _own_image_runs(store_root: Path) -> dict[str, DataConfig]:
     out = {}
     for entry in store.list_runs(store_root):

@@ -248,6 +248,26 @@ def test_a_recorded_config_finds_its_images_elsewhere_by_fingerprint(own_run, tm
                          f"data.root=PATH (the files must be the ones {tmp_path / 'gone.json'} was made with).")
 
 
+def test_a_trained_run_given_its_images_elsewhere_keeps_that_place(own_run, tmp_path, monkeypatch, capsys):
+    """train --config --set data.root=NEW for a run already in the store (its folder gone): NEW is recorded, as
+    relocate would, so the run's other commands read from there; while its own folder exists, nothing is."""
+    monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "cache"))
+    run, images, cfg = _copy(own_run, tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(images, copy)
+    argv = ["--store", str(run.root), "train", "--config", str(run.path("config.json")), "--set",
+            f"data.root={copy}", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["images_recorded_at"] is None  # its own folder is still there
+    assert not (tmp_path / "cache" / "image-locations.json").exists()
+    images.rename(tmp_path / "gone")
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run_id"] == run.run_id and out["images_recorded_at"] == str(copy)
+    assert RunContext.create(cfg, run.root).dataset.notes.root == str(copy)  # the stored config reads the new place
+    assert main(["--store", str(run.root), "estimate", "--run", run.run_id, "--metric", "dloss", "--check", "none"]) == 0
+
+
 def test_the_refusal_counts_files_when_the_cache_forgot_them(own_run, tmp_path, monkeypatch):
     run, images, cfg = _copy(own_run, tmp_path)
     monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "fresh-cache"))

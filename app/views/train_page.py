@@ -16,6 +16,7 @@ from influence.data.locations import ImagesMissing, stored_run_images_found
 from influence.errors import ConfigError, InfluenceError
 from influence.finetune import configure, from_files
 from influence.honesty import INFORMATIVE
+from influence.relocation import remember
 from influence.specs import recorded_train_config
 
 root = state.root()
@@ -50,8 +51,10 @@ def start_or_load(cfg: RunConfig, note: str | None = None) -> None:
     (`note`: what the form changed on its own, shown once the job starts)."""
     if store.Run(root, cfg.run_id).exists("summary.json"):
         state.set_current_run(root, cfg.run_id)
+        placed = remember(root, cfg)  # its images read at a new place (the recorded form): that place is kept
         st.session_state["train-flash"] = (f"This configuration is already trained: run `{cfg.run_id}` is now the "
-                                           "current run.")
+                                           "current run." + (f" Its images are read from `{placed}` from now on."
+                                                             if placed else ""))
     else:
         jobpanel.start(root, {"kind": "train", "params": {"config": cfg.to_dict()}})
         if note:

@@ -51,20 +51,24 @@ def _train_recorded(args, root: Path, assignments: list[str]) -> int:
 def train_and_report(cfg, root: Path, as_json: bool) -> int:
     """The train job of cfg (here, or followed), then what it made: the numbers, the start, the traced rate."""
     from ..context import RunContext
+    from ..relocation import remember
 
     RunContext.create(cfg, root)  # checks that need the data (batch vs data set size) before the job writes anything
+    placed = remember(root, cfg)  # a trained run whose images were just read at a new place keeps that place
     started = time.perf_counter()
     result = run_or_follow(root, {"kind": "train", "params": {"config": cfg.to_dict()}}, as_json)
     out = {"run_id": result["run_id"], "device": result["device"], "steps": result["steps"],
            "seconds": result["seconds"], "wall_seconds": time.perf_counter() - started, "test": result["test"],
            "metric_report": result.get("metric_report"), "source": source_record(root, result["run_id"]),
            "start": result.get("start"), "trace_storage": result.get("trace_storage"),
-           "trace_lr": result.get("trace_lr")}
+           "trace_lr": result.get("trace_lr"), "images_recorded_at": placed}
     if as_json:
         print(json.dumps(out))
     else:
         metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.4f}" for k, v in result["test"].items())
         print(f"run {out['run_id']}: {out['steps']} steps on {out['device']} in {result['seconds']:.1f} s; test {metrics}")
+        if placed:
+            print(f"  its images were read at {placed}: recorded as their place (as relocate does)")
         if out["start"]:
             print(f"  start: {out['start']['sentence']}")
         if out["trace_storage"]:

@@ -191,8 +191,10 @@ def test_the_app_takes_the_new_place_of_moved_images(tmp_path, monkeypatch):
 
 def test_a_config_json_on_own_images_takes_their_place_here(tmp_path, monkeypatch, started_jobs):
     """Train a config.json again where its images lie elsewhere: the recorded place is offered, a place with
-    nothing at it is one message, the images' new place gives the same run (the place is not in the id)."""
+    nothing at it is one message, the images' new place gives the same run (the place is not in the id) and is
+    kept as their place, so the run's pages read them there."""
     cfg, images = _own_tiny_run(tmp_path, monkeypatch)
+    monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "cache"))  # this test's own record of where images lie
     here = tmp_path / "here"
     images.rename(here)
     at = open_app("train")
@@ -205,4 +207,6 @@ def test_a_config_json_on_own_images_takes_their_place_here(tmp_path, monkeypatc
     at.text_input(key="rec_root").set_value(str(here)).run()
     next(b for b in at.button if b.label == "Train it again").click().run()
     assert not at.exception and not started_jobs
-    assert f"This configuration is already trained: run `{cfg.run_id}` is now the current run." in texts(at)
+    assert (f"This configuration is already trained: run `{cfg.run_id}` is now the current run. Its images are read "
+            f"from `{here}` from now on.") in texts(at)
+    assert store.read_json(tmp_path / "cache" / "image-locations.json") == {cfg.data.fingerprint: str(here)}
