@@ -268,3 +268,8 @@ def test_a_recorded_config_is_bound_to_its_inputs(capsys, cli_store, toy_run, tm
     g.write_bytes(b"another generator")
     _error(capsys, [*base, "--config", str(tmp_path / "init.json")], cli_store,
            f"model.init_g: {g} is not the file {tmp_path / 'init.json'} was made with")
+
+
+def test_a_negative_top_is_one_error_line(capsys, cli_store, toy_run):
+    _error(capsys, ["--store", str(cli_store), "estimate", "--run", toy_run.run_id, "--metric", "all", "--top", "-3"],
+           cli_store, "--top must be at least 0")

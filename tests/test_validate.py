@@ -221,3 +221,27 @@ def test_validate_over_the_last_k_traced_epochs(tmp_path):
         validate(run, ["all"], n=6, trace_epochs=3)
     with pytest.raises(ConfigError, match="either trace_epochs or last_steps"):
         validate(run, ["all"], n=6, trace_epochs=1, options=EstimateOptions(last_steps=5))
+
+
+def test_bad_validation_arguments_are_refused_before_the_estimate(toy_run, tmp_path, monkeypatch):
+    """n or a group spec out of range is one error before any work: the estimate may be a whole pass."""
+    import influence.validation.groups as groups
+    import influence.validation.loo as loo
+
+    def no_estimate(*a, **k):
+        raise AssertionError("estimated before checking the arguments")
+
+    monkeypatch.setattr(groups, "estimate", no_estimate)
+    monkeypatch.setattr(loo, "estimate", no_estimate)
+    run = copy_run(toy_run, tmp_path)
+    trace = Trace.load(run)
+    n_traced = int((trace.step_of_instance(load_run_config(run).data.n_train) >= 0).sum())
+    assert trace.traced_count() == n_traced
+    with pytest.raises(ConfigError, match=rf"n must lie in 3..{n_traced} "):
+        validate(run, ["all"], n=n_traced + 1)
+    with pytest.raises(ConfigError, match="n must lie"):
+        validate(run, ["all"], n=2)
+    with pytest.raises(ConfigError, match="groups must lie in 2..1000"):
+        groups.validate_groups(run, ["all"], groups.GroupSpec(groups=0))
+    with pytest.raises(ConfigError, match="fractions must lie strictly between 0 and 1, got 2"):
+        groups.validate_groups(run, ["all"], groups.GroupSpec(groups=4, fractions=(2.0,)))

@@ -18,6 +18,8 @@ def cmd_estimate(args, root: Path) -> int:
     from ..validation.spotcheck import check_path, stored_check
     from ..validation.trust import stored_replays, verdict
 
+    if args.top < 0:  # a negative slice would list all but the last N
+        raise ConfigError("--top must be at least 0")
     options = estimate_options(args)
     run = store.open_run(root, args.run)
     check_metrics(run, args.metric)

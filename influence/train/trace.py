@@ -86,6 +86,10 @@ class Trace:
             where[self.batch(t)] = t
         return where
 
+    def traced_count(self, first: int = 0) -> int:
+        """How many distinct training ids the traced steps (>= first) hold."""
+        return len(np.unique(np.concatenate([self.batch(t) for t in range(first, self.steps)])))
+
     @staticmethod
     def load(run: store.Run, mmap: bool = True) -> "Trace":
         if not run.exists("trace/meta.json"):

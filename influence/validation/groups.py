@@ -129,10 +129,10 @@ def validate_groups(
     for m in metrics:
         check_metric(m, cfg.is_2d)
     trace = Trace.load(run)
+    spec.check(trace.traced_count())  # before the estimate, which may be a whole pass
     chosen = estimate(run, metrics, options, progress=progress, cancel=cancel)
     n_train = len(next(iter(chosen.values())).scores)
     traced = np.flatnonzero(trace.step_of_instance(n_train) >= 0)
-    spec.check(len(traced))
     folder = f"validate/groups/{'+'.join(metrics)}-{spec.key()}"
     name = result_name(options, trace.final.shape[0])
     # one set of these replays at a time, whoever asks (two tabs, the CLI)

@@ -75,12 +75,16 @@ def accuracy_numbers(estimated: np.ndarray, actual: np.ndarray) -> tuple[float, 
     return tau, r, jaccard_top(estimated, actual, max(1, len(actual) // 20))
 
 
+def check_n(n: int, n_traced: int) -> None:
+    if not 3 <= n <= n_traced:
+        raise ConfigError(f"n must lie in 3..{n_traced} (instances in the traced steps)")
+
+
 def select_ids(n_train: int, n: int, selection: str, seed: int, traced: np.ndarray) -> np.ndarray:
     if selection not in SELECTIONS:
         raise ConfigError(f"selection must be one of {SELECTIONS}")
     candidates = np.flatnonzero(traced)
-    if n < 3 or n > len(candidates):
-        raise ConfigError(f"n must lie in 3..{len(candidates)} (instances in the traced steps)")
+    check_n(n, len(candidates))
     if selection == "first":
         return candidates[:n]
     return np.sort(np.random.default_rng(seed).choice(candidates, n, replace=False))
@@ -194,6 +198,7 @@ def validate(
         if options.last_steps is not None:
             raise ConfigError("give either trace_epochs or last_steps, not both")
         options = dataclasses.replace(options, last_steps=trace.steps - first_step)
+    check_n(n, trace.traced_count(first_step))  # before the estimate, which may be a whole pass
     results = estimate(run, metrics, options, progress=progress, cancel=cancel)
     traced = trace.step_of_instance(len(results[metrics[0]].scores), first_step) >= 0
     ids = select_ids(len(traced), n, selection, seed, traced)
