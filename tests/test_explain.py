@@ -235,8 +235,11 @@ def test_the_explain_job_and_the_cli(capsys, toy, monkeypatch):
     for argv, match in ((["--samples", "1:2", "--objective", "clarity"], "classifier of images"),
                         (["--samples", "0:65", "--objective", "position"], "at most 64"),
                         (["--samples", "nofile.npy", "--objective", "position"], "cannot read"),
-                        (["--samples", "1:2", "--objective", "position", "--check", "5000"], "k must lie")):
+                        (["--samples", "1:2", "--objective", "position", "--check", "5000"], "k must lie"),
+                        (["--samples", "3:2", "--objective", "position", "--check", "0"], "k must lie"),
+                        (["--samples", "3:2", "--objective", "position", "--check", "5", "--check-samples", "2"],
+                         "check: samples must lie in 0..1")):
         code = main(["--store", str(toy.root), "explain", "--run", toy.run_id, *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and err[-1].startswith("error: ") and match in err[-1], err
-    assert [p for p in tree(toy.root) if p not in before and "_jobs" not in p] == []
+    assert tree(toy.root) == before  # every refusal came before a job: no pass on samples 3:2 was computed

@@ -105,10 +105,13 @@ def check_metrics(run: store.Run, metrics: list[str]) -> None:
 
 def cmd_explain(args, root: Path) -> int:
     from ..context import load_run_config
+    from ..estimator import check_options
     from ..objectives.samples import check_request, parse
     from ..samples import export_paths, load
     from ..samples import latents as chosen
+    from ..samples.check import check_arguments
     from ..specs import explain_spec
+    from ..train import Trace
 
     run = store.open_run(root, args.run)
     cfg = load_run_config(run)
@@ -120,13 +123,19 @@ def cmd_explain(args, root: Path) -> int:
     samples = chosen.parse(args.samples or "valid")
     z = chosen.latents(cfg, samples)  # one error line before any job starts
     check_request(cfg, objective, len(z))
+    options = estimate_options(args)
     check = None
     if args.check is not None:
         picked = list(range(len(z))) if args.check_samples is None else args.check_samples
+        trace = Trace.load(run)  # the check's arguments before the pass, not after it
+        check_options(options, trace)
+        one = kind == "class"  # a class share is one target, whatever the number of z
+        check_arguments([0] if one else picked, args.check, 1 if one else len(z),
+                        trace.traced_count(trace.steps - (options.last_steps or trace.steps)))
         check = {"samples": picked, "k": args.check, "seed": 0}
     if args.top < 1:
         raise ConfigError("--top must be at least 1")
-    result = run_or_follow(root, explain_spec(args.run, samples, objective, estimate_options(args), check), args.json)
+    result = run_or_follow(root, explain_spec(args.run, samples, objective, options, check), args.json)
     explanation = load(run, result["name"])
     files = {k: str(v) for k, v in export_paths(run, explanation).items() if v.exists()}
     out = _explain_summary(run, explanation, args.top, files, result.get("check"))

@@ -78,6 +78,15 @@ def first_estimated(explanation: Explanation, trace: Trace) -> int:
     return trace.steps - explanation.meta["traced_steps"]
 
 
+def check_arguments(samples: list[int], k: int, n_samples: int, n_traced: int) -> None:
+    """ConfigError unless the checked samples are among the n_samples and k is at most half the traced images
+    (the random lanes draw k of them)."""
+    if not samples or any(not 0 <= i < n_samples for i in samples):
+        raise ConfigError(f"check: samples must lie in 0..{n_samples - 1}")
+    if not 1 <= k <= n_traced // 2:
+        raise ConfigError(f"check: k must lie in 1..{n_traced // 2} (half the {n_traced} traced images)")
+
+
 def check_key(samples: list[int], k: int, seed: int) -> str:
     return hashlib.sha256(json.dumps([samples, k, seed]).encode()).hexdigest()[:12]
 
@@ -91,13 +100,10 @@ def check(run: store.Run, explanation: Explanation, samples: list[int], k: int, 
     if not explanation.meta["per_sample"]:
         samples = [0]
     samples = sorted({int(i) for i in samples})
-    if not samples or any(not 0 <= i < explanation.n_samples for i in samples):
-        raise ConfigError(f"check: samples must lie in 0..{explanation.n_samples - 1}")
     trace = Trace.load(run)
     n_train = explanation.matrix.shape[1]
     traced = np.flatnonzero(trace.step_of_instance(n_train, first_estimated(explanation, trace)) >= 0)
-    if not 1 <= k <= len(traced) // 2:
-        raise ConfigError(f"check: k must lie in 1..{len(traced) // 2} (half the {len(traced)} traced images)")
+    check_arguments(samples, k, explanation.n_samples, len(traced))
     key = check_key(samples, k, seed)
     base = f"{folder(explanation.name)}/checks/{key}"
     if run.exists(f"{base}.json"):
