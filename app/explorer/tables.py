@@ -10,7 +10,7 @@ import pandas as pd
 from influence.baselines import METHOD_LABELS
 from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult
 from influence.honesty import scope_text, uninformative
-from influence.metrics import METRIC_LABELS
+from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS
 from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.trust import mixed_singles
 
@@ -160,6 +160,10 @@ def attempts_table(attempts: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# what a change means, in words beside it (D-loss chooses instances; it does not measure quality)
+BETTER = {m: f" ({'higher' if up else 'lower'} is better)" for m, up in HIGHER_IS_BETTER.items() if m != "dloss"}
+
+
 def compare_table(attempts: list[dict]) -> pd.DataFrame:
     """Attempts as columns, per metric: after, actual change, predicted change (text in the app's formats)."""
     rows = {}
@@ -169,7 +173,7 @@ def compare_table(attempts: list[dict]) -> pd.DataFrame:
             label = METRIC_LABELS[m]
             change, predicted = a["change"].get(m), a["predicted_change"].get(m)
             col[f"{label} after"] = f"{metric_text(a['after'][m])} (before {metric_text(before)})"
-            col[f"{label} change"] = signed(change)
+            col[f"{label} change{BETTER.get(m, '')}"] = signed(change)
             col[f"{label} predicted"] = (signed(predicted) + (" · signs disagree" if change is not None
                                          and signs_disagree(predicted, change) else "")) if predicted is not None else "-"
         rows[a["key"]] = col

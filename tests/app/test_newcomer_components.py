@@ -180,6 +180,9 @@ def test_attempts_table_is_narrow_and_flags_sign_disagreement():
     assert list(compare.columns) == ["", "scratch-3-x", "replay-3-y"]
     row = compare.set_index("").loc["FID predicted"]
     assert row["scratch-3-x"] == "-2.30e-3 · signs disagree" and row["replay-3-y"] == "-2.30e-3"
+    # what a change means is said beside it (sign confusion)
+    assert compare.set_index("").loc["FID change (lower is better)"].tolist() == ["+1.05e+0", "-1.00e-1"]
+    assert "IS change (higher is better)" in compare[""].tolist()
 
 
 def test_job_workers_wait_passively(tmp_path, monkeypatch):
