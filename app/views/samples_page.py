@@ -8,10 +8,10 @@ import streamlit as st
 from explorer import cache, jobpanel, samples_view, state, tables, widgets
 
 from influence import store
-from influence.context import fixed_latents
-from influence.estimator import EstimateOptions
+from influence.context import fixed_latents, resolve_device
+from influence.estimator import EstimateOptions, rows_per_product
 from influence.objectives.samples import KIND_LABELS, reference_image
-from influence.samples import find
+from influence.samples import find, stored
 from influence.samples.check import check_key
 from influence.samples.latents import POOL_SIZE
 from influence.specs import explain_spec
@@ -158,6 +158,15 @@ with side:
                       "number (each sample carries its own adjoint)"):
         jobpanel.start(root, spec)
         st.rerun()
+    if spec is not None and find(run, kind, pool.z[chosen], reference_filter) is None:
+        stacked = rows_per_product(resolve_device(cfg.train.device), cfg.model.arch) is None
+        seconds = tables.explain_seconds(stored(run), cache.results(str(root), run_id, cache.files_stamp(
+            root, run_id, "influence")), len(chosen), stacked)
+        if seconds is not None:
+            st.caption(f"Takes roughly {tables.duration(seconds, rough=True)} here for "
+                       f"{tables.plural(len(chosen), 'sample')} (from this run's measured passes"
+                       + ("" if stacked else "; on this CPU each sample costs about one pass") + "). It runs in "
+                       "the background.")
     if len(chosen) > 64:
         st.warning("Pick at most 64 samples.")
     st.caption("Removal set: " + tables.plural(len(state.removal(root, run_id)), "image"))

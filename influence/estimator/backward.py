@@ -70,10 +70,10 @@ def initial_adjoint(ctx: RunContext, trace: Trace, objectives: list[Objective]) 
 CPU_ROWS_PER_PRODUCT = 8
 
 
-def rows_per_product(ctx: RunContext) -> int | None:
+def rows_per_product(device: torch.device, arch: str) -> int | None:
     """How many stacked adjoint rows one vector-Jacobian product takes (None: all of them). A function of the
     device and the model only, never of timings, so a pass's digits do not depend on the machine's load."""
-    if ctx.device.type == "cuda" or ctx.cfg.model.arch in BATCHED_CPU_ARCHS:
+    if device.type == "cuda" or arch in BATCHED_CPU_ARCHS:
         return None
     return CPU_ROWS_PER_PRODUCT
 
@@ -85,7 +85,7 @@ def backward_step(ctx: RunContext, trace: Trace, t: int, state: TrainState, adjo
     The score terms are -lambda_{t+1}^T d s_{t+1} / d w_j: the first-order change of the metric when
     instance j of the step's batch is removed. The rows go through `rows_per_product` rows at a time.
     """
-    inp, k, chunk = trace_inputs(ctx, trace, t), adjoint[0].shape[0], rows_per_product(ctx)
+    inp, k, chunk = trace_inputs(ctx, trace, t), adjoint[0].shape[0], rows_per_product(ctx.device, ctx.cfg.model.arch)
     if chunk is None or k <= chunk:
         new_adjoint, jw = state_vjp(ctx.gan, trace.rule, state, inp, adjoint, frozen)
         return new_adjoint, -jw

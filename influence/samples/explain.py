@@ -139,7 +139,7 @@ def explain(run: store.Run, samples: dict, objective: str, options: EstimateOpti
         "rows": obj.rows, "row_sample": obj.row_sample.tolist(), "row_labels": obj.row_labels(),
         "options": options.identity(n_params), "estimator_version": ESTIMATOR_VERSION,
         "traced_steps": trace.steps - first, "trace_first_step": trace.first_step, "seconds": seconds,
-        "rows_per_product": rows_per_product(ctx) or obj.rows,
+        "rows_per_product": rows_per_product(ctx.device, ctx.cfg.model.arch) or obj.rows,
         "growth": growth, "verdict": verdict, "verdict_message": message,
     }
     base = folder(name)

@@ -252,3 +252,20 @@ def test_the_time_estimate_names_its_basis_and_the_start_up():
     assert jobpanel.finished_text(job).endswith("start-up 1 min 10 s (worker, data set, feature network), "
                                                 "training 5 min 00 s.")
     assert timing.estimate_text("dcgan32", [], []) is None
+
+
+def test_explain_seconds_follow_the_measured_cost_of_rows():
+    """Each sample carries its own adjoint: about a pass per sample on a CPU conv net (tiny: 64 samples 51x one),
+    about a twelfth of a pass per extra sample where all rows go in one product (toy2d: 64 samples 6.0x one); one
+    row's cost from this run's explanations (the slowest), else from one metric's share of its influence pass."""
+    class Result:
+        def __init__(self, seconds):
+            self.meta = {"seconds": seconds}
+
+    results = {"fid": Result(9.0), "is": Result(7.0)}
+    assert tables.explain_seconds([], {}, 5, stacked=False) is None  # nothing timed: no guess
+    assert tables.explain_seconds([], results, 64, stacked=False) == 64 * 9.0
+    assert tables.explain_seconds([], results, 64, stacked=True) == pytest.approx(9.0 * (1 + 63 / 12))
+    earlier = [{"seconds": 30.0, "row_sample": [0, 0, 1, 1, 2, 2]},  # 3 samples of two rows (the 2D position)
+               {"seconds": 4.0, "row_sample": [0]}]
+    assert tables.explain_seconds(earlier, results, 8, stacked=False) == 8 * 10.0  # 30 s / 3 samples, the slowest
