@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 
 import numpy as np
@@ -93,6 +94,8 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         expect(page.locator(f".st-key-samples-pick-{run_id}-{least_clear}-1 input")).to_be_checked()
         picked = page.locator('[data-testid="stMetricValue"]').first
         expect(picked).to_have_text("1")
+        # how long Explain will take, said before it is pressed
+        expect(page.get_by_text(re.compile(r"Takes roughly \d+ (s|min) here for 1 sample"))).to_be_visible()
         grid_image = page.locator('[data-testid="stImage"] img').first
         assert _is_a_drawing(grid_image)
         _shot(page, "grid")
