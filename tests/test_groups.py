@@ -74,6 +74,28 @@ def test_group_validation_equals_independent_replays(toy_run, tmp_path, monkeypa
     assert again["scores"] == out["scores"]
 
 
+def test_a_curve_fraction_asked_for_later_is_replayed_and_added(toy_run, tmp_path, monkeypatch):
+    """The same groups with another curve: the stored curve is topped up with the new fraction only (before, the
+    old curve came back under the new spec), the result holds exactly the fractions asked for, and the added sets
+    equal those a fresh validation with both fractions draws and replays."""
+    import influence.validation.groups as g
+
+    first, fresh = copy_run(toy_run, tmp_path / "a"), copy_run(toy_run, tmp_path / "b")
+    spec = GroupSpec(groups=3, fractions=(0.05,), seed=1, curve=(0.02,))
+    validate_groups(first, ["dloss"], spec)
+    replayed = []
+    real = g._replay
+    monkeypatch.setattr(g, "_replay", lambda run, cfg, trace, table, *a: replayed.append(table) or real(
+        run, cfg, trace, table, *a))
+    both = validate_groups(first, ["dloss"], dataclasses.replace(spec, curve=(0.02, 0.1)))
+    assert len(replayed) == 1 and set(replayed[0]["fraction"]) == {0.1}  # the groups and 2% read back
+    assert [(r["kind"], r["fraction"]) for r in both["curve"]["dloss"]] == [
+        ("top", 0.02), ("random-k", 0.02), ("top", 0.1), ("random-k", 0.1)]
+    assert [r["fraction"] for r in validate_groups(first, ["dloss"], dataclasses.replace(spec, curve=(0.1,)))[
+        "curve"]["dloss"]] == [0.1, 0.1]
+    assert both["curve"] == validate_groups(fresh, ["dloss"], dataclasses.replace(spec, curve=(0.02, 0.1)))["curve"]
+
+
 def test_cli_validate_groups_prints_lds(toy_run, tmp_path, capsys):
     run = copy_run(toy_run, tmp_path)
     code = cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "4",

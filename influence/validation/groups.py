@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -80,16 +80,24 @@ def draw_groups(spec: GroupSpec, traced: np.ndarray) -> pd.DataFrame:
 def draw_curve(spec: GroupSpec, traced: np.ndarray, orders: dict[str, np.ndarray]) -> pd.DataFrame:
     """The cleansing curve's sets, per fraction: for each metric the k most harmful traced instances by its own
     estimate (`orders`: metric -> harmful order), and k random ones shared by all metrics."""
-    rng = np.random.default_rng([spec.seed, 1])
     rows = []
     for f in spec.curve:
         k = max(1, round(f * len(traced)))
         for metric, order in orders.items():
             rows.append({"kind": "top", "metric": metric, "fraction": f, "group": 0,
                          "ids": np.sort(order[np.isin(order, traced)][:k])})
+        # seeded by the fraction itself, so a fraction added to a stored curve later draws the set it would
+        # have drawn with the others
+        rng = np.random.default_rng([spec.seed, 1, round(f * 1_000_000)])
         rows.append({"kind": "random-k", "metric": "", "fraction": f, "group": 0,
                      "ids": np.sort(rng.choice(traced, k, replace=False))})
     return _sized(rows)
+
+
+def _at(table: pd.DataFrame, fractions: tuple[float, ...]) -> np.ndarray:
+    """Which rows of a curve table lie at one of `fractions`."""
+    return np.isclose(table["fraction"].to_numpy(dtype=float)[:, None], np.asarray(fractions, dtype=float)[None, :]
+                      ).any(1) if len(table) and fractions else np.zeros(len(table), dtype=bool)
 
 
 def _sized(rows: list[dict]) -> pd.DataFrame:
@@ -143,17 +151,21 @@ def validate_groups(
         if curve is not None and "metric" not in curve:  # drawn before each metric had its own top-k: again
             curve = None
         orders = {m: harmful_order(chosen[m]) for m in metrics}
-        todo = [t for t, have in ((draw_groups(spec, traced), groups), (draw_curve(spec, traced, orders), curve))
-                if have is None]
+        # curve fractions the stored curve lacks (asked for later, with the same groups) are replayed and added
+        missing = tuple(f for f in spec.curve if curve is None or not _at(curve, (f,)).any())
+        todo = ([draw_groups(spec, traced)] if groups is None else []) + (
+            [draw_curve(replace(spec, curve=missing), traced, orders)] if missing else [])
         if todo:
             both = pd.concat(todo, ignore_index=True)
             both, replayed = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
             meta = {**replayed, "replay_seconds": meta.get("replay_seconds", 0.0) + replayed["replay_seconds"]}
             groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
-            curve = both[both["kind"] != "random"].reset_index(drop=True) if curve is None else curve
+            added = both[both["kind"] != "random"]
+            curve = pd.concat([c for c in (curve, added) if c is not None], ignore_index=True)
             run.write(f"{folder}/groups.parquet", _parquet(groups))
             if spec.curve:
                 run.write(f"{folder}/curve-{name}.parquet", _parquet(curve))
+        curve = curve[_at(curve, spec.curve)].reset_index(drop=True)  # the fractions asked for, in the result
     scores = {}
     for rname, results in result_sets(run).items():
         if all(m in results for m in metrics):
