@@ -234,9 +234,34 @@ def validation_seconds(summary: dict, results: dict[str, InfluenceResult], done:
     if measured:
         return n * max(measured)
     traced = summary.get("traced_steps") or summary["steps"]
+    return n * (traced / 2 + 1) * _step_seconds(summary, results)
+
+
+def _step_seconds(summary: dict, results: dict[str, InfluenceResult]) -> float:
+    """A replayed step's cost before anything was replayed: the smaller of training time per step (which includes
+    one-off setup) and backward-pass time per traced step (which costs more than a forward step)."""
     per_step = [summary["seconds"] / max(summary["steps"], 1)]
     per_step += [r.meta["seconds"] / max(r.meta["traced_steps"], 1) for r in results.values()]
-    return n * (traced / 2 + 1) * min(per_step)
+    return min(per_step)
+
+
+def group_validation_seconds(summary: dict, results: dict[str, InfluenceResult], loo: list[dict],
+                             groups: list[dict], lanes: int) -> float:
+    """Rough duration of a group validation of `lanes` removal sets, each a replay of about every traced step (its
+    sets are spread over the trace). From this run's earlier group validations when there are some (the slowest
+    per set), else its leave-one-out replays (each starts at its instance's first step: about half the trace),
+    else the cost of a step as `validation_seconds` takes it."""
+    per_lane = [v["replay_seconds"] / group_lanes(v) for v in groups if v.get("replay_seconds")]
+    per_lane = per_lane or [2 * v["seconds_loo"] / max(v["n"], 1) for v in loo if v.get("seconds_loo")]
+    traced = summary.get("traced_steps") or summary["steps"]
+    return lanes * (max(per_lane) if per_lane else (traced + 1) * _step_seconds(summary, results))
+
+
+def group_lanes(spec: dict) -> int:
+    """How many sets a group validation replays: M random sets per fraction, and per curve fraction each metric's
+    top k and one random k (`spec`: a stored validation's result, or the same keys for one to start)."""
+    s = spec["spec"]
+    return s["groups"] * len(s["fractions"]) + len(s["curve"]) * (len(spec["metrics"]) + 1)
 
 
 def explain_seconds(earlier: list[dict], results: dict[str, InfluenceResult], n: int, stacked: bool) -> float | None:

@@ -97,6 +97,35 @@ def _check_controls(root: Path, run_id: str, results: dict[str, InfluenceResult]
         st.rerun()
 
 
+def _duration_note(root: Path, run_id: str, metrics: list[str], m: int, fractions: str, curve: str, seed: int) -> None:
+    """How many sets the form's group validation replays and roughly how long that takes here (the sets of a
+    stored validation with the same groups are read back)."""
+    if not metrics:
+        return
+    try:
+        spec = {"groups": m, "fractions": _fractions(fractions), "seed": seed,
+                "curve": _fractions(curve) if curve.strip() else []}
+    except ValueError:
+        return  # the button says what is wrong with the text
+    stored = cache.group_validations(str(root), run_id, cache.files_stamp(root, run_id, "validate"))
+    same = [v for v in stored if v["metrics"] == metrics and all(v["spec"][k] == spec[k]
+                                                               for k in ("groups", "fractions", "seed"))]
+    if same:  # only curve fractions it has not replayed yet
+        have = same[-1].get("curve_replayed", same[-1]["spec"]["curve"])
+        lanes = len([f for f in spec["curve"] if f not in have]) * (len(metrics) + 1)
+    else:
+        lanes = tables.group_lanes({"spec": spec, "metrics": metrics})
+    if not lanes:
+        st.caption("These sets are already replayed: the result is read back at once.")
+        return
+    seconds = tables.group_validation_seconds(
+        cache.summary(str(root), run_id), cache.results(str(root), run_id, cache.files_stamp(root, run_id, "influence")),
+        cache.validations(str(root), run_id, cache.files_stamp(root, run_id, "validate")), stored, lanes)
+    st.warning(f"Replays {lanes} removal sets over the traced steps: takes roughly "
+               f"{tables.duration(seconds, rough=True)} on this machine (estimated from this run's measured speed). "
+               "It runs in the background: you can switch pages meanwhile.", icon=":material/timer:")
+
+
 def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> None:
     """Validate page: start a group validation and show its LDS, scatter and cleansing curve (`first`: the metric
     chosen at first, as in the leave-one-out form above)."""
@@ -117,6 +146,7 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
         curve = c4.text_input("Curve fractions", "0.01, 0.05, 0.1", key=f"grp-c-{run_id}",
                               help="top-k and random-k removals for the cleansing curve (empty: none)")
         seed = c5.number_input("Seed", 0, None, 0, key=f"grp-seed-{run_id}", help="draws the random sets")
+        _duration_note(root, run_id, chosen, int(m), fractions, curve, int(seed))
         if st.button("Start group validation", type="primary", icon=":material/play_arrow:", disabled=not chosen,
                      key=f"grp-start-{run_id}"):
             try:

@@ -165,6 +165,7 @@ def validate_groups(
             run.write(f"{folder}/groups.parquet", _parquet(groups))
             if spec.curve:
                 run.write(f"{folder}/curve-{name}.parquet", _parquet(curve))
+        replayed_fractions = sorted({float(f) for f in curve["fraction"]})
         curve = curve[_at(curve, spec.curve)].reset_index(drop=True)  # the fractions asked for, in the result
     scores = {}
     for rname, results in result_sets(run).items():
@@ -173,7 +174,7 @@ def validate_groups(
     curve_rows = {m: _curve_rows(curve, chosen[m].scores, m) for m in metrics}
     result = {**meta, "metrics": metrics, "spec": {"groups": spec.groups, "fractions": list(spec.fractions),
                                                    "seed": spec.seed, "curve": list(spec.curve)},
-              "result_in_use": name, "scores": scores, "curve": curve_rows}
+              "result_in_use": name, "scores": scores, "curve": curve_rows, "curve_replayed": replayed_fractions}
     run.write_json(f"{folder}/result.json", result)
     return {**result, "groups_table": groups, "curve_table": curve, "key": folder}
 

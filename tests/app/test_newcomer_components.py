@@ -269,3 +269,19 @@ def test_explain_seconds_follow_the_measured_cost_of_rows():
     earlier = [{"seconds": 30.0, "row_sample": [0, 0, 1, 1, 2, 2]},  # 3 samples of two rows (the 2D position)
                {"seconds": 4.0, "row_sample": [0]}]
     assert tables.explain_seconds(earlier, results, 8, stacked=False) == 8 * 10.0  # 30 s / 3 samples, the slowest
+
+
+def test_group_validation_seconds_from_the_runs_measured_replays():
+    """Sets per validation: M per fraction, and per curve fraction each metric's top k and one random k; their time
+    from this run's group validations (the slowest per set), else leave-one-out (a replay there covers about half
+    the trace), else a step's cost over every traced step."""
+    asked = {"spec": {"groups": 32, "fractions": [0.01, 0.05, 0.2], "seed": 0, "curve": [0.01, 0.05, 0.1]},
+             "metrics": ["fid", "is"]}
+    assert tables.group_lanes(asked) == 96 + 3 * 3
+    summary = {"seconds": 100.0, "steps": 1000, "traced_steps": 200}
+    earlier = [{**asked, "replay_seconds": 1050.0}, {"spec": {"groups": 4, "fractions": [0.05], "seed": 0,
+                                                              "curve": []}, "metrics": ["fid"], "replay_seconds": 48.0}]
+    assert tables.group_validation_seconds(summary, {}, [], earlier, 10) == 10 * 12.0  # the slowest: 48 s / 4 sets
+    loo = [{"seconds_loo": 50.0, "n": 10}]
+    assert tables.group_validation_seconds(summary, {}, loo, [], 10) == 10 * 2 * 5.0
+    assert tables.group_validation_seconds(summary, {}, [], [], 10) == pytest.approx(10 * 201 * 0.1)

@@ -118,6 +118,28 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
     assert any("most harmful first: actual" in s for s in specs)  # the cleansing curve
 
 
+def test_the_group_form_says_how_many_sets_it_replays_and_how_long(checked_store, monkeypatch):
+    """Before a group validation starts: the sets it replays (a stored validation's read back) and the time, from
+    this run's measured replays."""
+    from explorer import tables
+
+    root = use_store(monkeypatch, checked_store)
+    run = store.open_run(root, tiny_run_id(root))
+    stored = validate_groups(run, ["fid"], GroupSpec(groups=4, fractions=(0.05,), seed=0, curve=(0.05,)))
+    per_set = stored["replay_seconds"] / 6  # 4 random sets and the curve's top-k and random k
+    at = open_app("validate", run.run_id)
+    timers = [w.value for w in at.warning if w.value.startswith("Replays")]
+    assert timers == [f"Replays 102 removal sets over the traced steps: takes roughly "  # 32 x 3 + 3 x 2: the defaults
+                      f"{tables.duration(102 * per_set, rough=True)} on this machine (estimated from this run's "
+                      "measured speed). It runs in the background: you can switch pages meanwhile."]
+    at.number_input(key=f"grp-m-{run.run_id}").set_value(4).run()
+    at.text_input(key=f"grp-f-{run.run_id}").set_value("0.05").run()
+    at.text_input(key=f"grp-c-{run.run_id}").set_value("0.05").run()
+    assert "These sets are already replayed: the result is read back at once." in texts(at)
+    at.text_input(key=f"grp-c-{run.run_id}").set_value("0.05, 0.1").run()
+    assert any(w.value.startswith("Replays 2 removal sets") for w in at.warning)  # the new fraction's top-k, random k
+
+
 def test_an_older_checks_singles_are_named_as_the_mix_they_were():
     """Checks stored before 2026-12-05 took half their singles from the largest |scores|: the replays' table and
     chart do not call them random; the quick check's window and whole-trace harmful set are told apart."""
