@@ -222,9 +222,9 @@ def test_rows_in_chunks_equal_all_rows_in_one_product(step_setup, monkeypatch):
     gen = torch.Generator().manual_seed(5)
     adjoint = [torch.randn(7, n, generator=gen, dtype=torch.float64) for n in trace.layout.sizes]
     assert backward.rows_per_product(ctx.device, ctx.cfg.model.arch) == (None if ctx.cfg.model.arch == "fcgan" else 8)
-    monkeypatch.setattr(backward, "rows_per_product", lambda ctx: None)
+    monkeypatch.setattr(backward, "rows_per_product", lambda device, arch: None)
     whole, jw_whole = backward_step(ctx, trace, t, s, adjoint)
-    monkeypatch.setattr(backward, "rows_per_product", lambda ctx: 3)
+    monkeypatch.setattr(backward, "rows_per_product", lambda device, arch: 3)
     chunked, jw_chunked = backward_step(ctx, trace, t, s, adjoint)
     for a, b in zip(whole, chunked):
         assert a.shape == b.shape == (7, a.shape[1])
