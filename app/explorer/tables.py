@@ -257,6 +257,18 @@ def group_validation_seconds(summary: dict, results: dict[str, InfluenceResult],
     return lanes * (max(per_lane) if per_lane else (traced + 1) * _step_seconds(summary, results))
 
 
+def cleanse_seconds(summary: dict, results: dict[str, InfluenceResult], attempts: list[dict], mode: str) -> float:
+    """Rough duration of a cleanse: this run's earlier cleanses in the same mode when there are some (the
+    slowest), else a replay of every traced step at a step's cost as `validation_seconds` takes it, or, from
+    scratch, the training's own time."""
+    measured = [a["seconds"] for a in attempts if a.get("mode") == mode and a.get("seconds")]
+    if measured:
+        return max(measured)
+    if mode == "scratch":
+        return summary["seconds"]
+    return ((summary.get("traced_steps") or summary["steps"]) + 1) * _step_seconds(summary, results)
+
+
 def group_lanes(spec: dict) -> int:
     """How many sets a group validation replays: M random sets per fraction, and per curve fraction each metric's
     top k and one random k (`spec`: a stored validation's result, or the same keys for one to start)."""

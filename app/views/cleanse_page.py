@@ -38,6 +38,14 @@ with st.container(border=True):
         done = removal_key(np.asarray(removal, dtype=np.int64), mode) in {a["key"] for a in attempts}
         if done:
             st.caption("This set was already cleansed in this mode: its result is shown below.")
+        else:
+            summary = cache.summary(str(root), run_id)
+            seconds = tables.cleanse_seconds(summary, cache.results(str(root), run_id, cache.files_stamp(
+                root, run_id, "influence")), attempts, mode)
+            what = (f"all {cfg.train.epochs} epochs again" if scratch else
+                    f"a replay of the {summary.get('traced_steps') or summary['steps']} traced steps")
+            st.caption(f"Takes roughly {tables.duration(seconds, rough=True)} here ({what}; from this run's measured "
+                       "speed). It runs in the background.")
         if st.button("Cleanse in the background", type="primary", icon=":material/play_arrow:",
                      disabled=done or len(removal) >= n_train):
             jobpanel.start(root, {"kind": "cleanse",

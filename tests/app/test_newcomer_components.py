@@ -285,3 +285,13 @@ def test_group_validation_seconds_from_the_runs_measured_replays():
     loo = [{"seconds_loo": 50.0, "n": 10}]
     assert tables.group_validation_seconds(summary, {}, loo, [], 10) == 10 * 2 * 5.0
     assert tables.group_validation_seconds(summary, {}, [], [], 10) == pytest.approx(10 * 201 * 0.1)
+
+
+def test_cleanse_seconds_from_earlier_cleanses_else_the_runs_speed():
+    summary = {"seconds": 100.0, "steps": 1000, "traced_steps": 200}
+    attempts = [{"mode": "replay", "seconds": 12.0}, {"mode": "replay", "seconds": 15.0}, {"mode": "scratch",
+                                                                                          "seconds": 90.0}]
+    assert tables.cleanse_seconds(summary, {}, attempts, "replay") == 15.0  # the slowest of this mode
+    assert tables.cleanse_seconds(summary, {}, attempts, "scratch") == 90.0
+    assert tables.cleanse_seconds(summary, {}, [], "scratch") == 100.0  # the training's own time
+    assert tables.cleanse_seconds(summary, {}, [], "replay") == pytest.approx(201 * 0.1)  # every traced step

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from apphelpers import CLEANSED, PAGES, open_app, texts, tiny_run_id
+from explorer import tables
+
+from influence import store
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -63,6 +66,10 @@ def test_cleanse_page_shows_before_after_and_attempts(rich):
                                                           f"after removing {CLEANSED} instances (replay)"]
     table = at.dataframe[-1].value  # one row per metric of the one attempt
     assert len(table) == len(set(table["metric"])) and (table["removed"] == CLEANSED).all()
+    at.toggle(key="scratch").set_value(True).run()  # not cleansed from scratch yet: how long it would take
+    seconds = store.read_json(rich / tiny_run_id(rich) / "summary.json")["seconds"]
+    assert (f"Takes roughly {tables.duration(seconds, rough=True)} here (all 2 epochs again; from this run's "
+            "measured speed). It runs in the background.") in texts(at)
 
 
 def test_validate_page_shows_scatter_and_numbers(rich):
