@@ -96,6 +96,24 @@ def test_a_curve_fraction_asked_for_later_is_replayed_and_added(toy_run, tmp_pat
     assert both["curve"] == validate_groups(fresh, ["dloss"], dataclasses.replace(spec, curve=(0.02, 0.1)))["curve"]
 
 
+def test_checking_another_metric_keeps_the_stored_check(toy_run, tmp_path, monkeypatch):
+    """A check of IS after one of FID used to replace the stored check, so FID read 'not checked' again: the
+    missing metric is checked and added, the stored one keeps its replays, and asking for both replays nothing."""
+    import influence.validation.spotcheck as spotcheck
+
+    run = copy_run(toy_run, tmp_path / "a")
+    first = spot_check(run, ["all"], level="quick")
+    both = spot_check(run, ["dloss"], level="quick")
+    assert both["metrics"] == ["all", "dloss"] and both["per_metric"]["all"] == first["per_metric"]["all"]
+    alone = spot_check(copy_run(toy_run, tmp_path / "b"), ["dloss"], level="quick")
+    assert both["per_metric"]["dloss"] == alone["per_metric"]["dloss"]  # as if checked on its own
+    assert both["seconds"] > first["seconds"] and both["replay_seconds"] > first["replay_seconds"]  # costs added
+    monkeypatch.setattr(spotcheck, "_check", lambda *a, **k: pytest.fail("checked again"))
+    assert spot_check(run, ["all", "dloss"], level="quick") == both
+    name = first["result"]
+    assert stored_check(run, name)["metrics"] == ["all", "dloss"]
+
+
 def test_cli_validate_groups_prints_lds(toy_run, tmp_path, capsys):
     run = copy_run(toy_run, tmp_path)
     code = cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "4",

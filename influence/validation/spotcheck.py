@@ -94,16 +94,31 @@ def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = Es
         level, reason = auto_level(RunContext.create(load_run_config(run), run.root), trace, lanes)
     rel = check_path(name, level)
     with run.exclusive(f"check-{name}-{level}", progress, cancel):  # one check of a result at a time, whoever asks
-        if run.exists(rel):
-            stored = run.read_json(rel)
-            if all(m in stored["metrics"] for m in metrics):
-                return stored
-        return _check(run, trace, results, metrics, options, name, level, reason, rel, progress, cancel, lanes,
-                      seed)
+        stored = run.read_json(rel) if run.exists(rel) else None
+        missing = [m for m in metrics if stored is None or m not in stored["metrics"]]
+        if not missing:
+            return stored
+        # only the metrics the stored check lacks are checked; the stored ones keep their replays
+        check = _check(run, trace, {m: results[m] for m in missing}, missing, options, name, level, reason, progress,
+                       cancel, lanes, seed)
+        if check is None:
+            return stored
+        if stored is not None:
+            check = _merged(stored, check)
+        run.write_json(rel, check)
+        return check
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """A stored check and a check of more metrics of the same result and level, as one: each metric with the
+    replays it was checked with, the costs added."""
+    return {**new, "metrics": old["metrics"] + new["metrics"], "per_metric": {**old["per_metric"], **new["per_metric"]},
+            **{k: old[k] + new[k] for k in ("seconds", "replay_seconds", "pass_seconds")},
+            "baseline": new["baseline"] if old["baseline"] == new["baseline"] else "replayed"}
 
 
 def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], options: EstimateOptions, name: str,
-           level: str, reason: str, rel: str, progress: ProgressFn | None, cancel: CancelToken | None, lanes: int | None,
+           level: str, reason: str, progress: ProgressFn | None, cancel: CancelToken | None, lanes: int | None,
            seed: int) -> dict | None:
     if level == "quick" and any("check_window_first_step" not in r.meta for r in results.values()):
         log.warning("this estimate was computed before spot checks existed: it stays 'not checked' (a full check, "
@@ -148,7 +163,7 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
                     actual[part[i]] = change["valid"]
                 replay_seconds += result.seconds
                 from_trace &= result.baseline_from_trace
-    check = {
+    return {
         "level": level, "level_reason": reason, "result": name, "metrics": metrics, "window_first_step": first,
         "traced_steps": trace.steps, "window_steps": trace.steps - first, "lanes": plan.as_dict(),
         "baseline": "recorded trajectory" if from_trace else "replayed", "seconds": time.perf_counter() - started,
@@ -161,8 +176,6 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
                                     results[m].meta["harmful_sign"], starts)
                        for m in metrics},
     }
-    run.write_json(rel, check)
-    return check
 
 
 def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int,
