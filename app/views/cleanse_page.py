@@ -20,7 +20,8 @@ st.markdown("Retrain the GAN without the removal set and measure the metrics on 
 
 removal = state.removal(root, run_id)
 attempts = cache.attempts(str(root), run_id, cache.files_stamp(root, run_id, "cleanse"))
-n_train = cache.summary(str(root), run_id)["n_train"]
+summary = cache.summary(str(root), run_id)
+n_train = summary["n_train"]
 
 job = jobpanel.latest(root, "cleanse", run_id)
 if job is not None:
@@ -39,7 +40,6 @@ with st.container(border=True):
         if done:
             st.caption("This set was already cleansed in this mode: its result is shown below.")
         else:
-            summary = cache.summary(str(root), run_id)
             seconds = tables.cleanse_seconds(summary, cache.results(str(root), run_id, cache.files_stamp(
                 root, run_id, "influence")), attempts, mode)
             what = (f"all {cfg.train.epochs} epochs again" if scratch else
@@ -132,7 +132,7 @@ for col, metric in zip(st.columns(len(shown)), shown, strict=True):
         col.caption(f"predicted change: {numbers.signed(predicted)} · actual: {numbers.signed(change)}")
         if tables.signs_disagree(predicted, change):
             col.caption(":orange-badge[:material/warning: signs disagree] prediction and result point opposite ways")
-st.caption(tables.prediction_note(attempt, cache.summary(str(root), run_id), cfg.train.epochs,
+st.caption(tables.prediction_note(attempt, summary, cfg.train.epochs,
                                   next(iter(cache.results(str(root), run_id, cache.files_stamp(root, run_id, "influence"))
                                             .values()), None)))
 
