@@ -273,3 +273,15 @@ def test_a_recorded_config_is_bound_to_its_inputs(capsys, cli_store, toy_run, tm
 def test_a_negative_top_is_one_error_line(capsys, cli_store, toy_run):
     _error(capsys, ["--store", str(cli_store), "estimate", "--run", toy_run.run_id, "--metric", "all", "--top", "-3"],
            cli_store, "--top must be at least 0")
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from influence.cli.parser import build_parser
+
+    top = build_parser()
+    (commands,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    bare = {name: [a.option_strings[0] for a in sub._actions if a.option_strings and not a.help]
+            for name, sub in {"gan-influence": top, **commands.choices}.items()}
+    assert {name: opts for name, opts in bare.items() if opts} == {}

@@ -22,6 +22,8 @@ EXPLAIN_HELP = (
 STORE_HELP = "run store folder (env GAN_INFLUENCE_STORE, default ./runs)"
 
 
+RUN_HELP = "the run's id (gan-influence runs lists them)"
+JSON_HELP = "print the result as JSON instead of text"
 CLUSTER_HELP = ("run leave-one-out replays, sweep seeds and cleanses on this Dask scheduler (env GAN_INFLUENCE_CLUSTER; "
                 "default: this machine)")
 
@@ -89,26 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print a JSON summary at the end (with the probe's table)")
 
     r = sub.add_parser("runs", help="list cached runs")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help=JSON_HELP)
 
     rl = sub.add_parser("relocate", help="own images moved: point the runs trained on them to their new place (the "
                         "files must be unchanged: their fingerprint is checked)")
     rl.add_argument("--images", required=True, metavar="PATH", help="the folder or .zip where the images are now")
-    rl.add_argument("--json", action="store_true")
+    rl.add_argument("--json", action="store_true", help=JSON_HELP)
 
     e = sub.add_parser("estimate", help="estimate the influence of every training instance", description=SIGN_HELP)
-    e.add_argument("--run", required=True)
+    e.add_argument("--run", required=True, help=RUN_HELP)
     e.add_argument("--metric", action="append", required=True, help="is, fid, dloss (images) or all, dloss (2D); repeatable")
     _estimate_options(e)
     _check_option(e)
     e.add_argument("--top", type=int, default=5, help="show the N most harmful instances per metric")
     e.add_argument("--use", action="store_true", help="make this result (these options) the one the table, cleanse "
                    "and export use; without it the result in use stays as it is (the first computed, or chosen)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
 
     xp = sub.add_parser("explain", help="why did the GAN make these samples? influence of every training image on "
                         "chosen generated samples (or a class share), in one pass", description=EXPLAIN_HELP)
-    xp.add_argument("--run", required=True)
+    xp.add_argument("--run", required=True, help=RUN_HELP)
     xp.add_argument("--samples", default=None, metavar="SEED:N|FILE|valid",
                     help="the chosen z: N latent vectors drawn with SEED (e.g. 0:16), a .npy file of latent vectors "
                          "(n, z_dim), or 'valid' (the validation z; the default for class share); at most 64 samples")
@@ -124,30 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--check-samples", type=int, nargs="+", default=None, metavar="I",
                     help="with --check: the samples to check (default: all)")
     _estimate_options(xp)
-    xp.add_argument("--json", action="store_true")
+    xp.add_argument("--json", action="store_true", help=JSON_HELP)
 
     x = sub.add_parser("export", help="write the training set without a removal set to a new folder (original files "
                        "for own images, PNGs + labels.csv for built-in data) with a manifest; the source is not touched")
-    x.add_argument("--run", required=True)
+    x.add_argument("--run", required=True, help=RUN_HELP)
     x.add_argument("--removal", required=True, help="CSV with an 'id' or 'path' column (or one id per line)")
     x.add_argument("--to", required=True, help="new (or empty) folder to write")
     x.add_argument("--why", default=None, help="how the removal set was chosen (kept in the manifest)")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = sub.add_parser("cleanse", help="retrain without a removal set and compare test metrics")
-    c.add_argument("--run", required=True)
+    c.add_argument("--run", required=True, help=RUN_HELP)
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("--remove", help="CSV file with an 'id' column (or one id per line)")
     g.add_argument("--top-harmful", type=int, metavar="K", help="remove the K most harmful instances by --by")
     c.add_argument("--by", default="fid", help="selection method for --top-harmful: a metric, iforest, iforest-pixels, random")
-    c.add_argument("--mode", default="replay", choices=["replay", "scratch"])
+    c.add_argument("--mode", default="replay", choices=["replay", "scratch"],
+                   help="replay: the traced steps again without the set (same start, batches and z: what the "
+                        "estimate predicts); scratch: every epoch again with the same seed (slower)")
     _estimate_options(c)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
 
     v = sub.add_parser("validate", help="estimated vs actual influence: leave-one-out (--n), or groups (--groups, LDS)")
-    v.add_argument("--run", required=True)
-    v.add_argument("--metric", action="append", required=True)
-    v.add_argument("--n", type=int, default=200)
+    v.add_argument("--run", required=True, help=RUN_HELP)
+    v.add_argument("--metric", action="append", required=True, help="is, fid, dloss (images) or all, dloss (2D); "
+                   "repeatable")
+    v.add_argument("--n", type=int, default=200, help="leave-one-out: how many traced instances to replay without "
+                   "(one replay each; the paper uses 200)")
     v.add_argument("--groups", type=int, default=None, metavar="M",
                    help="group validation instead of leave-one-out: M random removal sets per --fraction, replayed "
                         "without them; Spearman (LDS) and Pearson of the summed estimates against the actual changes")
@@ -158,22 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "curve, same replay); none to skip")
     v.add_argument("--lanes", type=int, default=None, metavar="K",
                    help="replay lanes per batched pass (default: chosen by memory and model; 1 = one after another)")
-    v.add_argument("--selection", default="first", choices=["first", "random"])
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--selection", default="first", choices=["first", "random"],
+                   help="leave-one-out: the lowest traced ids (the paper's protocol) or random ones (with --seed)")
+    v.add_argument("--seed", type=int, default=0, help="draws the random instances (--selection random) or the "
+                   "random sets (--groups)")
     v.add_argument("--trace-epochs", type=int, default=None, metavar="K",
                    help="validate over the last K traced epochs only (the run must trace at least K)")
     _estimate_options(v)
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--json", action="store_true", help=JSON_HELP)
 
     s = sub.add_parser("sweep", help="the paper's data-cleansing experiment over seeds")
-    s.add_argument("--preset", default=DEFAULT_PRESET)
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--methods", nargs="+", default=["fid", "is", "dloss", "iforest", "random"])
-    s.add_argument("--counts", type=int, nargs="+", default=[1000, 3000, 5000])
+    s.add_argument("--preset", default=DEFAULT_PRESET, help="the recipe each seed trains")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="one run per seed; the t-tests compare methods over them (2 to 50)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field of every run (repeatable)")
+    s.add_argument("--methods", nargs="+", default=["fid", "is", "dloss", "iforest", "random"],
+                   help="how to choose the instances removed: a metric's most harmful (fid, is, dloss), iforest "
+                        "or iforest-pixels (Isolation Forest on features or pixels), random")
+    s.add_argument("--counts", type=int, nargs="+", default=[1000, 3000, 5000],
+                   help="how many instances each method removes (one cleanse each)")
     s.add_argument("--metric", default="fid", help="test metric to compare")
     _estimate_options(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=JSON_HELP)
     for command in sub.choices.values():  # also after the subcommand, as users type them
         command.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
         command.add_argument("--cluster", default=argparse.SUPPRESS, metavar="tcp://HOST:8786", help=CLUSTER_HELP)
