@@ -269,6 +269,14 @@ def cleanse_seconds(summary: dict, results: dict[str, InfluenceResult], attempts
     return ((summary.get("traced_steps") or summary["steps"]) + 1) * _step_seconds(summary, results)
 
 
+def sweep_seconds(summary: dict, results: dict[str, InfluenceResult], attempts: list[dict], new_runs: int,
+                  cleanses: int) -> float:
+    """Rough duration of a sweep: each run not yet trained trains and estimates as this one did, and every
+    (seed, method, count) is one cleanse by replay (`cleanse_seconds`)."""
+    per_run = summary["seconds"] + sum(r.meta.get("seconds") or 0.0 for r in results.values())
+    return new_runs * per_run + cleanses * cleanse_seconds(summary, results, attempts, "replay")
+
+
 def group_lanes(spec: dict) -> int:
     """How many sets a group validation replays: M random sets per fraction, and per curve fraction each metric's
     top k and one random k (`spec`: a stored validation's result, or the same keys for one to start)."""

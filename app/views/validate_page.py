@@ -124,13 +124,18 @@ with st.expander("Start a sweep over seeds of this run's configuration", icon=":
                                    default=list(methods_for(cfg.is_2d)), format_func=METHOD_LABELS.get, key="sw-methods")
     sweep_metric = c4.selectbox("Test metric", metrics, index=metrics.index(first), format_func=METRIC_LABELS.get,
                                 key="sw-metric")
+    try:
+        spec, problem = sweepform.sweep_spec(cfg, seeds_text, sweep_methods, counts_text, sweep_metric,
+                                             summary["n_train"]), None
+    except ConfigError as e:
+        spec, problem = None, e
     st.caption("Each seed trains a run (cached), estimates influence, then replays the traced steps once per "
-               "method and count: hours on a CPU for the quick preset. It resumes where it stopped.")
+               "method and count. It resumes where it stopped." + (" " + sweepform.duration_text(
+                   root, spec, summary, results, cache.attempts(str(root), run_id, cache.files_stamp(
+                       root, run_id, "cleanse"))) if spec else ""))
     if st.button("Start sweep", type="primary", key="sw-start"):
-        try:
-            spec = sweepform.sweep_spec(cfg, seeds_text, sweep_methods, counts_text, sweep_metric, summary["n_train"])
-        except ConfigError as e:
-            st.error(str(e), icon=":material/error:")
+        if problem is not None:
+            st.error(str(problem), icon=":material/error:")
         else:
             jobpanel.start(root, spec)
             st.rerun()

@@ -114,6 +114,11 @@ def test_sweep_button_sends_the_seeds_of_this_runs_config(app_store, started_job
     at.text_input(key="sw-seeds").set_value("3, 4")
     at.text_input(key="sw-counts").set_value("50 200")
     at.multiselect(key="sw-methods").set_value(["fid", "random"])
+    at.run()  # what the sweep will do, and roughly how long, before it starts
+    assert "Here: 2 runs to train (0 in the store already) and 8 cleanses, roughly " in texts(at)
+    at.text_input(key="sw-seeds").set_value(f"3, 4, {load_run_config(store.open_run(app_store, run_id)).seed}").run()
+    assert "Here: 2 runs to train (1 in the store already) and 12 cleanses" in texts(at)  # this run is not trained again
+    at.text_input(key="sw-seeds").set_value("3, 4")
     at.button(key="sw-start").click().run()
     assert not at.exception and not at.error
     [spec] = started_jobs

@@ -295,3 +295,13 @@ def test_cleanse_seconds_from_earlier_cleanses_else_the_runs_speed():
     assert tables.cleanse_seconds(summary, {}, attempts, "scratch") == 90.0
     assert tables.cleanse_seconds(summary, {}, [], "scratch") == 100.0  # the training's own time
     assert tables.cleanse_seconds(summary, {}, [], "replay") == pytest.approx(201 * 0.1)  # every traced step
+
+
+def test_sweep_seconds_train_the_new_runs_and_replay_every_cleanse():
+    class Result:
+        meta = {"seconds": 20.0}
+
+    summary = {"seconds": 200.0, "steps": 1000, "traced_steps": 200}
+    attempts = [{"mode": "replay", "seconds": 15.0}]
+    # 3 new runs trained and estimated as this one (200 s + a 20 s pass each), 2 x 3 x 5 cleanses at 15 s
+    assert tables.sweep_seconds(summary, {"fid": Result()}, attempts, 3, 30) == 3 * 220.0 + 30 * 15.0
