@@ -277,6 +277,14 @@ def sweep_seconds(summary: dict, results: dict[str, InfluenceResult], attempts: 
     return new_runs * per_run + cleanses * cleanse_seconds(summary, results, attempts, "replay")
 
 
+def last_pass_text(results: dict[str, InfluenceResult], check: dict | None) -> str:
+    """What the pass of the result in use took here, and its spot check: a guide to what another will cost."""
+    seconds = sum(r.meta.get("seconds") or 0.0 for r in results.values())
+    names = " and ".join(", ".join(METRIC_LABELS[m] for m in results).rsplit(", ", 1))
+    spent = f"; its {check['level']} spot check {duration(check['seconds'])}" if check and check.get("seconds") else ""
+    return f"Here the pass in use ({names}) took {duration(seconds)}{spent}."
+
+
 def group_lanes(spec: dict) -> int:
     """How many sets a group validation replays: M random sets per fraction, and per curve fraction each metric's
     top k and one random k (`spec`: a stored validation's result, or the same keys for one to start)."""

@@ -305,3 +305,14 @@ def test_sweep_seconds_train_the_new_runs_and_replay_every_cleanse():
     attempts = [{"mode": "replay", "seconds": 15.0}]
     # 3 new runs trained and estimated as this one (200 s + a 20 s pass each), 2 x 3 x 5 cleanses at 15 s
     assert tables.sweep_seconds(summary, {"fid": Result()}, attempts, 3, 30) == 3 * 220.0 + 30 * 15.0
+
+
+def test_the_last_pass_is_told_with_its_check():
+    class Result:
+        def __init__(self, seconds):
+            self.meta = {"seconds": seconds}
+
+    results = {"fid": Result(9.3), "is": Result(9.3), "dloss": Result(9.2)}
+    assert tables.last_pass_text(results, {"level": "quick", "seconds": 146.1}) == (
+        "Here the pass in use (FID, IS and D-loss) took 28 s; its quick spot check 2 min 26 s.")
+    assert tables.last_pass_text({"fid": Result(9.3)}, None) == "Here the pass in use (FID) took 9 s."

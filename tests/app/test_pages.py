@@ -35,6 +35,7 @@ def test_influence_page_shows_histograms_verdicts_and_plots(rich):
         assert label in [s.value for s in at.subheader]
     assert "negative = harmful (removal improves FID)" in said  # the sign convention, in one sentence
     assert "Stability: reliable" in said and "Trust: not checked" in said
+    assert "Here the pass in use (" in said  # what the last pass cost, beside the form for another
     assert {m.label for m in at.metric} == {"mean", "std", "harmful (of 1000)", "most harmful value"}
     charts = at.get("plotly_chart")
     assert len(charts) == 3 * 2 + 2  # histogram and |u| per metric, IS-vs-FID scatter, per-class box
