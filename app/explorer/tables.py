@@ -277,9 +277,12 @@ def sweep_seconds(summary: dict, results: dict[str, InfluenceResult], attempts: 
     return new_runs * per_run + cleanses * cleanse_seconds(summary, results, attempts, "replay")
 
 
-def last_pass_text(results: dict[str, InfluenceResult], check: dict | None) -> str:
-    """What the pass of the result in use took here, and its spot check: a guide to what another will cost."""
+def last_pass_text(results: dict[str, InfluenceResult], check: dict | None) -> str | None:
+    """What the pass of the result in use took here, and its spot check: a guide to what another will cost (None
+    for a result that did not record its time)."""
     seconds = sum(r.meta.get("seconds") or 0.0 for r in results.values())
+    if not seconds:
+        return None
     names = " and ".join(", ".join(METRIC_LABELS[m] for m in results).rsplit(", ", 1))
     spent = f"; its {check['level']} spot check {duration(check['seconds'])}" if check and check.get("seconds") else ""
     return f"Here the pass in use ({names}) took {duration(seconds)}{spent}."

@@ -55,7 +55,8 @@ with st.expander("Compute influence", expanded=not results, icon=":material/calc
     if results:  # what the last pass cost here, as a guide to this one
         stamp = cache.files_stamp(root, run_id, "influence")
         _, named = cache.result_names(str(root), run_id, stamp)
-        st.caption(tables.last_pass_text(results, cache.spot_check(str(root), run_id, named, stamp)))
+        if said := tables.last_pass_text(results, cache.spot_check(str(root), run_id, named, stamp)):
+            st.caption(said)
     if st.button("Compute in the background", type="primary", disabled=not chosen, icon=":material/play_arrow:"):
         try:
             options = EstimateOptions(dtype=dtype, damping=float(damping) if method == "exact" else 0.0,

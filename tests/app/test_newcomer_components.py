@@ -316,3 +316,4 @@ def test_the_last_pass_is_told_with_its_check():
     assert tables.last_pass_text(results, {"level": "quick", "seconds": 146.1}) == (
         "Here the pass in use (FID, IS and D-loss) took 28 s; its quick spot check 2 min 26 s.")
     assert tables.last_pass_text({"fid": Result(9.3)}, None) == "Here the pass in use (FID) took 9 s."
+    assert tables.last_pass_text({"fid": Result(None)}, None) is None  # a result that did not record its time
