@@ -231,6 +231,10 @@ def test_the_explain_job_and_the_cli(capsys, toy, monkeypatch):
     assert out["name"] == e.name and len(out["samples"]) == 2
     assert [t["id"] for t in out["samples"][1]["top"]["largest"]] == e.responsible(1, 3).tolist()
     assert out["files"]["matrix"].endswith("matrix.parquet")
+    assert main(["--store", str(toy.root), "explain", "--run", toy.run_id, "--samples", "1:2", "--objective",
+                 "position", "--top", "3"]) == 0
+    x, y = e.values[e.row_sample == 1]  # each sample's line names the objective and its value
+    assert f"sample 1: position {x:.4g}, {y:.4g}; nearest training image #" in capsys.readouterr().out
     before = tree(toy.root)
     for argv, match in ((["--samples", "1:2", "--objective", "clarity"], "classifier of images"),
                         (["--samples", "0:65", "--objective", "position"], "at most 64"),

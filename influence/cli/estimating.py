@@ -106,7 +106,7 @@ def check_metrics(run: store.Run, metrics: list[str]) -> None:
 def cmd_explain(args, root: Path) -> int:
     from ..context import load_run_config
     from ..estimator import check_options
-    from ..objectives.samples import check_request, parse
+    from ..objectives.samples import KIND_LABELS, check_request, parse
     from ..samples import export_paths, load
     from ..samples import latents as chosen
     from ..samples.check import check_arguments
@@ -145,7 +145,9 @@ def cmd_explain(args, root: Path) -> int:
     print(f"{out['label']}: {out['sign']}")
     print(f"  stability: {out['verdict_message']}; pass {out['seconds']:.1f} s over {out['traced_steps']} traced steps")
     for s in out["samples"]:
-        head = f"sample {s['sample']}: {s['value_label']} {s['value']:.4g}"
+        value = ", ".join(f"{v:.4g}" for v in s["values"])  # position: x, y
+        head = (f"sample {s['sample']}: {KIND_LABELS[out['kind']]} {value}" if out["per_sample"]
+                else f"{s['value_label']} {value}")
         if "nearest_id" in s:
             head += (f"; nearest training image #{s['nearest_id']} at {s['distance_ratio']:.2f}x the typical "
                      f"neighbour distance; top-1 / top-10 carry {s['top1_share']:.1%} / {s['top10_share']:.1%} of "
@@ -191,6 +193,7 @@ def _explain_summary(run, explanation, top: int, files: dict, check: dict | None
                                    "influence": " ".join(f"{v:+.3g}" for v in explanation.matrix[rows, j])}
                                   for j in ids]
         samples.append(entry)
-    return {"name": explanation.name, "label": meta["label"], "sign": meta["sign"], "verdict": meta["verdict"],
+    return {"name": explanation.name, "kind": meta["kind"], "per_sample": meta["per_sample"], "label": meta["label"],
+            "sign": meta["sign"], "verdict": meta["verdict"],
             "verdict_message": meta["verdict_message"], "seconds": meta["seconds"],
             "traced_steps": meta["traced_steps"], "samples": samples, "files": files, "check": check}
