@@ -72,7 +72,8 @@ def cmd_estimate(args, root: Path) -> int:
             print(f"  note: {note}")
         if o["trace_lr_warning"]:
             print(f"  warning: {o['trace_lr_warning']}")
-        print(f"  {o['traced_steps']} traced steps in {o['seconds']:.1f} s; most harmful: " +
+        print(f"  {o['traced_steps']} traced steps, {o['seconds']:.1f} s of computation for this metric (metrics "
+              "computed together split one pass's time); most harmful: " +
               ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']:+.3g})"
                         for t in o["most_harmful"]))
     print(f"result '{name}'" + ("" if name == in_use else f"; the table, cleanse and export use '{in_use}' "
