@@ -111,8 +111,7 @@ def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):
 
     with pytest.raises(Cancelled):
         leave_one_out(run, ["all"], ids, progress=cancel_after_a_few, cancel=token, workers=2, lanes=1)
-    key = next(run.path("validate/_partial").glob("loo-*.json"))
-    kept = run.read_json(f"validate/_partial/{key.name}")["changes"]
+    kept = run.read_json("validate/_partial/loo-replays.json")["replays"]
     assert len(kept) >= 10  # saved after every task
     # the next call computes the rest: the same as an uninterrupted run
     again, _ = leave_one_out(run, ["all"], ids, workers=1, lanes=1)
@@ -120,19 +119,29 @@ def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):
     assert np.array_equal(again, by_hand)
 
 
-def test_leave_one_out_partials_without_recorded_time_report_none(toy_run, tmp_path, monkeypatch):
-    """A partial file written before the time was recorded (a flat {id: changes} dict) still counts."""
-    import hashlib, json
-
+def test_a_later_leave_one_out_replays_only_what_no_earlier_one_did(toy_run, tmp_path, monkeypatch):
+    """Replays are kept per instance with every metric: validating another metric, or more instances, replays
+    only the new ones, with the changes a fresh computation gives; a file of the older format is replayed again."""
     import influence.validation.loo as v
 
-    run = copy_run(toy_run, tmp_path)
-    ids = np.array([3, 4])
-    key = "loo-" + hashlib.sha256(json.dumps([["all"], ids.tolist()]).encode()).hexdigest()[:12]
-    run.write_json(f"validate/_partial/{key}.json", {"3": [0.25], "4": [-0.5]})
-    monkeypatch.setattr(v, "lane_tasks", lambda *a, **k: pytest.fail("replayed again"))
-    actual, seconds = leave_one_out(run, ["all"], ids)
-    assert actual.tolist() == [[0.25, -0.5]] and seconds is None
+    run = copy_run(toy_run, tmp_path / "a")
+    ids = np.array([3, 40, 77, 1500, 1900])
+    first, seconds = leave_one_out(run, ["all"], ids[:3], lanes=1)
+    replayed = []
+    real = v.lane_tasks
+    monkeypatch.setattr(v, "lane_tasks", lambda run_, ctx, trace, lanes_, *a: replayed.append(
+        [int(lane.removed[0]) for lane in lanes_]) or real(run_, ctx, trace, lanes_, *a))
+    both, _ = leave_one_out(run, ["dloss", "all"], ids, lanes=1)
+    assert replayed == [[1500, 1900]]  # the first three were scored on every metric already
+    assert np.array_equal(both[1, :3], first[0])
+    fresh, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["dloss", "all"], ids, lanes=1)
+    assert np.array_equal(both, fresh)
+    replayed.clear()
+    again, total = leave_one_out(run, ["all"], ids[:3], lanes=1)
+    assert replayed == [] and np.array_equal(again, first) and total == pytest.approx(seconds)  # what they cost
+    old = copy_run(toy_run, tmp_path / "c")  # a partial file of the earlier format is not read
+    old.write_json("validate/_partial/loo-replays.json", {"3": [0.25]})
+    assert np.array_equal(leave_one_out(old, ["all"], ids[:1], lanes=1)[0], first[:, :1])
 
 
 def test_validate_on_the_toy_run_stores_what_it_returns(toy_run, tmp_path):

@@ -54,8 +54,8 @@ with st.container(border=True):
                            "replays cover only the last K epochs. Run it for several K to draw the chart below.")
     seconds = tables.validation_seconds(summary, results, stored, int(n))
     st.warning(f"Takes roughly {tables.duration(seconds, rough=True)} on this machine (estimated from this run's "
-               "measured speed; it grows linearly with n). It runs in the background: you can switch pages meanwhile.",
-               icon=":material/timer:")
+               "measured speed; it grows linearly with n, and instances an earlier validation replayed are read "
+               "back). It runs in the background: you can switch pages meanwhile.", icon=":material/timer:")
     start = st.button("Start validation", type="primary", icon=":material/play_arrow:", disabled=not chosen)
 if start:
     jobpanel.start(root, {"kind": "validate", "params": {

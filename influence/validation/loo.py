@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +24,7 @@ from ..estimator import EstimateOptions, estimate, result_name
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
 from ..execution import open_executor
-from ..metrics import check_metric
+from ..metrics import available_metrics, check_metric
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace, epoch_kinds
 from .replays import chunks, lane_tasks, lanes_per_task
@@ -99,7 +96,7 @@ def leave_one_out(
     workers: int | None = None,
     first_step: int = 0,
     lanes: int | None = None,
-) -> tuple[np.ndarray, float | None]:
+) -> tuple[np.ndarray, float]:
     """Actual influence (k metrics x n ids) by replays, and the seconds all of them took.
 
     Each id is a lane of `counterfactual.replay_lanes`: its change is its replay minus lane 0 (nothing
@@ -110,29 +107,28 @@ def leave_one_out(
     Chunks of lanes are tasks of the execution layer (`influence.execution`): here, on a local Dask
     cluster when the cores hold more than one worker at this process's torch thread count (`workers`
     overrides how many), or on the scheduler of GAN_INFLUENCE_CLUSTER. They run at this process's thread
-    count: results are bit-identical to replays here. Finished replays are kept on disk with their
-    accumulated time, so a rerun that finds them reports what they cost, not ~0 s (None where an older
-    partial file did not record it).
+    count: results are bit-identical to replays here. Finished replays are kept on disk, per instance, with
+    every metric the run computes and their time: a rerun, another metric or more instances replay only what
+    is missing, and the seconds returned are what the ids' replays cost, not ~0 s.
     """
     cfg = load_run_config(run)
     trace = Trace.load(run)
     ctx = RunContext.create(cfg, run.root)
-    ident = [metrics, ids.tolist()] + ([first_step] if first_step else [])  # earlier keys had no first step
-    key = "loo-" + hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
-    with run.exclusive(f"validate-{key}", progress, cancel):  # one set of these replays at a time, whoever asks
-        return _leave_one_out(run, ctx, trace, metrics, ids, key, progress, cancel, workers, first_step, lanes)
+    name = f"loo-replays{f'-from{first_step}' if first_step else ''}"
+    with run.exclusive(f"validate-{name}", progress, cancel):  # one writer of these replays at a time, whoever asks
+        return _leave_one_out(run, ctx, trace, metrics, ids, f"validate/_partial/{name}.json", progress, cancel,
+                              workers, first_step, lanes)
 
 
-def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], ids: np.ndarray, key: str,
+def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], ids: np.ndarray, rel: str,
                    progress: ProgressFn | None, cancel: CancelToken | None, workers: int | None,
-                   first_step: int, lanes: int | None) -> tuple[np.ndarray, float | None]:
-    done, earlier_seconds = _load_partial(run, key)
-    started = time.perf_counter()
-
-    def seconds() -> float | None:
-        return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - started
-
-    pending = [j for j in dict.fromkeys(ids.tolist()) if str(j) not in done]
+                   first_step: int, lanes: int | None) -> tuple[np.ndarray, float]:
+    # Every replay is scored on every metric the run can compute and kept per instance, so a later validation
+    # of other metrics, or of more instances, replays only what no earlier one did.
+    scored = available_metrics(ctx.cfg.is_2d)
+    done = _load_replays(run, rel)
+    pending = [j for j in dict.fromkeys(ids.tolist()) if not all(m in done.get(str(j), {}).get("changes", {})
+                                                                  for m in metrics)]
     finished = len(ids) - len(pending)
     report = Reporter("leave-one-out", len(ids), progress, cancel)
     report(finished)
@@ -140,34 +136,32 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
         lane_list = [Lane.of([j]) for j in pending]
         plan = choose_plan(ctx, trace, len(lane_list), lanes)
         groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, first_step, lanes_per_task(ctx, trace, plan))
-        tasks = lane_tasks(run, ctx, trace, lane_list, (("valid", tuple(metrics)),), plan, groups, first_step)
+        tasks = lane_tasks(run, ctx, trace, lane_list, (("valid", scored),), plan, groups, first_step)
         with open_executor(len(groups), workers) as executor, \
                 contextlib.closing(executor.run(tasks, cancel=cancel)) as replays:
             for group, result in replays:
                 for i, change in zip(group, result.changes):
-                    done[str(pending[i])] = [change["valid"][m] for m in metrics]
-                run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": seconds()})
+                    done[str(pending[i])] = {"changes": change["valid"], "seconds": result.seconds / len(group)}
+                run.write_json(rel, {"version": REPLAYS_VERSION, "replays": done})  # kept after every task
                 finished += len(group)
                 report(finished)
-    total = seconds()
-    run.write_json(f"validate/_partial/{key}.json", {"changes": done, "seconds": total})
-    run.remove_stale_temp_files(["validate/_partial"], [f"{key}.json"])  # a killed writer's (this key's lock)
-    actual = np.array([done[str(j)] for j in ids.tolist()]).T
-    return actual, total
+    run.remove_stale_temp_files(["validate/_partial"], [rel.rsplit("/", 1)[1]])  # a killed writer's (this lock's)
+    actual = np.array([[done[str(j)]["changes"][m] for j in ids.tolist()] for m in metrics])
+    return actual, sum(done[str(j)]["seconds"] for j in dict.fromkeys(ids.tolist()))
 
 
-def _load_partial(run: store.Run, key: str) -> tuple[dict, float | None]:
-    """(finished replays, seconds they took); files from before the time was recorded give None."""
-    rel = f"validate/_partial/{key}.json"
+REPLAYS_VERSION = 2  # {id: {"changes": {metric: change}, "seconds": its replay's share of its task}}
+
+
+def _load_replays(run: store.Run, rel: str) -> dict:
+    """The finished replays of one first step ({} when none, or the file is damaged: they are replayed again)."""
     if not run.exists(rel):
-        return {}, 0.0
+        return {}
     try:
         data = run.read_json(rel)
     except StoreError:
-        return {}, 0.0
-    if "changes" in data:
-        return data["changes"], data["seconds"]
-    return data, (0.0 if not data else None)
+        return {}
+    return data["replays"] if data.get("version") == REPLAYS_VERSION else {}
 
 
 def validate(
