@@ -96,6 +96,28 @@ def test_a_curve_fraction_asked_for_later_is_replayed_and_added(toy_run, tmp_pat
     assert both["curve"] == validate_groups(fresh, ["dloss"], dataclasses.replace(spec, curve=(0.02, 0.1)))["curve"]
 
 
+def test_group_validation_of_another_metric_reads_the_same_sets_back(toy_run, tmp_path, monkeypatch):
+    """The random sets are scored on every metric the run computes: validating D-loss after ALL with the same
+    spec replays only its curve, and its LDS equals a fresh validation's."""
+    import influence.validation.groups as g
+
+    run = copy_run(toy_run, tmp_path / "a")
+    spec = GroupSpec(groups=4, fractions=(0.05,), seed=2, curve=(0.02,))
+    first = validate_groups(run, ["all"], spec)
+    replayed = []
+    real = g._replay
+    monkeypatch.setattr(g, "_replay", lambda run_, cfg, trace, table, *a: replayed.append(table) or real(
+        run_, cfg, trace, table, *a))
+    later = validate_groups(run, ["dloss"], spec)
+    assert len(replayed) == 1 and set(replayed[0]["kind"]) == {"top", "random-k"}  # the curve only
+    assert later["baseline"] == first["baseline"] and later["replay_seconds"] > first["replay_seconds"]  # sets + curve
+    monkeypatch.setattr(g, "_replay", real)
+    fresh = validate_groups(copy_run(toy_run, tmp_path / "b"), ["dloss"], spec)
+    name = later["result_in_use"]
+    assert later["scores"][name] == fresh["scores"][name] and later["curve"] == fresh["curve"]
+    assert len(g.group_points(run, later["key"].rsplit("/", 1)[1], np.zeros(2000), "dloss")) == 4  # its own folder
+
+
 def test_checking_another_metric_keeps_the_stored_check(toy_run, tmp_path, monkeypatch):
     """A check of IS after one of FID used to replace the stored check, so FID read 'not checked' again: the
     missing metric is checked and added, the stored one keeps its replays, and asking for both replays nothing."""

@@ -9,9 +9,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from influence import store
 from influence.estimator import EstimateOptions, InfluenceResult
 from influence.metrics import METRIC_LABELS, harmful_sign
 from influence.specs import estimate_spec
+from influence.validation.groups import GroupSpec, same_sets
 from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.trust import mixed_singles, stored_replays, verdict
 
@@ -108,13 +110,15 @@ def _duration_note(root: Path, run_id: str, metrics: list[str], m: int, fraction
     except ValueError:
         return  # the button says what is wrong with the text
     stored = cache.group_validations(str(root), run_id, cache.files_stamp(root, run_id, "validate"))
-    same = [v for v in stored if v["metrics"] == metrics and all(v["spec"][k] == spec[k]
-                                                               for k in ("groups", "fractions", "seed"))]
+    sets = GroupSpec(spec["groups"], tuple(spec["fractions"]), spec["seed"], tuple(spec["curve"]))
+    same = [v for v in stored if v["key"] == f"{'+'.join(metrics)}-{sets.key()}"]
     if same:  # only curve fractions it has not replayed yet
         have = same[-1].get("curve_replayed", same[-1]["spec"]["curve"])
         lanes = len([f for f in spec["curve"] if f not in have]) * (len(metrics) + 1)
-    else:
+    else:  # the random sets may have been replayed for other metrics and scored on these too
         lanes = tables.group_lanes({"spec": spec, "metrics": metrics})
+        if same_sets(store.open_run(root, run_id), sets, metrics) is not None:
+            lanes -= spec["groups"] * len(spec["fractions"])
     if not lanes:
         st.caption("These sets are already replayed: the result is read back at once.")
         return

@@ -33,7 +33,7 @@ from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, harmful_order, result_name, result_sets
 from ..execution import open_executor
-from ..metrics import check_metric
+from ..metrics import available_metrics, check_metric
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
 from .replays import chunks, lane_tasks, lanes_per_task
@@ -148,6 +148,9 @@ def validate_groups(
         groups = _read(run, f"{folder}/groups.parquet")
         curve = _read(run, f"{folder}/curve-{name}.parquet") if spec.curve else _sized([])
         meta = run.read_json(f"{folder}/result.json") if run.exists(f"{folder}/result.json") else {}
+        borrowed = same_sets(run, spec, metrics) if groups is None else None
+        if borrowed is not None:  # the same random sets, replayed for other metrics and scored on these too
+            groups, meta = borrowed
         if curve is not None and "metric" not in curve:  # drawn before each metric had its own top-k: again
             curve = None
         orders = {m: harmful_order(chosen[m]) for m in metrics}
@@ -157,14 +160,15 @@ def validate_groups(
             [draw_curve(replace(spec, curve=missing), traced, orders)] if missing else [])
         if todo:
             both = pd.concat(todo, ignore_index=True)
-            both, replayed = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
+            both, replayed = _replay(run, cfg, trace, both, lanes, workers, progress, cancel)
             meta = {**replayed, "replay_seconds": meta.get("replay_seconds", 0.0) + replayed["replay_seconds"]}
             groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
             added = both[both["kind"] != "random"]
             curve = pd.concat([c for c in (curve, added) if c is not None], ignore_index=True)
-            run.write(f"{folder}/groups.parquet", _parquet(groups))
             if spec.curve:
                 run.write(f"{folder}/curve-{name}.parquet", _parquet(curve))
+        if todo or borrowed is not None:
+            run.write(f"{folder}/groups.parquet", _parquet(groups))
         replayed_fractions = sorted({float(f) for f in curve["fraction"]})
         curve = curve[_at(curve, spec.curve)].reset_index(drop=True)  # the fractions asked for, in the result
     scores = {}
@@ -179,6 +183,19 @@ def validate_groups(
     return {**result, "groups_table": groups, "curve_table": curve, "key": folder}
 
 
+def same_sets(run: store.Run, spec: GroupSpec, metrics: list[str]) -> tuple[pd.DataFrame, dict] | None:
+    """Random sets of the same spec that a validation of other metrics replayed and scored on every metric these
+    need (its groups table, and what its replays were: lanes, lane 0, conditions, time), or None."""
+    base = run.path("validate/groups")
+    for d in sorted(base.glob(f"*-{spec.key()}")) if base.is_dir() else []:
+        table = _read(run, f"validate/groups/{d.name}/groups.parquet")
+        if table is not None and all(f"actual_{s}_{m}" in table for s in SPLITS for m in metrics) and \
+                run.exists(f"validate/groups/{d.name}/result.json"):
+            meta = run.read_json(f"validate/groups/{d.name}/result.json")
+            return table, {k: meta[k] for k in ("lanes", "baseline", "replay_seconds", "conditions") if k in meta}
+    return None
+
+
 def _read(run: store.Run, rel: str) -> pd.DataFrame | None:
     if not run.exists(rel):
         return None
@@ -187,12 +204,14 @@ def _read(run: store.Run, rel: str) -> pd.DataFrame | None:
     return table
 
 
-def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -> tuple[pd.DataFrame, dict]:
+def _replay(run, cfg, trace, table, lanes, workers, progress, cancel) -> tuple[pd.DataFrame, dict]:
     ctx = RunContext.create(cfg, run.root)
     lane_list = [Lane.of(ids) for ids in table["ids"]]
     plan = choose_plan(ctx, trace, len(lane_list), lanes)
     groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, 0, lanes_per_task(ctx, trace, plan))
-    tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, tuple(metrics)) for s in SPLITS), plan, groups)
+    # every metric the run computes: a later validation of other metrics reads these replays back (`_same_sets`)
+    scored = available_metrics(cfg.is_2d)
+    tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, scored) for s in SPLITS), plan, groups)
     changes: list = [None] * len(lane_list)
     report = Reporter("group replays", len(lane_list), progress, cancel)
     seconds, from_trace, done = 0.0, True, 0
@@ -206,7 +225,7 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
             report(done)
     table = table.copy()
     for split in SPLITS:
-        for m in metrics:
+        for m in changes[0][split]:
             table[f"actual_{split}_{m}"] = [c[split][m] for c in changes]
     meta = {"lanes": plan.as_dict(), "baseline": "recorded trajectory" if from_trace else "replayed",
             "replay_seconds": seconds, "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")}

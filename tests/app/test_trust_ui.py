@@ -138,6 +138,9 @@ def test_the_group_form_says_how_many_sets_it_replays_and_how_long(checked_store
     assert "These sets are already replayed: the result is read back at once." in texts(at)
     at.text_input(key=f"grp-c-{run.run_id}").set_value("0.05, 0.1").run()
     assert any(w.value.startswith("Replays 2 removal sets") for w in at.warning)  # the new fraction's top-k, random k
+    at.text_input(key=f"grp-c-{run.run_id}").set_value("0.05").run()
+    at.multiselect(key=f"grp-metrics-{run.run_id}").set_value(["is"]).run()  # FID's random sets were scored on IS too
+    assert any(w.value.startswith("Replays 2 removal sets") for w in at.warning)  # only IS's curve: top-k, random k
 
 
 def test_an_older_checks_singles_are_named_as_the_mix_they_were():
