@@ -120,3 +120,12 @@ def test_metric_names_and_signs():
     with pytest.raises(ConfigError, match="metric 'fid' is not defined for 2D data"):
         check_metric("fid", True)
     assert [harmful_sign(m) for m in ("is", "all", "fid", "dloss")] == [1, 1, -1, -1]
+
+
+def test_a_replay_is_scored_also_on_the_metrics_that_cost_nothing_beside_those_asked():
+    from influence.metrics import scored_with
+
+    assert scored_with(["fid"], False) == ("is", "fid")  # one feature pass gives both
+    assert scored_with(["dloss"], False) == ("is", "fid", "dloss")
+    assert scored_with(["is"], False) == ("is", "fid")  # D-loss only when asked: it runs D over two image sets
+    assert scored_with(["all"], True) == ("all", "dloss")  # the toy's metrics are small sums

@@ -33,7 +33,7 @@ from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, harmful_order, result_name, result_sets
 from ..execution import open_executor
-from ..metrics import available_metrics, check_metric
+from ..metrics import check_metric, scored_with
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
 from .replays import chunks, lane_tasks, lanes_per_task
@@ -160,7 +160,7 @@ def validate_groups(
             [draw_curve(replace(spec, curve=missing), traced, orders)] if missing else [])
         if todo:
             both = pd.concat(todo, ignore_index=True)
-            both, replayed = _replay(run, cfg, trace, both, lanes, workers, progress, cancel)
+            both, replayed = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
             meta = {**replayed, "replay_seconds": meta.get("replay_seconds", 0.0) + replayed["replay_seconds"]}
             groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
             added = both[both["kind"] != "random"]
@@ -185,7 +185,8 @@ def validate_groups(
 
 def same_sets(run: store.Run, spec: GroupSpec, metrics: list[str]) -> tuple[pd.DataFrame, dict] | None:
     """Random sets of the same spec that a validation of other metrics replayed and scored on every metric these
-    need (its groups table, and what its replays were: lanes, lane 0, conditions, time), or None."""
+    need (`metrics.scored_with`; its groups table, and what its replays were: lanes, lane 0, conditions, time),
+    or None."""
     base = run.path("validate/groups")
     for d in sorted(base.glob(f"*-{spec.key()}")) if base.is_dir() else []:
         table = _read(run, f"validate/groups/{d.name}/groups.parquet")
@@ -204,13 +205,13 @@ def _read(run: store.Run, rel: str) -> pd.DataFrame | None:
     return table
 
 
-def _replay(run, cfg, trace, table, lanes, workers, progress, cancel) -> tuple[pd.DataFrame, dict]:
+def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -> tuple[pd.DataFrame, dict]:
     ctx = RunContext.create(cfg, run.root)
     lane_list = [Lane.of(ids) for ids in table["ids"]]
     plan = choose_plan(ctx, trace, len(lane_list), lanes)
     groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, 0, lanes_per_task(ctx, trace, plan))
-    # every metric the run computes: a later validation of other metrics reads these replays back (`_same_sets`)
-    scored = available_metrics(cfg.is_2d)
+    # also the metrics that cost nothing beside these: a later validation of those reads the sets back (`same_sets`)
+    scored = scored_with(metrics, cfg.is_2d)
     tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, scored) for s in SPLITS), plan, groups)
     changes: list = [None] * len(lane_list)
     report = Reporter("group replays", len(lane_list), progress, cancel)

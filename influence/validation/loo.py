@@ -24,7 +24,7 @@ from ..estimator import EstimateOptions, estimate, result_name
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
 from ..execution import open_executor
-from ..metrics import available_metrics, check_metric
+from ..metrics import check_metric, scored_with
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace, epoch_kinds
 from .replays import chunks, lane_tasks, lanes_per_task
@@ -108,8 +108,9 @@ def leave_one_out(
     cluster when the cores hold more than one worker at this process's torch thread count (`workers`
     overrides how many), or on the scheduler of GAN_INFLUENCE_CLUSTER. They run at this process's thread
     count: results are bit-identical to replays here. Finished replays are kept on disk, per instance, with
-    every metric the run computes and their time: a rerun, another metric or more instances replay only what
-    is missing, and the seconds returned are what the ids' replays cost, not ~0 s.
+    their time and every metric they were scored on (`metrics.scored_with`): a rerun, more instances or a metric
+    scored already replay only what is missing, and the seconds returned are what the ids' replays cost, not
+    ~0 s.
     """
     cfg = load_run_config(run)
     trace = Trace.load(run)
@@ -123,9 +124,9 @@ def leave_one_out(
 def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], ids: np.ndarray, rel: str,
                    progress: ProgressFn | None, cancel: CancelToken | None, workers: int | None,
                    first_step: int, lanes: int | None) -> tuple[np.ndarray, float]:
-    # Every replay is scored on every metric the run can compute and kept per instance, so a later validation
-    # of other metrics, or of more instances, replays only what no earlier one did.
-    scored = available_metrics(ctx.cfg.is_2d)
+    # Replays are kept per instance, scored also on the metrics that cost nothing beside those asked, so a later
+    # validation of those, or of more instances, replays only what no earlier one did.
+    scored = scored_with(metrics, ctx.cfg.is_2d)
     done = _load_replays(run, rel)
     pending = [j for j in dict.fromkeys(ids.tolist()) if not all(m in done.get(str(j), {}).get("changes", {})
                                                                   for m in metrics)]
