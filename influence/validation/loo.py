@@ -142,7 +142,9 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
                 contextlib.closing(executor.run(tasks, cancel=cancel)) as replays:
             for group, result in replays:
                 for i, change in zip(group, result.changes):
-                    done[str(pending[i])] = {"changes": change["valid"], "seconds": result.seconds / len(group)}
+                    kept = done.get(str(pending[i]), {}).get("changes", {})  # metrics an earlier replay scored
+                    done[str(pending[i])] = {"changes": {**kept, **change["valid"]},
+                                             "seconds": result.seconds / len(group)}
                 run.write_json(rel, {"version": REPLAYS_VERSION, "replays": done})  # kept after every task
                 finished += len(group)
                 report(finished)
