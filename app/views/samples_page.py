@@ -141,6 +141,7 @@ with pick_col:
                         on_select=on_lasso, selection_mode=("lasso", "box", "points"))
 
 # ---------------------------------------------------------------- the picked samples and Explain
+found = find(run, kind, pool.z[chosen], reference_filter) if chosen else None  # their stored explanation
 with side:
     st.subheader("Picked")
     st.metric("samples", len(chosen), help="at most 64 per explanation (one backward pass, one adjoint per sample)")
@@ -158,7 +159,7 @@ with side:
                       "number (each sample carries its own adjoint)"):
         jobpanel.start(root, spec)
         st.rerun()
-    if spec is not None and find(run, kind, pool.z[chosen], reference_filter) is None:
+    if spec is not None and found is None:
         stacked = rows_per_product(resolve_device(cfg.train.device), cfg.model.arch) is None
         seconds = tables.explain_seconds(stored(run), cache.results(str(root), run_id, cache.files_stamp(
             root, run_id, "influence")), len(chosen), stacked)
@@ -176,7 +177,6 @@ if not chosen:
     st.info("Pick samples in the grid or on the map, then Explain.", icon=":material/touch_app:")
     st.stop()
 stamp = cache.files_stamp(root, run_id, "explain")
-found = find(run, kind, pool.z[chosen], reference_filter)
 if found is None:
     st.info(f"No explanation of the {KIND_LABELS[kind]} of these {len(chosen)} samples yet: press Explain.",
             icon=":material/psychology_alt:")
