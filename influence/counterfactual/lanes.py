@@ -200,15 +200,14 @@ def _batched(ctx, trace, firsts, weights, measure, k, report):
         t0, flat = trace.stored_before(int(firsts[chunk[0]]) if chunk else trace.steps - 1)
         tensors = tuple(x.unsqueeze(0) for x in to_state(ctx, trace.layout, flat).tensors())
         rows: list[int] = []  # lane index of every row after row 0 (lane 0)
+        table = torch.ones(1, len(weights[0]) if weights else 0, dtype=torch.float64)  # row r: its lane's weights
         for t in range(t0, trace.steps):
             joining = [i for i in chunk if firsts[i] == t]
             if joining:
                 tensors = tuple(torch.cat([x, x[:1].expand(len(joining), *x.shape[1:])]) for x in tensors)
                 rows += joining
-            ids = torch.as_tensor(trace.batch(t))
-            w = torch.ones(1 + len(rows), len(ids), dtype=torch.float64)
-            for r, i in enumerate(rows):
-                w[r + 1] = weights[i][ids]
+                table = torch.cat([table, torch.stack([weights[i] for i in joining])])
+            w = table[:, torch.as_tensor(trace.batch(t))]  # one gather a step, not one a lane
             tensors = batched_step(ctx.gan, trace.rule, trace_inputs(ctx, trace, t), nb, tensors,
                                    w.to(ctx.device, ctx.dtype))
             tick(len(rows))
