@@ -136,6 +136,32 @@ def test_checking_another_metric_keeps_the_stored_check(toy_run, tmp_path, monke
     assert stored_check(run, name)["metrics"] == ["all", "dloss"]
 
 
+def test_replays_added_later_keep_the_record_of_the_earlier_ones(toy_run, tmp_path):
+    """Sets replayed one after another at another thread count than training's (lane 0 replayed, a warning), then
+    topped up under training's (lane 0 the recorded trajectory): the result still says so, for a group validation's curve and a
+    spot check of another metric. Before, the later replays' record replaced the earlier's."""
+    run = copy_run(toy_run, tmp_path)
+    spec = GroupSpec(groups=3, fractions=(0.05,), seed=1, curve=(0.02,))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads % 2 + 1)
+        first = validate_groups(run, ["dloss"], spec, lanes=1)
+        check = spot_check(run, ["all"], level="quick", lanes=1)
+    finally:
+        torch.set_num_threads(threads)
+    for result in (first, check):
+        (line,) = result["conditions"]["warnings"]
+        assert f"at {threads % 2 + 1} torch threads" in line and result["baseline"] == "replayed"
+    later = validate_groups(run, ["dloss"], dataclasses.replace(spec, curve=(0.02, 0.1)), lanes=1)
+    both = spot_check(run, ["dloss"], level="quick", lanes=1)
+    for earlier, result in ((first, later), (check, both)):
+        assert result["conditions"]["warnings"] == earlier["conditions"]["warnings"]
+        assert result["baseline"] == "replayed"
+    assert later["replay_seconds"] > first["replay_seconds"] and both["replay_seconds"] > check["replay_seconds"]
+    fresh = validate_groups(copy_run(toy_run, tmp_path / "b"), ["dloss"], spec, lanes=1)  # lane 0 read from the trace
+    assert fresh["conditions"]["warnings"] == [] and fresh["baseline"] == "recorded trajectory"
+
+
 def test_cli_validate_groups_prints_lds(toy_run, tmp_path, capsys):
     run = copy_run(toy_run, tmp_path)
     code = cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "4",

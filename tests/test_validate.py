@@ -144,6 +144,23 @@ def test_a_later_leave_one_out_replays_only_what_no_earlier_one_did(toy_run, tmp
     assert np.array_equal(leave_one_out(old, ["all"], ids[:1], lanes=1)[0], first[:, :1])
 
 
+def test_replays_read_back_keep_saying_they_ran_under_other_conditions(toy_run, tmp_path):
+    """Leave-one-out replays made at another thread count than training's keep that warning when a later
+    validation, under training's conditions, reads them back; the ones it replays itself add none."""
+    run = copy_run(toy_run, tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads % 2 + 1)
+        earlier = validate(run, ["all"], n=4, lanes=1)["all"].conditions["warnings"]
+    finally:
+        torch.set_num_threads(threads)
+    (line,) = earlier
+    assert f"at {threads % 2 + 1} torch threads, training ran at {threads}" in line
+    later = validate(run, ["dloss"], n=4, lanes=1)["dloss"]  # the same 4 instances, read back
+    assert later.conditions["warnings"] == [line] and later.conditions["now"]["threads"] == threads
+    assert validate(copy_run(toy_run, tmp_path / "b"), ["all"], n=4, lanes=1)["all"].conditions["warnings"] == []
+
+
 def test_validate_on_the_toy_run_stores_what_it_returns(toy_run, tmp_path):
     run = copy_run(toy_run, tmp_path)
     acc = validate(run, ["all", "dloss"], n=25, selection="random", seed=1)

@@ -36,7 +36,7 @@ from ..execution import open_executor
 from ..metrics import check_metric, scored_with
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
-from .replays import chunks, lane_tasks, lanes_per_task
+from .replays import chunks, lane_tasks, lanes_per_task, merged_record
 
 SPLITS = ("valid", "test")
 KINDS = ("random", "top", "random-k")  # random groups (LDS); the curve: top-k by the estimate, random k
@@ -161,7 +161,7 @@ def validate_groups(
         if todo:
             both = pd.concat(todo, ignore_index=True)
             both, replayed = _replay(run, cfg, trace, both, metrics, lanes, workers, progress, cancel)
-            meta = {**replayed, "replay_seconds": meta.get("replay_seconds", 0.0) + replayed["replay_seconds"]}
+            meta = merged_record(meta, replayed)
             groups = both[both["kind"] == "random"].reset_index(drop=True) if groups is None else groups
             added = both[both["kind"] != "random"]
             curve = pd.concat([c for c in (curve, added) if c is not None], ignore_index=True)

@@ -115,7 +115,7 @@ def leave_one_out(
     cfg = load_run_config(run)
     trace = Trace.load(run)
     ctx = RunContext.create(cfg, run.root)
-    name = f"loo-replays{f'-from{first_step}' if first_step else ''}"
+    name = _replays_name(first_step)
     with run.exclusive(f"validate-{name}", progress, cancel):  # one writer of these replays at a time, whoever asks
         return _leave_one_out(run, ctx, trace, metrics, ids, f"validate/_partial/{name}.json", progress, cancel,
                               workers, first_step, lanes)
@@ -127,6 +127,7 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
     # Replays are kept per instance, scored also on the metrics that cost nothing beside those asked, so a later
     # validation of those, or of more instances, replays only what no earlier one did.
     scored = scored_with(metrics, ctx.cfg.is_2d)
+    warnings = replay_warnings(ctx, trace)  # kept with each replay: a later validation reading it back says so
     done = _load_replays(run, rel)
     pending = [j for j in dict.fromkeys(ids.tolist()) if not all(m in done.get(str(j), {}).get("changes", {})
                                                                   for m in metrics)]
@@ -142,9 +143,11 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
                 contextlib.closing(executor.run(tasks, cancel=cancel)) as replays:
             for group, result in replays:
                 for i, change in zip(group, result.changes):
-                    kept = done.get(str(pending[i]), {}).get("changes", {})  # metrics an earlier replay scored
-                    done[str(pending[i])] = {"changes": {**kept, **change["valid"]},
-                                             "seconds": result.seconds / len(group)}
+                    earlier = done.get(str(pending[i]), {})  # an earlier replay's metrics stay, and its warnings
+                    done[str(pending[i])] = {
+                        "changes": {**earlier.get("changes", {}), **change["valid"]},
+                        "seconds": result.seconds / len(group),
+                        "warnings": list(dict.fromkeys(earlier.get("warnings", []) + warnings))}
                 run.write_json(rel, {"version": REPLAYS_VERSION, "replays": done})  # kept after every task
                 finished += len(group)
                 report(finished)
@@ -153,7 +156,23 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
     return actual, sum(done[str(j)]["seconds"] for j in dict.fromkeys(ids.tolist()))
 
 
-REPLAYS_VERSION = 2  # {id: {"changes": {metric: change}, "seconds": its replay's share of its task}}
+REPLAYS_VERSION = 2  # {id: {"changes": {metric: change}, "seconds": its replay's share of its task, "warnings": [...]}}
+
+
+def _replays_name(first_step: int) -> str:
+    return f"loo-replays{f'-from{first_step}' if first_step else ''}"
+
+
+def replay_warnings(ctx: RunContext, trace: Trace) -> list[str]:
+    """How replays run here differ from training (`conditions.differences`; empty: not at all)."""
+    return conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")["warnings"]
+
+
+def stored_warnings(run: store.Run, ids: np.ndarray, first_step: int, now: list[str]) -> list[str]:
+    """The condition warnings of the kept replays of `ids` (replays kept before they were recorded: `now`'s)."""
+    done = _load_replays(run, f"validate/_partial/{_replays_name(first_step)}.json")
+    said = (done.get(str(j), {}).get("warnings", now) for j in dict.fromkeys(ids.tolist()))
+    return list(dict.fromkeys(w for ws in said for w in ws))
 
 
 def _load_replays(run: store.Run, rel: str) -> dict:
@@ -202,6 +221,7 @@ def validate(
     actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step, lanes=lanes)
     replays = conditions.compare(trace.conditions, resolve_device(cfg.train.device), cfg.train.dtype,
                                  "these replays run")
+    replays["warnings"] = stored_warnings(run, ids, first_step, replays["warnings"])  # as each replay was made
     out = {}
     for i, m in enumerate(metrics):
         est = results[m].scores[ids]

@@ -88,3 +88,22 @@ def measure_lanes(ctx: RunContext, trace: Trace, lanes: list[Lane], splits: Spli
     changes = [{split: {m: v[split][m] - b[split][m] for m in v[split]} for split in v}
                for v, b in zip(out.values, out.baselines)]
     return ChunkResult(changes, out.baseline, out.baseline_from_trace, out.seconds)
+
+
+def merged_record(old: dict, new: dict) -> dict:
+    """What the replays behind one result were when they were made at different times (a stored result and the
+    replays added to it): the lane plan (one of both where they differ), lane 0 ("recorded trajectory" only where
+    every round took it), the condition warnings of every round (so replays under other conditions than training's
+    keep saying so) and their time added."""
+    out = {k: new.get(k, old.get(k)) for k in ("lanes", "baseline", "conditions") if k in old or k in new}
+    if old.get("lanes") and new.get("lanes") and old["lanes"] != new["lanes"]:
+        modes = list(dict.fromkeys((old["lanes"]["mode"], new["lanes"]["mode"])))
+        out["lanes"] = {"mode": " and ".join(modes), "lanes": max(old["lanes"]["lanes"], new["lanes"]["lanes"]),
+                        "reason": f"replays made at different times: {old['lanes']['reason']}; {new['lanes']['reason']}"}
+    if "baseline" in old and old["baseline"] != new.get("baseline"):
+        out["baseline"] = "replayed"
+    if old.get("conditions") and new.get("conditions"):
+        out["conditions"] = {**new["conditions"], "warnings": list(dict.fromkeys(
+            old["conditions"].get("warnings", []) + new["conditions"].get("warnings", [])))}
+    out["replay_seconds"] = old.get("replay_seconds", 0.0) + new.get("replay_seconds", 0.0)
+    return out

@@ -42,7 +42,7 @@ from ..execution import open_executor
 from ..models import has_kinks
 from ..progress import CancelToken, ProgressFn
 from ..train import Trace
-from .replays import chunks, lane_tasks, lanes_per_task
+from .replays import chunks, lane_tasks, lanes_per_task, merged_record
 
 log = logging.getLogger(__name__)
 CHECK_LEVELS = ("none", "auto", "quick", "full")
@@ -113,8 +113,7 @@ def _merged(old: dict, new: dict) -> dict:
     """A stored check and a check of more metrics of the same result and level, as one: each metric with the
     replays it was checked with, the costs added."""
     return {**new, "metrics": old["metrics"] + new["metrics"], "per_metric": {**old["per_metric"], **new["per_metric"]},
-            **{k: old[k] + new[k] for k in ("seconds", "replay_seconds", "pass_seconds")},
-            "baseline": new["baseline"] if old["baseline"] == new["baseline"] else "replayed"}
+            **{k: old[k] + new[k] for k in ("seconds", "pass_seconds")}, **merged_record(old, new)}
 
 
 def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], options: EstimateOptions, name: str,
