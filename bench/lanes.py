@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/lanes.py --preset toy2d --k 32 [--lanes 32] [--threads 2] [--repeat 3] [--store DIR]
     .venv/bin/python bench/lanes.py --preset quick --k auto ...        # the plan the engine would choose
+    .venv/bin/python bench/lanes.py --preset mnist-adam --k 8 --lanes 8 --last-steps 20 ...   # a big net, briefly
 
 Trains the preset (or reuses it in --store; `--set` overrides apply, e.g. fewer epochs: throughput does not
 depend on convergence), draws --lanes removal sets of 5% of the traced instances (each starts near the first
-traced step, so every lane replays about the whole trace) and replays them:
+traced step, so every lane replays about the whole trace; with --last-steps S, of the instances in the last S
+traced steps, replayed from there) and replays them:
 - sequential: one lane after another through the training step, lane 0 read from the trace (the cheapest
   sequential way: what the engine does when the trace was recorded under these conditions);
 - batched: K lanes per vmapped pass, each pass with its own lane 0.
@@ -49,6 +51,7 @@ def main() -> None:
     p.add_argument("--k", default="32", help="lanes per batched pass, or 'auto' (the engine's plan)")
     p.add_argument("--fraction", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--last-steps", type=int, default=None, help="replay only the last S traced steps")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--flops", action="store_true", help="also count the passes' FLOPs and time their products alone")
     args = p.parse_args()
@@ -60,7 +63,8 @@ def main() -> None:
     trained = time.perf_counter() - started
     trace = Trace.load(run)
     ctx = RunContext.create(cfg, run.root)
-    traced = np.flatnonzero(trace.step_of_instance(ctx.dataset.n_train) >= 0)
+    start = trace.steps - args.last_steps if args.last_steps else 0
+    traced = np.flatnonzero(trace.step_of_instance(ctx.dataset.n_train, start) >= 0)
     rng = np.random.default_rng(0)
     size = max(1, round(args.fraction * len(traced)))
     lanes = [Lane.of(rng.choice(traced, size, replace=False)) for _ in range(args.lanes)]
@@ -73,7 +77,7 @@ def main() -> None:
 
     def once(way: LanePlan):
         t = time.perf_counter()
-        out = replay_lanes(ctx, trace, lanes, flat, way, baseline_from_trace=from_trace)
+        out = replay_lanes(ctx, trace, lanes, flat, way, start, baseline_from_trace=from_trace)
         return time.perf_counter() - t, [v - b for v, b in zip(out.values, out.baselines)]
 
     rounds = []
@@ -95,7 +99,8 @@ def main() -> None:
             c["gflops_per_s_in_replay"] = c["products_gflop"] / median[f"seconds_{way}"]
         print(json.dumps({"flops": counts}), flush=True)
     print(json.dumps({"preset": args.preset, "set": args.set, "run_id": run.run_id, "parameters": trace.layout.n_theta,
-                      "traced_steps": trace.steps, "lanes": len(lanes), "set_size": size, "plan": plan.as_dict(),
+                      "traced_steps": trace.steps, "replayed_steps": trace.steps - start, "lanes": len(lanes),
+                      "set_size": size, "plan": plan.as_dict(),
                       "baseline_from_trace": from_trace, "threads": args.threads, "train_seconds": trained,
                       "rounds": args.repeat, "median": median}), flush=True)
 
