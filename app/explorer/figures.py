@@ -38,10 +38,12 @@ def class_color(label: int) -> str:
 
 
 def axis_label(metric: str, lines: int = 1, what: str = "predicted") -> str:
-    """'predicted change of FID if removed; negative = harmful' (lines=2: broken after 'removed', for axes
-    too short or narrow to hold it on one line)."""
+    """'predicted change of FID if removed; negative = harmful' on one line, or broken after 'removed' (lines=2) and
+    also after the metric (lines=3): a Plotly title does not wrap, and a chart in a narrow column of a 1024 px
+    window holds 20 to 30 characters a line."""
     side = "positive" if harmful_sign(metric) > 0 else "negative"
-    return f"{what} change of {METRIC_LABELS[metric]} if removed{'<br>' if lines > 1 else '; '}{side} = harmful"
+    head = f"{what} change of {METRIC_LABELS[metric]}{'<br>' if lines > 2 else ' '}if removed"
+    return f"{head}{'<br>' if lines > 1 else '; '}{side} = harmful"
 
 
 def _side_colors(metric: str) -> tuple[str, str]:
@@ -68,10 +70,11 @@ def influence_histogram(scores: np.ndarray, metric: str, log_y: bool = True, hei
     fig.add_annotation(x=x1 if harmful_positive else x0, y=1, yref="paper", showarrow=False,
                        xanchor="right" if harmful_positive else "left", yanchor="bottom",
                        text=("harmful side →" if harmful_positive else "← harmful side"), font_color=HARMFUL)
-    # The legend sits under the axis title: above the plot it hid under the toolbar (top right).
-    legend = dict(orientation="h", yanchor="top", y=-0.32, x=0.0, xanchor="left")
+    # The legend sits under the axis title: above the plot it hid under the toolbar (top right). Pinned to the
+    # figure's bottom edge, not a fraction of the plot's height, so a title in two lines does not run into it.
+    legend = dict(orientation="h", yref="container", yanchor="bottom", y=0.0, x=0.0, xanchor="left")
     fig.update_layout(barmode="stack", height=height, margin=dict(MARGIN, b=10), dragmode="select",
-                      xaxis_title=axis_label(metric),
+                      xaxis_title=axis_label(metric, lines=2),
                       yaxis_title="training instances" + (" (log scale)" if log_y else ""), legend=legend, title=None)
     fig.update_xaxes(**SCI_AXIS)
     if log_y:
@@ -104,13 +107,13 @@ def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: 
         fig.add_annotation(x=0, xref="paper", y=math.log10(y), yref="y", text=text, showarrow=False,
                            xanchor="left", yanchor="bottom", font=dict(size=10, color="#666"))
     # Drawn in this order: where |u_G| makes up all of |u| (plain SGD, IS/FID) its dashes show on the black.
-    lines = (("whole", "|u| whole (its peak = growth factor)", "#222", 3.0, "solid"),
-             ("D", "|u_D| discriminator part (accumulates from 0)", HELPFUL, 1.5, "dot"),
+    lines = (("whole", "|u| whole<br>(its peak = growth factor)", "#222", 3.0, "solid"),
+             ("D", "|u_D| discriminator part<br>(accumulates from 0)", HELPFUL, 1.5, "dot"),
              ("G", "|u_G| generator part", CLEANSED, 2.0, "dash"))
     for part, name, color, width, dash in lines:
         y = np.where(rel[part] > 0, rel[part], np.nan)  # log axis: zeros (u_D at the start) cannot be drawn
         fig.add_scatter(x=steps, y=y, mode="lines", name=name, line=dict(color=color, width=width, dash=dash),
-                        hovertemplate="step %{x}: %{y:.3g}× the start<extra>" + name + "</extra>")
+                        hovertemplate="step %{x}: %{y:.3g}× the start<extra>" + name.replace("<br>", " ") + "</extra>")
     peak = float(np.nanmax(rel["whole"]))
     shown = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in rel.values()])
     # Bottom: a decade below where the whole |u| dips, at most 4 decades below the start (a tiny u_D
@@ -122,8 +125,9 @@ def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: 
     ticks = [10.0 ** k for k in range(lo_dec, hi_dec + 1) if k % every == 0]
     fig.update_yaxes(type="log", range=[math.log10(low), math.log10(high)], tickvals=ticks,
                      ticktext=[decade_text(t) for t in ticks], title_text="|u| ÷ |u| at the start (log)")
-    fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=-0.3, x=0),
-                      xaxis_title="traced step (walked right to left)")
+    fig.update_layout(height=height, margin=MARGIN,
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.0, x=0),
+                      xaxis_title="traced step<br>(walked right to left)")
     return fig
 
 
@@ -263,7 +267,7 @@ def validation_scatter(estimated: np.ndarray, actual: np.ndarray, metric: str, h
     hi = float(max(np.max(estimated), np.max(actual)))
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="estimate = actual",
                     line=dict(dash="dash", color="#888"))
-    fig.update_layout(height=height, margin=MARGIN, xaxis_title=f"estimated: {axis_label(metric)}",
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title=axis_label(metric, lines=2, what="estimated"),
                       yaxis_title=f"actual change of {label} when removed (leave-one-out replay)",
                       legend=dict(orientation="h", y=1.08, x=0))
     fig.update_xaxes(**SCI_AXIS)
@@ -350,10 +354,10 @@ def group_scatter(points: pd.DataFrame, metric: str, split: str = "valid", heigh
     both = np.concatenate([points["predicted"].to_numpy(), points[f"actual_{split}"].to_numpy()])
     lo, hi = float(np.min(both)), float(np.max(both))
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="sum = actual", line=dict(dash="dash", color="#888"))
-    where = "validation split, as estimated" if split == "valid" else "test split"
     fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=1.1, x=0),
-                      xaxis_title=f"sum of the group's estimates:<br>{axis_label(metric, 2)}",
-                      yaxis_title=f"actual change of {label}<br>(replay without the group; {where})")
+                      xaxis_title=f"sum over the group:<br>{axis_label(metric, 3)}",
+                      # one line: in a half column (274 px at 1024 px) a second took the x title's room; see the caption
+                      yaxis_title=f"actual change of {label} ({'validation' if split == 'valid' else 'test'} split)")
     fig.update_xaxes(**SCI_AXIS)
     fig.update_yaxes(**SCI_AXIS)
     return fig
@@ -402,7 +406,7 @@ def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: i
             lo, hi = min(finite), max(finite)
             fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="predicted = actual", row=1, col=col,
                             line=dict(dash="dash", color="#888"), showlegend=col == 1, hoverinfo="skip")
-        fig.update_xaxes(title_text=f"predicted: sum of their estimates; {side} = harmful", row=1, col=col,
+        fig.update_xaxes(title_text=f"predicted: sum of their estimates<br>{side} = harmful", row=1, col=col,
                          **SCI_AXIS)
     fig.update_yaxes(title_text=f"actual change of {label}<br>(replay without them)", row=1, col=1, **SCI_AXIS)
     fig.update_yaxes(row=1, col=2, **SCI_AXIS)

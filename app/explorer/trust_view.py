@@ -194,6 +194,8 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
     with left:
         points = cache.group_points(str(root), run_id, key, shown, metric, stamp)
         st.plotly_chart(figures.group_scatter(points, metric), key=f"grp-scatter-{key}-{metric}-{shown}")
+        st.caption("Each point is one random group: the sum of its instances' estimates against what the replay "
+                   "without the group changed, on the validation split the estimate was taken on.")
     with right:
         if v["curve"].get(metric):
             st.plotly_chart(figures.cleansing_curve(v["curve"][metric], metric), key=f"grp-curve-{key}-{metric}")

@@ -43,10 +43,10 @@ DESCRIBE = {"clarity": "clarity: the classifier's log-probability of the sample'
             "reference": "pull toward a reference image: minus the feature distance to it"}
 kinds = ["clarity", "realism", "reference"] if has_classifier else ["realism", "reference"]
 
-top = st.columns([2, 3])
-kind = top[0].segmented_control("Objective", kinds, default=kinds[0], format_func=lambda k: KIND_LABELS[k],
-                                key=f"samples-kind-{run_id}") or kinds[0]
-top[1].caption(DESCRIBE[kind])
+# the whole width: in a column, "pull toward the reference" was cut at 1024 px
+kind = st.segmented_control("Objective", kinds, default=kinds[0], format_func=lambda k: KIND_LABELS[k],
+                            key=f"samples-kind-{run_id}") or kinds[0]
+st.caption(DESCRIBE[kind])
 objective, reference_filter = kind, None
 if kind == "reference":
     c1, c2 = st.columns(2)
@@ -95,10 +95,11 @@ pick_col, side = st.columns([3, 1], gap="large")
 with pick_col:
     grid_tab, map_tab = st.tabs(["Grid", "Map"])
     with grid_tab:
-        g1, g2, g3 = st.columns([3, 2, 1])
+        g1, g2, g3 = st.columns([5, 4, 2])
         sorts = [s for s in samples_view.SORTS if s != "clarity" or has_classifier]
         sort = g1.selectbox("Sort by", sorts, format_func=samples_view.SORTS.get, key=f"samples-sort-{run_id}")
         lowest = g2.segmented_control("Order", ["lowest first", "highest first"], default="lowest first",
+                                      format_func=lambda o: o.split()[0],  # "first" cut at 1024 px
                                       key=f"samples-order-{run_id}") != "highest first"
         per_page = 30
         order = table.sort_values(sort, ascending=lowest, kind="stable")["sample"].to_numpy()
@@ -171,7 +172,7 @@ with side:
     if len(chosen) > 64:
         st.warning("Pick at most 64 samples.")
     st.caption("Removal set: " + tables.plural(len(state.removal(root, run_id)), "image"))
-    st.page_link(widgets.CURATE_PAGE, label="Inspect the removal set", icon=":material/arrow_forward:")
+    st.page_link(widgets.CURATE_PAGE, label="Inspect it", icon=":material/arrow_forward:")  # a narrow column
 
 if not chosen:
     st.info("Pick samples in the grid or on the map, then Explain.", icon=":material/touch_app:")

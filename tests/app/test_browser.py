@@ -254,8 +254,9 @@ def test_the_classroom_arrows_can_be_seen(server, page):
 
 
 # Text the page shows cut off: a leaf element whose text overflows itself (an ellipsis) or a clipping ancestor
-# (a squeezed column), outside collapsed expanders; and Plotly axis, subplot and annotation titles that stick
-# out of their chart.
+# (a squeezed column), outside collapsed expanders and the tab strip (which scrolls, with an arrow); Plotly axis,
+# subplot and annotation titles that stick out of their chart; legend entries that stick out or lie under a colour
+# bar.
 CLIPPED_JS = """
 () => {
   const cut = [];
@@ -264,6 +265,7 @@ CLIPPED_JS = """
     const r = e.getBoundingClientRect();
     if (r.width < 1 || r.height < 1 || getComputedStyle(e).visibility === 'hidden') continue;
     if (e.closest('details:not([open])')) continue;  // inside a collapsed expander: not shown
+    if (e.closest('[role="tablist"]')) continue;
     const right = r.left + Math.max(r.width, e.scrollWidth);
     let clipped = getComputedStyle(e).overflowX !== 'visible' && e.scrollWidth > e.clientWidth + 1;
     for (let a = e.parentElement; a && !clipped; a = a.parentElement) {
@@ -282,29 +284,38 @@ CLIPPED_JS = """
       if (r.width && (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1))
         titles.push(t.textContent);
     }
+    const bars = [...plot.querySelectorAll('.colorbar')].map(c => c.getBoundingClientRect());
+    for (const t of plot.querySelectorAll('.legend text')) {
+      const r = t.getBoundingClientRect();
+      const under = bars.some(b => r.right > b.left && r.left < b.right && r.bottom > b.top && r.top < b.bottom);
+      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1 || under)) titles.push('legend: ' + t.textContent);
+    }
   }
   return {cut, titles};
 }
 """
 
 
-def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server, page):
+@pytest.mark.parametrize("width", [1200, 1024])
+def test_no_label_or_axis_title_is_cut_off_in_a_narrow_window(server, page, width):
     """At 1200 px the Inspect page cut 'helpful', 'Map', 'Add page to set', 'Undo', 'Cleanse without this
     set'; the |u| plot's and the lr scatter's x-titles, the box plot's y-title and the training curves'
     'test FID' stuck out of their charts; the Plotly toolbar covered the curves' subplot titles; the table
-    view ended in an empty row."""
+    view ended in an empty row. At 1024 px (a small laptop, a projector) the histograms' and the |u| plot's
+    x-titles lost 'negative = harmful' and 'right to left', the influence numbers and 'Export CSV' were cut, and
+    the playground's legend ran under its colour bar."""
     from playwright.sync_api import expect
 
     url, root = server
     tiny = tiny_run_id(root)
     toy = next(r["run_id"] for r in store.list_runs(root) if r["run_id"].startswith("toytest-"))
-    page.set_viewport_size({"width": 1200, "height": 2600})
+    page.set_viewport_size({"width": width, "height": 2600})
     try:
         for run_id, path, title in ((tiny, "curate", "Inspect and curate"),
                                     (tiny, "influence", "Influence of each training instance"),
                                     (tiny, "", "Train or load a GAN"), (toy, "playground", "2D playground")):
             store.write_json(root / "_app_state.json", {"run_id": run_id})
-            _visit(page, url, path, title, f"narrow-{path or 'train'}")
+            _visit(page, url, path, title, f"narrow{width}-{path or 'train'}")
             if path == "playground":
                 page.get_by_role("tab", name="When the estimate breaks").click()
                 page.get_by_role("button", name="Retrain the epoch and check").click()

@@ -45,7 +45,8 @@ def test_one_point_shows_the_estimate_beside_the_replay(two_runs, capsys):
     said = texts(at)
     assert f"estimated: {tables.sci(cached_results(run)['all'].scores[11])}" in said
     assert "longer than the real shift" in said
-    assert "shift of the generated points, drawn" in "".join(c.proto.spec for c in at.get("plotly_chart"))
+    names = [t.get("name", "") for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"]]
+    assert any(n.startswith("shift of the generated points,<br>drawn") for n in names)
     # the chart to click marks the chosen point too (a typed id has no click selection to show it)
     click = json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith(f"pg-click-{run_id}")
                             or f"pg-click-{run_id}" in c.proto.id).proto.spec)

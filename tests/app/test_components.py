@@ -41,7 +41,9 @@ def test_selected_points_are_taken_from_the_training_trace_only():
 def test_every_influence_axis_names_the_harmful_side(metric, side):
     assert figures.axis_label(metric).endswith(f"if removed; {side} = harmful")
     fig = figures.influence_histogram(np.array([-2.0, -1.0, 0.5, 3.0]), metric)
-    assert fig.layout.xaxis.title.text == figures.axis_label(metric)
+    assert fig.layout.xaxis.title.text == figures.axis_label(metric, lines=2)
+    assert figures.axis_label(metric, lines=2).endswith(f"if removed<br>{side} = harmful")
+    assert figures.axis_label(metric, lines=3).endswith(f"<br>if removed<br>{side} = harmful")
     other = "positive" if side == "negative" else "negative"
     assert {t.name for t in fig.data} == {f"{side} (harmful)", f"{other} (helpful)"}
 

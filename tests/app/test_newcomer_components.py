@@ -79,7 +79,8 @@ def test_influence_axes_tick_as_5e_minus_5_and_zero_as_0():
     fig = figures.influence_histogram(np.array([-2e-4, -5e-5, 1e-5, 1e-4]), "fid")
     assert fig.layout.xaxis.tickformat == ".2~e" and fig.layout.xaxis.labelalias == {"0e+0": "0"}
     assert fig.layout.xaxis.exponentformat is None  # plotly's own 'e' format wrote 0.5e-4
-    assert fig.layout.legend.y < 0  # below the plot: the toolbar sits top right
+    legend = fig.layout.legend  # below the plot, at the figure's bottom edge: the toolbar sits top right
+    assert (legend.yref, legend.y, legend.yanchor) == ("container", 0.0, "bottom")
 
 
 def test_gallery_cards_use_the_same_format_as_tables():

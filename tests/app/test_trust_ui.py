@@ -114,7 +114,7 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
     assert mine["95% interval"] == interval_text(rank_interval("spearman", row["spearman_valid"], 4))
     assert float(mine["95% interval"].split(" to ")[0]) < 0
     specs = [c.proto.spec for c in at.get("plotly_chart")]
-    assert any("sum of the group's estimates" in s for s in specs)  # the LDS scatter, its axis in words
+    assert any("sum over the group" in s for s in specs)  # the LDS scatter, its axis in words
     assert any("most harmful first: actual" in s for s in specs)  # the cleansing curve
 
 
