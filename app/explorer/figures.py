@@ -93,7 +93,7 @@ def u_growth(u_norms: np.ndarray, whole: np.ndarray | None = None) -> dict[str, 
     return {"whole": whole / start, "D": u_norms[:, 0] / start, "G": u_norms[:, 1] / start}
 
 
-def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: int = 300) -> go.Figure:
+def u_norm_figure(u_norms: np.ndarray, whole: np.ndarray | None = None, height: int = 360) -> go.Figure:
     """The backward pass's |u| per traced step, as multiples of its starting size (log axis, decade ticks),
     with the verdict's thresholds drawn: the black line's peak is the growth factor the verdict names."""
     rel = u_growth(u_norms, whole)
