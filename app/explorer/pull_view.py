@@ -58,7 +58,7 @@ def render(root: Path, run_id: str, train_xy: np.ndarray) -> None:
         predicted = vectors.sum(0)
         st.metric(f"predicted displacement of point {point}", tables.sci(float(np.linalg.norm(predicted))),
                   help=f"if its {PULLERS} most pulling training points are removed")
-        if st.button("Replay without them", type="primary", icon=":material/replay:", key=f"{key}-go"):
+        if st.button("Replay without them", type="primary", icon=":material/replay:", key=f"{key}-go", wrap=True):
             with st.spinner("Replaying the traced steps without them ..."):
                 st.session_state[f"{key}-replayed"][point] = check(run, e, [0], PULLERS)
             st.rerun()

@@ -244,7 +244,7 @@ c2.caption(f"Replays the {traced} traced steps once per lane: without each picke
            "and without k random ones (lane 0 = nothing removed, in the same replay). Predicted change = the sum of "
            "the removed images' influences; actual = the replay's objective minus lane 0's.")
 samples_all = list(range(explanation.n_samples))
-if c1.button("Check by replay", icon=":material/science:"):
+if c1.button("Check by replay", icon=":material/science:", wrap=True):  # a quarter column: cut at 1024 px
     jobpanel.start(root, explain_spec(run_id, {"pool": chosen}, objective, options,
                                       {"samples": samples_all, "k": check_k, "seed": 0}))
     st.rerun()
