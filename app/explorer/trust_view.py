@@ -13,7 +13,7 @@ from influence import store
 from influence.estimator import EstimateOptions, InfluenceResult
 from influence.metrics import METRIC_LABELS, harmful_sign
 from influence.specs import estimate_spec
-from influence.validation.groups import GroupSpec, same_sets
+from influence.validation.groups import GroupSpec, folder_name, same_sets
 from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.trust import mixed_singles, stored_replays, verdict
 
@@ -111,7 +111,7 @@ def _duration_note(root: Path, run_id: str, metrics: list[str], m: int, fraction
         return  # the button says what is wrong with the text
     stored = cache.group_validations(str(root), run_id, cache.files_stamp(root, run_id, "validate"))
     sets = GroupSpec(spec["groups"], tuple(spec["fractions"]), spec["seed"], tuple(spec["curve"]))
-    same = [v for v in stored if v["key"] == f"{'+'.join(metrics)}-{sets.key()}"]
+    same = [v for v in stored if v["key"] == folder_name(metrics, sets)]
     if same:  # only curve fractions it has not replayed yet
         have = same[-1].get("curve_replayed", same[-1]["spec"]["curve"])
         lanes = len([f for f in spec["curve"] if f not in have]) * (len(metrics) + 1)

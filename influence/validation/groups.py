@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import conditions, store
+from .. import store
 from ..context import RunContext, load_run_config
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
@@ -36,7 +36,7 @@ from ..execution import open_executor
 from ..metrics import check_metric, scored_with
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace
-from .replays import chunks, lane_tasks, lanes_per_task, merged_record
+from .replays import chunks, lane_tasks, lanes_per_task, merged_record, replay_conditions
 
 SPLITS = ("valid", "test")
 KINDS = ("random", "top", "random-k")  # random groups (LDS); the curve: top-k by the estimate, random k
@@ -66,6 +66,11 @@ class GroupSpec:
         """Names the random groups (the curve is stored per estimate beside them)."""
         ident = json.dumps([self.groups, list(self.fractions), self.seed])
         return hashlib.sha256(ident.encode()).hexdigest()[:10]
+
+
+def folder_name(metrics: list[str], spec: GroupSpec) -> str:
+    """The folder (under validate/groups/) of the group validation of `metrics` with these random sets."""
+    return f"{'+'.join(metrics)}-{spec.key()}"
 
 
 def draw_groups(spec: GroupSpec, traced: np.ndarray) -> pd.DataFrame:
@@ -141,7 +146,7 @@ def validate_groups(
     chosen = estimate(run, metrics, options, progress=progress, cancel=cancel)
     n_train = len(next(iter(chosen.values())).scores)
     traced = np.flatnonzero(trace.step_of_instance(n_train) >= 0)
-    folder = f"validate/groups/{'+'.join(metrics)}-{spec.key()}"
+    folder = f"validate/groups/{folder_name(metrics, spec)}"
     name = result_name(options, trace.final.shape[0])
     # one set of these replays at a time, whoever asks (two tabs, the CLI)
     with run.exclusive(f"validate-groups-{'_'.join(metrics)}-{spec.key()}", progress, cancel):
@@ -229,7 +234,7 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
         for m in changes[0][split]:
             table[f"actual_{split}_{m}"] = [c[split][m] for c in changes]
     meta = {"lanes": plan.as_dict(), "baseline": "recorded trajectory" if from_trace else "replayed",
-            "replay_seconds": seconds, "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")}
+            "replay_seconds": seconds, "conditions": replay_conditions(ctx, trace)}
     return table, meta
 
 

@@ -27,7 +27,7 @@ from ..execution import open_executor
 from ..metrics import check_metric, scored_with
 from ..progress import CancelToken, ProgressFn, Reporter
 from ..train import Trace, epoch_kinds
-from .replays import chunks, lane_tasks, lanes_per_task
+from .replays import chunks, lane_tasks, lanes_per_task, replay_conditions
 
 SELECTIONS = ("first", "random")
 
@@ -127,7 +127,7 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
     # Replays are kept per instance, scored also on the metrics that cost nothing beside those asked, so a later
     # validation of those, or of more instances, replays only what no earlier one did.
     scored = scored_with(metrics, ctx.cfg.is_2d)
-    warnings = replay_warnings(ctx, trace)  # kept with each replay: a later validation reading it back says so
+    warnings = replay_conditions(ctx, trace)["warnings"]  # kept with each replay: a later reading of it says so
     done = _load_replays(run, rel)
     pending = [j for j in dict.fromkeys(ids.tolist()) if not all(m in done.get(str(j), {}).get("changes", {})
                                                                   for m in metrics)]
@@ -161,11 +161,6 @@ REPLAYS_VERSION = 2  # {id: {"changes": {metric: change}, "seconds": its replay'
 
 def _replays_name(first_step: int) -> str:
     return f"loo-replays{f'-from{first_step}' if first_step else ''}"
-
-
-def replay_warnings(ctx: RunContext, trace: Trace) -> list[str]:
-    """How replays run here differ from training (`conditions.differences`; empty: not at all)."""
-    return conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")["warnings"]
 
 
 def stored_warnings(run: store.Run, ids: np.ndarray, first_step: int, now: list[str]) -> list[str]:

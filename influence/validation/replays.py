@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from .. import store
+from .. import conditions, store
 from ..context import RunContext
 from ..counterfactual import Lane, LanePlan, first_steps, replay_lanes
 from ..counterfactual.plan import reproduces_training
@@ -88,6 +88,12 @@ def measure_lanes(ctx: RunContext, trace: Trace, lanes: list[Lane], splits: Spli
     changes = [{split: {m: v[split][m] - b[split][m] for m in v[split]} for split in v}
                for v, b in zip(out.values, out.baselines)]
     return ChunkResult(changes, out.baseline, out.baseline_from_trace, out.seconds)
+
+
+def replay_conditions(ctx: RunContext, trace: Trace) -> dict:
+    """Training's conditions against those replays run under here (`conditions.compare`; its warnings say how they
+    differ)."""
+    return conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")
 
 
 def merged_record(old: dict, new: dict) -> dict:
