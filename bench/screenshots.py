@@ -131,9 +131,9 @@ SHOTS = [
          [("tab", "One point"), ("point", "1234"), ("wait", "longer than the real shift")],
          height=2000),
     Shot("classroom-loss-vs-metric", "toy", "playground", "Kendall τ between the two harmful-first rankings",
-         [("tab", "Loss is not the metric")], height=1500),
-    Shot("classroom-lr", "toy", "playground", "When the estimate breaks",
-         [("tab", "When the estimate breaks"), ("lr", "3"), ("lr", "1")], height=2000),
+         [("tab", "Loss ≠ metric")], height=1500),
+    Shot("classroom-lr", "toy", "playground", "When it breaks",
+         [("tab", "When it breaks"), ("lr", "3"), ("lr", "1")], height=2000),
     Shot("classroom-collapse", "toy", "playground", "the generator",
          [("tab", "Mode collapse"), ("click", "Switch to toy2d-adam-ema"), ("tab", "Mode collapse"),
           ("wait", "covers")], height=1500),
@@ -174,7 +174,7 @@ def act(tab, action: str, arg: str) -> None:
         field_.fill(arg)
         field_.press("Enter")
     elif action == "lr":  # the learning-rate lesson at rate `arg`
-        panel = tab.get_by_role("tabpanel", name="When the estimate breaks")
+        panel = tab.get_by_role("tabpanel", name="When it breaks")
         slider = panel.get_by_role("slider")
         slider.focus()
         for _ in range(12):

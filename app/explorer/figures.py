@@ -75,7 +75,8 @@ def influence_histogram(scores: np.ndarray, metric: str, log_y: bool = True, hei
     legend = dict(orientation="h", yref="container", yanchor="bottom", y=0.0, x=0.0, xanchor="left")
     fig.update_layout(barmode="stack", height=height, margin=dict(MARGIN, b=10), dragmode="select",
                       xaxis_title=axis_label(metric, lines=2),
-                      yaxis_title="training instances" + (" (log scale)" if log_y else ""), legend=legend, title=None)
+                      # in two lines: on a short chart with a wrapped legend one line ran past the figure's top
+                      yaxis_title="training instances" + ("<br>(log scale)" if log_y else ""), legend=legend, title=None)
     fig.update_xaxes(**SCI_AXIS)
     if log_y:
         fig.update_yaxes(type="log", dtick=1)  # ticks at 1, 10, 100 ... only

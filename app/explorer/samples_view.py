@@ -80,8 +80,11 @@ def value_text(explanation: Explanation, sample: int) -> str:
                      f" {explanation.values[r]:.3g}" for r in rows)
 
 
+CARD_PX = cache.THUMB_PX + 32  # a responsible image's card: its thumbnail and 1 rem of padding a side
+
+
 def responsible_gallery(root: Path, run_id: str, explanation: Explanation, sample: int, k: int, side: str,
-                        dataset, key: str, per_row: int = 6) -> list[int]:
+                        dataset, key: str) -> list[int]:
     """The sample's k most responsible training images on one side (only those whose influence is on that side),
     as cards (image, id, label, path, influence), with a button that adds all of them to the removal set.
     Returns their ids."""
@@ -93,10 +96,9 @@ def responsible_gallery(root: Path, run_id: str, explanation: Explanation, sampl
     rows = explanation.sample_rows(sample)
     labels, names, paths = dataset.train.y, dataset.class_names, dataset.train_paths
     thumbs = cache.thumbnails(str(root), run_id, tuple(ids), cache.THUMB_PX)
-    for start in range(0, len(ids), per_row):
-        for col, j, png in zip(st.columns(per_row), ids[start:start + per_row], thumbs[start:start + per_row],
-                               strict=False):
-            with col.container(border=True):
+    with st.container(horizontal=True, gap="small"):  # cards of a fixed width, as many a line as the window holds
+        for j, png in zip(ids, thumbs, strict=True):
+            with st.container(border=True, width=CARD_PX):
                 st.image(png)
                 label = figures.class_label(int(labels[j]), names) if labels is not None else None
                 st.markdown(f"**#{j}**" + (f" · {label}" if label else ""))

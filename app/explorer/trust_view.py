@@ -140,16 +140,16 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
                 "score** (LDS; Park et al. 2023). The cleansing curve removes the top-k by the estimate and k at "
                 "random. Every named result (the exact estimate and the baselines) is scored on the same replays.")
     with st.container(border=True):
-        c1, c2, c3, c4, c5 = st.columns([3, 1, 2, 2, 1])
-        chosen = c1.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
-                                key=f"grp-metrics-{run_id}")
-        m = c2.number_input("M groups", 4, 256, 32, key=f"grp-m-{run_id}",
-                            help="random sets per fraction; each is one lane of the replay")
-        fractions = c3.text_input("Fractions F", "0.01, 0.05, 0.2", key=f"grp-f-{run_id}",
-                                  help="of the traced instances, strictly between 0 and 1")
-        curve = c4.text_input("Curve fractions", "0.01, 0.05, 0.1", key=f"grp-c-{run_id}",
-                              help="top-k and random-k removals for the cleansing curve (empty: none)")
-        seed = c5.number_input("Seed", 0, None, 0, key=f"grp-seed-{run_id}", help="draws the random sets")
+        row = st.container(horizontal=True, gap="medium")  # fixed widths that wrap: no label cut when narrow
+        chosen = row.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
+                                 key=f"grp-metrics-{run_id}", width=240)
+        m = row.number_input("M groups", 4, 256, 32, key=f"grp-m-{run_id}", width=110,
+                             help="random sets per fraction; each is one lane of the replay")
+        fractions = row.text_input("Fractions F", "0.01, 0.05, 0.2", key=f"grp-f-{run_id}", width=150,
+                                   help="of the traced instances, strictly between 0 and 1")
+        curve = row.text_input("Curve fractions", "0.01, 0.05, 0.1", key=f"grp-c-{run_id}", width=150,
+                               help="top-k and random-k removals for the cleansing curve (empty: none)")
+        seed = row.number_input("Seed", 0, None, 0, key=f"grp-seed-{run_id}", help="draws the random sets", width=90)
         _duration_note(root, run_id, chosen, int(m), fractions, curve, int(seed))
         if st.button("Start group validation", type="primary", icon=":material/play_arrow:", disabled=not chosen,
                      key=f"grp-start-{run_id}"):

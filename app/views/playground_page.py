@@ -118,8 +118,7 @@ run_preset = cache.config(str(root), run_id).get("preset", "")
 st.caption(f"Every lesson below uses the current run, `{run_id}` (preset {run_preset}: "
            f"{TOY_PRESETS.get(run_preset, 'a custom 2D configuration')}). Switch runs in the sidebar.")
 curate_tab, point_tab, loss_tab, lr_tab, collapse_tab, pull_tab = st.tabs(
-    ["Curate and cleanse", "One point", "Loss is not the metric", "When the estimate breaks",
-     "Mode collapse", "Pull a point"])
+    ["Cleanse", "One point", "Loss ≠ metric", "When it breaks", "Mode collapse", "Pull a point"])  # fit at 1024 px
 
 # ---------------------------------------------------------------- curate and cleanse
 with curate_tab:

@@ -37,6 +37,7 @@ pool = cache.sample_pool(str(root), run_id)
 table = pool.table
 has_classifier = ctx.features is not None and ctx.features.has_probs
 CHECK_PX = 112  # the before/after images of a check
+CARD_PX = 124  # a grid card: its longest caption line ("nearest #12345") and 1 rem of padding a side
 DESCRIBE = {"clarity": "clarity: the classifier's log-probability of the sample's class (blurry or ambiguous "
                        "samples score low)",
             "realism": "realism: the trained discriminator's logit (held fixed)",
@@ -73,13 +74,14 @@ if has_classifier:
     with st.expander("Class share: which images make the GAN over- or under-produce a class?",
                      icon=":material/pie_chart:"):
         names = dataset.class_names or [f"class {c}" for c in range(10)]
-        s1, s2, s3 = st.columns([2, 2, 1])
-        cls = s1.selectbox("Class", range(len(names)), format_func=lambda c: names[c], key=f"samples-class-{run_id}")
-        want = s2.segmented_control("Wanted", ["back toward the data", "more", "less"], default="back toward the data",
-                                    key=f"samples-want-{run_id}") or "back toward the data"
+        row = st.container(horizontal=True, gap="medium", vertical_alignment="bottom")  # wraps when narrow
+        cls = row.selectbox("Class", range(len(names)), format_func=lambda c: names[c], key=f"samples-class-{run_id}",
+                            width=180)
+        want = row.segmented_control("Wanted", ["back toward the data", "more", "less"], default="back toward the data",
+                                     key=f"samples-want-{run_id}") or "back toward the data"
         share_objective = f"class:{cls}" + ("" if want == "back toward the data" else f":{want}")
         valid_z = fixed_latents(cfg)["valid"].numpy()
-        if s3.button("Explain the share", key=f"samples-class-go-{run_id}", icon=":material/psychology_alt:"):
+        if row.button("Explain the share", key=f"samples-class-go-{run_id}", icon=":material/psychology_alt:"):
             jobpanel.start(root, explain_spec(run_id, {"valid": True}, share_objective, EstimateOptions()))
             st.rerun()
         share = find(run, "class", valid_z, {"class": int(cls)} | ({} if want == "back toward the data" else {"want": want}))
@@ -90,31 +92,41 @@ if has_classifier:
             st.caption(f"{share.meta['label']}: {share.values[0]:.3f} now; {share.meta['sign']}.")
             samples_view.responsible_gallery(root, run_id, share, 0, 12, "harmful", dataset, f"class-h-{run_id}")
 
+found = find(run, kind, pool.z[chosen], reference_filter) if chosen else None  # their stored explanation
+# An explain job's progress at full width (the picked column is too narrow for it): in the Check section for a check
+# of the explanation shown there, above the grid otherwise.
+explain_job = jobpanel.latest(root, "explain", run_id)
+job_params = explain_job["spec"]["params"] if explain_job is not None else {}
+check_job = explain_job if (found is not None and "check" in job_params and job_params["samples"] == {"pool": chosen}
+                            and job_params["objective"] == objective) else None
+if explain_job is not None and check_job is None:
+    jobpanel.panel(root, explain_job)
+
 # ---------------------------------------------------------------- pick
-pick_col, side = st.columns([3, 1], gap="large")
+pick_col, side = st.columns([4, 1], gap="medium")  # 3 grid cards a line at 1024 px
 with pick_col:
     grid_tab, map_tab = st.tabs(["Grid", "Map"])
     with grid_tab:
-        g1, g2, g3 = st.columns([5, 4, 2])
+        controls = st.container(horizontal=True, gap="medium")  # fixed widths that wrap when narrow
         sorts = [s for s in samples_view.SORTS if s != "clarity" or has_classifier]
-        sort = g1.selectbox("Sort by", sorts, format_func=samples_view.SORTS.get, key=f"samples-sort-{run_id}")
-        lowest = g2.segmented_control("Order", ["lowest first", "highest first"], default="lowest first",
-                                      format_func=lambda o: o.split()[0],  # "first" cut at 1024 px
-                                      key=f"samples-order-{run_id}") != "highest first"
+        sort = controls.selectbox("Sort by", sorts, format_func=samples_view.SORTS.get, key=f"samples-sort-{run_id}",
+                                  width=260)
+        lowest = controls.segmented_control("Order", ["lowest first", "highest first"], default="lowest first",
+                                            key=f"samples-order-{run_id}") != "highest first"
         per_page = 30
         order = table.sort_values(sort, ascending=lowest, kind="stable")["sample"].to_numpy()
         n_pages = int(np.ceil(len(order) / per_page))
-        page = int(g3.number_input("Page", 1, n_pages, 1, key=f"samples-page-{run_id}-{sort}-{lowest}"))
+        page = int(controls.number_input("Page", 1, n_pages, 1, key=f"samples-page-{run_id}-{sort}-{lowest}",
+                                         width=100))
         shown = order[(page - 1) * per_page: page * per_page]
         images = samples_view.pngs(pool.generated[shown])
-        per_row = 5
-        for start in range(0, len(shown), per_row):
-            for col, i, png in zip(st.columns(per_row), shown[start:start + per_row], images[start:start + per_row],
-                                   strict=False):
-                i = int(i)
+        # Cards of a fixed width in one wrapping row: as many a line as the window holds (5 at 1440 px, 3 at
+        # 1024); columns of a fixed count squeezed the captions to a letter a line in a narrow window.
+        with st.container(horizontal=True, gap="small"):
+            for i, png in zip(shown.tolist(), images, strict=True):
                 row = table.iloc[i]
-                with col.container(border=True):
-                    st.image(png)
+                with st.container(border=True, width=CARD_PX):
+                    st.image(png, width="stretch")
                     # one short line per figure: cards of equal height keep the pick boxes in a row
                     lines = [f"**{i}**" + (f" · class {int(row['class'])}" if has_classifier else ""),
                              *([f"clarity {row['clarity']:.2f}"] if has_classifier else []),
@@ -142,7 +154,6 @@ with pick_col:
                         on_select=on_lasso, selection_mode=("lasso", "box", "points"))
 
 # ---------------------------------------------------------------- the picked samples and Explain
-found = find(run, kind, pool.z[chosen], reference_filter) if chosen else None  # their stored explanation
 with side:
     st.subheader("Picked")
     st.metric("samples", len(chosen), help="at most 64 per explanation (one backward pass, one adjoint per sample)")
@@ -152,9 +163,6 @@ with side:
         st.button("Clear", on_click=samples_view.set_picked, args=(run_id, []), icon=":material/delete:")
     options = EstimateOptions()
     spec = explain_spec(run_id, {"pool": chosen}, objective, options) if 0 < len(chosen) <= 64 else None
-    explain_job = jobpanel.latest(root, "explain", run_id)
-    if explain_job is not None:
-        jobpanel.panel(root, explain_job)
     if st.button("Explain", type="primary", icon=":material/psychology_alt:", disabled=spec is None,
                  help="one backward pass over the traced steps for all picked samples; its cost grows with their "
                       "number (each sample carries its own adjoint)"):
@@ -235,6 +243,8 @@ with st.expander("Footprint of a training image: the picked samples it drives mo
 
 # ---------------------------------------------------------------- check
 st.header("Check")
+if check_job is not None:
+    jobpanel.panel(root, check_job)
 traced = int(meta["traced_steps"])
 default_k = max(1, round(0.01 * dataset.n_train))
 c1, c2 = st.columns([1, 3])
@@ -260,15 +270,15 @@ if run.exists(f"{rel}.json"):
     lanes = {(lane["kind"], lane["sample"]): (n, lane) for n, lane in enumerate(result["lanes"])}
     for i in samples_all:
         (nt, top_lane), (nr, rand_lane) = lanes[("top", i)], lanes[("random", i)]
-        cols = st.columns([1, 1, 1, 3])
+        row = st.container(horizontal=True, gap="small")  # the text goes below the images when narrow
         before, after_top, after_rand = samples_view.pngs(np.stack([generated[0, i], generated[1 + nt, i],
                                                                     generated[1 + nr, i]]), CHECK_PX)
         # a fixed width: with "content" a caption wider than the image stretched that one image
-        cols[0].image(before, caption=f"sample {chosen[i]}: the run", width=CHECK_PX)
-        cols[1].image(after_top, caption=f"without its top {check_k}", width=CHECK_PX)
-        cols[2].image(after_rand, caption=f"without {check_k} random", width=CHECK_PX)
-        cols[3].markdown(
-            f"**{explanation.kind}** {samples_view.value_text(explanation, i)}  \n"
+        row.image(before, caption=f"sample {chosen[i]}: the run", width=CHECK_PX)
+        row.image(after_top, caption=f"without its top {check_k}", width=CHECK_PX)
+        row.image(after_rand, caption=f"without {check_k} random", width=CHECK_PX)
+        row.markdown(
+            f"the run: {samples_view.value_text(explanation, i)}  \n"
             f"without the top {check_k}: predicted {tables.sci(top_lane['predicted'][0])}, actual "
             f"**{tables.sci(top_lane['actual'][0])}**  \n"
             f"without {check_k} random: predicted {tables.sci(rand_lane['predicted'][0])}, actual "

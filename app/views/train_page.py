@@ -19,6 +19,8 @@ from influence.honesty import INFORMATIVE
 from influence.relocation import remember
 from influence.specs import recorded_train_config
 
+SECTION_PX = 172  # a hyperparameter section: its longest name ("trace_lr_probe_steps") and help icon; 5 a line at 1440 px
+
 root = state.root()
 st.title("Train or load a GAN")
 st.markdown("Every run is cached in the store under an id made from its configuration: training the same "
@@ -249,7 +251,10 @@ with new_tab:
                 sections.setdefault(trainform.section_of(field[0]), []).append(field)
             hyper = st.expander("Hyperparameters: the preset's values; change any to customise the run",
                                 icon=":material/tune:")
-            for col, (section, items) in zip(hyper.columns(len(sections)), sections.items(), strict=True):
+            # sections of a fixed width that wrap: five columns at 1024 px broke the fields' names mid-word
+            row = hyper.container(horizontal=True, gap="small")
+            for section, items in sections.items():
+                col = row.container(width=SECTION_PX)
                 col.markdown(f"*{section}*")
                 for key, text, help_text, choices in items:
                     label, widget_key = key.split(".", 1)[-1], f"f-{data_key}-{preset_name}-{key}"

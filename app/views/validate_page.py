@@ -37,15 +37,15 @@ if job is not None:
     jobpanel.panel(root, job)
 
 with st.container(border=True):
-    c1, c2, c3, c4 = st.columns([3, 1, 2, 1])
+    row = st.container(horizontal=True, gap="medium")  # fixed widths that wrap: no label cut in a narrow window
     first = next(m for m in cache.METRIC_ORDER if m in metrics)
-    chosen = c1.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
-                            key=f"val-metrics-{run_id}")
-    n = c2.number_input("n instances", 3, summary["n_train"], min(50, summary["n_train"]), key="val-n",
-                        help="Each instance costs one replay of the traced steps after its first appearance.")
-    selection = c3.radio("Which instances", ("first", "random"), horizontal=True, key="val-selection",
-                         format_func={"first": "lowest ids", "random": "random"}.get)
-    seed = c4.number_input("Seed", 0, None, 0, key="val-seed", help="for random selection")
+    chosen = row.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
+                             key=f"val-metrics-{run_id}", width=240)
+    n = row.number_input("n instances", 3, summary["n_train"], min(50, summary["n_train"]), key="val-n", width=120,
+                         help="Each instance costs one replay of the traced steps after its first appearance.")
+    selection = row.radio("Which instances", ("first", "random"), horizontal=True, key="val-selection",
+                          format_func={"first": "lowest ids", "random": "random"}.get)
+    seed = row.number_input("Seed", 0, None, 0, key="val-seed", help="for random selection", width=90)
     traced_epochs = cfg.train.trace_epochs if cfg.train.trace_steps is None else 1
     k = traced_epochs
     if traced_epochs > 1:
@@ -115,15 +115,17 @@ sweep_job = jobpanel.latest(root, "sweep")
 if sweep_job is not None:
     jobpanel.panel(root, sweep_job)
 with st.expander("Start a sweep over seeds of this run's configuration", icon=":material/play_arrow:"):
-    c1, c2 = st.columns(2)
-    seeds_text = c1.text_input("Seeds", "0 1 2 3 4", key="sw-seeds", help="each seed trains its own run (cached)")
-    counts_text = c2.text_input("Instances removed", ", ".join(str(summary["n_train"] * k // 10) for k in (1, 3, 5)),
-                                key="sw-counts", help="removal counts, e.g. 10%, 30% and 50% of the training set")
-    c3, c4 = st.columns([3, 1])
-    sweep_methods = c3.multiselect("Selection methods", list(methods_for(cfg.is_2d)),
+    row = st.container(horizontal=True, gap="medium")  # fixed widths that wrap when narrow
+    seeds_text = row.text_input("Seeds", "0 1 2 3 4", key="sw-seeds", help="each seed trains its own run (cached)",
+                                width=200)
+    counts_text = row.text_input("Instances removed", ", ".join(str(summary["n_train"] * k // 10) for k in (1, 3, 5)),
+                                 key="sw-counts", help="removal counts, e.g. 10%, 30% and 50% of the training set",
+                                 width=240)
+    sweep_metric = row.selectbox("Test metric", metrics, index=metrics.index(first), format_func=METRIC_LABELS.get,
+                                 key="sw-metric", width=160)
+    # the whole width: its five method chips were cut to an ellipsis in a three-quarter column at 1024 px
+    sweep_methods = st.multiselect("Selection methods", list(methods_for(cfg.is_2d)),
                                    default=list(methods_for(cfg.is_2d)), format_func=METHOD_LABELS.get, key="sw-methods")
-    sweep_metric = c4.selectbox("Test metric", metrics, index=metrics.index(first), format_func=METRIC_LABELS.get,
-                                key="sw-metric")
     try:
         spec, problem = sweepform.sweep_spec(cfg, seeds_text, sweep_methods, counts_text, sweep_metric,
                                              summary["n_train"]), None

@@ -2,7 +2,8 @@
 small 2D run: pick a generated sample in the grid, Explain (a background job), add its responsible images to
 the removal set (checked on disk against the engine), Check by replay (before/after at the same z); on the 2D
 playground click a generated point, see the pulling points' arrows and replay without them. Pixels: the
-picked sample and its after-images are drawn digits, the arrows are on the chart. Screenshots go to
+picked sample and its after-images are drawn digits, the arrows are on the chart; at 1024 px every text reads
+whole at each stage. Screenshots go to
 artifacts/ (git-ignored); run over SAMPLES_STORE they are assets/app-samples*.png and assets/classroom-pull.png."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from test_browser import (
     TIMEOUT_MS,
     _settle,
     browser_tab,
+    reads_whole_when_narrow,
     pytestmark,
     serve_app,
 )
@@ -99,6 +101,7 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         grid_image = page.locator('[data-testid="stImage"] img').first
         assert _is_a_drawing(grid_image)
         _shot(page, "grid")
+        reads_whole_when_narrow(page, "samples-grid")
 
         page.get_by_role("button", name="Explain").click()
         expect(page.get_by_text("Responsible: removing them")).to_be_visible(timeout=JOB_TIMEOUT_MS)
@@ -106,6 +109,7 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         assert page.locator('[data-testid="stException"]').count() == 0
         page.get_by_role("heading", name="Explain").scroll_into_view_if_needed()
         _shot(page, "explain")
+        reads_whole_when_narrow(page, "samples-explain")
 
         explanation = find(run, "clarity", pool.z[[least_clear]])
         assert explanation is not None
@@ -126,6 +130,7 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         page.get_by_role("heading", name="Check").evaluate("e => e.scrollIntoView({block: 'start'})")
         _settle(page)
         _shot(page, "check")
+        reads_whole_when_narrow(page, "samples-check")
         k = max(1, round(0.01 * run.read_json("summary.json")["n_train"]))  # the page's default
         for caption in ("the run", f"without its top {k}", f"without {k} random"):
             card = page.locator('[data-testid="stImage"]').filter(has=page.get_by_text(caption)).last
