@@ -67,6 +67,32 @@ def runs(root: str, stamp: tuple) -> list[dict]:
     return store.list_runs(Path(root))
 
 
+def passes_stamp(root: Path) -> tuple:
+    """Changes when any run of the store stores an influence result or a spot check."""
+    return tuple(sorted((str(p), p.stat().st_mtime_ns) for pattern in ("*/influence/*/meta.json",
+                                                                        "*/influence/_checks/*.json")
+                        for p in Path(root).glob(pattern)))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def store_passes(root: str, stamp: tuple) -> list[dict]:
+    """The exact passes stored in the store, for a time said before a run's first one (tables.first_pass_text): per
+    run, what a traced step's cost depends on (tables.pass_key), its seconds per metric and traced step (the
+    slowest result), and its spot checks' time against their pass's."""
+    out = []
+    for row in runs(root, runs_stamp(Path(root))):
+        base = Path(root) / row["run_id"] / "influence"
+        metas = [store.read_json(p) for p in base.glob("*/meta.json")]
+        per_step = [m["seconds"] / max(m["traced_steps"], 1) for m in metas
+                    if m.get("method", "exact") == "exact" and m.get("seconds")]
+        checks = [store.read_json(p) for p in base.glob("_checks/*.json")]
+        if per_step:
+            out.append({"run_id": row["run_id"], "key": tables.pass_key(row.get("config") or {}),
+                        "per_metric_step": max(per_step),
+                        "check_ratios": [c["seconds"] / c["pass_seconds"] for c in checks if c.get("pass_seconds")]})
+    return out
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def seed_spread(root: str, run_id: str, stamp: tuple) -> dict[str, tuple[float, int]]:
     """Spread of the test metrics over seeds of this run's configuration (tables.seed_spread)."""

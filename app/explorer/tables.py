@@ -288,6 +288,31 @@ def last_pass_text(results: dict[str, InfluenceResult], check: dict | None) -> s
     return f"Here the pass in use ({names}) took {duration(seconds)}{spent}."
 
 
+def pass_key(config: dict) -> tuple:
+    """What a backward step's cost depends on (the nets, the batch, the optimizer, the precision), from a run's
+    config dict: runs alike in these take about as long a traced step."""
+    model, data, train = (config.get(k) or {} for k in ("model", "data", "train"))
+    return (model.get("arch"), model.get("width"), model.get("z_dim"), data.get("image_size"), data.get("color"),
+            train.get("batch_size"), train.get("optimizer"), train.get("dtype"))
+
+
+def first_pass_text(passes: list[dict], config: dict, run_id: str, traced_steps: int, n_metrics: int) -> str | None:
+    """Before a run's first pass: roughly how long it takes, from the passes of other runs in this store with the
+    same nets, batch, optimizer and precision (`cache.store_passes`; the slowest per metric and traced step), and
+    what their spot checks cost beside their pass. None where the store has no such run: a time taken from other
+    nets would not be a forecast."""
+    same = [p for p in passes if p["key"] == pass_key(config) and p["run_id"] != run_id]
+    if not same or not n_metrics:
+        return None
+    seconds = max(p["per_metric_step"] for p in same) * traced_steps * n_metrics
+    ratios = [r for p in same for r in p["check_ratios"]]
+    check = (f"; their spot checks took {min(ratios):.1f}-{max(ratios):.1f}x their pass" if len(ratios) > 1 else
+             f"; its spot check took {ratios[0]:.1f}x its pass" if ratios else "")
+    return (f"Takes roughly {duration(seconds, rough=True)} here for {plural(n_metrics, 'metric')} over "
+            f"{traced_steps} traced steps (from the passes of {plural(len(same), 'other run')} of these nets, batch "
+            f"and precision in this store{check}).")
+
+
 def group_lanes(spec: dict) -> int:
     """How many sets a group validation replays: M random sets per fraction, and per curve fraction each metric's
     top k and one random k (`spec`: a stored validation's result, or the same keys for one to start)."""

@@ -57,6 +57,9 @@ with st.expander("Compute influence", expanded=not results, icon=":material/calc
         _, named = cache.result_names(str(root), run_id, stamp)
         if said := tables.last_pass_text(results, cache.spot_check(str(root), run_id, named, stamp)):
             st.caption(said)
+    elif said := tables.first_pass_text(cache.store_passes(str(root), cache.passes_stamp(root)),
+                                        cache.config(str(root), run_id), run_id, traced_steps, len(chosen)):
+        st.caption(said)
     if st.button("Compute in the background", type="primary", disabled=not chosen, icon=":material/play_arrow:"):
         try:
             options = EstimateOptions(dtype=dtype, damping=float(damping) if method == "exact" else 0.0,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import shutil
 import time
 
 import numpy as np
@@ -218,6 +220,29 @@ def test_job_timings_say_what_they_cover(app_store):
     said = texts(open_app("influence", run_id))
     assert ("Finished in 1 min 40 s from start to end: waiting for a worker 2 s, start-up 40 s (worker, data set, "
             "feature network), influence 58 s.") in said
+
+
+def test_a_runs_first_pass_is_timed_from_a_pass_of_the_same_nets(app_store):
+    """Before a run's first pass the page says roughly how long it takes, from the stored passes of another run of
+    the same nets, batch and precision (seed 0's FID, IS and D-loss here, for seed 1), per metric and traced step;
+    nothing where the store has no such run."""
+    from influence.train import train
+    from _helpers import tiny_config
+
+    seed0 = tiny_run_id(app_store)
+    run = store.open_run(app_store, seed0)
+    metas = [store.read_json(p) for p in (run.path("influence")).glob("*/meta.json")]
+    per_step = max(m["seconds"] / m["traced_steps"] for m in metas)
+    other = train(tiny_config(seed=1), app_store)
+    traced = store.read_json(other.path("summary.json"))["traced_steps"]
+    said = texts(open_app("influence", other.run_id))
+    assert "No estimates for this run yet" in said
+    forecast = re.search(r"Takes roughly (\d+) s here for 3 metrics over (\d+) traced steps \(from the passes of 1 "
+                         r"other run of these nets, batch and precision in this store\)", said)
+    assert forecast and int(forecast[2]) == traced
+    assert abs(int(forecast[1]) - 3 * per_step * traced) <= 5  # "roughly": whole seconds in steps of 5 under 90 s
+    shutil.rmtree(run.path("influence"))  # without seed 0's pass nothing is said
+    assert "Takes roughly" not in texts(open_app("influence", other.run_id))
 
 
 def test_start_up_shows_what_it_is_doing(app_store):
