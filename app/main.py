@@ -18,8 +18,9 @@ st.set_page_config(page_title="GAN Influence Explorer", page_icon="📊", layout
 # projector, "-4.76e-7", "test ALL after cleansing" and "partly covers" were cut off, and a label's <p> (nowrap)
 # ran over the next column's. Only <style>: it takes no room on the page.
 st.html("<style>[data-testid='stMetricValue'] {font-size: clamp(1.3rem, 2.6vw, 2.25rem);}"
-        " [data-testid='stMetricLabel'] .stMarkdownEllipsis, [data-testid='stMetricLabel'] p {white-space: normal !important;"
-        " overflow: visible !important;} [data-testid='stMetricValue'] p {white-space: normal !important;}</style>")
+        " [data-testid='stMetricLabel'] .stMarkdownEllipsis, [data-testid='stMetricLabel'] p"
+        " {white-space: normal !important; overflow: visible !important;}"
+        " [data-testid='stMetricValue'] p {white-space: normal !important;}</style>")
 
 # Loopback only unless asked: with a Streamlit that did not read app/.streamlit/config.toml this would serve the
 # network. Nothing is shown then but the reason (also on the server's console).

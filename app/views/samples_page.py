@@ -74,14 +74,15 @@ if has_classifier:
     with st.expander("Class share: which images make the GAN over- or under-produce a class?",
                      icon=":material/pie_chart:"):
         names = dataset.class_names or [f"class {c}" for c in range(10)]
-        row = st.container(horizontal=True, gap="medium", vertical_alignment="bottom")  # wraps when narrow
-        cls = row.selectbox("Class", range(len(names)), format_func=lambda c: names[c], key=f"samples-class-{run_id}",
-                            width=180)
-        want = row.segmented_control("Wanted", ["back toward the data", "more", "less"], default="back toward the data",
-                                     key=f"samples-want-{run_id}") or "back toward the data"
+        share_row = st.container(horizontal=True, gap="medium", vertical_alignment="bottom")  # wraps when narrow
+        cls = share_row.selectbox("Class", range(len(names)), format_func=lambda c: names[c],
+                                  key=f"samples-class-{run_id}", width=180)
+        want = share_row.segmented_control("Wanted", ["back toward the data", "more", "less"],
+                                           default="back toward the data",
+                                           key=f"samples-want-{run_id}") or "back toward the data"
         share_objective = f"class:{cls}" + ("" if want == "back toward the data" else f":{want}")
         valid_z = fixed_latents(cfg)["valid"].numpy()
-        if row.button("Explain the share", key=f"samples-class-go-{run_id}", icon=":material/psychology_alt:"):
+        if share_row.button("Explain the share", key=f"samples-class-go-{run_id}", icon=":material/psychology_alt:"):
             jobpanel.start(root, explain_spec(run_id, {"valid": True}, share_objective, EstimateOptions()))
             st.rerun()
         share = find(run, "class", valid_z, {"class": int(cls)} | ({} if want == "back toward the data" else {"want": want}))
@@ -270,14 +271,14 @@ if run.exists(f"{rel}.json"):
     lanes = {(lane["kind"], lane["sample"]): (n, lane) for n, lane in enumerate(result["lanes"])}
     for i in samples_all:
         (nt, top_lane), (nr, rand_lane) = lanes[("top", i)], lanes[("random", i)]
-        row = st.container(horizontal=True, gap="small")  # the text goes below the images when narrow
+        check_row = st.container(horizontal=True, gap="small")  # the text goes below the images when narrow
         before, after_top, after_rand = samples_view.pngs(np.stack([generated[0, i], generated[1 + nt, i],
                                                                     generated[1 + nr, i]]), CHECK_PX)
         # a fixed width: with "content" a caption wider than the image stretched that one image
-        row.image(before, caption=f"sample {chosen[i]}: the run", width=CHECK_PX)
-        row.image(after_top, caption=f"without its top {check_k}", width=CHECK_PX)
-        row.image(after_rand, caption=f"without {check_k} random", width=CHECK_PX)
-        row.markdown(
+        check_row.image(before, caption=f"sample {chosen[i]}: the run", width=CHECK_PX)
+        check_row.image(after_top, caption=f"without its top {check_k}", width=CHECK_PX)
+        check_row.image(after_rand, caption=f"without {check_k} random", width=CHECK_PX)
+        check_row.markdown(
             f"the run: {samples_view.value_text(explanation, i)}  \n"
             f"without the top {check_k}: predicted {tables.sci(top_lane['predicted'][0])}, actual "
             f"**{tables.sci(top_lane['actual'][0])}**  \n"

@@ -19,7 +19,7 @@ from influence.honesty import INFORMATIVE
 from influence.relocation import remember
 from influence.specs import recorded_train_config
 
-SECTION_PX = 172  # a hyperparameter section: its longest name ("trace_lr_probe_steps") and help icon; 5 a line at 1440 px
+SECTION_PX = 172  # a hyperparameter section: its longest name ("trace_lr_probe_steps"), a help icon; 5 a line at 1440
 
 root = state.root()
 st.title("Train or load a GAN")
