@@ -174,3 +174,4 @@ def test_the_pull_on_a_generated_point_in_a_real_browser(samples_server):
             '[data-testid="stMetricValue"]').inner_text())
         assert cosine > 0.9
         _shot(page, "pull")
+        reads_whole_when_narrow(page, "samples-pull")
