@@ -145,6 +145,9 @@ with curate_tab:
     st.markdown("**Draw a lasso around training points** on the chart (or switch to box select in its toolbar) "
                 "to select them; add them to the removal set on the right, then cleanse without it and watch the "
                 "generated points move.")
+    cl_job = jobpanel.latest(root, "cleanse", run_id)
+    if cl_job is not None:  # at full width: in the side column at 1024 px its words broke a letter a line
+        jobpanel.panel(root, cl_job)
     chart, side = st.columns([3, 1])
     chart.plotly_chart(fig, key=f"pg-chart-{run_id}", on_select=on_select, selection_mode=("lasso", "box"))
     with side:
@@ -158,9 +161,6 @@ with curate_tab:
         st.button("Clear the removal set", on_click=state.set_removal, args=(root, run_id, []), disabled=not removal,
                   wrap=True)
         st.divider()
-        cl_job = jobpanel.latest(root, "cleanse", run_id)
-        if cl_job is not None:
-            jobpanel.panel(root, cl_job)
         if attempt is not None:
             change = attempt["change"]["all"]
             st.metric("test ALL after cleansing", numbers.value(attempt["after"]["all"]),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from apphelpers import REPO, removal_on_disk, serve_app, tiny_run_id
+from apphelpers import REPO, removal_on_disk, serve_app, tiny_run_id, write_job
 from influence import store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -226,6 +226,14 @@ def test_the_classroom_arrows_can_be_seen(server, page):
     _settle(page)
     seen = orange_pixels(page.screenshot(clip=_plot_area(chart)))
     assert seen > 100, f"{seen} orange pixels in the curate lesson's plot area: the arrows are hidden"
+    # the cleanse's finished job box reads whole at 1024 px (in the lesson's narrow side column it broke every word)
+    write_job(root, {"kind": "cleanse", "params": {"run_id": toy, "removal_ids": removal, "mode": "replay"}},
+              state="done", queued_at=1000.0, started=1001.0, updated=1004.0, done=1, total=1,
+              stages={"loading": 1.0, "cleanse": 1.5})
+    page.reload()
+    expect(page.get_by_text("Finished in 4 s")).to_be_visible(timeout=TIMEOUT_MS)
+    _settle(page)
+    reads_whole_when_narrow(page, "classroom-cleanse-job")
 
     page.get_by_role("tab", name="One point").click()
     panel = page.get_by_role("tabpanel", name="One point")
