@@ -152,6 +152,7 @@ def test_the_pull_on_a_generated_point_in_a_real_browser(samples_server):
         panel = page.get_by_role("tabpanel", name="Pull a point")
         chart = panel.locator(".js-plotly-plot").first
         expect(chart).to_be_visible()
+        reads_whole_when_narrow(page, "samples-pull-unclicked")
         # click generated point 0 where plotly draws it (trace 1 of the chart)
         x, y = chart.evaluate("""gd => {
             const t = gd._fullData[1], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
