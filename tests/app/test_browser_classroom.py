@@ -1,8 +1,8 @@
 """The 2D playground's classroom lessons in a real browser (Playwright + Debian's Chromium) over a real
 toy2d run: one point (chosen by id, as a click on the chart sets it), the learning-rate lesson at two
 rates, the other lessons' tabs, each readable at 1024 px too; seconds per click, and a screenshot of
-each view to artifacts/ (git-ignored; copy them to assets/). CLASSROOM_STORE=<store with a toy2d run and its influence on ALL
-and D-loss>."""
+each view to artifacts/ (git-ignored; copy them to assets/). CLASSROOM_STORE=<store with a toy2d run and
+its influence on ALL and D-loss>."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@ small 2D run: pick a generated sample in the grid, Explain (a background job), a
 the removal set (checked on disk against the engine), Check by replay (before/after at the same z); on the 2D
 playground click a generated point, see the pulling points' arrows and replay without them. Pixels: the
 picked sample and its after-images are drawn digits, the arrows are on the chart; at 1024 px every text reads
-whole at each stage. Screenshots go to
-artifacts/ (git-ignored); run over SAMPLES_STORE they are assets/app-samples*.png and assets/classroom-pull.png."""
+whole at each stage. Screenshots go to artifacts/ (git-ignored); run over SAMPLES_STORE they are
+assets/app-samples*.png and assets/classroom-pull.png."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from test_browser import (
     TIMEOUT_MS,
     _settle,
     browser_tab,
-    reads_whole_when_narrow,
     pytestmark,
+    reads_whole_when_narrow,
     serve_app,
 )
 
