@@ -78,18 +78,26 @@ def passes_stamp(root: Path) -> tuple:
 def store_passes(root: str, stamp: tuple) -> list[dict]:
     """The exact passes stored in the store, for a time said before a run's first one (tables.first_pass_text): per
     run, what a traced step's cost depends on (tables.pass_key), its seconds per metric and traced step (the
-    slowest result), and its spot checks' time against their pass's."""
+    slowest result), and its results' spot checks' time against their pass's (the most thorough check of each, as
+    the page shows it)."""
     out = []
     for row in runs(root, runs_stamp(Path(root))):
-        base = Path(root) / row["run_id"] / "influence"
-        metas = [store.read_json(p) for p in base.glob("*/meta.json")]
-        per_step = [m["seconds"] / max(m["traced_steps"], 1) for m in metas
-                    if m.get("method", "exact") == "exact" and m.get("seconds")]
-        checks = [store.read_json(p) for p in base.glob("_checks/*.json")]
-        if per_step:
-            out.append({"run_id": row["run_id"], "key": tables.pass_key(row.get("config") or {}),
-                        "per_metric_step": max(per_step),
-                        "check_ratios": [c["seconds"] / c["pass_seconds"] for c in checks if c.get("pass_seconds")]})
+        run = store.open_run(Path(root), row["run_id"])
+        sets = result_sets(run)  # the engine's reading: a damaged result is skipped, not an error on this page
+        per_step = [r.meta["seconds"] / max(r.meta["traced_steps"], 1) for named in sets.values()
+                    for r in named.values() if r.meta.get("method", "exact") == "exact" and r.meta.get("seconds")]
+        if not per_step:
+            continue
+        ratios = []
+        for name in sets:
+            try:
+                check = stored_check(run, name)
+            except StoreError:  # a damaged check: no ratio from it
+                continue
+            if check and check.get("pass_seconds"):
+                ratios.append(check["seconds"] / check["pass_seconds"])
+        out.append({"run_id": row["run_id"], "key": tables.pass_key(row.get("config") or {}),
+                    "per_metric_step": max(per_step), "check_ratios": ratios})
     return out
 
 

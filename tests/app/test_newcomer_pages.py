@@ -241,6 +241,9 @@ def test_a_runs_first_pass_is_timed_from_a_pass_of_the_same_nets(app_store):
                          r"other run of these nets, batch and precision in this store\)", said)
     assert forecast and int(forecast[2]) == traced
     assert abs(int(forecast[1]) - 3 * per_step * traced) <= 5  # "roughly": whole seconds in steps of 5 under 90 s
+    next(run.path("influence").glob("dloss-*/meta.json")).write_text("{")  # a damaged result is skipped
+    at = open_app("influence", other.run_id)
+    assert not at.exception and "Takes roughly" in texts(at)
     shutil.rmtree(run.path("influence"))  # without seed 0's pass nothing is said
     assert "Takes roughly" not in texts(open_app("influence", other.run_id))
 
