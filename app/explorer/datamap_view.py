@@ -15,7 +15,7 @@ import streamlit as st
 from influence import datamap
 from influence.metrics import METRIC_LABELS, harmful_sign
 
-from . import cache, figures, gallery_filter, state, tables
+from . import cache, cards, figures, gallery_filter, state, tables
 from .numbers import SCI_COLORBAR
 
 TSNE_SLOW_N = 10_000  # above this t-SNE takes minutes; the page says so before starting it
@@ -104,7 +104,7 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
             st.image(png)
             st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
             if paths:
-                st.caption(paths[j])
+                cards.file_line(paths[j], cache.CARD_PX)
             st.caption(tables.score_lines(results, j, cache.verdicts_now(root, run_id)))
             member = j in in_set
             st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",

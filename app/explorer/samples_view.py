@@ -14,11 +14,11 @@ from PIL import Image
 
 from influence.samples import Explanation
 
-from . import cache, figures, state, tables
+from . import cache, cards, figures, state, tables
 
 SAMPLE_PX = 84
-SORTS = {"clarity": "clarity (classifier's log-probability of its class)", "realism": "realism (final D's logit)",
-         "nearest_distance": "distance to the nearest training image"}
+# short enough for the select box at 1024 px (the grid's caption says what each is)
+SORTS = {"clarity": "clarity", "realism": "realism", "nearest_distance": "distance to nearest training image"}
 PICKED = "#ff7f0e"
 REAL = "#9a9a9a"
 
@@ -96,14 +96,15 @@ def responsible_gallery(root: Path, run_id: str, explanation: Explanation, sampl
     rows = explanation.sample_rows(sample)
     labels, names, paths = dataset.train.y, dataset.class_names, dataset.train_paths
     thumbs = cache.thumbnails(str(root), run_id, tuple(ids), cache.THUMB_PX)
+    width = cache.CARD_PX if paths else CARD_PX  # own images: room for a file name on the card's line
     with st.container(horizontal=True, gap="small"):  # cards of a fixed width, as many a line as the window holds
         for j, png in zip(ids, thumbs, strict=True):
-            with st.container(border=True, width=CARD_PX):
+            with st.container(border=True, width=width):
                 st.image(png)
-                label = figures.class_label(int(labels[j]), names) if labels is not None else None
-                st.markdown(f"**#{j}**" + (f" · {label}" if label else ""))
+                cards.heading(f"#{j}", figures.class_label(int(labels[j]), names) if labels is not None else None,
+                              width)
                 if paths:
-                    st.caption(f"`{paths[j]}`")
+                    cards.file_line(paths[j], width)
                 st.caption(" / ".join(("+" if v > 0 else "") + tables.sci(float(v)) for v in rows[:, j]))
     in_set = set(state.removal(root, run_id))
     missing = [j for j in ids if j not in in_set]

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import (cache, curation, datamap_view, figures, gallery_filter, numbers, removal_tools, state, tables,
-                      widgets)
+from explorer import (cache, cards, curation, datamap_view, figures, gallery_filter, numbers, removal_tools, state,
+                      tables, widgets)
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimator import FLAG_NEVER_TRACED, harmful_order
@@ -130,10 +130,10 @@ with gallery_col:
         for i, png in zip(page_ids, thumbs, strict=True):
             with grid.container(border=True, width=cache.CARD_PX):
                 st.image(png)
-                label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
-                st.markdown(f"**#{i}**" + (f" · {label}" if label else ""))
+                cards.heading(f"#{i}", figures.class_label(int(labels[i]), class_names) if labels is not None else None,
+                              cache.CARD_PX)
                 if paths:
-                    st.caption(f"`{paths[i]}`")
+                    cards.file_line(paths[i], cache.CARD_PX)
                 st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
                 member = i in in_set
                 st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
@@ -203,7 +203,8 @@ with set_col:
         st.toggle("Replace the set (off: add to it)", value=True, key="qf-replace")
         st.button("Fill", on_click=quick_fill, type="primary", icon=":material/bolt:")
 
-    with st.expander("Import a CSV of ids", icon=":material/upload:"):
+    # a popover, wider than this column: the upload box in an expander here was cut at 1024 and 1200 px
+    with st.popover("Import a CSV of ids", icon=":material/upload:", width="stretch", wrap=True):
         st.caption("A CSV with an 'id' or a 'path' column, or one id per line. It replaces the current set; "
                    "a malformed file leaves the set as it is.")
         st.file_uploader("CSV file", type=["csv", "txt"], key=f"import-{run_id}", on_change=import_csv,

@@ -5,7 +5,7 @@ import hashlib
 
 import numpy as np
 import streamlit as st
-from explorer import cache, jobpanel, samples_view, state, tables, widgets
+from explorer import cache, cards, jobpanel, samples_view, state, tables, widgets
 
 from influence import store
 from influence.context import fixed_latents, resolve_device
@@ -38,6 +38,7 @@ table = pool.table
 has_classifier = ctx.features is not None and ctx.features.has_probs
 CHECK_PX = 112  # the before/after images of a check
 CARD_PX = 124  # a grid card: its longest caption line ("nearest #12345") and 1 rem of padding a side
+GRID_CHARS = int((CARD_PX - cards.PADDING_PX) / cards.CAPTION_CHAR_PX)
 DESCRIBE = {"clarity": "clarity: the classifier's log-probability of the sample's class (blurry or ambiguous "
                        "samples score low)",
             "realism": "realism: the trained discriminator's logit (held fixed)",
@@ -111,7 +112,7 @@ with pick_col:
         controls = st.container(horizontal=True, gap="medium")  # fixed widths that wrap when narrow
         sorts = [s for s in samples_view.SORTS if s != "clarity" or has_classifier]
         sort = controls.selectbox("Sort by", sorts, format_func=samples_view.SORTS.get, key=f"samples-sort-{run_id}",
-                                  width=260)
+                                  width=300)
         lowest = controls.segmented_control("Order", ["lowest first", "highest first"], default="lowest first",
                                             key=f"samples-order-{run_id}") != "highest first"
         per_page = 30
@@ -121,6 +122,9 @@ with pick_col:
                                          width=100))
         shown = order[(page - 1) * per_page: page * per_page]
         images = samples_view.pngs(pool.generated[shown])
+        # the classes of the classifier trained on the labels by their names (a folder's: a line of its own)
+        names = dataset.class_names if cfg.eval.feature == "mnist-cnn" else None
+        named = bool(names) and not all(n.isdigit() for n in names)
         # Cards of a fixed width in one wrapping row: as many a line as the window holds (5 at 1440 px, 3 at
         # 1024); columns of a fixed count squeezed the captions to a letter a line in a narrow window.
         with st.container(horizontal=True, gap="small"):
@@ -129,7 +133,8 @@ with pick_col:
                 with st.container(border=True, width=CARD_PX):
                     st.image(png, width="stretch")
                     # one short line per figure: cards of equal height keep the pick boxes in a row
-                    lines = [f"**{i}**" + (f" · class {int(row['class'])}" if has_classifier else ""),
+                    lines = [f"**{i}**" + (f" · class {int(row['class'])}" if has_classifier and not named else ""),
+                             *([cards.plain(cards.fit(names[int(row["class"])], GRID_CHARS))] if named else []),
                              *([f"clarity {row['clarity']:.2f}"] if has_classifier else []),
                              f"realism {row['realism']:.2f}", f"nearest #{int(row['nearest_id'])}",
                              f"distance {row['nearest_distance']:.2f}"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
-from explorer import curation, figures, tables, trainform
+from explorer import cards, curation, figures, tables, trainform
 from influence.config import preset
 from influence.errors import ConfigError
 from influence.estimator import FLAG_NEVER_TRACED, FLAG_RELIABLE, InfluenceResult
@@ -101,6 +101,13 @@ def test_durations_read_naturally():
     # a forecast does not claim seconds it cannot know
     assert [tables.duration(s, rough=True) for s in (1.2, 43, 1676, 3725, None)] == [
         "5 s", "45 s", "28 min", "1 h 02 min", "?"]
+
+
+def test_a_long_file_name_keeps_its_start_and_its_number_on_a_cards_line():
+    name = "very_long_descriptive_file_name_for_image_number_0436.png"
+    assert [cards.fit(name, n) for n in (13, 20)] == ["very…0436.png", "very_l…mber_0436.png"]
+    assert cards.fit("s17.png", 13) == "s17.png"
+    assert cards.plain("*a*_$1$_:x:.png") == r"\*a\*\_\$1\$\_\:x\:.png"
 
 
 def test_gallery_scores_mark_the_harmful_side_red():
