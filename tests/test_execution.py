@@ -82,14 +82,15 @@ def test_trace_segment_replays_like_the_whole_trace(toy_run):
 
 def test_leave_one_out_on_the_cluster_equals_the_local_path(toy_run, tmp_path, on_cluster):
     ids = np.arange(0, 2000, 125)
-    here, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, lanes=1))
+    here, _, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, lanes=1))
     reports = []
-    there, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["all", "dloss"], ids, progress=reports.append, lanes=1)
+    there, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["all", "dloss"], ids, progress=reports.append,
+                                lanes=1)
     assert np.array_equal(here, there)
     assert [p.done for p in reports] == list(range(17))  # progress counts finished tasks
     # batched lanes: a task is a chunk of 4 lanes with its own lane 0, bit for bit the same on a worker
-    here, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "c"), ["all"], ids, lanes=4))
-    there, _ = leave_one_out(copy_run(toy_run, tmp_path / "d"), ["all"], ids, lanes=4)
+    here, _, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "c"), ["all"], ids, lanes=4))
+    there, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "d"), ["all"], ids, lanes=4)
     assert np.array_equal(here, there)
 
 

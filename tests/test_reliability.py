@@ -356,10 +356,10 @@ def test_damaged_leave_one_out_partial_is_recomputed_identically(tmp_path, small
 
     run = copy_run(small["ref"].root, small["run_id"], tmp_path / "store")
     ids = np.array([3, 17, 101])
-    actual, _ = leave_one_out(run, ["all"], ids)
+    actual, _, _ = leave_one_out(run, ["all"], ids)
     rel = next(r for r in run.manifest() if r.startswith("validate/_partial/"))
     corrupt(run.path(rel), how)
-    again, _ = leave_one_out(run, ["all"], ids)
+    again, _, _ = leave_one_out(run, ["all"], ids)
     assert np.array_equal(actual, again)
     assert run.read_json(rel)  # rewritten whole
     faults("corrupt-cache", 1, f"{how} of the leave-one-out partial")

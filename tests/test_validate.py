@@ -66,7 +66,7 @@ def test_select_ids():
 def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
     run = copy_run(toy_run, tmp_path)
     ids = np.array([0, 77, 1500])
-    actual, seconds = leave_one_out(run, ["all", "dloss"], ids)
+    actual, seconds, _ = leave_one_out(run, ["all", "dloss"], ids)
     assert actual.shape == (2, 3) and seconds > 0
     cfg = load_run_config(run)
     ctx = RunContext.create(cfg, run.root)
@@ -81,7 +81,7 @@ def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
     import influence.validation.loo as v
 
     monkeypatch.setattr(v, "lane_tasks", lambda *a, **k: pytest.fail("replayed again"))
-    again, seconds_again = leave_one_out(run, ["all", "dloss"], ids)
+    again, seconds_again, _ = leave_one_out(run, ["all", "dloss"], ids)
     assert np.array_equal(again, actual)
     # ... and reports what the replays cost, not the ~0 s of reading them back
     assert seconds <= seconds_again < seconds + 5
@@ -89,10 +89,10 @@ def test_leave_one_out_equals_replays_by_hand(toy_run, tmp_path, monkeypatch):
 
 def test_replays_in_worker_processes_equal_replays_here(toy_run, tmp_path):
     ids = np.arange(0, 2000, 125)  # 16 instances spread over the traced epoch
-    here, _ = leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, workers=1, lanes=1)
+    here, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all", "dloss"], ids, workers=1, lanes=1)
     reports = []
     run = copy_run(toy_run, tmp_path / "b")
-    there, _ = leave_one_out(run, ["all", "dloss"], ids, progress=reports.append, workers=2, lanes=1)
+    there, _, _ = leave_one_out(run, ["all", "dloss"], ids, progress=reports.append, workers=2, lanes=1)
     assert np.array_equal(here, there)  # same thread count in the workers: bit for bit
     assert [p.done for p in reports] == list(range(17)) and reports[-1].total == 16
 
@@ -114,8 +114,8 @@ def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):
     kept = run.read_json("validate/_partial/loo-replays.json")["replays"]
     assert len(kept) >= 10  # saved after every task
     # the next call computes the rest: the same as an uninterrupted run
-    again, _ = leave_one_out(run, ["all"], ids, workers=1, lanes=1)
-    by_hand, _ = leave_one_out(copy_run(toy_run, tmp_path / "fresh"), ["all"], ids, workers=1, lanes=1)
+    again, _, _ = leave_one_out(run, ["all"], ids, workers=1, lanes=1)
+    by_hand, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "fresh"), ["all"], ids, workers=1, lanes=1)
     assert np.array_equal(again, by_hand)
 
 
@@ -126,18 +126,18 @@ def test_a_later_leave_one_out_replays_only_what_no_earlier_one_did(toy_run, tmp
 
     run = copy_run(toy_run, tmp_path / "a")
     ids = np.array([3, 40, 77, 1500, 1900])
-    first, seconds = leave_one_out(run, ["all"], ids[:3], lanes=1)
+    first, seconds, _ = leave_one_out(run, ["all"], ids[:3], lanes=1)
     replayed = []
     real = v.lane_tasks
     monkeypatch.setattr(v, "lane_tasks", lambda run_, ctx, trace, lanes_, *a: replayed.append(
         [int(lane.removed[0]) for lane in lanes_]) or real(run_, ctx, trace, lanes_, *a))
-    both, _ = leave_one_out(run, ["dloss", "all"], ids, lanes=1)
+    both, _, _ = leave_one_out(run, ["dloss", "all"], ids, lanes=1)
     assert replayed == [[1500, 1900]]  # the first three were scored on every metric already
     assert np.array_equal(both[1, :3], first[0])
-    fresh, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["dloss", "all"], ids, lanes=1)
+    fresh, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["dloss", "all"], ids, lanes=1)
     assert np.array_equal(both, fresh)
     replayed.clear()
-    again, total = leave_one_out(run, ["all"], ids[:3], lanes=1)
+    again, total, _ = leave_one_out(run, ["all"], ids[:3], lanes=1)
     assert replayed == [] and np.array_equal(again, first) and total == pytest.approx(seconds)  # what they cost
     old = copy_run(toy_run, tmp_path / "c")  # a partial file of the earlier format is not read
     old.write_json("validate/_partial/loo-replays.json", {"3": [0.25]})

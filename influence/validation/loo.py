@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -96,8 +97,9 @@ def leave_one_out(
     workers: int | None = None,
     first_step: int = 0,
     lanes: int | None = None,
-) -> tuple[np.ndarray, float]:
-    """Actual influence (k metrics x n ids) by replays, and the seconds all of them took.
+) -> Replayed:
+    """Actual influence (k metrics x n ids) by replays, the seconds all of them took, and the warnings of the
+    conditions they ran under (each as it was replayed).
 
     Each id is a lane of `counterfactual.replay_lanes`: its change is its replay minus lane 0 (nothing
     removed) of the same replay; it starts at the instance's first traced step at or after `first_step`
@@ -123,7 +125,7 @@ def leave_one_out(
 
 def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], ids: np.ndarray, rel: str,
                    progress: ProgressFn | None, cancel: CancelToken | None, workers: int | None,
-                   first_step: int, lanes: int | None) -> tuple[np.ndarray, float]:
+                   first_step: int, lanes: int | None) -> Replayed:
     # Replays are kept per instance, scored also on the metrics that cost nothing beside those asked, so a later
     # validation of those, or of more instances, replays only what no earlier one did.
     scored = scored_with(metrics, ctx.cfg.is_2d)
@@ -153,7 +155,17 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
                 report(finished)
     run.remove_stale_temp_files(["validate/_partial"], [rel.rsplit("/", 1)[1]])  # a killed writer's (this lock's)
     actual = np.array([[done[str(j)]["changes"][m] for j in ids.tolist()] for m in metrics])
-    return actual, sum(done[str(j)]["seconds"] for j in dict.fromkeys(ids.tolist()))
+    unique = [done[str(j)] for j in dict.fromkeys(ids.tolist())]
+    # replays kept before their conditions were recorded: this process's
+    said = (replay.get("warnings", warnings) for replay in unique)
+    return Replayed(actual, sum(replay["seconds"] for replay in unique),
+                    list(dict.fromkeys(w for ws in said for w in ws)))
+
+
+class Replayed(NamedTuple):
+    actual: np.ndarray  # metrics x ids
+    seconds: float
+    warnings: list[str]
 
 
 REPLAYS_VERSION = 2  # {id: {"changes": {metric: change}, "seconds": its replay's share of its task, "warnings": [...]}}
@@ -161,13 +173,6 @@ REPLAYS_VERSION = 2  # {id: {"changes": {metric: change}, "seconds": its replay'
 
 def _replays_name(first_step: int) -> str:
     return f"loo-replays{f'-from{first_step}' if first_step else ''}"
-
-
-def stored_warnings(run: store.Run, ids: np.ndarray, first_step: int, now: list[str]) -> list[str]:
-    """The condition warnings of the kept replays of `ids` (replays kept before they were recorded: `now`'s)."""
-    done = _load_replays(run, f"validate/_partial/{_replays_name(first_step)}.json")
-    said = (done.get(str(j), {}).get("warnings", now) for j in dict.fromkeys(ids.tolist()))
-    return list(dict.fromkeys(w for ws in said for w in ws))
 
 
 def _load_replays(run: store.Run, rel: str) -> dict:
@@ -213,10 +218,10 @@ def validate(
     results = estimate(run, metrics, options, progress=progress, cancel=cancel)
     traced = trace.step_of_instance(len(results[metrics[0]].scores), first_step) >= 0
     ids = select_ids(len(traced), n, selection, seed, traced)
-    actual, seconds = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step, lanes=lanes)
+    actual, seconds, warnings = leave_one_out(run, metrics, ids, progress, cancel, first_step=first_step, lanes=lanes)
     replays = conditions.compare(trace.conditions, resolve_device(cfg.train.device), cfg.train.dtype,
                                  "these replays run")
-    replays["warnings"] = stored_warnings(run, ids, first_step, replays["warnings"])  # as each replay was made
+    replays["warnings"] = warnings  # as each replay was made
     out = {}
     for i, m in enumerate(metrics):
         est = results[m].scores[ids]
