@@ -192,16 +192,35 @@ def class_label(label: int, class_names: list[str] | None) -> str:
     return class_names[label] if class_names and label < len(class_names) else str(label)
 
 
+def flat_range(values: list[float], least: float = 1e-3) -> list[float] | None:
+    """An axis range at least `least` of the values' size wide: a metric that moved by 1e-11 (an IS of 1.0 on
+    features that see one class) is drawn flat, not stretched over ticks of twelve digits. None = Plotly's own."""
+    lo, hi = min(values), max(values)
+    span = least * max(abs(lo), abs(hi))
+    if hi - lo >= span or span == 0:
+        return None
+    mid = (lo + hi) / 2
+    return [mid - span, mid + span]
+
+
 def history_figure(history: list[dict], live_losses: list[tuple[int, float, float]] | None = None,
-                   steps_per_epoch: int | None = None, height: int = 300,
-                   uninformative: tuple[str, ...] = ()) -> go.Figure:
-    """Losses (per epoch, plus per-step samples while training) and test metrics per epoch (a metric that is
-    uninformative for the run is titled so, not 'higher/lower is better')."""
+                   steps_per_epoch: int | None = None, uninformative: tuple[str, ...] = ()) -> go.Figure:
+    """Losses (per epoch, plus per-step samples while training) above the test metrics per epoch (a metric that is
+    uninformative for the run is titled so, not 'higher/lower is better'). Two rows and no legend: side by side in
+    the Train page's column at 1024 px, the metrics' titles and tick labels ran over each other and the legend over
+    the axis titles."""
     metrics = [m for m in ("is", "fid", "all") if any(m in h for h in history)]
-    fig = make_subplots(rows=1, cols=1 + len(metrics), subplot_titles=["losses"] + [
-        f"test {METRIC_LABELS[m]}<br>(" + ("metric uninformative" if m in uninformative else
-                                           f"{'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better") + ")"
-        for m in metrics])
+    cols = max(1, len(metrics))
+    titles = [f"losses: D <span style='color:{HELPFUL}'>blue</span>, G <span style='color:{CLEANSED}'>orange</span>"
+              ] + [f"test {METRIC_LABELS[m]}<br>(" + ("uninformative" if m in uninformative else
+                                                       f"{'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better") + ")"
+                   for m in metrics]
+    if metrics:
+        specs = [[{"colspan": cols}] + [None] * (cols - 1), [{} for _ in range(cols)]]
+        fig = make_subplots(rows=2, cols=cols, specs=specs, subplot_titles=titles, vertical_spacing=0.3,
+                            horizontal_spacing=0.2)
+    else:
+        fig = make_subplots(rows=1, cols=1, subplot_titles=titles)
     if live_losses and steps_per_epoch:
         steps = [s / steps_per_epoch for s, _, _ in live_losses]
         fig.add_scatter(x=steps, y=[d for _, d, _ in live_losses], mode="lines", name="D loss (live)",
@@ -213,13 +232,14 @@ def history_figure(history: list[dict], live_losses: list[tuple[int, float, floa
                     line_color=HELPFUL, row=1, col=1)
     fig.add_scatter(x=epochs, y=[h["loss_g"] for h in history], mode="lines+markers", name="G loss (epoch mean)",
                     line_color=CLEANSED, row=1, col=1)
-    for i, m in enumerate(metrics, start=2):
+    for i, m in enumerate(metrics, start=1):
         pts = [(h["epoch"], h[m]) for h in history if m in h]
         fig.add_scatter(x=[e for e, _ in pts], y=[v for _, v in pts], mode="lines+markers",
-                        name=f"test {METRIC_LABELS[m]}", line_color="#444", showlegend=False, row=1, col=i)
+                        name=f"test {METRIC_LABELS[m]}", line_color="#444", row=2, col=i)
+        fig.update_yaxes(range=flat_range([v for _, v in pts]), row=2, col=i)
     fig.update_xaxes(title_text="epoch")
     # The subplot titles sit below the toolbar's row (top right), which covered the last one while training.
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOOLBAR_TOP, b=10), legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(height=480 if metrics else 300, margin=dict(l=10, r=10, t=TOOLBAR_TOP, b=10), showlegend=False)
     return fig
 
 
@@ -383,14 +403,17 @@ def lane_name(kind: str, mixed: bool) -> str:
     return "random and largest |score|" if mixed and kind == "single" else CHECK_KINDS[kind][0]
 
 
-def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: int = 380) -> go.Figure:
+def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: int = 460) -> go.Figure:
     """The spot check's replays: each lane's predicted change (the sum of its images' estimates) against the actual
     one (the lane minus lane 0 of the same replay), groups and single images side by side (their scales differ by
     the group's size); the diagonal is 'predicted = actual'. mixed: `trust.mixed_singles` of the check."""
     label, side = METRIC_LABELS[metric], "positive" if harmful_sign(metric) > 0 else "negative"
     panels = [("groups", lambda k: k not in ("single", "top-single")), ("single images", lambda k: k in
                                                                          ("single", "top-single"))]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[name for name, _ in panels], horizontal_spacing=0.14)
+    # one x title under both and the legend below them: side by side with a legend at the right, the two titles ran
+    # over each other's tick labels in the Influence page's column at 1024 px
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[name for name, _ in panels], horizontal_spacing=0.14,
+                        x_title=f"predicted: sum of their estimates ({side} = harmful)")
     for col, (_, keep) in enumerate(panels, start=1):
         mine = [lane for lane in lanes if keep(check_kind(lane["kind"], metric))]
         finite = [v for lane in mine for v in (lane["predicted"], lane["actual"]) if math.isfinite(v)]
@@ -407,11 +430,11 @@ def check_replays(lanes: list[dict], metric: str, mixed: bool = False, height: i
             lo, hi = min(finite), max(finite)
             fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="predicted = actual", row=1, col=col,
                             line=dict(dash="dash", color="#888"), showlegend=col == 1, hoverinfo="skip")
-        fig.update_xaxes(title_text=f"predicted: sum of their estimates<br>{side} = harmful", row=1, col=col,
-                         **SCI_AXIS)
+        fig.update_xaxes(row=1, col=col, **SCI_AXIS)
     fig.update_yaxes(title_text=f"actual change of {label}<br>(replay without them)", row=1, col=1, **SCI_AXIS)
     fig.update_yaxes(row=1, col=2, **SCI_AXIS)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOOLBAR_TOP, b=10))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOOLBAR_TOP, b=10),
+                      legend=dict(orientation="h", x=0, y=-0.3, yanchor="top"))
     return fig
 
 

@@ -282,6 +282,7 @@ CLIPPED_JS = """
     for (const m of n.textContent.matchAll(/\\S{2,}/g)) {
       range.setStart(n, m.index); range.setEnd(n, m.index + m[0].length);
       if ([...range.getClientRects()].filter(r => r.width > 0).length < 2) continue;
+      if (/^[0-9a-f]{32,}$/i.test(m[0])) continue;  // a hash (a data set's fingerprint) has no word to break
       let top = null;
       for (let i = 0; i < m[0].length; i++) {  // where the word breaks: after a break character is fine
         range.setStart(n, m.index + i); range.setEnd(n, m.index + i + 1);
@@ -328,6 +329,14 @@ CLIPPED_JS = """
       const r = t.getBoundingClientRect();
       if (r.width && (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1))
         titles.push(t.textContent);
+    }
+    const texts = [...plot.querySelectorAll('text')].map(t => [t, t.getBoundingClientRect()]).filter(([t, r]) => r.width && t.textContent.trim());
+    for (let i = 0; i < texts.length; i++) {  // a title, tick label or legend entry over another
+      for (let j = i + 1; j < texts.length; j++) {
+        const [a, p] = texts[i], [b, q] = texts[j];
+        const w = Math.min(p.right, q.right) - Math.max(p.left, q.left), h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+        if (w > 2 && h > 2 && !a.contains(b) && !b.contains(a)) titles.push(a.textContent + ' over ' + b.textContent);
+      }
     }
     const bars = [...plot.querySelectorAll('.colorbar')].map(c => c.getBoundingClientRect());
     for (const t of plot.querySelectorAll('.legend text')) {

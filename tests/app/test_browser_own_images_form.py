@@ -105,7 +105,7 @@ def test_own_images_through_the_train_form(own_form_server):
             assert f"{metric}: metric uninformative - the validation split has only 100 instances" in alerts, alerts
         for metric in ("IS", "FID"):  # the training curves' titles
             title = page.locator(".js-plotly-plot text").filter(has_text=f"test {metric}")
-            expect(title.filter(has_text="(metric uninformative)")).to_be_attached()  # its second line
+            expect(title.filter(has_text="(uninformative)")).to_be_attached()  # its second line
         sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
         assert "(uninformative)" in sidebar and "metric uninformative" in sidebar, sidebar
         _shot(page, "trained")

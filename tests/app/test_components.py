@@ -110,6 +110,16 @@ def test_a_long_file_name_keeps_its_start_and_its_number_on_a_cards_line():
     assert cards.plain("*a*_$1$_:x:.png") == r"\*a\*\_\$1\$\_\:x\:.png"
 
 
+def test_a_metric_that_did_not_move_is_drawn_flat_not_over_twelve_digit_ticks():
+    history = [{"epoch": 1, "loss_d": 1.0, "loss_g": 1.1, "is": 1.0000000000228, "fid": 9.0},
+               {"epoch": 2, "loss_d": 0.9, "loss_g": 1.3, "is": 1.0000000000263, "fid": 7.5}]
+    fig = figures.history_figure(history, uninformative=("is",))
+    is_axis, fid_axis = fig.layout.yaxis2, fig.layout.yaxis3  # the losses' row first, then IS and FID
+    assert is_axis.range == pytest.approx((1 - 1e-3, 1 + 1e-3), abs=1e-9)
+    assert fid_axis.range is None  # a metric that moved keeps Plotly's range
+    assert [a.text for a in fig.layout.annotations][1] == "test IS<br>(uninformative)"
+
+
 def test_gallery_scores_mark_the_harmful_side_red():
     results = {"fid": _result("fid", [-0.5, 0.5]), "is": _result("is", [-0.5, 0.5])}
     assert tables.score_lines(results, 0) == ":red[FID -5.00e-1]  \nIS -5.00e-1"  # tables.sci, as everywhere
