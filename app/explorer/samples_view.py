@@ -146,7 +146,7 @@ def pull_figure(train_xy: np.ndarray, generated: np.ndarray, chosen: int | None,
                               customdata=pullers, hovertemplate="training point #%{customdata}<extra></extra>")
             _arrow(fig, g, g + magnification * vectors.sum(0), figures.CLEANSED, "predicted", 6.0, 1)
         if actual is not None:  # thinner, on top of the predicted one: both stay visible where they agree
-            _arrow(fig, g, g + magnification * actual, "#111111", "actual", 2.0, 0)
+            _arrow(fig, g, g + magnification * actual, "#111111", "actual", 2.0, -1)
         fig.add_scattergl(x=[g[0]], y=[g[1]], mode="markers", name="chosen point", hoverinfo="skip",
                           marker=dict(size=2 * STAR_RADIUS, color=figures.GENERATED, symbol="star",
                                       line=dict(width=1.5, color="#111")))
@@ -157,14 +157,18 @@ def pull_figure(train_xy: np.ndarray, generated: np.ndarray, chosen: int | None,
 
 
 def _arrow(fig: go.Figure, start: np.ndarray, end: np.ndarray, color: str, text: str, width: float,
-           row: int) -> None:
-    """An arrow from the chosen point (clear of its star) and its label beyond the head, on the `row`-th line
-    there, so labels neither cover their shafts nor each other where the arrows agree."""
+           side: int) -> None:
+    """An arrow from the chosen point (clear of its star) and its label at the head, off to the arrow's left
+    (`side` 1) or right (-1): the two labels sit on either side of the arrows, so where the arrows agree they
+    neither cover each other (on rows beyond the heads they did when one arrow was longer) nor their shafts."""
     fig.add_annotation(x=end[0], y=end[1], ax=start[0], ay=start[1], xref="x", yref="y", axref="x", ayref="y",
                        showarrow=True, arrowhead=3, arrowsize=max(0.6, 3.0 / width), arrowwidth=width,
                        arrowcolor=color, text="", startstandoff=STAR_RADIUS)
-    right, up = end[0] >= start[0], end[1] >= start[1]
+    d = end - start
+    away = side * np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)  # the normal on that side (equal axes)
     fig.add_annotation(x=end[0], y=end[1], xref="x", yref="y", showarrow=False, text=f"<b>{text}</b>",
-                       font=dict(color=color, size=13), xanchor="left" if right else "right",
-                       yanchor="bottom" if up else "top", yshift=(1 if up else -1) * (4 + 18 * row),
+                       font=dict(color=color, size=13),
+                       xanchor="center" if abs(away[0]) < 0.3 else ("left" if away[0] > 0 else "right"),
+                       yanchor="middle" if abs(away[1]) < 0.3 else ("bottom" if away[1] > 0 else "top"),
+                       xshift=float(6 * away[0]), yshift=float(6 * away[1]),
                        bgcolor="rgba(255,255,255,0.7)")
