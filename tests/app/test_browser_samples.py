@@ -56,7 +56,9 @@ def _runs(root) -> tuple[str, str]:
     def is_2d(r: str) -> bool:
         return store.read_json(root / r / "config.json")["data"]["source"] == "normal2d"
 
-    return next(r for r in runs if not is_2d(r)), next(r for r in runs if is_2d(r))
+    # a 2D run with influence first: the lesson's page then shows its influences, not a call to compute them
+    return next(r for r in runs if not is_2d(r)), next(r for r in sorted(
+        runs, key=lambda r: not (root / r / "influence").is_dir()) if is_2d(r))
 
 
 def _shot(page, name: str) -> None:
