@@ -43,7 +43,7 @@ def heading(text: str, label: str | None, card_px: int) -> None:
 
 
 def file_line(path: str, card_px: int) -> None:
-    """The image's file: its name on one line (shortened in the middle where longer), the path relative to the data
-    folder on hover."""
+    """The image's file: its name on one line (shortened where longer, `fit`), the path relative to the data folder
+    on hover."""
     name = PurePosixPath(path).name
     st.caption(plain(fit(name, int((card_px - PADDING_PX - HELP_PX) / CAPTION_CHAR_PX))), help=plain(path))

@@ -211,10 +211,10 @@ def history_figure(history: list[dict], live_losses: list[tuple[int, float, floa
     the axis titles."""
     metrics = [m for m in ("is", "fid", "all") if any(m in h for h in history)]
     cols = max(1, len(metrics))
-    titles = [f"losses: D <span style='color:{HELPFUL}'>blue</span>, G <span style='color:{CLEANSED}'>orange</span>"
-              ] + [f"test {METRIC_LABELS[m]}<br>(" + ("uninformative" if m in uninformative else
-                                                       f"{'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better") + ")"
-                   for m in metrics]
+    losses = f"losses: D <span style='color:{HELPFUL}'>blue</span>, G <span style='color:{CLEANSED}'>orange</span>"
+    titles = [losses] + [f"test {METRIC_LABELS[m]}<br>(" + ("uninformative" if m in uninformative else
+                                                            f"{'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better")
+                         + ")" for m in metrics]
     if metrics:
         specs = [[{"colspan": cols}] + [None] * (cols - 1), [{} for _ in range(cols)]]
         fig = make_subplots(rows=2, cols=cols, specs=specs, subplot_titles=titles, vertical_spacing=0.3,

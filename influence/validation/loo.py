@@ -88,6 +88,14 @@ def select_ids(n_train: int, n: int, selection: str, seed: int, traced: np.ndarr
     return np.sort(np.random.default_rng(seed).choice(candidates, n, replace=False))
 
 
+class Replayed(NamedTuple):
+    """What `leave_one_out` measured: the changes (metrics x ids), the replays' seconds and their condition
+    warnings."""
+    actual: np.ndarray
+    seconds: float
+    warnings: list[str]
+
+
 def leave_one_out(
     run: store.Run,
     metrics: list[str],
@@ -160,12 +168,6 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
     said = (replay.get("warnings", warnings) for replay in unique)
     return Replayed(actual, sum(replay["seconds"] for replay in unique),
                     list(dict.fromkeys(w for ws in said for w in ws)))
-
-
-class Replayed(NamedTuple):
-    actual: np.ndarray  # metrics x ids
-    seconds: float
-    warnings: list[str]
 
 
 REPLAYS_VERSION = 2  # {id: {"changes": {metric: change}, "seconds": its replay's share of its task, "warnings": [...]}}
