@@ -308,8 +308,8 @@ def sweep_figure(table: pd.DataFrame, metric: str, height: int = 380) -> go.Figu
                         error_y=dict(type="data", array=g[f"std_change_{metric}"].fillna(0), visible=True),
                         customdata=np.stack([g["seeds"], g["p_value"]], axis=1),
                         hovertemplate="%{x} removed: %{y:.4g} (seeds %{customdata[0]}, p %{customdata[1]:.3g})")
-    fig.update_layout(height=height, margin=MARGIN, xaxis_title="training instances removed (most harmful first)",
-                      yaxis_title=f"change of test {label} ({better} = better)",
+    fig.update_layout(height=height, margin=MARGIN, xaxis_title="training instances removed (each method's first k)",
+                      yaxis=dict(title=f"change of test {label} ({better} = better)", tickformat=".3~g"),
                       title=dict(text="mean ± std over seeds", font=dict(size=13)),
                       legend=dict(orientation="h", y=-0.25, x=0))
     return fig

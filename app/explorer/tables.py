@@ -336,16 +336,17 @@ def explain_seconds(earlier: list[dict], results: dict[str, InfluenceResult], n:
 
 
 def sweep_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The sweep summary with readable column names (change > 0 is worse for FID/D-loss, better for IS/ALL)."""
+    """The sweep summary with readable column names (change > 0 is worse for FID/D-loss, better for IS/ALL); the
+    change and its p-value first, where a narrow window shows them without scrolling."""
     label = METRIC_LABELS[metric]
     return pd.DataFrame({
         "selection": [METHOD_LABELS.get(m, m) for m in table["method"]],
         "removed": table["count"],
-        "seeds": table["seeds"],
         f"mean change of test {label}": table[f"mean_change_{metric}"],
-        "std over seeds": table[f"std_change_{metric}"],
-        "improved in (seeds)": table["improved_in"],
         "p-value (t-test, change = 0)": table["p_value"],
+        "improved in (seeds)": table["improved_in"],
+        "std over seeds": table[f"std_change_{metric}"],
+        "seeds": table["seeds"],
     })
 
 
