@@ -29,12 +29,13 @@ def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, c
             "metric": METRIC_LABELS[metric], "influence": tables.sci(float(r.scores[i])),
             "side": "no estimate" if flag == FLAG_NEVER_TRACED else
             ("harmful" if r.scores[i] * sign > 0 else "helpful"),
-            "harmful rank": f"{int(row[f'harmful_rank_{metric}'])} of {n}" if flag != FLAG_NEVER_TRACED else "-",
             # the growth verdict (the table's flag; "metric uninformative" where the metric means nothing for the
             # run) is not a single image's accuracy: on mnist-adam with ReLU in float32 it read reliable where
             # leave-one-out gave tau 0.39 (FID) and 0.07 (IS); the check's single-image level is shown beside it
             "stability": row.get(f"flag_{metric}", FLAG_NAMES[flag]),
             "single images (check)": _single_level(verdict(r, check)),
+            # last: in the Influence page's column at 1024 px the table scrolled the single-image level out of sight
+            "harmful rank": f"{int(row[f'harmful_rank_{metric}'])} of {n}" if flag != FLAG_NEVER_TRACED else "-",
         })
     step, first_step, per_epoch = cache.traced_steps(str(root), run_id)
     t = int(step[i])

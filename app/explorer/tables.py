@@ -146,16 +146,17 @@ def prediction_note(attempt: dict, summary: dict, epochs: int, result: Influence
 
 
 def attempts_table(attempts: list[dict]) -> pd.DataFrame:
-    """One row per attempt and metric (narrow enough for the page, however many metrics)."""
+    """One row per attempt and metric (narrow enough for the page, however many metrics): the change beside its
+    prediction first, the attempt's name last (at 1024 px the page scrolled "predicted" out of sight)."""
     rows = []
     for a in attempts:
         for m, before in a["before"].items():
             change, predicted = a["change"].get(m), a["predicted_change"].get(m)
-            rows.append({"attempt": a["key"], "mode": a["mode"], "removed": a["n_removed"],
-                         "metric": METRIC_LABELS[m], "before": before, "after": a["after"].get(m), "change": change,
+            rows.append({"removed": a["n_removed"], "metric": METRIC_LABELS[m], "change": change,
                          "predicted": predicted,
                          "signs agree": None if change is None or predicted is None or not change * predicted
                          else not signs_disagree(predicted, change),
+                         "before": before, "after": a["after"].get(m), "mode": a["mode"], "attempt": a["key"],
                          "seconds": a["seconds"]})
     return pd.DataFrame(rows)
 
