@@ -42,8 +42,11 @@ def heading(text: str, label: str | None, card_px: int) -> None:
     st.caption(plain(fit(label, int((card_px - PADDING_PX) / CAPTION_CHAR_PX))))
 
 
+def shown_name(path: str, card_px: int) -> str:
+    """The file's name as a card `card_px` wide shows it: on one line beside the help icon (shortened, `fit`)."""
+    return fit(PurePosixPath(path).name, int((card_px - PADDING_PX - HELP_PX) / CAPTION_CHAR_PX))
+
+
 def file_line(path: str, card_px: int) -> None:
-    """The image's file: its name on one line (shortened where longer, `fit`), the path relative to the data folder
-    on hover."""
-    name = PurePosixPath(path).name
-    st.caption(plain(fit(name, int((card_px - PADDING_PX - HELP_PX) / CAPTION_CHAR_PX))), help=plain(path))
+    """The image's file: its name on one line, the path relative to the data folder on hover."""
+    st.caption(plain(shown_name(path, card_px)), help=plain(path))

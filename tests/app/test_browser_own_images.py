@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -114,8 +114,7 @@ def test_own_images_in_a_real_browser(own_server, tmp_path):
         _view(page, "Gallery").click()
         _settle(page)
         captions = page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
-        room = int((CARD_PX - cards.PADDING_PX - cards.HELP_PX) / cards.CAPTION_CHAR_PX)
-        names = {cards.fit(PurePosixPath(p).name, room) for p in table["path"]}
+        names = {cards.shown_name(p, CARD_PX) for p in table["path"]}
         assert sum(c.strip() in names for c in captions) >= 20, captions[:5]
         unticked = page.locator('[data-testid="stCheckbox"]').filter(has=page.locator("input:not(:checked)")).first
         unticked.locator("label").click()
