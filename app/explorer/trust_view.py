@@ -206,15 +206,17 @@ LDS_COLUMNS = ("LDS (Spearman)", "Pearson", "LDS on test")
 
 
 def lds_table(v: dict, metric: str) -> pd.DataFrame:
-    """One row per named result and fraction: LDS, Pearson and slope on the validation split, LDS on test."""
+    """One row per named result and fraction: LDS, Pearson and slope on the validation split, LDS on test; the
+    result's name last (long: at 1024 px it pushed the numbers out of sight)."""
     rows = []
     for name, per_metric in v["scores"].items():
         for r in per_metric.get(metric, []):
-            rows.append({"estimate": name, "method": method_of(name), "F": f"{r['fraction']:.0%}", "groups": r["groups"],
+            rows.append({"method": method_of(name), "F": f"{r['fraction']:.0%}", "groups": r["groups"],
                          "LDS (Spearman)": round(r["spearman_valid"], 3),
                          "95% interval": interval_text(rank_interval("spearman", r["spearman_valid"], r["groups"])),
                          "Pearson": round(r["pearson_valid"], 3),
-                         "slope": float(f"{r['slope_valid']:.3g}"), "LDS on test": round(r["spearman_test"], 3)})
+                         "slope": float(f"{r['slope_valid']:.3g}"), "LDS on test": round(r["spearman_test"], 3),
+                         "estimate": name})
     return pd.DataFrame(rows)
 
 
