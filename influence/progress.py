@@ -40,6 +40,34 @@ class Reporter:
             self.callback(Progress(self.stage, done, self.total, time.perf_counter() - self.start, info))
 
 
+class BatchProgress:
+    """One stage over the tasks of one or more `execution.Executor.run` calls, so that a bar neither starts again
+    with each task nor shows one task's time left as the whole batch's.
+
+    Task i weighs `weights[i]` units (a check's replayed lane-steps); its own reports (any stage with a total)
+    count in proportion. A call over tasks first, first+1, ... takes `part(first)` as its progress: the execution
+    layer tags each report with the task's place in that call (info "task").
+    """
+
+    def __init__(self, stage: str, weights: list[int], callback: ProgressFn | None = None,
+                 cancel: "CancelToken | None" = None):
+        self.weights, self.share = weights, [0.0] * len(weights)
+        self.report = Reporter(stage, sum(weights), callback, cancel)
+
+    def part(self, first: int) -> ProgressFn:
+        def forward(p: Progress) -> None:
+            if p.total:  # a task's stages without a count (waiting for a lock) move nothing
+                self._set(first + p.info["task"], min(p.done / p.total, 1.0))
+        return forward
+
+    def finished(self, task: int) -> None:
+        self._set(task, 1.0)
+
+    def _set(self, task: int, share: float) -> None:
+        self.share[task] = share
+        self.report(round(sum(s * w for s, w in zip(self.share, self.weights))))
+
+
 class CancelToken:
     """Set by the user; checked between steps. A file flag lets another process cancel a job."""
 

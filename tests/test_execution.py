@@ -25,6 +25,7 @@ from influence.execution.payload import run_payload, segment_offset, trace_segme
 from influence.progress import CancelToken
 from influence.train import Trace, replay
 from influence.validation import leave_one_out, sweep, validate
+from influence.validation.spotcheck import spot_check
 
 from _helpers import copy_run, toy_config
 
@@ -92,6 +93,16 @@ def test_leave_one_out_on_the_cluster_equals_the_local_path(toy_run, tmp_path, o
     here, _, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "c"), ["all"], ids, lanes=4))
     there, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "d"), ["all"], ids, lanes=4)
     assert np.array_equal(here, there)
+
+
+def test_a_spot_check_on_the_cluster_equals_the_local_path_under_one_bar(toy_run, tmp_path, on_cluster):
+    """The workers' reports carry their task's place, so concurrent tasks add up to one bar that never goes back."""
+    here = _local(lambda: spot_check(copy_run(toy_run, tmp_path / "a"), ["all"], level="quick", lanes=1))
+    reports = []
+    there = spot_check(copy_run(toy_run, tmp_path / "b"), ["all"], level="quick", lanes=1, progress=reports.append)
+    assert there["per_metric"] == here["per_metric"]
+    bar = [p for p in reports if p.stage == "spot check"]
+    assert [p.done for p in bar] == sorted(p.done for p in bar) and bar[-1].done == bar[-1].total
 
 
 def test_a_worker_killed_during_validate_is_retried_with_the_same_result(toy_run, tmp_path, on_cluster):

@@ -304,3 +304,23 @@ def test_a_quick_check_replays_the_harmful_sets_over_the_whole_trace(toy_run, tm
     expected = _metric(ctx, trace, after, "valid", "dloss") - _metric(ctx, trace, final, "valid", "dloss")
     assert harmful["actual"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert "over all 20 traced steps, removing the" in verdict(res, check)["measured"]
+
+
+def test_a_checks_progress_is_one_bar_over_all_its_replays(toy_run, tmp_path, monkeypatch):
+    """Each task of a check (10 lanes; the whole trace's sets) reported its own bar, which started again with every
+    task, and the CLI drew it against the first task's total with its time left (mnist-adam: "1/200, 7 h left")."""
+    from influence.counterfactual import lanes as lanes_module
+
+    run = copy_run(toy_run, tmp_path, keep_results=False)
+    estimate(run, ["dloss"])
+    replayed = []  # every lane-step the replays take, counted where they are taken
+    tick = lanes_module._Progress.__call__
+    monkeypatch.setattr(lanes_module._Progress, "__call__", lambda self, steps=1: (replayed.append(steps),
+                                                                                    tick(self, steps))[1])
+    reports = []
+    spot_check(run, ["dloss"], level="quick", lanes=1, progress=reports.append)
+    bar = [p for p in reports if p.stage == "spot check"]
+    assert not [p for p in reports if p.stage == "replay"]  # the tasks' own bars go into the check's
+    assert [p.done for p in bar] == sorted(p.done for p in bar)
+    assert bar[-1].done == bar[-1].total == sum(replayed) > 0
+    assert all(p.eta is not None and p.eta >= 0 for p in bar if p.done)

@@ -36,6 +36,9 @@ STAGES = {
     "train": "training", "influence": "influence (backward pass over the traced steps)",
     "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
     "leave-one-out": "leave-one-out replays", "sweep": "data-cleansing sweep (cleanses done)",
+    "spot check": "spot check (replayed steps of its groups and single images)",
+    "group replays": "group validation (random removal sets replayed)",
+    "trace-lr probe": "probing traced learning rates",
 }
 
 

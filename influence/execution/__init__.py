@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -115,12 +116,13 @@ class Executor:
 
     def run(self, tasks: Tasks, progress: ProgressFn | None = None,
             cancel: CancelToken | None = None) -> Iterator[tuple[Any, Any]]:
-        """Progress reports from inside the tasks go to `progress`; the caller counts finished tasks."""
+        """Progress reports from inside the tasks go to `progress`, each with its task's place in `tasks.items`
+        (info "task": `progress.BatchProgress` adds them up); the caller counts finished tasks."""
         if self.client is None:
-            for item in tasks.items:
+            for i, item in enumerate(tasks.items):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("cancelled")
-                yield item, tasks.here(item, TaskEnv(progress, cancel))
+                yield item, tasks.here(item, TaskEnv(_tagged(progress, i), cancel))
             return
         yield from self._run_dask(tasks, progress, cancel)
 
@@ -215,6 +217,12 @@ def _forward(events: queue.Queue, tasks: Tasks, progress: ProgressFn | None) -> 
             progress(Progress(p["stage"], p["done"], p["total"], p["seconds"], p["info"]))
 
 
+def _tagged(progress: ProgressFn | None, index: int) -> ProgressFn | None:
+    if progress is None:
+        return None
+    return lambda p: progress(dataclasses.replace(p, info={**p.info, "task": index}))
+
+
 # ---------------------------------------------------------------- on a worker
 def _identity(x: Any) -> Any:
     return x
@@ -247,7 +255,7 @@ def _remote(fn: Callable, payload: Any, item: Any, index: int, threads: int, nam
         now = time.monotonic()
         if now - last[0] >= EVENT_EVERY_S or p.done == p.total:
             last[0] = now
-            info = {k: v for k, v in p.info.items() if isinstance(v, (int, float, str))}
+            info = {**{k: v for k, v in p.info.items() if isinstance(v, (int, float, str))}, "task": index}
             worker.log_event(name, {"progress": {"stage": p.stage, "done": p.done, "total": p.total,
                                                  "seconds": p.seconds, "info": info}})
 

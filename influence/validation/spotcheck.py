@@ -40,9 +40,9 @@ from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, result_name
 from ..execution import open_executor
 from ..models import has_kinks
-from ..progress import CancelToken, ProgressFn
+from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace
-from .replays import chunks, lane_tasks, lanes_per_task, merged_record
+from .replays import chunks, lane_steps, lane_tasks, lanes_per_task, merged_record
 
 log = logging.getLogger(__name__)
 CHECK_LEVELS = ("none", "auto", "quick", "full")
@@ -148,20 +148,29 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
             predicted[m] += [results[m].scores[lane.removed].sum() for lane in sets]
         starts += [whole] * len(sets)
     actual: list = [None] * len(lanes_list)
-    replay_seconds, from_trace, plan = 0.0, True, None
-    for start in sorted(set(starts)):  # one replay per start: the window's lanes, the whole trace's sets
+    replay_seconds, from_trace = 0.0, True
+    parts = []  # one replay per start: the window's lanes, the whole trace's sets
+    for start in sorted(set(starts)):
         part = [i for i, s0 in enumerate(starts) if s0 == start]
+        plan = choose_plan(ctx, trace, len(part), lanes)
+        groups = chunks(trace, [lanes_list[i] for i in part], n_train, plan, start, lanes_per_task(ctx, trace, plan))
+        parts.append((start, part, plan, groups))
+    # one bar over every task, each weighing the steps its lanes replay
+    tally = BatchProgress("spot check", [lane_steps(trace, [lanes_list[part[i]] for i in group], n_train, start)
+                                         for start, part, _, groups in parts for group in groups], progress, cancel)
+    first_task = 0
+    for start, part, plan, groups in parts:
         part_lanes = [lanes_list[i] for i in part]
-        plan = choose_plan(ctx, trace, len(part_lanes), lanes)
-        groups = chunks(trace, part_lanes, n_train, plan, start, lanes_per_task(ctx, trace, plan))
         tasks = lane_tasks(run, ctx, trace, part_lanes, (("valid", tuple(metrics)),), plan, groups, start)
         with open_executor(len(groups), 1) as executor, \
-                contextlib.closing(executor.run(tasks, progress, cancel)) as out:
+                contextlib.closing(executor.run(tasks, tally.part(first_task), cancel)) as out:
             for group, result in out:
                 for i, change in zip(group, result.changes):
                     actual[part[i]] = change["valid"]
                 replay_seconds += result.seconds
                 from_trace &= result.baseline_from_trace
+                tally.finished(first_task + groups.index(group))
+        first_task += len(groups)
     return {
         "level": level, "level_reason": reason, "result": name, "metrics": metrics, "window_first_step": first,
         "traced_steps": trace.steps, "window_steps": trace.steps - first, "lanes": plan.as_dict(),
