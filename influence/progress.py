@@ -44,20 +44,23 @@ class BatchProgress:
     """One stage over the tasks of one or more `execution.Executor.run` calls, so that a bar neither starts again
     with each task nor shows one task's time left as the whole batch's.
 
-    Task i weighs `weights[i]` units (a check's replayed lane-steps); its own reports (any stage with a total)
-    count in proportion. A call over tasks first, first+1, ... takes `part(first)` as its progress: the execution
-    layer tags each report with the task's place in that call (info "task").
+    Task i weighs `weights[i]` units (a check's replayed lane-steps, leave-one-out's replays); its own reports (any
+    stage with a total) count in proportion, so a task of ten 5-minute replays moves the bar as it goes. `done`:
+    units finished before (replays read back). A call over tasks first, first+1, ... takes `part(first)` as its
+    progress: the execution layer tags each report with the task's place in that call (info "task").
     """
 
     def __init__(self, stage: str, weights: list[int], callback: ProgressFn | None = None,
-                 cancel: "CancelToken | None" = None):
-        self.weights, self.share = weights, [0.0] * len(weights)
-        self.report = Reporter(stage, sum(weights), callback, cancel)
+                 cancel: "CancelToken | None" = None, done: int = 0):
+        self.weights, self.share, self.done = weights, [0.0] * len(weights), done
+        self.report = Reporter(stage, done + sum(weights), callback, cancel)
+        self.report(done)
 
     def part(self, first: int) -> ProgressFn:
         def forward(p: Progress) -> None:
             if p.total:  # a task's stages without a count (waiting for a lock) move nothing
-                self._set(first + p.info["task"], min(p.done / p.total, 1.0))
+                i = first + p.info["task"]  # a task retried on another worker starts again: the bar waits for it
+                self._set(i, max(self.share[i], min(p.done / p.total, 1.0)))
         return forward
 
     def finished(self, task: int) -> None:
@@ -65,7 +68,7 @@ class BatchProgress:
 
     def _set(self, task: int, share: float) -> None:
         self.share[task] = share
-        self.report(round(sum(s * w for s, w in zip(self.share, self.weights))))
+        self.report(self.done + round(sum(s * w for s, w in zip(self.share, self.weights))))
 
 
 class CancelToken:

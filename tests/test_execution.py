@@ -88,7 +88,8 @@ def test_leave_one_out_on_the_cluster_equals_the_local_path(toy_run, tmp_path, o
     there, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "b"), ["all", "dloss"], ids, progress=reports.append,
                                 lanes=1)
     assert np.array_equal(here, there)
-    assert [p.done for p in reports] == list(range(17))  # progress counts finished tasks
+    done = [p.done for p in reports]  # replays done, counted also inside a task, on one bar
+    assert done == sorted(done) and done[-1] == reports[-1].total == 16 and 1 in done
     # batched lanes: a task is a chunk of 4 lanes with its own lane 0, bit for bit the same on a worker
     here, _, _ = _local(lambda: leave_one_out(copy_run(toy_run, tmp_path / "c"), ["all"], ids, lanes=4))
     there, _, _ = leave_one_out(copy_run(toy_run, tmp_path / "d"), ["all"], ids, lanes=4)

@@ -40,8 +40,11 @@ def test_lds_by_hand():
 def test_group_validation_equals_independent_replays(toy_run, tmp_path, monkeypatch):
     run = copy_run(toy_run, tmp_path)
     spec = GroupSpec(groups=6, fractions=(0.02, 0.1), seed=3, curve=(0.05,))
-    out = validate_groups(run, ["all", "dloss"], spec)
+    reports = []
+    out = validate_groups(run, ["all", "dloss"], spec, progress=reports.append)
     groups, curve = out["groups_table"], out["curve_table"]
+    done = [p.done for p in reports if p.stage == "group replays"]  # lanes replayed, also inside a task
+    assert done == sorted(done) and done[-1] == len(groups) + len(curve)
     assert len(groups) == 12 and sorted(zip(curve["kind"], curve["metric"])) == [
         ("random-k", ""), ("top", "all"), ("top", "dloss")]  # each metric's own most harmful
     ctx, trace = RunContext.create(load_run_config(run), run.root), Trace.load(run)

@@ -94,7 +94,8 @@ def test_replays_in_worker_processes_equal_replays_here(toy_run, tmp_path):
     run = copy_run(toy_run, tmp_path / "b")
     there, _, _ = leave_one_out(run, ["all", "dloss"], ids, progress=reports.append, workers=2, lanes=1)
     assert np.array_equal(here, there)  # same thread count in the workers: bit for bit
-    assert [p.done for p in reports] == list(range(17)) and reports[-1].total == 16
+    done = [p.done for p in reports]  # the two workers' replays on one bar that never goes back
+    assert done == sorted(done) and set(done) == set(range(17)) and reports[-1].total == 16
 
 
 def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):

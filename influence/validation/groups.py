@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, harmful_order, result_name, result_sets
 from ..execution import open_executor
 from ..metrics import check_metric, scored_with
-from ..progress import CancelToken, ProgressFn, Reporter
+from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace
 from .replays import chunks, lane_tasks, lanes_per_task, merged_record, replay_conditions
 
@@ -219,16 +219,16 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
     scored = scored_with(metrics, cfg.is_2d)
     tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, scored) for s in SPLITS), plan, groups)
     changes: list = [None] * len(lane_list)
-    report = Reporter("group replays", len(lane_list), progress, cancel)
-    seconds, from_trace, done = 0.0, True, 0
-    with open_executor(len(groups), workers) as executor, contextlib.closing(executor.run(tasks, cancel=cancel)) as out:
+    tally = BatchProgress("group replays", [len(g) for g in groups], progress, cancel)
+    seconds, from_trace = 0.0, True
+    with open_executor(len(groups), workers) as executor, \
+            contextlib.closing(executor.run(tasks, tally.part(0), cancel)) as out:
         for group, result in out:
             for i, change in zip(group, result.changes):
                 changes[i] = change
             seconds += result.seconds
             from_trace &= result.baseline_from_trace
-            done += len(group)
-            report(done)
+            tally.finished(groups.index(group))
     table = table.copy()
     for split in SPLITS:
         for m in changes[0][split]:

@@ -26,7 +26,7 @@ from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
 from ..execution import open_executor
 from ..metrics import check_metric, scored_with
-from ..progress import CancelToken, ProgressFn, Reporter
+from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace, epoch_kinds
 from .replays import chunks, lane_tasks, lanes_per_task, replay_conditions
 
@@ -141,16 +141,14 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
     done = _load_replays(run, rel)
     pending = [j for j in dict.fromkeys(ids.tolist()) if not all(m in done.get(str(j), {}).get("changes", {})
                                                                   for m in metrics)]
-    finished = len(ids) - len(pending)
-    report = Reporter("leave-one-out", len(ids), progress, cancel)
-    report(finished)
     if pending:
         lane_list = [Lane.of([j]) for j in pending]
         plan = choose_plan(ctx, trace, len(lane_list), lanes)
         groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, first_step, lanes_per_task(ctx, trace, plan))
         tasks = lane_tasks(run, ctx, trace, lane_list, (("valid", scored),), plan, groups, first_step)
+        tally = BatchProgress("leave-one-out", [len(g) for g in groups], progress, cancel, len(ids) - len(pending))
         with open_executor(len(groups), workers) as executor, \
-                contextlib.closing(executor.run(tasks, cancel=cancel)) as replays:
+                contextlib.closing(executor.run(tasks, tally.part(0), cancel)) as replays:
             for group, result in replays:
                 for i, change in zip(group, result.changes):
                     earlier = done.get(str(pending[i]), {})  # an earlier replay's metrics stay, and its warnings
@@ -159,8 +157,7 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
                         "seconds": result.seconds / len(group),
                         "warnings": list(dict.fromkeys(earlier.get("warnings", []) + warnings))}
                 run.write_json(rel, {"version": REPLAYS_VERSION, "replays": done})  # kept after every task
-                finished += len(group)
-                report(finished)
+                tally.finished(groups.index(group))
     run.remove_stale_temp_files(["validate/_partial"], [rel.rsplit("/", 1)[1]])  # a killed writer's (this lock's)
     actual = np.array([[done[str(j)]["changes"][m] for j in ids.tolist()] for m in metrics])
     unique = [done[str(j)] for j in dict.fromkeys(ids.tolist())]
