@@ -35,11 +35,12 @@ STAGES = {
     **STARTUP,
     "train": "training", "influence": "influence (backward pass over the traced steps)",
     "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
-    "leave-one-out": "leave-one-out replays", "sweep": "data-cleansing sweep (cleanses done)",
+    "leave-one-out": "leave-one-out replays", "sweep": "data-cleansing sweep",
     "spot check": "spot check (replayed steps of its groups and single images)",
     "group replays": "group validation (random removal sets replayed)",
     "trace-lr probe": "probing traced learning rates",
 }
+UNITS = {"feature-net": "epoch", "leave-one-out": "replay", "group replays": "replay", "sweep": "cleanse"}  # else step
 
 
 def spec_run_id(spec: dict) -> str | None:
@@ -186,7 +187,8 @@ def _progress(status: dict) -> None:
         return
     stage = STAGES.get(status.get("stage"), status.get("stage") or "working")
     eta = status.get("eta")
-    text = (f"{stage}: step {done} of {total} · {duration(status.get('seconds'))} elapsed"
+    unit = UNITS.get(status.get("stage"), "step")
+    text = (f"{stage}: {unit} {done} of {total} · {duration(status.get('seconds'))} elapsed"
             + (f" · about {duration(eta, rough=True)} left" if eta is not None else ""))
     st.progress(min(done / total, 1.0), text=text)
     info = status.get("info") or {}

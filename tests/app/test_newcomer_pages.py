@@ -263,7 +263,7 @@ def test_start_up_shows_what_it_is_doing(app_store):
     try:
         at = open_app("influence", run_id)
         [bar] = [p for p in at.get("progress") if "feature network" in p.proto.text]
-        assert "Start-up: training the IS/FID feature network (once per data set): step 7 of 50" in bar.proto.text
+        assert "Start-up: training the IS/FID feature network (once per data set): epoch 7 of 50" in bar.proto.text
     finally:
         lock.release()
 
