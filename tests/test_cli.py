@@ -285,3 +285,19 @@ def test_every_option_of_every_command_says_what_it_does():
     bare = {name: [a.option_strings[0] for a in sub._actions if a.option_strings and not a.help]
             for name, sub in {"gan-influence": top, **commands.choices}.items()}
     assert {name: opts for name, opts in bare.items() if opts} == {}
+
+
+def test_a_progress_bar_starts_again_with_each_part_of_a_stage(capsys):
+    """A sweep's cleanses each report a "replay" stage of their own: drawn on the first one's bar, the count went
+    back and the time and the time left ran on from the first (the check's tasks did the same before their
+    reports were added up)."""
+    from influence.cli.follow import Bar
+    from influence.progress import Progress
+
+    bar, bars = Bar(), []
+    for done, total in ((3, 10), (9, 10), (1, 10), (4, 10), (2, 20)):
+        bar(Progress("replay", done, total, 0.0))
+        bars.append(bar.bar)
+    bar.close()
+    assert [len({id(b) for b in bars[:i]}) for i in range(1, 6)] == [1, 1, 2, 2, 3]
+    assert [b.total for b in bars] == [10, 10, 10, 10, 20] and bars[-1].n == 2

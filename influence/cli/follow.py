@@ -24,7 +24,7 @@ class Bar:
             return
         from tqdm import tqdm
 
-        if self.stage != p.stage or self.bar.total != p.total:  # a stage's next part (one cleanse of a sweep's)
+        if self.stage != p.stage or self.bar.total != p.total or p.done < self.bar.n:  # the next of a stage's parts
             self.close()
             self.stage, self.bar = p.stage, tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=False)
         self.bar.n = p.done
