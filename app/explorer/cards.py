@@ -3,6 +3,7 @@ names and file names shortened to the card's line, never broken mid-word; the wh
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import PurePosixPath
 
@@ -42,11 +43,48 @@ def heading(text: str, label: str | None, card_px: int) -> None:
     st.caption(plain(fit(label, int((card_px - PADDING_PX) / CAPTION_CHAR_PX))))
 
 
-def shown_name(path: str, card_px: int) -> str:
-    """The file's name as a card `card_px` wide shows it: on one line beside the help icon (shortened, `fit`)."""
-    return fit(PurePosixPath(path).name, int((card_px - PADDING_PX - HELP_PX) / CAPTION_CHAR_PX))
+SPAN_CHARS = 5  # what tells two names apart is shown with the characters before it up to this many ("00436")
 
 
-def file_line(path: str, card_px: int) -> None:
-    """The image's file: its name on one line, the path relative to the data folder on hover."""
-    st.caption(plain(shown_name(path, card_px)), help=plain(path))
+def fit_around(text: str, chars: int, start: int, end: int) -> str:
+    """`text` in at most `chars` characters keeping text[start:end] (what tells it from other names; its beginning
+    where it is longer than the line), then as much of the text's start and end (the extension) as the line holds;
+    an ellipsis where a part is left out."""
+    if len(text) <= chars:
+        return text
+    start = max(0, min(start, end - SPAN_CHARS))
+    left = text[:start]
+    cut_left = int(bool(left))  # an ellipsis at least, for each side that is not shown whole
+    cut_right = int(end < len(text) or end - start > chars - cut_left)
+    span = text[start:start + min(end - start, chars - cut_left - cut_right)]
+    right = text[start + len(span):]
+    room = chars - len(span)
+    r = min(len(right), max(cut_right, room - min(len(left), room // 2)))
+    l = min(len(left), room - r)  # a short end leaves the start the rest
+    head = left if len(left) <= l else left[: l - 1] + "…"
+    tail = right if len(right) <= r else "…" + right[len(right) - r + 1:]
+    return head + span + tail
+
+
+def shown_names(paths: list[str], card_px: int) -> list[str]:
+    """The file names as a gallery's cards `card_px` wide show them, on one line beside the help icon: shortened
+    (`fit`), and where two would read the same (a camera's "IMG2…nced.png": its names differ in the middle) each
+    keeping the part that tells it from those it would be read as (`fit_around`)."""
+    chars = int((card_px - PADDING_PX - HELP_PX) / CAPTION_CHAR_PX)
+    names = [PurePosixPath(p).name for p in paths]
+    shown = [fit(n, chars) for n in names]
+    out = []
+    for name, short in zip(names, shown):
+        alike = [o for o, s in zip(names, shown) if s == short and o != name]
+        if alike:
+            start = max(len(os.path.commonprefix([name, o])) for o in alike)
+            end = len(name) - max(len(os.path.commonprefix([name[::-1], o[::-1]])) for o in alike)
+            # a second ellipsis: one character less (an ellipsis is about two wide; 13 wrapped the help icon)
+            short = fit_around(name, chars - 1, start, end) if start < end else short
+        out.append(short)
+    return out
+
+
+def file_line(path: str, shown: str) -> None:
+    """The image's file: its name as `shown_names` shows it, the path relative to the data folder on hover."""
+    st.caption(plain(shown), help=plain(path))

@@ -99,12 +99,13 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
     paths = dataset.train_paths
     in_set = set(removal)
     grid = st.container(horizontal=True)  # fixed-width cards that wrap: numbers stay on one line
-    for j, png, d in zip(row, thumbs, [0.0, *dist.tolist()], strict=True):
+    names = cards.shown_names([paths[j] for j in row], cache.CARD_PX) if paths else [None] * len(row)
+    for j, png, d, name in zip(row, thumbs, [0.0, *dist.tolist()], names, strict=True):
         with grid.container(border=True, width=cache.CARD_PX):
             st.image(png)
             st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
             if paths:
-                cards.file_line(paths[j], cache.CARD_PX)
+                cards.file_line(paths[j], name)
             st.caption(tables.score_lines(results, j, cache.verdicts_now(root, run_id)))
             member = j in in_set
             st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from influence import jobs, store
 
@@ -73,6 +74,13 @@ def write_job(root: Path, spec: dict, **status) -> str:
 def removal_on_disk(root: Path, run_id: str) -> list[int]:
     path = root / run_id / "app" / "removal.json"
     return store.read_json(path)["ids"] if path.exists() else []
+
+
+def shown_as(shown: str, paths) -> bool:
+    """Whether a card's shortened file name ("IM…000003…png") is the name of one of `paths`, read the way a person
+    does: each ellipsis stands for some left-out characters."""
+    pattern = re.compile(".+".join(re.escape(part) for part in shown.split("…")))
+    return any(pattern.fullmatch(PurePosixPath(p).name) for p in paths)
 
 
 def _free_port() -> int:

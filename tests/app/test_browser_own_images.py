@@ -18,9 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from apphelpers import removal_on_disk
-from explorer import cards
-from explorer.cache import CARD_PX
+from apphelpers import removal_on_disk, shown_as
 from influence import store
 from test_browser import ARTIFACTS, TIMEOUT_MS, _settle, browser_tab, pytestmark, serve_app  # noqa: F401
 
@@ -114,8 +112,7 @@ def test_own_images_in_a_real_browser(own_server, tmp_path):
         _view(page, "Gallery").click()
         _settle(page)
         captions = page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
-        names = {cards.shown_name(p, CARD_PX) for p in table["path"]}
-        assert sum(c.strip() in names for c in captions) >= 20, captions[:5]
+        assert sum(shown_as(c.strip(), table["path"]) for c in captions) >= 20, captions[:5]
         unticked = page.locator('[data-testid="stCheckbox"]').filter(has=page.locator("input:not(:checked)")).first
         unticked.locator("label").click()
         deadline = time.time() + 60

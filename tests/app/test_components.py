@@ -143,3 +143,16 @@ def test_uploaded_removal_csv_is_read_with_the_cli_rules():
         curation.read_removal_upload(b"\xff\xfeid", 5)
     with pytest.raises(ConfigError, match="outside the training set"):
         curation.read_removal_upload(b"7\n", 5)
+
+
+def test_a_cameras_names_on_one_gallery_page_keep_the_part_that_tells_them_apart():
+    paths = [f"trip/IMG20240817183045{i:06d}HDRportraitmodeenhanced.png" for i in (0, 3, 6)]
+    paths += ["trip/s1.png", "scans/s1.png", "very_long_descriptive_file_name_for_image_number_0436.png"]
+    shown = cards.shown_names(paths, 160)  # a gallery card: 13 characters beside the help icon
+    assert shown == ["IM…00000…png", "IM…00003…png", "IM…00006…png",
+                     "s1.png", "s1.png", "very…0436.png"]  # alike only where the names are (the hover tells)
+    assert cards.shown_names(paths[:1] + paths[3:], 160)[0] == "IMG2…nced.png"  # alone: shortened as before
+    # whatever the line, the part kept is there, in order, and the line is full
+    text = "abcdefghijkl"
+    assert [cards.fit_around(text, 8, a, b) for a, b in ((10, 11), (0, 2), (3, 12))] == [
+        "a…ghijkl", "ab…hijkl", "…defghi…"]
