@@ -188,7 +188,7 @@ def _progress(status: dict) -> None:
     stage = STAGES.get(status.get("stage"), status.get("stage") or "working")
     eta = status.get("eta")
     unit = UNITS.get(status.get("stage"), "step")
-    text = (f"{stage}: {unit} {done} of {total} · {duration(status.get('seconds'))} elapsed"
+    text = (f"{stage}: {unit} {done:,} of {total:,} · {duration(status.get('seconds'))} elapsed"
             + (f" · about {duration(eta, rough=True)} left" if eta is not None else ""))
     st.progress(min(done / total, 1.0), text=text)
     info = status.get("info") or {}
