@@ -301,3 +301,14 @@ def test_a_progress_bar_starts_again_with_each_part_of_a_stage(capsys):
     bar.close()
     assert [len({id(b) for b in bars[:i]}) for i in range(1, 6)] == [1, 1, 2, 2, 3]
     assert [b.total for b in bars] == [10, 10, 10, 10, 20] and bars[-1].n == 2
+
+
+def test_leave_one_out_says_how_few_images_its_jaccard_rests_on(capsys, toy_run, tmp_path):
+    """n = 8: "top 10%" is one image from each end, and the line said "Jaccard top-10% 1.000" as if it meant much."""
+    run = copy_run(toy_run, tmp_path)
+    args = ["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "all"]
+    assert main([*args, "--n", "8"]) == 0
+    assert "Jaccard top-10% " in (out := capsys.readouterr().out)
+    assert "(the 1 most negative and 1 most positive: rough below n = 100)" in out
+    assert main([*args, "--n", "100"]) == 0
+    assert "Jaccard top-10% " in (out := capsys.readouterr().out) and "rough below" not in out

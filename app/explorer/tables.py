@@ -12,6 +12,7 @@ from influence.estimator import FLAG_NEVER_TRACED, InfluenceResult
 from influence.honesty import scope_text, uninformative
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS
 from influence.validation.intervals import interval_text, rank_interval
+from influence.validation.loo import JACCARD_ROUGH_K, jaccard_k
 from influence.validation.trust import mixed_singles
 
 from .figures import check_kind, class_label, lane_name
@@ -210,9 +211,9 @@ def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
 
 def jaccard_note(n: int) -> str:
     """What 'top 10%' means at this n (the engine takes max(1, n // 20) from each end)."""
-    k = max(1, n // 20)
+    k = jaccard_k(n)
     text = f"Here: the {k} most negative and {k} most positive of {n} instances."
-    if k < 5:
+    if k < JACCARD_ROUGH_K:
         text += (f" With {2 * k} instances in play, one instance more or less swings it a lot: read it from "
                  "n = 100 on (the paper: n = 200).")
     return text

@@ -32,6 +32,7 @@ def cmd_validate(args, root: Path) -> int:
     result = run_or_follow(root, spec, args.json)
     from ..honesty import metric_report
     from ..validation.intervals import interval_phrase, rank_interval
+    from ..validation.loo import JACCARD_ROUGH_K, jaccard_k
 
     verdicts = metric_report(run)["verdicts"]
     if args.json:
@@ -42,9 +43,11 @@ def cmd_validate(args, root: Path) -> int:
     for m, a in result.items():
         loo = "time not recorded" if a["seconds_loo"] is None else f"{a['seconds_loo']:.0f} s"
         epochs = f", last {a['trace_epochs']} traced epoch(s)" if a.get("trace_epochs") else ""
+        k = jaccard_k(a["n"])
+        few = f" (the {k} most negative and {k} most positive: rough below n = 100)" if k < JACCARD_ROUGH_K else ""
         print(f"{METRIC_LABELS[m]}: n={a['n']}{epochs} Kendall tau {a['kendall_tau']:.3f}"
               f"{interval_phrase('kendall', a['kendall_tau'], a['n'])}, Pearson r {a['pearson_r']:.3f}, "
-              f"Jaccard top-10% {a['jaccard_top10']:.3f} (estimate verdict: {a['verdict']}, growth "
+              f"Jaccard top-10% {a['jaccard_top10']:.3f}{few} (estimate verdict: {a['verdict']}, growth "
               f"{a['growth']:.3g}; LOO {loo})")
         if verdicts.get(m, {}).get("reasons"):
             print(f"  metric uninformative: {'; '.join(verdicts[m]['reasons'])}")

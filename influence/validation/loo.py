@@ -67,10 +67,18 @@ def jaccard_top(estimated: np.ndarray, actual: np.ndarray, k: int) -> float:
     return len(a & b) / len(a | b)
 
 
+def jaccard_k(n: int) -> int:
+    """How many instances from each end the "top 10%" of n leave-one-out replays takes (the paper's n/20)."""
+    return max(1, n // 20)
+
+
+JACCARD_ROUGH_K = 5  # below this many from each end, one instance more or less swings the index a lot
+
+
 def accuracy_numbers(estimated: np.ndarray, actual: np.ndarray) -> tuple[float, float, float]:
     tau = float(stats.kendalltau(estimated, actual).statistic)
     r = float(stats.pearsonr(estimated, actual).statistic)
-    return tau, r, jaccard_top(estimated, actual, max(1, len(actual) // 20))
+    return tau, r, jaccard_top(estimated, actual, jaccard_k(len(actual)))
 
 
 def check_n(n: int, n_traced: int) -> None:
