@@ -24,7 +24,8 @@ from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, Tra
 from influence.context import RunContext
 from influence.data import prepare
 from influence.errors import ConfigError
-from influence.estimator import EstimateOptions, cached_results, choose_results, chosen_name, estimate, result_sets
+from influence.estimator import (EstimateOptions, cached_results, choose_results, chosen_name, estimate, harmful_order,
+                                 result_sets)
 from influence.export import export_cleaned
 from influence.context import check_split_sizes
 from influence.honesty import INFORMATIVE, UNINFORMATIVE, metric_report, reference_line, verdicts
@@ -141,6 +142,17 @@ def test_cli_export_by_path_and_estimate_json_paths(own, tmp_path, capsys):
     assert main(["--store", str(run.root), "estimate", "--run", run.run_id, "--metric", "fid", "--json"]) == 0
     top = json.loads(capsys.readouterr().out)["fid"]["most_harmful"]
     assert all(t["path"] == ds.train_paths[t["id"]] for t in top)
+
+
+def test_cli_export_without_the_most_harmful_is_the_set_cleanse_replays_without(own, tmp_path, capsys):
+    run, _, cfg = own
+    ds = RunContext.create(cfg, run.root).dataset
+    assert main(["--store", str(run.root), "export", "--run", run.run_id, "--top-harmful", "3", "--by", "fid",
+                 "--to", str(tmp_path / "x"), "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    worst = harmful_order(cached_results(run)["fid"])[:3]  # FID: the most negative influences
+    assert manifest["why"] == "the 3 most harmful by influence on FID" and manifest["n_removed"] == 3
+    assert pd.read_csv(tmp_path / "x" / "removed.csv")["path"].tolist() == [ds.train_paths[i] for i in worst]
 
 
 def test_autoencoder_features_and_their_report(own):

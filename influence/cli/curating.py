@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import store
 from ..errors import ConfigError
@@ -13,6 +14,9 @@ from ..metrics import HIGHER_IS_BETTER, METRIC_LABELS
 from ..removal import MAX_REMOVAL_BYTES, read_removal_csv
 from .follow import run_or_follow
 from .parser import estimate_options
+
+if TYPE_CHECKING:
+    from ..context import RunContext
 
 MAX_REMOVAL_FILE_BYTES = MAX_REMOVAL_BYTES  # the app's uploads have the same limit
 
@@ -31,26 +35,33 @@ def read_removal_file(path: str) -> str:
         raise ConfigError(f"cannot read removal file '{path}': {e}") from None
 
 
-def cmd_cleanse(args, root: Path) -> int:
+def removal_set(args, root: Path, run: store.Run, ctx: RunContext, csv: str | None) -> tuple[list[int], str]:
+    """The ids of a removal set given as a CSV file (`csv`) or as --top-harmful K --by M, and how it was chosen."""
     from ..baselines import ranking
-    from ..context import RunContext, load_run_config
     from ..metrics import available_metrics
     from ..specs import estimate_spec
+
+    if csv:
+        ids = read_removal_csv(read_removal_file(csv), ctx.dataset.n_train, ctx.dataset.train_paths,
+                               ctx.dataset.ambiguous_paths)
+        return ids, f"removal file {Path(csv).name}"
+    if not 1 <= args.top_harmful < ctx.dataset.n_train:
+        raise ConfigError(f"--top-harmful must lie in 1..{ctx.dataset.n_train - 1}")
+    if args.by in available_metrics(ctx.cfg.is_2d):  # the estimate under its job's lock, as the app computes it
+        run_or_follow(root, estimate_spec(args.run, [args.by], estimate_options(args)), args.json)
+    ids = ranking(run, ctx, args.by, seed=ctx.cfg.seed, options=estimate_options(args))[: args.top_harmful].tolist()
+    by = f"most harmful by influence on {METRIC_LABELS[args.by]}" if args.by in METRIC_LABELS else f"chosen by {args.by}"
+    return ids, f"the {args.top_harmful} {by}"
+
+
+def cmd_cleanse(args, root: Path) -> int:
+    from ..context import RunContext, load_run_config
     from ..train import Trace
 
     run = store.open_run(root, args.run)
     Trace.load(run)  # a run without a trace fails here, before anything is written
-    cfg = load_run_config(run)
-    ctx = RunContext.create(cfg, root)
-    if args.remove:
-        text = read_removal_file(args.remove)
-        ids = read_removal_csv(text, ctx.dataset.n_train, ctx.dataset.train_paths, ctx.dataset.ambiguous_paths)
-    else:
-        if not 1 <= args.top_harmful < ctx.dataset.n_train:
-            raise ConfigError(f"--top-harmful must lie in 1..{ctx.dataset.n_train - 1}")
-        if args.by in available_metrics(cfg.is_2d):  # the estimate under its job's lock, as the app computes it
-            run_or_follow(root, estimate_spec(args.run, [args.by], estimate_options(args)), args.json)
-        ids = ranking(run, ctx, args.by, seed=cfg.seed, options=estimate_options(args))[: args.top_harmful].tolist()
+    ctx = RunContext.create(load_run_config(run), root)
+    ids, _ = removal_set(args, root, run, ctx, args.remove)
     from ..cleanse import check_removal_ids
 
     ids = check_removal_ids(ids, ctx.dataset.n_train).tolist()
@@ -81,10 +92,9 @@ def cmd_export(args, root: Path) -> int:
 
     run = store.open_run(root, args.run)
     ctx = RunContext.create(load_run_config(run), root)
-    ids = read_removal_csv(read_removal_file(args.removal), ctx.dataset.n_train, ctx.dataset.train_paths,
-                           ctx.dataset.ambiguous_paths)
+    ids, chosen = removal_set(args, root, run, ctx, args.removal)
     with store.folder_lock(root, args.to):  # two exports to one folder: the second waits, then finds it taken
-        manifest = export_cleaned(run, ids, args.to, args.why or f"removal file {Path(args.removal).name}", ctx=ctx)
+        manifest = export_cleaned(run, ids, args.to, args.why or chosen, ctx=ctx)
     if args.json:
         print(json.dumps(manifest))
         return 0

@@ -24,6 +24,7 @@ STORE_HELP = "run store folder (env GAN_INFLUENCE_STORE, default ./runs)"
 
 RUN_HELP = "the run's id (gan-influence runs lists them)"
 JSON_HELP = "print the result as JSON instead of text"
+BY_HELP = "selection method for --top-harmful: a metric, iforest, iforest-pixels, random"
 CLUSTER_HELP = ("run leave-one-out replays, sweep seeds and cleanses on this Dask scheduler (env GAN_INFLUENCE_CLUSTER; "
                 "default: this machine)")
 
@@ -131,9 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write the training set without a removal set to a new folder (original files "
                        "for own images, PNGs + labels.csv for built-in data) with a manifest; the source is not touched")
     x.add_argument("--run", required=True, help=RUN_HELP)
-    x.add_argument("--removal", required=True, help="CSV with an 'id' or 'path' column (or one id per line)")
+    xg = x.add_mutually_exclusive_group(required=True)
+    xg.add_argument("--removal", help="CSV with an 'id' or 'path' column (or one id per line)")
+    xg.add_argument("--top-harmful", type=int, metavar="K", help="leave out the K most harmful instances by --by "
+                    "(the set `cleanse --top-harmful K` replays without)")
+    x.add_argument("--by", default="fid", help=BY_HELP)
     x.add_argument("--to", required=True, help="new (or empty) folder to write")
-    x.add_argument("--why", default=None, help="how the removal set was chosen (kept in the manifest)")
+    x.add_argument("--why", default=None, help="how the removal set was chosen (kept in the manifest; default: the "
+                   "file's name, or the ranking)")
+    _estimate_options(x)
     x.add_argument("--json", action="store_true", help=JSON_HELP)
 
     c = sub.add_parser("cleanse", help="retrain without a removal set and compare test metrics")
@@ -141,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("--remove", help="CSV file with an 'id' column (or one id per line)")
     g.add_argument("--top-harmful", type=int, metavar="K", help="remove the K most harmful instances by --by")
-    c.add_argument("--by", default="fid", help="selection method for --top-harmful: a metric, iforest, iforest-pixels, random")
+    c.add_argument("--by", default="fid", help=BY_HELP)
     c.add_argument("--mode", default="replay", choices=["replay", "scratch"],
                    help="replay: the traced steps again without the set (same start, batches and z: what the "
                         "estimate predicts); scratch: every epoch again with the same seed (slower)")
