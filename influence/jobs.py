@@ -343,8 +343,10 @@ def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: Cancel
 
         from .classifier import CLASSIFIER_EPOCHS, load_feature_net
 
+        # without a count while it is loaded from the cache (no bar of epochs that never move), by epochs once a
+        # classifier is trained
+        Reporter("feature-net", 0, progress, cancel_token)(0)
         net_report = Reporter("feature-net", CLASSIFIER_EPOCHS, progress, cancel_token)
-        net_report(0)  # loaded from the cache in a moment, or trained epoch by epoch
         features = load_feature_net(cfg.eval, dataset, cfg.identity()["data"], store.cache_dir(root),
                                     progress=lambda done, total: net_report(done))
         features = features.to(resolve_device(cfg.train.device), torch.float64) if features is not None else None

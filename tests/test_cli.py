@@ -312,3 +312,11 @@ def test_leave_one_out_says_how_few_images_its_jaccard_rests_on(capsys, toy_run,
     assert "(the 1 most negative and 1 most positive: rough below n = 100)" in out
     assert main([*args, "--n", "100"]) == 0
     assert "Jaccard top-10% " in (out := capsys.readouterr().out) and "rough below" not in out
+
+
+def test_no_bar_of_feature_net_epochs_where_the_net_is_loaded(capsys, tiny_run, tmp_path):
+    """Every command on image data drew "feature-net: 0/50" and left it there: the net came from the cache."""
+    run = copy_run(tiny_run, tmp_path, keep_results=False)
+    assert main(["--store", str(run.root), "estimate", "--run", run.run_id, "--metric", "fid", "--check", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "influence:" in err and "feature-net" not in err  # the pass's bar is drawn, no epochs of a net

@@ -29,10 +29,11 @@ LIVE_S = 10.0
 SIDEBAR_S = 5.0
 STARTUP = {"starting": "Start-up: starting the worker (Python, torch)",
            "loading": "Start-up: loading the data set",
-           "feature-net": "Start-up: training the IS/FID feature network (once per data set)",
+           "feature-net": "Start-up: the IS/FID feature network (loaded, or trained once per data set)",
            "waiting": "Waiting: another job or tab is computing the same result; this one then reads it"}
 STAGES = {
     **STARTUP,
+    "feature-net": "Start-up: training the IS/FID feature network (once per data set)",
     "train": "training", "influence": "influence (backward pass over the traced steps)",
     "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
     "leave-one-out": "leave-one-out replays", "sweep": "data-cleansing sweep",
