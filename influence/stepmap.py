@@ -299,11 +299,8 @@ def batched_step(gan: GanFunctions, rule: TrainingRule, inp: StepInputs, n_buffe
         # one call per player: a single call over both would add L_G's gradient w.r.t. theta_D to D's
         grads = [torch.autograd.grad(v.sum(), leaf, retain_graph=j + 1 < len(wanted))[0]
                  for j, (v, leaf) in enumerate(wanted)]
-    opt = rule.optimizer
-
-    def update(theta, buf, grad, lr, count, mask):
-        return torch.func.vmap(lambda t, b, g: opt.update(t, b, g, lr, count, mask))(theta, buf, grad)
-
+    # the update is elementwise (`optim`): on the lanes' (L, P) tensors as they are, without vmap's overhead
+    update = rule.optimizer.update
     if players in ("both", "d"):
         theta_d, buf_d = update(theta_d, buf_d, grads[0], inp.lr_d, inp.count_d, gan.decay_mask_d)
     if players in ("both", "g"):
