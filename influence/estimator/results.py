@@ -173,12 +173,15 @@ def harmful_order(result: InfluenceResult) -> np.ndarray:
 
 
 def influence_table(run: store.Run, dataset, name: str | None = None) -> pd.DataFrame:
-    """id, path (own images), label, then influence, harmful rank (1 = most harmful) and flag per metric."""
+    """id, path (own images) or source_index (built-in MNIST data), label, then influence, harmful rank (1 = most
+    harmful) and flag per metric."""
     results = cached_results(run, name)
     verdicts = stored_verdicts(run)
     table = pd.DataFrame({"id": np.arange(dataset.n_train)})
     if dataset.train_paths is not None:
         table["path"] = dataset.train_paths
+    elif dataset.original_set is not None:
+        table["source_index"] = dataset.source_index
     y = dataset.train.y
     table["label"] = y.numpy() if y is not None else -1
     for metric, r in results.items():
@@ -206,6 +209,8 @@ def table_metadata(run: store.Run, results: dict[str, InfluenceResult], name: st
                     for m, r in results.items()},
         "columns": {"id": "training instance id (position in the run's training set)",
                     "path": "file path relative to data.root (own images only)",
+                    "source_index": "index in the original training set of MNIST or Fashion-MNIST (built-in data "
+                                    "only: torchvision's MNIST(train=True)[source_index] is the image)",
                     "label": "class (-1 = unlabelled)", "influence_<m>": "estimated change of metric m if removed",
                     "harmful_rank_<m>": "1 = most harmful",
                     "flag_<m>": "stability of the backward pass (its growth verdict) where the instance was traced, "

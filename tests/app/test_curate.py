@@ -193,7 +193,14 @@ def test_export_csv_reads_back_through_the_cli_reader():
     from influence.cli import read_removal_csv
     from influence.removal import removal_csv
 
-    dataset = SimpleNamespace(train_paths=None, train=SimpleNamespace(y=torch.arange(20) % 10))
+    import numpy as np
+
+    dataset = SimpleNamespace(train_paths=None, original_set=None, train=SimpleNamespace(y=torch.arange(20) % 10))
     data = removal_csv([3, 9, 14], dataset)
     assert data.decode().splitlines()[0] == "id,label"
     assert read_removal_csv(data.decode(), 20) == [3, 9, 14]
+    # MNIST: each row also says where the image is in MNIST's training set; read back by id all the same
+    mnist = SimpleNamespace(**vars(dataset) | {"original_set": "MNIST train", "source_index": np.arange(100, 120)})
+    lines = removal_csv([3, 9, 14], mnist).decode().splitlines()
+    assert lines[:2] == ["id,source_index,label", "3,103,3"]
+    assert read_removal_csv("\n".join(lines), 20) == [3, 9, 14]
