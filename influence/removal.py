@@ -115,11 +115,7 @@ def removal_frame(ids, dataset, results: dict | None = None, verdicts: dict | No
     row per removed id;
     with `verdicts` (honesty), metric_<metric> says whether the metric is informative for the run."""
     ids = np.asarray(ids, dtype=np.int64)
-    frame = pd.DataFrame({"id": ids})
-    if dataset.train_paths is not None:
-        frame["path"] = [dataset.train_paths[i] for i in ids]
-    elif dataset.original_set is not None:
-        frame["source_index"] = dataset.source_index[ids]
+    frame = pd.DataFrame({"id": ids, **dataset.origin_columns(ids)})
     frame["label"] = dataset.train.y.numpy()[ids] if dataset.train.y is not None else -1
     for metric, r in (results or {}).items():
         frame[f"influence_{metric}"] = r.scores[ids]

@@ -66,15 +66,20 @@ class Dataset:
         """The original training set `source_index` counts in ("MNIST train"), for built-in image data."""
         return f"{ORIGINAL_TRAINING_SETS[self.name]} train" if self.name in ORIGINAL_TRAINING_SETS else None
 
-    def origin(self, i: int) -> dict:
-        """Where training instance i comes from, to find it outside this tool: its file (own images, "path"), or
-        its place in the original training set of MNIST or Fashion-MNIST ("source", "source_index"); {} where it
-        was generated (the 2D toy)."""
+    def origin_columns(self, ids) -> dict[str, list]:
+        """The columns that lead training instances `ids` back outside this tool: their files ("path", own
+        images), or their places in the original training set of MNIST or Fashion-MNIST ("source_index"); none
+        where they were generated (the 2D toy)."""
         if self.train_paths is not None:
-            return {"path": self.train_paths[i]}
+            return {"path": [self.train_paths[i] for i in ids]}
         if self.original_set is not None:
-            return {"source": self.original_set, "source_index": int(self.source_index[i])}
+            return {"source_index": [int(self.source_index[i]) for i in ids]}
         return {}
+
+    def origin(self, i: int) -> dict:
+        """`origin_columns` of instance i, with the original set's name beside a source_index ("source")."""
+        out = {k: v[0] for k, v in self.origin_columns([i]).items()}
+        return {"source": self.original_set, **out} if "source_index" in out else out
 
     @property
     def ambiguous_paths(self) -> dict[str, list[str]]:

@@ -177,11 +177,8 @@ def influence_table(run: store.Run, dataset, name: str | None = None) -> pd.Data
     harmful) and flag per metric."""
     results = cached_results(run, name)
     verdicts = stored_verdicts(run)
-    table = pd.DataFrame({"id": np.arange(dataset.n_train)})
-    if dataset.train_paths is not None:
-        table["path"] = dataset.train_paths
-    elif dataset.original_set is not None:
-        table["source_index"] = dataset.source_index
+    ids = np.arange(dataset.n_train)
+    table = pd.DataFrame({"id": ids, **dataset.origin_columns(ids)})
     y = dataset.train.y
     table["label"] = y.numpy() if y is not None else -1
     for metric, r in results.items():

@@ -241,10 +241,9 @@ def restore_objective(run: store.Run, explanation: Explanation, ctx: RunContext,
 
 # ---------------------------------------------------------------- tables
 def matrix_table(explanation: Explanation, dataset) -> pd.DataFrame:
-    """One row per training image (id, path, label) and one column per objective row."""
-    table = pd.DataFrame({"id": np.arange(explanation.matrix.shape[1])})
-    if dataset.train_paths is not None:
-        table["path"] = dataset.train_paths
+    """One row per training image (id, path or source_index, label) and one column per objective row."""
+    ids = np.arange(explanation.matrix.shape[1])
+    table = pd.DataFrame({"id": ids, **dataset.origin_columns(ids)})
     y = dataset.train.y
     table["label"] = y.numpy() if y is not None else -1
     for label, row in zip(explanation.meta["row_labels"], explanation.matrix):
@@ -256,7 +255,7 @@ def matrix_table(explanation: Explanation, dataset) -> pd.DataFrame:
 def top_table(explanation: Explanation, dataset, k: int) -> pd.DataFrame:
     """The k most responsible training images of each sample on each side (a vector objective: the k largest
     displacements), with the influence of each of the sample's rows."""
-    paths, y = dataset.train_paths, dataset.train.y
+    y = dataset.train.y
     sides = ("largest",) if explanation.is_vector else ("harmful", "helpful")
     rows = []
     for i in range(explanation.n_samples if explanation.meta["per_sample"] else 1):
@@ -265,9 +264,8 @@ def top_table(explanation: Explanation, dataset, k: int) -> pd.DataFrame:
         for side in sides:
             ids = explanation.responsible(i, k, "harmful" if side == "largest" else side)
             for rank, j in enumerate(ids, 1):
-                row = {"sample": i, "side": side, "rank": rank, "id": int(j)}
-                if paths is not None:
-                    row["path"] = paths[j]
+                row = {"sample": i, "side": side, "rank": rank, "id": int(j),
+                       **{key: v[0] for key, v in dataset.origin_columns([j]).items()}}
                 row["label"] = int(y[j]) if y is not None else -1
                 row.update({f"influence {lab}" if len(labels) > 1 else "influence": float(v[j])
                             for lab, v in zip(labels, values)})

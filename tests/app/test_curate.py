@@ -186,21 +186,20 @@ def test_a_malformed_csv_leaves_the_set_unchanged_with_a_clear_message(app_store
 
 
 def test_export_csv_reads_back_through_the_cli_reader():
-    from types import SimpleNamespace
-
+    import numpy as np
     import torch
 
     from influence.cli import read_removal_csv
+    from influence.data import Dataset, Split
     from influence.removal import removal_csv
 
-    import numpy as np
-
-    dataset = SimpleNamespace(train_paths=None, original_set=None, train=SimpleNamespace(y=torch.arange(20) % 10))
+    split = Split(torch.zeros(20, 1, 28, 28), torch.arange(20) % 10)
+    dataset = Dataset("normal2d", split, split, split, np.arange(20), None, [])  # generated: nowhere else to find it
     data = removal_csv([3, 9, 14], dataset)
     assert data.decode().splitlines()[0] == "id,label"
     assert read_removal_csv(data.decode(), 20) == [3, 9, 14]
     # MNIST: each row also says where the image is in MNIST's training set; read back by id all the same
-    mnist = SimpleNamespace(**vars(dataset) | {"original_set": "MNIST train", "source_index": np.arange(100, 120)})
+    mnist = Dataset("mnist", split, split, split, np.arange(100, 120), None, [])
     lines = removal_csv([3, 9, 14], mnist).decode().splitlines()
     assert lines[:2] == ["id,source_index,label", "3,103,3"]
     assert read_removal_csv("\n".join(lines), 20) == [3, 9, 14]
