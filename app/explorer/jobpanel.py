@@ -36,9 +36,9 @@ STAGES = {
     "feature-net": "Start-up: training the IS/FID feature network (once per data set)",
     "train": "training", "influence": "influence (backward pass over the traced steps)",
     "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
-    "leave-one-out": "leave-one-out replays", "sweep": "data-cleansing sweep",
+    "leave-one-out": "leave-one-out", "sweep": "data-cleansing sweep",
     "spot check": "spot check (replayed steps of its groups and single images)",
-    "group replays": "group validation (random removal sets replayed)",
+    "group replays": "group validation (random removal sets)",
     "trace-lr probe": "probing traced learning rates",
 }
 UNITS = {"feature-net": "epoch", "leave-one-out": "replay", "group replays": "replay", "sweep": "cleanse"}  # else step
