@@ -333,3 +333,16 @@ def test_the_most_harmful_mnist_images_are_named_by_their_place_in_mnist(capsys,
     assert main(["--store", str(cli_store), "estimate", "--run", tiny_run.run_id, "--metric", "fid", "--check",
                  "none"]) == 0
     assert f"most harmful: #{top[0]['id']} MNIST train[{top[0]['source_index']}] (" in capsys.readouterr().out
+
+
+def test_a_progress_bar_into_a_file_is_drawn_now_and_then_not_at_every_step(capsys):
+    """A bar redrew at every report: a CLI run's log held a line per training step (2,000 for mnist-adam)."""
+    from influence.cli.follow import Bar
+    from influence.progress import Progress
+
+    bar = Bar()
+    for done in range(1, 2001):
+        bar(Progress("train", done, 2000, 0.0, {"epoch": 1, "loss_d": 0.7}))
+    assert bar.bar.n == 2000
+    bar.close()
+    assert capsys.readouterr().err.count("train:") < 10

@@ -26,11 +26,12 @@ class Bar:
 
         if self.stage != p.stage or self.bar.total != p.total or p.done < self.bar.n:  # the next of a stage's parts
             self.close()
-            self.stage, self.bar = p.stage, tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=False)
-        self.bar.n = p.done
+            # drawn at most every 0.1 s on a terminal, every 10 s into a file (a log took a line per step)
+            self.stage, self.bar = p.stage, tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=False,
+                                                 mininterval=0.1 if sys.stderr.isatty() else 10.0)
         post = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in p.info.items() if k in ("epoch", "loss_d", "loss_g")}
         self.bar.set_postfix(post, refresh=False)
-        self.bar.refresh()
+        self.bar.update(p.done - self.bar.n)  # drawn when tqdm's interval has passed
 
     def close(self) -> None:
         if self.bar is not None:
