@@ -59,10 +59,10 @@ def fit_around(text: str, chars: int, start: int, end: int) -> str:
     span = text[start:start + min(end - start, chars - cut_left - cut_right)]
     right = text[start + len(span):]
     room = chars - len(span)
-    r = min(len(right), max(cut_right, room - min(len(left), room // 2)))
-    l = min(len(left), room - r)  # a short end leaves the start the rest
-    head = left if len(left) <= l else left[: l - 1] + "…"
-    tail = right if len(right) <= r else "…" + right[len(right) - r + 1:]
+    n_right = min(len(right), max(cut_right, room - min(len(left), room // 2)))
+    n_left = min(len(left), room - n_right)  # a short end leaves the start the rest
+    head = left if len(left) <= n_left else left[: n_left - 1] + "…"
+    tail = right if len(right) <= n_right else "…" + right[len(right) - n_right + 1:]
     return head + span + tail
 
 

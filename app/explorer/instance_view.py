@@ -1,5 +1,5 @@
-"""One training instance in detail: the image, its class and file (or place in MNIST), its score and harmful rank per metric,
-the traced step that saw it, and where it was removed or checked (cleansing attempts, leave-one-out)."""
+"""One training instance in detail: the image, its class and file (or place in MNIST), its score and harmful rank
+per metric, the traced step that saw it, and where it was removed or checked (cleansing attempts, leave-one-out)."""
 
 from __future__ import annotations
 

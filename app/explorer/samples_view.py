@@ -98,14 +98,14 @@ def responsible_gallery(root: Path, run_id: str, explanation: Explanation, sampl
     thumbs = cache.thumbnails(str(root), run_id, tuple(ids), cache.THUMB_PX)
     width = cache.CARD_PX if paths else CARD_PX  # own images: room for a file name on the card's line
     with st.container(horizontal=True, gap="small"):  # cards of a fixed width, as many a line as the window holds
-        names = cards.shown_names([paths[j] for j in ids], width) if paths else [None] * len(ids)
-        for j, png, name in zip(ids, thumbs, names, strict=True):
+        files = cards.shown_names([paths[j] for j in ids], width) if paths else [None] * len(ids)
+        for j, png, file in zip(ids, thumbs, files, strict=True):
             with st.container(border=True, width=width):
                 st.image(png)
                 cards.heading(f"#{j}", figures.class_label(int(labels[j]), names) if labels is not None else None,
                               width)
                 if paths:
-                    cards.file_line(paths[j], name)
+                    cards.file_line(paths[j], file)
                 st.caption(" / ".join(("+" if v > 0 else "") + tables.sci(float(v)) for v in rows[:, j]))
     in_set = set(state.removal(root, run_id))
     missing = [j for j in ids if j not in in_set]
