@@ -346,3 +346,17 @@ def test_a_progress_bar_into_a_file_is_drawn_now_and_then_not_at_every_step(caps
     assert bar.bar.n == 2000
     bar.close()
     assert capsys.readouterr().err.count("train:") < 10
+
+
+def test_a_table_written_before_mnists_index_is_written_again_by_the_next_estimate(tiny_run, tmp_path):
+    import pandas as pd
+
+    run = copy_run(tiny_run, tmp_path)
+    meta = run.read_json("influence/table.json")
+    old = pd.read_csv(run.path("influence/table.csv")).drop(columns="source_index")
+    run.write("influence/table.csv", old.to_csv(index=False).encode())
+    run.write_json("influence/table.json", {k: v for k, v in meta.items() if k != "version"})  # as written before
+    assert main(["--store", str(run.root), "estimate", "--run", run.run_id, "--metric", "fid", "--check", "none"]) == 0
+    table = pd.read_csv(run.path("influence/table.csv"))
+    source_index = RunContext.create(load_run_config(run), run.root).dataset.source_index
+    assert table["source_index"].tolist() == source_index.tolist() and run.read_json("influence/table.json") == meta

@@ -114,6 +114,7 @@ def _read_result(run: store.Run, folder: str) -> InfluenceResult:
 CHOSEN = "influence/chosen.json"
 TABLE_META = "influence/table.json"  # written last of the table's files: what it shows
 TABLE_FILES = ("table.parquet", "table.csv", "table.json")
+TABLE_VERSION = 2  # 2: MNIST's source_index; a table of an older version is written again by the next estimate
 RESULTS_LOCK = "influence-in-use"  # the run's artefact lock of CHOSEN and the table (`store.Run.exclusive`)
 
 
@@ -199,7 +200,7 @@ def table_metadata(run: store.Run, results: dict[str, InfluenceResult], name: st
     total = run.read_json("summary.json")["steps"] if run.exists("summary.json") else None
     verdicts = stored_verdicts(run)
     return {
-        "run_id": run.run_id, "result": name,
+        "version": TABLE_VERSION, "run_id": run.run_id, "result": name,
         "options": next(iter(results.values())).meta["options"] if results else None,
         "metrics": {m: {"sign": r.meta["sign"], "verdict": r.meta["verdict"], "metric_verdict": verdicts.get(m),
                         "if_removed": if_removed(m, r.meta["traced_steps"], total, cfg.train.epochs) if total else None}

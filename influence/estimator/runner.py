@@ -20,7 +20,8 @@ from ..train import Trace
 from .alternatives import baseline_advance
 from .backward import PassState, pass_norms, start_pass, walk_back
 from .options import EstimateOptions, result_name
-from .results import CHOSEN, RESULTS_LOCK, TABLE_FILES, TABLE_META, InfluenceResult, load_result, save_result, write_table
+from .results import (CHOSEN, RESULTS_LOCK, TABLE_FILES, TABLE_META, TABLE_VERSION, InfluenceResult, load_result,
+                      save_result, write_table)
 
 log = logging.getLogger(__name__)
 CHECK_WINDOW_SHARE = 8
@@ -101,7 +102,8 @@ def _partials(run: store.Run, options: EstimateOptions, n_params: int) -> list[s
 
 def _unfinished(run: store.Run, metrics: list[str], options: EstimateOptions, n_params: int) -> bool:
     """A pass of these options left a checkpoint, no result in use, or a table that does not show its
-    results although they are in use (its process died after its results: cheap checks, no result read)."""
+    results although they are in use (its process died after its results), or a table of an older version: cheap
+    checks, no result read."""
     if _partials(run, options, n_params) or (options.method == "exact" and not run.exists(CHOSEN)):
         return True
     name = result_name(options, n_params)
@@ -110,7 +112,8 @@ def _unfinished(run: store.Run, metrics: list[str], options: EstimateOptions, n_
         shown = run.read_json(TABLE_META) if run.exists(TABLE_META) else {}
     except (StoreError, KeyError, TypeError):
         return True
-    return chosen == name and (shown.get("result") != name or not set(metrics) <= set(shown.get("metrics") or {}))
+    return chosen == name and (shown.get("result") != name or not set(metrics) <= set(shown.get("metrics") or {})
+                               or shown.get("version") != TABLE_VERSION)
 
 
 def check_options(options: EstimateOptions, trace: Trace) -> None:
