@@ -312,6 +312,7 @@ def sweep_figure(table: pd.DataFrame, metric: str, height: int = 380) -> go.Figu
                       yaxis=dict(title=f"change of test {label} ({better} = better)", tickformat=".3~g"),
                       title=dict(text="mean ± std over seeds", font=dict(size=13)),
                       legend=dict(orientation="h", y=-0.25, x=0))
+    fig.update_xaxes(**whole_counts(table["count"]))
     return fig
 
 
@@ -458,4 +459,11 @@ def cleansing_curve(rows: list[dict], metric: str, height: int = 380) -> go.Figu
                       xaxis_title="training instances removed",
                       yaxis_title=f"change of {label} (validation)<br>{better} = better")
     fig.update_yaxes(**SCI_AXIS)
+    fig.update_xaxes(**whole_counts(r["size"] for r in rows))
     return fig
+
+
+def whole_counts(counts) -> dict:
+    """An axis of instances removed, ticked at the counts themselves (one k read "499, 499.5, 500, 500.5, 501":
+    half an instance removed)."""
+    return dict(tickvals=sorted({int(c) for c in counts}), tickformat=",d")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
@@ -156,3 +157,14 @@ def test_a_cameras_names_on_one_gallery_page_keep_the_part_that_tells_them_apart
     text = "abcdefghijkl"
     assert [cards.fit_around(text, 8, a, b) for a, b in ((10, 11), (0, 2), (3, 12))] == [
         "a…ghijkl", "ab…hijkl", "…defghi…"]
+
+
+def test_a_cleansing_curve_ticks_whole_instances():
+    """One k removed drew ticks at 499.5 and 500.5: half an instance removed."""
+    rows = [{"kind": kind, "size": 500, "predicted": -0.05, "actual_valid": -0.053} for kind in ("top", "random-k")]
+    axis = figures.cleansing_curve(rows, "fid").layout.xaxis
+    assert list(axis.tickvals) == [500] and axis.tickformat == ",d"
+    table = pd.DataFrame({"method": ["influence"], "count": [1000], "mean_change_fid": [-0.1], "std_change_fid": [0.02],
+                          "seeds": [3], "p_value": [0.04]})
+    axis = figures.sweep_figure(table, "fid").layout.xaxis
+    assert list(axis.tickvals) == [1000] and axis.tickformat == ",d"
