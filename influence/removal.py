@@ -1,5 +1,5 @@
-"""Removal sets as CSV: written with id, path (own images) or source_index (MNIST), label and influence per metric;
-read by id or by path.
+"""Removal sets as CSV: written with id, what leads it back (path, MNIST's source_index or the 2D point), label and
+influence per metric; read by id or by path.
 
 A removal CSV names training instances by an 'id' column, a 'path' column (own images: the
 file's path relative to data.root), both (then they must agree), or one id per line.
@@ -111,8 +111,8 @@ def _id_cell(row: list[str], column: int, line: int) -> int:
 
 
 def removal_frame(ids, dataset, results: dict | None = None, verdicts: dict | None = None) -> pd.DataFrame:
-    """id, path (own images) or source_index (MNIST), label (-1 = unlabelled), influence_<metric> per result, one
-    row per removed id;
+    """id, path (own images), source_index (MNIST) or x1, x2 (the 2D toy), label (-1 = unlabelled), influence_<metric>
+    per result, one row per removed id;
     with `verdicts` (honesty), metric_<metric> says whether the metric is informative for the run."""
     ids = np.asarray(ids, dtype=np.int64)
     frame = pd.DataFrame({"id": ids, **dataset.origin_columns(ids)})

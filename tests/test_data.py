@@ -320,7 +320,8 @@ def test_normal2d_moments_and_determinism(tmp_path):
     assert ds.train.x.shape == (10_000, 2) and ds.valid.x.shape == (300, 2) and ds.test.x.shape == (200, 2)
     assert ds.train.x.dtype == torch.float32 and ds.train.y is None
     assert np.array_equal(ds.source_index, np.arange(10_000))
-    assert ds.origin(3) == {} and origin_text(ds.origin(3)) == ""  # generated points: nowhere else to find them
+    x1, x2 = ds.train.x[3].double().tolist()  # generated points: the point is what leads back
+    assert ds.origin(3) == {"x1": x1, "x2": x2} and origin_text(ds.origin(3)) == f"at ({x1:.3g}, {x2:.3g})"
     x = ds.train.x.double().numpy()
     # n = 10k: the mean's standard error is 1/sqrt(n) = 0.01; a covariance entry's is
     # sqrt((1 + rho^2)/n) <= 0.015. Tolerances are 5 standard errors.

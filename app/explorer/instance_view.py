@@ -74,7 +74,7 @@ def render(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, 
         title = f"**#{i}**"
         if info["label"] >= 0:
             title += f" · class {figures.class_label(info['label'], dataset.class_names)}"
-        if where := origin_text(dataset.origin(i)):  # its file, or its place in MNIST's training set
+        if dataset.is_image and (where := origin_text(dataset.origin(i))):  # its file, or its place in MNIST
             title += f" · {cards.plain(where)}"
         st.markdown(title)
         st.dataframe(pd.DataFrame(info["scores"]), hide_index=True)

@@ -68,12 +68,15 @@ class Dataset:
 
     def origin_columns(self, ids) -> dict[str, list]:
         """The columns that lead training instances `ids` back outside this tool: their files ("path", own
-        images), or their places in the original training set of MNIST or Fashion-MNIST ("source_index"); none
-        where they were generated (the 2D toy)."""
+        images), their places in the original training set of MNIST or Fashion-MNIST ("source_index"), or, for
+        the generated points of the 2D toy, the points themselves ("x1", "x2")."""
         if self.train_paths is not None:
             return {"path": [self.train_paths[i] for i in ids]}
         if self.original_set is not None:
             return {"source_index": [int(self.source_index[i]) for i in ids]}
+        if not self.is_image:
+            points = self.train.x[list(ids)].double().numpy()
+            return {"x1": points[:, 0].tolist(), "x2": points[:, 1].tolist()}
         return {}
 
     def origin(self, i: int) -> dict:
@@ -110,10 +113,13 @@ class Dataset:
 
 
 def origin_text(origin: dict) -> str:
-    """`Dataset.origin` in words: the path, or "MNIST train[5470]" (torchvision's MNIST(train=True)[5470])."""
+    """`Dataset.origin` in words: the path, "MNIST train[5470]" (torchvision's MNIST(train=True)[5470]), or the
+    point "at (0.53, -1.2)"."""
     if "path" in origin:
         return origin["path"]
-    return f"{origin['source']}[{origin['source_index']}]" if "source_index" in origin else ""
+    if "source_index" in origin:
+        return f"{origin['source']}[{origin['source_index']}]"
+    return f"at ({origin['x1']:.3g}, {origin['x2']:.3g})" if "x1" in origin else ""
 
 
 @dataclass

@@ -114,7 +114,7 @@ def _read_result(run: store.Run, folder: str) -> InfluenceResult:
 CHOSEN = "influence/chosen.json"
 TABLE_META = "influence/table.json"  # written last of the table's files: what it shows
 TABLE_FILES = ("table.parquet", "table.csv", "table.json")
-TABLE_VERSION = 2  # 2: MNIST's source_index; a table of an older version is written again by the next estimate
+TABLE_VERSION = 2  # 2: MNIST's source_index, the 2D points; an older table is written again by the next estimate
 RESULTS_LOCK = "influence-in-use"  # the run's artefact lock of CHOSEN and the table (`store.Run.exclusive`)
 
 
@@ -174,8 +174,8 @@ def harmful_order(result: InfluenceResult) -> np.ndarray:
 
 
 def influence_table(run: store.Run, dataset, name: str | None = None) -> pd.DataFrame:
-    """id, path (own images) or source_index (built-in MNIST data), label, then influence, harmful rank (1 = most
-    harmful) and flag per metric."""
+    """id, what leads it back (`Dataset.origin_columns`: path, source_index or the 2D point), label, then influence,
+    harmful rank (1 = most harmful) and flag per metric."""
     results = cached_results(run, name)
     verdicts = stored_verdicts(run)
     ids = np.arange(dataset.n_train)
@@ -209,6 +209,7 @@ def table_metadata(run: store.Run, results: dict[str, InfluenceResult], name: st
                     "path": "file path relative to data.root (own images only)",
                     "source_index": "index in the original training set of MNIST or Fashion-MNIST (built-in data "
                                     "only: torchvision's MNIST(train=True)[source_index] is the image)",
+                    "x1, x2": "the training point (the 2D toy only)",
                     "label": "class (-1 = unlabelled)", "influence_<m>": "estimated change of metric m if removed",
                     "harmful_rank_<m>": "1 = most harmful",
                     "flag_<m>": "stability of the backward pass (its growth verdict) where the instance was traced, "

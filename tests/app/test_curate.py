@@ -193,13 +193,15 @@ def test_export_csv_reads_back_through_the_cli_reader():
     from influence.data import Dataset, Split
     from influence.removal import removal_csv
 
+    # each row says where the instance is found outside this tool (MNIST: its place in MNIST's training set; the
+    # 2D toy: the point); read back by id all the same
     split = Split(torch.zeros(20, 1, 28, 28), torch.arange(20) % 10)
-    dataset = Dataset("normal2d", split, split, split, np.arange(20), None, [])  # generated: nowhere else to find it
-    data = removal_csv([3, 9, 14], dataset)
-    assert data.decode().splitlines()[0] == "id,label"
-    assert read_removal_csv(data.decode(), 20) == [3, 9, 14]
-    # MNIST: each row also says where the image is in MNIST's training set; read back by id all the same
     mnist = Dataset("mnist", split, split, split, np.arange(100, 120), None, [])
     lines = removal_csv([3, 9, 14], mnist).decode().splitlines()
     assert lines[:2] == ["id,source_index,label", "3,103,3"]
+    assert read_removal_csv("\n".join(lines), 20) == [3, 9, 14]
+    points = Split(torch.arange(40, dtype=torch.float32).view(20, 2) / 4, None)
+    toy = Dataset("normal2d", points, points, points, np.arange(20), None, [])
+    lines = removal_csv([3, 9, 14], toy).decode().splitlines()
+    assert lines[:2] == ["id,x1,x2,label", "3,1.5,1.75,-1"]
     assert read_removal_csv("\n".join(lines), 20) == [3, 9, 14]
