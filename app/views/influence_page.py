@@ -179,8 +179,8 @@ if (frame["label"] >= 0).any():
 st.divider()
 st.subheader("Download every instance's scores")
 st.caption("One row per training instance: influence, harmful rank (1 = most harmful) and estimate flag per metric, "
-           "the label, and the file path for your own images (built-in MNIST: its index in MNIST's training set, "
-           "source_index). Sign convention: " + widgets.SIGN_NOTE)
+           "the label, and where to find the instance: its file path (your own images), its index in MNIST's "
+           "training set (source_index), or the point (x1, x2; the 2D toy). Sign convention: " + widgets.SIGN_NOTE)
 stamp = cache.files_stamp(root, run_id, "influence")
 d1, d2, _ = st.columns([1, 1, 3])
 d1.download_button("CSV", cache.scores_file(str(root), run_id, stamp, "csv"), file_name=f"influence-{run_id}.csv",
