@@ -68,6 +68,12 @@ class LaneOutcome(Generic[T]):
     baseline_from_trace: bool  # lane 0 was the recorded trajectory (sequential plan, training's conditions)
 
 
+def replayed_steps(trace: Trace, firsts: np.ndarray) -> int:
+    """The lane-steps of lanes whose replays start at `firsts` (at least 1): a replay's progress total, and what a
+    task weighs in a batch's (`progress.BatchProgress`)."""
+    return max(int((trace.steps - firsts).sum()), 1)
+
+
 def first_steps(trace: Trace, lanes: list[Lane], n_train: int, start: int = 0) -> np.ndarray:
     """Per lane, the first traced step >= start whose batch holds one of its instances (trace.steps: none)."""
     seen = trace.step_of_instance(n_train, start)
@@ -105,7 +111,7 @@ def replay_lanes(
     started = time.perf_counter()
     firsts = first_steps(trace, lanes, ctx.dataset.n_train, start)
     weights = [_weights(ctx, lane) for lane in lanes]
-    report = Reporter("replay", int(sum(trace.steps - f for f in firsts)) or 1, progress, cancel)
+    report = Reporter("replay", replayed_steps(trace, firsts), progress, cancel)
     from_trace = baseline_from_trace and plan.mode == "sequential"
     if plan.mode == "batched":
         baseline, values, baselines = _batched(ctx, trace, firsts, weights, measure, plan.lanes, report)

@@ -45,11 +45,6 @@ def chunks(trace: Trace, lanes: list[Lane], n_train: int, plan: LanePlan, start:
     return [order[i:i + size] for i in range(0, len(order), max(size, 1))]
 
 
-def lane_steps(trace: Trace, lanes: list[Lane], n_train: int, start: int) -> int:
-    """The steps a task's lanes replay (at least 1): what its share of a batch's progress weighs."""
-    return max(int((trace.steps - first_steps(trace, lanes, n_train, start)).sum()), 1)
-
-
 def lanes_per_task(ctx: RunContext, trace: Trace, plan: LanePlan) -> int:
     """Sequential lanes per task: one where lane 0 is the recorded trajectory and every state is stored (a task costs
     only its lane), else PER_TASK, so that what a task pays besides its lanes costs a fraction of them: its own lane
