@@ -18,6 +18,11 @@ ways' changes relative to the largest change) and the medians. Rounds interleave
 operations in one batched and one sequential replay (each way's GFLOP/s), beside the rate of the same
 products (their shapes as the profiler recorded them) timed alone, back to back: the most the batched pass
 could reach if everything but its products cost nothing.
+
+--phases times one traced step's parts with a clock, not the profiler (torch.profiler inflates the small
+elementwise calls of a vmapped pass several-fold): `stepmap.step` for one lane, `stepmap.batched_step` for
+K + 1 lanes, and that step's vmapped forward alone (losses of every lane), each the median over the traced
+steps' first 20, repeated --repeat times; the backward is the batched step less its forward.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from influence.config import apply_overrides, preset  # noqa: E402
 from influence.context import RunContext  # noqa: E402
 from influence.counterfactual import Lane, LanePlan, replay_lanes  # noqa: E402
 from influence.counterfactual.plan import choose_plan, reproduces_training  # noqa: E402
-from influence.train import Trace, train  # noqa: E402
+from influence.stepmap import KIND_PLAYERS, batched_step, step  # noqa: E402
+from influence.train import Trace, to_state, trace_inputs, train  # noqa: E402
 
 
 def main() -> None:
@@ -54,6 +60,7 @@ def main() -> None:
     p.add_argument("--last-steps", type=int, default=None, help="replay only the last S traced steps")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--flops", action="store_true", help="also count the passes' FLOPs and time their products alone")
+    p.add_argument("--phases", action="store_true", help="also time a step's parts: forward, backward, one lane")
     args = p.parse_args()
     allocator.tune_this_process()
     torch.set_num_threads(args.threads)
@@ -98,11 +105,50 @@ def main() -> None:
         for way, c in counts.items():  # the profiler slows a replay many times: rates use the unprofiled median
             c["gflops_per_s_in_replay"] = c["products_gflop"] / median[f"seconds_{way}"]
         print(json.dumps({"flops": counts}), flush=True)
+    if args.phases:
+        print(json.dumps({"phases": phases(ctx, trace, min(plan.lanes, len(lanes)) + 1, start, args.repeat)}),
+              flush=True)
     print(json.dumps({"preset": args.preset, "set": args.set, "run_id": run.run_id, "parameters": trace.layout.n_theta,
                       "traced_steps": trace.steps, "replayed_steps": trace.steps - start, "lanes": len(lanes),
                       "set_size": size, "plan": plan.as_dict(),
                       "baseline_from_trace": from_trace, "threads": args.threads, "train_seconds": trained,
                       "rounds": args.repeat, "median": median}), flush=True)
+
+
+def phases(ctx: RunContext, trace: Trace, width: int, start: int, repeat: int, steps: int = 20) -> dict:
+    """Median seconds per traced step of one lane's `step`, a `batched_step` of `width` lanes and its forward."""
+    nb = trace.layout.n_buffers
+    state = to_state(ctx, trace.layout, trace.stored_before(start)[1])
+    wide = tuple(x.unsqueeze(0).expand(width, *x.shape).clone() for x in state.tensors())
+    ts = range(start, min(start + steps, trace.steps))
+    inputs = [trace_inputs(ctx, trace, t) for t in ts]
+
+    def forward(inp):
+        players = KIND_PLAYERS[inp.kind]
+        td, tg = (x.detach().requires_grad_(True) for x in wide[:2])
+        w = inp.w.expand(width, -1)
+        with torch.enable_grad():
+            torch.func.vmap(lambda a, b, c: tuple(v for v in ctx.gan.losses(a, b, inp.x, inp.z, c, players)
+                                                  if v is not None))(td, tg, w)
+
+    def timed(f) -> float:
+        f(inputs[0])  # warm-up
+        out = []
+        for inp in inputs:
+            t = time.perf_counter()
+            f(inp)
+            out.append(time.perf_counter() - t)
+        return float(np.median(out))
+
+    ways = {"step_one_lane": lambda inp: step(ctx.gan, trace.rule, state, inp),
+            "batched_step": lambda inp: batched_step(ctx.gan, trace.rule, inp, nb, wide,
+                                                     inp.w.expand(width, -1).contiguous()),
+            "batched_forward": forward}
+    rounds = [{k: timed(f) for k, f in ways.items()} for _ in range(repeat)]
+    out = {k: float(np.median([r[k] for r in rounds])) for k in ways}
+    out["batched_backward"] = out["batched_step"] - out["batched_forward"]
+    out.update(width=width, steps=len(inputs), per_lane_speedup=out["step_one_lane"] * width / out["batched_step"])
+    return out
 
 
 def flop_count(replay, dtype: torch.dtype) -> dict:
