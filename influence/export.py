@@ -3,7 +3,8 @@
 - folder / zip sources: the original files, byte for byte, under their unique relative paths;
 - built-in data (MNIST, torchvision): one PNG per image in a sub-folder per class, and labels.csv;
 - always: removed.csv (id, path, label, influence per metric of the result in use) and
-  manifest.json (what was removed and why: method, the named result and its options, verdicts).
+  manifest.json (what was removed and why: method, the named result and its options, verdicts, and per
+  metric the spot check's trust levels with what its replays measured, or "not checked").
 The folder is built next to the target under a temporary name (`.NAME.partial-*`, with a lock file beside
 it that the export holds) and renamed into place when complete. Any failure (a full disk, a target that
 cannot be written) is one ConfigError, and the partial folder is removed; partial folders of exports that
@@ -34,6 +35,8 @@ from .errors import ConfigError, StoreError
 from .estimator import cached_results, chosen_name
 from .honesty import metric_report, uninformative
 from .removal import removal_frame
+from .validation.spotcheck import check_path, stored_check
+from .validation.trust import verdict
 
 MANIFEST, REMOVED, LABELS = "manifest.json", "removed.csv", "labels.csv"
 PARTIAL = ".{name}.partial-"
@@ -73,6 +76,7 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
             name = chosen_name(run)
             results = cached_results(run, name)
             verdicts = metric_report(run, ctx)["verdicts"]
+            check = stored_check(run, name)
             _write_file(tmp / REMOVED, removal_frame(removed, ds, results, verdicts).to_csv(index=False).encode())
             manifest = {
                 "run_id": run.run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -82,6 +86,9 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
                 "why": why, "influence_result": name,
                 "estimate_options": next(iter(results.values())).meta["options"] if results else None,
                 "stability_verdicts": {m: r.meta["verdict"] for m, r in results.items()},
+                # what replays showed of the estimate the set came from: the levels a curator can check
+                "trust": {m: _trust(r, check) for m, r in results.items()},
+                "trust_check_file": check_path(name, check["level"]) if check else None,
                 # what each metric can mean for this run: an influence on an uninformative metric means nothing
                 "metric_verdicts": verdicts,
                 "uninformative_metrics": [m for m in verdicts if uninformative(verdicts, m)],
@@ -99,6 +106,11 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
         where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
         raise ConfigError(f"cannot export to {target}: {reason}{where}; nothing was exported") from None
     return manifest
+
+
+def _trust(result, check: dict | None) -> dict:
+    v = verdict(result, check)
+    return {k: v[k] for k in ("groups", "singles", "summary", "measured")}
 
 
 HELD_OUT_WHY = {"valid": "held out for validation: influence is estimated on it",

@@ -30,6 +30,8 @@ from influence.export import export_cleaned
 from influence.context import check_split_sizes
 from influence.honesty import INFORMATIVE, UNINFORMATIVE, metric_report, reference_line, verdicts
 from influence.removal import read_removal_csv, removal_csv
+from influence.validation.spotcheck import spot_check
+from influence.validation.trust import verdict
 from influence.train import Trace, train
 
 N_IMAGES = 240  # 10% validation and 10% test: 24 each, above the minimum of 20
@@ -129,6 +131,27 @@ def test_export_copies_the_original_files_and_leaves_the_source_alone(own, tmp_p
     with pytest.raises(ConfigError, match="not empty"):
         export_cleaned(run, removed, tmp_path / "clean")
     assert _tree(images) == before and not (images / "inside").exists()
+    # an estimate no replay has tested says so; the manifest never guesses a level
+    assert {m: t["groups"] for m, t in manifest["trust"].items()} == {"fid": "not checked", "dloss": "not checked"}
+    assert manifest["trust_check_file"] is None
+
+
+def test_export_manifest_carries_the_spot_checks_levels(own, tmp_path, capsys):
+    run, _, _ = own
+    run = copy_run(run, tmp_path / "store")  # the check is written to a copy: other tests see the run unchecked
+    check = spot_check(run, ["fid", "dloss"], level="full")
+    manifest = export_cleaned(run, [0, 3], tmp_path / "clean")
+    results = cached_results(run)
+    for m in ("fid", "dloss"):
+        levels = verdict(results[m], check)  # what the CLI's and the app's cards say
+        assert manifest["trust"][m] == {k: levels[k] for k in ("groups", "singles", "summary", "measured")}
+        assert levels["checked"] and manifest["trust"][m]["measured"]
+    assert run.exists(manifest["trust_check_file"])
+    assert json.loads((tmp_path / "clean" / "manifest.json").read_text())["trust"] == manifest["trust"]
+    assert main(["--store", str(run.root), "export", "--run", run.run_id, "--top-harmful", "3", "--by", "fid",
+                 "--to", str(tmp_path / "x")]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert f"  trust of the estimate (FID): {manifest['trust']['fid']['summary']}" in said
 
 
 def test_cli_export_by_path_and_estimate_json_paths(own, tmp_path, capsys):

@@ -73,6 +73,8 @@ if removal and not cfg.is_2d:
                 st.success(f"Exported {manifest['n_exported']} of {manifest['n_train']} training images to "
                            f"`{target.strip()}` ({manifest['n_removed']} removed; influence result "
                            f"`{manifest['influence_result']}`).", icon=":material/check_circle:")
+                st.caption("The manifest records the estimate's trust: " + "; ".join(
+                    f"{METRIC_LABELS[m]}: {t['summary']}" for m, t in manifest["trust"].items()) + ".")
                 left = manifest.get("not_exported")
                 if left:
                     st.caption(f"Not exported besides the removed ones: {len(left['held_out'])} held-out images "

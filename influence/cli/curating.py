@@ -100,6 +100,8 @@ def cmd_export(args, root: Path) -> int:
         return 0
     print(f"exported {manifest['n_exported']} of {manifest['n_train']} training images to {args.to} "
           f"({manifest['n_removed']} removed; see manifest.json and removed.csv there)")
+    for m, trust in manifest["trust"].items():  # recorded in the manifest: what the set's ranking rests on
+        print(f"  trust of the estimate ({METRIC_LABELS[m]}): {trust['summary']}")
     left = manifest.get("not_exported", {})
     if left:
         print(f"  not exported besides: {len(left['held_out'])} held-out images (validation/test), "

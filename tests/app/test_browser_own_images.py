@@ -145,6 +145,7 @@ def test_own_images_in_a_real_browser(own_server, tmp_path):
         n_train = len(table)
         expect(page.get_by_text(f"Exported {n_train - len(removal)} of {n_train} training images")).to_be_visible(
             timeout=TIMEOUT_MS)
+        expect(page.get_by_text("The manifest records the estimate's trust: FID: ")).to_be_visible()
         _settle(page)
         _shot(page, "export", full=True)
 
