@@ -32,7 +32,7 @@ from .cleanse import check_removal_ids
 from .context import RunContext, load_run_config
 from .data.sources import Reader, list_source
 from .errors import ConfigError, StoreError
-from .estimator import cached_results, chosen_name
+from .estimator import InfluenceResult, cached_results, chosen_name
 from .honesty import metric_report, uninformative
 from .removal import removal_frame
 from .validation.spotcheck import check_path, stored_check
@@ -108,7 +108,8 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
     return manifest
 
 
-def _trust(result, check: dict | None) -> dict:
+def _trust(result: InfluenceResult, check: dict | None) -> dict:
+    """The verdict a card shows, as the manifest keeps it."""
     v = verdict(result, check)
     return {k: v[k] for k in ("groups", "singles", "summary", "measured")}
 
