@@ -32,11 +32,11 @@ from .cleanse import check_removal_ids
 from .context import RunContext, load_run_config
 from .data.sources import Reader, list_source
 from .errors import ConfigError, StoreError
-from .estimator import InfluenceResult, cached_results, chosen_name
+from .estimator import cached_results, chosen_name
 from .honesty import metric_report, uninformative
 from .removal import removal_frame
 from .validation.spotcheck import check_path, stored_check
-from .validation.trust import verdict
+from .validation.trust import kept
 
 MANIFEST, REMOVED, LABELS = "manifest.json", "removed.csv", "labels.csv"
 PARTIAL = ".{name}.partial-"
@@ -87,7 +87,7 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
                 "estimate_options": next(iter(results.values())).meta["options"] if results else None,
                 "stability_verdicts": {m: r.meta["verdict"] for m, r in results.items()},
                 # what replays showed of the estimate the set came from: the levels a curator can check
-                "trust": {m: _trust(r, check) for m, r in results.items()},
+                "trust": {m: kept(r, check) for m, r in results.items()},
                 "trust_check_file": check_path(name, check["level"]) if check else None,
                 # what each metric can mean for this run: an influence on an uninformative metric means nothing
                 "metric_verdicts": verdicts,
@@ -106,12 +106,6 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
         where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
         raise ConfigError(f"cannot export to {target}: {reason}{where}; nothing was exported") from None
     return manifest
-
-
-def _trust(result: InfluenceResult, check: dict | None) -> dict:
-    """The verdict a card shows, as the manifest keeps it."""
-    v = verdict(result, check)
-    return {k: v[k] for k in ("groups", "singles", "summary", "measured")}
 
 
 HELD_OUT_WHY = {"valid": "held out for validation: influence is estimated on it",

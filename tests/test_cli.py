@@ -164,6 +164,23 @@ def test_runs_lists_the_store(capsys, cli_store, tiny_run, toy_run):
     assert listed[toy_run.run_id]["summary"]["test"] == toy_run.read_json("summary.json")["test"]
 
 
+def test_runs_lists_each_runs_estimate_in_use_with_its_trust(capsys, cli_store, toy_run):
+    from influence.estimator import cached_results, chosen_name
+    from influence.validation.spotcheck import stored_check
+    from influence.validation.trust import kept
+
+    run = store.open_run(cli_store, toy_run.run_id)
+    estimate(run, ["all"])
+    assert main(["--store", str(cli_store), "runs", "--json"]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}[toy_run.run_id]["influence"]
+    name, results = chosen_name(run), cached_results(run)
+    assert "all" in results  # and any metric estimated with it
+    assert listed == {"result": name, "trust": {m: kept(r, stored_check(run, name)) for m, r in results.items()}}
+    assert main(["--store", str(cli_store), "runs"]) == 0
+    line = f"  influence '{name}': ALL "
+    assert any(out.startswith(line) for out in capsys.readouterr().out.splitlines())
+
+
 def test_removal_csv_forms():
     assert read_removal_csv("7\n8\n\n9\n") == [7, 8, 9]
     assert read_removal_csv("name,id\na,4\nb,2\n", n_train=10) == [4, 2]

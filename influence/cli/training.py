@@ -169,6 +169,7 @@ def print_source(source: dict | None, run_dir: Path) -> None:
 
 def cmd_runs(args, root: Path) -> int:
     from ..data.locations import stored_run_images_found
+    from ..validation.trust import NOT_CHECKED
 
     runs = store.list_runs(root)
     foreign = store.foreign_folders(root)
@@ -178,6 +179,8 @@ def cmd_runs(args, root: Path) -> int:
     for r in runs:
         if "config" in r:
             r["images_found"] = stored_run_images_found(r["config"], store.cache_dir())
+        if r.get("summary"):
+            r["influence"] = _influence_in_use(store.open_run(root, r["run_id"]))
     if args.json:
         print(json.dumps([{k: v for k, v in r.items()} for r in runs], default=str))
         return 0
@@ -188,10 +191,28 @@ def cmd_runs(args, root: Path) -> int:
         state = "damaged: " + r["problem"] if "problem" in r else ("finished" if s else "unfinished")
         metrics = ", ".join(f"{METRIC_LABELS[k]} {v:.3f}" for k, v in (s or {}).get("test", {}).items())
         print(f"{r['run_id']:<36} {state:<10} {metrics}")
+        if r.get("influence"):
+            print(f"  influence '{r['influence']['result']}': " + "; ".join(
+                f"{METRIC_LABELS[m]} " + (t["groups"] if t["groups"] == NOT_CHECKED else
+                                          f"groups {t['groups']}, single images {t['singles']}")
+                for m, t in r["influence"]["trust"].items()))
         if not r.get("images_found", True):
             print(f"  its images are not at {r['config']['data']['root']}; if they moved: gan-influence relocate "
                   "--images NEW_PATH")
     return 0
+
+
+def _influence_in_use(run: store.Run) -> dict | None:
+    """The result the table, cleanse and export use, with its trust levels (None before a first estimate)."""
+    from ..estimator import cached_results, chosen_name
+    from ..validation.spotcheck import stored_check
+    from ..validation.trust import kept
+
+    name = chosen_name(run)
+    if name is None:
+        return None
+    check = stored_check(run, name)
+    return {"result": name, "trust": {m: kept(r, check) for m, r in cached_results(run, name).items()}}
 
 
 def cmd_relocate(args, root: Path) -> int:

@@ -130,6 +130,13 @@ def verdict(result: InfluenceResult, check: dict | None) -> dict:
             "measured": measured_sentence(metric, check, agreement)}
 
 
+def kept(result: InfluenceResult, check: dict | None) -> dict:
+    """The verdict as it is kept beside a use of the estimate (an export's manifest, the run list): the levels,
+    the card's line and what the replays measured."""
+    v = verdict(result, check)
+    return {k: v[k] for k in ("groups", "singles", "summary", "measured")}
+
+
 def levels(agreement: dict, capped: bool = False) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
     """((group level, the group levels its interval allows), (the same for single images)); capped: groups at
     most indicative, singles at most rough (what a quick check cannot vouch for)."""
