@@ -13,7 +13,7 @@ from influence.honesty import scope_text, uninformative
 from influence.metrics import HIGHER_IS_BETTER, METRIC_LABELS
 from influence.validation.intervals import interval_text, rank_interval
 from influence.validation.loo import JACCARD_ROUGH_K, jaccard_k
-from influence.validation.trust import mixed_singles
+from influence.validation.trust import mixed_singles, verdict
 
 from .figures import check_kind, class_label, lane_name
 from .numbers import percent, sci, signed
@@ -124,6 +124,17 @@ def class_counts(ids: list[int], labels: np.ndarray | None, class_names: list[st
 
 DLOSS_NOTE = ("D-loss is the discriminator's loss: a baseline for choosing instances, not a measure of the GAN's "
               "quality (a lower D-loss can come with a worse generator), so its change has no good/bad colour")
+
+
+def set_prediction(results: dict[str, InfluenceResult], ids: list[int], check: dict | None) -> list[str]:
+    """Per metric, what removing `ids` is predicted to do (the sum of their scores: a replay of the traced steps
+    without them) and how far such a sum is trusted: the spot check's group level, sets being what it measured."""
+    lines = []
+    for m, r in results.items():
+        change = float(r.scores[np.asarray(ids, dtype=np.int64)].sum()) if len(ids) else 0.0
+        way = "improves it" if change * r.meta["harmful_sign"] > 0 else "worsens it" if change else "no change"
+        lines.append(f"{METRIC_LABELS[m]} {signed(change)} ({way}); groups: {verdict(r, check)['groups']}")
+    return lines
 
 
 def signs_disagree(predicted: float, actual: float) -> bool:

@@ -155,6 +155,18 @@ def require_results(root: Path, run_id: str) -> dict:
     return results
 
 
+def removal_prediction(root: Path, run_id: str, removal: list[int]) -> None:
+    """What removing the set is predicted to do per metric, beside the spot check's level for groups."""
+    stamp = cache.files_stamp(root, run_id, "influence")
+    results = cache.results(str(root), run_id, stamp)
+    if not removal or not results:
+        return
+    in_use = cache.result_names(str(root), run_id, stamp)[1]
+    check = cache.spot_check(str(root), run_id, in_use, stamp)
+    st.caption("Predicted if removed (a replay of the traced steps, validation split): "
+               + "; ".join(tables.set_prediction(results, removal, check)) + ".")
+
+
 def metric_meaning(root: Path, run_id: str, cfg: RunConfig) -> None:
     """What the run's metrics can mean: the features, their quality, the real-data reference and, per metric,
     "metric uninformative" with the reason where it applies."""

@@ -34,6 +34,7 @@ with st.container(border=True):
         st.page_link(widgets.CURATE_PAGE, label="Go to Inspect and curate", icon=":material/arrow_forward:")
     else:
         st.markdown(f"**Removal set:** {len(removal)} of {n_train} training instances.")
+        widgets.removal_prediction(root, run_id, removal)
         scratch = st.toggle("Retrain from scratch (all epochs; slower than replaying the traced ones)", key="scratch")
         mode = "scratch" if scratch else "replay"
         done = removal_key(np.asarray(removal, dtype=np.int64), mode) in {a["key"] for a in attempts}

@@ -182,6 +182,7 @@ with gallery_col:
 with set_col:
     st.subheader("Removal set")
     st.metric("instances", len(removal), help="Saved with the run; a refresh keeps it.")
+    widgets.removal_prediction(root, run_id, removal)
     removal_tools.render(root, run_id)
     if removal:
         counts = tables.class_counts(removal, labels, class_names)

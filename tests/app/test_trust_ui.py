@@ -162,3 +162,19 @@ def test_an_older_checks_singles_are_named_as_the_mix_they_were():
     assert "random and largest |score|" in names and "random images" not in names
     check["per_metric"]["fid"]["top_singles"] = {"n": 0}
     assert check_lanes_table(check, "fid")["removed"].iloc[2] == "random images"
+
+
+def test_a_removal_set_says_its_predicted_change_and_how_far_groups_are_trusted(checked_store, monkeypatch):
+    root = use_store(monkeypatch, checked_store)
+    run = store.open_run(root, tiny_run_id(root))
+    fid = cached_results(run)["fid"]
+    ids = [int(i) for i in fid.scores.argsort()[:7]]  # FID's 7 most negative: removing them should lower FID
+    run.write_json("app/removal.json", {"ids": sorted(ids)})
+    change = float(fid.scores[ids].sum())  # the group's prediction: the sum of its members' scores
+    assert change < 0
+    level = verdict(fid, spot_check(run, ["fid"]))["groups"]
+    for page in ("curate", "cleanse"):
+        at = open_app(page, run.run_id)
+        assert not at.exception
+        line = next(t for t in texts(at).splitlines() if t.startswith("Predicted if removed"))
+        assert f"FID {sci(change)} (improves it); groups: {level}" in line
