@@ -181,6 +181,20 @@ def test_runs_lists_each_runs_estimate_in_use_with_its_trust(capsys, cli_store, 
     assert any(out.startswith(line) for out in capsys.readouterr().out.splitlines())
 
 
+def test_runs_lists_a_run_whose_check_is_damaged(capsys, toy_run, tmp_path):
+    from influence.estimator import chosen_name
+    from influence.validation.spotcheck import check_path, spot_check
+
+    run = copy_run(toy_run, tmp_path)
+    check = spot_check(run, ["all"], level="full")
+    assert main(["--store", str(tmp_path), "runs"]) == 0
+    assert "ALL groups " in capsys.readouterr().out
+    run.path(check_path(chosen_name(run), check["level"])).write_text("{not json")  # damaged behind the store's back
+    assert main(["--store", str(tmp_path), "runs"]) == 0
+    out = capsys.readouterr().out
+    assert toy_run.run_id in out and "  influence: unreadable (" in out
+
+
 def test_removal_csv_forms():
     assert read_removal_csv("7\n8\n\n9\n") == [7, 8, 9]
     assert read_removal_csv("name,id\na,4\nb,2\n", n_train=10) == [4, 2]

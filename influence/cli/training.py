@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .. import store
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..metrics import METRIC_LABELS
 from .follow import run_or_follow
 
@@ -180,7 +180,10 @@ def cmd_runs(args, root: Path) -> int:
         if "config" in r:
             r["images_found"] = stored_run_images_found(r["config"], store.cache_dir())
         if r.get("summary"):
-            r["influence"] = _influence_in_use(store.open_run(root, r["run_id"]))
+            try:
+                r["influence"] = _influence_in_use(store.open_run(root, r["run_id"]))
+            except StoreError as e:  # a damaged check or choice: the run is still listed
+                r["influence_problem"] = str(e)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items()} for r in runs], default=str))
         return 0
@@ -196,6 +199,8 @@ def cmd_runs(args, root: Path) -> int:
                 f"{METRIC_LABELS[m]} " + (t["groups"] if t["groups"] == NOT_CHECKED else
                                           f"groups {t['groups']}, single images {t['singles']}")
                 for m, t in r["influence"]["trust"].items()))
+        if r.get("influence_problem"):
+            print(f"  influence: unreadable ({r['influence_problem']})")
         if not r.get("images_found", True):
             print(f"  its images are not at {r['config']['data']['root']}; if they moved: gan-influence relocate "
                   "--images NEW_PATH")
@@ -204,15 +209,16 @@ def cmd_runs(args, root: Path) -> int:
 
 def _influence_in_use(run: store.Run) -> dict | None:
     """The result the table, cleanse and export use, with its trust levels (None before a first estimate)."""
-    from ..estimator import cached_results, chosen_name
+    from ..estimator import chosen_name, result_sets
     from ..validation.spotcheck import stored_check
     from ..validation.trust import kept
 
-    name = chosen_name(run)
+    sets = result_sets(run)
+    name = chosen_name(run, sets)
     if name is None:
         return None
     check = stored_check(run, name)
-    return {"result": name, "trust": {m: kept(r, check) for m, r in cached_results(run, name).items()}}
+    return {"result": name, "trust": {m: kept(r, check) for m, r in sets[name].items()}}
 
 
 def cmd_relocate(args, root: Path) -> int:
