@@ -6,6 +6,7 @@
     .venv/bin/python bench/trust.py --store DIR --case dcgan32-folder --groups 0 --loo 50   # leave-one-out only
     .venv/bin/python bench/trust.py --store DIR --runs RUN_ID ... --label NAME [--metrics fid dloss] --loo 50
     .venv/bin/python bench/trust.py --store DIR --report          # the tables of everything measured so far
+    .venv/bin/python bench/trust.py --report docs/results/trust   # the same over the committed result files
 
 Per case and seed (each step cached in the store, so an interrupted campaign resumes):
 1. train the run (the case's preset and overrides);
@@ -176,8 +177,12 @@ def full_levels(r: dict, m: str) -> tuple[tuple[str, list[str]], tuple[str, list
     return groups, singles
 
 
-def report(root: Path) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted((root / "_trust").glob("*.json"))]
+def report(folder: Path) -> None:
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    others = [r for r in rows if "case" not in r]  # e.g. a full check's timing kept beside the case files
+    rows = [r for r in rows if "case" in r]
+    if others:
+        print(f"({len(others)} file(s) in {folder} are not case results and were left out)\n")
     print("| case | seed | metric | growth | check (level, cost / pass) | check: groups / singles | the check's 95% "
           "intervals allow | full validation: groups / singles | its 95% intervals allow | agree | within the check's "
           "intervals | the intervals meet | LDS F=1% / 5% / 20% (valid) | LOO tau (n) |")
@@ -228,7 +233,7 @@ def report(root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", help="the runs' store (not needed for --report DIR)")
     ap.add_argument("--case", choices=list(CASES))
     ap.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID",
                     help="instead of --case: runs already in the store, as the case --label")
@@ -246,12 +251,16 @@ def main() -> None:
                     help="also no-propagation, TracIn-style and (Adam) frozen, scored on the same replays")
     ap.add_argument("--reuse-validation", type=Path, metavar="DIR",
                     help="take full validation from earlier result files (e.g. docs/results/trust) of the same runs")
-    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--report", nargs="?", const="", metavar="DIR",
+                    help="print the tables of the result files in DIR (default: the store's _trust/; the committed "
+                         "ones: docs/results/trust)")
     args = ap.parse_args()
-    root = store.store_root(args.store)
-    if args.report:
-        report(root)
+    if args.report is not None:
+        report(Path(args.report) if args.report else store.store_root(args.store) / "_trust")
         return
+    if not args.store:
+        ap.error("--store is needed (all but --report DIR)")
+    root = store.store_root(args.store)
     allocator.tune_this_process()
     torch.set_num_threads(args.threads)
     if bool(args.runs) == bool(args.case) or (args.runs and not args.label):

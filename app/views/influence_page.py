@@ -111,6 +111,10 @@ for metric, result in results.items():
         gallery_filter.histogram(run_id, result.scores[traced], metric, "influence", log_y)
         if (~traced).any():
             st.caption(f"{int((~traced).sum())} instances were in no traced step and have no estimate (not shown).")
+        # under the histogram, not at the foot of the cards: the two columns then end near each other
+        st.plotly_chart(figures.u_norm_figure(result.u_norms, getattr(result, "state_norms", None)),
+                        key=f"u-{run_id}-{metric}")
+        st.caption(U_NOTE)
     with right:
         trust_view.check_card(result, check)
         if result.meta.get("method", "exact") != "exact":  # a baseline's adjoint says nothing about stability
@@ -139,9 +143,6 @@ for metric, result in results.items():
         st.caption(f"Backward pass over {result.meta['traced_steps']} traced steps: "
                    f"{tables.duration(result.meta['seconds'])} of computation for this metric (metrics computed "
                    "together share one pass and split its time; start-up and waiting are not counted).")
-        st.plotly_chart(figures.u_norm_figure(result.u_norms, getattr(result, "state_norms", None)),
-                        key=f"u-{run_id}-{metric}")
-        st.caption(U_NOTE)
     trust_view.replays(check, metric)
 
 active = gallery_filter.get(run_id)
@@ -153,8 +154,11 @@ if active is not None:
 
 frame = cache.influence_frame(str(root), run_id, cache.files_stamp(root, run_id, "influence"))
 class_names = cache.context(str(root), run_id).dataset.class_names
-st.divider()
-if "is" in results and "fid" in results:
+both = "is" in results and "fid" in results
+by_class = bool((frame["label"] >= 0).any())
+if both or by_class:  # a divider above sections only: with neither, the download's divider alone
+    st.divider()
+if both:
     st.subheader("IS influence vs FID influence")
     st.caption("Each dot is a training instance. Bottom-right: harmful for both (removal would raise IS and lower "
                "FID); top-left: helpful for both.")
@@ -170,7 +174,7 @@ if "is" in results and "fid" in results:
             st.switch_page(widgets.CURATE_PAGE)
         c3.button("Add them to the removal set", icon=":material/add_box:", key="scatter-to-set",
                   on_click=state.add_to_removal, args=(root, run_id, picked))
-if (frame["label"] >= 0).any():
+if by_class:
     st.subheader("Influence per class")
     by = st.segmented_control("Metric", list(results), default=next(iter(results)), format_func=METRIC_LABELS.get,
                               key=f"class-metric-{run_id}") or next(iter(results))
