@@ -19,7 +19,7 @@ from influence.train import Trace, replay_state
 from influence.validation.groups import GroupSpec, lds, validate_groups
 from influence.validation.spotcheck import spot_check, stored_check
 from influence.validation.intervals import interval_phrase
-from influence.validation.trust import levels, verdict
+from influence.validation.trust import judged, levels, verdict
 
 from _helpers import copy_run
 
@@ -266,6 +266,22 @@ def test_a_level_comes_with_the_levels_its_interval_cannot_rule_out():
     assert levels(agreement, capped=True) == (("indicative", ["indicative"]), ("noise", ["rough", "noise"]))
     wrong_way = {**many, "harmful_set": {"predicted": -1.0, "actual": 0.5}}  # the harmful set moved the other way
     assert levels(wrong_way)[0] == ("not supported", ["not supported"])
+
+
+def test_a_quick_check_of_a_relu_net_in_float32_judges_groups_by_the_harmful_set():
+    """On such nets the window's random groups misread the whole trace both ways (docs/trust.md), so a quick check
+    takes the group level from the most harmful set (replayed over all steps) alone: indicative where it moved the
+    predicted way, however the window's groups ranked. A full check replays everything and is judged as usual."""
+    window_low = {"random_groups": {"spearman": 0.18, "n": 12}, "singles": {"kendall_tau": 0.9, "n": 8},
+                  "harmful_set": {"predicted": 0.048, "actual": 0.046}}
+    assert judged(window_low, "quick", 1.6, False)[0][0] == "not supported"
+    groups, singles, caps = judged(window_low, "quick", 1.6, True)
+    assert groups == ("indicative", ["indicative"]) and singles[0] == "rough" and "most harmful set" in caps[0]
+    window_high = {**window_low, "random_groups": {"spearman": 0.99, "n": 12}}
+    assert judged(window_high, "quick", 1.6, True)[0] == ("indicative", ["indicative"])
+    assert judged(window_high, "full", 1.6, True) == (*levels(window_high), [])
+    wrong_way = {**window_high, "harmful_set": {"predicted": 0.048, "actual": -0.01}}
+    assert judged(wrong_way, "quick", 1.6, True)[0] == ("not supported", ["not supported"])
 
 
 def test_an_estimate_without_a_check_reads_not_checked(toy_run):

@@ -108,17 +108,8 @@ def verdict(result: InfluenceResult, check: dict | None) -> dict:
                 "summary": f"not checked - no replays have tested this estimate yet (stability: {result.verdict})",
                 "measured": ""}
     agreement = check["per_metric"][metric]
-    caps = []  # what a quick check's window cannot vouch for: groups at most indicative, singles at most rough
-    growth = result.meta["growth"]
-    if check["level"] == "quick" and (not math.isfinite(growth) or growth >= GROWTH_UNRELIABLE):
-        # the window cannot see an amplification in the steps before it
-        caps.append(f"|u| grows {growth:.3g}x over the trace, before the checked steps: levels capped")
-    if check["level"] == "quick" and check.get("kinked_float32"):
-        # Measured once (docs/trust.md): on mnist-adam with ReLU units in float32 the window read trustworthy /
-        # trustworthy where the whole trace gave LDS 0.74 and leave-one-out tau 0.39; a full check saw it.
-        caps.append("a quick check over-rated a ReLU net trained in float32 once: levels capped; a full check can "
-                    "lift them")
-    (groups, groups_range), (singles, singles_range) = levels(agreement, capped=bool(caps))
+    (groups, groups_range), (singles, singles_range), caps = judged(agreement, check["level"], result.meta["growth"],
+                                                                   bool(check.get("kinked_float32")))
     n_groups = agreement.get("random_groups", agreement["groups"])["n"]
     summary = (f"groups: {groups}{_not_ruled_out(groups, groups_range, n_groups, 'random groups')}; single-image "
                f"ranks: {_single_words(singles)}"
@@ -137,15 +128,44 @@ def kept(result: InfluenceResult, check: dict | None) -> dict:
     return {k: v[k] for k in ("groups", "singles", "summary", "measured")}
 
 
-def levels(agreement: dict, capped: bool = False) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+Level = tuple[str, list[str]]  # a level and the levels its measurement's interval allows
+
+
+def judged(agreement: dict, level: str, growth: float, kinked_float32: bool) -> tuple[Level, Level, list[str]]:
+    """The rules of docs/trust.md applied to one metric's check: (groups, singles) as `levels` gives them, and the
+    caps that applied, in words. A quick check replays random groups and singles over the last steps only."""
+    caps = []  # what a quick check's window cannot vouch for: groups at most indicative, singles at most rough
+    if level == "quick" and (not math.isfinite(growth) or growth >= GROWTH_UNRELIABLE):
+        # the window cannot see an amplification in the steps before it
+        caps.append(f"|u| grows {growth:.3g}x over the trace, before the checked steps: levels capped")
+    kinked = level == "quick" and kinked_float32
+    if kinked:
+        # Measured on mnist-adam with ReLU units in float32, seeds 0-2 (docs/trust.md): the window's random groups
+        # read Spearman 0.92 / 0.86 / 0.90 for FID where the whole trace gave LDS 0.74 / 0.82 / 0.54, and 0.45 /
+        # 0.27 / 0.18 for IS where it gave 0.52 / 0.88 / 0.73: no evidence either way about the whole trace.
+        caps.append("on ReLU nets trained in float32 the last steps' replays misread the whole trace both ways: "
+                    "groups judged by the most harmful set over all steps (at most indicative), single images at "
+                    "most rough; a full check can lift this")
+    return (*levels(agreement, capped=bool(caps), by_harmful_set=kinked), caps)
+
+
+def levels(agreement: dict, capped: bool = False, by_harmful_set: bool = False) -> tuple[Level, Level]:
     """((group level, the group levels its interval allows), (the same for single images)); capped: groups at
-    most indicative, singles at most rough (what a quick check cannot vouch for)."""
+    most indicative, singles at most rough (what a quick check cannot vouch for); by_harmful_set: groups judged
+    by the most harmful set alone (indicative where it moved the predicted way), where the random groups'
+    replays are known not to speak for the whole trace."""
     def cap(level: str, top: str) -> str:
         return top if capped and level == "trustworthy" else level
 
-    group, single = cap(group_level(agreement), "indicative"), cap(single_level(agreement), "rough")
-    return ((group, list(dict.fromkeys(cap(g, "indicative") for g in group_levels(agreement)))),
-            (single, list(dict.fromkeys(cap(s, "rough") for s in single_levels(agreement)))))
+    if by_harmful_set:
+        harmful = agreement["harmful_set"]
+        group = "indicative" if moved_same_way(harmful["predicted"], harmful["actual"]) else "not supported"
+        groups = (group, [group])  # one set: no interval to reach across a threshold
+    else:
+        group = cap(group_level(agreement), "indicative")
+        groups = (group, list(dict.fromkeys(cap(g, "indicative") for g in group_levels(agreement))))
+    single = cap(single_level(agreement), "rough")
+    return groups, (single, list(dict.fromkeys(cap(s, "rough") for s in single_levels(agreement))))
 
 
 def _not_ruled_out(level: str, allowed: list[str], n: int, what: str) -> str:
