@@ -143,9 +143,9 @@ def judged(agreement: dict, level: str, growth: float, kinked_float32: bool) -> 
         # Measured on mnist-adam with ReLU units in float32, seeds 0-2 (docs/trust.md): the window's random groups
         # read Spearman 0.92 / 0.86 / 0.90 for FID where the whole trace gave LDS 0.74 / 0.82 / 0.54, and 0.45 /
         # 0.27 / 0.18 for IS where it gave 0.52 / 0.88 / 0.73: no evidence either way about the whole trace.
-        caps.append("on ReLU nets trained in float32 the last steps' replays misread the whole trace both ways: "
-                    "groups judged by the most harmful set over all steps (at most indicative), single images at "
-                    "most rough; a full check can lift this")
+        caps.append("on a ReLU net trained in float32 the last steps misread the whole trace: groups judged by the "
+                    "most harmful set over all steps, at most indicative; single images at most rough; a full check "
+                    "can lift this")
     return (*levels(agreement, capped=bool(caps), by_harmful_set=kinked), caps)
 
 
