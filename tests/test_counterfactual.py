@@ -118,6 +118,33 @@ def test_the_next_call_on_a_trace_goes_on_from_its_last_walk(adam_toy, monkeypat
         assert torch.equal(out.values[0], replay_state(ctx, trace, [j]).flat())
 
 
+def test_lane_zero_from_the_trace_is_measured_once_per_key(toy_run):
+    """One-lane tasks (a check's, a leave-one-out's) each took lane 0's measure of the recorded final state again: an
+    evaluation per lane besides the lane's. With a measure key the trace keeps it (`Trace.final_measures`), and the
+    changes stay those of measuring it every time."""
+    from influence.context import load_run_config
+
+    ctx, trace = RunContext.create(load_run_config(toy_run), toy_run.root), Trace.load(toy_run)
+    trace.final_measures.clear()
+    calls = []
+
+    def flat(s):
+        calls.append(1)
+        return s.flat().clone()
+
+    lanes = _lanes(ctx, trace)[:4]
+    every = [replay_lanes(ctx, trace, [lane], flat, SEQUENTIAL, baseline_from_trace=True) for lane in lanes]
+    assert len(calls) == 2 * len(lanes)
+    calls.clear()
+    once = [replay_lanes(ctx, trace, [lane], flat, SEQUENTIAL, baseline_from_trace=True, measure_key="flat")
+            for lane in lanes]
+    assert len(calls) == len(lanes) + 1 and set(trace.final_measures) == {"flat"}
+    for a, b in zip(every, once):
+        assert torch.equal(a.values[0] - a.baseline, b.values[0] - b.baseline)
+    assert dataclasses.replace(trace).final_measures == {}  # a copy of the trace keeps none
+    trace.final_measures.clear()
+
+
 def test_batched_lanes_start_at_their_first_removal(toy_run):
     """A lane joins the batch at its first removal as a copy of lane 0: removing an instance seen only in the last
     step changes nothing before it (so only the last step's update differs)."""

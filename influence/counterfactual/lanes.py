@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Hashable, TypeVar
 
 import numpy as np
 import torch
@@ -96,12 +96,15 @@ def replay_lanes(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     baseline_from_trace: bool = False,
+    measure_key: Hashable | None = None,
 ) -> LaneOutcome[T]:
     """Replay the traced steps from `start` on for every lane (steps before `start` keep every instance) and
     `measure` each lane's final state, lane 0 (nothing removed) included.
 
     baseline_from_trace: lane 0 is the recorded trajectory (only for the sequential plan, and only right
     when the trace was recorded under this process's conditions: see `reproduces_training`).
+    measure_key: what `measure` measures (the same key, the same numbers for the same state); with lane 0 from the
+    trace, its measure is taken once per key and trace in this process (`Trace.final_measures`).
     """
     if plan.mode not in MODES:
         raise ConfigError(f"lane mode must be one of {MODES}")
@@ -116,8 +119,10 @@ def replay_lanes(
     if plan.mode == "batched":
         baseline, values, baselines = _batched(ctx, trace, firsts, weights, measure, plan.lanes, report)
     else:
-        run = _sequential_from_trace if from_trace else _sequential
-        baseline, values = run(ctx, trace, firsts, weights, measure, report)
+        if from_trace:
+            baseline, values = _sequential_from_trace(ctx, trace, firsts, weights, measure, report, measure_key)
+        else:
+            baseline, values = _sequential(ctx, trace, firsts, weights, measure, report)
         baselines = [baseline] * len(values)
     return LaneOutcome(baseline, values, baselines, plan, time.perf_counter() - started, from_trace)
 
@@ -150,14 +155,20 @@ def _run_lane(ctx: RunContext, trace: Trace, state: TrainState, first: int, w: t
     return state
 
 
-def _sequential_from_trace(ctx, trace, firsts, weights, measure, report):
+def _sequential_from_trace(ctx, trace, firsts, weights, measure, report, measure_key):
     """Lane 0 is the recorded final state; each lane branches off the recorded trajectory at its first removal.
     Lanes go in order of first removal, so the trajectory between stored states (a checkpointed trace) is
     recomputed once, not once a lane: 22 window lanes of a one-checkpoint epoch recomputed ~110 steps each.
     The next call on the same trace (the next task of a check or a leave-one-out in this process) goes on from
-    where this one stopped (`trace.walked`) instead of from the stored state again."""
+    where this one stopped (`trace.walked`) instead of from the stored state again, and lane 0's measure is taken
+    once (`trace.final_measures`): a one-lane task paid an evaluation of lane 0 besides its lane's."""
     tick = _Progress(report)
-    baseline = measure(to_state(ctx, trace.layout, trace.final_state))
+    if measure_key is not None and measure_key in trace.final_measures:
+        baseline = trace.final_measures[measure_key]
+    else:
+        baseline = measure(to_state(ctx, trace.layout, trace.final_state))
+        if measure_key is not None:
+            trace.final_measures[measure_key] = baseline
     values: list = [baseline] * len(firsts)
     at, state = trace.walked or (-1, None)  # the recorded trajectory's state at step `at`
     for i in np.argsort(firsts, kind="stable"):

@@ -43,6 +43,9 @@ class Trace:
     # replayed off this trace in this process go on from it (counterfactual.lanes); never saved, not copied by
     # dataclasses.replace
     walked: tuple[int, TrainState] | None = field(default=None, init=False, repr=False, compare=False)
+    # lane 0's measures of the recorded final state by what they measured (counterfactual.replay_lanes'
+    # measure_key), so that the one-lane tasks of a check or a leave-one-out in this process evaluate it once
+    final_measures: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def steps(self) -> int:

@@ -47,7 +47,7 @@ def chunks(trace: Trace, lanes: list[Lane], n_train: int, plan: LanePlan, start:
 
 def lanes_per_task(ctx: RunContext, trace: Trace, plan: LanePlan) -> int:
     """Sequential lanes per task: one where lane 0 is the recorded trajectory and every state is stored (a task costs
-    only its lane), else PER_TASK, so that what a task pays besides its lanes costs a fraction of them: its own lane
+    only its lane: lane 0's measure is taken once, `Trace.final_measures`), else PER_TASK, so that what a task pays besides its lanes costs a fraction of them: its own lane
     0, or on a checkpointed trace the walk from a stored state to its lanes' starts (shared by its lanes, which are
     sorted by first removal; one lane a task paid it once a lane)."""
     return (1 if plan.mode == "sequential" and reproduces_training(ctx, trace) and trace.stores_every_step
@@ -83,8 +83,9 @@ def measure_lanes(ctx: RunContext, trace: Trace, lanes: list[Lane], splits: Spli
         theta_d, theta_g = state.theta_d.detach(), state.eval_generator(trace.ema_eval).detach()
         return {split: evaluators[split].evaluate(theta_d, theta_g, metrics) for split, metrics in splits}
 
+    # the key: a trace is one run's, measured by that run's evaluators, so the splits and metrics say what it measures
     out = replay_lanes(ctx, trace, lanes, measure, plan, start, progress, cancel,
-                       baseline_from_trace=reproduces_training(ctx, trace))
+                       baseline_from_trace=reproduces_training(ctx, trace), measure_key=splits)
     changes = [{split: {m: v[split][m] - b[split][m] for m in v[split]} for split in v}
                for v, b in zip(out.values, out.baselines)]
     return ChunkResult(changes, out.baseline, out.baseline_from_trace, out.seconds)
