@@ -39,7 +39,7 @@ PRESET_NOTES = {
     "toy2d-smooth": "the 2D toy with softplus: leave-one-out agrees with the estimate (ReLU kinks do not)",
     "toy2d-adam": "the 2D toy trained with Adam (betas 0.5/0.999), softplus: influence exact through Adam's moments",
     "mnist-adam": "10k MNIST images, a DCGAN trained as GANs are today (Adam, alternating D/G steps), smooth "
-                  "units in float64: better digits than quick, estimates that match leave-one-out",
+                  "units: better digits than quick, estimates that match leave-one-out",
     "dcgan32": "Radford's DCGAN at 32 px with Adam and a checkpointed trace: sized for a GPU (seconds per step on a CPU)",
     "folder32": "DCGAN at 32 px (width 64, LayerNorm, GELU) with Adam for 32x32 folders of your images "
                 "(RGB or grey): pretrain it, then start from it as a trained GAN to fine-tune and trace it",

@@ -239,8 +239,8 @@ def test_the_time_estimate_names_its_basis_and_the_start_up():
     from explorer import timing
 
     text = timing.estimate_text("mnist-adam", [], [])
-    assert "training about 5 min" in text and "start-up about 75 s" in text
-    assert "issue 26's walk-through" in text and "4 minutes" not in text
+    assert "training about 45 s" in text and "start-up about 75 s" in text
+    assert "issue 26's walk-through" in text and "`gan-influence train --seed 3`" in text
     run = {"run_id": "mnist-adam-s0-x", "modified": 1.0, "config": {"preset": "mnist-adam"},
            "summary": {"seconds": 250.0}}
     text = timing.estimate_text("mnist-adam", [run], [])
