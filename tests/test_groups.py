@@ -215,8 +215,8 @@ def test_spot_check_trusts_the_estimate_and_not_shuffled_scores(toy_run, tmp_pat
     capped = verdict(res, recorded)
     assert (capped["groups"], capped["singles"]) == ("indicative", "rough") and "full check" in capped["summary"]
     # a check stored before 2026-12-05 recorded kinks only in float32: this float64 run's read uncapped
-    older_check = {k: x for k, x in recorded.items() if k != "kinked"} | {"kinked_float32": False}
-    assert (verdict(res, older_check)["groups"], verdict(res, older_check)["singles"]) == ("trustworthy", "trustworthy")
+    before = verdict(res, {k: x for k, x in recorded.items() if k != "kinked"} | {"kinked_float32": False})
+    assert (before["groups"], before["singles"]) == ("trustworthy", "trustworthy")
     grown = verdict(dataclasses.replace(res, meta={**res.meta, "growth": 1e3}), check)  # |u| grew before the window
     assert (grown["groups"], grown["singles"]) == ("indicative", "rough") and "levels capped" in grown["summary"]
     # shuffled scores: the same replays judge them
@@ -273,8 +273,8 @@ def test_a_level_comes_with_the_levels_its_interval_cannot_rule_out():
     assert levels(wrong_way)[0] == ("not supported", ["not supported"])
 
 
-def test_a_quick_check_of_a_relu_net_in_float32_judges_groups_by_the_harmful_set():
-    """On such nets the window's random groups misread the whole trace both ways (docs/trust.md), so a quick check
+def test_a_quick_check_of_a_relu_net_judges_groups_by_the_harmful_set():
+    """On ReLU nets the window's random groups misread the whole trace both ways (docs/trust.md), so a quick check
     takes the group level from the most harmful set (replayed over all steps) alone: indicative where it moved the
     predicted way, however the window's groups ranked. A full check replays everything and is judged as usual."""
     window_low = {"random_groups": {"spearman": 0.18, "n": 12}, "singles": {"kendall_tau": 0.9, "n": 8},

@@ -87,8 +87,8 @@ PRESETS: dict[str, RunConfig] = {
     # at a tenth of the lr, where the backward recursion holds (docs/architecture.md). GELU units: with
     # ReLU/LeakyReLU leave-one-out does not respond smoothly to a removal (tau 0.16-0.39 for FID in float32);
     # with GELU it matches the estimate in float32 as in float64 (tau 0.99-1.00, seeds 0-2), so the preset
-    # trains in float32 since 2026-12-05: about 4x faster, and its spot check costs about the pass instead of
-    # 3-4x, since a replay keeps the training's dtype (docs/benchmarks.md, "mnist-adam in float32").
+    # trains in float32 since 2026-12-05: about 4x faster, and its spot check costs 1.2-1.4x the pass instead of
+    # 3-5x, since a replay keeps the training's dtype (docs/benchmarks.md, "mnist-adam in float32").
     "mnist-adam": _preset(
         "mnist-adam",
         data=DataConfig(source="mnist", n_train=10_000),

@@ -47,9 +47,10 @@ def chunks(trace: Trace, lanes: list[Lane], n_train: int, plan: LanePlan, start:
 
 def lanes_per_task(ctx: RunContext, trace: Trace, plan: LanePlan) -> int:
     """Sequential lanes per task: one where lane 0 is the recorded trajectory and every state is stored (a task costs
-    only its lane: lane 0's measure is taken once, `Trace.final_measures`), else PER_TASK, so that what a task pays besides its lanes costs a fraction of them: its own lane
-    0, or on a checkpointed trace the walk from a stored state to its lanes' starts (shared by its lanes, which are
-    sorted by first removal; one lane a task paid it once a lane)."""
+    only its lane: lane 0's measure is taken once, `Trace.final_measures`), else PER_TASK, so that what a task pays
+    besides its lanes costs a fraction of them: its own lane 0, or on a checkpointed trace the walk from a stored
+    state to its lanes' starts (shared by its lanes, which are sorted by first removal; one lane a task paid it once
+    a lane)."""
     return (1 if plan.mode == "sequential" and reproduces_training(ctx, trace) and trace.stores_every_step
             else PER_TASK)
 
