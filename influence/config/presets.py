@@ -112,8 +112,9 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-# New MNIST runs (CLI and app): Adam gives better digits than the paper's SGD (test FID 1.4-1.9 against quick's
-# 2.2-2.4; docs/benchmarks.md, issue 10), trains in about 4 minutes on 2 cores, and its estimates match leave-one-out.
+# New MNIST runs (CLI and app): Adam gives better digits than the paper's SGD (test FID 1.4-2.0 against quick's
+# 2.2-2.4; docs/benchmarks.md, issue 10), trains in about 50 s on 2 cores (float32), and its estimates match
+# leave-one-out.
 DEFAULT_PRESET = "mnist-adam"
 
 
