@@ -145,6 +145,28 @@ def test_lane_zero_from_the_trace_is_measured_once_per_key(toy_run):
     trace.final_measures.clear()
 
 
+def test_progress_counts_every_lane_step_and_evaluation(toy_run):
+    """A bar over short lanes stalled at each lane's evaluation: each `measure` call now weighs measure_steps
+    lane-steps. Counted apart (the measures and the steps replayed), the bar's last report is its total in
+    every way of running lanes, lane 0 from the trace (measured, then known) included."""
+    from influence.context import load_run_config
+    from influence.counterfactual.lanes import replayed_steps, first_steps
+
+    ctx, trace = RunContext.create(load_run_config(toy_run), toy_run.root), Trace.load(toy_run)
+    lanes = _lanes(ctx, trace)
+    firsts = first_steps(trace, lanes, ctx.dataset.n_train)
+    for plan, from_trace, key in ((SEQUENTIAL, True, "flat"), (SEQUENTIAL, True, "flat"), (SEQUENTIAL, False, None),
+                                  (BATCHED, False, None)):
+        calls, reports = [], []
+        measure = lambda s: calls.append(1) or s.flat().clone()  # noqa: E731
+        replay_lanes(ctx, trace, lanes, measure, plan, progress=reports.append, baseline_from_trace=from_trace,
+                     measure_key=key, measure_steps=7)
+        assert [p.done for p in reports] == sorted(p.done for p in reports)
+        assert reports[-1].done == reports[-1].total == replayed_steps(trace, firsts) + 7 * len(calls)
+    assert len(trace.final_measures) == 1  # the second call read lane 0's measure: counted without it
+    trace.final_measures.clear()
+
+
 def test_batched_lanes_start_at_their_first_removal(toy_run):
     """A lane joins the batch at its first removal as a copy of lane 0: removing an instance seen only in the last
     step changes nothing before it (so only the last step's update differs)."""

@@ -74,6 +74,15 @@ def replayed_steps(trace: Trace, firsts: np.ndarray) -> int:
     return max(int((trace.steps - firsts).sum()), 1)
 
 
+def measures(trace: Trace, firsts: np.ndarray, plan: LanePlan, lane0_known: bool = False) -> int:
+    """How many states `replay_lanes` measures: each lane that replays a step, and lane 0 once (sequential; none
+    where its measure is known) or once per batched pass."""
+    lanes = int((firsts < trace.steps).sum())
+    if plan.mode == "batched":
+        return lanes + max(-(-lanes // plan.lanes), 1)
+    return lanes + (0 if lane0_known else 1)
+
+
 def first_steps(trace: Trace, lanes: list[Lane], n_train: int, start: int = 0) -> np.ndarray:
     """Per lane, the first traced step >= start whose batch holds one of its instances (trace.steps: none)."""
     seen = trace.step_of_instance(n_train, start)
@@ -97,6 +106,7 @@ def replay_lanes(
     cancel: CancelToken | None = None,
     baseline_from_trace: bool = False,
     measure_key: Hashable | None = None,
+    measure_steps: int = 0,
 ) -> LaneOutcome[T]:
     """Replay the traced steps from `start` on for every lane (steps before `start` keep every instance) and
     `measure` each lane's final state, lane 0 (nothing removed) included.
@@ -105,6 +115,8 @@ def replay_lanes(
     when the trace was recorded under this process's conditions: see `reproduces_training`).
     measure_key: what `measure` measures (the same key, the same numbers for the same state); with lane 0 from the
     trace, its measure is taken once per key and trace in this process (`Trace.final_measures`).
+    measure_steps: what one `measure` weighs in the progress count, in lane-steps (0: nothing), so that a bar over
+    short lanes does not stall at each lane's evaluation.
     """
     if plan.mode not in MODES:
         raise ConfigError(f"lane mode must be one of {MODES}")
@@ -114,15 +126,18 @@ def replay_lanes(
     started = time.perf_counter()
     firsts = first_steps(trace, lanes, ctx.dataset.n_train, start)
     weights = [_weights(ctx, lane) for lane in lanes]
-    report = Reporter("replay", replayed_steps(trace, firsts), progress, cancel)
     from_trace = baseline_from_trace and plan.mode == "sequential"
+    cached = from_trace and measure_key is not None and measure_key in trace.final_measures
+    tick = _Progress(Reporter("replay", replayed_steps(trace, firsts)
+                              + measure_steps * measures(trace, firsts, plan, cached), progress, cancel))
+    measure = tick.counting(measure, measure_steps)
     if plan.mode == "batched":
-        baseline, values, baselines = _batched(ctx, trace, firsts, weights, measure, plan.lanes, report)
+        baseline, values, baselines = _batched(ctx, trace, firsts, weights, measure, plan.lanes, tick)
     else:
         if from_trace:
-            baseline, values = _sequential_from_trace(ctx, trace, firsts, weights, measure, report, measure_key)
+            baseline, values = _sequential_from_trace(ctx, trace, firsts, weights, measure, tick, measure_key)
         else:
-            baseline, values = _sequential(ctx, trace, firsts, weights, measure, report)
+            baseline, values = _sequential(ctx, trace, firsts, weights, measure, tick)
         baselines = [baseline] * len(values)
     return LaneOutcome(baseline, values, baselines, plan, time.perf_counter() - started, from_trace)
 
@@ -134,7 +149,7 @@ def _weights(ctx: RunContext, lane: Lane) -> torch.Tensor:
 
 
 class _Progress:
-    """Counts lane-steps for the reporter."""
+    """Counts lane-steps for the reporter, and each measure as `steps` of them (`counting`)."""
 
     def __init__(self, report: Reporter):
         self.report, self.done = report, 0
@@ -142,6 +157,16 @@ class _Progress:
     def __call__(self, steps: int = 1) -> None:
         self.done += steps
         self.report(self.done)
+
+    def counting(self, measure: Callable[[TrainState], T], steps: int) -> Callable[[TrainState], T]:
+        if not steps:
+            return measure
+
+        def counted(state: TrainState) -> T:
+            value = measure(state)
+            self(steps)
+            return value
+        return counted
 
 
 def _step(ctx: RunContext, trace: Trace, t: int, state: TrainState, w: torch.Tensor | None) -> TrainState:
@@ -155,14 +180,13 @@ def _run_lane(ctx: RunContext, trace: Trace, state: TrainState, first: int, w: t
     return state
 
 
-def _sequential_from_trace(ctx, trace, firsts, weights, measure, report, measure_key):
+def _sequential_from_trace(ctx, trace, firsts, weights, measure, tick, measure_key):
     """Lane 0 is the recorded final state; each lane branches off the recorded trajectory at its first removal.
     Lanes go in order of first removal, so the trajectory between stored states (a checkpointed trace) is
     recomputed once, not once a lane: 22 window lanes of a one-checkpoint epoch recomputed ~110 steps each.
     The next call on the same trace (the next task of a check or a leave-one-out in this process) goes on from
     where this one stopped (`trace.walked`) instead of from the stored state again, and lane 0's measure is taken
     once (`trace.final_measures`): a one-lane task paid an evaluation of lane 0 besides its lane's."""
-    tick = _Progress(report)
     if measure_key is not None and measure_key in trace.final_measures:
         baseline = trace.final_measures[measure_key]
     else:
@@ -187,9 +211,8 @@ def _sequential_from_trace(ctx, trace, firsts, weights, measure, report, measure
     return baseline, values
 
 
-def _sequential(ctx, trace, firsts, weights, measure, report):
+def _sequential(ctx, trace, firsts, weights, measure, tick):
     """Lane 0 replayed here; each lane branches off it at its first removal (depth first: two states in memory)."""
-    tick = _Progress(report)
     order = np.argsort(firsts, kind="stable")
     t0, flat = trace.stored_before(int(firsts.min()) if len(firsts) else trace.steps - 1)
     state = to_state(ctx, trace.layout, flat)
@@ -204,9 +227,8 @@ def _sequential(ctx, trace, firsts, weights, measure, report):
     return baseline, [baseline if v is None else v for v in values]
 
 
-def _batched(ctx, trace, firsts, weights, measure, k, report):
+def _batched(ctx, trace, firsts, weights, measure, k, tick):
     """Chunks of up to k lanes (sorted by first removal), each one vmapped pass with its own lane 0."""
-    tick = _Progress(report)
     order = [int(i) for i in np.argsort(firsts, kind="stable") if firsts[i] < trace.steps]
     values: list = [None] * len(firsts)
     own: list = [None] * len(firsts)

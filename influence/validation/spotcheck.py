@@ -34,7 +34,7 @@ from scipy import stats
 
 from .. import conditions, store
 from ..context import RunContext, load_run_config
-from ..counterfactual import Lane, first_steps, replayed_steps
+from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, result_name
@@ -42,7 +42,7 @@ from ..execution import open_executor
 from ..models import has_kinks
 from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace
-from .replays import chunks, lane_tasks, lanes_per_task, merged_record
+from .replays import chunks, lane_tasks, lanes_per_task, merged_record, task_weights
 
 log = logging.getLogger(__name__)
 CHECK_LEVELS = ("none", "auto", "quick", "full")
@@ -155,14 +155,16 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         plan = choose_plan(ctx, trace, len(part), lanes)
         groups = chunks(trace, [lanes_list[i] for i in part], n_train, plan, start, lanes_per_task(ctx, trace, plan))
         parts.append((start, part, plan, groups))
-    # one bar over every task, each weighing the steps its lanes replay (its own replay's progress total)
-    weights = [replayed_steps(trace, first_steps(trace, [lanes_list[part[i]] for i in group], n_train, start))
-               for start, part, _, groups in parts for group in groups]
+    # one bar over every task, each weighing the steps its lanes replay and their evaluations (its replay's total)
+    splits = (("valid", tuple(metrics)),)
+    weights: list[int] = []
+    for start, part, plan, groups in parts:
+        weights += task_weights(ctx, trace, [lanes_list[i] for i in part], groups, splits, plan, start, bool(weights))
     tally = BatchProgress("spot check", weights, progress, cancel)
     first_task = 0
     for start, part, plan, groups in parts:
         part_lanes = [lanes_list[i] for i in part]
-        tasks = lane_tasks(run, ctx, trace, part_lanes, (("valid", tuple(metrics)),), plan, groups, start)
+        tasks = lane_tasks(run, ctx, trace, part_lanes, splits, plan, groups, start)
         with open_executor(len(groups), 1) as executor, \
                 contextlib.closing(executor.run(tasks, tally.part(first_task), cancel)) as out:
             for group, result in out:
