@@ -57,6 +57,9 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "mnist-adam-relu": ("mnist-adam", ["model.activation=default", "train.dtype=float64"], ["fid", "is"]),
     "mnist-adam-f32": ("mnist-adam", ["train.dtype=float32"], ["fid", "is"]),
     "mnist-adam-f64": ("mnist-adam", ["train.dtype=float64"], ["fid", "is"]),
+    # out of sample for the rules (2026-12-06): quick traced at 3.2e-3, the rate trace_lr's replay refused (its most
+    # harmful 5% moved FID by 0.21x the prediction at growth 2.2) and whose check read groups indicative
+    "quick-lr3e-3": ("quick", ["train.lr_schedule=20:0.0032:0.0032"], ["fid", "is"]),
     "toy2d": ("toy2d", [], ["all"]),
     "toy2d-adam": ("toy2d-adam", [], ["all"]),
     "paper-cleansing": ("paper-cleansing", [], ["fid"]),
