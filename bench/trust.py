@@ -60,6 +60,8 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     # out of sample for the rules (2026-12-06): quick traced at 3.2e-3, the rate trace_lr's replay refused (its most
     # harmful 5% moved FID by 0.21x the prediction at growth 2.2) and whose check read groups indicative
     "quick-lr3e-3": ("quick", ["train.lr_schedule=20:0.0032:0.0032"], ["fid", "is"]),
+    # ... and mnist-adam traced at training's 4e-4 (the rung its probe refuses: the walk passed 10x after 68 steps)
+    "mnist-adam-lr4e-4": ("mnist-adam", ["train.lr_schedule=10:0.0004:0.0004"], ["fid", "is"]),
     "toy2d": ("toy2d", [], ["all"]),
     "toy2d-adam": ("toy2d-adam", [], ["all"]),
     "paper-cleansing": ("paper-cleansing", [], ["fid"]),

@@ -150,7 +150,7 @@ def test_progress_counts_every_lane_step_and_evaluation(toy_run):
     lane-steps. Counted apart (the measures and the steps replayed), the bar's last report is its total in
     every way of running lanes, lane 0 from the trace (measured, then known) included."""
     from influence.context import load_run_config
-    from influence.counterfactual.lanes import replayed_steps, first_steps
+    from influence.counterfactual import first_steps, replayed_steps
 
     ctx, trace = RunContext.create(load_run_config(toy_run), toy_run.root), Trace.load(toy_run)
     lanes = _lanes(ctx, trace)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from .. import conditions, store
 from ..context import RunContext
-from ..counterfactual import Lane, LanePlan, first_steps, replay_lanes, replayed_steps
-from ..counterfactual.lanes import measures
+from ..counterfactual import Lane, LanePlan, first_steps, measures, replay_lanes, replayed_steps
 from ..counterfactual.plan import reproduces_training
 from ..execution import Tasks, TaskEnv, worker_cached
 from ..execution.payload import RunPayload, run_payload, segment_offset, trace_segment
