@@ -37,11 +37,13 @@ STAGES = {
     "train": "training", "influence": "influence (backward pass over the traced steps)",
     "replay": "replaying the traced steps without the removal set", "retrain": "retraining from scratch",
     "leave-one-out": "leave-one-out", "sweep": "data-cleansing sweep",
-    "spot check": "spot check (replayed steps of its groups and single images)",
+    "spot check": "spot check (replays of its groups and single images, and their evaluations)",
     "group replays": "group validation (random removal sets)",
     "trace-lr probe": "probing traced learning rates",
 }
-UNITS = {"feature-net": "epoch", "leave-one-out": "replay", "group replays": "replay", "sweep": "cleanse"}  # else step
+# else step; None: a share (a check counts its lanes' evaluations as replayed steps, so its count is no step count)
+UNITS = {"feature-net": "epoch", "leave-one-out": "replay", "group replays": "replay", "sweep": "cleanse",
+         "spot check": None}
 
 
 def spec_run_id(spec: dict) -> str | None:
@@ -189,7 +191,8 @@ def _progress(status: dict) -> None:
     stage = STAGES.get(status.get("stage"), status.get("stage") or "working")
     eta = status.get("eta")
     unit = UNITS.get(status.get("stage"), "step")
-    text = (f"{stage}: {unit} {done:,} of {total:,} · {duration(status.get('seconds'))} elapsed"
+    count = f"{min(done / total, 1.0):.0%} done" if unit is None else f"{unit} {done:,} of {total:,}"
+    text = (f"{stage}: {count} · {duration(status.get('seconds'))} elapsed"
             + (f" · about {duration(eta, rough=True)} left" if eta is not None else ""))
     st.progress(min(done / total, 1.0), text=text)
     info = status.get("info") or {}

@@ -35,6 +35,12 @@ def test_a_running_job_shows_steps_eta_losses_and_cancel(app_store):
         assert any("Influence on FID" in t for t in sidebar)  # the sidebar lists running jobs on every page
         next(b for b in at.button if b.label == "Cancel").click().run()
         assert (jobs.job_dir(app_store, key) / "cancel").exists()
+        # a check counts its evaluations as steps: its bar says how far, not "step 30 of 120"
+        (jobs.job_dir(app_store, key) / "cancel").unlink()
+        write_job(app_store, spec, state="running", stage="spot check", done=30, total=120, seconds=6.0, eta=18.0)
+        at = open_app("influence", run_id)
+        assert [p for p in at.get("progress") if "spot check" in p.proto.text and "25% done" in p.proto.text]
+        assert not [p for p in at.get("progress") if "of 120" in p.proto.text]
     finally:
         lock.release()
 
