@@ -62,6 +62,8 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "quick-lr3e-3": ("quick", ["train.lr_schedule=20:0.0032:0.0032"], ["fid", "is"]),
     # ... and mnist-adam traced at training's 4e-4 (the rung its probe refuses: the walk passed 10x after 68 steps)
     "mnist-adam-lr4e-4": ("mnist-adam", ["train.lr_schedule=10:0.0004:0.0004"], ["fid", "is"]),
+    # ... and traced at the probe's own pick (1.26e-4 on seed 0)
+    "mnist-adam-auto": ("mnist-adam", ["train.trace_lr=auto"], ["fid", "is"]),
     "toy2d": ("toy2d", [], ["all"]),
     "toy2d-adam": ("toy2d-adam", [], ["all"]),
     "paper-cleansing": ("paper-cleansing", [], ["fid"]),
