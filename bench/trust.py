@@ -202,6 +202,14 @@ def _kinked(r: dict) -> bool:
     return any("ReLU" in pm["trust"]["summary"] for pm in r["per_metric"].values())
 
 
+def _lds_cells(lds: dict[float, float]) -> str:
+    """LDS at the tables' three fractions, "-" where a fraction was not measured (a file may hold only some)."""
+    if not lds:
+        return "-"
+    cell = {round(f, 6): f"{v:.3f}" for f, v in lds.items()}
+    return " / ".join(cell.get(f, "-") for f in (0.01, 0.05, 0.2))
+
+
 def report(folder: Path) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     others = [r for r in rows if "case" not in r]  # e.g. a full check's timing kept beside the case files
@@ -240,7 +248,7 @@ def report(folder: Path) -> None:
                   f"{' or '.join(allowed[0])} / {' or '.join(allowed[1])} | {full[0]} / {full[1]} | "
                   f"{' or '.join(full_ranges[0][1]) or '-'} / {' or '.join(full_ranges[1][1]) or '-'} | "
                   f"{'yes' if same else 'NO'} | {'yes' if inside else 'NO'} | {'yes' if meet else 'NO'} | "
-                  + (" / ".join(f"{lds[f]:.3f}" for f in sorted(lds)) or "-") + " | "
+                  + _lds_cells(lds) + " | "
                   + (f"{loo['kendall_tau']:.3f} ({loo['n']})" if loo else "-") + " |")
     print(f"\nthe check's levels agree with full validation on {agree} of {total} case-metrics; full validation's "
           f"level lies within what the check's 95% intervals allow on {within} of {total}; the levels both "
@@ -255,7 +263,7 @@ def report(folder: Path) -> None:
                     continue
                 tau = (r.get("loo_named") or {}).get(label, {}).get(m)
                 print(f"| {r['case']} | {r['seed']} | {m} | {label} | "
-                      + " / ".join(f"{row['spearman_valid']:.3f}" for row in sorted(scores, key=lambda x: x["fraction"]))
+                      + _lds_cells({row["fraction"]: row["spearman_valid"] for row in scores})
                       + f" | {'-' if tau is None else f'{tau:.3f}'} |")
 
 
