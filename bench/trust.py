@@ -80,7 +80,8 @@ ALTERNATIVES = {"no-propagation": EstimateOptions(method="no-propagation"), "tra
 
 
 def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions: list[float], extra: list[str],
-             level: str = "auto", recheck: bool = False, alternatives: bool = False, reuse: Path | None = None) -> dict:
+             level: str = "auto", recheck: bool = False, alternatives: bool = False, reuse: Path | None = None,
+             workers: int | None = None) -> dict:
     name, overrides, metrics = CASES[case]
     if "data.source=folder" in overrides:
         images = root / f"_images-shapes{SHAPES}"
@@ -92,21 +93,22 @@ def run_case(root: Path, case: str, seed: int, loo: int, groups: int, fractions:
     t = time.perf_counter()
     run = train(cfg, root)
     return assess(root, run, case, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
-                  train_seconds=time.perf_counter() - t, reuse=reuse)
+                  train_seconds=time.perf_counter() - t, reuse=reuse, workers=workers)
 
 
 def run_given(root: Path, run_id: str, label: str, metrics: list[str], loo: int, groups: int, fractions: list[float],
-              level: str = "auto", recheck: bool = False, alternatives: bool = False, reuse: Path | None = None) -> dict:
+              level: str = "auto", recheck: bool = False, alternatives: bool = False, reuse: Path | None = None,
+              workers: int | None = None) -> dict:
     """A run already in the store (a fine-tune, a user's own GAN) as a case named `label`."""
     run = store.open_run(root, run_id)
     seed = run.read_json("config.json")["seed"]
     return assess(root, run, label, seed, metrics, loo, groups, fractions, level, recheck, alternatives,
-                  train_seconds=None, reuse=reuse)
+                  train_seconds=None, reuse=reuse, workers=workers)
 
 
 def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str], loo: int, groups: int,
            fractions: list[float], level: str, recheck: bool, alternatives: bool, train_seconds: float | None,
-           reuse: Path | None = None) -> dict:
+           reuse: Path | None = None, workers: int | None = None) -> dict:
     """The pass, its spot check, group validation and leave-one-out on one run; <root>/_trust/<case>-s<seed>.json.
     reuse: a folder of earlier result files whose full validation (groups, leave-one-out) is taken instead of
     replayed again when its file for this case and seed was of the same run (its id, and its test metrics to 1e-9):
@@ -141,7 +143,8 @@ def assess(root: Path, run: store.Run, case: str, seed: int, metrics: list[str],
                 estimate(run, metrics, options)
                 named[label] = options
     if groups:
-        g = validate_groups(run, metrics, GroupSpec(groups, tuple(fractions), 0, tuple(fractions)))
+        g = validate_groups(run, metrics, GroupSpec(groups, tuple(fractions), 0, tuple(fractions)),
+                            workers=workers)
         out["groups"] = {k: g[k] for k in ("lanes", "baseline", "replay_seconds", "scores", "curve", "result_in_use")}
     if loo:
         acc = validate(run, metrics, n=loo, selection="random", seed=0)
@@ -281,6 +284,8 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=32, help="random groups per fraction (0 = no group validation)")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.2])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, help="local worker processes for group validation (default: the cores "
+                    "over --threads; 1 keeps the replays in this process, e.g. beside another bench's memory)")
     ap.add_argument("--check", default="auto", choices=["auto", "quick", "full"], help="the spot check's level")
     ap.add_argument("--recheck", action="store_true", help="drop stored checks first (after a change of the check)")
     ap.add_argument("--alternatives", action="store_true",
@@ -302,10 +307,11 @@ def main() -> None:
     if bool(args.runs) == bool(args.case) or (args.runs and not args.label):
         ap.error("give --case, or --runs with --label")
     todo = ([lambda r=r: run_given(root, r, args.label, args.metrics, args.loo, args.groups, args.fractions,
-                                   args.check, args.recheck, args.alternatives, args.reuse_validation)
+                                   args.check, args.recheck, args.alternatives, args.reuse_validation, args.workers)
              for r in args.runs]
             or [lambda s=s: run_case(root, args.case, s, args.loo, args.groups, args.fractions, args.set, args.check,
-                                     args.recheck, args.alternatives, args.reuse_validation) for s in args.seeds])
+                                     args.recheck, args.alternatives, args.reuse_validation, args.workers)
+                     for s in args.seeds])
     for job in todo:
         out = job()
         print(json.dumps({k: v for k, v in out.items() if k in ("case", "seed", "run_id", "pass_seconds", "check")}),
