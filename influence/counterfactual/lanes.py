@@ -135,7 +135,7 @@ def replay_lanes(
         baseline, values, baselines = _batched(ctx, trace, firsts, weights, measure, plan.lanes, tick)
     else:
         if from_trace:
-            baseline, values = _sequential_from_trace(ctx, trace, firsts, weights, measure, tick, measure_key)
+            baseline, values = _sequential_from_trace(ctx, trace, firsts, weights, measure, tick, measure_key, cached)
         else:
             baseline, values = _sequential(ctx, trace, firsts, weights, measure, tick)
         baselines = [baseline] * len(values)
@@ -180,14 +180,15 @@ def _run_lane(ctx: RunContext, trace: Trace, state: TrainState, first: int, w: t
     return state
 
 
-def _sequential_from_trace(ctx, trace, firsts, weights, measure, tick, measure_key):
+def _sequential_from_trace(ctx, trace, firsts, weights, measure, tick, measure_key, cached):
     """Lane 0 is the recorded final state; each lane branches off the recorded trajectory at its first removal.
     Lanes go in order of first removal, so the trajectory between stored states (a checkpointed trace) is
     recomputed once, not once a lane: 22 window lanes of a one-checkpoint epoch recomputed ~110 steps each.
     The next call on the same trace (the next task of a check or a leave-one-out in this process) goes on from
     where this one stopped (`trace.walked`) instead of from the stored state again, and lane 0's measure is taken
-    once (`trace.final_measures`): a one-lane task paid an evaluation of lane 0 besides its lane's."""
-    if measure_key is not None and measure_key in trace.final_measures:
+    once (`trace.final_measures`; `cached`: it is there already): a one-lane task paid an evaluation of lane 0
+    besides its lane's."""
+    if cached:
         baseline = trace.final_measures[measure_key]
     else:
         baseline = measure(to_state(ctx, trace.layout, trace.final_state))
