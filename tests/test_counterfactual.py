@@ -11,6 +11,7 @@ import torch
 from influence.config import apply_overrides
 from influence.context import RunContext
 from influence.counterfactual import Lane, LanePlan, replay_lanes
+from influence.counterfactual.lanes import first_steps
 from influence.counterfactual.plan import choose_plan, reproduces_training
 from influence.errors import ConfigError
 from influence.train import Trace, replay_state, train
@@ -204,3 +205,53 @@ def test_recorded_conditions_decide_whether_lane_0_is_the_trace(toy_run):
     assert not reproduces_training(ctx, dataclasses.replace(trace, conditions=None))  # not recorded: replayed
     other = {**trace.conditions, "threads": trace.conditions["threads"] + 1}
     assert not reproduces_training(ctx, dataclasses.replace(trace, conditions=other))
+    for chip in ({**trace.conditions, "processor": "x86_64 AVX2 [avx avx2 fma]"},  # another machine's kernels
+                 {k: v for k, v in trace.conditions.items() if k != "processor"}):  # a run from before the record
+        assert not reproduces_training(ctx, dataclasses.replace(trace, conditions=chip))
+
+
+# What to set to make torch, oneDNN and MKL take the kernels of a processor with fewer vector instructions
+LOWER_KERNELS = {"AVX512": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                            "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+                 "AVX2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                          "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+
+
+def test_a_run_trained_on_another_processor_replays_lane_0_here(toy_run, tmp_path):
+    """Kernels picked for other vector instructions round differently: the toy run's config trained again with the
+    kernels of a lesser processor (a subprocess, the same thread count) has the same id and other weights, and it
+    records that processor. Replays here then do not take its recorded final state for lane 0 (that would put the
+    two processors' rounding difference into every change): lane 0 is replayed here from the recorded state where
+    the lane branches off, as the lane is (both bit for bit `replay_state` from there)."""
+    import os
+    import subprocess
+    import sys
+
+    from influence import conditions, store
+    from influence.context import load_run_config
+
+    lower = LOWER_KERNELS.get(torch.backends.cpu.get_cpu_capability())
+    if lower is None:
+        pytest.skip(f"no lesser kernels than {torch.backends.cpu.get_cpu_capability()} to train with")
+    env = {**os.environ, **lower, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    code = "import sys; from influence.cli import main; sys.exit(main(sys.argv[1:]))"
+    subprocess.run([sys.executable, "-c", code, "--store", str(tmp_path), "train", "--config",
+                    str(toy_run.path("config.json"))], env=env, check=True, capture_output=True)
+    other = store.open_run(tmp_path, toy_run.run_id)  # the same id: the processor is a condition, not the recipe
+    assert not np.array_equal(other.read_npy("weights/final.npy"), toy_run.read_npy("weights/final.npy"))
+    ctx, trace = RunContext.create(load_run_config(other), other.root), Trace.load(other)
+    assert trace.conditions["threads"] == torch.get_num_threads()
+    assert trace.conditions["processor"] != conditions.processor("cpu")
+    assert f"ATEN_CPU_CAPABILITY={lower['ATEN_CPU_CAPABILITY']}" in trace.conditions["processor"]  # what chose them
+    (line,) = conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")["warnings"]
+    assert f"training ran on {trace.conditions['processor']}" in line
+    assert not reproduces_training(ctx, trace)
+    flat = lambda s: s.flat().clone()  # noqa: E731
+    i = int(trace.batch(0)[0])  # in the first traced batch: all traced steps replayed here
+    out = replay_lanes(ctx, trace, [Lane.of([i])], flat, SEQUENTIAL,
+                       baseline_from_trace=reproduces_training(ctx, trace))
+    assert not out.baseline_from_trace
+    assert first_steps(trace, [Lane.of([i])], ctx.dataset.n_train)[0] == 0
+    assert torch.equal(out.baseline, replay_state(ctx, trace).flat())
+    assert torch.equal(out.values[0], replay_state(ctx, trace, [i]).flat())
+    assert not torch.equal(out.baseline, torch.from_numpy(np.array(trace.final_state)))

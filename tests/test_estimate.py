@@ -454,15 +454,22 @@ def test_a_trace_of_one_generator_half_step_skips_the_discriminator_and_says_so(
 def test_conditions_differences_name_what_differs_and_never_guess():
     from influence import conditions
 
-    now = {"threads": 2, "device": "cpu", "dtype": "float32", "torch": "2.5.0"}
+    now = {"threads": 2, "device": "cpu", "dtype": "float32", "torch": "2.5.0", "processor": "x86_64 AVX512 [avx2]"}
     assert conditions.differences(dict(now), now, "this replay runs") == []
     (line,) = conditions.differences(None, now, "this replay runs")
     assert "not recorded" in line and "this replay runs" in line
     other = conditions.differences({**now, "threads": 1, "dtype": "float64"}, now, "this replay runs")
     assert len(other) == 2 and "at 2 torch threads, training ran at 1" in other[0] and "float64" in other[1]
-    cuda = {**now, "device": "cuda:0"}
+    (chip,) = conditions.differences({**now, "processor": "x86_64 AVX2 [avx2]"}, now, "this replay runs")
+    assert "this replay runs on x86_64 AVX512 [avx2], training ran on x86_64 AVX2 [avx2]" in chip
+    (unknown,) = conditions.differences({k: v for k, v in now.items() if k != "processor"}, now, "this replay runs")
+    assert "processor was not recorded" in unknown
+    cuda = {**now, "device": "cuda:0", "processor": "NVIDIA H100 (sm_90)"}
     assert conditions.differences({**cuda, "threads": 8}, cuda) == []  # threads do not split GPU kernels
-    assert "on cuda:0, training ran on cpu" in conditions.differences(now, cuda)[0]
+    (device,) = conditions.differences(now, cuda)  # the device's sentence says it: not the processor's again
+    assert "on cuda:0, training ran on cpu" in device
+    assert "processor was not recorded" in conditions.differences({k: v for k, v in cuda.items() if k != "processor"},
+                                                                  cuda)[0]
 
 
 def test_training_records_its_conditions_and_the_pass_says_when_its_recompute_differs(tmp_path):

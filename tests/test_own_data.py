@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import platform
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from _helpers import copy_run, tiny_config
-from influence import classifier, datamap, store
+from influence import classifier, conditions, datamap, store
 from influence.cli import main
 from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, with_init_checksums
 from influence.context import RunContext
@@ -189,15 +190,18 @@ def test_autoencoder_features_and_their_report(own):
 
 def test_a_feature_net_records_the_threads_it_was_trained_at(own, tmp_path):
     """The autoencoder's weights depend on the thread count it was trained at (1 against 2 threads: 3e-3 apart
-    after 30 steps), so two stores' FIDs differ unless it matches: the count is recorded and shown beside them."""
+    after 30 steps) and on the processor's kernels, so two stores' FIDs differ unless they match: both are recorded
+    and shown beside them."""
     run, _, cfg = own
     ds, ident = RunContext.create(cfg, run.root).dataset, cfg.identity()["data"]
     with mock.patch.object(classifier, "AE_STEPS", 5):  # a fresh cache: this process trains it
         classifier.load_feature_net(cfg.eval, ds, ident, tmp_path)
         info = classifier.feature_info(cfg.eval, ident, tmp_path)
     assert info["conditions"] == {"threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
-                                  "torch": torch.__version__}
-    assert f"feature net trained at {torch.get_num_threads()} torch threads" in reference_line({"features": info})
+                                  "torch": torch.__version__, "processor": conditions.processor("cpu")}
+    line = reference_line({"features": info})
+    assert (f"feature net trained at {torch.get_num_threads()} torch threads on {platform.machine()} "
+            f"{torch.backends.cpu.get_cpu_capability()} (torch") in line
 
 
 def test_verdicts_name_the_reason():

@@ -232,6 +232,8 @@ def reproduce_note(cfg: RunConfig, conditions: dict | None) -> str:
         device = conditions["device"]
         on = f"{conditions['threads']} torch thread{'s' if conditions['threads'] != 1 else ''} on the CPU" \
             if device == "cpu" else device
-        bits = (f"It gives the same run id, and the same weights bit for bit under training's conditions: {on}, "
+        # runs trained before the processor was recorded: another one's kernels may differ in the last bits
+        chip = f" ({conditions['processor']})" if "processor" in conditions else " (processor not recorded)"
+        bits = (f"It gives the same run id, and the same weights bit for bit under training's conditions: {on}{chip}, "
                 f"{conditions['dtype']}, torch {conditions['torch']}.")
     return f"The command below trains this run again, in this or another store or on another machine.{where} {bits}"

@@ -80,6 +80,7 @@ def choose_plan(ctx: RunContext, trace: Trace, n_lanes: int, lanes: int | None =
 
 def reproduces_training(ctx: RunContext, trace: Trace) -> bool:
     """Whether a sequential replay here gives the recorded trajectory bit for bit: the trace recorded the
-    conditions of its training (torch version, thread count, device, dtype) and they are this process's."""
+    conditions of its training (torch version, thread count, device, dtype, processor) and they are this
+    process's."""
     return trace.conditions is not None and not conditions.differences(trace.conditions,
                                                                         conditions.current(ctx.device, ctx.dtype))

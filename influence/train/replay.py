@@ -26,7 +26,7 @@ def replay_state(
 
     Starts from the last stored state at or before `start` (steps before `start` keep every
     instance). With nothing removed this reproduces the run's final state exactly (same
-    function, same data order, same z). `removed_weight` = 1 - eps keeps the "removed"
+    function, same data order, same z) under training's conditions (`influence.conditions`). `removed_weight` = 1 - eps keeps the "removed"
     instances at weight 1 - eps instead of 0: the eps-down-weighting counterfactual whose
     change / eps tends to the estimator's first-order prediction as eps -> 0.
     """

@@ -208,7 +208,8 @@ def test_the_current_run_says_how_to_train_it_again(app_store):
     assert [c.value for c in at.code] == [f"gan-influence train --config {app_store / run_id / 'config.json'}"]
     threads = conditions["threads"]
     assert (f"the same weights bit for bit under training's conditions: {threads} torch thread"
-            f"{'s' if threads != 1 else ''} on the CPU, {conditions['dtype']}, torch {conditions['torch']}.") in said
+            f"{'s' if threads != 1 else ''} on the CPU ({conditions['processor']}), {conditions['dtype']}, "
+            f"torch {conditions['torch']}.") in said
     assert "Download config.json" in [b.proto.label for b in at.get("download_button")]
 
 
