@@ -4,7 +4,7 @@ A run is bit-reproducible given its config, seed, torch's thread count, device, 
 and processor (reductions split by threads, other kernels on another device or version round
 differently, and torch's CPU kernels, oneDNN and MKL pick their code by the processor's vector
 instructions: the same run trained with AVX2 kernels on an AVX512 machine differs in its last bits,
-`bench/reproduce.py --other-processor`).
+`bench/processor.py`).
 Training records its conditions in trace/meta.json ("conditions"); whatever re-runs training's steps
 (the influence pass recomputing checkpoint segments, replays, leave-one-out, validation) compares its
 own with `differences` and shows the sentences on the card, in the CLI and in its result ("conditions").

@@ -116,7 +116,7 @@ def reference_line(report: dict) -> str:
     if info.get("test_r2") is not None:
         parts.append(f"autoencoder test R² {info['test_r2']:.2f}")
     if (trained := info.get("conditions")) is not None:  # FIDs compare across stores only at the same count
-        on = f" on {trained['processor'].split(' [')[0]}" if "processor" in trained else ""  # its flags: in the run
+        on = f" on {trained['processor'].split(' [')[0]}" if "processor" in trained else ""  # flags: in its .json
         parts.append(f"feature net trained at {trained['threads']} torch threads{on} (torch {trained['torch']})")
     if "is_real" in ref:
         parts.append(f"IS of real test images {ref['is_real']:.3g}")

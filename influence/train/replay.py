@@ -26,9 +26,10 @@ def replay_state(
 
     Starts from the last stored state at or before `start` (steps before `start` keep every
     instance). With nothing removed this reproduces the run's final state exactly (same
-    function, same data order, same z) under training's conditions (`influence.conditions`). `removed_weight` = 1 - eps keeps the "removed"
-    instances at weight 1 - eps instead of 0: the eps-down-weighting counterfactual whose
-    change / eps tends to the estimator's first-order prediction as eps -> 0.
+    function, same data order, same z) under training's conditions (`influence.conditions`).
+    `removed_weight` = 1 - eps keeps the "removed" instances at weight 1 - eps instead of 0:
+    the eps-down-weighting counterfactual whose change / eps tends to the estimator's first-order
+    prediction as eps -> 0.
     """
     weight = torch.ones(ctx.dataset.n_train, dtype=torch.float64)
     weight[torch.as_tensor(list(removed_ids), dtype=torch.long)] = removed_weight
