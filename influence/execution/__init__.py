@@ -248,7 +248,7 @@ class _EventToken(CancelToken):
 def _remote(fn: Callable, payload: Any, item: Any, index: int, threads: int, name: str) -> Any:
     from distributed import get_worker
 
-    torch.set_num_threads(threads)  # the client's count: bit-identical to running the task there
+    torch.set_num_threads(threads)  # the client's count: bit-identical to running the task there (same processor)
     worker, last = get_worker(), [0.0]
 
     def progress(p: Progress) -> None:
