@@ -115,7 +115,7 @@ def reference_line(report: dict) -> str:
         parts.append(f"classifier test accuracy {info['test_accuracy']:.1%}")
     if info.get("test_r2") is not None:
         parts.append(f"autoencoder test R² {info['test_r2']:.2f}")
-    if (trained := info.get("conditions")) is not None:  # FIDs compare across stores only at the same count
+    if (trained := info.get("conditions")) is not None:  # FIDs of two stores compare at the same count, processor
         on = f" on {trained['processor'].split(' [')[0]}" if "processor" in trained else ""  # flags: in its .json
         parts.append(f"feature net trained at {trained['threads']} torch threads{on} (torch {trained['torch']})")
     if "is_real" in ref:
