@@ -43,9 +43,14 @@ def processor(device: torch.device | str) -> str:
         return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
     if device.type != "cpu":
         return device.type
-    overrides = [f"{k}={os.environ[k]}" for k in _KERNEL_ENV if os.environ.get(k)]
     return " ".join([platform.machine(), torch.backends.cpu.get_cpu_capability(), f"[{' '.join(_cpu_flags())}]",
-                     *overrides])
+                     *_overrides()])
+
+
+@functools.cache
+def _overrides() -> tuple[str, ...]:
+    # read once: the libraries take them when they start, so a later change of os.environ changes no kernel
+    return tuple(f"{k}={os.environ[k]}" for k in _KERNEL_ENV if os.environ.get(k))
 
 
 @functools.cache

@@ -98,6 +98,32 @@ def test_replays_in_worker_processes_equal_replays_here(toy_run, tmp_path):
     assert done == sorted(done) and set(done) == set(range(17)) and reports[-1].total == 16
 
 
+def test_replays_on_workers_with_another_processor_say_so_and_replay_lane_0(toy_run, tmp_path, monkeypatch):
+    """Workers whose kernels are a lesser processor's (as a cluster's other machines may be): each replay records
+    their processor's sentence, not this process's clean conditions, and replays lane 0 there (the recorded final
+    state is this processor's), so its changes still equal those replayed here, to rounding."""
+    from influence import conditions
+    from test_counterfactual import LOWER_KERNELS
+
+    lower = LOWER_KERNELS.get(torch.backends.cpu.get_cpu_capability())
+    if lower is None:
+        pytest.skip(f"no lesser kernels than {torch.backends.cpu.get_cpu_capability()} for the workers")
+    ids = np.arange(0, 2000, 250)  # 8 instances spread over the traced epoch
+    here, _, said_here = leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all"], ids, workers=1, lanes=1)
+    assert said_here == []  # trained in this process's conditions
+    conditions.processor("cpu")  # this process's, read before the workers' variables are set
+    for k, v in lower.items():
+        monkeypatch.setenv(k, v)  # the worker processes start with them
+    run = copy_run(toy_run, tmp_path / "b")
+    there, _, said = leave_one_out(run, ["all"], ids, workers=2, lanes=1)
+    (line,) = said
+    assert f"ATEN_CPU_CAPABILITY={lower['ATEN_CPU_CAPABILITY']}" in line.split(", training ran on")[0]
+    np.testing.assert_allclose(there, here, rtol=1e-6, atol=1e-12)
+    assert not np.array_equal(there, here)  # other kernels: lane 0 and the lanes replayed there
+    kept = run.read_json("validate/_partial/loo-replays.json")["replays"]
+    assert all(replay["warnings"] == [line] for replay in kept.values())
+
+
 def test_cancelling_parallel_replays_keeps_the_finished_ones(toy_run, tmp_path):
     from influence.errors import Cancelled
     from influence.progress import CancelToken

@@ -220,7 +220,7 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
     tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, scored) for s in SPLITS), plan, groups)
     changes: list = [None] * len(lane_list)
     tally = BatchProgress("group replays", [len(g) for g in groups], progress, cancel)
-    seconds, from_trace = 0.0, True
+    seconds, from_trace, ran = 0.0, True, []
     with open_executor(len(groups), workers) as executor, \
             contextlib.closing(executor.run(tasks, tally.part(0), cancel)) as out:
         for group, result in out:
@@ -228,13 +228,14 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
                 changes[i] = change
             seconds += result.seconds
             from_trace &= result.baseline_from_trace
+            ran.append(result.conditions)
             tally.finished(groups.index(group))
     table = table.copy()
     for split in SPLITS:
         for m in changes[0][split]:
             table[f"actual_{split}_{m}"] = [c[split][m] for c in changes]
     meta = {"lanes": plan.as_dict(), "baseline": "recorded trajectory" if from_trace else "replayed",
-            "replay_seconds": seconds, "conditions": replay_conditions(ctx, trace)}
+            "replay_seconds": seconds, "conditions": replay_conditions(ctx, trace, ran)}
     return table, meta
 
 

@@ -145,7 +145,6 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
     # Replays are kept per instance, scored also on the metrics that cost nothing beside those asked, so a later
     # validation of those, or of more instances, replays only what no earlier one did.
     scored = scored_with(metrics, ctx.cfg.is_2d)
-    warnings = replay_conditions(ctx, trace)["warnings"]  # kept with each replay: a later reading of it says so
     done = _load_replays(run, rel)
     pending = [j for j in dict.fromkeys(ids.tolist()) if not all(m in done.get(str(j), {}).get("changes", {})
                                                                   for m in metrics)]
@@ -158,19 +157,22 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
         with open_executor(len(groups), workers) as executor, \
                 contextlib.closing(executor.run(tasks, tally.part(0), cancel)) as replays:
             for group, result in replays:
+                # kept with each replay (a later reading of it says so), as they were where it ran: maybe a worker
+                ran = replay_conditions(ctx, trace, [result.conditions])["warnings"]
                 for i, change in zip(group, result.changes):
                     earlier = done.get(str(pending[i]), {})  # an earlier replay's metrics stay, and its warnings
                     done[str(pending[i])] = {
                         "changes": {**earlier.get("changes", {}), **change["valid"]},
                         "seconds": result.seconds / len(group),
-                        "warnings": list(dict.fromkeys(earlier.get("warnings", []) + warnings))}
+                        "warnings": list(dict.fromkeys(earlier.get("warnings", []) + ran))}
                 run.write_json(rel, {"version": REPLAYS_VERSION, "replays": done})  # kept after every task
                 tally.finished(groups.index(group))
     run.remove_stale_temp_files(["validate/_partial"], [rel.rsplit("/", 1)[1]])  # a killed writer's (this lock's)
     actual = np.array([[done[str(j)]["changes"][m] for j in ids.tolist()] for m in metrics])
     unique = [done[str(j)] for j in dict.fromkeys(ids.tolist())]
     # replays kept before their conditions were recorded: this process's
-    said = (replay.get("warnings", warnings) for replay in unique)
+    here = replay_conditions(ctx, trace)["warnings"]
+    said = (replay.get("warnings", here) for replay in unique)
     return Replayed(actual, sum(replay["seconds"] for replay in unique),
                     list(dict.fromkeys(w for ws in said for w in ws)))
 

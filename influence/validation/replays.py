@@ -10,6 +10,7 @@ is the recorded trajectory (a sequential replay under training's conditions).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,7 @@ class ChunkResult:
     baseline: dict[str, dict[str, float]]  # lane 0's metrics (of this chunk's replay)
     baseline_from_trace: bool
     seconds: float
+    conditions: dict  # those of the process that ran it (`conditions.current`): a cluster's worker may differ
 
 
 def chunks(trace: Trace, lanes: list[Lane], n_train: int, plan: LanePlan, start: int, per_task: int) -> list[list[int]]:
@@ -90,7 +92,8 @@ def measure_lanes(ctx: RunContext, trace: Trace, lanes: list[Lane], splits: Spli
                        measure_steps=evaluation_steps(ctx, splits))
     changes = [{split: {m: v[split][m] - b[split][m] for m in v[split]} for split in v}
                for v, b in zip(out.values, out.baselines)]
-    return ChunkResult(changes, out.baseline, out.baseline_from_trace, out.seconds)
+    return ChunkResult(changes, out.baseline, out.baseline_from_trace, out.seconds,
+                       conditions.current(ctx.device, ctx.dtype))
 
 
 def task_weights(ctx: RunContext, trace: Trace, lanes: list[Lane], groups: list[list[int]], splits: Splits,
@@ -116,10 +119,16 @@ def evaluation_steps(ctx: RunContext, splits: Splits) -> int:
     return max(1, round(sum(ctx.latents[split].shape[0] for split, _ in splits) / ctx.cfg.train.batch_size))
 
 
-def replay_conditions(ctx: RunContext, trace: Trace) -> dict:
+def replay_conditions(ctx: RunContext, trace: Trace, ran: Sequence[dict] = ()) -> dict:
     """Training's conditions against those replays run under here (`conditions.compare`; its warnings say how they
-    differ)."""
-    return conditions.compare(trace.conditions, ctx.device, ctx.dtype, "these replays run")
+    differ). ran: the conditions of the processes the replays ran in (`ChunkResult.conditions`): the warnings are
+    then theirs, so replays on a cluster's workers with another processor than this one's say so."""
+    activity = "these replays run"
+    out = conditions.compare(trace.conditions, ctx.device, ctx.dtype, activity)
+    if ran:
+        out["warnings"] = list(dict.fromkeys(w for now in ran for w in conditions.differences(trace.conditions, now,
+                                                                                                activity)))
+    return out
 
 
 def merged_record(old: dict, new: dict) -> dict:
