@@ -58,10 +58,10 @@ def train_here(root: Path, argv: list[str]) -> tuple[str, float]:
 
 def train_avx2(root: Path, config: Path, threads: int) -> tuple[str, float]:
     env = {**os.environ, **AVX2, "OMP_NUM_THREADS": str(threads)}
-    code = "import sys; from influence.cli import main; sys.exit(main(sys.argv[1:]))"
     started = time.perf_counter()
     argv = ["--store", str(root), "train", "--config", str(config), "--json"]
-    done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "influence", *argv], env=env, capture_output=True, text=True,
+                          cwd=REPO)
     if done.returncode != 0:
         raise SystemExit(f"train with AVX2 kernels failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["run_id"], time.perf_counter() - started

@@ -12,6 +12,13 @@ from influence.config import DataConfig, EvalConfig, ModelConfig, RunConfig, Tra
 
 REPO = Path(__file__).resolve().parents[1]
 
+# What to set to make torch, oneDNN and MKL take the kernels of a processor with fewer vector instructions than
+# this one's (keyed by torch.backends.cpu.get_cpu_capability())
+LOWER_KERNELS = {"AVX512": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                            "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+                 "AVX2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                          "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+
 
 def copy_run(run: store.Run, root: Path, keep_results: bool = True) -> store.Run:
     """A private copy of a session run in another store, so a test can write to it (or damage it)

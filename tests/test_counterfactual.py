@@ -16,7 +16,7 @@ from influence.counterfactual.plan import choose_plan, reproduces_training
 from influence.errors import ConfigError
 from influence.train import Trace, replay_state, train
 
-from _helpers import toy_config
+from _helpers import LOWER_KERNELS, toy_config
 
 SEQUENTIAL, BATCHED = LanePlan("sequential", 1, ""), LanePlan("batched", 4, "")
 
@@ -210,12 +210,6 @@ def test_recorded_conditions_decide_whether_lane_0_is_the_trace(toy_run):
         assert not reproduces_training(ctx, dataclasses.replace(trace, conditions=chip))
 
 
-# What to set to make torch, oneDNN and MKL take the kernels of a processor with fewer vector instructions
-LOWER_KERNELS = {"AVX512": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                            "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-                 "AVX2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
-                          "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
-
 
 def test_a_run_trained_on_another_processor_replays_lane_0_here(toy_run, tmp_path):
     """Kernels picked for other vector instructions round differently: the toy run's config trained again with the
@@ -234,8 +228,7 @@ def test_a_run_trained_on_another_processor_replays_lane_0_here(toy_run, tmp_pat
     if lower is None:
         pytest.skip(f"no lesser kernels than {torch.backends.cpu.get_cpu_capability()} to train with")
     env = {**os.environ, **lower, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    code = "import sys; from influence.cli import main; sys.exit(main(sys.argv[1:]))"
-    subprocess.run([sys.executable, "-c", code, "--store", str(tmp_path), "train", "--config",
+    subprocess.run([sys.executable, "-m", "influence", "--store", str(tmp_path), "train", "--config",
                     str(toy_run.path("config.json"))], env=env, check=True, capture_output=True)
     other = store.open_run(tmp_path, toy_run.run_id)  # the same id: the processor is a condition, not the recipe
     assert not np.array_equal(other.read_npy("weights/final.npy"), toy_run.read_npy("weights/final.npy"))

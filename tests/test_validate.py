@@ -24,7 +24,7 @@ from influence.validation import (
     validate,
 )
 
-from _helpers import copy_run, toy_config
+from _helpers import LOWER_KERNELS, copy_run, toy_config
 
 
 def test_jaccard_top_by_hand():
@@ -103,7 +103,6 @@ def test_replays_on_workers_with_another_processor_say_so_and_replay_lane_0(toy_
     their processor's sentence, not this process's clean conditions, and replays lane 0 there (the recorded final
     state is this processor's), so its changes still equal those replayed here, to rounding."""
     from influence import conditions
-    from test_counterfactual import LOWER_KERNELS
 
     lower = LOWER_KERNELS.get(torch.backends.cpu.get_cpu_capability())
     if lower is None:
