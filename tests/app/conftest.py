@@ -4,7 +4,9 @@ tests that change state work on a copy so the shared stores stay as the engine t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -46,10 +48,15 @@ def app_store(tiny_store, tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def two_runs(tiny_store, toy_store, tmp_path, monkeypatch) -> Path:
-    """A private store holding the tiny MNIST run and the small 2D run."""
+    """A private store holding the tiny MNIST run and the small 2D run, the 2D run the newest."""
     root = tmp_path / "store"
     shutil.copytree(tiny_store, root, ignore=shutil.ignore_patterns("_jobs"))
     shutil.copytree(toy_store, root, ignore=shutil.ignore_patterns("_jobs", "_cache"), dirs_exist_ok=True)
+    # the copies keep their times, and which session run trained first depends on the test files a process ran
+    # before (the suite runs on two): newest is when config.json was written (store.list_runs)
+    newest = time.time() + 1
+    for run in store.list_runs(toy_store):
+        os.utime(root / run["run_id"] / "config.json", (newest, newest))
     return use_store(monkeypatch, root)
 
 
