@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import fields
 from typing import Any, get_args, get_origin
 
@@ -26,12 +27,11 @@ def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
         for part in path[:-1]:
             f = {f.name: f for f in fields(target_cls)}.get(part)
             if f is None or dataclass_type(f) is None:
-                raise ConfigError(f"unknown config key '{key}'")
+                raise ConfigError(_unknown(key.strip()))
             target_cls, target = dataclass_type(f), target[part]
         f = {f.name: f for f in fields(target_cls)}.get(path[-1])
         if f is None or dataclass_type(f) is not None:
-            valid = ", ".join(_all_keys())
-            raise ConfigError(f"unknown config key '{key}'; valid keys: {valid}")
+            raise ConfigError(_unknown(key.strip()))
         target[path[-1]] = _parse_value(f, raw.strip(), key)
     out = RunConfig.from_dict(d)
     if out.data.source == "folder" and cfg.data.source != "folder":
@@ -50,6 +50,17 @@ def own_images_defaults(cfg: RunConfig, keep: set[str] = frozenset()) -> RunConf
             section, name = key.split(".")
             d[section][name] = value
     return RunConfig.from_dict(d)
+
+
+def _unknown(key: str) -> str:
+    """The error for an unknown key: a section's keys, or the nearest valid keys (`train.lr` for `train.lr_d`)."""
+    keys = _all_keys()
+    section = [k for k in keys if k.startswith(key + ".")]
+    near = section or [k for k in keys if k.startswith(key + "_")] or \
+        difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    hint = f"; {key} is a section: {', '.join(section)}" if section else \
+        f"; did you mean {', '.join(near)}?" if near else ""
+    return f"unknown config key '{key}'{hint} (`gan-influence train --help` lists every key)"
 
 
 def _all_keys() -> list[str]:
