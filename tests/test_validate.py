@@ -11,7 +11,7 @@ from scipy import stats
 from influence.context import RunContext, load_run_config
 from influence.errors import ConfigError
 from influence.estimator import estimate
-from influence.train import Trace, replay
+from influence.train import Trace, replay, train
 from influence.validation import (
     accuracy_numbers,
     jaccard_top,
@@ -96,6 +96,41 @@ def test_replays_in_worker_processes_equal_replays_here(toy_run, tmp_path):
     assert np.array_equal(here, there)  # same thread count in the workers: bit for bit
     done = [p.done for p in reports]  # the two workers' replays on one bar that never goes back
     assert done == sorted(done) and set(done) == set(range(17)) and reports[-1].total == 16
+
+
+def test_lanes_share_tasks_so_that_every_local_worker_gets_some():
+    """10 lanes a task, unless fewer (never below 2) give more workers MIN_TASKS_PER_WORKER tasks each."""
+    from influence.execution import local_workers
+    from influence.validation.replays import PER_TASK, shared_size
+
+    assert shared_size(33, 1) == PER_TASK and shared_size(500, 2) == PER_TASK  # one worker; enough tasks already
+    assert shared_size(33, 2) == 4 and local_workers(-(-33 // 4), 2) == 2  # 32 groups and lane 0: 9 tasks, 2 workers
+    assert shared_size(33, 8) == 2  # 8 workers would want 1-lane tasks: 2 a task, 17 tasks, 4 workers
+    assert shared_size(17, 2) == 2 and shared_size(12, 2) == PER_TASK  # 12 lanes: 6 tasks keep one worker anyway
+    for lanes in range(1, 200):
+        for capacity in (1, 2, 3, 8, 16):
+            size = shared_size(lanes, capacity)
+            assert 2 <= size <= PER_TASK
+            if size < PER_TASK:  # shrunk only where that gives more workers
+                assert local_workers(-(-lanes // size), capacity) > local_workers(-(-lanes // PER_TASK), capacity)
+
+
+def test_a_checkpointed_trace_shares_its_lanes_among_the_local_workers(tmp_path, monkeypatch):
+    """Leave-one-out of 16 images on a checkpointed trace: 2 tasks of 10 and 8 ran in one process while the other
+    cores idled; now 8 tasks of 2 on two worker processes, with the same changes bit for bit."""
+    from influence import execution
+    from influence.config import apply_overrides
+
+    cfg = apply_overrides(toy_config(), ["train.trace_mode=checkpoints", "train.checkpoint_every=25"])
+    run = train(cfg, tmp_path / "store")
+    ids = np.arange(0, 2000, 125)
+    here, _, _ = leave_one_out(copy_run(run, tmp_path / "a"), ["all"], ids, workers=1, lanes=1)  # one at a time
+    chosen = []
+    monkeypatch.setattr(execution, "local_workers",
+                        lambda tasks, workers=None: chosen.append((tasks, workers)) or min(workers, tasks // 4))
+    there, _, _ = leave_one_out(copy_run(run, tmp_path / "b"), ["all"], ids, workers=2, lanes=1)
+    assert chosen == [(8, 2)]
+    assert np.array_equal(here, there)
 
 
 def test_replays_on_workers_with_another_processor_say_so_and_replay_lane_0(toy_run, tmp_path, monkeypatch):

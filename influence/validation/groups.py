@@ -32,7 +32,7 @@ from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, harmful_order, result_name, result_sets
-from ..execution import open_executor
+from ..execution import open_executor, worker_capacity
 from ..metrics import check_metric, scored_with
 from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace
@@ -214,7 +214,8 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
     ctx = RunContext.create(cfg, run.root)
     lane_list = [Lane.of(ids) for ids in table["ids"]]
     plan = choose_plan(ctx, trace, len(lane_list), lanes)
-    groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, 0, lanes_per_task(ctx, trace, plan))
+    groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, 0,
+                    lanes_per_task(ctx, trace, plan, len(lane_list), worker_capacity(workers)))
     # also the metrics that cost nothing beside these: a later validation of those reads the sets back (`same_sets`)
     scored = scored_with(metrics, cfg.is_2d)
     tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, scored) for s in SPLITS), plan, groups)

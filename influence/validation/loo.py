@@ -24,7 +24,7 @@ from ..errors import ConfigError, StoreError
 from ..estimator import EstimateOptions, estimate, result_name
 from ..counterfactual import Lane
 from ..counterfactual.plan import choose_plan
-from ..execution import open_executor
+from ..execution import open_executor, worker_capacity
 from ..metrics import check_metric, scored_with
 from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace, epoch_kinds
@@ -151,7 +151,8 @@ def _leave_one_out(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[
     if pending:
         lane_list = [Lane.of([j]) for j in pending]
         plan = choose_plan(ctx, trace, len(lane_list), lanes)
-        groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, first_step, lanes_per_task(ctx, trace, plan))
+        groups = chunks(trace, lane_list, ctx.dataset.n_train, plan, first_step,
+                        lanes_per_task(ctx, trace, plan, len(lane_list), worker_capacity(workers)))
         tasks = lane_tasks(run, ctx, trace, lane_list, (("valid", scored),), plan, groups, first_step)
         tally = BatchProgress("leave-one-out", [len(g) for g in groups], progress, cancel, len(ids) - len(pending))
         with open_executor(len(groups), workers) as executor, \

@@ -18,7 +18,7 @@ from .. import conditions, store
 from ..context import RunContext
 from ..counterfactual import Lane, LanePlan, first_steps, measures, replay_lanes, replayed_steps
 from ..counterfactual.plan import reproduces_training
-from ..execution import Tasks, TaskEnv, worker_cached
+from ..execution import MIN_TASKS_PER_WORKER, Tasks, TaskEnv, worker_cached
 from ..execution.payload import RunPayload, run_payload, segment_offset, trace_segment
 from ..progress import CancelToken, ProgressFn
 from ..stepmap import TrainState
@@ -47,14 +47,29 @@ def chunks(trace: Trace, lanes: list[Lane], n_train: int, plan: LanePlan, start:
     return [order[i:i + size] for i in range(0, len(order), max(size, 1))]
 
 
-def lanes_per_task(ctx: RunContext, trace: Trace, plan: LanePlan) -> int:
+def lanes_per_task(ctx: RunContext, trace: Trace, plan: LanePlan, lanes: int, capacity: int = 1) -> int:
     """Sequential lanes per task: one where lane 0 is the recorded trajectory and every state is stored (a task costs
     only its lane: lane 0's measure is taken once, `Trace.final_measures`), else PER_TASK, so that what a task pays
     besides its lanes costs a fraction of them: its own lane 0, or on a checkpointed trace the walk from a stored
     state to its lanes' starts (shared by its lanes, which are sorted by first removal; one lane a task paid it once
-    a lane)."""
-    return (1 if plan.mode == "sequential" and reproduces_training(ctx, trace) and trace.stores_every_step
-            else PER_TASK)
+    a lane). Fewer where that leaves local workers idle (`shared_size`)."""
+    if plan.mode == "sequential" and reproduces_training(ctx, trace) and trace.stores_every_step:
+        return 1
+    return shared_size(lanes, capacity)
+
+
+def shared_size(lanes: int, capacity: int) -> int:
+    """Lanes per task for `lanes` lanes where `capacity` local workers could run them: PER_TASK, or fewer (at least
+    2) where that gives more workers the MIN_TASKS_PER_WORKER tasks each that `execution.local_workers` asks.
+    32 random groups on a checkpointed trace went 10 to a task, 4 tasks: one process, while the other cores idled
+    (over an hour on dcgan32's 5k folder at 1 thread); at 4 a task they run on two. A task's own lane 0 or walk then
+    costs a larger share, which the second worker more than pays for."""
+    already = max(1, min(capacity, -(-lanes // PER_TASK) // MIN_TASKS_PER_WORKER))  # the workers PER_TASK gets
+    for workers in range(capacity, already, -1):
+        size = lanes // (workers * MIN_TASKS_PER_WORKER)
+        if size >= 2:
+            return min(size, PER_TASK)
+    return PER_TASK
 
 
 def lane_tasks(run: store.Run, ctx: RunContext, trace: Trace, lanes: list[Lane], splits: Splits, plan: LanePlan,
