@@ -116,7 +116,7 @@ def test_lanes_share_tasks_so_that_every_local_worker_gets_some():
 
 
 def test_a_checkpointed_trace_shares_its_lanes_among_the_local_workers(tmp_path, monkeypatch):
-    """Leave-one-out of 16 images on a checkpointed trace: 2 tasks of 10 and 8 ran in one process while the other
+    """Leave-one-out of 16 images on a checkpointed trace: 2 tasks of 10 and 6 ran in one process while the other
     cores idled; now 8 tasks of 2 on two worker processes, with the same changes bit for bit."""
     from influence import execution
     from influence.config import apply_overrides

@@ -18,7 +18,7 @@ from .. import conditions, store
 from ..context import RunContext
 from ..counterfactual import Lane, LanePlan, first_steps, measures, replay_lanes, replayed_steps
 from ..counterfactual.plan import reproduces_training
-from ..execution import MIN_TASKS_PER_WORKER, Tasks, TaskEnv, worker_cached
+from ..execution import MIN_TASKS_PER_WORKER, Tasks, TaskEnv, local_workers, worker_cached
 from ..execution.payload import RunPayload, run_payload, segment_offset, trace_segment
 from ..progress import CancelToken, ProgressFn
 from ..stepmap import TrainState
@@ -64,7 +64,7 @@ def shared_size(lanes: int, capacity: int) -> int:
     32 random groups on a checkpointed trace went 10 to a task, 4 tasks: one process, while the other cores idled
     (over an hour on dcgan32's 5k folder at 1 thread); at 4 a task they run on two. A task's own lane 0 or walk then
     costs a larger share, which the second worker more than pays for."""
-    already = max(1, min(capacity, -(-lanes // PER_TASK) // MIN_TASKS_PER_WORKER))  # the workers PER_TASK gets
+    already = local_workers(-(-lanes // PER_TASK), capacity)  # the workers PER_TASK's tasks get
     for workers in range(capacity, already, -1):
         size = lanes // (workers * MIN_TASKS_PER_WORKER)
         if size >= 2:

@@ -153,7 +153,8 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     for start in sorted(set(starts)):
         part = [i for i, s0 in enumerate(starts) if s0 == start]
         plan = choose_plan(ctx, trace, len(part), lanes)
-        groups = chunks(trace, [lanes_list[i] for i in part], n_train, plan, start, lanes_per_task(ctx, trace, plan, len(part)))
+        groups = chunks(trace, [lanes_list[i] for i in part], n_train, plan, start,
+                        lanes_per_task(ctx, trace, plan, len(part)))
         parts.append((start, part, plan, groups))
     # one bar over every task, each weighing the steps its lanes replay and their evaluations (its replay's total)
     splits = (("valid", tuple(metrics)),)
