@@ -125,9 +125,9 @@ def test_a_checkpointed_trace_shares_its_lanes_among_the_local_workers(tmp_path,
     run = train(cfg, tmp_path / "store")
     ids = np.arange(0, 2000, 125)
     here, _, _ = leave_one_out(copy_run(run, tmp_path / "a"), ["all"], ids, workers=1, lanes=1)  # one at a time
-    chosen = []
+    chosen, local_workers = [], execution.local_workers
     monkeypatch.setattr(execution, "local_workers",
-                        lambda tasks, workers=None: chosen.append((tasks, workers)) or min(workers, tasks // 4))
+                        lambda tasks, workers=None: chosen.append((tasks, workers)) or local_workers(tasks, workers))
     there, _, _ = leave_one_out(copy_run(run, tmp_path / "b"), ["all"], ids, workers=2, lanes=1)
     assert chosen == [(8, 2)]
     assert np.array_equal(here, there)

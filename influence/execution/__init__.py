@@ -282,10 +282,10 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get(ENV_CLUSTER) or None
 
 
-def worker_capacity(workers: int | None = None, address: str | None = None) -> int:
+def worker_capacity(workers: int | None = None) -> int:
     """The local worker processes a batch could have: `workers`, else as many as the cores hold at this thread
-    count; 1 where a cluster runs the batch (its size is its scheduler's)."""
-    if cluster_address(address):
+    count; 1 where a cluster (GAN_INFLUENCE_CLUSTER) runs the batch (its size is its scheduler's)."""
+    if cluster_address():
         return 1
     return max(1, workers or (os.cpu_count() or 1) // torch.get_num_threads())
 
