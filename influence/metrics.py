@@ -139,6 +139,13 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: i
     return torch.cat([fn(x[i : i + size]) for i in range(0, x.shape[0], size)])
 
 
+# An evaluation on the CPU passes its images through G and the feature net this many at a time: 2,000 at once
+# (a split's z) leave the caches between layers, and an evaluation took twice as long (quick and mnist-adam at 1
+# thread; docs/benchmarks.md, "Spot check cost"). Each image's result does not depend on the chunk (every layer
+# works per image: LayerNorm, no BatchNorm). A GPU takes the split at once.
+CPU_CHUNK = 100
+
+
 class Evaluator:
     """Computes IS / FID / ALL / D-loss of a generator against one real split.
 
@@ -149,10 +156,11 @@ class Evaluator:
     def __init__(self, gan, real: torch.Tensor, z: torch.Tensor, features: FeatureNet | None, is_2d: bool,
                  real_stats: RealStats | None = None):
         self.gan, self.real, self.z, self.features, self.is_2d = gan, real, z, features, is_2d
+        self.chunk = CPU_CHUNK if z.device.type == "cpu" and not is_2d else max(1, z.shape[0])
         self.real_stats = real_stats  # given: computed elsewhere from the same `real` (a cluster task's payload)
         if real_stats is None and features is not None and not is_2d:
             with torch.no_grad():
-                feats = batched(lambda b: features(b)[0], real.to(next(features.parameters()).dtype))
+                feats = self._features(real)[0]
             self.real_stats = RealStats.of(feats)
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -160,7 +168,9 @@ class Evaluator:
             raise ConfigError("IS/FID need a feature network: the data set has no labels to train the "
                               "classifier and no Inception weights were given (eval.inception_weights)")
         dtype = next(self.features.parameters()).dtype
-        return self.features(images.to(dtype))
+        parts = [self.features(images[i : i + self.chunk].to(dtype)) for i in range(0, images.shape[0], self.chunk)]
+        probs = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        return torch.cat([p[0] for p in parts]), probs
 
     def metric(self, name: str, theta_d: torch.Tensor, theta_g: torch.Tensor) -> torch.Tensor:
         """The metric as a differentiable scalar of (theta_d, theta_g)."""
@@ -170,12 +180,15 @@ class Evaluator:
         """Several metrics sharing one generator pass and one feature pass."""
         for name in names:
             check_metric(name, self.is_2d)
-        generated = self.gan.generate(theta_g, self.z)
+        generated = batched(lambda z: self.gan.generate(theta_g, z), self.z, self.chunk)
         out: dict[str, torch.Tensor] = {}
         if "dloss" in names:
             # As many real images as fixed z: the real and fake halves weigh the same.
-            real = F.softplus(-self.gan.logits(theta_d, self.real[: self.z.shape[0]])).mean()
-            out["dloss"] = real + F.softplus(self.gan.logits(theta_d, generated)).mean()
+            def logits(x: torch.Tensor) -> torch.Tensor:
+                return batched(lambda b: self.gan.logits(theta_d, b), x, self.chunk)
+
+            real = F.softplus(-logits(self.real[: self.z.shape[0]])).mean()
+            out["dloss"] = real + F.softplus(logits(generated)).mean()
         if "all" in names:
             out["all"] = average_log_likelihood(self.real, generated)
         if "fid" in names or "is" in names:

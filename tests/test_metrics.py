@@ -129,3 +129,34 @@ def test_a_replay_is_scored_also_on_the_metrics_that_cost_nothing_beside_those_a
     assert scored_with(["dloss"], False) == ("is", "fid", "dloss")
     assert scored_with(["is"], False) == ("is", "fid")  # D-loss only when asked: it runs D over two image sets
     assert scored_with(["all"], True) == ("all", "dloss")  # the toy's metrics are small sums
+
+
+def test_an_evaluation_in_chunks_equals_one_over_the_whole_split(tiny_run):
+    """The CPU evaluates CPU_CHUNK images at a time (faster: the caches); every layer works per image, so the
+    metrics, their gradients and the real statistics equal those of the split passed at once."""
+    from influence.context import RunContext, load_run_config
+    from influence.metrics import CPU_CHUNK, Evaluator
+    from influence.train import Trace
+
+    ctx = RunContext.create(load_run_config(tiny_run), tiny_run.root)
+    n = 2 * CPU_CHUNK + 37  # two whole chunks and a part
+    z = torch.randn(n, ctx.cfg.model.z_dim, generator=torch.Generator().manual_seed(0), dtype=ctx.dtype)
+    real = ctx._put(ctx.dataset.valid.x)
+    assert real.shape[0] > CPU_CHUNK  # the real statistics are taken in chunks too
+    chunked = Evaluator(ctx.gan, real, z, ctx.features, False)
+    whole = Evaluator(ctx.gan, real, z, ctx.features, False)
+    whole.chunk = n
+    whole.real_stats = RealStats.of(whole._features(real)[0])
+    assert chunked.chunk == CPU_CHUNK < n
+    torch.testing.assert_close(chunked.real_stats.mu, whole.real_stats.mu, rtol=1e-6, atol=1e-9)
+    td, tg = (ctx._put(torch.from_numpy(a.copy())).requires_grad_(True) for a in Trace.load(tiny_run).final_eval())
+    names = ("is", "fid", "dloss")
+    a, b = chunked.metrics(names, td, tg), whole.metrics(names, td, tg)
+    for name in names:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-9)
+        ga = torch.autograd.grad(a[name], (td, tg), allow_unused=True, retain_graph=True)
+        gb = torch.autograd.grad(b[name], (td, tg), allow_unused=True, retain_graph=True)
+        for x, y in zip(ga, gb):
+            assert (x is None) == (y is None)
+            if x is not None:  # float32 sums over the images in another order: rounding of the largest entries
+                assert (x - y).abs().max() <= 1e-4 * y.abs().max(), (name, (x - y).abs().max(), y.abs().max())
