@@ -149,6 +149,7 @@ def test_an_evaluation_in_chunks_equals_one_over_the_whole_split(tiny_run):
     whole.real_stats = RealStats.of(whole._features(real)[0])
     assert chunked.chunk == CPU_CHUNK < n
     torch.testing.assert_close(chunked.real_stats.mu, whole.real_stats.mu, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(chunked.real_stats.sigma, whole.real_stats.sigma, rtol=1e-6, atol=1e-9)
     td, tg = (ctx._put(torch.from_numpy(a.copy())).requires_grad_(True) for a in Trace.load(tiny_run).final_eval())
     names = ("is", "fid", "dloss")
     a, b = chunked.metrics(names, td, tg), whole.metrics(names, td, tg)
