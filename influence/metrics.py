@@ -142,7 +142,7 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: i
 # An evaluation on the CPU passes its images through G and the feature net this many at a time: 2,000 at once
 # (a split's z) leave the caches between layers, and an evaluation took twice as long (quick and mnist-adam at 1
 # thread; docs/benchmarks.md, "Spot check cost"). The metrics are those of the whole split up to float rounding
-# (every layer works per image: LayerNorm, no BatchNorm). A GPU takes the split at once.
+# (every layer works per image: LayerNorm, no BatchNorm). A GPU, and the 2D toy's small nets, take the split at once.
 CPU_CHUNK = 100
 
 
