@@ -379,6 +379,22 @@ def test_a_progress_bar_into_a_file_is_drawn_now_and_then_not_at_every_step(caps
     assert capsys.readouterr().err.count("train:") < 10
 
 
+def test_a_training_bar_keeps_the_last_losses_between_reports_that_lack_them():
+    """An alternating G step reports loss_d=None and an epoch's end no losses: a bar drawn at one of those showed
+    "loss_d=None", or the epoch alone (a CLI log of quick's training showed no losses for five epochs)."""
+    from influence.cli.follow import Bar
+    from influence.progress import Progress
+
+    bar = Bar()
+    bar(Progress("train", 1, 10, 0.0, {"epoch": 1, "loss_d": 0.5, "loss_g": None}))
+    bar(Progress("train", 2, 10, 0.0, {"epoch": 1, "loss_d": None, "loss_g": 1.25}))
+    bar(Progress("train", 5, 10, 0.0, {"epoch": 1, "epoch_done": {"epoch": 1}}))
+    assert bar.bar.postfix == "epoch=1, loss_d=0.5, loss_g=1.25"
+    bar(Progress("replay", 1, 4, 0.0, {}))  # the next stage starts without the last one's losses
+    assert not bar.bar.postfix
+    bar.close()
+
+
 def test_a_table_written_before_mnists_index_is_written_again_by_the_next_estimate(tiny_run, tmp_path):
     import pandas as pd
 

@@ -15,6 +15,7 @@ class Bar:
 
     def __init__(self, quiet: bool = False):
         self.bar, self.stage, self.quiet, self.waiting = None, None, quiet, None
+        self.post: dict[str, str] = {}
 
     def __call__(self, p) -> None:
         if p.stage == "waiting" and p.info.get("for") != self.waiting:  # another process writes what this one needs
@@ -29,8 +30,12 @@ class Bar:
             # drawn at most every 0.1 s on a terminal, every 10 s into a file (a log took a line per step)
             self.stage, self.bar = p.stage, tqdm(total=p.total, desc=p.stage, file=sys.stderr, leave=False,
                                                  mininterval=0.1 if sys.stderr.isatty() else 10.0)
-        post = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in p.info.items() if k in ("epoch", "loss_d", "loss_g")}
-        self.bar.set_postfix(post, refresh=False)
+            self.post = {}
+        # the last value of each: an alternating G step has no loss_d, an epoch's end report no losses at all, and
+        # a bar drawn at such a report showed "loss_d=None" or the epoch alone
+        self.post.update({k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in p.info.items()
+                          if k in ("epoch", "loss_d", "loss_g") and v is not None})
+        self.bar.set_postfix(self.post, refresh=False)
         self.bar.update(p.done - self.bar.n)  # drawn when tqdm's interval has passed
 
     def close(self) -> None:
