@@ -203,7 +203,7 @@ def flat_range(values: list[float], least: float = 1e-3) -> list[float] | None:
     return [mid - span, mid + span]
 
 
-def history_figure(history: list[dict], live_losses: list[tuple[int, float, float]] | None = None,
+def history_figure(history: list[dict], live_losses: list[tuple[int, float | None, float | None]] | None = None,
                    steps_per_epoch: int | None = None, uninformative: tuple[str, ...] = ()) -> go.Figure:
     """Losses (per epoch, plus per-step samples while training) above the test metrics per epoch (a metric that is
     uninformative for the run is titled so, not 'higher/lower is better'). Two rows and no legend: side by side in
@@ -223,10 +223,11 @@ def history_figure(history: list[dict], live_losses: list[tuple[int, float, floa
         fig = make_subplots(rows=1, cols=1, subplot_titles=titles)
     if live_losses and steps_per_epoch:
         steps = [s / steps_per_epoch for s, _, _ in live_losses]
+        # an alternating run's samples hold one player's loss each (None for the other): each line joins its own
         fig.add_scatter(x=steps, y=[d for _, d, _ in live_losses], mode="lines", name="D loss (live)",
-                        line=dict(color=HELPFUL, width=1), opacity=0.5, row=1, col=1)
+                        line=dict(color=HELPFUL, width=1), opacity=0.5, connectgaps=True, row=1, col=1)
         fig.add_scatter(x=steps, y=[g for _, _, g in live_losses], mode="lines", name="G loss (live)",
-                        line=dict(color=CLEANSED, width=1), opacity=0.5, row=1, col=1)
+                        line=dict(color=CLEANSED, width=1), opacity=0.5, connectgaps=True, row=1, col=1)
     epochs = [h["epoch"] for h in history]
     fig.add_scatter(x=epochs, y=[h["loss_d"] for h in history], mode="lines+markers", name="D loss (epoch mean)",
                     line_color=HELPFUL, row=1, col=1)

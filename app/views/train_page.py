@@ -32,9 +32,9 @@ def live_training(status: dict) -> None:
     """While training: per-step losses from the job status, per-epoch curves from the checkpoint, the newest samples."""
     run_id = jobpanel.spec_run_id(status["spec"])
     samples = st.session_state.setdefault(f"live:{status['key']}", [])
-    info = status.get("info") or {}
-    if isinstance(info.get("loss_d"), float) and (not samples or samples[-1][0] != status.get("done")):
-        samples.append((int(status.get("done") or 0), info["loss_d"], info["loss_g"]))
+    sample = jobpanel.loss_sample(status)
+    if sample is not None and (not samples or samples[-1][0] != sample[0]):
+        samples.append(sample)
     history = cache.live_history(str(root), run_id, cache.mtime_ns(root, run_id, "checkpoint/state.pt"))
     cfg = RunConfig.from_dict(status["spec"]["params"]["config"])
     per_epoch = (status.get("total") or 0) / cfg.train.epochs or None  # the job's total counts steps

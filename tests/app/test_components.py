@@ -121,6 +121,23 @@ def test_a_metric_that_did_not_move_is_drawn_flat_not_over_twelve_digit_ticks():
     assert [a.text for a in fig.layout.annotations][1] == "test IS<br>(uninformative)"
 
 
+def test_the_live_chart_of_an_alternating_run_draws_both_players_losses():
+    """An alternating step reports one player's loss and None for the other; the live view kept only samples with
+    a D loss, so the chart of an alternating run (mnist-adam, the default) drew no G loss while training."""
+    from explorer import jobpanel
+
+    statuses = [{"done": 10, "info": {"epoch": 1, "loss_d": 0.9, "loss_g": None}},
+                {"done": 20, "info": {"epoch": 1, "loss_d": None, "loss_g": 1.4}},
+                {"done": 30, "info": {"epoch": 1}},  # an epoch's end: no loss to draw
+                {"done": 40, "info": {"epoch": 1, "loss_d": None, "loss_g": 1.2}}]
+    samples = [s for s in map(jobpanel.loss_sample, statuses) if s is not None]
+    assert samples == [(10, 0.9, None), (20, None, 1.4), (40, None, 1.2)]
+    history = [{"epoch": 1, "loss_d": 1.0, "loss_g": 1.1}]
+    live_d, live_g = figures.history_figure(history, samples, steps_per_epoch=100).data[:2]
+    assert [y for y in live_g.y if y is not None] == [1.4, 1.2] and live_g.connectgaps
+    assert [y for y in live_d.y if y is not None] == [0.9] and live_d.connectgaps
+
+
 def test_gallery_scores_mark_the_harmful_side_red():
     results = {"fid": _result("fid", [-0.5, 0.5]), "is": _result("is", [-0.5, 0.5])}
     assert tables.score_lines(results, 0) == ":red[FID -5.00e-1]  \nIS -5.00e-1"  # tables.sci, as everywhere
