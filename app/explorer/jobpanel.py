@@ -206,8 +206,8 @@ def _progress(status: dict) -> None:
 
 def loss_sample(status: dict) -> tuple[int, float | None, float | None] | None:
     """(step, D loss, G loss) from a running training's status, None where it reports neither. An alternating
-    step reports one player's loss and None for the other: only D steps were kept, and the live chart of an
-    alternating run (mnist-adam, the default) drew no G loss at all."""
+    step (mnist-adam, the default) reports one player's loss and None for the other: a sample of either kind is
+    kept, or the live chart would draw only one player's line."""
     info = status.get("info") or {}
     d, g = (info.get(k) if isinstance(info.get(k), float) else None for k in ("loss_d", "loss_g"))
     return None if d is None and g is None else (int(status.get("done") or 0), d, g)
