@@ -3,7 +3,9 @@
 Default: replay the traced epochs without the removed instances (same starting
 parameters, z and batch order; the rest of each batch kept). Option: retrain from
 scratch with the same seed. Each attempt is stored under cleanse/<key>/ with its
-weights, test metrics and a sample grid from the same z as the original's.
+weights, test metrics and a sample grid from the same z as the original's. The
+metrics are also taken on the validation split with the estimate's z, where the
+predicted change and the actual one are the same quantity.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .progress import CancelToken, ProgressFn
 from .train import Trace, chosen_traced_lr, image_grid_png, train_without
 
 MODES = ("replay", "scratch")
+SPLITS = ("test", "valid")  # the attempt's result; what its prediction is checked on
 
 
 def check_removal_ids(ids: Iterable, n_train: int) -> np.ndarray:
@@ -68,15 +71,26 @@ class CleanseResult:
     seconds: float
     predicted_from: str | None = None  # the named influence result the prediction comes from
     predicted_scope: str = ""  # what the prediction covers (the traced steps only)
+    # metrics on the validation split the estimate is taken on (its z): {"before": ..., "after": ...};
+    # None for attempts stored before they were measured
+    validation: dict | None = None
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "key": self.key, "mode": self.mode, "n_removed": int(len(self.removed)),
             "before": self.before, "after": self.after,
-            "change": {k: self.after[k] - self.before[k] for k in self.after if k in self.before},
+            "change": _change(self.before, self.after),
             "predicted_change": self.predicted, "seconds": self.seconds,
             "predicted_from": self.predicted_from, "predicted_scope": self.predicted_scope,
         }
+        if self.validation is not None:
+            out["validation"] = {**self.validation,
+                                 "change": _change(self.validation["before"], self.validation["after"])}
+        return out
+
+
+def _change(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in after if k in before}
 
 
 def cleanse(
@@ -100,10 +114,10 @@ def cleanse(
         if run.exists(f"cleanse/{key}/result.json"):
             return _load(run, key, ids)
         plan = choose_plan(ctx, trace, 1) if mode == "replay" else LanePlan("sequential", 1, "")
-        (theta_d, theta_g, before, after, seconds), = _timed_counterfactuals(ctx, trace, [ids], mode, plan,
-                                                                           TaskEnv(progress, cancel))
-        return _store_attempt(ctx, run, key, ids, mode, theta_d.to(ctx.device), theta_g.to(ctx.device), before,
-                              after, seconds)
+        (theta_d, theta_g, measured, seconds), = _timed_counterfactuals(ctx, trace, [ids], mode, plan,
+                                                                      TaskEnv(progress, cancel))
+        return _store_attempt(ctx, run, key, ids, mode, theta_d.to(ctx.device), theta_g.to(ctx.device), measured,
+                              seconds)
 
 
 def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = "replay", executor: Executor | None = None,
@@ -161,7 +175,7 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
 
     def payload(r: int) -> RunPayload:
         run, trace, ctx, _, _ = runs[r]
-        return run_payload(ctx, run, trace_segment(trace, 0), ("test",), all_rows=True)
+        return run_payload(ctx, run, trace_segment(trace, 0), SPLITS, all_rows=True)
 
     tasks = Tasks(todo, here=here, remote=functools.partial(_cleanse_remote, mode),
                   ship=lambda item: (item[0], [runs[item[0]][3][i] for i in item[1]], runs[item[0]][4]),
@@ -180,9 +194,9 @@ def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = 
                     if out is None or run.exists(f"cleanse/{key}/result.json"):
                         stored.append((i, _load(run, key, sets[i])))
                     else:
-                        theta_d, theta_g, before, after, seconds = out
+                        theta_d, theta_g, measured, seconds = out
                         stored.append((i, _store_attempt(ctx, run, key, sets[i], mode, theta_d.to(ctx.device),
-                                                         theta_g.to(ctx.device), before, after, seconds)))
+                                                         theta_g.to(ctx.device), measured, seconds)))
             for i, result in stored:
                 yield r, i, result
 
@@ -197,24 +211,29 @@ def _attempt_locks(run: store.Run, sets: list[np.ndarray], mode: str, progress: 
         yield
 
 
+def _evaluate(ctx: RunContext, theta_d, theta_g) -> dict[str, dict[str, float]]:
+    """Metrics per split: the test split's are the attempt's result, the validation split's (the estimate's z)
+    what its prediction is checked against."""
+    return {split: ctx.evaluator(split).evaluate(theta_d, theta_g) for split in SPLITS}
+
+
 def _timed_counterfactuals(ctx: RunContext, trace: Trace, sets: list[np.ndarray], mode: str, plan: LanePlan,
                            env: TaskEnv) -> list[tuple]:
-    """(theta_D, theta_G, test metrics before, after, seconds) per removal set, on the CPU."""
+    """(theta_D, theta_G, {split: (metrics before, after)}, seconds) per removal set, on the CPU."""
     started = time.perf_counter()
     if mode == "scratch":
         out = [retrained(ctx, trace, ids, env.progress, env.cancel) for ids in sets]
     else:
-        test = ctx.evaluator("test")
-
         def measure(state):
             theta_d, theta_g = state.theta_d.detach(), state.eval_generator(trace.ema_eval).detach()
-            return theta_d.cpu(), theta_g.cpu(), test.evaluate(theta_d, theta_g)
+            return theta_d.cpu(), theta_g.cpu(), _evaluate(ctx, theta_d, theta_g)
 
         lanes_out = replay_lanes(ctx, trace, [Lane.of(ids) for ids in sets], measure, plan, 0, env.progress,
                                  env.cancel, baseline_from_trace=reproduces_training(ctx, trace))
-        out = [(v[0], v[1], b[2], v[2]) for v, b in zip(lanes_out.values, lanes_out.baselines)]
+        out = [(v[0], v[1], {s: (b[2][s], v[2][s]) for s in SPLITS})
+               for v, b in zip(lanes_out.values, lanes_out.baselines)]
     seconds = (time.perf_counter() - started) / max(len(sets), 1)
-    return [(theta_d.cpu(), theta_g.cpu(), before, after, seconds) for theta_d, theta_g, before, after in out]
+    return [(theta_d.cpu(), theta_g.cpu(), measured, seconds) for theta_d, theta_g, measured in out]
 
 
 def _cleanse_remote(mode: str, payload: RunPayload, shipped: tuple[int, list[np.ndarray], LanePlan], env: TaskEnv):
@@ -232,23 +251,24 @@ def _tagged(env: TaskEnv, run_index: int) -> TaskEnv:
 
 def retrained(ctx: RunContext, trace: Trace, ids: np.ndarray, progress: ProgressFn | None = None,
               cancel: CancelToken | None = None):
-    """(theta_D, theta_G, test metrics before, after) of the run retrained from scratch without `ids`; "before" is
-    the trained run (a retraining is no replay: there is no lane 0 to compare with)."""
+    """(theta_D, theta_G, {split: (metrics before, after)}) of the run retrained from scratch without `ids`;
+    "before" is the trained run (a retraining is no replay: there is no lane 0 to compare with)."""
     # a run whose probe chose its traced rate (train.trace_lr=auto) is retrained at that rate, as it was trained
     theta_d, theta_g = train_without(ctx, ids, progress, cancel, chosen_traced_lr(ctx.cfg, trace))
     before_d, before_g = (torch.from_numpy(a).to(ctx.device, ctx.dtype) for a in trace.final_eval())
-    test = ctx.evaluator("test")
-    return theta_d, theta_g, test.evaluate(before_d, before_g), test.evaluate(theta_d, theta_g)
+    before, after = _evaluate(ctx, before_d, before_g), _evaluate(ctx, theta_d, theta_g)
+    return theta_d, theta_g, {s: (before[s], after[s]) for s in SPLITS}
 
 
 def _store_attempt(ctx: RunContext, run: store.Run, key: str, ids: np.ndarray, mode: str, theta_d, theta_g,
-                   before: dict, after: dict, seconds: float) -> CleanseResult:
+                   measured: dict[str, tuple[dict, dict]], seconds: float) -> CleanseResult:
     cfg = ctx.cfg
     name = chosen_name(run)
     results = cached_results(run, name)
     predicted = {m: float(r.scores[ids].sum()) for m, r in results.items()}
+    (before, after), (valid_before, valid_after) = measured["test"], measured["valid"]
     result = CleanseResult(key, ids, mode, before, after, predicted, seconds, name,
-                           predicted_scope(run, cfg, results, mode))
+                           predicted_scope(run, cfg, results, mode), {"before": valid_before, "after": valid_after})
     _save(ctx, run, result, theta_d, theta_g)
     return result
 
@@ -269,8 +289,10 @@ def _save(ctx: RunContext, run: store.Run, result: CleanseResult, theta_d, theta
 
 def _load(run: store.Run, key: str, ids: np.ndarray) -> CleanseResult:
     d = run.read_json(f"cleanse/{key}/result.json")
+    validation = d.get("validation")
     return CleanseResult(key, ids, d["mode"], d["before"], d["after"], d["predicted_change"], d["seconds"],
-                         d.get("predicted_from"), d.get("predicted_scope", ""))
+                         d.get("predicted_from"), d.get("predicted_scope", ""),
+                         validation and {"before": validation["before"], "after": validation["after"]})
 
 
 def predicted_scope(run: store.Run, cfg, results: dict, mode: str) -> str:

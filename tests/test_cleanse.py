@@ -17,8 +17,8 @@ from _helpers import copy_run, tree
 REMOVE = [5, 40, 41, 333, 1999]
 
 
-def _by_hand(run, ids, mode="replay"):
-    """(weights, test metrics before, test metrics after) computed without cleanse()."""
+def _by_hand(run, ids, mode="replay", split="test"):
+    """(weights, metrics before, metrics after on `split`) computed without cleanse()."""
     cfg = load_run_config(run)
     ctx = RunContext.create(cfg, run.root)
     trace = Trace.load(run)
@@ -26,9 +26,9 @@ def _by_hand(run, ids, mode="replay"):
         d, g = replay(ctx, trace, ids)
     else:
         d, g = train_without(ctx, ids)
-    test = ctx.evaluator("test")
+    evaluator = ctx.evaluator(split)
     fd, fg = trace.split(torch.from_numpy(np.array(trace.final)))
-    return torch.cat([d, g]).numpy(), test.evaluate(fd, fg), test.evaluate(d, g)
+    return torch.cat([d, g]).numpy(), evaluator.evaluate(fd, fg), evaluator.evaluate(d, g)
 
 
 def test_replay_cleansing_equals_a_manual_replay_and_test_evaluation(toy_run, tmp_path):
@@ -46,11 +46,16 @@ def test_replay_cleansing_equals_a_manual_replay_and_test_evaluation(toy_run, tm
         assert result.predicted[m] == pytest.approx(estimate(run, [m])[m].scores[REMOVE].sum(), rel=1e-12)
     stored = run.read_json(f"cleanse/{result.key}/result.json")
     assert stored["change"] == {m: after[m] - before[m] for m in after}
+    # the validation split the estimate is taken on (its z), where predicted and actual are the same quantity
+    _, valid_before, valid_after = _by_hand(run, REMOVE, split="valid")
+    assert result.validation == {"before": valid_before, "after": valid_after} and valid_after != after
+    assert stored["validation"]["change"] == {m: valid_after[m] - valid_before[m] for m in valid_after}
     assert result.key == removal_key(np.array(REMOVE), "replay")
     assert run.read_npy(f"cleanse/{result.key}/samples.npy").shape == (200, 2)
     # asked again (ids in another order): the stored attempt, not a new computation
     again = cleanse(run, list(reversed(REMOVE)))
     assert again.key == result.key and again.after == result.after and again.seconds == result.seconds
+    assert again.validation == result.validation
     assert [a["key"] for a in attempts(run)] == [result.key]
 
 
@@ -109,6 +114,8 @@ def test_scratch_retraining_is_deterministic_and_differs_from_replay(toy_run, tm
     # equals retraining by hand from the seed's initial weights
     weights, _, after = _by_hand(a, REMOVE, mode="scratch")
     assert np.array_equal(wa, weights) and scratch_a.after == after
+    valid = RunContext.create(load_run_config(a), a.root).evaluator("valid")
+    assert scratch_a.validation["after"] == valid.evaluate(*Trace.load(a).split(torch.from_numpy(wa)))
     # ... and is another counterfactual than replaying only the traced epoch
     replayed = cleanse(a, REMOVE, mode="replay")
     assert replayed.key != scratch_a.key

@@ -142,6 +142,30 @@ def signs_disagree(predicted: float, actual: float) -> bool:
     return predicted * actual < 0
 
 
+def checked_change(attempt: dict, metric: str) -> float | None:
+    """The attempt's actual change on the validation split the estimate is taken on (its z), where predicted and
+    actual are the same quantity; None for attempts stored before it was measured."""
+    validation = attempt.get("validation")
+    return validation["change"].get(metric) if validation else None
+
+
+def against_prediction(attempt: dict, metric: str) -> float | None:
+    """The actual change a prediction is judged by: the validation split's where measured, else the test split's."""
+    checked = checked_change(attempt, metric)
+    return checked if checked is not None else attempt["change"].get(metric)
+
+
+def prediction_caption(attempt: dict, metric: str) -> str | None:
+    """Predicted against actual change of one metric, in one line: on the estimate's split first, then the test's."""
+    predicted, change = attempt["predicted_change"].get(metric), attempt["change"].get(metric)
+    if predicted is None or change is None:
+        return None
+    checked = checked_change(attempt, metric)
+    if checked is None:
+        return f"predicted change: {signed(predicted)} · actual: {signed(change)} (test split)"
+    return f"predicted change: {signed(predicted)} · actual: {signed(checked)} (validation) · {signed(change)} (test)"
+
+
 def prediction_note(attempt: dict, summary: dict, epochs: int, result: InfluenceResult | None) -> str:
     """What predicted vs actual can be expected to show for this attempt's mode."""
     traced = result.meta["traced_steps"] if result is not None else summary.get("traced_steps", 0)
@@ -151,24 +175,32 @@ def prediction_note(attempt: dict, summary: dict, epochs: int, result: Influence
                 "retraining from scratch also changes every epoch before them, which the estimate does not cover. "
                 "So here neither the size nor the sign needs to agree: to check the estimate, compare a replay of "
                 "the same set with its prediction.")
-    return ("Predicted change = sum of the removed instances' estimated influences, taken on the validation split; "
-            f"the actual change is measured on the test split. A replay changes exactly the steps the estimate "
-            f"covers ({scope}). Where the signs disagree, the set is too large for a first-order estimate "
-            "(removals interact) or the two splits disagree.")
+    if attempt.get("validation") is None:  # stored before the validation split was measured
+        return ("Predicted change = sum of the removed instances' estimated influences, taken on the validation "
+                f"split; the actual change is measured on the test split. A replay changes exactly the steps the "
+                f"estimate covers ({scope}). Where the signs disagree, the set is too large for a first-order "
+                "estimate (removals interact) or the two splits disagree.")
+    return ("Predicted change = sum of the removed instances' estimated influences, taken on the validation split "
+            "with its fixed z. The replay measures the actual change there too, where the two are the same "
+            "quantity, and on the test split, which shows whether the change carries over to images the estimate "
+            f"never saw. A replay changes exactly the steps the estimate covers ({scope}). Where the prediction and "
+            "the validation split's change disagree in sign, the set is too large for a first-order estimate "
+            "(removals interact); where only the test split's does, the change does not carry over.")
 
 
 def attempts_table(attempts: list[dict]) -> pd.DataFrame:
-    """One row per attempt and metric (narrow enough for the page, however many metrics): the change beside its
-    prediction first, the attempt's name last (at 1024 px the page scrolled "predicted" out of sight)."""
+    """One row per attempt and metric (narrow enough for the page, however many metrics): the prediction beside
+    the actual changes first, the attempt's name (which starts with its mode) last (at 1024 px the page scrolled
+    "predicted" out of sight)."""
     rows = []
     for a in attempts:
         for m, before in a["before"].items():
-            change, predicted = a["change"].get(m), a["predicted_change"].get(m)
-            rows.append({"removed": a["n_removed"], "metric": METRIC_LABELS[m], "change": change,
-                         "predicted": predicted,
-                         "signs agree": None if change is None or predicted is None or not change * predicted
-                         else not signs_disagree(predicted, change),
-                         "before": before, "after": a["after"].get(m), "mode": a["mode"], "attempt": a["key"],
+            predicted, judged = a["predicted_change"].get(m), against_prediction(a, m)
+            rows.append({"removed": a["n_removed"], "metric": METRIC_LABELS[m], "predicted": predicted,
+                         "actual, validation": checked_change(a, m), "actual, test": a["change"].get(m),
+                         "signs agree": None if judged is None or predicted is None or not judged * predicted
+                         else not signs_disagree(predicted, judged),
+                         "test before": before, "test after": a["after"].get(m), "attempt": a["key"],
                          "seconds": a["seconds"]})
     return pd.DataFrame(rows)
 
@@ -178,17 +210,20 @@ BETTER = {m: f" ({'higher' if up else 'lower'} is better)" for m, up in HIGHER_I
 
 
 def compare_table(attempts: list[dict]) -> pd.DataFrame:
-    """Attempts as columns, per metric: after, actual change, predicted change (text in the app's formats)."""
+    """Attempts as columns, per metric: after, predicted change, actual change on the validation split (the
+    estimate's) and on the test split (text in the app's formats)."""
     rows = {}
     for a in attempts:
         col = {"mode": a["mode"], "removed": str(a["n_removed"])}
         for m, before in a["before"].items():
             label = METRIC_LABELS[m]
-            change, predicted = a["change"].get(m), a["predicted_change"].get(m)
+            change, predicted, judged = a["change"].get(m), a["predicted_change"].get(m), against_prediction(a, m)
+            checked = checked_change(a, m)
             col[f"{label} after"] = f"{metric_text(a['after'][m])} (before {metric_text(before)})"
-            col[f"{label} change{BETTER.get(m, '')}"] = signed(change)
-            col[f"{label} predicted"] = (signed(predicted) + (" · signs disagree" if change is not None
-                                         and signs_disagree(predicted, change) else "")) if predicted is not None else "-"
+            col[f"{label} predicted"] = (signed(predicted) + (" · signs disagree" if judged is not None
+                                         and signs_disagree(predicted, judged) else "")) if predicted is not None else "-"
+            col[f"{label} actual on validation"] = signed(checked) if checked is not None else "not measured"
+            col[f"{label} change on test{BETTER.get(m, '')}"] = signed(change)
         rows[a["key"]] = col
     frame = pd.DataFrame(rows)
     frame.insert(0, "", frame.index)

@@ -130,10 +130,10 @@ for col, metric in zip(st.columns(len(shown)), shown, strict=True):
                delta=numbers.signed(change) if change is not None else None,
                delta_color=color, help=help_text)
     col.caption(f"before: {numbers.value(attempt['before'][metric])}")
-    predicted = attempt["predicted_change"].get(metric)
-    if predicted is not None and change is not None:
-        col.caption(f"predicted change: {numbers.signed(predicted)} · actual: {numbers.signed(change)}")
-        if tables.signs_disagree(predicted, change):
+    compared = tables.prediction_caption(attempt, metric)
+    if compared is not None:
+        col.caption(compared)
+        if tables.signs_disagree(attempt["predicted_change"][metric], tables.against_prediction(attempt, metric)):
             col.caption(":orange-badge[:material/warning: signs disagree] prediction and result point opposite ways")
 st.caption(tables.prediction_note(attempt, summary, cfg.train.epochs,
                                   next(iter(cache.results(str(root), run_id, cache.files_stamp(root, run_id, "influence"))
@@ -181,11 +181,14 @@ if picked:
 
 st.subheader("All cleansing attempts of this run")
 st.caption("One row per attempt and metric. Predicted = sum of the removed instances' influences (traced steps "
-           "only); 'signs agree' compares it with the actual change.")
+           "only, validation split); actual = the change the attempt measured on the validation split (the "
+           "estimate's; empty for attempts made before it was measured) and on the test split; 'signs agree' "
+           "compares the prediction with the validation split's change where there is one, else the test split's.")
 table = tables.attempts_table(attempts)
 st.dataframe(table, hide_index=True, width="stretch", column_config={
-    "before": st.column_config.NumberColumn(format=numbers.VALUE_FORMAT),
-    "after": st.column_config.NumberColumn(format=numbers.VALUE_FORMAT),
-    "change": st.column_config.NumberColumn(format=numbers.SCI_FORMAT),
+    "test before": st.column_config.NumberColumn(format=numbers.VALUE_FORMAT),
+    "test after": st.column_config.NumberColumn(format=numbers.VALUE_FORMAT),
+    "actual, validation": st.column_config.NumberColumn(format=numbers.SCI_FORMAT),
+    "actual, test": st.column_config.NumberColumn(format=numbers.SCI_FORMAT),
     "predicted": st.column_config.NumberColumn(format=numbers.SCI_FORMAT),
     "seconds": st.column_config.NumberColumn(format="%.0f")})

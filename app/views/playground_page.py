@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import streamlit as st
 
-from explorer import cache, classroom_figures, figures, jobpanel, numbers, pull_view, state
+from explorer import cache, classroom_figures, figures, jobpanel, numbers, pull_view, state, tables
 from influence import classroom, store
 from influence.cleanse import removal_key
 from influence.config import preset
@@ -167,7 +167,9 @@ with curate_tab:
                       delta=numbers.signed(change), help="higher is better")
             predicted = attempt["predicted_change"].get("all")
             if predicted is not None:
-                st.caption(f"predicted (validation split, traced steps only): {numbers.sci(predicted)}")
+                checked = tables.checked_change(attempt, "all")
+                st.caption(f"predicted (validation split, traced steps only): {numbers.sci(predicted)}"
+                           + (f"; actual there: {numbers.sci(checked)}" if checked is not None else ""))
         elif removal and st.button("Cleanse without the set", icon=":material/cleaning_services:", wrap=True):
             jobpanel.start(root, {"kind": "cleanse",
                                   "params": {"run_id": run_id, "removal_ids": removal, "mode": "replay"}})

@@ -83,7 +83,9 @@ def show_validation(stored: list[dict]) -> None:
         st.metric("Jaccard, top 10%", f"{v['jaccard_top10']:.3f}")
         st.caption("Of the 10% most extreme instances (5% most negative and 5% most positive), how many do "
                    "estimate and truth share? 1: the same instances; 0: none in common. " + tables.jaccard_note(v["n"]))
-        st.caption(f"Estimate verdict: {v['verdict']} · leave-one-out took {tables.duration(v['seconds_loo'])}.")
+        growth = f", growth {v['growth']:.3g}" if v.get("growth") is not None else ""
+        st.caption(f"Stability of the estimate over these steps: {v['verdict']}{growth} (the growth of |u|, not "
+                   f"the spot check's trust) · leave-one-out took {tables.duration(v['seconds_loo'])}.")
 
 
 if stored:

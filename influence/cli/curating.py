@@ -77,7 +77,9 @@ def cmd_cleanse(args, root: Path) -> int:
         after = result["after"][m]
         better = (after > before) == HIGHER_IS_BETTER[m]
         pred = result["predicted_change"].get(m)
-        pred_s = f"  (predicted on validation: {pred:+.4f})" if pred is not None else ""
+        checked = (result.get("validation") or {}).get("change", {}).get(m)
+        pred_s = (f"  (on validation: predicted {pred:+.4f}" + (f", actual {checked:+.4f})" if checked is not None
+                                                                else ")")) if pred is not None else ""
         judged = "metric uninformative: neither better nor worse" if uninformative(verdicts, m) else (
             "better" if better else "worse")
         print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} {judged}{pred_s}")

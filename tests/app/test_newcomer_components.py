@@ -176,14 +176,16 @@ def test_attempts_table_is_narrow_and_flags_sign_disagreement():
     table = tables.attempts_table([a])
     assert len(table.columns) <= 10 and len(table) == 2
     assert table["signs agree"].tolist() == [False, False]
+    assert table["actual, validation"].isna().all()  # stored before the validation split was measured
     compare = tables.compare_table([a, {**a, "key": "replay-3-y", "mode": "replay",
                                         "change": {"fid": -0.1, "is": 0.2}}])
     assert list(compare.columns) == ["", "scratch-3-x", "replay-3-y"]
     row = compare.set_index("").loc["FID predicted"]
     assert row["scratch-3-x"] == "-2.30e-3 · signs disagree" and row["replay-3-y"] == "-2.30e-3"
+    assert compare.set_index("").loc["FID actual on validation"].tolist() == ["not measured"] * 2
     # what a change means is said beside it (sign confusion)
-    assert compare.set_index("").loc["FID change (lower is better)"].tolist() == ["+1.05e+0", "-1.00e-1"]
-    assert "IS change (higher is better)" in compare[""].tolist()
+    assert compare.set_index("").loc["FID change on test (lower is better)"].tolist() == ["+1.05e+0", "-1.00e-1"]
+    assert "IS change on test (higher is better)" in compare[""].tolist()
 
 
 def test_job_workers_wait_passively(tmp_path, monkeypatch):
@@ -318,3 +320,22 @@ def test_the_last_pass_is_told_with_its_check():
         "Here the pass in use (FID, IS and D-loss) took 28 s; its quick spot check 2 min 26 s.")
     assert tables.last_pass_text({"fid": Result(9.3)}, None) == "Here the pass in use (FID) took 9 s."
     assert tables.last_pass_text({"fid": Result(None)}, None) is None  # a result that did not record its time
+
+
+def test_a_replays_prediction_is_judged_on_the_split_it_was_taken_on():
+    """Predicted (validation split) against actual: where the attempt measured the validation split, its change
+    is what agrees or not with the prediction; the test split's change is shown beside it."""
+    a = {"key": "replay-3-x", "mode": "replay", "n_removed": 3, "before": {"fid": 2.0}, "after": {"fid": 2.01},
+         "change": {"fid": 0.01}, "predicted_change": {"fid": -0.02}, "seconds": 5.0,
+         "validation": {"before": {"fid": 1.9}, "after": {"fid": 1.88}, "change": {"fid": -0.02 + 1e-3}}}
+    row = tables.attempts_table([a]).iloc[0]
+    assert row["actual, validation"] == pytest.approx(-0.019) and row["actual, test"] == 0.01
+    assert bool(row["signs agree"])  # the validation split's change agrees; the test split's does not carry over
+    assert tables.prediction_caption(a, "fid") == "predicted change: -2.00e-2 · actual: -1.90e-2 (validation) · +1.00e-2 (test)"
+    assert tables.prediction_caption({**a, "validation": None}, "fid") == (
+        "predicted change: -2.00e-2 · actual: +1.00e-2 (test split)")
+    summary = {"steps": 20, "traced_steps": 10}
+    assert "does not carry over" in tables.prediction_note(a, summary, 2, None)
+    compare = tables.compare_table([a]).set_index("")
+    assert compare.loc["FID actual on validation", "replay-3-x"] == "-1.90e-2"
+    assert "signs disagree" not in compare.loc["FID predicted", "replay-3-x"]

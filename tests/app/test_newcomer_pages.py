@@ -169,7 +169,9 @@ def test_cleanse_results_are_worded_for_what_they_measure(rich):
     assert "expect the sign more than the size" not in said
     assert "A replay changes exactly the steps the estimate covers" in said
     table = at.dataframe[-1].value
-    assert {"metric", "before", "after", "change", "predicted", "signs agree"} <= set(table.columns)
+    assert {"metric", "test before", "test after", "actual, test", "actual, validation", "predicted",
+            "signs agree"} <= set(table.columns)
+    assert table["actual, validation"].notna().all()  # the rich store's attempt measured the estimate's split
     assert len(table) == len(cached_results(store.open_run(rich, tiny_run_id(rich))))  # one row per metric
     heat = next(c for c in at.get("plotly_chart") if "diff-" in c.proto.id)  # same-z |after - before| heat map
     assert "Where the samples changed" in said
@@ -315,6 +317,8 @@ def test_jaccard_at_small_n_says_how_few_instances_it_compares(rich):
     said = texts(at)
     assert "the 1 most negative and 1 most positive of 3 instances" in said
     assert "one instance more or less swings it" in said
+    # the growth verdict is named for what it is, not as the estimate's verdict (the trust card's is another)
+    assert "Stability of the estimate over these steps: reliable, growth" in said and "Estimate verdict" not in said
 
 
 def test_cleanse_captions_write_predicted_and_actual_changes_alike(rich):
@@ -325,4 +329,5 @@ def test_cleanse_captions_write_predicted_and_actual_changes_alike(rich):
     assert not at.exception
     captions = [c.value for c in at.caption if c.value.startswith("predicted change:")]
     number = r"[+-]?\d\.\d\de[+-]\d+"
-    assert captions and all(re.fullmatch(rf"predicted change: {number} · actual: {number}", c) for c in captions)
+    assert captions and all(re.fullmatch(rf"predicted change: {number} · actual: {number} \(validation\) · "
+                                         rf"{number} \(test\)", c) for c in captions)
