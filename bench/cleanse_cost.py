@@ -6,7 +6,7 @@ Each round cleanses --sets random removal sets of --size ids (seeded, the same e
 version) one after another on a fresh copy of the run (the store is left as it is; the copy keeps the run's
 influence results, so each attempt's prediction is read as in the app) and prints one JSON line: the seconds of
 each `cleanse` call and their median. Run it from two checkouts on the same run, rounds in turn, to compare code
-versions (docs/benchmarks.md, "Cleanses").
+versions (docs/benchmarks.md, "A cleanse's prediction checked on the estimate's split").
 """
 
 from __future__ import annotations
