@@ -172,7 +172,8 @@ class RunContext:
         return None if evaluator is None else evaluator.real_stats
 
     def evaluator(self, split: str, real_stats: RealStats | None = None) -> Evaluator:
-        """Metrics on the validation split (influence) or the test split (reporting, cleansing).
+        """Metrics on the validation split (influence, and what a cleanse checks its prediction on) or the test
+        split (reporting, cleansing).
 
         real_stats: the split's real feature statistics, when they were computed elsewhere (by the
         client of a cluster task), so that the first call does not recompute them.
