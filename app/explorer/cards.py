@@ -1,11 +1,14 @@
-"""The text lines of a training image's card (the gallery, its neighbours, a sample's responsible images): long class
-names and file names shortened to the card's line, never broken mid-word; the whole file path on hover."""
+"""Cards of images (the gallery, its neighbours, a sample's responsible images, the generated samples): the grid
+they stand in, and their text lines: long class names and file names shortened to the card's line, never broken
+mid-word; the whole file path on hover."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import PurePosixPath
+from typing import Iterator
 
 import streamlit as st
 
@@ -16,6 +19,18 @@ CAPTION_CHAR_PX = 7.5
 HEADING_CHAR_PX = 8.3
 HELP_PX = 24  # the caption's help icon and its gap
 MARKDOWN = re.compile(r"([\\`*_\[\]<>$:~|#])")  # a file or folder named "*new*" or "$1$" is shown as named
+FILLERS = 7  # invisible cards after a grid's last: up to 8 cards a line stay in their columns
+
+
+@contextlib.contextmanager
+def grid(card_px: int, key: str | None = None) -> Iterator:
+    """A wrapping row of cards `card_px` wide, as many a line as the window holds, spread over the whole width
+    (left-aligned, a line left a blank band as wide as a card at its right). The last line is padded with
+    invisible cards of the same width (1 px high), so its cards stand in the columns of the lines above."""
+    row = st.container(horizontal=True, gap="small", horizontal_alignment="distribute", key=key)
+    yield row
+    for _ in range(FILLERS):
+        row.container(width=card_px, height=1, border=False)
 
 
 def fit(text: str, chars: int) -> str:

@@ -98,17 +98,17 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
     thumbs = cache.thumbnails(str(root), run_id, tuple(row), cache.THUMB_PX)
     paths = dataset.train_paths
     in_set = set(removal)
-    grid = st.container(horizontal=True)  # fixed-width cards that wrap: numbers stay on one line
     names = cards.shown_names([paths[j] for j in row], cache.CARD_PX) if paths else [None] * len(row)
-    for j, png, d, name in zip(row, thumbs, [0.0, *dist.tolist()], names, strict=True):
-        with grid.container(border=True, width=cache.CARD_PX):
-            st.image(png)
-            st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
-            if paths:
-                cards.file_line(paths[j], name)
-            st.caption(tables.score_lines(results, j, cache.verdicts_now(root, run_id)))
-            member = j in in_set
-            st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",
-                        on_change=state.toggle_removal, args=(root, run_id, j))
+    with cards.grid(cache.CARD_PX) as grid:  # fixed-width cards that wrap: numbers stay on one line
+        for j, png, d, name in zip(row, thumbs, [0.0, *dist.tolist()], names, strict=True):
+            with grid.container(border=True, width=cache.CARD_PX):
+                st.image(png)
+                st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
+                if paths:
+                    cards.file_line(paths[j], name)
+                st.caption(tables.score_lines(results, j, cache.verdicts_now(root, run_id)))
+                member = j in in_set
+                st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",
+                            on_change=state.toggle_removal, args=(root, run_id, j))
     st.button(f"Add the {SIMILAR} neighbours to the removal set", key=f"similar-add-{run_id}",
               on_click=state.add_to_removal, args=(root, run_id, ids.tolist()), icon=":material/add_box:")

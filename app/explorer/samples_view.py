@@ -97,10 +97,10 @@ def responsible_gallery(root: Path, run_id: str, explanation: Explanation, sampl
     labels, names, paths = dataset.train.y, dataset.class_names, dataset.train_paths
     thumbs = cache.thumbnails(str(root), run_id, tuple(ids), cache.THUMB_PX)
     width = cache.CARD_PX if paths else CARD_PX  # own images: room for a file name on the card's line
-    with st.container(horizontal=True, gap="small"):  # cards of a fixed width, as many a line as the window holds
+    with cards.grid(width) as card_grid:  # cards of a fixed width, as many a line as the window holds
         files = cards.shown_names([paths[j] for j in ids], width) if paths else [None] * len(ids)
         for j, png, file in zip(ids, thumbs, files, strict=True):
-            with st.container(border=True, width=width):
+            with card_grid.container(border=True, width=width):
                 st.image(png)
                 cards.heading(f"#{j}", figures.class_label(int(labels[j]), names) if labels is not None else None,
                               width)

@@ -126,19 +126,19 @@ with gallery_col:
     elif view == "Gallery":
         thumbs = cache.thumbnails(str(root), run_id, tuple(page_ids), cache.GALLERY_PX)
         # Fixed-width cards in a wrapping row: five fixed columns squeezed a narrow window's numbers onto two lines.
-        grid = st.container(horizontal=True)
         names = cards.shown_names([paths[i] for i in page_ids], cache.CARD_PX) if paths else [None] * len(page_ids)
-        for i, png, name in zip(page_ids, thumbs, names, strict=True):
-            with grid.container(border=True, width=cache.CARD_PX):
-                st.image(png)
-                cards.heading(f"#{i}", figures.class_label(int(labels[i]), class_names) if labels is not None else None,
-                              cache.CARD_PX)
-                if paths:
-                    cards.file_line(paths[i], name)
-                st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
-                member = i in in_set
-                st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
-                            on_change=state.toggle_removal, args=(root, run_id, i))
+        with cards.grid(cache.CARD_PX) as grid:
+            for i, png, name in zip(page_ids, thumbs, names, strict=True):
+                with grid.container(border=True, width=cache.CARD_PX):
+                    st.image(png)
+                    label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
+                    cards.heading(f"#{i}", label, cache.CARD_PX)
+                    if paths:
+                        cards.file_line(paths[i], name)
+                    st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
+                    member = i in in_set
+                    st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
+                                on_change=state.toggle_removal, args=(root, run_id, i))
     else:
         frame = pd.DataFrame({"remove": [i in in_set for i in page_ids], "id": page_ids})
         if paths:

@@ -125,12 +125,12 @@ with pick_col:
         # the classes of the classifier trained on the labels by their names (a folder's: a line of its own)
         names = dataset.class_names if cfg.eval.feature == "mnist-cnn" else None
         named = bool(names) and not all(n.isdigit() for n in names)
-        # Cards of a fixed width in one wrapping row: as many a line as the window holds (5 at 1440 px, 3 at
+        # Cards of a fixed width in a wrapping grid: as many a line as the window holds (5 at 1440 px, 3 at
         # 1024); columns of a fixed count squeezed the captions to a letter a line in a narrow window.
-        with st.container(horizontal=True, gap="small"):
+        with cards.grid(CARD_PX, key="samples-grid") as card_grid:
             for i, png in zip(shown.tolist(), images, strict=True):
                 row = table.iloc[i]
-                with st.container(border=True, width=CARD_PX):
+                with card_grid.container(border=True, width=CARD_PX):
                     st.image(png, width="stretch")
                     # one short line per figure: cards of equal height keep the pick boxes in a row
                     lines = [f"**{i}**" + (f" · class {int(row['class'])}" if has_classifier and not named else ""),

@@ -76,6 +76,19 @@ def _is_a_drawing(locator) -> bool:
     return grey.std() > 20 and (grey > 128).mean() > 0.02
 
 
+def _cards_fill_their_lines(grid) -> None:
+    """The grid's cards reach its right edge (left-aligned, they left a blank band nearly a card wide before the
+    Picked panel at 1440 px) and every line's cards stand in the first line's columns."""
+    right = grid.bounding_box()["x"] + grid.bounding_box()["width"]
+    boxes = [b for b in (img.bounding_box() for img in grid.locator('[data-testid="stImage"] img').all()) if b]
+    assert len(boxes) >= 6
+    columns = sorted({round(b["x"]) for b in boxes if abs(b["y"] - boxes[0]["y"]) < 2})
+    assert len(columns) >= 2
+    assert all(min(abs(b["x"] - c) for c in columns) < 2 for b in boxes), "a card out of the columns"
+    # the last column's image ends a card's padding and border (17 px) before the grid's edge
+    assert right - max(b["x"] + b["width"] for b in boxes) < 24
+
+
 def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
     from playwright.sync_api import expect
 
@@ -102,6 +115,7 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         expect(page.get_by_text(re.compile(r"Takes roughly \d+ (s|min) here for 1 sample"))).to_be_visible()
         grid_image = page.locator('[data-testid="stImage"] img').first
         assert _is_a_drawing(grid_image)
+        _cards_fill_their_lines(page.locator(".st-key-samples-grid"))
         _shot(page, "grid")
         reads_whole_when_narrow(page, "samples-grid")
 
