@@ -31,6 +31,7 @@ traced epochs' training.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,9 +43,9 @@ from .context import RunContext
 from .counterfactual import replay_lanes
 from .counterfactual.plan import choose_plan
 from .errors import DivergenceError
-from .estimator import (GROWTH_DOUBTFUL, EstimateOptions, last_updates, pass_norms, start_pass, training_context,
-                        verdict_for, walk_back)
-from .metrics import harmful_sign
+from .estimator import (GROWTH_DOUBTFUL, EstimateOptions, check_window, last_updates, pass_norms, start_pass,
+                        training_context, verdict_for, walk_back)
+from .metrics import METRIC_LABELS, harmful_sign
 from .objectives import metric_objectives
 from .progress import CancelToken, ProgressFn, Reporter
 from .stepmap import TrainState
@@ -145,9 +146,13 @@ class Probe:
     seconds: float
     user_lr: tuple[float, float] | None = None  # check: the user's rate of the traced epochs
     traced_seconds: float | None = field(default=None)
+    # the pick's walk over every traced step, in memory only: {"metrics", "state", "window", "seconds", "final",
+    # "batches", "first_step"}; the finished run adopts it as its influence pass when its trace is these very steps
+    walk: dict | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(dataclasses.replace(self, walk=None))
+        del d["walk"]
         d["chosen"], d["user_lr"] = list(self.chosen), list(self.user_lr) if self.user_lr else None
         d["cost"] = self.cost()
         return d
@@ -165,7 +170,7 @@ class Probe:
 
     @staticmethod
     def from_dict(d: dict) -> "Probe":
-        keep = {k: v for k, v in d.items() if k != "cost"}
+        keep = {k: v for k, v in d.items() if k not in ("cost", "influence")}  # what the record adds to the probe
         keep["chosen"] = tuple(keep["chosen"])
         keep["user_lr"] = tuple(keep["user_lr"]) if keep.get("user_lr") else None
         return Probe(**keep)
@@ -189,7 +194,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     # share (it stops at the threshold)
     report = Reporter("trace-lr probe", RUNGS * 2 * steps + (2 * whole if whole > steps else 0), progress, cancel)
     first = (epoch - 1) * len(epoch_kinds(cfg, ctx.dataset.n_train))  # a segment reports global step numbers
-    rungs, pick, checked, done = [], None, None, 0
+    rungs, pick, checked, walk, done = [], None, None, None, 0
 
     def measure(lr: tuple[float, float], length: int, every: int = 1) -> tuple[dict, Trace | None, dict]:
         nonlocal done
@@ -216,6 +221,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
         rungs.append(row)
         if passes(row):
             pick, checked = i, (seg, passed["scores"])
+            walk = _whole_walk(seg, passed, metrics, traced_steps)
             break
         del seg, passed  # a refused rung's states go before the next rung records its own
     steady = [i for i, r in enumerate(rungs) if stable(r)]
@@ -271,7 +277,17 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
                    f"{chosen[0]:.3g} is: trace fewer steps")
     check = _spot_check(ctx, *checked, metrics, cfg.seed) if checked is not None else None
     return Probe(mode, metrics, steps, traced_steps, GROWTH_DOUBTFUL, rungs, chosen, reliable, reason, warning, check,
-                 time.perf_counter() - started, user)
+                 time.perf_counter() - started, user, walk=walk)
+
+
+def _whole_walk(seg: Trace, passed: dict, metrics: list[str], traced_steps: int) -> dict | None:
+    """The pick's walk where it covers every traced step (one traced epoch, walked to its start): the influence
+    pass of FID (ALL) and D-loss over the steps the run will trace at this rate, if training repeats them."""
+    if seg.steps != traced_steps or passed.get("walked") != traced_steps or "window" not in passed:
+        return None
+    return {"metrics": list(metrics), "state": passed["state"], "window": passed["window"],
+            "seconds": passed["seconds"], "final": np.array(seg.final_state), "batches": np.array(seg.batches),
+            "first_step": seg.first_step}
 
 
 def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str],
@@ -301,6 +317,13 @@ def _moved(r: dict) -> str:
 
 def _replay_words(row: dict) -> str:
     return f"at {row['lr_d']:.3g} {_moved(row['replayed'])}"
+
+
+def adopted_sentence(adopted: dict) -> str:
+    """What the run kept of the probe's walk (`estimator.runner.adopt_pass`; the record's "influence")."""
+    names = " and ".join(METRIC_LABELS[m] for m in adopted["metrics"])
+    return (f"influence on {names} stored from the probe's walk of these very steps ({adopted['seconds']:.1f} s): "
+            "an estimate of them needs no pass")
 
 
 def refusal(row: dict) -> str | None:
@@ -335,12 +358,17 @@ def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, 
 def walk_segment(pass_ctx: RunContext, seg: Trace, metrics: list[str], report=None) -> dict:
     """The estimator's backward pass over a segment for the stacked objectives, stopped once |u| has grown past
     GROWTH_DOUBTFUL: {"norms": (rows, S + 1) whole-state |u| (nan where not walked), "scores", "walked",
-    "stopped_early", "diverged"}."""
+    "stopped_early", "diverged", and what a finished pass stores (`estimator.adopt_pass`): "state", "window",
+    "seconds"}."""
+    started = time.perf_counter()
     train_ctx = training_context(pass_ctx)
     state = start_pass(pass_ctx, seg, metric_objectives(metrics, pass_ctx.cfg.is_2d))
     out = {"walked": 0, "stopped_early": False, "diverged": None}
+    window_start = seg.steps - check_window(seg.steps)  # as `estimator.stored_pass` takes it
     try:
         for t in walk_back(pass_ctx, seg, state, 0, train_ctx=train_ctx):
+            if t == window_start:
+                out["window"] = state.scores.clone()
             out["walked"] = seg.steps - t
             if report is not None:
                 report(out["walked"])
@@ -353,6 +381,7 @@ def walk_segment(pass_ctx: RunContext, seg: Trace, metrics: list[str], report=No
         return out
     out["norms"] = pass_norms(train_ctx, seg, state)[..., 2].T.numpy()  # (rows, S + 1)
     out["scores"] = state.scores.numpy()
+    out["state"], out["seconds"] = state, time.perf_counter() - started
     return out
 
 

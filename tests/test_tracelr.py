@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from influence import tracelr
+from influence import store, tracelr
 from influence.cli import main
 from influence.cli.training import print_probe
 from influence.context import RunContext
@@ -82,6 +83,29 @@ def test_the_probe_measures_the_growth_an_estimate_reports_on_the_same_steps(tmp
     assert not np.array_equal(train_without(ctx, [])[0].numpy(), trace.final[: trace.n_d])
 
 
+def test_the_picks_walk_is_stored_as_the_runs_influence_pass_when_training_repeats_its_steps(tmp_path, capsys):
+    cfg = _toy()  # one traced epoch, walked whole by the pick's segment: training then records the same steps
+    run = train(cfg, tmp_path / "a")
+    probe = run.read_json("summary.json")["trace_lr"]
+    assert probe["influence"]["metrics"] == ["all", "dloss"] and run.read_json(TRACE_LR_RECORD) == probe
+    print_probe(probe)
+    assert "influence on ALL and D-loss stored from the probe's walk of these very steps" in capsys.readouterr().out
+    adopted = {m: run.read_json(f"influence/{m}-float64-v1/meta.json") for m in ("all", "dloss")}
+    assert all(meta["source"].startswith("the trace-lr probe's walk") for meta in adopted.values())
+    # against an estimate of a copy of the run without them: the same pass, bit for bit
+    shutil.copytree(run.dir, tmp_path / "b" / run.run_id, ignore=shutil.ignore_patterns("influence"))
+    copy = store.open_run(tmp_path / "b", run.run_id)
+    fresh = estimate(copy, ["all", "dloss"], EstimateOptions())
+    for m, result in fresh.items():
+        folder = f"influence/{m}-float64-v1"
+        assert "source" not in result.meta
+        for name in ("scores", "window_scores", "flags", "u_norms", "state_norms"):
+            assert np.array_equal(run.read_npy(f"{folder}/{name}.npy"), copy.read_npy(f"{folder}/{name}.npy")), name
+        same = {k: v for k, v in result.meta.items() if k != "seconds"}
+        assert {k: v for k, v in adopted[m].items() if k not in ("seconds", "source")} == same
+    assert estimate(run, ["all", "dloss"], EstimateOptions())["all"].meta["source"] == adopted["all"]["source"]
+
+
 def test_a_longer_trace_never_gets_a_larger_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(tracelr, "_spot_check", lambda *args: None)  # the subject here is the pick alone
     cfg = _toy(trace_lr_probe_steps=10)
@@ -105,6 +129,8 @@ def test_a_users_rate_is_kept_and_warned_about_when_far_above_the_probes(tmp_pat
     run = train(cfg, tmp_path)
     probe = run.read_json("summary.json")["trace_lr"]
     assert np.all(Trace.load(run).lrs == 1.0)  # kept
+    # the pick's walk is of other steps than the trace's (0.1 against 1.0): no pass is taken from it
+    assert "influence" not in probe and not run.exists("influence")
     assert probe["user_lr"] == [1.0, 1.0] and probe["chosen"][0] == pytest.approx(0.1)
     assert probe["warning"].startswith("the traced epochs' rate lr_D 1 is 10x the largest the probe found reliable")
     assert main(["--store", str(tmp_path), "estimate", "--run", run.run_id, "--metric", "all"]) == 0

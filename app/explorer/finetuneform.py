@@ -13,7 +13,7 @@ import pandas as pd
 from influence import store
 from influence.config import RunConfig
 from influence.finetune import weights_report
-from influence.tracelr import refusal
+from influence.tracelr import adopted_sentence, refusal
 
 SOURCES = {"run": "a run of this store", "files": "G and D files (state dicts or safetensors)"}
 TRACE_LR = {
@@ -76,5 +76,7 @@ def probe_frame(probe: dict) -> pd.DataFrame:
 def probe_sentence(probe: dict) -> str:
     lr = probe["user_lr"] if probe["mode"] == "check" else probe["chosen"]
     what = "kept (your rate)" if probe["mode"] == "check" else "chosen by the probe"
+    adopted = adopted_sentence(probe["influence"]) if probe.get("influence") else ""
+    adopted = f" {adopted[:1].upper()}{adopted[1:]}." if adopted else ""
     return (f"Traced at lr_D {lr[0]:.3g}, lr_G {lr[1]:.3g}, {what}: {probe['reason']}. "
-            f"{probe['cost']['sentence'][0].upper()}{probe['cost']['sentence'][1:]}.")
+            f"{probe['cost']['sentence'][0].upper()}{probe['cost']['sentence'][1:]}." + adopted)

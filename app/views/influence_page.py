@@ -142,7 +142,8 @@ for metric, result in results.items():
                                      cache.seed_spread(str(root), run_id, cache.runs_stamp(root)).get(metric)))
         st.caption(f"Backward pass over {result.meta['traced_steps']} traced steps: "
                    f"{tables.duration(result.meta['seconds'])} of computation for this metric (metrics computed "
-                   "together share one pass and split its time; start-up and waiting are not counted).")
+                   "together share one pass and split its time; start-up and waiting are not counted)."
+                   + (f" The pass is {result.meta['source']}." if result.meta.get("source") else ""))
     trust_view.replays(check, metric)
 
 active = gallery_filter.get(run_id)

@@ -84,6 +84,7 @@ def result_notes(meta: dict) -> list[str]:
     """What a user must know about an influence result beyond its verdict: a player without a traced update,
     a recompute under other conditions than training's."""
     notes = [meta["unmeasured_note"]] if meta.get("unmeasured_note") else []
+    notes += [f"the pass is {meta['source']}"] if meta.get("source") else []
     return notes + list((meta.get("conditions") or {}).get("warnings", []))
 
 

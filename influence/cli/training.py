@@ -83,7 +83,7 @@ def print_probe(probe: dict | None) -> None:
     """The trace-lr probe's table and verdict, as the app shows it."""
     if not probe:
         return
-    from ..tracelr import refusal
+    from ..tracelr import adopted_sentence, refusal
 
     lr = probe["user_lr"] if probe["mode"] == "check" else probe["chosen"]
     what = "kept (trace_lr=check)" if probe["mode"] == "check" else "chosen by the probe (trace_lr=auto)"
@@ -114,6 +114,8 @@ def print_probe(probe: dict | None) -> None:
                   f"random groups: {c['lds']:.2f}; {check['lanes']} replayed sets)")
     elif check:
         print(f"    spot check: skipped - {check['skipped']}")
+    if probe.get("influence"):
+        print(f"    {adopted_sentence(probe['influence'])}")
     if probe.get("warning"):
         print(f"  warning: {probe['warning']}")
 

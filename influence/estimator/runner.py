@@ -25,6 +25,8 @@ from .results import (CHOSEN, RESULTS_LOCK, TABLE_FILES, TABLE_META, TABLE_VERSI
 
 log = logging.getLogger(__name__)
 CHECK_WINDOW_SHARE = 8
+ADOPTED = ("the trace-lr probe's walk over these traced steps (train.trace_lr), taken before training repeated them: "
+           "the same pass as an estimate's")
 
 
 def estimate(
@@ -68,19 +70,33 @@ def _compute(run: store.Run, cfg, trace: Trace, metrics: list[str], options: Est
         ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
         objectives = metric_objectives(todo, cfg.is_2d)
         state, norms, seconds, first, window = stored_pass(ctx, run, trace, objectives, options, progress, cancel)
-        step_of = trace.step_of_instance(ctx.dataset.n_train, first)
-        recompute = pass_conditions(run, trace, ctx)
-        for i, metric in enumerate(todo):
-            results[metric] = save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i],
-                                          step_of, state.values[i], seconds / len(todo), first, trace,
-                                          window[i].numpy(), trace.steps - check_window(trace.steps - first), recompute)
+        results.update(_save_pass(run, ctx, trace, todo, options, state, norms, seconds, first, window))
+    return _finish_pass(run, cfg, metrics, options, n_params, bool(todo), ctx, results)
+
+
+def _save_pass(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], options: EstimateOptions,
+               state: PassState, norms: np.ndarray, seconds: float, first: int, window: torch.Tensor,
+               source: str | None = None) -> dict[str, InfluenceResult]:
+    """Each metric's result of a finished pass over its stacked objectives (in `metrics` order)."""
+    n_params = trace.final.shape[0]
+    step_of = trace.step_of_instance(ctx.dataset.n_train, first)
+    recompute = pass_conditions(run, trace, ctx)
+    return {metric: save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i], step_of,
+                                state.values[i], seconds / len(metrics), first, trace, window[i].numpy(),
+                                trace.steps - check_window(trace.steps - first), recompute, source)
+            for i, metric in enumerate(metrics)}
+
+
+def _finish_pass(run: store.Run, cfg, metrics: list[str], options: EstimateOptions, n_params: int, computed: bool,
+                 ctx: RunContext | None, results: dict[str, InfluenceResult]) -> dict[str, InfluenceResult]:
+    """What a finished pass leaves besides its results (`computed`: this call stored some)."""
     for folder in _partials(run, options, n_params):  # only now: a kill before this resumes from it
         drop_partial(run, folder)
     with run.exclusive(RESULTS_LOCK):
         if not run.exists(CHOSEN) and options.method == "exact":
             # the first estimate computed is the one in use until the user picks another (a baseline never is)
             run.write_json(CHOSEN, {"name": result_name(options, n_params)})
-        if todo or _unfinished(run, metrics, options, n_params):
+        if computed or _unfinished(run, metrics, options, n_params):
             ctx = ctx or RunContext.create(cfg, run.root)
             metric_report(run, ctx)  # the table's flags carry each metric's verdict
             write_table(run, ctx.dataset)
@@ -88,6 +104,30 @@ def _compute(run: store.Run, cfg, trace: Trace, metrics: list[str], options: Est
         run.remove_stale_temp_files([f"influence/{options.key(m, n_params)}" for m in metrics])
         run.remove_stale_temp_files(["influence"], [CHOSEN.rsplit("/", 1)[-1], *TABLE_FILES])
     return results
+
+
+def adopt_pass(run: store.Run, walk: dict) -> list[str]:
+    """A finished run's influence on the metrics its trace-lr probe walked (`tracelr.Probe.walk`), stored as the
+    default estimate's results, when the run's trace is the walked segment (the same batches and, bit for bit, the
+    same final state: training repeated it) and no such result exists: the very pass `estimate` would run, over the
+    same states in the same dtype. Returns the metrics stored (none where the trace differs)."""
+    trace = Trace.load(run)
+    if (trace.steps != walk["batches"].shape[0] or trace.first_step != walk["first_step"]
+            or not np.array_equal(trace.batches, walk["batches"])
+            or not np.array_equal(trace.final_state, walk["final"])):
+        return []
+    cfg, options, n_params = load_run_config(run), EstimateOptions(), trace.final.shape[0]
+    metrics = walk["metrics"]
+    with run.exclusive(f"influence-{options.key('', n_params)}"):
+        if any(load_result(run, m, options, n_params) is not None for m in metrics):
+            return []  # an estimate was quicker: its results stay
+        ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
+        state = walk["state"]
+        norms = pass_norms(training_context(ctx), trace, state).numpy()
+        results = _save_pass(run, ctx, trace, metrics, options, state, norms, walk["seconds"], 0, walk["window"],
+                             ADOPTED)
+        _finish_pass(run, cfg, metrics, options, n_params, True, ctx, results)
+    return metrics
 
 
 def _partials(run: store.Run, options: EstimateOptions, n_params: int) -> list[str]:

@@ -223,6 +223,14 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: Recorder, fir
     if ctx.dataset.notes is not None:  # own images: what was read, skipped, renamed, held out
         run.write_json(SOURCE_RECORD, ctx.dataset.source_report())
     run.write_json("summary.json", summary)
+    if probe is not None and probe.walk is not None:
+        from ..estimator.runner import adopt_pass  # here: the estimator reads this module
+
+        adopted = adopt_pass(run, probe.walk)
+        if adopted:  # the probe walked these very steps: its pass is the estimate's
+            summary["trace_lr"]["influence"] = {"metrics": adopted, "seconds": probe.walk["seconds"]}
+            run.write_json(TRACE_LR_RECORD, summary["trace_lr"])
+            run.write_json("summary.json", summary)
     _tidy(run)
 
 
