@@ -1,0 +1,76 @@
+"""What a run traced at the probe's rate saves when its influence pass is the probe's walk (`estimator.adopt_pass`).
+
+    .venv/bin/python bench/probe_reuse.py --store DIR --preset quick [--seed 0] [--threads 2] [--set KEY=VALUE ...]
+
+Trains the preset with train.trace_lr=auto (or reuses it in --store), then times `estimate` of the walked metrics
+(FID and D-loss; ALL and D-loss on 2D) on the run, where they were stored from the probe's walk, and on a copy of
+the run without its influence results, where the pass runs; checks that both give the same files bit for bit.
+Prints one JSON line: training and probe seconds, the two estimates' seconds, and whether the files are equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from influence import store  # noqa: E402
+from influence.config import apply_overrides, preset  # noqa: E402
+from influence.estimator import EstimateOptions, estimate, result_name  # noqa: E402
+from influence.train import train  # noqa: E402
+
+FILES = ("scores", "window_scores", "flags", "u_norms", "state_norms")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = apply_overrides(preset(args.preset, args.seed), ["train.trace_lr=auto", *args.set])
+    started = time.perf_counter()
+    run = train(cfg, args.store)
+    train_s = time.perf_counter() - started
+    summary = run.read_json("summary.json")
+    probe = summary["trace_lr"]
+    adopted = probe.get("influence")
+    metrics = adopted["metrics"] if adopted else list(probe["metrics"])
+    started = time.perf_counter()
+    estimate(run, metrics, EstimateOptions())
+    read_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(dir=args.store) as tmp:
+        shutil.copytree(run.dir, Path(tmp) / run.run_id, ignore=shutil.ignore_patterns("influence", "_*"))
+        copy = store.open_run(Path(tmp), run.run_id)
+        started = time.perf_counter()
+        estimate(copy, metrics, EstimateOptions())
+        pass_s = time.perf_counter() - started
+        name = result_name(EstimateOptions(), n_params(run))
+        equal = all(np.array_equal(run.read_npy(f"influence/{m}-{name}/{f}.npy"),
+                                   copy.read_npy(f"influence/{m}-{name}/{f}.npy")) for m in metrics for f in FILES)
+    print(json.dumps({
+        "preset": args.preset, "seed": args.seed, "run_id": run.run_id, "threads": args.threads,
+        "traced_steps": summary["traced_steps"], "chosen_lr": probe["chosen"], "adopted": adopted,
+        "train_seconds_this_call": round(train_s, 1), "probe_seconds": round(probe["seconds"], 1),
+        "estimate_seconds_adopted": round(read_s, 2), "estimate_seconds_fresh_pass": round(pass_s, 1),
+        "files_equal": equal}))
+
+
+def n_params(run: store.Run) -> int:
+    return int(run.read_npy("weights/final.npy").shape[0])
+
+
+if __name__ == "__main__":
+    main()
