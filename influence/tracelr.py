@@ -26,7 +26,8 @@ confirmation costs a part of the epoch's walk, not all of it. check keeps the us
 says when it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch
 (GPU, the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the
 segment, predicted against actual. Nothing here depends on timing; the probe's cost is reported against the
-traced epochs' training.
+traced epochs' training. Where the pick's walk covers every traced step (one traced epoch), the probe keeps it
+(`Probe.walk`, in memory) for the finished run to store as its influence pass (`estimator.adopt_pass`).
 """
 
 from __future__ import annotations
