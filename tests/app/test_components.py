@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from apphelpers import APP  # noqa: F401  (puts the app's `explorer` package on the path)
-from explorer import cards, curation, figures, tables, trainform
+from explorer import cards, curation, figures, finetuneform, tables, trainform
 from influence.config import preset
 from influence.errors import ConfigError
 from influence.estimator import FLAG_NEVER_TRACED, FLAG_RELIABLE, InfluenceResult
@@ -185,3 +185,14 @@ def test_a_cleansing_curve_ticks_whole_instances():
                           "seeds": [3], "p_value": [0.04]})
     axis = figures.sweep_figure(table, "fid").layout.xaxis
     assert list(axis.tickvals) == [1000] and axis.tickformat == ",d"
+
+
+def test_the_probe_sentence_says_when_the_runs_influence_came_from_its_walk():
+    probe = {"mode": "auto", "chosen": [1e-3, 1e-3], "user_lr": None, "reason": "the largest of 2 rates probed",
+             "cost": {"sentence": "the probe took 62.4 s, 12.48x the 5.0 s of training the traced epochs"}}
+    plain = finetuneform.probe_sentence(probe)
+    assert plain.startswith("Traced at lr_D 0.001, lr_G 0.001, chosen by the probe: the largest of 2 rates probed. ")
+    assert plain.endswith("The probe took 62.4 s, 12.48x the 5.0 s of training the traced epochs.")
+    adopted = finetuneform.probe_sentence({**probe, "influence": {"metrics": ["fid", "dloss"], "seconds": 33.89}})
+    assert adopted == plain + (" Influence on FID and D-loss stored from the probe's walk of these very steps (33.9 s):"
+                               " an estimate of them needs no pass.")
