@@ -1,8 +1,10 @@
 """What a run traced at the probe's rate saves when its influence pass is the probe's walk (`estimator.adopt_pass`).
 
     .venv/bin/python bench/probe_reuse.py --store DIR --preset quick [--seed 0] [--threads 2] [--set KEY=VALUE ...]
+    .venv/bin/python bench/probe_reuse.py --store DIR --from RUN_ID [--keep-optimizer]   # a fine-tune of a store run
 
-Trains the preset with train.trace_lr=auto (or reuses it in --store), then times `estimate` of the walked metrics
+Trains the preset with train.trace_lr=auto, or fine-tunes a run of --store for one traced epoch (`finetune`'s
+default: auto) (or reuses either in --store), then times `estimate` of the walked metrics
 (FID and D-loss; ALL and D-loss on 2D) on the run, where they were stored from the probe's walk, and on a copy of
 the run without its influence results, where the pass runs; checks that both give the same files bit for bit.
 Prints one JSON line: training and probe seconds, the two estimates' seconds, and whether the files are equal.
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from influence import store  # noqa: E402
 from influence.config import apply_overrides, preset  # noqa: E402
 from influence.estimator import EstimateOptions, estimate, result_name  # noqa: E402
+from influence.finetune import configure  # noqa: E402
 from influence.train import train  # noqa: E402
 
 FILES = ("scores", "window_scores", "flags", "u_norms", "state_norms")
@@ -38,9 +41,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--from", dest="from_run", help="fine-tune this run of --store instead of training the preset")
+    p.add_argument("--keep-optimizer", action="store_true", help="the fine-tune starts from the run's Adam moments")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = apply_overrides(preset(args.preset, args.seed), ["train.trace_lr=auto", *args.set])
+    if args.from_run:
+        cfg = configure(args.store, from_run_id=args.from_run, keep_optimizer=args.keep_optimizer, overrides=args.set)
+    else:
+        cfg = apply_overrides(preset(args.preset, args.seed), ["train.trace_lr=auto", *args.set])
     started = time.perf_counter()
     run = train(cfg, args.store)
     train_s = time.perf_counter() - started
@@ -61,7 +69,8 @@ def main() -> None:
         equal = all(np.array_equal(run.read_npy(f"influence/{m}-{name}/{f}.npy"),
                                    copy.read_npy(f"influence/{m}-{name}/{f}.npy")) for m in metrics for f in FILES)
     print(json.dumps({
-        "preset": args.preset, "seed": args.seed, "run_id": run.run_id, "threads": args.threads,
+        "preset": cfg.preset, "seed": cfg.seed, "from_run": args.from_run, "run_id": run.run_id,
+        "threads": args.threads,
         "traced_steps": summary["traced_steps"], "chosen_lr": probe["chosen"], "adopted": adopted,
         "train_seconds_this_call": round(train_s, 1), "probe_seconds": round(probe["seconds"], 1),
         "estimate_seconds_adopted": round(read_s, 2), "estimate_seconds_fresh_pass": round(pass_s, 1),
