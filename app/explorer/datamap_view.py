@@ -15,7 +15,7 @@ import streamlit as st
 from influence import datamap
 from influence.metrics import METRIC_LABELS, harmful_sign
 
-from . import cache, cards, figures, gallery_filter, state, tables
+from . import cache, cards, figures, gallery_filter, instance_view, state
 from .numbers import SCI_COLORBAR
 
 TSNE_SLOW_N = 10_000  # above this t-SNE takes minutes; the page says so before starting it
@@ -101,14 +101,8 @@ def render(root, run_id: str, results: dict, metric: str, dataset, removal: list
     names = cards.shown_names([paths[j] for j in row], cache.CARD_PX) if paths else [None] * len(row)
     with cards.grid(cache.CARD_PX) as grid:  # fixed-width cards that wrap: numbers stay on one line
         for j, png, d, name in zip(row, thumbs, [0.0, *dist.tolist()], names, strict=True):
-            with grid.container(border=True, width=cache.CARD_PX):
-                st.image(png)
-                st.markdown(f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}"))
-                if paths:
-                    cards.file_line(paths[j], name)
-                st.caption(tables.score_lines(results, j, cache.verdicts_now(root, run_id)))
-                member = j in in_set
-                st.checkbox("remove", value=member, key=f"similar-pick-{run_id}-{j}-{int(member)}",
-                            on_change=state.toggle_removal, args=(root, run_id, j))
+            line = f"**#{j}**" + (" (chosen)" if j == i else f" · d = {d:.2g}")
+            instance_view.gallery_card(grid, root, run_id, results, j, png, lambda line=line: st.markdown(line),
+                                       paths[j] if paths else None, name, in_set, "similar-pick")
     st.button(f"Add the {SIMILAR} neighbours to the removal set", key=f"similar-add-{run_id}",
               on_click=state.add_to_removal, args=(root, run_id, ids.tolist()), icon=":material/add_box:")

@@ -3,6 +3,7 @@ per metric, the traced step that saw it, and where it was removed or checked (cl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,21 @@ from influence.metrics import METRIC_LABELS
 from influence.validation.trust import verdict
 
 from . import cache, cards, figures, state, tables
+
+
+def gallery_card(grid, root: Path, run_id: str, results: dict, i: int, png: bytes, heading: Callable[[], None],
+                 path: str | None, shown: str | None, in_set: set, key: str) -> None:
+    """A training image's card in a grid of cards (`cards.grid`): the image, its first line (`heading`), its file,
+    its scores and a box that puts it into the removal set (widget key `key`-run-id-i-member)."""
+    with grid.container(border=True, width=cache.CARD_PX):
+        st.image(png)
+        heading()
+        if path is not None:
+            cards.file_line(path, shown)
+        st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
+        member = i in in_set
+        st.checkbox("remove", value=member, key=f"{key}-{run_id}-{i}-{int(member)}",
+                    on_change=state.toggle_removal, args=(root, run_id, i))
 
 
 def facts(root: Path, run_id: str, results: dict, frame: pd.DataFrame, i: int, check: dict | None = None) -> dict:

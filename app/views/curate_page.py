@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import (cache, cards, curation, datamap_view, figures, gallery_filter, numbers, removal_tools, state,
-                      tables, widgets)
+from explorer import (cache, cards, curation, datamap_view, figures, gallery_filter, instance_view, numbers,
+                      removal_tools, state, tables, widgets)
 from influence.baselines import METHOD_LABELS, methods_for
 from influence.errors import ConfigError
 from influence.estimator import FLAG_NEVER_TRACED, harmful_order
@@ -129,16 +129,10 @@ with gallery_col:
         names = cards.shown_names([paths[i] for i in page_ids], cache.CARD_PX) if paths else [None] * len(page_ids)
         with cards.grid(cache.CARD_PX) as grid:
             for i, png, name in zip(page_ids, thumbs, names, strict=True):
-                with grid.container(border=True, width=cache.CARD_PX):
-                    st.image(png)
-                    label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
-                    cards.heading(f"#{i}", label, cache.CARD_PX)
-                    if paths:
-                        cards.file_line(paths[i], name)
-                    st.caption(tables.score_lines(results, i, cache.verdicts_now(root, run_id)))
-                    member = i in in_set
-                    st.checkbox("remove", value=member, key=f"pick-{run_id}-{i}-{int(member)}",
-                                on_change=state.toggle_removal, args=(root, run_id, i))
+                label = figures.class_label(int(labels[i]), class_names) if labels is not None else None
+                instance_view.gallery_card(grid, root, run_id, results, i, png,
+                                           lambda i=i, label=label: cards.heading(f"#{i}", label, cache.CARD_PX),
+                                           paths[i] if paths else None, name, in_set, "pick")
     else:
         frame = pd.DataFrame({"remove": [i in in_set for i in page_ids], "id": page_ids})
         if paths:
