@@ -25,7 +25,7 @@ FILLERS = 7  # invisible cards after a grid's last: up to 8 cards a line stay in
 @contextlib.contextmanager
 def grid(card_px: int, key: str | None = None) -> Iterator:
     """A wrapping row of cards `card_px` wide, as many a line as the window holds, spread over the whole width
-    (left-aligned, a line left a blank band as wide as a card at its right). The last line is padded with
+    (aligned left, the cards left a blank band up to a card wide at the right). The last line is padded with
     invisible cards of the same width (1 px high), so its cards stand in the columns of the lines above."""
     row = st.container(horizontal=True, gap="small", horizontal_alignment="distribute", key=key)
     yield row
