@@ -44,8 +44,8 @@ from .context import RunContext
 from .counterfactual import replay_lanes
 from .counterfactual.plan import choose_plan
 from .errors import DivergenceError
-from .estimator import (GROWTH_DOUBTFUL, EstimateOptions, check_window, last_updates, pass_norms, start_pass,
-                        training_context, verdict_for, walk_back)
+from .estimator import (GROWTH_DOUBTFUL, EstimateOptions, last_updates, pass_norms, start_pass, training_context,
+                        verdict_for, walk_back, window_first)
 from .metrics import METRIC_LABELS, harmful_sign
 from .objectives import metric_objectives
 from .progress import CancelToken, ProgressFn, Reporter
@@ -365,7 +365,7 @@ def walk_segment(pass_ctx: RunContext, seg: Trace, metrics: list[str], report=No
     train_ctx = training_context(pass_ctx)
     state = start_pass(pass_ctx, seg, metric_objectives(metrics, pass_ctx.cfg.is_2d))
     out = {"walked": 0, "stopped_early": False, "diverged": None}
-    window_start = seg.steps - check_window(seg.steps)  # as `estimator.stored_pass` takes it
+    window_start = window_first(seg.steps)
     try:
         for t in walk_back(pass_ctx, seg, state, 0, train_ctx=train_ctx):
             if t == window_start:

@@ -19,7 +19,8 @@ from .options import (AFFORDABLE_FLOAT64_PARAMS, ESTIMATOR_VERSION, FROZEN_VERSI
                       EstimateOptions, result_name)
 from .results import (CHOSEN, InfluenceResult, cached_results, choose_results, chosen_name, harmful_order,
                       influence_table, load_result, result_dir, result_sets, table_metadata, write_table)
-from .runner import check_options, check_window, drop_partial, estimate, partial_folder, stored_pass, training_context
+from .runner import (check_options, check_window, drop_partial, estimate, partial_folder, stored_pass, training_context,
+                     window_first)
 from .verdict import (FLAG_DOUBTFUL, FLAG_NAMES, FLAG_NEVER_TRACED, FLAG_NOT_ASSESSED, FLAG_RELIABLE, FLAG_UNRELIABLE,
                       GROWTH_DOUBTFUL, GROWTH_UNRELIABLE, growth_of, instance_flags, verdict_for)
 
@@ -31,5 +32,5 @@ __all__ = [
     "chosen_name", "drop_partial", "estimate", "partial_folder", "growth_of", "harmful_order", "influence_table", "initial_adjoint",
     "instance_flags", "last_updates", "load_result", "objective_gradients", "pass_norms", "player_scales",
     "result_dir", "result_name", "result_sets", "start_pass", "stored_pass", "table_metadata", "training_context",
-    "rows_per_product", "unmeasured_players", "verdict_for", "walk_back", "write_table",
+    "rows_per_product", "unmeasured_players", "verdict_for", "walk_back", "window_first", "write_table",
 ]

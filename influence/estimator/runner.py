@@ -83,7 +83,7 @@ def _save_pass(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str]
     recompute = pass_conditions(run, trace, ctx)
     return {metric: save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i], step_of,
                                 state.values[i], seconds / len(metrics), first, trace, window[i].numpy(),
-                                trace.steps - check_window(trace.steps - first), recompute, source)
+                                window_first(trace.steps, first), recompute, source)
             for i, metric in enumerate(metrics)}
 
 
@@ -106,22 +106,24 @@ def _finish_pass(run: store.Run, cfg, metrics: list[str], options: EstimateOptio
     return results
 
 
-def adopt_pass(run: store.Run, walk: dict) -> list[str]:
+def adopt_pass(run: store.Run, walk: dict, train_ctx: RunContext) -> list[str]:
     """A finished run's influence on the metrics its trace-lr probe walked (`tracelr.Probe.walk`), stored as the
     default estimate's results, when the run's trace is the walked segment (the same batches and, bit for bit, the
     same final state: training repeated it) and no such result exists: the very pass `estimate` would run, over the
-    same states in the same dtype. Returns the metrics stored (none where the trace differs)."""
+    same states in the same dtype. `train_ctx`: the training's context. Returns the metrics stored (none where the
+    trace differs)."""
     trace = Trace.load(run)
     if (trace.steps != walk["batches"].shape[0] or trace.first_step != walk["first_step"]
             or not np.array_equal(trace.batches, walk["batches"])
             or not np.array_equal(trace.final_state, walk["final"])):
         return []
-    cfg, options, n_params = load_run_config(run), EstimateOptions(), trace.final.shape[0]
+    cfg, options, n_params = train_ctx.cfg, EstimateOptions(), trace.final.shape[0]
     metrics = walk["metrics"]
     with run.exclusive(f"influence-{options.key('', n_params)}"):
         if any(load_result(run, m, options, n_params) is not None for m in metrics):
             return []  # an estimate was quicker: its results stay
-        ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
+        dtype = getattr(torch, options.resolved_dtype(n_params))
+        ctx = train_ctx if dtype == train_ctx.dtype else train_ctx.with_dtype(dtype)  # as the probe walked
         state = walk["state"]
         norms = pass_norms(training_context(ctx), trace, state).numpy()
         results = _save_pass(run, ctx, trace, metrics, options, state, norms, walk["seconds"], 0, walk["window"],
@@ -180,6 +182,11 @@ def training_context(ctx: RunContext) -> RunContext:
     return ctx.with_dtype(getattr(torch, ctx.cfg.train.dtype))
 
 
+def window_first(steps: int, first: int = 0) -> int:
+    """The first step of the quick check's window over traced steps first..steps (`window_scores.npy` starts there)."""
+    return steps - check_window(steps - first)
+
+
 def check_window(steps: int) -> int:
     """How many of the last traced steps the quick spot check replays (`validation.spotcheck`): an eighth of them,
     so that its replays cost about one influence pass."""
@@ -205,7 +212,7 @@ def stored_pass(ctx: RunContext, run: store.Run, trace: Trace, objectives: list[
     else:
         state, elapsed, window = loaded
         state.adjoint = [a.to(ctx.device, ctx.dtype) for a in state.adjoint]
-    window_start = trace.steps - check_window(trace.steps - first)
+    window_start = window_first(trace.steps, first)
     report = Reporter("influence", trace.steps - first, progress, cancel)
     frozen = options.optimizer_state == "frozen"
     advance = None if options.method == "exact" else baseline_advance(ctx, trace, objectives, options.method, frozen)

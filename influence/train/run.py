@@ -226,7 +226,7 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: Recorder, fir
     if probe is not None and probe.walk is not None:
         from ..estimator.runner import adopt_pass  # here: the estimator reads this module
 
-        adopted = adopt_pass(run, probe.walk)
+        adopted = adopt_pass(run, probe.walk, ctx)
         if adopted:  # the probe walked these very steps: its pass is the estimate's
             summary["trace_lr"]["influence"] = {"metrics": adopted, "seconds": probe.walk["seconds"]}
             run.write_json(TRACE_LR_RECORD, summary["trace_lr"])
