@@ -27,7 +27,9 @@ says when it lies far above the probe's pick. On the chosen rung a small batched
 (GPU, the dense toys; `counterfactual.plan`): random groups and the harmful and helpful sets replayed over the
 segment, predicted against actual. Nothing here depends on timing; the probe's cost is reported against the
 traced epochs' training. Where the pick's walk covers every traced step (one traced epoch), the probe keeps it
-(`Probe.walk`, in memory) for the finished run to store as its influence pass (`estimator.adopt_pass`).
+with its segment (`Probe.walk`, in memory): training at that rate keeps the segment as its traced epoch instead of
+training the epoch again (`train.run`), and the finished run stores the walk as its influence pass
+(`estimator.adopt_pass`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .metrics import METRIC_LABELS, harmful_sign
 from .objectives import metric_objectives
 from .progress import CancelToken, ProgressFn, Reporter
 from .stepmap import TrainState
-from .train import Trace, epoch_kinds, record_segment, storage_for
+from .train import Segment, Trace, epoch_kinds, record_segment, storage_for
 
 RUNGS = 7  # the ladder: base x 10^(-i/2), i = 0..6, down to a thousandth of the base
 RUNG_FACTOR = 10 ** -0.5
@@ -147,8 +149,10 @@ class Probe:
     seconds: float
     user_lr: tuple[float, float] | None = None  # check: the user's rate of the traced epochs
     traced_seconds: float | None = field(default=None)
-    # the pick's walk over every traced step, in memory only: {"metrics", "state", "window", "seconds", "final",
-    # "batches", "first_step"}; the finished run adopts it as its influence pass when its trace is these very steps
+    epoch_kept: bool = False  # training kept the pick's segment as its traced epoch (trained once, by the probe)
+    # the pick's walk over every traced step, in memory only: {"metrics", "state", "window", "seconds", "segment"
+    # (train.Segment)}; training keeps the segment as its traced epoch and the finished run adopts the walk as its
+    # influence pass when they are the run's very steps
     walk: dict | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
@@ -160,10 +164,15 @@ class Probe:
 
     def cost(self) -> dict:
         ratio = self.seconds / self.traced_seconds if self.traced_seconds else None
+        # a kept epoch was trained inside the probe: its seconds count once, in the probe's
+        added = self.seconds - self.traced_seconds if self.epoch_kept and self.traced_seconds else self.seconds
         sentence = f"the probe took {self.seconds:.1f} s" + (
             f", {ratio:.2f}x the {self.traced_seconds:.1f} s of training the traced epochs" if ratio is not None else "")
+        if self.epoch_kept and ratio is not None:
+            sentence += (f"; its segment at the pick is the traced epoch (trained once, inside the probe), so the "
+                         f"probe added {added:.1f} s to training")
         return {"probe_seconds": self.seconds, "traced_seconds": self.traced_seconds, "ratio": ratio,
-                "sentence": sentence}
+                "added_seconds": added, "sentence": sentence}
 
     def with_traced_seconds(self, seconds: float | None) -> dict:
         self.traced_seconds = seconds
@@ -197,7 +206,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
     first = (epoch - 1) * len(epoch_kinds(cfg, ctx.dataset.n_train))  # a segment reports global step numbers
     rungs, pick, checked, walk, done = [], None, None, None, 0
 
-    def measure(lr: tuple[float, float], length: int, every: int = 1) -> tuple[dict, Trace | None, dict]:
+    def measure(lr: tuple[float, float], length: int, every: int = 1) -> tuple[dict, Segment | None, dict]:
         nonlocal done
         copy = torch.Generator()
         copy.set_state(rng.get_state())
@@ -218,10 +227,10 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
                                                          "stopped_early", "diverged", "seconds")}
             row["verdict"] = long_row["verdict"]
         if stable(row) and confirm == "replayed":
-            row["replayed"] = _harmful_replay(ctx, seg, passed["scores"], metrics, progress, cancel)
+            row["replayed"] = _harmful_replay(ctx, seg.trace, passed["scores"], metrics, progress, cancel)
         rungs.append(row)
         if passes(row):
-            pick, checked = i, (seg, passed["scores"])
+            pick, checked = i, (seg.trace, passed["scores"])
             walk = _whole_walk(seg, passed, metrics, traced_steps)
             break
         del seg, passed  # a refused rung's states go before the next rung records its own
@@ -281,14 +290,13 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
                  time.perf_counter() - started, user, walk=walk)
 
 
-def _whole_walk(seg: Trace, passed: dict, metrics: list[str], traced_steps: int) -> dict | None:
-    """The pick's walk where it covers every traced step (one traced epoch, walked to its start): the influence
-    pass of FID (ALL) and D-loss over the steps the run will trace at this rate, if training repeats them."""
-    if seg.steps != traced_steps or passed.get("walked") != traced_steps or "window" not in passed:
+def _whole_walk(seg: Segment, passed: dict, metrics: list[str], traced_steps: int) -> dict | None:
+    """The pick's walk where it covers every traced step (one traced epoch, walked to its start), with its segment:
+    the traced epoch and the influence pass of FID (ALL) and D-loss over it, if training runs at this rate."""
+    if seg.trace.steps != traced_steps or passed.get("walked") != traced_steps or "window" not in passed:
         return None
     return {"metrics": list(metrics), "state": passed["state"], "window": passed["window"],
-            "seconds": passed["seconds"], "final": np.array(seg.final_state), "batches": np.array(seg.batches),
-            "first_step": seg.first_step}
+            "seconds": passed["seconds"], "segment": seg}
 
 
 def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str],
@@ -335,7 +343,7 @@ def refusal(row: dict) -> str | None:
 
 def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, rng: torch.Generator,
           lr: tuple[float, float], steps: int, traced_steps: int, metrics: list[str], train_report, walk_report,
-          every: int = 1) -> tuple[dict, Trace | None, dict]:
+          every: int = 1) -> tuple[dict, Segment | None, dict]:
     """One segment of a rung trained (the state every `every` steps) and walked back; (its row of the table, the
     segment, the walk)."""
     started = time.perf_counter()
@@ -346,7 +354,7 @@ def _rung(ctx: RunContext, pass_ctx: RunContext, state: TrainState, epoch: int, 
     except DivergenceError as e:
         row.update(diverged=f"training diverged: {e}", seconds=time.perf_counter() - started)
         return row, None, {}
-    passed = walk_segment(pass_ctx, seg, metrics, walk_report)
+    passed = walk_segment(pass_ctx, seg.trace, metrics, walk_report)
     row.update(walked=passed["walked"], stopped_early=passed["stopped_early"], diverged=passed["diverged"])
     if passed["diverged"] is None:
         # each column the worst of the objectives (as an estimate's verdict takes the worst of its metrics)

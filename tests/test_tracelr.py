@@ -106,6 +106,46 @@ def test_the_picks_walk_is_stored_as_the_runs_influence_pass_when_training_repea
     assert estimate(run, ["all", "dloss"], EstimateOptions())["all"].meta["source"] == adopted["all"]["source"]
 
 
+def test_the_picks_segment_is_kept_as_the_traced_epoch_and_equals_training_it_again(tmp_path, monkeypatch, capsys):
+    kept = train(_toy(), tmp_path / "a")
+    probe = kept.read_json(TRACE_LR_RECORD)
+    assert probe["epoch_kept"] and probe["cost"]["added_seconds"] == pytest.approx(
+        probe["seconds"] - probe["traced_seconds"])
+    print_probe(probe)
+    assert "its segment at the pick is the traced epoch (trained once, inside the probe)" in capsys.readouterr().out
+    monkeypatch.setattr("influence.train.run._probe_segment", lambda *args: None)  # train the epoch again
+    again = train(_toy(), tmp_path / "b")
+    assert not again.read_json(TRACE_LR_RECORD)["epoch_kept"]
+    for name in ("trace/states", "trace/batches", "trace/z", "trace/lrs", "trace/kinds", "trace/counts",
+                 "trace/stored_steps", "trace/final_state", "weights/final", "influence/all-float64-v1/scores"):
+        assert np.array_equal(kept.read_npy(f"{name}.npy"), again.read_npy(f"{name}.npy")), name
+    history = kept.read_json("history.json")
+    assert history[-1]["probe_segment"] and not any("probe_segment" in e for e in history[:-1])
+    drop = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "probe_segment")} for e in h]  # noqa: E731
+    assert drop(history) == drop(again.read_json("history.json"))
+    assert kept.read_json("summary.json")["test"] == again.read_json("summary.json")["test"]
+
+
+def test_a_run_killed_after_its_last_epoch_keeps_its_probe_record(tmp_path, monkeypatch):
+    from influence.train import run as train_run
+
+    finish = train_run._finish
+
+    def killed(*args):
+        raise RuntimeError("killed before the run's files were written")
+
+    monkeypatch.setattr(train_run, "_finish", killed)
+    with pytest.raises(RuntimeError):
+        train(_toy(), tmp_path)
+    monkeypatch.setattr(train_run, "_finish", finish)
+    resumed = train(_toy(), tmp_path)  # from the last epoch's checkpoint: nothing left to train
+    probe = resumed.read_json("summary.json")["trace_lr"]
+    assert probe == resumed.read_json(TRACE_LR_RECORD) and probe["epoch_kept"]
+    assert probe["traced_seconds"] == resumed.read_json("history.json")[-1]["seconds"]
+    assert np.all(Trace.load(resumed).lrs == probe["chosen"][0])
+    assert "influence" not in probe  # the walk was in the killed process's memory: an estimate runs the pass
+
+
 def test_a_longer_trace_never_gets_a_larger_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(tracelr, "_spot_check", lambda *args: None)  # the subject here is the pick alone
     cfg = _toy(trace_lr_probe_steps=10)

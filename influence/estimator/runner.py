@@ -112,10 +112,10 @@ def adopt_pass(run: store.Run, walk: dict, train_ctx: RunContext) -> list[str]:
     same final state: training repeated it) and no such result exists: the very pass `estimate` would run, over the
     same states in the same dtype. `train_ctx`: the training's context. Returns the metrics stored (none where the
     trace differs)."""
-    trace = Trace.load(run)
-    if (trace.steps != walk["batches"].shape[0] or trace.first_step != walk["first_step"]
-            or not np.array_equal(trace.batches, walk["batches"])
-            or not np.array_equal(trace.final_state, walk["final"])):
+    trace, walked = Trace.load(run), walk["segment"].trace
+    if (trace.steps != walked.steps or trace.first_step != walked.first_step
+            or not np.array_equal(trace.batches, walked.batches)
+            or not np.array_equal(trace.final_state, walked.final_state)):
         return []
     cfg, options, n_params = train_ctx.cfg, EstimateOptions(), trace.final.shape[0]
     metrics = walk["metrics"]

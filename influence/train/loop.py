@@ -4,6 +4,8 @@ segment trained and traced in memory (the trace-lr probe's)."""
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -95,8 +97,19 @@ def train_without(ctx: RunContext, removed_ids, progress: ProgressFn | None = No
     return state.theta_d, state.eval_generator(ctx.cfg.eval.ema_generator)
 
 
+@dataclass
+class Segment:
+    """A segment trained and traced in memory (`record_segment`), with what a training that keeps it as its epoch
+    needs besides the trace: the steps' losses, the generator's state after them, the seconds they took."""
+
+    trace: Trace
+    losses: list[tuple]
+    rng_state: torch.Tensor
+    seconds: float
+
+
 def record_segment(ctx: RunContext, epoch: int, state: TrainState, rng: torch.Generator, lr: tuple[float, float],
-                   steps: int, report: Reporter, every: int = 1) -> "Trace":
+                   steps: int, report: Reporter, every: int = 1) -> Segment:
     """The first `steps` steps of `epoch` from `state` at rate `lr`, trained and traced in memory (the state every
     `every` steps: 1 = snapshots); `rng` is consumed (pass a copy to leave a run's own stream alone). The trace-lr
     probe's segment."""
@@ -104,9 +117,12 @@ def record_segment(ctx: RunContext, epoch: int, state: TrainState, rng: torch.Ge
     start = (epoch - 1) * len(epoch_kinds(cfg, n))
     rec = Recorder(start, every, cfg.train.batch_size, cfg.model.z_dim)
     keep = torch.ones(n, dtype=torch.bool)
-    end, _ = run_epoch(ctx, epoch, state, rng, keep, report, rec, lr=lr, steps=steps)
+    started = time.perf_counter()
+    end, losses = run_epoch(ctx, epoch, state, rng, keep, report, rec, lr=lr, steps=steps)
+    seconds = time.perf_counter() - started
     items = {name: np.stack(values) for name, values in rec.items.items()}
     layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
-    return Trace(items["states"], np.arange(len(items["states"]), dtype=np.int64) * every, items["batches"], items["z"],
-                 items["lrs"], items["kinds"], items["counts"], layout, ctx.rule, end.flat().cpu().numpy(), start,
-                 bool(cfg.eval.ema_generator and end.ema is not None), conditions.current(ctx.device, ctx.dtype))
+    trace = Trace(items["states"], np.arange(len(items["states"]), dtype=np.int64) * every, items["batches"],
+                  items["z"], items["lrs"], items["kinds"], items["counts"], layout, ctx.rule, end.flat().cpu().numpy(),
+                  start, bool(cfg.eval.ema_generator and end.ema is not None), conditions.current(ctx.device, ctx.dtype))
+    return Segment(trace, losses, rng.get_state(), seconds)

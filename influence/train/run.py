@@ -85,6 +85,7 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
     history: list[dict] = []
     start_epoch = 1
     items = None
+    probe = None
 
     run.write_json("config.json", cfg.to_dict())
     resumed = _load_checkpoint(run, layout)
@@ -92,21 +93,30 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
         flat, rng_state, history, items, start_epoch = resumed
         state = to_state(ctx, layout, flat)
         rng.set_state(rng_state)
+        if run.exists(TRACE_LR_RECORD):  # probed before the kill (perhaps after the last epoch: the summary needs it)
+            probe = _stored_probe(run)
     rec = Recorder(first_traced, every, cfg.train.batch_size, cfg.model.z_dim, items)
 
     report = Reporter("train", total, progress, cancel)
     ctx.evaluator("test")  # builds the feature classifier now, not inside the first epoch's timing
     keep = torch.ones(n, dtype=torch.bool)
     use_ema = cfg.eval.ema_generator
-    probe = None
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         if probe is None and cfg.train.trace_lr != "schedule" and epoch >= first_traced_epoch(cfg, n):
             probe = _traced_lr_probe(ctx, run, state, epoch, rng, total - first_traced, progress, cancel)
         lr_d, lr_g = epoch_lr(cfg, epoch, n, probe.chosen if probe is not None and probe.mode == "auto" else None)
         epoch_started = time.perf_counter()
-        state, losses = run_epoch(ctx, epoch, state, rng, keep, report, rec, lr=(lr_d, lr_g))
-        entry = {"epoch": epoch, "lr_d": lr_d, "lr_g": lr_g, "seconds": time.perf_counter() - epoch_started,
-                 "loss_d": _mean(l[0] for l in losses), "loss_g": _mean(l[1] for l in losses)}
+        kept = _probe_segment(probe, (lr_d, lr_g), rec)
+        if kept is not None:  # the probe trained this very epoch at this rate: keep it instead of training it again
+            state, losses, seconds = to_state(ctx, layout, kept.trace.final_state), kept.losses, kept.seconds
+            rng.set_state(kept.rng_state)
+            rec.items = {name: list(getattr(kept.trace, name)) for name in TRACE_FILES}
+        else:
+            state, losses = run_epoch(ctx, epoch, state, rng, keep, report, rec, lr=(lr_d, lr_g))
+            seconds = time.perf_counter() - epoch_started
+        entry = {"epoch": epoch, "lr_d": lr_d, "lr_g": lr_g, "seconds": seconds,
+                 "loss_d": _mean(l[0] for l in losses), "loss_g": _mean(l[1] for l in losses),
+                 **({"probe_segment": True} if kept is not None else {})}
         if cfg.eval.metrics_every_epoch or epoch == cfg.train.epochs:
             entry.update(ctx.evaluator("test").evaluate(state.theta_d, state.eval_generator(use_ema)))
         history.append(entry)
@@ -122,10 +132,10 @@ def _traced_lr_probe(ctx: RunContext, run: store.Run, state: TrainState, epoch: 
                      traced_steps: int, progress, cancel):
     """The probe of train.trace_lr before the first traced epoch (from a copy of the run's generator, so the run's
     own stream is untouched), stored in the run; a resumed run reads it (the same state gave it: deterministic)."""
-    from ..tracelr import Probe, probe_traced_lr  # the probe walks the estimator's loop, which reads this module
+    from ..tracelr import probe_traced_lr  # the probe walks the estimator's loop, which reads this module
 
     if run.exists(TRACE_LR_RECORD):
-        return Probe.from_dict(run.read_json(TRACE_LR_RECORD))
+        return _stored_probe(run)
     if epoch > first_traced_epoch(ctx.cfg, ctx.dataset.n_train):
         raise StoreError(f"run {run.run_id}: the traced epochs began but {TRACE_LR_RECORD} is missing; delete the "
                          "run's checkpoint/ folder to train it again")
@@ -134,6 +144,25 @@ def _traced_lr_probe(ctx: RunContext, run: store.Run, state: TrainState, epoch: 
     probe = probe_traced_lr(ctx, state, epoch, copy, traced_steps, progress, cancel)
     run.write_json(TRACE_LR_RECORD, probe.as_dict())
     return probe
+
+
+def _stored_probe(run: store.Run):
+    from ..tracelr import Probe  # the probe walks the estimator's loop, which reads this module
+
+    return Probe.from_dict(run.read_json(TRACE_LR_RECORD))
+
+
+def _probe_segment(probe, lr: tuple[float, float], rec: Recorder):
+    """The probe's segment at its pick (`tracelr.Probe.walk`) where it is the traced epoch training is about to run:
+    trained from this state with a copy of this generator over every step of the epoch, at this rate; else None,
+    and a segment of other steps is dropped (its states are not needed beside the epoch's)."""
+    if probe is None or probe.walk is None or rec.items["batches"]:
+        return None
+    seg = probe.walk["segment"]
+    if not np.all(seg.trace.lrs == np.array(lr)):  # check: the user's rate, above the pick
+        probe.walk = None
+        return None
+    return seg
 
 
 def _write_grid(ctx: RunContext, run: store.Run, epoch: int, theta_g: torch.Tensor) -> None:
@@ -216,8 +245,10 @@ def _finish(ctx, run, state: TrainState, layout: StateLayout, rec: Recorder, fir
         "start": start_record(ctx.cfg.model, ctx.start_counts),
     }
     if probe is not None:  # its cost against the traced epochs' training, now that they ran
-        traced = [h.get("seconds") for h in history if h["epoch"] >= first_traced_epoch(ctx.cfg, ctx.dataset.n_train)]
-        summary["trace_lr"] = probe.with_traced_seconds(sum(traced) if all(t is not None for t in traced) else None)
+        traced = [h for h in history if h["epoch"] >= first_traced_epoch(ctx.cfg, ctx.dataset.n_train)]
+        probe.epoch_kept = any(h.get("probe_segment") for h in traced)
+        seconds = [h.get("seconds") for h in traced]
+        summary["trace_lr"] = probe.with_traced_seconds(sum(seconds) if all(t is not None for t in seconds) else None)
         run.write_json(TRACE_LR_RECORD, summary["trace_lr"])
     pin_feature_net(ctx, run)
     if ctx.dataset.notes is not None:  # own images: what was read, skipped, renamed, held out
