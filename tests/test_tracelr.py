@@ -126,6 +126,15 @@ def test_the_picks_segment_is_kept_as_the_traced_epoch_and_equals_training_it_ag
     assert kept.read_json("summary.json")["test"] == again.read_json("summary.json")["test"]
 
 
+def test_a_trace_that_starts_inside_the_epoch_trains_the_whole_epoch_after_the_probe(tmp_path):
+    run = train(_toy(trace_steps=5, trace_lr_probe_steps=None), tmp_path)  # the last 5 of the epoch's 20 steps
+    probe, history = run.read_json(TRACE_LR_RECORD), run.read_json("history.json")
+    # the probe's segments were the epoch's first 5 steps: the epoch trained whole after it, its last 5 traced
+    assert not probe["epoch_kept"] and "probe_segment" not in history[-1] and "influence" not in probe
+    trace = Trace.load(run)
+    assert trace.steps == 5 and trace.first_step == 20 * len(history) - 5 and np.all(trace.lrs == probe["chosen"][0])
+
+
 def test_a_run_killed_after_its_last_epoch_keeps_its_probe_record(tmp_path, monkeypatch):
     from influence.train import run as train_run
 

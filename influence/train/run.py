@@ -106,7 +106,7 @@ def _train(cfg: RunConfig, run: store.Run, progress: ProgressFn | None, cancel: 
             probe = _traced_lr_probe(ctx, run, state, epoch, rng, total - first_traced, progress, cancel)
         lr_d, lr_g = epoch_lr(cfg, epoch, n, probe.chosen if probe is not None and probe.mode == "auto" else None)
         epoch_started = time.perf_counter()
-        kept = _probe_segment(probe, (lr_d, lr_g), rec)
+        kept = _probe_segment(probe, (lr_d, lr_g), rec, first_traced, per_epoch)
         if kept is not None:  # the probe trained this very epoch at this rate: keep it instead of training it again
             state, losses, seconds = to_state(ctx, layout, kept.trace.final_state), kept.losses, kept.seconds
             rng.set_state(kept.rng_state)
@@ -152,17 +152,19 @@ def _stored_probe(run: store.Run):
     return Probe.from_dict(run.read_json(TRACE_LR_RECORD))
 
 
-def _probe_segment(probe, lr: tuple[float, float], rec: Recorder):
+def _probe_segment(probe, lr: tuple[float, float], rec: Recorder, first_traced: int, per_epoch: int):
     """The probe's segment at its pick (`tracelr.Probe.walk`) where it is the traced epoch training is about to run:
     trained from this state with a copy of this generator over every step of the epoch, at this rate; else None,
     and a segment of other steps is dropped (its states are not needed beside the epoch's)."""
     if probe is None or probe.walk is None or rec.items["batches"]:
         return None
-    seg = probe.walk["segment"]
-    if not np.all(seg.trace.lrs == np.array(lr)):  # check: the user's rate, above the pick
+    seg = probe.walk["segment"].trace
+    # not where the trace starts inside the epoch (train.trace_steps: the segment is the epoch's first steps), nor
+    # at another rate (check: the user's, above the pick)
+    if seg.first_step != first_traced or seg.steps != per_epoch or not np.all(seg.lrs == np.array(lr)):
         probe.walk = None
         return None
-    return seg
+    return probe.walk["segment"]
 
 
 def _write_grid(ctx: RunContext, run: store.Run, epoch: int, theta_g: torch.Tensor) -> None:
