@@ -11,8 +11,8 @@ default: auto) (or reuses either in --store), then times `estimate` of the walke
 the run without its influence results, where the pass runs; checks that both give the same files bit for bit.
 With --train-again, first (--again-after: after the run) trains the config in a temporary store beside --store the
 way training ran before the probe's segment was kept (the epoch trained after the probe), times both trainings and
-compares the two runs' trace, weights and history. Prints one JSON line: training and probe seconds, the two estimates' seconds, and whether the
-files are equal.
+compares the two runs' trace, weights and history. Prints one JSON line: training and probe seconds, the two
+estimates' seconds, whether the files are equal, and the second training's seconds and comparison.
 """
 
 from __future__ import annotations

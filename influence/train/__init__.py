@@ -13,8 +13,8 @@ from .run import CHECKPOINT, TRACE_LR_RECORD, checkpoint_history, image_grid_png
 from .schedule import chosen_traced_lr, epoch_kinds, epoch_lr, first_traced_epoch, steps_per_epoch, traced_step_range
 from .trace import TRACE_FILES, Trace, states_backward, step_input_bytes, storage_for, to_state, trace_inputs
 
-__all__ = ["CHECKPOINT", "Segment", "TRACE_FILES", "TRACE_LR_RECORD", "Trace", "checkpoint_history", "chosen_traced_lr",
-           "epoch_kinds", "epoch_lr", "first_traced_epoch", "image_grid_png", "initial_train_state", "load_history",
-           "pin_feature_net", "record_segment", "replay", "replay_state", "run_epoch", "states_backward",
-           "step_input_bytes", "steps_per_epoch", "storage_for", "to_state", "trace_inputs", "traced_step_range",
-           "train", "train_without"]
+__all__ = ["CHECKPOINT", "TRACE_FILES", "TRACE_LR_RECORD", "Segment", "Trace", "checkpoint_history",
+           "chosen_traced_lr", "epoch_kinds", "epoch_lr", "first_traced_epoch", "image_grid_png",
+           "initial_train_state", "load_history", "pin_feature_net", "record_segment", "replay", "replay_state",
+           "run_epoch", "states_backward", "step_input_bytes", "steps_per_epoch", "storage_for", "to_state",
+           "trace_inputs", "traced_step_range", "train", "train_without"]
