@@ -238,7 +238,8 @@ def history_figure(history: list[dict], live_losses: list[tuple[int, float | Non
         fig.add_scatter(x=[e for e, _ in pts], y=[v for _, v in pts], mode="lines+markers",
                         name=f"test {METRIC_LABELS[m]}", line_color="#444", row=2, col=i)
         fig.update_yaxes(range=flat_range([v for _, v in pts]), row=2, col=i)
-    fig.update_xaxes(title_text="epoch")
+    # whole epochs only: a one-epoch fine-tune's single point got ticks at 0, 0.5, 1, 1.5 and 2
+    fig.update_xaxes(title_text="epoch", tick0=0, dtick=max(1, math.ceil(max(epochs, default=1) / 5)))
     # The subplot titles sit below the toolbar's row (top right), which covered the last one while training.
     fig.update_layout(height=480 if metrics else 300, margin=dict(l=10, r=10, t=TOOLBAR_TOP, b=10), showlegend=False)
     return fig

@@ -121,6 +121,13 @@ def test_a_metric_that_did_not_move_is_drawn_flat_not_over_twelve_digit_ticks():
     assert [a.text for a in fig.layout.annotations][1] == "test IS<br>(uninformative)"
 
 
+def test_the_training_curves_tick_whole_epochs():
+    one = figures.history_figure([{"epoch": 1, "loss_d": 1.0, "loss_g": 1.1, "fid": 9.0}])  # a one-epoch fine-tune
+    assert {(a.tick0, a.dtick) for a in (one.layout.xaxis, one.layout.xaxis2)} == {(0, 1)}
+    many = figures.history_figure([{"epoch": e, "loss_d": 1.0, "loss_g": 1.1} for e in range(1, 101)])
+    assert many.layout.xaxis.dtick == 20
+
+
 def test_the_live_chart_of_an_alternating_run_draws_both_players_losses():
     """An alternating step reports one player's loss and None for the other; the live view kept only samples with
     a D loss, so the chart of an alternating run (mnist-adam, the default) drew no G loss while training."""
