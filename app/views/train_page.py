@@ -348,15 +348,6 @@ with right:
     summary = cache.summary(str(root), run_id)
     if summary.get("start"):
         st.caption("Started from " + summary["start"]["sentence"].removeprefix("weights from ") + ".")
-    if summary.get("trace_lr"):
-        probe = summary["trace_lr"]
-        with st.expander("Traced learning rate: the probe's measurements", expanded=True, icon=":material/speed:"):
-            st.markdown(finetuneform.probe_sentence(probe))
-            table = finetuneform.probe_frame(probe)
-            st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3g")
-                                                                for c in table.columns[:6]})
-            if probe.get("warning"):
-                st.warning(probe["warning"] + ".", icon=":material/warning:")
     with st.expander("Configuration, and how to train this run again"):
         recorded = cache.config(str(root), run_id)
         st.markdown(trainform.reproduce_note(cfg, cache.training_conditions(str(root), run_id)))
@@ -364,5 +355,14 @@ with right:
         st.download_button("Download config.json", json.dumps(recorded, indent=1), file_name=f"{run_id}.config.json",
                            mime="application/json", icon=":material/download:")
         st.json(recorded)
+if summary.get("trace_lr"):  # the page's whole width: in the curves' column the table's verdicts lay out of sight
+    probe = summary["trace_lr"]
+    with st.expander("Traced learning rate: the probe's measurements", expanded=True, icon=":material/speed:"):
+        st.markdown(finetuneform.probe_sentence(probe))
+        table = finetuneform.probe_frame(probe)
+        st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3g")
+                                                            for c in table.columns[:7]})
+        if probe.get("warning"):
+            st.warning(probe["warning"] + ".", icon=":material/warning:")
 st.page_link(INFLUENCE_PAGE, label="Next: estimate the influence of each training instance",
              icon=":material/arrow_forward:")
