@@ -151,7 +151,7 @@ class Probe:
     traced_seconds: float | None = field(default=None)
     epoch_kept: bool = False  # training kept the pick's segment as its traced epoch (trained once, by the probe)
     # the pick's walk over every traced step, in memory only: {"metrics", "state", "window", "seconds", "segment"
-    # (train.Segment)}; training keeps the segment as its traced epoch and the finished run adopts the walk as its
+    # (train.Segment), "notes"}; training keeps the segment as its traced epoch and the finished run adopts the walk as its
     # influence pass when they are the run's very steps
     walk: dict | None = field(default=None, repr=False, compare=False)
 
@@ -231,7 +231,7 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
         rungs.append(row)
         if passes(row):
             pick, checked = i, (seg.trace, passed["scores"])
-            walk = _whole_walk(seg, passed, metrics, traced_steps)
+            walk = _whole_walk(seg, passed, metrics, traced_steps, row.get("replayed"))
             break
         del seg, passed  # a refused rung's states go before the next rung records its own
     steady = [i for i, r in enumerate(rungs) if stable(r)]
@@ -290,13 +290,18 @@ def probe_traced_lr(ctx: RunContext, state: TrainState, epoch: int, rng: torch.G
                  time.perf_counter() - started, user, walk=walk)
 
 
-def _whole_walk(seg: Segment, passed: dict, metrics: list[str], traced_steps: int) -> dict | None:
+def _whole_walk(seg: Segment, passed: dict, metrics: list[str], traced_steps: int,
+                replayed: dict | None) -> dict | None:
     """The pick's walk where it covers every traced step (one traced epoch, walked to its start), with its segment:
-    the traced epoch and the influence pass of FID (ALL) and D-loss over it, if training runs at this rate."""
+    the traced epoch and the influence pass of FID (ALL) and D-loss over it, if training runs at this rate; "notes":
+    per metric what its result should say besides (the replay of its most harmful set, where made)."""
     if seg.trace.steps != traced_steps or passed.get("walked") != traced_steps or "window" not in passed:
         return None
+    notes = {} if replayed is None else {replayed["metric"]: (
+        f"the probe's replay of the epoch without this estimate's most harmful {PROBE_HARMFUL:.0%}: "
+        f"{_moved(replayed)} ({replayed['ratio']:.2f}x the prediction)")}
     return {"metrics": list(metrics), "state": passed["state"], "window": passed["window"],
-            "seconds": passed["seconds"], "segment": seg}
+            "seconds": passed["seconds"], "segment": seg, "notes": notes}
 
 
 def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str],

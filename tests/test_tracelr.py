@@ -92,6 +92,10 @@ def test_the_picks_walk_is_stored_as_the_runs_influence_pass_when_training_repea
     assert "influence on ALL and D-loss stored from the probe's walk of these very steps" in capsys.readouterr().out
     adopted = {m: run.read_json(f"influence/{m}-float64-v1/meta.json") for m in ("all", "dloss")}
     assert all(meta["source"].startswith("the trace-lr probe's walk") for meta in adopted.values())
+    replayed = probe["rungs"][-1]["replayed"]  # the pick's: ALL's most harmful 5% replayed over the same steps
+    assert (f"the probe's replay of the epoch without this estimate's most harmful 5%: the most harmful "
+            f"{replayed['size']} moved ALL by {replayed['actual']:+.3g}") in adopted["all"]["source"]
+    assert "replay" not in adopted["dloss"]["source"]
     # against an estimate of a copy of the run without them: the same pass, bit for bit
     shutil.copytree(run.dir, tmp_path / "b" / run.run_id, ignore=shutil.ignore_patterns("influence"))
     copy = store.open_run(tmp_path / "b", run.run_id)

@@ -25,8 +25,8 @@ from .results import (CHOSEN, RESULTS_LOCK, TABLE_FILES, TABLE_META, TABLE_VERSI
 
 log = logging.getLogger(__name__)
 CHECK_WINDOW_SHARE = 8
-ADOPTED = ("the trace-lr probe's walk over these traced steps (train.trace_lr), taken before training repeated them: "
-           "the same pass as an estimate's")
+ADOPTED = ("the trace-lr probe's walk over these traced steps (train.trace_lr), whose segment training kept as its "
+           "traced epoch: the same pass as an estimate's")
 
 
 def estimate(
@@ -70,20 +70,21 @@ def _compute(run: store.Run, cfg, trace: Trace, metrics: list[str], options: Est
         ctx = RunContext.create(cfg, run.root, dtype=options.resolved_dtype(n_params))
         objectives = metric_objectives(todo, cfg.is_2d)
         state, norms, seconds, first, window = stored_pass(ctx, run, trace, objectives, options, progress, cancel)
-        results.update(_save_pass(run, ctx, trace, todo, options, state, norms, seconds, first, window))
+        results.update(_save_pass(run, ctx, trace, todo, options, state, norms, seconds, first, window, {}))
     return _finish_pass(run, cfg, metrics, options, n_params, bool(todo), ctx, results)
 
 
 def _save_pass(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], options: EstimateOptions,
                state: PassState, norms: np.ndarray, seconds: float, first: int, window: torch.Tensor,
-               source: str | None = None) -> dict[str, InfluenceResult]:
-    """Each metric's result of a finished pass over its stacked objectives (in `metrics` order)."""
+               sources: dict[str, str]) -> dict[str, InfluenceResult]:
+    """Each metric's result of a finished pass over its stacked objectives (in `metrics` order); `sources`: where a
+    metric's pass came from when not from `estimate` (`adopt_pass`)."""
     n_params = trace.final.shape[0]
     step_of = trace.step_of_instance(ctx.dataset.n_train, first)
     recompute = pass_conditions(run, trace, ctx)
     return {metric: save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i], step_of,
                                 state.values[i], seconds / len(metrics), first, trace, window[i].numpy(),
-                                window_first(trace.steps, first), recompute, source)
+                                window_first(trace.steps, first), recompute, sources.get(metric))
             for i, metric in enumerate(metrics)}
 
 
@@ -126,8 +127,9 @@ def adopt_pass(run: store.Run, walk: dict, train_ctx: RunContext) -> list[str]:
         ctx = train_ctx if dtype == train_ctx.dtype else train_ctx.with_dtype(dtype)  # as the probe walked
         state = walk["state"]
         norms = pass_norms(training_context(ctx), trace, state).numpy()
+        sources = {m: ADOPTED + (f"; {walk['notes'][m]}" if m in walk["notes"] else "") for m in metrics}
         results = _save_pass(run, ctx, trace, metrics, options, state, norms, walk["seconds"], 0, walk["window"],
-                             ADOPTED)
+                             sources)
         _finish_pass(run, cfg, metrics, options, n_params, True, ctx, results)
     return metrics
 

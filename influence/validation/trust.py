@@ -105,7 +105,7 @@ def verdict(result: InfluenceResult, check: dict | None) -> dict:
     stability = result.meta["verdict_message"]
     if check is None or metric not in check.get("per_metric", {}):
         return {"groups": NOT_CHECKED, "singles": NOT_CHECKED, "checked": False, "stability": stability,
-                "summary": f"not checked - no replays have tested this estimate yet (stability: {result.verdict})",
+                "summary": f"not checked - no spot check has tested this estimate yet (stability: {result.verdict})",
                 "measured": ""}
     agreement = check["per_metric"][metric]
     # checks stored before 2026-12-05 recorded kinks only where the run trained in float32
