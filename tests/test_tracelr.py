@@ -83,8 +83,8 @@ def test_the_probe_measures_the_growth_an_estimate_reports_on_the_same_steps(tmp
     assert not np.array_equal(train_without(ctx, [])[0].numpy(), trace.final[: trace.n_d])
 
 
-def test_the_picks_walk_is_stored_as_the_runs_influence_pass_when_training_repeats_its_steps(tmp_path, capsys):
-    cfg = _toy()  # one traced epoch, walked whole by the pick's segment: training then records the same steps
+def test_the_picks_walk_is_stored_as_the_runs_influence_pass_when_its_segment_is_the_trace(tmp_path, capsys):
+    cfg = _toy()  # one traced epoch, walked whole by the pick's segment: training keeps it as the traced epoch
     run = train(cfg, tmp_path / "a")
     probe = run.read_json("summary.json")["trace_lr"]
     assert probe["influence"]["metrics"] == ["all", "dloss"] and run.read_json(TRACE_LR_RECORD) == probe
