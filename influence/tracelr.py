@@ -151,8 +151,8 @@ class Probe:
     traced_seconds: float | None = field(default=None)
     epoch_kept: bool = False  # training kept the pick's segment as its traced epoch (trained once, by the probe)
     # the pick's walk over every traced step, in memory only: {"metrics", "state", "window", "seconds", "segment"
-    # (train.Segment), "notes"}; training keeps the segment as its traced epoch and the finished run adopts the walk as its
-    # influence pass when they are the run's very steps
+    # (train.Segment), "notes"}; training keeps the segment as its traced epoch and the finished run adopts the
+    # walk as its influence pass when they are the run's very steps
     walk: dict | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:

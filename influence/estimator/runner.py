@@ -110,9 +110,9 @@ def _finish_pass(run: store.Run, cfg, metrics: list[str], options: EstimateOptio
 def adopt_pass(run: store.Run, walk: dict, train_ctx: RunContext) -> list[str]:
     """A finished run's influence on the metrics its trace-lr probe walked (`tracelr.Probe.walk`), stored as the
     default estimate's results, when the run's trace is the walked segment (the same batches and, bit for bit, the
-    same final state: training kept it as its traced epoch) and no such result exists: the very pass `estimate` would run, over the
-    same states in the same dtype. `train_ctx`: the training's context. Returns the metrics stored (none where the
-    trace differs)."""
+    same final state: training kept it as its traced epoch) and no such result exists: the very pass `estimate`
+    would run, over the same states in the same dtype. `train_ctx`: the training's context. Returns the metrics
+    stored (none where the trace differs)."""
     trace, walked = Trace.load(run), walk["segment"].trace
     if (trace.steps != walked.steps or trace.first_step != walked.first_step
             or not np.array_equal(trace.batches, walked.batches)

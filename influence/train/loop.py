@@ -124,5 +124,6 @@ def record_segment(ctx: RunContext, epoch: int, state: TrainState, rng: torch.Ge
     layout = StateLayout.of(state.theta_d.numel(), state.theta_g.numel(), ctx.rule)
     trace = Trace(items["states"], np.arange(len(items["states"]), dtype=np.int64) * every, items["batches"],
                   items["z"], items["lrs"], items["kinds"], items["counts"], layout, ctx.rule, end.flat().cpu().numpy(),
-                  start, bool(cfg.eval.ema_generator and end.ema is not None), conditions.current(ctx.device, ctx.dtype))
+                  start, bool(cfg.eval.ema_generator and end.ema is not None),
+                  conditions.current(ctx.device, ctx.dtype))
     return Segment(trace, losses, rng.get_state(), seconds)

@@ -158,13 +158,14 @@ def _probe_segment(probe, lr: tuple[float, float], rec: Recorder, first_traced: 
     and a segment of other steps is dropped (its states are not needed beside the epoch's)."""
     if probe is None or probe.walk is None or rec.items["batches"]:
         return None
-    seg = probe.walk["segment"].trace
+    segment = probe.walk["segment"]
+    walked = segment.trace
     # not where the trace starts inside the epoch (train.trace_steps: the segment is the epoch's first steps), nor
     # at another rate (check: the user's, above the pick)
-    if seg.first_step != first_traced or seg.steps != per_epoch or not np.all(seg.lrs == np.array(lr)):
+    if walked.first_step != first_traced or walked.steps != per_epoch or not np.all(walked.lrs == np.array(lr)):
         probe.walk = None
         return None
-    return probe.walk["segment"]
+    return segment
 
 
 def _write_grid(ctx: RunContext, run: store.Run, epoch: int, theta_g: torch.Tensor) -> None:
