@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/check_cost.py --store DIR --run RUN_ID [--steps 25] [--threads 1]
     .venv/bin/python bench/check_cost.py --store DIR --run RUN_ID --check quick [--metrics fid dloss]
+    .venv/bin/python bench/check_cost.py --store DIR --run RUN_ID --check quick --adopted [--rounds 2]
 
 Prints ms per replayed step (the last --steps traced steps, nothing removed) and seconds per evaluation of the
 run's metrics on the validation split, the two costs a check's lanes pay (docs/benchmarks.md, "Spot check cost").
 With --check: the influence pass of --metrics and then the spot check, both computed afresh on a copy of the run
 (the store is left as it is), so the ratio compares two computations under the same conditions.
+With --adopted (a run whose estimate of FID and D-loss is its trace-lr probe's walk, `estimator.adopt_pass`): the
+check alone, on copies of the run that keep that estimate, taking the probe's replay of FID's most harmful set
+("taken") or made to replay it ("replayed": `probe_replay` dropped from the copy's meta), in alternating order.
 """
 
 from __future__ import annotations
@@ -50,6 +54,36 @@ def time_check(run: store.Run, metrics: list[str], level: str) -> dict:
             "trust": {m: check["per_metric"][m]["random_groups"]["spearman"] for m in metrics}}
 
 
+def time_adopted_check(run: store.Run, metrics: list[str], level: str, rounds: int) -> list[dict]:
+    """The check of an adopted estimate taking the probe's replay and replaying it, `rounds` times each, alternating
+    which goes first; each on a fresh copy of the run (its stored checks removed)."""
+    rows = []
+    for r in range(rounds):
+        for mode in ("taken", "replayed") if r % 2 == 0 else ("replayed", "taken"):
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copytree(run.dir, Path(tmp) / run.run_id)
+                fresh = store.open_run(Path(tmp), run.run_id)
+                fresh.forget("influence/_checks/")
+                shutil.rmtree(fresh.dir / "influence" / "_checks", ignore_errors=True)
+                results = estimate(fresh, metrics, EstimateOptions())
+                if not any("probe_replay" in r.meta for r in results.values()):
+                    raise SystemExit(f"{run.run_id}: no estimate of {metrics} carries the probe's replay")
+                walk_seconds = sum(r.meta["seconds"] for r in results.values())
+                if mode == "replayed":
+                    n_params = Trace.load(fresh).final.shape[0]
+                    for m, result in results.items():
+                        fresh.write_json(f"influence/{EstimateOptions().key(m, n_params)}/meta.json",
+                                         {k: v for k, v in result.meta.items() if k != "probe_replay"})
+                check = spot_check(fresh, metrics, EstimateOptions(), level)
+            rows.append({"run": run.run_id, "round": r, "mode": mode, "level": check["level"], "metrics": metrics,
+                         "probe_lanes": check["probe_lanes"], "check_seconds": round(check["seconds"], 1),
+                         "replay_seconds": round(check["replay_seconds"], 1), "walk_seconds": round(walk_seconds, 1),
+                         "harmful_set": {m: check["per_metric"][m]["harmful_set"] for m in metrics},
+                         "trust": {m: check["per_metric"][m]["random_groups"]["spearman"] for m in metrics}})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True)
@@ -58,9 +92,15 @@ def main() -> None:
     ap.add_argument("--metrics", nargs="+", default=["fid", "is"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--check", choices=["quick", "full"], help="time the spot check at this level instead")
+    ap.add_argument("--adopted", action="store_true", help="with --check: the check of the run's adopted estimate, "
+                    "taking the probe's replay against replaying it")
+    ap.add_argument("--rounds", type=int, default=2, help="with --adopted: rounds of the two")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = store.open_run(store.store_root(args.store), args.run)
+    if args.check and args.adopted:
+        time_adopted_check(run, args.metrics, args.check, args.rounds)
+        return
     if args.check:
         print(json.dumps(time_check(run, args.metrics, args.check)))
         return

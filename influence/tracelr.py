@@ -151,7 +151,7 @@ class Probe:
     traced_seconds: float | None = field(default=None)
     epoch_kept: bool = False  # training kept the pick's segment as its traced epoch (trained once, by the probe)
     # the pick's walk over every traced step, in memory only: {"metrics", "state", "window", "seconds", "segment"
-    # (train.Segment), "notes"}; training keeps the segment as its traced epoch and the finished run adopts the
+    # (train.Segment), "notes", "replays"}; training keeps the segment as its traced epoch and the finished run adopts the
     # walk as its influence pass when they are the run's very steps
     walk: dict | None = field(default=None, repr=False, compare=False)
 
@@ -294,20 +294,23 @@ def _whole_walk(seg: Segment, passed: dict, metrics: list[str], traced_steps: in
                 replayed: dict | None) -> dict | None:
     """The pick's walk where it covers every traced step (one traced epoch, walked to its start), with its segment:
     the traced epoch and the influence pass of FID (ALL) and D-loss over it, if training runs at this rate; "notes":
-    per metric what its result should say besides (the replay of its most harmful set, where made)."""
+    per metric what its result should say besides (the replay of its most harmful set, where made); "replays": that
+    replay per metric, which the spot check of the adopted result takes instead of replaying it again."""
     if seg.trace.steps != traced_steps or passed.get("walked") != traced_steps or "window" not in passed:
         return None
     notes = {} if replayed is None else {replayed["metric"]: (
         f"the probe's replay of the epoch without this estimate's most harmful {PROBE_HARMFUL:.0%}: "
         f"{_moved(replayed)} ({replayed['ratio']:.2f}x the prediction)")}
+    replays = {} if replayed is None else {replayed["metric"]: replayed}
     return {"metrics": list(metrics), "state": passed["state"], "window": passed["window"],
-            "seconds": passed["seconds"], "segment": seg, "notes": notes}
+            "seconds": passed["seconds"], "segment": seg, "notes": notes, "replays": replays}
 
 
 def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str],
                     progress: ProgressFn | None, cancel: CancelToken | None) -> dict:
     """The walked epoch replayed without the main metric's most harmful PROBE_HARMFUL of its instances, lane 0
-    beside it (the replay reported as its own stage): {"metric", "size", "predicted", "actual", "ratio", "agrees"}."""
+    beside it (the replay reported as its own stage): {"metric", "size", "ids_sha256" (`Lane.digest`), "predicted",
+    "actual", "ratio", "agrees"}."""
     from .validation.spotcheck import extreme_sets, harmful_side
     from .validation.trust import moved_as_predicted
 
@@ -320,8 +323,9 @@ def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: li
                                                                        (metric,))[metric],
                            choose_plan(ctx, seg, 1), progress=progress, cancel=cancel)
     predicted, actual = float(scores[0][lane.removed].sum()), float(outcome.values[0] - outcome.baselines[0])
-    return {"metric": metric, "size": int(len(lane.removed)), "predicted": predicted, "actual": actual,
-            "ratio": actual / predicted if predicted else math.nan, "agrees": moved_as_predicted(predicted, actual)}
+    return {"metric": metric, "size": int(len(lane.removed)), "ids_sha256": lane.digest, "predicted": predicted,
+            "actual": actual, "ratio": actual / predicted if predicted else math.nan,
+            "agrees": moved_as_predicted(predicted, actual)}
 
 
 def _moved(r: dict) -> str:

@@ -20,6 +20,8 @@ from influence.context import RunContext
 from influence.counterfactual import Lane, LanePlan, replay_lanes
 from influence.estimator import GROWTH_DOUBTFUL, EstimateOptions, estimate
 from influence.train import TRACE_LR_RECORD, Trace, chosen_traced_lr, initial_train_state, train, train_without
+from influence.validation.spotcheck import spot_check
+from influence.validation.trust import measured_sentence
 
 from _helpers import toy_config
 
@@ -106,8 +108,19 @@ def test_the_picks_walk_is_stored_as_the_runs_influence_pass_when_its_segment_is
         for name in ("scores", "window_scores", "flags", "u_norms", "state_norms"):
             assert np.array_equal(run.read_npy(f"{folder}/{name}.npy"), copy.read_npy(f"{folder}/{name}.npy")), name
         same = {k: v for k, v in result.meta.items() if k != "seconds"}
-        assert {k: v for k, v in adopted[m].items() if k not in ("seconds", "source")} == same
+        assert {k: v for k, v in adopted[m].items() if k not in ("seconds", "source", "probe_replay")} == same
     assert estimate(run, ["all", "dloss"], EstimateOptions())["all"].meta["source"] == adopted["all"]["source"]
+    assert adopted["all"]["probe_replay"] == replayed and "probe_replay" not in adopted["dloss"]
+    # its spot check takes that replay for ALL's most harmful set over the whole trace; the copy's replays it
+    taken, again = (spot_check(r, ["all", "dloss"], level="quick") for r in (run, copy))
+    assert taken["probe_lanes"] == ["all"] and again["probe_lanes"] == []
+    harmful = [a["per_metric"]["all"]["harmful_set"] for a in (taken, again)]
+    assert harmful[0] == {"size": replayed["size"], "predicted": replayed["predicted"], "actual": replayed["actual"]}
+    assert harmful[1]["size"] == harmful[0]["size"] and harmful[1]["predicted"] == harmful[0]["predicted"]
+    assert harmful[1]["actual"] == pytest.approx(harmful[0]["actual"], rel=1e-9)
+    lanes = [a["per_metric"]["dloss"]["lanes"] for a in (taken, again)]  # every other lane replayed by both
+    assert [lane["actual"] for lane in lanes[0]] == pytest.approx([lane["actual"] for lane in lanes[1]], rel=1e-9)
+    assert "the trace-lr probe replayed it in training" in measured_sentence("all", taken, taken["per_metric"]["all"])
 
 
 def test_the_picks_segment_is_kept_as_the_traced_epoch_and_equals_training_it_again(tmp_path, monkeypatch, capsys):

@@ -245,11 +245,13 @@ def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
         return f"last {window} of {whole}"
 
     agreement = check["per_metric"][metric]
+    probed = metric in check.get("probe_lanes", ())  # its harmful set replayed by the trace-lr probe in training
     rows = []
     for lane in agreement["lanes"]:
         kind = check_kind(lane["kind"], metric)
+        by = " (the trace-lr probe's replay)" if probed and kind == "harmful" else ""
         rows.append({"removed": lane_name(kind, mixed_singles(agreement)), "images": lane["size"],
-                     "steps replayed": steps(lane, kind),
+                     "steps replayed": steps(lane, kind) + by,
                      "predicted": sci(lane["predicted"]), "actual": sci(lane["actual"]),
                      "same sign": "yes" if np.sign(lane["predicted"]) == np.sign(lane["actual"]) else "no"})
     return pd.DataFrame(rows)

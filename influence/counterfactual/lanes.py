@@ -18,6 +18,7 @@ Two ways to run the lanes (`LanePlan`):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ class Lane:
     @staticmethod
     def of(ids: Sequence[int], weight: float = 0.0) -> "Lane":
         return Lane(np.unique(np.asarray(ids, dtype=np.int64)), weight)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the removed ids (sorted int64): names the set in a stored measurement (the trace-lr probe's
+        replay, which a spot check takes instead of replaying the same set again)."""
+        return hashlib.sha256(self.removed.tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)

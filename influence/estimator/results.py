@@ -48,11 +48,12 @@ class InfluenceResult:
 def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params: int, scores: np.ndarray, norms: np.ndarray,
                 step_of: np.ndarray, value: float, seconds: float, first: int, trace: Trace,
                 window_scores: np.ndarray, window_first: int, conditions: dict | None = None,
-                source: str | None = None) -> InfluenceResult:
+                provenance: dict | None = None) -> InfluenceResult:
     """Store one metric's result of a finished pass; norms = (steps + 1, 3) |lambda_D|, |lambda_G|, whole state;
     window_scores: the scores from the traced steps window_first.. alone (what the quick spot check replays);
-    conditions: the pass's recompute against training's (`runner.pass_conditions`); source: where the pass was
-    computed when not by `estimate` (the trace-lr probe's walk)."""
+    conditions: the pass's recompute against training's (`runner.pass_conditions`); provenance: where the pass was
+    computed when not by `estimate` ({"source": the trace-lr probe's walk, in words; "probe_replay": the probe's
+    replay of this estimate's most harmful set, where it made one}), kept in the meta."""
     total = norms[:, 2]  # |lambda| over the whole state, index = traced step
     ratio, growth = growth_of(total, first)
     # An instance at step t is scored with u after the steps t+1.. : its amplification is ratio[t+1].
@@ -72,7 +73,7 @@ def save_result(run: store.Run, metric: str, options: EstimateOptions, n_params:
         "n_flagged": {FLAG_NAMES[f]: int((flags == f).sum()) for f in FLAG_NAMES},
         "check_window_first_step": window_first,
         "conditions": conditions,
-        **({"source": source} if source else {}),
+        **(provenance or {}),
     }
     unmeasured = unmeasured_players(trace)
     if unmeasured:

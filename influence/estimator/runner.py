@@ -76,15 +76,15 @@ def _compute(run: store.Run, cfg, trace: Trace, metrics: list[str], options: Est
 
 def _save_pass(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], options: EstimateOptions,
                state: PassState, norms: np.ndarray, seconds: float, first: int, window: torch.Tensor,
-               sources: dict[str, str]) -> dict[str, InfluenceResult]:
-    """Each metric's result of a finished pass over its stacked objectives (in `metrics` order); `sources`: where a
-    metric's pass came from when not from `estimate` (`adopt_pass`)."""
+               provenance: dict[str, dict]) -> dict[str, InfluenceResult]:
+    """Each metric's result of a finished pass over its stacked objectives (in `metrics` order); `provenance`: where
+    a metric's pass came from when not from `estimate` (`adopt_pass`; `save_result`)."""
     n_params = trace.final.shape[0]
     step_of = trace.step_of_instance(ctx.dataset.n_train, first)
     recompute = pass_conditions(run, trace, ctx)
     return {metric: save_result(run, metric, options, n_params, state.scores[i].numpy(), norms[:, i], step_of,
                                 state.values[i], seconds / len(metrics), first, trace, window[i].numpy(),
-                                window_first(trace.steps, first), recompute, sources.get(metric))
+                                window_first(trace.steps, first), recompute, provenance.get(metric))
             for i, metric in enumerate(metrics)}
 
 
@@ -127,9 +127,10 @@ def adopt_pass(run: store.Run, walk: dict, train_ctx: RunContext) -> list[str]:
         ctx = train_ctx if dtype == train_ctx.dtype else train_ctx.with_dtype(dtype)  # as the probe walked
         state = walk["state"]
         norms = pass_norms(training_context(ctx), trace, state).numpy()
-        sources = {m: ADOPTED + (f"; {walk['notes'][m]}" if m in walk["notes"] else "") for m in metrics}
+        provenance = {m: {"source": ADOPTED + (f"; {walk['notes'][m]}" if m in walk["notes"] else ""),
+                          **({"probe_replay": walk["replays"][m]} if m in walk["replays"] else {})} for m in metrics}
         results = _save_pass(run, ctx, trace, metrics, options, state, norms, walk["seconds"], 0, walk["window"],
-                             sources)
+                             provenance)
         _finish_pass(run, cfg, metrics, options, n_params, True, ctx, results)
     return metrics
 

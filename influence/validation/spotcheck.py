@@ -147,11 +147,14 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         for m in metrics:
             predicted[m] += [results[m].scores[lane.removed].sum() for lane in sets]
         starts += [whole] * len(sets)
-    actual: list = [None] * len(lanes_list)
+    probed = probe_measured(results, lanes_list, kinds, starts, whole)
+    actual: list = [probed.get(i) for i in range(len(lanes_list))]
     replay_seconds, from_trace = 0.0, True
-    parts = []  # one replay per start: the window's lanes, the whole trace's sets
+    parts = []  # one replay per start: the window's lanes, the whole trace's sets (but those the probe measured)
     for start in sorted(set(starts)):
-        part = [i for i, s0 in enumerate(starts) if s0 == start]
+        part = [i for i, s0 in enumerate(starts) if s0 == start and i not in probed]
+        if not part:
+            continue
         plan = choose_plan(ctx, trace, len(part), lanes)
         groups = chunks(trace, [lanes_list[i] for i in part], n_train, plan, start,
                         lanes_per_task(ctx, trace, plan, len(part)))
@@ -182,12 +185,29 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
         "replay_seconds": replay_seconds, "pass_seconds": sum(r.meta["seconds"] for r in results.values()),
         "conditions": conditions.compare(trace.conditions, ctx.device, ctx.dtype, "this check runs"),
         "sets_over_whole_trace": True,  # each metric's harmful set, also in a quick check
+        "probe_lanes": sorted(m for change in probed.values() for m in change),
         # trust.verdict caps a quick check of such a run (docs/trust.md: mnist-adam with ReLU, float32 and float64)
         "kinked": has_kinks(ctx.cfg.model),
-        "per_metric": {m: agreement(m, kinds, lanes_list, np.array(predicted[m]), [a[m] for a in actual],
+        "per_metric": {m: agreement(m, kinds, lanes_list, np.array(predicted[m]), [a.get(m, np.nan) for a in actual],
                                     results[m].meta["harmful_sign"], starts)
                        for m in metrics},
     }
+
+
+def probe_measured(results: dict, lanes: list[Lane], kinds: list[str], starts: list[int],
+                   whole: int) -> dict[int, dict[str, float]]:
+    """{lane index: {metric: actual change}} of the lanes the trace-lr probe already replayed: an adopted result's
+    most harmful set over the whole trace (`estimator.adopt_pass`: the trace is the probe's segment), the very set
+    (its ids' digest) the probe's replay left out, measured on the same split and z against lane 0 of that replay."""
+    out = {}
+    for m, r in results.items():
+        replay, kind = r.meta.get("probe_replay"), f"{harmful_side(r.meta['harmful_sign'])}:{m}"
+        if replay is None or kind not in kinds:
+            continue
+        i = kinds.index(kind)
+        if starts[i] == whole and lanes[i].digest == replay["ids_sha256"]:
+            out[i] = {m: replay["actual"]}
+    return out
 
 
 def check_lanes(trace: Trace, n_train: int, first: int, scores: dict[str, np.ndarray], setup: dict, seed: int,

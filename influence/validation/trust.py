@@ -206,7 +206,8 @@ def measured_sentence(metric: str, check: dict, agreement: dict) -> str:
                if "random_groups" in agreement
                else f"predicted vs actual r={g['pearson']:.2f} (with the most harmful and helpful sets)")
     harmful = (f"removing the {h['size']} most harmful changed {label} by {h['actual']:+.3g} "
-               f"(predicted {h['predicted']:+.3g})")
+               f"(predicted {h['predicted']:+.3g}"
+               f"{'; the trace-lr probe replayed it in training' if metric in check.get('probe_lanes', ()) else ''})")
     singles = (f"on {s['n']} {'' if mixed_singles(agreement) else 'random '}single images tau="
                f"{s['kendall_tau']:.2f}{interval_phrase('kendall', s['kendall_tau'], s['n'])}")
     top = agreement.get("top_singles")
