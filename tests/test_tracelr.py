@@ -112,14 +112,14 @@ def test_the_picks_walk_is_stored_as_the_runs_influence_pass_when_its_segment_is
     assert estimate(run, ["all", "dloss"], EstimateOptions())["all"].meta["source"] == adopted["all"]["source"]
     assert adopted["all"]["probe_replay"] == replayed and "probe_replay" not in adopted["dloss"]
     # its spot check takes that replay for ALL's most harmful set over the whole trace; the copy's replays it
-    taken, again = (spot_check(r, ["all", "dloss"], level="quick") for r in (run, copy))
+    taken, again = (spot_check(r, ["all"], level="quick") for r in (run, copy))
     assert taken["probe_lanes"] == ["all"] and again["probe_lanes"] == []
-    harmful = [a["per_metric"]["all"]["harmful_set"] for a in (taken, again)]
-    assert harmful[0] == {"size": replayed["size"], "predicted": replayed["predicted"], "actual": replayed["actual"]}
-    assert harmful[1]["size"] == harmful[0]["size"] and harmful[1]["predicted"] == harmful[0]["predicted"]
-    assert harmful[1]["actual"] == pytest.approx(harmful[0]["actual"], rel=1e-9)
-    lanes = [a["per_metric"]["dloss"]["lanes"] for a in (taken, again)]  # every other lane replayed by both
+    lanes = [a["per_metric"]["all"]["lanes"] for a in (taken, again)]
+    harmful = [next(lane for lane in a if lane["kind"] == "high") for a in lanes]
+    assert harmful[0] == {"kind": "high", "size": replayed["size"], "predicted": replayed["predicted"],
+                          "actual": replayed["actual"], "first_step": 0}
     assert [lane["actual"] for lane in lanes[0]] == pytest.approx([lane["actual"] for lane in lanes[1]], rel=1e-9)
+    assert spot_check(run, ["all", "dloss"], level="quick")["probe_lanes"] == ["all"]  # D-loss's added to the file
     assert "the trace-lr probe replayed it in training" in measured_sentence("all", taken, taken["per_metric"]["all"])
 
 

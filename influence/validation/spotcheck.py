@@ -113,7 +113,8 @@ def _merged(old: dict, new: dict) -> dict:
     """A stored check and a check of more metrics of the same result and level, as one: each metric with the
     replays it was checked with, the costs added."""
     return {**new, "metrics": old["metrics"] + new["metrics"], "per_metric": {**old["per_metric"], **new["per_metric"]},
-            **{k: old[k] + new[k] for k in ("seconds", "pass_seconds")}, **merged_record(old, new)}
+            **{k: old[k] + new[k] for k in ("seconds", "pass_seconds")}, **merged_record(old, new),
+            "probe_lanes": sorted({*old.get("probe_lanes", ()), *new["probe_lanes"]})}
 
 
 def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], options: EstimateOptions, name: str,
