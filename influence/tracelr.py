@@ -17,7 +17,7 @@ grew |u| past GROWTH_DOUBTFUL (measured), so a rung is refused on measured growt
 decides nothing; `passed` confirms only a rung whose segment extrapolates under it, `off` none. Stable is not yet
 accurate: quick's epoch at 3.2e-3 grew |u| 2.2-fold, yet its most harmful 5% moved FID a fifth of the predicted
 amount. So by default (replayed) a rung that passes its walk also replays the epoch without the main metric's most
-harmful 5% (`counterfactual.replay_lanes`, lane 0 beside it) and passes only when that set moved the metric the
+harmful 5% (`counterfactual.replay_lanes`; lane 0 is the segment's recorded trajectory) and passes only when that set moved the metric the
 predicted way by between a third and three times the prediction (the spot check's bar for "trustworthy" groups,
 `validation.trust.moved_as_predicted`). auto takes the largest rung that passes and stops there; when no rung
 passes the replay, the largest stable one, and when none is stable, the smallest; the reason says which. A walk
@@ -44,7 +44,7 @@ import torch
 
 from .context import RunContext
 from .counterfactual import replay_lanes
-from .counterfactual.plan import choose_plan
+from .counterfactual.plan import choose_plan, reproduces_training
 from .errors import DivergenceError
 from .estimator import (GROWTH_DOUBTFUL, EstimateOptions, last_updates, pass_norms, start_pass, training_context,
                         verdict_for, walk_back, window_first)
@@ -308,9 +308,10 @@ def _whole_walk(seg: Segment, passed: dict, metrics: list[str], traced_steps: in
 
 def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: list[str],
                     progress: ProgressFn | None, cancel: CancelToken | None) -> dict:
-    """The walked epoch replayed without the main metric's most harmful PROBE_HARMFUL of its instances, lane 0
-    beside it (the replay reported as its own stage): {"metric", "size", "ids_sha256" (`Lane.digest`), "predicted",
-    "actual", "ratio", "agrees"}."""
+    """The walked epoch replayed without the main metric's most harmful PROBE_HARMFUL of its instances against lane
+    0, the segment's own trajectory (recorded in this process a moment ago, so a replay would repeat it bit for bit:
+    the epoch's steps are not replayed a second time), the replay reported as its own stage: {"metric", "size",
+    "ids_sha256" (`Lane.digest`), "predicted", "actual", "ratio", "agrees", "seconds"}."""
     from .validation.spotcheck import extreme_sets, harmful_side
     from .validation.trust import moved_as_predicted
 
@@ -321,11 +322,12 @@ def _harmful_replay(ctx: RunContext, seg: Trace, scores: np.ndarray, metrics: li
     valid = ctx.evaluator("valid")
     outcome = replay_lanes(ctx, seg, [lane], lambda s: valid.evaluate(s.theta_d, s.eval_generator(seg.ema_eval),
                                                                        (metric,))[metric],
-                           choose_plan(ctx, seg, 1), progress=progress, cancel=cancel)
+                           choose_plan(ctx, seg, 1), progress=progress, cancel=cancel,
+                           baseline_from_trace=reproduces_training(ctx, seg))
     predicted, actual = float(scores[0][lane.removed].sum()), float(outcome.values[0] - outcome.baselines[0])
     return {"metric": metric, "size": int(len(lane.removed)), "ids_sha256": lane.digest, "predicted": predicted,
             "actual": actual, "ratio": actual / predicted if predicted else math.nan,
-            "agrees": moved_as_predicted(predicted, actual)}
+            "agrees": moved_as_predicted(predicted, actual), "seconds": outcome.seconds}
 
 
 def _moved(r: dict) -> str:
