@@ -66,9 +66,9 @@ def time_adopted_check(run: store.Run, metrics: list[str], level: str, rounds: i
                 fresh.forget("influence/_checks/")
                 shutil.rmtree(fresh.dir / "influence" / "_checks", ignore_errors=True)
                 results = estimate(fresh, metrics, EstimateOptions())
-                if not any("probe_replay" in r.meta for r in results.values()):
+                if not any("probe_replay" in result.meta for result in results.values()):
                     raise SystemExit(f"{run.run_id}: no estimate of {metrics} carries the probe's replay")
-                walk_seconds = sum(r.meta["seconds"] for r in results.values())
+                walk_seconds = sum(result.meta["seconds"] for result in results.values())
                 if mode == "replayed":
                     n_params = Trace.load(fresh).final.shape[0]
                     for m, result in results.items():

@@ -17,9 +17,9 @@ grew |u| past GROWTH_DOUBTFUL (measured), so a rung is refused on measured growt
 decides nothing; `passed` confirms only a rung whose segment extrapolates under it, `off` none. Stable is not yet
 accurate: quick's epoch at 3.2e-3 grew |u| 2.2-fold, yet its most harmful 5% moved FID a fifth of the predicted
 amount. So by default (replayed) a rung that passes its walk also replays the epoch without the main metric's most
-harmful 5% (`counterfactual.replay_lanes`; lane 0 is the segment's recorded trajectory) and passes only when that set moved the metric the
-predicted way by between a third and three times the prediction (the spot check's bar for "trustworthy" groups,
-`validation.trust.moved_as_predicted`). auto takes the largest rung that passes and stops there; when no rung
+harmful 5% (`counterfactual.replay_lanes`; lane 0 is the segment's recorded trajectory) and passes only when that
+set moved the metric the predicted way by between a third and three times the prediction (the spot check's bar for
+"trustworthy" groups, `validation.trust.moved_as_predicted`). auto takes the largest rung that passes and stops there; when no rung
 passes the replay, the largest stable one, and when none is stable, the smallest; the reason says which. A walk
 stops as soon as |u| has grown past the threshold (the rung fails on measurement alone), so a refused
 confirmation costs a part of the epoch's walk, not all of it. check keeps the user's rate (the first rung) and
@@ -151,8 +151,8 @@ class Probe:
     traced_seconds: float | None = field(default=None)
     epoch_kept: bool = False  # training kept the pick's segment as its traced epoch (trained once, by the probe)
     # the pick's walk over every traced step, in memory only: {"metrics", "state", "window", "seconds", "segment"
-    # (train.Segment), "notes", "replays"}; training keeps the segment as its traced epoch and the finished run adopts the
-    # walk as its influence pass when they are the run's very steps
+    # (train.Segment), "notes", "replays"}; training keeps the segment as its traced epoch and the finished run
+    # adopts the walk as its influence pass when they are the run's very steps
     walk: dict | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
