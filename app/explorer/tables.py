@@ -249,7 +249,7 @@ def check_lanes_table(check: dict, metric: str) -> pd.DataFrame:
     rows = []
     for lane in agreement["lanes"]:
         kind = check_kind(lane["kind"], metric)
-        by = " (the trace-lr probe's replay)" if probed and kind == "harmful" else ""
+        by = " (the probe's replay)" if probed and kind == "harmful" else ""  # the card names the trace-lr probe
         rows.append({"removed": lane_name(kind, mixed_singles(agreement)), "images": lane["size"],
                      "steps replayed": steps(lane, kind) + by,
                      "predicted": sci(lane["predicted"]), "actual": sci(lane["actual"]),

@@ -163,7 +163,7 @@ def test_an_older_checks_singles_are_named_as_the_mix_they_were():
     check["per_metric"]["fid"]["top_singles"] = {"n": 0}
     assert check_lanes_table(check, "fid")["removed"].iloc[2] == "random images"
     check["probe_lanes"] = ["fid"]  # its harmful set measured by the trace-lr probe's replay
-    assert list(check_lanes_table(check, "fid")["steps replayed"])[1] == "all 80 (the trace-lr probe's replay)"
+    assert list(check_lanes_table(check, "fid")["steps replayed"])[1] == "all 80 (the probe's replay)"
 
 
 def test_a_removal_set_says_its_predicted_change_and_how_far_groups_are_trusted(checked_store, monkeypatch):
