@@ -67,12 +67,15 @@ def replays(check: dict | None, metric: str) -> None:
         mixed = mixed_singles(check["per_metric"][metric])
         st.plotly_chart(figures.check_replays(lanes, metric, mixed), key=f"check-replays-{check['result']}-{metric}")
         st.caption("Each point is one replay of the traced steps without a set of training images. Predicted: the "
-                   "sum of their estimates; actual: that replay minus the replay with nothing removed (the same "
-                   "batched pass). On the diagonal the estimate was exact; in the right quadrants it had the sign "
-                   f"right. A {'positive' if harmful_sign(metric) > 0 else 'negative'} change means removing "
+                   "sum of their estimates; actual: that replay minus the replay with nothing removed of the same "
+                   "pass (training's recorded trajectory, where this machine repeats it bit for bit). On the "
+                   "diagonal the estimate was exact; in the right quadrants it had the sign right. A "
+                   f"{'positive' if harmful_sign(metric) > 0 else 'negative'} change means removing "
                    f"them improved {METRIC_LABELS[metric]}: they were harmful."
                    + (" A quick check's replays over its last steps are predicted by the scores of those steps alone."
-                      if check["level"] == "quick" else ""))
+                      if check["level"] == "quick" else "")
+                   + (" The most harmful set was replayed by the trace-lr probe while training picked its rate."
+                      if metric in check.get("probe_lanes", ()) else ""))
         st.dataframe(tables.check_lanes_table(check, metric), hide_index=True)
 
 
