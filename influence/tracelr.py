@@ -171,8 +171,15 @@ class Probe:
         if self.epoch_kept and ratio is not None:
             sentence += (f"; its segment at the pick is the traced epoch (trained once, inside the probe), so the "
                          f"probe added {added:.1f} s to training")
+        # each stable rung's replay without its most harmful set (records before 2026-12-07 kept no seconds)
+        replays = [r["replayed"]["seconds"] for r in self.rungs if "seconds" in r.get("replayed", {})]
+        if replays:
+            sentence += (f"; its replay of the epoch without the most harmful {PROBE_HARMFUL:.0%} took "
+                         f"{replays[0]:.1f} s" if len(replays) == 1 else
+                         f"; its {len(replays)} replays of the epoch, each without a rung's most harmful "
+                         f"{PROBE_HARMFUL:.0%}, took {sum(replays):.1f} s")
         return {"probe_seconds": self.seconds, "traced_seconds": self.traced_seconds, "ratio": ratio,
-                "added_seconds": added, "sentence": sentence}
+                "added_seconds": added, "replay_seconds": sum(replays) if replays else None, "sentence": sentence}
 
     def with_traced_seconds(self, seconds: float | None) -> dict:
         self.traced_seconds = seconds

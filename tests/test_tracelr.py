@@ -79,6 +79,10 @@ def test_the_probe_measures_the_growth_an_estimate_reports_on_the_same_steps(tmp
     assert replayed["actual"] == outcome.values[0] - outcome.baselines[0]
     assert replayed["agrees"] and 1 / 3 <= replayed["actual"] / replayed["predicted"] <= 3
     assert probe["cost"]["ratio"] == pytest.approx(probe["seconds"] / probe["traced_seconds"])
+    replays = [r["replayed"]["seconds"] for r in probe["rungs"] if "replayed" in r]  # the refused rung's and the pick's
+    assert len(replays) == 2 and probe["cost"]["replay_seconds"] == sum(replays)
+    assert (f"its 2 replays of the epoch, each without a rung's most harmful 5%, took {sum(replays):.1f} s"
+            in probe["cost"]["sentence"])
     assert probe["traced_seconds"] == pytest.approx(run.read_json("history.json")[-1]["seconds"])
     # a retraining (cleanse's) keeps the pick: with nothing removed it is the run, bit for bit
     theta_d, _ = train_without(ctx, [], traced_lr=chosen_traced_lr(cfg, trace))
