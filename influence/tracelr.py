@@ -19,8 +19,9 @@ accurate: quick's epoch at 3.2e-3 grew |u| 2.2-fold, yet its most harmful 5% mov
 amount. So by default (replayed) a rung that passes its walk also replays the epoch without the main metric's most
 harmful 5% (`counterfactual.replay_lanes`; lane 0 is the segment's recorded trajectory) and passes only when that
 set moved the metric the predicted way by between a third and three times the prediction (the spot check's bar for
-"trustworthy" groups, `validation.trust.moved_as_predicted`). auto takes the largest rung that passes and stops there; when no rung
-passes the replay, the largest stable one, and when none is stable, the smallest; the reason says which. A walk
+"trustworthy" groups, `validation.trust.moved_as_predicted`). auto takes the largest rung that passes and stops
+there; when no rung passes the replay, the largest stable one, and when none is stable, the smallest; the reason
+says which. A walk
 stops as soon as |u| has grown past the threshold (the rung fails on measurement alone), so a refused
 confirmation costs a part of the epoch's walk, not all of it. check keeps the user's rate (the first rung) and
 says when it lies far above the probe's pick. On the chosen rung a small batched spot check where lanes batch
