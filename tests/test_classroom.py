@@ -44,7 +44,7 @@ def test_one_point_puts_the_estimate_beside_an_independent_replay(toy):
         assert np.allclose(lesson.before, ctx.gan.generate(_final(ctx, trace)[1], z).numpy())
         assert np.allclose(lesson.after, ctx.gan.generate(after_g, z).numpy())
     drawn = np.percentile(np.linalg.norm(lesson.after - lesson.before, axis=1), 90) * lesson.magnification
-    assert 0.4 / 10 < drawn <= 0.4 * 1.000001
+    assert classroom.ARROW_LENGTH / 10 < drawn <= classroom.ARROW_LENGTH * 1.000001
     with pytest.raises(ConfigError, match="not in 0..1999"):
         classroom.one_point(ctx, trace, results, 2000)
 

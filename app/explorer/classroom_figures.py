@@ -47,13 +47,13 @@ def add_shift_arrows(fig: go.Figure, before: np.ndarray, after: np.ndarray, magn
     angle = np.degrees(np.arctan2(shift[:, 0], shift[:, 1]))  # clockwise from "up", as Plotly turns markers
     factor = f"{magnification:,.0f}" if magnification >= 1 else f"{magnification:g}"
     label = f"shift of the {name} points,<br>drawn {factor}x"  # one line would run under the colour bar at 1024 px
-    fig.add_scattergl(x=before[:, 0], y=before[:, 1], mode="markers", name=f"{name} points (before)",
-                      marker=dict(size=5, color=GENERATED, line=OUTLINE))
     fig.add_scattergl(x=xs, y=ys, mode="lines", name=label, legendgroup="shift", hoverinfo="skip",
                       line=dict(color=CLEANSED, width=1), opacity=0.9)
     fig.add_scattergl(x=head[:, 0], y=head[:, 1], mode="markers", name=label, legendgroup="shift", showlegend=False,
                       hoverinfo="skip", marker=dict(symbol="triangle-up", angle=angle, size=7, color=CLEANSED),
                       opacity=0.9)
+    fig.add_scattergl(x=before[:, 0], y=before[:, 1], mode="markers", name=f"{name} points (before)",
+                      marker=dict(size=5, color=GENERATED, line=OUTLINE))
 
 
 def one_point_figure(train_xy: np.ndarray, instance: int, before: np.ndarray, after: np.ndarray,
@@ -116,12 +116,13 @@ def check_scatter(estimated: np.ndarray, actual: np.ndarray, metric: str, height
 
 
 def density_figure(real: np.ndarray, generated: np.ndarray, height: int = 520) -> go.Figure:
-    """Density contours of the real data, the generator's samples on top."""
+    """Density contours of the real data, the generator's samples on top: small and translucent, so that where
+    they cover the data its contours still show through (opaque ones hid all but the outer two)."""
     fig = go.Figure(go.Histogram2dContour(x=real[:, 0], y=real[:, 1], colorscale="Blues", showscale=False,
                                           ncontours=12, name="real data density", showlegend=True,
-                                          contours=dict(coloring="fill"), opacity=0.75))
+                                          contours=dict(coloring="fill"), line=dict(width=1, color="#3b6fb0")))
     fig.add_scattergl(x=generated[:, 0], y=generated[:, 1], mode="markers", name="generated samples",
-                      marker=dict(size=4, color=GENERATED, line=OUTLINE))
+                      marker=dict(size=4, color=GENERATED, opacity=0.5))
     _square(fig, height)
     return fig
 

@@ -135,7 +135,7 @@ with curate_tab:
     shown = min(150, len(generated)) if generated is not None else 0
     before_pts = generated[:shown] if cleansed is not None else generated
     after_pts = cleansed[:shown] if cleansed is not None else None
-    factor = classroom.magnification(after_pts - before_pts, 0.4) if after_pts is not None else 1.0
+    factor = classroom.magnification(after_pts - before_pts, classroom.ARROW_LENGTH) if after_pts is not None else 1.0
 
     def on_select() -> None:
         st.session_state["pg-selected"] = figures.selected_point_indices(st.session_state.get(f"pg-chart-{run_id}"))

@@ -237,6 +237,35 @@ def test_the_same_z_heat_map_runs_from_white_to_dark():
     assert fig.data[0].colorbar.title.text == "|after − before|"
 
 
+def test_shift_arrows_are_longer_than_their_heads_and_the_points_sit_above_them():
+    """The Cleanse lesson drew 150 arrows of about their heads' size over the generated points: an orange blob
+    that hid both the points and which way they moved."""
+    from explorer import classroom_figures
+    from influence import classroom
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(1.0, 0.5, (150, 2))
+    shift = np.array([-1.2e-3, -0.8e-3]) * rng.uniform(0.5, 1.5, (150, 1))  # coherent, as after a cleanse
+    factor = classroom.magnification(shift, classroom.ARROW_LENGTH)
+    fig = classroom_figures.curate_figure(rng.normal(size=(500, 2)), None, "all", before, before + shift, factor,
+                                          np.zeros(500, dtype=bool))
+    names = [t.name for t in fig.data]
+    dots, lines = names.index("generated points (before)"), names.index(_trace(fig, "shift of").name)
+    assert dots > lines  # WebGL traces draw in order: the dots on top of the arrows
+    drawn = np.percentile(np.linalg.norm(factor * shift, axis=1), 90)
+    assert 0.4 <= drawn <= 1.0  # on axes about 10 wide: several heads (size 7 px) long
+
+
+def test_the_datas_contours_show_through_a_generator_that_covers_them():
+    """The Mode collapse lesson's opaque samples hid every contour but the outer two where the generator covers."""
+    from explorer import classroom_figures
+
+    fig = classroom_figures.density_figure(np.zeros((10, 2)), np.ones((10, 2)))
+    samples = _trace(fig, "generated samples")
+    assert fig.data.index(samples) > 0 and samples.marker.opacity <= 0.5
+    assert fig.data[0].contours.coloring == "fill" and fig.data[0].line.width >= 1  # the levels outlined
+
+
 def test_the_time_estimate_names_its_basis_and_the_start_up():
     from explorer import timing
 
