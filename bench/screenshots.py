@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/screenshots.py --store DIR --prepare      # fill DIR first (minutes), then shoot
     .venv/bin/python bench/screenshots.py --store DIR [--only app-influence classroom-lr] [--out assets]
+    .venv/bin/python bench/screenshots.py --store DIR --width 1024 --out /tmp/narrow   # a laptop's width: layouts
 
 Starts `streamlit run app/main.py` over the store and drives Debian's headless Chromium with Playwright (as
 tests/app/test_browser.py does). Every shot waits until the page has finished running (no running status,
@@ -187,7 +188,7 @@ def act(tab, action: str, arg: str) -> None:
     settle(tab)
 
 
-def shoot(root: Path, out: Path, only: list[str] | None) -> None:
+def shoot(root: Path, out: Path, only: list[str] | None, width: int = 1440) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from influence import store
@@ -204,7 +205,7 @@ def shoot(root: Path, out: Path, only: list[str] | None) -> None:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         for shot in shots:
             store.write_json(root / "_app_state.json", {"run_id": runs[shot.run]})
-            tab = browser.new_page(viewport={"width": 1440, "height": shot.height})
+            tab = browser.new_page(viewport={"width": width, "height": shot.height})
             tab.set_default_timeout(TIMEOUT_MS)
             started = time.perf_counter()
             tab.goto(f"{url}/{shot.path}")
@@ -233,12 +234,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "assets")
     ap.add_argument("--only", nargs="+", help="shot names, e.g. app-influence classroom-lr")
     ap.add_argument("--prepare", action="store_true", help="train and compute what the shots need first")
+    ap.add_argument("--width", type=int, default=1440, help="the browser's width in px (assets/ are shot at 1440)")
     args = ap.parse_args()
     root = args.store.resolve()
     os.environ["GAN_INFLUENCE_STORE"] = str(root)
     if args.prepare:
         prepare(root)
-    shoot(root, args.out, args.only)
+    shoot(root, args.out, args.only, args.width)
 
 
 if __name__ == "__main__":

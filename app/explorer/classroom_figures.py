@@ -129,7 +129,7 @@ def density_figure(real: np.ndarray, generated: np.ndarray, height: int = 520) -
 
 def _square(fig: go.Figure, height: int) -> None:
     fig.update_layout(height=height, margin=MARGIN, xaxis_title="x₁", yaxis_title="x₂",
-                      legend=dict(orientation="h", y=1.1, x=0))
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
 
 
