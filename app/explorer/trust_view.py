@@ -138,10 +138,11 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
     chosen at first, as in the leave-one-out form above)."""
     st.subheader("Groups: do summed estimates predict removing a set? (LDS)")
     st.markdown("Curators remove sets, not single images. Draw *M* random removal sets of a fraction *F* of the "
-                "traced instances, replay the traced steps without each (as lanes of one replay, each change measured against its lane 0), "
-                "and rank-correlate the sum of each set's estimates with the actual change: the **linear datamodeling "
-                "score** (LDS; Park et al. 2023). The cleansing curve removes the top-k by the estimate and k at "
-                "random. Every named result (the exact estimate and the baselines) is scored on the same replays.")
+                "traced instances, replay the traced steps without each (as lanes of one replay, each change "
+                "measured against its lane 0), and rank-correlate the sum of each set's estimates with the actual "
+                "change: the **linear datamodeling score** (LDS; Park et al. 2023). The cleansing curve removes the "
+                "top-k by the estimate and k at random. Every named result (the exact estimate and the baselines) is "
+                "scored on the same replays.")
     with st.container(border=True):
         row = st.container(horizontal=True, gap="medium")  # fixed widths that wrap: no label cut when narrow
         chosen = row.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
