@@ -66,6 +66,7 @@ def export_cleaned(run: store.Run, removal_ids, target: str | os.PathLike, why: 
     source = Path(ds.notes.root) if ds.notes is not None else None  # own images: where they were read from
     try:
         target = target.resolve()
+        _remove_stale_partials(target)  # also where the target exists: one killed after its rename left its lock
         _check_target(target, source)
         target.parent.mkdir(parents=True, exist_ok=True)
         with _partial_folder(target) as tmp:

@@ -235,6 +235,58 @@ def test_influence_pass_killed_at_five_points_resumes_to_identical_scores(tmp_pa
     faults("kill-influence", len(kills), "SIGKILLs of the influence worker")
 
 
+def test_an_influence_pass_killed_between_its_metrics_results_resumes_stacked_to_identical_scores(tmp_path, small):
+    """Killed once the first metric's result was stored: the rerun passed over the second metric alone, whose
+    scores then differed from the stacked pass's in the last bits (5e-21 of 1.4e-5). It now resumes the stacked
+    pass from its checkpoint. (bench/kills.py --scenarios influence: 67 points)"""
+    run = copy_run(small["root"], small["run_id"], tmp_path / "store")
+    spec = estimate_spec(run.run_id)
+    killed = run_worker(run.root, spec, {"kill": "commit", "name": "scores.npy", "n": 2, "point": "temp_synced"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [m for m in METRICS if run.exists(f"influence/{m}-float64-v1/meta.json")] == METRICS[:1]
+    assert run_worker(run.root, spec).returncode == 0
+    assert_same_influence(run, small["ref"])
+
+
+def _replay_results(run: store.Run) -> dict[str, object]:
+    """A run's group validations and spot checks: parquet bytes, JSON without timings."""
+    out = {}
+    for rel in sorted(r for r in run.manifest() if r.startswith(("validate/groups/", "influence/_checks/"))):
+        if rel.endswith(".json"):
+            out[rel] = {k: v for k, v in run.read_json(rel).items() if k not in ("seconds", "replay_seconds")}
+        else:
+            out[rel] = run.read_bytes(rel)
+    return out
+
+
+def test_group_validation_and_spot_check_killed_before_their_results_end_as_uninterrupted(tmp_path, small):
+    """A group validation killed between its tables and its result.json: its rerun found the tables, replayed
+    nothing and wrote a result without the record of its replays (lanes, lane 0, conditions), whose absence broke
+    the Validate page. A killed spot check left its temp file behind. (bench/kills.py --scenarios replays)"""
+    groups = {"kind": "validate", "params": {"run_id": small["run_id"], "metrics": METRICS, "groups": {
+        "groups": 4, "fractions": [0.05], "seed": 0, "curve": [0.05]}}}
+    check = {**estimate_spec(small["run_id"]), "params": {**estimate_spec(small["run_id"])["params"], "check": "full"}}
+    ref = copy_run(small["ref"].root, small["run_id"], tmp_path / "ref")
+    for spec in (groups, check):
+        assert run_worker(ref.root, spec).returncode == 0
+    want = _replay_results(ref)
+    assert {"lanes", "baseline", "conditions"} <= set(want[next(r for r in want if r.endswith("result.json"))])
+    check_file = next(r for r in want if r.startswith("influence/_checks/")).rsplit("/", 1)[1]
+    kills = [(groups, "groups.parquet", "manifest_renamed"), (groups, "result.json", "temp_synced"),
+             (check, check_file, "temp_synced")]
+    for i, (spec, name, point) in enumerate(kills):
+        run = copy_run(small["ref"].root, small["run_id"], tmp_path / f"kill{i}")
+        for other in (groups, check):
+            if other is not spec:
+                assert run_worker(run.root, other).returncode == 0
+        done = run_worker(run.root, spec, {"kill": "commit", "name": name, "n": 1, "point": point})
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        assert run_worker(run.root, spec).returncode == 0
+        assert _replay_results(run) == want, (name, point)
+        assert not temp_files(run.dir)
+    faults("kill-replays", len(kills), "SIGKILLs of group validation and spot check workers")
+
+
 # ---------------------------------------------------------------- damaged files
 def corrupt(path: Path, how: str) -> None:
     data = path.read_bytes()

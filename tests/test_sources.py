@@ -588,6 +588,11 @@ def test_a_killed_export_leaves_a_partial_folder_the_next_export_removes(dup_run
         export_cleaned(run, [0], parent / "out")
         assert sorted(p.name for p in parent.iterdir()) == [".out.partial-running", ".out.partial-running.lock", "out"]
     assert len(_files(parent / "out")) == 2 * N_PER_CLASS + 4 - 40 - 1 + 2  # kept images, manifest, removed.csv
+    stale = parent / ".out.partial-renamed.lock"  # an export killed right after its rename leaves its lock
+    stale.touch()
+    with pytest.raises(ConfigError, match="already exists"):  # the rerun of that export (bench/kills.py)
+        export_cleaned(run, [0], parent / "out")
+    assert sorted(p.name for p in parent.iterdir()) == ["out"]
 
 
 # ---------------------------------------------------------------- issue 26: own images, an honest set-up

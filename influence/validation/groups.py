@@ -149,10 +149,12 @@ def validate_groups(
     folder = f"validate/groups/{folder_name(metrics, spec)}"
     name = result_name(options, trace.final.shape[0])
     # one set of these replays at a time, whoever asks (two tabs, the CLI)
+    tables = (f"{folder}/groups.parquet", f"{folder}/curve-{name}.parquet")
     with run.exclusive(f"validate-groups-{'_'.join(metrics)}-{spec.key()}", progress, cancel):
-        groups = _read(run, f"{folder}/groups.parquet")
-        curve = _read(run, f"{folder}/curve-{name}.parquet") if spec.curve else _sized([])
+        run.remove_stale_temp_files([folder])  # a killed writer's (this lock's folder)
         meta = run.read_json(f"{folder}/result.json") if run.exists(f"{folder}/result.json") else {}
+        groups = _read(run, tables[0]) if _committed(run, tables[0], meta) else None
+        curve = (_read(run, tables[1]) if _committed(run, tables[1], meta) else None) if spec.curve else _sized([])
         borrowed = same_sets(run, spec, metrics) if groups is None else None
         if borrowed is not None:  # the same random sets, replayed for other metrics and scored on these too
             groups, meta = borrowed
@@ -176,6 +178,7 @@ def validate_groups(
             run.write(f"{folder}/groups.parquet", _parquet(groups))
         replayed_fractions = sorted({float(f) for f in curve["fraction"]})
         curve = curve[_at(curve, spec.curve)].reset_index(drop=True)  # the fractions asked for, in the result
+        listed = {**meta.get("tables", {}), **{rel: run.manifest()[rel]["sha256"] for rel in tables if run.exists(rel)}}
     scores = {}
     for rname, results in result_sets(run).items():
         if all(m in results for m in metrics):
@@ -183,7 +186,8 @@ def validate_groups(
     curve_rows = {m: _curve_rows(curve, chosen[m].scores, m) for m in metrics}
     result = {**meta, "metrics": metrics, "spec": {"groups": spec.groups, "fractions": list(spec.fractions),
                                                    "seed": spec.seed, "curve": list(spec.curve)},
-              "result_in_use": name, "scores": scores, "curve": curve_rows, "curve_replayed": replayed_fractions}
+              "result_in_use": name, "scores": scores, "curve": curve_rows, "curve_replayed": replayed_fractions,
+              "tables": listed}
     run.write_json(f"{folder}/result.json", result)
     return {**result, "groups_table": groups, "curve_table": curve, "key": folder}
 
@@ -194,12 +198,22 @@ def same_sets(run: store.Run, spec: GroupSpec, metrics: list[str]) -> tuple[pd.D
     or None."""
     base = run.path("validate/groups")
     for d in sorted(base.glob(f"*-{spec.key()}")) if base.is_dir() else []:
-        table = _read(run, f"validate/groups/{d.name}/groups.parquet")
-        if table is not None and all(f"actual_{s}_{m}" in table for s in SPLITS for m in metrics) and \
-                run.exists(f"validate/groups/{d.name}/result.json"):
-            meta = run.read_json(f"validate/groups/{d.name}/result.json")
+        rel, result = f"validate/groups/{d.name}/groups.parquet", f"validate/groups/{d.name}/result.json"
+        meta = run.read_json(result) if run.exists(result) else {}
+        table = _read(run, rel) if _committed(run, rel, meta) else None
+        if table is not None and all(f"actual_{s}_{m}" in table for s in SPLITS for m in metrics):
             return table, {k: meta[k] for k in ("lanes", "baseline", "replay_seconds", "conditions") if k in meta}
     return None
+
+
+def _committed(run: store.Run, rel: str, meta: dict) -> bool:
+    """Whether a stored table is one the folder's result was computed from (`meta`: its result.json, {} if none).
+    A writer killed between its tables and its result leaves tables no result lists, and with them no record of
+    their replays (lanes, lane 0, conditions): they are replayed again. Results from before the list: every table."""
+    if not meta or not run.exists(rel):
+        return False
+    listed = meta.get("tables")
+    return listed is None or listed.get(rel) == run.manifest()[rel]["sha256"]
 
 
 def _read(run: store.Run, rel: str) -> pd.DataFrame | None:

@@ -94,6 +94,7 @@ def spot_check(run: store.Run, metrics: list[str], options: EstimateOptions = Es
         level, reason = auto_level(RunContext.create(load_run_config(run), run.root), trace, lanes)
     rel = check_path(name, level)
     with run.exclusive(f"check-{name}-{level}", progress, cancel):  # one check of a result at a time, whoever asks
+        run.remove_stale_temp_files(["influence/_checks"], [rel.rsplit("/", 1)[1]])  # a killed writer's (this lock's)
         stored = run.read_json(rel) if run.exists(rel) else None
         missing = [m for m in metrics if stored is None or m not in stored["metrics"]]
         if not missing:
