@@ -11,6 +11,8 @@ sweep's seeds 0 and 1 include it):
     cleanse   cleanse --top-harmful 5 --by fid (estimates FID first)
     iforest   cleanse --top-harmful 5 --by iforest (ranks by the feature net's features)
     validate  validate --metric fid --n 6 (leave-one-out replays)
+    groups    validate --metric fid --groups 4 --fraction 0.05 --curve 0.05 (group validation: lane replays)
+    check     estimate --metric fid --check full (the spot check's lane replays)
     sweep     sweep --seeds 0 1 --methods fid random --counts 5
     export    export --removal <3 ids> --to <a folder of its own>
 
@@ -57,6 +59,9 @@ def command(name: str, images: Path, run_id: str, scratch: Path, me: int) -> lis
         "cleanse": ["cleanse", "--run", run_id, "--top-harmful", "5", "--by", "fid", "--json"],
         "iforest": ["cleanse", "--run", run_id, "--top-harmful", "5", "--by", "iforest", "--json"],
         "validate": ["validate", "--run", run_id, "--metric", "fid", "--n", "6", "--json"],
+        "groups": ["validate", "--run", run_id, "--metric", "fid", "--groups", "4", "--fraction", "0.05",
+                   "--curve", "0.05", "--json"],
+        "check": ["estimate", "--run", run_id, "--metric", "fid", "--check", "full", "--json"],
         "sweep": ["sweep", "--preset", "tiny", *sets, "--seeds", "0", "1", "--methods", "fid", "random",
                   "--counts", "5", "--json"],
         "export": ["export", "--run", run_id, "--removal", str(scratch / "removal.csv"),
@@ -64,7 +69,7 @@ def command(name: str, images: Path, run_id: str, scratch: Path, me: int) -> lis
     }[name]
 
 
-COMMANDS = ("train", "estimate", "cleanse", "iforest", "validate", "sweep", "export")
+COMMANDS = ("train", "estimate", "cleanse", "iforest", "validate", "groups", "check", "sweep", "export")
 
 # The forking server: imports the engine once, logs every computation of an artefact to $GAN_INFLUENCE_COUNT,
 # then per request forks two CLI processes and releases them together.

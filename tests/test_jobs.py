@@ -279,6 +279,6 @@ def test_every_pair_of_commands_on_one_run_computes_each_artefact_once(tmp_path)
     spec.loader.exec_module(bench)
     results = bench.run_pairs(tmp_path, reps=1, progress=lambda line: None)
     failed = [(r.pair, r.codes, r.twice, r.errors) for r in results if not r.ok]
-    assert len(results) == 28 and not failed, failed
+    assert len(results) == 45 and not failed, failed
     faults("concurrent", len(results), "pairs of CLI commands started together on one run (every pair once: no "
            "failure, each artefact computed once)")
