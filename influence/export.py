@@ -128,8 +128,8 @@ def _not_exported(ds) -> dict:
 @contextlib.contextmanager
 def _partial_folder(target: Path):
     """A new `.NAME.partial-*` folder beside the target, with a lock file `<folder>.lock` that this export holds
-    until the block ends (the folder is removed then, unless renamed into place)."""
-    _remove_stale_partials(target)
+    until the block ends (the folder is removed then, unless renamed into place). Dead exports' partials are
+    removed before (`export_cleaned`)."""
     lock_file = tempfile.NamedTemporaryFile(dir=target.parent, prefix=PARTIAL.format(name=target.name),
                                             suffix=".lock", delete=False)
     lock = Path(lock_file.name)
