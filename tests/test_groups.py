@@ -84,7 +84,7 @@ def test_a_curve_fraction_asked_for_later_is_replayed_and_added(toy_run, tmp_pat
     import influence.validation.groups as g
 
     first, fresh = copy_run(toy_run, tmp_path / "a"), copy_run(toy_run, tmp_path / "b")
-    spec = GroupSpec(groups=3, fractions=(0.05,), seed=1, curve=(0.02,))
+    spec = GroupSpec(groups=5, fractions=(0.05,), seed=1, curve=(0.02,))
     validate_groups(first, ["dloss"], spec)
     replayed = []
     real = g._replay
@@ -105,7 +105,7 @@ def test_group_validation_of_another_metric_reads_the_same_sets_back(toy_run, tm
     import influence.validation.groups as g
 
     run = copy_run(toy_run, tmp_path / "a")
-    spec = GroupSpec(groups=4, fractions=(0.05,), seed=2, curve=(0.02,))
+    spec = GroupSpec(groups=5, fractions=(0.05,), seed=2, curve=(0.02,))
     first = validate_groups(run, ["all"], spec)
     replayed = []
     real = g._replay
@@ -118,7 +118,7 @@ def test_group_validation_of_another_metric_reads_the_same_sets_back(toy_run, tm
     fresh = validate_groups(copy_run(toy_run, tmp_path / "b"), ["dloss"], spec)
     name = later["result_in_use"]
     assert later["scores"][name] == fresh["scores"][name] and later["curve"] == fresh["curve"]
-    assert len(g.group_points(run, later["key"].rsplit("/", 1)[1], np.zeros(2000), "dloss")) == 4  # its own folder
+    assert len(g.group_points(run, later["key"].rsplit("/", 1)[1], np.zeros(2000), "dloss")) == 5  # its own folder
 
 
 def test_checking_another_metric_keeps_the_stored_check(toy_run, tmp_path, monkeypatch):
@@ -144,7 +144,7 @@ def test_replays_added_later_keep_the_record_of_the_earlier_ones(toy_run, tmp_pa
     topped up under training's (lane 0 the recorded trajectory): the result still says so, for a group validation's curve and a
     spot check of another metric. Before, the later replays' record replaced the earlier's."""
     run = copy_run(toy_run, tmp_path)
-    spec = GroupSpec(groups=3, fractions=(0.05,), seed=1, curve=(0.02,))
+    spec = GroupSpec(groups=5, fractions=(0.05,), seed=1, curve=(0.02,))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads % 2 + 1)
@@ -167,16 +167,16 @@ def test_replays_added_later_keep_the_record_of_the_earlier_ones(toy_run, tmp_pa
 
 def test_cli_validate_groups_prints_lds(toy_run, tmp_path, capsys):
     run = copy_run(toy_run, tmp_path)
-    code = cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "4",
+    code = cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "5",
                      "--fraction", "0.05", "--curve", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     (row,) = out["scores"][out["result_in_use"]]["dloss"]
-    assert row["groups"] == 4 and -1 <= row["spearman_valid"] <= 1 and out["curve"]["dloss"] == []
+    assert row["groups"] == 5 and -1 <= row["spearman_valid"] <= 1 and out["curve"]["dloss"] == []
     # the text output gives each LDS its 95% interval (the stored validation, read back)
-    assert cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "4",
+    assert cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--groups", "5",
                      "--fraction", "0.05", "--curve"]) == 0
-    assert (f"LDS (Spearman) {row['spearman_valid']:.3f}{interval_phrase('spearman', row['spearman_valid'], 4)}, "
+    assert (f"LDS (Spearman) {row['spearman_valid']:.3f}{interval_phrase('spearman', row['spearman_valid'], 5)}, "
             in capsys.readouterr().out)
 
 

@@ -264,7 +264,7 @@ def test_group_validation_and_spot_check_killed_before_their_results_end_as_unin
     nothing and wrote a result without the record of its replays (lanes, lane 0, conditions), whose absence broke
     the Validate page. A killed spot check left its temp file behind. (bench/kills.py --scenarios replays)"""
     groups = {"kind": "validate", "params": {"run_id": small["run_id"], "metrics": METRICS, "groups": {
-        "groups": 4, "fractions": [0.05], "seed": 0, "curve": [0.05]}}}
+        "groups": 5, "fractions": [0.05], "seed": 0, "curve": [0.05]}}}
     check = {**estimate_spec(small["run_id"]), "params": {**estimate_spec(small["run_id"])["params"], "check": "full"}}
     ref = copy_run(small["ref"].root, small["run_id"], tmp_path / "ref")
     for spec in (groups, check):

@@ -674,7 +674,7 @@ def test_uninformative_reaches_the_table_the_json_and_the_export(own_run, tmp_pa
                                                     "held out for testing: cleansing is judged on it"}
     exported = {p.relative_to(tmp_path / "x").as_posix() for p in (tmp_path / "x").rglob("*.png")}
     assert exported == set(ds.train_paths) - {ds.train_paths[0], ds.train_paths[1]}
-    assert main(base + ["validate", "--run", run.run_id, "--metric", "fid", "--n", "3", "--json"]) == 0
+    assert main(base + ["validate", "--run", run.run_id, "--metric", "fid", "--n", "5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["fid"]["metric_verdict"]["verdict"] == "metric uninformative"
 
 

@@ -55,10 +55,10 @@ def test_select_ids():
     r1, r2 = select_ids(100, 8, "random", 1, traced), select_ids(100, 8, "random", 1, traced)
     assert np.array_equal(r1, r2) and np.all(traced[r1]) and np.all(np.diff(r1) > 0)
     assert not np.array_equal(r1, select_ids(100, 8, "random", 2, traced))
-    with pytest.raises(ConfigError, match=r"n must lie in 3..50"):
+    with pytest.raises(ConfigError, match=r"n must lie in 5..50"):
         select_ids(100, 51, "first", 0, traced)
     with pytest.raises(ConfigError, match="n must lie"):
-        select_ids(100, 2, "first", 0, traced)
+        select_ids(100, 4, "first", 0, traced)
     with pytest.raises(ConfigError, match="selection must be one of"):
         select_ids(100, 5, "best", 0, traced)
 
@@ -137,13 +137,18 @@ def test_replays_on_workers_with_another_processor_say_so_and_replay_lane_0(toy_
     """Workers whose kernels are a lesser processor's (as a cluster's other machines may be): each replay records
     their processor's sentence, not this process's clean conditions, and replays lane 0 there (the recorded final
     state is this processor's), so its changes still equal those replayed here, to rounding."""
-    from influence import conditions
+    from influence import conditions, execution
 
     lower = LOWER_KERNELS.get(torch.backends.cpu.get_cpu_capability())
     if lower is None:
         pytest.skip(f"no lesser kernels than {torch.backends.cpu.get_cpu_capability()} for the workers")
     ids = np.arange(0, 2000, 250)  # 8 instances spread over the traced epoch
+    from_trace, run_tasks = [], execution.Executor.run  # whether each task's lane 0 was the recorded trajectory
+    monkeypatch.setattr(execution.Executor, "run", lambda self, *a: (
+        from_trace.append(result.baseline_from_trace) or (group, result) for group, result in run_tasks(self, *a)))
     here, _, said_here = leave_one_out(copy_run(toy_run, tmp_path / "a"), ["all"], ids, workers=1, lanes=1)
+    assert set(from_trace) == {True}
+    from_trace.clear()
     assert said_here == []  # trained in this process's conditions
     conditions.processor("cpu")  # this process's, read before the workers' variables are set
     for k, v in lower.items():
@@ -152,8 +157,9 @@ def test_replays_on_workers_with_another_processor_say_so_and_replay_lane_0(toy_
     there, _, said = leave_one_out(run, ["all"], ids, workers=2, lanes=1)
     (line,) = said
     assert f"ATEN_CPU_CAPABILITY={lower['ATEN_CPU_CAPABILITY']}" in line.split(", training ran on")[0]
+    # lane 0 replayed there (on some processors, such as an AVX2 EPYC, these kernels give the same numbers)
+    assert set(from_trace) == {False}
     np.testing.assert_allclose(there, here, rtol=1e-6, atol=1e-12)
-    assert not np.array_equal(there, here)  # other kernels: lane 0 and the lanes replayed there
     kept = run.read_json("validate/_partial/loo-replays.json")["replays"]
     assert all(replay["warnings"] == [line] for replay in kept.values())
 
@@ -215,14 +221,14 @@ def test_replays_read_back_keep_saying_they_ran_under_other_conditions(toy_run, 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads % 2 + 1)
-        earlier = validate(run, ["all"], n=4, lanes=1)["all"].conditions["warnings"]
+        earlier = validate(run, ["all"], n=5, lanes=1)["all"].conditions["warnings"]
     finally:
         torch.set_num_threads(threads)
     (line,) = earlier
     assert f"at {threads % 2 + 1} torch threads, training ran at {threads}" in line
-    later = validate(run, ["dloss"], n=4, lanes=1)["dloss"]  # the same 4 instances, read back
+    later = validate(run, ["dloss"], n=5, lanes=1)["dloss"]  # the same 5 instances, read back
     assert later.conditions["warnings"] == [line] and later.conditions["now"]["threads"] == threads
-    assert validate(copy_run(toy_run, tmp_path / "b"), ["all"], n=4, lanes=1)["all"].conditions["warnings"] == []
+    assert validate(copy_run(toy_run, tmp_path / "b"), ["all"], n=5, lanes=1)["all"].conditions["warnings"] == []
 
 
 def test_validate_on_the_toy_run_stores_what_it_returns(toy_run, tmp_path):
@@ -327,11 +333,11 @@ def test_bad_validation_arguments_are_refused_before_the_estimate(toy_run, tmp_p
     trace = Trace.load(run)
     n_traced = int((trace.step_of_instance(load_run_config(run).data.n_train) >= 0).sum())
     assert trace.traced_count() == n_traced
-    with pytest.raises(ConfigError, match=rf"n must lie in 3..{n_traced} "):
+    with pytest.raises(ConfigError, match=rf"n must lie in 5..{n_traced} "):
         validate(run, ["all"], n=n_traced + 1)
     with pytest.raises(ConfigError, match="n must lie"):
         validate(run, ["all"], n=2)
-    with pytest.raises(ConfigError, match="groups must lie in 2..1000"):
+    with pytest.raises(ConfigError, match="groups must lie in 5..1000"):
         groups.validate_groups(run, ["all"], groups.GroupSpec(groups=0))
     with pytest.raises(ConfigError, match="fractions must lie strictly between 0 and 1, got 2"):
-        groups.validate_groups(run, ["all"], groups.GroupSpec(groups=4, fractions=(2.0,)))
+        groups.validate_groups(run, ["all"], groups.GroupSpec(groups=5, fractions=(2.0,)))

@@ -14,7 +14,7 @@ from influence.estimator import EstimateOptions, InfluenceResult
 from influence.metrics import METRIC_LABELS, harmful_sign
 from influence.specs import estimate_spec
 from influence.validation.groups import GroupSpec, folder_name, same_sets
-from influence.validation.intervals import interval_text, rank_interval
+from influence.validation.intervals import MIN_PAIRS, interval_text, rank_interval
 from influence.validation.trust import mixed_singles, stored_replays, verdict
 
 from . import cache, figures, jobpanel, tables
@@ -147,7 +147,7 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
         row = st.container(horizontal=True, gap="medium")  # fixed widths that wrap: no label cut when narrow
         chosen = row.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
                                  key=f"grp-metrics-{run_id}", width=240)
-        m = row.number_input("M groups", 4, 256, 32, key=f"grp-m-{run_id}", width=110,
+        m = row.number_input("M groups", MIN_PAIRS, 256, 32, key=f"grp-m-{run_id}", width=110,
                              help="random sets per fraction; each is one lane of the replay")
         fractions = row.text_input("Fractions F", "0.01, 0.05, 0.2", key=f"grp-f-{run_id}", width=150,
                                    help="of the traced instances, strictly between 0 and 1")

@@ -10,6 +10,7 @@ from influence.errors import ConfigError
 from influence.estimator import EstimateOptions
 from influence.metrics import METRIC_LABELS, available_metrics
 from influence.validation import summarize_sweep
+from influence.validation.intervals import MIN_PAIRS
 
 # Why the chart of accuracy against traced epochs is missing, and how to get it.
 TRACE_EPOCHS_HINT = {
@@ -41,7 +42,7 @@ with st.container(border=True):
     first = next(m for m in cache.METRIC_ORDER if m in metrics)
     chosen = row.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
                              key=f"val-metrics-{run_id}", width=240)
-    n = row.number_input("n instances", 3, summary["n_train"], min(50, summary["n_train"]), key="val-n", width=120,
+    n = row.number_input("n instances", MIN_PAIRS, summary["n_train"], min(50, summary["n_train"]), key="val-n", width=120,
                          help="Each instance costs one replay of the traced steps after its first appearance.")
     selection = row.radio("Which instances", ("first", "random"), horizontal=True, key="val-selection",
                           format_func={"first": "lowest ids", "random": "random"}.get)

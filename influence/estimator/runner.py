@@ -82,12 +82,7 @@ def _interrupted_pass(run: store.Run, todo: list[str], options: EstimateOptions,
     """The metrics, in their stacked order, of a pass of these options whose checkpoint is left and which covers
     `todo`: one killed before all its results were stored. Resuming it stacked as it was gives the rest bit for bit
     as the uninterrupted pass would have (a pass over fewer rows rounds otherwise, by about 1e-16 relative)."""
-    suffix = f"-{options.key('', n_params)}"
-    for folder in _partials(run, options, n_params):
-        stacked = folder.rsplit("/", 1)[1][: -len(suffix)].split("+")
-        if set(todo) <= set(stacked):
-            return stacked
-    return None
+    return next((stacked for stacked in _partials(run, options, n_params).values() if set(todo) <= set(stacked)), None)
 
 
 def _save_pass(run: store.Run, ctx: RunContext, trace: Trace, metrics: list[str], options: EstimateOptions,
@@ -151,14 +146,15 @@ def adopt_pass(run: store.Run, walk: dict, train_ctx: RunContext) -> list[str]:
     return metrics
 
 
-def _partials(run: store.Run, options: EstimateOptions, n_params: int) -> list[str]:
-    """The metric passes' checkpoints with these options that hold files (not those of sample objectives)."""
+def _partials(run: store.Run, options: EstimateOptions, n_params: int) -> dict[str, list[str]]:
+    """The metric passes' checkpoints with these options that hold files (not those of sample objectives), each
+    with its pass's metrics in their stacked order (the folder's name)."""
     base, suffix = run.path("influence/_partial"), f"-{options.key('', n_params)}"
     if not base.is_dir():
-        return []
-    return [f"influence/_partial/{d.name}" for d in sorted(base.iterdir())
-            if d.name.endswith(suffix) and set(d.name[: -len(suffix)].split("+")) <= set(METRIC_LABELS)
-            and d.is_dir() and any(p.is_file() for p in d.iterdir())]
+        return {}
+    folders = {f"influence/_partial/{d.name}": d.name[: -len(suffix)].split("+") for d in sorted(base.iterdir())
+               if d.name.endswith(suffix) and d.is_dir() and any(p.is_file() for p in d.iterdir())}
+    return {folder: stacked for folder, stacked in folders.items() if set(stacked) <= set(METRIC_LABELS)}
 
 
 def _unfinished(run: store.Run, metrics: list[str], options: EstimateOptions, n_params: int) -> bool:

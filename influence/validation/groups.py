@@ -36,6 +36,7 @@ from ..execution import open_executor, worker_capacity
 from ..metrics import check_metric, scored_with
 from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace
+from .intervals import MIN_PAIRS
 from .replays import chunks, lane_tasks, lanes_per_task, merged_record, replay_conditions
 
 SPLITS = ("valid", "test")
@@ -52,8 +53,9 @@ class GroupSpec:
     curve: tuple[float, ...] = (0.01, 0.05, 0.2)  # fractions of the traced instances for top-k / random-k; () = none
 
     def check(self, n_traced: int) -> None:
-        if not 2 <= self.groups <= 1000:
-            raise ConfigError("groups must lie in 2..1000 (Spearman needs at least 2; 16-64 is usual)")
+        if not MIN_PAIRS <= self.groups <= 1000:
+            raise ConfigError(f"groups must lie in {MIN_PAIRS}..1000 (below {MIN_PAIRS} even a perfect ranking is "
+                              f"consistent with none; 16-64 is usual)")
         if not self.fractions:
             raise ConfigError("give at least one fraction")
         for f in (*self.fractions, *self.curve):

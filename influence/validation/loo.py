@@ -28,6 +28,7 @@ from ..execution import open_executor, worker_capacity
 from ..metrics import check_metric, scored_with
 from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace, epoch_kinds
+from .intervals import MIN_PAIRS
 from .replays import chunks, lane_tasks, lanes_per_task, replay_conditions
 
 SELECTIONS = ("first", "random")
@@ -82,8 +83,9 @@ def accuracy_numbers(estimated: np.ndarray, actual: np.ndarray) -> tuple[float, 
 
 
 def check_n(n: int, n_traced: int) -> None:
-    if not 3 <= n <= n_traced:
-        raise ConfigError(f"n must lie in 3..{n_traced} (instances in the traced steps)")
+    if not MIN_PAIRS <= n <= n_traced:
+        raise ConfigError(f"n must lie in {MIN_PAIRS}..{n_traced} (instances in the traced steps; below "
+                          f"{MIN_PAIRS} even a perfect ranking is consistent with none)")
 
 
 def select_ids(n_train: int, n: int, selection: str, seed: int, traced: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from influence import jobs, store
 
 @pytest.fixture(scope="session")
 def rich_store(tiny_store, tmp_path_factory) -> Path:
-    """The tiny run plus one cleansing attempt (the CLEANSED most harmful by FID) and one 3-instance validation."""
+    """The tiny run plus one cleansing attempt (the CLEANSED most harmful by FID) and one 5-instance validation."""
     from influence.cleanse import cleanse
     from influence.estimator import cached_results, harmful_order
     from influence.validation import validate
@@ -28,7 +28,7 @@ def rich_store(tiny_store, tmp_path_factory) -> Path:
     removal = harmful_order(cached_results(run)["fid"])[:CLEANSED].tolist()
     cleanse(run, removal)
     run.write_json("app/removal.json", {"ids": sorted(removal)})
-    validate(run, ["fid"], n=3)
+    validate(run, ["fid"], n=5)
     return root
 
 

@@ -313,9 +313,9 @@ def test_a_half_filled_schedule_row_is_refused(app_store, started_jobs):
 
 
 def test_jaccard_at_small_n_says_how_few_instances_it_compares(rich):
-    at = open_app("validate", tiny_run_id(rich))  # the rich store's validation has n = 3
+    at = open_app("validate", tiny_run_id(rich))  # the rich store's validation has n = 5
     said = texts(at)
-    assert "the 1 most negative and 1 most positive of 3 instances" in said
+    assert "the 1 most negative and 1 most positive of 5 instances" in said
     assert "one instance more or less swings it" in said
     # the growth verdict is named for what it is, not as the estimate's verdict (the trust card's is another)
     assert "Stability of the estimate over these steps: reliable, growth" in said and "Estimate verdict" not in said
