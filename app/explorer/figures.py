@@ -366,22 +366,22 @@ def selected_point_indices(event, curve: int = 0) -> list[int]:
                    if p.get("curve_number", 0) == curve and p.get("point_index") is not None})
 
 
-def group_scatter(points: pd.DataFrame, metric: str, split: str = "valid", height: int = 420) -> go.Figure:
+def group_scatter(points: pd.DataFrame, metric: str, height: int = 420) -> go.Figure:
     """LDS: each random removal group's summed estimate against the actual change of its replay, one colour per
     fraction; the diagonal is 'sum = actual'."""
-    label = METRIC_LABELS[metric]
     fig = go.Figure()
     for f, g in points.groupby("fraction"):
-        fig.add_scatter(x=g["predicted"], y=g[f"actual_{split}"], mode="markers", name=f"{f:.0%} removed",
+        fig.add_scatter(x=g["predicted"], y=g["actual_valid"], mode="markers", name=f"{f:.0%} removed",
                         marker=dict(size=8, opacity=0.85),
                         hovertemplate="predicted %{x:.3g}, actual %{y:.3g}<extra>%{fullData.name}</extra>")
-    both = np.concatenate([points["predicted"].to_numpy(), points[f"actual_{split}"].to_numpy()])
+    both = np.concatenate([points["predicted"].to_numpy(), points["actual_valid"].to_numpy()])
     lo, hi = float(np.min(both)), float(np.max(both))
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="sum = actual", line=dict(dash="dash", color="#888"))
     fig.update_layout(height=height, margin=MARGIN, legend=dict(orientation="h", y=1.1, x=0),
                       xaxis_title=f"sum over the group:<br>{axis_label(metric, 3)}",
-                      # one line: in a half column (274 px at 1024 px) a second took the x title's room; see the caption
-                      yaxis_title=f"actual change of {label} ({'validation' if split == 'valid' else 'test'} split)")
+                      # one short line: in a half column (274 px at 1024 px) a second took the x title's room, and
+                      # "actual change of FID (validation split)" ran past the plot's height; the x title names the metric
+                      yaxis_title="actual change (validation split)")
     fig.update_xaxes(**SCI_AXIS)
     fig.update_yaxes(**SCI_AXIS)
     return fig

@@ -184,9 +184,10 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
                                   key=f"grp-metric-{key}") or v["metrics"][0]
     st.dataframe(lds_table(v, metric), hide_index=True,  # 1.000, not "1": three decimals on every correlation
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in LDS_COLUMNS})
-    st.caption(f"LDS = Spearman of the summed estimates against the actual changes (validation split, as the "
-               f"estimate targets; test split beside it); its 95% interval: where the LDS of many more groups may "
-               f"lie, given these. slope: actual on predicted (1 = the sums are right in "
+    st.caption(f"LDS = Spearman of the summed estimates against the actual changes of M = {v['spec']['groups']} "
+               f"random groups per fraction F (validation split, as the estimate targets; test split beside it); its "
+               f"95% interval: where the LDS of many more groups may lie, given these. Pearson and slope: validation "
+               f"split; slope: actual on predicted (1 = the sums are right in "
                f"size; under 1 they over-predict). Replays: {v['lanes']['mode']} lanes, lane 0 = "
                f"{v['baseline']}; {tables.duration(v['replay_seconds'])} of replay.")
     for w in (v.get("conditions") or {}).get("warnings") or []:
@@ -206,21 +207,21 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
             st.caption(f"Cleansing curve of the estimate in use when it was run ({v['result_in_use']}).")
 
 
-LDS_COLUMNS = ("LDS (Spearman)", "Pearson", "LDS on test")
+LDS_COLUMNS = ("LDS", "LDS (test)", "Pearson")
 
 
 def lds_table(v: dict, metric: str) -> pd.DataFrame:
-    """One row per named result and fraction: LDS, Pearson and slope on the validation split, LDS on test; the
-    result's name last (long: at 1024 px it pushed the numbers out of sight)."""
+    """One row per named result and fraction: LDS with its interval, LDS on test, Pearson and slope on the
+    validation split; the result's name last. At 1024 px the table has about 560 px: short headers, and M (one
+    number per validation, in the selector's label) left out, so the numbers show without scrolling sideways."""
     rows = []
     for name, per_metric in v["scores"].items():
         for r in per_metric.get(metric, []):
-            rows.append({"method": method_of(name), "F": f"{r['fraction']:.0%}", "groups": r["groups"],
-                         "LDS (Spearman)": round(r["spearman_valid"], 3),
+            rows.append({"method": method_of(name), "F": f"{r['fraction']:.0%}",
+                         "LDS": round(r["spearman_valid"], 3),
                          "95% interval": interval_text(rank_interval("spearman", r["spearman_valid"], r["groups"])),
-                         "Pearson": round(r["pearson_valid"], 3),
-                         "slope": float(f"{r['slope_valid']:.3g}"), "LDS on test": round(r["spearman_test"], 3),
-                         "estimate": name})
+                         "LDS (test)": round(r["spearman_test"], 3), "Pearson": round(r["pearson_valid"], 3),
+                         "slope": float(f"{r['slope_valid']:.3g}"), "estimate": name})
     return pd.DataFrame(rows)
 
 

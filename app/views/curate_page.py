@@ -22,6 +22,7 @@ labels = dataset.train.y.numpy() if dataset.train.y is not None else None
 paths = dataset.train_paths  # own images: each instance's file, relative to the data folder
 class_names = dataset.class_names
 TABLE_HEADER_PX = 35  # a data editor's header row, whatever the rows' height
+SET_PX = 180  # the set's column: its buttons side by side; at 200 the gallery held 1 card a line at 1024 px
 PICK_LABELS = {**METHOD_LABELS, **{m: f"top harmful by {METRIC_LABELS[m]}" for m in METRIC_LABELS},
                "random": "random (seeded)"}
 
@@ -66,7 +67,10 @@ def import_csv() -> None:
 
 removal = state.removal(root, run_id)
 in_set = set(removal)
-gallery_col, set_col = st.columns([3, 1], gap="medium")  # a large gap left "Export CSV" cut at 1024 px
+# The set's column at a fixed width, the gallery the rest: as a quarter of the page (3:1) it was 125 px at 1024 px
+# (its prediction ten lines, Undo over Redo), and no ratio both widens it there and keeps 4 cards a line at 1440.
+layout = st.container(horizontal=True, gap="medium", wrap=False)
+gallery_col, set_col = layout.container(), layout.container(width=SET_PX)
 
 # ---------------------------------------------------------------- gallery
 with gallery_col:

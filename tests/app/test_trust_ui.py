@@ -105,11 +105,11 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
     result = validate_groups(run, ["fid"], GroupSpec(groups=5, fractions=(0.05,), seed=0, curve=(0.05,)))  # stored
     at = open_app("validate", run.run_id)
     assert not at.exception
-    table = next(d.value for d in at.dataframe if "LDS (Spearman)" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "LDS" in d.value.columns)
     row = result["scores"][result["result_in_use"]]["fid"][0]
     mine = table[table["estimate"] == result["result_in_use"]].iloc[0]
-    assert mine["LDS (Spearman)"] == round(row["spearman_valid"], 3)
-    assert mine["LDS on test"] == round(row["spearman_test"], 3) and mine["groups"] == 5
+    assert mine["LDS"] == round(row["spearman_valid"], 3) and mine["LDS (test)"] == round(row["spearman_test"], 3)
+    assert "M = 5 random groups per fraction" in texts(at)
     # 5 groups tell little: the interval beside the LDS says how little (a perfect 1.000: 0.32 to 1.00)
     assert mine["95% interval"] == interval_text(rank_interval("spearman", row["spearman_valid"], 5))
     assert float(mine["95% interval"].split(" to ")[0]) < 0.5
