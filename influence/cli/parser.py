@@ -160,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--metric", action="append", required=True, help="is, fid, dloss (images) or all, dloss (2D); "
                    "repeatable")
     v.add_argument("--n", type=int, default=200, help="leave-one-out: how many traced instances to replay without "
-                   "(one replay each; the paper uses 200)")
+                   "(one replay each; at least 5; the paper uses 200)")
     v.add_argument("--groups", type=int, default=None, metavar="M",
-                   help="group validation instead of leave-one-out: M random removal sets per --fraction, replayed "
-                        "without them; Spearman (LDS) and Pearson of the summed estimates against the actual changes")
+                   help="group validation instead of leave-one-out: M random removal sets per --fraction (at least "
+                        "5), replayed without them; Spearman (LDS) and Pearson of the summed estimates against the "
+                        "actual changes")
     v.add_argument("--fraction", type=float, nargs="+", default=[0.01, 0.05, 0.2], metavar="F",
                    help="with --groups: each set holds this fraction of the traced instances (several allowed)")
     v.add_argument("--curve", type=float, nargs="*", default=[0.01, 0.05, 0.2], metavar="F",

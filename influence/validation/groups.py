@@ -55,7 +55,7 @@ class GroupSpec:
     def check(self, n_traced: int) -> None:
         if not MIN_PAIRS <= self.groups <= 1000:
             raise ConfigError(f"groups must lie in {MIN_PAIRS}..1000 (below {MIN_PAIRS} even a perfect ranking is "
-                              f"consistent with none; 16-64 is usual)")
+                              f"consistent with no correlation; 16-64 is usual)")
         if not self.fractions:
             raise ConfigError("give at least one fraction")
         for f in (*self.fractions, *self.curve):

@@ -85,7 +85,7 @@ def accuracy_numbers(estimated: np.ndarray, actual: np.ndarray) -> tuple[float, 
 def check_n(n: int, n_traced: int) -> None:
     if not MIN_PAIRS <= n <= n_traced:
         raise ConfigError(f"n must lie in {MIN_PAIRS}..{n_traced} (instances in the traced steps; below "
-                          f"{MIN_PAIRS} even a perfect ranking is consistent with none)")
+                          f"{MIN_PAIRS} even a perfect ranking is consistent with no correlation)")
 
 
 def select_ids(n_train: int, n: int, selection: str, seed: int, traced: np.ndarray) -> np.ndarray:
