@@ -65,9 +65,9 @@ def test_objective_gradients_match_finite_differences(request, run_name, text):
                - obj.values(ctx, final_d - eps * v_d, final_g - eps * v_g)) / (2 * eps) for eps in (1e-7, 1e-8)]
         assert np.allclose(obj.values(ctx, final_d, final_g).numpy(), values, rtol=1e-12)
     analytic = u_d @ v_d + u_g @ v_g
-    # the nets' ReLUs: where a pre-activation lies within eps of its kink (one host's weights put a sample's 2e-7
-    # away: its differences at 1e-6 and 1e-5 were 0.5% off) the difference quotient is not the derivative; two
-    # steps, and each row must match at one of them (the smaller rounds more)
+    # the nets' ReLUs: where a pre-activation lies within eps of its kink (one host's weights put a sample's
+    # between 1e-7 and 1e-6 away along v: its differences at 1e-6 and 1e-5 were 0.5% off, at 1e-7 within 1e-9)
+    # the difference quotient is not the derivative; two steps, and each row must match at one of them
     close = [torch.isclose(analytic, f, rtol=1e-5, atol=1e-9 * analytic.abs().max()) for f in fd]
     assert bool((close[0] | close[1]).all()), (analytic, fd)
     assert u_d.abs().max() == 0  # functions of the generator alone (realism holds D at the trained run's)

@@ -42,8 +42,8 @@ with st.container(border=True):
     first = next(m for m in cache.METRIC_ORDER if m in metrics)
     chosen = row.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
                              key=f"val-metrics-{run_id}", width=240)
-    n = row.number_input("n instances", MIN_PAIRS, summary["n_train"], min(50, summary["n_train"]), key="val-n", width=120,
-                         help="Each instance costs one replay of the traced steps after its first appearance.")
+    n = row.number_input("n instances", MIN_PAIRS, summary["n_train"], min(50, summary["n_train"]), key="val-n",
+                         width=120, help="Each instance costs one replay of the traced steps after its first appearance.")
     selection = row.radio("Which instances", ("first", "random"), horizontal=True, key="val-selection",
                           format_func={"first": "lowest ids", "random": "random"}.get)
     seed = row.number_input("Seed", 0, None, 0, key="val-seed", help="for random selection", width=90)
