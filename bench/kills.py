@@ -111,7 +111,7 @@ def _rounding(a: Path, b: Path) -> float | None:
 
 def compare_runs(root: Path, ref: Path, run_ids: list[str]) -> str:
     """'' if every run file (as its manifest lists them) equals the reference's; "rounding: ..." where some arrays
-    agree only to float64 rounding (replays whose lanes were batched with other lanes: `cleanse_many`); else what
+    agree only to float64 rounding (replays whose lanes were batched with other lanes: `cleanse.cleanse_runs`); else what
     differs."""
     rounded = []
     for run_id in run_ids:

@@ -120,14 +120,6 @@ def cleanse(
                               seconds)
 
 
-def cleanse_many(run: store.Run, removal_sets: list[Iterable[int]], mode: str = "replay", executor: Executor | None = None,
-                 progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-                 ctx: RunContext | None = None) -> Iterator[tuple[int, CleanseResult]]:
-    """Several removal sets of one run, as tasks of the execution layer: (index, result) as each one finishes."""
-    for _, i, result in cleanse_runs([(run, removal_sets)], mode, executor, progress, cancel, [ctx]):
-        yield i, result
-
-
 def cleanse_runs(jobs: list[tuple[store.Run, list[Iterable[int]]]], mode: str = "replay",
                  executor: Executor | None = None, progress: ProgressFn | None = None,
                  cancel: CancelToken | None = None,
