@@ -69,6 +69,8 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "paper-cleansing": ("paper-cleansing", [], ["fid"]),
     # ... traced at the probe's pick (3.2e-4 on seeds 0-2 at 1 thread, growth 1.00-1.20; the schedule's 1e-3: 520-6.9e5)
     "paper-cleansing-auto": ("paper-cleansing", ["train.trace_lr=auto"], ["fid"]),
+    # ... traced at that pick set by hand (the probe's 24-44 minutes left out): single images by leave-one-out
+    "paper-cleansing-lr3.2e-4": ("paper-cleansing", ["train.lr_schedule=20:0.00032:0.00032"], ["fid"]),
     "dcgan32-folder": ("dcgan32", ["data.source=folder", "data.labels=none", "data.color=rgb", "data.n_train=none",
                                    "data.image_size=32", "train.epochs=2", "train.lr_schedule=2:0.00002:0.00002",
                                    "eval.feature=autoencoder", "eval.n_valid_z=500", "eval.n_test_z=500"],
