@@ -20,6 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]

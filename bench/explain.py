@@ -40,6 +40,9 @@ import os
 import time
 from pathlib import Path
 
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw

@@ -11,6 +11,10 @@ sensitive (tiny state differences amplified by the step's Jacobian). Needs CUDA.
 from __future__ import annotations
 
 import argparse
+import os
+
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

@@ -36,12 +36,16 @@ import argparse
 import collections
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 

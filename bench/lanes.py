@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch

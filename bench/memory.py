@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from influence.config import preset
 from shorten import cut

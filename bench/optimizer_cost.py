@@ -18,7 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tempfile
+
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

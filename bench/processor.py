@@ -29,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 from scipy.stats import kendalltau

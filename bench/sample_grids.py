@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 from pathlib import Path
+
+# Before torch loads OpenMP: spinning waits starve everything else on the cores (docs/architecture.md, jobs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from PIL import Image, ImageDraw
 
