@@ -183,7 +183,10 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
     metric = st.segmented_control("Metric", v["metrics"], default=v["metrics"][0], format_func=METRIC_LABELS.get,
                                   key=f"grp-metric-{key}") or v["metrics"][0]
     st.dataframe(lds_table(v, metric), hide_index=True,  # 1.000, not "1": three decimals on every correlation
-                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in LDS_COLUMNS})
+                 column_config={"method": st.column_config.TextColumn("method", help=LDS_METHOD_HELP),
+                                "estimate": st.column_config.TextColumn(
+                                    "estimate", help="the named result scored (its name carries its options)"),
+                                **{c: st.column_config.NumberColumn(format="%.3f") for c in LDS_COLUMNS}})
     st.caption(f"LDS = Spearman of the summed estimates against the actual changes of M = {v['spec']['groups']} "
                f"random groups per fraction F (validation split, as the estimate targets; test split beside it); its "
                f"95% interval: where the LDS of many more groups may lie, given these. Pearson and slope: validation "
@@ -194,7 +197,8 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
         st.warning(w, icon=":material/warning:")
     names = list(v["scores"])
     shown = st.selectbox("Estimate in the scatter", names, index=names.index(v["result_in_use"])
-                         if v["result_in_use"] in names else 0, key=f"grp-result-{key}")
+                         if v["result_in_use"] in names else 0, format_func=lambda n: f"{method_of(n)} · {n}",
+                         key=f"grp-result-{key}")
     left, right = st.columns(2)
     with left:
         points = cache.group_points(str(root), run_id, key, shown, metric, stamp)
@@ -208,12 +212,16 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
 
 
 LDS_COLUMNS = ("LDS", "LDS (test)", "Pearson")
+LDS_METHOD_HELP = ("exact: ASGD-Influence; no propagation and TracIn-style: baselines from the same trace without "
+                   "the adjoint recursion; frozen Adam state: the 2025 follow-up's approximation")
 
 
 def lds_table(v: dict, metric: str) -> pd.DataFrame:
     """One row per named result and fraction: LDS with its interval, LDS on test, Pearson and slope on the
-    validation split; the result's name last. At 1024 px the table has about 560 px: short headers, and M (one
-    number per validation, in the selector's label) left out, so the numbers show without scrolling sideways."""
+    validation split; the result's name last, only where the method alone leaves two rows alike (say a float32
+    and a float64 exact estimate; the scatter's selector names them all). At 1024 px the table has about 520 px:
+    short headers and method words (the long ones in the column's help), and M (one number per validation, in the
+    selector's label) left out, so every column shows without scrolling sideways."""
     rows = []
     for name, per_metric in v["scores"].items():
         for r in per_metric.get(metric, []):
@@ -222,16 +230,18 @@ def lds_table(v: dict, metric: str) -> pd.DataFrame:
                          "95% interval": interval_text(rank_interval("spearman", r["spearman_valid"], r["groups"])),
                          "LDS (test)": round(r["spearman_test"], 3), "Pearson": round(r["pearson_valid"], 3),
                          "slope": float(f"{r['slope_valid']:.3g}"), "estimate": name})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if len(table) and not table.duplicated(["method", "F"]).any():
+        table = table.drop(columns="estimate")
+    return table
 
 
 def method_of(name: str) -> str:
-    """What produced a named result, in words (its name carries the options: `EstimateOptions.key`)."""
-    for tag, words in (("-tracin", "TracIn-style (baseline)"), ("-noprop", "no propagation (baseline)"),
-                       ("-frozen", "frozen Adam state (2025 follow-up)")):
+    """What produced a named result, in a word or two (its name carries the options: `EstimateOptions.key`)."""
+    for tag, words in (("-tracin", "TracIn-style"), ("-noprop", "no propagation"), ("-frozen", "frozen Adam state")):
         if tag in name:
             return words
-    return "exact (ASGD-Influence)"
+    return "exact"
 
 
 def _fractions(text: str) -> list[float]:

@@ -179,10 +179,11 @@ with side:
         seconds = tables.explain_seconds(stored(run), cache.results(str(root), run_id, cache.files_stamp(
             root, run_id, "influence")), len(chosen), stacked)
         if seconds is not None:
+            # short: at 1024 px this column is about 90 px wide
             st.caption(f"Takes roughly {tables.duration(seconds, rough=True)} here for "
-                       f"{tables.plural(len(chosen), 'sample')} (from this run's measured passes"
-                       + ("" if stacked else "; on this CPU each sample costs about one pass") + "). It runs in "
-                       "the background.")
+                       f"{tables.plural(len(chosen), 'sample')} ("
+                       + ("" if stacked else "a pass each on this CPU, ") + "from this run's passes), in the "
+                       "background.")
     if len(chosen) > 64:
         st.warning("Pick at most 64 samples.")
     st.caption("Removal set: " + tables.plural(len(state.removal(root, run_id)), "image"))

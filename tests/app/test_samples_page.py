@@ -34,8 +34,8 @@ def test_the_grid_is_sorted_and_explain_sends_the_clis_job(app_store, started_jo
     picked = sorted(lowest[:2].tolist())
     assert at.session_state[f"samples-picked:{run_id}"] == picked
     assert "press Explain" in texts(at)
-    assert re.search(r"Takes roughly \d+ (s|min) here for 2 samples \(from this run's measured passes; on this "
-                     r"CPU each sample costs about one pass\)", texts(at))  # before pressing Explain
+    assert re.search(r"Takes roughly \d+ (s|min) here for 2 samples \(a pass each on this CPU, from this run's "
+                     r"passes\)", texts(at))  # before pressing Explain
     next(b for b in at.button if b.label == "Explain").click().run()
     assert started_jobs[-1] == explain_spec(run_id, {"pool": picked}, "clarity", EstimateOptions())
 
