@@ -348,3 +348,34 @@ def test_a_checks_progress_is_one_bar_over_all_its_replays(toy_run, tmp_path, mo
     assert [p.done for p in bar] == sorted(p.done for p in bar)
     assert bar[-1].done == bar[-1].total == sum(replayed) > 0
     assert all(p.eta is not None and p.eta >= 0 for p in bar if p.done)
+
+
+def test_a_set_the_check_draws_twice_is_replayed_once(toy_run, tmp_path, monkeypatch):
+    """Where 5% of the checked instances is one image (the concurrency bench's 96 images), the check's random groups
+    and extreme sets repeat its singles, and each was replayed again (seven lanes twice a check). A set is now
+    replayed once, and every lane that drew it reads that replay's change, which an independent replay confirms."""
+    import influence.validation.spotcheck as spotcheck
+    from influence.validation import replays
+
+    run = copy_run(toy_run, tmp_path, keep_results=False)
+    res = estimate(run, ["dloss"])["dloss"]
+    monkeypatch.setitem(spotcheck.SETUP, "full", {**spotcheck.SETUP["full"], "fraction": 1e-4})  # one image a group
+    replayed, measure = [], replays.measure_lanes
+    monkeypatch.setattr(replays, "measure_lanes", lambda ctx, trace, lanes, *a, **k: (
+        replayed.extend(tuple(lane.removed.tolist()) for lane in lanes), measure(ctx, trace, lanes, *a, **k))[1])
+    check = spot_check(run, ["dloss"], level="full")
+    lanes = check["per_metric"]["dloss"]["lanes"]
+    assert len(replayed) == len(set(replayed)) < len(lanes)  # no set twice, and some were drawn twice
+    by_set: dict = {}
+    for lane in lanes:
+        by_set.setdefault(lane["predicted"], set()).add(lane["actual"])
+    assert all(len(actual) == 1 for actual in by_set.values())
+    top = int(np.argmax(np.abs(res.scores)))  # a top single, and also its side's extreme set
+    assert sum(lane["predicted"] == res.scores[top] for lane in lanes) >= 2
+    trace = Trace.load(run)
+    ctx = RunContext.create(load_run_config(run), run.root)
+    final = trace.layout.split(torch.from_numpy(np.array(trace.final_state)))
+    after = replay_state(ctx, trace, np.array([top]))
+    expected = _metric(ctx, trace, after, "valid", "dloss") - _metric(ctx, trace, final, "valid", "dloss")
+    (actual,) = {lane["actual"] for lane in lanes if lane["predicted"] == res.scores[top]}
+    assert actual == pytest.approx(expected, rel=1e-6, abs=1e-12)
