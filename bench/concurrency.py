@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/concurrency.py [--reps 20] [--commands train,estimate,...] [--json FILE]
 
-The run: dcgan (width 4) on a folder of 240 generated 32x32 RGB images, autoencoder features (trained for 40
+The run: dcgan (width 4, float32) on a folder of 120 generated 32x32 RGB images, autoencoder features (trained for 40
 steps instead of 800, so a fresh feature net costs a second). The commands (`COMMANDS`), each on that run (the
 sweep's seeds 0 and 1 include it):
 
@@ -46,10 +46,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-N_IMAGES = 240
+N_IMAGES = 120
 SETS = ["data.source=folder", "data.n_train=none", "data.image_size=32", "data.color=rgb", "data.labels=none", "model.arch=dcgan",
-        "model.width=4", "model.z_dim=8", "train.epochs=2", "train.batch_size=48", "train.lr_d=0.001",
-        "train.lr_g=0.001", "train.dtype=float64", "eval.n_valid_z=50", "eval.n_test_z=50",
+        "model.width=4", "model.z_dim=8", "train.epochs=2", "train.batch_size=24", "train.lr_d=0.001",
+        "train.lr_g=0.001", "train.dtype=float32", "eval.n_valid_z=50", "eval.n_test_z=50",
         "eval.n_grid=16", "eval.feature=autoencoder"]
 TRAINING = ("train", "sweep")  # commands that can start from an empty store
 
