@@ -4,6 +4,8 @@ Imported as `_helpers`: tests/app has its own conftest, so `from conftest import
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
@@ -53,3 +55,22 @@ def toy_config(seed: int = 0, **train) -> RunConfig:
         eval=EvalConfig(n_valid_z=500, n_test_z=500, n_grid=200),
         seed=seed,
     )
+
+
+def shared_store(tmp_path_factory, name: str, make) -> Path:
+    """A session store computed once for the whole suite: under pytest-xdist the first process that needs it makes
+    it in the folder the processes share, and each process works on a copy of its own (a test's writes stay in its
+    process, as with one process). Before, each process trained and estimated the session runs again."""
+    root = tmp_path_factory.mktemp(name) / "store"
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        make(root)
+        return root
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other processes wait for the first instead of computing it again
+        if not (shared / "made").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            make(shared / "store")
+            (shared / "made").touch()
+        shutil.copytree(shared / "store", root)
+    return root

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from influence import store  # noqa: E402
-from _helpers import REPO, tiny_config, toy_config  # noqa: E402
+from _helpers import REPO, shared_store, tiny_config, toy_config  # noqa: E402
 
 
 def pytest_configure(config):
@@ -40,10 +40,10 @@ def tiny_store(tmp_path_factory) -> Path:
     from influence.estimator import EstimateOptions, estimate
     from influence.train import train
 
-    root = tmp_path_factory.mktemp("tiny_store")
-    run = train(tiny_config(), root)
-    estimate(run, ["fid", "is", "dloss"], EstimateOptions())
-    return root
+    def make(root: Path) -> None:
+        estimate(train(tiny_config(), root), ["fid", "is", "dloss"], EstimateOptions())
+
+    return shared_store(tmp_path_factory, "tiny_store", make)
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +56,10 @@ def toy_store(tmp_path_factory) -> Path:
     from influence.estimator import EstimateOptions, estimate
     from influence.train import train
 
-    root = tmp_path_factory.mktemp("toy_store")
-    run = train(toy_config(), root)
-    estimate(run, ["all", "dloss"], EstimateOptions())
-    return root
+    def make(root: Path) -> None:
+        estimate(train(toy_config(), root), ["all", "dloss"], EstimateOptions())
+
+    return shared_store(tmp_path_factory, "toy_store", make)
 
 
 @pytest.fixture(scope="session")

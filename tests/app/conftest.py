@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from apphelpers import CLEANSED, tiny_run_id, use_store
+from _helpers import shared_store
 from influence import jobs, store
 
 
@@ -22,14 +23,15 @@ def rich_store(tiny_store, tmp_path_factory) -> Path:
     from influence.estimator import cached_results, harmful_order
     from influence.validation import validate
 
-    root = tmp_path_factory.mktemp("rich") / "store"
-    shutil.copytree(tiny_store, root, ignore=shutil.ignore_patterns("_jobs"))
-    run = store.open_run(root, tiny_run_id(root))
-    removal = harmful_order(cached_results(run)["fid"])[:CLEANSED].tolist()
-    cleanse(run, removal)
-    run.write_json("app/removal.json", {"ids": sorted(removal)})
-    validate(run, ["fid"], n=5)
-    return root
+    def make(root: Path) -> None:
+        shutil.copytree(tiny_store, root, ignore=shutil.ignore_patterns("_jobs"))
+        run = store.open_run(root, tiny_run_id(root))
+        removal = harmful_order(cached_results(run)["fid"])[:CLEANSED].tolist()
+        cleanse(run, removal)
+        run.write_json("app/removal.json", {"ids": sorted(removal)})
+        validate(run, ["fid"], n=5)
+
+    return shared_store(tmp_path_factory, "rich", make)
 
 
 @pytest.fixture
