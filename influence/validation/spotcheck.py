@@ -154,13 +154,12 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
     replay_seconds, from_trace = 0.0, True
     # A set drawn twice is replayed once: where the window holds few instances, 5% of it is one image, so the
     # random groups and the extreme sets repeat the singles.
-    same = {}
-    for i, lane in enumerate(lanes_list):
-        same.setdefault((starts[i], lane.digest, lane.weight), i)
+    first_of: dict = {}
+    twin = [first_of.setdefault((s0, lane.digest, lane.weight), i)  # the first lane with the same set and start
+            for i, (s0, lane) in enumerate(zip(starts, lanes_list))]
     parts = []  # one replay per start: the window's lanes, the whole trace's sets (but those the probe measured)
     for start in sorted(set(starts)):
-        part = [i for i, s0 in enumerate(starts) if s0 == start and i not in probed
-                and same[start, lanes_list[i].digest, lanes_list[i].weight] == i]
+        part = [i for i, s0 in enumerate(starts) if s0 == start and i not in probed and twin[i] == i]
         if not part:
             continue
         plan = choose_plan(ctx, trace, len(part), lanes)
@@ -186,9 +185,7 @@ def _check(run: store.Run, trace: Trace, results: dict, metrics: list[str], opti
                 from_trace &= result.baseline_from_trace
                 tally.finished(first_task + groups.index(group))
         first_task += len(groups)
-    for i, lane in enumerate(lanes_list):
-        if actual[i] is None:
-            actual[i] = actual[same[starts[i], lane.digest, lane.weight]]
+    actual = [a if a is not None else actual[twin[i]] for i, a in enumerate(actual)]
     return {
         "level": level, "level_reason": reason, "result": name, "metrics": metrics, "window_first_step": first,
         "traced_steps": trace.steps, "window_steps": trace.steps - first, "lanes": plan.as_dict(),
