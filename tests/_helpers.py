@@ -4,7 +4,6 @@ Imported as `_helpers`: tests/app has its own conftest, so `from conftest import
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -66,8 +65,8 @@ def shared_store(tmp_path_factory, name: str, make) -> Path:
         make(root)
         return root
     shared = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
-    with open(f"{shared}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other processes wait for the first instead of computing it again
+    # the other processes wait for the first instead of computing it again
+    with store.exclusive(shared.with_name(f"shared-{name}.lock"), f"the session store {name}"):
         if not (shared / "made").exists():
             shutil.rmtree(shared, ignore_errors=True)
             make(shared / "store")
