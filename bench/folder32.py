@@ -5,6 +5,7 @@
     .venv/bin/python bench/folder32.py --work DIR workflow --run RUN_ID [--seed S] [--variants ...] [--check C]
     .venv/bin/python bench/folder32.py --work DIR sweep --runs FT_RUN_ID ... [--counts K ...]
     .venv/bin/python bench/folder32.py summarize SWEEP.jsonl ...
+    .venv/bin/python bench/folder32.py --work DIR against-random --runs FT_RUN_ID ... [--groups M] [--fraction F]
 
 The images: `bench/own_images.py`'s coloured shapes on gradients, 32x32 RGB, --n of them (default 5,000:
 4,000 trained on, 500 + 500 held out). Every training is one CLI process (`gan-influence train --preset
@@ -24,6 +25,12 @@ about 2 x 1,200 CPU seconds less what the threads wait for each other).
   epoch each); test FID change per run, and per k a paired t-test over the runs of FID's change against
   random's and Isolation Forest's (one-sided: FID's lower).
 - summarize: the sweep's t-tests again from its printed lines, over several files (seeds swept apart).
+- against-random: per fine-tuned run, a group validation of FID (`validate --groups M --fraction F --curve F`):
+  the top F by FID influence ranked among M random sets of its size, replayed alike; per run the randomization
+  p-value (1 + random sets as good) / (M + 1) on the test split (the sweep's) and the validation split, and
+  over the runs Fisher's combination of the per-run p-values (conservative for such discrete p-values). One
+  random draw per seed, as the sweep has, tests against the noise of that draw; M of them test against random
+  removal itself.
 Each line printed is JSON; a finished training is reused from the store (rerunning resumes).
 """
 
@@ -169,6 +176,31 @@ def summarize(lines: list[dict]) -> None:
         print(json.dumps({"summary": row}), flush=True)
 
 
+def against_random(store: Path, runs: list[str], groups: int, fraction: float, threads: int) -> None:
+    """Per run, the top `fraction` by FID influence against `groups` random sets of its size (test and validation
+    split), then the per-run p-values combined over the runs (Fisher)."""
+    from scipy import stats
+
+    ps: dict[str, list[float]] = {"test": [], "valid": []}
+    for run_id in runs:
+        out = cli(store, threads, "validate", "--run", run_id, "--metric", "fid", "--groups", str(groups),
+                  "--fraction", str(fraction), "--curve", str(fraction))
+        top = next(r for r in out["result"]["curve"]["fid"] if r["kind"] == "top")
+        a = top["against_random"]
+        for split in ps:
+            ps[split].append(a[f"p_{split}"])
+        lds = out["result"]["scores"][out["result"]["result_in_use"]]["fid"][0]
+        print(json.dumps({"run_id": run_id, "k": top["size"], "random_sets": a["groups"],
+                          "top_change_test": top["actual_test"], "top_change_valid": top["actual_valid"],
+                          "top_predicted_valid": top["predicted"], **{k: v for k, v in a.items() if k != "groups"},
+                          "lds_valid": lds["spearman_valid"], "lds_test": lds["spearman_test"],
+                          "wall_s": out["wall_s"], "cpu_s": out["cpu_s"], "peak_rss_mb": out["peak_rss_mb"]}),
+              flush=True)
+    print(json.dumps({"summary": {"runs": len(runs), "random_sets": groups, "fraction": fraction, **{
+        f"fisher_p_{split}": float(stats.combine_pvalues(p, method="fisher").pvalue) for split, p in ps.items()}}}),
+        flush=True)
+
+
 def report(store: Path, name: str, result: dict, grid_name: str) -> None:
     run = store / result["run_id"]
     history = json.loads((run / "history.json").read_text())
@@ -202,6 +234,10 @@ def main() -> None:
     c = sub.add_parser("sweep")
     c.add_argument("--runs", nargs="+", required=True, help="fine-tuned runs (workflow's), one per seed")
     c.add_argument("--counts", nargs="+", type=int, default=[200, 600, 1200])
+    a = sub.add_parser("against-random")
+    a.add_argument("--runs", nargs="+", required=True, help="fine-tuned runs (workflow's), one per seed")
+    a.add_argument("--groups", type=int, default=32, help="random sets of the top-k's size per run")
+    a.add_argument("--fraction", type=float, default=0.05, help="k as a fraction of the traced instances")
     r = sub.add_parser("summarize")
     r.add_argument("files", nargs="+", type=Path, help="sweep output (JSON lines; summary lines are skipped)")
     args = ap.parse_args()
@@ -231,6 +267,8 @@ def main() -> None:
         workflow(store, args.run, args.threads, args.seed, args.variants, args.check)
     elif args.mode == "sweep":
         sweep(store, args.runs, args.counts, args.threads)
+    elif args.mode == "against-random":
+        against_random(store, args.runs, args.groups, args.fraction, args.threads)
     else:
         sets = (CANDIDATES[args.candidate] if args.candidate else []) + [f"train.epochs={args.epochs}"]
         report(store, args.candidate or "folder32", train(store, images, sets, args.threads, args.seed),

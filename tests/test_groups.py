@@ -99,6 +99,33 @@ def test_a_curve_fraction_asked_for_later_is_replayed_and_added(toy_run, tmp_pat
     assert both["curve"] == validate_groups(fresh, ["dloss"], dataclasses.replace(spec, curve=(0.02, 0.1)))["curve"]
 
 
+def test_the_curves_top_k_is_ranked_among_the_random_groups_of_its_size(toy_run, tmp_path, capsys):
+    """At a curve fraction that is also a group fraction, each metric's top-k is ranked among the M random sets of
+    its size, on both splits, in the metric's own direction (ALL: higher is better; D-loss: lower), with the
+    randomization p-value (1 + as good) / (M + 1); a curve fraction without random groups of its size gets none."""
+    run = copy_run(toy_run, tmp_path)
+    spec = GroupSpec(groups=7, fractions=(0.05,), seed=4, curve=(0.05, 0.1))
+    out = validate_groups(run, ["all", "dloss"], spec)
+    groups = out["groups_table"]
+    better = {"all": lambda random, top: random >= top, "dloss": lambda random, top: random <= top}
+    for m in ("all", "dloss"):
+        top5, top10 = (r for r in out["curve"][m] if r["kind"] == "top")
+        assert "against_random" not in top10 and all("against_random" not in r for r in out["curve"][m]
+                                                      if r["kind"] == "random-k")
+        a = top5["against_random"]
+        assert a["groups"] == 7 and set(groups["size"]) == {top5["size"]}
+        for split in ("valid", "test"):
+            as_good = sum(better[m](x, top5[f"actual_{split}"]) for x in groups[f"actual_{split}_{m}"])
+            assert a[f"as_good_{split}"] == as_good and a[f"p_{split}"] == pytest.approx((1 + as_good) / 8)
+        assert a["as_good_valid"] == 0  # the toy's most harmful 5% beat every random 5% where the estimate aims
+    assert cli.main(["--store", str(run.root), "validate", "--run", run.run_id, "--metric", "dloss", "--metric", "all",
+                     "--groups", "7", "--fraction", "0.05", "--seed", "4", "--curve", "0.05", "0.1"]) == 0
+    text = capsys.readouterr().out
+    top5 = out["curve"]["dloss"][0]
+    assert (f"removing the {top5['size']} most harmful did better than random sets of {top5['size']}: 7 of 7 on the "
+            f"validation split (p = 0.12)") in text
+
+
 def test_group_validation_of_another_metric_reads_the_same_sets_back(toy_run, tmp_path, monkeypatch):
     """The random sets are scored on every metric the run computes: validating D-loss after ALL with the same
     spec replays only its curve, and its LDS equals a fresh validation's."""

@@ -13,7 +13,7 @@ from influence import store
 from influence.estimator import EstimateOptions, InfluenceResult
 from influence.metrics import METRIC_LABELS, harmful_sign
 from influence.specs import estimate_spec
-from influence.validation.groups import GroupSpec, folder_name, same_sets
+from influence.validation.groups import GroupSpec, against_random_phrase, folder_name, same_sets
 from influence.validation.intervals import MIN_PAIRS, interval_text, rank_interval
 from influence.validation.trust import mixed_singles, stored_replays, verdict
 
@@ -141,8 +141,9 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
                 "traced instances, replay the traced steps without each (as lanes of one replay, each change "
                 "measured against its lane 0), and rank-correlate the sum of each set's estimates with the actual "
                 "change: the **linear datamodeling score** (LDS; Park et al. 2023). The cleansing curve removes the "
-                "top-k by the estimate and k at random. Every named result (the exact estimate and the baselines) is "
-                "scored on the same replays.")
+                "top-k by the estimate and k at random; at a curve fraction that is also a group fraction, the "
+                "top-k is ranked among the M random sets of its size, with the chance that a random set does as "
+                "well (p). Every named result (the exact estimate and the baselines) is scored on the same replays.")
     with st.container(border=True):
         row = st.container(horizontal=True, gap="medium")  # fixed widths that wrap: no label cut when narrow
         chosen = row.multiselect("Metrics", metrics, default=[first], format_func=METRIC_LABELS.get,
@@ -209,6 +210,10 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
         if v["curve"].get(metric):
             st.plotly_chart(figures.cleansing_curve(v["curve"][metric], metric), key=f"grp-curve-{key}-{metric}")
             st.caption(f"Cleansing curve of the estimate in use when it was run ({v['result_in_use']}).")
+            for row in v["curve"][metric]:
+                if "against_random" in row:  # the top-k ranked among the random groups of its size
+                    phrase = against_random_phrase(row)
+                    st.caption(f"{phrase[0].upper()}{phrase[1:]}.")
 
 
 LDS_COLUMNS = ("LDS", "LDS (test)", "Pearson")

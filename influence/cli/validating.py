@@ -57,7 +57,7 @@ def cmd_validate(args, root: Path) -> int:
 
 
 def _validate_groups(args, root: Path, options) -> int:
-    from ..validation.groups import GroupSpec
+    from ..validation.groups import GroupSpec, against_random_phrase
 
     spec_ = GroupSpec(args.groups, tuple(args.fraction), args.seed, tuple(args.curve))
     spec = {"kind": "validate", "params": {"run_id": args.run, "metrics": args.metric,
@@ -84,6 +84,8 @@ def _validate_groups(args, root: Path, options) -> int:
         for row in result["curve"][m]:
             print(f"{label} curve, {row['kind']} {row['size']}: predicted {row['predicted']:+.4g}, actual "
                   f"{row['actual_valid']:+.4g} (validation), {row['actual_test']:+.4g} (test)")
+            if "against_random" in row:
+                print(f"  {against_random_phrase(row)}")
     return 0
 
 

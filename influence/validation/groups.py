@@ -8,7 +8,10 @@ the slope of actual on predicted (above 1: the sums under-predict). The actual c
 the evaluation the estimate targets (validation split, its fixed z) and, beside it, on the test split.
 
 A cleansing curve comes with it from the same replay: the k most harmful by the estimate and k random
-instances, at a few k, predicted against actual.
+instances, at a few k, predicted against actual. Where the random groups hold k instances too, the top-k is
+also ranked among them: a randomization test of "removing the most harmful helps more than removing random
+ones" on this one run, whose p-value, (1 + random sets as good) / (M + 1), is exact whatever the metric's
+distribution (a single random-k says little: its change is one draw).
 
 Actual changes do not depend on the estimate, so every named result of the run (exact, frozen,
 no-propagation, TracIn-style; `estimator.result_sets`) is scored against the same replays.
@@ -33,7 +36,7 @@ from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, harmful_order, result_name, result_sets
 from ..execution import open_executor, worker_capacity
-from ..metrics import check_metric, scored_with
+from ..metrics import check_metric, harmful_sign, scored_with
 from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace
 from .intervals import MIN_PAIRS
@@ -185,7 +188,7 @@ def validate_groups(
     for rname, results in result_sets(run).items():
         if all(m in results for m in metrics):
             scores[rname] = {m: _lds_rows(groups, results[m].scores, m) for m in metrics}
-    curve_rows = {m: _curve_rows(curve, chosen[m].scores, m) for m in metrics}
+    curve_rows = {m: _curve_rows(curve, groups, chosen[m].scores, m) for m in metrics}
     result = {**meta, "metrics": metrics, "spec": {"groups": spec.groups, "fractions": list(spec.fractions),
                                                    "seed": spec.seed, "curve": list(spec.curve)},
               "result_in_use": name, "scores": scores, "curve": curve_rows, "curve_replayed": replayed_fractions,
@@ -269,11 +272,43 @@ def _lds_rows(groups: pd.DataFrame, scores: np.ndarray, m: str) -> list[dict]:
     return rows
 
 
-def _curve_rows(curve: pd.DataFrame, scores: np.ndarray, m: str) -> list[dict]:
-    """The curve of metric m: its own top-k sets and the shared random ones."""
-    return [{"kind": r["kind"], "fraction": float(r["fraction"]), "size": int(r["size"]),
-             "predicted": float(scores[r["ids"]].sum()), "actual_valid": float(r[f"actual_valid_{m}"]),
-             "actual_test": float(r[f"actual_test_{m}"])} for _, r in curve.iterrows() if r["metric"] in ("", m)]
+def _curve_rows(curve: pd.DataFrame, groups: pd.DataFrame, scores: np.ndarray, m: str) -> list[dict]:
+    """The curve of metric m: its own top-k sets and the shared random ones; each top-k ranked among the random
+    groups of its size (`against_random`)."""
+    rows = []
+    for _, r in curve.iterrows():
+        if r["metric"] not in ("", m):
+            continue
+        row = {"kind": r["kind"], "fraction": float(r["fraction"]), "size": int(r["size"]),
+               "predicted": float(scores[r["ids"]].sum()), "actual_valid": float(r[f"actual_valid_{m}"]),
+               "actual_test": float(r[f"actual_test_{m}"])}
+        same = groups[groups["size"] == r["size"]]
+        if r["kind"] == "top" and len(same):
+            row["against_random"] = _against_random(row, same, m)
+        rows.append(row)
+    return rows
+
+
+def _against_random(top: dict, same: pd.DataFrame, m: str) -> dict:
+    """Per split, how many of the M random sets of the top-k's size changed the metric at least as much for the
+    better (ties count against the top-k), and the one-sided randomization p-value (1 + that) / (M + 1): the chance
+    that a set drawn at random does as well, had the estimate no more skill than a random draw."""
+    out = {"groups": len(same)}
+    for split in SPLITS:
+        gain = harmful_sign(m) * same[f"actual_{split}_{m}"].to_numpy()  # removal's improvement: higher = better
+        as_good = int((gain >= harmful_sign(m) * top[f"actual_{split}"]).sum())
+        out[f"as_good_{split}"] = as_good
+        out[f"p_{split}"] = (1 + as_good) / (len(same) + 1)
+    return out
+
+
+def against_random_phrase(row: dict) -> str:
+    """A curve's top-k against the random groups of its size, in words (validation split, then test)."""
+    a = row["against_random"]
+    beaten = [f"{a['groups'] - a[f'as_good_{s}']} of {a['groups']} on the {name} split (p = {a[f'p_{s}']:.2g})"
+              for s, name in (("valid", "validation"), ("test", "test"))]
+    return (f"removing the {row['size']} most harmful did better than random sets of {row['size']}: "
+            f"{beaten[0]}, {beaten[1]}; p: the chance a random set does as well")
 
 
 def _parquet(table: pd.DataFrame) -> bytes:

@@ -117,6 +117,12 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("sum over the group" in s for s in specs)  # the LDS scatter, its axis in words
     assert any("most harmful first: actual" in s for s in specs)  # the cleansing curve
+    # its top 5% ranked among the 5 random groups of 5%: how many it beat, and the chance a random set does as well
+    top = next(r for r in result["curve"]["fid"] if r["kind"] == "top")
+    a = top["against_random"]
+    beaten = 5 - a["as_good_valid"]
+    assert (f"Removing the {top['size']} most harmful did better than random sets of {top['size']}: {beaten} of 5 on "
+            f"the validation split (p = {a['p_valid']:.2g})") in texts(at)
 
 
 def test_the_lds_table_names_results_only_where_the_method_leaves_rows_alike():
