@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from influence import store
@@ -92,6 +93,10 @@ def test_bad_cleanse_input_is_an_error(capsys, cli_store, toy_run, tmp_path):
     _error(capsys, [*base, "--top-harmful", "0"], cli_store, "--top-harmful must lie in 1..1999")
     _error(capsys, [*base, "--top-harmful", "5", "--by", "fid"], cli_store, "unknown selection method 'fid'")
     _error(capsys, [*base, "--top-harmful", "5", "--damping", "1.5"], cli_store, "--damping must lie in [0, 1)")
+    _error(capsys, [*base, "--top-harmful", "5", "--by", "all", "--against-random", "6", "--mode", "scratch"], cli_store,
+           "--against-random compares replays: use it with --mode replay")
+    _error(capsys, [*base, "--top-harmful", "5", "--by", "all", "--against-random", "3"], cli_store,
+           "groups must lie in 5..1000")
 
 
 def test_unreadable_store_is_an_error(capsys, tmp_path):
@@ -155,6 +160,37 @@ def test_cleanse_from_a_csv_matches_the_engine(capsys, cli_store, toy_run, tmp_p
     run = store.open_run(cli_store, toy_run.run_id)
     scores = estimate(run, ["all"])["all"].scores
     assert printed["predicted_change"]["all"] == pytest.approx(scores[[3, 14, 159]].sum(), rel=1e-12)
+
+
+def test_cleanse_against_random_ranks_the_set_among_random_sets_of_its_size(capsys, cli_store, toy_run):
+    """--against-random: M random sets of the set's size, replayed as a group validation, each what cleansing it
+    changes; the set's change ranked among theirs per metric and split in the metric's own direction (ALL: higher
+    is better; D-loss: lower), p = (1 + as good) / (M + 1); the text output says it in words."""
+    import pandas as pd
+
+    argv = ["--store", str(cli_store), "cleanse", "--run", toy_run.run_id, "--top-harmful", "40", "--by", "all",
+            "--against-random", "6"]
+    assert main([*argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    a = printed["against_random"]
+    assert a["groups"] == 6 and a["size"] == 40 and set(a["per_metric"]) == {"all", "dloss"}  # the estimated metrics
+    run = store.open_run(cli_store, toy_run.run_id)
+    table = pd.read_parquet(run.path(f"validate/groups/{a['key']}/groups.parquet"))
+    assert len(table) == 6 and set(table["size"]) == {40}
+    random_set = np.asarray(table["ids"][2], dtype=np.int64)
+    cleansed = cleanse(run, random_set)  # the same removal through the cleanse's own replay
+    for m in ("all", "dloss"):
+        assert table[f"actual_test_{m}"][2] == pytest.approx(cleansed.after[m] - cleansed.before[m], rel=1e-9, abs=1e-12)
+    better = {"all": lambda r, c: r >= c, "dloss": lambda r, c: r <= c}
+    for m in ("all", "dloss"):
+        ranked = a["per_metric"][m]
+        for split, change in (("test", printed["change"][m]), ("valid", printed["validation"]["change"][m])):
+            as_good = sum(better[m](x, change) for x in table[f"actual_{split}_{m}"])
+            assert ranked[f"as_good_{split}"] == as_good and ranked[f"p_{split}"] == pytest.approx((1 + as_good) / 7)
+    assert a["per_metric"]["all"]["as_good_valid"] == 0  # the 40 most harmful by ALL beat every random 40 there
+    assert main(argv) == 0  # read back: nothing replayed again
+    assert ("ALL: removing this set did better than random sets of 40: 6 of 6 on the validation split (p = 0.14)"
+            in capsys.readouterr().out)
 
 
 def test_runs_lists_the_store(capsys, cli_store, tiny_run, toy_run):

@@ -29,6 +29,7 @@ from influence.train import Trace, checkpoint_history, load_history
 from influence.estimator import result_sets
 from influence.validation import stored_sweeps, stored_validations
 from influence.validation.groups import group_points as stored_group_points, stored_group_validations
+from influence.validation.groups import random_groups_of_size as stored_random_groups_of_size
 from influence.validation.spotcheck import stored_check
 
 from . import tables
@@ -352,6 +353,14 @@ def spot_check(root: str, run_id: str, name: str, stamp: tuple) -> dict | None:
 def group_validations(root: str, run_id: str, stamp: tuple) -> list[dict]:
     """Every group validation (LDS) of the run, oldest first (stamp: files_stamp of 'validate')."""
     return stored_group_validations(store.open_run(Path(root), run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def random_groups_of_size(root: str, run_id: str, size: int, metric: str, stamp: tuple
+                          ) -> tuple[pd.DataFrame, str] | None:
+    """The stored random groups of `size` instances scored on `metric` (`validation.groups.random_groups_of_size`;
+    stamp: files_stamp of 'validate')."""
+    return stored_random_groups_of_size(store.open_run(Path(root), run_id), size, metric)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -13,7 +13,8 @@ from influence import store
 from influence.estimator import EstimateOptions, InfluenceResult
 from influence.metrics import METRIC_LABELS, harmful_sign
 from influence.specs import estimate_spec
-from influence.validation.groups import GroupSpec, against_random_phrase, folder_name, same_sets
+from influence.validation import against_random
+from influence.validation.groups import GroupSpec, against_random_phrase, folder_name, same_sets, size_spec
 from influence.validation.intervals import MIN_PAIRS, interval_text, rank_interval
 from influence.validation.trust import mixed_singles, stored_replays, verdict
 
@@ -214,6 +215,40 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
                 if "against_random" in row:  # the top-k ranked among the random groups of its size
                     phrase = against_random_phrase(row)
                     st.caption(f"{phrase[0].upper()}{phrase[1:]}.")
+
+
+def against_random_section(root: Path, run_id: str, attempt: dict, shown: list[str]) -> None:
+    """Cleanse page: a replayed attempt's change ranked among random sets of its size (its traced instances) that
+    a group validation replayed; without such sets, a button that replays 32 of them."""
+    steps = cache.traced_steps(str(root), run_id)[0]
+    size = int((steps[cache.removed_ids(str(root), run_id, attempt["key"])] >= 0).sum())
+    if attempt["mode"] != "replay" or size == 0:
+        return
+    stamp = cache.files_stamp(root, run_id, "validate")
+    changes = {"test": attempt["change"], "valid": (attempt.get("validation") or {}).get("change", {})}
+    lines = []
+    for m in shown:
+        found = cache.random_groups_of_size(str(root), run_id, size, m, stamp)
+        if found is not None:
+            ranked = against_random.rank({s: changes[s].get(m) for s in changes}, found[0], m)
+            lines.append(f"**{METRIC_LABELS[m]}**: {against_random.phrase(ranked, size, 'removing this set')} "
+                         f"(random sets of group validation {found[1]}).")
+    if lines:
+        st.markdown("  \n".join(lines))
+        return
+    estimated = list(cache.results(str(root), run_id, cache.files_stamp(root, run_id, "influence")))
+    job = jobpanel.latest(root, "validate", run_id)
+    if job is not None and job["state"] in jobpanel.ACTIVE:
+        jobpanel.panel(root, job)
+    elif estimated and st.button(f"Compare with 32 random sets of {size}", icon=":material/casino:",
+                                 help="replays 32 random removal sets of this size (a group validation of the "
+                                      "estimated metrics; the Validate page shows it too) and ranks this set's "
+                                      "change among theirs: does it help more than removing at random?"):
+        spec = size_spec(int((steps >= 0).sum()), size)
+        jobpanel.start(root, {"kind": "validate", "params": {
+            "run_id": run_id, "metrics": estimated, "groups": dataclasses.asdict(spec), "lanes": None,
+            "options": dataclasses.asdict(EstimateOptions())}})
+        st.rerun()
 
 
 LDS_COLUMNS = ("LDS", "LDS (test)", "Pearson")

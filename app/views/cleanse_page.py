@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from explorer import attempt_choice, cache, figures, jobpanel, numbers, state, tables, widgets
+from explorer import attempt_choice, cache, figures, jobpanel, numbers, state, tables, trust_view, widgets
 from influence import store
 from influence.cleanse import removal_key
 from influence.errors import ConfigError, StoreError
@@ -138,6 +138,8 @@ for col, metric in zip(st.columns(len(shown)), shown, strict=True):
 st.caption(tables.prediction_note(attempt, summary, cfg.train.epochs,
                                   next(iter(cache.results(str(root), run_id, cache.files_stamp(root, run_id, "influence"))
                                             .values()), None)))
+
+trust_view.against_random_section(root, run_id, attempt, shown)
 
 st.subheader("Samples from the same z")
 grids = cache.epoch_grids(root, run_id, cfg.is_2d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -57,15 +58,23 @@ def removal_set(args, root: Path, run: store.Run, ctx: RunContext, csv: str | No
 def cmd_cleanse(args, root: Path) -> int:
     from ..context import RunContext, load_run_config
     from ..train import Trace
+    from ..validation.groups import size_spec
 
     run = store.open_run(root, args.run)
     Trace.load(run)  # a run without a trace fails here, before anything is written
     ctx = RunContext.create(load_run_config(run), root)
+    if args.against_random is not None:  # before any estimate or replay runs
+        if args.mode != "replay":
+            raise ConfigError("--against-random compares replays: use it with --mode replay")
+        size_spec(2, 1, args.against_random).check(2)  # M within bounds
     ids, _ = removal_set(args, root, run, ctx, args.remove)
     from ..cleanse import check_removal_ids
 
     ids = check_removal_ids(ids, ctx.dataset.n_train).tolist()
+    ranked_against = against_random_spec(args, run, ctx, ids) if args.against_random is not None else None
     result = run_or_follow(root, {"kind": "cleanse", "params": {"run_id": args.run, "removal_ids": ids, "mode": args.mode}}, args.json)
+    if ranked_against is not None:
+        result["against_random"] = against_random(root, run, result, *ranked_against, args.json)
     from ..honesty import metric_report, uninformative
 
     verdicts = metric_report(run, ctx)["verdicts"]
@@ -85,7 +94,52 @@ def cmd_cleanse(args, root: Path) -> int:
         print(f"  {METRIC_LABELS[m]:<7} {before:.4f} -> {after:.4f}  change {after - before:+.4f} {judged}{pred_s}")
     if result.get("predicted_scope"):
         print(f"  note: {result['predicted_scope']} (influence result '{result.get('predicted_from')}')")
+    if ranked_against is not None:
+        from ..validation.against_random import phrase
+
+        a = result["against_random"]
+        print(f"against {a['groups']} random sets of {a['size']} traced instances (group validation {a['key']}):")
+        for m, ranked in a["per_metric"].items():
+            print(f"  {METRIC_LABELS[m]}: {phrase(ranked, a['size'], 'removing this set')}")
     return 0
+
+
+def against_random_spec(args, run: store.Run, ctx: RunContext, ids: list[int]) -> tuple[dict, int]:
+    """Before the cleanse, so a set it cannot rank loses no replay: the group validation job that draws random
+    sets of the set's traced size, and that size."""
+    from ..estimator import cached_results
+    from ..train import Trace
+    from ..validation.groups import size_spec
+
+    metrics = list(cached_results(run))
+    if not metrics:
+        raise ConfigError(f"--against-random replays random sets as a group validation of the run's estimate: "
+                          f"estimate influence first (gan-influence estimate --run {run.run_id})")
+    trace = Trace.load(run)
+    traced = trace.step_of_instance(ctx.dataset.n_train) >= 0
+    size = int(traced[ids].sum())
+    if size == 0:
+        raise ConfigError("the removal set holds no traced instance: a replay without it changes nothing")
+    spec_ = size_spec(int(traced.sum()), size, args.against_random)
+    spec_.check(int(traced.sum()))
+    return {"kind": "validate", "params": {"run_id": run.run_id, "metrics": metrics,
+                                           "groups": dataclasses.asdict(spec_), "lanes": None,
+                                           "options": dataclasses.asdict(estimate_options(args))}}, size
+
+
+def against_random(root: Path, run: store.Run, result: dict, job: dict, size: int, quiet: bool) -> dict:
+    """The cleansed set's change ranked among the random sets' (every metric they were scored on)."""
+    from ..validation.against_random import rank
+    from ..validation.groups import random_groups_of_size
+
+    key = run_or_follow(root, job, quiet)["key"].rsplit("/", 1)[-1]  # validate/groups/<folder>
+    changes = {"test": result["change"], "valid": (result.get("validation") or {}).get("change", {})}
+    per_metric = {}
+    for m in result["change"]:  # the metrics the random sets were scored on
+        found = random_groups_of_size(run, size, m, key)
+        if found is not None:
+            per_metric[m] = rank({s: changes[s].get(m) for s in changes}, found[0], m)
+    return {"groups": job["params"]["groups"]["groups"], "size": size, "key": key, "per_metric": per_metric}
 
 
 def cmd_export(args, root: Path) -> int:

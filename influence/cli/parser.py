@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", default="replay", choices=["replay", "scratch"],
                    help="replay: the traced steps again without the set (same start, batches and z: what the "
                         "estimate predicts); scratch: every epoch again with the same seed (slower)")
+    c.add_argument("--against-random", type=int, default=None, metavar="M",
+                   help="also replay M random sets of the same size (a group validation of the run's estimated "
+                        "metrics; stored ones are read back) and rank the set's change among theirs: the chance that "
+                        "a random set does as well (replay mode)")
     _estimate_options(c)
     c.add_argument("--json", action="store_true", help=JSON_HELP)
 

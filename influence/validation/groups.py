@@ -9,9 +9,7 @@ the evaluation the estimate targets (validation split, its fixed z) and, beside 
 
 A cleansing curve comes with it from the same replay: the k most harmful by the estimate and k random
 instances, at a few k, predicted against actual. Where the random groups hold k instances too, the top-k is
-also ranked among them: a randomization test of "removing the most harmful helps more than removing random
-ones" on this one run, whose p-value, (1 + random sets as good) / (M + 1), is exact whatever the metric's
-distribution (a single random-k says little: its change is one draw).
+also ranked among them (`against_random`: does removing the most harmful help more than removing at random?).
 
 Actual changes do not depend on the estimate, so every named result of the run (exact, frozen,
 no-propagation, TracIn-style; `estimator.result_sets`) is scored against the same replays.
@@ -36,9 +34,10 @@ from ..counterfactual.plan import choose_plan
 from ..errors import ConfigError
 from ..estimator import EstimateOptions, estimate, harmful_order, result_name, result_sets
 from ..execution import open_executor, worker_capacity
-from ..metrics import check_metric, harmful_sign, scored_with
+from ..metrics import check_metric, scored_with
 from ..progress import BatchProgress, CancelToken, ProgressFn
 from ..train import Trace
+from . import against_random
 from .intervals import MIN_PAIRS
 from .replays import chunks, lane_tasks, lanes_per_task, merged_record, replay_conditions
 
@@ -284,31 +283,14 @@ def _curve_rows(curve: pd.DataFrame, groups: pd.DataFrame, scores: np.ndarray, m
                "actual_test": float(r[f"actual_test_{m}"])}
         same = groups[groups["size"] == r["size"]]
         if r["kind"] == "top" and len(same):
-            row["against_random"] = _against_random(row, same, m)
+            row["against_random"] = against_random.rank({s: row[f"actual_{s}"] for s in SPLITS}, same, m)
         rows.append(row)
     return rows
 
 
-def _against_random(top: dict, same: pd.DataFrame, m: str) -> dict:
-    """Per split, how many of the M random sets of the top-k's size changed the metric at least as much for the
-    better (ties count against the top-k), and the one-sided randomization p-value (1 + that) / (M + 1): the chance
-    that a set drawn at random does as well, had the estimate no more skill than a random draw."""
-    out = {"groups": len(same)}
-    for split in SPLITS:
-        gain = harmful_sign(m) * same[f"actual_{split}_{m}"].to_numpy()  # removal's improvement: higher = better
-        as_good = int((gain >= harmful_sign(m) * top[f"actual_{split}"]).sum())
-        out[f"as_good_{split}"] = as_good
-        out[f"p_{split}"] = (1 + as_good) / (len(same) + 1)
-    return out
-
-
 def against_random_phrase(row: dict) -> str:
     """A curve's top-k against the random groups of its size, in words (validation split, then test)."""
-    a = row["against_random"]
-    beaten = [f"{a['groups'] - a[f'as_good_{s}']} of {a['groups']} on the {name} split (p = {a[f'p_{s}']:.2g})"
-              for s, name in (("valid", "validation"), ("test", "test"))]
-    return (f"removing the {row['size']} most harmful did better than random sets of {row['size']}: "
-            f"{beaten[0]}, {beaten[1]}; p: the chance a random set does as well")
+    return against_random.phrase(row["against_random"], row["size"], f"removing the {row['size']} most harmful")
 
 
 def _parquet(table: pd.DataFrame) -> bytes:
@@ -325,6 +307,31 @@ def stored_group_validations(run: store.Run) -> list[dict]:
         if (d / "result.json").exists():
             out.append({**run.read_json(f"validate/groups/{d.name}/result.json"), "key": d.name})
     return out
+
+
+def size_spec(n_traced: int, size: int, groups: int = 32, seed: int = 0) -> GroupSpec:
+    """Random groups of exactly `size` traced instances (no curve): what a removal set of that size is ranked
+    against."""
+    return GroupSpec(groups, (size / n_traced,), seed, ())
+
+
+def random_groups_of_size(run: store.Run, size: int, metric: str, key: str | None = None
+                          ) -> tuple[pd.DataFrame, str] | None:
+    """The random groups of `size` instances that a stored group validation (`key`: that one; None: any) replayed
+    and scored on `metric` (both splits), and its folder name: the validation with the most of them (the newest
+    among equals), or None."""
+    best = None
+    for v in stored_group_validations(run):
+        if key is not None and v["key"] != key:
+            continue
+        rel = f"validate/groups/{v['key']}/groups.parquet"
+        table = _read(run, rel) if _committed(run, rel, v) else None
+        if table is None or not all(f"actual_{s}_{metric}" in table for s in SPLITS):
+            continue
+        same = table[table["size"] == size].reset_index(drop=True)
+        if len(same) and (best is None or len(same) >= len(best[0])):
+            best = same, v["key"]
+    return best
 
 
 def group_points(run: store.Run, key: str, scores: np.ndarray, metric: str) -> pd.DataFrame:

@@ -125,6 +125,44 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
             f"the validation split (p = {a['p_valid']:.2g})") in texts(at)
 
 
+def test_a_cleansed_set_is_ranked_among_random_sets_of_its_size(app_store, started_jobs):
+    """Cleanse page: without random sets of the attempt's size, a button starts the group validation that replays 32
+    (the job the CLI's --against-random runs); with them stored, the attempt's change is ranked among theirs per
+    metric, counted here from the stored table in the metric's own direction."""
+    import dataclasses
+
+    from influence.cleanse import cleanse
+    from influence.estimator import harmful_order
+    from influence.validation.groups import size_spec
+
+    run_id = tiny_run_id(app_store)
+    run = store.open_run(app_store, run_id)
+    removal = sorted(harmful_order(cached_results(run)["fid"])[:12].tolist())
+    run.write_json("app/removal.json", {"ids": removal})
+    attempt = cleanse(run, removal).as_dict()
+    traced = Trace.load(run).step_of_instance(len(cached_results(run)["fid"].scores)) >= 0
+    size = int(traced[removal].sum())
+    at = open_app("cleanse", run_id)
+    assert not at.exception
+    next(b for b in at.button if b.label == f"Compare with 32 random sets of {size}").click().run()
+    assert started_jobs == [json.loads(json.dumps({"kind": "validate", "params": {
+        "run_id": run_id, "metrics": list(cached_results(run)), "lanes": None,
+        "groups": dataclasses.asdict(size_spec(int(traced.sum()), size)),
+        "options": dataclasses.asdict(EstimateOptions())}}))]  # as the worker reads it back
+    table = validate_groups(run, ["fid"], size_spec(int(traced.sum()), size, groups=5))["groups_table"]  # stored
+    at.run()
+    said = texts(at)
+    for m, label in (("fid", "FID"), ("is", "IS")):  # IS is scored beside FID at no cost
+        beaten = []
+        for split, change in (("validation", attempt["validation"]["change"][m]), ("test", attempt["change"][m])):
+            random = table[f"actual_{'valid' if split == 'validation' else 'test'}_{m}"].to_numpy()
+            as_good = int((random <= change).sum() if m == "fid" else (random >= change).sum())  # FID: lower = better
+            beaten.append(f"{5 - as_good} of 5 on the {split} split (p = {(1 + as_good) / 6:.2g})")
+        assert (f"**{label}**: removing this set did better than random sets of {size}: {', '.join(beaten)}; p: the "
+                f"chance a random set does as well (random sets of group validation ") in said
+    assert not any(b.label.startswith("Compare with") for b in at.button)
+
+
 def test_the_lds_table_names_results_only_where_the_method_leaves_rows_alike():
     """At 1024 px the table has about 520 px: the result's name takes a column only where two rows would read the
     same without it (two exact estimates in other dtypes), not beside a baseline that its method names."""
