@@ -220,9 +220,11 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
 def against_random_section(root: Path, run_id: str, attempt: dict, shown: list[str]) -> None:
     """Cleanse page: a replayed attempt's change ranked among random sets of its size (its traced instances) that
     a group validation replayed; without such sets, a button that replays 32 of them."""
+    if attempt["mode"] != "replay":  # a retraining from scratch is no replay of the random sets' steps
+        return
     steps = cache.traced_steps(str(root), run_id)[0]
     size = int((steps[cache.removed_ids(str(root), run_id, attempt["key"])] >= 0).sum())
-    if attempt["mode"] != "replay" or size == 0:
+    if size == 0:
         return
     stamp = cache.files_stamp(root, run_id, "validate")
     changes = {"test": attempt["change"], "valid": (attempt.get("validation") or {}).get("change", {})}
