@@ -188,7 +188,7 @@ def test_cleanse_against_random_ranks_the_set_among_random_sets_of_its_size(caps
             as_good = sum(better[m](x, change) for x in table[f"actual_{split}_{m}"])
             assert ranked[f"as_good_{split}"] == as_good and ranked[f"p_{split}"] == pytest.approx((1 + as_good) / 7)
     assert a["per_metric"]["all"]["as_good_valid"] == 0  # the 40 most harmful by ALL beat every random 40 there
-    assert main(argv) == 0  # read back: nothing replayed again
+    assert main(argv) == 0  # the text output, the stored cleanse and random sets read back
     assert ("ALL: removing this set did better than random sets of 40: 6 of 6 on the validation split (p = 0.14)"
             in capsys.readouterr().out)
 
