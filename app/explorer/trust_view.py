@@ -227,12 +227,11 @@ def against_random_section(root: Path, run_id: str, attempt: dict, shown: list[s
     if size == 0:
         return
     stamp = cache.files_stamp(root, run_id, "validate")
-    changes = {"test": attempt["change"], "valid": (attempt.get("validation") or {}).get("change", {})}
     lines = []
     for m in shown:
         found = cache.random_groups_of_size(str(root), run_id, size, m, stamp)
         if found is not None:
-            ranked = against_random.rank({s: changes[s].get(m) for s in changes}, found[0], m)
+            ranked = against_random.rank(against_random.cleansed_changes(attempt, m), found[0], m)
             lines.append(f"**{METRIC_LABELS[m]}**: {against_random.phrase(ranked, size, 'removing this set')} "
                          f"(random sets of group validation {found[1]}).")
     if lines:

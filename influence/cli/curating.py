@@ -129,16 +129,15 @@ def against_random_spec(args, run: store.Run, ctx: RunContext, ids: list[int]) -
 
 def against_random(root: Path, run: store.Run, result: dict, job: dict, size: int, quiet: bool) -> dict:
     """The cleansed set's change ranked among the random sets' (every metric they were scored on)."""
-    from ..validation.against_random import rank
+    from ..validation.against_random import cleansed_changes, rank
     from ..validation.groups import random_groups_of_size
 
     key = run_or_follow(root, job, quiet)["key"].rsplit("/", 1)[-1]  # validate/groups/<folder>
-    changes = {"test": result["change"], "valid": (result.get("validation") or {}).get("change", {})}
     per_metric = {}
     for m in result["change"]:  # the metrics the random sets were scored on
         found = random_groups_of_size(run, size, m, key)
         if found is not None:
-            per_metric[m] = rank({s: changes[s].get(m) for s in changes}, found[0], m)
+            per_metric[m] = rank(cleansed_changes(result, m), found[0], m)
     return {"groups": job["params"]["groups"]["groups"], "size": size, "key": key, "per_metric": per_metric}
 
 

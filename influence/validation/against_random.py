@@ -36,6 +36,11 @@ def rank(changes: dict[str, float], random_sets: pd.DataFrame, m: str) -> dict:
     return out
 
 
+def cleansed_changes(attempt: dict, m: str) -> dict[str, float | None]:
+    """A cleanse attempt's change of m per split (`CleanseResult.as_dict`; validation None where not measured)."""
+    return {"test": attempt["change"].get(m), "valid": ((attempt.get("validation") or {}).get("change") or {}).get(m)}
+
+
 def phrase(ranked: dict, size: int, what: str) -> str:
     """In words: "<what> did better than random sets of <size>: 32 of 32 on the validation split (p = 0.03), ..."."""
     m = ranked["groups"]
