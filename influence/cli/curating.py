@@ -18,6 +18,7 @@ from .parser import estimate_options
 
 if TYPE_CHECKING:
     from ..context import RunContext
+    from ..train import Trace
 
 MAX_REMOVAL_FILE_BYTES = MAX_REMOVAL_BYTES  # the app's uploads have the same limit
 
@@ -61,7 +62,7 @@ def cmd_cleanse(args, root: Path) -> int:
     from ..validation.groups import size_spec
 
     run = store.open_run(root, args.run)
-    Trace.load(run)  # a run without a trace fails here, before anything is written
+    trace = Trace.load(run)  # a run without a trace fails here, before anything is written
     ctx = RunContext.create(load_run_config(run), root)
     if args.against_random is not None:  # before any estimate or replay runs
         if args.mode != "replay":
@@ -71,7 +72,7 @@ def cmd_cleanse(args, root: Path) -> int:
     from ..cleanse import check_removal_ids
 
     ids = check_removal_ids(ids, ctx.dataset.n_train).tolist()
-    ranked_against = against_random_spec(args, run, ctx, ids) if args.against_random is not None else None
+    ranked_against = against_random_spec(args, run, ctx, trace, ids) if args.against_random is not None else None
     result = run_or_follow(root, {"kind": "cleanse", "params": {"run_id": args.run, "removal_ids": ids, "mode": args.mode}}, args.json)
     if ranked_against is not None:
         result["against_random"] = against_random(root, run, result, *ranked_against, args.json)
@@ -104,18 +105,16 @@ def cmd_cleanse(args, root: Path) -> int:
     return 0
 
 
-def against_random_spec(args, run: store.Run, ctx: RunContext, ids: list[int]) -> tuple[dict, int]:
+def against_random_spec(args, run: store.Run, ctx: RunContext, trace: Trace, ids: list[int]) -> tuple[dict, int]:
     """Before the cleanse, so a set it cannot rank loses no replay: the group validation job that draws random
     sets of the set's traced size, and that size."""
     from ..estimator import cached_results
-    from ..train import Trace
     from ..validation.groups import size_spec
 
     metrics = list(cached_results(run))
     if not metrics:
         raise ConfigError(f"--against-random replays random sets as a group validation of the run's estimate: "
                           f"estimate influence first (gan-influence estimate --run {run.run_id})")
-    trace = Trace.load(run)
     traced = trace.step_of_instance(ctx.dataset.n_train) >= 0
     size = int(traced[ids].sum())
     if size == 0:
