@@ -141,6 +141,8 @@ def test_group_validation_of_another_metric_reads_the_same_sets_back(toy_run, tm
     later = validate_groups(run, ["dloss"], spec)
     assert len(replayed) == 1 and set(replayed[0]["kind"]) == {"top", "random-k"}  # the curve only
     assert later["baseline"] == first["baseline"] and later["replay_seconds"] > first["replay_seconds"]  # sets + curve
+    # in this process the clock runs over the tasks' own time; a later round adds its clock to the first's
+    assert first["wall_seconds"] >= first["replay_seconds"] > 0 and later["wall_seconds"] > first["wall_seconds"]
     monkeypatch.setattr(g, "_replay", real)
     fresh = validate_groups(copy_run(toy_run, tmp_path / "b"), ["dloss"], spec)
     name = later["result_in_use"]

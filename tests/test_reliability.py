@@ -253,7 +253,8 @@ def _replay_results(run: store.Run) -> dict[str, object]:
     out = {}
     for rel in sorted(r for r in run.manifest() if r.startswith(("validate/groups/", "influence/_checks/"))):
         if rel.endswith(".json"):
-            out[rel] = {k: v for k, v in run.read_json(rel).items() if k not in ("seconds", "replay_seconds")}
+            timings = ("seconds", "replay_seconds", "wall_seconds")
+            out[rel] = {k: v for k, v in run.read_json(rel).items() if k not in timings}
         else:
             out[rel] = run.read_bytes(rel)
     return out

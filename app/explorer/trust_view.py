@@ -134,6 +134,13 @@ def _duration_note(root: Path, run_id: str, metrics: list[str], m: int, fraction
                "It runs in the background: you can switch pages meanwhile.", icon=":material/timer:")
 
 
+def _replay_time(v: dict) -> str:
+    """The replays' time: summed over the tasks that ran the lanes (several workers run at once, so this exceeds the
+    clock's), and the clock's where the validation kept it (not before 2026-12-07)."""
+    work = f"{tables.duration(v['replay_seconds'])} of replay summed over its tasks"
+    return f"{work}, {tables.duration(v['wall_seconds'])} on the clock" if "wall_seconds" in v else work
+
+
 def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> None:
     """Validate page: start a group validation and show its LDS, scatter and cleansing curve (`first`: the metric
     chosen at first, as in the leave-one-out form above)."""
@@ -194,7 +201,7 @@ def groups_section(root: Path, run_id: str, metrics: list[str], first: str) -> N
                f"95% interval: where the LDS of many more groups may lie, given these. Pearson and slope: validation "
                f"split; slope: actual on predicted (1 = the sums are right in "
                f"size; under 1 they over-predict). Replays: {v['lanes']['mode']} lanes, lane 0 = "
-               f"{v['baseline']}; {tables.duration(v['replay_seconds'])} of replay.")
+               f"{v['baseline']}; {_replay_time(v)}.")
     for w in (v.get("conditions") or {}).get("warnings") or []:
         st.warning(w, icon=":material/warning:")
     names = list(v["scores"])

@@ -71,6 +71,9 @@ def _validate_groups(args, root: Path, options) -> int:
         return 0
     print(f"{args.groups} random groups per fraction, replayed ({result['lanes']['mode']} lanes, "
           f"{result['lanes']['lanes']} per pass; lane 0: {result['baseline']}); estimate in use: {result['result_in_use']}")
+    if "wall_seconds" in result:  # the tasks' sum exceeds the clock where workers run at once
+        print(f"replay time: {result['replay_seconds']:.1f} s summed over its tasks, {result['wall_seconds']:.1f} s "
+              f"on the clock")
     for warning in (result.get("conditions") or {}).get("warnings", []):
         print(f"note: {warning}")
     for m in args.metric:

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -206,7 +207,8 @@ def same_sets(run: store.Run, spec: GroupSpec, metrics: list[str]) -> tuple[pd.D
         meta = run.read_json(result) if run.exists(result) else {}
         table = _read(run, rel) if _committed(run, rel, meta) else None
         if table is not None and all(f"actual_{s}_{m}" in table for s in SPLITS for m in metrics):
-            return table, {k: meta[k] for k in ("lanes", "baseline", "replay_seconds", "conditions") if k in meta}
+            return table, {k: meta[k] for k in ("lanes", "baseline", "replay_seconds", "wall_seconds", "conditions")
+                           if k in meta}
     return None
 
 
@@ -239,7 +241,7 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
     tasks = lane_tasks(run, ctx, trace, lane_list, tuple((s, scored) for s in SPLITS), plan, groups)
     changes: list = [None] * len(lane_list)
     tally = BatchProgress("group replays", [len(g) for g in groups], progress, cancel)
-    seconds, from_trace, ran = 0.0, True, []
+    seconds, from_trace, ran, started = 0.0, True, [], time.perf_counter()
     with open_executor(len(groups), workers) as executor, \
             contextlib.closing(executor.run(tasks, tally.part(0), cancel)) as out:
         for group, result in out:
@@ -254,7 +256,8 @@ def _replay(run, cfg, trace, table, metrics, lanes, workers, progress, cancel) -
         for m in changes[0][split]:
             table[f"actual_{split}_{m}"] = [c[split][m] for c in changes]
     meta = {"lanes": plan.as_dict(), "baseline": "recorded trajectory" if from_trace else "replayed",
-            "replay_seconds": seconds, "conditions": replay_conditions(ctx, trace, ran)}
+            "replay_seconds": seconds, "wall_seconds": time.perf_counter() - started,
+            "conditions": replay_conditions(ctx, trace, ran)}
     return table, meta
 
 

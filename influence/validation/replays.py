@@ -162,4 +162,7 @@ def merged_record(old: dict, new: dict) -> dict:
         out["conditions"] = {**new["conditions"], "warnings": list(dict.fromkeys(
             old["conditions"].get("warnings", []) + new["conditions"].get("warnings", [])))}
     out["replay_seconds"] = old.get("replay_seconds", 0.0) + new.get("replay_seconds", 0.0)
+    # an earlier round made before the clock was kept leaves no total
+    if "wall_seconds" in new and ("wall_seconds" in old or "replay_seconds" not in old):
+        out["wall_seconds"] = old.get("wall_seconds", 0.0) + new["wall_seconds"]
     return out

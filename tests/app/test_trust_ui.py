@@ -100,6 +100,8 @@ def test_the_estimate_form_sends_method_and_check_as_the_cli_does(rich, started_
 
 
 def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
+    from explorer import tables
+
     root = use_store(monkeypatch, checked_store)
     run = store.open_run(root, tiny_run_id(root))
     result = validate_groups(run, ["fid"], GroupSpec(groups=5, fractions=(0.05,), seed=0, curve=(0.05,)))  # stored
@@ -111,6 +113,9 @@ def test_validate_page_shows_lds_scatter_and_curve(checked_store, monkeypatch):
     mine = table.iloc[0]
     assert mine["LDS"] == round(row["spearman_valid"], 3) and mine["LDS (test)"] == round(row["spearman_test"], 3)
     assert "M = 5 random groups per fraction" in texts(at)
+    # the replays' time summed over their tasks and on the clock
+    assert (f"{tables.duration(result['replay_seconds'])} of replay summed over its tasks, "
+            f"{tables.duration(result['wall_seconds'])} on the clock") in texts(at)
     # 5 groups tell little: the interval beside the LDS says how little (a perfect 1.000: 0.32 to 1.00)
     assert mine["95% interval"] == interval_text(rank_interval("spearman", row["spearman_valid"], 5))
     assert float(mine["95% interval"].split(" to ")[0]) < 0.5
