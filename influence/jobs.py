@@ -39,6 +39,7 @@ STATUS_EVERY_S = 0.5
 # Probes of a lock (status reads, start_background) hold it for a moment; whoever wants the lock
 # retries this long before concluding that another process computes the job.
 LOCK_RETRY_S = 0.25
+QUEUED_MAX_S = 3600  # a queued job whose worker has not taken its lock after this long is interrupted
 RESERVE, RESERVE_BYTES = "status.reserve", 16384  # room for the last status on a full disk
 
 
@@ -114,11 +115,38 @@ def read_status(root: Path, key: str) -> dict[str, Any]:
         # The worker writes its final state before it lets the lock go: read again, or a job that
         # ended between the two looks interrupted.
         status = _read_status_file(d, key)
-        if status.get("state") in ("queued", "running"):
+        if status.get("state") == "running" or (status.get("state") == "queued" and not _starting(d, status)):
             # Nobody computes it: the worker died (kill, crash, reboot). Starting again resumes.
-            if time.time() - status.get("updated", 0) > 10 or status.get("state") == "running":
-                status["state"] = "interrupted"
+            status["state"] = "interrupted"
     return status
+
+
+def _starting(d: Path, status: dict[str, Any]) -> bool:
+    """Whether a queued job whose lock nobody holds yet is still on its way: the process started for it runs (on a
+    busy machine its imports alone took 14 s, and the app, which had called it interrupted after 10 s, stopped
+    following a training that then finished). Without that process's id (queued by an older version), or an hour
+    after, its age decides."""
+    age = time.time() - status.get("updated", 0)
+    try:
+        pid = int((d / "worker.pid").read_text())
+    except (OSError, ValueError):
+        return age <= 10
+    return age <= QUEUED_MAX_S and _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs; one that exited but whose parent has not collected it yet (a zombie: the app's
+    server starts workers and collects them late) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the id
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc here
+        return True
 
 
 def _read_status_file(d: Path, key: str) -> dict[str, Any]:
@@ -282,6 +310,7 @@ def start_background(root: Path, spec: dict[str, Any]) -> str:
         return key
     d.mkdir(parents=True, exist_ok=True)
     (d / "cancel").unlink(missing_ok=True)  # a stale flag must not cancel the new worker
+    (d / "worker.pid").unlink(missing_ok=True)  # an earlier worker's: until this one's is written, age decides
     store.write_json(d / "spec.json", spec)
     _write_status(d, key=key, state="queued", queued_at=time.time(), message="", result=None, done=0, total=0)
     # OpenMP threads that spin while waiting starve each other once anything else runs on the cores
@@ -290,10 +319,14 @@ def start_background(root: Path, spec: dict[str, Any]) -> str:
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
            **{k: v for k, v in allocator.child_environ().items() if v is not None}}
     with open(d / "log.txt", "ab") as log:
-        subprocess.Popen(
+        worker = subprocess.Popen(
             [sys.executable, "-m", "influence.jobs", str(root), key],
             stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
         )
+    try:  # a file of its own: the worker may be writing its status already
+        store.write_bytes(d / "worker.pid", str(worker.pid).encode())
+    except store.StoreError:  # a full disk: the queued status's age decides, as before there was this file
+        pass
     return key
 
 

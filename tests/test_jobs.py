@@ -235,6 +235,53 @@ def test_a_job_that_just_ended_is_never_reported_interrupted(tmp_path, monkeypat
     faults("concurrent", 100, "jobs ending under continuous status polling (never shown interrupted)")
 
 
+def test_a_worker_slow_to_start_is_followed_to_its_end(tmp_path, monkeypatch):
+    """On a busy machine a worker's imports took 14 s; read_status called the queued job interrupted after 10 s
+    and the app stopped following a training that then finished. Here every worker starts 11 s late (a wrapper
+    sleeps before Python): the job is seen queued, then its real end (a spec that fails at once), never
+    interrupted."""
+    root = store.store_root(tmp_path / "store")
+    late = tmp_path / "late-python"
+    late.write_text(f"#!/bin/sh\nsleep 11\nexec {sys.executable} \"$@\"\n")
+    late.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(late))
+    spec = {"kind": "cleanse", "params": {}}
+    key = jobs.start_background(root, spec)
+    seen = [jobs.read_status(root, key)["state"]]
+    while seen[-1] not in ("done", "failed", "cancelled", "interrupted"):
+        time.sleep(0.2)
+        seen.append(jobs.read_status(root, key)["state"])
+    assert seen[0] == "queued" and seen.count("queued") > 40 and seen[-1] == "failed", seen
+    assert int((jobs.job_dir(root, key) / "worker.pid").read_text()) == jobs.read_status(root, key)["pid"]
+
+
+def test_a_queued_job_is_interrupted_once_its_worker_is_gone(tmp_path):
+    """Queued, and nobody holds the lock: waiting while the process started for it runs, interrupted once it has
+    exited (collected or not: an exited process not yet collected by its parent lingers as a zombie). Without the
+    process's id, as an older version queued it, the age decides (10 s)."""
+    root = store.store_root(tmp_path / "store")
+    d = jobs.job_dir(root, "train-0123456789ab")
+    d.mkdir(parents=True)
+
+    def queued(age: float) -> str:
+        store.write_json(d / "status.json", {"key": d.name, "state": "queued", "updated": time.time() - age})
+        return jobs.read_status(root, d.name)["state"]
+
+    assert (queued(5), queued(60)) == ("queued", "interrupted")
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        (d / "worker.pid").write_text(str(proc.pid))
+        assert (queued(5), queued(600), queued(jobs.QUEUED_MAX_S + 1)) == ("queued", "queued", "interrupted")
+        proc.kill()
+        wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                 what="the killed process to become a zombie")
+        assert queued(5) == "interrupted"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert queued(5) == "interrupted"
+
+
 def test_a_sweep_job_computes_the_table_the_app_reads_back(tmp_path):
     """The app's sweep spec, run as a job: its result is the sweep table, and the store keeps it for the page."""
     import math
