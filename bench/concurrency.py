@@ -12,7 +12,7 @@ sweep's seeds 0 and 1 include it):
     iforest   cleanse --top-harmful 5 --by iforest (ranks by the feature net's features)
     validate  validate --metric fid --n 6 (leave-one-out replays)
     groups    validate --metric fid --groups 5 --fraction 0.05 --curve 0.05 (group validation: lane replays)
-    check     estimate --metric fid --check full (the spot check's lane replays)
+    check     estimate --metric fid --check quick (the spot check's lane replays)
     sweep     sweep --seeds 0 1 --methods fid random --counts 5
     export    export --removal <3 ids> --to <a folder of its own>
 
@@ -64,7 +64,7 @@ def command(name: str, images: Path, run_id: str, scratch: Path, me: int) -> lis
         "validate": ["validate", "--run", run_id, "--metric", "fid", "--n", "6", "--json"],
         "groups": ["validate", "--run", run_id, "--metric", "fid", "--groups", "5", "--fraction", "0.05",
                    "--curve", "0.05", "--json"],
-        "check": ["estimate", "--run", run_id, "--metric", "fid", "--check", "full", "--json"],
+        "check": ["estimate", "--run", run_id, "--metric", "fid", "--check", "quick", "--json"],
         "sweep": ["sweep", "--preset", "tiny", *sets, "--seeds", "0", "1", "--methods", "fid", "random",
                   "--counts", "5", "--json"],
         "export": ["export", "--run", run_id, "--removal", str(scratch / "removal.csv"),

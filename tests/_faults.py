@@ -14,8 +14,8 @@ writes it) runs with a *plan* that makes it SIGKILL itself at a chosen point:
 - {"barrier": PATH}: waits for PATH to exist before it starts (two workers released together);
 - {"log": FILE}: per stage, the first progress step it reports (a resumed job reports a later one).
 
-`run_worker` starts one worker as a fresh Python process; `ForkServer` forks workers from one process that
-has imported the engine once (0.1 s a worker instead of 3 s of imports), for kill matrices.
+`WORKER` is one worker's script for a fresh Python process; `ForkServer` forks workers from one process that
+has imported the engine once (0.1 s a worker instead of 3 s of imports).
 """
 
 from __future__ import annotations
@@ -219,14 +219,8 @@ def write_spec(root: Path, spec: dict) -> str:
     return key
 
 
-def run_worker(root: Path, spec: dict, plan: dict | None = None) -> subprocess.CompletedProcess:
-    key = write_spec(root, spec)
-    return subprocess.run([sys.executable, "-c", WORKER, str(root), key], env=worker_env(plan), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
 class ForkServer:
-    """Job workers forked from one process that imported the engine once; `run` is `run_worker`'s twin."""
+    """Job workers forked from one process that imported the engine once; `run` starts one like `WORKER` would."""
 
     def __init__(self, scratch: Path):
         self.scratch = Path(scratch)

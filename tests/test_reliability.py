@@ -33,7 +33,7 @@ from influence.progress import CancelToken
 from influence.train import train
 
 # Also imported from here by test_fuzz and test_security.
-from _faults import (COMMIT_POINTS, COMMITTED_FROM, REPO, ForkServer, faults, files, first_done, run_worker,
+from _faults import (COMMIT_POINTS, COMMITTED_FROM, REPO, ForkServer, faults, files, first_done,
                      small_config, temp_files, worker_env)
 
 METRICS = ["all", "dloss"]
@@ -99,8 +99,16 @@ def small(tmp_path_factory):
     return {"root": root, "run_id": run.run_id, "trained": run, "ref": ref}
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Job workers forked from one process that imported the engine once (each fresh process spent 3-4 s of its
+    5-7 s on imports)."""
+    with ForkServer(tmp_path_factory.mktemp("server")) as forks:
+        yield forks
+
+
 # ---------------------------------------------------------------- kill -9: training
-def test_training_killed_at_three_points_resumes_to_identical_results(tmp_path, small):
+def test_training_killed_at_three_points_resumes_to_identical_results(tmp_path, small, server):
     cfg = small_config()
     spec = {"kind": "train", "params": {"config": cfg.to_dict()}}
     root, log = tmp_path / "store", tmp_path / "first.jsonl"
@@ -111,10 +119,10 @@ def test_training_killed_at_three_points_resumes_to_identical_results(tmp_path, 
         {"kill": "commit", "name": "final.npy", "n": 1, "point": "renamed"},  # while writing the finished run
     ]
     for plan in kills:
-        done = run_worker(root, spec, {**plan, "log": str(log)})
+        done = server.run(root, spec, {**plan, "log": str(log)})
         assert done.returncode == -signal.SIGKILL, done.stderr
         assert jobs.read_status(root, key)["state"] == "interrupted"  # what the app shows
-    done = run_worker(root, spec, {"log": str(log)})
+    done = server.run(root, spec, {"log": str(log)})
     assert done.returncode == 0, done.stderr
     assert jobs.read_status(root, key)["state"] == "done"
     # scratch, scratch, resumed after epoch 1, then no training step at all: the epoch-3
@@ -134,35 +142,34 @@ KILL_MATRIX_CONFIGS = {
 }
 
 
-def test_training_killed_at_every_point_of_a_checkpoint_commit_resumes_from_the_last_complete_one(tmp_path):
+def test_training_killed_at_every_point_of_a_checkpoint_commit_resumes_from_the_last_complete_one(tmp_path, server):
     """Issue 23.2: one worker after another dies inside the commit of `checkpoint/state.pt`, each at the next
     point of `COMMIT_POINTS`. A kill before the manifest lists the new checkpoint resumes from the previous
     one, a kill after it from the new one (before the fix, a kill between the manifest update and the rename
     restarted training from step 1); the finished run equals an uninterrupted one byte for byte."""
     epochs = 5  # kills at 6 points: 3 leave epoch 1's checkpoint, 3 move it on one epoch each
     points = 0
-    with ForkServer(tmp_path / "server") as server:
-        for name, fields in KILL_MATRIX_CONFIGS.items():
-            cfg = small_config(epochs=epochs, **fields)
-            spec = {"kind": "train", "params": {"config": cfg.to_dict()}}
-            root, log = tmp_path / name, tmp_path / f"{name}.jsonl"
-            assert server.run(tmp_path / f"{name}-ref", spec).returncode == 0
-            for i, point in enumerate(COMMIT_POINTS):
-                plan = {"kill": "commit", "name": "state.pt", "n": 2 if i == 0 else 1, "point": point, "log": str(log)}
-                done = server.run(root, spec, plan)
-                assert done.returncode == -signal.SIGKILL, (name, point, done.stderr)
-                assert jobs.read_status(root, jobs.job_key(spec))["state"] == "interrupted"
-                points += 1
-            done = server.run(root, spec, {"log": str(log)})
-            assert done.returncode == 0, done.stderr
-            # The first kill is in epoch 2's commit, each later one in the first commit of its process.
-            resumed, epoch = [], 1
-            for point in COMMIT_POINTS:
-                resumed.append(epoch * PER_EPOCH + 1 if resumed else 1)
-                epoch += COMMIT_POINTS.index(point) >= COMMIT_POINTS.index(COMMITTED_FROM)
-            resumed.append(epoch * PER_EPOCH + 1)
-            assert first_done(log, "train") == resumed, name
-            assert_same_training(store.open_run(root, cfg.run_id), store.open_run(tmp_path / f"{name}-ref", cfg.run_id))
+    for name, fields in KILL_MATRIX_CONFIGS.items():
+        cfg = small_config(epochs=epochs, **fields)
+        spec = {"kind": "train", "params": {"config": cfg.to_dict()}}
+        root, log = tmp_path / name, tmp_path / f"{name}.jsonl"
+        assert server.run(tmp_path / f"{name}-ref", spec).returncode == 0
+        for i, point in enumerate(COMMIT_POINTS):
+            plan = {"kill": "commit", "name": "state.pt", "n": 2 if i == 0 else 1, "point": point, "log": str(log)}
+            done = server.run(root, spec, plan)
+            assert done.returncode == -signal.SIGKILL, (name, point, done.stderr)
+            assert jobs.read_status(root, jobs.job_key(spec))["state"] == "interrupted"
+            points += 1
+        done = server.run(root, spec, {"log": str(log)})
+        assert done.returncode == 0, done.stderr
+        # The first kill is in epoch 2's commit, each later one in the first commit of its process.
+        resumed, epoch = [], 1
+        for point in COMMIT_POINTS:
+            resumed.append(epoch * PER_EPOCH + 1 if resumed else 1)
+            epoch += COMMIT_POINTS.index(point) >= COMMIT_POINTS.index(COMMITTED_FROM)
+        resumed.append(epoch * PER_EPOCH + 1)
+        assert first_done(log, "train") == resumed, name
+        assert_same_training(store.open_run(root, cfg.run_id), store.open_run(tmp_path / f"{name}-ref", cfg.run_id))
     faults("kill-checkpoint-commit", points, f"SIGKILLs inside a checkpoint commit ({len(COMMIT_POINTS)} points x "
            f"{len(KILL_MATRIX_CONFIGS)} optimizer/trace-mode configs)")
 
@@ -207,7 +214,7 @@ def test_training_cli_killed_from_outside_resumes_to_identical_results(tmp_path)
 
 
 # ---------------------------------------------------------------- kill -9: influence pass
-def test_influence_pass_killed_at_five_points_resumes_to_identical_scores(tmp_path, small):
+def test_influence_pass_killed_at_five_points_resumes_to_identical_scores(tmp_path, small, server):
     root, log = tmp_path / "store", tmp_path / "first.jsonl"
     run = copy_run(small["root"], small["run_id"], root)
     spec = estimate_spec(run.run_id)
@@ -221,10 +228,10 @@ def test_influence_pass_killed_at_five_points_resumes_to_identical_scores(tmp_pa
         {"kill": "commit", "name": "table.parquet", "n": 1, "point": "temp_synced"},
     ]
     for plan in kills:
-        done = run_worker(root, spec, {**plan, "log": str(log)})
+        done = server.run(root, spec, {**plan, "log": str(log)})
         assert done.returncode == -signal.SIGKILL, done.stderr
         assert jobs.read_status(root, key)["state"] == "interrupted"
-    done = run_worker(root, spec, {"log": str(log)})
+    done = server.run(root, spec, {"log": str(log)})
     assert done.returncode == 0, done.stderr
     assert jobs.read_status(root, key)["state"] == "done"
     # scratch; resumed after step 3 (the step-6 temp file is ignored); after step 6; after step 9 (the
@@ -235,16 +242,16 @@ def test_influence_pass_killed_at_five_points_resumes_to_identical_scores(tmp_pa
     faults("kill-influence", len(kills), "SIGKILLs of the influence worker")
 
 
-def test_an_influence_pass_killed_between_its_metrics_results_resumes_stacked_to_identical_scores(tmp_path, small):
+def test_an_influence_pass_killed_between_its_metrics_results_resumes_stacked_to_identical_scores(tmp_path, small, server):
     """Killed once the first metric's result was stored: the rerun passed over the second metric alone, whose
     scores then differed from the stacked pass's in the last bits (5e-21 of 1.4e-5). It now resumes the stacked
     pass from its checkpoint. (bench/kills.py --scenarios influence: 67 points)"""
     run = copy_run(small["root"], small["run_id"], tmp_path / "store")
     spec = estimate_spec(run.run_id)
-    killed = run_worker(run.root, spec, {"kill": "commit", "name": "scores.npy", "n": 2, "point": "temp_synced"})
+    killed = server.run(run.root, spec, {"kill": "commit", "name": "scores.npy", "n": 2, "point": "temp_synced"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert [m for m in METRICS if run.exists(f"influence/{m}-float64-v1/meta.json")] == METRICS[:1]
-    assert run_worker(run.root, spec).returncode == 0
+    assert server.run(run.root, spec).returncode == 0
     assert_same_influence(run, small["ref"])
 
 
@@ -260,7 +267,7 @@ def _replay_results(run: store.Run) -> dict[str, object]:
     return out
 
 
-def test_group_validation_and_spot_check_killed_before_their_results_end_as_uninterrupted(tmp_path, small):
+def test_group_validation_and_spot_check_killed_before_their_results_end_as_uninterrupted(tmp_path, small, server):
     """A group validation killed between its tables and its result.json: its rerun found the tables, replayed
     nothing and wrote a result without the record of its replays (lanes, lane 0, conditions), whose absence broke
     the Validate page. A killed spot check left its temp file behind. (bench/kills.py --scenarios replays)"""
@@ -269,7 +276,7 @@ def test_group_validation_and_spot_check_killed_before_their_results_end_as_unin
     check = {**estimate_spec(small["run_id"]), "params": {**estimate_spec(small["run_id"])["params"], "check": "full"}}
     ref = copy_run(small["ref"].root, small["run_id"], tmp_path / "ref")
     for spec in (groups, check):
-        assert run_worker(ref.root, spec).returncode == 0
+        assert server.run(ref.root, spec).returncode == 0
     want = _replay_results(ref)
     assert {"lanes", "baseline", "conditions"} <= set(want[next(r for r in want if r.endswith("result.json"))])
     check_file = next(r for r in want if r.startswith("influence/_checks/")).rsplit("/", 1)[1]
@@ -279,10 +286,10 @@ def test_group_validation_and_spot_check_killed_before_their_results_end_as_unin
         run = copy_run(small["ref"].root, small["run_id"], tmp_path / f"kill{i}")
         for other in (groups, check):
             if other is not spec:
-                assert run_worker(run.root, other).returncode == 0
-        done = run_worker(run.root, spec, {"kill": "commit", "name": name, "n": 1, "point": point})
+                assert server.run(run.root, other).returncode == 0
+        done = server.run(run.root, spec, {"kill": "commit", "name": name, "n": 1, "point": point})
         assert done.returncode == -signal.SIGKILL, done.stderr
-        assert run_worker(run.root, spec).returncode == 0
+        assert server.run(run.root, spec).returncode == 0
         assert _replay_results(run) == want, (name, point)
         assert not temp_files(run.dir)
     faults("kill-replays", len(kills), "SIGKILLs of group validation and spot check workers")
