@@ -186,8 +186,10 @@ def test_a_sweep_stopped_on_the_cluster_resumes_from_the_checkpoint_it_sent(tmp_
 
 
 def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch):
+    import influence.execution
     from influence.errors import ConfigError
 
+    monkeypatch.setattr(influence.execution, "CONNECT_TIMEOUT", "1s")  # the error, not the wait, is tested
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
         with open_executor(10, address="tcp://127.0.0.1:9"):
             pass

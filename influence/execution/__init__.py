@@ -45,6 +45,7 @@ MIN_TASKS_PER_WORKER = 4  # below this a local worker's start-up (imports, conte
 POLL_S = 0.2  # how often the client looks at the cancel flag while tasks run
 MIN_IN_FLIGHT = 8  # tasks submitted ahead; at least 2 per worker
 EVENT_EVERY_S = 1.0  # a task's progress events and cancel checks, at most this often
+CONNECT_TIMEOUT = "10s"  # how long the client keeps trying a scheduler before the address is called unreachable
 
 # The local cluster's Dask settings (docs/cluster.md gives them for workers started by hand).
 HOUSEKEEPING = {
@@ -369,7 +370,7 @@ def _connect(address: str):
     from distributed import Client
 
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as e:
         raise ConfigError(f"cannot reach the Dask scheduler at '{address}' ({e}); start it with `dask scheduler` "
                           f"or unset {ENV_CLUSTER}") from None
