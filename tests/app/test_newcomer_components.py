@@ -4,6 +4,7 @@ colours and labels, the lr_schedule table, cleanse attempt choice, predicted-vs-
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -195,7 +196,8 @@ def test_job_workers_wait_passively(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: seen.append(k.get("env")))
+    # no worker starts: its environment is what is checked (a stand-in gives the id start_background keeps)
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: seen.append(k.get("env")) or SimpleNamespace(pid=1))
     jobs.start_background(tmp_path, {"kind": "train", "params": {"config": preset("toy2d").to_dict()}})
     assert seen and seen[0]["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
