@@ -124,8 +124,8 @@ def read_status(root: Path, key: str) -> dict[str, Any]:
 def _starting(d: Path, status: dict[str, Any]) -> bool:
     """Whether a queued job whose lock nobody holds yet is still on its way: the process started for it runs (on a
     busy machine its imports alone took 14 s, and the app, which had called it interrupted after 10 s, stopped
-    following a training that then finished). Without that process's id (queued by an older version), or an hour
-    after, its age decides."""
+    following a training that then finished), for at most QUEUED_MAX_S. Without that process's id (a job queued by
+    an older version) its age decides: 10 s."""
     age = time.time() - status.get("updated", 0)
     try:
         pid = int((d / "worker.pid").read_text())
