@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.ensemble import IsolationForest
 
 from . import store
 from .context import RunContext
@@ -31,6 +30,8 @@ def methods_for(is_2d: bool) -> tuple[str, ...]:
 
 def isolation_forest_scores(features: np.ndarray, seed: int) -> np.ndarray:
     """Anomaly score per row: higher = more anomalous."""
+    from sklearn.ensemble import IsolationForest  # 2 s of imports: here, not in every CLI command and job worker
+
     forest = IsolationForest(n_estimators=200, random_state=seed).fit(features)
     return -forest.score_samples(features)
 

@@ -300,6 +300,14 @@ def test_the_cli_waits_passively_for_openmp_unless_told_otherwise(given, expecte
     assert out == expected
 
 
+def test_commands_and_job_workers_start_without_scikit_learn():
+    """scikit-learn's imports were 2 s of the 5-7 s a command took to start (estimate, validate, cleanse, sweep,
+    and the app's job workers through the job specs); only an Isolation Forest needs it, and imports it then."""
+    code = ("import sys, influence.cli, influence.specs, influence.baselines, influence.validation, influence.jobs; "
+            "sys.stdout.write(str(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]"
+
+
 def test_a_recorded_config_trains_the_same_run_bit_for_bit(capsys, toy_run, tmp_path):
     """train --config: a run's config.json, in another store, gives the same run id and the same weights (the
     same torch thread count); --seed gives the recipe's run at another seed."""
