@@ -10,5 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 # Two processes, each a test file at a time (module fixtures start a server or train a run once): on 2 cores about
 # 11 minutes instead of 17, where one process left a core idle while browsers and servers waited.
-# TEST_WORKERS=0 runs in this process; flags given after ours win.
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+# Files go out in collection order, the longest first (tests/conftest.py, LONG_FILES): xdist's own order, by test
+# count, handed out the longest files last. TEST_WORKERS=0 runs in this process; flags given after ours win.
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -26,7 +26,21 @@ def pytest_configure(config):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+# The longest test files, longest first (their times in the suite, docs/benchmarks.md "The test suite"). xdist's
+# --dist loadfile hands files out in collection order (scripts/test.sh turns its reordering by test count off, which
+# put these last), so they start at once and the suite does not end on one process running a long file alone.
+LONG_FILES = ("app/test_browser.py", "test_jobs.py", "app/test_browser_own_images_form.py", "test_estimate.py",
+              "app/test_browser_samples.py", "test_validate.py", "test_reliability.py", "test_execution.py",
+              "app/test_trust_ui.py", "app/test_newcomer_pages.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).parent
+    missing = [name for name in LONG_FILES if not (tests / name).exists()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py LONG_FILES names files that are gone: {missing}")
+    rank = {str(tests / name): i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(LONG_FILES)))  # stable: the rest keep their order
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in items:
