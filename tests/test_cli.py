@@ -302,7 +302,7 @@ def test_the_cli_waits_passively_for_openmp_unless_told_otherwise(given, expecte
 
 def test_commands_and_job_workers_start_without_scikit_learn():
     """scikit-learn's imports were 2 s of the 5-7 s a command took to start (estimate, validate, cleanse, sweep,
-    and the app's job workers through the job specs); only an Isolation Forest needs it, and imports it then."""
+    and the app's server, through the job specs); only an Isolation Forest needs it, and imports it then."""
     code = ("import sys, influence.cli, influence.specs, influence.baselines, influence.validation, influence.jobs; "
             "sys.stdout.write(str(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]"
