@@ -89,6 +89,14 @@ def supplied_data(cfg: RunConfig, dataset: Dataset, features: FeatureNet | None)
         _SUPPLIED.pop(key, None)
 
 
+def pinned_feature_net(root: Path, run_id: str) -> Path | None:
+    """The run's own copy of its feature net (checked against the run's manifest), if it has one."""
+    if not (Path(root) / run_id / "manifest.json").exists():
+        return None
+    run = store.open_run(root, run_id)
+    return run.verify(PINNED) if run.exists(PINNED) else None
+
+
 @dataclass
 class RunContext:
     cfg: RunConfig
@@ -156,15 +164,8 @@ class RunContext:
         if (supplied := _SUPPLIED.get(_data_key(self.cfg))) is not None:
             return supplied[1]
         net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.identity()["data"], store.cache_dir(self.root),
-                               pinned=self._pinned_feature_net())
+                               pinned=pinned_feature_net(self.root, self.cfg.run_id))
         return net.to(self.device, torch.float64) if net is not None else None
-
-    def _pinned_feature_net(self) -> Path | None:
-        """The run's own copy of its feature net (checked against the run's manifest), if it has one."""
-        if not (self.root / self.cfg.run_id / "manifest.json").exists():
-            return None
-        run = store.open_run(self.root, self.cfg.run_id)
-        return run.verify(PINNED) if run.exists(PINNED) else None
 
     def computed_real_stats(self, split: str) -> RealStats | None:
         """The split's real feature statistics if an evaluator of this context has computed them, else None."""

@@ -363,7 +363,7 @@ def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: Cancel
         yield
         return
     from .config import RunConfig
-    from .context import load_run_config, resolve_device, supplied_data
+    from .context import load_run_config, pinned_feature_net, resolve_device, supplied_data
     from .data import load_dataset
 
     p = spec["params"]
@@ -380,8 +380,11 @@ def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: Cancel
         # classifier is trained
         Reporter("feature-net", 0, progress, cancel_token)(0)
         net_report = Reporter("feature-net", CLASSIFIER_EPOCHS, progress, cancel_token)
+        # a run's own copy where it has one, as its contexts would load it: the cache may hold another net (trained
+        # at another thread count, on another machine) or none, and the job's contexts take this one instead
         features = load_feature_net(cfg.eval, dataset, cfg.identity()["data"], store.cache_dir(root),
-                                    progress=lambda done, total: net_report(done))
+                                    progress=lambda done, total: net_report(done),
+                                    pinned=pinned_feature_net(root, cfg.run_id))
         features = features.to(resolve_device(cfg.train.device), torch.float64) if features is not None else None
     with supplied_data(cfg, dataset, features):
         yield

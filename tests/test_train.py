@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from influence import store
+from influence import jobs, store
 from influence.config import apply_overrides
 from influence.context import RunContext, load_run_config
 from influence.errors import Cancelled
 from influence.progress import CancelToken
+from influence.specs import estimate_spec
 from influence.stepmap import step
 from influence.train import Trace, replay, steps_per_epoch, trace_inputs, train
 
@@ -144,7 +145,7 @@ def _test_metrics(run: store.Run) -> dict:
 
 def test_a_run_keeps_the_feature_net_its_metrics_came_from(tiny_run, tmp_path, monkeypatch):
     """An own-images run measured FID 92.96 when trained and 92.82 in the app's worker, whose cache held an
-    autoencoder trained at another thread count: a finished run now evaluates with its own copy."""
+    autoencoder trained at another thread count: a finished run now evaluates with its own copy, in a job too."""
     import shutil
 
     from influence.classifier import PINNED
@@ -166,6 +167,16 @@ def test_a_run_keeps_the_feature_net_its_metrics_came_from(tiny_run, tmp_path, m
     bare.forget(PINNED)
     (bare.dir / PINNED).unlink()
     assert _test_metrics(bare)["fid"] != pytest.approx(reported["fid"], rel=1e-6)
+    # A job (the app's and the CLI's path) loads the feature net once at its start for all its contexts: the run's
+    # copy too. It took the cache's, so every job on a moved run measured with another net (or trained one).
+    spec = estimate_spec(tiny_run.run_id, ["fid"])
+    with jobs._started_up(tiny_run.root, spec, None, CancelToken()):
+        assert _test_metrics(tiny_run)["fid"] == pytest.approx(reported["fid"], rel=1e-12)
+    for f in cache.glob("classifier-*"):
+        f.unlink()  # a cache without the net: the job loads the run's copy and trains none
+    with jobs._started_up(tiny_run.root, spec, None, CancelToken()):
+        assert _test_metrics(tiny_run)["fid"] == pytest.approx(reported["fid"], rel=1e-12)
+    assert not list(cache.glob("classifier-*"))
 
 
 def test_trace_storage_takes_snapshots_up_to_the_budget_and_checkpoints_over_it():
