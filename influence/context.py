@@ -89,12 +89,21 @@ def supplied_data(cfg: RunConfig, dataset: Dataset, features: FeatureNet | None)
         _SUPPLIED.pop(key, None)
 
 
-def pinned_feature_net(root: Path, run_id: str) -> Path | None:
-    """The run's own copy of its feature net (checked against the run's manifest), if it has one."""
-    if not (Path(root) / run_id / "manifest.json").exists():
-        return None
-    run = store.open_run(root, run_id)
-    return run.verify(PINNED) if run.exists(PINNED) else None
+def pinned_feature_net(root: Path, cfg: RunConfig) -> Path | None:
+    """The copy of the feature net a run's IS/FID are measured with, checked against its run's manifest: the run's
+    own, else, for a fine-tune of a store run on the same data and features, its source run's (so that the two
+    runs' metrics compare wherever the cache holds another net or none). None: the cache's net."""
+    for run_id in (cfg.run_id, cfg.model.init_from_run):
+        if run_id is None or not (Path(root) / run_id / "manifest.json").exists():
+            continue
+        run = store.open_run(root, run_id)
+        if run_id != cfg.run_id:
+            source = load_run_config(run)
+            if (source.identity()["data"], source.eval.feature) != (cfg.identity()["data"], cfg.eval.feature):
+                continue
+        if run.exists(PINNED):
+            return run.verify(PINNED)
+    return None
 
 
 @dataclass
@@ -164,7 +173,7 @@ class RunContext:
         if (supplied := _SUPPLIED.get(_data_key(self.cfg))) is not None:
             return supplied[1]
         net = load_feature_net(self.cfg.eval, self.dataset, self.cfg.identity()["data"], store.cache_dir(self.root),
-                               pinned=pinned_feature_net(self.root, self.cfg.run_id))
+                               pinned=pinned_feature_net(self.root, self.cfg))
         return net.to(self.device, torch.float64) if net is not None else None
 
     def computed_real_stats(self, split: str) -> RealStats | None:

@@ -384,7 +384,7 @@ def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: Cancel
         # at another thread count, on another machine) or none, and the job's contexts take this one instead
         features = load_feature_net(cfg.eval, dataset, cfg.identity()["data"], store.cache_dir(root),
                                     progress=lambda done, total: net_report(done),
-                                    pinned=pinned_feature_net(root, cfg.run_id))
+                                    pinned=pinned_feature_net(root, cfg))
         features = features.to(resolve_device(cfg.train.device), torch.float64) if features is not None else None
     with supplied_data(cfg, dataset, features):
         yield

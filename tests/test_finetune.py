@@ -155,3 +155,27 @@ def test_the_cli_fine_tunes_a_store_run_at_the_probed_rate(source, capsys, monke
     assert probe["rungs"][0]["lr_d"] == LR and probe["traced_steps"] == 10 == len(Trace.load(run).lrs)
     assert np.all(Trace.load(run).lrs == probe["chosen"][0])  # the traced epoch ran at the probe's pick
     assert probe["cost"]["ratio"] > 0 and "the probe took" in probe["cost"]["sentence"]
+
+
+def test_a_fine_tune_measures_with_its_source_runs_feature_net(source, tmp_path, monkeypatch):
+    """On a store whose cache holds another feature net of the data set (a moved store, another thread count), a
+    fine-tune of a run measures IS/FID with the net its source run did, so that the two runs' metrics compare,
+    and keeps its own copy of it."""
+    import shutil
+
+    from influence.classifier import PINNED
+
+    root = store.store_root(source.dir.parent)
+    cache = tmp_path / "cache"
+    shutil.copytree(store.cache_dir(), cache, ignore=shutil.ignore_patterns("sources"))
+    for f in cache.glob("classifier-*.pt"):
+        net = store.load_state_dict(f)
+        store.save_state_dict(f, {k: v + 0.05 if v.is_floating_point() else v for k, v in net.items()})
+    monkeypatch.setenv(store.ENV_CACHE, str(cache))
+    cfg = from_run(root, source.run_id, 1, trace_lr="schedule")
+    run = train(cfg, root)
+    assert run.read_bytes(PINNED) == source.read_bytes(PINNED)
+    ctx = RunContext.create(cfg, root)
+    theta_d, theta_g = (torch.from_numpy(np.array(a)).to(ctx.device, ctx.dtype) for a in Trace.load(run).final_eval())
+    measured = ctx.evaluator("test").evaluate(theta_d, theta_g, ("fid",))["fid"]
+    assert measured == pytest.approx(run.read_json("summary.json")["test"]["fid"], rel=1e-12)

@@ -16,7 +16,7 @@ from PIL import Image
 from .. import conditions, store
 from ..classifier import PINNED, feature_weights
 from ..config import RunConfig
-from ..context import RunContext
+from ..context import RunContext, pinned_feature_net
 from ..data import SOURCE_RECORD, require_prepared
 from ..errors import StoreError
 from ..pretrained import start_record
@@ -40,7 +40,8 @@ def pin_feature_net(ctx: RunContext, run: store.Run) -> None:
     """Copy the feature net the run's metrics came from into the run (`classifier.PINNED`), once."""
     if ctx.cfg.is_2d or run.exists(PINNED):
         return
-    source = feature_weights(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root))
+    source = (pinned_feature_net(ctx.root, ctx.cfg)  # a fine-tune's source run's
+              or feature_weights(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root)))
     if source is not None and source.exists():  # absent where the caller supplied the data and its net
         run.write(PINNED, source.read_bytes())
 
