@@ -241,6 +241,7 @@ def load_inception(explicit: str | None = None) -> FeatureNet:
 # reported even where the cache holds another net (trained at another thread count, on another machine,
 # or after the cache was cleared). Inception's weights are one fixed file and are not copied.
 PINNED = "features/feature_net.pt"
+PINNED_INFO = "features/feature_net.json"  # how it was trained and how good it is (the cache entry's .json)
 
 
 def feature_weights(cfg: EvalConfig, data_identity: dict, cache_dir: Path) -> Path | None:
@@ -309,14 +310,16 @@ def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None) -> Featur
     return FeatureNet(_Encoder(net), has_probs=False)
 
 
-def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path) -> dict:
-    """What the IS/FID features are and how good they are on this data set (after load_feature_net)."""
+def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path, pinned_info: Path | None = None) -> dict:
+    """What the IS/FID features are and how good they are on this data set (after load_feature_net); pinned_info:
+    the record of the run's own copy of the net, where it keeps one, else the cache entry's is read."""
     info: dict = {"feature": cfg.feature, "label": FEATURE_LABELS[cfg.feature],
                   "comparable": cfg.feature == "inception"}
     weights = feature_weights(cfg, data_identity, cache_dir)  # None for Inception: nothing trained here
-    if weights is None or not weights.with_suffix(".json").exists():
+    record = pinned_info or (weights.with_suffix(".json") if weights is not None else None)
+    if record is None or not record.exists():
         return info
-    m = store.read_json(weights.with_suffix(".json"))
+    m = store.read_json(record)
     # the net's weights depend on the thread count it was trained at: two stores' FIDs differ unless it matches
     info["conditions"] = m.get("conditions")
     if cfg.feature == "mnist-cnn":

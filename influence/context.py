@@ -89,10 +89,10 @@ def supplied_data(cfg: RunConfig, dataset: Dataset, features: FeatureNet | None)
         _SUPPLIED.pop(key, None)
 
 
-def pinned_feature_net(root: Path, cfg: RunConfig) -> Path | None:
-    """The copy of the feature net a run's IS/FID are measured with, checked against its run's manifest: the run's
-    own, else, for a fine-tune of a store run on the same data and features, its source run's (so that the two
-    runs' metrics compare wherever the cache holds another net or none). None: the cache's net."""
+def pinned_feature_run(root: Path, cfg: RunConfig) -> store.Run | None:
+    """The run whose copy of the feature net (`classifier.PINNED`) a run's IS/FID are measured with: the run itself,
+    else, for a fine-tune of a store run on the same data and features, its source run (so that the two runs'
+    metrics compare wherever the cache holds another net or none). None: the cache's net."""
     for run_id in (cfg.run_id, cfg.model.init_from_run):
         if run_id is None or not (Path(root) / run_id / "manifest.json").exists():
             continue
@@ -102,8 +102,14 @@ def pinned_feature_net(root: Path, cfg: RunConfig) -> Path | None:
             if (source.identity()["data"], source.eval.feature) != (cfg.identity()["data"], cfg.eval.feature):
                 continue
         if run.exists(PINNED):
-            return run.verify(PINNED)
+            return run
     return None
+
+
+def pinned_feature_net(root: Path, cfg: RunConfig) -> Path | None:
+    """That copy's weights, checked against its run's manifest."""
+    run = pinned_feature_run(root, cfg)
+    return run.verify(PINNED) if run is not None else None
 
 
 @dataclass

@@ -163,7 +163,7 @@ def test_a_fine_tune_measures_with_its_source_runs_feature_net(source, tmp_path,
     and keeps its own copy of it."""
     import shutil
 
-    from influence.classifier import PINNED
+    from influence.classifier import PINNED, PINNED_INFO
 
     root = store.store_root(source.dir.parent)
     cache = tmp_path / "cache"
@@ -175,6 +175,7 @@ def test_a_fine_tune_measures_with_its_source_runs_feature_net(source, tmp_path,
     cfg = from_run(root, source.run_id, 1, trace_lr="schedule")
     run = train(cfg, root)
     assert run.read_bytes(PINNED) == source.read_bytes(PINNED)
+    assert run.read_json(PINNED_INFO) == source.read_json(PINNED_INFO)  # and its record: accuracy, conditions
     ctx = RunContext.create(cfg, root)
     theta_d, theta_g = (torch.from_numpy(np.array(a)).to(ctx.device, ctx.dtype) for a in Trace.load(run).final_eval())
     measured = ctx.evaluator("test").evaluate(theta_d, theta_g, ("fid",))["fid"]

@@ -148,7 +148,8 @@ def test_a_run_keeps_the_feature_net_its_metrics_came_from(tiny_run, tmp_path, m
     autoencoder trained at another thread count: a finished run now evaluates with its own copy, in a job too."""
     import shutil
 
-    from influence.classifier import PINNED
+    from influence.classifier import PINNED, PINNED_INFO
+    from influence.honesty import compute_report
 
     assert tiny_run.exists(PINNED)
     reported = tiny_run.read_json("summary.json")["test"]
@@ -159,9 +160,15 @@ def test_a_run_keeps_the_feature_net_its_metrics_came_from(tiny_run, tmp_path, m
         other = {k: v + 0.05 * torch.randn(v.shape, generator=gen, dtype=v.dtype) if v.is_floating_point() else v
                  for k, v in store.load_state_dict(f).items()}
         store.save_state_dict(f, other)
+    for f in cache.glob("classifier-*.json"):  # and its record
+        store.write_json(f, {**store.read_json(f), "test_accuracy": 0.11})
     monkeypatch.setenv(store.ENV_CACHE, str(cache))
     got = _test_metrics(tiny_run)
     assert got["fid"] == pytest.approx(reported["fid"], rel=1e-12) and got["is"] == pytest.approx(reported["is"], rel=1e-12)
+    # the metric report describes the run's own net (its record kept beside it), not the cache's
+    kept = tiny_run.read_json(PINNED_INFO)["test_accuracy"]
+    assert kept > 0.9 and compute_report(RunContext.create(load_run_config(tiny_run), tiny_run.root))["features"][
+        "test_accuracy"] == kept
     # Without its copy (runs trained before it was kept) the run is measured with whatever the cache holds.
     bare = store.open_run(shutil.copytree(tiny_run.root, tmp_path / "bare"), tiny_run.run_id)
     bare.forget(PINNED)

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from .. import conditions, store
-from ..classifier import PINNED, feature_weights
+from ..classifier import PINNED, PINNED_INFO, feature_weights
 from ..config import RunConfig
-from ..context import RunContext, pinned_feature_net
+from ..context import RunContext, pinned_feature_run
 from ..data import SOURCE_RECORD, require_prepared
 from ..errors import StoreError
 from ..pretrained import start_record
@@ -37,13 +37,20 @@ def _mean(values) -> float:
 
 
 def pin_feature_net(ctx: RunContext, run: store.Run) -> None:
-    """Copy the feature net the run's metrics came from into the run (`classifier.PINNED`), once."""
+    """Copy the feature net the run's metrics came from, and its record, into the run (`classifier.PINNED`,
+    `PINNED_INFO`), once: from a fine-tune's source run, else from the cache."""
     if ctx.cfg.is_2d or run.exists(PINNED):
         return
-    source = (pinned_feature_net(ctx.root, ctx.cfg)  # a fine-tune's source run's
-              or feature_weights(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root)))
-    if source is not None and source.exists():  # absent where the caller supplied the data and its net
-        run.write(PINNED, source.read_bytes())
+    if (source := pinned_feature_run(ctx.root, ctx.cfg)) is not None:
+        weights = source.verify(PINNED)
+        record = source.verify(PINNED_INFO) if source.exists(PINNED_INFO) else None
+    else:
+        weights = feature_weights(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root))
+        record = weights.with_suffix(".json") if weights is not None else None
+    if weights is not None and weights.exists():  # absent where the caller supplied the data and its net
+        if record is not None and record.exists():
+            run.write(PINNED_INFO, record.read_bytes())
+        run.write(PINNED, weights.read_bytes())  # last: a run holding it holds both
 
 
 def train(
