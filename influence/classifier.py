@@ -152,16 +152,18 @@ class _Encoder(nn.Module):
         return self.encoder(x)
 
 
-def train_autoencoder(dataset: Dataset, steps: int | None = None) -> tuple[ConvAutoencoder, float]:
-    """(autoencoder, test R^2 = 1 - reconstruction MSE / pixel variance of the test images)."""
+def train_autoencoder(dataset: Dataset, steps: int | None = None, progress=None) -> tuple[ConvAutoencoder, float]:
+    """(autoencoder, test R^2 = 1 - reconstruction MSE / pixel variance of the test images); progress(done, steps)
+    about 50 times (it may raise to cancel)."""
     steps = steps or AE_STEPS
+    every = max(1, steps // 50)
     x = dataset.train.x
     generator = torch.Generator().manual_seed(CLASSIFIER_SEED)
     torch.manual_seed(CLASSIFIER_SEED)
     net = ConvAutoencoder(x.shape[1], x.shape[-1])
     opt = torch.optim.Adam(net.parameters(), lr=AE_LR)
     order, pos = torch.randperm(len(x), generator=generator), 0
-    for _ in range(steps):
+    for step in range(steps):
         if pos + AE_BATCH > len(order):
             order, pos = torch.randperm(len(x), generator=generator), 0
         batch = x[order[pos : pos + AE_BATCH]]
@@ -170,6 +172,8 @@ def train_autoencoder(dataset: Dataset, steps: int | None = None) -> tuple[ConvA
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if progress and ((step + 1) % every == 0 or step + 1 == steps):
+            progress(step + 1, steps)
     net.eval()
     test = dataset.test.x
     with torch.no_grad():
@@ -261,7 +265,7 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
         return load_inception(cfg.inception_weights)
     weights = feature_weights(cfg, data_identity, cache_dir)
     if cfg.feature == "autoencoder":
-        return _autoencoder(dataset, weights, pinned)
+        return _autoencoder(dataset, weights, pinned, progress)
     split = _training_split(dataset)
     if split.y is None:
         raise ConfigError("this data set has no labels, so the default IS/FID features (a classifier on its labels) "
@@ -296,13 +300,13 @@ def _stored_weights(weights: Path, pinned: Path | None) -> Path | None:
     return weights if weights.exists() and weights.with_suffix(".json").exists() else None
 
 
-def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None) -> FeatureNet:
+def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None, progress=None) -> FeatureNet:
     net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
     with _training_once(weights, pinned):
         if (source := _stored_weights(weights, pinned)) is not None:
             net.load_state_dict(store.load_state_dict(source))
         else:
-            net, r2 = train_autoencoder(dataset)
+            net, r2 = train_autoencoder(dataset, progress=progress)
             store.save_state_dict(weights, net.state_dict())
             store.write_json(weights.with_suffix(".json"), {"test_r2": r2, "steps": AE_STEPS, "lr": AE_LR,
                              "batch": AE_BATCH, "code": AE_CODE, "seed": CLASSIFIER_SEED,

@@ -356,8 +356,8 @@ def _jsonable(info: dict) -> dict:
 @contextlib.contextmanager
 def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToken):
     """Start-up, reported as stages of its own before the job's: loading the data set ("loading"), then the
-    IS/FID feature network ("feature-net": trained with per-epoch progress the first time a data set is
-    used, loaded from the cache later). Within the block the job's contexts use them instead of loading
+    IS/FID feature network ("feature-net": trained the first time a data set is used, with progress in a
+    classifier's epochs or an autoencoder's steps, loaded from the cache or the run's copy later). Within the block the job's contexts use them instead of loading
     them again. A sweep (several runs) loads its own."""
     if spec["kind"] == "sweep":
         yield
@@ -374,16 +374,17 @@ def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: Cancel
     if not cfg.is_2d:
         import torch
 
-        from .classifier import CLASSIFIER_EPOCHS, load_feature_net
+        from .classifier import AE_STEPS, CLASSIFIER_EPOCHS, load_feature_net
 
         # without a count while it is loaded from the cache (no bar of epochs that never move), by epochs once a
-        # classifier is trained
+        # classifier is trained, by steps once an autoencoder is
         Reporter("feature-net", 0, progress, cancel_token)(0)
-        net_report = Reporter("feature-net", CLASSIFIER_EPOCHS, progress, cancel_token)
+        unit, total = ("step", AE_STEPS) if cfg.eval.feature == "autoencoder" else ("epoch", CLASSIFIER_EPOCHS)
+        net_report = Reporter("feature-net", total, progress, cancel_token)
         # a run's own copy where it has one, as its contexts would load it: the cache may hold another net (trained
         # at another thread count, on another machine) or none, and the job's contexts take this one instead
         features = load_feature_net(cfg.eval, dataset, cfg.identity()["data"], store.cache_dir(root),
-                                    progress=lambda done, total: net_report(done),
+                                    progress=lambda done, total: net_report(done, unit=unit),
                                     pinned=pinned_feature_net(root, cfg))
         features = features.to(resolve_device(cfg.train.device), torch.float64) if features is not None else None
     with supplied_data(cfg, dataset, features):

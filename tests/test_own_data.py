@@ -188,6 +188,34 @@ def test_autoencoder_features_and_their_report(own):
     assert all(v["verdict"] == UNINFORMATIVE and "only 24" in v["reasons"][0] for v in report["verdicts"].values())
 
 
+def test_a_jobs_autoencoder_counts_its_steps_and_can_be_cancelled(own, tmp_path, monkeypatch):
+    """A job that trained the autoencoder (about a minute at 800 steps) showed no count and could not be cancelled
+    until it was done: its start-up now reports the steps, and a cancel stops it without a cache entry."""
+    from influence import jobs
+    from influence.errors import Cancelled
+    from influence.progress import CancelToken
+
+    _, _, cfg = own
+    spec = {"kind": "train", "params": {"config": dataclasses.replace(cfg, seed=1).to_dict()}}  # a run not trained yet
+    seen, token = [], CancelToken()
+
+    def cancel_after_the_first_report(p) -> None:
+        seen.append(p)
+        if p.stage == "feature-net" and p.done:
+            token.set()
+
+    with mock.patch.object(classifier, "AE_STEPS", 20):
+        monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "cache"))
+        with jobs._started_up(tmp_path / "store", spec, seen.append, CancelToken()):
+            pass
+        counted = [(p.done, p.total, p.info.get("unit")) for p in seen if p.stage == "feature-net" and p.total]
+        assert counted == [(i, 20, "step") for i in range(1, 21)]
+        monkeypatch.setenv(store.ENV_CACHE, str(tmp_path / "cache2"))
+        with pytest.raises(Cancelled), jobs._started_up(tmp_path / "store", spec, cancel_after_the_first_report, token):
+            pass
+    assert not list((tmp_path / "cache2").glob("autoencoder-*"))
+
+
 def test_a_feature_net_records_the_threads_it_was_trained_at(own, tmp_path):
     """The autoencoder's weights depend on the thread count it was trained at (1 against 2 threads: 3e-3 apart
     after 30 steps) and on the processor's kernels, so two stores' FIDs differ unless they match: both are recorded

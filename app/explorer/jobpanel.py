@@ -190,7 +190,7 @@ def _progress(status: dict) -> None:
         return
     stage = STAGES.get(status.get("stage"), status.get("stage") or "working")
     eta = status.get("eta")
-    unit = UNITS.get(status.get("stage"), "step")
+    unit = (status.get("info") or {}).get("unit") or UNITS.get(status.get("stage"), "step")  # a stage may say its own
     count = f"{min(done / total, 1.0):.0%} done" if unit is None else f"{unit} {done:,} of {total:,}"
     text = (f"{stage}: {count} · {duration(status.get('seconds'))} elapsed"
             + (f" · about {duration(eta, rough=True)} left" if eta is not None else ""))

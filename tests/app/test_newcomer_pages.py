@@ -266,6 +266,11 @@ def test_start_up_shows_what_it_is_doing(app_store):
         at = open_app("influence", run_id)
         [bar] = [p for p in at.get("progress") if "feature network" in p.proto.text]
         assert "Start-up: training the IS/FID feature network (once per data set): epoch 7 of 50" in bar.proto.text
+        # an autoencoder (images without labels) trains by steps, and its start-up says so
+        write_job(app_store, spec, state="running", stage="feature-net", done=160, total=800, seconds=14.0,
+                  started=time.time() - 20, info={"unit": "step"})
+        [bar] = [p for p in open_app("influence", run_id).get("progress") if "feature network" in p.proto.text]
+        assert "(once per data set): step 160 of 800" in bar.proto.text
     finally:
         lock.release()
 
