@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import store
-from .classifier import PINNED, load_feature_net
+from .classifier import PINNED, PINNED_INFO, load_feature_net
 from .config import RunConfig, validate
 from .data import Dataset, load_dataset
 from .errors import ConfigError
@@ -110,6 +110,12 @@ def pinned_feature_net(root: Path, cfg: RunConfig) -> Path | None:
     """That copy's weights, checked against its run's manifest."""
     run = pinned_feature_run(root, cfg)
     return run.verify(PINNED) if run is not None else None
+
+
+def feature_net_record(run: store.Run) -> Path | None:
+    """The record of the run's copy (`classifier.PINNED_INFO`: accuracy or R^2, how it was trained), checked, if it
+    keeps one (runs from before 2026-12-08 do not)."""
+    return run.verify(PINNED_INFO) if run.exists(PINNED_INFO) else None
 
 
 @dataclass

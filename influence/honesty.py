@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 
 from . import store
-from .classifier import PINNED_INFO, feature_info
-from .context import RunContext, load_run_config, pinned_feature_run
+from .classifier import feature_info
+from .context import RunContext, feature_net_record, load_run_config, pinned_feature_run
 from .metrics import METRIC_LABELS, available_metrics, real_reference
 
 MIN_SPLIT_INFORMATIVE = 200  # below this FID / IS on the split are dominated by sampling noise
@@ -67,7 +67,7 @@ def compute_report(ctx) -> dict:
         features = ctx.features  # trains / loads the feature net first, so its quality is on disk
         pinned = pinned_feature_run(ctx.root, ctx.cfg)  # the record of the net the run measures with, if it keeps one
         info = feature_info(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root),
-                            pinned.verify(PINNED_INFO) if pinned is not None and pinned.exists(PINNED_INFO) else None)
+                            feature_net_record(pinned) if pinned is not None else None)
         reference = real_reference(features, ds.test.x.to(ctx.device))
     n_valid, n_test = len(ds.valid.x), len(ds.test.x)
     return {"features": info, "reference": reference, "n_valid": n_valid, "n_test": n_test,

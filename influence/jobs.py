@@ -357,8 +357,8 @@ def _jsonable(info: dict) -> dict:
 def _started_up(root: Path, spec: dict[str, Any], progress, cancel_token: CancelToken):
     """Start-up, reported as stages of its own before the job's: loading the data set ("loading"), then the
     IS/FID feature network ("feature-net": trained the first time a data set is used, with progress in a
-    classifier's epochs or an autoencoder's steps, loaded from the cache or the run's copy later). Within the block the job's contexts use them instead of loading
-    them again. A sweep (several runs) loads its own."""
+    classifier's epochs or an autoencoder's steps, loaded from the cache or the run's copy later). Within the
+    block the job's contexts use them instead of loading them again. A sweep (several runs) loads its own."""
     if spec["kind"] == "sweep":
         yield
         return

@@ -16,7 +16,7 @@ from PIL import Image
 from .. import conditions, store
 from ..classifier import PINNED, PINNED_INFO, feature_weights
 from ..config import RunConfig
-from ..context import RunContext, pinned_feature_run
+from ..context import RunContext, feature_net_record, pinned_feature_run
 from ..data import SOURCE_RECORD, require_prepared
 from ..errors import StoreError
 from ..pretrained import start_record
@@ -43,7 +43,7 @@ def pin_feature_net(ctx: RunContext, run: store.Run) -> None:
         return
     if (source := pinned_feature_run(ctx.root, ctx.cfg)) is not None:
         weights = source.verify(PINNED)
-        record = source.verify(PINNED_INFO) if source.exists(PINNED_INFO) else None
+        record = feature_net_record(source)
     else:
         weights = feature_weights(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root))
         record = weights.with_suffix(".json") if weights is not None else None
