@@ -89,10 +89,14 @@ def train_classifier(dataset: Dataset, epochs: int = CLASSIFIER_EPOCHS, progress
         tries[str(CLASSIFIER_RETRY_LR)] = retry_fit
         if retry_fit > fit:
             net, lr = retry, CLASSIFIER_RETRY_LR
+    return net, _test_accuracy(net, dataset), {"lr": lr, "training_accuracy": tries}
+
+
+def _test_accuracy(net: MnistClassifier, dataset: Dataset) -> float:
+    if dataset.test.y is None:
+        return float("nan")
     with torch.no_grad():
-        pred = _predict(net, dataset.test.x)
-    accuracy = float((pred == dataset.test.y).float().mean()) if dataset.test.y is not None else float("nan")
-    return net, accuracy, {"lr": lr, "training_accuracy": tries}
+        return float((_predict(net, dataset.test.x) == dataset.test.y).float().mean())
 
 
 def _fit(split, n_classes: int, lr: float, epochs: int, progress) -> tuple[MnistClassifier, float]:
@@ -175,12 +179,17 @@ def train_autoencoder(dataset: Dataset, steps: int | None = None, progress=None)
         if progress and ((step + 1) % every == 0 or step + 1 == steps):
             progress(step + 1, steps)
     net.eval()
+    return net, _test_r2(net, dataset)
+
+
+def _test_r2(net: ConvAutoencoder, dataset: Dataset) -> float:
+    """1 - reconstruction MSE / pixel variance of the test images."""
     test = dataset.test.x
     with torch.no_grad():
         mse = float(torch.cat([(net(test[i : i + 1000]) - test[i : i + 1000]).pow(2).flatten(1).mean(1)
                                for i in range(0, len(test), 1000)]).mean())
     variance = float(((test - test.mean(0)) ** 2).mean())
-    return net, 1.0 - mse / variance if variance > 0 else float("nan")
+    return 1.0 - mse / variance if variance > 0 else float("nan")
 
 
 # ---------------------------------------------------------------- Inception-v3
@@ -314,23 +323,43 @@ def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None, progress=
     return FeatureNet(_Encoder(net), has_probs=False)
 
 
-def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path, pinned_info: Path | None = None) -> dict:
-    """What the IS/FID features are and how good they are on this data set (after load_feature_net); pinned_info:
-    the record of the run's own copy of the net, where it keeps one, else the cache entry's is read."""
+def feature_info(cfg: EvalConfig, data_identity: dict, cache_dir: Path, pinned_record: dict | None = None) -> dict:
+    """What the IS/FID features are and how good they are on this data set (after load_feature_net); pinned_record:
+    the record of the run's own copy of the net (`measure_pinned` where the run keeps none), else the cache
+    entry's is read."""
     info: dict = {"feature": cfg.feature, "label": FEATURE_LABELS[cfg.feature],
                   "comparable": cfg.feature == "inception"}
-    weights = feature_weights(cfg, data_identity, cache_dir)  # None for Inception: nothing trained here
-    record = pinned_info or (weights.with_suffix(".json") if weights is not None else None)
-    if record is None or not record.exists():
-        return info
-    m = store.read_json(record)
+    m = pinned_record
+    if m is None:
+        weights = feature_weights(cfg, data_identity, cache_dir)  # None for Inception: nothing trained here
+        if weights is None or not weights.with_suffix(".json").exists():
+            return info
+        m = store.read_json(weights.with_suffix(".json"))
     # the net's weights depend on the thread count it was trained at: two stores' FIDs differ unless it matches
     info["conditions"] = m.get("conditions")
+    if m.get("measured_now"):
+        info["measured_now"] = True
     if cfg.feature == "mnist-cnn":
         info.update(test_accuracy=m["test_accuracy"], n_classes=m.get("n_classes"))
     else:
         info["test_r2"] = m["test_r2"]
     return info
+
+
+def measure_pinned(cfg: EvalConfig, dataset: Dataset, weights: Path) -> dict:
+    """The quality of a run's copy of its net, measured now on the test split, for a run that keeps no record of
+    it (trained before 2026-12-08): the cache's record may describe another net, trained at another thread count.
+    How it was trained is unknown, so the record has no conditions."""
+    state = store.load_state_dict(weights)
+    if cfg.feature == "autoencoder":
+        net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
+        net.load_state_dict(state)
+        return {"test_r2": _test_r2(net.eval(), dataset), "measured_now": True}
+    split = _training_split(dataset)
+    net = MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
+    net.load_state_dict(state)
+    return {"test_accuracy": _test_accuracy(net.eval(), dataset), "n_classes": net.logits.out_features,
+            "measured_now": True}
 
 
 def classifier_accuracy(dataset: Dataset, data_identity: dict, cache_dir: Path) -> float | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from . import store
-from .classifier import feature_info
+from .classifier import PINNED, feature_info, measure_pinned
 from .context import RunContext, feature_net_record, load_run_config, pinned_feature_run
 from .metrics import METRIC_LABELS, available_metrics, real_reference
 
@@ -65,13 +65,21 @@ def compute_report(ctx) -> dict:
     info, reference = None, {}
     if not ctx.cfg.is_2d:
         features = ctx.features  # trains / loads the feature net first, so its quality is on disk
-        pinned = pinned_feature_run(ctx.root, ctx.cfg)  # the record of the net the run measures with, if it keeps one
-        info = feature_info(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root),
-                            feature_net_record(pinned) if pinned is not None else None)
+        info = feature_info(ctx.cfg.eval, ctx.cfg.identity()["data"], store.cache_dir(ctx.root), _pinned_record(ctx))
         reference = real_reference(features, ds.test.x.to(ctx.device))
     n_valid, n_test = len(ds.valid.x), len(ds.test.x)
     return {"features": info, "reference": reference, "n_valid": n_valid, "n_test": n_test,
             "verdicts": verdicts(ctx.cfg.is_2d, info, reference, n_valid, n_test)}
+
+
+def _pinned_record(ctx) -> dict | None:
+    """The record of the net the run measures with, if it keeps a copy: the stored one, else measured now from the
+    copy (None: the run measures with the cache's net, whose record the cache holds)."""
+    pinned = pinned_feature_run(ctx.root, ctx.cfg)
+    if pinned is None:
+        return None
+    kept = feature_net_record(pinned)
+    return store.read_json(kept) if kept is not None else measure_pinned(ctx.cfg.eval, ctx.dataset, pinned.verify(PINNED))
 
 
 def metric_report(run: store.Run, ctx=None) -> dict:
@@ -117,6 +125,8 @@ def reference_line(report: dict) -> str:
         parts.append(f"classifier test accuracy {info['test_accuracy']:.1%}")
     if info.get("test_r2") is not None:
         parts.append(f"autoencoder test R² {info['test_r2']:.2f}")
+    if info.get("measured_now"):
+        parts.append("measured on the run's copy of the net (the run keeps no record of how it was trained)")
     if (trained := info.get("conditions")) is not None:  # FIDs of two stores compare at the same count, processor
         on = f" on {trained['processor'].split(' [')[0]}" if "processor" in trained else ""  # flags: in its .json
         parts.append(f"feature net trained at {trained['threads']} torch threads{on} (torch {trained['torch']})")

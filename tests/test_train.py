@@ -149,7 +149,7 @@ def test_a_run_keeps_the_feature_net_its_metrics_came_from(tiny_run, tmp_path, m
     import shutil
 
     from influence.classifier import PINNED, PINNED_INFO
-    from influence.honesty import compute_report
+    from influence.honesty import compute_report, reference_line
 
     assert tiny_run.exists(PINNED)
     reported = tiny_run.read_json("summary.json")["test"]
@@ -169,6 +169,13 @@ def test_a_run_keeps_the_feature_net_its_metrics_came_from(tiny_run, tmp_path, m
     kept = tiny_run.read_json(PINNED_INFO)["test_accuracy"]
     assert kept > 0.9 and compute_report(RunContext.create(load_run_config(tiny_run), tiny_run.root))["features"][
         "test_accuracy"] == kept
+    # A run from before the record was kept: its copy is measured now; the cache's record (0.11) describes another net.
+    old = store.open_run(shutil.copytree(tiny_run.root, tmp_path / "old"), tiny_run.run_id)
+    old.forget(PINNED_INFO)
+    (old.dir / PINNED_INFO).unlink()
+    report = compute_report(RunContext.create(load_run_config(old), old.root))
+    assert report["features"]["test_accuracy"] == kept and report["features"]["measured_now"]
+    assert "measured on the run's copy of the net" in reference_line(report)
     # Without its copy (runs trained before it was kept) the run is measured with whatever the cache holds.
     bare = store.open_run(shutil.copytree(tiny_run.root, tmp_path / "bare"), tiny_run.run_id)
     bare.forget(PINNED)
