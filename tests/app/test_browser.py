@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,21 @@ def _settle(tab) -> None:
         # a cached computation's spinner (e.g. the metrics' honesty check): the page is not complete yet
         " && !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=TIMEOUT_MS)
     tab.wait_for_timeout(800)  # plotly draws after the elements arrive
+
+
+# How the job panel shows a background job that ended without its result (app/explorer/jobpanel.py)
+JOB_ENDED = re.compile(r"^Failed: |^The worker stopped before finishing")
+
+
+def expect_job_result(where, text, timeout_ms: int) -> None:
+    """Wait until `where` (a page or a part of one) shows `text`, a background job's result; a job that failed or
+    whose worker died fails the test at once with the panel's message, not after the whole timeout."""
+    from playwright.sync_api import expect
+
+    ended = where.get_by_text(JOB_ENDED)
+    expect(where.get_by_text(text).or_(ended).first).to_be_visible(timeout=timeout_ms)
+    if ended.count():
+        pytest.fail(f"the background job ended without its result: {ended.first.inner_text()}")
 
 
 def _visit(tab, url: str, path: str, title: str, name: str) -> None:

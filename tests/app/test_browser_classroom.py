@@ -19,6 +19,7 @@ from test_browser import (  # noqa: F401
     TIMEOUT_MS,
     _settle,
     browser_tab,
+    expect_job_result,
     pytestmark,
     reads_whole_when_narrow,
     serve_app,
@@ -67,7 +68,7 @@ def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
         started = time.perf_counter()
         panel.get_by_label("…or type a point's id").fill(str(target))  # a click on the chart sets the same
         panel.get_by_label("…or type a point's id").press("Enter")
-        expect(panel.get_by_text(f"ALL: actual change without #{target}")).to_be_visible(timeout=LESSON_TIMEOUT_MS)
+        expect_job_result(panel, f"ALL: actual change without #{target}", LESSON_TIMEOUT_MS)
         _settle(page)
         timings["one point (click to result)"] = time.perf_counter() - started
         expect(panel.get_by_text("longer than the real shift")).to_be_visible()
@@ -94,7 +95,7 @@ def test_the_classroom_lessons_in_a_real_browser(classroom_server, capsys):
             started = time.perf_counter()
             page.get_by_role("button", name="Retrain the epoch and check").click()
             # the results of the slider's rate (a verdict or the divergence) appear only once its lesson has run
-            expect(page.get_by_text(re.compile(rf"^At lr {re.escape(lr)}:"))).to_be_visible(timeout=LESSON_TIMEOUT_MS)
+            expect_job_result(page, re.compile(rf"^At lr {re.escape(lr)}:"), LESSON_TIMEOUT_MS)
             _settle(page)
             timings[f"learning-rate lesson at {lr} (click to result)"] = time.perf_counter() - started
         assert page.locator('[data-testid="stException"]').count() == 0

@@ -20,7 +20,15 @@ import pytest
 
 from apphelpers import removal_on_disk, shown_as
 from influence import store
-from test_browser import ARTIFACTS, TIMEOUT_MS, _settle, browser_tab, pytestmark, serve_app  # noqa: F401
+from test_browser import (  # noqa: F401
+    ARTIFACTS,
+    TIMEOUT_MS,
+    _settle,
+    browser_tab,
+    expect_job_result,
+    pytestmark,
+    serve_app,
+)
 
 JOB_TIMEOUT_MS = 1_800_000
 pytestmark = [*pytestmark, pytest.mark.skipif(not os.environ.get("OWN_IMAGES_STORE"),
@@ -130,7 +138,7 @@ def test_own_images_in_a_real_browser(own_server, tmp_path):
         _settle(page)
         page.get_by_role("button", name="Cleanse in the background").click()
         # the store holds the CLI's attempt (50 removed): the page must show the one just computed
-        expect(page.get_by_text(f"replay, {len(removal)} removed (replay-")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect_job_result(page, f"replay, {len(removal)} removed (replay-", JOB_TIMEOUT_MS)
         expect(page.get_by_text("FID after cleansing")).to_be_visible()
         _settle(page)
         assert page.locator('[data-testid="stException"]').count() == 0

@@ -22,6 +22,7 @@ from test_browser import (
     TIMEOUT_MS,
     _settle,
     browser_tab,
+    expect_job_result,
     pytestmark,
     reads_whole_when_narrow,
     serve_app,
@@ -120,7 +121,7 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         reads_whole_when_narrow(page, "samples-grid")
 
         page.get_by_role("button", name="Explain").click()
-        expect(page.get_by_text("Responsible: removing them")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect_job_result(page, "Responsible: removing them", JOB_TIMEOUT_MS)
         _settle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
         page.get_by_role("heading", name="Explain").scroll_into_view_if_needed()
@@ -138,7 +139,7 @@ def test_pick_explain_add_and_check_in_a_real_browser(samples_server):
         assert set(removal_on_disk(root, run_id)) == before | set(responsible)
 
         page.get_by_role("button", name="Check by replay").click()
-        expect(page.get_by_text("top-k moved as predicted")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect_job_result(page, "top-k moved as predicted", JOB_TIMEOUT_MS)
         _settle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
         # the section at the top of the view, its before/after images below it (Streamlit scrolls an inner
@@ -176,10 +177,10 @@ def test_the_pull_on_a_generated_point_in_a_real_browser(samples_server):
             return [box.left + xa.l2p(t.x[0]), box.top + ya.l2p(t.y[0])];
         }""")
         page.mouse.click(x, y)
-        expect(panel.get_by_text("predicted displacement of point")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect_job_result(panel, "predicted displacement of point", JOB_TIMEOUT_MS)
         _settle(page)
         panel.get_by_role("button", name="Replay without them").click()
-        expect(panel.get_by_text("cosine, predicted vs actual")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect_job_result(panel, "cosine, predicted vs actual", JOB_TIMEOUT_MS)
         _settle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
         rgb = _pixels(panel.locator(".js-plotly-plot").first)
