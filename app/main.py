@@ -4,14 +4,19 @@ The pages only call the engine (`influence`); long work runs as background jobs,
 the current run and removal set are kept in the store, so nothing is lost on refresh.
 """
 
+import os
 import sys
 
-import streamlit as st
-from streamlit import config as st_config
+# Before the engine loads torch's OpenMP: the server computes beside its job workers, and threads that spin while
+# waiting starve them (the workers, the CLI and the tests wait passively too; docs/method.md). A value set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from explorer import jobpanel, state, widgets
-from influence.data.locations import ImagesMissing
-from influence.errors import InfluenceError, StoreError
+import streamlit as st  # noqa: E402
+from streamlit import config as st_config  # noqa: E402
+
+from explorer import jobpanel, state, widgets  # noqa: E402
+from influence.data.locations import ImagesMissing  # noqa: E402
+from influence.errors import InfluenceError, StoreError  # noqa: E402
 
 st.set_page_config(page_title="GAN Influence Explorer", page_icon="📊", layout="wide")
 # Big numbers (st.metric) shrink with a narrow window and labels wrap: in a side column of a 1024 px screen or a
