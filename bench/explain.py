@@ -106,8 +106,13 @@ def cmd_cost(args) -> dict:
         load_before = _load()
         started = time.perf_counter()
         e = explain(run, {"seed": 7, "n": n}, args.objective, options)
+        wall = time.perf_counter() - started
+        if wall < e.meta["seconds"]:  # a computed pass takes at least its own time: this one was read back
+            raise SystemExit(f"the store already holds the explanation of {n} samples (its pass took "
+                             f"{e.meta['seconds']:.1f} s, read back in {wall:.1f} s): the cost bench times passes, "
+                             "give it a fresh --store")
         rows.append({"samples": n, "rows": e.meta["rows"], "pass_seconds": e.meta["seconds"],
-                     "wall_seconds": time.perf_counter() - started, "traced_steps": e.meta["traced_steps"],
+                     "wall_seconds": wall, "traced_steps": e.meta["traced_steps"],
                      "rows_per_product": e.meta["rows_per_product"],
                      "load_before": load_before, "load_after": _load()})
         print(f"{args.preset} {args.objective}: {n} samples, pass {e.meta['seconds']:.1f} s over "
