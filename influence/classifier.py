@@ -280,7 +280,7 @@ def load_feature_net(cfg: EvalConfig, dataset: Dataset, data_identity: dict, cac
         raise ConfigError("this data set has no labels, so the default IS/FID features (a classifier on its labels) "
                           "cannot be trained: set eval.feature=autoencoder (trained on your images) or "
                           "eval.feature=inception (pytorch-fid's Inception-v3)")
-    net = MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
+    net = _classifier_shape(split)
     with _training_once(weights, pinned):
         if (source := _stored_weights(weights, pinned)) is not None:
             net.load_state_dict(store.load_state_dict(source))
@@ -309,8 +309,18 @@ def _stored_weights(weights: Path, pinned: Path | None) -> Path | None:
     return weights if weights.exists() and weights.with_suffix(".json").exists() else None
 
 
+def _classifier_shape(split) -> MnistClassifier:
+    """An untrained classifier of the shape a stored one of this data set has (its weights are loaded into it)."""
+    return MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
+
+
+def _autoencoder_shape(dataset: Dataset) -> ConvAutoencoder:
+    """An untrained autoencoder of the shape a stored one of this data set has."""
+    return ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
+
+
 def _autoencoder(dataset: Dataset, weights: Path, pinned: Path | None, progress=None) -> FeatureNet:
-    net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
+    net = _autoencoder_shape(dataset)
     with _training_once(weights, pinned):
         if (source := _stored_weights(weights, pinned)) is not None:
             net.load_state_dict(store.load_state_dict(source))
@@ -352,11 +362,10 @@ def measure_pinned(cfg: EvalConfig, dataset: Dataset, weights: Path) -> dict:
     How it was trained is unknown, so the record has no conditions."""
     state = store.load_state_dict(weights)
     if cfg.feature == "autoencoder":
-        net = ConvAutoencoder(dataset.train.x.shape[1], dataset.train.x.shape[-1])
+        net = _autoencoder_shape(dataset)
         net.load_state_dict(state)
         return {"test_r2": _test_r2(net.eval(), dataset), "measured_now": True}
-    split = _training_split(dataset)
-    net = MnistClassifier(split.x.shape[1], int(split.y.max()) + 1, split.x.shape[-1])
+    net = _classifier_shape(_training_split(dataset))
     net.load_state_dict(state)
     return {"test_accuracy": _test_accuracy(net.eval(), dataset), "n_classes": net.logits.out_features,
             "measured_now": True}
